@@ -1,0 +1,56 @@
+"""Runtime configuration, read from the environment (and an optional `.env` file).
+
+Every number has bounds: a typo in a deployment fails at start-up with a clear message instead of
+turning into an unbounded batch or a zero-length wait. Unset `DATABASE_URL` means the embedded
+PostgreSQL; unset `KAFKA_BOOTSTRAP_SERVERS` means the embedded broker.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. postgresql+asyncpg://user@host:5432/giftledger. "
+        "Unset: start the embedded PostgreSQL.",
+    )
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        description="Comma-separated host:port list. Unset: start the embedded broker.",
+    )
+    data_dir: Path = Field(
+        default=Path(".giftledger"),
+        description="Where the embedded PostgreSQL keeps its data directory.",
+    )
+
+    db_pool_size: int = Field(default=8, ge=1, le=64)
+    db_pool_overflow_max: int = Field(default=4, ge=0, le=64)
+    db_pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=100, le=600_000)
+
+    ledger_batch_size_max: int = Field(
+        default=8_192, ge=1, le=100_000, description="Transfers posted in one database transaction."
+    )
+    ledger_conflict_retry_count_max: int = Field(default=5, ge=0, le=50)
+
+    kafka_topic_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
+    kafka_partition_count: int = Field(default=8, ge=1, le=1024)
+    kafka_consumer_group: str = Field(default="giftledger", min_length=1, max_length=200)
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    consumer_batch_size_max: int = Field(default=2_000, ge=1, le=50_000)
+    consumer_batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    consumer_db_retry_backoff_ms_max: int = Field(default=5_000, ge=10, le=300_000)
+    consumer_db_retry_count_max: int = Field(default=1_000, ge=1, le=1_000_000)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
