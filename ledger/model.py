@@ -1,0 +1,186 @@
+"""The ledger's vocabulary: account and transfer flags, transfer codes, result codes, and the
+records passed to and from the posting engine. Mirrors the SQL in ledger/sql/0001_ledger.sql."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class AccountFlags(enum.IntFlag):
+    NONE = 0
+    DEBITS_MUST_NOT_EXCEED_CREDITS = 1
+    CREDITS_MUST_NOT_EXCEED_DEBITS = 2
+
+
+class TransferFlags(enum.IntFlag):
+    NONE = 0
+    LINKED = 1
+    PENDING = 2
+    POST_PENDING = 4
+    VOID_PENDING = 8
+    FUNDED = 16
+
+
+class TransferCode(enum.IntEnum):
+    """Why a transfer happened (the `transfer_codes` table holds the same names)."""
+
+    GIFT_DIAMONDS = 1
+    GIFT_COINS = 2
+    GIFT_REVERSAL_DIAMONDS = 3
+    GIFT_REVERSAL_COINS = 4
+    TIP = 10
+    TIP_FAN_FEE = 11
+    TIP_PROCESSOR_FEE = 12
+    FUND_REWARD = 20
+    MARKETPLACE_PAYMENT = 30
+    MARKETPLACE_FEE = 31
+    CASHOUT_HOLD = 40
+    CASHOUT_PAID = 41
+    CASHOUT_RELEASED = 42
+    CASHOUT_RETURNED = 43
+    CASHOUT_CONVERSION = 44
+    ROUNDING = 90
+    PENDING_EXPIRED = 98
+    ADJUSTMENT = 99
+    SYNTHETIC = 100
+
+
+class PostResult(enum.StrEnum):
+    """Outcome of one transfer in a posted batch."""
+
+    OK = "ok"
+    EXISTS = "exists"
+    EXISTS_WITH_DIFFERENT_FIELDS = "exists_with_different_fields"
+    EXCEEDS_CREDITS = "exceeds_credits"
+    EXCEEDS_DEBITS = "exceeds_debits"
+    ACCOUNT_NOT_FOUND = "account_not_found"
+    ASSET_MISMATCH = "asset_mismatch"
+    PENDING_NOT_FOUND = "pending_not_found"
+    PENDING_NOT_PENDING = "pending_transfer_not_pending"
+    PENDING_ALREADY_POSTED = "pending_already_posted"
+    PENDING_ALREADY_VOIDED = "pending_already_voided"
+    PENDING_EXPIRED = "pending_expired"
+    PENDING_ACCOUNTS_DIFFER = "pending_accounts_differ"
+    AMOUNT_EXCEEDS_PENDING = "amount_exceeds_pending"
+    AMOUNT_DIFFERS_FROM_PENDING = "amount_differs_from_pending"
+    OVERFLOWS = "overflows"
+    LINKED_EVENT_FAILED = "linked_event_failed"
+    LINKED_EVENT_CHAIN_OPEN = "linked_event_chain_open"
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A transfer to post. `id` is the idempotency key.
+
+    For post/void of a pending transfer, the accounts may be left as 0: they are taken from the
+    pending transfer. A void always releases the whole pending amount; a post may be partial
+    (`amount` at most the pending amount; the rest is released).
+    """
+
+    id: uuid.UUID
+    debit_account_id: int
+    credit_account_id: int
+    amount: int
+    code: TransferCode
+    flags: TransferFlags = TransferFlags.NONE
+    pending_id: uuid.UUID | None = None
+    timeout_s: int | None = None
+    rate_card_version: int | None = None
+    event_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        phase_flags = self.flags & (
+            TransferFlags.PENDING | TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING
+        )
+        if bin(int(phase_flags)).count("1") > 1:
+            raise ValueError(f"transfer {self.id}: at most one of pending, post, void")
+        resolves = bool(self.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING))
+        if resolves != (self.pending_id is not None):
+            raise ValueError(f"transfer {self.id}: pending_id goes with post or void, only")
+        if self.timeout_s is not None and not self.flags & TransferFlags.PENDING:
+            raise ValueError(f"transfer {self.id}: timeout_s applies to pending transfers only")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError(f"transfer {self.id}: timeout_s must be positive")
+        if not resolves and self.amount <= 0:
+            raise ValueError(f"transfer {self.id}: amount must be positive")
+        if resolves and self.amount < 0:
+            raise ValueError(f"transfer {self.id}: amount must not be negative")
+        if not resolves and self.debit_account_id == self.credit_account_id:
+            raise ValueError(f"transfer {self.id}: debit and credit accounts must differ")
+
+    @property
+    def resolves_pending(self) -> bool:
+        return bool(self.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTransfer:
+    """A transfer as it stands in the ledger."""
+
+    id: uuid.UUID
+    seq: int
+    debit_account_id: int
+    credit_account_id: int
+    amount: int
+    asset: str
+    code: int
+    flags: int
+    pending_id: uuid.UUID | None
+    timeout_s: int | None
+    expires_at: datetime | None
+    rate_card_version: int | None
+    event_id: str | None
+    metadata: dict[str, Any] | None
+    debit_balance_after: int
+    credit_balance_after: int
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class AccountTotals:
+    id: int
+    asset: str
+    flags: int
+    debits_posted: int = 0
+    credits_posted: int = 0
+    debits_pending: int = 0
+    credits_pending: int = 0
+
+    def copy(self) -> AccountTotals:
+        return AccountTotals(
+            self.id,
+            self.asset,
+            self.flags,
+            self.debits_posted,
+            self.credits_posted,
+            self.debits_pending,
+            self.credits_pending,
+        )
+
+    @property
+    def posted_balance(self) -> int:
+        """Credits minus debits, posted only."""
+        return self.credits_posted - self.debits_posted
+
+    @property
+    def available_balance(self) -> int:
+        """Credits posted minus debits posted and pending: what may still be spent."""
+        return self.credits_posted - self.debits_posted - self.debits_pending
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """Result code per transfer, in the order given, and the number newly stored."""
+
+    results: list[PostResult]
+    committed_at: datetime | None = None
+    accepted_count: int = field(default=0)
+
+    @property
+    def all_ok_or_exist(self) -> bool:
+        return all(r in (PostResult.OK, PostResult.EXISTS) for r in self.results)

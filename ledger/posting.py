@@ -1,0 +1,585 @@
+"""Posting a batch of transfers: three statements per batch, whatever its size.
+
+1. Read the stored transfers that the batch names (its own ids, for idempotency, and the pending
+   transfers it posts or voids) with how each pending ended.
+2. Lock every touched account in id order (so concurrent writers never deadlock) and read its
+   totals and the commit time.
+3. Walk the batch in Python, in order, deciding a result per transfer against running totals
+   (linked chains succeed or fail whole), then write everything in one statement: the accepted
+   transfers, their keys, pending resolutions, and one aggregated update per touched account.
+
+A concurrent writer that stored the same transfer id, or resolved the same pending transfer,
+between steps 1 and 3 makes step 3 fail on a unique key; `post_batch_with_retry` then runs the
+whole unit of work again, and the second run sees what the other writer did.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ledger.model import (
+    AccountFlags,
+    AccountTotals,
+    BatchOutcome,
+    PostResult,
+    StoredTransfer,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+)
+
+BIGINT_MAX = 2**63 - 1
+TRANSFER_BATCH_SIZE_MAX = 100_000
+
+_OK_RESULTS = (PostResult.OK, PostResult.EXISTS)
+
+_SELECT_TRANSFERS = text(
+    """
+    SELECT t.id, t.seq, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code,
+           t.flags, t.pending_id, t.timeout_s, t.expires_at, t.rate_card_version, t.event_id,
+           t.metadata::text AS metadata, t.debit_balance_after, t.credit_balance_after,
+           t.created_at, r.outcome
+    FROM transfer_keys k
+    JOIN transfers t ON t.id = k.id AND t.created_at = k.created_at
+    LEFT JOIN pending_resolutions r ON r.pending_id = t.id
+    WHERE k.id = ANY(CAST(:ids AS uuid[]))
+    """
+)
+
+_LOCK_ACCOUNTS = text(
+    """
+    WITH locked AS (
+        SELECT id, asset, flags, debits_posted, credits_posted, debits_pending, credits_pending
+        FROM accounts WHERE id = ANY(CAST(:ids AS bigint[]))
+        ORDER BY id
+        FOR NO KEY UPDATE
+    )
+    SELECT locked.*, clock_timestamp() AS now FROM locked
+    """
+)
+
+_WRITE_BATCH = text(
+    """
+    WITH new_keys AS (
+        INSERT INTO transfer_keys (id, created_at)
+        SELECT unnest(CAST(:ids AS uuid[])), CAST(:created_at AS timestamptz)
+    ), new_transfers AS (
+        INSERT INTO transfers (
+            id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
+            timeout_s, expires_at, rate_card_version, event_id, metadata,
+            debit_balance_after, credit_balance_after, created_at)
+        SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code, t.flags,
+               t.pending_id, t.timeout_s, t.expires_at, t.rate_card_version, t.event_id,
+               t.metadata::jsonb, t.debit_balance_after, t.credit_balance_after,
+               CAST(:created_at AS timestamptz)
+        FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:debit_account_ids AS bigint[]),
+            CAST(:credit_account_ids AS bigint[]), CAST(:amounts AS bigint[]),
+            CAST(:assets AS text[]), CAST(:codes AS smallint[]), CAST(:flags AS smallint[]),
+            CAST(:pending_ids AS uuid[]), CAST(:timeouts_s AS integer[]),
+            CAST(:expires_at AS timestamptz[]), CAST(:rate_card_versions AS integer[]),
+            CAST(:event_ids AS text[]), CAST(:metadata AS text[]),
+            CAST(:debit_balances_after AS bigint[]), CAST(:credit_balances_after AS bigint[])
+        ) AS t(id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
+               timeout_s, expires_at, rate_card_version, event_id, metadata,
+               debit_balance_after, credit_balance_after)
+    ), new_resolutions AS (
+        INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
+        SELECT r.pending_id, r.resolved_by, r.outcome, CAST(:created_at AS timestamptz)
+        FROM unnest(CAST(:resolved_pending_ids AS uuid[]), CAST(:resolved_by AS uuid[]),
+                    CAST(:outcomes AS text[])) AS r(pending_id, resolved_by, outcome)
+    )
+    UPDATE accounts a
+    SET debits_posted = a.debits_posted + d.debits_posted,
+        credits_posted = a.credits_posted + d.credits_posted,
+        debits_pending = a.debits_pending + d.debits_pending,
+        credits_pending = a.credits_pending + d.credits_pending
+    FROM unnest(CAST(:account_ids AS bigint[]), CAST(:debits_posted AS bigint[]),
+                CAST(:credits_posted AS bigint[]), CAST(:debits_pending AS bigint[]),
+                CAST(:credits_pending AS bigint[]))
+         AS d(id, debits_posted, credits_posted, debits_pending, credits_pending)
+    WHERE a.id = d.id
+    """
+)
+
+
+class LedgerConflictError(Exception):
+    """Another writer stored the same transfer or resolved the same pending transfer first."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A pending transfer as the batch walk sees it, and how it ended so far."""
+
+    stored: StoredTransfer
+    outcome: str | None
+
+
+@dataclass(slots=True)
+class _Accepted:
+    """A transfer accepted by the walk, with the accounts and amounts it will be stored with."""
+
+    transfer: Transfer
+    debit_account_id: int
+    credit_account_id: int
+    amount: int
+    asset: str
+    debit_balance_after: int
+    credit_balance_after: int
+    expires_at: datetime | None
+
+
+@dataclass(slots=True)
+class _Walk:
+    """Running state of one batch walk."""
+
+    committed_at: datetime
+    accounts: dict[int, AccountTotals]
+    stored: dict[uuid.UUID, StoredTransfer]
+    pendings: dict[uuid.UUID, _Pending]
+    accepted: list[_Accepted] = field(default_factory=list)
+    accepted_by_id: dict[uuid.UUID, _Accepted] = field(default_factory=dict)
+    resolutions: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
+
+
+def _row_to_stored(row: Any) -> StoredTransfer:
+    return StoredTransfer(
+        id=row.id,
+        seq=row.seq,
+        debit_account_id=row.debit_account_id,
+        credit_account_id=row.credit_account_id,
+        amount=row.amount,
+        asset=row.asset,
+        code=row.code,
+        flags=row.flags,
+        pending_id=row.pending_id,
+        timeout_s=row.timeout_s,
+        expires_at=row.expires_at,
+        rate_card_version=row.rate_card_version,
+        event_id=row.event_id,
+        metadata=None if row.metadata is None else json.loads(row.metadata),
+        debit_balance_after=row.debit_balance_after,
+        credit_balance_after=row.credit_balance_after,
+        created_at=row.created_at,
+    )
+
+
+async def _read_stored(
+    conn: AsyncConnection, ids: Iterable[uuid.UUID]
+) -> tuple[dict[uuid.UUID, StoredTransfer], dict[uuid.UUID, str | None]]:
+    id_list = list(ids)
+    if not id_list:
+        return {}, {}
+    rows = (await conn.execute(_SELECT_TRANSFERS, {"ids": id_list})).all()
+    stored = {row.id: _row_to_stored(row) for row in rows}
+    outcomes: dict[uuid.UUID, str | None] = {row.id: row.outcome for row in rows}
+    return stored, outcomes
+
+
+async def _lock_accounts(
+    conn: AsyncConnection, account_ids: set[int]
+) -> tuple[dict[int, AccountTotals], datetime]:
+    rows = (await conn.execute(_LOCK_ACCOUNTS, {"ids": sorted(account_ids)})).all()
+    accounts = {
+        row.id: AccountTotals(
+            row.id,
+            row.asset,
+            row.flags,
+            row.debits_posted,
+            row.credits_posted,
+            row.debits_pending,
+            row.credits_pending,
+        )
+        for row in rows
+    }
+    if rows:
+        return accounts, max(row.now for row in rows)
+    now = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
+    assert isinstance(now, datetime)
+    return accounts, now
+
+
+def _same_fields(transfer: Transfer, stored: StoredTransfer) -> bool:
+    """Whether re-posting `transfer` asks for exactly what `stored` already is."""
+    if transfer.resolves_pending:
+        accounts_match = transfer.debit_account_id in (0, stored.debit_account_id) and (
+            transfer.credit_account_id in (0, stored.credit_account_id)
+        )
+        amount_matches = transfer.amount in (0, stored.amount)
+    else:
+        accounts_match = (transfer.debit_account_id, transfer.credit_account_id) == (
+            stored.debit_account_id,
+            stored.credit_account_id,
+        )
+        amount_matches = transfer.amount == stored.amount
+    return (
+        accounts_match
+        and amount_matches
+        and int(transfer.code) == stored.code
+        and int(transfer.flags) == stored.flags
+        and transfer.pending_id == stored.pending_id
+        and transfer.timeout_s == stored.timeout_s
+        and transfer.rate_card_version == stored.rate_card_version
+        and transfer.event_id == stored.event_id
+        and (transfer.metadata or None) == (stored.metadata or None)
+    )
+
+
+def _accepted_as_stored(accepted: _Accepted, committed_at: datetime) -> StoredTransfer:
+    transfer = accepted.transfer
+    return StoredTransfer(
+        id=transfer.id,
+        seq=0,
+        debit_account_id=accepted.debit_account_id,
+        credit_account_id=accepted.credit_account_id,
+        amount=accepted.amount,
+        asset=accepted.asset,
+        code=int(transfer.code),
+        flags=int(transfer.flags),
+        pending_id=transfer.pending_id,
+        timeout_s=transfer.timeout_s,
+        expires_at=accepted.expires_at,
+        rate_card_version=transfer.rate_card_version,
+        event_id=transfer.event_id,
+        metadata=transfer.metadata,
+        debit_balance_after=accepted.debit_balance_after,
+        credit_balance_after=accepted.credit_balance_after,
+        created_at=committed_at,
+    )
+
+
+def _check_rules(debit: AccountTotals, credit: AccountTotals, funded: bool) -> PostResult:
+    """Balance rules for the totals as they would be after the transfer."""
+    for account in (debit, credit):
+        totals = (
+            account.debits_posted,
+            account.credits_posted,
+            account.debits_pending,
+            account.credits_pending,
+        )
+        if max(totals) > BIGINT_MAX:
+            return PostResult.OVERFLOWS
+    if debit.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and (
+        debit.debits_posted + debit.debits_pending > debit.credits_posted
+    ):
+        return PostResult.EXCEEDS_CREDITS
+    if funded and debit.available_balance < 0:
+        return PostResult.EXCEEDS_CREDITS
+    if credit.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS and (
+        credit.credits_posted + credit.credits_pending > credit.debits_posted
+    ):
+        return PostResult.EXCEEDS_DEBITS
+    return PostResult.OK
+
+
+def _apply(walk: _Walk, transfer: Transfer) -> PostResult:
+    """Decide one transfer against the running totals; on OK, apply it to them."""
+    previous = walk.stored.get(transfer.id)
+    if previous is None and transfer.id in walk.accepted_by_id:
+        previous = _accepted_as_stored(walk.accepted_by_id[transfer.id], walk.committed_at)
+    if previous is not None:
+        if _same_fields(transfer, previous):
+            return PostResult.EXISTS
+        return PostResult.EXISTS_WITH_DIFFERENT_FIELDS
+    if transfer.resolves_pending:
+        return _apply_resolution(walk, transfer)
+    return _apply_plain_or_pending(walk, transfer)
+
+
+def _apply_plain_or_pending(walk: _Walk, transfer: Transfer) -> PostResult:
+    debit = walk.accounts.get(transfer.debit_account_id)
+    credit = walk.accounts.get(transfer.credit_account_id)
+    if debit is None or credit is None:
+        return PostResult.ACCOUNT_NOT_FOUND
+    if debit.asset != credit.asset:
+        return PostResult.ASSET_MISMATCH
+    new_debit, new_credit = debit.copy(), credit.copy()
+    pending = bool(transfer.flags & TransferFlags.PENDING)
+    if pending:
+        new_debit.debits_pending += transfer.amount
+        new_credit.credits_pending += transfer.amount
+    else:
+        new_debit.debits_posted += transfer.amount
+        new_credit.credits_posted += transfer.amount
+    result = _check_rules(new_debit, new_credit, bool(transfer.flags & TransferFlags.FUNDED))
+    if result is not PostResult.OK:
+        return result
+    walk.accounts[debit.id], walk.accounts[credit.id] = new_debit, new_credit
+    expires_at = None
+    if transfer.timeout_s is not None:
+        expires_at = walk.committed_at + timedelta(seconds=transfer.timeout_s)
+    accepted = _Accepted(
+        transfer,
+        debit.id,
+        credit.id,
+        transfer.amount,
+        debit.asset,
+        new_debit.posted_balance,
+        new_credit.posted_balance,
+        expires_at,
+    )
+    _record(walk, accepted)
+    if pending:
+        walk.pendings[transfer.id] = _Pending(
+            _accepted_as_stored(accepted, walk.committed_at), None
+        )
+    return PostResult.OK
+
+
+_OUTCOME_RESULTS = {
+    "posted": PostResult.PENDING_ALREADY_POSTED,
+    "voided": PostResult.PENDING_ALREADY_VOIDED,
+    "expired": PostResult.PENDING_EXPIRED,
+}
+
+
+def _apply_resolution(walk: _Walk, transfer: Transfer) -> PostResult:
+    assert transfer.pending_id is not None
+    entry = walk.pendings.get(transfer.pending_id)
+    if entry is None:
+        return PostResult.PENDING_NOT_FOUND
+    pending = entry.stored
+    if not pending.flags & TransferFlags.PENDING:
+        return PostResult.PENDING_NOT_PENDING
+    if entry.outcome is not None:
+        return _OUTCOME_RESULTS[entry.outcome]
+    if transfer.debit_account_id not in (0, pending.debit_account_id) or (
+        transfer.credit_account_id not in (0, pending.credit_account_id)
+    ):
+        return PostResult.PENDING_ACCOUNTS_DIFFER
+    posting = bool(transfer.flags & TransferFlags.POST_PENDING)
+    timed_out = pending.expires_at is not None and pending.expires_at <= walk.committed_at
+    if posting and timed_out:
+        return PostResult.PENDING_EXPIRED
+    if posting:
+        amount = transfer.amount or pending.amount
+        if amount > pending.amount:
+            return PostResult.AMOUNT_EXCEEDS_PENDING
+    else:
+        amount = pending.amount
+        if transfer.amount not in (0, pending.amount):
+            return PostResult.AMOUNT_DIFFERS_FROM_PENDING
+    debit = walk.accounts.get(pending.debit_account_id)
+    credit = walk.accounts.get(pending.credit_account_id)
+    if debit is None or credit is None:
+        return PostResult.ACCOUNT_NOT_FOUND
+    new_debit, new_credit = debit.copy(), credit.copy()
+    new_debit.debits_pending -= pending.amount
+    new_credit.credits_pending -= pending.amount
+    if posting:
+        new_debit.debits_posted += amount
+        new_credit.credits_posted += amount
+    result = _check_rules(new_debit, new_credit, funded=False)
+    if result is not PostResult.OK:
+        return result
+    walk.accounts[debit.id], walk.accounts[credit.id] = new_debit, new_credit
+    if posting:
+        outcome = "posted"
+    elif transfer.code == TransferCode.PENDING_EXPIRED:
+        outcome = "expired"
+    else:
+        outcome = "voided"
+    entry.outcome = outcome
+    walk.resolutions.append((pending.id, transfer.id, outcome))
+    accepted = _Accepted(
+        transfer,
+        debit.id,
+        credit.id,
+        amount,
+        pending.asset,
+        new_debit.posted_balance,
+        new_credit.posted_balance,
+        None,
+    )
+    _record(walk, accepted)
+    return PostResult.OK
+
+
+def _record(walk: _Walk, accepted: _Accepted) -> None:
+    walk.accepted.append(accepted)
+    walk.accepted_by_id[accepted.transfer.id] = accepted
+
+
+def _chains(transfers: Sequence[Transfer]) -> list[range]:
+    """Index ranges of linked chains: a chain runs to the first transfer without LINKED."""
+    chains: list[range] = []
+    start = 0
+    for index, transfer in enumerate(transfers):
+        if not transfer.flags & TransferFlags.LINKED:
+            chains.append(range(start, index + 1))
+            start = index + 1
+    if start < len(transfers):
+        chains.append(range(start, len(transfers)))
+    return chains
+
+
+def _walk_chain(walk: _Walk, transfers: Sequence[Transfer], chain: range) -> list[PostResult]:
+    """Apply a chain all or nothing. A chain still open at the end of the batch fails."""
+    if transfers[chain[-1]].flags & TransferFlags.LINKED:
+        failed_results = [PostResult.LINKED_EVENT_FAILED] * len(chain)
+        failed_results[-1] = PostResult.LINKED_EVENT_CHAIN_OPEN
+        return failed_results
+    if len(chain) == 1:
+        return [_apply(walk, transfers[chain[0]])]
+    saved_accounts = {key: value.copy() for key, value in walk.accounts.items()}
+    saved_outcomes = {key: value.outcome for key, value in walk.pendings.items()}
+    saved_accepted_count = len(walk.accepted)
+    saved_resolution_count = len(walk.resolutions)
+    results: list[PostResult] = []
+    for index in chain:
+        result = _apply(walk, transfers[index])
+        results.append(result)
+        if result not in _OK_RESULTS:
+            break
+    if all(result in _OK_RESULTS for result in results):
+        return results
+    walk.accounts = saved_accounts
+    for key in list(walk.pendings):
+        if key in saved_outcomes:
+            walk.pendings[key].outcome = saved_outcomes[key]
+        else:
+            del walk.pendings[key]
+    for accepted in walk.accepted[saved_accepted_count:]:
+        del walk.accepted_by_id[accepted.transfer.id]
+    del walk.accepted[saved_accepted_count:]
+    del walk.resolutions[saved_resolution_count:]
+    failure = results[-1]
+    final = [PostResult.LINKED_EVENT_FAILED] * len(chain)
+    final[len(results) - 1] = failure
+    return final
+
+
+def _write_parameters(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[str, Any]:
+    accepted = walk.accepted
+    touched = [
+        account_id
+        for account_id, totals in walk.accounts.items()
+        if account_id in originals and totals != originals[account_id]
+    ]
+    return {
+        "created_at": walk.committed_at,
+        "ids": [a.transfer.id for a in accepted],
+        "debit_account_ids": [a.debit_account_id for a in accepted],
+        "credit_account_ids": [a.credit_account_id for a in accepted],
+        "amounts": [a.amount for a in accepted],
+        "assets": [a.asset for a in accepted],
+        "codes": [int(a.transfer.code) for a in accepted],
+        "flags": [int(a.transfer.flags) for a in accepted],
+        "pending_ids": [a.transfer.pending_id for a in accepted],
+        "timeouts_s": [a.transfer.timeout_s for a in accepted],
+        "expires_at": [a.expires_at for a in accepted],
+        "rate_card_versions": [a.transfer.rate_card_version for a in accepted],
+        "event_ids": [a.transfer.event_id for a in accepted],
+        "metadata": [
+            None if a.transfer.metadata is None else json.dumps(a.transfer.metadata)
+            for a in accepted
+        ],
+        "debit_balances_after": [a.debit_balance_after for a in accepted],
+        "credit_balances_after": [a.credit_balance_after for a in accepted],
+        "resolved_pending_ids": [r[0] for r in walk.resolutions],
+        "resolved_by": [r[1] for r in walk.resolutions],
+        "outcomes": [r[2] for r in walk.resolutions],
+        "account_ids": touched,
+        "debits_posted": [
+            walk.accounts[i].debits_posted - originals[i].debits_posted for i in touched
+        ],
+        "credits_posted": [
+            walk.accounts[i].credits_posted - originals[i].credits_posted for i in touched
+        ],
+        "debits_pending": [
+            walk.accounts[i].debits_pending - originals[i].debits_pending for i in touched
+        ],
+        "credits_pending": [
+            walk.accounts[i].credits_pending - originals[i].credits_pending for i in touched
+        ],
+    }
+
+
+async def post_batch(conn: AsyncConnection, transfers: Sequence[Transfer]) -> BatchOutcome:
+    """Post `transfers` inside the caller's transaction on `conn`.
+
+    Returns a result per transfer. Transfers that are not OK change nothing. The caller commits
+    (or rolls back); a `LedgerConflictError` means the unit of work should be run again.
+    """
+    if len(transfers) > TRANSFER_BATCH_SIZE_MAX:
+        raise ValueError(f"batch of {len(transfers)} exceeds {TRANSFER_BATCH_SIZE_MAX}")
+    if not transfers:
+        return BatchOutcome(results=[])
+    pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
+    stored, outcomes = await _read_stored(conn, {t.id for t in transfers} | pending_ids)
+    account_ids = {t.debit_account_id for t in transfers} | {t.credit_account_id for t in transfers}
+    for pending_id in pending_ids:
+        if pending_id in stored:
+            account_ids |= {
+                stored[pending_id].debit_account_id,
+                stored[pending_id].credit_account_id,
+            }
+    account_ids.discard(0)
+    accounts, committed_at = await _lock_accounts(conn, account_ids)
+    originals = {key: value.copy() for key, value in accounts.items()}
+    pendings = {
+        pending_id: _Pending(stored[pending_id], outcomes[pending_id])
+        for pending_id in pending_ids
+        if pending_id in stored
+    }
+    walk = _Walk(committed_at, accounts, stored, pendings)
+    results: list[PostResult] = []
+    for chain in _chains(transfers):
+        results.extend(_walk_chain(walk, transfers, chain))
+    if walk.accepted:
+        try:
+            await conn.execute(_WRITE_BATCH, _write_parameters(walk, originals))
+        except IntegrityError as error:
+            if _is_unique_violation(error):
+                raise LedgerConflictError(str(error.orig)) from error
+            raise
+    return BatchOutcome(results, committed_at, len(walk.accepted))
+
+
+def _is_unique_violation(error: DBAPIError) -> bool:
+    return getattr(error.orig, "sqlstate", None) == "23505"
+
+
+T = TypeVar("T")
+
+
+async def run_with_conflict_retry(
+    engine: AsyncEngine,
+    unit_of_work: Callable[[AsyncConnection], Awaitable[T]],
+    retry_count_max: int,
+) -> T:
+    """Run `unit_of_work` in a transaction; run it again (bounded) after a `LedgerConflictError`."""
+    for attempt in range(retry_count_max + 1):
+        try:
+            async with engine.begin() as conn:
+                return await unit_of_work(conn)
+        except LedgerConflictError:
+            if attempt == retry_count_max:
+                raise
+    raise AssertionError("unreachable")
+
+
+def split_at_chain_boundaries(
+    transfers: Sequence[Transfer], batch_size_max: int
+) -> list[Sequence[Transfer]]:
+    """Cut a long list into batches of at most `batch_size_max` without splitting a chain."""
+    batches: list[Sequence[Transfer]] = []
+    start = 0
+    for chain in _chains(transfers):
+        if len(chain) > batch_size_max:
+            raise ValueError(f"a linked chain of {len(chain)} exceeds the batch size")
+        if chain.stop - start > batch_size_max:
+            batches.append(transfers[start : chain.start])
+            start = chain.start
+    if start < len(transfers):
+        batches.append(transfers[start:])
+    return batches

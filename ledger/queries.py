@@ -1,0 +1,240 @@
+"""Read side of the ledger: balances, point-in-time balances, statements and the trial balance.
+
+Balances are signed credit-normal: credits minus debits. A creator's Diamonds account that has
+received 5 diamonds shows +5000 (milli-diamonds); the issuance account that funded it shows -5000.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+STATEMENT_PAGE_SIZE_MAX = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class AccountBalance:
+    account_id: int
+    name: str
+    asset: str
+    scale: int
+    kind: str
+    creator_id: str | None
+    debits_posted: int
+    credits_posted: int
+    debits_pending: int
+    credits_pending: int
+
+    @property
+    def posted(self) -> int:
+        """Credits minus debits, posted only."""
+        return self.credits_posted - self.debits_posted
+
+    @property
+    def pending(self) -> int:
+        """Amount reserved by pending transfers (debits pending, e.g. a cash-out hold)."""
+        return self.debits_pending
+
+    @property
+    def available(self) -> int:
+        """Posted balance less what pending debits reserve."""
+        return self.credits_posted - self.debits_posted - self.debits_pending
+
+
+_BALANCE_COLUMNS = """
+    a.id AS account_id, a.name, a.asset, s.scale, a.kind, a.creator_id,
+    a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending
+"""
+
+
+def _balance(row: object) -> AccountBalance:
+    return AccountBalance(**row._mapping)  # type: ignore[attr-defined]
+
+
+async def account_balance(conn: AsyncConnection, account_name: str) -> AccountBalance | None:
+    row = (
+        await conn.execute(
+            text(
+                f"SELECT {_BALANCE_COLUMNS} FROM accounts a JOIN assets s ON s.code = a.asset "  # noqa: S608
+                "WHERE a.name = :name"
+            ),
+            {"name": account_name},
+        )
+    ).first()
+    return None if row is None else _balance(row)
+
+
+async def creator_balances(conn: AsyncConnection, creator_id: str) -> list[AccountBalance]:
+    rows = await conn.execute(
+        text(
+            f"SELECT {_BALANCE_COLUMNS} FROM accounts a JOIN assets s ON s.code = a.asset "  # noqa: S608
+            "WHERE a.creator_id = :creator_id ORDER BY a.name"
+        ),
+        {"creator_id": creator_id},
+    )
+    return [_balance(row) for row in rows]
+
+
+async def posted_balance_as_of(conn: AsyncConnection, account_id: int, as_of: datetime) -> int:
+    """The account's posted balance (credits minus debits) at `as_of`.
+
+    Each transfer stores both sides' balance right after it, so this is one index probe: the
+    latest transfer touching the account at or before `as_of`.
+    """
+    row = (
+        await conn.execute(
+            text(
+                """
+                SELECT balance FROM (
+                    (SELECT seq, debit_balance_after AS balance FROM transfers
+                     WHERE debit_account_id = :account AND created_at <= :as_of
+                     ORDER BY seq DESC LIMIT 1)
+                    UNION ALL
+                    (SELECT seq, credit_balance_after FROM transfers
+                     WHERE credit_account_id = :account AND created_at <= :as_of
+                     ORDER BY seq DESC LIMIT 1)
+                ) latest ORDER BY seq DESC LIMIT 1
+                """
+            ),
+            {"account": account_id, "as_of": as_of},
+        )
+    ).first()
+    return 0 if row is None else int(row.balance)
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    seq: int
+    transfer_id: uuid.UUID
+    created_at: datetime
+    code: str
+    event_id: str | None
+    counterparty: str
+    debit: int
+    credit: int
+    pending: bool
+    balance_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatementPage:
+    lines: list[StatementLine]
+    next_cursor: int | None
+
+
+async def statement(
+    conn: AsyncConnection,
+    account_id: int,
+    *,
+    from_time: datetime | None = None,
+    to_time: datetime | None = None,
+    after_seq: int = 0,
+    page_size: int = 100,
+) -> StatementPage:
+    """Transfers touching the account in commit order, each with the running posted balance.
+
+    `after_seq` is the cursor: pass the previous page's `next_cursor` to continue. Pending
+    transfers are listed (marked) and leave the posted balance unchanged.
+    """
+    if not 1 <= page_size <= STATEMENT_PAGE_SIZE_MAX:
+        raise ValueError(f"page_size must be between 1 and {STATEMENT_PAGE_SIZE_MAX}")
+    rows = (
+        await conn.execute(
+            text(
+                """
+                SELECT t.seq, t.id, t.created_at, c.name AS code, t.event_id, t.flags,
+                       t.amount, t.debit_account_id = :account AS is_debit,
+                       CASE WHEN t.debit_account_id = :account
+                            THEN t.debit_balance_after ELSE t.credit_balance_after END
+                           AS balance_after,
+                       o.name AS counterparty
+                FROM transfers t
+                JOIN transfer_codes c ON c.code = t.code
+                JOIN accounts o ON o.id = CASE WHEN t.debit_account_id = :account
+                                               THEN t.credit_account_id ELSE t.debit_account_id END
+                WHERE (t.debit_account_id = :account OR t.credit_account_id = :account)
+                  AND t.seq > :after_seq
+                  AND t.created_at >= coalesce(CAST(:from_time AS timestamptz), '-infinity')
+                  AND t.created_at < coalesce(CAST(:to_time AS timestamptz), 'infinity')
+                ORDER BY t.seq
+                LIMIT :limit
+                """
+            ),
+            {
+                "account": account_id,
+                "after_seq": after_seq,
+                "from_time": from_time,
+                "to_time": to_time,
+                "limit": page_size + 1,
+            },
+        )
+    ).all()
+    lines = [
+        StatementLine(
+            seq=row.seq,
+            transfer_id=row.id,
+            created_at=row.created_at,
+            code=row.code,
+            event_id=row.event_id,
+            counterparty=row.counterparty,
+            debit=row.amount if row.is_debit else 0,
+            credit=0 if row.is_debit else row.amount,
+            pending=bool(row.flags & 2),
+            balance_after=row.balance_after,
+        )
+        for row in rows[:page_size]
+    ]
+    next_cursor = lines[-1].seq if len(rows) > page_size else None
+    return StatementPage(lines, next_cursor)
+
+
+@dataclass(frozen=True, slots=True)
+class TrialBalanceLine:
+    asset: str
+    scale: int
+    account_name: str
+    kind: str
+    debits: int
+    credits: int
+
+    @property
+    def balance(self) -> int:
+        return self.credits - self.debits
+
+
+async def trial_balance(
+    conn: AsyncConnection, as_of: datetime | None = None
+) -> list[TrialBalanceLine]:
+    """Posted debits and credits per account as of a time (now when None), by asset.
+
+    Within each asset the lines sum to zero: every transfer debits and credits the same amount.
+    """
+    rows = await conn.execute(
+        text(
+            """
+            WITH posted_transfers AS (
+                SELECT * FROM transfers
+                WHERE flags & 10 = 0
+                  AND created_at <= coalesce(CAST(:as_of AS timestamptz), 'infinity')
+            ), posted AS (
+                SELECT debit_account_id AS account_id, amount AS debit, 0::bigint AS credit
+                FROM posted_transfers
+                UNION ALL
+                SELECT credit_account_id, 0, amount FROM posted_transfers
+            )
+            SELECT a.asset, s.scale, a.name AS account_name, a.kind,
+                   sum(p.debit)::bigint AS debits, sum(p.credit)::bigint AS credits
+            FROM posted p
+            JOIN accounts a ON a.id = p.account_id
+            JOIN assets s ON s.code = a.asset
+            GROUP BY a.asset, s.scale, a.name, a.kind
+            ORDER BY a.asset, a.name
+            """
+        ),
+        {"as_of": as_of},
+    )
+    return [TrialBalanceLine(**row._mapping) for row in rows]

