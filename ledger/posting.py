@@ -173,9 +173,10 @@ def _row_to_stored(row: Any) -> StoredTransfer:
     )
 
 
-async def _read_stored(
+async def read_stored(
     conn: AsyncConnection, ids: Iterable[uuid.UUID]
 ) -> tuple[dict[uuid.UUID, StoredTransfer], dict[uuid.UUID, str | None]]:
+    """Stored transfers by id, and for pending ones how they ended (None while open)."""
     id_list = list(ids)
     if not id_list:
         return {}, {}
@@ -515,7 +516,7 @@ async def post_batch(conn: AsyncConnection, transfers: Sequence[Transfer]) -> Ba
     if not transfers:
         return BatchOutcome(results=[])
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
-    stored, outcomes = await _read_stored(conn, {t.id for t in transfers} | pending_ids)
+    stored, outcomes = await read_stored(conn, {t.id for t in transfers} | pending_ids)
     account_ids = {t.debit_account_id for t in transfers} | {t.credit_account_id for t in transfers}
     for pending_id in pending_ids:
         if pending_id in stored:

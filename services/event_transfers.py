@@ -1,0 +1,183 @@
+"""What each input event does to the ledger, as a list of legs (one transfer each).
+
+Every leg of one event is posted as a linked chain, so an event is applied whole or not at all.
+Transfer ids are derived from (topic, event_id, leg), so a redelivered event maps to the same
+transfers and the ledger's idempotency does the rest.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ledger import chart
+from ledger.chart import AccountKind, AccountSpec
+from ledger.model import TransferCode
+from schemas import topics
+from schemas.events import (
+    FundRewarded,
+    GiftReversed,
+    GiftSent,
+    MarketplacePaid,
+    TipReceived,
+)
+from services.pricing import RateCard
+
+TRANSFER_ID_NAMESPACE = uuid.UUID("0b7f8a52-3c1e-4f7e-9a55-2d6c1e4b9f10")
+
+
+def transfer_id(topic: str, event_id: str, leg: str) -> uuid.UUID:
+    """The stable id of one leg of one event: the same on every delivery and every consumer."""
+    return uuid.uuid5(TRANSFER_ID_NAMESPACE, f"{topic}\x1f{event_id}\x1f{leg}")
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    name: str
+    debit: AccountSpec
+    credit: AccountSpec
+    amount: int
+    code: TransferCode
+    metadata: dict[str, Any] | None = None
+
+
+def gift_legs(event: GiftSent, card: RateCard) -> list[Leg]:
+    """Coins move from fans' spent coins to gift revenue; the creator's share is issued as
+    diamonds. Both legs carry the rate card version, so coins and diamonds reconcile."""
+    coins = event.coins * event.count
+    place = {"video_id": event.video_id} if event.surface == "video" else {"live_id": event.live_id}
+    details = {
+        "surface": event.surface,
+        "gift_id": event.gift_id,
+        "sender_id": event.sender_id,
+        "coins": coins,
+        **place,
+    }
+    return [
+        Leg(
+            "coins",
+            chart.platform(AccountKind.COINS_SPENT, "COIN"),
+            chart.platform(AccountKind.COIN_GIFT_REVENUE, "COIN"),
+            coins,
+            TransferCode.GIFT_COINS,
+        ),
+        Leg(
+            "diamonds",
+            chart.platform(AccountKind.DIAMOND_ISSUANCE, "DIAMOND"),
+            chart.creator_diamonds_available(event.creator_id),
+            card.gift_milli_diamonds(event.coins, event.count),
+            TransferCode.GIFT_DIAMONDS,
+            details,
+        ),
+    ]
+
+
+def reversal_legs(event: GiftReversed, coins: int, milli_diamonds: int) -> list[Leg]:
+    """Undo a gift with new transfers: diamonds come back from the creator (even into a negative
+    balance, which later earnings repay) and the coins go back to the fan's side."""
+    details = {"gift_event_id": event.gift_event_id, "reason": event.reason}
+    return [
+        Leg(
+            "coins",
+            chart.platform(AccountKind.COIN_GIFT_REVENUE, "COIN"),
+            chart.platform(AccountKind.COINS_SPENT, "COIN"),
+            coins,
+            TransferCode.GIFT_REVERSAL_COINS,
+        ),
+        Leg(
+            "diamonds",
+            chart.creator_diamonds_available(event.creator_id),
+            chart.platform(AccountKind.DIAMOND_ISSUANCE, "DIAMOND"),
+            milli_diamonds,
+            TransferCode.GIFT_REVERSAL_DIAMONDS,
+            details,
+        ),
+    ]
+
+
+def tip_legs(event: TipReceived) -> list[Leg]:
+    """The creator gets 100 % of the tip; the fan's fee is platform revenue; the processor's fee
+    is the platform's cost. The processor settles amount + fan fee - processor fee to clearing."""
+    clearing = chart.platform(AccountKind.TIPS_CLEARING, event.currency)
+    details = {"charge_id": event.charge_id, "sender_id": event.sender_id}
+    legs = [
+        Leg(
+            "tip",
+            clearing,
+            chart.creator_wallet(event.creator_id, event.currency),
+            event.amount,
+            TransferCode.TIP,
+            details,
+        )
+    ]
+    if event.fan_fee > 0:
+        legs.append(
+            Leg(
+                "fan_fee",
+                clearing,
+                chart.platform(AccountKind.TIP_FEES, event.currency),
+                event.fan_fee,
+                TransferCode.TIP_FAN_FEE,
+            )
+        )
+    if event.processor_fee > 0:
+        legs.append(
+            Leg(
+                "processor_fee",
+                chart.platform(AccountKind.PROCESSOR_FEES, event.currency),
+                clearing,
+                event.processor_fee,
+                TransferCode.TIP_PROCESSOR_FEE,
+            )
+        )
+    return legs
+
+
+def fund_legs(event: FundRewarded) -> list[Leg]:
+    return [
+        Leg(
+            "reward",
+            chart.platform(AccountKind.CREATOR_FUND_EXPENSE, event.currency),
+            chart.creator_wallet(event.creator_id, event.currency),
+            event.amount,
+            TransferCode.FUND_REWARD,
+            {"period": event.period},
+        )
+    ]
+
+
+def marketplace_legs(event: MarketplacePaid) -> list[Leg]:
+    """The brand's payment lands in clearing; the creator gets it less the platform's fee."""
+    clearing = chart.platform(AccountKind.MARKETPLACE_CLEARING, event.currency)
+    details = {"brand_id": event.brand_id, "deal_id": event.deal_id}
+    legs = [
+        Leg(
+            "payment",
+            clearing,
+            chart.creator_wallet(event.creator_id, event.currency),
+            event.amount - event.platform_fee,
+            TransferCode.MARKETPLACE_PAYMENT,
+            details,
+        )
+    ]
+    if event.platform_fee > 0:
+        legs.append(
+            Leg(
+                "platform_fee",
+                clearing,
+                chart.platform(AccountKind.MARKETPLACE_FEES, event.currency),
+                event.platform_fee,
+                TransferCode.MARKETPLACE_FEE,
+            )
+        )
+    return legs
+
+
+LEDGER_TOPICS = (
+    topics.GIFTS_SENT,
+    topics.GIFTS_REVERSED,
+    topics.TIPS_RECEIVED,
+    topics.FUND_REWARDED,
+    topics.MARKETPLACE_PAID,
+)

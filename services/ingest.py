@@ -1,0 +1,588 @@
+"""Turning a batch of Kafka records into ledger transfers, exactly once in effect.
+
+One batch is one database transaction: look up which events were already applied, post the new
+events' transfers through the ledger's fast path, and record every applied `event_id` with the
+hash of its payload, all before the commit. The caller commits Kafka offsets only after this
+returns, so a crash anywhere means redelivery, and redelivery finds every event already applied.
+
+Every record ends in exactly one place: applied, duplicate, dead-lettered (with the reason), or
+parked (a reversal whose gift has not arrived yet, retried until a deadline, then dead-lettered).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.chart import AccountSpec
+from ledger.model import PostResult, StoredTransfer, Transfer, TransferFlags
+from ledger.posting import post_batch, read_stored, run_with_conflict_retry
+from ledger.service import Ledger
+from schemas import topics
+from schemas.events import (
+    CONSUMED_EVENT_MODELS,
+    Event,
+    FundRewarded,
+    GiftReversed,
+    GiftSent,
+    MarketplacePaid,
+    TipReceived,
+)
+from services import metrics
+from services.event_transfers import (
+    LEDGER_TOPICS,
+    Leg,
+    fund_legs,
+    gift_legs,
+    marketplace_legs,
+    reversal_legs,
+    tip_legs,
+    transfer_id,
+)
+from services.pricing import RateCardBook
+
+JSON_DEPTH_MAX = 16
+ERROR_DETAIL_LENGTH_MAX = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """One consumed Kafka record, independent of the client library."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    record: InputRecord
+    error: str
+    detail: str
+    event_id: str | None = None
+
+
+@dataclass
+class BatchReport:
+    applied: int = 0
+    duplicates: int = 0
+    parked: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Parsed:
+    record: InputRecord
+    event: Event
+    payload_sha256: bytes
+    from_parking: bool = False
+    parked_until: datetime | None = None
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        raise _DuplicateKeyError(f"duplicate keys {duplicates}")
+    return dict(pairs)
+
+
+def _depth(value: Any, limit: int) -> int:
+    depth, frontier = 0, [value]
+    while frontier:
+        depth += 1
+        if depth > limit:
+            return depth
+        children: list[Any] = []
+        for item in frontier:
+            if isinstance(item, dict):
+                children.extend(item.values())
+            elif isinstance(item, list):
+                children.extend(item)
+        frontier = children
+    return depth - 1
+
+
+def _short(text_value: str) -> str:
+    return text_value[:ERROR_DETAIL_LENGTH_MAX]
+
+
+def parse_record(topic: str, record: InputRecord) -> _Parsed | DeadLetter:
+    """Decode and validate one record; anything wrong becomes a dead letter naming why."""
+    if record.value is None:
+        return DeadLetter(record, "empty_value", "the record has no value")
+    try:
+        decoded = json.loads(record.value.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
+    except UnicodeDecodeError as error:
+        return DeadLetter(record, "invalid_utf8", _short(str(error)))
+    except (ValueError, RecursionError) as error:
+        return DeadLetter(record, "malformed_json", _short(str(error)))
+    if _depth(decoded, JSON_DEPTH_MAX) > JSON_DEPTH_MAX:
+        return DeadLetter(record, "malformed_json", f"nested deeper than {JSON_DEPTH_MAX}")
+    event_id = decoded.get("event_id") if isinstance(decoded, dict) else None
+    model: type[BaseModel] = CONSUMED_EVENT_MODELS[topic]
+    try:
+        event = model.model_validate_json(record.value)
+    except ValidationError as error:
+        detail = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}"
+            for item in error.errors(include_url=False, include_input=False)
+        )
+        return DeadLetter(
+            record,
+            "schema_violation",
+            _short(detail),
+            event_id if isinstance(event_id, str) else None,
+        )
+    assert isinstance(event, Event)
+    canonical = event.model_dump_json().encode("utf-8")
+    return _Parsed(record, event, hashlib.sha256(canonical).digest())
+
+
+def _legs_without_lookup(event: Event, rate_cards: RateCardBook) -> tuple[list[Leg], int | None]:
+    if isinstance(event, GiftSent):
+        card = rate_cards.in_force_at(event.occurred_at)
+        return gift_legs(event, card), card.version
+    if isinstance(event, TipReceived):
+        return tip_legs(event), None
+    if isinstance(event, FundRewarded):
+        return fund_legs(event), None
+    if isinstance(event, MarketplacePaid):
+        return marketplace_legs(event), None
+    raise AssertionError(f"no legs for {type(event).__name__}")
+
+
+def _leg_accounts(event: Event) -> list[AccountSpec]:
+    """The accounts a reversal touches, known before its gift is looked up."""
+    assert isinstance(event, GiftReversed)
+    legs = reversal_legs(event, coins=1, milli_diamonds=1)
+    return [spec for leg in legs for spec in (leg.debit, leg.credit)]
+
+
+def _gift_leg_ids(gift_event_id: str) -> tuple[uuid.UUID, uuid.UUID]:
+    return (
+        transfer_id(topics.GIFTS_SENT, gift_event_id, "coins"),
+        transfer_id(topics.GIFTS_SENT, gift_event_id, "diamonds"),
+    )
+
+
+def _headers_json(headers: tuple[tuple[str, bytes], ...]) -> str:
+    return json.dumps([[key, base64.b64encode(value).decode("ascii")] for key, value in headers])
+
+
+def headers_from_json(encoded: list[list[str]]) -> tuple[tuple[str, bytes], ...]:
+    return tuple((key, base64.b64decode(value)) for key, value in encoded)
+
+
+class Ingestor:
+    """Applies batches of records of one topic to the ledger."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        rate_cards: RateCardBook,
+        *,
+        park_retry_s: float = 300.0,
+        conflict_retry_count_max: int = 5,
+    ) -> None:
+        self.ledger = ledger
+        self.rate_cards = rate_cards
+        self.park_retry_s = park_retry_s
+        self.counts = metrics.IngestCounts()
+        self._conflict_retry_count_max = conflict_retry_count_max
+
+    async def process(self, topic: str, records: Sequence[InputRecord]) -> BatchReport:
+        """Apply one batch of `topic` (the contract's name, without prefix).
+
+        Returns what became of each record; dead letters are for the caller to publish before it
+        commits the offsets. Database errors propagate, and the caller retries the same batch.
+        """
+        parsed: list[_Parsed] = []
+        report = BatchReport()
+        for record in records:
+            outcome = parse_record(topic, record)
+            if isinstance(outcome, DeadLetter):
+                report.dead_letters.append(outcome)
+            else:
+                parsed.append(outcome)
+        await self._apply(topic, parsed, report)
+        self._count(topic, len(records), report)
+        return report
+
+    async def retry_parked(self, topic: str, limit: int = 1_000) -> BatchReport:
+        """Try parked events of `topic` again; past their deadline they are dead-lettered."""
+        async with self.ledger.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT event_id, payload, headers, kafka_partition, kafka_offset,"
+                        " retry_until FROM parked_events WHERE topic = :topic"
+                        " ORDER BY parked_at LIMIT :limit"
+                    ),
+                    {"topic": topic, "limit": limit},
+                )
+            ).all()
+        parsed: list[_Parsed] = []
+        report = BatchReport()
+        for row in rows:
+            record = InputRecord(
+                topic,
+                row.kafka_partition,
+                row.kafka_offset,
+                None,
+                bytes(row.payload),
+                headers_from_json(row.headers),
+            )
+            outcome = parse_record(topic, record)
+            assert not isinstance(outcome, DeadLetter), "only valid events are parked"
+            outcome.from_parking = True
+            outcome.parked_until = row.retry_until
+            parsed.append(outcome)
+        if parsed:
+            await self._apply(topic, parsed, report)
+            self.counts.unparked_applied += report.applied
+            self.counts.unparked_dead_lettered += len(report.dead_letters)
+            metrics.EVENTS_APPLIED.labels(topic).inc(report.applied)
+            for letter in report.dead_letters:
+                metrics.EVENTS_DEAD_LETTERED.labels(topic, letter.error).inc()
+        return report
+
+    def _count(self, topic: str, consumed: int, report: BatchReport) -> None:
+        counts = self.counts
+        counts.consumed += consumed
+        counts.applied += report.applied
+        counts.duplicates += report.duplicates
+        counts.parked += report.parked
+        counts.dead_lettered += len(report.dead_letters)
+        for letter in report.dead_letters:
+            counts.dead_letter_errors[letter.error] = (
+                counts.dead_letter_errors.get(letter.error, 0) + 1
+            )
+            metrics.EVENTS_DEAD_LETTERED.labels(topic, letter.error).inc()
+        metrics.EVENTS_CONSUMED.labels(topic).inc(consumed)
+        metrics.EVENTS_APPLIED.labels(topic).inc(report.applied)
+        metrics.EVENTS_DUPLICATE.labels(topic).inc(report.duplicates)
+        metrics.EVENTS_PARKED.labels(topic).inc(report.parked)
+
+    async def _apply(self, topic: str, parsed: list[_Parsed], report: BatchReport) -> None:
+        unique = self._drop_in_batch_repeats(parsed, report)
+        if topic not in LEDGER_TOPICS:
+            raise ValueError(f"{topic} is not a ledger topic")
+        planned: dict[str, tuple[list[Leg], int | None]] = {}
+        specs: list[AccountSpec] = []
+        for item in unique:
+            if isinstance(item.event, GiftReversed):
+                specs += _leg_accounts(item.event)
+            else:
+                legs, version = _legs_without_lookup(item.event, self.rate_cards)
+                planned[item.event.event_id] = (legs, version)
+                specs += [spec for leg in legs for spec in (leg.debit, leg.credit)]
+        account_ids = await self.ledger.accounts.ids(specs)
+        early_letters = list(report.dead_letters)
+        batch_report = await run_with_conflict_retry(
+            self.ledger.engine,
+            lambda conn: self._apply_in(conn, topic, unique, planned, account_ids, early_letters),
+            self._conflict_retry_count_max,
+        )
+        report.applied += batch_report.applied
+        report.duplicates += batch_report.duplicates
+        report.parked += batch_report.parked
+        report.dead_letters += batch_report.dead_letters
+
+    def _drop_in_batch_repeats(self, parsed: list[_Parsed], report: BatchReport) -> list[_Parsed]:
+        first_seen: dict[str, _Parsed] = {}
+        for item in parsed:
+            earlier = first_seen.get(item.event.event_id)
+            if earlier is None:
+                first_seen[item.event.event_id] = item
+            elif earlier.payload_sha256 == item.payload_sha256:
+                report.duplicates += 1
+            else:
+                report.dead_letters.append(
+                    DeadLetter(
+                        item.record,
+                        "event_id_conflict",
+                        "event_id reused with a different payload in the same batch",
+                        item.event.event_id,
+                    )
+                )
+        return list(first_seen.values())
+
+    async def _apply_in(
+        self,
+        conn: AsyncConnection,
+        topic: str,
+        items: list[_Parsed],
+        planned: dict[str, tuple[list[Leg], int | None]],
+        account_ids: dict[str, int],
+        early_letters: list[DeadLetter],
+    ) -> BatchReport:
+        """The transaction of one batch; `early_letters` (bad input found before it) are
+        recorded with it."""
+        report = BatchReport()
+        fresh = await self._drop_applied(conn, topic, items, report)
+        if topic == topics.GIFTS_REVERSED:
+            fresh = await self._plan_reversals(conn, fresh, planned, account_ids, report)
+        transfers: list[Transfer] = []
+        owners: list[_Parsed] = []
+        for item in fresh:
+            legs, version = planned[item.event.event_id]
+            for position, leg in enumerate(legs):
+                last = position == len(legs) - 1
+                transfers.append(
+                    Transfer(
+                        id=self._leg_transfer_id(topic, item.event, leg),
+                        debit_account_id=account_ids[leg.debit.name],
+                        credit_account_id=account_ids[leg.credit.name],
+                        amount=leg.amount,
+                        code=leg.code,
+                        flags=TransferFlags.NONE if last else TransferFlags.LINKED,
+                        rate_card_version=version,
+                        event_id=item.event.event_id,
+                        metadata=leg.metadata,
+                    )
+                )
+                owners.append(item)
+        outcome = await post_batch(conn, transfers)
+        results_by_event: dict[str, list[PostResult]] = {}
+        for item, result in zip(owners, outcome.results, strict=True):
+            results_by_event.setdefault(item.event.event_id, []).append(result)
+        applied: list[_Parsed] = []
+        for item in fresh:
+            results = results_by_event[item.event.event_id]
+            if all(result is PostResult.OK for result in results):
+                applied.append(item)
+            elif all(result is PostResult.EXISTS for result in results):
+                report.duplicates += 1
+            else:
+                refused = sorted({r.value for r in results if r is not PostResult.OK})
+                error = "already_reversed" if topic == topics.GIFTS_REVERSED else "ledger_refused"
+                report.dead_letters.append(
+                    DeadLetter(item.record, error, ", ".join(refused), item.event.event_id)
+                )
+        await self._record_applied(conn, topic, applied)
+        await self._record_dead_letters(conn, topic, [*early_letters, *report.dead_letters])
+        await self._unpark(conn, topic, [*applied, *self._dead_from_parking(items, report)])
+        report.applied = len(applied)
+        return report
+
+    @staticmethod
+    def _leg_transfer_id(topic: str, event: Event, leg: Leg) -> uuid.UUID:
+        # A gift is reversed at most once, whatever the reversal event's id.
+        if isinstance(event, GiftReversed):
+            return transfer_id(topic, event.gift_event_id, leg.name)
+        return transfer_id(topic, event.event_id, leg.name)
+
+    @staticmethod
+    def _dead_from_parking(items: list[_Parsed], report: BatchReport) -> list[_Parsed]:
+        dead_keys = {(d.record.partition, d.record.offset) for d in report.dead_letters}
+        return [
+            item
+            for item in items
+            if item.from_parking and (item.record.partition, item.record.offset) in dead_keys
+        ]
+
+    async def _drop_applied(
+        self, conn: AsyncConnection, topic: str, items: list[_Parsed], report: BatchReport
+    ) -> list[_Parsed]:
+        if not items:
+            return []
+        rows = await conn.execute(
+            text(
+                "SELECT event_id, payload_sha256 FROM applied_events"
+                " WHERE topic = :topic AND event_id = ANY(CAST(:ids AS text[]))"
+            ),
+            {"topic": topic, "ids": [item.event.event_id for item in items]},
+        )
+        applied = {row.event_id: bytes(row.payload_sha256) for row in rows}
+        fresh: list[_Parsed] = []
+        for item in items:
+            stored_hash = applied.get(item.event.event_id)
+            if stored_hash is None:
+                fresh.append(item)
+            elif stored_hash == item.payload_sha256:
+                report.duplicates += 1
+            else:
+                report.dead_letters.append(
+                    DeadLetter(
+                        item.record,
+                        "event_id_conflict",
+                        "event_id already applied with a different payload",
+                        item.event.event_id,
+                    )
+                )
+        return fresh
+
+    async def _plan_reversals(
+        self,
+        conn: AsyncConnection,
+        items: list[_Parsed],
+        planned: dict[str, tuple[list[Leg], int | None]],
+        account_ids: dict[str, int],
+        report: BatchReport,
+    ) -> list[_Parsed]:
+        """Price each reversal from its gift's stored transfers; park those whose gift is
+        missing (or dead-letter them once their parking deadline has passed)."""
+        reversals = [item for item in items if isinstance(item.event, GiftReversed)]
+        gift_ids = [
+            leg_id
+            for item in reversals
+            for leg_id in _gift_leg_ids(item.event.gift_event_id)  # type: ignore[attr-defined]
+        ]
+        stored, _ = await read_stored(conn, gift_ids)
+        now = datetime.now(UTC)
+        ready: list[_Parsed] = []
+        to_park: list[_Parsed] = []
+        for item in reversals:
+            event = item.event
+            assert isinstance(event, GiftReversed)
+            coins_id, diamonds_id = _gift_leg_ids(event.gift_event_id)
+            gift_coins: StoredTransfer | None = stored.get(coins_id)
+            gift_diamonds: StoredTransfer | None = stored.get(diamonds_id)
+            if gift_coins is not None and gift_diamonds is not None:
+                creator_account = account_ids[_leg_accounts(event)[2].name]
+                if gift_diamonds.credit_account_id != creator_account:
+                    report.dead_letters.append(
+                        DeadLetter(
+                            item.record,
+                            "creator_mismatch",
+                            f"gift {event.gift_event_id} was sent to another creator",
+                            event.event_id,
+                        )
+                    )
+                    continue
+                planned[event.event_id] = (
+                    reversal_legs(event, gift_coins.amount, gift_diamonds.amount),
+                    gift_diamonds.rate_card_version,
+                )
+                ready.append(item)
+            elif item.from_parking and item.parked_until is not None and item.parked_until <= now:
+                report.dead_letters.append(
+                    DeadLetter(
+                        item.record,
+                        "gift_not_found",
+                        f"gift {event.gift_event_id} did not arrive before {item.parked_until}",
+                        event.event_id,
+                    )
+                )
+            elif not item.from_parking:
+                to_park.append(item)
+        await self._park(conn, topics.GIFTS_REVERSED, to_park, now)
+        report.parked += len(to_park)
+        return ready
+
+    async def _park(
+        self, conn: AsyncConnection, topic: str, items: list[_Parsed], now: datetime
+    ) -> None:
+        if not items:
+            return
+        await conn.execute(
+            text(
+                """
+                INSERT INTO parked_events (topic, event_id, payload, headers, kafka_partition,
+                                           kafka_offset, waiting_for, retry_until)
+                SELECT :topic, * FROM unnest(
+                    CAST(:event_ids AS text[]), CAST(:payloads AS bytea[]),
+                    CAST(:headers AS text[])::jsonb[], CAST(:partitions AS integer[]),
+                    CAST(:offsets AS bigint[]), CAST(:waiting_for AS text[]),
+                    CAST(:retry_until AS timestamptz[]))
+                ON CONFLICT (topic, event_id) DO NOTHING
+                """
+            ),
+            {
+                "topic": topic,
+                "event_ids": [item.event.event_id for item in items],
+                "payloads": [item.record.value for item in items],
+                "headers": [_headers_json(item.record.headers) for item in items],
+                "partitions": [item.record.partition for item in items],
+                "offsets": [item.record.offset for item in items],
+                "waiting_for": [
+                    f"gift {item.event.gift_event_id}"  # type: ignore[attr-defined]
+                    for item in items
+                ],
+                "retry_until": [now + timedelta(seconds=self.park_retry_s)] * len(items),
+            },
+        )
+
+    @staticmethod
+    async def _unpark(conn: AsyncConnection, topic: str, items: list[_Parsed]) -> None:
+        done = [item.event.event_id for item in items if item.from_parking]
+        if done:
+            await conn.execute(
+                text(
+                    "DELETE FROM parked_events"
+                    " WHERE topic = :topic AND event_id = ANY(CAST(:ids AS text[]))"
+                ),
+                {"topic": topic, "ids": done},
+            )
+
+    @staticmethod
+    async def _record_applied(conn: AsyncConnection, topic: str, items: list[_Parsed]) -> None:
+        if not items:
+            return
+        await conn.execute(
+            text(
+                """
+                INSERT INTO applied_events (topic, event_id, payload_sha256, creator_id,
+                                            occurred_at, kafka_partition, kafka_offset)
+                SELECT :topic, * FROM unnest(
+                    CAST(:event_ids AS text[]), CAST(:hashes AS bytea[]),
+                    CAST(:creator_ids AS text[]), CAST(:occurred_at AS timestamptz[]),
+                    CAST(:partitions AS integer[]), CAST(:offsets AS bigint[]))
+                """
+            ),
+            {
+                "topic": topic,
+                "event_ids": [item.event.event_id for item in items],
+                "hashes": [item.payload_sha256 for item in items],
+                "creator_ids": [getattr(item.event, "creator_id", None) for item in items],
+                "occurred_at": [item.event.occurred_at for item in items],
+                "partitions": [item.record.partition for item in items],
+                "offsets": [item.record.offset for item in items],
+            },
+        )
+
+    @staticmethod
+    async def _record_dead_letters(
+        conn: AsyncConnection, topic: str, letters: list[DeadLetter]
+    ) -> None:
+        if not letters:
+            return
+        await conn.execute(
+            text(
+                """
+                INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, event_id, error,
+                                          detail)
+                SELECT :topic, * FROM unnest(
+                    CAST(:partitions AS integer[]), CAST(:offsets AS bigint[]),
+                    CAST(:event_ids AS text[]), CAST(:errors AS text[]),
+                    CAST(:details AS text[]))
+                ON CONFLICT DO NOTHING
+                """
+            ),
+            {
+                "topic": topic,
+                "partitions": [letter.record.partition for letter in letters],
+                "offsets": [letter.record.offset for letter in letters],
+                "event_ids": [letter.event_id for letter in letters],
+                "errors": [letter.error for letter in letters],
+                "details": [letter.detail for letter in letters],
+            },
+        )

@@ -1,0 +1,79 @@
+"""Prometheus metrics of the consumers, and plain counts that tests and the demo can read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "giftledger_events_consumed_total", "Input records taken from Kafka.", ["topic"]
+)
+EVENTS_APPLIED = Counter(
+    "giftledger_events_applied_total", "Events whose transfers were committed.", ["topic"]
+)
+EVENTS_DUPLICATE = Counter(
+    "giftledger_events_duplicate_total", "Redelivered events that changed nothing.", ["topic"]
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "giftledger_events_dead_lettered_total",
+    "Inputs sent to the dead-letter topic, by error.",
+    ["topic", "error"],
+)
+EVENTS_PARKED = Counter(
+    "giftledger_events_parked_total",
+    "Events parked until what they refer to arrives (a reversal before its gift).",
+    ["topic"],
+)
+BATCH_SIZE = Histogram(
+    "giftledger_batch_size",
+    "Records per consumed batch.",
+    buckets=(1, 10, 50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000),
+)
+COMMIT_SECONDS = Histogram(
+    "giftledger_batch_commit_seconds",
+    "Time from a batch's arrival to its database commit.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CONSUMER_LAG = Gauge(
+    "giftledger_consumer_lag",
+    "High watermark minus the consumer's position, per partition.",
+    ["topic", "partition"],
+)
+DATABASE_RETRIES = Counter(
+    "giftledger_database_retries_total", "Batches retried after a database error.", ["topic"]
+)
+
+
+@dataclass
+class IngestCounts:
+    """Running totals of what happened to consumed records.
+
+    Every consumed record ends in exactly one of applied, duplicates, dead_lettered or parked;
+    a parked record later moves to applied or dead_lettered (counted in unparked_*).
+    """
+
+    consumed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    parked: int = 0
+    unparked_applied: int = 0
+    unparked_dead_lettered: int = 0
+    dead_letter_errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def still_parked(self) -> int:
+        return self.parked - self.unparked_applied - self.unparked_dead_lettered
+
+    def balanced(self) -> bool:
+        """consumed = applied + duplicates + dead-lettered + still parked."""
+        settled = (
+            self.applied
+            + self.unparked_applied
+            + self.duplicates
+            + self.dead_lettered
+            + self.unparked_dead_lettered
+            + self.still_parked
+        )
+        return self.consumed == settled

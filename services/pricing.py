@@ -1,0 +1,91 @@
+"""The versioned rate card: how many milli-diamonds a coin earns a creator, and what a diamond is
+worth at cash-out. Versions are effective-dated; an event is priced by the version in force at its
+`occurred_at`, so pricing does not depend on when (or how often) the event is delivered."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+MILLI_DIAMONDS_PER_DIAMOND = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class RateCard:
+    version: int
+    effective_from: datetime
+    milli_diamonds_per_coin: int
+    diamonds_per_usd: int
+    note: str = ""
+
+    def gift_milli_diamonds(self, coins: int, count: int) -> int:
+        """The creator's diamonds for `count` gifts of `coins` coins, in milli-diamonds.
+
+        Exact: the rate is an integer number of milli-diamonds per coin, so nothing is rounded.
+        """
+        return coins * count * self.milli_diamonds_per_coin
+
+
+class RateCardBook:
+    """All rate card versions, sorted by `effective_from`; reload after adding one."""
+
+    def __init__(self, cards: list[RateCard]) -> None:
+        if not cards:
+            raise ValueError("no rate card: the migrations seed version 1")
+        self._cards = sorted(cards, key=lambda card: card.effective_from)
+        self._starts = [card.effective_from for card in self._cards]
+
+    def in_force_at(self, moment: datetime) -> RateCard:
+        index = bisect.bisect_right(self._starts, moment) - 1
+        return self._cards[max(index, 0)]
+
+    @property
+    def cards(self) -> list[RateCard]:
+        return list(self._cards)
+
+
+async def load_rate_cards(conn: AsyncConnection) -> RateCardBook:
+    rows = await conn.execute(
+        text(
+            "SELECT version, effective_from, milli_diamonds_per_coin, diamonds_per_usd, note"
+            " FROM rate_cards ORDER BY effective_from"
+        )
+    )
+    return RateCardBook([RateCard(*row) for row in rows])
+
+
+async def add_rate_card(
+    conn: AsyncConnection,
+    *,
+    effective_from: datetime,
+    milli_diamonds_per_coin: int,
+    diamonds_per_usd: int,
+    note: str = "",
+) -> RateCard:
+    """Add the next version. Versions are append-only; a mistake is fixed by a newer version."""
+    if effective_from.tzinfo is None:
+        raise ValueError("effective_from needs a timezone")
+    row = (
+        await conn.execute(
+            text(
+                """
+                INSERT INTO rate_cards
+                    (version, effective_from, milli_diamonds_per_coin, diamonds_per_usd, note)
+                SELECT coalesce(max(version), 0) + 1, :effective_from, :per_coin, :per_usd, :note
+                FROM rate_cards
+                RETURNING version, effective_from, milli_diamonds_per_coin, diamonds_per_usd, note
+                """
+            ),
+            {
+                "effective_from": effective_from,
+                "per_coin": milli_diamonds_per_coin,
+                "per_usd": diamonds_per_usd,
+                "note": note,
+            },
+        )
+    ).one()
+    return RateCard(*row)
