@@ -81,6 +81,7 @@ class BatchReport:
     duplicates: int = 0
     parked: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    still_waiting: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -379,7 +380,9 @@ class Ingestor:
                 )
         await self._record_applied(conn, topic, applied)
         await self._record_dead_letters(conn, topic, [*early_letters, *report.dead_letters])
-        await self._unpark(conn, topic, [*applied, *self._dead_from_parking(items, report)])
+        await self._unpark(
+            conn, topic, [item for item in items if item.event.event_id not in report.still_waiting]
+        )
         report.applied = len(applied)
         return report
 
@@ -389,15 +392,6 @@ class Ingestor:
         if isinstance(event, GiftReversed):
             return transfer_id(topic, event.gift_event_id, leg.name)
         return transfer_id(topic, event.event_id, leg.name)
-
-    @staticmethod
-    def _dead_from_parking(items: list[_Parsed], report: BatchReport) -> list[_Parsed]:
-        dead_keys = {(d.record.partition, d.record.offset) for d in report.dead_letters}
-        return [
-            item
-            for item in items
-            if item.from_parking and (item.record.partition, item.record.offset) in dead_keys
-        ]
 
     async def _drop_applied(
         self, conn: AsyncConnection, topic: str, items: list[_Parsed], report: BatchReport
@@ -482,7 +476,9 @@ class Ingestor:
                         event.event_id,
                     )
                 )
-            elif not item.from_parking:
+            elif item.from_parking:
+                report.still_waiting.add(event.event_id)
+            else:
                 to_park.append(item)
         await self._park(conn, topics.GIFTS_REVERSED, to_park, now)
         report.parked += len(to_park)

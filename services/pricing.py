@@ -5,8 +5,9 @@ worth at cash-out. Versions are effective-dated; an event is priced by the versi
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -30,13 +31,20 @@ class RateCard:
         return coins * count * self.milli_diamonds_per_coin
 
 
+def _aware(card: RateCard) -> RateCard:
+    """The driver returns PostgreSQL's '-infinity' as a naive datetime.min: give it UTC."""
+    if card.effective_from.tzinfo is not None:
+        return card
+    return dataclasses.replace(card, effective_from=card.effective_from.replace(tzinfo=UTC))
+
+
 class RateCardBook:
     """All rate card versions, sorted by `effective_from`; reload after adding one."""
 
     def __init__(self, cards: list[RateCard]) -> None:
         if not cards:
             raise ValueError("no rate card: the migrations seed version 1")
-        self._cards = sorted(cards, key=lambda card: card.effective_from)
+        self._cards = sorted((_aware(card) for card in cards), key=lambda c: c.effective_from)
         self._starts = [card.effective_from for card in self._cards]
 
     def in_force_at(self, moment: datetime) -> RateCard:

@@ -1,3 +1,4 @@
+from tests.ingestion_fixtures import consumers
 from tests.kafka_fixtures import kafka_bootstrap
 from tests.postgres_fixtures import (
     database_url,
@@ -8,6 +9,7 @@ from tests.postgres_fixtures import (
 )
 
 __all__ = [
+    "consumers",
     "database_url",
     "engine",
     "kafka_bootstrap",

@@ -1,0 +1,255 @@
+"""The consumers: a FastStream app with one batch subscriber per ledger topic, in one group.
+
+Each batch goes through the `Ingestor` in one database transaction; its dead letters are then
+published to `<topic>.dlq`; only after both do the Kafka offsets move (manual acknowledgement).
+A database outage blocks the batch in a bounded-backoff retry loop: the partition pauses, nothing
+is skipped. If the retries run out, the batch is rewound (seek) so it is fetched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.middlewares import AckPolicy
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from schemas import topics
+from services import metrics
+from services.event_transfers import LEDGER_TOPICS
+from services.ingest import DeadLetter, Ingestor, InputRecord
+from services.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PARK_SWEEP_INTERVAL_S = 1.0
+LAG_REFRESH_INTERVAL_S = 5.0
+RETRY_BACKOFF_MS_MIN = 50
+DLQ_SEND_TIMEOUT_S = 30.0
+REWIND_PAUSE_S = 1.0
+
+TOPIC_DESCRIPTIONS = {
+    topics.GIFTS_SENT: "Gifts on short videos and LIVE streams; credit the creator's Diamonds.",
+    topics.GIFTS_REVERSED: "Refunded, charged-back or fraudulent gifts; claw the Diamonds back.",
+    topics.TIPS_RECEIVED: "Tips through the card processor; the creator gets 100 %.",
+    topics.FUND_REWARDED: "Creator Fund period rewards, in a currency.",
+    topics.MARKETPLACE_PAID: "Creator Marketplace brand payments, less the platform fee.",
+}
+
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, OSError, asyncio.TimeoutError)
+
+
+def _is_transient(error: BaseException) -> bool:
+    if isinstance(error, TRANSIENT_DATABASE_ERRORS):
+        return True
+    if isinstance(error, DBAPIError):
+        return bool(error.connection_invalidated) or "connection" in str(error).lower()
+    return False
+
+
+def _input_record(record: Any, logical_topic: str) -> InputRecord:
+    return InputRecord(
+        topic=logical_topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=tuple((key, bytes(value)) for key, value in (record.headers or ())),
+    )
+
+
+def dead_letter_headers(letter: DeadLetter, source_topic: str) -> list[tuple[str, bytes]]:
+    """The original headers, then ours naming the error and where the input came from."""
+    ours = [
+        ("dlq.error", letter.error.encode()),
+        ("dlq.detail", letter.detail.encode("utf-8", "replace")),
+        ("dlq.source.topic", source_topic.encode()),
+        ("dlq.source.partition", str(letter.record.partition).encode()),
+        ("dlq.source.offset", str(letter.record.offset).encode()),
+    ]
+    if letter.event_id is not None:
+        ours.append(("dlq.event_id", letter.event_id.encode("utf-8", "replace")))
+    return [*letter.record.headers, *ours]
+
+
+async def _noop_decoder(message: Any) -> None:
+    """Keep FastStream from decoding: the ingestor reads the raw records itself."""
+    return
+
+
+class ConsumerService:
+    """Builds the broker and subscribers; `start()` and `stop()` run them."""
+
+    def __init__(self, settings: Settings, ingestor: Ingestor, bootstrap_servers: str) -> None:
+        self.settings = settings
+        self.ingestor = ingestor
+        self.bootstrap_servers = bootstrap_servers
+        self.broker = KafkaBroker(
+            bootstrap_servers,
+            client_id="giftledger",
+            log_level=logging.DEBUG,
+            graceful_timeout=30.0,
+        )
+        self._producer: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._subscribers: dict[str, Any] = {}
+        for topic in LEDGER_TOPICS:
+            self._register(topic)
+
+    def name(self, topic: str) -> str:
+        return f"{self.settings.kafka_topic_prefix}{topic}"
+
+    def _register(self, topic: str) -> None:
+        settings = self.settings
+        subscriber = self.broker.subscriber(
+            self.name(topic),
+            batch=True,
+            group_id=settings.kafka_consumer_group,
+            auto_offset_reset="earliest",
+            max_records=settings.consumer_batch_size_max,
+            batch_timeout_ms=settings.consumer_batch_wait_ms,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 4, 500),
+            ack_policy=AckPolicy.MANUAL,
+            decoder=_noop_decoder,
+            title=f"on_{topic.replace('.', '_')}",
+            description=TOPIC_DESCRIPTIONS[topic],
+        )
+        # Declared for the AsyncAPI document; the records themselves go through the producer
+        # below, which keeps the original bytes and binary headers unchanged.
+        self.broker.publisher(
+            self.name(topics.dead_letter_topic(topic)),
+            title=f"to_{topic.replace('.', '_')}_dlq",
+            description=f"Inputs from {topic} that cannot be applied, with the reason in headers.",
+        )
+
+        async def handle(body: Any, msg: KafkaMessage) -> None:
+            await self._handle_batch(topic, msg)
+
+        subscriber(handle)
+        self._subscribers[topic] = subscriber
+
+    async def _handle_batch(self, topic: str, msg: KafkaMessage) -> None:
+        started = time.monotonic()
+        raw = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        records = [_input_record(record, topic) for record in raw]
+        metrics.BATCH_SIZE.observe(len(records))
+        try:
+            report = await self._with_database_retry(
+                topic, lambda: self.ingestor.process(topic, records)
+            )
+        except Exception:
+            logger.exception("batch of %d from %s not applied; rewinding", len(records), topic)
+            await asyncio.sleep(REWIND_PAUSE_S)
+            await msg.nack()
+            return
+        metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
+        await self._publish_dead_letters(topic, report.dead_letters)
+        await msg.ack()
+
+    async def _with_database_retry(self, topic: str, work: Callable[[], Awaitable[Any]]) -> Any:
+        backoff_ms = RETRY_BACKOFF_MS_MIN
+        for attempt in range(self.settings.consumer_db_retry_count_max + 1):
+            try:
+                return await work()
+            except Exception as error:
+                if not _is_transient(error) or attempt == self.settings.consumer_db_retry_count_max:
+                    raise
+                metrics.DATABASE_RETRIES.labels(topic).inc()
+                logger.warning(
+                    "database unavailable for %s (%s); retry %d in %d ms",
+                    topic,
+                    type(error).__name__,
+                    attempt + 1,
+                    backoff_ms,
+                )
+                await asyncio.sleep(backoff_ms * random.uniform(0.5, 1.0) / 1000)
+                backoff_ms = min(backoff_ms * 2, self.settings.consumer_db_retry_backoff_ms_max)
+        raise AssertionError("unreachable")
+
+    async def _publish_dead_letters(self, topic: str, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        source = self.name(topic)
+        target = self.name(topics.dead_letter_topic(topic))
+        sends = [
+            await self._producer.send(
+                target,
+                value=letter.record.value,
+                key=letter.record.key,
+                partition=None,
+                headers=dead_letter_headers(letter, source),
+            )
+            for letter in letters
+        ]
+        await asyncio.wait_for(asyncio.gather(*sends), DLQ_SEND_TIMEOUT_S)
+
+    async def _sweep_parked(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), PARK_SWEEP_INTERVAL_S)
+            if self._stopping.is_set():
+                return
+            try:
+                report = await self.ingestor.retry_parked(topics.GIFTS_REVERSED)
+                await self._publish_dead_letters(topics.GIFTS_REVERSED, report.dead_letters)
+            except Exception as error:
+                logger.warning("parked events not retried this round: %s", error)
+
+    async def _refresh_lag(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), LAG_REFRESH_INTERVAL_S)
+            for topic, subscriber in self._subscribers.items():
+                consumer = getattr(subscriber, "consumer", None)
+                if consumer is None:
+                    continue
+                for partition in consumer.assignment():
+                    highwater = consumer.highwater(partition)
+                    if highwater is None:
+                        continue
+                    with contextlib.suppress(Exception):
+                        position = await consumer.position(partition)
+                        metrics.CONSUMER_LAG.labels(self.name(topic), partition.partition).set(
+                            max(highwater - position, 0)
+                        )
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id="giftledger-dlq",
+            acks="all",
+            linger_ms=5,
+        )
+        await self._producer.start()
+        await self.broker.start()
+        self._tasks = [
+            asyncio.create_task(self._sweep_parked(), name="sweep-parked"),
+            asyncio.create_task(self._refresh_lag(), name="refresh-lag"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.broker.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    def assigned_partition_count(self) -> int:
+        total = 0
+        for subscriber in self._subscribers.values():
+            consumer = getattr(subscriber, "consumer", None)
+            if consumer is not None:
+                total += len(consumer.assignment())
+        return total

@@ -1,0 +1,174 @@
+"""End to end: events published to the real broker end up in the real ledger exactly once."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.queries import creator_balances
+from ledger.verify import verify
+from schemas import topics
+from tests import event_factory as make
+from tests.ingestion_fixtures import RunningConsumers, wait_until
+
+
+async def _balances(engine: AsyncEngine, creator_id: str) -> dict[str, int]:
+    async with engine.connect() as conn:
+        return {b.name.split(":", 2)[2]: b.posted for b in await creator_balances(conn, creator_id)}
+
+
+async def _applied(engine: AsyncEngine, event_ids: list[str]) -> int:
+    async with engine.connect() as conn:
+        return int(
+            (
+                await conn.execute(
+                    text("SELECT count(*) FROM applied_events WHERE event_id = ANY(:ids)"),
+                    {"ids": event_ids},
+                )
+            ).scalar_one()
+        )
+
+
+async def _publish_and_wait(
+    consumers: RunningConsumers, engine: AsyncEngine, topic: str, events: list[dict[str, object]]
+) -> None:
+    for event in events:
+        await consumers.publish(topic, event)
+    ids = [str(event["event_id"]) for event in events]
+
+    async def all_applied() -> bool:
+        return await _applied(engine, ids) == len(set(ids))
+
+    await wait_until(all_applied)
+
+
+def _creator() -> str:
+    return f"creator-{uuid.uuid4().hex[:10]}"
+
+
+async def test_gifts_on_video_and_live_credit_half_their_coins_as_diamonds(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = _creator()
+    events = [make.gift(creator, coins=10), make.gift(creator, coins=99, count=3, surface="live")]
+    await _publish_and_wait(consumers, engine, topics.GIFTS_SENT, events)
+    # (10 + 297) coins at 500 milli-diamonds per coin
+    assert await _balances(engine, creator) == {"DIAMOND:available": 153_500}
+    async with engine.connect() as conn:
+        surfaces = (
+            await conn.execute(
+                text(
+                    "SELECT metadata->>'surface', rate_card_version FROM transfers"
+                    " WHERE event_id = ANY(:ids) AND code = 1 ORDER BY amount"
+                ),
+                {"ids": [e["event_id"] for e in events]},
+            )
+        ).all()
+    assert [tuple(row) for row in surfaces] == [("video", 1), ("live", 1)]
+
+
+async def test_tip_credits_the_creator_in_full_and_books_both_fees(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = _creator()
+    await _publish_and_wait(
+        consumers, engine, topics.TIPS_RECEIVED, [make.tip(creator, 500, 25, 30)]
+    )
+    assert await _balances(engine, creator) == {"USD:wallet": 500}
+    async with engine.connect() as conn:
+        fees = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT c.name, sum(t.amount) FROM transfers t"
+                        " JOIN transfer_codes c ON c.code = t.code"
+                        " JOIN accounts a ON a.id = t.credit_account_id"
+                        " WHERE t.event_id IN (SELECT event_id FROM applied_events"
+                        "   WHERE creator_id = :creator) GROUP BY c.name"
+                    ),
+                    {"creator": creator},
+                )
+            ).all()
+        )
+    assert fees == {"tip": 500, "tip_fan_fee": 25, "tip_processor_fee": 30}
+
+
+async def test_fund_rewards_and_marketplace_payments_land_in_currency_wallets(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = _creator()
+    await _publish_and_wait(
+        consumers, engine, topics.FUND_REWARDED, [make.fund_reward(creator, 2_500)]
+    )
+    await _publish_and_wait(
+        consumers,
+        engine,
+        topics.MARKETPLACE_PAID,
+        [make.marketplace_payment(creator, 10_000, 2_000)],
+    )
+    assert await _balances(engine, creator) == {"EUR:wallet": 2_500, "GBP:wallet": 8_000}
+
+
+async def test_a_redelivered_gift_credits_diamonds_once(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = _creator()
+    gift = make.gift(creator, coins=4)
+    duplicates_before = consumers.ingestor.counts.duplicates
+    await _publish_and_wait(consumers, engine, topics.GIFTS_SENT, [gift, gift, gift])
+
+    async def counted() -> bool:
+        return consumers.ingestor.counts.duplicates >= duplicates_before + 2
+
+    await wait_until(counted)
+    assert await _balances(engine, creator) == {"DIAMOND:available": 2_000}
+
+
+async def test_reversal_after_its_gift_claws_the_diamonds_back_even_below_zero(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = _creator()
+    big, small = make.gift(creator, coins=100), make.gift(creator, coins=2)
+    await _publish_and_wait(consumers, engine, topics.GIFTS_SENT, [big])
+    await _publish_and_wait(
+        consumers, engine, topics.GIFTS_REVERSED, [make.reversal(creator, str(big["event_id"]))]
+    )
+    assert await _balances(engine, creator) == {"DIAMOND:available": 0}
+    await _publish_and_wait(consumers, engine, topics.GIFTS_SENT, [small])
+    assert await _balances(engine, creator) == {"DIAMOND:available": 1_000}
+
+
+async def test_reversal_before_its_gift_waits_for_it(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = _creator()
+    gift = make.gift(creator, coins=6)
+    early = make.reversal(creator, str(gift["event_id"]))
+    await consumers.publish(topics.GIFTS_REVERSED, early)
+
+    async def parked() -> bool:
+        async with engine.connect() as conn:
+            count = await conn.execute(
+                text("SELECT count(*) FROM parked_events WHERE event_id = :id"),
+                {"id": early["event_id"]},
+            )
+            return bool(count.scalar_one() == 1)
+
+    await wait_until(parked)
+    await _publish_and_wait(consumers, engine, topics.GIFTS_SENT, [gift])
+    await wait_until(lambda: _applied_one(engine, str(early["event_id"])))
+    assert await _balances(engine, creator) == {"DIAMOND:available": 0}
+
+
+async def _applied_one(engine: AsyncEngine, event_id: str) -> bool:
+    return await _applied(engine, [event_id]) == 1
+
+
+async def test_the_ledger_verifies_after_ingestion(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    async with engine.connect() as conn:
+        assert await verify(conn) == []
+    assert consumers.ingestor.counts.balanced()
