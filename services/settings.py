@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     consumer_batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
     consumer_db_retry_backoff_ms_max: int = Field(default=5_000, ge=10, le=300_000)
     consumer_db_retry_count_max: int = Field(default=1_000, ge=1, le=1_000_000)
+    reversal_park_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="How long a reversal that arrived before its gift waits for it.",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,91 @@
+"""`giftledger run`: the consumers (and optionally more) until SIGTERM or SIGINT, then a clean stop.
+
+Stopping finishes the batch in hand (its database commit and offset commit) before leaving the
+consumer group, so nothing is applied twice or left half-done by a normal shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.migrate import current_revision, upgrade_to_head
+from ledger.service import Ledger
+from services.consumer import ConsumerService
+from services.database_runtime import open_database
+from services.ingest import Ingestor
+from services.kafka_runtime import open_kafka
+from services.pricing import load_rate_cards
+from services.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+HEAD_REVISION = "0002"
+
+
+class SchemaNotCurrentError(RuntimeError):
+    pass
+
+
+async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
+    """The embedded database is migrated on start; a configured one must already be current."""
+    if settings.database_url is None:
+        await upgrade_to_head(engine)
+        return
+    revision = await current_revision(engine)
+    if revision != HEAD_REVISION:
+        raise SchemaNotCurrentError(
+            f"database schema is at {revision or 'nothing'}, expected {HEAD_REVISION}:"
+            " run `giftledger migrate` first"
+        )
+
+
+async def start_consumers(
+    settings: Settings, engine: AsyncEngine, bootstrap_servers: str
+) -> ConsumerService:
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    ledger = Ledger(
+        engine,
+        batch_size_max=settings.ledger_batch_size_max,
+        conflict_retry_count_max=settings.ledger_conflict_retry_count_max,
+    )
+    ingestor = Ingestor(
+        ledger,
+        rate_cards,
+        park_retry_s=settings.reversal_park_s,
+        conflict_retry_count_max=settings.ledger_conflict_retry_count_max,
+    )
+    service = ConsumerService(settings, ingestor, bootstrap_servers)
+    await service.start()
+    return service
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+
+
+async def run(
+    settings: Settings,
+    *,
+    on_started: Callable[[ConsumerService], Awaitable[None]] | None = None,
+) -> None:
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
+        await ensure_schema(engine, settings)
+        service = await start_consumers(settings, engine, bootstrap_servers)
+        logger.info("consumers running on %s; SIGTERM stops them", bootstrap_servers)
+        try:
+            if on_started is not None:
+                await on_started(service)
+            await stop.wait()
+        finally:
+            logger.info("stopping: finishing the batch in hand")
+            await service.stop()

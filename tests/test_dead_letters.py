@@ -1,0 +1,139 @@
+"""Bad input never blocks a partition: it lands in `<topic>.dlq`, unchanged, with the reason."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.queries import creator_balances
+from schemas import topics
+from tests import event_factory as make
+from tests.ingestion_fixtures import RunningConsumers, wait_until
+
+
+def _creator() -> str:
+    return f"creator-{uuid.uuid4().hex[:10]}"
+
+
+async def _dead_letter_errors(engine: AsyncEngine, topic: str) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT error FROM dead_letters WHERE topic = :topic ORDER BY kafka_offset"),
+            {"topic": topic},
+        )
+        return [row.error for row in rows]
+
+
+async def test_each_kind_of_bad_gift_goes_to_the_dead_letter_topic_with_its_reason(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = _creator()
+    good = make.gift(creator, coins=2)
+    too_small = {**make.gift(creator), "coins": 0}
+    live_without_live_id = {**make.gift(creator, surface="live"), "live_id": None}
+    as_text = {**make.gift(creator), "coins": "5"}
+    extra_field = {**make.gift(creator), "bonus": 1}
+    bad_inputs: list[tuple[bytes, str]] = [
+        (b'{"event_id": "x", ', "malformed_json"),
+        (b"\xff\xfe not utf-8", "invalid_utf8"),
+        (b'{"event_id": "a", "event_id": "b"}', "malformed_json"),
+        (b"[" * 40 + b"]" * 40, "malformed_json"),
+        (json.dumps(too_small).encode(), "schema_violation"),
+        (json.dumps(live_without_live_id).encode(), "schema_violation"),
+        (json.dumps(as_text).encode(), "schema_violation"),
+        (json.dumps(extra_field).encode(), "schema_violation"),
+    ]
+    for value, _ in bad_inputs:
+        await consumers.publish(topics.GIFTS_SENT, value, key=creator, headers=[("trace", b"t-1")])
+    await consumers.publish(topics.GIFTS_SENT, good)
+
+    records = await consumers.read_topic(
+        topics.dead_letter_topic(topics.GIFTS_SENT), len(bad_inputs)
+    )
+    assert sorted(record.value for record in records) == sorted(value for value, _ in bad_inputs)
+    for record in records:
+        headers = dict(record.headers)
+        assert headers["trace"] == b"t-1"
+        assert headers["dlq.source.topic"] == (consumers.prefix + topics.GIFTS_SENT).encode()
+        assert int(headers["dlq.source.offset"]) >= 0
+        expected = dict((value, error) for value, error in bad_inputs)[record.value]
+        assert headers["dlq.error"].decode() == expected
+        assert headers["dlq.detail"]
+
+    async def good_applied() -> bool:
+        async with engine.connect() as conn:
+            return bool(await creator_balances(conn, creator))
+
+    await wait_until(good_applied)
+    errors = await _dead_letter_errors(engine, topics.GIFTS_SENT)
+    assert sorted(errors) == sorted(error for _, error in bad_inputs)
+
+
+async def test_unknown_currency_is_dead_lettered(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    await consumers.publish(topics.TIPS_RECEIVED, {**make.tip(_creator()), "currency": "XXX"})
+    records = await consumers.read_topic(topics.dead_letter_topic(topics.TIPS_RECEIVED), 1)
+    assert dict(records[0].headers)["dlq.error"] == b"schema_violation"
+    assert b"unknown currency" in dict(records[0].headers)["dlq.detail"]
+
+
+async def test_event_id_reused_with_a_different_payload_is_a_conflict(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = _creator()
+    first = make.fund_reward(creator, 100)
+    second = {**first, "amount": 999}
+    await consumers.publish(topics.FUND_REWARDED, first)
+    await consumers.publish(topics.FUND_REWARDED, second)
+    records = await consumers.read_topic(topics.dead_letter_topic(topics.FUND_REWARDED), 1)
+    assert json.loads(records[0].value)["amount"] == 999
+    assert dict(records[0].headers)["dlq.error"] == b"event_id_conflict"
+    assert dict(records[0].headers)["dlq.event_id"] == str(first["event_id"]).encode()
+    async with engine.connect() as conn:
+        balances = await creator_balances(conn, creator)
+    assert [b.posted for b in balances] == [100]
+
+
+async def test_reversals_that_cannot_apply_are_dead_lettered_with_the_reason(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator, other = _creator(), _creator()
+    gift = make.gift(creator, coins=8)
+    await consumers.publish(topics.GIFTS_SENT, gift)
+    never_sent = make.reversal(creator, "evt-never-sent")
+    wrong_creator = make.reversal(other, str(gift["event_id"]))
+    first = make.reversal(creator, str(gift["event_id"]))
+    second = make.reversal(creator, str(gift["event_id"]), reason="fraud")
+    await consumers.publish(topics.GIFTS_REVERSED, never_sent)
+
+    async def gift_applied() -> bool:
+        async with engine.connect() as conn:
+            return bool(await creator_balances(conn, creator))
+
+    await wait_until(gift_applied)
+    for reversal in (wrong_creator, first, second):
+        await consumers.publish(topics.GIFTS_REVERSED, reversal)
+    records = await consumers.read_topic(topics.dead_letter_topic(topics.GIFTS_REVERSED), 3)
+    errors = {json.loads(r.value)["event_id"]: dict(r.headers)["dlq.error"] for r in records}
+    assert errors == {
+        never_sent["event_id"]: b"gift_not_found",
+        wrong_creator["event_id"]: b"creator_mismatch",
+        second["event_id"]: b"already_reversed",
+    }
+    async with engine.connect() as conn:
+        balances = await creator_balances(conn, creator)
+    assert [b.posted for b in balances] == [0]
+
+
+async def test_every_consumed_record_is_accounted_for(consumers: RunningConsumers) -> None:
+    counts = consumers.ingestor.counts
+    assert counts.consumed > 0
+    assert counts.still_parked == 0
+    assert counts.balanced()
+    assert (
+        counts.consumed == counts.applied + counts.duplicates + counts.dead_lettered + counts.parked
+    )
