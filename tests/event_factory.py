@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -66,3 +67,7 @@ def marketplace_payment(creator_id: str, amount: int = 10_000, fee: int = 2_000)
         "currency": "GBP",
         "platform_fee": fee,
     }
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return json.dumps(event).encode()

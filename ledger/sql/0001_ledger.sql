@@ -65,7 +65,7 @@ CREATE INDEX accounts_creator_id ON accounts (creator_id) WHERE creator_id IS NO
 --   16 funded (refused with exceeds_credits if the debit account's balance would go below zero)
 CREATE TABLE transfers (
     id                  uuid NOT NULL,
-    seq                 bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000),
+    seq                 bigint GENERATED ALWAYS AS IDENTITY,
     debit_account_id    bigint NOT NULL,
     credit_account_id   bigint NOT NULL,
     amount              bigint NOT NULL CHECK (amount > 0),

@@ -1,0 +1,969 @@
+"""Gift ingestion benchmark: Kafka `gifts.sent` into the ledger, end to end, in one run.
+
+One broker (the embedded Tansu, or `KAFKA_BOOTSTRAP_SERVERS`) and one fresh database
+(`giftledger_bench_<random>` on `DATABASE_URL`, else 127.0.0.1:5432, else the embedded PostgreSQL;
+migrated to head, dropped at the end). Topics get a unique prefix and
+`Settings.kafka_partition_count` partitions.
+
+1. publish: N gifts, generated from a seeded `random.Random`: creators Zipf-distributed over
+   `CREATOR_COUNT` creators, plus one LIVE creator who gets 30 % of all gifts; coins from the usual
+   price points, count mostly 1; key = creator_id. aiokafka producer, linger 20 ms, 256 KB batches.
+2. ceiling: a raw aiokafka consumer reads all N without decoding them.
+3. baseline: what a naive consumer does, per record: parse, one database transaction (applied
+   event, creator account upsert, one transfer and its key, two account updates), commit the
+   Kafka offset. It runs on the first `--baseline-events` records, under its own topic label in
+   `applied_events` and its own transfer ids, so it does not hide events from giftledger.
+4. giftledger: `ConsumerService` with a fresh group on the backlog. The clock starts when every
+   partition is assigned (the group join is reported apart) and stops when the ingestor has applied
+   all N. Before it, a drain of N/10 on topics of their own shows what memory the consumer needs
+   for a backlog ten times smaller (run first, because Python seldom gives memory back to the
+   system: a smaller drain after a bigger one would only show the bigger one's high-water mark).
+5. latency: with the consumer still running, gifts at `--latency-rate` per second for
+   `--latency-seconds`, `occurred_at` = send time.
+
+Checks: every event applied once, `verify()` finds nothing, and the creators' DIAMOND balances
+add up to 500 milli-diamonds per coin sent. A run that loses or doubles an event fails.
+
+Run: python -m bench.ingest_bench [--events 500000] [--baseline-events 5000]
+                                  [--latency-rate 5000] [--latency-seconds 20] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import resource
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bench.ledger_bench import admin_url, fresh_database, server_version, verify_ledger
+from ledger import chart
+from ledger.chart import AccountKind
+from ledger.database import create_engine
+from ledger.model import TransferCode
+from ledger.service import Ledger
+from schemas import topics
+from schemas.events import GiftSent
+from schemas.topics import all_topics
+from services.consumer import ConsumerService
+from services.embedded_broker import EmbeddedBroker, create_topics
+from services.event_transfers import LEDGER_TOPICS, transfer_id
+from services.ingest import BatchReport, Ingestor, InputRecord
+from services.pricing import RateCardBook, load_rate_cards
+from services.settings import Settings
+
+SEED = 20_251_103
+CREATOR_COUNT = 50_000
+ZIPF_EXPONENT = 1.1
+LIVE_CREATOR_ID = "creator-live-star"
+LIVE_CREATOR_SHARE = 0.3
+VIDEO_SHARE = 0.7
+COIN_PRICES = (1, 5, 10, 99, 199, 499, 1_000, 29_999)
+COIN_PRICE_WEIGHTS = (40, 20, 15, 12, 6, 4, 2.5, 0.5)
+GIFT_NAMES = {
+    1: "rose",
+    5: "finger-heart",
+    10: "doughnut",
+    99: "hand-hearts",
+    199: "sunglasses",
+    499: "galaxy",
+    1_000: "lion-cub",
+    29_999: "universe",
+}
+MULTI_GIFT_SHARE = 0.1
+MULTI_GIFT_COUNTS = (2, 3, 5, 10)
+MILLI_DIAMONDS_PER_COIN = 500  # the contract's default rate card: creator share 50 %
+BACKLOG_START = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+
+PRODUCER_LINGER_MS = 20
+PRODUCER_BATCH_BYTES = 256 * 1024
+PUBLISH_CHUNK = 10_000
+RAW_FETCH_RECORDS_MAX = 10_000
+BASELINE_FETCH_RECORDS_MAX = 500
+BASELINE_TOPIC = "bench.baseline.gifts.sent"
+RAW_SESSION_TIMEOUT_MS = 6_000
+FETCH_TIMEOUT_MS = 500
+ASSIGNMENT_WAIT_S = 120.0
+STALL_S = 60.0
+POLL_S = 0.05
+RSS_SAMPLE_S = 0.5
+PACE_TICK_S = 0.002
+
+TARGET_GIFTS_PER_S = 20_000
+TARGET_RATIO = 10.0
+TARGET_P99_MS = 500.0
+TARGET_RATE = 5_000
+
+QUIET_LOGGERS = ("aiokafka", "faststream", "faststream.access.kafka")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    events: int
+    baseline_events: int
+    latency_rate: int
+    latency_seconds: float
+    json_path: Path | None
+
+
+def parse_options(argv: Sequence[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest_bench", description=__doc__)
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--baseline-events", type=int, default=5_000)
+    parser.add_argument("--latency-rate", type=int, default=5_000, help="gifts per second")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    arguments = parser.parse_args(argv)
+    if arguments.events < 10:
+        parser.error("--events must be at least 10")
+    if not 1 <= arguments.baseline_events <= arguments.events:
+        parser.error("--baseline-events must be between 1 and --events")
+    if arguments.latency_rate < 1 or arguments.latency_seconds <= 0:
+        parser.error("--latency-rate and --latency-seconds must be positive")
+    return Options(
+        events=arguments.events,
+        baseline_events=arguments.baseline_events,
+        latency_rate=arguments.latency_rate,
+        latency_seconds=arguments.latency_seconds,
+        json_path=arguments.json,
+    )
+
+
+# The workload.
+
+
+class GiftMaker:
+    """Deterministic `gifts.sent` events: the same seed gives the same gifts, in the same order."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+        weights = [1 / rank**ZIPF_EXPONENT for rank in range(1, CREATOR_COUNT + 1)]
+        self._cumulative = list(itertools.accumulate(weights))
+        self._coin_weights = list(itertools.accumulate(COIN_PRICE_WEIGHTS))
+
+    def _creator(self) -> str:
+        """Zipf: the creator of rank k gets a share proportional to 1 / k**ZIPF_EXPONENT."""
+        point = self._rng.random() * self._cumulative[-1]
+        rank = bisect.bisect_left(self._cumulative, point) + 1
+        return f"creator-{min(rank, CREATOR_COUNT)}"
+
+    def gift(self, event_id: str, occurred_at: datetime) -> tuple[bytes, bytes, int]:
+        """(value, key, coins sent) of one gift."""
+        rng = self._rng
+        if rng.random() < LIVE_CREATOR_SHARE:
+            creator_id = LIVE_CREATOR_ID
+            place = {"surface": "live", "live_id": "live-star-1"}
+        else:
+            creator_id = self._creator()
+            if rng.random() < VIDEO_SHARE:
+                place = {"surface": "video", "video_id": f"video-{creator_id}-{rng.randrange(20)}"}
+            else:
+                place = {"surface": "live", "live_id": f"live-{creator_id}-{rng.randrange(5)}"}
+        coins = rng.choices(COIN_PRICES, cum_weights=self._coin_weights)[0]
+        count = rng.choice(MULTI_GIFT_COUNTS) if rng.random() < MULTI_GIFT_SHARE else 1
+        event = {
+            "event_id": event_id,
+            "occurred_at": occurred_at.isoformat(),
+            "sender_id": f"fan-{rng.randrange(2_000_000)}",
+            "creator_id": creator_id,
+            **place,
+            "gift_id": GIFT_NAMES[coins],
+            "coins": coins,
+            "count": count,
+        }
+        return json.dumps(event).encode(), creator_id.encode(), coins * count
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    events: int
+    coins: int
+    seconds: float
+    generating_seconds: float
+
+
+def new_producer(bootstrap_servers: str) -> Any:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        client_id="ingest-bench",
+        linger_ms=PRODUCER_LINGER_MS,
+        max_batch_size=PRODUCER_BATCH_BYTES,
+        compression_type=None,
+    )
+
+
+async def publish_backlog(
+    producer: Any, topic: str, maker: GiftMaker, count: int, tag: str
+) -> Published:
+    """Generate and send `count` gifts a chunk at a time, so they never all sit in memory.
+
+    A chunk's deliveries are awaited after the next chunk is queued, to keep the producer busy.
+    """
+    coins = 0
+    generating_s = 0.0
+    pending: list[asyncio.Future[Any]] = []
+    started = time.perf_counter()
+    for start in range(0, count, PUBLISH_CHUNK):
+        generating = time.perf_counter()
+        chunk = [
+            maker.gift(
+                f"gift-{tag}-{index:09d}", datetime.fromtimestamp(BACKLOG_START + index / 1000, UTC)
+            )
+            for index in range(start, min(start + PUBLISH_CHUNK, count))
+        ]
+        generating_s += time.perf_counter() - generating
+        sends = [await producer.send(topic, value=value, key=key) for value, key, _ in chunk]
+        coins += sum(gift_coins for _, _, gift_coins in chunk)
+        await asyncio.gather(*pending)
+        pending = sends
+    await asyncio.gather(*pending)
+    return Published(count, coins, time.perf_counter() - started, generating_s)
+
+
+# Measurements.
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    path: str
+    events: int
+    seconds: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+
+def raw_consumer(bootstrap_servers: str, topic: str, group: str) -> Any:
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap_servers,
+        group_id=group,
+        client_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=RAW_SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=RAW_SESSION_TIMEOUT_MS // 4,
+    )
+
+
+async def measure_ceiling(bootstrap_servers: str, topic: str, count: int) -> Measurement:
+    """Records/s of a raw aiokafka consumer that does nothing with them."""
+    consumer = raw_consumer(bootstrap_servers, topic, f"bench-ceiling-{uuid.uuid4().hex[:8]}")
+    await consumer.start()
+    try:
+        seen = first = 0
+        started = 0.0
+        while seen < count:
+            batches = await consumer.getmany(
+                timeout_ms=FETCH_TIMEOUT_MS, max_records=RAW_FETCH_RECORDS_MAX
+            )
+            fetched = sum(len(batch) for batch in batches.values())
+            if fetched and not seen:
+                started, first = time.perf_counter(), fetched
+            seen += fetched
+        # The first fetch is the clock's start: its records are not counted.
+        return Measurement("kafka ceiling (raw)", seen - first, time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+_BASELINE_APPLIED = text(
+    """
+    INSERT INTO applied_events (topic, event_id, payload_sha256, creator_id, occurred_at,
+                                kafka_partition, kafka_offset)
+    VALUES (:topic, :event_id, :sha256, :creator_id, :occurred_at, :partition, :offset)
+    """
+)
+_BASELINE_CREATOR = text(
+    """
+    INSERT INTO accounts (name, asset, kind, creator_id)
+    VALUES (:name, 'DIAMOND', :kind, :creator_id)
+    ON CONFLICT (name) DO UPDATE SET name = excluded.name
+    RETURNING id
+    """
+)
+_BASELINE_KEY = text("INSERT INTO transfer_keys (id, created_at) VALUES (:id, now())")
+_BASELINE_DEBIT = text(
+    "UPDATE accounts SET debits_posted = debits_posted + :amount WHERE id = :id"
+    " RETURNING credits_posted - debits_posted"
+)
+_BASELINE_CREDIT = text(
+    "UPDATE accounts SET credits_posted = credits_posted + :amount WHERE id = :id"
+    " RETURNING credits_posted - debits_posted"
+)
+_BASELINE_TRANSFER = text(
+    """
+    INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, asset, code, flags,
+                           rate_card_version, event_id, debit_balance_after,
+                           credit_balance_after, created_at)
+    VALUES (:id, :debit_id, :credit_id, :amount, 'DIAMOND', :code, 0, :version, :event_id,
+            :debit_after, :credit_after, now())
+    """
+)
+
+
+async def apply_one(
+    conn: AsyncConnection, record: Any, issuance_id: int, rate_cards: RateCardBook
+) -> int:
+    """One gift in one transaction, the plain way; returns its coins."""
+    gift = GiftSent.model_validate_json(record.value)
+    card = rate_cards.in_force_at(gift.occurred_at)
+    amount = card.gift_milli_diamonds(gift.coins, gift.count)
+    creator = chart.creator_diamonds_available(gift.creator_id)
+    async with conn.begin():
+        await conn.execute(
+            _BASELINE_APPLIED,
+            {
+                "topic": BASELINE_TOPIC,
+                "event_id": gift.event_id,
+                "sha256": hashlib.sha256(record.value).digest(),
+                "creator_id": gift.creator_id,
+                "occurred_at": gift.occurred_at,
+                "partition": record.partition,
+                "offset": record.offset,
+            },
+        )
+        creator_id = (
+            await conn.execute(
+                _BASELINE_CREATOR,
+                {"name": creator.name, "kind": creator.kind.value, "creator_id": gift.creator_id},
+            )
+        ).scalar_one()
+        transfer = transfer_id(BASELINE_TOPIC, gift.event_id, "diamonds")
+        await conn.execute(_BASELINE_KEY, {"id": transfer})
+        debit_after = (
+            await conn.execute(_BASELINE_DEBIT, {"id": issuance_id, "amount": amount})
+        ).scalar_one()
+        credit_after = (
+            await conn.execute(_BASELINE_CREDIT, {"id": creator_id, "amount": amount})
+        ).scalar_one()
+        await conn.execute(
+            _BASELINE_TRANSFER,
+            {
+                "id": transfer,
+                "debit_id": issuance_id,
+                "credit_id": creator_id,
+                "amount": amount,
+                "code": int(TransferCode.GIFT_DIAMONDS),
+                "version": card.version,
+                "event_id": gift.event_id,
+                "debit_after": debit_after,
+                "credit_after": credit_after,
+            },
+        )
+    return gift.coins * gift.count
+
+
+async def measure_baseline(
+    bootstrap_servers: str, topic: str, engine: AsyncEngine, count: int
+) -> tuple[Measurement, int]:
+    """The naive consumer on the first `count` records: (measurement, coins it applied)."""
+    issuance = chart.platform(AccountKind.DIAMOND_ISSUANCE, "DIAMOND")
+    issuance_id = await Ledger(engine).accounts.id(issuance)
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    consumer = raw_consumer(bootstrap_servers, topic, f"bench-baseline-{uuid.uuid4().hex[:8]}")
+    await consumer.start()
+    coins = 0
+    applied = 0
+    started = 0.0
+    try:
+        async with engine.connect() as conn:
+            while applied < count:
+                batches = await consumer.getmany(
+                    timeout_ms=FETCH_TIMEOUT_MS, max_records=BASELINE_FETCH_RECORDS_MAX
+                )
+                if batches and not applied:
+                    started = time.perf_counter()
+                for partition, records in batches.items():
+                    for record in records:
+                        if applied == count:
+                            break
+                        coins += await apply_one(conn, record, issuance_id, rate_cards)
+                        await consumer.commit({partition: record.offset + 1})
+                        applied += 1
+        seconds = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+    return Measurement("baseline (per event)", applied, seconds), coins
+
+
+class TimedIngestor(Ingestor):
+    """The product's ingestor; while `timing` is on it notes when each batch of gifts.sent
+    was committed (`process` returns after the database commit), by partition and last offset."""
+
+    def __init__(self, ledger: Ledger, rate_cards: RateCardBook) -> None:
+        super().__init__(ledger, rate_cards)
+        self.timing = False
+        self.commits: dict[int, list[tuple[int, float]]] = {}
+
+    async def process(self, topic: str, records: Sequence[InputRecord]) -> BatchReport:
+        report = await super().process(topic, records)
+        if self.timing and topic == topics.GIFTS_SENT:
+            done = time.time()
+            last: dict[int, int] = {}
+            for record in records:
+                last[record.partition] = max(last.get(record.partition, -1), record.offset)
+            for partition, offset in last.items():
+                self.commits.setdefault(partition, []).append((offset, done))
+        return report
+
+    def committed_at(self, partition: int, offset: int) -> float:
+        """When the batch holding this record was committed to the database (after `sort()`)."""
+        batches = self.commits[partition]
+        index = bisect.bisect_left(batches, (offset, -math.inf))
+        return batches[index][1]
+
+
+def consumer_settings(prefix: str) -> Settings:
+    return Settings(kafka_topic_prefix=prefix, kafka_consumer_group=f"giftledger-{prefix}")
+
+
+async def start_consumers(
+    engine: AsyncEngine, bootstrap_servers: str, settings: Settings
+) -> tuple[ConsumerService, TimedIngestor]:
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    ingestor = TimedIngestor(
+        Ledger(engine, batch_size_max=settings.ledger_batch_size_max), rate_cards
+    )
+    service = ConsumerService(settings, ingestor, bootstrap_servers)
+    await service.start()
+    return service, ingestor
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now; the peak so far where /proc is missing."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class RssPeak:
+    """The highest resident memory seen, sampled every RSS_SAMPLE_S while it runs."""
+
+    start: int = 0
+    peak: int = 0
+    _task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_bytes())
+            await asyncio.sleep(RSS_SAMPLE_S)
+
+    def begin(self) -> None:
+        self.start = self.peak = rss_bytes()
+        self._task = asyncio.create_task(self._sample())
+
+    async def end(self) -> None:
+        self.peak = max(self.peak, rss_bytes())
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def wait_until(condition: Callable[[], bool], progress: Callable[[], int], what: str) -> None:
+    """Poll `condition`; give up when `progress` has not moved for STALL_S seconds."""
+    last, last_moved = progress(), time.monotonic()
+    while not condition():
+        await asyncio.sleep(POLL_S)
+        if progress() != last:
+            last, last_moved = progress(), time.monotonic()
+        elif time.monotonic() - last_moved > STALL_S:
+            raise AssertionError(f"{what}: no progress for {STALL_S} s (at {last})")
+
+
+@dataclass
+class Drain:
+    """Times from `ConsumerService.start()`: the first record consumed, the group settled (every
+    partition assigned; None if the drain ended first) and the last gift applied."""
+
+    events: int
+    first_consumed_s: float
+    settled_s: float | None
+    done_s: float
+    applied_before_settled: int
+    redelivered: int
+    memory: RssPeak
+
+    def from_first_record(self) -> Measurement:
+        return Measurement(
+            "giftledger, 1st record", self.events, self.done_s - self.first_consumed_s
+        )
+
+    def after_settling(self) -> Measurement | None:
+        """Only the gifts applied once the group had settled; None if none were left then."""
+        if self.settled_s is None or self.applied_before_settled == self.events:
+            return None
+        return Measurement(
+            "giftledger, settled",
+            self.events - self.applied_before_settled,
+            self.done_s - self.settled_s,
+        )
+
+
+async def drain(
+    engine: AsyncEngine, bootstrap_servers: str, settings: Settings, count: int
+) -> tuple[Drain, ConsumerService, TimedIngestor]:
+    """Start the consumers on a published backlog and time them until all `count` are applied.
+
+    The consumers are left running for the caller to stop.
+    """
+    memory = RssPeak()
+    memory.begin()
+    started = time.perf_counter()
+    service, ingestor = await start_consumers(engine, bootstrap_servers, settings)
+    counts = ingestor.counts
+    partitions = len(LEDGER_TOPICS) * settings.kafka_partition_count
+    first_consumed: float | None = None
+    settled: float | None = None
+    applied_before_settled = 0
+    consumed, moved = 0, time.perf_counter()
+    try:
+        while counts.applied + counts.dead_lettered < count:
+            now = time.perf_counter()
+            if first_consumed is None and counts.consumed:
+                first_consumed = now
+            if settled is None and service.assigned_partition_count() == partitions:
+                settled, applied_before_settled = now, counts.applied
+            if counts.consumed != consumed:
+                consumed, moved = counts.consumed, now
+            assert now - moved < STALL_S, f"nothing consumed for {STALL_S} s (at {consumed})"
+            await asyncio.sleep(POLL_S)
+        done = time.perf_counter()
+        await memory.end()
+        # Batches redelivered after a rebalance come back as duplicates: those are fine.
+        assert counts.dead_lettered == 0, f"dead letters: {counts.dead_letter_errors}"
+        assert counts.applied == count, f"applied {counts.applied} of {count}"
+    except BaseException:
+        await service.stop()
+        raise
+    result = Drain(
+        events=count,
+        first_consumed_s=(first_consumed or done) - started,
+        settled_s=None if settled is None else settled - started,
+        done_s=done - started,
+        applied_before_settled=applied_before_settled,
+        redelivered=counts.duplicates,
+        memory=memory,
+    )
+    return result, service, ingestor
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    events: int
+    coins: int
+    sent_per_s: float
+    applied_at_ms: dict[str, float]
+    committed_ms: dict[str, float]
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """Nearest-rank p50, p95, p99 and the maximum."""
+    ordered = sorted(values)
+    picked = {
+        f"p{round(q * 100)}": ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+        for q in (0.5, 0.95, 0.99)
+    }
+    return {**picked, "max": ordered[-1]}
+
+
+async def publish_paced(
+    producer: Any, topic: str, maker: GiftMaker, rate: int, seconds: float
+) -> tuple[int, int, float]:
+    """Send `rate` gifts a second, stamped with the send time: (events, coins, seconds taken)."""
+    total = round(rate * seconds)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    sent = coins = 0
+    pending: list[asyncio.Future[Any]] = []
+    while sent < total:
+        due = min(total, int((loop.time() - started) * rate))
+        while sent < due:
+            value, key, gift_coins = maker.gift(f"gift-latency-{sent:09d}", datetime.now(UTC))
+            pending.append(await producer.send(topic, value=value, key=key))
+            coins += gift_coins
+            sent += 1
+        await asyncio.sleep(PACE_TICK_S)
+    elapsed = loop.time() - started
+    await asyncio.gather(*pending)
+    return sent, coins, elapsed
+
+
+async def measure_latency(
+    engine: AsyncEngine, producer: Any, topic: str, ingestor: TimedIngestor, options: Options
+) -> Latency:
+    ingestor.commits.clear()
+    ingestor.timing = True
+    target = ingestor.counts.applied + round(options.latency_rate * options.latency_seconds)
+    maker = GiftMaker(SEED + 2)
+    events, coins, elapsed = await publish_paced(
+        producer, topic, maker, options.latency_rate, options.latency_seconds
+    )
+    await wait_until(
+        lambda: ingestor.counts.applied >= target, lambda: ingestor.counts.consumed, "latency"
+    )
+    ingestor.timing = False
+    for batches in ingestor.commits.values():
+        batches.sort()
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT kafka_partition, kafka_offset, occurred_at, applied_at"
+                    " FROM applied_events WHERE topic = :topic AND event_id LIKE 'gift-latency-%'"
+                ),
+                {"topic": topics.GIFTS_SENT},
+            )
+        ).all()
+    assert len(rows) == events, f"{len(rows)} latency events applied of {events}"
+    applied_at_ms = [(row.applied_at - row.occurred_at).total_seconds() * 1000 for row in rows]
+    committed_ms = [
+        (ingestor.committed_at(row.kafka_partition, row.kafka_offset) - row.occurred_at.timestamp())
+        * 1000
+        for row in rows
+    ]
+    return Latency(
+        events, coins, events / elapsed, percentiles(applied_at_ms), percentiles(committed_ms)
+    )
+
+
+# Checks.
+
+
+async def check_ledger(engine: AsyncEngine, url: str, events: int, coins: int) -> None:
+    """Every event applied once, the creators' diamonds match the coins, verify() is clean."""
+    async with engine.connect() as conn:
+        applied = (await conn.execute(text("SELECT count(*) FROM applied_events"))).scalar_one()
+        diamonds = (
+            await conn.execute(
+                text(
+                    "SELECT CAST(sum(credits_posted - debits_posted) AS bigint) FROM accounts"
+                    " WHERE kind = :kind AND asset = 'DIAMOND'"
+                ),
+                {"kind": AccountKind.CREATOR_DIAMONDS_AVAILABLE.value},
+            )
+        ).scalar_one()
+    assert applied == events, f"applied_events holds {applied}, expected {events}"
+    expected = coins * MILLI_DIAMONDS_PER_COIN
+    assert diamonds == expected, f"creators hold {diamonds} milli-diamonds, expected {expected}"
+    await verify_ledger(url)
+
+
+# The run.
+
+
+@contextlib.asynccontextmanager
+async def kafka() -> AsyncIterator[tuple[str, str]]:
+    """(bootstrap servers, where the broker comes from)."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured, "KAFKA_BOOTSTRAP_SERVERS"
+        return
+    async with EmbeddedBroker(topics=[]) as broker:
+        yield broker.bootstrap_servers, "embedded Tansu"
+
+
+class LogTally(logging.Filter):
+    """Keeps the libraries' log records off the console: counts them by level and logger, and
+    writes them to a file. FastStream's broker logger prints to stdout itself and resets its level
+    when a broker starts, hence a filter on that logger as well as on the root handler."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self._file = logging.FileHandler(path)
+        self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            self.counts[record.levelname, record.name] += 1
+            self._file.handle(record)
+        return False
+
+    def install(self) -> None:
+        root_handler = logging.NullHandler()
+        root_handler.addFilter(self)
+        logging.basicConfig(level=logging.WARNING, handlers=[root_handler], force=True)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("faststream.access.kafka").addFilter(self)
+
+
+def mib(size: int) -> str:
+    return f"{size / 2**20:,.0f} MiB"
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+@dataclass
+class Figures:
+    published: Published | None = None
+    measurements: list[Measurement] = field(default_factory=list)
+    drains: list[Drain] = field(default_factory=list)
+    latency: Latency | None = None
+    checked: str = ""
+    machine: dict[str, Any] = field(default_factory=dict)
+
+
+async def run(options: Options) -> Figures:
+    figures = Figures()
+    async with (
+        kafka() as (bootstrap_servers, broker_source),
+        admin_url() as (maintenance_url, database_source),
+        fresh_database(maintenance_url) as url,
+    ):
+        run_id = uuid.uuid4().hex[:8]
+        big, small = consumer_settings(f"b{run_id}."), consumer_settings(f"s{run_id}.")
+        for settings in (big, small):
+            await create_topics(
+                bootstrap_servers,
+                all_topics(settings.kafka_topic_prefix),
+                settings.kafka_partition_count,
+            )
+        engine = create_engine(
+            url,
+            pool_size=big.db_pool_size,
+            pool_overflow_max=big.db_pool_overflow_max,
+            statement_timeout_ms=big.db_statement_timeout_ms,
+        )
+        producer = new_producer(bootstrap_servers)
+        await producer.start()
+        try:
+            figures.machine = {
+                "cpus": os.cpu_count(),
+                "postgresql": await server_version(engine),
+                "database": database_source,
+                "broker": broker_source,
+                "partitions": big.kafka_partition_count,
+                "consumer_batch_size_max": big.consumer_batch_size_max,
+                "consumer_batch_wait_ms": big.consumer_batch_wait_ms,
+            }
+            await run_phases(options, figures, engine, url, producer, bootstrap_servers, big, small)
+        finally:
+            await producer.stop()
+            await engine.dispose()
+    return figures
+
+
+async def run_phases(
+    options: Options,
+    figures: Figures,
+    engine: AsyncEngine,
+    url: str,
+    producer: Any,
+    bootstrap_servers: str,
+    big: Settings,
+    small: Settings,
+) -> None:
+    gifts_topic = big.kafka_topic_prefix + topics.GIFTS_SENT
+    published = await publish_backlog(producer, gifts_topic, GiftMaker(SEED), options.events, "b")
+    figures.published = published
+    say(
+        f"published {published.events:,} gifts in {published.seconds:.1f} s"
+        f" ({published.events / published.seconds:,.0f}/s; generating them took"
+        f" {published.generating_seconds:.1f} s of it)"
+    )
+    ceiling = await measure_ceiling(bootstrap_servers, gifts_topic, options.events)
+    figures.measurements.append(ceiling)
+    say(f"ceiling: {ceiling.events_per_s:,.0f} records/s")
+    baseline, baseline_coins = await measure_baseline(
+        bootstrap_servers, gifts_topic, engine, options.baseline_events
+    )
+    figures.measurements.append(baseline)
+    say(f"baseline: {baseline.events_per_s:,.0f} events/s")
+
+    small_count = max(options.events // 10, 1)
+    small_published = await publish_backlog(
+        producer,
+        small.kafka_topic_prefix + topics.GIFTS_SENT,
+        GiftMaker(SEED + 1),
+        small_count,
+        "s",
+    )
+    small_drain, service, _ = await drain(engine, bootstrap_servers, small, small_count)
+    await service.stop()
+    figures.drains.append(small_drain)
+    say(f"giftledger drained {small_count:,} in {small_drain.done_s:.1f} s from start")
+
+    big_drain, service, ingestor = await drain(engine, bootstrap_servers, big, options.events)
+    figures.drains.append(big_drain)
+    figures.measurements.append(big_drain.from_first_record())
+    settled = big_drain.after_settling()
+    if settled is not None:
+        figures.measurements.append(settled)
+    say(f"giftledger drained {options.events:,} in {big_drain.done_s:.1f} s from start")
+    try:
+        latency = await measure_latency(engine, producer, gifts_topic, ingestor, options)
+    finally:
+        await service.stop()
+    figures.latency = latency
+    say("checking the ledger")
+    events = options.events + small_count + latency.events + baseline.events
+    coins = published.coins + small_published.coins + latency.coins + baseline_coins
+    await check_ledger(engine, url, events, coins)
+    figures.checked = (
+        f"{events:,} events applied once each, creators hold 500 milli-diamonds per coin sent"
+        f" ({coins * MILLI_DIAMONDS_PER_COIN:,}), verify() found nothing"
+    )
+
+
+# Report.
+
+
+def headline(figures: Figures) -> Measurement:
+    """giftledger once its group has settled, or from its first record if none were left."""
+    by_path = {m.path: m for m in figures.measurements}
+    return by_path.get("giftledger, settled") or by_path["giftledger, 1st record"]
+
+
+def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any]:
+    by_path = {m.path: m for m in figures.measurements}
+    baseline = by_path["baseline (per event)"].events_per_s
+    small_drain, big_drain = figures.drains
+    latency, published = figures.latency, figures.published
+    assert latency is not None
+    assert published is not None
+    print()
+    print(
+        f"published {published.events:,} gifts at {published.events / published.seconds:,.0f}/s"
+        f" (generating the JSON took {published.generating_seconds:.1f} of"
+        f" {published.seconds:.1f} s)"
+    )
+    print(f"{'path':<24} {'events':>9} {'seconds':>8} {'events/s':>9} {'vs baseline':>11}")
+    for m in figures.measurements:
+        print(
+            f"{m.path:<24} {m.events:>9,} {m.seconds:>8.2f} {m.events_per_s:>9,.0f}"
+            f" {m.events_per_s / baseline:>10.1f}x"
+        )
+    settled_s = "never" if big_drain.settled_s is None else f"{big_drain.settled_s:.1f} s"
+    print(
+        f"giftledger on {big_drain.events:,}: first record {big_drain.first_consumed_s:.1f} s"
+        f" after start, group settled (all partitions assigned) {settled_s} after start with"
+        f" {big_drain.applied_before_settled:,} gifts applied, last gift {big_drain.done_s:.1f} s"
+        f" after start; {big_drain.redelivered:,} redelivered after rebalances (found applied)"
+    )
+    print(
+        f"latency at {options.latency_rate:,} gifts/s for {options.latency_seconds:g} s"
+        f" ({latency.events:,} gifts, sent at {latency.sent_per_s:,.0f}/s):"
+    )
+    for label, values in (
+        ("applied_at - occurred_at", latency.applied_at_ms),
+        ("commit - occurred_at", latency.committed_ms),
+    ):
+        print(
+            f"  {label:<25} "
+            + "  ".join(f"{name} {value:,.0f} ms" for name, value in values.items())
+        )
+    print(
+        "  (applied_at is now() in the batch's transaction: when it started, before its ledger"
+        " statements and its commit. commit is when the ingestor returned after the database"
+        " commit, matched to each gift by partition and offset)"
+    )
+    for drained in (small_drain, big_drain):
+        print(
+            f"memory draining {drained.events:>9,}: start {mib(drained.memory.start)},"
+            f" peak {mib(drained.memory.peak)}"
+            f" (+{mib(drained.memory.peak - drained.memory.start)}), VmRSS of this process"
+        )
+    print(f"checks: {figures.checked}")
+    logged = ", ".join(f"{n} {level} {name}" for (level, name), n in tally.counts.most_common())
+    print(f"library log: {logged or 'nothing at WARNING or above'} (in {tally.path})")
+    print("machine: " + ", ".join(f"{key} {value}" for key, value in figures.machine.items()))
+    gifts_per_s = headline(figures).events_per_s
+    p99 = latency.committed_ms["p99"]
+    targets = {
+        f">= {TARGET_GIFTS_PER_S:,} gifts/s": gifts_per_s >= TARGET_GIFTS_PER_S,
+        f">= {TARGET_RATIO:g}x the baseline": gifts_per_s / baseline >= TARGET_RATIO,
+        f"commit p99 < {TARGET_P99_MS:g} ms at {TARGET_RATE:,} gifts/s": (
+            options.latency_rate >= TARGET_RATE and p99 < TARGET_P99_MS
+        ),
+    }
+    print(
+        f"targets ({headline(figures).path}): "
+        + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets.items())
+    )
+    return {
+        "published": {
+            "events": published.events,
+            "seconds": round(published.seconds, 3),
+            "events_per_s": round(published.events / published.seconds),
+            "generating_seconds": round(published.generating_seconds, 3),
+        },
+        "measurements": [
+            {
+                "path": m.path,
+                "events": m.events,
+                "seconds": round(m.seconds, 3),
+                "events_per_s": round(m.events_per_s),
+                "over_baseline": round(m.events_per_s / baseline, 2),
+            }
+            for m in figures.measurements
+        ],
+        "drains": [
+            {
+                "events": d.events,
+                "first_consumed_s": round(d.first_consumed_s, 3),
+                "settled_s": None if d.settled_s is None else round(d.settled_s, 3),
+                "done_s": round(d.done_s, 3),
+                "applied_before_settled": d.applied_before_settled,
+                "redelivered": d.redelivered,
+                "rss_start_bytes": d.memory.start,
+                "rss_peak_bytes": d.memory.peak,
+            }
+            for d in figures.drains
+        ],
+        "latency": {
+            "rate": options.latency_rate,
+            "seconds": options.latency_seconds,
+            "events": latency.events,
+            "applied_at_ms": {key: round(value, 1) for key, value in latency.applied_at_ms.items()},
+            "commit_ms": {key: round(value, 1) for key, value in latency.committed_ms.items()},
+        },
+        "machine": figures.machine,
+        "library_log": {f"{level} {name}": n for (level, name), n in tally.counts.items()},
+        "targets": targets,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_options(argv)
+    tally = LogTally(Path(tempfile.gettempdir()) / f"ingest_bench-{os.getpid()}.log")
+    tally.install()
+    figures = asyncio.run(run(options))
+    document = report(figures, options, tally)
+    if options.json_path is not None:
+        options.json_path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

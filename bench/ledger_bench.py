@@ -1,0 +1,488 @@
+"""Ledger posting benchmark: `post_batch` in batches against one transaction per transfer.
+
+Both paths post the same kind of workload into one fresh database, migrated to head:
+
+- `batch`: `--writers` asyncio tasks post batches of `--batch-size` through
+  `run_with_conflict_retry(engine, lambda conn: post_batch(conn, batch), ...)`, each batch in its
+  own transaction on a pooled connection (so each writer holds one connection at a time).
+- `baseline`: what a plain implementation does, per transfer: BEGIN; insert the transfer's key;
+  update the debit account, then the credit account, each guarded by its balance rule and
+  returning the new balance; insert the transfer row; COMMIT. Each writer keeps one connection.
+
+Two workloads, from a seeded `random.Random`: `spread` credits accounts uniformly, `hot` credits
+one account with 30 % of the transfers. Every transfer debits the same funding account.
+
+Run: python -m bench.ledger_bench [--transfers N] [--accounts 10000] [--batch-size 1000]
+                                  [--writers 2] [--baseline-transfers M] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ledger.accounts import ensure_accounts_in
+from ledger.chart import AccountKind, AccountSpec
+from ledger.database import create_engine, to_async_url
+from ledger.migrate import upgrade_to_head
+from ledger.model import AccountFlags, BatchOutcome, PostResult, Transfer, TransferCode
+from ledger.posting import TRANSFER_BATCH_SIZE_MAX, post_batch, run_with_conflict_retry
+from ledger.verify import verify
+from services.embedded_postgres import EmbeddedPostgres
+
+DEFAULT_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+SERVER_PROBE_TIMEOUT_S = 3
+WORKLOAD_SEED = 20_240_601
+ASSET = "DIAMOND"
+AMOUNT_MAX = 10_000
+HOT_SHARE = 0.3
+VARIANTS = ("spread", "hot")
+CONFLICT_RETRY_COUNT_MAX = 5
+WRITER_COUNT_MAX = 64
+ACCOUNT_COUNT_MAX = 1_000_000
+VERIFY_STATEMENT_TIMEOUT_MS = 600_000
+
+_INSERT_KEY = text("INSERT INTO transfer_keys (id, created_at) VALUES (:id, now())")
+
+_DEBIT = text(
+    """
+    UPDATE accounts SET debits_posted = debits_posted + :amount
+    WHERE id = :id
+      AND (flags & 1 = 0 OR debits_posted + debits_pending + :amount <= credits_posted)
+    RETURNING asset, credits_posted - debits_posted AS balance
+    """
+)
+
+_CREDIT = text(
+    """
+    UPDATE accounts SET credits_posted = credits_posted + :amount
+    WHERE id = :id
+      AND (flags & 2 = 0 OR credits_posted + credits_pending + :amount <= debits_posted)
+    RETURNING asset, credits_posted - debits_posted AS balance
+    """
+)
+
+_INSERT_TRANSFER = text(
+    """
+    INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, asset, code, flags,
+                           debit_balance_after, credit_balance_after, created_at)
+    VALUES (:id, :debit_account_id, :credit_account_id, :amount, :asset, :code, :flags,
+            :debit_balance_after, :credit_balance_after, now())
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    transfers: int
+    accounts: int
+    batch_size: int
+    writers: int
+    baseline_transfers: int
+    json_path: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    variant: str
+    path: str
+    transfers: int
+    seconds: float
+
+    @property
+    def transfers_per_s(self) -> float:
+        return self.transfers / self.seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Chart:
+    """The benchmark's accounts: the funding account and the ones it credits."""
+
+    funding_id: int
+    account_ids: list[int]
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m bench.ledger_bench", description=__doc__)
+    parser.add_argument("--transfers", type=int, default=200_000, help="per variant, batch path")
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=1_000)
+    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument(
+        "--baseline-transfers", type=int, default=5_000, help="per variant, baseline path"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    arguments = parser.parse_args(argv)
+    if arguments.transfers < 1 or arguments.baseline_transfers < 1:
+        parser.error("--transfers and --baseline-transfers must be positive")
+    if not 2 <= arguments.accounts <= ACCOUNT_COUNT_MAX:
+        parser.error(f"--accounts must be between 2 and {ACCOUNT_COUNT_MAX}")
+    if not 1 <= arguments.batch_size <= TRANSFER_BATCH_SIZE_MAX:
+        parser.error(f"--batch-size must be between 1 and {TRANSFER_BATCH_SIZE_MAX}")
+    if not 1 <= arguments.writers <= WRITER_COUNT_MAX:
+        parser.error(f"--writers must be between 1 and {WRITER_COUNT_MAX}")
+    return Settings(
+        transfers=arguments.transfers,
+        accounts=arguments.accounts,
+        batch_size=arguments.batch_size,
+        writers=arguments.writers,
+        baseline_transfers=arguments.baseline_transfers,
+        json_path=arguments.json,
+    )
+
+
+# The server and the fresh database.
+
+
+async def _server_answers(url: str) -> bool:
+    probe = create_async_engine(url, connect_args={"timeout": SERVER_PROBE_TIMEOUT_S})
+    try:
+        async with probe.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (OSError, TimeoutError, SQLAlchemyError):
+        return False
+    finally:
+        await probe.dispose()
+    return True
+
+
+@contextlib.asynccontextmanager
+async def admin_url() -> AsyncIterator[tuple[str, str]]:
+    """(url of a maintenance database, where the server comes from)."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield to_async_url(configured), "DATABASE_URL"
+    elif await _server_answers(DEFAULT_ADMIN_URL):
+        yield DEFAULT_ADMIN_URL, "127.0.0.1:5432"
+    else:
+        async with EmbeddedPostgres() as server:
+            yield server.url("postgres"), "embedded"
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(maintenance_url: str) -> AsyncIterator[str]:
+    """A new database migrated to head; dropped at the end, whatever happens."""
+    name = f"giftledger_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(maintenance_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(maintenance_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        engine = create_engine(url, pool_size=2)
+        await upgrade_to_head(engine)
+        await engine.dispose()
+        yield url
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+def bench_account(index: int) -> AccountSpec:
+    """Even accounts have no balance rule; odd ones must not be debited beyond their credits."""
+    flags = AccountFlags.NONE if index % 2 == 0 else AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+    return AccountSpec(f"bench:{index}", ASSET, AccountKind.SYNTHETIC, flags=flags)
+
+
+async def create_chart(engine: AsyncEngine, account_count: int) -> Chart:
+    """The funding account and `account_count` accounts, then ANALYZE.
+
+    ANALYZE so that no plan is made while the planner believes the accounts table empty.
+    """
+    funding = AccountSpec("bench:funding", ASSET, AccountKind.SYNTHETIC)
+    specs = [bench_account(index) for index in range(account_count)]
+    async with engine.begin() as conn:
+        ids = await ensure_accounts_in(conn, [funding, *specs])
+    async with engine.begin() as conn:
+        await conn.execute(text("ANALYZE"))
+    return Chart(ids[funding.name], [ids[spec.name] for spec in specs])
+
+
+# The workload.
+
+
+def make_workload(rng: random.Random, variant: str, count: int, chart: Chart) -> list[Transfer]:
+    """Plain transfers from the funding account; `hot` credits one account 30 % of the time."""
+    hot_account_id = chart.account_ids[0]
+    transfers: list[Transfer] = []
+    for _ in range(count):
+        if variant == "hot" and rng.random() < HOT_SHARE:
+            credit_account_id = hot_account_id
+        else:
+            credit_account_id = rng.choice(chart.account_ids)
+        transfers.append(
+            Transfer(
+                id=uuid.UUID(int=rng.getrandbits(128), version=4),
+                debit_account_id=chart.funding_id,
+                credit_account_id=credit_account_id,
+                amount=rng.randint(1, AMOUNT_MAX),
+                code=TransferCode.SYNTHETIC,
+            )
+        )
+    return transfers
+
+
+# The batch path.
+
+
+async def post_one_batch(engine: AsyncEngine, batch: Sequence[Transfer]) -> BatchOutcome:
+    return await run_with_conflict_retry(
+        engine, lambda conn: post_batch(conn, batch), CONFLICT_RETRY_COUNT_MAX
+    )
+
+
+async def batch_writer(
+    engine: AsyncEngine, batches: Sequence[Sequence[Transfer]]
+) -> list[PostResult]:
+    results: list[PostResult] = []
+    for batch in batches:
+        results.extend((await post_one_batch(engine, batch)).results)
+    return results
+
+
+async def run_batch_path(
+    engine: AsyncEngine, transfers: Sequence[Transfer], settings: Settings
+) -> tuple[list[PostResult], float]:
+    batches = [
+        transfers[start : start + settings.batch_size]
+        for start in range(0, len(transfers), settings.batch_size)
+    ]
+    started = time.perf_counter()
+    per_writer = await asyncio.gather(
+        *(
+            batch_writer(engine, batches[writer :: settings.writers])
+            for writer in range(settings.writers)
+        )
+    )
+    seconds = time.perf_counter() - started
+    return [result for results in per_writer for result in results], seconds
+
+
+# The baseline: one transaction per transfer.
+
+
+async def post_one_transfer(conn: AsyncConnection, transfer: Transfer) -> PostResult:
+    """One transfer in its own transaction, as a plain implementation posts it.
+
+    Every transfer debits the funding account first, so two writers lock accounts in the same
+    order and cannot deadlock.
+    """
+    async with conn.begin() as transaction:
+        await conn.execute(_INSERT_KEY, {"id": transfer.id})
+        debit = (
+            await conn.execute(_DEBIT, {"id": transfer.debit_account_id, "amount": transfer.amount})
+        ).first()
+        if debit is None:
+            await transaction.rollback()
+            return PostResult.EXCEEDS_CREDITS
+        credit = (
+            await conn.execute(
+                _CREDIT, {"id": transfer.credit_account_id, "amount": transfer.amount}
+            )
+        ).first()
+        if credit is None:
+            await transaction.rollback()
+            return PostResult.EXCEEDS_DEBITS
+        if credit.asset != debit.asset:
+            await transaction.rollback()
+            return PostResult.ASSET_MISMATCH
+        await conn.execute(
+            _INSERT_TRANSFER,
+            {
+                "id": transfer.id,
+                "debit_account_id": transfer.debit_account_id,
+                "credit_account_id": transfer.credit_account_id,
+                "amount": transfer.amount,
+                "asset": debit.asset,
+                "code": int(transfer.code),
+                "flags": int(transfer.flags),
+                "debit_balance_after": debit.balance,
+                "credit_balance_after": credit.balance,
+            },
+        )
+    return PostResult.OK
+
+
+async def baseline_writer(engine: AsyncEngine, transfers: Sequence[Transfer]) -> list[PostResult]:
+    async with engine.connect() as conn:
+        return [await post_one_transfer(conn, transfer) for transfer in transfers]
+
+
+async def run_baseline_path(
+    engine: AsyncEngine, transfers: Sequence[Transfer], settings: Settings
+) -> tuple[list[PostResult], float]:
+    started = time.perf_counter()
+    per_writer = await asyncio.gather(
+        *(
+            baseline_writer(engine, transfers[writer :: settings.writers])
+            for writer in range(settings.writers)
+        )
+    )
+    seconds = time.perf_counter() - started
+    return [result for results in per_writer for result in results], seconds
+
+
+# Checks.
+
+
+async def credits_posted_sum(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        total = (
+            await conn.execute(text("SELECT CAST(sum(credits_posted) AS bigint) FROM accounts"))
+        ).scalar_one()
+    assert isinstance(total, int)
+    return total
+
+
+def check_run(
+    label: str, transfers: Sequence[Transfer], results: Sequence[PostResult], grown: int
+) -> None:
+    """Every transfer OK, and the credits posted grew by exactly what was posted."""
+    assert len(results) == len(transfers), f"{label}: {len(results)} results"
+    refused = Counter(result for result in results if result is not PostResult.OK)
+    assert not refused, f"{label}: not OK: {dict(refused)}"
+    expected = sum(transfer.amount for transfer in transfers)
+    assert grown == expected, f"{label}: credits posted grew by {grown}, expected {expected}"
+
+
+async def measure(
+    engine: AsyncEngine, variant: str, path: str, transfers: Sequence[Transfer], settings: Settings
+) -> Measurement:
+    run_path = run_batch_path if path == "batch" else run_baseline_path
+    before = await credits_posted_sum(engine)
+    results, seconds = await run_path(engine, transfers, settings)
+    check_run(f"{variant}/{path}", transfers, results, await credits_posted_sum(engine) - before)
+    return Measurement(variant, path, len(transfers), seconds)
+
+
+# Report.
+
+
+def ratios(measurements: Sequence[Measurement]) -> dict[str, float]:
+    """Batch over baseline throughput, per variant."""
+    rates = {(m.variant, m.path): m.transfers_per_s for m in measurements}
+    return {variant: rates[variant, "batch"] / rates[variant, "baseline"] for variant in VARIANTS}
+
+
+def print_report(
+    measurements: Sequence[Measurement],
+    settings_used: dict[str, Any],
+    ratio_by_variant: dict[str, float],
+) -> None:
+    print(f"{'variant':<8} {'path':<9} {'transfers':>10} {'seconds':>8} {'transfers/s':>12}")
+    for m in measurements:
+        print(
+            f"{m.variant:<8} {m.path:<9} {m.transfers:>10,} {m.seconds:>8.2f}"
+            f" {m.transfers_per_s:>12,.0f}"
+        )
+    print(
+        "batch/baseline: "
+        + ", ".join(f"{variant} {ratio:.1f}x" for variant, ratio in ratio_by_variant.items())
+    )
+    print("settings: " + ", ".join(f"{key} {value}" for key, value in settings_used.items()))
+
+
+def write_json(
+    path: Path,
+    measurements: Sequence[Measurement],
+    settings_used: dict[str, Any],
+    ratio_by_variant: dict[str, float],
+) -> None:
+    figures = {
+        "settings": settings_used,
+        "measurements": [
+            {
+                "variant": m.variant,
+                "path": m.path,
+                "transfers": m.transfers,
+                "seconds": round(m.seconds, 3),
+                "transfers_per_s": round(m.transfers_per_s),
+            }
+            for m in measurements
+        ],
+        "batch_over_baseline": {key: round(value, 2) for key, value in ratio_by_variant.items()},
+    }
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+# Main.
+
+
+async def server_version(engine: AsyncEngine) -> str:
+    async with engine.connect() as conn:
+        return str((await conn.execute(text("SHOW server_version"))).scalar_one())
+
+
+async def verify_ledger(url: str) -> float:
+    """Run ledger.verify.verify, which must find nothing; returns the seconds it took."""
+    engine = create_engine(url, pool_size=1, statement_timeout_ms=VERIFY_STATEMENT_TIMEOUT_MS)
+    started = time.perf_counter()
+    try:
+        async with engine.connect() as conn:
+            problems = await verify(conn)
+    finally:
+        await engine.dispose()
+    assert not problems, f"verify found problems: {problems[:10]}"
+    return time.perf_counter() - started
+
+
+async def run(settings: Settings) -> None:
+    async with admin_url() as (maintenance_url, source), fresh_database(maintenance_url) as url:
+        engine = create_engine(url, pool_size=settings.writers + 1, pool_overflow_max=0)
+        try:
+            chart = await create_chart(engine, settings.accounts)
+            rng = random.Random(WORKLOAD_SEED)
+            measurements: list[Measurement] = []
+            for variant in VARIANTS:
+                batch_workload = make_workload(rng, variant, settings.transfers, chart)
+                baseline_workload = make_workload(rng, variant, settings.baseline_transfers, chart)
+                measurements.append(
+                    await measure(engine, variant, "batch", batch_workload, settings)
+                )
+                measurements.append(
+                    await measure(engine, variant, "baseline", baseline_workload, settings)
+                )
+            version = await server_version(engine)
+        finally:
+            await engine.dispose()
+        verify_s = await verify_ledger(url)
+    settings_used = {
+        "writers": settings.writers,
+        "batch_size": settings.batch_size,
+        "accounts": settings.accounts,
+        "postgresql": version,
+        "cpus": os.cpu_count(),
+        "server": source,
+    }
+    ratio_by_variant = ratios(measurements)
+    print_report(measurements, settings_used, ratio_by_variant)
+    print(
+        "checks: every transfer OK, credits posted grew by exactly the amounts posted,"
+        f" verify found no problems ({verify_s:.1f} s)"
+    )
+    if settings.json_path is not None:
+        write_json(settings.json_path, measurements, settings_used, ratio_by_variant)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    asyncio.run(run(parse_settings(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,581 @@
+"""`giftledger`: the command line.
+
+Each command is one `Command` in `COMMANDS`: a name, a one-line help, a function that adds its
+arguments and a handler that returns the exit code. Adding a command is one function pair and one
+line in that list.
+
+Exit codes: 0 success, 1 a failure (the database is unreachable, `verify` found a problem), 2 a
+usage error (a bad argument, an account or creator that does not exist). Amounts are integers in
+the asset's minor unit everywhere a program reads them (`--json`, `--csv`); text output shows
+them as decimals in the major unit. `--json` and `--csv` write nothing else on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.migrate import current_revision, upgrade_to_head
+from ledger.queries import (
+    STATEMENT_PAGE_SIZE_MAX,
+    AccountBalance,
+    StatementLine,
+    TrialBalanceLine,
+    account_balance,
+    creator_balances,
+    statement,
+    trial_balance,
+)
+from ledger.verify import check_names, verify
+from schemas.assets import format_amount
+from schemas.export import export_json_schemas
+from services import runner
+from services.asyncapi import asyncapi_document
+from services.database_runtime import DatabaseUnavailableError, error_reason, open_database
+from services.settings import get_settings
+
+PROGRAM = "giftledger"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+STATEMENT_PAGE_SIZE_DEFAULT = 100
+ASYNCAPI_FILE_NAME = "asyncapi.json"
+STATEMENT_CSV_COLUMNS = (
+    "seq",
+    "created_at",
+    "transfer_id",
+    "code",
+    "event_id",
+    "counterparty",
+    "debit",
+    "credit",
+    "pending",
+    "balance_after",
+)
+
+Handler = Callable[[argparse.Namespace], int]
+DatabaseCommand = Callable[[AsyncEngine, argparse.Namespace], Awaitable[int]]
+
+
+class UsageError(Exception):
+    """The arguments name something that does not exist or do not fit together (exit 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Handler
+
+
+def on_database(command: DatabaseCommand) -> Handler:
+    """Run an async command with an engine on the configured (or embedded) database."""
+
+    async def run(args: argparse.Namespace) -> int:
+        async with open_database(get_settings()) as engine:
+            return await command(engine, args)
+
+    def handler(args: argparse.Namespace) -> int:
+        return asyncio.run(run(args))
+
+    return handler
+
+
+# Argument types -----------------------------------------------------------------------------
+
+
+def aware_timestamp(value: str) -> datetime:
+    """An ISO 8601 timestamp with a time zone; naive ones are refused, never guessed as UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {value!r}") from None
+    if moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"timestamp {value!r} has no time zone: add one, e.g. 2026-11-01T00:00:00Z"
+        )
+    return moment
+
+
+def page_size(value: str) -> int:
+    size = _integer(value)
+    if not 1 <= size <= STATEMENT_PAGE_SIZE_MAX:
+        raise argparse.ArgumentTypeError(
+            f"page size must be between 1 and {STATEMENT_PAGE_SIZE_MAX}, not {size}"
+        )
+    return size
+
+
+def cursor(value: str) -> int:
+    position = _integer(value)
+    if position < 0:
+        raise argparse.ArgumentTypeError(f"cursor must not be negative, not {position}")
+    return position
+
+
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+
+
+# Output helpers -----------------------------------------------------------------------------
+
+
+def decimal_amount(amount_minor: int, asset: str) -> str:
+    """`12500, "DIAMOND"` → `12.500`: format_amount without the asset code."""
+    return format_amount(amount_minor, asset).removesuffix(f" {asset}")
+
+
+def table(rows: Sequence[Sequence[str]], right_aligned: set[int]) -> list[str]:
+    """Rows padded into columns two spaces apart; columns in `right_aligned` align right."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if column in right_aligned else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def print_json(document: object) -> None:
+    print(json.dumps(document, indent=2))
+
+
+def _error(message: str) -> None:
+    print(f"{PROGRAM}: {message}", file=sys.stderr)
+
+
+# migrate ------------------------------------------------------------------------------------
+
+
+def _add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # no arguments
+
+
+async def _migrate(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    await upgrade_to_head(engine)
+    print(f"database at revision {await current_revision(engine)}")
+    return EXIT_OK
+
+
+# verify -------------------------------------------------------------------------------------
+
+
+def _add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # no arguments
+
+
+async def _verify(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    async with engine.connect() as conn:
+        problems = await verify(conn)
+    if not problems:
+        print(f"ledger verified: {len(check_names())} checks passed")
+        return EXIT_OK
+    for problem in problems:
+        print(f"{problem.check}: {problem.detail}")
+    _error(f"ledger verification failed: {len(problems)} problems")
+    return EXIT_FAILURE
+
+
+# balance ------------------------------------------------------------------------------------
+
+
+def _add_balance_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("creator_id", metavar="CREATOR_ID")
+    parser.add_argument(
+        "--json", action="store_true", help="print the finance API's balances document"
+    )
+
+
+def creator_balances_document(
+    creator_id: str, accounts: Sequence[AccountBalance]
+) -> dict[str, Any]:
+    """`GET /v1/creators/{creator_id}/balances`: per asset, the sums over the creator's accounts
+    of that asset of `available` and `pending`, in minor units, with the asset's scale."""
+    by_asset: dict[str, dict[str, Any]] = {}
+    for account in sorted(accounts, key=lambda account: account.asset):
+        line = by_asset.setdefault(
+            account.asset,
+            {"asset": account.asset, "available": 0, "pending": 0, "scale": account.scale},
+        )
+        line["available"] += account.available
+        line["pending"] += account.pending
+    return {"creator_id": creator_id, "balances": list(by_asset.values())}
+
+
+async def _balance(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    async with engine.connect() as conn:
+        accounts = await creator_balances(conn, args.creator_id)
+    if not accounts:
+        raise UsageError(f"no accounts for creator {args.creator_id!r}")
+    document = creator_balances_document(args.creator_id, accounts)
+    if args.json:
+        print_json(document)
+        return EXIT_OK
+    rows = [
+        [
+            line["asset"],
+            "available",
+            decimal_amount(line["available"], line["asset"]),
+            "pending",
+            decimal_amount(line["pending"], line["asset"]),
+        ]
+        for line in document["balances"]
+    ]
+    print("\n".join(table(rows, right_aligned={2, 4})))
+    return EXIT_OK
+
+
+# statement ----------------------------------------------------------------------------------
+
+
+def _add_statement_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "account", metavar="ACCOUNT", help="account name, e.g. creator:c1:DIAMOND:available"
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_time",
+        type=aware_timestamp,
+        metavar="ISO",
+        help="first instant included (ISO 8601 with a time zone)",
+    )
+    parser.add_argument(
+        "--to",
+        dest="to_time",
+        type=aware_timestamp,
+        metavar="ISO",
+        help="first instant excluded (ISO 8601 with a time zone)",
+    )
+    parser.add_argument(
+        "--csv", action="store_true", help="CSV with amounts as integers in minor units"
+    )
+    parser.add_argument(
+        "--page-size",
+        type=page_size,
+        default=STATEMENT_PAGE_SIZE_DEFAULT,
+        metavar="N",
+        help=f"transfers per page, 1 to {STATEMENT_PAGE_SIZE_MAX} "
+        f"(default {STATEMENT_PAGE_SIZE_DEFAULT})",
+    )
+    parser.add_argument(
+        "--cursor",
+        type=cursor,
+        default=0,
+        metavar="N",
+        help="continue after this seq: the 'next cursor' printed by the previous page",
+    )
+
+
+async def _statement(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    if args.from_time and args.to_time and args.from_time >= args.to_time:
+        raise UsageError("--from must be before --to")
+    async with engine.connect() as conn:
+        account = await account_balance(conn, args.account)
+        if account is None:
+            raise UsageError(f"no account named {args.account!r}")
+        page = await statement(
+            conn,
+            account.account_id,
+            from_time=args.from_time,
+            to_time=args.to_time,
+            after_seq=args.cursor,
+            page_size=args.page_size,
+        )
+    if args.csv:
+        _write_statement_csv(page.lines)
+    else:
+        _print_statement(account, page.lines)
+    if page.next_cursor is not None:
+        print(f"next cursor: {page.next_cursor}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _write_statement_csv(lines: Sequence[StatementLine]) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(STATEMENT_CSV_COLUMNS)
+    for line in lines:
+        writer.writerow(
+            [
+                line.seq,
+                line.created_at.isoformat(),
+                line.transfer_id,
+                line.code,
+                line.event_id or "",
+                line.counterparty,
+                line.debit,
+                line.credit,
+                "true" if line.pending else "false",
+                line.balance_after,
+            ]
+        )
+
+
+def _print_statement(account: AccountBalance, lines: Sequence[StatementLine]) -> None:
+    asset = account.asset
+    print(f"{account.name} ({asset}, scale {account.scale})")
+    if not lines:
+        print("no transfers")
+        return
+    header = ["seq", "created_at", "code", "counterparty", "debit", "credit", "balance", ""]
+    rows = [header] + [
+        [
+            str(line.seq),
+            line.created_at.isoformat(timespec="seconds"),
+            line.code,
+            line.counterparty,
+            decimal_amount(line.debit, asset) if line.debit else "",
+            decimal_amount(line.credit, asset) if line.credit else "",
+            decimal_amount(line.balance_after, asset),
+            "pending" if line.pending else "",
+        ]
+        for line in lines
+    ]
+    print("\n".join(table(rows, right_aligned={0, 4, 5, 6})))
+
+
+# trial-balance ------------------------------------------------------------------------------
+
+
+def _add_trial_balance_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--as-of",
+        type=aware_timestamp,
+        metavar="ISO",
+        help="posted transfers up to this instant (default: now)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="JSON with amounts as integers in minor units"
+    )
+
+
+def trial_balance_document(
+    lines: Sequence[TrialBalanceLine], as_of: datetime | None
+) -> dict[str, Any]:
+    """Per asset: each account's posted debits, credits and balance, and the asset's totals
+    (whose balance is zero in a sound ledger). Amounts in minor units."""
+    assets: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        entry = assets.setdefault(
+            line.asset,
+            {
+                "asset": line.asset,
+                "scale": line.scale,
+                "accounts": [],
+                "total": {"debits": 0, "credits": 0, "balance": 0},
+            },
+        )
+        entry["accounts"].append(
+            {
+                "account": line.account_name,
+                "kind": line.kind,
+                "debits": line.debits,
+                "credits": line.credits,
+                "balance": line.balance,
+            }
+        )
+        entry["total"]["debits"] += line.debits
+        entry["total"]["credits"] += line.credits
+        entry["total"]["balance"] += line.balance
+    return {
+        "as_of": None if as_of is None else as_of.isoformat(),
+        "assets": list(assets.values()),
+    }
+
+
+async def _trial_balance(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    async with engine.connect() as conn:
+        lines = await trial_balance(conn, args.as_of)
+    document = trial_balance_document(lines, args.as_of)
+    if args.json:
+        print_json(document)
+    else:
+        _print_trial_balance(document)
+    unbalanced = [entry["asset"] for entry in document["assets"] if entry["total"]["balance"]]
+    if unbalanced:
+        _error(f"trial balance does not sum to zero for {', '.join(unbalanced)}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _print_trial_balance(document: dict[str, Any]) -> None:
+    if not document["assets"]:
+        print("no posted transfers")
+        return
+    rows = [["asset", "account", "debits", "credits", "balance"]]
+    for entry in document["assets"]:
+        asset = entry["asset"]
+        for line in [*entry["accounts"], {"account": "total", **entry["total"]}]:
+            rows.append(
+                [
+                    asset,
+                    line["account"],
+                    format_amount(line["debits"], asset),
+                    format_amount(line["credits"], asset),
+                    format_amount(line["balance"], asset),
+                ]
+            )
+    print("\n".join(table(rows, right_aligned={2, 3, 4})))
+
+
+# schemas ------------------------------------------------------------------------------------
+
+
+def _add_schemas_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="schemas_action", required=True, metavar="ACTION")
+    export = actions.add_parser(
+        "export",
+        help="write <topic>.schema.json for every topic, and asyncapi.json",
+        description="Write the JSON Schema of every consumed and produced topic's event, and "
+        "the AsyncAPI document of every topic giftledger reads and writes.",
+    )
+    export.add_argument("directory", type=Path, metavar="DIR")
+
+
+def _schemas(args: argparse.Namespace) -> int:
+    assert args.schemas_action == "export", args.schemas_action
+    for path in export_json_schemas(args.directory):
+        print(path)
+    asyncapi_path = args.directory / ASYNCAPI_FILE_NAME
+    document = asyncapi_document(get_settings().kafka_topic_prefix)
+    asyncapi_path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    print(asyncapi_path)
+    return EXIT_OK
+
+
+# run ----------------------------------------------------------------------------------------
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Reads KAFKA_BOOTSTRAP_SERVERS (unset: an embedded broker) and DATABASE_URL (unset: the "
+        "embedded PostgreSQL, migrated on start). Stops cleanly on SIGTERM or Ctrl-C."
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(runner.run(get_settings()))
+    except runner.SchemaNotCurrentError as error:
+        raise UsageError(str(error)) from error
+    return EXIT_OK
+
+
+# The parser ---------------------------------------------------------------------------------
+
+COMMANDS: list[Command] = [
+    Command(
+        "migrate",
+        "bring the database schema up to date",
+        _add_migrate_arguments,
+        on_database(_migrate),
+    ),
+    Command(
+        "verify",
+        "check every ledger invariant; exit 1 if one is broken",
+        _add_verify_arguments,
+        on_database(_verify),
+    ),
+    Command(
+        "balance", "a creator's balances per asset", _add_balance_arguments, on_database(_balance)
+    ),
+    Command(
+        "statement",
+        "an account's transfers with the running balance",
+        _add_statement_arguments,
+        on_database(_statement),
+    ),
+    Command(
+        "trial-balance",
+        "posted debits and credits per account and asset",
+        _add_trial_balance_arguments,
+        on_database(_trial_balance),
+    ),
+    Command(
+        "schemas",
+        "JSON Schemas and the AsyncAPI document of the Kafka topics",
+        _add_schemas_arguments,
+        _schemas,
+    ),
+    Command("run", "run the consumers until SIGTERM", _add_run_arguments, _run),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="A double-entry PostgreSQL ledger for creator monetisation, fed from Kafka. "
+        "Reads DATABASE_URL (unset: an embedded PostgreSQL under .giftledger/).",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress to stderr (INFO level)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        subparser = commands.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(subparser)
+        subparser.set_defaults(handler=command.handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a usage error argparse already printed
+        return _exit_code(exit_request.code)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args))
+    except UsageError as error:
+        _error(str(error))
+        return EXIT_USAGE
+    except ValidationError as error:
+        for problem in error.errors(include_input=False):
+            location = ".".join(str(part) for part in problem["loc"]).upper()
+            _error(f"configuration: {location}: {problem['msg']}")
+        return EXIT_USAGE
+    except DatabaseUnavailableError as error:
+        _error(str(error))
+        return EXIT_FAILURE
+    except DBAPIError as error:
+        _error(f"database error: {error_reason(error)}")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _exit_code(code: str | int | None) -> int:
+    if code is None:
+        return EXIT_OK
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

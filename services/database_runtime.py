@@ -1,0 +1,127 @@
+"""The database a command or service runs against: `DATABASE_URL`, or the embedded PostgreSQL.
+
+With `DATABASE_URL` unset, the embedded server keeps its data under `data_dir/postgres`, so one
+command's ledger (`giftledger demo`) is still there for the next (`giftledger balance c1`). The
+URL's password is never printed: logs and errors show it rendered with the password hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ledger.database import create_engine, to_async_url
+from services.embedded_postgres import EmbeddedPostgres
+from services.settings import Settings
+
+EMBEDDED_DATABASE_NAME = "giftledger"
+DUPLICATE_DATABASE_SQLSTATE = "42P04"
+
+logger = logging.getLogger(__name__)
+
+
+class DatabaseUnavailableError(Exception):
+    """The database could not be reached; the message names the host, never the password."""
+
+
+def safe_url(url: str) -> str:
+    """`url` with its password replaced by `***`, fit for logs and error messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def error_reason(error: BaseException) -> str:
+    """The first line of what the driver said, without SQLAlchemy's wrapping."""
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
+@asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine on `DATABASE_URL`, or on the embedded server's `giftledger` database.
+
+    The connection is checked before the engine is handed out, within `db_pool_timeout_s`, so an
+    unreachable server fails fast with `DatabaseUnavailableError` instead of on the first query.
+    """
+    if settings.database_url is not None:
+        url = to_async_url(settings.database_url.get_secret_value())
+        async with _engine_on(url, settings) as engine:
+            yield engine
+        return
+    server_dir = settings.data_dir / "postgres"
+    # EmbeddedPostgres creates only the parent of its directory; get_server needs the directory.
+    server_dir.mkdir(parents=True, exist_ok=True)
+    server = EmbeddedPostgres(server_dir)
+    try:
+        await server.start()
+    except RuntimeError as error:  # the embedded PostgreSQL is not installed
+        raise DatabaseUnavailableError(str(error)) from error
+    try:
+        await _create_database_if_missing(server.url("postgres"), EMBEDDED_DATABASE_NAME)
+        async with _engine_on(server.url(EMBEDDED_DATABASE_NAME), settings) as engine:
+            yield engine
+    finally:
+        await server.stop()
+
+
+@asynccontextmanager
+async def _engine_on(url: str, settings: Settings) -> AsyncIterator[AsyncEngine]:
+    logger.info("database %s", safe_url(url))
+    engine = create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        pool_overflow_max=settings.db_pool_overflow_max,
+        pool_timeout_s=settings.db_pool_timeout_s,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+    )
+    try:
+        await _check_connection(engine, url, settings.db_pool_timeout_s)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def _check_connection(engine: AsyncEngine, url: str, timeout_s: float) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    except TimeoutError as error:
+        raise DatabaseUnavailableError(
+            f"cannot reach the database at {safe_url(url)}: no answer within {timeout_s:g} s"
+        ) from error
+    except (OSError, DBAPIError) as error:
+        raise DatabaseUnavailableError(
+            f"cannot reach the database at {safe_url(url)}: {error_reason(error)}"
+        ) from error
+
+
+async def _create_database_if_missing(admin_url: str, name: str) -> None:
+    """CREATE DATABASE cannot run in a transaction, hence the AUTOCOMMIT engine."""
+    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            exists = await conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            )
+            if exists is None:
+                await _create_database(conn, name)
+    finally:
+        await admin.dispose()
+
+
+async def _create_database(conn: AsyncConnection, name: str) -> None:
+    try:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except DBAPIError as error:
+        # Another process created it between our check and our CREATE: that is what we wanted.
+        if getattr(error.orig, "sqlstate", None) != DUPLICATE_DATABASE_SQLSTATE:
+            raise
+    logger.info("created database %s", name)

@@ -1,0 +1,274 @@
+"""The `giftledger` command line against the session's test database.
+
+`main()` calls `asyncio.run`, which cannot run inside a running event loop, so these tests are
+plain functions; they post their data through a short `asyncio.run` with an engine of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger.chart import (
+    AccountKind,
+    creator_diamonds_available,
+    creator_diamonds_held,
+    creator_wallet,
+    platform,
+)
+from ledger.database import create_engine
+from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
+from ledger.service import Ledger
+from services import settings
+from services.cli import main
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SUBPROCESS_TIMEOUT_S = 60
+
+
+@pytest.fixture
+def cli_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The session's migrated database as `DATABASE_URL`, with the settings cache cleared."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    settings.get_settings.cache_clear()
+    yield database_url
+    settings.get_settings.cache_clear()
+
+
+async def _post_creator_activity(database_url: str, creator_id: str) -> None:
+    """Two gifts (12.500 and 3.000 diamonds), a 2.000 diamond cash-out hold, a 10.50 USD tip."""
+    engine = create_engine(database_url, pool_size=2)
+    try:
+        ledger = Ledger(engine)
+        specs = [
+            platform(AccountKind.DIAMOND_ISSUANCE, "DIAMOND"),
+            creator_diamonds_available(creator_id),
+            creator_diamonds_held(creator_id),
+            platform(AccountKind.TIPS_CLEARING, "USD"),
+            creator_wallet(creator_id, "USD"),
+        ]
+        ids = await ledger.accounts.ids(specs)
+        issuance, available, held, tips, wallet = (ids[spec.name] for spec in specs)
+
+        def transfer(
+            debit: int,
+            credit: int,
+            amount: int,
+            code: TransferCode,
+            flags: TransferFlags = TransferFlags.NONE,
+        ) -> Transfer:
+            event_id = f"{creator_id}-{uuid.uuid4().hex[:8]}"
+            return Transfer(uuid.uuid4(), debit, credit, amount, code, flags, event_id=event_id)
+
+        results = await ledger.post(
+            [
+                transfer(issuance, available, 12_500, TransferCode.GIFT_DIAMONDS),
+                transfer(issuance, available, 3_000, TransferCode.GIFT_DIAMONDS),
+                transfer(available, held, 2_000, TransferCode.CASHOUT_HOLD, TransferFlags.PENDING),
+                transfer(tips, wallet, 1_050, TransferCode.TIP),
+            ]
+        )
+        assert results == [PostResult.OK] * 4
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def creator_id(cli_database: str, unique_id: str) -> str:
+    creator_id = f"cli-{unique_id}"
+    asyncio.run(_post_creator_activity(cli_database, creator_id))
+    return creator_id
+
+
+def test_migrate_twice_succeeds_and_prints_the_revision(
+    cli_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["migrate"]) == 0
+    assert main(["migrate"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0] == lines[1]
+    assert lines[0].startswith("database at revision ")
+
+
+def test_balance_json_sums_the_creators_accounts_per_asset(
+    creator_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["balance", creator_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "creator_id": creator_id,
+        "balances": [
+            {"asset": "DIAMOND", "available": 13_500, "pending": 2_000, "scale": 3},
+            {"asset": "USD", "available": 1_050, "pending": 0, "scale": 2},
+        ],
+    }
+
+
+def test_balance_text_shows_decimals_in_the_major_unit(
+    creator_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["balance", creator_id]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines == [
+        ["DIAMOND", "available", "13.500", "pending", "2.000"],
+        ["USD", "available", "10.50", "pending", "0.00"],
+    ]
+
+
+def test_balance_of_an_unknown_creator_is_a_usage_error(
+    cli_database: str, unique_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["balance", f"nobody-{unique_id}", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"no accounts for creator 'nobody-{unique_id}'" in captured.err
+
+
+def test_statement_csv_parses_and_its_running_balance_adds_up(
+    creator_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    account = f"creator:{creator_id}:DIAMOND:available"
+    assert main(["statement", account, "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(row["code"], row["debit"], row["credit"], row["pending"]) for row in rows] == [
+        ("gift_diamonds", "0", "12500", "false"),
+        ("gift_diamonds", "0", "3000", "false"),
+        ("cashout_hold", "2000", "0", "true"),
+    ]
+    running = 0
+    for row in rows:
+        if row["pending"] == "false":
+            running += int(row["credit"]) - int(row["debit"])
+        assert int(row["balance_after"]) == running
+    assert running == 15_500
+    assert rows[2]["counterparty"] == f"creator:{creator_id}:DIAMOND:held"
+    assert all(row["event_id"].startswith(creator_id) for row in rows)
+
+
+def test_statement_pages_continue_from_the_printed_cursor(
+    creator_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    account = f"creator:{creator_id}:DIAMOND:available"
+    assert main(["statement", account, "--csv", "--page-size", "2"]) == 0
+    first = capsys.readouterr()
+    assert len(list(csv.DictReader(io.StringIO(first.out)))) == 2
+    cursor = first.err.strip().removeprefix("next cursor: ")
+    assert main(["statement", account, "--csv", "--page-size", "2", "--cursor", cursor]) == 0
+    second = capsys.readouterr()
+    assert [row["code"] for row in csv.DictReader(io.StringIO(second.out))] == ["cashout_hold"]
+    assert second.err == ""
+
+
+def test_statement_window_ending_in_the_past_is_empty(
+    creator_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    account = f"creator:{creator_id}:USD:wallet"
+    assert main(["statement", account, "--to", "2000-01-01T00:00:00Z"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{account} (USD, scale 2)", "no transfers"]
+
+
+def test_statement_refuses_a_timestamp_without_a_time_zone(
+    cli_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["statement", "creator:c1:DIAMOND:available", "--from", "2026-11-01T00:00"]) == 2
+    assert "has no time zone" in capsys.readouterr().err
+
+
+def test_statement_of_an_unknown_account_is_a_usage_error(
+    cli_database: str, unique_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["statement", f"creator:{unique_id}:DIAMOND:available"]) == 2
+    assert "no account named" in capsys.readouterr().err
+
+
+def test_trial_balance_totals_are_zero_per_asset(
+    creator_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["trial-balance", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    totals = {entry["asset"]: entry["total"] for entry in document["assets"]}
+    assert {"DIAMOND", "USD"} <= set(totals)
+    for total in totals.values():
+        assert total["balance"] == 0
+        assert total["debits"] == total["credits"]
+    diamonds = next(entry for entry in document["assets"] if entry["asset"] == "DIAMOND")
+    accounts = {line["account"]: line for line in diamonds["accounts"]}
+    # the pending hold is not posted, so only the two gifts count
+    assert accounts[f"creator:{creator_id}:DIAMOND:available"]["balance"] == 15_500
+
+
+def test_trial_balance_text_formats_amounts_with_their_asset(
+    creator_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["trial-balance", "--as-of", "2999-01-01T00:00:00+00:00"]) == 0
+    out = capsys.readouterr().out
+    wallet = f"creator:{creator_id}:USD:wallet"
+    line = next(line for line in out.splitlines() if wallet in line)
+    assert line.split() == ["USD", wallet, "0.00", "USD", "10.50", "USD", "10.50", "USD"]
+    assert any(line.split()[:2] == ["DIAMOND", "total"] for line in out.splitlines())
+
+
+def test_verify_passes_on_the_test_database(
+    cli_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["verify"]) == 0
+    assert capsys.readouterr().out.startswith("ledger verified: ")
+
+
+def test_schemas_export_writes_one_file_per_topic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["schemas", "export", str(tmp_path / "schemas")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    written = sorted((tmp_path / "schemas").glob("*.schema.json"))
+    assert "gifts.sent.schema.json" in {path.name for path in written}
+    assert sorted(printed) == [str(path) for path in written]
+    for path in written:
+        json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ["migrate", "verify", "balance", "statement", "trial-balance", "schemas"]:
+        assert main([command, "--help"]) == 0
+        assert f"usage: giftledger {command}" in capsys.readouterr().out
+
+
+def test_an_unreachable_database_names_the_host_but_not_the_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://ledger:s3cret-word@127.0.0.1:9/giftledger")
+    settings.get_settings.cache_clear()
+    try:
+        assert main(["verify"]) == 1
+    finally:
+        settings.get_settings.cache_clear()
+    captured = capsys.readouterr()
+    assert "127.0.0.1:9" in captured.err
+    assert "s3cret-word" not in captured.err + captured.out
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_the_module_runs_as_a_program_with_json_alone_on_stdout(creator_id: str) -> None:
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "services.cli", "balance", creator_id, "--json"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=PROJECT_ROOT,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads(completed.stdout)
+    assert document["creator_id"] == creator_id
