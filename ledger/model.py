@@ -72,6 +72,10 @@ class PostResult(enum.StrEnum):
     LINKED_EVENT_CHAIN_OPEN = "linked_event_chain_open"
 
 
+_RESOLVING_FLAGS = int(TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING)
+_PHASE_FLAGS = int(TransferFlags.PENDING) | _RESOLVING_FLAGS
+
+
 @dataclass(frozen=True, slots=True)
 class Transfer:
     """A transfer to post. `id` is the idempotency key.
@@ -86,7 +90,7 @@ class Transfer:
     credit_account_id: int
     amount: int
     code: TransferCode
-    flags: TransferFlags = TransferFlags.NONE
+    flags: int = 0  # TransferFlags; kept as a plain int (IntFlag arithmetic is slow in a loop)
     pending_id: uuid.UUID | None = None
     timeout_s: int | None = None
     rate_card_version: int | None = None
@@ -94,12 +98,16 @@ class Transfer:
     metadata: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        phase_flags = self.flags & (
-            TransferFlags.PENDING | TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING
-        )
-        if bin(int(phase_flags)).count("1") > 1:
+        object.__setattr__(self, "flags", int(self.flags))
+        phase_flags = self.flags & _PHASE_FLAGS
+        if phase_flags not in (
+            0,
+            TransferFlags.PENDING,
+            TransferFlags.POST_PENDING,
+            TransferFlags.VOID_PENDING,
+        ):
             raise ValueError(f"transfer {self.id}: at most one of pending, post, void")
-        resolves = bool(self.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING))
+        resolves = bool(self.flags & _RESOLVING_FLAGS)
         if resolves != (self.pending_id is not None):
             raise ValueError(f"transfer {self.id}: pending_id goes with post or void, only")
         if self.timeout_s is not None and not self.flags & TransferFlags.PENDING:
@@ -115,7 +123,7 @@ class Transfer:
 
     @property
     def resolves_pending(self) -> bool:
-        return bool(self.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING))
+        return bool(self.flags & _RESOLVING_FLAGS)
 
 
 @dataclass(frozen=True, slots=True)

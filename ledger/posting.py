@@ -48,10 +48,10 @@ _SELECT_TRANSFERS = text(
            t.flags, t.pending_id, t.timeout_s, t.expires_at, t.rate_card_version, t.event_id,
            t.metadata::text AS metadata, t.debit_balance_after, t.credit_balance_after,
            t.created_at, r.outcome
-    FROM transfer_keys k
+    FROM unnest(CAST(:ids AS uuid[])) AS wanted(id)
+    JOIN transfer_keys k ON k.id = wanted.id
     JOIN transfers t ON t.id = k.id AND t.created_at = k.created_at
     LEFT JOIN pending_resolutions r ON r.pending_id = t.id
-    WHERE k.id = ANY(CAST(:ids AS uuid[]))
     """
 )
 
@@ -258,24 +258,30 @@ def _accepted_as_stored(accepted: _Accepted, committed_at: datetime) -> StoredTr
     )
 
 
+_DEBITS_MUST_NOT_EXCEED_CREDITS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+_CREDITS_MUST_NOT_EXCEED_DEBITS = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
+_LINKED = int(TransferFlags.LINKED)
+_PENDING = int(TransferFlags.PENDING)
+_POST_PENDING = int(TransferFlags.POST_PENDING)
+_FUNDED = int(TransferFlags.FUNDED)
+
+
 def _check_rules(debit: AccountTotals, credit: AccountTotals, funded: bool) -> PostResult:
-    """Balance rules for the totals as they would be after the transfer."""
-    for account in (debit, credit):
-        totals = (
-            account.debits_posted,
-            account.credits_posted,
-            account.debits_pending,
-            account.credits_pending,
-        )
-        if max(totals) > BIGINT_MAX:
-            return PostResult.OVERFLOWS
-    if debit.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and (
+    """Balance rules for the totals as they stand (after the transfer was applied to them)."""
+    if (
+        debit.debits_posted > BIGINT_MAX
+        or debit.debits_pending > BIGINT_MAX
+        or credit.credits_posted > BIGINT_MAX
+        or credit.credits_pending > BIGINT_MAX
+    ):
+        return PostResult.OVERFLOWS
+    if debit.flags & _DEBITS_MUST_NOT_EXCEED_CREDITS and (
         debit.debits_posted + debit.debits_pending > debit.credits_posted
     ):
         return PostResult.EXCEEDS_CREDITS
-    if funded and debit.available_balance < 0:
+    if funded and debit.credits_posted - debit.debits_posted - debit.debits_pending < 0:
         return PostResult.EXCEEDS_CREDITS
-    if credit.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS and (
+    if credit.flags & _CREDITS_MUST_NOT_EXCEED_DEBITS and (
         credit.credits_posted + credit.credits_pending > credit.debits_posted
     ):
         return PostResult.EXCEEDS_DEBITS
@@ -303,18 +309,24 @@ def _apply_plain_or_pending(walk: _Walk, transfer: Transfer) -> PostResult:
         return PostResult.ACCOUNT_NOT_FOUND
     if debit.asset != credit.asset:
         return PostResult.ASSET_MISMATCH
-    new_debit, new_credit = debit.copy(), credit.copy()
-    pending = bool(transfer.flags & TransferFlags.PENDING)
+    amount = transfer.amount
+    pending = bool(transfer.flags & _PENDING)
+    # Applied in place, then taken back if a rule refuses it.
     if pending:
-        new_debit.debits_pending += transfer.amount
-        new_credit.credits_pending += transfer.amount
+        debit.debits_pending += amount
+        credit.credits_pending += amount
     else:
-        new_debit.debits_posted += transfer.amount
-        new_credit.credits_posted += transfer.amount
-    result = _check_rules(new_debit, new_credit, bool(transfer.flags & TransferFlags.FUNDED))
+        debit.debits_posted += amount
+        credit.credits_posted += amount
+    result = _check_rules(debit, credit, bool(transfer.flags & _FUNDED))
     if result is not PostResult.OK:
+        if pending:
+            debit.debits_pending -= amount
+            credit.credits_pending -= amount
+        else:
+            debit.debits_posted -= amount
+            credit.credits_posted -= amount
         return result
-    walk.accounts[debit.id], walk.accounts[credit.id] = new_debit, new_credit
     expires_at = None
     if transfer.timeout_s is not None:
         expires_at = walk.committed_at + timedelta(seconds=transfer.timeout_s)
@@ -322,10 +334,10 @@ def _apply_plain_or_pending(walk: _Walk, transfer: Transfer) -> PostResult:
         transfer,
         debit.id,
         credit.id,
-        transfer.amount,
+        amount,
         debit.asset,
-        new_debit.posted_balance,
-        new_credit.posted_balance,
+        debit.credits_posted - debit.debits_posted,
+        credit.credits_posted - credit.debits_posted,
         expires_at,
     )
     _record(walk, accepted)
@@ -349,7 +361,7 @@ def _apply_resolution(walk: _Walk, transfer: Transfer) -> PostResult:
     if entry is None:
         return PostResult.PENDING_NOT_FOUND
     pending = entry.stored
-    if not pending.flags & TransferFlags.PENDING:
+    if not pending.flags & _PENDING:
         return PostResult.PENDING_NOT_PENDING
     if entry.outcome is not None:
         return _OUTCOME_RESULTS[entry.outcome]
@@ -357,7 +369,7 @@ def _apply_resolution(walk: _Walk, transfer: Transfer) -> PostResult:
         transfer.credit_account_id not in (0, pending.credit_account_id)
     ):
         return PostResult.PENDING_ACCOUNTS_DIFFER
-    posting = bool(transfer.flags & TransferFlags.POST_PENDING)
+    posting = bool(transfer.flags & _POST_PENDING)
     timed_out = pending.expires_at is not None and pending.expires_at <= walk.committed_at
     if posting and timed_out:
         return PostResult.PENDING_EXPIRED
@@ -415,7 +427,7 @@ def _chains(transfers: Sequence[Transfer]) -> list[range]:
     chains: list[range] = []
     start = 0
     for index, transfer in enumerate(transfers):
-        if not transfer.flags & TransferFlags.LINKED:
+        if not transfer.flags & _LINKED:
             chains.append(range(start, index + 1))
             start = index + 1
     if start < len(transfers):
@@ -425,7 +437,7 @@ def _chains(transfers: Sequence[Transfer]) -> list[range]:
 
 def _walk_chain(walk: _Walk, transfers: Sequence[Transfer], chain: range) -> list[PostResult]:
     """Apply a chain all or nothing. A chain still open at the end of the batch fails."""
-    if transfers[chain[-1]].flags & TransferFlags.LINKED:
+    if transfers[chain[-1]].flags & _LINKED:
         failed_results = [PostResult.LINKED_EVENT_FAILED] * len(chain)
         failed_results[-1] = PostResult.LINKED_EVENT_CHAIN_OPEN
         return failed_results
@@ -553,18 +565,34 @@ def _is_unique_violation(error: DBAPIError) -> bool:
 T = TypeVar("T")
 
 
+_CONFLICT_SQLSTATES = {
+    "23505",  # unique_violation: another writer stored the same key first
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+}
+
+
+def _is_conflict(error: BaseException) -> bool:
+    if isinstance(error, LedgerConflictError):
+        return True
+    return isinstance(error, DBAPIError) and (
+        getattr(error.orig, "sqlstate", None) in _CONFLICT_SQLSTATES
+    )
+
+
 async def run_with_conflict_retry(
     engine: AsyncEngine,
     unit_of_work: Callable[[AsyncConnection], Awaitable[T]],
     retry_count_max: int,
 ) -> T:
-    """Run `unit_of_work` in a transaction; run it again (bounded) after a `LedgerConflictError`."""
+    """Run `unit_of_work` in a transaction; run it again (bounded) when it lost a race with
+    another writer (a duplicate key, a deadlock, a serialization failure)."""
     for attempt in range(retry_count_max + 1):
         try:
             async with engine.begin() as conn:
                 return await unit_of_work(conn)
-        except LedgerConflictError:
-            if attempt == retry_count_max:
+        except (LedgerConflictError, DBAPIError) as error:
+            if not _is_conflict(error) or attempt == retry_count_max:
                 raise
     raise AssertionError("unreachable")
 

@@ -83,6 +83,24 @@ _CHECKS: dict[str, str] = {
         LEFT JOIN transfers x ON x.id = r.resolved_by AND x.pending_id = r.pending_id
         WHERE p.id IS NULL OR x.id IS NULL
     """,
+    "gift_coins_reconcile_with_diamonds": """
+        WITH coins AS (
+            SELECT rate_card_version AS version,
+                   sum(CASE code WHEN 2 THEN amount ELSE -amount END) AS coins
+            FROM transfers WHERE code IN (2, 4) GROUP BY rate_card_version
+        ), diamonds AS (
+            SELECT rate_card_version AS version,
+                   sum(CASE code WHEN 1 THEN amount ELSE -amount END) AS milli_diamonds
+            FROM transfers WHERE code IN (1, 3) GROUP BY rate_card_version
+        )
+        SELECT 'rate card ' || coalesce(r.version::text, 'none') || ': ' || coalesce(c.coins, 0)
+               || ' coins should give ' || coalesce(c.coins * r.milli_diamonds_per_coin, 0)
+               || ' milli-diamonds, transfers give ' || coalesce(d.milli_diamonds, 0)
+        FROM coins c FULL JOIN diamonds d USING (version)
+        LEFT JOIN rate_cards r ON r.version = coalesce(c.version, d.version)
+        WHERE r.version IS NULL
+           OR coalesce(c.coins, 0) * r.milli_diamonds_per_coin <> coalesce(d.milli_diamonds, 0)
+    """,
 }
 
 

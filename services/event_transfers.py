@@ -43,8 +43,9 @@ class Leg:
 
 
 def gift_legs(event: GiftSent, card: RateCard) -> list[Leg]:
-    """Coins move from fans' spent coins to gift revenue; the creator's share is issued as
-    diamonds. Both legs carry the rate card version, so coins and diamonds reconcile."""
+    """The creator's share of a gift, issued as diamonds. The coin side of a batch of gifts is
+    one transfer per rate card version (`batch_coin_transfer`), not one per gift: a gift then
+    costs one ledger row, and coins and diamonds still reconcile per rate card version."""
     coins = event.coins * event.count
     place = {"video_id": event.video_id} if event.surface == "video" else {"live_id": event.live_id}
     details = {
@@ -56,21 +57,26 @@ def gift_legs(event: GiftSent, card: RateCard) -> list[Leg]:
     }
     return [
         Leg(
-            "coins",
-            chart.platform(AccountKind.COINS_SPENT, "COIN"),
-            chart.platform(AccountKind.COIN_GIFT_REVENUE, "COIN"),
-            coins,
-            TransferCode.GIFT_COINS,
-        ),
-        Leg(
             "diamonds",
             chart.platform(AccountKind.DIAMOND_ISSUANCE, "DIAMOND"),
             chart.creator_diamonds_available(event.creator_id),
             card.gift_milli_diamonds(event.coins, event.count),
             TransferCode.GIFT_DIAMONDS,
             details,
-        ),
+        )
     ]
+
+
+def batch_coin_leg(coins: int, gift_count: int) -> Leg:
+    """The coins of the gifts applied in one transaction: fans' spent coins become revenue."""
+    return Leg(
+        "coins",
+        chart.platform(AccountKind.COINS_SPENT, "COIN"),
+        chart.platform(AccountKind.COIN_GIFT_REVENUE, "COIN"),
+        coins,
+        TransferCode.GIFT_COINS,
+        {"gift_count": gift_count},
+    )
 
 
 def reversal_legs(event: GiftReversed, coins: int, milli_diamonds: int) -> list[Leg]:

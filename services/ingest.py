@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.chart import AccountSpec
 from ledger.model import PostResult, StoredTransfer, Transfer, TransferFlags
-from ledger.posting import post_batch, read_stored, run_with_conflict_retry
+from ledger.posting import LedgerConflictError, post_batch, read_stored, run_with_conflict_retry
 from ledger.service import Ledger
 from schemas import topics
 from schemas.events import (
@@ -42,6 +42,7 @@ from services import metrics
 from services.event_transfers import (
     LEDGER_TOPICS,
     Leg,
+    batch_coin_leg,
     fund_legs,
     gift_legs,
     marketplace_legs,
@@ -177,11 +178,14 @@ def _leg_accounts(event: Event) -> list[AccountSpec]:
     return [spec for leg in legs for spec in (leg.debit, leg.credit)]
 
 
-def _gift_leg_ids(gift_event_id: str) -> tuple[uuid.UUID, uuid.UUID]:
-    return (
-        transfer_id(topics.GIFTS_SENT, gift_event_id, "coins"),
-        transfer_id(topics.GIFTS_SENT, gift_event_id, "diamonds"),
-    )
+def _gift_diamonds_id(gift_event_id: str) -> uuid.UUID:
+    return transfer_id(topics.GIFTS_SENT, gift_event_id, "diamonds")
+
+
+def _gift_coins(gift_diamonds: StoredTransfer) -> int:
+    """A gift's coins, as recorded on its diamonds transfer."""
+    assert gift_diamonds.metadata is not None
+    return int(gift_diamonds.metadata["coins"])
 
 
 def _headers_json(headers: tuple[tuple[str, bytes], ...]) -> str:
@@ -295,6 +299,9 @@ class Ingestor:
                 legs, version = _legs_without_lookup(item.event, self.rate_cards)
                 planned[item.event.event_id] = (legs, version)
                 specs += [spec for leg in legs for spec in (leg.debit, leg.credit)]
+        if topic == topics.GIFTS_SENT:
+            coin_leg = batch_coin_leg(1, 1)
+            specs += [coin_leg.debit, coin_leg.credit]
         account_ids = await self.ledger.accounts.ids(specs)
         early_letters = list(report.dead_letters)
         batch_report = await run_with_conflict_retry(
@@ -361,10 +368,16 @@ class Ingestor:
                     )
                 )
                 owners.append(item)
+        if topic == topics.GIFTS_SENT:
+            transfers += self._batch_coin_transfers(fresh, planned, account_ids)
         outcome = await post_batch(conn, transfers)
         results_by_event: dict[str, list[PostResult]] = {}
-        for item, result in zip(owners, outcome.results, strict=True):
+        for item, result in zip(owners, outcome.results, strict=False):
             results_by_event.setdefault(item.event.event_id, []).append(result)
+        if topic == topics.GIFTS_SENT and not all(r is PostResult.OK for r in outcome.results):
+            # The coin transfers count every fresh gift: if one was stored meanwhile by another
+            # consumer, run the batch again; it will then be filtered out as applied.
+            raise LedgerConflictError("a gift of this batch was applied concurrently")
         applied: list[_Parsed] = []
         for item in fresh:
             results = results_by_event[item.event.event_id]
@@ -385,6 +398,38 @@ class Ingestor:
         )
         report.applied = len(applied)
         return report
+
+    @staticmethod
+    def _batch_coin_transfers(
+        gifts: list[_Parsed],
+        planned: dict[str, tuple[list[Leg], int | None]],
+        account_ids: dict[str, int],
+    ) -> list[Transfer]:
+        """One coin transfer per rate card version for the gifts applied in this transaction.
+
+        Its id is new on every attempt: it is stored only with the gifts it counts, in the same
+        transaction, and a redelivered gift is filtered out before it is counted again."""
+        coins_by_version: dict[int | None, tuple[int, int]] = {}
+        for item in gifts:
+            assert isinstance(item.event, GiftSent)
+            version = planned[item.event.event_id][1]
+            coins, count = coins_by_version.get(version, (0, 0))
+            coins_by_version[version] = (coins + item.event.coins * item.event.count, count + 1)
+        transfers = []
+        for version, (coins, count) in sorted(coins_by_version.items(), key=lambda kv: kv[0] or 0):
+            leg = batch_coin_leg(coins, count)
+            transfers.append(
+                Transfer(
+                    id=uuid.uuid4(),
+                    debit_account_id=account_ids[leg.debit.name],
+                    credit_account_id=account_ids[leg.credit.name],
+                    amount=leg.amount,
+                    code=leg.code,
+                    rate_card_version=version,
+                    metadata=leg.metadata,
+                )
+            )
+        return transfers
 
     @staticmethod
     def _leg_transfer_id(topic: str, event: Event, leg: Leg) -> uuid.UUID:
@@ -436,9 +481,8 @@ class Ingestor:
         missing (or dead-letter them once their parking deadline has passed)."""
         reversals = [item for item in items if isinstance(item.event, GiftReversed)]
         gift_ids = [
-            leg_id
+            _gift_diamonds_id(item.event.gift_event_id)  # type: ignore[attr-defined]
             for item in reversals
-            for leg_id in _gift_leg_ids(item.event.gift_event_id)  # type: ignore[attr-defined]
         ]
         stored, _ = await read_stored(conn, gift_ids)
         now = datetime.now(UTC)
@@ -447,10 +491,10 @@ class Ingestor:
         for item in reversals:
             event = item.event
             assert isinstance(event, GiftReversed)
-            coins_id, diamonds_id = _gift_leg_ids(event.gift_event_id)
-            gift_coins: StoredTransfer | None = stored.get(coins_id)
-            gift_diamonds: StoredTransfer | None = stored.get(diamonds_id)
-            if gift_coins is not None and gift_diamonds is not None:
+            gift_diamonds: StoredTransfer | None = stored.get(
+                _gift_diamonds_id(event.gift_event_id)
+            )
+            if gift_diamonds is not None:
                 creator_account = account_ids[_leg_accounts(event)[2].name]
                 if gift_diamonds.credit_account_id != creator_account:
                     report.dead_letters.append(
@@ -463,7 +507,7 @@ class Ingestor:
                     )
                     continue
                 planned[event.event_id] = (
-                    reversal_legs(event, gift_coins.amount, gift_diamonds.amount),
+                    reversal_legs(event, _gift_coins(gift_diamonds), gift_diamonds.amount),
                     gift_diamonds.rate_card_version,
                 )
                 ready.append(item)

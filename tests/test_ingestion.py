@@ -78,7 +78,7 @@ async def test_tip_credits_the_creator_in_full_and_books_both_fees(
     )
     assert await _balances(engine, creator) == {"USD:wallet": 500}
     async with engine.connect() as conn:
-        fees = dict(
+        fees: dict[str, int] = dict(
             (
                 await conn.execute(
                     text(

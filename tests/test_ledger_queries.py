@@ -109,7 +109,8 @@ async def test_trial_balance_sums_to_zero_per_asset(engine: AsyncEngine, unique_
     for asset in {line.asset for line in lines}:
         assert sum(line.balance for line in lines if line.asset == asset) == 0
     names = {line.account_name for line in lines}
-    assert f"test:{unique_id}d:1" in names and f"test:{unique_id}u:1" in names
+    assert f"test:{unique_id}d:1" in names
+    assert f"test:{unique_id}u:1" in names
 
 
 async def test_verify_names_an_account_whose_totals_were_edited_by_hand(
@@ -160,4 +161,38 @@ def test_verify_runs_every_documented_check() -> None:
         "transfer_assets_match_accounts",
         "every_transfer_has_one_key",
         "resolutions_match_transfers",
+        "gift_coins_reconcile_with_diamonds",
     ]
+
+
+async def test_verify_names_gift_coins_without_their_diamonds(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    ledger = Ledger(engine)
+    spent = chart.platform(chart.AccountKind.COINS_SPENT, "COIN")
+    revenue = chart.platform(chart.AccountKind.COIN_GIFT_REVENUE, "COIN")
+    ids = await ledger.accounts.ids([spent, revenue])
+    coins = Transfer(
+        uuid.uuid4(),
+        ids[spent.name],
+        ids[revenue.name],
+        3,
+        TransferCode.GIFT_COINS,
+        rate_card_version=1,
+    )
+    await ledger.post([coins])
+    async with engine.connect() as conn:
+        problems = await verify(conn)
+    assert [p.check for p in problems] == ["gift_coins_reconcile_with_diamonds"]
+    assert "3 coins should give 1500 milli-diamonds" in problems[0].detail
+    undo = Transfer(
+        uuid.uuid4(),
+        ids[revenue.name],
+        ids[spent.name],
+        3,
+        TransferCode.GIFT_REVERSAL_COINS,
+        rate_card_version=1,
+    )
+    await ledger.post([undo])
+    async with engine.connect() as conn:
+        assert await verify(conn) == []

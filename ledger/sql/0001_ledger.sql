@@ -95,7 +95,6 @@ CREATE TABLE transfers (
 CREATE TABLE transfers_default PARTITION OF transfers DEFAULT;
 CREATE INDEX transfers_debit_account ON transfers (debit_account_id, seq);
 CREATE INDEX transfers_credit_account ON transfers (credit_account_id, seq);
-CREATE INDEX transfers_event_id ON transfers (event_id) WHERE event_id IS NOT NULL;
 CREATE INDEX transfers_pending_expiry ON transfers (expires_at) WHERE expires_at IS NOT NULL;
 
 -- One row per transfer id ever accepted: the database-wide idempotency guarantee.
