@@ -45,6 +45,8 @@ from schemas.export import export_json_schemas
 from services import runner
 from services.asyncapi import asyncapi_document
 from services.database_runtime import DatabaseUnavailableError, error_reason, open_database
+from services.demo import run_demo
+from services.eligibility import creator_eligibility, get_eligibility_settings
 from services.settings import get_settings
 
 PROGRAM = "giftledger"
@@ -242,6 +244,31 @@ async def _balance(engine: AsyncEngine, args: argparse.Namespace) -> int:
         for line in document["balances"]
     ]
     print("\n".join(table(rows, right_aligned={2, 4})))
+    return EXIT_OK
+
+
+# eligibility --------------------------------------------------------------------------------
+
+
+def _add_eligibility_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("creator_id", metavar="CREATOR_ID")
+    parser.add_argument("--json", action="store_true", help="print the finance API's document")
+
+
+async def _eligibility(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    """Which Creator Next rules pass and which fail; exit 0 whatever the verdict."""
+    async with engine.connect() as conn:
+        report = await creator_eligibility(conn, args.creator_id, get_eligibility_settings())
+    if args.json:
+        print_json(report.to_document())
+        return EXIT_OK
+    verdict = "eligible" if report.eligible else f"not eligible ({report.first_failed_rule})"
+    print(f"{args.creator_id}: {verdict}")
+    rows = [
+        [rule.rule, "pass" if rule.passed else "FAIL", rule.seen, rule.required]
+        for rule in report.rules
+    ]
+    print("\n".join(table([["rule", "result", "seen", "required"], *rows], right_aligned=set())))
     return EXIT_OK
 
 
@@ -462,6 +489,19 @@ def _schemas(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# demo ---------------------------------------------------------------------------------------
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-wait", action="store_true", help="exit right after the summary instead of serving"
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return asyncio.run(run_demo(get_settings(), wait=not args.no_wait))
+
+
 # run ----------------------------------------------------------------------------------------
 
 
@@ -484,6 +524,12 @@ def _run(args: argparse.Namespace) -> int:
 
 COMMANDS: list[Command] = [
     Command(
+        "demo",
+        "run the whole pipeline on a sample stream and print a finance summary",
+        _add_demo_arguments,
+        _demo,
+    ),
+    Command(
         "migrate",
         "bring the database schema up to date",
         _add_migrate_arguments,
@@ -497,6 +543,12 @@ COMMANDS: list[Command] = [
     ),
     Command(
         "balance", "a creator's balances per asset", _add_balance_arguments, on_database(_balance)
+    ),
+    Command(
+        "eligibility",
+        "which Creator Next cash-out rules a creator passes",
+        _add_eligibility_arguments,
+        on_database(_eligibility),
     ),
     Command(
         "statement",
@@ -548,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # FastStream logs every batch and shutdown step at INFO
+        logging.getLogger("faststream").setLevel(logging.WARNING)
     try:
         return int(args.handler(args))
     except UsageError as error:

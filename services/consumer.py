@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from schemas import topics
 from services import metrics
-from services.event_transfers import LEDGER_TOPICS
+from services.event_transfers import CONSUMED_BY_INGESTOR
 from services.ingest import DeadLetter, Ingestor, InputRecord
 from services.settings import Settings
 
@@ -41,6 +41,7 @@ TOPIC_DESCRIPTIONS = {
     topics.TIPS_RECEIVED: "Tips through the card processor; the creator gets 100 %.",
     topics.FUND_REWARDED: "Creator Fund period rewards, in a currency.",
     topics.MARKETPLACE_PAID: "Creator Marketplace brand payments, less the platform fee.",
+    topics.CREATORS_UPDATED: "Eligibility facts about a creator; the latest occurred_at wins.",
 }
 
 TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, OSError, asyncio.TimeoutError)
@@ -94,6 +95,7 @@ class ConsumerService:
         self.broker = KafkaBroker(
             bootstrap_servers,
             client_id="giftledger",
+            logger=logging.getLogger("giftledger.kafka"),
             log_level=logging.DEBUG,
             graceful_timeout=30.0,
         )
@@ -101,7 +103,7 @@ class ConsumerService:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._subscribers: dict[str, Any] = {}
-        for topic in LEDGER_TOPICS:
+        for topic in CONSUMED_BY_INGESTOR:
             self._register(topic)
 
     def name(self, topic: str) -> str:
@@ -250,6 +252,11 @@ class ConsumerService:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+    @property
+    def topics(self) -> list[str]:
+        """The contract's names of the topics this service consumes."""
+        return list(self._subscribers)
 
     def assigned_partition_count(self) -> int:
         total = 0

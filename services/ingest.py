@@ -51,6 +51,7 @@ from services.event_transfers import (
     transfer_id,
 )
 from services.pricing import RateCardBook
+from services.profiles import apply_creator_updates
 
 JSON_DEPTH_MAX = 16
 ERROR_DETAIL_LENGTH_MAX = 1_000
@@ -288,6 +289,9 @@ class Ingestor:
 
     async def _apply(self, topic: str, parsed: list[_Parsed], report: BatchReport) -> None:
         unique = self._drop_in_batch_repeats(parsed, report)
+        if topic == topics.CREATORS_UPDATED:
+            await self._apply_profiles(unique, report)
+            return
         if topic not in LEDGER_TOPICS:
             raise ValueError(f"{topic} is not a ledger topic")
         planned: dict[str, tuple[list[Leg], int | None]] = {}
@@ -312,6 +316,29 @@ class Ingestor:
         report.applied += batch_report.applied
         report.duplicates += batch_report.duplicates
         report.parked += batch_report.parked
+        report.dead_letters += batch_report.dead_letters
+
+    async def _apply_profiles(self, items: list[_Parsed], report: BatchReport) -> None:
+        """Creator profile updates: a projection, not transfers, but applied exactly like them:
+        deduplicated by event_id and recorded in the same transaction."""
+        early_letters = list(report.dead_letters)
+
+        async def unit_of_work(conn: AsyncConnection) -> BatchReport:
+            batch_report = BatchReport()
+            fresh = await self._drop_applied(conn, topics.CREATORS_UPDATED, items, batch_report)
+            updates = [item.event for item in fresh]
+            await apply_creator_updates(conn, updates)  # type: ignore[arg-type]
+            await self._record_applied(conn, topics.CREATORS_UPDATED, fresh)
+            letters = [*early_letters, *batch_report.dead_letters]
+            await self._record_dead_letters(conn, topics.CREATORS_UPDATED, letters)
+            batch_report.applied = len(fresh)
+            return batch_report
+
+        batch_report = await run_with_conflict_retry(
+            self.ledger.engine, unit_of_work, self._conflict_retry_count_max
+        )
+        report.applied += batch_report.applied
+        report.duplicates += batch_report.duplicates
         report.dead_letters += batch_report.dead_letters
 
     def _drop_in_batch_repeats(self, parsed: list[_Parsed], report: BatchReport) -> list[_Parsed]:

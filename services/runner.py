@@ -24,7 +24,7 @@ from services.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 class SchemaNotCurrentError(RuntimeError):

@@ -71,3 +71,18 @@ def marketplace_payment(creator_id: str, amount: int = 10_000, fee: int = 2_000)
 
 def encode(event: dict[str, Any]) -> bytes:
     return json.dumps(event).encode()
+
+
+def creator_update(creator_id: str, followers: int = 25_000, country: str = "US") -> dict[str, Any]:
+    return {
+        **_base(),
+        "creator_id": creator_id,
+        "birth_date": "1999-04-02",
+        "country": country,
+        "followers": followers,
+        "video_views_30d": 50_000,
+        "posts_30d": 12,
+        "in_good_standing": True,
+        "identity_verified": True,
+        "payout_account_ref": "pa_demo_1",
+    }

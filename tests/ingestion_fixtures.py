@@ -112,7 +112,7 @@ async def consumers(engine: AsyncEngine, kafka_bootstrap: str) -> AsyncIterator[
     service, ingestor = await start_consumers(engine, kafka_bootstrap, prefix, f"g-{prefix}")
 
     async def assigned() -> bool:
-        return service.assigned_partition_count() == 5 * PARTITION_COUNT
+        return service.assigned_partition_count() == len(service.topics) * PARTITION_COUNT
 
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
     await producer.start()

@@ -29,8 +29,11 @@ from ledger.chart import (
 from ledger.database import create_engine
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
 from ledger.service import Ledger
+from schemas.events import CreatorUpdated
 from services import settings
 from services.cli import main
+from services.profiles import apply_creator_updates
+from tests import event_factory
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT_S = 60
@@ -72,8 +75,8 @@ async def _post_creator_activity(database_url: str, creator_id: str) -> None:
 
         results = await ledger.post(
             [
-                transfer(issuance, available, 12_500, TransferCode.GIFT_DIAMONDS),
-                transfer(issuance, available, 3_000, TransferCode.GIFT_DIAMONDS),
+                transfer(issuance, available, 12_500, TransferCode.ADJUSTMENT),
+                transfer(issuance, available, 3_000, TransferCode.ADJUSTMENT),
                 transfer(available, held, 2_000, TransferCode.CASHOUT_HOLD, TransferFlags.PENDING),
                 transfer(tips, wallet, 1_050, TransferCode.TIP),
             ]
@@ -141,8 +144,8 @@ def test_statement_csv_parses_and_its_running_balance_adds_up(
     assert main(["statement", account, "--csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(row["code"], row["debit"], row["credit"], row["pending"]) for row in rows] == [
-        ("gift_diamonds", "0", "12500", "false"),
-        ("gift_diamonds", "0", "3000", "false"),
+        ("adjustment", "0", "12500", "false"),
+        ("adjustment", "0", "3000", "false"),
         ("cashout_hold", "2000", "0", "true"),
     ]
     running = 0
@@ -230,11 +233,15 @@ def test_schemas_export_writes_one_file_per_topic(
 ) -> None:
     assert main(["schemas", "export", str(tmp_path / "schemas")]) == 0
     printed = capsys.readouterr().out.splitlines()
-    written = sorted((tmp_path / "schemas").glob("*.schema.json"))
+    written = sorted((tmp_path / "schemas").glob("*.json"))
     assert "gifts.sent.schema.json" in {path.name for path in written}
     assert sorted(printed) == [str(path) for path in written]
     for path in written:
         json.loads(path.read_text(encoding="utf-8"))
+    asyncapi = json.loads((tmp_path / "schemas" / "asyncapi.json").read_text(encoding="utf-8"))
+    channels = {channel["address"] for channel in asyncapi["channels"].values()}
+    assert {"gifts.sent", "gifts.sent.dlq", "payouts.requested"} <= channels
+    assert "GiftSent" in asyncapi["components"]["schemas"]
 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -272,3 +279,27 @@ def test_the_module_runs_as_a_program_with_json_alone_on_stdout(creator_id: str)
     assert completed.returncode == 0, completed.stderr
     document = json.loads(completed.stdout)
     assert document["creator_id"] == creator_id
+
+
+def test_eligibility_names_each_rule_and_the_first_that_fails(
+    cli_database: str, unique_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    creator = f"creator-{unique_id}"
+    update = CreatorUpdated.model_validate_json(
+        event_factory.encode(event_factory.creator_update(creator, country="CA"))
+    )
+
+    async def store_profile() -> None:
+        engine = create_engine(cli_database, pool_size=1)
+        async with engine.begin() as conn:
+            await apply_creator_updates(conn, [update])
+        await engine.dispose()
+
+    asyncio.run(store_profile())
+    assert main(["eligibility", creator, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["eligible"] is False
+    failed = [rule["rule"] for rule in document["rules"] if not rule["passed"]]
+    assert failed == ["country"]
+    assert main(["eligibility", "creator-nobody-knows"]) == 0
+    assert "not eligible (profile_known)" in capsys.readouterr().out

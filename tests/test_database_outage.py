@@ -39,7 +39,7 @@ async def proxied(
     try:
 
         async def assigned() -> bool:
-            return service.assigned_partition_count() == 5 * 2
+            return service.assigned_partition_count() == len(service.topics) * 2
 
         await wait_until(assigned)
         yield RunningConsumers(service, ingestor, producer, prefix, kafka_bootstrap), proxy

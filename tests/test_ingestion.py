@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.queries import creator_balances
 from ledger.verify import verify
 from schemas import topics
+from services.eligibility import EligibilitySettings, creator_eligibility
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, wait_until
 
@@ -172,3 +173,16 @@ async def test_the_ledger_verifies_after_ingestion(
     async with engine.connect() as conn:
         assert await verify(conn) == []
     assert consumers.ingestor.counts.balanced()
+
+
+async def test_creator_updates_feed_the_eligibility_rules(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = _creator()
+    older = make.creator_update(creator, followers=25_000)
+    newer = {**make.creator_update(creator, followers=900), "occurred_at": "2099-01-01T00:00:00Z"}
+    await _publish_and_wait(consumers, engine, topics.CREATORS_UPDATED, [newer, older])
+    async with engine.connect() as conn:
+        report = await creator_eligibility(conn, creator, EligibilitySettings())
+    assert report.first_failed_rule == "followers"
+    assert [rule.seen for rule in report.rules if rule.rule == "followers"] == ["900"]

@@ -1,0 +1,253 @@
+"""The Creator Next rules: who may cash out, with every threshold in configuration.
+
+`evaluate` is a pure function of a creator's profile, the settings and the day: it checks every
+rule, always in the same order, and reports each with the value it saw and what it required, so a
+refused request can say which rule failed and why. The order is `RULES`.
+
+Age is counted in whole years with birthday logic: a creator turns a year older on the month and
+day of their birth. Someone born on 29 February turns a year older on 1 March in a non-leap year
+(the day after 28 February), the common legal reading: they are not yet 18 on 28 February of the
+year they turn 18 unless that year is a leap year. `today` is the caller's choice; the service
+passes the current UTC date, the day the contract's daily limits also use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from functools import lru_cache
+from typing import Annotated, Any, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.profiles import CreatorProfile, creator_profile
+
+COUNTRY_COUNT_MAX = 300
+TALLY_THRESHOLD_MAX = 10**12
+UNKNOWN = "unknown"
+
+PROFILE_KNOWN = "profile_known"
+AGE = "age"
+COUNTRY = "country"
+FOLLOWERS = "followers"
+VIDEO_VIEWS_30D = "video_views_30d"
+POSTS_30D = "posts_30d"
+IN_GOOD_STANDING = "in_good_standing"
+IDENTITY_VERIFIED = "identity_verified"
+RULES: tuple[str, ...] = (
+    PROFILE_KNOWN,
+    AGE,
+    COUNTRY,
+    FOLLOWERS,
+    VIDEO_VIEWS_30D,
+    POSTS_30D,
+    IN_GOOD_STANDING,
+    IDENTITY_VERIFIED,
+)
+
+CountryCode = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+TallyThreshold = Annotated[int, Field(ge=0, le=TALLY_THRESHOLD_MAX)]
+
+
+class EligibilitySettings(BaseSettings):
+    """The thresholds, from `ELIGIBILITY_*` variables; lists and maps are JSON, e.g.
+    `ELIGIBILITY_ENABLED_COUNTRIES='["US","GB"]'`,
+    `ELIGIBILITY_FOLLOWER_MINIMUM_BY_COUNTRY='{"US": 10000, "GB": 5000}'`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ELIGIBILITY_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    age_min_years: int = Field(
+        default=18, ge=13, le=120, description="Youngest age, in whole years, allowed to cash out."
+    )
+    enabled_countries: tuple[CountryCode, ...] = Field(
+        default=("US", "GB", "DE", "FR", "IT", "ES"),
+        max_length=COUNTRY_COUNT_MAX,
+        description="ISO 3166-1 alpha-2 countries where cash-out is open.",
+    )
+    coming_soon_countries: tuple[CountryCode, ...] = Field(
+        default=("CA", "AU"),
+        max_length=COUNTRY_COUNT_MAX,
+        description="Countries announced but not open yet: refused, and named as coming soon.",
+    )
+    follower_minimum_by_country: dict[CountryCode, TallyThreshold] = Field(
+        default_factory=lambda: {"US": 10_000},
+        max_length=COUNTRY_COUNT_MAX,
+        description="Regional follower minimum; countries not listed use the default.",
+    )
+    follower_minimum_default: TallyThreshold = Field(
+        default=10_000, description="Follower minimum for countries without their own."
+    )
+    video_views_30d_min: TallyThreshold = Field(
+        default=1_000, description="Fewest video views in the last 30 days."
+    )
+    posts_30d_min: TallyThreshold = Field(
+        default=3, description="Fewest posts in the last 30 days."
+    )
+
+    @model_validator(mode="after")
+    def _country_lists_are_consistent(self) -> Self:
+        for name, countries in (
+            ("enabled_countries", self.enabled_countries),
+            ("coming_soon_countries", self.coming_soon_countries),
+        ):
+            if len(set(countries)) != len(countries):
+                raise ValueError(f"{name} lists a country twice")
+        both = sorted(set(self.enabled_countries) & set(self.coming_soon_countries))
+        if both:
+            raise ValueError(f"{both} are both enabled and coming soon")
+        return self
+
+    def follower_minimum(self, country: str) -> int:
+        return self.follower_minimum_by_country.get(country, self.follower_minimum_default)
+
+
+@lru_cache(maxsize=1)
+def get_eligibility_settings() -> EligibilitySettings:
+    return EligibilitySettings()
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    rule: str
+    passed: bool
+    seen: str
+    required: str
+
+
+@dataclass(frozen=True, slots=True)
+class EligibilityReport:
+    """Every rule's result, in the order of `RULES`."""
+
+    creator_id: str | None
+    rules: tuple[RuleResult, ...]
+
+    @property
+    def eligible(self) -> bool:
+        return all(result.passed for result in self.rules)
+
+    @property
+    def first_failed_rule(self) -> str | None:
+        """The name of the first rule that failed, for a refusal; None when eligible."""
+        return next((result.rule for result in self.rules if not result.passed), None)
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON of `GET /v1/creators/{creator_id}/eligibility`."""
+        return {
+            "creator_id": self.creator_id,
+            "eligible": self.eligible,
+            "rules": [
+                {
+                    "rule": result.rule,
+                    "passed": result.passed,
+                    "seen": result.seen,
+                    "required": result.required,
+                }
+                for result in self.rules
+            ],
+        }
+
+
+def age_in_years(birth_date: date, today: date) -> int:
+    """Whole years from `birth_date` to `today`; a 29 February birthday counts on 1 March in
+    non-leap years. Negative when `birth_date` is after `today`."""
+    birthday_not_reached = (today.month, today.day) < (birth_date.month, birth_date.day)
+    return today.year - birth_date.year - int(birthday_not_reached)
+
+
+def _at_least(rule: str, seen: int, minimum: int, note: str = "") -> RuleResult:
+    return RuleResult(rule, seen >= minimum, str(seen), f">= {minimum}{note}")
+
+
+def _is_true(rule: str, seen: bool) -> RuleResult:
+    return RuleResult(rule, seen, "true" if seen else "false", "true")
+
+
+def _age(profile: CreatorProfile, settings: EligibilitySettings, today: date) -> RuleResult:
+    required = f">= {settings.age_min_years} years"
+    if profile.birth_date > today:
+        return RuleResult(AGE, False, f"born after {today.isoformat()}", required)
+    age = age_in_years(profile.birth_date, today)
+    return RuleResult(AGE, age >= settings.age_min_years, f"{age} years", required)
+
+
+def _enabled_list(settings: EligibilitySettings) -> str:
+    if not settings.enabled_countries:
+        return "an enabled country (none is enabled)"
+    return "one of " + ", ".join(settings.enabled_countries)
+
+
+def _country(profile: CreatorProfile, settings: EligibilitySettings) -> RuleResult:
+    country = profile.country
+    seen = f"{country} (coming soon)" if country in settings.coming_soon_countries else country
+    return RuleResult(COUNTRY, country in settings.enabled_countries, seen, _enabled_list(settings))
+
+
+def _followers(profile: CreatorProfile, settings: EligibilitySettings) -> RuleResult:
+    country = profile.country
+    regional = country in settings.follower_minimum_by_country
+    note = f" (minimum for {country})" if regional else " (default minimum)"
+    return _at_least(FOLLOWERS, profile.followers, settings.follower_minimum(country), note)
+
+
+def _known_profile_results(
+    profile: CreatorProfile, settings: EligibilitySettings, today: date
+) -> tuple[RuleResult, ...]:
+    return (
+        RuleResult(PROFILE_KNOWN, True, "known", "known"),
+        _age(profile, settings, today),
+        _country(profile, settings),
+        _followers(profile, settings),
+        _at_least(VIDEO_VIEWS_30D, profile.video_views_30d, settings.video_views_30d_min),
+        _at_least(POSTS_30D, profile.posts_30d, settings.posts_30d_min),
+        _is_true(IN_GOOD_STANDING, profile.in_good_standing),
+        _is_true(IDENTITY_VERIFIED, profile.identity_verified),
+    )
+
+
+def _unknown_profile_results(settings: EligibilitySettings) -> tuple[RuleResult, ...]:
+    required = {
+        PROFILE_KNOWN: "known",
+        AGE: f">= {settings.age_min_years} years",
+        COUNTRY: _enabled_list(settings),
+        FOLLOWERS: f">= the regional minimum (default {settings.follower_minimum_default})",
+        VIDEO_VIEWS_30D: f">= {settings.video_views_30d_min}",
+        POSTS_30D: f">= {settings.posts_30d_min}",
+        IN_GOOD_STANDING: "true",
+        IDENTITY_VERIFIED: "true",
+    }
+    return tuple(RuleResult(rule, False, UNKNOWN, required[rule]) for rule in RULES)
+
+
+def evaluate(
+    profile: CreatorProfile | None,
+    settings: EligibilitySettings,
+    today: date,
+    *,
+    creator_id: str | None = None,
+) -> EligibilityReport:
+    """Check every rule for `profile` on `today`.
+
+    With no profile (no `creators.updated` event applied yet) every rule fails with seen
+    "unknown"; pass `creator_id` so the report still names the creator."""
+    if profile is None:
+        return EligibilityReport(creator_id, _unknown_profile_results(settings))
+    assert creator_id in (None, profile.creator_id), "creator_id and profile disagree"
+    results = _known_profile_results(profile, settings, today)
+    assert tuple(result.rule for result in results) == RULES
+    return EligibilityReport(profile.creator_id, results)
+
+
+async def creator_eligibility(
+    conn: AsyncConnection,
+    creator_id: str,
+    settings: EligibilitySettings,
+    today: date | None = None,
+) -> EligibilityReport:
+    """Load the creator's profile and evaluate it; `today` defaults to the current UTC date."""
+    profile = await creator_profile(conn, creator_id)
+    day = datetime.now(UTC).date() if today is None else today
+    return evaluate(profile, settings, day, creator_id=creator_id)
