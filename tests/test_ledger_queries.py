@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import datetime
 
@@ -184,7 +185,12 @@ async def test_verify_names_gift_coins_without_their_diamonds(
     async with engine.connect() as conn:
         problems = await verify(conn)
     assert [p.check for p in problems] == ["gift_coins_reconcile_with_diamonds"]
-    assert "3 coins should give 1500 milli-diamonds" in problems[0].detail
+    found = re.fullmatch(
+        r"rate card 1: \d+ coins should give (\d+) milli-diamonds, transfers give (\d+)",
+        problems[0].detail,
+    )
+    assert found is not None, problems[0].detail
+    assert int(found.group(1)) - int(found.group(2)) == 3 * 500
     undo = Transfer(
         uuid.uuid4(),
         ids[revenue.name],
