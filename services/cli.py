@@ -47,6 +47,7 @@ from services.asyncapi import asyncapi_document
 from services.database_runtime import DatabaseUnavailableError, error_reason, open_database
 from services.demo import run_demo
 from services.eligibility import creator_eligibility, get_eligibility_settings
+from services.pricing import RATE_CARD_NOTICE_S, add_rate_card, load_rate_cards
 from services.settings import get_settings
 
 PROGRAM = "giftledger"
@@ -269,6 +270,70 @@ async def _eligibility(engine: AsyncEngine, args: argparse.Namespace) -> int:
         for rule in report.rules
     ]
     print("\n".join(table([["rule", "result", "seen", "required"], *rows], right_aligned=set())))
+    return EXIT_OK
+
+
+# rates --------------------------------------------------------------------------------------
+
+
+def _add_rates_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="list the versions as JSON")
+    actions = parser.add_subparsers(dest="rates_action", metavar="ACTION")
+    add = actions.add_parser(
+        "add",
+        help="add the next rate card version",
+        description="Add the next rate card version. It must take effect at least "
+        f"{RATE_CARD_NOTICE_S} s from now, so every running consumer knows it in time.",
+    )
+    add.add_argument("--effective-from", type=aware_timestamp, required=True, metavar="ISO")
+    add.add_argument("--milli-diamonds-per-coin", type=_integer, required=True, metavar="N")
+    add.add_argument("--diamonds-per-usd", type=_integer, required=True, metavar="N")
+    add.add_argument("--note", default="", help="why this version exists")
+
+
+async def _rates(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    """Show the rate card versions, or add one (`rates add`)."""
+    if args.rates_action == "add":
+        try:
+            async with engine.begin() as conn:
+                card = await add_rate_card(
+                    conn,
+                    effective_from=args.effective_from,
+                    milli_diamonds_per_coin=args.milli_diamonds_per_coin,
+                    diamonds_per_usd=args.diamonds_per_usd,
+                    note=args.note,
+                )
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+        print(f"rate card version {card.version} takes effect {card.effective_from.isoformat()}")
+        return EXIT_OK
+    async with engine.connect() as conn:
+        cards = (await load_rate_cards(conn)).cards
+    documents = [
+        {
+            "version": card.version,
+            "effective_from": None if card.always_in_force else card.effective_from.isoformat(),
+            "milli_diamonds_per_coin": card.milli_diamonds_per_coin,
+            "diamonds_per_usd": card.diamonds_per_usd,
+            "note": card.note,
+        }
+        for card in cards
+    ]
+    if args.json:
+        print_json({"rate_cards": documents})
+        return EXIT_OK
+    rows = [
+        [
+            str(document["version"]),
+            str(document["effective_from"] or "always"),
+            str(document["milli_diamonds_per_coin"]),
+            str(document["diamonds_per_usd"]),
+            str(document["note"]),
+        ]
+        for document in documents
+    ]
+    header = ["version", "effective from", "milli-diamonds/coin", "diamonds/USD", "note"]
+    print("\n".join(table([header, *rows], right_aligned={2, 3})))
     return EXIT_OK
 
 
@@ -549,6 +614,12 @@ COMMANDS: list[Command] = [
         "which Creator Next cash-out rules a creator passes",
         _add_eligibility_arguments,
         on_database(_eligibility),
+    ),
+    Command(
+        "rates",
+        "show the rate card versions, or add one",
+        _add_rates_arguments,
+        on_database(_rates),
     ),
     Command(
         "statement",

@@ -25,6 +25,7 @@ from schemas import topics
 from services import metrics
 from services.event_transfers import CONSUMED_BY_INGESTOR
 from services.ingest import DeadLetter, Ingestor, InputRecord
+from services.pricing import RATE_CARD_REFRESH_S, load_rate_cards
 from services.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -211,6 +212,18 @@ class ConsumerService:
             except Exception as error:
                 logger.warning("parked events not retried this round: %s", error)
 
+    async def _refresh_rate_cards(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), RATE_CARD_REFRESH_S)
+            if self._stopping.is_set():
+                return
+            try:
+                async with self.ingestor.ledger.engine.connect() as conn:
+                    self.ingestor.rate_cards = await load_rate_cards(conn)
+            except Exception as error:
+                logger.warning("rate cards not reloaded this round: %s", error)
+
     async def _refresh_lag(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -241,6 +254,7 @@ class ConsumerService:
         self._tasks = [
             asyncio.create_task(self._sweep_parked(), name="sweep-parked"),
             asyncio.create_task(self._refresh_lag(), name="refresh-lag"),
+            asyncio.create_task(self._refresh_rate_cards(), name="refresh-rate-cards"),
         ]
 
     async def stop(self) -> None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 MILLI_DIAMONDS_PER_DIAMOND = 1_000
+RATE_CARD_NOTICE_S = 300
+RATE_CARD_REFRESH_S = 10.0
+BEGINNING_OF_TIME = datetime.min.replace(tzinfo=UTC)  # PostgreSQL's '-infinity'
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +25,11 @@ class RateCard:
     milli_diamonds_per_coin: int
     diamonds_per_usd: int
     note: str = ""
+
+    @property
+    def always_in_force(self) -> bool:
+        """Whether this is the first version, in force since the beginning of time."""
+        return self.effective_from == BEGINNING_OF_TIME
 
     def gift_milli_diamonds(self, coins: int, count: int) -> int:
         """The creator's diamonds for `count` gifts of `coins` coins, in milli-diamonds.
@@ -35,7 +43,7 @@ def _aware(card: RateCard) -> RateCard:
     """The driver returns PostgreSQL's '-infinity' as a naive datetime.min: give it UTC."""
     if card.effective_from.tzinfo is not None:
         return card
-    return dataclasses.replace(card, effective_from=card.effective_from.replace(tzinfo=UTC))
+    return dataclasses.replace(card, effective_from=BEGINNING_OF_TIME)
 
 
 class RateCardBook:
@@ -74,9 +82,19 @@ async def add_rate_card(
     diamonds_per_usd: int,
     note: str = "",
 ) -> RateCard:
-    """Add the next version. Versions are append-only; a mistake is fixed by a newer version."""
+    """Add the next version. Versions are append-only; a mistake is fixed by a newer version.
+
+    A version must take effect at least `RATE_CARD_NOTICE_S` from now: running consumers reload
+    the rate cards every `RATE_CARD_REFRESH_S`, and an event must never be priced by a card that
+    was not yet known when it was applied (a redelivery would then price it differently)."""
     if effective_from.tzinfo is None:
         raise ValueError("effective_from needs a timezone")
+    now = (await conn.execute(text("SELECT now()"))).scalar_one()
+    if effective_from < now + timedelta(seconds=RATE_CARD_NOTICE_S):
+        raise ValueError(
+            f"effective_from must be at least {RATE_CARD_NOTICE_S} s in the future"
+            f" (now is {now.isoformat()})"
+        )
     row = (
         await conn.execute(
             text(

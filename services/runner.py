@@ -11,6 +11,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import current_revision, upgrade_to_head
@@ -81,6 +82,11 @@ async def run(
     async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
         await ensure_schema(engine, settings)
         service = await start_consumers(settings, engine, bootstrap_servers)
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, addr=settings.metrics_host)
+            logger.info(
+                "metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port
+            )
         logger.info("consumers running on %s; SIGTERM stops them", bootstrap_servers)
         try:
             if on_started is not None:

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     consumer_batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
     consumer_db_retry_backoff_ms_max: int = Field(default=5_000, ge=10, le=300_000)
     consumer_db_retry_count_max: int = Field(default=1_000, ge=1, le=1_000_000)
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65_535,
+        description="Serve Prometheus metrics on this port (0: do not serve).",
+    )
+    metrics_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     reversal_park_s: float = Field(
         default=300.0,
         gt=0,

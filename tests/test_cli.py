@@ -303,3 +303,30 @@ def test_eligibility_names_each_rule_and_the_first_that_fails(
     assert failed == ["country"]
     assert main(["eligibility", "creator-nobody-knows"]) == 0
     assert "not eligible (profile_known)" in capsys.readouterr().out
+
+
+def test_rates_lists_the_default_card_and_adds_a_future_version(
+    cli_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["rates", "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)["rate_cards"]
+    assert before[0] == {
+        "version": 1,
+        "effective_from": None,
+        "milli_diamonds_per_coin": 500,
+        "diamonds_per_usd": 200,
+        "note": "contract default: creator share 50 %, 200 diamonds = 1 USD",
+    }
+    past = ["rates", "add", "--effective-from", "2020-01-01T00:00:00Z"]
+    past += ["--milli-diamonds-per-coin", "600", "--diamonds-per-usd", "200"]
+    assert main(past) == 2
+    assert "in the future" in capsys.readouterr().err
+    years_ahead = 50 + len(before)
+    future = ["rates", "add", "--effective-from", f"{2026 + years_ahead}-01-01T00:00:00Z"]
+    future += ["--milli-diamonds-per-coin", "600", "--diamonds-per-usd", "250", "--note", "test"]
+    assert main(future) == 0
+    assert f"rate card version {len(before) + 1}" in capsys.readouterr().out
+    assert main(["rates", "--json"]) == 0
+    after = json.loads(capsys.readouterr().out)["rate_cards"]
+    assert after[-1]["milli_diamonds_per_coin"] == 600
+    assert len(after) == len(before) + 1

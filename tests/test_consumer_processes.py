@@ -72,6 +72,7 @@ def group_env(database_url: str, kafka_bootstrap: str) -> dict[str, str]:
         "KAFKA_PARTITION_COUNT": str(PARTITION_COUNT),
         "CONSUMER_BATCH_SIZE_MAX": "500",
         "CONSUMER_BATCH_WAIT_MS": "20",
+        "METRICS_PORT": "0",
     }
 
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+import re
+import socket
+import urllib.request
 import uuid
+from datetime import UTC, datetime, timedelta
 
+from prometheus_client import start_http_server
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -11,6 +18,7 @@ from ledger.queries import creator_balances
 from ledger.verify import verify
 from schemas import topics
 from services.eligibility import EligibilitySettings, creator_eligibility
+from services.pricing import add_rate_card, load_rate_cards
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, wait_until
 
@@ -186,3 +194,52 @@ async def test_creator_updates_feed_the_eligibility_rules(
         report = await creator_eligibility(conn, creator, EligibilitySettings())
     assert report.first_failed_rule == "followers"
     assert [rule.seen for rule in report.rules if rule.rule == "followers"] == ["900"]
+
+
+async def test_prometheus_metrics_count_what_the_consumers_did(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    await _publish_and_wait(consumers, engine, topics.GIFTS_SENT, [make.gift(_creator())])
+    port = _free_port()
+    start_http_server(port, addr="127.0.0.1")
+    body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+    applied = re.search(r'giftledger_events_applied_total\{topic="gifts.sent"\} (\d+)', body)
+    assert applied is not None
+    assert float(applied.group(1)) >= 1
+    assert "giftledger_batch_commit_seconds_bucket" in body
+    assert "giftledger_events_consumed_total" in body
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
+        return str(response.read().decode())
+
+
+async def test_a_gift_is_priced_by_the_rate_card_in_force_when_it_occurred(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    start = datetime(2090, 1, 1, tzinfo=UTC) + timedelta(minutes=random.randint(0, 10**6))
+    async with engine.begin() as conn:
+        card = await add_rate_card(
+            conn, effective_from=start, milli_diamonds_per_coin=700, diamonds_per_usd=200
+        )
+    async with engine.connect() as conn:
+        consumers.ingestor.rate_cards = await load_rate_cards(conn)
+    creator = _creator()
+    before = make.gift(creator, coins=10)
+    after = {**make.gift(creator, coins=10), "occurred_at": (start + timedelta(days=1)).isoformat()}
+    await _publish_and_wait(consumers, engine, topics.GIFTS_SENT, [before, after])
+    assert await _balances(engine, creator) == {"DIAMOND:available": 10 * 500 + 10 * 700}
+    async with engine.connect() as conn:
+        versions = await conn.execute(
+            text("SELECT rate_card_version FROM transfers WHERE event_id = :id AND code = 1"),
+            {"id": after["event_id"]},
+        )
+        assert versions.scalar_one() == card.version
+        assert await verify(conn) == []
