@@ -21,8 +21,6 @@ from services.consumer import TOPIC_DESCRIPTIONS
 
 DOCUMENT_VERSION = "1.0.0"
 OTHER_DESCRIPTIONS = {
-    topics.CASHOUTS_REQUESTED: "A creator asks to turn Diamonds or a currency balance into money.",
-    topics.PAYOUTS_UPDATED: "The bank or payout rail reports on a payout: paid, failed, returned.",
     topics.PAYOUTS_REQUESTED: "An approved cash-out to send to the bank; cashout_id is the key.",
     topics.CASHOUTS_UPDATED: "Every state change of a cash-out, with its amounts and rates.",
 }

@@ -19,9 +19,11 @@ from typing import Any
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from schemas import topics
+from schemas.events import PayoutRequested
 from services import metrics
 from services.event_transfers import CONSUMED_BY_INGESTOR
 from services.ingest import DeadLetter, Ingestor, InputRecord
@@ -35,6 +37,9 @@ LAG_REFRESH_INTERVAL_S = 5.0
 RETRY_BACKOFF_MS_MIN = 50
 DLQ_SEND_TIMEOUT_S = 30.0
 REWIND_PAUSE_S = 1.0
+OUTBOX_POLL_INTERVAL_S = 0.2
+OUTBOX_BATCH_SIZE_MAX = 500
+OUTBOX_SEND_TIMEOUT_S = 30.0
 
 TOPIC_DESCRIPTIONS = {
     topics.GIFTS_SENT: "Gifts on short videos and LIVE streams; credit the creator's Diamonds.",
@@ -43,6 +48,8 @@ TOPIC_DESCRIPTIONS = {
     topics.FUND_REWARDED: "Creator Fund period rewards, in a currency.",
     topics.MARKETPLACE_PAID: "Creator Marketplace brand payments, less the platform fee.",
     topics.CREATORS_UPDATED: "Eligibility facts about a creator; the latest occurred_at wins.",
+    topics.CASHOUTS_REQUESTED: "A creator asks to turn Diamonds or a currency balance into money.",
+    topics.PAYOUTS_UPDATED: "The bank or payout rail reports on a payout: paid, failed, returned.",
 }
 
 TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, OSError, asyncio.TimeoutError)
@@ -212,6 +219,52 @@ class ConsumerService:
             except Exception as error:
                 logger.warning("parked events not retried this round: %s", error)
 
+    async def publish_outbox_once(self, limit: int = OUTBOX_BATCH_SIZE_MAX) -> int:
+        """Send the oldest unpublished outbox messages, then mark them published, in one
+        transaction. A crash between the send and the commit sends them again (at least once);
+        `payouts.requested` is deduplicated by cashout_id, `cashouts.updated` by event_id."""
+        async with self.ingestor.ledger.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT id, topic, message_key, payload FROM outbox"
+                        " WHERE published_at IS NULL ORDER BY id LIMIT :limit"
+                        " FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"limit": limit},
+                )
+            ).all()
+            if not rows:
+                return 0
+            sends = [
+                await self._producer.send(
+                    self.name(row.topic), value=bytes(row.payload), key=row.message_key.encode()
+                )
+                for row in rows
+            ]
+            await asyncio.wait_for(asyncio.gather(*sends), OUTBOX_SEND_TIMEOUT_S)
+            await conn.execute(
+                text("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(:ids)"),
+                {"ids": [row.id for row in rows]},
+            )
+            for row in rows:
+                if row.topic == topics.PAYOUTS_REQUESTED:
+                    payout = PayoutRequested.model_validate_json(bytes(row.payload))
+                    await self.ingestor.desk.mark_submitted(conn, payout.cashout_id)
+        return len(rows)
+
+    async def _publish_outbox(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), OUTBOX_POLL_INTERVAL_S)
+            if self._stopping.is_set():
+                return
+            try:
+                while await self.publish_outbox_once() == OUTBOX_BATCH_SIZE_MAX:
+                    pass
+            except Exception as error:
+                logger.warning("outbox not published this round: %s", error)
+
     async def _refresh_rate_cards(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -255,6 +308,7 @@ class ConsumerService:
             asyncio.create_task(self._sweep_parked(), name="sweep-parked"),
             asyncio.create_task(self._refresh_lag(), name="refresh-lag"),
             asyncio.create_task(self._refresh_rate_cards(), name="refresh-rate-cards"),
+            asyncio.create_task(self._publish_outbox(), name="publish-outbox"),
         ]
 
     async def stop(self) -> None:

@@ -188,5 +188,11 @@ LEDGER_TOPICS = (
     topics.MARKETPLACE_PAID,
 )
 
-# Topics the consumers apply: the ledger topics above, and creator profiles (a projection).
-CONSUMED_BY_INGESTOR = (*LEDGER_TOPICS, topics.CREATORS_UPDATED)
+# Topics the consumers apply: the ledger topics above, creator profiles (a projection), and
+# the cash-out topics (services/cashouts.py).
+CONSUMED_BY_INGESTOR = (
+    *LEDGER_TOPICS,
+    topics.CREATORS_UPDATED,
+    topics.CASHOUTS_REQUESTED,
+    topics.PAYOUTS_UPDATED,
+)

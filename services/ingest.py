@@ -31,14 +31,26 @@ from ledger.service import Ledger
 from schemas import topics
 from schemas.events import (
     CONSUMED_EVENT_MODELS,
+    CashoutRequested,
     Event,
     FundRewarded,
     GiftReversed,
     GiftSent,
     MarketplacePaid,
+    PayoutUpdated,
     TipReceived,
 )
 from services import metrics
+from services.cashouts import (
+    CashoutDesk,
+    CashoutLimits,
+    hold_source,
+    hold_target,
+    load_cashout,
+    request_accounts,
+    settlement_accounts,
+)
+from services.eligibility import EligibilitySettings
 from services.event_transfers import (
     LEDGER_TOPICS,
     Leg,
@@ -207,9 +219,11 @@ class Ingestor:
         *,
         park_retry_s: float = 300.0,
         conflict_retry_count_max: int = 5,
+        desk: CashoutDesk | None = None,
     ) -> None:
         self.ledger = ledger
         self.rate_cards = rate_cards
+        self.desk = desk or CashoutDesk(CashoutLimits(), EligibilitySettings())
         self.park_retry_s = park_retry_s
         self.counts = metrics.IngestCounts()
         self._conflict_retry_count_max = conflict_retry_count_max
@@ -292,6 +306,9 @@ class Ingestor:
         if topic == topics.CREATORS_UPDATED:
             await self._apply_profiles(unique, report)
             return
+        if topic in (topics.CASHOUTS_REQUESTED, topics.PAYOUTS_UPDATED):
+            await self._apply_cashouts(topic, unique, report)
+            return
         if topic not in LEDGER_TOPICS:
             raise ValueError(f"{topic} is not a ledger topic")
         planned: dict[str, tuple[list[Leg], int | None]] = {}
@@ -332,6 +349,56 @@ class Ingestor:
             letters = [*early_letters, *batch_report.dead_letters]
             await self._record_dead_letters(conn, topics.CREATORS_UPDATED, letters)
             batch_report.applied = len(fresh)
+            return batch_report
+
+        batch_report = await run_with_conflict_retry(
+            self.ledger.engine, unit_of_work, self._conflict_retry_count_max
+        )
+        report.applied += batch_report.applied
+        report.duplicates += batch_report.duplicates
+        report.dead_letters += batch_report.dead_letters
+
+    async def _apply_cashouts(self, topic: str, items: list[_Parsed], report: BatchReport) -> None:
+        """Cash-out requests and payout results, one at a time in one transaction per batch."""
+        specs: list[AccountSpec] = []
+        for item in items:
+            if isinstance(item.event, CashoutRequested):
+                specs += request_accounts(item.event)
+            elif isinstance(item.event, PayoutUpdated):
+                async with self.ledger.engine.connect() as conn:
+                    cashout = await load_cashout(conn, item.event.cashout_id)
+                if cashout is not None:
+                    specs += [
+                        hold_source(cashout.creator_id, cashout.asset),
+                        hold_target(cashout.creator_id, cashout.asset),
+                        *settlement_accounts(cashout.payout_currency),
+                    ]
+        account_ids = await self.ledger.accounts.ids(specs)
+        early_letters = list(report.dead_letters)
+
+        async def unit_of_work(conn: AsyncConnection) -> BatchReport:
+            batch_report = BatchReport()
+            fresh = await self._drop_applied(conn, topic, items, batch_report)
+            applied: list[_Parsed] = []
+            for item in fresh:
+                event = item.event
+                if isinstance(event, CashoutRequested):
+                    await self.desk.request(conn, event, self.rate_cards, account_ids)
+                    applied.append(item)
+                    continue
+                assert isinstance(event, PayoutUpdated)
+                refusal = await self.desk.payout_result(conn, event, self.rate_cards, account_ids)
+                if refusal is None:
+                    applied.append(item)
+                else:
+                    detail = f"payout {event.status} for cash-out {event.cashout_id}: {refusal}"
+                    batch_report.dead_letters.append(
+                        DeadLetter(item.record, refusal[:64], detail, event.event_id)
+                    )
+            await self._record_applied(conn, topic, applied)
+            letters = [*early_letters, *batch_report.dead_letters]
+            await self._record_dead_letters(conn, topic, letters)
+            batch_report.applied = len(applied)
             return batch_report
 
         batch_report = await run_with_conflict_retry(

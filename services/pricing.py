@@ -59,6 +59,12 @@ class RateCardBook:
         index = bisect.bisect_right(self._starts, moment) - 1
         return self._cards[max(index, 0)]
 
+    def version(self, version: int) -> RateCard:
+        for card in self._cards:
+            if card.version == version:
+                return card
+        raise KeyError(f"no rate card version {version}")
+
     @property
     def cards(self) -> list[RateCard]:
         return list(self._cards)

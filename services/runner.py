@@ -16,8 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import current_revision, upgrade_to_head
 from ledger.service import Ledger
+from services.cashouts import CashoutDesk, CashoutLimits
 from services.consumer import ConsumerService
 from services.database_runtime import open_database
+from services.eligibility import get_eligibility_settings
 from services.ingest import Ingestor
 from services.kafka_runtime import open_kafka
 from services.pricing import load_rate_cards
@@ -25,7 +27,7 @@ from services.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 class SchemaNotCurrentError(RuntimeError):
@@ -60,6 +62,12 @@ async def start_consumers(
         rate_cards,
         park_retry_s=settings.reversal_park_s,
         conflict_retry_count_max=settings.ledger_conflict_retry_count_max,
+        desk=CashoutDesk(
+            CashoutLimits(
+                settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents
+            ),
+            get_eligibility_settings(),
+        ),
     )
     service = ConsumerService(settings, ingestor, bootstrap_servers)
     await service.start()

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     consumer_batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
     consumer_db_retry_backoff_ms_max: int = Field(default=5_000, ge=10, le=300_000)
     consumer_db_retry_count_max: int = Field(default=1_000, ge=1, le=1_000_000)
+    cashout_minimum_usd_cents: int = Field(default=1_000, ge=1, le=10**9)
+    cashout_daily_limit_usd_cents: int = Field(default=100_000, ge=1, le=10**11)
     metrics_port: int = Field(
         default=0,
         ge=0,

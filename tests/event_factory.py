@@ -86,3 +86,22 @@ def creator_update(creator_id: str, followers: int = 25_000, country: str = "US"
         "identity_verified": True,
         "payout_account_ref": "pa_demo_1",
     }
+
+
+def cashout_request(
+    creator_id: str, diamonds: int = 2_000, currency: str = "USD", asset: str = "DIAMOND"
+) -> dict[str, Any]:
+    return {
+        **_base(),
+        "creator_id": creator_id,
+        "asset": asset,
+        "amount": diamonds,
+        "payout_currency": currency,
+    }
+
+
+def payout_update(cashout_id: str, status: str, failure_code: str | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = {**_base(), "cashout_id": cashout_id, "status": status}
+    if failure_code is not None:
+        event["failure_code"] = failure_code
+    return event

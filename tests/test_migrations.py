@@ -9,9 +9,9 @@ from ledger.migrate import current_revision, upgrade_to_head
 
 
 async def test_migrations_reach_head_and_are_idempotent(engine: AsyncEngine) -> None:
-    assert await current_revision(engine) == "0003"
+    assert await current_revision(engine) == "0004"
     await upgrade_to_head(engine)
-    assert await current_revision(engine) == "0003"
+    assert await current_revision(engine) == "0004"
 
 
 async def test_transfers_are_partitioned_by_month_from_the_start(engine: AsyncEngine) -> None:

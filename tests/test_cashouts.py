@@ -1,0 +1,286 @@
+"""Cash-outs end to end through the broker: every state path, every refusal, the daily limit,
+racing requests, a crash between commit and publish, and balances restored exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.service import Ledger
+from ledger.verify import verify
+from schemas import topics
+from schemas.events import CashoutRequested
+from services.cashouts import CashoutDesk, CashoutLimits, request_accounts
+from services.eligibility import EligibilitySettings
+from services.pricing import load_rate_cards
+from tests import event_factory as make
+from tests.ingestion_fixtures import RunningConsumers, wait_until
+
+
+def _creator() -> str:
+    return f"creator-{uuid.uuid4().hex[:10]}"
+
+
+async def _scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
+    async with engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).scalar_one_or_none()
+
+
+async def _status(engine: AsyncEngine, cashout_id: str) -> str | None:
+    return await _scalar(
+        engine, "SELECT status FROM cashouts WHERE cashout_id = :id", id=cashout_id
+    )  # type: ignore[no-any-return]
+
+
+async def _available(engine: AsyncEngine, creator: str) -> int:
+    value = await _scalar(
+        engine,
+        "SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE name = :name",
+        name=f"creator:{creator}:DIAMOND:available",
+    )
+    return int(value or 0)
+
+
+async def _eligible_creator_with(
+    consumers: RunningConsumers, engine: AsyncEngine, diamonds: int, **profile: Any
+) -> str:
+    """A creator who passes every rule and holds `diamonds` (gifts of 2 coins = 1 diamond)."""
+    creator = _creator()
+    await consumers.publish(topics.CREATORS_UPDATED, {**make.creator_update(creator), **profile})
+    if diamonds:
+        per_gift = 1_000 if diamonds > 10_000 else 1  # a gift's count is at most 10,000
+        assert diamonds % per_gift == 0
+        gift = make.gift(creator, coins=2 * per_gift, count=diamonds // per_gift)
+        await consumers.publish(topics.GIFTS_SENT, gift)
+
+    async def ready() -> bool:
+        known = await _scalar(engine, "SELECT 1 FROM creators WHERE creator_id = :c", c=creator)
+        return known is not None and await _available(engine, creator) == diamonds * 1_000
+
+    await wait_until(ready)
+    return creator
+
+
+async def _request(consumers: RunningConsumers, engine: AsyncEngine, event: dict[str, Any]) -> str:
+    await consumers.publish(topics.CASHOUTS_REQUESTED, event)
+    cashout_id = str(event["event_id"])
+
+    async def decided() -> bool:
+        return await _status(engine, cashout_id) not in (None, "requested")
+
+    await wait_until(decided)
+    return cashout_id
+
+
+async def _until_status(engine: AsyncEngine, cashout_id: str, status: str) -> None:
+    async def reached() -> bool:
+        return await _status(engine, cashout_id) == status
+
+    await wait_until(reached)
+
+
+async def test_a_paid_cash_out_sends_the_payout_once_and_redeems_the_diamonds(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = await _eligible_creator_with(consumers, engine, 2_500)
+    cashout_id = await _request(consumers, engine, make.cashout_request(creator, 2_001))
+    await _until_status(engine, cashout_id, "submitted")
+    assert await _available(engine, creator) == 499_000
+    requested = [
+        json.loads(r.value)
+        for r in await consumers.read_topic(topics.PAYOUTS_REQUESTED, 1)
+        if json.loads(r.value)["cashout_id"] == cashout_id
+    ]
+    assert [(p["amount"], p["currency"], p["payout_account_ref"]) for p in requested] == [
+        (1_000, "USD", "pa_demo_1")
+    ]
+    await consumers.publish(
+        topics.PAYOUTS_UPDATED, make.payout_update(cashout_id, "paid"), key=creator
+    )
+    await _until_status(engine, cashout_id, "paid")
+    assert await _available(engine, creator) == 499_000
+    held = await _scalar(
+        engine,
+        "SELECT credits_posted - debits_posted FROM accounts WHERE name = :n",
+        n=f"creator:{creator}:DIAMOND:held",
+    )
+    assert held == 0
+    rounded = await _scalar(
+        engine,
+        "SELECT sum(amount) FROM transfers WHERE code = 90 AND metadata->>'cashout_id' = :id",
+        id=cashout_id,
+    )
+    assert rounded == 1_000  # the 2,001st diamond is worth half a cent: kept, not paid
+    transitions = await _transitions(engine, cashout_id)
+    assert transitions == ["requested", "held", "submitted", "paid"]
+    updates = [
+        json.loads(r.value)["status"]
+        for r in await consumers.read_topic(topics.CASHOUTS_UPDATED, 4)
+        if json.loads(r.value)["cashout_id"] == cashout_id
+    ]
+    assert updates[:3] == ["requested", "held", "submitted"]
+
+
+async def _transitions(engine: AsyncEngine, cashout_id: str) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT status FROM cashout_transitions WHERE cashout_id = :id ORDER BY seq"),
+            {"id": cashout_id},
+        )
+        return [row.status for row in rows]
+
+
+async def test_a_failed_payout_gives_the_diamonds_back_exactly(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = await _eligible_creator_with(consumers, engine, 3_000)
+    cashout_id = await _request(consumers, engine, make.cashout_request(creator, 3_000))
+    assert await _available(engine, creator) == 0
+    failed = make.payout_update(cashout_id, "failed", "account_closed")
+    await consumers.publish(topics.PAYOUTS_UPDATED, failed, key=creator)
+    await _until_status(engine, cashout_id, "failed")
+    assert await _available(engine, creator) == 3_000_000
+    assert (
+        await _scalar(
+            engine, "SELECT failure_code FROM cashouts WHERE cashout_id = :id", id=cashout_id
+        )
+        == "account_closed"
+    )
+
+
+async def test_a_returned_payout_restores_the_balance_exactly(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = await _eligible_creator_with(consumers, engine, 2_345)
+    cashout_id = await _request(consumers, engine, make.cashout_request(creator, 2_345))
+    await consumers.publish(
+        topics.PAYOUTS_UPDATED, make.payout_update(cashout_id, "paid"), key=creator
+    )
+    await _until_status(engine, cashout_id, "paid")
+    returned = make.payout_update(cashout_id, "returned", "R01")
+    await consumers.publish(topics.PAYOUTS_UPDATED, returned, key=creator)
+    await _until_status(engine, cashout_id, "returned")
+    assert await _available(engine, creator) == 2_345_000
+    async with engine.connect() as conn:
+        assert await verify(conn) == []
+
+
+async def test_results_for_unknown_or_finished_cash_outs_change_nothing(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = await _eligible_creator_with(consumers, engine, 2_000)
+    cashout_id = await _request(consumers, engine, make.cashout_request(creator, 2_000))
+    await consumers.publish(
+        topics.PAYOUTS_UPDATED, make.payout_update(cashout_id, "paid"), key=creator
+    )
+    await _until_status(engine, cashout_id, "paid")
+    again = make.payout_update(cashout_id, "failed", "AC04")
+    unknown = make.payout_update("cashout-nobody-made", "paid")
+    await consumers.publish(topics.PAYOUTS_UPDATED, again, key=creator)
+    await consumers.publish(topics.PAYOUTS_UPDATED, unknown, key=creator)
+    records = await consumers.read_topic(topics.dead_letter_topic(topics.PAYOUTS_UPDATED), 2)
+    errors = {json.loads(r.value)["event_id"]: dict(r.headers)["dlq.error"] for r in records}
+    assert errors[again["event_id"]] == b"cashout_is_paid"
+    assert errors[unknown["event_id"]] == b"unknown_cashout"
+    assert await _status(engine, cashout_id) == "paid"
+    assert await _available(engine, creator) == 0
+
+
+async def test_each_failed_rule_rejects_the_request_with_its_name(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    rich = await _eligible_creator_with(consumers, engine, 5_000)
+    canadian = await _eligible_creator_with(consumers, engine, 5_000, country="CA")
+    few_followers = await _eligible_creator_with(consumers, engine, 5_000, followers=9_999)
+    cases = {
+        await _request(consumers, engine, make.cashout_request(rich, 1_999)): "minimum",
+        await _request(consumers, engine, make.cashout_request(rich, 5_001)): "available_balance",
+        await _request(consumers, engine, make.cashout_request(canadian, 2_000)): "country",
+        await _request(consumers, engine, make.cashout_request(few_followers, 2_000)): "followers",
+        await _request(consumers, engine, make.cashout_request(_creator(), 2_000)): "profile_known",
+        await _request(consumers, engine, make.cashout_request(rich, 2_000, "EUR")): "fx_rate",
+    }
+    for cashout_id, rule in cases.items():
+        assert await _status(engine, cashout_id) == "rejected"
+        assert (
+            await _scalar(
+                engine, "SELECT rejected_rule FROM cashouts WHERE cashout_id = :id", id=cashout_id
+            )
+            == rule
+        )
+    assert await _available(engine, rich) == 5_000_000
+
+
+async def test_the_daily_limit_counts_per_utc_day(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = await _eligible_creator_with(consumers, engine, 400_000)
+    midnight = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def at(moment: datetime, diamonds: int) -> dict[str, Any]:
+        return {**make.cashout_request(creator, diamonds), "occurred_at": moment.isoformat()}
+
+    before = midnight - timedelta(seconds=1)
+    first = await _request(consumers, engine, at(before - timedelta(hours=1), 120_000))  # 600 USD
+    over = await _request(consumers, engine, at(before, 100_000))  # +500 USD the same day
+    fits = await _request(consumers, engine, at(before, 80_000))  # +400 USD: exactly 1,000
+    next_day = await _request(consumers, engine, at(midnight, 100_000))
+    for accepted in (first, fits, next_day):
+        assert await _status(engine, accepted) in ("held", "submitted")
+    assert await _status(engine, over) == "rejected"
+    assert (
+        await _scalar(engine, "SELECT rejected_rule FROM cashouts WHERE cashout_id = :id", id=over)
+        == "daily_limit"
+    )
+
+
+async def test_racing_requests_never_take_the_balance_below_zero(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = await _eligible_creator_with(consumers, engine, 10_000)
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    desk = CashoutDesk(CashoutLimits(daily_maximum_usd_cents=10**9), EligibilitySettings())
+    requests = [
+        CashoutRequested.model_validate_json(make.encode(make.cashout_request(creator, 2_000)))
+        for _ in range(12)
+    ]
+    account_ids = await Ledger(engine).accounts.ids(request_accounts(requests[0]))
+
+    async def one(event: CashoutRequested) -> str:
+        async with engine.begin() as conn:
+            return (await desk.request(conn, event, rate_cards, account_ids)).status
+
+    statuses = await asyncio.gather(*(one(event) for event in requests))
+    assert sorted(statuses) == ["held"] * 5 + ["rejected"] * 7
+    assert await _available(engine, creator) == 0
+    async with engine.connect() as conn:
+        assert await verify(conn) == []
+
+
+async def test_a_crash_between_commit_and_publish_still_sends_the_payout_once(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = await _eligible_creator_with(consumers, engine, 2_000)
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    desk = CashoutDesk(CashoutLimits(), EligibilitySettings())
+    event = CashoutRequested.model_validate_json(make.encode(make.cashout_request(creator, 2_000)))
+    account_ids = await Ledger(engine).accounts.ids(request_accounts(event))
+    async with engine.begin() as conn:  # the commit happens; the process dies before publishing
+        await desk.request(conn, event, rate_cards, account_ids)
+    await _until_status(engine, event.event_id, "submitted")  # the restarted publisher sends it
+    await consumers.service.publish_outbox_once()
+    await consumers.service.publish_outbox_once()
+    sent = [
+        r
+        for r in await consumers.read_topic(topics.PAYOUTS_REQUESTED, 1)
+        if json.loads(r.value)["cashout_id"] == event.event_id
+    ]
+    assert len(sent) == 1
