@@ -33,9 +33,10 @@ async def _scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
 
 
 async def _status(engine: AsyncEngine, cashout_id: str) -> str | None:
-    return await _scalar(
+    status = await _scalar(
         engine, "SELECT status FROM cashouts WHERE cashout_id = :id", id=cashout_id
-    )  # type: ignore[no-any-return]
+    )
+    return None if status is None else str(status)
 
 
 async def _available(engine: AsyncEngine, creator: str) -> int:
