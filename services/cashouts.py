@@ -499,12 +499,13 @@ async def queue(conn: AsyncConnection, topic: str, key: str, payload: str) -> No
     )
 
 
-_SELECT_CASHOUT = """
+_CASHOUT_ROWS = """
     SELECT cashout_id, creator_id, asset, amount, payout_currency, payout_amount,
            usd_value_micros, rate_card_version, fx_numerator, fx_denominator, status,
            rejected_rule, failure_code, payout_account_ref, occurred_at
-    FROM cashouts WHERE cashout_id = :id
+    FROM cashouts
 """
+_SELECT_CASHOUT = _CASHOUT_ROWS + " WHERE cashout_id = :id"
 _SELECT_LOCKED_CASHOUT = _SELECT_CASHOUT + " FOR UPDATE"
 
 
@@ -522,3 +523,60 @@ async def load_cashout(
 
 def cashout_document(cashout: Cashout) -> dict[str, Any]:
     return json.loads(cashout.updated_event(datetime.now(UTC)).model_dump_json())  # type: ignore[no-any-return]
+
+
+CASHOUT_LIST_LIMIT_MAX = 1_000
+OPEN_STATUSES = ("held", "submitted")
+
+
+async def list_cashouts(
+    conn: AsyncConnection,
+    *,
+    status: str | None = None,
+    creator_id: str | None = None,
+    stale_after_s: float | None = None,
+    limit: int = 100,
+) -> list[Cashout]:
+    """Cash-outs, newest first, filtered by status and creator; with `stale_after_s`, only the
+    holds that have waited longer than that for the bank's answer."""
+    if not 1 <= limit <= CASHOUT_LIST_LIMIT_MAX:
+        raise ValueError(f"limit must be between 1 and {CASHOUT_LIST_LIMIT_MAX}")
+    rows = await conn.execute(
+        text(
+            _CASHOUT_ROWS
+            + """
+            WHERE (CAST(:status AS text) IS NULL OR status = :status)
+              AND (CAST(:creator AS text) IS NULL OR creator_id = :creator)
+              AND (CAST(:stale_s AS double precision) IS NULL
+                   OR (status IN ('held', 'submitted')
+                       AND updated_at < clock_timestamp() - make_interval(secs => :stale_s)))
+            ORDER BY occurred_at DESC, cashout_id
+            LIMIT :limit
+            """
+        ),
+        {"status": status, "creator": creator_id, "stale_s": stale_after_s, "limit": limit},
+    )
+    return [Cashout(*row) for row in rows]
+
+
+async def add_fx_rate(
+    conn: AsyncConnection, currency: str, units_per_usd: Fraction, effective_from: datetime
+) -> None:
+    """Add a rate; like rate cards, it must take effect in the future, never rewrite the past."""
+    now = (await conn.execute(text("SELECT now()"))).scalar_one()
+    if effective_from <= now:
+        raise ValueError(f"effective_from must be in the future (now is {now.isoformat()})")
+    if units_per_usd <= 0:
+        raise ValueError("units per USD must be positive")
+    await conn.execute(
+        text(
+            "INSERT INTO fx_rates (currency, effective_from, units_per_usd_numerator,"
+            " units_per_usd_denominator) VALUES (:c, :at, :n, :d)"
+        ),
+        {
+            "c": currency,
+            "at": effective_from,
+            "n": units_per_usd.numerator,
+            "d": units_per_usd.denominator,
+        },
+    )

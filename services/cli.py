@@ -21,6 +21,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from schemas.assets import format_amount
 from schemas.export import export_json_schemas
 from services import runner
 from services.asyncapi import asyncapi_document
+from services.cashouts import add_fx_rate, cashout_document, list_cashouts
 from services.database_runtime import DatabaseUnavailableError, error_reason, open_database
 from services.demo import run_demo
 from services.eligibility import creator_eligibility, get_eligibility_settings
@@ -129,6 +132,17 @@ def cursor(value: str) -> int:
     if position < 0:
         raise argparse.ArgumentTypeError(f"cursor must not be negative, not {position}")
     return position
+
+
+def _positive_decimal(value: str) -> Fraction:
+    """A decimal such as 0.92, read exactly (never through a float)."""
+    try:
+        number = Fraction(Decimal(value))
+    except (InvalidOperation, ValueError):
+        raise argparse.ArgumentTypeError(f"not a decimal number: {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+    return number
 
 
 def _integer(value: str) -> int:
@@ -289,10 +303,26 @@ def _add_rates_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--milli-diamonds-per-coin", type=_integer, required=True, metavar="N")
     add.add_argument("--diamonds-per-usd", type=_integer, required=True, metavar="N")
     add.add_argument("--note", default="", help="why this version exists")
+    fx = actions.add_parser(
+        "fx-add",
+        help="add an FX rate: units of a currency per 1 USD",
+        description="Add an FX rate for cash-outs paid in CURRENCY, taking effect in the future.",
+    )
+    fx.add_argument("currency", metavar="CURRENCY")
+    fx.add_argument("units_per_usd", type=_positive_decimal, metavar="UNITS_PER_USD")
+    fx.add_argument("--effective-from", type=aware_timestamp, required=True, metavar="ISO")
 
 
 async def _rates(engine: AsyncEngine, args: argparse.Namespace) -> int:
     """Show the rate card versions, or add one (`rates add`)."""
+    if args.rates_action == "fx-add":
+        try:
+            async with engine.begin() as conn:
+                await add_fx_rate(conn, args.currency, args.units_per_usd, args.effective_from)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+        print(f"{args.currency}: {args.units_per_usd} per USD from {args.effective_from}")
+        return EXIT_OK
     if args.rates_action == "add":
         try:
             async with engine.begin() as conn:
@@ -335,6 +365,56 @@ async def _rates(engine: AsyncEngine, args: argparse.Namespace) -> int:
     header = ["version", "effective from", "milli-diamonds/coin", "diamonds/USD", "note"]
     print("\n".join(table([header, *rows], right_aligned={2, 3})))
     return EXIT_OK
+
+
+# cashouts -----------------------------------------------------------------------------------
+
+CASHOUT_STATUSES = ("requested", "held", "submitted", "paid", "rejected", "failed", "returned")
+
+
+def _add_cashouts_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--status", choices=CASHOUT_STATUSES)
+    parser.add_argument("--creator", metavar="CREATOR_ID")
+    parser.add_argument(
+        "--stale",
+        action="store_true",
+        help="only holds with no answer from the bank within CASHOUT_ANSWER_WINDOW_S",
+    )
+    parser.add_argument("--limit", type=page_size, default=100, metavar="N")
+    parser.add_argument("--json", action="store_true", help="the cashouts.updated documents")
+
+
+async def _cashouts(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    """List cash-outs; `--stale` lists the holds waiting too long for the bank (exit 1 if any)."""
+    window_s = get_settings().cashout_answer_window_s if args.stale else None
+    async with engine.connect() as conn:
+        found = await list_cashouts(
+            conn,
+            status=args.status,
+            creator_id=args.creator,
+            stale_after_s=window_s,
+            limit=args.limit,
+        )
+    documents = [cashout_document(cashout) for cashout in found]
+    if args.json:
+        print_json({"cashouts": documents})
+    else:
+        header = ["cashout_id", "creator_id", "status", "amount", "payout", "rule/code"]
+        rows = [
+            [
+                cashout.cashout_id,
+                cashout.creator_id,
+                cashout.status,
+                decimal_amount(cashout.amount, cashout.asset),
+                "-"
+                if cashout.payout_amount is None
+                else decimal_amount(cashout.payout_amount, cashout.payout_currency),
+                cashout.rejected_rule or cashout.failure_code or "",
+            ]
+            for cashout in found
+        ]
+        print("\n".join(table([header, *rows], right_aligned={3, 4})))
+    return EXIT_FAILURE if args.stale and found else EXIT_OK
 
 
 # statement ----------------------------------------------------------------------------------
@@ -620,6 +700,12 @@ COMMANDS: list[Command] = [
         "show the rate card versions, or add one",
         _add_rates_arguments,
         on_database(_rates),
+    ),
+    Command(
+        "cashouts",
+        "list cash-outs; --stale lists holds the bank has not answered in time",
+        _add_cashouts_arguments,
+        on_database(_cashouts),
     ),
     Command(
         "statement",

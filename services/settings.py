@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     consumer_db_retry_count_max: int = Field(default=1_000, ge=1, le=1_000_000)
     cashout_minimum_usd_cents: int = Field(default=1_000, ge=1, le=10**9)
     cashout_daily_limit_usd_cents: int = Field(default=100_000, ge=1, le=10**11)
+    cashout_answer_window_s: float = Field(
+        default=86_400,
+        gt=0,
+        le=90 * 86_400,
+        description="A hold with no answer from the bank for longer than this is listed as stale.",
+    )
     metrics_port: int = Field(
         default=0,
         ge=0,

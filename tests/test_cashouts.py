@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,9 +17,11 @@ from ledger.service import Ledger
 from ledger.verify import verify
 from schemas import topics
 from schemas.events import CashoutRequested
-from services.cashouts import CashoutDesk, CashoutLimits, request_accounts
+from services.cashouts import CashoutDesk, CashoutLimits, list_cashouts, request_accounts
+from services.cli import main
 from services.eligibility import EligibilitySettings
 from services.pricing import load_rate_cards
+from services.settings import get_settings
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, wait_until
 
@@ -285,3 +288,46 @@ async def test_a_crash_between_commit_and_publish_still_sends_the_payout_once(
         if json.loads(r.value)["cashout_id"] == event.event_id
     ]
     assert len(sent) == 1
+
+
+async def test_holds_the_bank_has_not_answered_in_time_are_listed_as_stale(
+    consumers: RunningConsumers,
+    engine: AsyncEngine,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    creator = await _eligible_creator_with(consumers, engine, 2_000)
+    cashout_id = await _request(consumers, engine, make.cashout_request(creator, 2_000))
+    async with engine.connect() as conn:
+        stale = await list_cashouts(conn, creator_id=creator, stale_after_s=0.001)
+        assert [cashout.cashout_id for cashout in stale] == [cashout_id]
+        assert await list_cashouts(conn, creator_id=creator, stale_after_s=3_600) == []
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("CASHOUT_ANSWER_WINDOW_S", "0.001")
+    get_settings.cache_clear()
+    try:
+        code = await asyncio.to_thread(
+            main, ["cashouts", "--stale", "--creator", creator, "--json"]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert code == 1
+    listed = json.loads(capsys.readouterr().out)["cashouts"]
+    assert [(c["cashout_id"], c["payout_amount"]) for c in listed] == [(cashout_id, 1_000)]
+
+
+def test_fx_rates_are_added_for_the_future_only(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    try:
+        past = main(["rates", "fx-add", "EUR", "0.92", "--effective-from", "2020-01-01T00:00:00Z"])
+        future = f"{2100 + uuid.uuid4().int % 500}-01-01T00:00:00Z"
+        added = main(["rates", "fx-add", "EUR", "0.92", "--effective-from", future])
+        not_a_number = main(["rates", "fx-add", "EUR", "ninety", "--effective-from", future])
+    finally:
+        get_settings.cache_clear()
+    assert (past, added, not_a_number) == (2, 0, 2)
+    assert "EUR: 23/25 per USD" in capsys.readouterr().out
