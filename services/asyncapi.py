@@ -21,7 +21,7 @@ from services.consumer import TOPIC_DESCRIPTIONS
 
 DOCUMENT_VERSION = "1.0.0"
 OTHER_DESCRIPTIONS = {
-    topics.PAYOUTS_REQUESTED: "An approved cash-out to send to the bank; cashout_id is the key.",
+    topics.PAYOUTS_REQUESTED: "A cash-out to pay; cashout_id is the idempotency key.",
     topics.CASHOUTS_UPDATED: "Every state change of a cash-out, with its amounts and rates.",
 }
 

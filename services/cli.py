@@ -651,6 +651,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--payout-rail",
+        action="store_true",
+        help="also run the simulated bank (answers payouts.requested on payouts.updated)",
+    )
     parser.epilog = (
         "Reads KAFKA_BOOTSTRAP_SERVERS (unset: an embedded broker) and DATABASE_URL (unset: the "
         "embedded PostgreSQL, migrated on start). Stops cleanly on SIGTERM or Ctrl-C."
@@ -659,7 +664,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        asyncio.run(runner.run(get_settings()))
+        asyncio.run(runner.run(get_settings(), with_payout_rail=args.payout_rail))
     except runner.SchemaNotCurrentError as error:
         raise UsageError(str(error)) from error
     return EXIT_OK

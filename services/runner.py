@@ -22,6 +22,7 @@ from services.database_runtime import open_database
 from services.eligibility import get_eligibility_settings
 from services.ingest import Ingestor
 from services.kafka_runtime import open_kafka
+from services.payout_rail import PayoutRailService, RailSettings, simulated_rail
 from services.pricing import load_rate_cards
 from services.settings import Settings
 
@@ -80,15 +81,38 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signal_number, stop.set)
 
 
+def start_payout_rail(settings: Settings, bootstrap_servers: str) -> PayoutRailService:
+    """The simulated bank, configured by the PAYOUT_RAIL_* settings (not started)."""
+    rail_settings = RailSettings(
+        seed=settings.payout_rail_seed,
+        paid_delay_ms=settings.payout_rail_paid_delay_ms,
+        failure_rate=settings.payout_rail_failure_rate,
+        return_rate=settings.payout_rail_return_rate,
+        return_delay_ms=settings.payout_rail_return_delay_ms,
+    )
+    return simulated_rail(
+        rail_settings,
+        bootstrap_servers,
+        topic_prefix=settings.kafka_topic_prefix,
+        consumer_group=settings.kafka_consumer_group,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        in_flight_max=settings.payout_rail_in_flight_max,
+    )
+
+
 async def run(
     settings: Settings,
     *,
+    with_payout_rail: bool = False,
     on_started: Callable[[ConsumerService], Awaitable[None]] | None = None,
 ) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
         await ensure_schema(engine, settings)
+        rail = start_payout_rail(settings, bootstrap_servers) if with_payout_rail else None
+        if rail is not None:
+            await rail.start()
         service = await start_consumers(settings, engine, bootstrap_servers)
         if settings.metrics_port:
             start_http_server(settings.metrics_port, addr=settings.metrics_host)
@@ -103,3 +127,5 @@ async def run(
         finally:
             logger.info("stopping: finishing the batch in hand")
             await service.stop()
+            if rail is not None:
+                await rail.stop()

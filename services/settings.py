@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         le=90 * 86_400,
         description="A hold with no answer from the bank for longer than this is listed as stale.",
     )
+    payout_rail_seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    payout_rail_paid_delay_ms: int = Field(default=200, ge=0, le=600_000)
+    payout_rail_failure_rate: float = Field(default=0.05, ge=0, le=1)
+    payout_rail_return_rate: float = Field(default=0.02, ge=0, le=1)
+    payout_rail_return_delay_ms: int = Field(default=1_000, ge=0, le=3_600_000)
+    payout_rail_in_flight_max: int = Field(default=10_000, ge=1, le=1_000_000)
     metrics_port: int = Field(
         default=0,
         ge=0,
