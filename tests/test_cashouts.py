@@ -20,6 +20,7 @@ from schemas.events import CashoutRequested
 from services.cashouts import CashoutDesk, CashoutLimits, list_cashouts, request_accounts
 from services.cli import main
 from services.eligibility import EligibilitySettings
+from services.payout_rail import RailSettings, simulated_rail
 from services.pricing import load_rate_cards
 from services.settings import get_settings
 from tests import event_factory as make
@@ -331,3 +332,31 @@ def test_fx_rates_are_added_for_the_future_only(
         get_settings.cache_clear()
     assert (past, added, not_a_number) == (2, 0, 2)
     assert "EUR: 23/25 per USD" in capsys.readouterr().out
+
+
+async def test_the_payout_rail_answers_and_the_cash_outs_end_paid(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    rail = simulated_rail(
+        RailSettings(seed=7, paid_delay_ms=50, failure_rate=0, return_rate=0),
+        consumers.bootstrap_servers,
+        topic_prefix=consumers.prefix,
+        consumer_group=f"rail-{consumers.prefix}",
+        session_timeout_ms=6_000,
+    )
+    await rail.start()
+    try:
+        creator = await _eligible_creator_with(consumers, engine, 6_000)
+        cashouts = [
+            await _request(consumers, engine, make.cashout_request(creator, 2_000))
+            for _ in range(3)
+        ]
+        for cashout_id in cashouts:
+            await _until_status(engine, cashout_id, "paid")
+    finally:
+        await rail.stop()
+    assert await _available(engine, creator) == 0
+    # `submitted` is recorded when the publisher has sent the request; a fast bank may answer
+    # before that, and then the cash-out goes from held straight to paid.
+    assert (await _transitions(engine, cashouts[0]))[:2] == ["requested", "held"]
+    assert (await _transitions(engine, cashouts[0]))[-1] == "paid"
