@@ -1,8 +1,9 @@
 """`giftledger demo`: the whole pipeline on the embedded defaults, with a summary at the end.
 
-Starts (or connects to) PostgreSQL and the broker, migrates, starts the consumers, publishes the
-sample stream, waits until every record is accounted for, prints a finance summary, and then
-keeps the consumers running until Ctrl-C (or exits at once with --no-wait).
+Starts (or connects to) PostgreSQL and the broker, migrates, starts the consumers and the
+simulated bank, publishes the sample stream, waits until every record is accounted for, then
+sends the sample cash-outs and waits until each is decided and answered by the bank, prints a
+finance summary, and keeps running until Ctrl-C (or exits at once with --no-wait).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from schemas.assets import format_amount
 from services.consumer import ConsumerService
 from services.database_runtime import open_database
 from services.kafka_runtime import open_kafka
-from services.runner import start_consumers, stop_on_signals
-from services.sample_stream import SampleRecord, sample_stream
+from services.payout_rail import PayoutRailService
+from services.runner import start_consumers, start_payout_rail, stop_on_signals
+from services.sample_stream import SampleRecord, sample_cashouts, sample_stream
 from services.settings import Settings
 
 ASSIGNMENT_WAIT_S = 60.0
@@ -129,16 +131,75 @@ async def print_summary(engine: AsyncEngine, service: ConsumerService, out: Text
     return not problems and counts.balanced()
 
 
+async def _wait_for_cashouts(
+    engine: AsyncEngine,
+    service: ConsumerService,
+    rail: PayoutRailService,
+    consumed_before: int,
+    requests: int,
+    out: TextIO,
+) -> bool:
+    """Until every request is decided, every payout answered and every answer applied."""
+    deadline = time.monotonic() + SETTLE_WAIT_S
+    while time.monotonic() < deadline:
+        async with engine.connect() as conn:
+            open_count = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM cashouts"
+                        " WHERE status IN ('requested', 'held', 'submitted')"
+                    )
+                )
+            ).scalar_one()
+        consumed = service.ingestor.counts.consumed - consumed_before
+        expected = requests + rail.reports_sent
+        _progress(out, "cash-outs", min(consumed, expected), expected)
+        if open_count == 0 and rail.in_flight_count == 0 and consumed >= expected:
+            return True
+        await asyncio.sleep(POLL_INTERVAL_S)
+    out.write("\n")
+    return False
+
+
+async def print_cashouts(engine: AsyncEngine, out: TextIO) -> None:
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT status, coalesce(rejected_rule, failure_code, '') AS why,"
+                    " count(*) AS n, sum(amount)::bigint AS requested FROM cashouts"
+                    " GROUP BY 1, 2 ORDER BY 1, 2"
+                )
+            )
+        ).all()
+    out.write("\nCash-outs by status (count, Diamonds requested)\n")
+    for row in rows:
+        why = f" ({row.why})" if row.why else ""
+        requested = format_amount(row.requested, "DIAMOND")
+        out.write(f"  {row.status + why:<32} {row.n:>4}   {requested:>22}\n")
+
+
 async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     records = sample_stream()
-    if "kafka_session_timeout_ms" not in settings.model_fields_set:
+    demo_defaults: dict[str, object] = {
         # New consumer groups form in about half a session timeout on the embedded broker.
-        settings = settings.model_copy(update={"kafka_session_timeout_ms": DEMO_SESSION_TIMEOUT_MS})
+        "kafka_session_timeout_ms": DEMO_SESSION_TIMEOUT_MS,
+        # A bank that fails or returns some payouts, so that every path shows.
+        "payout_rail_failure_rate": 0.2,
+        "payout_rail_return_rate": 0.2,
+        "payout_rail_return_delay_ms": 500,
+    }
+    unset = {
+        key: value for key, value in demo_defaults.items() if key not in settings.model_fields_set
+    }
+    settings = settings.model_copy(update=unset)
     async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
         await upgrade_to_head(engine)
         out.write(f"broker {bootstrap_servers}; database migrated\n")
+        rail = start_payout_rail(settings, bootstrap_servers)
+        await rail.start()
         service = await start_consumers(settings, engine, bootstrap_servers)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=10)
         await producer.start()
@@ -150,7 +211,14 @@ async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) 
             )
             await _publish(producer, settings.kafka_topic_prefix, records, out)
             settled = await _wait_until_settled(service, len(records), out)
+            cashouts = sample_cashouts()
+            consumed_before = service.ingestor.counts.consumed
+            await _publish(producer, settings.kafka_topic_prefix, cashouts, out)
+            settled = settled and await _wait_for_cashouts(
+                engine, service, rail, consumed_before, len(cashouts), out
+            )
             sound = await print_summary(engine, service, out)
+            await print_cashouts(engine, out)
             if not settled:
                 out.write("not every record was accounted for in time\n")
             if wait and settled and sound:
@@ -160,3 +228,4 @@ async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) 
         finally:
             await producer.stop()
             await service.stop()
+            await rail.stop()

@@ -1,6 +1,7 @@
 """A small, deterministic sample stream for the demo: gifts on videos and LIVE streams, tips,
-Creator Fund rewards, Marketplace payments, reversals (one before its gift), a redelivered gift,
-and a few bad records that must end in the dead-letter topics.
+Creator Fund rewards, Marketplace payments, reversals, a redelivered gift, creator profiles
+(eligible and not), a few bad records that must end in the dead-letter topics, and then
+cash-out requests that pass or fail the rules.
 
 Event ids depend only on the seed, so running the demo twice on the same database shows
 exactly-once in effect: the second run applies nothing new.
@@ -68,7 +69,59 @@ def sample_stream(seed: int = 7, gift_count: int = 2_000) -> list[SampleRecord]:
         }
         records.append(_record(topics.GIFTS_REVERSED, reversal))
     records.extend(_money_events(seed, creators, moment))
+    records.extend(_profiles(seed, creators))
     records.extend(_bad_records(seed))
+    return records
+
+
+PROFILE_COUNTRIES = ("US", "GB", "DE", "FR", "IT", "ES")
+
+
+def _profiles(seed: int, creators: list[str]) -> list[SampleRecord]:
+    """Every creator is eligible but the last two: one in a country not yet enabled (CA), one
+    with too few followers."""
+    records = []
+    for index, creator in enumerate(creators):
+        profile = {
+            "event_id": f"demo-profile-{seed}-{index}",
+            "occurred_at": SAMPLE_START.isoformat(),
+            "creator_id": creator,
+            "birth_date": f"{1980 + index}-03-15",
+            "country": "CA" if index == CREATOR_COUNT - 2 else PROFILE_COUNTRIES[index % 6],
+            "followers": 500 if index == CREATOR_COUNT - 1 else 20_000 + 1_000 * index,
+            "video_views_30d": 40_000,
+            "posts_30d": 9,
+            "in_good_standing": True,
+            "identity_verified": True,
+            "payout_account_ref": f"pa_demo_{index:02d}",
+        }
+        records.append(_record(topics.CREATORS_UPDATED, profile))
+    return records
+
+
+def sample_cashouts(seed: int = 7) -> list[SampleRecord]:
+    """Cash-out requests, sent once the stream above is applied: most pass; some break the
+    minimum, the balance, the daily limit or an eligibility rule."""
+    moment = SAMPLE_START + timedelta(days=1)
+    requests = [(f"creator-{index:02d}", 2_000) for index in range(8)]
+    requests += [
+        ("creator-00", 150_000),  # 750 USD, then 500 more: over the 1,000 USD daily limit
+        ("creator-00", 100_000),
+        ("creator-01", 1_500),  # under the minimum
+        (f"creator-{CREATOR_COUNT - 2:02d}", 2_000),  # country not enabled
+        (f"creator-{CREATOR_COUNT - 1:02d}", 2_000),  # too few followers
+    ]
+    records = []
+    for index, (creator, diamonds) in enumerate(requests):
+        request = {
+            "event_id": f"demo-cashout-{seed}-{index}",
+            "occurred_at": (moment + timedelta(minutes=index)).isoformat(),
+            "creator_id": creator,
+            "asset": "DIAMOND",
+            "amount": diamonds,
+            "payout_currency": "USD",
+        }
+        records.append(_record(topics.CASHOUTS_REQUESTED, request))
     return records
 
 

@@ -37,3 +37,5 @@ def test_demo_runs_the_sample_stream_to_a_sound_ledger(
     assert "1 x malformed_json" in out
     assert "1 x schema_violation" in out
     assert "total DIAMOND" in out
+    for line in ("paid", "rejected (country)", "rejected (daily_limit)", "rejected (minimum)"):
+        assert f"  {line} " in out
