@@ -7,7 +7,8 @@ Both paths post the same kind of workload into one fresh database, migrated to h
   own transaction on a pooled connection (so each writer holds one connection at a time).
 - `baseline`: what a plain implementation does, per transfer: BEGIN; insert the transfer's key;
   update the debit account, then the credit account, each guarded by its balance rule and
-  returning the new balance; insert the transfer row; COMMIT. Each writer keeps one connection.
+  returning the new balance; insert the transfer row; link it into the hash chain (the same
+  tamper evidence the batch path gives); COMMIT. Each writer keeps one connection.
 
 Two workloads, from a seeded `random.Random`: `spread` credits accounts uniformly, `hot` credits
 one account with 30 % of the transfers. Every transfer debits the same funding account.
@@ -38,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ledger.accounts import ensure_accounts_in
+from ledger.chain import ChainedFields, append_link
 from ledger.chart import AccountKind, AccountSpec
 from ledger.database import create_engine, to_async_url
 from ledger.migrate import upgrade_to_head
@@ -84,6 +86,7 @@ _INSERT_TRANSFER = text(
                            debit_balance_after, credit_balance_after, created_at)
     VALUES (:id, :debit_account_id, :credit_account_id, :amount, :asset, :code, :flags,
             :debit_balance_after, :credit_balance_after, now())
+    RETURNING created_at
     """
 )
 
@@ -302,20 +305,30 @@ async def post_one_transfer(conn: AsyncConnection, transfer: Transfer) -> PostRe
         if credit.asset != debit.asset:
             await transaction.rollback()
             return PostResult.ASSET_MISMATCH
-        await conn.execute(
-            _INSERT_TRANSFER,
-            {
-                "id": transfer.id,
-                "debit_account_id": transfer.debit_account_id,
-                "credit_account_id": transfer.credit_account_id,
-                "amount": transfer.amount,
-                "asset": debit.asset,
-                "code": int(transfer.code),
-                "flags": int(transfer.flags),
-                "debit_balance_after": debit.balance,
-                "credit_balance_after": credit.balance,
-            },
+        stored = {
+            "id": transfer.id,
+            "debit_account_id": transfer.debit_account_id,
+            "credit_account_id": transfer.credit_account_id,
+            "amount": transfer.amount,
+            "asset": debit.asset,
+            "code": int(transfer.code),
+            "flags": int(transfer.flags),
+            "debit_balance_after": debit.balance,
+            "credit_balance_after": credit.balance,
+        }
+        created_at = (await conn.execute(_INSERT_TRANSFER, stored)).scalar_one()
+        # The same tamper evidence as the batch path: each transaction links into the chain.
+        fields = ChainedFields(
+            **stored,
+            pending_id=None,
+            timeout_s=None,
+            expires_at=None,
+            rate_card_version=None,
+            event_id=None,
+            metadata=None,
+            created_at=created_at,
         )
+        await append_link(conn, [fields])
     return PostResult.OK
 
 

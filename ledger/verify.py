@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.chain import check_chain
+
 PROBLEM_COUNT_MAX = 100
 
 
@@ -104,14 +106,18 @@ _CHECKS: dict[str, str] = {
 }
 
 
+CHAIN_CHECK = "hash_chain_intact"
+
+
 async def verify(conn: AsyncConnection) -> list[Problem]:
     """Every broken invariant, by check name; an empty list means the ledger is sound."""
     problems: list[Problem] = []
     for check, sql in _CHECKS.items():
         rows = await conn.execute(text(sql + f" LIMIT {PROBLEM_COUNT_MAX}"))
         problems.extend(Problem(check, str(row[0])) for row in rows)
+    problems.extend(Problem(CHAIN_CHECK, detail) for detail in await check_chain(conn))
     return problems
 
 
 def check_names() -> list[str]:
-    return list(_CHECKS)
+    return [*_CHECKS, CHAIN_CHECK]

@@ -163,6 +163,7 @@ def test_verify_runs_every_documented_check() -> None:
         "every_transfer_has_one_key",
         "resolutions_match_transfers",
         "gift_coins_reconcile_with_diamonds",
+        "hash_chain_intact",
     ]
 
 

@@ -1,0 +1,99 @@
+"""Tamper evidence: with the immutability triggers bypassed (as only a superuser can), an
+edited, deleted or smuggled-in transfer breaks the hash chain, and `verify` says so."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ledger.model import AccountFlags, Transfer, TransferCode
+from ledger.service import Ledger
+from ledger.verify import CHAIN_CHECK, verify
+from tests.ledger_helpers import make_accounts
+
+
+@asynccontextmanager
+async def triggers_bypassed(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction in which ordinary triggers do not fire (superuser only)."""
+    async with engine.begin() as conn:
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))
+        yield conn
+
+
+async def _chain_problems(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return [problem.detail for problem in await verify(conn) if problem.check == CHAIN_CHECK]
+
+
+async def _posted_transfer(engine: AsyncEngine, unique_id: str) -> uuid.UUID:
+    ledger = Ledger(engine)
+    a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
+    transfer = Transfer(uuid.uuid4(), a, b, 42, TransferCode.SYNTHETIC)
+    await ledger.post([transfer, Transfer(uuid.uuid4(), b, a, 1, TransferCode.SYNTHETIC)])
+    return transfer.id
+
+
+async def test_an_edited_transfer_breaks_the_chain(engine: AsyncEngine, unique_id: str) -> None:
+    transfer_id = await _posted_transfer(engine, unique_id)
+    assert await _chain_problems(engine) == []
+    edit = "UPDATE transfers SET event_id = :value WHERE id = :id"
+    async with triggers_bypassed(engine) as conn:
+        await conn.execute(text(edit), {"value": "forged", "id": transfer_id})
+    try:
+        problems = await _chain_problems(engine)
+        assert len(problems) == 1
+        assert "were changed after they were stored" in problems[0]
+    finally:
+        async with triggers_bypassed(engine) as conn:
+            await conn.execute(text(edit), {"value": None, "id": transfer_id})
+    assert await _chain_problems(engine) == []
+
+
+async def test_a_deleted_transfer_breaks_the_chain(engine: AsyncEngine, unique_id: str) -> None:
+    transfer_id = await _posted_transfer(engine, unique_id)
+    async with triggers_bypassed(engine) as conn:
+        await conn.execute(
+            text(
+                "CREATE TEMP TABLE saved ON COMMIT DROP AS SELECT * FROM transfers WHERE id = :id"
+            ),
+            {"id": transfer_id},
+        )
+        await conn.execute(text("DELETE FROM transfers WHERE id = :id"), {"id": transfer_id})
+        await conn.execute(text("CREATE TABLE tamper_saved AS SELECT * FROM saved"))
+    try:
+        problems = await _chain_problems(engine)
+        assert any("1 transfers are missing" in problem for problem in problems)
+    finally:
+        async with triggers_bypassed(engine) as conn:
+            await conn.execute(
+                text("INSERT INTO transfers OVERRIDING SYSTEM VALUE SELECT * FROM tamper_saved")
+            )
+            await conn.execute(text("DROP TABLE tamper_saved"))
+    assert await _chain_problems(engine) == []
+
+
+async def test_a_transfer_inserted_behind_the_ledgers_back_is_in_no_link(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    transfer_id = await _posted_transfer(engine, unique_id)
+    forged = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, asset,"
+                " code, flags, debit_balance_after, credit_balance_after, created_at)"
+                " SELECT :forged, credit_account_id, debit_account_id, amount, asset, code, flags,"
+                " 0, 0, created_at FROM transfers WHERE id = :id"
+            ),
+            {"forged": forged, "id": transfer_id},
+        )
+    try:
+        assert "1 transfers are in no link of the chain" in await _chain_problems(engine)
+    finally:
+        async with triggers_bypassed(engine) as conn:
+            await conn.execute(text("DELETE FROM transfers WHERE id = :id"), {"id": forged})
+    assert await _chain_problems(engine) == []
