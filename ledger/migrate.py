@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,6 +16,13 @@ def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", "ledger:migrations")
     return config
+
+
+def head_revision() -> str:
+    """The latest revision among the migrations shipped with this version."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "no migrations found"
+    return head
 
 
 def _upgrade(connection: Connection, config: Config) -> None:

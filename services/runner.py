@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.migrate import current_revision, upgrade_to_head
+from ledger.migrate import current_revision, head_revision, upgrade_to_head
 from ledger.service import Ledger
 from services.cashouts import CashoutDesk, CashoutLimits
 from services.consumer import ConsumerService
@@ -28,9 +28,6 @@ from services.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-HEAD_REVISION = "0004"
-
-
 class SchemaNotCurrentError(RuntimeError):
     pass
 
@@ -41,9 +38,9 @@ async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
         await upgrade_to_head(engine)
         return
     revision = await current_revision(engine)
-    if revision != HEAD_REVISION:
+    if revision != head_revision():
         raise SchemaNotCurrentError(
-            f"database schema is at {revision or 'nothing'}, expected {HEAD_REVISION}:"
+            f"database schema is at {revision or 'nothing'}, expected {head_revision()}:"
             " run `giftledger migrate` first"
         )
 
