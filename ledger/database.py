@@ -14,12 +14,15 @@ def create_engine(
     pool_overflow_max: int = 4,
     pool_timeout_s: float = 10.0,
     statement_timeout_ms: int = 30_000,
+    role: str | None = None,
 ) -> AsyncEngine:
     """An engine for `url` (postgresql+asyncpg://...).
 
     Custom plans are forced because the ledger's statements take arrays whose sizes vary from one
     batch to the next, and a generic plan cached while tables were small keeps sequential scans
     after they grow. JIT is off: our statements are short and JIT compile time dominates them.
+    With `role`, every connection acts as that database role from its start (least privilege:
+    the services write as `giftledger_writer`, which cannot change or remove ledger rows).
     """
     return create_async_engine(
         url,
@@ -34,6 +37,7 @@ def create_engine(
                 "jit": "off",
                 "statement_timeout": str(statement_timeout_ms),
                 "timezone": "UTC",
+                **({"role": role} if role else {}),
             }
         },
     )

@@ -125,3 +125,15 @@ async def _create_database(conn: AsyncConnection, name: str) -> None:
         if getattr(error.orig, "sqlstate", None) != DUPLICATE_DATABASE_SQLSTATE:
             raise
     logger.info("created database %s", name)
+
+
+def engine_as_role(engine: AsyncEngine, settings: Settings, role: str) -> AsyncEngine:
+    """A second engine on the same database whose connections act as `role`."""
+    return create_engine(
+        engine.url.render_as_string(hide_password=False),
+        pool_size=settings.db_pool_size,
+        pool_overflow_max=settings.db_pool_overflow_max,
+        pool_timeout_s=settings.db_pool_timeout_s,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+        role=role,
+    )

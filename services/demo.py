@@ -23,7 +23,7 @@ from ledger.queries import trial_balance
 from ledger.verify import verify
 from schemas.assets import format_amount
 from services.consumer import ConsumerService
-from services.database_runtime import open_database
+from services.database_runtime import engine_as_role, open_database
 from services.kafka_runtime import open_kafka
 from services.payout_rail import PayoutRailService
 from services.runner import start_consumers, start_payout_rail, stop_on_signals
@@ -200,7 +200,8 @@ async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) 
         out.write(f"broker {bootstrap_servers}; database migrated\n")
         rail = start_payout_rail(settings, bootstrap_servers)
         await rail.start()
-        service = await start_consumers(settings, engine, bootstrap_servers)
+        writer = engine_as_role(engine, settings, settings.database_writer_role)
+        service = await start_consumers(settings, writer, bootstrap_servers)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=10)
         await producer.start()
         try:
@@ -229,3 +230,4 @@ async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) 
             await producer.stop()
             await service.stop()
             await rail.stop()
+            await writer.dispose()

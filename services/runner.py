@@ -18,7 +18,7 @@ from ledger.migrate import current_revision, head_revision, upgrade_to_head
 from ledger.service import Ledger
 from services.cashouts import CashoutDesk, CashoutLimits
 from services.consumer import ConsumerService
-from services.database_runtime import open_database
+from services.database_runtime import engine_as_role, open_database
 from services.eligibility import get_eligibility_settings
 from services.ingest import Ingestor
 from services.kafka_runtime import open_kafka
@@ -27,6 +27,7 @@ from services.pricing import load_rate_cards
 from services.settings import Settings
 
 logger = logging.getLogger(__name__)
+
 
 class SchemaNotCurrentError(RuntimeError):
     pass
@@ -110,7 +111,8 @@ async def run(
         rail = start_payout_rail(settings, bootstrap_servers) if with_payout_rail else None
         if rail is not None:
             await rail.start()
-        service = await start_consumers(settings, engine, bootstrap_servers)
+        writer = engine_as_role(engine, settings, settings.database_writer_role)
+        service = await start_consumers(settings, writer, bootstrap_servers)
         if settings.metrics_port:
             start_http_server(settings.metrics_port, addr=settings.metrics_host)
             logger.info(
@@ -126,3 +128,4 @@ async def run(
             await service.stop()
             if rail is not None:
                 await rail.stop()
+            await writer.dispose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,11 @@ class Settings(BaseSettings):
         description="Where the embedded PostgreSQL keeps its data directory.",
     )
 
+    database_writer_role: str = Field(
+        default="giftledger_writer",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="The role the consumers write as: no UPDATE or DELETE on ledger rows.",
+    )
     db_pool_size: int = Field(default=8, ge=1, le=64)
     db_pool_overflow_max: int = Field(default=4, ge=0, le=64)
     db_pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -75,6 +81,36 @@ class Settings(BaseSettings):
         gt=0,
         le=7 * 24 * 3600,
         description="How long a reversal that arrived before its gift waits for it.",
+    )
+    api_host: str = Field(
+        default="127.0.0.1", min_length=1, max_length=255, description="The finance API's address."
+    )
+    api_port: int = Field(default=8_000, ge=1, le=65_535, description="The finance API's port.")
+    api_tokens: dict[
+        Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")], Literal["finance", "operator"]
+    ] = Field(
+        default_factory=dict,
+        max_length=1_000,
+        description="Finance API bearer tokens, as JSON from the lowercase hex SHA-256 digest of "
+        'each token to its role, e.g. API_TOKENS=\'{"<sha256 hex>": "finance"}\'. Only digests '
+        "are configured, never the tokens. Empty: every authenticated route answers 401.",
+    )
+    api_page_size_max: int = Field(
+        default=1_000,
+        ge=1,
+        le=1_000,
+        description="Most statement lines or cash-outs one API page returns.",
+    )
+    api_time_range_days_max: int = Field(
+        default=366,
+        ge=1,
+        le=3_660,
+        description="Longest from-to range, in days, a statement or report may ask for.",
+    )
+    api_database_role: str = Field(
+        default="giftledger_reader",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="The read-only PostgreSQL role every API transaction switches to.",
     )
 
 

@@ -9,7 +9,7 @@ from ledger.migrate import current_revision, head_revision, upgrade_to_head
 
 
 async def test_migrations_reach_head_and_are_idempotent(engine: AsyncEngine) -> None:
-    assert head_revision() == "0006"
+    assert head_revision() == "0007"
     assert await current_revision(engine) == head_revision()
     await upgrade_to_head(engine)
     assert await current_revision(engine) == head_revision()
