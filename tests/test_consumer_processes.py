@@ -179,3 +179,45 @@ async def test_sigkill_of_one_consumer_mid_stream_loses_and_doubles_nothing(
         await producer.stop()
     async with engine.connect() as conn:
         assert await verify(conn) == []
+
+
+@pytest.mark.faults
+async def test_repeated_sigkills_under_load_lose_and_double_nothing(
+    processes: ConsumerProcesses,
+    group_env: dict[str, str],
+    kafka_bootstrap: str,
+    engine: AsyncEngine,
+) -> None:
+    creators = [f"creator-{uuid.uuid4().hex[:10]}" for _ in range(CREATOR_COUNT)]
+    gifts = [make.gift(creators[i % CREATOR_COUNT], coins=1 + i % 3) for i in range(2 * GIFT_COUNT)]
+    expected: dict[str, int] = {}
+    for gift in gifts:
+        creator = str(gift["creator_id"])
+        expected[creator] = expected.get(creator, 0) + int(str(gift["coins"])) * 500
+    topic = group_env["KAFKA_TOPIC_PREFIX"] + topics.GIFTS_SENT
+    running = [processes.start(), processes.start()]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        publishing = asyncio.create_task(_publish_paced(producer, topic, gifts))
+        for round_number in range(3):
+
+            async def progressed(threshold: int = (round_number + 1) * GIFT_COUNT // 3) -> bool:
+                return await _applied_count(engine, creators) >= threshold
+
+            await wait_until(progressed, CATCH_UP_S)
+            victim = running.pop(0)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(STOP_TIMEOUT_S)
+            running.append(processes.start())
+        await publishing
+
+        async def all_applied() -> bool:
+            return await _applied_count(engine, creators) == len(gifts)
+
+        await wait_until(all_applied, CATCH_UP_S)
+        assert await _diamonds(engine, creators) == expected
+    finally:
+        await producer.stop()
+    async with engine.connect() as conn:
+        assert await verify(conn) == []
