@@ -35,7 +35,6 @@ from ledger.queries import (
     STATEMENT_PAGE_SIZE_MAX,
     AccountBalance,
     StatementLine,
-    TrialBalanceLine,
     account_balance,
     creator_balances,
     statement,
@@ -49,6 +48,12 @@ from services.asyncapi import asyncapi_document
 from services.cashouts import add_fx_rate, cashout_document, list_cashouts
 from services.database_runtime import DatabaseUnavailableError, error_reason, open_database
 from services.demo import run_demo
+from services.documents import (
+    STATEMENT_CSV_COLUMNS,
+    creator_balances_document,
+    statement_csv_row,
+    trial_balance_document,
+)
 from services.eligibility import creator_eligibility, get_eligibility_settings
 from services.pricing import RATE_CARD_NOTICE_S, add_rate_card, load_rate_cards
 from services.settings import get_settings
@@ -60,18 +65,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 STATEMENT_PAGE_SIZE_DEFAULT = 100
 ASYNCAPI_FILE_NAME = "asyncapi.json"
-STATEMENT_CSV_COLUMNS = (
-    "seq",
-    "created_at",
-    "transfer_id",
-    "code",
-    "event_id",
-    "counterparty",
-    "debit",
-    "credit",
-    "pending",
-    "balance_after",
-)
 
 Handler = Callable[[argparse.Namespace], int]
 DatabaseCommand = Callable[[AsyncEngine, argparse.Namespace], Awaitable[int]]
@@ -221,22 +214,6 @@ def _add_balance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print the finance API's balances document"
     )
-
-
-def creator_balances_document(
-    creator_id: str, accounts: Sequence[AccountBalance]
-) -> dict[str, Any]:
-    """`GET /v1/creators/{creator_id}/balances`: per asset, the sums over the creator's accounts
-    of that asset of `available` and `pending`, in minor units, with the asset's scale."""
-    by_asset: dict[str, dict[str, Any]] = {}
-    for account in sorted(accounts, key=lambda account: account.asset):
-        line = by_asset.setdefault(
-            account.asset,
-            {"asset": account.asset, "available": 0, "pending": 0, "scale": account.scale},
-        )
-        line["available"] += account.available
-        line["pending"] += account.pending
-    return {"creator_id": creator_id, "balances": list(by_asset.values())}
 
 
 async def _balance(engine: AsyncEngine, args: argparse.Namespace) -> int:
@@ -486,20 +463,7 @@ def _write_statement_csv(lines: Sequence[StatementLine]) -> None:
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(STATEMENT_CSV_COLUMNS)
     for line in lines:
-        writer.writerow(
-            [
-                line.seq,
-                line.created_at.isoformat(),
-                line.transfer_id,
-                line.code,
-                line.event_id or "",
-                line.counterparty,
-                line.debit,
-                line.credit,
-                "true" if line.pending else "false",
-                line.balance_after,
-            ]
-        )
+        writer.writerow(statement_csv_row(line))
 
 
 def _print_statement(account: AccountBalance, lines: Sequence[StatementLine]) -> None:
@@ -538,40 +502,6 @@ def _add_trial_balance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="JSON with amounts as integers in minor units"
     )
-
-
-def trial_balance_document(
-    lines: Sequence[TrialBalanceLine], as_of: datetime | None
-) -> dict[str, Any]:
-    """Per asset: each account's posted debits, credits and balance, and the asset's totals
-    (whose balance is zero in a sound ledger). Amounts in minor units."""
-    assets: dict[str, dict[str, Any]] = {}
-    for line in lines:
-        entry = assets.setdefault(
-            line.asset,
-            {
-                "asset": line.asset,
-                "scale": line.scale,
-                "accounts": [],
-                "total": {"debits": 0, "credits": 0, "balance": 0},
-            },
-        )
-        entry["accounts"].append(
-            {
-                "account": line.account_name,
-                "kind": line.kind,
-                "debits": line.debits,
-                "credits": line.credits,
-                "balance": line.balance,
-            }
-        )
-        entry["total"]["debits"] += line.debits
-        entry["total"]["credits"] += line.credits
-        entry["total"]["balance"] += line.balance
-    return {
-        "as_of": None if as_of is None else as_of.isoformat(),
-        "assets": list(assets.values()),
-    }
 
 
 async def _trial_balance(engine: AsyncEngine, args: argparse.Namespace) -> int:

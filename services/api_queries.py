@@ -1,0 +1,274 @@
+"""The finance API's reads beyond `ledger.queries`: what an input produced, cash-out history, and
+the gifts, cash-outs and money reports. Every statement takes its inputs as bound parameters.
+
+Report ranges are half-open, `[from, to)`. Gifts and money are counted by when the ledger
+recorded them (the transfers' `created_at`), cash-outs by when they were requested
+(`occurred_at`). Amounts are integers in the asset's minor unit, each with the asset's scale.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.model import TransferCode, TransferFlags
+
+EVENT_TRANSFER_COUNT_MAX: Final = 1_000
+DEAD_LETTER_COUNT_MAX: Final = 100
+CASHOUT_TRANSITION_COUNT_MAX: Final = 1_000
+REPORT_GROUP_COUNT_MAX: Final = 100_000
+
+GiftGrouping = Literal["surface", "creator", "gift", "day"]
+GIFT_GROUPINGS: Final[tuple[str, ...]] = ("surface", "creator", "gift", "day")
+MONEY_CODES: Final = (
+    TransferCode.TIP,
+    TransferCode.TIP_FAN_FEE,
+    TransferCode.TIP_PROCESSOR_FEE,
+    TransferCode.FUND_REWARD,
+    TransferCode.MARKETPLACE_PAYMENT,
+    TransferCode.MARKETPLACE_FEE,
+)
+
+
+def _flag_names(flags: int) -> list[str]:
+    return [
+        str(flag.name).lower()
+        for flag in TransferFlags
+        if flag is not TransferFlags.NONE and flags & flag
+    ]
+
+
+def _json_value(value: object) -> Any:
+    """A jsonb column as the driver hands it over (text without a registered codec)."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+async def applied_events(
+    conn: AsyncConnection, event_id: str, topics: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """The `applied_events` rows of `event_id` in `topics` (one primary-key probe per topic)."""
+    rows = await conn.execute(
+        text(
+            """
+            SELECT topic, creator_id, occurred_at, applied_at, kafka_partition, kafka_offset
+            FROM applied_events
+            WHERE topic = ANY(CAST(:topics AS text[])) AND event_id = :event_id
+            ORDER BY topic
+            """
+        ),
+        {"topics": list(topics), "event_id": event_id},
+    )
+    return [
+        {
+            "topic": row.topic,
+            "creator_id": row.creator_id,
+            "occurred_at": row.occurred_at.isoformat(),
+            "applied_at": row.applied_at.isoformat(),
+            "source": {"partition": row.kafka_partition, "offset": row.kafka_offset},
+        }
+        for row in rows
+    ]
+
+
+async def event_transfers(conn: AsyncConnection, event_id: str) -> list[dict[str, Any]]:
+    """Every transfer posted for `event_id`, in commit order.
+
+    `transfers` has no index on `event_id`: this scans the transfers (every partition), which is
+    fine for a look-up by a person, not for a program polling it."""
+    rows = await conn.execute(
+        text(
+            """
+            SELECT t.id, t.seq, t.created_at, c.name AS code, t.asset, s.scale, t.amount,
+                   t.flags, t.pending_id, t.rate_card_version, t.metadata,
+                   d.name AS debit_account, k.name AS credit_account
+            FROM transfers t
+            JOIN transfer_codes c ON c.code = t.code
+            JOIN assets s ON s.code = t.asset
+            JOIN accounts d ON d.id = t.debit_account_id
+            JOIN accounts k ON k.id = t.credit_account_id
+            WHERE t.event_id = :event_id
+            ORDER BY t.seq
+            LIMIT :limit
+            """
+        ),
+        {"event_id": event_id, "limit": EVENT_TRANSFER_COUNT_MAX},
+    )
+    return [
+        {
+            "transfer_id": str(row.id),
+            "seq": row.seq,
+            "created_at": row.created_at.isoformat(),
+            "code": row.code,
+            "asset": row.asset,
+            "scale": row.scale,
+            "amount": row.amount,
+            "debit_account": row.debit_account,
+            "credit_account": row.credit_account,
+            "flags": _flag_names(row.flags),
+            "pending_id": None if row.pending_id is None else str(row.pending_id),
+            "rate_card_version": row.rate_card_version,
+            "metadata": _json_value(row.metadata),
+        }
+        for row in rows
+    ]
+
+
+async def event_dead_letters(
+    conn: AsyncConnection, event_id: str, topic: str | None
+) -> list[dict[str, Any]]:
+    """Dead letters that named `event_id` (of `topic`, when given), oldest first."""
+    rows = await conn.execute(
+        text(
+            """
+            SELECT topic, kafka_partition, kafka_offset, error, detail, recorded_at
+            FROM dead_letters
+            WHERE event_id = :event_id AND (CAST(:topic AS text) IS NULL OR topic = :topic)
+            ORDER BY recorded_at, topic, kafka_partition, kafka_offset
+            LIMIT :limit
+            """
+        ),
+        {"event_id": event_id, "topic": topic, "limit": DEAD_LETTER_COUNT_MAX},
+    )
+    return [
+        {
+            "topic": row.topic,
+            "error": row.error,
+            "detail": row.detail,
+            "source": {"partition": row.kafka_partition, "offset": row.kafka_offset},
+            "recorded_at": row.recorded_at.isoformat(),
+        }
+        for row in rows
+    ]
+
+
+async def cashout_transitions(conn: AsyncConnection, cashout_id: str) -> list[dict[str, Any]]:
+    """Every state the cash-out went through, with its time and detail, in order."""
+    rows = await conn.execute(
+        text(
+            "SELECT status, at, detail FROM cashout_transitions WHERE cashout_id = :id"
+            " ORDER BY seq LIMIT :limit"
+        ),
+        {"id": cashout_id, "limit": CASHOUT_TRANSITION_COUNT_MAX},
+    )
+    return [{"status": row.status, "at": row.at.isoformat(), "detail": row.detail} for row in rows]
+
+
+async def gifts_report(
+    conn: AsyncConnection, from_time: datetime, to_time: datetime, group_by: GiftGrouping
+) -> list[dict[str, Any]]:
+    """Gifts (transfers with code `gift_diamonds`) per group: how many, their coins and the
+    milli-diamonds they credited. Reversals are not netted out. A day is a UTC day."""
+    assert group_by in GIFT_GROUPINGS, group_by
+    rows = await conn.execute(
+        text(
+            """
+            SELECT CASE CAST(:group_by AS text)
+                       WHEN 'surface' THEN t.metadata ->> 'surface'
+                       WHEN 'gift' THEN t.metadata ->> 'gift_id'
+                       WHEN 'creator' THEN a.creator_id
+                       ELSE to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+                   END AS group_key,
+                   count(*) AS gift_count,
+                   coalesce(sum(CAST(t.metadata ->> 'coins' AS bigint)), 0)::bigint AS coins,
+                   sum(t.amount)::bigint AS milli_diamonds
+            FROM transfers t
+            JOIN accounts a ON a.id = t.credit_account_id
+            WHERE t.code = :code AND t.created_at >= :from_time AND t.created_at < :to_time
+            GROUP BY 1
+            ORDER BY 1
+            LIMIT :limit
+            """
+        ),
+        {
+            "group_by": group_by,
+            "code": int(TransferCode.GIFT_DIAMONDS),
+            "from_time": from_time,
+            "to_time": to_time,
+            "limit": REPORT_GROUP_COUNT_MAX,
+        },
+    )
+    return [
+        {
+            group_by: row.group_key,
+            "gift_count": row.gift_count,
+            "coins": row.coins,
+            "milli_diamonds": row.milli_diamonds,
+        }
+        for row in rows
+    ]
+
+
+async def cashouts_report(
+    conn: AsyncConnection, from_time: datetime, to_time: datetime
+) -> list[dict[str, Any]]:
+    """Cash-outs requested in the range, per status: how many, and their amounts per source asset
+    and payout currency (the payout amount is what was or would be paid)."""
+    rows = await conn.execute(
+        text(
+            """
+            SELECT c.status, c.asset, s.scale, c.payout_currency, p.scale AS payout_scale,
+                   count(*) AS cashout_count, sum(c.amount)::bigint AS amount,
+                   coalesce(sum(c.payout_amount), 0)::bigint AS payout_amount,
+                   sum(c.usd_value_micros)::bigint AS usd_value_micros
+            FROM cashouts c
+            JOIN assets s ON s.code = c.asset
+            JOIN assets p ON p.code = c.payout_currency
+            WHERE c.occurred_at >= :from_time AND c.occurred_at < :to_time
+            GROUP BY c.status, c.asset, s.scale, c.payout_currency, p.scale
+            ORDER BY c.status, c.asset, c.payout_currency
+            """
+        ),
+        {"from_time": from_time, "to_time": to_time},
+    )
+    statuses: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = statuses.setdefault(row.status, {"status": row.status, "count": 0, "lines": []})
+        entry["count"] += row.cashout_count
+        entry["lines"].append(
+            {
+                "asset": row.asset,
+                "scale": row.scale,
+                "amount": row.amount,
+                "payout_currency": row.payout_currency,
+                "payout_scale": row.payout_scale,
+                "payout_amount": row.payout_amount,
+                "usd_value_micros": row.usd_value_micros,
+                "count": row.cashout_count,
+            }
+        )
+    return list(statuses.values())
+
+
+async def money_report(
+    conn: AsyncConnection, from_time: datetime, to_time: datetime
+) -> list[dict[str, Any]]:
+    """Tips, their fees, fund rewards and marketplace payments and fees, per currency and code."""
+    rows = await conn.execute(
+        text(
+            """
+            SELECT t.asset, s.scale, c.name AS code, count(*) AS transfer_count,
+                   sum(t.amount)::bigint AS amount
+            FROM transfers t
+            JOIN transfer_codes c ON c.code = t.code
+            JOIN assets s ON s.code = t.asset
+            WHERE t.code = ANY(CAST(:codes AS smallint[]))
+              AND t.created_at >= :from_time AND t.created_at < :to_time
+            GROUP BY t.asset, s.scale, c.name
+            ORDER BY t.asset, c.name
+            """
+        ),
+        {"codes": [int(code) for code in MONEY_CODES], "from_time": from_time, "to_time": to_time},
+    )
+    currencies: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = currencies.setdefault(
+            row.asset, {"currency": row.asset, "scale": row.scale, "totals": []}
+        )
+        entry["totals"].append(
+            {"code": row.code, "amount": row.amount, "transfer_count": row.transfer_count}
+        )
+    return list(currencies.values())

@@ -1,0 +1,704 @@
+"""The finance API over real HTTP: a uvicorn server on a free port, on the session's database.
+
+The data goes in through the real ingestion path (`Ingestor.process`, the function the Kafka
+consumers call), so the API reads exactly what the consumers write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import Depends, FastAPI
+from fastapi.routing import APIRoute
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.database import create_engine
+from ledger.service import Ledger
+from schemas import topics
+from services import settings as settings_module
+from services.api import create_app, reader_connection, serve_api
+from services.api_auth import OPERATOR_ROLES, require_role
+from services.cli import main
+from services.ingest import Ingestor, InputRecord
+from services.pricing import load_rate_cards
+from services.settings import Settings
+from tests import event_factory as make
+
+SERVER_START_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 10.0
+PUBLIC_PATHS = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+FINANCE_TOKEN = f"finance-{uuid.uuid4().hex}"
+OPERATOR_TOKEN = f"operator-{uuid.uuid4().hex}"
+UNKNOWN_TOKEN = f"unknown-{uuid.uuid4().hex}"
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _api_settings() -> Settings:
+    return Settings(
+        api_tokens={_digest(FINANCE_TOKEN): "finance", _digest(OPERATOR_TOKEN): "operator"}
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """`app` served by uvicorn on a free port, and a client on it; stopped at the end."""
+    port = _free_port()
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_api(app, "127.0.0.1", port, stop))
+    base_url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
+        try:
+            async with asyncio.timeout(SERVER_START_TIMEOUT_S):
+                while True:
+                    assert not server.done(), server
+                    with contextlib.suppress(httpx.TransportError):
+                        await client.get("/openapi.json")
+                        break
+                    await asyncio.sleep(0.05)
+            yield client
+        finally:
+            stop.set()
+            await server
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+FINANCE = _bearer(FINANCE_TOKEN)
+OPERATOR = _bearer(OPERATOR_TOKEN)
+
+
+# The data ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ledgered:
+    """What the module's data is: ids, and the window in which it was written."""
+
+    creator: str
+    gift_event: str
+    dead_event: str
+    paid_cashout: str
+    rejected_cashout: str
+    start: datetime
+    end: datetime
+
+    def format(self, template: str, unique: str) -> str:
+        return template.format(
+            creator=self.creator,
+            gift_event=self.gift_event,
+            dead_event=self.dead_event,
+            cashout=self.paid_cashout,
+            start=_iso(self.start),
+            end=_iso(self.end),
+            unique=unique,
+        )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def _database_time(engine: AsyncEngine) -> datetime:
+    async with engine.connect() as conn:
+        moment: datetime = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
+    return moment
+
+
+class _Feed:
+    """Records fed to `Ingestor.process` with unique offsets (dead letters key on them)."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self.ingestor = ingestor
+        self.partition = 900 + uuid.uuid4().int % 100
+        self.offset = uuid.uuid4().int % 2**40
+
+    async def send(self, topic: str, event: dict[str, Any], key: str) -> None:
+        self.offset += 1
+        record = InputRecord(
+            topic, self.partition, self.offset, key.encode(), json.dumps(event).encode()
+        )
+        report = await self.ingestor.process(topic, [record])
+        assert report.applied + len(report.dead_letters) == 1, report
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def ledgered(engine: AsyncEngine) -> Ledgered:
+    """One eligible creator with video and live gifts, a tip, a fund reward, a marketplace deal,
+    a paid cash-out and a rejected one; and a gift refused as a schema violation."""
+    creator = f"api-creator-{uuid.uuid4().hex[:10]}"
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    feed = _Feed(Ingestor(Ledger(engine), rate_cards))
+    start = await _database_time(engine)
+    await feed.send(topics.CREATORS_UPDATED, make.creator_update(creator), creator)
+    gift = make.gift(creator, coins=10)
+    await feed.send(topics.GIFTS_SENT, gift, creator)
+    await feed.send(topics.GIFTS_SENT, make.gift(creator, coins=2, count=2_500), creator)
+    await feed.send(
+        topics.GIFTS_SENT, make.gift(creator, coins=20, count=3, surface="live"), creator
+    )
+    await feed.send(topics.TIPS_RECEIVED, make.tip(creator), creator)
+    await feed.send(topics.FUND_REWARDED, make.fund_reward(creator), creator)
+    await feed.send(topics.MARKETPLACE_PAID, make.marketplace_payment(creator), creator)
+    paid = make.cashout_request(creator, 2_000)
+    await feed.send(topics.CASHOUTS_REQUESTED, paid, creator)
+    await feed.send(topics.PAYOUTS_UPDATED, make.payout_update(paid["event_id"], "paid"), creator)
+    rejected = make.cashout_request(creator, 100)  # 0.50 USD: under the minimum
+    await feed.send(topics.CASHOUTS_REQUESTED, rejected, creator)
+    refused = {**make.gift(creator), "coins": 0}
+    await feed.send(topics.GIFTS_SENT, refused, creator)
+    end = await _database_time(engine)
+    return Ledgered(
+        creator,
+        gift["event_id"],
+        refused["event_id"],
+        paid["event_id"],
+        rejected["event_id"],
+        start,
+        end,
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def app(engine: AsyncEngine) -> FastAPI:
+    return create_app(engine, _api_settings())
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def api(app: FastAPI, ledgered: Ledgered) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(app) as client:
+        yield client
+
+
+# Authentication on every route ---------------------------------------------------------------
+
+# Every authenticated route, with what finance and operator tokens get. A new route must be
+# added here: test_every_route_of_the_app_is_in_the_auth_matrix fails otherwise.
+ROUTES: list[tuple[str, int]] = [
+    ("/metrics", 200),
+    ("/v1/creators/{creator}/balances", 200),
+    ("/v1/creators/nobody-{unique}/balances", 404),
+    ("/v1/creators/{creator}/eligibility", 200),
+    ("/v1/accounts/creator:{creator}:DIAMOND:available/statement", 200),
+    ("/v1/accounts/nothing-{unique}/statement", 404),
+    ("/v1/events/{gift_event}", 200),
+    ("/v1/events/{dead_event}?topic=gifts.sent", 200),
+    ("/v1/events/nothing-{unique}", 404),
+    ("/v1/cashouts/{cashout}", 200),
+    ("/v1/cashouts/nothing-{unique}", 404),
+    ("/v1/cashouts?creator_id={creator}", 200),
+    ("/v1/reports/trial-balance", 200),
+    ("/v1/reports/gifts?from={start}&to={end}&group_by=surface", 200),
+    ("/v1/reports/cashouts?from={start}&to={end}", 200),
+    ("/v1/reports/money?from={start}&to={end}", 200),
+]
+
+
+@pytest.mark.parametrize(("template", "expected"), ROUTES, ids=[route for route, _ in ROUTES])
+async def test_every_route_answers_401_without_a_known_token_and_serves_both_roles(
+    api: httpx.AsyncClient, ledgered: Ledgered, unique_id: str, template: str, expected: int
+) -> None:
+    path = ledgered.format(template, unique_id)
+    for headers in ({}, _bearer(UNKNOWN_TOKEN), {"Authorization": f"Basic {FINANCE_TOKEN}"}):
+        refused = await api.get(path, headers=headers)
+        assert refused.status_code == 401, (headers, refused.text)
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert refused.json() == {"detail": "a valid bearer token is required"}
+    for headers in (FINANCE, OPERATOR):
+        answer = await api.get(path, headers=headers)
+        assert answer.status_code == expected, answer.text
+        if expected == 404:
+            assert "detail" in answer.json()
+
+
+async def test_every_route_of_the_app_is_in_the_auth_matrix(
+    app: FastAPI, ledgered: Ledgered, unique_id: str
+) -> None:
+    paths = [ledgered.format(template, unique_id).split("?")[0] for template, _ in ROUTES]
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path not in PUBLIC_PATHS:
+            assert any(route.path_regex.match(path) for path in paths), route.path
+
+
+async def test_every_route_but_the_public_ones_refuses_a_request_without_a_token(
+    app: FastAPI, api: httpx.AsyncClient
+) -> None:
+    checked = 0
+    for route in app.routes:
+        path = getattr(route, "path", "")
+        if path in PUBLIC_PATHS:
+            continue
+        filled = path.replace("{", "").replace("}", "")  # every path parameter becomes its name
+        answer = await api.get(filled)
+        assert answer.status_code == 401, (path, answer.text)
+        checked += 1
+    assert checked >= 10
+
+
+async def test_a_role_missing_from_a_routes_roles_gets_403(engine: AsyncEngine) -> None:
+    app = create_app(engine, _api_settings())
+
+    @app.get("/operator-only", dependencies=[Depends(require_role(OPERATOR_ROLES))])
+    async def operator_only() -> dict[str, str]:
+        return {"done": "yes"}
+
+    async with running(app) as client:
+        forbidden = await client.get("/operator-only", headers=FINANCE)
+        assert forbidden.status_code == 403
+        assert forbidden.json() == {"detail": "the finance role may not use this route"}
+        assert (await client.get("/operator-only", headers=OPERATOR)).status_code == 200
+        assert (await client.get("/operator-only")).status_code == 401
+
+
+async def test_no_configured_token_means_every_authenticated_route_is_refused(
+    engine: AsyncEngine,
+) -> None:
+    async with running(create_app(engine, Settings(api_tokens={}))) as client:
+        assert (await client.get("/metrics", headers=FINANCE)).status_code == 401
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_the_openapi_document_names_the_api_and_puts_a_bearer_on_every_route(
+    api: httpx.AsyncClient,
+) -> None:
+    document = (await api.get("/openapi.json")).json()
+    assert document["info"]["title"] == "giftledger finance API"
+    assert "finance" in document["info"]["description"]
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": document["components"]["securitySchemes"]["bearer"]["description"],
+    }
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            assert operation["summary"], path
+            if path == "/healthz":
+                assert "security" not in operation
+            else:
+                assert operation["security"] == [{"bearer": []}], path
+
+
+# Health and metrics --------------------------------------------------------------------------
+
+
+async def test_healthz_needs_no_token_and_says_ok(api: httpx.AsyncClient) -> None:
+    answer = await api.get("/healthz")
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "ok"}
+
+
+async def test_healthz_is_503_when_the_database_does_not_answer() -> None:
+    unreachable = create_engine(
+        f"postgresql+asyncpg://postgres@127.0.0.1:{_free_port()}/nothing", pool_timeout_s=2
+    )
+    try:
+        async with running(create_app(unreachable, _api_settings())) as client:
+            answer = await client.get("/healthz")
+            assert answer.status_code == 503
+            assert answer.json() == {"status": "unavailable"}
+            balances = await client.get("/v1/creators/c1/balances", headers=FINANCE)
+            assert balances.status_code == 503
+            assert balances.json() == {"detail": "the database is unavailable"}
+    finally:
+        await unreachable.dispose()
+
+
+async def test_metrics_are_prometheus_text(api: httpx.AsyncClient) -> None:
+    answer = await api.get("/metrics", headers=FINANCE)
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert "giftledger_events_applied_total" in answer.text
+
+
+# Validation ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("/v1/accounts/a/statement?from=2026-01-01T00:00:00", "has no time zone"),
+        ("/v1/accounts/a/statement?to=2026-01-01", "not an RFC 3339 timestamp"),
+        ("/v1/accounts/a/statement?page_size=1001", "less than or equal to 1000"),
+        ("/v1/accounts/a/statement?page_size=0", "greater than or equal to 1"),
+        ("/v1/accounts/a/statement?cursor=-1", "greater than or equal to 0"),
+        (
+            "/v1/accounts/a/statement?from=2025-01-01T00:00:00Z&to=2026-01-03T00:00:00Z",
+            "longer than 366 days",
+        ),
+        ("/v1/reports/gifts?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "after `from`"),
+        (
+            "/v1/reports/gifts?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&group_by=week",
+            "'surface', 'creator', 'gift' or 'day'",
+        ),
+        ("/v1/reports/money?to=2026-01-02T00:00:00Z", "Field required"),
+        ("/v1/reports/cashouts?from=2026-01-01T00:00:00&to=2026-01-02T00:00:00Z", "time zone"),
+        ("/v1/reports/trial-balance?as_of=yesterday", "not an RFC 3339 timestamp"),
+        ("/v1/cashouts?status=lost", "'requested', 'held'"),
+        ("/v1/cashouts?limit=1001", "less than or equal to 1000"),
+        ("/v1/events/e1?topic=gifts.unknown", "'gifts.sent'"),
+    ],
+)
+async def test_invalid_queries_are_422_with_a_message(
+    api: httpx.AsyncClient, query: str, message: str
+) -> None:
+    answer = await api.get(query, headers=FINANCE)
+    assert answer.status_code == 422, answer.text
+    problems = answer.json()["detail"]
+    assert any(message in problem["msg"] for problem in problems), problems
+
+
+async def test_an_unencoded_plus_in_a_timestamp_is_read_as_a_plus(
+    api: httpx.AsyncClient, ledgered: Ledgered
+) -> None:
+    path = f"/v1/accounts/creator:{ledgered.creator}:DIAMOND:available/statement"
+    answer = await api.get(f"{path}?from=2020-01-01T01:00:00+01:00", headers=FINANCE)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["lines"]) == 5
+
+
+# Documents -----------------------------------------------------------------------------------
+
+
+async def _cli_json(database_url: str, monkeypatch: pytest.MonkeyPatch, *argv: str) -> Any:
+    """What `giftledger <argv>` prints, run in a thread (it calls asyncio.run)."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    settings_module.get_settings.cache_clear()
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output):
+            assert await asyncio.to_thread(main, list(argv)) == 0
+    finally:
+        settings_module.get_settings.cache_clear()
+    return json.loads(output.getvalue())
+
+
+async def test_balances_are_the_same_document_as_the_cli_prints(
+    api: httpx.AsyncClient,
+    ledgered: Ledgered,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answer = await api.get(f"/v1/creators/{ledgered.creator}/balances", headers=FINANCE)
+    document = answer.json()
+    assert document == await _cli_json(
+        database_url, monkeypatch, "balance", ledgered.creator, "--json"
+    )
+    assert document["balances"] == [
+        {"asset": "DIAMOND", "available": 535_000, "pending": 0, "scale": 3},
+        {"asset": "EUR", "available": 2_500, "pending": 0, "scale": 2},
+        {"asset": "GBP", "available": 8_000, "pending": 0, "scale": 2},
+        {"asset": "USD", "available": 500, "pending": 0, "scale": 2},
+    ]
+
+
+async def test_eligibility_lists_every_rule_with_what_it_saw(
+    api: httpx.AsyncClient, ledgered: Ledgered, unique_id: str
+) -> None:
+    known = (await api.get(f"/v1/creators/{ledgered.creator}/eligibility", headers=FINANCE)).json()
+    assert known["creator_id"] == ledgered.creator
+    assert known["eligible"] is True
+    followers = next(rule for rule in known["rules"] if rule["rule"] == "followers")
+    assert followers == {
+        "rule": "followers",
+        "passed": True,
+        "seen": "25000",
+        "required": ">= 10000 (minimum for US)",
+    }
+    unknown = await api.get(f"/v1/creators/nobody-{unique_id}/eligibility", headers=FINANCE)
+    assert unknown.json()["eligible"] is False
+    assert {rule["seen"] for rule in unknown.json()["rules"]} == {"unknown"}
+
+
+def _running_balance_adds_up(lines: list[dict[str, Any]]) -> None:
+    running = 0
+    for line in lines:
+        if line["pending"] in (False, "false"):
+            running += int(line["credit"]) - int(line["debit"])
+        assert int(line["balance_after"]) == running, line
+
+
+async def test_a_statement_pages_with_a_cursor_and_its_running_balance_adds_up(
+    api: httpx.AsyncClient, ledgered: Ledgered
+) -> None:
+    path = f"/v1/accounts/creator:{ledgered.creator}:DIAMOND:available/statement"
+    whole = (await api.get(path, headers=FINANCE)).json()
+    assert (whole["account"], whole["asset"], whole["scale"], whole["next_cursor"]) == (
+        f"creator:{ledgered.creator}:DIAMOND:available",
+        "DIAMOND",
+        3,
+        None,
+    )
+    assert [line["code"] for line in whole["lines"]] == [
+        "gift_diamonds",
+        "gift_diamonds",
+        "gift_diamonds",
+        "cashout_hold",
+        "cashout_paid",
+    ]
+    assert [line["pending"] for line in whole["lines"]] == [False, False, False, True, False]
+    assert whole["lines"][0]["event_id"] == ledgered.gift_event
+    assert whole["lines"][-1]["balance_after"] == 535_000
+    _running_balance_adds_up(whole["lines"])
+    paged: list[dict[str, Any]] = []
+    cursor: int | None = 0
+    while cursor is not None:
+        page = (
+            await api.get(path, params={"cursor": cursor, "page_size": 2}, headers=FINANCE)
+        ).json()
+        assert len(page["lines"]) <= 2
+        paged += page["lines"]
+        cursor = page["next_cursor"]
+    assert paged == whole["lines"]
+
+
+async def test_a_statement_as_csv_has_the_cli_columns_and_the_cursor_in_a_header(
+    api: httpx.AsyncClient, ledgered: Ledgered
+) -> None:
+    path = f"/v1/accounts/creator:{ledgered.creator}:DIAMOND:available/statement"
+    csv_headers = {**FINANCE, "Accept": "text/csv"}
+    first = await api.get(path, params={"page_size": 3}, headers=csv_headers)
+    assert first.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(first.text)))
+    assert list(rows[0]) == [
+        "seq",
+        "created_at",
+        "transfer_id",
+        "code",
+        "event_id",
+        "counterparty",
+        "debit",
+        "credit",
+        "pending",
+        "balance_after",
+    ]
+    assert len(rows) == 3
+    cursor = first.headers["x-next-cursor"]
+    assert cursor == rows[-1]["seq"]
+    rest = await api.get(path, params={"cursor": cursor}, headers=csv_headers)
+    assert "x-next-cursor" not in rest.headers
+    rows += list(csv.DictReader(io.StringIO(rest.text)))
+    assert [row["pending"] for row in rows] == ["false", "false", "false", "true", "false"]
+    _running_balance_adds_up(rows)
+    whole = (await api.get(path, headers=FINANCE)).json()
+    assert [row["transfer_id"] for row in rows] == [line["transfer_id"] for line in whole["lines"]]
+
+
+async def test_a_statement_outside_the_accounts_activity_is_empty(
+    api: httpx.AsyncClient, ledgered: Ledgered
+) -> None:
+    path = f"/v1/accounts/creator:{ledgered.creator}:DIAMOND:available/statement"
+    params = {"from": "2020-01-01T00:00:00Z", "to": "2020-06-01T00:00:00Z"}
+    answer = (await api.get(path, params=params, headers=FINANCE)).json()
+    assert (answer["lines"], answer["next_cursor"]) == ([], None)
+
+
+async def test_an_applied_event_shows_its_transfers(
+    api: httpx.AsyncClient, ledgered: Ledgered
+) -> None:
+    document = (await api.get(f"/v1/events/{ledgered.gift_event}", headers=FINANCE)).json()
+    assert document["status"] == "applied"
+    assert document["applied"]["topic"] == "gifts.sent"
+    assert document["applied"]["creator_id"] == ledgered.creator
+    assert document["dead_letters"] == []
+    [transfer] = document["transfers"]
+    assert (transfer["code"], transfer["asset"], transfer["scale"], transfer["amount"]) == (
+        "gift_diamonds",
+        "DIAMOND",
+        3,
+        5_000,
+    )
+    assert transfer["credit_account"] == f"creator:{ledgered.creator}:DIAMOND:available"
+    assert transfer["metadata"]["surface"] == "video"
+    same = await api.get(f"/v1/events/{ledgered.gift_event}?topic=gifts.sent", headers=FINANCE)
+    assert same.json() == document
+    elsewhere = await api.get(
+        f"/v1/events/{ledgered.gift_event}?topic=tips.received", headers=FINANCE
+    )
+    assert elsewhere.status_code == 404
+
+
+async def test_a_dead_lettered_event_says_why(api: httpx.AsyncClient, ledgered: Ledgered) -> None:
+    document = (await api.get(f"/v1/events/{ledgered.dead_event}", headers=FINANCE)).json()
+    assert (document["status"], document["applied"], document["transfers"]) == (
+        "dead_lettered",
+        None,
+        [],
+    )
+    [letter] = document["dead_letters"]
+    assert letter["topic"] == "gifts.sent"
+    assert letter["error"] == "schema_violation"
+    assert "coins" in letter["detail"]
+    assert set(letter["source"]) == {"partition", "offset"}
+
+
+async def test_a_cashout_shows_every_state_it_went_through(
+    api: httpx.AsyncClient, ledgered: Ledgered
+) -> None:
+    document = (await api.get(f"/v1/cashouts/{ledgered.paid_cashout}", headers=FINANCE)).json()
+    assert document["cashout_id"] == ledgered.paid_cashout
+    assert (document["status"], document["amount"], document["payout_amount"]) == (
+        "paid",
+        2_000_000,
+        1_000,
+    )
+    assert [step["status"] for step in document["transitions"]] == ["requested", "held", "paid"]
+
+
+async def test_cashouts_are_listed_by_creator_and_status(
+    api: httpx.AsyncClient, ledgered: Ledgered
+) -> None:
+    async def listed(**params: str) -> list[str]:
+        answer = await api.get("/v1/cashouts", params=params, headers=OPERATOR)
+        return [cashout["cashout_id"] for cashout in answer.json()["cashouts"]]
+
+    assert sorted(await listed(creator_id=ledgered.creator)) == sorted(
+        [ledgered.paid_cashout, ledgered.rejected_cashout]
+    )
+    assert await listed(creator_id=ledgered.creator, status="rejected") == [
+        ledgered.rejected_cashout
+    ]
+    assert await listed(creator_id=ledgered.creator, status="held") == []
+    assert len(await listed(limit="1")) == 1
+
+
+async def test_the_trial_balance_is_the_cli_document_and_sums_to_zero_per_asset(
+    api: httpx.AsyncClient,
+    ledgered: Ledgered,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    as_of = _iso(ledgered.end)
+    answer = await api.get("/v1/reports/trial-balance", params={"as_of": as_of}, headers=FINANCE)
+    document = answer.json()
+    assert document == await _cli_json(
+        database_url, monkeypatch, "trial-balance", "--json", "--as-of", as_of
+    )
+    assert {entry["asset"] for entry in document["assets"]} >= {"DIAMOND", "COIN", "USD"}
+    for entry in document["assets"]:
+        assert entry["total"]["balance"] == 0
+        assert sum(account["balance"] for account in entry["accounts"]) == 0
+
+
+async def test_the_gifts_report_groups_by_surface_creator_gift_and_day(
+    api: httpx.AsyncClient, ledgered: Ledgered
+) -> None:
+    window = {"from": _iso(ledgered.start), "to": _iso(ledgered.end)}
+
+    async def groups(group_by: str) -> list[dict[str, Any]]:
+        answer = await api.get(
+            "/v1/reports/gifts", params={**window, "group_by": group_by}, headers=FINANCE
+        )
+        document = answer.json()
+        assert (document["group_by"], document["asset"], document["scale"]) == (
+            group_by,
+            "DIAMOND",
+            3,
+        )
+        return list(document["groups"])
+
+    assert await groups("surface") == [
+        {"surface": "live", "gift_count": 1, "coins": 60, "milli_diamonds": 30_000},
+        {"surface": "video", "gift_count": 2, "coins": 5_010, "milli_diamonds": 2_505_000},
+    ]
+    assert await groups("creator") == [
+        {"creator": ledgered.creator, "gift_count": 3, "coins": 5_070, "milli_diamonds": 2_535_000}
+    ]
+    assert [group["gift"] for group in await groups("gift")] == ["rose"]
+    days = await groups("day")
+    assert sum(group["gift_count"] for group in days) == 3
+    assert days[0]["day"] == ledgered.start.date().isoformat()
+
+
+async def test_the_cashouts_report_counts_and_sums_by_status(
+    api: httpx.AsyncClient, ledgered: Ledgered
+) -> None:
+    window = {"from": _iso(ledgered.start), "to": _iso(ledgered.end)}
+    document = (await api.get("/v1/reports/cashouts", params=window, headers=FINANCE)).json()
+    by_status = {entry["status"]: entry for entry in document["statuses"]}
+    assert set(by_status) == {"paid", "rejected"}
+    assert by_status["paid"]["count"] == 1
+    assert by_status["paid"]["lines"] == [
+        {
+            "asset": "DIAMOND",
+            "scale": 3,
+            "amount": 2_000_000,
+            "payout_currency": "USD",
+            "payout_scale": 2,
+            "payout_amount": 1_000,
+            "usd_value_micros": 10_000_000,
+            "count": 1,
+        }
+    ]
+    assert by_status["rejected"]["lines"][0]["amount"] == 100_000
+
+
+async def test_the_money_report_sums_each_code_per_currency(
+    api: httpx.AsyncClient, ledgered: Ledgered
+) -> None:
+    window = {"from": _iso(ledgered.start), "to": _iso(ledgered.end)}
+    document = (await api.get("/v1/reports/money", params=window, headers=FINANCE)).json()
+    totals = {
+        (entry["currency"], entry["scale"], total["code"]): total["amount"]
+        for entry in document["currencies"]
+        for total in entry["totals"]
+    }
+    assert totals == {
+        ("EUR", 2, "fund_reward"): 2_500,
+        ("GBP", 2, "marketplace_fee"): 2_000,
+        ("GBP", 2, "marketplace_payment"): 8_000,
+        ("USD", 2, "tip"): 500,
+        ("USD", 2, "tip_fan_fee"): 25,
+        ("USD", 2, "tip_processor_fee"): 30,
+    }
+
+
+# The API cannot write ------------------------------------------------------------------------
+
+_INSERT_ACCOUNT = text(
+    "INSERT INTO accounts (name, asset, kind) VALUES (:name, 'USD', 'synthetic')"
+)
+
+
+async def test_an_api_session_cannot_write(engine: AsyncEngine, unique_id: str) -> None:
+    async with reader_connection(engine, "giftledger_reader") as conn:
+        assert (await conn.execute(text("SELECT current_user"))).scalar_one() == "giftledger_reader"
+        assert (await conn.execute(text("SELECT count(*) FROM transfers"))).scalar_one() >= 0
+        with pytest.raises(DBAPIError) as refused:
+            await conn.execute(_INSERT_ACCOUNT, {"name": f"test:api:{unique_id}"})
+    # read-only transaction (25006) is checked before the role's privileges (42501)
+    assert getattr(refused.value.orig, "sqlstate", None) in ("25006", "42501")
+
+
+async def test_the_reader_role_has_no_right_to_write(engine: AsyncEngine, unique_id: str) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SET LOCAL ROLE giftledger_reader"))
+        with pytest.raises(DBAPIError) as refused:
+            await conn.execute(_INSERT_ACCOUNT, {"name": f"test:api:{unique_id}"})
+    assert getattr(refused.value.orig, "sqlstate", None) == "42501"
+    assert "permission denied" in str(refused.value)
