@@ -582,6 +582,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--api", action="store_true", help="also serve the finance API on API_HOST:API_PORT"
+    )
+    parser.add_argument(
         "--payout-rail",
         action="store_true",
         help="also run the simulated bank (answers payouts.requested on payouts.updated)",
@@ -594,7 +597,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        asyncio.run(runner.run(get_settings(), with_payout_rail=args.payout_rail))
+        asyncio.run(
+            runner.run(get_settings(), with_payout_rail=args.payout_rail, with_api=args.api)
+        )
     except runner.SchemaNotCurrentError as error:
         raise UsageError(str(error)) from error
     return EXIT_OK

@@ -9,6 +9,9 @@ finance summary, and keeps running until Ctrl-C (or exits at once with --no-wait
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +25,7 @@ from ledger.migrate import upgrade_to_head
 from ledger.queries import trial_balance
 from ledger.verify import verify
 from schemas.assets import format_amount
+from services.api import create_app, serve_api
 from services.consumer import ConsumerService
 from services.database_runtime import engine_as_role, open_database
 from services.kafka_runtime import open_kafka
@@ -179,6 +183,30 @@ async def print_cashouts(engine: AsyncEngine, out: TextIO) -> None:
         out.write(f"  {row.status + why:<32} {row.n:>4}   {requested:>22}\n")
 
 
+async def _start_api(
+    engine: AsyncEngine, settings: Settings, stop: asyncio.Event, out: TextIO
+) -> asyncio.Task[None] | None:
+    """Serve the finance API until `stop`; a busy port is reported, not fatal, for a demo."""
+    try:
+        probe = socket.create_server((settings.api_host, settings.api_port))
+    except OSError as error:
+        out.write(f"finance API not started: {settings.api_host}:{settings.api_port}: {error}\n")
+        return None
+    probe.close()
+    app = create_app(engine, settings)
+    return asyncio.create_task(serve_api(app, settings.api_host, settings.api_port, stop))
+
+
+def _print_api(settings: Settings, demo_token: str | None, out: TextIO) -> None:
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    out.write(f"\nFinance API on {base} (OpenAPI: {base}/docs)\n")
+    if demo_token is not None:
+        out.write(f"  token for this run (role finance): {demo_token}\n")
+    out.write(
+        f"  try: curl -H 'Authorization: Bearer <token>' {base}/v1/creators/creator-00/balances\n"
+    )
+
+
 async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -195,6 +223,12 @@ async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) 
         key: value for key, value in demo_defaults.items() if key not in settings.model_fields_set
     }
     settings = settings.model_copy(update=unset)
+    demo_token = None
+    if not settings.api_tokens:
+        # No token configured: make one for this run only, so the API can be tried at once.
+        demo_token = secrets.token_urlsafe(24)
+        digest = hashlib.sha256(demo_token.encode()).hexdigest()
+        settings = settings.model_copy(update={"api_tokens": {digest: "finance"}})
     async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
         await upgrade_to_head(engine)
         out.write(f"broker {bootstrap_servers}; database migrated\n")
@@ -202,6 +236,7 @@ async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) 
         await rail.start()
         writer = engine_as_role(engine, settings, settings.database_writer_role)
         service = await start_consumers(settings, writer, bootstrap_servers)
+        api = await _start_api(engine, settings, stop, out)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=10)
         await producer.start()
         try:
@@ -220,6 +255,8 @@ async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) 
             )
             sound = await print_summary(engine, service, out)
             await print_cashouts(engine, out)
+            if api is not None:
+                _print_api(settings, demo_token, out)
             if not settled:
                 out.write("not every record was accounted for in time\n")
             if wait and settled and sound:
@@ -227,6 +264,9 @@ async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) 
                 await stop.wait()
             return 0 if settled and sound else 1
         finally:
+            stop.set()
+            if api is not None:
+                await api
             await producer.stop()
             await service.stop()
             await rail.stop()

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
 
 from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import current_revision, head_revision, upgrade_to_head
 from ledger.service import Ledger
+from services.api import create_app, serve_api
 from services.cashouts import CashoutDesk, CashoutLimits
 from services.consumer import ConsumerService
 from services.database_runtime import engine_as_role, open_database
@@ -99,10 +99,7 @@ def start_payout_rail(settings: Settings, bootstrap_servers: str) -> PayoutRailS
 
 
 async def run(
-    settings: Settings,
-    *,
-    with_payout_rail: bool = False,
-    on_started: Callable[[ConsumerService], Awaitable[None]] | None = None,
+    settings: Settings, *, with_payout_rail: bool = False, with_api: bool = False
 ) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -113,6 +110,11 @@ async def run(
             await rail.start()
         writer = engine_as_role(engine, settings, settings.database_writer_role)
         service = await start_consumers(settings, writer, bootstrap_servers)
+        api = None
+        if with_api:
+            app = create_app(engine, settings)
+            api = asyncio.create_task(serve_api(app, settings.api_host, settings.api_port, stop))
+            logger.info("finance API on http://%s:%d", settings.api_host, settings.api_port)
         if settings.metrics_port:
             start_http_server(settings.metrics_port, addr=settings.metrics_host)
             logger.info(
@@ -120,11 +122,12 @@ async def run(
             )
         logger.info("consumers running on %s; SIGTERM stops them", bootstrap_servers)
         try:
-            if on_started is not None:
-                await on_started(service)
             await stop.wait()
         finally:
+            stop.set()
             logger.info("stopping: finishing the batch in hand")
+            if api is not None:
+                await api
             await service.stop()
             if rail is not None:
                 await rail.stop()
