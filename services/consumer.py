@@ -130,6 +130,8 @@ class ConsumerService:
             group_id=self.group_id(topic),
             auto_offset_reset="earliest",
             max_records=settings.consumer_batch_size_max,
+            fetch_max_bytes=settings.consumer_fetch_max_bytes,
+            max_partition_fetch_bytes=settings.consumer_partition_fetch_max_bytes,
             batch_timeout_ms=settings.consumer_batch_wait_ms,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 4, 500),

@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     consumer_batch_size_max: int = Field(default=2_000, ge=1, le=50_000)
     consumer_batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    consumer_fetch_max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="Bytes a consumer fetches at once: bounds its memory whatever the backlog.",
+    )
+    consumer_partition_fetch_max_bytes: int = Field(
+        default=512 * 1024, ge=16 * 1024, le=64 * 1024 * 1024
+    )
     consumer_db_retry_backoff_ms_max: int = Field(default=5_000, ge=10, le=300_000)
     consumer_db_retry_count_max: int = Field(default=1_000, ge=1, le=1_000_000)
     cashout_minimum_usd_cents: int = Field(default=1_000, ge=1, le=10**9)
