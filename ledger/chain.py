@@ -112,29 +112,66 @@ async def append_link(conn: AsyncConnection, transfers: Sequence[ChainedFields])
     )
 
 
-_LINKS = text(
+_LINKS_WITH_TRANSFERS = text(
     """
-    SELECT id, transfer_ids, transfers_sha256, previous_hash, hash FROM ledger_links
-    WHERE id > :after ORDER BY id LIMIT :limit
-    """
-)
-_LINKED_TRANSFERS = text(
-    """
-    SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code, t.flags,
+    WITH links AS (
+        SELECT id, transfer_ids, transfers_sha256, previous_hash, hash FROM ledger_links
+        WHERE id > :after ORDER BY id LIMIT :limit
+    )
+    SELECT l.id AS link_id, cardinality(l.transfer_ids) AS expected, l.transfers_sha256,
+           l.previous_hash, l.hash,
+           t.id, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code, t.flags,
            t.pending_id, t.timeout_s, t.expires_at, t.rate_card_version, t.event_id,
            t.metadata::text AS metadata, t.debit_balance_after, t.credit_balance_after,
            t.created_at
-    FROM unnest(CAST(:ids AS uuid[])) AS wanted(id)
-    JOIN transfers t ON t.id = wanted.id
+    FROM links l
+    LEFT JOIN LATERAL unnest(l.transfer_ids) AS wanted(id) ON true
+    LEFT JOIN transfers t ON t.id = wanted.id
+    ORDER BY l.id
     """
 )
+_TRANSFER_COLUMNS = tuple(ChainedFields.__dataclass_fields__)
 
 
-def _fields(row: Any) -> ChainedFields:
-    values = dict(row._mapping)
-    if values["metadata"] is not None:
-        values["metadata"] = json.loads(values["metadata"])
-    return ChainedFields(**values)
+@dataclass(slots=True)
+class _Link:
+    id: int
+    expected: int
+    transfers_sha256: bytes
+    previous_hash: bytes
+    hash: bytes
+    transfers: list[ChainedFields]
+
+
+def _fields(values: dict[str, Any]) -> ChainedFields:
+    chained = {name: values[name] for name in _TRANSFER_COLUMNS}
+    if chained["metadata"] is not None:
+        chained["metadata"] = json.loads(chained["metadata"])
+    return ChainedFields(**chained)
+
+
+async def _links_after(conn: AsyncConnection, after: int) -> list[_Link]:
+    """The next links after `after`, each with its stored transfers, in one query."""
+    rows = await conn.execute(
+        _LINKS_WITH_TRANSFERS, {"after": after, "limit": CHAIN_CHECK_LINKS_PER_QUERY}
+    )
+    links: dict[int, _Link] = {}
+    for row in rows:
+        values = dict(row._mapping)
+        link = links.get(values["link_id"])
+        if link is None:
+            link = _Link(
+                values["link_id"],
+                values["expected"],
+                bytes(values["transfers_sha256"]),
+                bytes(values["previous_hash"]),
+                bytes(values["hash"]),
+                [],
+            )
+            links[link.id] = link
+        if values["id"] is not None:
+            link.transfers.append(_fields(values))
+    return list(links.values())
 
 
 async def check_chain(conn: AsyncConnection) -> list[str]:
@@ -144,25 +181,22 @@ async def check_chain(conn: AsyncConnection) -> list[str]:
     after = 0
     linked_count = 0
     while len(problems) < PROBLEM_COUNT_MAX:
-        links = (
-            await conn.execute(_LINKS, {"after": after, "limit": CHAIN_CHECK_LINKS_PER_QUERY})
-        ).all()
+        links = await _links_after(conn, after)
         if not links:
             break
         for link in links:
             after = link.id
-            ids = list(link.transfer_ids)
-            linked_count += len(ids)
-            stored = [_fields(row) for row in await conn.execute(_LINKED_TRANSFERS, {"ids": ids})]
-            if bytes(link.previous_hash) != previous:
+            linked_count += link.expected
+            if link.previous_hash != previous:
                 problems.append(f"link {link.id} does not follow the link before it")
-            if len(stored) != len(ids):
-                problems.append(f"link {link.id}: {len(ids) - len(stored)} transfers are missing")
-            elif digest(stored) != bytes(link.transfers_sha256):
+            missing = link.expected - len(link.transfers)
+            if missing:
+                problems.append(f"link {link.id}: {missing} transfers are missing")
+            elif digest(link.transfers) != link.transfers_sha256:
                 problems.append(
                     f"link {link.id}: its transfers were changed after they were stored"
                 )
-            previous = bytes(link.hash)
+            previous = link.hash
     head = (await conn.execute(text("SELECT hash FROM ledger_chain_head"))).scalar_one()
     if bytes(head) != previous and len(problems) < PROBLEM_COUNT_MAX:
         problems.append("the chain head does not match the last link")
