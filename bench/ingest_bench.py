@@ -12,10 +12,11 @@ migrated to head, dropped at the end). Topics get a unique prefix and
 3. baseline: what a naive consumer does, per record: parse, one database transaction (applied
    event, creator account upsert, one transfer and its key, two account updates), commit the
    Kafka offset. It runs on the first `--baseline-events` records, under its own topic label in
-   `applied_events` and its own transfer ids, so it does not hide events from giftledger.
-4. giftledger: `ConsumerService` with a fresh group on the backlog. The clock starts when every
-   partition is assigned (the group join is reported apart) and stops when the ingestor has applied
-   all N. Before it, a drain of N/10 on topics of their own shows what memory the consumer needs
+   `applied_events` and its own transfer ids, so it does not hide events from giftledger. Its
+   coins are posted in one transfer after its clock stops, as giftledger posts them per batch.
+4. giftledger: `ConsumerService` with a fresh group on the backlog, timed from its first batch,
+   and from the moment every partition is assigned (the group join is reported apart), to the
+   last gift applied. Before it, a drain of N/10 on topics of their own shows what memory it needs
    for a backlog ten times smaller (run first, because Python seldom gives memory back to the
    system: a smaller drain after a bigger one would only show the bigger one's high-water mark).
 5. latency: with the consumer still running, gifts at `--latency-rate` per second for
@@ -60,14 +61,14 @@ from bench.ledger_bench import admin_url, fresh_database, server_version, verify
 from ledger import chart
 from ledger.chart import AccountKind
 from ledger.database import create_engine
-from ledger.model import TransferCode
+from ledger.model import PostResult, Transfer, TransferCode
 from ledger.service import Ledger
 from schemas import topics
 from schemas.events import GiftSent
 from schemas.topics import all_topics
 from services.consumer import ConsumerService
 from services.embedded_broker import EmbeddedBroker, create_topics
-from services.event_transfers import LEDGER_TOPICS, transfer_id
+from services.event_transfers import batch_coin_leg, transfer_id
 from services.ingest import BatchReport, Ingestor, InputRecord
 from services.pricing import RateCardBook, load_rate_cards
 from services.settings import Settings
@@ -325,8 +326,8 @@ _BASELINE_TRANSFER = text(
 
 async def apply_one(
     conn: AsyncConnection, record: Any, issuance_id: int, rate_cards: RateCardBook
-) -> int:
-    """One gift in one transaction, the plain way; returns its coins."""
+) -> tuple[int, int]:
+    """One gift in one transaction, the plain way: (rate card version, coins)."""
     gift = GiftSent.model_validate_json(record.value)
     card = rate_cards.in_force_at(gift.occurred_at)
     amount = card.gift_milli_diamonds(gift.coins, gift.count)
@@ -372,20 +373,44 @@ async def apply_one(
                 "credit_after": credit_after,
             },
         )
-    return gift.coins * gift.count
+    return card.version, gift.coins * gift.count
+
+
+async def settle_coins(ledger: Ledger, gifts_by_version: dict[int, tuple[int, int]]) -> None:
+    """The baseline's coins, in one transfer per rate card, as giftledger posts them per batch:
+    `verify()` reconciles the coins with the diamonds of each rate card."""
+    transfers = []
+    for version, (coins, gift_count) in gifts_by_version.items():
+        leg = batch_coin_leg(coins, gift_count)
+        ids = await ledger.accounts.ids([leg.debit, leg.credit])
+        transfers.append(
+            Transfer(
+                id=uuid.uuid4(),
+                debit_account_id=ids[leg.debit.name],
+                credit_account_id=ids[leg.credit.name],
+                amount=leg.amount,
+                code=leg.code,
+                rate_card_version=version,
+                metadata=leg.metadata,
+            )
+        )
+    results = await ledger.post(transfers)
+    assert all(result is PostResult.OK for result in results), results
 
 
 async def measure_baseline(
     bootstrap_servers: str, topic: str, engine: AsyncEngine, count: int
 ) -> tuple[Measurement, int]:
-    """The naive consumer on the first `count` records: (measurement, coins it applied)."""
-    issuance = chart.platform(AccountKind.DIAMOND_ISSUANCE, "DIAMOND")
-    issuance_id = await Ledger(engine).accounts.id(issuance)
+    """The naive consumer on the first `count` records: (measurement, coins it applied).
+
+    Its coins are posted after the clock stops, in one transfer."""
+    ledger = Ledger(engine)
+    issuance_id = await ledger.accounts.id(chart.platform(AccountKind.DIAMOND_ISSUANCE, "DIAMOND"))
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
     consumer = raw_consumer(bootstrap_servers, topic, f"bench-baseline-{uuid.uuid4().hex[:8]}")
     await consumer.start()
-    coins = 0
+    gifts_by_version: dict[int, tuple[int, int]] = {}
     applied = 0
     started = 0.0
     try:
@@ -400,12 +425,16 @@ async def measure_baseline(
                     for record in records:
                         if applied == count:
                             break
-                        coins += await apply_one(conn, record, issuance_id, rate_cards)
+                        version, coins = await apply_one(conn, record, issuance_id, rate_cards)
+                        total, gift_count = gifts_by_version.get(version, (0, 0))
+                        gifts_by_version[version] = (total + coins, gift_count + 1)
                         await consumer.commit({partition: record.offset + 1})
                         applied += 1
         seconds = time.perf_counter() - started
     finally:
         await consumer.stop()
+    await settle_coins(ledger, gifts_by_version)
+    coins = sum(total for total, _ in gifts_by_version.values())
     return Measurement("baseline (per event)", applied, seconds), coins
 
 
@@ -417,8 +446,11 @@ class TimedIngestor(Ingestor):
         super().__init__(ledger, rate_cards)
         self.timing = False
         self.commits: dict[int, list[tuple[int, float]]] = {}
+        self.first_batch_at: float | None = None
 
     async def process(self, topic: str, records: Sequence[InputRecord]) -> BatchReport:
+        if self.first_batch_at is None and topic == topics.GIFTS_SENT:
+            self.first_batch_at = time.perf_counter()
         report = await super().process(topic, records)
         if self.timing and topic == topics.GIFTS_SENT:
             done = time.time()
@@ -440,7 +472,7 @@ def consumer_settings(prefix: str) -> Settings:
     return Settings(kafka_topic_prefix=prefix, kafka_consumer_group=f"giftledger-{prefix}")
 
 
-async def start_consumers(
+async def new_consumers(
     engine: AsyncEngine, bootstrap_servers: str, settings: Settings
 ) -> tuple[ConsumerService, TimedIngestor]:
     async with engine.connect() as conn:
@@ -448,9 +480,7 @@ async def start_consumers(
     ingestor = TimedIngestor(
         Ledger(engine, batch_size_max=settings.ledger_batch_size_max), rate_cards
     )
-    service = ConsumerService(settings, ingestor, bootstrap_servers)
-    await service.start()
-    return service, ingestor
+    return ConsumerService(settings, ingestor, bootstrap_servers), ingestor
 
 
 def rss_bytes() -> int:
@@ -464,23 +494,31 @@ def rss_bytes() -> int:
 
 @dataclass
 class RssPeak:
-    """The highest resident memory seen, sampled every RSS_SAMPLE_S while it runs."""
+    """Resident memory sampled every RSS_SAMPLE_S while it runs: at the start, the highest, and
+    at each quarter of the time."""
 
     start: int = 0
     peak: int = 0
+    samples: list[int] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
 
     async def _sample(self) -> None:
         while True:
-            self.peak = max(self.peak, rss_bytes())
+            self.samples.append(rss_bytes())
+            self.peak = max(self.peak, self.samples[-1])
             await asyncio.sleep(RSS_SAMPLE_S)
+
+    def quarters(self) -> list[int]:
+        count = len(self.samples)
+        return [self.samples[max(count * quarter // 4 - 1, 0)] for quarter in (1, 2, 3, 4)]
 
     def begin(self) -> None:
         self.start = self.peak = rss_bytes()
         self._task = asyncio.create_task(self._sample())
 
     async def end(self) -> None:
-        self.peak = max(self.peak, rss_bytes())
+        self.samples.append(rss_bytes())
+        self.peak = max(self.peak, self.samples[-1])
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -500,8 +538,9 @@ async def wait_until(condition: Callable[[], bool], progress: Callable[[], int],
 
 @dataclass
 class Drain:
-    """Times from `ConsumerService.start()`: the first record consumed, the group settled (every
-    partition assigned; None if the drain ended first) and the last gift applied."""
+    """Times from the call to `ConsumerService.start()`: the first batch handed to the ingestor,
+    every partition of every topic assigned (None if the drain ended first: "settled") and the
+    last gift applied."""
 
     events: int
     first_consumed_s: float
@@ -532,23 +571,25 @@ async def drain(
 ) -> tuple[Drain, ConsumerService, TimedIngestor]:
     """Start the consumers on a published backlog and time them until all `count` are applied.
 
-    The consumers are left running for the caller to stop.
+    `ConsumerService.start()` returns once its consumers have joined their groups, and they
+    consume meanwhile: it runs as a task while this watches. The consumers are left running for
+    the caller to stop.
     """
+    service, ingestor = await new_consumers(engine, bootstrap_servers, settings)
+    counts = ingestor.counts
+    partitions = len(service.topics) * settings.kafka_partition_count
+    settled: float | None = None
+    applied_before_settled = 0
     memory = RssPeak()
     memory.begin()
     started = time.perf_counter()
-    service, ingestor = await start_consumers(engine, bootstrap_servers, settings)
-    counts = ingestor.counts
-    partitions = len(LEDGER_TOPICS) * settings.kafka_partition_count
-    first_consumed: float | None = None
-    settled: float | None = None
-    applied_before_settled = 0
-    consumed, moved = 0, time.perf_counter()
+    starting = asyncio.create_task(service.start())
+    consumed, moved = 0, started
     try:
         while counts.applied + counts.dead_lettered < count:
+            if starting.done():
+                starting.result()  # raises what start() raised
             now = time.perf_counter()
-            if first_consumed is None and counts.consumed:
-                first_consumed = now
             if settled is None and service.assigned_partition_count() == partitions:
                 settled, applied_before_settled = now, counts.applied
             if counts.consumed != consumed:
@@ -557,15 +598,20 @@ async def drain(
             await asyncio.sleep(POLL_S)
         done = time.perf_counter()
         await memory.end()
+        await starting
         # Batches redelivered after a rebalance come back as duplicates: those are fine.
         assert counts.dead_lettered == 0, f"dead letters: {counts.dead_letter_errors}"
         assert counts.applied == count, f"applied {counts.applied} of {count}"
     except BaseException:
+        starting.cancel()
+        with contextlib.suppress(BaseException):
+            await starting
         await service.stop()
         raise
+    assert ingestor.first_batch_at is not None
     result = Drain(
         events=count,
-        first_consumed_s=(first_consumed or done) - started,
+        first_consumed_s=ingestor.first_batch_at - started,
         settled_s=None if settled is None else settled - started,
         done_s=done - started,
         applied_before_settled=applied_before_settled,
@@ -893,8 +939,12 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
         print(
             f"memory draining {drained.events:>9,}: start {mib(drained.memory.start)},"
             f" peak {mib(drained.memory.peak)}"
-            f" (+{mib(drained.memory.peak - drained.memory.start)}), VmRSS of this process"
+            f" (+{mib(drained.memory.peak - drained.memory.start)});"
+            f" at each quarter of the drain: {', '.join(mib(q) for q in drained.memory.quarters())}"
         )
+    print(
+        "  (VmRSS of the whole benchmark process: the consumers and the benchmark's idle producer)"
+    )
     print(f"checks: {figures.checked}")
     logged = ", ".join(f"{n} {level} {name}" for (level, name), n in tally.counts.most_common())
     print(f"library log: {logged or 'nothing at WARNING or above'} (in {tally.path})")
@@ -939,6 +989,7 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
                 "redelivered": d.redelivered,
                 "rss_start_bytes": d.memory.start,
                 "rss_peak_bytes": d.memory.peak,
+                "rss_quarters_bytes": d.memory.quarters(),
             }
             for d in figures.drains
         ],
