@@ -39,11 +39,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ledger.accounts import ensure_accounts_in
-from ledger.chain import ChainedFields, append_link
+from ledger.chain import append_link
 from ledger.chart import AccountKind, AccountSpec
 from ledger.database import create_engine, to_async_url
 from ledger.migrate import upgrade_to_head
-from ledger.model import AccountFlags, BatchOutcome, PostResult, Transfer, TransferCode
+from ledger.model import (
+    AccountFlags,
+    BatchOutcome,
+    PostResult,
+    StoredTransfer,
+    Transfer,
+    TransferCode,
+)
 from ledger.posting import TRANSFER_BATCH_SIZE_MAX, post_batch, run_with_conflict_retry
 from ledger.verify import verify
 from services.embedded_postgres import EmbeddedPostgres
@@ -318,8 +325,9 @@ async def post_one_transfer(conn: AsyncConnection, transfer: Transfer) -> PostRe
         }
         created_at = (await conn.execute(_INSERT_TRANSFER, stored)).scalar_one()
         # The same tamper evidence as the batch path: each transaction links into the chain.
-        fields = ChainedFields(
+        fields = StoredTransfer(
             **stored,
+            seq=0,
             pending_id=None,
             timeout_s=None,
             expires_at=None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,30 +22,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.model import StoredTransfer
+
 CHAIN_CHECK_LINKS_PER_QUERY = 500
 PROBLEM_COUNT_MAX = 100
-
-
-@dataclass(frozen=True, slots=True)
-class ChainedFields:
-    """The stored fields of a transfer that the chain covers."""
-
-    id: uuid.UUID
-    debit_account_id: int
-    credit_account_id: int
-    amount: int
-    asset: str
-    code: int
-    flags: int
-    pending_id: uuid.UUID | None
-    timeout_s: int | None
-    expires_at: datetime | None
-    rate_card_version: int | None
-    event_id: str | None
-    metadata: dict[str, Any] | None
-    debit_balance_after: int
-    credit_balance_after: int
-    created_at: datetime
 
 
 def _text(value: object) -> str:
@@ -59,7 +38,8 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def canonical_line(fields: ChainedFields) -> bytes:
+def canonical_line(fields: StoredTransfer) -> bytes:
+    """Every stored field but `seq`, which the database assigns after the batch is hashed."""
     parts = (
         fields.id,
         fields.debit_account_id,
@@ -81,7 +61,7 @@ def canonical_line(fields: ChainedFields) -> bytes:
     return ("|".join(_text(part) for part in parts) + "\n").encode("utf-8")
 
 
-def digest(transfers: Iterable[ChainedFields]) -> bytes:
+def digest(transfers: Iterable[StoredTransfer]) -> bytes:
     hasher = hashlib.sha256()
     for fields in sorted(transfers, key=lambda item: item.id):
         hasher.update(canonical_line(fields))
@@ -102,7 +82,7 @@ _APPEND_LINK = text(
 )
 
 
-async def append_link(conn: AsyncConnection, transfers: Sequence[ChainedFields]) -> None:
+async def append_link(conn: AsyncConnection, transfers: Sequence[StoredTransfer]) -> None:
     """Link a batch's stored transfers into the chain, in the caller's transaction."""
     if not transfers:
         return
@@ -120,7 +100,7 @@ _LINKS_WITH_TRANSFERS = text(
     )
     SELECT l.id AS link_id, cardinality(l.transfer_ids) AS expected, l.transfers_sha256,
            l.previous_hash, l.hash,
-           t.id, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code, t.flags,
+           t.id, t.seq, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code, t.flags,
            t.pending_id, t.timeout_s, t.expires_at, t.rate_card_version, t.event_id,
            t.metadata::text AS metadata, t.debit_balance_after, t.credit_balance_after,
            t.created_at
@@ -130,7 +110,7 @@ _LINKS_WITH_TRANSFERS = text(
     ORDER BY l.id
     """
 )
-_TRANSFER_COLUMNS = tuple(ChainedFields.__dataclass_fields__)
+_TRANSFER_COLUMNS = tuple(name for name in StoredTransfer.__dataclass_fields__ if name != "seq")
 
 
 @dataclass(slots=True)
@@ -140,14 +120,14 @@ class _Link:
     transfers_sha256: bytes
     previous_hash: bytes
     hash: bytes
-    transfers: list[ChainedFields]
+    transfers: list[StoredTransfer]
 
 
-def _fields(values: dict[str, Any]) -> ChainedFields:
-    chained = {name: values[name] for name in _TRANSFER_COLUMNS}
-    if chained["metadata"] is not None:
-        chained["metadata"] = json.loads(chained["metadata"])
-    return ChainedFields(**chained)
+def _fields(values: dict[str, Any]) -> StoredTransfer:
+    stored = {name: values[name] for name in _TRANSFER_COLUMNS}
+    if stored["metadata"] is not None:
+        stored["metadata"] = json.loads(stored["metadata"])
+    return StoredTransfer(seq=values["seq"], **stored)
 
 
 async def _links_after(conn: AsyncConnection, after: int) -> list[_Link]:

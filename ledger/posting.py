@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.chain import ChainedFields, append_link
+from ledger.chain import append_link
 from ledger.model import (
     AccountFlags,
     AccountTotals,
@@ -472,28 +472,6 @@ def _walk_chain(walk: _Walk, transfers: Sequence[Transfer], chain: range) -> lis
     return final
 
 
-def _chained(accepted: _Accepted, committed_at: datetime) -> ChainedFields:
-    transfer = accepted.transfer
-    return ChainedFields(
-        id=transfer.id,
-        debit_account_id=accepted.debit_account_id,
-        credit_account_id=accepted.credit_account_id,
-        amount=accepted.amount,
-        asset=accepted.asset,
-        code=int(transfer.code),
-        flags=transfer.flags,
-        pending_id=transfer.pending_id,
-        timeout_s=transfer.timeout_s,
-        expires_at=accepted.expires_at,
-        rate_card_version=transfer.rate_card_version,
-        event_id=transfer.event_id,
-        metadata=transfer.metadata,
-        debit_balance_after=accepted.debit_balance_after,
-        credit_balance_after=accepted.credit_balance_after,
-        created_at=committed_at,
-    )
-
-
 def _write_parameters(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[str, Any]:
     accepted = walk.accepted
     touched = [
@@ -578,7 +556,8 @@ async def post_batch(conn: AsyncConnection, transfers: Sequence[Transfer]) -> Ba
             if _is_unique_violation(error):
                 raise LedgerConflictError(str(error.orig)) from error
             raise
-        await append_link(conn, [_chained(accepted, committed_at) for accepted in walk.accepted])
+        stored_batch = [_accepted_as_stored(accepted, committed_at) for accepted in walk.accepted]
+        await append_link(conn, stored_batch)
     return BatchOutcome(results, committed_at, len(walk.accepted))
 
 
