@@ -9,7 +9,7 @@ the minor unit of their asset (see `schemas.assets`); there are no floats.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,8 +24,14 @@ COINS_PER_GIFT_MAX = 100_000
 GIFT_COUNT_MAX = 10_000
 AMOUNT_MAX = 10**12
 TALLY_MAX = 10**12
+# Whole diamonds, stored as milli-diamonds: at most AMOUNT_MAX milli-diamonds.
+DIAMOND_CASHOUT_MAX = AMOUNT_MAX // 1_000
 RATE_CARD_VERSION_MAX = 2**31 - 1
 BIRTH_DATE_MIN = date(1900, 1, 1)
+# Business events happen in this window; outside it a timestamp is a mistake, and near the ends of
+# the calendar it would overflow date arithmetic and PostgreSQL's timestamp range.
+OCCURRED_AT_MIN = datetime(2000, 1, 1, tzinfo=UTC)
+OCCURRED_AT_MAX = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 # Visible ASCII: letters, digits and punctuation; no spaces, no control characters.
 VISIBLE_ASCII_PATTERN = r"^[!-~]+$"
@@ -110,6 +116,11 @@ class Event(BaseModel):
         if value.utcoffset() is None:
             raise ValueError(
                 "occurred_at has no timezone: give an offset, e.g. 2026-11-03T18:25:43Z"
+            )
+        if not OCCURRED_AT_MIN <= value <= OCCURRED_AT_MAX:
+            raise ValueError(
+                f"occurred_at must lie between {OCCURRED_AT_MIN:%Y-%m-%d} and "
+                f"{OCCURRED_AT_MAX:%Y-%m-%d} (UTC)"
             )
         return value
 
@@ -276,6 +287,12 @@ class CashoutRequested(Event):
     payout_currency: Currency = Field(
         description="ISO 4217 code of the currency to pay out in.", examples=["USD"]
     )
+
+    @model_validator(mode="after")
+    def _diamonds_fit_in_milli_diamonds(self) -> Self:
+        if self.asset == DIAMOND and self.amount > DIAMOND_CASHOUT_MAX:
+            raise ValueError(f"a cash-out is at most {DIAMOND_CASHOUT_MAX} whole diamonds")
+        return self
 
 
 class PayoutUpdated(Event):

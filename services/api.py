@@ -35,9 +35,10 @@ import io
 import logging
 import re
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal, get_args
+from urllib.parse import unquote_plus
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
@@ -126,6 +127,10 @@ _RFC3339 = re.compile(
 )
 _UNENCODED_PLUS = re.compile(r"(:\d{2}(?:\.\d{1,6})?) (\d{2}:\d{2})$")
 TIMESTAMP_EXAMPLE: Final = "2026-11-01T00:00:00Z"
+# Far enough apart for any question about the ledger, and clear of the calendar's ends, where
+# converting to UTC would overflow.
+TIMESTAMP_MIN: Final = datetime(1970, 1, 1, tzinfo=UTC)
+TIMESTAMP_MAX: Final = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def rfc3339(value: object) -> object:
@@ -139,9 +144,15 @@ def rfc3339(value: object) -> object:
     if match.group("zone") is None:
         raise ValueError(f"timestamp {value!r} has no time zone: add one, e.g. {TIMESTAMP_EXAMPLE}")
     try:
-        return datetime.fromisoformat(candidate.replace("z", "Z"))
+        moment = datetime.fromisoformat(candidate.replace("z", "Z"))
     except ValueError as error:
         raise ValueError(f"not a valid timestamp: {value!r} ({error})") from None
+    if not TIMESTAMP_MIN <= moment <= TIMESTAMP_MAX:
+        raise ValueError(
+            f"timestamp {value!r} is out of range: between {TIMESTAMP_MIN:%Y-%m-%d} and "
+            f"{TIMESTAMP_MAX:%Y-%m-%d} (UTC)"
+        )
+    return moment
 
 
 Timestamp = Annotated[datetime, BeforeValidator(rfc3339)]
@@ -544,6 +555,17 @@ async def _on_unexpected_error(request: Request, error: Exception) -> JSONRespon
 # The app ------------------------------------------------------------------------------------
 
 
+async def _refuse_nul_characters(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """No identifier or parameter may hold a NUL character (PostgreSQL text cannot)."""
+    if "\x00" in request.url.path or "\x00" in unquote_plus(request.url.query):
+        return JSONResponse(
+            status_code=422, content={"detail": "NUL characters are not allowed in a request"}
+        )
+    return await call_next(request)
+
+
 def create_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
     """The finance API on `engine`, with the tokens, limits and role of `settings`."""
     app = FastAPI(
@@ -561,6 +583,7 @@ def create_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
     _event_routes(app)
     _cashout_routes(app, settings)
     _report_routes(app, settings)
+    app.middleware("http")(_refuse_nul_characters)
     app.add_exception_handler(SQLAlchemyError, _on_database_error)
     app.add_exception_handler(OSError, _on_database_error)
     app.add_exception_handler(TimeoutError, _on_database_error)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -66,6 +68,7 @@ from services.pricing import RateCardBook
 from services.profiles import apply_creator_updates
 
 JSON_DEPTH_MAX = 16
+EVENT_ID_PATTERN = re.compile(r"[!-~]{1,128}")
 ERROR_DETAIL_LENGTH_MAX = 1_000
 
 
@@ -112,11 +115,12 @@ class _DuplicateKeyError(ValueError):
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
-        duplicates = sorted({key for key in keys if keys.count(key) > 1})
-        raise _DuplicateKeyError(f"duplicate keys {duplicates}")
-    return dict(pairs)
+    decoded = dict(pairs)
+    if len(decoded) != len(pairs):
+        counted = Counter(key for key, _ in pairs)
+        duplicates = sorted(key for key, count in counted.items() if count > 1)
+        raise _DuplicateKeyError(f"duplicate keys {duplicates[:10]}")
+    return decoded
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -136,7 +140,16 @@ def _depth(value: Any, limit: int) -> int:
 
 
 def _short(text_value: str) -> str:
-    return text_value[:ERROR_DETAIL_LENGTH_MAX]
+    """A detail fit for a header and a text column: bounded, valid UTF-8, no NUL."""
+    cleaned = text_value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\0")
+    return cleaned[:ERROR_DETAIL_LENGTH_MAX]
+
+
+def _valid_event_id(value: object) -> str | None:
+    """The payload's event_id, for a dead letter, only when it is a well-formed id."""
+    if isinstance(value, str) and EVENT_ID_PATTERN.fullmatch(value):
+        return value
+    return None
 
 
 def parse_record(topic: str, record: InputRecord) -> _Parsed | DeadLetter:
@@ -160,12 +173,7 @@ def parse_record(topic: str, record: InputRecord) -> _Parsed | DeadLetter:
             f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}"
             for item in error.errors(include_url=False, include_input=False)
         )
-        return DeadLetter(
-            record,
-            "schema_violation",
-            _short(detail),
-            event_id if isinstance(event_id, str) else None,
-        )
+        return DeadLetter(record, "schema_violation", _short(detail), _valid_event_id(event_id))
     assert isinstance(event, Event)
     canonical = event.model_dump_json().encode("utf-8")
     return _Parsed(record, event, hashlib.sha256(canonical).digest())
@@ -202,11 +210,23 @@ def _gift_coins(gift_diamonds: StoredTransfer) -> int:
 
 
 def _headers_json(headers: tuple[tuple[str, bytes], ...]) -> str:
-    return json.dumps([[key, base64.b64encode(value).decode("ascii")] for key, value in headers])
+    """Kafka headers as JSON text: keys and values base64, since either may hold any byte."""
+    return json.dumps(
+        [
+            [
+                base64.b64encode(key.encode("utf-8", "surrogateescape")).decode("ascii"),
+                base64.b64encode(value).decode("ascii"),
+            ]
+            for key, value in headers
+        ]
+    )
 
 
 def headers_from_json(encoded: list[list[str]]) -> tuple[tuple[str, bytes], ...]:
-    return tuple((key, base64.b64decode(value)) for key, value in encoded)
+    return tuple(
+        (base64.b64decode(key).decode("utf-8", "surrogateescape"), base64.b64decode(value))
+        for key, value in encoded
+    )
 
 
 class Ingestor:
@@ -278,6 +298,7 @@ class Ingestor:
         if parsed:
             await self._apply(topic, parsed, report)
             self.counts.unparked_applied += report.applied
+            self.counts.unparked_duplicates += report.duplicates
             self.counts.unparked_dead_lettered += len(report.dead_letters)
             metrics.EVENTS_APPLIED.labels(topic).inc(report.applied)
             for letter in report.dead_letters:
@@ -302,21 +323,20 @@ class Ingestor:
         metrics.EVENTS_PARKED.labels(topic).inc(report.parked)
 
     async def _apply(self, topic: str, parsed: list[_Parsed], report: BatchReport) -> None:
-        unique = self._drop_in_batch_repeats(parsed, report)
         if topic == topics.CREATORS_UPDATED:
-            await self._apply_profiles(unique, report)
+            await self._apply_profiles(parsed, report)
             return
         if topic in (topics.CASHOUTS_REQUESTED, topics.PAYOUTS_UPDATED):
-            await self._apply_cashouts(topic, unique, report)
+            await self._apply_cashouts(topic, parsed, report)
             return
         if topic not in LEDGER_TOPICS:
             raise ValueError(f"{topic} is not a ledger topic")
         planned: dict[str, tuple[list[Leg], int | None]] = {}
         specs: list[AccountSpec] = []
-        for item in unique:
+        for item in parsed:
             if isinstance(item.event, GiftReversed):
                 specs += _leg_accounts(item.event)
-            else:
+            elif item.event.event_id not in planned:  # only a first copy can be applied
                 legs, version = _legs_without_lookup(item.event, self.rate_cards)
                 planned[item.event.event_id] = (legs, version)
                 specs += [spec for leg in legs for spec in (leg.debit, leg.credit)]
@@ -327,7 +347,7 @@ class Ingestor:
         early_letters = list(report.dead_letters)
         batch_report = await run_with_conflict_retry(
             self.ledger.engine,
-            lambda conn: self._apply_in(conn, topic, unique, planned, account_ids, early_letters),
+            lambda conn: self._apply_in(conn, topic, parsed, planned, account_ids, early_letters),
             self._conflict_retry_count_max,
         )
         report.applied += batch_report.applied
@@ -407,25 +427,6 @@ class Ingestor:
         report.applied += batch_report.applied
         report.duplicates += batch_report.duplicates
         report.dead_letters += batch_report.dead_letters
-
-    def _drop_in_batch_repeats(self, parsed: list[_Parsed], report: BatchReport) -> list[_Parsed]:
-        first_seen: dict[str, _Parsed] = {}
-        for item in parsed:
-            earlier = first_seen.get(item.event.event_id)
-            if earlier is None:
-                first_seen[item.event.event_id] = item
-            elif earlier.payload_sha256 == item.payload_sha256:
-                report.duplicates += 1
-            else:
-                report.dead_letters.append(
-                    DeadLetter(
-                        item.record,
-                        "event_id_conflict",
-                        "event_id reused with a different payload in the same batch",
-                        item.event.event_id,
-                    )
-                )
-        return list(first_seen.values())
 
     async def _apply_in(
         self,
@@ -535,21 +536,28 @@ class Ingestor:
     async def _drop_applied(
         self, conn: AsyncConnection, topic: str, items: list[_Parsed], report: BatchReport
     ) -> list[_Parsed]:
+        """Keep the items seen for the first time. Each copy of an event_id already applied,
+        parked, or earlier in this batch is a duplicate when its payload hash matches, else a
+        conflict: the same verdict wherever Kafka happened to cut the batches."""
         if not items:
             return []
+        ids = [item.event.event_id for item in items]
         rows = await conn.execute(
             text(
                 "SELECT event_id, payload_sha256 FROM applied_events"
                 " WHERE topic = :topic AND event_id = ANY(CAST(:ids AS text[]))"
             ),
-            {"topic": topic, "ids": [item.event.event_id for item in items]},
+            {"topic": topic, "ids": ids},
         )
-        applied = {row.event_id: bytes(row.payload_sha256) for row in rows}
+        known = {row.event_id: bytes(row.payload_sha256) for row in rows}
+        if topic == topics.GIFTS_REVERSED:
+            known = {**await self._parked_hashes(conn, topic, items), **known}
         fresh: list[_Parsed] = []
         for item in items:
-            stored_hash = applied.get(item.event.event_id)
+            stored_hash = known.get(item.event.event_id)
             if stored_hash is None:
                 fresh.append(item)
+                known[item.event.event_id] = item.payload_sha256
             elif stored_hash == item.payload_sha256:
                 report.duplicates += 1
             else:
@@ -557,11 +565,33 @@ class Ingestor:
                     DeadLetter(
                         item.record,
                         "event_id_conflict",
-                        "event_id already applied with a different payload",
+                        "event_id already seen with a different payload",
                         item.event.event_id,
                     )
                 )
         return fresh
+
+    @staticmethod
+    async def _parked_hashes(
+        conn: AsyncConnection, topic: str, items: list[_Parsed]
+    ) -> dict[str, bytes]:
+        """Payload hashes of parked events that these items (not the parked ones) repeat."""
+        ids = [item.event.event_id for item in items if not item.from_parking]
+        if not ids:
+            return {}
+        rows = await conn.execute(
+            text(
+                "SELECT event_id, payload FROM parked_events"
+                " WHERE topic = :topic AND event_id = ANY(CAST(:ids AS text[]))"
+            ),
+            {"topic": topic, "ids": ids},
+        )
+        hashes: dict[str, bytes] = {}
+        for row in rows:
+            parked = parse_record(topic, InputRecord(topic, 0, 0, None, bytes(row.payload)))
+            assert not isinstance(parked, DeadLetter), "only valid events are parked"
+            hashes[row.event_id] = parked.payload_sha256
+        return hashes
 
     async def _plan_reversals(
         self,

@@ -50,7 +50,7 @@ class IngestCounts:
     """Running totals of what happened to consumed records.
 
     Every consumed record ends in exactly one of applied, duplicates, dead_lettered or parked;
-    a parked record later moves to applied or dead_lettered (counted in unparked_*).
+    a parked record later moves to applied, duplicates or dead_lettered (counted in unparked_*).
     """
 
     consumed: int = 0
@@ -59,12 +59,18 @@ class IngestCounts:
     dead_lettered: int = 0
     parked: int = 0
     unparked_applied: int = 0
+    unparked_duplicates: int = 0
     unparked_dead_lettered: int = 0
     dead_letter_errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def still_parked(self) -> int:
-        return self.parked - self.unparked_applied - self.unparked_dead_lettered
+        return (
+            self.parked
+            - self.unparked_applied
+            - self.unparked_duplicates
+            - self.unparked_dead_lettered
+        )
 
     def balanced(self) -> bool:
         """consumed = applied + duplicates + dead-lettered + still parked."""
@@ -72,6 +78,7 @@ class IngestCounts:
             self.applied
             + self.unparked_applied
             + self.duplicates
+            + self.unparked_duplicates
             + self.dead_lettered
             + self.unparked_dead_lettered
             + self.still_parked

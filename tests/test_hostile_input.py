@@ -14,8 +14,8 @@ tombstones) and valid events whose `event_id` comes back with another payload. A
 - the ledger holds transfers only for applied events, with positive, bounded amounts;
 and at the end `verify` finds the whole ledger sound.
 
-Bugs found are pinned by strict xfail tests at the end; `tests.hostile_strategies.KNOWN_BUGS`
-keeps the property tests away from them until they are fixed.
+The tests at the end pin the exact inputs that once broke ingestion (each fixed since); a bug
+found later goes into `tests.hostile_strategies.KNOWN_BUGS` with a strict xfail until its fix.
 """
 
 from __future__ import annotations
@@ -596,11 +596,6 @@ async def _bad_next_to_good(
     return report, bad_record, good_record
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dead letter's event_id is copied unchecked from the payload: NUL, a lone surrogate "
-    "or > ~2.7 kB fails the dead_letters INSERT and process() raises",
-)
 @pytest.mark.parametrize(
     "event_id",
     ["evt\u0000nul", "evt\ud800", _random_ascii(10_000)],
@@ -618,11 +613,6 @@ async def test_an_unstorable_event_id_on_an_invalid_event_is_dead_lettered(
     assert await outcome_of(engine, good_record) == "applied"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unknown field named with NUL puts NUL in the schema_violation detail: the "
-    "dead_letters INSERT fails and process() raises",
-)
 async def test_an_unknown_field_whose_name_holds_nul_is_dead_lettered(
     engine: AsyncEngine, ingestor: Ingestor, unique_id: str
 ) -> None:
@@ -644,11 +634,6 @@ OUT_OF_RANGE_CASES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a valid occurred_at whose UTC instant is outside years 1-9999 (e.g. "
-    "9999-12-31T23:59:59-01:00) raises OverflowError / DBAPIError out of process()",
-)
 @pytest.mark.parametrize(("topic", "occurred_at"), OUT_OF_RANGE_CASES)
 async def test_an_occurred_at_beyond_the_datetime_range_is_refused_not_raised(
     engine: AsyncEngine, ingestor: Ingestor, unique_id: str, topic: str, occurred_at: str
@@ -669,11 +654,6 @@ async def test_an_occurred_at_beyond_the_datetime_range_is_refused_not_raised(
     assert await outcome_of(engine, bad_record) in ("applied", "schema_violation")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parking a reversal stores the Kafka headers as jsonb: a header key with NUL "
-    "(valid UTF-8 on the wire) is refused by PostgreSQL and process() raises",
-)
 async def test_a_reversal_with_a_nul_in_a_header_key_is_parked(
     engine: AsyncEngine, ingestor: Ingestor, unique_id: str
 ) -> None:
@@ -684,11 +664,6 @@ async def test_a_reversal_with_a_nul_in_a_header_key_is_parked(
     assert report.parked == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a valid DIAMOND cash-out above 10**9 diamonds is 10**12+ milli-diamonds: "
-    "CashoutUpdated(amount=...) fails validation and process() raises ValidationError",
-)
 async def test_a_diamond_cashout_above_a_billion_diamonds_is_refused_not_raised(
     engine: AsyncEngine, ingestor: Ingestor, unique_id: str
 ) -> None:
@@ -701,11 +676,6 @@ async def test_a_diamond_cashout_above_a_billion_diamonds_is_refused_not_raised(
     assert await outcome_of(engine, bad_record) in ("applied", "schema_violation")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the duplicate-key check calls keys.count() per key: O(n^2), a 60 kB record with "
-    "6,000 keys and one repeat takes seconds (a 1 MB record minutes)",
-)
 async def test_a_record_with_many_keys_and_one_repeat_is_refused_quickly(
     engine: AsyncEngine, ingestor: Ingestor
 ) -> None:
@@ -720,11 +690,6 @@ async def test_a_record_with_many_keys_and_one_repeat_is_refused_quickly(
     assert elapsed < 0.5, f"{elapsed:.2f} s for {len(value)} bytes"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a parked reversal's event_id delivered again is 'parked' again but ON CONFLICT DO "
-    "NOTHING drops it: counted parked forever (still_parked drifts), a new payload is lost",
-)
 @pytest.mark.parametrize("same_payload", [True, False], ids=["redelivered", "other_payload"])
 async def test_a_parked_reversal_delivered_again_is_a_duplicate_or_a_conflict(
     engine: AsyncEngine, ingestor: Ingestor, unique_id: str, same_payload: bool
@@ -748,11 +713,6 @@ async def test_a_parked_reversal_delivered_again_is_a_duplicate_or_a_conflict(
         assert [letter.error for letter in second.dead_letters] == ["event_id_conflict"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="in a batch, copies of an event_id are judged against the batch's first copy, not "
-    "the applied payload: the outcome depends on where Kafka cut the batches",
-)
 @pytest.mark.parametrize("later", ["applied_payload", "other_payload"])
 async def test_copies_in_one_batch_are_judged_against_the_applied_payload(
     engine: AsyncEngine, ingestor: Ingestor, unique_id: str, later: str
@@ -790,11 +750,6 @@ async def test_the_ledger_verifies_clean_after_all_of_it(engine: AsyncEngine) ->
         assert list(unknown) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CNY, ISK, PEN and PKR are valid currencies in schemas.assets but missing from the "
-    "assets table: creating their accounts violates a foreign key and process() raises",
-)
 @pytest.mark.parametrize("currency", sorted(hs.UNSEEDED_CURRENCIES))
 async def test_a_tip_in_every_currency_the_schema_accepts_is_applied(
     engine: AsyncEngine, ingestor: Ingestor, unique_id: str, currency: str

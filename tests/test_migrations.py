@@ -6,10 +6,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import current_revision, head_revision, upgrade_to_head
+from schemas.assets import ASSET_SCALES
 
 
 async def test_migrations_reach_head_and_are_idempotent(engine: AsyncEngine) -> None:
-    assert head_revision() == "0007"
+    assert head_revision() == "0008"
     assert await current_revision(engine) == head_revision()
     await upgrade_to_head(engine)
     assert await current_revision(engine) == head_revision()
@@ -35,3 +36,10 @@ async def test_transfers_are_partitioned_by_month_from_the_start(engine: AsyncEn
     assert "transfers_default" in partitions
     assert f"transfers_{current}" in partitions
     assert len(partitions) >= 4
+
+
+async def test_every_asset_the_schemas_accept_exists_in_the_database(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT code, scale FROM assets"))
+        stored = {row.code: row.scale for row in rows}
+    assert {code: stored.get(code) for code in ASSET_SCALES} == ASSET_SCALES

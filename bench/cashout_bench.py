@@ -1,0 +1,958 @@
+"""Cash-out benchmark: eligible creators earn Diamonds from gifts, then cash them out through the
+simulated bank until every cash-out is `paid`, end to end, in one run.
+
+One broker (the embedded Tansu, or `KAFKA_BOOTSTRAP_SERVERS`) and one fresh database
+(`giftledger_bench_<random>` on `DATABASE_URL`, else 127.0.0.1:5432, else the embedded PostgreSQL;
+migrated to head, dropped at the end). Topics get a unique prefix and
+`Settings.kafka_partition_count` partitions. The consumers are the product's `ConsumerService`
+and `Ingestor`, built as `services.runner.start_consumers` builds them (same `Ledger` and
+`CashoutDesk` settings), with subclasses that only note times; the bank is
+`services.payout_rail.simulated_rail`.
+
+1. gifts: a `creators.updated` profile per creator (eligible: US, 25,000 followers, 50,000 views
+   and 12 posts in 30 days, good standing, verified, a payout account ref) and `--gifts` gifts,
+   round robin over the creators, each creator's gifts worth the Diamonds for its cash-outs plus
+   `SPARE_CASHOUTS` more. Published as a backlog, then drained by the consumers: gifts/s from the
+   first gifts batch handed to the ingestor to the last gift applied.
+2. cash-outs: with the bank running (`paid_delay_ms` 20, nothing failed or returned), `--cashouts`
+   `cashouts.requested` of 2,000 diamonds (10 USD), round robin over the creators, published at
+   once; the clock runs from the first publish until `SELECT count(*) FROM cashouts WHERE
+   status = 'paid'` reaches N. Latency per cash-out from `cashout_transitions`.
+3. checks: every cash-out paid; `ledger.verify.verify` finds nothing; for every creator, Diamonds
+   available plus Diamonds paid out equal what its gifts gave, and nothing is left held; the money
+   in `payouts_payable` is 10 USD per cash-out.
+
+Run: python -m bench.cashout_bench [--creators 2000] [--cashouts 5000] [--gifts 100000]
+                                   [--paid-delay-ms 20] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bench.ingest_bench import kafka, new_producer, percentiles, say
+from bench.ledger_bench import admin_url, fresh_database, server_version, verify_ledger
+from ledger.chart import AccountKind
+from ledger.database import create_engine
+from ledger.service import Ledger
+from schemas import topics
+from schemas.events import (
+    COINS_PER_GIFT_MAX,
+    GIFT_COUNT_MAX,
+    CashoutRequested,
+    PayoutUpdated,
+)
+from schemas.topics import all_topics
+from services.cashouts import Cashout, CashoutDesk, CashoutLimits
+from services.consumer import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S, ConsumerService
+from services.eligibility import EligibilitySettings, get_eligibility_settings
+from services.embedded_broker import create_topics
+from services.ingest import BatchReport, Ingestor, InputRecord
+from services.payout_rail import PayoutRailService, RailSettings, simulated_rail
+from services.pricing import RateCardBook, load_rate_cards
+from services.settings import Settings
+
+SEED = 20_251_128
+CASHOUT_DIAMONDS = 2_000
+DIAMONDS_PER_USD = 200  # the contract's default rate card
+MILLI_PER_DIAMOND = 1_000
+MILLI_DIAMONDS_PER_COIN = 500  # the contract's default rate card: creator share 50 %
+COINS_PER_DIAMOND = 2
+SPARE_CASHOUTS = 2  # each creator earns the Diamonds for its cash-outs and this many more
+COIN_PRICES = (1, 5, 10, 99, 199, 499, 1_000)
+PROFILE = {
+    "birth_date": "1999-04-02",
+    "country": "US",
+    "followers": 25_000,
+    "video_views_30d": 50_000,
+    "posts_30d": 12,
+    "in_good_standing": True,
+    "identity_verified": True,
+}
+
+SESSION_TIMEOUT_MS = 6_000  # a fresh group joins in about half of it on the embedded broker
+PAID_DELAY_MS_DEFAULT = 20
+PUBLISH_CHUNK = 10_000
+ASSIGNMENT_WAIT_S = 60.0
+STALL_S = 60.0
+POLL_S = 0.05
+PROGRESS_EVERY_S = 15.0
+CREATOR_COUNT_MAX = 1_000_000
+CASHOUT_COUNT_MAX = 1_000_000
+GIFT_COUNT_TOTAL_MAX = 10_000_000
+
+# FastStream's loggers (the consumers' broker logs through "giftledger.kafka") and aiokafka's.
+LOG_LINE_LENGTH_MAX = 160
+LOG_LINES_SHOWN_MAX = 5
+QUIET_LOGGERS = ("aiokafka", "faststream", "faststream.access.kafka", "giftledger.kafka")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    creators: int
+    cashouts: int
+    gifts: int
+    paid_delay_ms: int
+    json_path: Path | None
+
+
+def daily_cashouts_max(settings: Settings) -> int:
+    """How many cash-outs of CASHOUT_DIAMONDS one creator may make in one UTC day."""
+    cashout_usd_cents = CASHOUT_DIAMONDS * 100 // DIAMONDS_PER_USD
+    return settings.cashout_daily_limit_usd_cents // cashout_usd_cents
+
+
+def parse_options(argv: Sequence[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench.cashout_bench", description=__doc__)
+    parser.add_argument("--creators", type=int, default=2_000)
+    parser.add_argument("--cashouts", type=int, default=5_000)
+    parser.add_argument("--gifts", type=int, default=100_000)
+    parser.add_argument(
+        "--paid-delay-ms", type=int, default=PAID_DELAY_MS_DEFAULT, help="the bank's answer time"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    arguments = parser.parse_args(argv)
+    if not 1 <= arguments.creators <= CREATOR_COUNT_MAX:
+        parser.error(f"--creators must be between 1 and {CREATOR_COUNT_MAX:,}")
+    if not 1 <= arguments.cashouts <= CASHOUT_COUNT_MAX:
+        parser.error(f"--cashouts must be between 1 and {CASHOUT_COUNT_MAX:,}")
+    if not arguments.creators <= arguments.gifts <= GIFT_COUNT_TOTAL_MAX:
+        parser.error(f"--gifts must be between --creators and {GIFT_COUNT_TOTAL_MAX:,}")
+    if not 0 <= arguments.paid_delay_ms <= 60_000:
+        parser.error("--paid-delay-ms must be between 0 and 60000")
+    per_creator = math.ceil(arguments.cashouts / arguments.creators)
+    allowed = daily_cashouts_max(Settings())
+    if per_creator > allowed:
+        parser.error(
+            f"{per_creator} cash-outs of {CASHOUT_DIAMONDS:,} diamonds for one creator would pass"
+            f" the daily limit ({allowed} a day): add --creators"
+        )
+    return Options(
+        creators=arguments.creators,
+        cashouts=arguments.cashouts,
+        gifts=arguments.gifts,
+        paid_delay_ms=arguments.paid_delay_ms,
+        json_path=arguments.json,
+    )
+
+
+# The workload.
+
+
+def creator_name(index: int) -> str:
+    return f"bench-creator-{index:07d}"
+
+
+def share(total: int, parts: int, index: int) -> int:
+    """Round robin: how many of `total` items fall on part `index` of `parts`."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def stamp() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def profile_event(run_id: str, index: int) -> dict[str, Any]:
+    return {
+        "event_id": f"bench-profile-{run_id}-{index:07d}",
+        "occurred_at": stamp(),
+        "creator_id": creator_name(index),
+        **PROFILE,
+        "payout_account_ref": f"pa_bench_{index:07d}",
+    }
+
+
+class GiftPlan:
+    """Gift `g` goes to creator `g % creators`; each gift is worth at least its share of what the
+    creator needs, so every creator can pay its cash-outs and SPARE_CASHOUTS more."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.rng = random.Random(SEED)
+        self.milli_diamonds_by_creator = [0] * options.creators
+        self._per_gift_coins_min = [
+            math.ceil(
+                (share(options.cashouts, options.creators, index) + SPARE_CASHOUTS)
+                * CASHOUT_DIAMONDS
+                * COINS_PER_DIAMOND
+                / share(options.gifts, options.creators, index)
+            )
+            for index in range(options.creators)
+        ]
+
+    def gift(self, run_id: str, number: int) -> tuple[bytes, bytes]:
+        """(value, key) of gift `number`; its Diamonds are added to its creator's due."""
+        index = number % self.options.creators
+        needed = self._per_gift_coins_min[index]
+        coins = self.rng.choice(COIN_PRICES)
+        count = math.ceil(needed / coins)
+        if count > GIFT_COUNT_MAX:
+            count = GIFT_COUNT_MAX
+            coins = math.ceil(needed / count)
+        assert coins <= COINS_PER_GIFT_MAX, coins
+        self.milli_diamonds_by_creator[index] += coins * count * MILLI_DIAMONDS_PER_COIN
+        creator = creator_name(index)
+        event = {
+            "event_id": f"bench-gift-{run_id}-{number:08d}",
+            "occurred_at": stamp(),
+            "sender_id": f"fan-{self.rng.randrange(1_000_000)}",
+            "creator_id": creator,
+            "surface": "video",
+            "video_id": f"video-{creator}",
+            "gift_id": f"gift-{coins}",
+            "coins": coins,
+            "count": count,
+        }
+        return json.dumps(event).encode(), creator.encode()
+
+
+def cashout_event(run_id: str, number: int, creators: int) -> tuple[bytes, bytes]:
+    """(value, key) of cash-out `number`, for creator `number % creators`."""
+    creator = creator_name(number % creators)
+    event = {
+        "event_id": f"bench-cashout-{run_id}-{number:07d}",
+        "occurred_at": stamp(),
+        "creator_id": creator,
+        "asset": "DIAMOND",
+        "amount": CASHOUT_DIAMONDS,
+        "payout_currency": "USD",
+    }
+    return json.dumps(event).encode(), creator.encode()
+
+
+async def send_all(
+    producer: Any, topic: str, count: int, make: Callable[[int], tuple[bytes, bytes]]
+) -> None:
+    """Send `count` records a chunk at a time; a chunk's deliveries are awaited after the next
+    chunk is queued, to keep the producer busy."""
+    pending: list[asyncio.Future[Any]] = []
+    for start in range(0, count, PUBLISH_CHUNK):
+        sends = []
+        for number in range(start, min(start + PUBLISH_CHUNK, count)):
+            value, key = make(number)
+            sends.append(await producer.send(topic, value=value, key=key))
+        await asyncio.gather(*pending)
+        pending = sends
+    await asyncio.gather(*pending)
+
+
+# The consumers, with clocks.
+
+
+@dataclass
+class TopicClock:
+    """What the ingestor did with one topic: batches, records, applied, seconds inside
+    `process` (parse, database transaction, commit), and when the first batch came in and the
+    last one returned (perf_counter)."""
+
+    batches: int = 0
+    records: int = 0
+    applied: int = 0
+    busy_s: float = 0.0
+    first_at: float | None = None
+    last_at: float | None = None
+
+
+class ClockedIngestor(Ingestor):
+    """The product's ingestor; notes a `TopicClock` per topic."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.clocks: dict[str, TopicClock] = {}
+
+    @property
+    def clocked_desk(self) -> ClockedDesk:
+        assert isinstance(self.desk, ClockedDesk)
+        return self.desk
+
+    def clock(self, topic: str) -> TopicClock:
+        return self.clocks.setdefault(topic, TopicClock())
+
+    async def process(self, topic: str, records: Sequence[InputRecord]) -> BatchReport:
+        clock = self.clock(topic)
+        started = time.perf_counter()
+        if clock.first_at is None:
+            clock.first_at = started
+        report = await super().process(topic, records)
+        clock.last_at = time.perf_counter()
+        clock.busy_s += clock.last_at - started
+        clock.batches += 1
+        clock.records += len(records)
+        clock.applied += report.applied
+        return report
+
+
+class ClockedDesk(CashoutDesk):
+    """The product's cash-out desk; counts its calls and the seconds spent in them. Calls are
+    repeated when their batch runs again: after a conflict (a deadlock), or after the batch failed
+    (a statement timeout, say) and the consumer rewound it."""
+
+    def __init__(self, limits: CashoutLimits, eligibility: EligibilitySettings) -> None:
+        super().__init__(limits, eligibility)
+        self.requests = 0
+        self.results = 0
+        self.request_s = 0.0
+        self.result_s = 0.0
+
+    async def request(
+        self,
+        conn: AsyncConnection,
+        event: CashoutRequested,
+        rate_cards: RateCardBook,
+        account_ids: dict[str, int],
+    ) -> Cashout:
+        started = time.perf_counter()
+        try:
+            return await super().request(conn, event, rate_cards, account_ids)
+        finally:
+            self.requests += 1
+            self.request_s += time.perf_counter() - started
+
+    async def payout_result(
+        self,
+        conn: AsyncConnection,
+        event: PayoutUpdated,
+        rate_cards: RateCardBook,
+        account_ids: dict[str, int],
+    ) -> str | None:
+        started = time.perf_counter()
+        try:
+            return await super().payout_result(conn, event, rate_cards, account_ids)
+        finally:
+            self.results += 1
+            self.result_s += time.perf_counter() - started
+
+
+@dataclass
+class OutboxClock:
+    """Rounds of the outbox publisher that sent something: rows sent and seconds taken (select,
+    send to Kafka, mark published, mark the payouts submitted, commit)."""
+
+    rounds: int = 0
+    rows: int = 0
+    busy_s: float = 0.0
+
+
+class ClockedConsumerService(ConsumerService):
+    """The product's consumer service; times each outbox round that sent something."""
+
+    def __init__(self, settings: Settings, ingestor: Ingestor, bootstrap_servers: str) -> None:
+        super().__init__(settings, ingestor, bootstrap_servers)
+        self.outbox = OutboxClock()
+
+    async def publish_outbox_once(self, limit: int = OUTBOX_BATCH_SIZE_MAX) -> int:
+        started = time.perf_counter()
+        sent = await super().publish_outbox_once(limit)
+        if sent:
+            self.outbox.rounds += 1
+            self.outbox.rows += sent
+            self.outbox.busy_s += time.perf_counter() - started
+        return sent
+
+
+def consumer_settings(prefix: str) -> Settings:
+    return Settings(
+        kafka_topic_prefix=prefix,
+        kafka_consumer_group=f"giftledger-{prefix}",
+        kafka_session_timeout_ms=SESSION_TIMEOUT_MS,
+    )
+
+
+def new_consumers(
+    settings: Settings, engine: AsyncEngine, bootstrap_servers: str, rate_cards: RateCardBook
+) -> tuple[ClockedConsumerService, ClockedIngestor]:
+    """As `services.runner.start_consumers` builds them (not started)."""
+    ledger = Ledger(
+        engine,
+        batch_size_max=settings.ledger_batch_size_max,
+        conflict_retry_count_max=settings.ledger_conflict_retry_count_max,
+    )
+    ingestor = ClockedIngestor(
+        ledger,
+        rate_cards,
+        park_retry_s=settings.reversal_park_s,
+        conflict_retry_count_max=settings.ledger_conflict_retry_count_max,
+        desk=ClockedDesk(
+            CashoutLimits(
+                settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents
+            ),
+            get_eligibility_settings(),
+        ),
+    )
+    return ClockedConsumerService(settings, ingestor, bootstrap_servers), ingestor
+
+
+def new_rail(settings: Settings, bootstrap_servers: str, paid_delay_ms: int) -> PayoutRailService:
+    """The simulated bank: answers `paid` after `paid_delay_ms`, never fails or returns."""
+    return simulated_rail(
+        RailSettings(seed=SEED, paid_delay_ms=paid_delay_ms, failure_rate=0.0, return_rate=0.0),
+        bootstrap_servers,
+        topic_prefix=settings.kafka_topic_prefix,
+        consumer_group=settings.kafka_consumer_group,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        in_flight_max=settings.payout_rail_in_flight_max,
+    )
+
+
+async def wait_until(
+    condition: Callable[[], bool], progress: Callable[[], int], what: str, stall_s: float = STALL_S
+) -> None:
+    """Poll `condition`; give up when `progress` has not moved for `stall_s` seconds."""
+    last, last_moved = progress(), time.monotonic()
+    while not condition():
+        await asyncio.sleep(POLL_S)
+        if progress() != last:
+            last, last_moved = progress(), time.monotonic()
+        elif time.monotonic() - last_moved > stall_s:
+            raise AssertionError(f"{what}: no progress for {stall_s:g} s (at {last})")
+
+
+# Measurements.
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    path: str
+    items: int
+    seconds: float
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds
+
+
+def spent(seconds: float, count: int, unit: str) -> dict[str, Any]:
+    return {
+        "seconds": round(seconds, 3),
+        "count": count,
+        "unit": unit,
+        "ms_each": round(seconds * 1000 / max(count, 1), 3),
+    }
+
+
+@dataclass
+class Figures:
+    publish: dict[str, float] = field(default_factory=dict)
+    measurements: list[Measurement] = field(default_factory=list)
+    gifts_first_batch_s: float = 0.0
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    paths: dict[str, int] = field(default_factory=dict)
+    time_spent: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checked: str = ""
+    conflicts: dict[str, int] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+
+async def phase_gifts(
+    options: Options,
+    figures: Figures,
+    producer: Any,
+    service: ClockedConsumerService,
+    ingestor: ClockedIngestor,
+    plan: GiftPlan,
+    run_id: str,
+) -> None:
+    """Publish the profiles and the gifts as a backlog, start the consumers, time the drain."""
+    prefix = service.settings.kafka_topic_prefix
+    started = time.perf_counter()
+    await send_all(
+        producer,
+        prefix + topics.CREATORS_UPDATED,
+        options.creators,
+        lambda index: (
+            json.dumps(profile_event(run_id, index)).encode(),
+            creator_name(index).encode(),
+        ),
+    )
+    await send_all(
+        producer,
+        prefix + topics.GIFTS_SENT,
+        options.gifts,
+        lambda number: plan.gift(run_id, number),
+    )
+    published_s = time.perf_counter() - started
+    figures.publish["backlog_records"] = options.creators + options.gifts
+    figures.publish["backlog_seconds"] = published_s
+    say(
+        f"published {options.creators:,} profiles and {options.gifts:,} gifts in"
+        f" {published_s:.1f} s"
+    )
+    gifts, profiles = ingestor.clock(topics.GIFTS_SENT), ingestor.clock(topics.CREATORS_UPDATED)
+    counts = ingestor.counts
+    started = time.perf_counter()
+    starting = asyncio.create_task(service.start())
+    try:
+        await wait_until(
+            lambda: (
+                gifts.applied >= options.gifts
+                or counts.dead_lettered > 0
+                or (starting.done() and starting.exception() is not None)
+            ),
+            lambda: counts.consumed,
+            "gifts",
+        )
+        await starting
+        assert counts.dead_lettered == 0, f"dead letters: {counts.dead_letter_errors}"
+        await wait_until(
+            lambda: profiles.applied >= options.creators, lambda: counts.consumed, "profiles"
+        )
+    except BaseException:
+        starting.cancel()
+        with contextlib.suppress(BaseException):
+            await starting
+        raise
+    assert gifts.first_at is not None
+    assert gifts.last_at is not None
+    assert gifts.applied == options.gifts, f"applied {gifts.applied} of {options.gifts} gifts"
+    figures.gifts_first_batch_s = gifts.first_at - started
+    drain = Measurement("gifts -> ledger", options.gifts, gifts.last_at - gifts.first_at)
+    figures.measurements.append(drain)
+    figures.time_spent["gifts.sent"] = spent(gifts.busy_s, gifts.batches, "batches")
+    figures.time_spent["  per gift"] = spent(gifts.busy_s, gifts.records, "gifts")
+    say(f"gifts: {drain.items_per_s:,.0f}/s over {drain.seconds:.1f} s")
+
+
+async def wait_for_assignment(service: ConsumerService, rail: PayoutRailService) -> None:
+    partitions = service.settings.kafka_partition_count
+    expected = len(service.topics) * partitions
+    deadline = time.monotonic() + ASSIGNMENT_WAIT_S
+    while (
+        service.assigned_partition_count() < expected
+        or rail.assigned_partition_count() < partitions
+    ):
+        assert time.monotonic() < deadline, (
+            f"not assigned within {ASSIGNMENT_WAIT_S:g} s: consumers"
+            f" {service.assigned_partition_count()}/{expected},"
+            f" bank {rail.assigned_partition_count()}/{partitions}"
+        )
+        await asyncio.sleep(POLL_S)
+
+
+_PROGRESS = text(
+    "SELECT count(*) FILTER (WHERE status = 'paid') AS paid,"
+    " count(*) FILTER (WHERE status IN ('rejected', 'failed', 'returned')) AS refused"
+    " FROM cashouts"
+)
+
+
+async def phase_cashouts(
+    options: Options,
+    figures: Figures,
+    engine: AsyncEngine,
+    producer: Any,
+    service: ClockedConsumerService,
+    ingestor: ClockedIngestor,
+    rail: PayoutRailService,
+    run_id: str,
+) -> None:
+    """Publish N cash-out requests at once; time until every one is paid."""
+    await wait_for_assignment(service, rail)
+    topic = service.settings.kafka_topic_prefix + topics.CASHOUTS_REQUESTED
+    paid = refused = 0
+
+    desk = ingestor.clocked_desk
+    outbox = service.outbox
+
+    def progress() -> int:
+        return desk.requests + desk.results + outbox.rows + paid
+
+    started = time.perf_counter()
+    await send_all(
+        producer,
+        topic,
+        options.cashouts,
+        lambda number: cashout_event(run_id, number, options.creators),
+    )
+    figures.publish["cashouts_seconds"] = time.perf_counter() - started
+    async with engine.connect() as conn:
+        last_moved, last_progress, last_said = time.monotonic(), -1, time.monotonic()
+        while paid < options.cashouts:
+            await asyncio.sleep(POLL_S)
+            row = (await conn.execute(_PROGRESS)).one()
+            await conn.rollback()  # a fresh snapshot for the next poll
+            paid, refused = int(row.paid), int(row.refused)
+            assert refused == 0, f"{refused} cash-outs rejected, failed or returned"
+            now = time.monotonic()
+            if progress() != last_progress:
+                last_moved, last_progress = now, progress()
+            assert now - last_moved < STALL_S, (
+                f"cash-outs: no progress for {STALL_S:g} s ({paid} of {options.cashouts} paid)"
+            )
+            if now - last_said >= PROGRESS_EVERY_S:
+                last_said = now
+                say(
+                    f"  {time.perf_counter() - started:5.0f} s: {desk.requests:,} request calls,"
+                    f" {outbox.rows:,} outbox rows sent, {rail.reports_sent:,} bank reports,"
+                    f" {desk.results:,} result calls, {paid:,} paid"
+                )
+    measurement = Measurement("cash-outs -> paid", options.cashouts, time.perf_counter() - started)
+    figures.measurements.append(measurement)
+    say(f"cash-outs: {measurement.items_per_s:,.0f}/s over {measurement.seconds:.1f} s")
+    requests = ingestor.clock(topics.CASHOUTS_REQUESTED)
+    results = ingestor.clock(topics.PAYOUTS_UPDATED)
+    figures.time_spent.update(
+        {
+            "cashouts.requested": spent(requests.busy_s, requests.batches, "batches"),
+            "  desk.request": spent(desk.request_s, desk.requests, "calls"),
+            "payouts.updated": spent(results.busy_s, results.batches, "batches"),
+            "  desk.payout_result": spent(desk.result_s, desk.results, "calls"),
+            "outbox": spent(outbox.busy_s, outbox.rounds, "rounds"),
+            "  outbox rows": spent(outbox.busy_s, outbox.rows, "rows"),
+        }
+    )
+    figures.machine["bank_reports"] = rail.reports_sent
+    await cashout_latency(engine, figures, options.cashouts)
+
+
+_TIMELINE = text(
+    """
+    WITH t AS (
+        SELECT cashout_id,
+               min(at) FILTER (WHERE status = 'requested') AS requested_at,
+               min(at) FILTER (WHERE status = 'held') AS held_at,
+               min(at) FILTER (WHERE status = 'submitted') AS submitted_at,
+               min(at) FILTER (WHERE status = 'paid') AS paid_at
+        FROM cashout_transitions GROUP BY cashout_id
+    ), sent AS (
+        SELECT convert_from(payload, 'UTF8')::jsonb ->> 'cashout_id' AS cashout_id,
+               min(published_at) AS published_at
+        FROM outbox WHERE topic = :payouts GROUP BY 1
+    )
+    SELECT c.occurred_at, t.requested_at, t.held_at, t.submitted_at, t.paid_at,
+           sent.published_at
+    FROM cashouts c JOIN t USING (cashout_id) LEFT JOIN sent USING (cashout_id)
+    """
+)
+
+
+def ms_between(start: datetime, end: datetime) -> float:
+    return (end - start).total_seconds() * 1000
+
+
+async def cashout_latency(engine: AsyncEngine, figures: Figures, count: int) -> None:
+    """Per cash-out, from its transitions (clock_timestamp() as each was stored, inside the
+    transaction, before its commit), its request's occurred_at (the publish time) and the
+    published_at of its `payouts.requested` outbox row (after the send, before the commit)."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(_TIMELINE, {"payouts": topics.PAYOUTS_REQUESTED})).all()
+    assert len(rows) == count, f"{len(rows)} cash-outs with transitions, expected {count}"
+    assert all(row.paid_at is not None and row.published_at is not None for row in rows)
+    stages = {
+        "requested -> paid": [ms_between(r.requested_at, r.paid_at) for r in rows],
+        "publish -> paid": [ms_between(r.occurred_at, r.paid_at) for r in rows],
+        "publish -> requested": [ms_between(r.occurred_at, r.requested_at) for r in rows],
+        "requested -> held": [ms_between(r.requested_at, r.held_at) for r in rows],
+        "held -> payout sent": [ms_between(r.held_at, r.published_at) for r in rows],
+        "payout sent -> paid": [ms_between(r.published_at, r.paid_at) for r in rows],
+    }
+    figures.latency_ms = {name: percentiles(values) for name, values in stages.items()}
+    submitted_first = sum(
+        1 for r in rows if r.submitted_at is not None and r.submitted_at < r.paid_at
+    )
+    figures.paths = {
+        "held -> submitted -> paid": submitted_first,
+        "held -> paid (bank answered before submitted was stored)": len(rows) - submitted_first,
+    }
+
+
+# Checks.
+
+
+async def counts_by(conn: AsyncConnection, sql: str, **params: Any) -> dict[str, int]:
+    """{first column: second column} of a query whose second column is an integer."""
+    return {str(row[0]): int(row[1]) for row in await conn.execute(text(sql), params)}
+
+
+async def check_ledger(
+    engine: AsyncEngine, url: str, options: Options, plan: GiftPlan, ingestor: ClockedIngestor
+) -> str:
+    """Every cash-out paid, every creator's Diamonds accounted for, verify() clean."""
+    async with engine.connect() as conn:
+        statuses = await counts_by(conn, "SELECT status, count(*) FROM cashouts GROUP BY 1")
+        applied = await counts_by(conn, "SELECT topic, count(*) FROM applied_events GROUP BY 1")
+        available = await counts_by(
+            conn,
+            "SELECT creator_id, credits_posted - debits_posted - debits_pending FROM accounts"
+            " WHERE kind = :kind",
+            kind=AccountKind.CREATOR_DIAMONDS_AVAILABLE.value,
+        )
+        paid_out = await counts_by(
+            conn,
+            "SELECT creator_id, CAST(sum(amount) AS bigint) FROM cashouts WHERE status = 'paid'"
+            " GROUP BY 1",
+        )
+        held_left = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM accounts WHERE kind = :kind AND (credits_posted"
+                    " <> debits_posted OR credits_pending <> 0 OR debits_pending <> 0)"
+                ),
+                {"kind": AccountKind.CREATOR_DIAMONDS_HELD.value},
+            )
+        ).scalar_one()
+        payable = (
+            await conn.execute(
+                text("SELECT credits_posted - debits_posted FROM accounts WHERE name = :name"),
+                {"name": f"platform:USD:{AccountKind.PAYOUTS_PAYABLE.value}"},
+            )
+        ).scalar_one()
+    assert statuses == {"paid": options.cashouts}, f"cash-outs by status: {statuses}"
+    expected_applied = {
+        topics.CREATORS_UPDATED: options.creators,
+        topics.GIFTS_SENT: options.gifts,
+        topics.CASHOUTS_REQUESTED: options.cashouts,
+        topics.PAYOUTS_UPDATED: options.cashouts,
+    }
+    assert applied == expected_applied, f"applied_events by topic: {applied}"
+    assert ingestor.counts.dead_lettered == 0, ingestor.counts.dead_letter_errors
+    creators = [creator_name(index) for index in range(options.creators)]
+    accounted = {c: available.get(c, 0) + paid_out.get(c, 0) for c in creators}
+    given = dict(zip(creators, plan.milli_diamonds_by_creator, strict=True))
+    wrong = {c: (accounted[c], given[c]) for c in creators if accounted[c] != given[c]}
+    assert not wrong, f"available + paid != gifts for {len(wrong)} creators: {list(wrong)[:5]}"
+    assert set(available) == set(creators), "creators with Diamonds differ from the workload's"
+    assert held_left == 0, f"{held_left} creators still have Diamonds held"
+    usd_cents = options.cashouts * CASHOUT_DIAMONDS * 100 // DIAMONDS_PER_USD
+    assert payable == usd_cents, f"payouts_payable holds {payable} cents, expected {usd_cents}"
+    verify_s = await verify_ledger(url)
+    total = sum(plan.milli_diamonds_by_creator)
+    paid_total = options.cashouts * CASHOUT_DIAMONDS * MILLI_PER_DIAMOND
+    return (
+        f"{options.cashouts:,} cash-outs paid (no other status); every event applied once; for"
+        f" each of {options.creators:,} creators available + paid out = what its gifts gave"
+        f" ({total / MILLI_PER_DIAMOND:,.0f} diamonds in all, {paid_total / MILLI_PER_DIAMOND:,.0f}"
+        f" paid out), nothing held; payouts_payable {usd_cents / 100:,.2f} USD;"
+        f" verify() found nothing ({verify_s:.1f} s)"
+    )
+
+
+async def conflicts(
+    engine: AsyncEngine, ingestor: ClockedIngestor, options: Options
+) -> dict[str, int]:
+    """Deadlocks in the bench database (PostgreSQL's statistics, flushed about once a second),
+    and the desk's calls beyond one per cash-out (batches run again after a conflict)."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            )
+        ).one()
+    desk = ingestor.clocked_desk
+    return {
+        "deadlocks": int(row.deadlocks),
+        "request_calls_repeated": desk.requests - options.cashouts,
+        "result_calls_repeated": desk.results - options.cashouts,
+    }
+
+
+# The run.
+
+
+async def run(options: Options) -> Figures:
+    figures = Figures()
+    async with (
+        kafka() as (bootstrap_servers, broker_source),
+        admin_url() as (maintenance_url, database_source),
+        fresh_database(maintenance_url) as url,
+    ):
+        run_id = uuid.uuid4().hex[:8]
+        settings = consumer_settings(f"c{run_id}.")
+        await create_topics(
+            bootstrap_servers,
+            all_topics(settings.kafka_topic_prefix),
+            settings.kafka_partition_count,
+        )
+        engine = create_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            pool_overflow_max=settings.db_pool_overflow_max,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+        )
+        producer = new_producer(bootstrap_servers)
+        rail = new_rail(settings, bootstrap_servers, options.paid_delay_ms)
+        service: ClockedConsumerService | None = None
+        try:
+            async with engine.connect() as conn:
+                rate_cards = await load_rate_cards(conn)
+            card = rate_cards.in_force_at(datetime.now(UTC))
+            assert card.diamonds_per_usd == DIAMONDS_PER_USD, card
+            assert card.milli_diamonds_per_coin == MILLI_DIAMONDS_PER_COIN, card
+            figures.machine = {
+                "cpus": os.cpu_count(),
+                "load_average_at_start": " ".join(f"{load:.1f}" for load in os.getloadavg()),
+                "postgresql": await server_version(engine),
+                "database": database_source,
+                "broker": broker_source,
+                "partitions": settings.kafka_partition_count,
+                "consumer_batch_size_max": settings.consumer_batch_size_max,
+                "consumer_batch_wait_ms": settings.consumer_batch_wait_ms,
+                "outbox_poll_s": OUTBOX_POLL_INTERVAL_S,
+                "outbox_batch_max": OUTBOX_BATCH_SIZE_MAX,
+                "bank_paid_delay_ms": options.paid_delay_ms,
+            }
+            await producer.start()
+            await rail.start()  # joins its group while the gifts are published and drained
+            service, ingestor = new_consumers(settings, engine, bootstrap_servers, rate_cards)
+            plan = GiftPlan(options)
+            await phase_gifts(options, figures, producer, service, ingestor, plan, run_id)
+            await phase_cashouts(
+                options, figures, engine, producer, service, ingestor, rail, run_id
+            )
+            await service.stop()
+            service = None
+            await rail.stop()
+            say("checking the ledger")
+            figures.checked = await check_ledger(engine, url, options, plan, ingestor)
+            figures.conflicts = await conflicts(engine, ingestor, options)
+        finally:
+            if service is not None:
+                await service.stop()
+            await rail.stop()
+            await producer.stop()
+            await engine.dispose()
+    return figures
+
+
+# Report.
+
+
+class LogTally(logging.Handler):
+    """Keeps log records off the console: counts those at WARNING and above by level and
+    logger, and writes them to a file. FastStream's loggers may print by themselves and reset
+    their level when a broker starts, so they also get a filter that counts and drops."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(level=logging.WARNING)
+        self.path = path
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.messages: Counter[str] = Counter()
+        self._file = logging.FileHandler(path)
+        self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.counts[record.levelname, record.name] += 1
+        first_line = record.getMessage().splitlines()[0] if record.getMessage() else ""
+        self.messages[f"{record.levelname} {record.name}: {first_line[:LOG_LINE_LENGTH_MAX]}"] += 1
+        self._file.handle(record)
+
+    def count_and_drop(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            self.handle(record)
+        return False
+
+    def install(self) -> None:
+        logging.basicConfig(level=logging.WARNING, handlers=[self], force=True)
+        for name in QUIET_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.WARNING)
+            logger.addFilter(self.count_and_drop)
+
+
+def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any]:
+    print()
+    print(f"{'path':<20} {'items':>9} {'seconds':>8} {'items/s':>9}")
+    for m in figures.measurements:
+        print(f"{m.path:<20} {m.items:>9,} {m.seconds:>8.2f} {m.items_per_s:>9,.0f}")
+    print(
+        f"  gifts: {options.creators:,} profiles and {options.gifts:,} gifts published as a"
+        f" backlog in {figures.publish['backlog_seconds']:.1f} s; first gifts batch"
+        f" {figures.gifts_first_batch_s:.1f} s after the consumers started (group join); clock"
+        " from that batch to the last gift applied"
+    )
+    print(
+        f"  cash-outs: {options.cashouts:,} requests of {CASHOUT_DIAMONDS:,} diamonds published"
+        f" in {figures.publish['cashouts_seconds']:.2f} s; clock from the first publish until"
+        " all are paid"
+    )
+    print("cash-out latency (ms; nearest rank):")
+    for name, values in figures.latency_ms.items():
+        print(
+            f"  {name:<22} " + "  ".join(f"{key} {value:>8,.0f}" for key, value in values.items())
+        )
+    print(
+        "  (transition times are clock_timestamp() when each was stored, inside its transaction;"
+        " publish = the request's occurred_at; payout sent = published_at of its outbox row)"
+    )
+    print("paths: " + "; ".join(f"{name} {count:,}" for name, count in figures.paths.items()))
+    print("time spent (seconds inside each step; steps overlap, and a repeated call is counted):")
+    for name, step in figures.time_spent.items():
+        print(
+            f"  {name:<22} {step['seconds']:>7.2f} s, {step['count']:>7,} {step['unit']:<7}"
+            f" {step['ms_each']:>8.2f} ms each"
+        )
+    print(
+        "conflicts: "
+        + ", ".join(
+            f"{key.replace('_', ' ')} {value:,}" for key, value in figures.conflicts.items()
+        )
+        + " (deadlocks: pg_stat_database of the bench database)"
+    )
+    print(f"checks: {figures.checked}")
+    logged = ", ".join(f"{n} {level} {name}" for (level, name), n in tally.counts.most_common())
+    print(f"log: {logged or 'nothing at WARNING or above'} (in {tally.path})")
+    for message, count in tally.messages.most_common(LOG_LINES_SHOWN_MAX):
+        print(f"  {count:>4} x {message}")
+    print("machine: " + ", ".join(f"{key} {value}" for key, value in figures.machine.items()))
+    return {
+        "options": {
+            "creators": options.creators,
+            "cashouts": options.cashouts,
+            "gifts": options.gifts,
+            "paid_delay_ms": options.paid_delay_ms,
+        },
+        "measurements": [
+            {
+                "path": m.path,
+                "items": m.items,
+                "seconds": round(m.seconds, 3),
+                "items_per_s": round(m.items_per_s, 1),
+            }
+            for m in figures.measurements
+        ],
+        "publish_seconds": {key: round(value, 3) for key, value in figures.publish.items()},
+        "gifts_first_batch_s": round(figures.gifts_first_batch_s, 3),
+        "latency_ms": {
+            name: {key: round(value, 1) for key, value in values.items()}
+            for name, values in figures.latency_ms.items()
+        },
+        "paths": figures.paths,
+        "time_spent": {name.strip(): step for name, step in figures.time_spent.items()},
+        "conflicts": figures.conflicts,
+        "checks": figures.checked,
+        "machine": figures.machine,
+        "log": {f"{level} {name}": n for (level, name), n in tally.counts.items()},
+        "log_lines": dict(tally.messages.most_common(LOG_LINES_SHOWN_MAX)),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_options(argv)
+    tally = LogTally(Path(tempfile.gettempdir()) / f"cashout_bench-{os.getpid()}.log")
+    tally.install()
+    figures = asyncio.run(run(options))
+    document = report(figures, options, tally)
+    if options.json_path is not None:
+        options.json_path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""The finance API as a real uvicorn server on a free port, for tests that talk plain HTTP from
+synchronous code (schemathesis, `requests`): the server runs in a thread of its own, with its own
+event loop and its own engine on the session's test database (`database_url`, the database the
+`engine` fixture is on), so it answers while a synchronous test blocks the pytest thread.
+
+`seeded_api` feeds one creator's gifts, tip, fund reward, marketplace deal, a paid and a rejected
+cash-out and a dead-lettered gift through `Ingestor.process` (the function the Kafka consumers
+call) before the server starts, so that a test reaches the 200 answers, not only 404s.
+
+Import both fixtures into a test module (`from tests.api_server import seeded_api,
+seeded_ledger`): pytest finds a fixture, and what it depends on, by name in the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.database import create_engine
+from ledger.service import Ledger
+from schemas import topics
+from services.api import create_app, serve_api
+from services.ingest import Ingestor, InputRecord
+from services.pricing import load_rate_cards
+from services.settings import Settings
+from tests import event_factory as make
+
+SERVER_START_TIMEOUT_S = 15.0
+SERVER_STOP_TIMEOUT_S = 30.0
+FINANCE_TOKEN = f"finance-{uuid.uuid4().hex}"
+OPERATOR_TOKEN = f"operator-{uuid.uuid4().hex}"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def api_settings() -> Settings:
+    """The finance and operator tokens of this module, and the default limits."""
+    return Settings(
+        api_tokens={
+            token_digest(FINANCE_TOKEN): "finance",
+            token_digest(OPERATOR_TOKEN): "operator",
+        }
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 (http://127.0.0.1)
+            return int(response.status) < 500
+    except urllib.error.HTTPError as error:
+        return error.code < 500
+    except OSError:
+        return False
+
+
+class _ServerThread(threading.Thread):
+    """`serve_api` on its own event loop, with an engine of its own on `database_url`."""
+
+    def __init__(self, database_url: str, settings: Settings, port: int) -> None:
+        super().__init__(name=f"api-server-{port}", daemon=True)
+        self.database_url = database_url
+        self.settings = settings
+        self.port = port
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_event: asyncio.Event | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:  # reported by `running_api_server`
+            self.error = error
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        engine = create_engine(self.database_url, pool_size=4, pool_overflow_max=4)
+        try:
+            app = create_app(engine, self.settings)
+            await serve_api(app, "127.0.0.1", self.port, self.stop_event)
+        finally:
+            await engine.dispose()
+
+    def stop(self) -> None:
+        loop, stop_event = self.loop, self.stop_event
+        if loop is not None and stop_event is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop has already finished
+                loop.call_soon_threadsafe(stop_event.set)
+        self.join(SERVER_STOP_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def running_api_server(database_url: str, settings: Settings) -> Iterator[str]:
+    """The finance API served on a free port of 127.0.0.1 until the block ends: its base URL."""
+    port = free_port()
+    thread = _ServerThread(database_url, settings, port)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not _answers(f"{base_url}/healthz"):
+            assert thread.is_alive(), f"the API server stopped: {thread.error!r}"
+            assert time.monotonic() < deadline, "the API server did not answer in time"
+            time.sleep(0.05)
+        yield base_url
+    finally:
+        thread.stop()
+    assert not thread.is_alive(), "the API server did not stop"
+    if thread.error is not None:
+        raise thread.error
+
+
+# The data ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeededLedger:
+    """Ids the seeded data has, and the window in which it was written."""
+
+    creator: str
+    gift_event: str
+    dead_event: str
+    paid_cashout: str
+    rejected_cashout: str
+    start: datetime
+    end: datetime
+
+    @property
+    def available_account(self) -> str:
+        return f"creator:{self.creator}:DIAMOND:available"
+
+
+@dataclass(frozen=True)
+class SeededApi:
+    """A running API server on seeded data."""
+
+    base_url: str
+    ledger: SeededLedger
+
+
+async def _database_time(engine: AsyncEngine) -> datetime:
+    async with engine.connect() as conn:
+        moment: datetime = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
+    return moment
+
+
+class _Feed:
+    """Records fed to `Ingestor.process` with unique offsets (dead letters key on them)."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self.ingestor = ingestor
+        self.partition = 800 + uuid.uuid4().int % 100
+        self.offset = uuid.uuid4().int % 2**40
+
+    async def send(self, topic: str, event: dict[str, Any], key: str) -> None:
+        self.offset += 1
+        record = InputRecord(
+            topic, self.partition, self.offset, key.encode(), json.dumps(event).encode()
+        )
+        report = await self.ingestor.process(topic, [record])
+        assert report.applied + len(report.dead_letters) == 1, report
+
+
+async def seed_ledger(engine: AsyncEngine) -> SeededLedger:
+    """One eligible creator with video and live gifts, a tip, a fund reward, a marketplace deal,
+    a paid cash-out and a rejected one; and a gift refused as a schema violation."""
+    creator = f"api-server-creator-{uuid.uuid4().hex[:10]}"
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    feed = _Feed(Ingestor(Ledger(engine), rate_cards))
+    start = await _database_time(engine)
+    await feed.send(topics.CREATORS_UPDATED, make.creator_update(creator), creator)
+    gift = make.gift(creator, coins=10)
+    await feed.send(topics.GIFTS_SENT, gift, creator)
+    await feed.send(topics.GIFTS_SENT, make.gift(creator, coins=2, count=2_500), creator)
+    await feed.send(
+        topics.GIFTS_SENT, make.gift(creator, coins=20, count=3, surface="live"), creator
+    )
+    await feed.send(topics.TIPS_RECEIVED, make.tip(creator), creator)
+    await feed.send(topics.FUND_REWARDED, make.fund_reward(creator), creator)
+    await feed.send(topics.MARKETPLACE_PAID, make.marketplace_payment(creator), creator)
+    paid = make.cashout_request(creator, 2_000)
+    await feed.send(topics.CASHOUTS_REQUESTED, paid, creator)
+    await feed.send(topics.PAYOUTS_UPDATED, make.payout_update(paid["event_id"], "paid"), creator)
+    rejected = make.cashout_request(creator, 100)  # 0.50 USD: under the minimum
+    await feed.send(topics.CASHOUTS_REQUESTED, rejected, creator)
+    refused = {**make.gift(creator), "coins": 0}
+    await feed.send(topics.GIFTS_SENT, refused, creator)
+    end = await _database_time(engine)
+    return SeededLedger(
+        creator=creator,
+        gift_event=gift["event_id"],
+        dead_event=refused["event_id"],
+        paid_cashout=paid["event_id"],
+        rejected_cashout=rejected["event_id"],
+        start=start,
+        end=end,
+    )
+
+
+# Fixtures ------------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def seeded_ledger(engine: AsyncEngine) -> SeededLedger:
+    return await seed_ledger(engine)
+
+
+@pytest.fixture(scope="module")
+def seeded_api(database_url: str, seeded_ledger: SeededLedger) -> Iterator[SeededApi]:
+    """The finance API on a free port, in a thread, on the seeded test database."""
+    with running_api_server(database_url, api_settings()) as base_url:
+        yield SeededApi(base_url, seeded_ledger)
+
+
+__all__ = [
+    "FINANCE_TOKEN",
+    "OPERATOR_TOKEN",
+    "SeededApi",
+    "SeededLedger",
+    "api_settings",
+    "running_api_server",
+    "seed_ledger",
+    "seeded_api",
+    "seeded_ledger",
+]

@@ -1,0 +1,174 @@
+"""The load test end to end on the session's database and broker: a generated stream, replayed
+through the consumers and the simulated bank, lands exactly on its expected end state. This is
+also the test that the generator's expected state matches a ledger fed the same stream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.loadgen import ExpectedState, StreamShape, generate
+from services.loadtest import (
+    LoadtestError,
+    Observed,
+    SendTimes,
+    compare,
+    loadtest,
+    percentile,
+    table_warnings,
+)
+from services.replay import StreamRecord
+from services.settings import Settings
+
+EVENTS = 3_000
+
+
+def settings_for(database_url: str, kafka_bootstrap: str, **overrides: object) -> Settings:
+    """Small and quick: the consumers join their nine groups one after the other, each in about
+    half a session timeout; the bank answers at once."""
+    return Settings(
+        database_url=database_url,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_partition_count=2,
+        kafka_session_timeout_ms=2_000,
+        consumer_batch_wait_ms=20,
+        payout_rail_paid_delay_ms=20,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def assert_outputs(files: dict[str, str]) -> None:
+    for name in ("summary", "json", "throughput", "latency"):
+        assert Path(files[name]).stat().st_size > 0, name
+    document = json.loads(Path(files["json"]).read_text())
+    assert document["matched"] is True
+    assert Path(files["summary"]).read_text().startswith("giftledger loadtest: MATCHED")
+
+
+async def test_a_small_loadtest_lands_on_its_expected_end_state(
+    database_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, kafka_bootstrap)
+    report = await loadtest(
+        settings, events=EVENTS, file=None, out_dir=tmp_path, seed=17, stall_s=60.0
+    )
+    assert report.matched, report.summary()
+    assert report.verify_problems == []
+    assert report.mismatches == []
+    assert report.consumed >= EVENTS
+    assert report.cashouts["paid"] > 0
+    assert report.events_per_s > 0
+    assert report.latency_samples > 0
+    assert report.latency_ms["p50"] <= report.latency_ms["p99"] <= report.latency_ms["max"]
+    assert len(report.samples) >= 2
+    assert_outputs(report.files)
+
+    # The same stream again, into the same database: refused, it would only find duplicates.
+    with pytest.raises(LoadtestError, match="already in this database"):
+        await loadtest(settings, events=None, file=Path(report.stream), out_dir=tmp_path / "again")
+
+
+async def test_a_deployment_with_other_rules_is_refused(
+    database_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    stream = tmp_path / "small.jsonl.gz"
+    generate(stream, events=200, seed=3, namespace="other-rules")
+    settings = settings_for(database_url, kafka_bootstrap, cashout_minimum_usd_cents=500)
+    with pytest.raises(LoadtestError, match="CASHOUT_MINIMUM_USD_CENTS is 500"):
+        await loadtest(settings, events=None, file=stream, out_dir=tmp_path / "out")
+
+
+async def test_either_events_or_a_file(database_url: str, tmp_path: Path) -> None:
+    settings = Settings(database_url=database_url)
+    with pytest.raises(LoadtestError, match="not both"):
+        await loadtest(settings, events=10, file=tmp_path / "x", out_dir=tmp_path)
+
+
+def expected_state(tmp_path: Path) -> ExpectedState:
+    return generate(
+        tmp_path / "s.jsonl.gz", events=400, seed=2, shape=StreamShape(creator_count=20)
+    )
+
+
+def observed_as_expected(expected: ExpectedState) -> Observed:
+    return Observed(
+        balances={creator: dict(assets) for creator, assets in expected.balances.items()},
+        applied_by_topic=dict(expected.applied_by_topic),
+        dead_letters={topic: dict(reasons) for topic, reasons in expected.dead_letters.items()},
+        cashouts=dict(expected.cashouts),
+        consumed=expected.records + expected.payout_reports,
+        duplicates=expected.duplicates,
+        reports_sent=expected.payout_reports,
+    )
+
+
+def test_compare_finds_nothing_when_everything_matches(tmp_path: Path) -> None:
+    expected = expected_state(tmp_path)
+    assert compare(expected, observed_as_expected(expected)) == []
+
+
+def test_compare_names_each_difference(tmp_path: Path) -> None:
+    expected = expected_state(tmp_path)
+    observed = observed_as_expected(expected)
+    creator = next(iter(observed.balances))
+    observed.balances[creator]["DIAMOND"] = observed.balances[creator].get("DIAMOND", 0) + 500
+    observed.applied_by_topic["gifts.sent"] -= 1
+    observed.dead_letters.setdefault("gifts.sent", {})["ledger_refused"] = 1
+    observed.left_pending.append("c held")
+    observed.still_parked = 2
+    observed.duplicates += 1
+    mismatches = compare(expected, observed)
+    joined = "\n".join(mismatches)
+    assert f"balance {creator}" in joined
+    assert "applied gifts.sent" in joined
+    assert "dead letters gifts.sent" in joined
+    assert "left pending" in joined
+    assert "2 reversals still parked" in joined
+    assert "duplicates: expected" in joined
+
+
+def test_redelivered_records_may_add_duplicates_and_nothing_else(tmp_path: Path) -> None:
+    expected = expected_state(tmp_path)
+    observed = observed_as_expected(expected)
+    observed.consumed += 3  # a rebalance redelivered three records
+    observed.duplicates += 3
+    assert compare(expected, observed) == []
+    observed.duplicates += 1
+    assert compare(expected, observed) != []
+
+
+def test_a_dead_letters_table_that_disagrees_with_the_topics_is_a_warning(
+    tmp_path: Path,
+) -> None:
+    expected = expected_state(tmp_path)
+    observed = observed_as_expected(expected)
+    observed.dead_letter_rows = {topic: dict(r) for topic, r in expected.dead_letters.items()}
+    assert table_warnings(observed) == []
+    topic = next(iter(observed.dead_letter_rows))
+    observed.dead_letter_rows[topic].clear()
+    assert table_warnings(observed)[0].startswith(f"dead_letters table {topic}: the DLQ topics")
+    assert compare(expected, observed) == []
+
+
+def test_send_times_sample_one_event_in_a_hundred_on_first_send() -> None:
+    times = SendTimes(one_in=100, samples_max=1_000)
+    for index in range(20_000):
+        value = f'{{"event_id":"e-{index}","x":1}}'.encode()
+        times(StreamRecord(index, "gifts.sent", None, index, value))
+    assert 120 <= len(times.times) <= 280
+    first = dict(times.times)
+    for index in range(20_000):  # the same events again: the first send time stays
+        value = f'{{"event_id":"e-{index}","x":2}}'.encode()
+        times(StreamRecord(index, "gifts.sent", None, index, value))
+    assert times.times == first
+    assert times.published == 40_000
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(value) for value in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
