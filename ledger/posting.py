@@ -39,6 +39,7 @@ from ledger.model import (
 )
 
 BIGINT_MAX = 2**63 - 1
+DEFERRED_LINKS_KEY = "giftledger.deferred_chain_links"
 TRANSFER_BATCH_SIZE_MAX = 100_000
 
 _OK_RESULTS = (PostResult.OK, PostResult.EXISTS)
@@ -557,7 +558,11 @@ async def post_batch(conn: AsyncConnection, transfers: Sequence[Transfer]) -> Ba
                 raise LedgerConflictError(str(error.orig)) from error
             raise
         stored_batch = [_accepted_as_stored(accepted, committed_at) for accepted in walk.accepted]
-        await append_link(conn, stored_batch)
+        deferred = conn.info.get(DEFERRED_LINKS_KEY)
+        if deferred is None:
+            await append_link(conn, stored_batch)
+        else:  # run_with_conflict_retry links everything just before the commit
+            deferred.extend(stored_batch)
     return BatchOutcome(results, committed_at, len(walk.accepted))
 
 
@@ -593,7 +598,15 @@ async def run_with_conflict_retry(
     for attempt in range(retry_count_max + 1):
         try:
             async with engine.begin() as conn:
-                return await unit_of_work(conn)
+                # The chain head is locked only for the last statement before the commit, not
+                # from the first posting on: a long unit of work never holds up other writers.
+                conn.info[DEFERRED_LINKS_KEY] = []
+                try:
+                    result = await unit_of_work(conn)
+                    await append_link(conn, conn.info[DEFERRED_LINKS_KEY])
+                finally:
+                    conn.info.pop(DEFERRED_LINKS_KEY, None)
+                return result
         except (LedgerConflictError, DBAPIError) as error:
             if not _is_conflict(error) or attempt == retry_count_max:
                 raise

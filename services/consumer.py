@@ -38,6 +38,7 @@ RETRY_BACKOFF_MS_MIN = 50
 DLQ_SEND_TIMEOUT_S = 30.0
 REWIND_PAUSE_S = 1.0
 OUTBOX_POLL_INTERVAL_S = 0.2
+CASHOUT_BATCH_SIZE_MAX = 50
 OUTBOX_BATCH_SIZE_MAX = 500
 OUTBOX_SEND_TIMEOUT_S = 30.0
 
@@ -55,11 +56,22 @@ TOPIC_DESCRIPTIONS = {
 TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, OSError, asyncio.TimeoutError)
 
 
+# Worth retrying: a statement or lock wait cancelled by its timeout, the server shutting down or
+# restarting, and any connection exception (class 08).
+TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "57P01", "57P02", "57P03"})
+
+
 def _is_transient(error: BaseException) -> bool:
     if isinstance(error, TRANSIENT_DATABASE_ERRORS):
         return True
     if isinstance(error, DBAPIError):
-        return bool(error.connection_invalidated) or "connection" in str(error).lower()
+        sqlstate = str(getattr(error.orig, "sqlstate", "") or "")
+        return (
+            bool(error.connection_invalidated)
+            or sqlstate in TRANSIENT_SQLSTATES
+            or sqlstate.startswith("08")
+            or "connection" in str(error).lower()
+        )
     return False
 
 
@@ -117,6 +129,14 @@ class ConsumerService:
     def name(self, topic: str) -> str:
         return f"{self.settings.kafka_topic_prefix}{topic}"
 
+    def batch_size_max(self, topic: str) -> int:
+        """Cash-out requests and payout results are applied one by one (each locks a creator's
+        balance or a cash-out); small batches keep each transaction short, so the outbox and
+        the bank hear about the first ones without waiting for a big batch to commit."""
+        if topic in (topics.CASHOUTS_REQUESTED, topics.PAYOUTS_UPDATED):
+            return min(self.settings.consumer_batch_size_max, CASHOUT_BATCH_SIZE_MAX)
+        return self.settings.consumer_batch_size_max
+
     def group_id(self, topic: str) -> str:
         """One consumer group per topic, so that a process joining or leaving rebalances each
         topic's partitions on their own instead of every subscriber of every topic at once."""
@@ -129,7 +149,7 @@ class ConsumerService:
             batch=True,
             group_id=self.group_id(topic),
             auto_offset_reset="earliest",
-            max_records=settings.consumer_batch_size_max,
+            max_records=self.batch_size_max(topic),
             fetch_max_bytes=settings.consumer_fetch_max_bytes,
             max_partition_fetch_bytes=settings.consumer_partition_fetch_max_bytes,
             batch_timeout_ms=settings.consumer_batch_wait_ms,
