@@ -43,7 +43,7 @@ from ledger.queries import (
 from ledger.verify import check_names, verify
 from schemas.assets import format_amount
 from schemas.export import export_json_schemas
-from services import runner
+from services import loadgen, loadtest, replay, runner
 from services.asyncapi import asyncapi_document
 from services.cashouts import add_fx_rate, cashout_document, list_cashouts
 from services.database_runtime import DatabaseUnavailableError, error_reason, open_database
@@ -666,6 +666,24 @@ COMMANDS: list[Command] = [
         _schemas,
     ),
     Command("run", "run the consumers until SIGTERM", _add_run_arguments, _run),
+    Command(
+        "generate",
+        "write a load-test stream and its expected end state",
+        loadgen.add_generate_arguments,
+        loadgen.generate_command,
+    ),
+    Command(
+        "replay",
+        "publish a stream file to Kafka, resumably",
+        replay.add_replay_arguments,
+        replay.replay_command,
+    ),
+    Command(
+        "loadtest",
+        "run a stream through the whole pipeline and check the ledger",
+        loadtest.add_loadtest_arguments,
+        loadtest.loadtest_command,
+    ),
 ]
 
 

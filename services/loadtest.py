@@ -659,9 +659,35 @@ class _Run:
             )
         return int(open_count or 0) + int(unpublished or 0)
 
+    async def applied_so_far(self) -> tuple[int, int]:
+        """(events of the namespace applied, its cash-outs recorded), from the database."""
+        prefix = self.expected.namespace + "-"
+        async with self.engine.connect() as conn:
+            applied = await conn.scalar(
+                text("SELECT count(*) FROM applied_events WHERE starts_with(event_id, :prefix)"),
+                {"prefix": prefix},
+            )
+            cashouts = await conn.scalar(
+                text("SELECT count(*) FROM cashouts WHERE starts_with(creator_id, :prefix)"),
+                {"prefix": prefix},
+            )
+        return int(applied or 0), int(cashouts or 0)
+
+    def main_phase_applied(self) -> int:
+        """Events of the main phase that the ledger applies: all but the cash-out requests and
+        the bank's reports (the stream's own payout reports are all dead-lettered)."""
+        expected = self.expected
+        requests = expected.applied_by_topic.get(topics.CASHOUTS_REQUESTED, 0)
+        return sum(expected.applied_by_topic.values()) - requests - expected.payout_reports
+
     async def main_phase_settled(self) -> bool:
+        """The counters say every record was consumed and nothing is parked; the database
+        confirms every event to apply is there (a redelivery also counts as consumed)."""
         counts = self.service.ingestor.counts
-        return counts.consumed >= self.expected.cashout_phase_from and counts.still_parked == 0
+        if counts.consumed < self.expected.cashout_phase_from or counts.still_parked:
+            return False
+        applied, _ = await self.applied_so_far()
+        return applied >= self.main_phase_applied()
 
     async def all_settled(self) -> bool:
         counts = self.service.ingestor.counts
@@ -669,7 +695,11 @@ class _Run:
             return False
         if counts.still_parked or self.rail.in_flight_count:
             return False
-        return await self.open_cashouts() == 0
+        if await self.open_cashouts():
+            return False
+        requests = self.expected.applied_by_topic.get(topics.CASHOUTS_REQUESTED, 0)
+        _, recorded = await self.applied_so_far()
+        return recorded >= requests
 
     async def progress(self) -> tuple[int, ...]:
         counts = self.service.ingestor.counts

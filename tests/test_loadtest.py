@@ -32,7 +32,7 @@ def settings_for(database_url: str, kafka_bootstrap: str, **overrides: object) -
         database_url=database_url,
         kafka_bootstrap_servers=kafka_bootstrap,
         kafka_partition_count=2,
-        kafka_session_timeout_ms=2_000,
+        kafka_session_timeout_ms=3_000,
         consumer_batch_wait_ms=20,
         payout_rail_paid_delay_ms=20,
         **overrides,  # type: ignore[arg-type]
