@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
 from ledger.queries import creator_balances
+from ledger.verify import verify
 from schemas import topics
 from schemas.topics import all_topics
 from services.embedded_broker import create_topics
@@ -78,4 +79,71 @@ async def test_gifts_sent_during_an_outage_are_applied_once_it_ends(
             text("SELECT count(*) FROM applied_events WHERE creator_id = :c"), {"c": creator}
         )
         assert applied.scalar_one() == 21
+    assert consumers.ingestor.counts.balanced()
+
+
+LOAD_GIFT_COUNT = 6_000
+LOAD_RATE_PER_S = 2_000
+
+
+@pytest.mark.faults
+async def test_connections_cut_and_restored_under_load_lose_and_double_nothing(
+    proxied: tuple[RunningConsumers, CuttableProxy], engine: AsyncEngine
+) -> None:
+    consumers, proxy = proxied
+    creators = [f"creator-{uuid.uuid4().hex[:10]}" for _ in range(30)]
+    gifts = [make.gift(creators[i % 30], coins=1 + i % 4) for i in range(LOAD_GIFT_COUNT)]
+    expected: dict[str, int] = {}
+    for gift in gifts:
+        expected[str(gift["creator_id"])] = (
+            expected.get(str(gift["creator_id"]), 0) + int(str(gift["coins"])) * 500
+        )
+
+    async def publish_paced() -> None:
+        step = LOAD_RATE_PER_S // 10
+        for start in range(0, len(gifts), step):
+            for gift in gifts[start : start + step]:
+                await consumers.producer.send(
+                    consumers.prefix + topics.GIFTS_SENT,
+                    value=make.encode(gift),
+                    key=str(gift["creator_id"]).encode(),
+                )
+            await asyncio.sleep(0.1)
+        await consumers.producer.flush()
+
+    async def applied_count() -> int:
+        async with engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT count(*) FROM applied_events WHERE creator_id = ANY(:c)"),
+                {"c": creators},
+            )
+            return int(result.scalar_one())
+
+    publishing = asyncio.create_task(publish_paced())
+
+    async def under_way() -> bool:
+        return await applied_count() > LOAD_GIFT_COUNT // 6
+
+    await wait_until(under_way)
+    for _ in range(2):  # cut twice while the load goes on
+        await proxy.cut()
+        await asyncio.sleep(1.5)
+        await proxy.restore()
+        await asyncio.sleep(1.0)
+    await publishing
+
+    async def all_applied() -> bool:
+        return await applied_count() == LOAD_GIFT_COUNT
+
+    await wait_until(all_applied, 120)
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT creator_id, credits_posted - debits_posted AS balance FROM accounts"
+                " WHERE creator_id = ANY(:c) AND kind = 'creator_diamonds_available'"
+            ),
+            {"c": creators},
+        )
+        assert {row.creator_id: row.balance for row in rows} == expected
+        assert await verify(conn) == []
     assert consumers.ingestor.counts.balanced()

@@ -1,5 +1,6 @@
-"""Faults under load, each ending with `verify` passing and the ledger equal to what was sent:
-PostgreSQL restarted mid-load, and the payout rail down for a while then back."""
+"""Faults under load (gifts at thousands a second), each ending with `verify` passing and the
+ledger equal to what was sent: PostgreSQL restarted mid-load, and the payout rail down for a
+while then back."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.faults
 GIFT_COUNT = 6_000
 PUBLISH_RATE_PER_S = 3_000
 CATCH_UP_S = 120.0
+CASHOUT_COUNT = 10  # 10 x 2,000 diamonds: the creator's whole balance, within the daily limit
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -107,8 +109,9 @@ async def test_cash_outs_wait_while_the_payout_rail_is_down_and_finish_when_it_i
 ) -> None:
     creator = f"creator-{uuid.uuid4().hex[:10]}"
     await consumers.publish(topics.CREATORS_UPDATED, make.creator_update(creator))
-    await consumers.publish(topics.GIFTS_SENT, make.gift(creator, coins=2, count=10_000))
-    requests = [make.cashout_request(creator, 2_000) for _ in range(5)]
+    for _ in range(2):  # 20,000 diamonds: ten cash-outs of 2,000
+        await consumers.publish(topics.GIFTS_SENT, make.gift(creator, coins=2, count=10_000))
+    requests = [make.cashout_request(creator, 2_000) for _ in range(CASHOUT_COUNT)]
 
     async def status_counts() -> dict[str, int]:
         async with engine.connect() as conn:
@@ -121,7 +124,11 @@ async def test_cash_outs_wait_while_the_payout_rail_is_down_and_finish_when_it_i
     async def funded() -> bool:
         async with engine.connect() as conn:
             known = await conn.execute(
-                text("SELECT count(*) FROM accounts WHERE creator_id = :c"), {"c": creator}
+                text(
+                    "SELECT count(*) FROM accounts WHERE creator_id = :c"
+                    " AND credits_posted = 20000000"
+                ),
+                {"c": creator},
             )
             profile = await conn.execute(
                 text("SELECT count(*) FROM creators WHERE creator_id = :c"), {"c": creator}
@@ -129,15 +136,19 @@ async def test_cash_outs_wait_while_the_payout_rail_is_down_and_finish_when_it_i
             return bool(known.scalar_one() and profile.scalar_one())
 
     await wait_until(funded)
+    others = [f"creator-{uuid.uuid4().hex[:8]}" for _ in range(20)]
+    load = [make.gift(others[i % 20], coins=1) for i in range(GIFT_COUNT)]
+    gifts_topic = consumers.prefix + topics.GIFTS_SENT
+    loading = asyncio.create_task(_publish_paced(consumers.producer, gifts_topic, load))
     for request in requests:
         await consumers.publish(topics.CASHOUTS_REQUESTED, request)
 
     async def all_submitted() -> bool:
-        return await status_counts() == {"submitted": 5}
+        return await status_counts() == {"submitted": CASHOUT_COUNT}
 
     await wait_until(all_submitted)
     await asyncio.sleep(2)  # the bank is down: nothing moves
-    assert await status_counts() == {"submitted": 5}
+    assert await status_counts() == {"submitted": CASHOUT_COUNT}
     rail = simulated_rail(
         RailSettings(seed=3, paid_delay_ms=20, failure_rate=0, return_rate=0),
         consumers.bootstrap_servers,
@@ -149,10 +160,21 @@ async def test_cash_outs_wait_while_the_payout_rail_is_down_and_finish_when_it_i
     try:
 
         async def all_paid() -> bool:
-            return await status_counts() == {"paid": 5}
+            return await status_counts() == {"paid": CASHOUT_COUNT}
 
         await wait_until(all_paid)
+        await loading
     finally:
         await rail.stop()
+
+    async def load_applied() -> bool:
+        async with engine.connect() as conn:
+            count = await conn.execute(
+                text("SELECT count(*) FROM applied_events WHERE creator_id = ANY(:c)"),
+                {"c": others},
+            )
+            return bool(count.scalar_one() == GIFT_COUNT)
+
+    await wait_until(load_applied, CATCH_UP_S)
     async with engine.connect() as conn:
         assert await verify(conn) == []
