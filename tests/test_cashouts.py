@@ -124,12 +124,20 @@ async def test_a_paid_cash_out_sends_the_payout_once_and_redeems_the_diamonds(
     assert rounded == 1_000  # the 2,001st diamond is worth half a cent: kept, not paid
     transitions = await _transitions(engine, cashout_id)
     assert transitions == ["requested", "held", "submitted", "paid"]
-    updates = [
-        json.loads(r.value)["status"]
-        for r in await consumers.read_topic(topics.CASHOUTS_UPDATED, 4)
-        if json.loads(r.value)["cashout_id"] == cashout_id
-    ]
-    assert updates[:3] == ["requested", "held", "submitted"]
+    updates: list[str] = []
+
+    async def every_change_published() -> bool:
+        # The outbox publishes after each commit, a moment later: read until all four are out.
+        records = await consumers.read_topic(topics.CASHOUTS_UPDATED, 1)
+        updates[:] = [
+            json.loads(r.value)["status"]
+            for r in records
+            if json.loads(r.value)["cashout_id"] == cashout_id
+        ]
+        return len(updates) >= 4
+
+    await wait_until(every_change_published)
+    assert updates == ["requested", "held", "submitted", "paid"]
 
 
 async def _transitions(engine: AsyncEngine, cashout_id: str) -> list[str]:
