@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 APPLICATION_NAME = "giftledger"
+RANDOM_PAGE_COST = "1.1"
 
 
 def create_engine(
@@ -35,6 +36,7 @@ def create_engine(
                 "application_name": APPLICATION_NAME,
                 "plan_cache_mode": "force_custom_plan",
                 "jit": "off",
+                "random_page_cost": RANDOM_PAGE_COST,
                 "statement_timeout": str(statement_timeout_ms),
                 "timezone": "UTC",
                 **({"role": role} if role else {}),

@@ -1,16 +1,26 @@
-"""Posting a batch of transfers: three statements per batch, whatever its size.
+"""Posting a batch of transfers: five statements per batch, whatever its size.
 
 1. Read the stored transfers that the batch names (its own ids, for idempotency, and the pending
    transfers it posts or voids) with how each pending ended.
-2. Lock every touched account in id order (so concurrent writers never deadlock) and read its
-   totals and the commit time.
+2. Read the batch's accounts. Those whose balance rule a transfer of the batch could break are
+   locked, in id order; the others are read without a lock.
 3. Walk the batch in Python, in order, deciding a result per transfer against running totals
-   (linked chains succeed or fail whole), then write everything in one statement: the accepted
-   transfers, their keys, pending resolutions, and one aggregated update per touched account.
+   (linked chains succeed or fail whole). Only the guarded accounts' totals can change a result.
+4. Lock every account the accepted transfers name, in id order, and add one aggregated delta to
+   each. The balances they had once locked are returned, and the running balances stored with
+   the transfers are moved onto them (another writer may have moved an unguarded account
+   since step 2). The clock read then, with every lock held, is the batch's commit timestamp.
+5. Insert the accepted transfers, their keys and the resolutions of pending transfers.
+
+So the accounts most writers share (the platform's) are locked only for steps 4 and 5 and the
+commit, not while the batch is read and walked.
 
 A concurrent writer that stored the same transfer id, or resolved the same pending transfer,
-between steps 1 and 3 makes step 3 fail on a unique key; `post_batch_with_retry` then runs the
+between steps 1 and 5 makes step 5 fail on a unique key; `run_with_conflict_retry` then runs the
 whole unit of work again, and the second run sees what the other writer did.
+
+Decisions that depend on time (whether a pending transfer has expired) are taken at the clock of
+step 2; the transfers are stored with the clock of step 4, a few milliseconds later.
 """
 
 from __future__ import annotations
@@ -46,70 +56,117 @@ _OK_RESULTS = (PostResult.OK, PostResult.EXISTS)
 
 _SELECT_TRANSFERS = text(
     """
+    WITH found AS MATERIALIZED (
+        SELECT k.id, k.created_at
+        FROM unnest(CAST(:ids AS uuid[])) AS wanted(id)
+        JOIN transfer_keys k ON k.id = wanted.id
+    )
     SELECT t.id, t.seq, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code,
            t.flags, t.pending_id, t.timeout_s, t.expires_at, t.rate_card_version, t.event_id,
            t.metadata::text AS metadata, t.debit_balance_after, t.credit_balance_after,
            t.created_at, r.outcome
-    FROM unnest(CAST(:ids AS uuid[])) AS wanted(id)
-    JOIN transfer_keys k ON k.id = wanted.id
+    FROM found k
     JOIN transfers t ON t.id = k.id AND t.created_at = k.created_at
     LEFT JOIN pending_resolutions r ON r.pending_id = t.id
     """
 )
 
-_LOCK_ACCOUNTS = text(
+# Why an account is in the batch, as bits: debited or credited by a new transfer, or debited by
+# a funded one. Accounts named only by a post or void of a pending transfer have no bits.
+_ROLE_DEBITED = 1
+_ROLE_CREDITED = 2
+_ROLE_FUNDED_DEBIT = 4
+
+# Step 2. An account is guarded when a transfer of the batch could break its balance rule: it is
+# debited and its debits must not exceed its credits, it is credited and its credits must not
+# exceed its debits, or a funded transfer debits it. Guarded accounts are locked in id order and
+# read as locked; the others are read without a lock, and only to know their asset and rules.
+_READ_ACCOUNTS = text(
     """
-    WITH locked AS (
-        SELECT id, asset, flags, debits_posted, credits_posted, debits_pending, credits_pending
-        FROM accounts WHERE id = ANY(CAST(:ids AS bigint[]))
-        ORDER BY id
-        FOR NO KEY UPDATE
+    WITH guarded AS (
+        SELECT a.id, a.asset, a.flags, a.debits_posted, a.credits_posted, a.debits_pending,
+               a.credits_pending
+        FROM unnest(CAST(:ids AS bigint[]), CAST(:roles AS smallint[])) AS w(id, role)
+        JOIN accounts a ON a.id = w.id
+        WHERE (w.role & 1 <> 0 AND a.flags & 1 <> 0)
+              OR (w.role & 2 <> 0 AND a.flags & 2 <> 0)
+              OR w.role & 4 <> 0
+        ORDER BY a.id
+        FOR NO KEY UPDATE OF a
     )
-    SELECT locked.*, clock_timestamp() AS now FROM locked
+    SELECT g.*, clock_timestamp() AS now FROM guarded g
+    UNION ALL
+    SELECT a.id, a.asset, a.flags, a.debits_posted, a.credits_posted, a.debits_pending,
+           a.credits_pending, clock_timestamp()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:roles AS smallint[])) AS w(id, role)
+    JOIN accounts a ON a.id = w.id
+    WHERE NOT ((w.role & 1 <> 0 AND a.flags & 1 <> 0)
+                 OR (w.role & 2 <> 0 AND a.flags & 2 <> 0)
+                 OR w.role & 4 <> 0)
     """
 )
 
-_WRITE_BATCH = text(
+# Step 4. Every account the accepted transfers name is locked in id order (so two writers never
+# deadlock on them) and updated by its aggregated deltas. It returns each account's posted
+# balance just before this batch, which the transfers' running balances start from, and the
+# clock once all the locks are held: the batch's commit timestamp.
+_UPDATE_ACCOUNTS = text(
     """
-    WITH new_keys AS (
-        INSERT INTO transfer_keys (id, created_at)
-        SELECT unnest(CAST(:ids AS uuid[])), CAST(:created_at AS timestamptz)
-    ), new_transfers AS (
-        INSERT INTO transfers (
-            id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
-            timeout_s, expires_at, rate_card_version, event_id, metadata,
-            debit_balance_after, credit_balance_after, created_at)
-        SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code, t.flags,
-               t.pending_id, t.timeout_s, t.expires_at, t.rate_card_version, t.event_id,
-               t.metadata::jsonb, t.debit_balance_after, t.credit_balance_after,
-               CAST(:created_at AS timestamptz)
-        FROM unnest(
-            CAST(:ids AS uuid[]), CAST(:debit_account_ids AS bigint[]),
-            CAST(:credit_account_ids AS bigint[]), CAST(:amounts AS bigint[]),
-            CAST(:assets AS text[]), CAST(:codes AS smallint[]), CAST(:flags AS smallint[]),
-            CAST(:pending_ids AS uuid[]), CAST(:timeouts_s AS integer[]),
-            CAST(:expires_at AS timestamptz[]), CAST(:rate_card_versions AS integer[]),
-            CAST(:event_ids AS text[]), CAST(:metadata AS text[]),
-            CAST(:debit_balances_after AS bigint[]), CAST(:credit_balances_after AS bigint[])
-        ) AS t(id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
-               timeout_s, expires_at, rate_card_version, event_id, metadata,
-               debit_balance_after, credit_balance_after)
-    ), new_resolutions AS (
-        INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
-        SELECT r.pending_id, r.resolved_by, r.outcome, CAST(:created_at AS timestamptz)
-        FROM unnest(CAST(:resolved_pending_ids AS uuid[]), CAST(:resolved_by AS uuid[]),
-                    CAST(:outcomes AS text[])) AS r(pending_id, resolved_by, outcome)
+    WITH ordered AS (
+        SELECT a.id FROM unnest(CAST(:account_ids AS bigint[])) AS wanted(id)
+        JOIN accounts a ON a.id = wanted.id
+        ORDER BY a.id
+        FOR NO KEY UPDATE OF a
     )
     UPDATE accounts a
     SET debits_posted = a.debits_posted + d.debits_posted,
         credits_posted = a.credits_posted + d.credits_posted,
         debits_pending = a.debits_pending + d.debits_pending,
         credits_pending = a.credits_pending + d.credits_pending
-    FROM unnest(CAST(:account_ids AS bigint[]), CAST(:debits_posted AS bigint[]),
+    FROM ordered o,
+         unnest(CAST(:account_ids AS bigint[]), CAST(:debits_posted AS bigint[]),
                 CAST(:credits_posted AS bigint[]), CAST(:debits_pending AS bigint[]),
                 CAST(:credits_pending AS bigint[]))
          AS d(id, debits_posted, credits_posted, debits_pending, credits_pending)
-    WHERE a.id = d.id
+    WHERE a.id = o.id AND a.id = d.id
+    RETURNING a.id,
+              a.credits_posted - a.debits_posted - (d.credits_posted - d.debits_posted)
+                  AS balance_before,
+              clock_timestamp() AS now
+    """
+)
+
+# Step 5. The accepted transfers, their keys and the pending transfers they resolve.
+_INSERT_BATCH = text(
+    """
+    WITH new_keys AS (
+        INSERT INTO transfer_keys (id, created_at)
+        SELECT unnest(CAST(:ids AS uuid[])), CAST(:created_at AS timestamptz)
+    ), new_resolutions AS (
+        INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
+        SELECT r.pending_id, r.resolved_by, r.outcome, CAST(:created_at AS timestamptz)
+        FROM unnest(CAST(:resolved_pending_ids AS uuid[]), CAST(:resolved_by AS uuid[]),
+                    CAST(:outcomes AS text[])) AS r(pending_id, resolved_by, outcome)
+    )
+    INSERT INTO transfers (
+        id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
+        timeout_s, expires_at, rate_card_version, event_id, metadata,
+        debit_balance_after, credit_balance_after, created_at)
+    SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code, t.flags,
+           t.pending_id, t.timeout_s, t.expires_at, t.rate_card_version, t.event_id,
+           t.metadata::jsonb, t.debit_balance_after, t.credit_balance_after,
+           CAST(:created_at AS timestamptz)
+    FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:debit_account_ids AS bigint[]),
+        CAST(:credit_account_ids AS bigint[]), CAST(:amounts AS bigint[]),
+        CAST(:assets AS text[]), CAST(:codes AS smallint[]), CAST(:flags AS smallint[]),
+        CAST(:pending_ids AS uuid[]), CAST(:timeouts_s AS integer[]),
+        CAST(:expires_at AS timestamptz[]), CAST(:rate_card_versions AS integer[]),
+        CAST(:event_ids AS text[]), CAST(:metadata AS text[]),
+        CAST(:debit_balances_after AS bigint[]), CAST(:credit_balances_after AS bigint[])
+    ) AS t(id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
+           timeout_s, expires_at, rate_card_version, event_id, metadata,
+           debit_balance_after, credit_balance_after)
     """
 )
 
@@ -188,24 +245,39 @@ async def read_stored(
     return stored, outcomes
 
 
-async def _lock_accounts(
-    conn: AsyncConnection, account_ids: set[int]
-) -> tuple[dict[int, AccountTotals], datetime]:
-    rows = (await conn.execute(_LOCK_ACCOUNTS, {"ids": sorted(account_ids)})).all()
-    accounts = {
-        row.id: AccountTotals(
-            row.id,
-            row.asset,
-            row.flags,
-            row.debits_posted,
-            row.credits_posted,
-            row.debits_pending,
-            row.credits_pending,
+def _account_roles(
+    transfers: Sequence[Transfer], stored: dict[uuid.UUID, StoredTransfer]
+) -> dict[int, int]:
+    """Every account the batch names (account id 0 means "as the pending transfer"), with why."""
+    roles: dict[int, int] = {}
+    for transfer in transfers:
+        if transfer.resolves_pending:
+            pending = stored.get(transfer.pending_id) if transfer.pending_id else None
+            named = [transfer.debit_account_id, transfer.credit_account_id]
+            if pending is not None:
+                named += [pending.debit_account_id, pending.credit_account_id]
+            for account_id in named:
+                roles.setdefault(account_id, 0)
+            continue
+        debit_role = _ROLE_DEBITED | (_ROLE_FUNDED_DEBIT if transfer.flags & _FUNDED else 0)
+        roles[transfer.debit_account_id] = roles.get(transfer.debit_account_id, 0) | debit_role
+        roles[transfer.credit_account_id] = (
+            roles.get(transfer.credit_account_id, 0) | _ROLE_CREDITED
         )
-        for row in rows
-    }
+    roles.pop(0, None)
+    return roles
+
+
+async def _read_accounts(
+    conn: AsyncConnection, roles: dict[int, int]
+) -> tuple[dict[int, AccountTotals], datetime]:
+    """The batch's accounts, guarded ones locked; and the clock the batch walk decides at."""
+    account_ids = sorted(roles)
+    parameters = {"ids": account_ids, "roles": [roles[i] for i in account_ids]}
+    rows = (await conn.execute(_READ_ACCOUNTS, parameters)).all()
+    accounts = {row[0]: AccountTotals(*row[:7]) for row in rows}
     if rows:
-        return accounts, max(row.now for row in rows)
+        return accounts, max(row[7] for row in rows)
     now = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
     assert isinstance(now, datetime)
     return accounts, now
@@ -473,49 +545,76 @@ def _walk_chain(walk: _Walk, transfers: Sequence[Transfer], chain: range) -> lis
     return final
 
 
-def _write_parameters(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[str, Any]:
+def _account_deltas(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[str, list[int]]:
+    """What the batch adds to each account its accepted transfers name, in id order."""
+    named = {a.debit_account_id for a in walk.accepted}
+    named.update(a.credit_account_id for a in walk.accepted)
+    deltas: dict[str, list[int]] = {
+        "account_ids": sorted(named),
+        "debits_posted": [],
+        "credits_posted": [],
+        "debits_pending": [],
+        "credits_pending": [],
+    }
+    for account_id in deltas["account_ids"]:
+        now, before = walk.accounts[account_id], originals[account_id]
+        deltas["debits_posted"].append(now.debits_posted - before.debits_posted)
+        deltas["credits_posted"].append(now.credits_posted - before.credits_posted)
+        deltas["debits_pending"].append(now.debits_pending - before.debits_pending)
+        deltas["credits_pending"].append(now.credits_pending - before.credits_pending)
+    return deltas
+
+
+async def _update_accounts(
+    conn: AsyncConnection, walk: _Walk, originals: dict[int, AccountTotals]
+) -> datetime:
+    """Lock and update the accounts; move the accepted transfers onto the balances the accounts
+    had once locked, and onto the commit timestamp. Returns that timestamp.
+
+    The walk started from balances read without a lock for accounts it did not guard: another
+    writer may have moved them since. Their running balances shift by the difference.
+    """
+    rows = (await conn.execute(_UPDATE_ACCOUNTS, _account_deltas(walk, originals))).all()
+    shifts = {
+        row[0]: row[1] - originals[row[0]].posted_balance
+        for row in rows
+        if row[1] != originals[row[0]].posted_balance
+    }
+    committed_at: datetime = max(row[2] for row in rows)
+    for accepted in walk.accepted:
+        if shifts:
+            accepted.debit_balance_after += shifts.get(accepted.debit_account_id, 0)
+            accepted.credit_balance_after += shifts.get(accepted.credit_account_id, 0)
+        if accepted.expires_at is not None:
+            timeout_s = accepted.transfer.timeout_s
+            assert timeout_s is not None
+            accepted.expires_at = committed_at + timedelta(seconds=timeout_s)
+    return committed_at
+
+
+def _insert_parameters(walk: _Walk, committed_at: datetime) -> dict[str, Any]:
     accepted = walk.accepted
-    touched = [
-        account_id
-        for account_id, totals in walk.accounts.items()
-        if account_id in originals and totals != originals[account_id]
-    ]
+    transfers = [a.transfer for a in accepted]
     return {
-        "created_at": walk.committed_at,
-        "ids": [a.transfer.id for a in accepted],
+        "created_at": committed_at,
+        "ids": [t.id for t in transfers],
         "debit_account_ids": [a.debit_account_id for a in accepted],
         "credit_account_ids": [a.credit_account_id for a in accepted],
         "amounts": [a.amount for a in accepted],
         "assets": [a.asset for a in accepted],
-        "codes": [int(a.transfer.code) for a in accepted],
-        "flags": [int(a.transfer.flags) for a in accepted],
-        "pending_ids": [a.transfer.pending_id for a in accepted],
-        "timeouts_s": [a.transfer.timeout_s for a in accepted],
+        "codes": [int(t.code) for t in transfers],
+        "flags": [t.flags for t in transfers],
+        "pending_ids": [t.pending_id for t in transfers],
+        "timeouts_s": [t.timeout_s for t in transfers],
         "expires_at": [a.expires_at for a in accepted],
-        "rate_card_versions": [a.transfer.rate_card_version for a in accepted],
-        "event_ids": [a.transfer.event_id for a in accepted],
-        "metadata": [
-            None if a.transfer.metadata is None else json.dumps(a.transfer.metadata)
-            for a in accepted
-        ],
+        "rate_card_versions": [t.rate_card_version for t in transfers],
+        "event_ids": [t.event_id for t in transfers],
+        "metadata": [None if t.metadata is None else json.dumps(t.metadata) for t in transfers],
         "debit_balances_after": [a.debit_balance_after for a in accepted],
         "credit_balances_after": [a.credit_balance_after for a in accepted],
         "resolved_pending_ids": [r[0] for r in walk.resolutions],
         "resolved_by": [r[1] for r in walk.resolutions],
         "outcomes": [r[2] for r in walk.resolutions],
-        "account_ids": touched,
-        "debits_posted": [
-            walk.accounts[i].debits_posted - originals[i].debits_posted for i in touched
-        ],
-        "credits_posted": [
-            walk.accounts[i].credits_posted - originals[i].credits_posted for i in touched
-        ],
-        "debits_pending": [
-            walk.accounts[i].debits_pending - originals[i].debits_pending for i in touched
-        ],
-        "credits_pending": [
-            walk.accounts[i].credits_pending - originals[i].credits_pending for i in touched
-        ],
     }
 
 
@@ -531,38 +630,32 @@ async def post_batch(conn: AsyncConnection, transfers: Sequence[Transfer]) -> Ba
         return BatchOutcome(results=[])
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
     stored, outcomes = await read_stored(conn, {t.id for t in transfers} | pending_ids)
-    account_ids = {t.debit_account_id for t in transfers} | {t.credit_account_id for t in transfers}
-    for pending_id in pending_ids:
-        if pending_id in stored:
-            account_ids |= {
-                stored[pending_id].debit_account_id,
-                stored[pending_id].credit_account_id,
-            }
-    account_ids.discard(0)
-    accounts, committed_at = await _lock_accounts(conn, account_ids)
+    accounts, decided_at = await _read_accounts(conn, _account_roles(transfers, stored))
     originals = {key: value.copy() for key, value in accounts.items()}
     pendings = {
         pending_id: _Pending(stored[pending_id], outcomes[pending_id])
         for pending_id in pending_ids
         if pending_id in stored
     }
-    walk = _Walk(committed_at, accounts, stored, pendings)
+    walk = _Walk(decided_at, accounts, stored, pendings)
     results: list[PostResult] = []
     for chain in _chains(transfers):
         results.extend(_walk_chain(walk, transfers, chain))
-    if walk.accepted:
-        try:
-            await conn.execute(_WRITE_BATCH, _write_parameters(walk, originals))
-        except IntegrityError as error:
-            if _is_unique_violation(error):
-                raise LedgerConflictError(str(error.orig)) from error
-            raise
-        stored_batch = [_accepted_as_stored(accepted, committed_at) for accepted in walk.accepted]
-        deferred = conn.info.get(DEFERRED_LINKS_KEY)
-        if deferred is None:
-            await append_link(conn, stored_batch)
-        else:  # run_with_conflict_retry links everything just before the commit
-            deferred.extend(stored_batch)
+    if not walk.accepted:
+        return BatchOutcome(results, decided_at, 0)
+    committed_at = await _update_accounts(conn, walk, originals)
+    try:
+        await conn.execute(_INSERT_BATCH, _insert_parameters(walk, committed_at))
+    except IntegrityError as error:
+        if _is_unique_violation(error):
+            raise LedgerConflictError(str(error.orig)) from error
+        raise
+    stored_batch = [_accepted_as_stored(accepted, committed_at) for accepted in walk.accepted]
+    deferred = conn.info.get(DEFERRED_LINKS_KEY)
+    if deferred is None:
+        await append_link(conn, stored_batch)
+    else:  # run_with_conflict_retry links everything just before the commit
+        deferred.extend(stored_batch)
     return BatchOutcome(results, committed_at, len(walk.accepted))
 
 

@@ -50,6 +50,26 @@ _CHECKS: dict[str, str] = {
         WHERE (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending)
            <> (s.dp, s.cp, s.dpend, s.cpend)
     """,
+    "balances_after_match_running_totals": """
+        WITH sides AS (
+            SELECT debit_account_id AS account_id, seq, id, debit_balance_after AS stored,
+                   CASE WHEN flags & 10 = 0 THEN -amount ELSE 0 END AS change
+            FROM transfers
+            UNION ALL
+            SELECT credit_account_id, seq, id, credit_balance_after,
+                   CASE WHEN flags & 10 = 0 THEN amount ELSE 0 END
+            FROM transfers
+        ), running AS (
+            SELECT account_id, seq, id, stored,
+                   sum(change) OVER (PARTITION BY account_id ORDER BY seq) AS expected
+            FROM sides
+        )
+        SELECT 'transfer ' || r.id || ': ' || a.name || ' balance after is ' || r.stored
+               || ' but its transfers up to it give ' || r.expected
+        FROM running r JOIN accounts a ON a.id = r.account_id
+        WHERE r.stored <> r.expected
+        ORDER BY r.seq
+    """,
     "balance_rules_hold": """
         SELECT name || ': flags ' || flags || ' broken by totals (' || debits_posted || ', '
                || credits_posted || ', ' || debits_pending || ', ' || credits_pending || ')'

@@ -59,6 +59,8 @@ class Model:
             posting = bool(t.flags & F.POST_PENDING)
             if posting and t.amount > pending_amount:
                 return R.AMOUNT_EXCEEDS_PENDING
+            if not posting and t.amount not in (0, pending_amount):
+                return R.AMOUNT_DIFFERS_FROM_PENDING
             self.totals[debit][2] -= pending_amount
             self.totals[credit][3] -= pending_amount
             if posting:

@@ -136,6 +136,39 @@ async def test_verify_names_an_account_whose_totals_were_edited_by_hand(
         assert await verify(conn) == []
 
 
+async def test_verify_names_a_transfer_whose_balance_after_was_edited(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    ledger = Ledger(engine)
+    a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
+    transfer = Transfer(uuid.uuid4(), a, b, 10, SYN)
+    await ledger.post([transfer])
+    edit = (
+        "UPDATE transfers SET credit_balance_after = credit_balance_after + :delta WHERE id = :id"
+    )
+    async with engine.begin() as conn:  # as a superuser who turned the triggers off
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))
+        await conn.execute(text(edit), {"delta": 1, "id": transfer.id})
+    try:
+        async with engine.connect() as conn:
+            problems = await verify(conn)
+        assert {p.check for p in problems} == {
+            "balances_after_match_running_totals",
+            "hash_chain_intact",
+        }
+        detail = next(p.detail for p in problems if p.check != "hash_chain_intact")
+        assert str(transfer.id) in detail
+        assert f"test:{unique_id}:1 balance after is 11 but its transfers up to it give 10" in (
+            detail
+        )
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+            await conn.execute(text(edit), {"delta": -1, "id": transfer.id})
+    async with engine.connect() as conn:
+        assert await verify(conn) == []
+
+
 async def test_verify_reports_an_expired_pending_left_open(
     engine: AsyncEngine, unique_id: str
 ) -> None:
@@ -157,6 +190,7 @@ def test_verify_runs_every_documented_check() -> None:
     assert check_names() == [
         "asset_sums_to_zero",
         "totals_match_transfers",
+        "balances_after_match_running_totals",
         "balance_rules_hold",
         "no_expired_pending_left_open",
         "transfer_assets_match_accounts",
