@@ -59,9 +59,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bench.ledger_bench import admin_url, fresh_database, server_version, verify_ledger
 from ledger import chart
+from ledger.chain import append_link
 from ledger.chart import AccountKind
 from ledger.database import create_engine
-from ledger.model import PostResult, Transfer, TransferCode
+from ledger.model import PostResult, StoredTransfer, Transfer, TransferCode
 from ledger.service import Ledger
 from schemas import topics
 from schemas.events import GiftSent
@@ -318,8 +319,9 @@ _BASELINE_TRANSFER = text(
     INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, asset, code, flags,
                            rate_card_version, event_id, debit_balance_after,
                            credit_balance_after, created_at)
-    VALUES (:id, :debit_id, :credit_id, :amount, 'DIAMOND', :code, 0, :version, :event_id,
-            :debit_after, :credit_after, now())
+    VALUES (:id, :debit_account_id, :credit_account_id, :amount, 'DIAMOND', :code, 0,
+            :rate_card_version, :event_id, :debit_balance_after, :credit_balance_after, now())
+    RETURNING created_at
     """
 )
 
@@ -359,20 +361,31 @@ async def apply_one(
         credit_after = (
             await conn.execute(_BASELINE_CREDIT, {"id": creator_id, "amount": amount})
         ).scalar_one()
-        await conn.execute(
-            _BASELINE_TRANSFER,
-            {
-                "id": transfer,
-                "debit_id": issuance_id,
-                "credit_id": creator_id,
-                "amount": amount,
-                "code": int(TransferCode.GIFT_DIAMONDS),
-                "version": card.version,
-                "event_id": gift.event_id,
-                "debit_after": debit_after,
-                "credit_after": credit_after,
-            },
+        fields = {
+            "id": transfer,
+            "debit_account_id": issuance_id,
+            "credit_account_id": creator_id,
+            "amount": amount,
+            "code": int(TransferCode.GIFT_DIAMONDS),
+            "rate_card_version": card.version,
+            "event_id": gift.event_id,
+            "debit_balance_after": debit_after,
+            "credit_balance_after": credit_after,
+        }
+        created_at = (await conn.execute(_BASELINE_TRANSFER, fields)).scalar_one()
+        # The same tamper evidence as giftledger: each transaction links into the hash chain.
+        stored = StoredTransfer(
+            **fields,
+            seq=0,
+            asset="DIAMOND",
+            flags=0,
+            pending_id=None,
+            timeout_s=None,
+            expires_at=None,
+            metadata=None,
+            created_at=created_at,
         )
+        await append_link(conn, [stored])
     return card.version, gift.coins * gift.count
 
 

@@ -42,6 +42,7 @@ from ledger.accounts import ensure_accounts_in
 from ledger.chain import append_link
 from ledger.chart import AccountKind, AccountSpec
 from ledger.database import create_engine, to_async_url
+from ledger.ids import time_ordered_id
 from ledger.migrate import upgrade_to_head
 from ledger.model import (
     AccountFlags,
@@ -66,6 +67,9 @@ CONFLICT_RETRY_COUNT_MAX = 5
 WRITER_COUNT_MAX = 64
 ACCOUNT_COUNT_MAX = 1_000_000
 VERIFY_STATEMENT_TIMEOUT_MS = 600_000
+TRANSFER_ID_KINDS = ("time-ordered", "random")
+# Time-ordered ids advance their millisecond every this many transfers (50,000 a second).
+TRANSFERS_PER_MS = 50
 
 _INSERT_KEY = text("INSERT INTO transfer_keys (id, created_at) VALUES (:id, now())")
 
@@ -105,6 +109,7 @@ class Settings:
     batch_size: int
     writers: int
     baseline_transfers: int
+    transfer_ids: str
     json_path: Path | None
 
 
@@ -137,6 +142,12 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--baseline-transfers", type=int, default=5_000, help="per variant, baseline path"
     )
+    parser.add_argument(
+        "--transfer-ids",
+        choices=TRANSFER_ID_KINDS,
+        default="time-ordered",
+        help="time-ordered (UUID version 7 layout, as ledger.ids makes them) or random (version 4)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     arguments = parser.parse_args(argv)
     if arguments.transfers < 1 or arguments.baseline_transfers < 1:
@@ -153,6 +164,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         batch_size=arguments.batch_size,
         writers=arguments.writers,
         baseline_transfers=arguments.baseline_transfers,
+        transfer_ids=arguments.transfer_ids,
         json_path=arguments.json,
     )
 
@@ -227,18 +239,28 @@ async def create_chart(engine: AsyncEngine, account_count: int) -> Chart:
 # The workload.
 
 
-def make_workload(rng: random.Random, variant: str, count: int, chart: Chart) -> list[Transfer]:
-    """Plain transfers from the funding account; `hot` credits one account 30 % of the time."""
+def make_workload(
+    rng: random.Random, variant: str, count: int, chart: Chart, transfer_ids: str
+) -> list[Transfer]:
+    """Plain transfers from the funding account; `hot` credits one account 30 % of the time.
+
+    Time-ordered ids start at the current millisecond; random ids come from `rng`.
+    """
     hot_account_id = chart.account_ids[0]
+    start_ms = time.time_ns() // 1_000_000
     transfers: list[Transfer] = []
-    for _ in range(count):
+    for index in range(count):
+        if transfer_ids == "random":
+            transfer_id = uuid.UUID(int=rng.getrandbits(128), version=4)
+        else:
+            transfer_id = time_ordered_id(start_ms + index // TRANSFERS_PER_MS, rng.getrandbits(74))
         if variant == "hot" and rng.random() < HOT_SHARE:
             credit_account_id = hot_account_id
         else:
             credit_account_id = rng.choice(chart.account_ids)
         transfers.append(
             Transfer(
-                id=uuid.UUID(int=rng.getrandbits(128), version=4),
+                id=transfer_id,
                 debit_account_id=chart.funding_id,
                 credit_account_id=credit_account_id,
                 amount=rng.randint(1, AMOUNT_MAX),
@@ -471,8 +493,12 @@ async def run(settings: Settings) -> None:
             rng = random.Random(WORKLOAD_SEED)
             measurements: list[Measurement] = []
             for variant in VARIANTS:
-                batch_workload = make_workload(rng, variant, settings.transfers, chart)
-                baseline_workload = make_workload(rng, variant, settings.baseline_transfers, chart)
+                batch_workload = make_workload(
+                    rng, variant, settings.transfers, chart, settings.transfer_ids
+                )
+                baseline_workload = make_workload(
+                    rng, variant, settings.baseline_transfers, chart, settings.transfer_ids
+                )
                 measurements.append(
                     await measure(engine, variant, "batch", batch_workload, settings)
                 )
@@ -487,6 +513,7 @@ async def run(settings: Settings) -> None:
         "writers": settings.writers,
         "batch_size": settings.batch_size,
         "accounts": settings.accounts,
+        "transfer_ids": settings.transfer_ids,
         "postgresql": version,
         "cpus": os.cpu_count(),
         "server": source,
