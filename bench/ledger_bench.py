@@ -52,7 +52,12 @@ from ledger.model import (
     Transfer,
     TransferCode,
 )
-from ledger.posting import TRANSFER_BATCH_SIZE_MAX, post_batch, run_with_conflict_retry
+from ledger.posting import (
+    TRANSFER_BATCH_SIZE_MAX,
+    AccountFacts,
+    post_batch,
+    run_with_conflict_retry,
+)
 from ledger.verify import verify
 from services.embedded_postgres import EmbeddedPostgres
 
@@ -273,18 +278,20 @@ def make_workload(
 # The batch path.
 
 
-async def post_one_batch(engine: AsyncEngine, batch: Sequence[Transfer]) -> BatchOutcome:
+async def post_one_batch(
+    engine: AsyncEngine, batch: Sequence[Transfer], facts: AccountFacts
+) -> BatchOutcome:
     return await run_with_conflict_retry(
-        engine, lambda conn: post_batch(conn, batch), CONFLICT_RETRY_COUNT_MAX
+        engine, lambda conn: post_batch(conn, batch, facts), CONFLICT_RETRY_COUNT_MAX
     )
 
 
 async def batch_writer(
-    engine: AsyncEngine, batches: Sequence[Sequence[Transfer]]
+    engine: AsyncEngine, batches: Sequence[Sequence[Transfer]], facts: AccountFacts
 ) -> list[PostResult]:
     results: list[PostResult] = []
     for batch in batches:
-        results.extend((await post_one_batch(engine, batch)).results)
+        results.extend((await post_one_batch(engine, batch, facts)).results)
     return results
 
 
@@ -295,10 +302,11 @@ async def run_batch_path(
         transfers[start : start + settings.batch_size]
         for start in range(0, len(transfers), settings.batch_size)
     ]
+    facts = AccountFacts()  # as a Ledger keeps them, shared by its writers
     started = time.perf_counter()
     per_writer = await asyncio.gather(
         *(
-            batch_writer(engine, batches[writer :: settings.writers])
+            batch_writer(engine, batches[writer :: settings.writers], facts)
             for writer in range(settings.writers)
         )
     )

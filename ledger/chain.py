@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import operator
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,30 +48,68 @@ def _timestamp_text(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def line_head(
+    transfer_id: uuid.UUID,
+    debit_account_id: int,
+    credit_account_id: int,
+    amount: int,
+    asset: str,
+    code: int,
+    flags: int,
+    pending_id: uuid.UUID | None,
+    timeout_s: int | None,
+    expires_at: datetime | None,
+    rate_card_version: int | None,
+    event_id: str | None,
+    metadata: dict[str, Any] | None,
+) -> str:
+    """The canonical line up to the fields that are known only once the batch is written."""
+    return (
+        f"{transfer_id}|{debit_account_id}|{credit_account_id}|{amount}|{asset}|{code}|{flags}|"
+        f"{'' if pending_id is None else pending_id}|{'' if timeout_s is None else timeout_s}|"
+        f"{'' if expires_at is None else _timestamp_text(expires_at)}|"
+        f"{'' if rate_card_version is None else rate_card_version}|"
+        f"{'' if event_id is None else event_id}|"
+        f"{'' if metadata is None else _text(metadata)}|"
+    )
+
+
+def line_tail(debit_balance_after: int, credit_balance_after: int, created_at: datetime) -> str:
+    """The rest of the canonical line: the running balances and the commit timestamp."""
+    return f"{debit_balance_after}|{credit_balance_after}|{_timestamp_text(created_at)}\n"
+
+
 def canonical_line(fields: StoredTransfer) -> bytes:
     """Every stored field but `seq`, which the database assigns after the batch is hashed.
 
     Written out field by field (the same text as `_text` gives each one) because the chain is
     hashed while the batch holds its account locks.
     """
-    pending_id = fields.pending_id
-    timeout_s = fields.timeout_s
-    expires_at = fields.expires_at
-    rate_card_version = fields.rate_card_version
-    event_id = fields.event_id
-    metadata = fields.metadata
-    line = (
-        f"{fields.id}|{fields.debit_account_id}|{fields.credit_account_id}|{fields.amount}|"
-        f"{fields.asset}|{fields.code}|{fields.flags}|"
-        f"{'' if pending_id is None else pending_id}|{'' if timeout_s is None else timeout_s}|"
-        f"{'' if expires_at is None else _timestamp_text(expires_at)}|"
-        f"{'' if rate_card_version is None else rate_card_version}|"
-        f"{'' if event_id is None else event_id}|"
-        f"{'' if metadata is None else _text(metadata)}|"
-        f"{fields.debit_balance_after}|{fields.credit_balance_after}|"
-        f"{_timestamp_text(fields.created_at)}\n"
+    head = line_head(
+        fields.id,
+        fields.debit_account_id,
+        fields.credit_account_id,
+        fields.amount,
+        fields.asset,
+        fields.code,
+        fields.flags,
+        fields.pending_id,
+        fields.timeout_s,
+        fields.expires_at,
+        fields.rate_card_version,
+        fields.event_id,
+        fields.metadata,
     )
-    return line.encode("utf-8")
+    tail = line_tail(fields.debit_balance_after, fields.credit_balance_after, fields.created_at)
+    return (head + tail).encode("utf-8")
+
+
+# A transfer as the chain sees it: its id as an integer (the sort key), its id, its line.
+ChainEntry = tuple[int, uuid.UUID, bytes]
+
+
+def chain_entry(fields: StoredTransfer) -> ChainEntry:
+    return (fields.id.int, fields.id, canonical_line(fields))
 
 
 def digest(transfers: Iterable[StoredTransfer]) -> bytes:
@@ -99,11 +138,19 @@ _APPEND_LINK = text(
 
 async def append_link(conn: AsyncConnection, transfers: Sequence[StoredTransfer]) -> None:
     """Link a batch's stored transfers into the chain, in the caller's transaction."""
-    if not transfers:
+    await append_link_entries(conn, [chain_entry(fields) for fields in transfers])
+
+
+async def append_link_entries(conn: AsyncConnection, entries: Sequence[ChainEntry]) -> None:
+    """Link transfers, given as chain entries, into the chain, in the caller's transaction."""
+    if not entries:
         return
+    ordered = sorted(entries)  # by id; ids are unique, so lines are never compared
+    hasher = hashlib.sha256()
+    for entry in ordered:
+        hasher.update(entry[2])
     await conn.execute(
-        _APPEND_LINK,
-        {"ids": [fields.id for fields in transfers], "digest": digest(transfers)},
+        _APPEND_LINK, {"ids": [entry[1] for entry in ordered], "digest": hasher.digest()}
     )
 
 

@@ -27,10 +27,6 @@ def time_ordered_id(unix_ms: int, tail: int) -> uuid.UUID:
     rand_a = tail >> 62  # 12 bits
     rand_b = tail & (2**62 - 1)  # 62 bits
     value = (
-        (unix_ms << 80)
-        | (_VERSION_7 << 76)
-        | (rand_a << 64)
-        | (_VARIANT_RFC_9562 << 62)
-        | rand_b
+        (unix_ms << 80) | (_VERSION_7 << 76) | (rand_a << 64) | (_VARIANT_RFC_9562 << 62) | rand_b
     )
     return uuid.UUID(int=value)

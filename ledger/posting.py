@@ -36,7 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.chain import append_link
+from ledger.chain import ChainEntry, append_link_entries, line_head, line_tail
 from ledger.model import (
     AccountFlags,
     AccountTotals,
@@ -51,6 +51,7 @@ from ledger.model import (
 BIGINT_MAX = 2**63 - 1
 DEFERRED_LINKS_KEY = "giftledger.deferred_chain_links"
 TRANSFER_BATCH_SIZE_MAX = 100_000
+ACCOUNT_FACTS_SIZE_MAX = 500_000
 
 _OK_RESULTS = (PostResult.OK, PostResult.EXISTS)
 
@@ -106,67 +107,70 @@ _READ_ACCOUNTS = text(
     """
 )
 
-# Step 4. Every account the accepted transfers name is locked in id order (so two writers never
-# deadlock on them) and updated by its aggregated deltas. It returns each account's posted
-# balance just before this batch, which the transfers' running balances start from, and the
-# clock once all the locks are held: the batch's commit timestamp.
-_UPDATE_ACCOUNTS = text(
+# Steps 4 and 5, one statement. Every account the accepted transfers name is updated by its
+# aggregated deltas, in id order (the unnest is sorted and drives the join), so two writers take
+# their locks in the same order. Once all are locked, the clock is the batch's commit timestamp,
+# and each account's balance just before this batch is known: the transfers are inserted with
+# their running balances offset from it, in batch order, with their keys and the resolutions of
+# the pending transfers they post or void. The accounts' balances before, the timestamp and the
+# count inserted come back.
+_WRITE_BATCH = text(
     """
-    WITH ordered AS (
-        SELECT a.id FROM unnest(CAST(:account_ids AS bigint[])) AS wanted(id)
-        JOIN accounts a ON a.id = wanted.id
-        ORDER BY a.id
-        FOR NO KEY UPDATE OF a
-    )
-    UPDATE accounts a
-    SET debits_posted = a.debits_posted + d.debits_posted,
-        credits_posted = a.credits_posted + d.credits_posted,
-        debits_pending = a.debits_pending + d.debits_pending,
-        credits_pending = a.credits_pending + d.credits_pending
-    FROM ordered o,
-         unnest(CAST(:account_ids AS bigint[]), CAST(:debits_posted AS bigint[]),
-                CAST(:credits_posted AS bigint[]), CAST(:debits_pending AS bigint[]),
-                CAST(:credits_pending AS bigint[]))
-         AS d(id, debits_posted, credits_posted, debits_pending, credits_pending)
-    WHERE a.id = o.id AND a.id = d.id
-    RETURNING a.id,
-              a.credits_posted - a.debits_posted - (d.credits_posted - d.debits_posted)
-                  AS balance_before,
-              clock_timestamp() AS now
-    """
-)
-
-# Step 5. The accepted transfers, their keys and the pending transfers they resolve.
-_INSERT_BATCH = text(
-    """
-    WITH new_keys AS (
+    WITH updated AS (
+        UPDATE accounts a
+        SET debits_posted = a.debits_posted + d.debits_posted,
+            credits_posted = a.credits_posted + d.credits_posted,
+            debits_pending = a.debits_pending + d.debits_pending,
+            credits_pending = a.credits_pending + d.credits_pending
+        FROM unnest(CAST(:account_ids AS bigint[]), CAST(:debits_posted AS bigint[]),
+                    CAST(:credits_posted AS bigint[]), CAST(:debits_pending AS bigint[]),
+                    CAST(:credits_pending AS bigint[]))
+             AS d(id, debits_posted, credits_posted, debits_pending, credits_pending)
+        WHERE a.id = d.id
+        RETURNING a.id,
+                  a.credits_posted - a.debits_posted - (d.credits_posted - d.debits_posted)
+                      AS balance_before,
+                  clock_timestamp() AS locked_at
+    ), stamp AS (
+        SELECT max(locked_at) AS at FROM updated
+    ), new_keys AS (
         INSERT INTO transfer_keys (id, created_at)
-        SELECT unnest(CAST(:ids AS uuid[])), CAST(:created_at AS timestamptz)
+        SELECT unnest(CAST(:ids AS uuid[])), stamp.at FROM stamp
     ), new_resolutions AS (
         INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
-        SELECT r.pending_id, r.resolved_by, r.outcome, CAST(:created_at AS timestamptz)
+        SELECT r.pending_id, r.resolved_by, r.outcome, stamp.at
         FROM unnest(CAST(:resolved_pending_ids AS uuid[]), CAST(:resolved_by AS uuid[]),
-                    CAST(:outcomes AS text[])) AS r(pending_id, resolved_by, outcome)
+                    CAST(:outcomes AS text[])) AS r(pending_id, resolved_by, outcome),
+             stamp
+    ), new_transfers AS (
+        INSERT INTO transfers (
+            id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
+            timeout_s, expires_at, rate_card_version, event_id, metadata,
+            debit_balance_after, credit_balance_after, created_at)
+        SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code,
+               t.flags, t.pending_id, t.timeout_s,
+               stamp.at + make_interval(secs => t.timeout_s), t.rate_card_version, t.event_id,
+               t.metadata::jsonb, debit.balance_before + t.debit_offset,
+               credit.balance_before + t.credit_offset, stamp.at
+        FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:debit_account_ids AS bigint[]),
+            CAST(:credit_account_ids AS bigint[]), CAST(:amounts AS bigint[]),
+            CAST(:assets AS text[]), CAST(:codes AS smallint[]), CAST(:flags AS smallint[]),
+            CAST(:pending_ids AS uuid[]), CAST(:timeouts_s AS integer[]),
+            CAST(:rate_card_versions AS integer[]), CAST(:event_ids AS text[]),
+            CAST(:metadata AS text[]), CAST(:debit_offsets AS bigint[]),
+            CAST(:credit_offsets AS bigint[])
+        ) WITH ORDINALITY AS t(id, debit_account_id, credit_account_id, amount, asset, code,
+                               flags, pending_id, timeout_s, rate_card_version, event_id,
+                               metadata, debit_offset, credit_offset, position)
+        JOIN updated debit ON debit.id = t.debit_account_id
+        JOIN updated credit ON credit.id = t.credit_account_id
+        CROSS JOIN stamp
+        ORDER BY t.position
+        RETURNING 1
     )
-    INSERT INTO transfers (
-        id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
-        timeout_s, expires_at, rate_card_version, event_id, metadata,
-        debit_balance_after, credit_balance_after, created_at)
-    SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code, t.flags,
-           t.pending_id, t.timeout_s, t.expires_at, t.rate_card_version, t.event_id,
-           t.metadata::jsonb, t.debit_balance_after, t.credit_balance_after,
-           CAST(:created_at AS timestamptz)
-    FROM unnest(
-        CAST(:ids AS uuid[]), CAST(:debit_account_ids AS bigint[]),
-        CAST(:credit_account_ids AS bigint[]), CAST(:amounts AS bigint[]),
-        CAST(:assets AS text[]), CAST(:codes AS smallint[]), CAST(:flags AS smallint[]),
-        CAST(:pending_ids AS uuid[]), CAST(:timeouts_s AS integer[]),
-        CAST(:expires_at AS timestamptz[]), CAST(:rate_card_versions AS integer[]),
-        CAST(:event_ids AS text[]), CAST(:metadata AS text[]),
-        CAST(:debit_balances_after AS bigint[]), CAST(:credit_balances_after AS bigint[])
-    ) AS t(id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
-           timeout_s, expires_at, rate_card_version, event_id, metadata,
-           debit_balance_after, credit_balance_after)
+    SELECT u.id, u.balance_before, stamp.at, (SELECT count(*) FROM new_transfers) AS inserted
+    FROM updated u, stamp
     """
 )
 
@@ -268,14 +272,63 @@ def _account_roles(
     return roles
 
 
+class AccountFacts:
+    """What never changes about an account: its asset and its balance rules (the writer role
+    may update only its totals). With these known, a batch reads only the accounts it guards;
+    the others' running totals count from zero, and the write returns where they started.
+
+    One per database (the `Ledger` keeps one). Bounded: when full, it starts over.
+    """
+
+    def __init__(self, size_max: int = ACCOUNT_FACTS_SIZE_MAX) -> None:
+        self._facts: dict[int, tuple[str, int]] = {}
+        self._size_max = size_max
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    def get(self, account_id: int) -> tuple[str, int] | None:
+        return self._facts.get(account_id)
+
+    def remember(self, account_id: int, asset: str, flags: int) -> None:
+        if len(self._facts) >= self._size_max and account_id not in self._facts:
+            self._facts.clear()
+        self._facts[account_id] = (asset, flags)
+
+
+def _is_guarded(role: int, flags: int) -> bool:
+    """The same rule as the WHERE clause of _READ_ACCOUNTS."""
+    return bool(
+        (role & _ROLE_DEBITED and flags & _DEBITS_MUST_NOT_EXCEED_CREDITS)
+        or (role & _ROLE_CREDITED and flags & _CREDITS_MUST_NOT_EXCEED_DEBITS)
+        or role & _ROLE_FUNDED_DEBIT
+    )
+
+
 async def _read_accounts(
-    conn: AsyncConnection, roles: dict[int, int]
+    conn: AsyncConnection, roles: dict[int, int], facts: AccountFacts | None
 ) -> tuple[dict[int, AccountTotals], datetime]:
-    """The batch's accounts, guarded ones locked; and the clock the batch walk decides at."""
-    account_ids = sorted(roles)
-    parameters = {"ids": account_ids, "roles": [roles[i] for i in account_ids]}
-    rows = (await conn.execute(_READ_ACCOUNTS, parameters)).all()
-    accounts = {row[0]: AccountTotals(*row[:7]) for row in rows}
+    """The batch's accounts, guarded ones locked; and the clock the batch walk decides at.
+
+    Accounts whose facts are known and that the batch does not guard are not read: their totals
+    start at zero."""
+    accounts: dict[int, AccountTotals] = {}
+    to_read: dict[int, int] = {}
+    for account_id, role in roles.items():
+        fact = None if facts is None else facts.get(account_id)
+        if fact is None or _is_guarded(role, fact[1]):
+            to_read[account_id] = role
+        else:
+            accounts[account_id] = AccountTotals(account_id, fact[0], fact[1])
+    rows: Sequence[Any] = []
+    if to_read:
+        account_ids = sorted(to_read)
+        parameters = {"ids": account_ids, "roles": [to_read[i] for i in account_ids]}
+        rows = (await conn.execute(_READ_ACCOUNTS, parameters)).all()
+    for row in rows:
+        accounts[row[0]] = AccountTotals(*row[:7])
+        if facts is not None:
+            facts.remember(row[0], row[1], row[2])
     if rows:
         return accounts, max(row[7] for row in rows)
     now = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
@@ -545,42 +598,77 @@ def _walk_chain(walk: _Walk, transfers: Sequence[Transfer], chain: range) -> lis
     return final
 
 
-def _account_deltas(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[str, list[int]]:
-    """What the batch adds to each account its accepted transfers name, in id order."""
-    named = {a.debit_account_id for a in walk.accepted}
-    named.update(a.credit_account_id for a in walk.accepted)
+def _write_parameters(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[str, Any]:
+    """The accounts' aggregated deltas, in id order, and the accepted transfers in batch order,
+    with their running balances as offsets from their accounts' balances before the batch."""
+    accepted = walk.accepted
+    named = {a.debit_account_id for a in accepted}
+    named.update(a.credit_account_id for a in accepted)
+    account_ids = sorted(named)
     deltas: dict[str, list[int]] = {
-        "account_ids": sorted(named),
         "debits_posted": [],
         "credits_posted": [],
         "debits_pending": [],
         "credits_pending": [],
     }
-    for account_id in deltas["account_ids"]:
+    for account_id in account_ids:
         now, before = walk.accounts[account_id], originals[account_id]
         deltas["debits_posted"].append(now.debits_posted - before.debits_posted)
         deltas["credits_posted"].append(now.credits_posted - before.credits_posted)
         deltas["debits_pending"].append(now.debits_pending - before.debits_pending)
         deltas["credits_pending"].append(now.credits_pending - before.credits_pending)
-    return deltas
+    transfers = [a.transfer for a in accepted]
+    return {
+        "account_ids": account_ids,
+        **deltas,
+        "ids": [t.id for t in transfers],
+        "debit_account_ids": [a.debit_account_id for a in accepted],
+        "credit_account_ids": [a.credit_account_id for a in accepted],
+        "amounts": [a.amount for a in accepted],
+        "assets": [a.asset for a in accepted],
+        "codes": [int(t.code) for t in transfers],
+        "flags": [t.flags for t in transfers],
+        "pending_ids": [t.pending_id for t in transfers],
+        "timeouts_s": [t.timeout_s for t in transfers],
+        "rate_card_versions": [t.rate_card_version for t in transfers],
+        "event_ids": [t.event_id for t in transfers],
+        "metadata": [None if t.metadata is None else json.dumps(t.metadata) for t in transfers],
+        "debit_offsets": [
+            a.debit_balance_after - originals[a.debit_account_id].posted_balance for a in accepted
+        ],
+        "credit_offsets": [
+            a.credit_balance_after - originals[a.credit_account_id].posted_balance for a in accepted
+        ],
+        "resolved_pending_ids": [r[0] for r in walk.resolutions],
+        "resolved_by": [r[1] for r in walk.resolutions],
+        "outcomes": [r[2] for r in walk.resolutions],
+    }
 
 
-async def _update_accounts(
+async def _write(
     conn: AsyncConnection, walk: _Walk, originals: dict[int, AccountTotals]
 ) -> datetime:
-    """Lock and update the accounts; move the accepted transfers onto the balances the accounts
-    had once locked, and onto the commit timestamp. Returns that timestamp.
+    """Steps 4 and 5. Moves the accepted transfers onto the balances their accounts had once
+    locked, as the database stored them, and onto the commit timestamp, which it returns.
 
     The walk started from balances read without a lock for accounts it did not guard: another
     writer may have moved them since. Their running balances shift by the difference.
     """
-    rows = (await conn.execute(_UPDATE_ACCOUNTS, _account_deltas(walk, originals))).all()
+    try:
+        rows = (await conn.execute(_WRITE_BATCH, _write_parameters(walk, originals))).all()
+    except IntegrityError as error:
+        if _is_unique_violation(error):
+            raise LedgerConflictError(str(error.orig)) from error
+        raise
+    inserted = rows[0][3] if rows else 0
+    if inserted != len(walk.accepted):
+        raise AssertionError(f"stored {inserted} of {len(walk.accepted)} accepted transfers")
     shifts = {
         row[0]: row[1] - originals[row[0]].posted_balance
         for row in rows
         if row[1] != originals[row[0]].posted_balance
     }
-    committed_at: datetime = max(row[2] for row in rows)
+    committed_at: datetime = rows[0][2]
     for accepted in walk.accepted:
         if shifts:
             accepted.debit_balance_after += shifts.get(accepted.debit_account_id, 0)
@@ -592,34 +680,62 @@ async def _update_accounts(
     return committed_at
 
 
-def _insert_parameters(walk: _Walk, committed_at: datetime) -> dict[str, Any]:
-    accepted = walk.accepted
-    transfers = [a.transfer for a in accepted]
-    return {
-        "created_at": committed_at,
-        "ids": [t.id for t in transfers],
-        "debit_account_ids": [a.debit_account_id for a in accepted],
-        "credit_account_ids": [a.credit_account_id for a in accepted],
-        "amounts": [a.amount for a in accepted],
-        "assets": [a.asset for a in accepted],
-        "codes": [int(t.code) for t in transfers],
-        "flags": [t.flags for t in transfers],
-        "pending_ids": [t.pending_id for t in transfers],
-        "timeouts_s": [t.timeout_s for t in transfers],
-        "expires_at": [a.expires_at for a in accepted],
-        "rate_card_versions": [t.rate_card_version for t in transfers],
-        "event_ids": [t.event_id for t in transfers],
-        "metadata": [None if t.metadata is None else json.dumps(t.metadata) for t in transfers],
-        "debit_balances_after": [a.debit_balance_after for a in accepted],
-        "credit_balances_after": [a.credit_balance_after for a in accepted],
-        "resolved_pending_ids": [r[0] for r in walk.resolutions],
-        "resolved_by": [r[1] for r in walk.resolutions],
-        "outcomes": [r[2] for r in walk.resolutions],
-    }
+def _chain_line_head(accepted: _Accepted) -> str | None:
+    """The start of the transfer's line in the hash chain, made before the accounts are locked;
+    None for a pending transfer with a timeout, whose expiry is known only once written."""
+    if accepted.expires_at is not None:
+        return None
+    transfer = accepted.transfer
+    return line_head(
+        transfer.id,
+        accepted.debit_account_id,
+        accepted.credit_account_id,
+        accepted.amount,
+        accepted.asset,
+        int(transfer.code),
+        transfer.flags,
+        transfer.pending_id,
+        transfer.timeout_s,
+        None,
+        transfer.rate_card_version,
+        transfer.event_id,
+        transfer.metadata,
+    )
 
 
-async def post_batch(conn: AsyncConnection, transfers: Sequence[Transfer]) -> BatchOutcome:
-    """Post `transfers` inside the caller's transaction on `conn`.
+def _chain_entries(
+    accepted: Sequence[_Accepted], heads: Sequence[str | None], committed_at: datetime
+) -> list[ChainEntry]:
+    entries: list[ChainEntry] = []
+    for item, head in zip(accepted, heads, strict=True):
+        if head is None:
+            stored = _accepted_as_stored(item, committed_at)
+            head = line_head(
+                stored.id,
+                stored.debit_account_id,
+                stored.credit_account_id,
+                stored.amount,
+                stored.asset,
+                stored.code,
+                stored.flags,
+                stored.pending_id,
+                stored.timeout_s,
+                stored.expires_at,
+                stored.rate_card_version,
+                stored.event_id,
+                stored.metadata,
+            )
+        tail = line_tail(item.debit_balance_after, item.credit_balance_after, committed_at)
+        transfer_id = item.transfer.id
+        entries.append((transfer_id.int, transfer_id, (head + tail).encode("utf-8")))
+    return entries
+
+
+async def post_batch(
+    conn: AsyncConnection, transfers: Sequence[Transfer], facts: AccountFacts | None = None
+) -> BatchOutcome:
+    """Post `transfers` inside the caller's transaction on `conn`. `facts` (the database's
+    `AccountFacts`) spares reading the accounts the batch does not guard.
 
     Returns a result per transfer. Transfers that are not OK change nothing. The caller commits
     (or rolls back); a `LedgerConflictError` means the unit of work should be run again.
@@ -630,7 +746,8 @@ async def post_batch(conn: AsyncConnection, transfers: Sequence[Transfer]) -> Ba
         return BatchOutcome(results=[])
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
     stored, outcomes = await read_stored(conn, {t.id for t in transfers} | pending_ids)
-    accounts, decided_at = await _read_accounts(conn, _account_roles(transfers, stored))
+    roles = _account_roles(transfers, stored)
+    accounts, decided_at = await _read_accounts(conn, roles, facts)
     originals = {key: value.copy() for key, value in accounts.items()}
     pendings = {
         pending_id: _Pending(stored[pending_id], outcomes[pending_id])
@@ -643,19 +760,14 @@ async def post_batch(conn: AsyncConnection, transfers: Sequence[Transfer]) -> Ba
         results.extend(_walk_chain(walk, transfers, chain))
     if not walk.accepted:
         return BatchOutcome(results, decided_at, 0)
-    committed_at = await _update_accounts(conn, walk, originals)
-    try:
-        await conn.execute(_INSERT_BATCH, _insert_parameters(walk, committed_at))
-    except IntegrityError as error:
-        if _is_unique_violation(error):
-            raise LedgerConflictError(str(error.orig)) from error
-        raise
-    stored_batch = [_accepted_as_stored(accepted, committed_at) for accepted in walk.accepted]
+    heads = [_chain_line_head(accepted) for accepted in walk.accepted]
+    committed_at = await _write(conn, walk, originals)
+    entries = _chain_entries(walk.accepted, heads, committed_at)
     deferred = conn.info.get(DEFERRED_LINKS_KEY)
     if deferred is None:
-        await append_link(conn, stored_batch)
+        await append_link_entries(conn, entries)
     else:  # run_with_conflict_retry links everything just before the commit
-        deferred.extend(stored_batch)
+        deferred.extend(entries)
     return BatchOutcome(results, committed_at, len(walk.accepted))
 
 
@@ -696,7 +808,7 @@ async def run_with_conflict_retry(
                 conn.info[DEFERRED_LINKS_KEY] = []
                 try:
                     result = await unit_of_work(conn)
-                    await append_link(conn, conn.info[DEFERRED_LINKS_KEY])
+                    await append_link_entries(conn, conn.info[DEFERRED_LINKS_KEY])
                 finally:
                     conn.info.pop(DEFERRED_LINKS_KEY, None)
                 return result

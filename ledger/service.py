@@ -10,7 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.accounts import AccountDirectory
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
-from ledger.posting import post_batch, run_with_conflict_retry, split_at_chain_boundaries
+from ledger.posting import (
+    AccountFacts,
+    post_batch,
+    run_with_conflict_retry,
+    split_at_chain_boundaries,
+)
 
 EXPIRY_NAMESPACE = uuid.UUID("6f1d8f43-6a0b-4c34-9d44-5f0f5b7f3e61")
 EXPIRY_BATCH_SIZE_MAX = 10_000
@@ -31,6 +36,7 @@ class Ledger:
     ) -> None:
         self.engine = engine
         self.accounts = AccountDirectory(engine)
+        self.account_facts = AccountFacts()
         self._batch_size_max = batch_size_max
         self._conflict_retry_count_max = conflict_retry_count_max
 
@@ -43,7 +49,7 @@ class Ledger:
         for batch in split_at_chain_boundaries(transfers, self._batch_size_max):
             outcome = await run_with_conflict_retry(
                 self.engine,
-                lambda conn, batch=batch: post_batch(conn, batch),  # type: ignore[misc]
+                lambda conn, batch=batch: post_batch(conn, batch, self.account_facts),  # type: ignore[misc]
                 self._conflict_retry_count_max,
             )
             results.extend(outcome.results)

@@ -465,7 +465,7 @@ class Ingestor:
                 owners.append(item)
         if topic == topics.GIFTS_SENT:
             transfers += self._batch_coin_transfers(fresh, planned, account_ids)
-        outcome = await post_batch(conn, transfers)
+        outcome = await post_batch(conn, transfers, self.ledger.account_facts)
         results_by_event: dict[str, list[PostResult]] = {}
         for item, result in zip(owners, outcome.results, strict=False):
             results_by_event.setdefault(item.event.event_id, []).append(result)
