@@ -29,7 +29,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import text
@@ -54,6 +54,8 @@ TRANSFER_BATCH_SIZE_MAX = 100_000
 ACCOUNT_FACTS_SIZE_MAX = 500_000
 
 _OK_RESULTS = (PostResult.OK, PostResult.EXISTS)
+# The totals of an account the batch did not read: its running totals count from zero.
+_ZERO = AccountTotals(0, "", 0)
 
 _SELECT_TRANSFERS = text(
     """
@@ -307,11 +309,12 @@ def _is_guarded(role: int, flags: int) -> bool:
 
 async def _read_accounts(
     conn: AsyncConnection, roles: dict[int, int], facts: AccountFacts | None
-) -> tuple[dict[int, AccountTotals], datetime]:
-    """The batch's accounts, guarded ones locked; and the clock the batch walk decides at.
+) -> tuple[dict[int, AccountTotals], dict[int, AccountTotals], datetime | None]:
+    """The batch's accounts (guarded ones locked), a copy of the totals read, and the clock
+    when anything was read.
 
     Accounts whose facts are known and that the batch does not guard are not read: their totals
-    start at zero."""
+    start at zero, and they have no entry in the copy."""
     accounts: dict[int, AccountTotals] = {}
     to_read: dict[int, int] = {}
     for account_id, role in roles.items():
@@ -320,20 +323,24 @@ async def _read_accounts(
             to_read[account_id] = role
         else:
             accounts[account_id] = AccountTotals(account_id, fact[0], fact[1])
-    rows: Sequence[Any] = []
-    if to_read:
-        account_ids = sorted(to_read)
-        parameters = {"ids": account_ids, "roles": [to_read[i] for i in account_ids]}
-        rows = (await conn.execute(_READ_ACCOUNTS, parameters)).all()
+    if not to_read:
+        return accounts, {}, None
+    account_ids = sorted(to_read)
+    parameters = {"ids": account_ids, "roles": [to_read[i] for i in account_ids]}
+    rows = (await conn.execute(_READ_ACCOUNTS, parameters)).all()
+    originals: dict[int, AccountTotals] = {}
     for row in rows:
         accounts[row[0]] = AccountTotals(*row[:7])
+        originals[row[0]] = AccountTotals(*row[:7])
         if facts is not None:
             facts.remember(row[0], row[1], row[2])
-    if rows:
-        return accounts, max(row[7] for row in rows)
+    return accounts, originals, max((row[7] for row in rows), default=None)
+
+
+async def _clock(conn: AsyncConnection) -> datetime:
     now = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
     assert isinstance(now, datetime)
-    return accounts, now
+    return now
 
 
 def _same_fields(transfer: Transfer, stored: StoredTransfer) -> bool:
@@ -612,7 +619,7 @@ def _write_parameters(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[
         "credits_pending": [],
     }
     for account_id in account_ids:
-        now, before = walk.accounts[account_id], originals[account_id]
+        now, before = walk.accounts[account_id], originals.get(account_id, _ZERO)
         deltas["debits_posted"].append(now.debits_posted - before.debits_posted)
         deltas["credits_posted"].append(now.credits_posted - before.credits_posted)
         deltas["debits_pending"].append(now.debits_pending - before.debits_pending)
@@ -634,10 +641,12 @@ def _write_parameters(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[
         "event_ids": [t.event_id for t in transfers],
         "metadata": [None if t.metadata is None else json.dumps(t.metadata) for t in transfers],
         "debit_offsets": [
-            a.debit_balance_after - originals[a.debit_account_id].posted_balance for a in accepted
+            a.debit_balance_after - originals.get(a.debit_account_id, _ZERO).posted_balance
+            for a in accepted
         ],
         "credit_offsets": [
-            a.credit_balance_after - originals[a.credit_account_id].posted_balance for a in accepted
+            a.credit_balance_after - originals.get(a.credit_account_id, _ZERO).posted_balance
+            for a in accepted
         ],
         "resolved_pending_ids": [r[0] for r in walk.resolutions],
         "resolved_by": [r[1] for r in walk.resolutions],
@@ -664,9 +673,9 @@ async def _write(
     if inserted != len(walk.accepted):
         raise AssertionError(f"stored {inserted} of {len(walk.accepted)} accepted transfers")
     shifts = {
-        row[0]: row[1] - originals[row[0]].posted_balance
+        row[0]: row[1] - originals.get(row[0], _ZERO).posted_balance
         for row in rows
-        if row[1] != originals[row[0]].posted_balance
+        if row[1] != originals.get(row[0], _ZERO).posted_balance
     }
     committed_at: datetime = rows[0][2]
     for accepted in walk.accepted:
@@ -747,19 +756,23 @@ async def post_batch(
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
     stored, outcomes = await read_stored(conn, {t.id for t in transfers} | pending_ids)
     roles = _account_roles(transfers, stored)
-    accounts, decided_at = await _read_accounts(conn, roles, facts)
-    originals = {key: value.copy() for key, value in accounts.items()}
+    accounts, originals, clock = await _read_accounts(conn, roles, facts)
     pendings = {
         pending_id: _Pending(stored[pending_id], outcomes[pending_id])
         for pending_id in pending_ids
         if pending_id in stored
     }
+    # The walk's clock decides whether a stored pending transfer has expired. Without one to
+    # resolve, it is only a placeholder: transfers are stored with the clock of the write.
+    if clock is None and pendings:
+        clock = await _clock(conn)
+    decided_at = clock or datetime.now(UTC)
     walk = _Walk(decided_at, accounts, stored, pendings)
     results: list[PostResult] = []
     for chain in _chains(transfers):
         results.extend(_walk_chain(walk, transfers, chain))
     if not walk.accepted:
-        return BatchOutcome(results, decided_at, 0)
+        return BatchOutcome(results, None, 0)
     heads = [_chain_line_head(accepted) for accepted in walk.accepted]
     committed_at = await _write(conn, walk, originals)
     entries = _chain_entries(walk.accepted, heads, committed_at)
