@@ -328,5 +328,6 @@ def test_rates_lists_the_default_card_and_adds_a_future_version(
     assert f"rate card version {len(before) + 1}" in capsys.readouterr().out
     assert main(["rates", "--json"]) == 0
     after = json.loads(capsys.readouterr().out)["rate_cards"]
-    assert after[-1]["milli_diamonds_per_coin"] == 600
+    added = [card for card in after if card["version"] == len(before) + 1]
+    assert [card["milli_diamonds_per_coin"] for card in added] == [600]
     assert len(after) == len(before) + 1
