@@ -1,26 +1,26 @@
-"""Posting a batch of transfers: five statements per batch, whatever its size.
+"""Posting a batch of transfers: at most three statements per batch, whatever its size.
 
 1. Read the stored transfers that the batch names (its own ids, for idempotency, and the pending
    transfers it posts or voids) with how each pending ended.
 2. Read the batch's accounts. Those whose balance rule a transfer of the batch could break are
-   locked, in id order; the others are read without a lock.
+   locked, in id order; the others are read without a lock, and not at all once their asset and
+   rules are known (`AccountFacts`): their running totals then count from zero.
 3. Walk the batch in Python, in order, deciding a result per transfer against running totals
    (linked chains succeed or fail whole). Only the guarded accounts' totals can change a result.
-4. Lock every account the accepted transfers name, in id order, and add one aggregated delta to
-   each. The balances they had once locked are returned, and the running balances stored with
-   the transfers are moved onto them (another writer may have moved an unguarded account
-   since step 2). The clock read then, with every lock held, is the batch's commit timestamp.
-5. Insert the accepted transfers, their keys and the resolutions of pending transfers.
+4. One statement locks every account the accepted transfers name, in id order, adds one
+   aggregated delta to each, and inserts the accepted transfers (their running balances offset
+   from the balances the accounts had once locked), their keys and the resolutions of pending
+   transfers. The clock read once every lock is held is the batch's commit timestamp.
 
-So the accounts most writers share (the platform's) are locked only for steps 4 and 5 and the
-commit, not while the batch is read and walked.
+So the accounts most writers share (the platform's) are locked only for step 4, the hash chain
+link and the commit, not while the batch is read and walked.
 
 A concurrent writer that stored the same transfer id, or resolved the same pending transfer,
-between steps 1 and 5 makes step 5 fail on a unique key; `run_with_conflict_retry` then runs the
+between steps 1 and 4 makes step 4 fail on a unique key; `run_with_conflict_retry` then runs the
 whole unit of work again, and the second run sees what the other writer did.
 
-Decisions that depend on time (whether a pending transfer has expired) are taken at the clock of
-step 2; the transfers are stored with the clock of step 4, a few milliseconds later.
+Whether a stored pending transfer has expired is decided at the clock of step 2 (read for that
+when step 2 read nothing); the transfers are stored with the clock of step 4, a little later.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ _READ_ACCOUNTS = text(
     """
 )
 
-# Steps 4 and 5, one statement. Every account the accepted transfers name is updated by its
+# Step 4. Every account the accepted transfers name is updated by its
 # aggregated deltas, in id order (the unnest is sorted and drives the join), so two writers take
 # their locks in the same order. Once all are locked, the clock is the batch's commit timestamp,
 # and each account's balance just before this batch is known: the transfers are inserted with
@@ -657,7 +657,7 @@ def _write_parameters(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[
 async def _write(
     conn: AsyncConnection, walk: _Walk, originals: dict[int, AccountTotals]
 ) -> datetime:
-    """Steps 4 and 5. Moves the accepted transfers onto the balances their accounts had once
+    """Step 4. Moves the accepted transfers onto the balances their accounts had once
     locked, as the database stored them, and onto the commit timestamp, which it returns.
 
     The walk started from balances read without a lock for accounts it did not guard: another
