@@ -36,7 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.chain import ChainEntry, append_link_entries, line_head, line_tail
+from ledger.chain import ChainEntry, append_link_entries, chain_entry, line_head, line_tail
 from ledger.model import (
     AccountFlags,
     AccountTotals,
@@ -285,9 +285,6 @@ class AccountFacts:
     def __init__(self, size_max: int = ACCOUNT_FACTS_SIZE_MAX) -> None:
         self._facts: dict[int, tuple[str, int]] = {}
         self._size_max = size_max
-
-    def __len__(self) -> int:
-        return len(self._facts)
 
     def get(self, account_id: int) -> tuple[str, int] | None:
         return self._facts.get(account_id)
@@ -718,22 +715,8 @@ def _chain_entries(
     entries: list[ChainEntry] = []
     for item, head in zip(accepted, heads, strict=True):
         if head is None:
-            stored = _accepted_as_stored(item, committed_at)
-            head = line_head(
-                stored.id,
-                stored.debit_account_id,
-                stored.credit_account_id,
-                stored.amount,
-                stored.asset,
-                stored.code,
-                stored.flags,
-                stored.pending_id,
-                stored.timeout_s,
-                stored.expires_at,
-                stored.rate_card_version,
-                stored.event_id,
-                stored.metadata,
-            )
+            entries.append(chain_entry(_accepted_as_stored(item, committed_at)))
+            continue
         tail = line_tail(item.debit_balance_after, item.credit_balance_after, committed_at)
         transfer_id = item.transfer.id
         entries.append((transfer_id.int, transfer_id, (head + tail).encode("utf-8")))
