@@ -2,9 +2,10 @@
 
 1. Read the stored transfers that the batch names (its own ids, for idempotency, and the pending
    transfers it posts or voids) with how each pending ended.
-2. Read the batch's accounts. Those whose balance rule a transfer of the batch could break are
-   locked, in id order; the others are read without a lock, and not at all once their asset and
-   rules are known (`AccountFacts`): their running totals then count from zero.
+2. If a transfer of the batch could break an account's balance rule (the account is guarded),
+   lock all the batch's accounts in id order and read their totals. Else lock and read none
+   (but the asset and rules of accounts `AccountFacts` has not met): their running totals count
+   from zero, and every lock is taken in step 4.
 3. Walk the batch in Python, in order, deciding a result per transfer against running totals
    (linked chains succeed or fail whole). Only the guarded accounts' totals can change a result.
 4. One statement locks every account the accepted transfers name, in id order, adds one
@@ -12,8 +13,9 @@
    from the balances the accounts had once locked), their keys and the resolutions of pending
    transfers. The clock read once every lock is held is the batch's commit timestamp.
 
-So the accounts most writers share (the platform's) are locked only for step 4, the hash chain
-link and the commit, not while the batch is read and walked.
+So in the batches most writers post (gifts guard no account), the accounts they share (the
+platform's) are locked only for step 4, the hash chain link and the commit, not while the batch
+is read and walked. Each batch takes its locks in one ascending pass, in step 2 or in step 4.
 
 A concurrent writer that stored the same transfer id, or resolved the same pending transfer,
 between steps 1 and 4 makes step 4 fail on a unique key; `run_with_conflict_retry` then runs the
@@ -82,40 +84,39 @@ _ROLE_FUNDED_DEBIT = 4
 
 # Step 2. An account is guarded when a transfer of the batch could break its balance rule: it is
 # debited and its debits must not exceed its credits, it is credited and its credits must not
-# exceed its debits, or a funded transfer debits it. Guarded accounts are locked in id order and
-# read as locked; the others are read without a lock, and only to know their asset and rules.
-_READ_ACCOUNTS = text(
+# exceed its debits, or a funded transfer debits it. A batch with a guarded account locks all
+# its accounts here, in id order, and reads their totals; a batch without one reads nothing but
+# the asset and rules of accounts it has not met before, and takes its locks in step 4.
+_READ_FACTS = text(
     """
-    WITH guarded AS (
-        SELECT a.id, a.asset, a.flags, a.debits_posted, a.credits_posted, a.debits_pending,
-               a.credits_pending
-        FROM unnest(CAST(:ids AS bigint[]), CAST(:roles AS smallint[])) AS w(id, role)
-        JOIN accounts a ON a.id = w.id
-        WHERE (w.role & 1 <> 0 AND a.flags & 1 <> 0)
-              OR (w.role & 2 <> 0 AND a.flags & 2 <> 0)
-              OR w.role & 4 <> 0
-        ORDER BY a.id
-        FOR NO KEY UPDATE OF a
-    )
-    SELECT g.*, clock_timestamp() AS now FROM guarded g
-    UNION ALL
-    SELECT a.id, a.asset, a.flags, a.debits_posted, a.credits_posted, a.debits_pending,
-           a.credits_pending, clock_timestamp()
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:roles AS smallint[])) AS w(id, role)
-    JOIN accounts a ON a.id = w.id
-    WHERE NOT ((w.role & 1 <> 0 AND a.flags & 1 <> 0)
-                 OR (w.role & 2 <> 0 AND a.flags & 2 <> 0)
-                 OR w.role & 4 <> 0)
+    SELECT a.id, a.asset, a.flags
+    FROM unnest(CAST(:ids AS bigint[])) AS wanted(id)
+    JOIN accounts a ON a.id = wanted.id
     """
 )
 
-# Step 4. Every account the accepted transfers name is updated by its
-# aggregated deltas, in id order (the unnest is sorted and drives the join), so two writers take
-# their locks in the same order. Once all are locked, the clock is the batch's commit timestamp,
-# and each account's balance just before this batch is known: the transfers are inserted with
-# their running balances offset from it, in batch order, with their keys and the resolutions of
-# the pending transfers they post or void. The accounts' balances before, the timestamp and the
-# count inserted come back.
+_LOCK_ACCOUNTS = text(
+    """
+    WITH locked AS (
+        SELECT a.id, a.asset, a.flags, a.debits_posted, a.credits_posted, a.debits_pending,
+               a.credits_pending
+        FROM unnest(CAST(:ids AS bigint[])) AS wanted(id)
+        JOIN accounts a ON a.id = wanted.id
+        ORDER BY a.id
+        FOR NO KEY UPDATE OF a
+    )
+    SELECT locked.*, clock_timestamp() AS now FROM locked
+    """
+)
+
+# Step 4. Every account the accepted transfers name is updated by its aggregated deltas, in id
+# order (the unnest is sorted and drives the join), so writers take their locks in one order.
+# Should the planner ever join the other way round, PostgreSQL detects the deadlock and
+# `run_with_conflict_retry` runs the batch again. Once all are locked, the clock is the batch's
+# commit timestamp, and each account's balance just before this batch is known: the transfers
+# are inserted with their running balances offset from it, in batch order, with their keys and
+# the resolutions of the pending transfers they post or void. The accounts' balances before,
+# the timestamp and the count inserted come back.
 _WRITE_BATCH = text(
     """
     WITH updated AS (
@@ -276,8 +277,7 @@ def _account_roles(
 
 class AccountFacts:
     """What never changes about an account: its asset and its balance rules (the writer role
-    may update only its totals). With these known, a batch reads only the accounts it guards;
-    the others' running totals count from zero, and the write returns where they started.
+    may update only its totals). With these known, a batch that guards no account reads none.
 
     One per database (the `Ledger` keeps one). Bounded: when full, it starts over.
     """
@@ -296,7 +296,6 @@ class AccountFacts:
 
 
 def _is_guarded(role: int, flags: int) -> bool:
-    """The same rule as the WHERE clause of _READ_ACCOUNTS."""
     return bool(
         (role & _ROLE_DEBITED and flags & _DEBITS_MUST_NOT_EXCEED_CREDITS)
         or (role & _ROLE_CREDITED and flags & _CREDITS_MUST_NOT_EXCEED_DEBITS)
@@ -307,30 +306,31 @@ def _is_guarded(role: int, flags: int) -> bool:
 async def _read_accounts(
     conn: AsyncConnection, roles: dict[int, int], facts: AccountFacts | None
 ) -> tuple[dict[int, AccountTotals], dict[int, AccountTotals], datetime | None]:
-    """The batch's accounts (guarded ones locked), a copy of the totals read, and the clock
-    when anything was read.
+    """The batch's accounts, a copy of the totals read, and the clock when they were locked.
 
-    Accounts whose facts are known and that the batch does not guard are not read: their totals
-    start at zero, and they have no entry in the copy."""
-    accounts: dict[int, AccountTotals] = {}
-    to_read: dict[int, int] = {}
-    for account_id, role in roles.items():
+    When the batch guards an account, all its accounts are locked in id order and read. Else
+    none is locked or read (but for the asset and rules of accounts new to `facts`): their
+    running totals start at zero, and they have no entry in the copy."""
+    known: dict[int, tuple[str, int]] = {}
+    unknown: list[int] = []
+    for account_id in roles:
         fact = None if facts is None else facts.get(account_id)
-        if fact is None or _is_guarded(role, fact[1]):
-            to_read[account_id] = role
+        if fact is None:
+            unknown.append(account_id)
         else:
-            accounts[account_id] = AccountTotals(account_id, fact[0], fact[1])
-    if not to_read:
+            known[account_id] = fact
+    if unknown:
+        rows = (await conn.execute(_READ_FACTS, {"ids": sorted(unknown)})).all()
+        for account_id, asset, flags in rows:
+            known[account_id] = (asset, flags)
+            if facts is not None:
+                facts.remember(account_id, asset, flags)
+    if not any(_is_guarded(roles[i], flags) for i, (_, flags) in known.items()):
+        accounts = {i: AccountTotals(i, asset, flags) for i, (asset, flags) in known.items()}
         return accounts, {}, None
-    account_ids = sorted(to_read)
-    parameters = {"ids": account_ids, "roles": [to_read[i] for i in account_ids]}
-    rows = (await conn.execute(_READ_ACCOUNTS, parameters)).all()
-    originals: dict[int, AccountTotals] = {}
-    for row in rows:
-        accounts[row[0]] = AccountTotals(*row[:7])
-        originals[row[0]] = AccountTotals(*row[:7])
-        if facts is not None:
-            facts.remember(row[0], row[1], row[2])
+    rows = (await conn.execute(_LOCK_ACCOUNTS, {"ids": sorted(roles)})).all()
+    accounts = {row[0]: AccountTotals(*row[:7]) for row in rows}
+    originals = {row[0]: AccountTotals(*row[:7]) for row in rows}
     return accounts, originals, max((row[7] for row in rows), default=None)
 
 
