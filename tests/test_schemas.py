@@ -539,8 +539,10 @@ identifiers = st.text(alphabet=visible_ascii, min_size=1, max_size=128)
 offsets = st.integers(min_value=-(23 * 60 + 59), max_value=23 * 60 + 59).map(
     lambda minutes: timezone(timedelta(minutes=minutes))
 )
+# A day inside the accepted range (2000-01-01 .. 2999-12-31 UTC) at each end: a local time on
+# 2000-01-01 with a positive offset is still 1999 in UTC.
 aware_datetimes = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=offsets
+    min_value=datetime(2000, 1, 2), max_value=datetime(2100, 1, 1), timezones=offsets
 )
 
 
