@@ -2,22 +2,17 @@
 
 Every leg of one event is posted as a linked chain, so an event is applied whole or not at all.
 Transfer ids are derived from (topic, event_id, leg), so a redelivered event maps to the same
-transfers and the ledger's idempotency does the rest. A gift's ids also begin with its
-`occurred_at` (`gift_transfer_id`): gifts are most of the volume, and time-ordered ids keep the
-ledger's primary key indexes appending at their right edge.
+transfers and the ledger's idempotency does the rest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger import chart
 from ledger.chart import AccountKind, AccountSpec
-from ledger.ids import time_ordered_id
 from ledger.model import TransferCode
 from schemas import topics
 from schemas.events import (
@@ -30,21 +25,11 @@ from schemas.events import (
 from services.pricing import RateCard
 
 TRANSFER_ID_NAMESPACE = uuid.UUID("0b7f8a52-3c1e-4f7e-9a55-2d6c1e4b9f10")
-_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def transfer_id(topic: str, event_id: str, leg: str) -> uuid.UUID:
     """The stable id of one leg of one event: the same on every delivery and every consumer."""
     return uuid.uuid5(TRANSFER_ID_NAMESPACE, f"{topic}\x1f{event_id}\x1f{leg}")
-
-
-def gift_transfer_id(event_id: str, occurred_at: datetime, leg: str) -> uuid.UUID:
-    """The stable id of one leg of a gift: its `occurred_at` in milliseconds, then 74 bits of
-    the SHA-256 of (topic, event_id, leg). The same gift always has the same `occurred_at`: a
-    copy with another payload is dead-lettered before it reaches the ledger."""
-    unix_ms = (occurred_at - _UNIX_EPOCH) // timedelta(milliseconds=1)
-    digest = hashlib.sha256(f"{topics.GIFTS_SENT}\x1f{event_id}\x1f{leg}".encode()).digest()
-    return time_ordered_id(unix_ms, int.from_bytes(digest[:10], "big"))
 
 
 @dataclass(frozen=True, slots=True)

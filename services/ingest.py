@@ -59,7 +59,6 @@ from services.event_transfers import (
     batch_coin_leg,
     fund_legs,
     gift_legs,
-    gift_transfer_id,
     marketplace_legs,
     reversal_legs,
     tip_legs,
@@ -200,8 +199,7 @@ def _leg_accounts(event: Event) -> list[AccountSpec]:
     return [spec for leg in legs for spec in (leg.debit, leg.credit)]
 
 
-def _legacy_gift_diamonds_id(gift_event_id: str) -> uuid.UUID:
-    """The id gifts had before their ids began with their time; reversals still find them."""
+def _gift_diamonds_id(gift_event_id: str) -> uuid.UUID:
     return transfer_id(topics.GIFTS_SENT, gift_event_id, "diamonds")
 
 
@@ -533,8 +531,6 @@ class Ingestor:
         # A gift is reversed at most once, whatever the reversal event's id.
         if isinstance(event, GiftReversed):
             return transfer_id(topic, event.gift_event_id, leg.name)
-        if isinstance(event, GiftSent):
-            return gift_transfer_id(event.event_id, event.occurred_at, leg.name)
         return transfer_id(topic, event.event_id, leg.name)
 
     async def _drop_applied(
@@ -608,19 +604,20 @@ class Ingestor:
         """Price each reversal from its gift's stored transfers; park those whose gift is
         missing (or dead-letter them once their parking deadline has passed)."""
         reversals = [item for item in items if isinstance(item.event, GiftReversed)]
-        gift_ids = await self._gift_diamonds_ids(
-            conn,
-            [item.event.gift_event_id for item in reversals],  # type: ignore[attr-defined]
-        )
-        stored, _ = await read_stored(conn, [i for ids in gift_ids.values() for i in ids])
+        gift_ids = [
+            _gift_diamonds_id(item.event.gift_event_id)  # type: ignore[attr-defined]
+            for item in reversals
+        ]
+        stored, _ = await read_stored(conn, gift_ids)
         now = datetime.now(UTC)
         ready: list[_Parsed] = []
         to_park: list[_Parsed] = []
         for item in reversals:
             event = item.event
             assert isinstance(event, GiftReversed)
-            found = [stored[i] for i in gift_ids[event.gift_event_id] if i in stored]
-            gift_diamonds: StoredTransfer | None = found[0] if found else None
+            gift_diamonds: StoredTransfer | None = stored.get(
+                _gift_diamonds_id(event.gift_event_id)
+            )
             if gift_diamonds is not None:
                 creator_account = account_ids[_leg_accounts(event)[2].name]
                 if gift_diamonds.credit_account_id != creator_account:
@@ -654,28 +651,6 @@ class Ingestor:
         await self._park(conn, topics.GIFTS_REVERSED, to_park, now)
         report.parked += len(to_park)
         return ready
-
-    @staticmethod
-    async def _gift_diamonds_ids(
-        conn: AsyncConnection, gift_event_ids: list[str]
-    ) -> dict[str, list[uuid.UUID]]:
-        """Where each gift's diamonds transfer may be: its id from the gift's `occurred_at`
-        (recorded when the gift was applied; none if it was not), and the id it had before
-        gift ids began with their time."""
-        rows = await conn.execute(
-            text(
-                "SELECT event_id, occurred_at FROM applied_events"
-                " WHERE topic = :topic AND event_id = ANY(CAST(:event_ids AS text[]))"
-            ),
-            {"topic": topics.GIFTS_SENT, "event_ids": gift_event_ids},
-        )
-        occurred = {row.event_id: row.occurred_at for row in rows}
-        ids: dict[str, list[uuid.UUID]] = {}
-        for event_id in gift_event_ids:
-            ids[event_id] = [_legacy_gift_diamonds_id(event_id)]
-            if event_id in occurred:
-                ids[event_id].insert(0, gift_transfer_id(event_id, occurred[event_id], "diamonds"))
-        return ids
 
     async def _park(
         self, conn: AsyncConnection, topic: str, items: list[_Parsed], now: datetime

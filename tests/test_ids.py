@@ -1,15 +1,12 @@
-"""Time-ordered transfer ids: UUID version 7 layout, ordered by their timestamp; gifts use them."""
+"""Time-ordered transfer ids: UUID version 7 layout, ordered by their timestamp."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.ids import TAIL_BITS, UNIX_MS_MAX, time_ordered_id
-from services.event_transfers import gift_transfer_id
 
 unix_ms = st.integers(min_value=0, max_value=UNIX_MS_MAX)
 tails = st.integers(min_value=0, max_value=2**TAIL_BITS - 1)
@@ -37,15 +34,3 @@ def test_a_timestamp_out_of_range_is_refused() -> None:
         time_ordered_id(UNIX_MS_MAX + 1, 0)
     with pytest.raises(ValueError, match="outside"):
         time_ordered_id(-1, 0)
-
-
-def test_a_gift_leg_id_begins_with_its_time_and_is_the_same_on_every_delivery() -> None:
-    sent = datetime(2026, 11, 29, 1, 2, 3, 456_789, tzinfo=timezone(timedelta(hours=2)))
-    diamonds = gift_transfer_id("gift-1", sent, "diamonds")
-    assert diamonds == gift_transfer_id("gift-1", sent.astimezone(UTC), "diamonds")
-    assert diamonds.version == 7
-    assert diamonds.int >> 80 == int(sent.timestamp() * 1000)
-    assert diamonds != gift_transfer_id("gift-1", sent, "coins")
-    assert diamonds != gift_transfer_id("gift-2", sent, "diamonds")
-    later = gift_transfer_id("gift-0", sent + timedelta(milliseconds=1), "diamonds")
-    assert diamonds < later
