@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import operator
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -113,13 +112,16 @@ def chain_entry(fields: StoredTransfer) -> ChainEntry:
 
 
 def digest(transfers: Iterable[StoredTransfer]) -> bytes:
+    return _digest_of_entries([chain_entry(fields) for fields in transfers])
+
+
+def _digest_of_entries(entries: Sequence[ChainEntry]) -> bytes:
+    """SHA-256 of the entries' lines, ordered by transfer id (ids are unique, so lines are
+    never compared)."""
     hasher = hashlib.sha256()
-    for fields in sorted(transfers, key=_by_id):
-        hasher.update(canonical_line(fields))
+    for entry in sorted(entries):
+        hasher.update(entry[2])
     return hasher.digest()
-
-
-_by_id = operator.attrgetter("id")
 
 
 _APPEND_LINK = text(
@@ -145,12 +147,9 @@ async def append_link_entries(conn: AsyncConnection, entries: Sequence[ChainEntr
     """Link transfers, given as chain entries, into the chain, in the caller's transaction."""
     if not entries:
         return
-    ordered = sorted(entries)  # by id; ids are unique, so lines are never compared
-    hasher = hashlib.sha256()
-    for entry in ordered:
-        hasher.update(entry[2])
     await conn.execute(
-        _APPEND_LINK, {"ids": [entry[1] for entry in ordered], "digest": hasher.digest()}
+        _APPEND_LINK,
+        {"ids": [entry[1] for entry in entries], "digest": _digest_of_entries(entries)},
     )
 
 

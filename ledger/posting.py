@@ -311,10 +311,12 @@ async def _read_accounts(
     When the batch guards an account, all its accounts are locked in id order and read. Else
     none is locked or read (but for the asset and rules of accounts new to `facts`): their
     running totals start at zero, and they have no entry in the copy."""
+    if facts is None:  # nothing known: lock and read them all, as a guarded batch does
+        return await _lock_accounts(conn, roles)
     known: dict[int, tuple[str, int]] = {}
     unknown: list[int] = []
     for account_id in roles:
-        fact = None if facts is None else facts.get(account_id)
+        fact = facts.get(account_id)
         if fact is None:
             unknown.append(account_id)
         else:
@@ -323,11 +325,16 @@ async def _read_accounts(
         rows = (await conn.execute(_READ_FACTS, {"ids": sorted(unknown)})).all()
         for account_id, asset, flags in rows:
             known[account_id] = (asset, flags)
-            if facts is not None:
-                facts.remember(account_id, asset, flags)
+            facts.remember(account_id, asset, flags)
     if not any(_is_guarded(roles[i], flags) for i, (_, flags) in known.items()):
         accounts = {i: AccountTotals(i, asset, flags) for i, (asset, flags) in known.items()}
         return accounts, {}, None
+    return await _lock_accounts(conn, roles)
+
+
+async def _lock_accounts(
+    conn: AsyncConnection, roles: dict[int, int]
+) -> tuple[dict[int, AccountTotals], dict[int, AccountTotals], datetime | None]:
     rows = (await conn.execute(_LOCK_ACCOUNTS, {"ids": sorted(roles)})).all()
     accounts = {row[0]: AccountTotals(*row[:7]) for row in rows}
     originals = {row[0]: AccountTotals(*row[:7]) for row in rows}
@@ -657,8 +664,8 @@ async def _write(
     """Step 4. Moves the accepted transfers onto the balances their accounts had once
     locked, as the database stored them, and onto the commit timestamp, which it returns.
 
-    The walk started from balances read without a lock for accounts it did not guard: another
-    writer may have moved them since. Their running balances shift by the difference.
+    Accounts the batch did not lock in step 2 were walked from zero: their running balances
+    shift by the balance the write found them at.
     """
     try:
         rows = (await conn.execute(_WRITE_BATCH, _write_parameters(walk, originals))).all()
@@ -727,7 +734,8 @@ async def post_batch(
     conn: AsyncConnection, transfers: Sequence[Transfer], facts: AccountFacts | None = None
 ) -> BatchOutcome:
     """Post `transfers` inside the caller's transaction on `conn`. `facts` (the database's
-    `AccountFacts`) spares reading the accounts the batch does not guard.
+    `AccountFacts`) spares locking and reading the accounts of a batch that guards none; without
+    it, every batch locks and reads its accounts first.
 
     Returns a result per transfer. Transfers that are not OK change nothing. The caller commits
     (or rolls back); a `LedgerConflictError` means the unit of work should be run again.
