@@ -31,14 +31,12 @@ PROBLEM_COUNT_MAX = 100
 TIMESTAMP_TEXT_CACHE_SIZE = 1024
 
 
-def _text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return _timestamp_text(value)
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return str(value)
+def metadata_json(metadata: dict[str, Any] | None) -> str | None:
+    """Metadata as the chain hashes it: JSON with sorted keys, no spaces. The posting path sends
+    the same text to the database, so each transfer's metadata is serialized once."""
+    if metadata is None:
+        return None
+    return json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @functools.lru_cache(maxsize=TIMESTAMP_TEXT_CACHE_SIZE)
@@ -60,7 +58,7 @@ def line_head(
     expires_at: datetime | None,
     rate_card_version: int | None,
     event_id: str | None,
-    metadata: dict[str, Any] | None,
+    metadata_text: str | None,
 ) -> str:
     """The canonical line up to the fields that are known only once the batch is written."""
     return (
@@ -69,7 +67,7 @@ def line_head(
         f"{'' if expires_at is None else _timestamp_text(expires_at)}|"
         f"{'' if rate_card_version is None else rate_card_version}|"
         f"{'' if event_id is None else event_id}|"
-        f"{'' if metadata is None else _text(metadata)}|"
+        f"{'' if metadata_text is None else metadata_text}|"
     )
 
 
@@ -81,8 +79,8 @@ def line_tail(debit_balance_after: int, credit_balance_after: int, created_at: d
 def canonical_line(fields: StoredTransfer) -> bytes:
     """Every stored field but `seq`, which the database assigns after the batch is hashed.
 
-    Written out field by field (the same text as `_text` gives each one) because the chain is
-    hashed while the batch holds its account locks.
+    Written out field by field because the chain's lines are started before the batch takes its
+    account locks.
     """
     head = line_head(
         fields.id,
@@ -97,7 +95,7 @@ def canonical_line(fields: StoredTransfer) -> bytes:
         fields.expires_at,
         fields.rate_card_version,
         fields.event_id,
-        fields.metadata,
+        metadata_json(fields.metadata),
     )
     tail = line_tail(fields.debit_balance_after, fields.credit_balance_after, fields.created_at)
     return (head + tail).encode("utf-8")

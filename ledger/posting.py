@@ -38,7 +38,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.chain import ChainEntry, append_link_entries, chain_entry, line_head, line_tail
+from ledger.chain import (
+    ChainEntry,
+    append_link_entries,
+    chain_entry,
+    line_head,
+    line_tail,
+    metadata_json,
+)
 from ledger.model import (
     AccountFlags,
     AccountTotals,
@@ -609,7 +616,9 @@ def _walk_chain(walk: _Walk, transfers: Sequence[Transfer], chain: range) -> lis
     return final
 
 
-def _write_parameters(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[str, Any]:
+def _write_parameters(
+    walk: _Walk, originals: dict[int, AccountTotals], metadata_texts: list[str | None]
+) -> dict[str, Any]:
     """The accounts' aggregated deltas, in id order, and the accepted transfers in batch order,
     with their running balances as offsets from their accounts' balances before the batch."""
     accepted = walk.accepted
@@ -643,7 +652,7 @@ def _write_parameters(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[
         "timeouts_s": [t.timeout_s for t in transfers],
         "rate_card_versions": [t.rate_card_version for t in transfers],
         "event_ids": [t.event_id for t in transfers],
-        "metadata": [None if t.metadata is None else json.dumps(t.metadata) for t in transfers],
+        "metadata": metadata_texts,
         "debit_offsets": [
             a.debit_balance_after - originals.get(a.debit_account_id, _ZERO).posted_balance
             for a in accepted
@@ -659,7 +668,10 @@ def _write_parameters(walk: _Walk, originals: dict[int, AccountTotals]) -> dict[
 
 
 async def _write(
-    conn: AsyncConnection, walk: _Walk, originals: dict[int, AccountTotals]
+    conn: AsyncConnection,
+    walk: _Walk,
+    originals: dict[int, AccountTotals],
+    metadata_texts: list[str | None],
 ) -> datetime:
     """Step 4. Moves the accepted transfers onto the balances their accounts had once
     locked, as the database stored them, and onto the commit timestamp, which it returns.
@@ -668,7 +680,9 @@ async def _write(
     shift by the balance the write found them at.
     """
     try:
-        rows = (await conn.execute(_WRITE_BATCH, _write_parameters(walk, originals))).all()
+        rows = (
+            await conn.execute(_WRITE_BATCH, _write_parameters(walk, originals, metadata_texts))
+        ).all()
     except IntegrityError as error:
         if _is_unique_violation(error):
             raise LedgerConflictError(str(error.orig)) from error
@@ -693,7 +707,7 @@ async def _write(
     return committed_at
 
 
-def _chain_line_head(accepted: _Accepted) -> str | None:
+def _chain_line_head(accepted: _Accepted, metadata_text: str | None) -> str | None:
     """The start of the transfer's line in the hash chain, made before the accounts are locked;
     None for a pending transfer with a timeout, whose expiry is known only once written."""
     if accepted.expires_at is not None:
@@ -712,7 +726,7 @@ def _chain_line_head(accepted: _Accepted) -> str | None:
         None,
         transfer.rate_card_version,
         transfer.event_id,
-        transfer.metadata,
+        metadata_text,
     )
 
 
@@ -764,8 +778,12 @@ async def post_batch(
         results.extend(_walk_chain(walk, transfers, chain))
     if not walk.accepted:
         return BatchOutcome(results, None, 0)
-    heads = [_chain_line_head(accepted) for accepted in walk.accepted]
-    committed_at = await _write(conn, walk, originals)
+    metadata_texts = [metadata_json(accepted.transfer.metadata) for accepted in walk.accepted]
+    heads = [
+        _chain_line_head(accepted, text)
+        for accepted, text in zip(walk.accepted, metadata_texts, strict=True)
+    ]
+    committed_at = await _write(conn, walk, originals, metadata_texts)
     entries = _chain_entries(walk.accepted, heads, committed_at)
     deferred = conn.info.get(DEFERRED_LINKS_KEY)
     if deferred is None:

@@ -123,6 +123,10 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return decoded
 
 
+# One decoder for every record: json.loads with a hook would build a new one each call.
+_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_refuse_duplicate_keys)
+
+
 def _depth(value: Any, limit: int) -> int:
     depth, frontier = 0, [value]
     while frontier:
@@ -157,7 +161,7 @@ def parse_record(topic: str, record: InputRecord) -> _Parsed | DeadLetter:
     if record.value is None:
         return DeadLetter(record, "empty_value", "the record has no value")
     try:
-        decoded = json.loads(record.value.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
+        decoded = _JSON_DECODER.decode(record.value.decode("utf-8"))
     except UnicodeDecodeError as error:
         return DeadLetter(record, "invalid_utf8", _short(str(error)))
     except (ValueError, RecursionError) as error:

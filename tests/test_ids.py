@@ -1,12 +1,16 @@
-"""Time-ordered transfer ids: UUID version 7 layout, ordered by their timestamp."""
+"""Transfer ids: time-ordered ones (UUID version 7 layout, ordered by their timestamp) and the
+name-based ids of events' legs."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.ids import TAIL_BITS, UNIX_MS_MAX, time_ordered_id
+from services.event_transfers import TRANSFER_ID_NAMESPACE, transfer_id
 
 unix_ms = st.integers(min_value=0, max_value=UNIX_MS_MAX)
 tails = st.integers(min_value=0, max_value=2**TAIL_BITS - 1)
@@ -34,3 +38,11 @@ def test_a_timestamp_out_of_range_is_refused() -> None:
         time_ordered_id(UNIX_MS_MAX + 1, 0)
     with pytest.raises(ValueError, match="outside"):
         time_ordered_id(-1, 0)
+
+
+@given(st.text(max_size=40), st.text(max_size=140), st.text(max_size=20))
+def test_an_event_leg_id_is_the_uuid5_of_its_topic_event_and_leg(
+    topic: str, event_id: str, leg: str
+) -> None:
+    expected = uuid.uuid5(TRANSFER_ID_NAMESPACE, f"{topic}\x1f{event_id}\x1f{leg}")
+    assert transfer_id(topic, event_id, leg) == expected
