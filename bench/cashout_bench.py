@@ -306,8 +306,10 @@ class ClockedDesk(CashoutDesk):
     repeated when their batch runs again: after a conflict (a deadlock), or after the batch failed
     (a statement timeout, say) and the consumer rewound it."""
 
-    def __init__(self, limits: CashoutLimits, eligibility: EligibilitySettings) -> None:
-        super().__init__(limits, eligibility)
+    def __init__(
+        self, limits: CashoutLimits, eligibility: EligibilitySettings, topic_prefix: str
+    ) -> None:
+        super().__init__(limits, eligibility, topic_prefix)
         self.requests = 0
         self.results = 0
         self.request_s = 0.0
@@ -396,7 +398,9 @@ def new_consumers(
                 settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents
             ),
             get_eligibility_settings(),
+            settings.kafka_topic_prefix,
         ),
+        topic_prefix=settings.kafka_topic_prefix,
     )
     return ClockedConsumerService(settings, ingestor, bootstrap_servers), ingestor
 

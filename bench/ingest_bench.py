@@ -455,8 +455,8 @@ class TimedIngestor(Ingestor):
     """The product's ingestor; while `timing` is on it notes when each batch of gifts.sent
     was committed (`process` returns after the database commit), by partition and last offset."""
 
-    def __init__(self, ledger: Ledger, rate_cards: RateCardBook) -> None:
-        super().__init__(ledger, rate_cards)
+    def __init__(self, ledger: Ledger, rate_cards: RateCardBook, topic_prefix: str) -> None:
+        super().__init__(ledger, rate_cards, topic_prefix=topic_prefix)
         self.timing = False
         self.commits: dict[int, list[tuple[int, float]]] = {}
         self.first_batch_at: float | None = None
@@ -491,7 +491,9 @@ async def new_consumers(
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
     ingestor = TimedIngestor(
-        Ledger(engine, batch_size_max=settings.ledger_batch_size_max), rate_cards
+        Ledger(engine, batch_size_max=settings.ledger_batch_size_max),
+        rate_cards,
+        settings.kafka_topic_prefix,
     )
     return ConsumerService(settings, ingestor, bootstrap_servers), ingestor
 

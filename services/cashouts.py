@@ -185,9 +185,13 @@ def _hold_id(cashout_id: str) -> uuid.UUID:
 class CashoutDesk:
     """Applies cash-out requests and payout results inside the caller's transaction."""
 
-    def __init__(self, limits: CashoutLimits, eligibility: EligibilitySettings) -> None:
+    def __init__(
+        self, limits: CashoutLimits, eligibility: EligibilitySettings, topic_prefix: str = ""
+    ) -> None:
         self.limits = limits
         self.eligibility = eligibility
+        # Whose outbox rows these are: the deployment that publishes to `<topic_prefix><topic>`.
+        self.topic_prefix = topic_prefix
 
     async def request(
         self,
@@ -248,7 +252,13 @@ class CashoutDesk:
             currency=cashout.payout_currency,
             payout_account_ref=cashout.payout_account_ref or "",
         )
-        await queue(conn, topics.PAYOUTS_REQUESTED, cashout.creator_id, payout.model_dump_json())
+        await queue(
+            conn,
+            self.topic_prefix,
+            topics.PAYOUTS_REQUESTED,
+            cashout.creator_id,
+            payout.model_dump_json(),
+        )
         return cashout
 
     async def _refusal(
@@ -382,7 +392,7 @@ class CashoutDesk:
                 ),
                 values,
             )
-        await record_transition(conn, cashout, detail)
+        await record_transition(conn, cashout, self.topic_prefix, detail)
 
 
 ALLOWED_BEFORE = {
@@ -477,8 +487,11 @@ def result_transfers(
     ]
 
 
-async def record_transition(conn: AsyncConnection, cashout: Cashout, detail: str = "") -> None:
-    """Store the state change with its time and queue it for `cashouts.updated`."""
+async def record_transition(
+    conn: AsyncConnection, cashout: Cashout, topic_prefix: str, detail: str = ""
+) -> None:
+    """Store the state change with its time and queue it for `cashouts.updated` (on the topics
+    of the deployment with `topic_prefix`)."""
     moment = (
         await conn.execute(
             text(
@@ -489,13 +502,21 @@ async def record_transition(conn: AsyncConnection, cashout: Cashout, detail: str
         )
     ).scalar_one()
     event = cashout.updated_event(moment)
-    await queue(conn, topics.CASHOUTS_UPDATED, cashout.creator_id, event.model_dump_json())
+    await queue(
+        conn, topic_prefix, topics.CASHOUTS_UPDATED, cashout.creator_id, event.model_dump_json()
+    )
 
 
-async def queue(conn: AsyncConnection, topic: str, key: str, payload: str) -> None:
+async def queue(
+    conn: AsyncConnection, topic_prefix: str, topic: str, key: str, payload: str
+) -> None:
+    """An outbox row for the deployment publishing to `<topic_prefix><topic>`."""
     await conn.execute(
-        text("INSERT INTO outbox (topic, message_key, payload) VALUES (:t, :k, :p)"),
-        {"t": topic, "k": key, "p": payload.encode()},
+        text(
+            "INSERT INTO outbox (topic_prefix, topic, message_key, payload)"
+            " VALUES (:prefix, :t, :k, :p)"
+        ),
+        {"prefix": topic_prefix, "t": topic, "k": key, "p": payload.encode()},
     )
 
 

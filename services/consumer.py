@@ -109,6 +109,11 @@ class ConsumerService:
     """Builds the broker and subscribers; `start()` and `stop()` run them."""
 
     def __init__(self, settings: Settings, ingestor: Ingestor, bootstrap_servers: str) -> None:
+        if ingestor.topic_prefix != settings.kafka_topic_prefix:
+            raise ValueError(
+                f"the ingestor records under topic prefix {ingestor.topic_prefix!r},"
+                f" the consumers read {settings.kafka_topic_prefix!r}"
+            )
         self.settings = settings
         self.ingestor = ingestor
         self.bootstrap_servers = bootstrap_servers
@@ -242,18 +247,19 @@ class ConsumerService:
                 logger.warning("parked events not retried this round: %s", error)
 
     async def publish_outbox_once(self, limit: int = OUTBOX_BATCH_SIZE_MAX) -> int:
-        """Send the oldest unpublished outbox messages, then mark them published, in one
-        transaction. A crash between the send and the commit sends them again (at least once);
-        `payouts.requested` is deduplicated by cashout_id, `cashouts.updated` by event_id."""
+        """Send the oldest unpublished outbox messages of this deployment (its topic prefix),
+        then mark them published, in one transaction. A crash between the send and the commit
+        sends them again (at least once); `payouts.requested` is deduplicated by cashout_id,
+        `cashouts.updated` by event_id."""
         async with self.ingestor.ledger.engine.begin() as conn:
             rows = (
                 await conn.execute(
                     text(
                         "SELECT id, topic, message_key, payload FROM outbox"
-                        " WHERE published_at IS NULL ORDER BY id LIMIT :limit"
-                        " FOR UPDATE SKIP LOCKED"
+                        " WHERE published_at IS NULL AND topic_prefix = :prefix"
+                        " ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
                     ),
-                    {"limit": limit},
+                    {"prefix": self.settings.kafka_topic_prefix, "limit": limit},
                 )
             ).all()
             if not rows:

@@ -244,10 +244,15 @@ class Ingestor:
         park_retry_s: float = 300.0,
         conflict_retry_count_max: int = 5,
         desk: CashoutDesk | None = None,
+        topic_prefix: str = "",
     ) -> None:
         self.ledger = ledger
         self.rate_cards = rate_cards
-        self.desk = desk or CashoutDesk(CashoutLimits(), EligibilitySettings())
+        self.desk = desk or CashoutDesk(CashoutLimits(), EligibilitySettings(), topic_prefix)
+        if self.desk.topic_prefix != topic_prefix:
+            raise ValueError("the cash-out desk and the ingestor serve different topic prefixes")
+        # The deployment's topic prefix: parked events and dead letters are recorded under it.
+        self.topic_prefix = topic_prefix
         self.park_retry_s = park_retry_s
         self.counts = metrics.IngestCounts()
         self._conflict_retry_count_max = conflict_retry_count_max
@@ -277,10 +282,11 @@ class Ingestor:
                 await conn.execute(
                     text(
                         "SELECT event_id, payload, headers, kafka_partition, kafka_offset,"
-                        " retry_until FROM parked_events WHERE topic = :topic"
+                        " retry_until FROM parked_events"
+                        " WHERE topic = :topic AND topic_prefix = :prefix"
                         " ORDER BY parked_at LIMIT :limit"
                     ),
-                    {"topic": topic, "limit": limit},
+                    {"topic": topic, "prefix": self.topic_prefix, "limit": limit},
                 )
             ).all()
         parsed: list[_Parsed] = []
@@ -664,9 +670,9 @@ class Ingestor:
         await conn.execute(
             text(
                 """
-                INSERT INTO parked_events (topic, event_id, payload, headers, kafka_partition,
-                                           kafka_offset, waiting_for, retry_until)
-                SELECT :topic, * FROM unnest(
+                INSERT INTO parked_events (topic_prefix, topic, event_id, payload, headers,
+                                           kafka_partition, kafka_offset, waiting_for, retry_until)
+                SELECT :prefix, :topic, * FROM unnest(
                     CAST(:event_ids AS text[]), CAST(:payloads AS bytea[]),
                     CAST(:headers AS text[])::jsonb[], CAST(:partitions AS integer[]),
                     CAST(:offsets AS bigint[]), CAST(:waiting_for AS text[]),
@@ -675,6 +681,7 @@ class Ingestor:
                 """
             ),
             {
+                "prefix": self.topic_prefix,
                 "topic": topic,
                 "event_ids": [item.event.event_id for item in items],
                 "payloads": [item.record.value for item in items],
@@ -727,18 +734,19 @@ class Ingestor:
             },
         )
 
-    @staticmethod
     async def _record_dead_letters(
-        conn: AsyncConnection, topic: str, letters: list[DeadLetter]
+        self, conn: AsyncConnection, topic: str, letters: list[DeadLetter]
     ) -> None:
+        """One row per source record, keyed by the Kafka topic it was read from (prefix, topic,
+        partition, offset); a batch run again after a rollback records it again, once."""
         if not letters:
             return
         await conn.execute(
             text(
                 """
-                INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, event_id, error,
-                                          detail)
-                SELECT :topic, * FROM unnest(
+                INSERT INTO dead_letters (topic_prefix, topic, kafka_partition, kafka_offset,
+                                          event_id, error, detail)
+                SELECT :prefix, :topic, * FROM unnest(
                     CAST(:partitions AS integer[]), CAST(:offsets AS bigint[]),
                     CAST(:event_ids AS text[]), CAST(:errors AS text[]),
                     CAST(:details AS text[]))
@@ -746,6 +754,7 @@ class Ingestor:
                 """
             ),
             {
+                "prefix": self.topic_prefix,
                 "topic": topic,
                 "partitions": [letter.record.partition for letter in letters],
                 "offsets": [letter.record.offset for letter in letters],

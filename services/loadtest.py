@@ -33,10 +33,9 @@ Steps, in one process, as `giftledger demo` runs:
 
 Dead letters are counted from the run's DLQ topics (`<prefix><topic>.dlq`, by `dlq.error`, a
 record counted once per source partition and offset): they are what the contract promises. The
-`dead_letters` table (rows since the run started whose event_id is in the namespace or unknown) is
-compared with them, and a difference is reported as a warning: the table keys a row by the topic's
-name without its prefix, the partition and the offset, and keeps the first row for a key, so rows
-of an earlier run on other topics with the same offsets hide this run's.
+`dead_letters` table (the rows of the run's topic prefix) is compared with them, and a difference
+is reported as a warning. The run has a prefix of its own, so it publishes only the outbox rows it
+wrote and retries only the reversals it parked, even beside a deployment on the same database.
 """
 
 from __future__ import annotations
@@ -250,9 +249,11 @@ class Observed:
     reports_sent: int = 0
 
 
-async def observe(conn: AsyncConnection, namespace: str, since: datetime) -> Observed:
-    """The namespace's balances, applied events, `dead_letters` rows (since `since`) and
-    cash-outs, from the database."""
+async def observe(
+    conn: AsyncConnection, namespace: str, topic_prefix: str, since: datetime
+) -> Observed:
+    """The namespace's balances, applied events and cash-outs, and the run's `dead_letters` rows
+    (its topic prefix, since `since`), from the database."""
     prefix = namespace + "-"
     observed = Observed()
     rows = await conn.execute(
@@ -292,11 +293,10 @@ async def observe(conn: AsyncConnection, namespace: str, since: datetime) -> Obs
     rows = await conn.execute(
         text(
             "SELECT topic, error, count(*) AS n FROM dead_letters"
-            " WHERE recorded_at >= :since"
-            " AND (event_id IS NULL OR starts_with(event_id, :prefix))"
+            " WHERE topic_prefix = :topic_prefix AND recorded_at >= :since"
             " GROUP BY topic, error"
         ),
-        {"prefix": prefix, "since": since},
+        {"topic_prefix": topic_prefix, "since": since},
     )
     for row in rows:
         observed.dead_letter_rows.setdefault(row.topic, {})[row.error] = row.n
@@ -322,10 +322,9 @@ def _differences(label: str, expected: dict[str, Any], observed: dict[str, Any])
 
 
 def table_warnings(observed: Observed) -> list[str]:
-    """Where the `dead_letters` table disagrees with the DLQ topics (not a mismatch of the run:
-    the table keys rows by the topic's name without its prefix, partition and offset, and
-    keeps the first row for a key, so records of earlier runs on other topics with the same
-    offsets hide this run's)."""
+    """Where the `dead_letters` table disagrees with the DLQ topics. Both are written for every
+    dead letter (the row in the batch's transaction, the record after its commit), so a
+    difference points at a record published by something other than the consumers."""
     lines = _differences("dead_letters table", observed.dead_letters, observed.dead_letter_rows)
     return [line.replace("expected", "the DLQ topics hold", 1) for line in lines]
 
@@ -655,7 +654,11 @@ class _Run:
                 {"prefix": self.expected.namespace + "-"},
             )
             unpublished = await conn.scalar(
-                text("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                text(
+                    "SELECT count(*) FROM outbox"
+                    " WHERE published_at IS NULL AND topic_prefix = :topic_prefix"
+                ),
+                {"topic_prefix": self.settings.kafka_topic_prefix},
             )
         return int(open_count or 0) + int(unpublished or 0)
 
@@ -764,7 +767,9 @@ async def _finish(run: _Run, report: LoadtestReport, since: datetime) -> list[fl
     """Observe, verify and compare; returns the sampled latencies (ms, sorted)."""
     counts = run.service.ingestor.counts
     async with run.engine.connect() as conn:
-        observed = await observe(conn, run.expected.namespace, since)
+        observed = await observe(
+            conn, run.expected.namespace, run.settings.kafka_topic_prefix, since
+        )
         problems = await verify(conn)
     observed.consumed = counts.consumed
     observed.duplicates = counts.duplicates

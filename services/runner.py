@@ -66,7 +66,9 @@ async def start_consumers(
                 settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents
             ),
             get_eligibility_settings(),
+            settings.kafka_topic_prefix,
         ),
+        topic_prefix=settings.kafka_topic_prefix,
     )
     service = ConsumerService(settings, ingestor, bootstrap_servers)
     await service.start()

@@ -56,6 +56,10 @@ class RunningConsumers:
 
     async def read_topic(self, topic: str, expected_count: int) -> list[Any]:
         """Every record of a topic (from the start), waiting until `expected_count` are there."""
+        return await self.read_topic_until(topic, lambda records: len(records) >= expected_count)
+
+    async def read_topic_until(self, topic: str, enough: Callable[[list[Any]], bool]) -> list[Any]:
+        """The records of a topic from the start, read until `enough` of them (or a timeout)."""
         consumer = AIOKafkaConsumer(
             self.prefix + topic,
             bootstrap_servers=self.bootstrap_servers,
@@ -67,7 +71,7 @@ class RunningConsumers:
         records: list[Any] = []
         try:
             deadline = time.monotonic() + EFFECT_WAIT_S
-            while len(records) < expected_count and time.monotonic() < deadline:
+            while not enough(records) and time.monotonic() < deadline:
                 batches = await consumer.getmany(timeout_ms=500)
                 for batch in batches.values():
                     records.extend(batch)
@@ -99,7 +103,7 @@ async def start_consumers(
     )
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
-    ingestor = Ingestor(Ledger(engine), rate_cards, park_retry_s=PARK_RETRY_S)
+    ingestor = Ingestor(Ledger(engine), rate_cards, park_retry_s=PARK_RETRY_S, topic_prefix=prefix)
     service = ConsumerService(settings, ingestor, bootstrap_servers)
     await service.start()
     return service, ingestor

@@ -259,7 +259,9 @@ async def test_racing_requests_never_take_the_balance_below_zero(
     creator = await _eligible_creator_with(consumers, engine, 10_000)
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
-    desk = CashoutDesk(CashoutLimits(daily_maximum_usd_cents=10**9), EligibilitySettings())
+    desk = CashoutDesk(
+        CashoutLimits(daily_maximum_usd_cents=10**9), EligibilitySettings(), consumers.prefix
+    )
     requests = [
         CashoutRequested.model_validate_json(make.encode(make.cashout_request(creator, 2_000)))
         for _ in range(12)
@@ -283,7 +285,7 @@ async def test_a_crash_between_commit_and_publish_still_sends_the_payout_once(
     creator = await _eligible_creator_with(consumers, engine, 2_000)
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
-    desk = CashoutDesk(CashoutLimits(), EligibilitySettings())
+    desk = CashoutDesk(CashoutLimits(), EligibilitySettings(), consumers.prefix)
     event = CashoutRequested.model_validate_json(make.encode(make.cashout_request(creator, 2_000)))
     account_ids = await Ledger(engine).accounts.ids(request_accounts(event))
     async with engine.begin() as conn:  # the commit happens; the process dies before publishing
@@ -297,6 +299,49 @@ async def test_a_crash_between_commit_and_publish_still_sends_the_payout_once(
         if json.loads(r.value)["cashout_id"] == event.event_id
     ]
     assert len(sent) == 1
+
+
+async def test_a_deployment_publishes_only_the_outbox_rows_it_wrote(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    """Another deployment on the same database (another topic prefix, e.g. a load test) holds a
+    cash-out: its payout request waits for its own publisher, not for these consumers'."""
+    creator = await _eligible_creator_with(consumers, engine, 4_000)
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    other_prefix = f"other{uuid.uuid4().hex[:6]}."
+    requests = [
+        CashoutRequested.model_validate_json(make.encode(make.cashout_request(creator, 2_000)))
+        for _ in range(2)
+    ]
+    account_ids = await Ledger(engine).accounts.ids(request_accounts(requests[0]))
+    for request, prefix in zip(requests, (other_prefix, consumers.prefix), strict=True):
+        desk = CashoutDesk(CashoutLimits(), EligibilitySettings(), prefix)
+        async with engine.begin() as conn:
+            assert (await desk.request(conn, request, rate_cards, account_ids)).status == "held"
+    other, own = (request.event_id for request in requests)
+    await _until_status(engine, own, "submitted")
+    # One creator, one key, one partition: had the other row been sent, it would come first.
+    records = await consumers.read_topic_until(
+        topics.PAYOUTS_REQUESTED,
+        lambda records: any(json.loads(r.value)["cashout_id"] == own for r in records),
+    )
+    sent = {json.loads(r.value)["cashout_id"] for r in records}
+    assert own in sent
+    assert other not in sent
+    assert await _status(engine, other) == "held"
+    async with engine.connect() as conn:
+        waiting = await conn.execute(
+            text(
+                "SELECT topic, count(*) AS n FROM outbox WHERE topic_prefix = :prefix"
+                " AND published_at IS NULL GROUP BY topic ORDER BY topic"
+            ),
+            {"prefix": other_prefix},
+        )
+        assert [(row.topic, row.n) for row in waiting] == [
+            (topics.CASHOUTS_UPDATED, 2),  # requested, then held
+            (topics.PAYOUTS_REQUESTED, 1),
+        ]
 
 
 async def test_holds_the_bank_has_not_answered_in_time_are_listed_as_stale(

@@ -9,7 +9,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.queries import creator_balances
+from ledger.service import Ledger
 from schemas import topics
+from services.ingest import Ingestor, InputRecord
+from services.pricing import load_rate_cards
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, wait_until
 
@@ -18,15 +21,17 @@ def _creator() -> str:
     return f"creator-{uuid.uuid4().hex[:10]}"
 
 
-async def _recorded_error(engine: AsyncEngine, topic: str, partition: int, offset: int) -> str:
+async def _recorded_error(
+    engine: AsyncEngine, prefix: str, topic: str, partition: int, offset: int
+) -> str:
     """The error stored in `dead_letters` for one source record."""
     async with engine.connect() as conn:
         row = await conn.execute(
             text(
-                "SELECT error FROM dead_letters WHERE topic = :topic"
+                "SELECT error FROM dead_letters WHERE topic_prefix = :prefix AND topic = :topic"
                 " AND kafka_partition = :partition AND kafka_offset = :offset"
             ),
-            {"topic": topic, "partition": partition, "offset": offset},
+            {"prefix": prefix, "topic": topic, "partition": partition, "offset": offset},
         )
         return str(row.scalar_one())
 
@@ -76,7 +81,9 @@ async def test_each_kind_of_bad_gift_goes_to_the_dead_letter_topic_with_its_reas
         headers = dict(record.headers)
         partition = int(headers["dlq.source.partition"])
         offset = int(headers["dlq.source.offset"])
-        stored = await _recorded_error(engine, topics.GIFTS_SENT, partition, offset)
+        stored = await _recorded_error(
+            engine, consumers.prefix, topics.GIFTS_SENT, partition, offset
+        )
         assert stored == headers["dlq.error"].decode()
 
 
@@ -145,3 +152,23 @@ async def test_every_consumed_record_is_accounted_for(consumers: RunningConsumer
     assert (
         counts.consumed == counts.applied + counts.duplicates + counts.dead_lettered + counts.parked
     )
+
+
+async def test_deployments_sharing_a_database_record_their_own_dead_letters(
+    engine: AsyncEngine,
+) -> None:
+    """The same partition and offset of `gifts.sent` under two topic prefixes are two source
+    records: each deployment's dead letter gets its row."""
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    offset = 10**12 + uuid.uuid4().int % 10**9  # far past any offset the other tests use
+    bad = InputRecord(topics.GIFTS_SENT, 0, offset, None, b"{not json")
+    prefixes = [f"a{uuid.uuid4().hex[:6]}.", f"b{uuid.uuid4().hex[:6]}."]
+    for prefix in prefixes:
+        ingestor = Ingestor(Ledger(engine), rate_cards, topic_prefix=prefix)
+        report = await ingestor.process(topics.GIFTS_SENT, [bad])
+        assert [letter.error for letter in report.dead_letters] == ["malformed_json"]
+    for prefix in prefixes:
+        assert await _recorded_error(engine, prefix, topics.GIFTS_SENT, 0, offset) == (
+            "malformed_json"
+        )
