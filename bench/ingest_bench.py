@@ -42,7 +42,6 @@ import logging
 import math
 import os
 import random
-import resource
 import tempfile
 import time
 import uuid
@@ -57,6 +56,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-u
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bench.consumer_workers import (
+    APPLIED,
+    ASSIGNED,
+    CONSUMED,
+    DEAD_LETTERED,
+    DUPLICATES,
+    STARTED,
+    Workers,
+)
 from bench.ledger_bench import admin_url, fresh_database, server_version, verify_ledger
 from ledger import chart
 from ledger.chain import append_link
@@ -67,10 +75,8 @@ from ledger.service import Ledger
 from schemas import topics
 from schemas.events import GiftSent
 from schemas.topics import all_topics
-from services.consumer import ConsumerService
 from services.embedded_broker import EmbeddedBroker, create_topics
-from services.event_transfers import batch_coin_leg, transfer_id
-from services.ingest import BatchReport, Ingestor, InputRecord
+from services.event_transfers import CONSUMED_BY_INGESTOR, batch_coin_leg, transfer_id
 from services.pricing import RateCardBook, load_rate_cards
 from services.settings import Settings
 
@@ -104,12 +110,14 @@ RAW_FETCH_RECORDS_MAX = 10_000
 BASELINE_FETCH_RECORDS_MAX = 500
 BASELINE_TOPIC = "bench.baseline.gifts.sent"
 RAW_SESSION_TIMEOUT_MS = 6_000
+SESSION_TIMEOUT_MS = 6_000
 FETCH_TIMEOUT_MS = 500
 ASSIGNMENT_WAIT_S = 120.0
 STALL_S = 60.0
 POLL_S = 0.05
 RSS_SAMPLE_S = 0.5
 PACE_TICK_S = 0.002
+PROCESSES_MAX = 16
 
 TARGET_GIFTS_PER_S = 20_000
 TARGET_RATIO = 10.0
@@ -125,6 +133,7 @@ class Options:
     baseline_events: int
     latency_rate: int
     latency_seconds: float
+    consumer_processes: list[int]
     json_path: Path | None
 
 
@@ -134,6 +143,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--baseline-events", type=int, default=5_000)
     parser.add_argument("--latency-rate", type=int, default=5_000, help="gifts per second")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--consumer-processes",
+        default="1,2",
+        help="comma-separated: one drain of --events with each number of consumer processes;"
+        " the latency run uses the last",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     arguments = parser.parse_args(argv)
     if arguments.events < 10:
@@ -142,11 +157,18 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         parser.error("--baseline-events must be between 1 and --events")
     if arguments.latency_rate < 1 or arguments.latency_seconds <= 0:
         parser.error("--latency-rate and --latency-seconds must be positive")
+    try:
+        processes = [int(part) for part in arguments.consumer_processes.split(",")]
+    except ValueError:
+        parser.error("--consumer-processes takes numbers separated by commas, e.g. 1,2")
+    if not processes or not all(1 <= count <= PROCESSES_MAX for count in processes):
+        parser.error(f"--consumer-processes: each between 1 and {PROCESSES_MAX}")
     return Options(
         events=arguments.events,
         baseline_events=arguments.baseline_events,
         latency_rate=arguments.latency_rate,
         latency_seconds=arguments.latency_seconds,
+        consumer_processes=processes,
         json_path=arguments.json,
     )
 
@@ -451,76 +473,35 @@ async def measure_baseline(
     return Measurement("baseline (per event)", applied, seconds), coins
 
 
-class TimedIngestor(Ingestor):
-    """The product's ingestor; while `timing` is on it notes when each batch of gifts.sent
-    was committed (`process` returns after the database commit), by partition and last offset."""
-
-    def __init__(self, ledger: Ledger, rate_cards: RateCardBook, topic_prefix: str) -> None:
-        super().__init__(ledger, rate_cards, topic_prefix=topic_prefix)
-        self.timing = False
-        self.commits: dict[int, list[tuple[int, float]]] = {}
-        self.first_batch_at: float | None = None
-
-    async def process(self, topic: str, records: Sequence[InputRecord]) -> BatchReport:
-        if self.first_batch_at is None and topic == topics.GIFTS_SENT:
-            self.first_batch_at = time.perf_counter()
-        report = await super().process(topic, records)
-        if self.timing and topic == topics.GIFTS_SENT:
-            done = time.time()
-            last: dict[int, int] = {}
-            for record in records:
-                last[record.partition] = max(last.get(record.partition, -1), record.offset)
-            for partition, offset in last.items():
-                self.commits.setdefault(partition, []).append((offset, done))
-        return report
-
-    def committed_at(self, partition: int, offset: int) -> float:
-        """When the batch holding this record was committed to the database (after `sort()`)."""
-        batches = self.commits[partition]
-        index = bisect.bisect_left(batches, (offset, -math.inf))
-        return batches[index][1]
-
-
 def consumer_settings(prefix: str) -> Settings:
-    return Settings(kafka_topic_prefix=prefix, kafka_consumer_group=f"giftledger-{prefix}")
-
-
-async def new_consumers(
-    engine: AsyncEngine, bootstrap_servers: str, settings: Settings
-) -> tuple[ConsumerService, TimedIngestor]:
-    async with engine.connect() as conn:
-        rate_cards = await load_rate_cards(conn)
-    ingestor = TimedIngestor(
-        Ledger(engine, batch_size_max=settings.ledger_batch_size_max),
-        rate_cards,
-        settings.kafka_topic_prefix,
+    """The defaults, but for topics and groups of their own and a 6 s session timeout: the
+    embedded broker forms each of the eight consumer groups in about half of it, one after the
+    other, which with the default 10 s takes 40 s before the first record."""
+    return Settings(
+        kafka_topic_prefix=prefix,
+        kafka_consumer_group=f"giftledger-{prefix}",
+        kafka_session_timeout_ms=SESSION_TIMEOUT_MS,
     )
-    return ConsumerService(settings, ingestor, bootstrap_servers), ingestor
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process now; the peak so far where /proc is missing."""
-    with contextlib.suppress(OSError), open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 @dataclass
 class RssPeak:
-    """Resident memory sampled every RSS_SAMPLE_S while it runs: at the start, the highest, and
-    at each quarter of the time."""
+    """The largest consumer process's resident memory, sampled every RSS_SAMPLE_S while it runs:
+    at the start, the highest, and at each quarter of the time."""
 
+    workers: Workers
     start: int = 0
     peak: int = 0
     samples: list[int] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
 
+    def _take(self) -> None:
+        self.samples.append(max(self.workers.rss_bytes(), default=0))
+        self.peak = max(self.peak, self.samples[-1])
+
     async def _sample(self) -> None:
         while True:
-            self.samples.append(rss_bytes())
-            self.peak = max(self.peak, self.samples[-1])
+            self._take()
             await asyncio.sleep(RSS_SAMPLE_S)
 
     def quarters(self) -> list[int]:
@@ -528,12 +509,11 @@ class RssPeak:
         return [self.samples[max(count * quarter // 4 - 1, 0)] for quarter in (1, 2, 3, 4)]
 
     def begin(self) -> None:
-        self.start = self.peak = rss_bytes()
+        self.start = self.peak = max(self.workers.rss_bytes(), default=0)
         self._task = asyncio.create_task(self._sample())
 
     async def end(self) -> None:
-        self.samples.append(rss_bytes())
-        self.peak = max(self.peak, self.samples[-1])
+        self._take()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -553,11 +533,12 @@ async def wait_until(condition: Callable[[], bool], progress: Callable[[], int],
 
 @dataclass
 class Drain:
-    """Times from the call to `ConsumerService.start()`: the first batch handed to the ingestor,
-    every partition of every topic assigned (None if the drain ended first: "settled") and the
-    last gift applied."""
+    """Times from the consumers' start (`ConsumerService.start()` called in every process): the
+    first batch handed to an ingestor, every partition of every topic assigned (None if the
+    drain ended first: "settled") and the last gift applied."""
 
     events: int
+    processes: int
     first_consumed_s: float
     settled_s: float | None
     done_s: float
@@ -565,9 +546,13 @@ class Drain:
     redelivered: int
     memory: RssPeak
 
+    @property
+    def label(self) -> str:
+        return f"giftledger x{self.processes}"
+
     def from_first_record(self) -> Measurement:
         return Measurement(
-            "giftledger, 1st record", self.events, self.done_s - self.first_consumed_s
+            f"{self.label}, 1st record", self.events, self.done_s - self.first_consumed_s
         )
 
     def after_settling(self) -> Measurement | None:
@@ -575,71 +560,69 @@ class Drain:
         if self.settled_s is None or self.applied_before_settled == self.events:
             return None
         return Measurement(
-            "giftledger, settled",
+            f"{self.label}, settled",
             self.events - self.applied_before_settled,
             self.done_s - self.settled_s,
         )
 
 
 async def drain(
-    engine: AsyncEngine, bootstrap_servers: str, settings: Settings, count: int
-) -> tuple[Drain, ConsumerService, TimedIngestor]:
-    """Start the consumers on a published backlog and time them until all `count` are applied.
-
-    `ConsumerService.start()` returns once its consumers have joined their groups, and they
-    consume meanwhile: it runs as a task while this watches. The consumers are left running for
-    the caller to stop.
-    """
-    service, ingestor = await new_consumers(engine, bootstrap_servers, settings)
-    counts = ingestor.counts
-    partitions = len(service.topics) * settings.kafka_partition_count
-    settled: float | None = None
-    applied_before_settled = 0
-    memory = RssPeak()
-    memory.begin()
-    started = time.perf_counter()
-    starting = asyncio.create_task(service.start())
-    consumed, moved = 0, started
+    url: str, bootstrap_servers: str, settings: Settings, count: int, processes: int
+) -> tuple[Drain, Workers]:
+    """Start `processes` consumer processes (one group) on a published backlog and time them
+    until all `count` are applied. The workers are left running for the caller to stop."""
+    workers = Workers.start(url, bootstrap_servers, settings, processes)
+    partitions = len(CONSUMED_BY_INGESTOR) * settings.kafka_partition_count
     try:
-        while counts.applied + counts.dead_lettered < count:
-            if starting.done():
-                starting.result()  # raises what start() raised
-            now = time.perf_counter()
-            if settled is None and service.assigned_partition_count() == partitions:
-                settled, applied_before_settled = now, counts.applied
-            if counts.consumed != consumed:
-                consumed, moved = counts.consumed, now
+        await wait_until(
+            lambda: all(slots[STARTED] for slots in workers.slots),
+            lambda: sum(bool(slots[STARTED]) for slots in workers.slots),
+            "consumer processes starting",
+        )
+        started = min(slots[STARTED] for slots in workers.slots)
+        memory = RssPeak(workers)
+        memory.begin()
+        settled: float | None = None
+        applied_before_settled = 0
+        consumed, moved = 0, time.time()
+        while workers.total(APPLIED) + workers.total(DEAD_LETTERED) < count:
+            workers.check_alive()
+            now = time.time()
+            if settled is None and workers.total(ASSIGNED) == partitions:
+                settled, applied_before_settled = now, workers.total(APPLIED)
+            if workers.total(CONSUMED) != consumed:
+                consumed, moved = workers.total(CONSUMED), now
             assert now - moved < STALL_S, f"nothing consumed for {STALL_S} s (at {consumed})"
             await asyncio.sleep(POLL_S)
-        done = time.perf_counter()
+        done = time.time()
         await memory.end()
-        await starting
         # Batches redelivered after a rebalance come back as duplicates: those are fine.
-        assert counts.dead_lettered == 0, f"dead letters: {counts.dead_letter_errors}"
-        assert counts.applied == count, f"applied {counts.applied} of {count}"
+        assert workers.total(DEAD_LETTERED) == 0, "dead letters in the drain"
+        applied = workers.total(APPLIED)
+        assert applied == count, f"applied {applied} of {count}"
     except BaseException:
-        starting.cancel()
-        with contextlib.suppress(BaseException):
-            await starting
-        await service.stop()
+        workers.kill()
         raise
-    assert ingestor.first_batch_at is not None
+    first_batch_at = workers.first_batch_at()
+    assert first_batch_at is not None
     result = Drain(
         events=count,
-        first_consumed_s=ingestor.first_batch_at - started,
+        processes=processes,
+        first_consumed_s=first_batch_at - started,
         settled_s=None if settled is None else settled - started,
         done_s=done - started,
         applied_before_settled=applied_before_settled,
-        redelivered=counts.duplicates,
+        redelivered=workers.total(DUPLICATES),
         memory=memory,
     )
-    return result, service, ingestor
+    return result, workers
 
 
 @dataclass(frozen=True, slots=True)
 class Latency:
     events: int
     coins: int
+    processes: int
     sent_per_s: float
     applied_at_ms: dict[str, float]
     committed_ms: dict[str, float]
@@ -678,21 +661,20 @@ async def publish_paced(
 
 
 async def measure_latency(
-    engine: AsyncEngine, producer: Any, topic: str, ingestor: TimedIngestor, options: Options
+    engine: AsyncEngine, producer: Any, topic: str, workers: Workers, options: Options
 ) -> Latency:
-    ingestor.commits.clear()
-    ingestor.timing = True
-    target = ingestor.counts.applied + round(options.latency_rate * options.latency_seconds)
+    """Paced gifts into running workers; stops them (to collect their commit times)."""
+    workers.timing.set()
+    target = workers.total(APPLIED) + round(options.latency_rate * options.latency_seconds)
     maker = GiftMaker(SEED + 2)
     events, coins, elapsed = await publish_paced(
         producer, topic, maker, options.latency_rate, options.latency_seconds
     )
     await wait_until(
-        lambda: ingestor.counts.applied >= target, lambda: ingestor.counts.consumed, "latency"
+        lambda: workers.total(APPLIED) >= target, lambda: workers.total(CONSUMED), "latency"
     )
-    ingestor.timing = False
-    for batches in ingestor.commits.values():
-        batches.sort()
+    workers.timing.clear()
+    await workers.stop()
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
@@ -706,12 +688,17 @@ async def measure_latency(
     assert len(rows) == events, f"{len(rows)} latency events applied of {events}"
     applied_at_ms = [(row.applied_at - row.occurred_at).total_seconds() * 1000 for row in rows]
     committed_ms = [
-        (ingestor.committed_at(row.kafka_partition, row.kafka_offset) - row.occurred_at.timestamp())
+        (workers.committed_at(row.kafka_partition, row.kafka_offset) - row.occurred_at.timestamp())
         * 1000
         for row in rows
     ]
     return Latency(
-        events, coins, events / elapsed, percentiles(applied_at_ms), percentiles(committed_ms)
+        events,
+        coins,
+        len(workers.processes),
+        events / elapsed,
+        percentiles(applied_at_ms),
+        percentiles(committed_ms),
     )
 
 
@@ -792,6 +779,7 @@ class Figures:
     measurements: list[Measurement] = field(default_factory=list)
     drains: list[Drain] = field(default_factory=list)
     latency: Latency | None = None
+    worker_log: Counter[tuple[str, str]] = field(default_factory=Counter)
     checked: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
 
@@ -804,8 +792,12 @@ async def run(options: Options) -> Figures:
         fresh_database(maintenance_url) as url,
     ):
         run_id = uuid.uuid4().hex[:8]
-        big, small = consumer_settings(f"b{run_id}."), consumer_settings(f"s{run_id}.")
-        for settings in (big, small):
+        small = consumer_settings(f"s{run_id}.")
+        bigs = [
+            consumer_settings(f"b{index}{run_id}.")
+            for index, _ in enumerate(options.consumer_processes)
+        ]
+        for settings in (small, *bigs):
             await create_topics(
                 bootstrap_servers,
                 all_topics(settings.kafka_topic_prefix),
@@ -813,9 +805,9 @@ async def run(options: Options) -> Figures:
             )
         engine = create_engine(
             url,
-            pool_size=big.db_pool_size,
-            pool_overflow_max=big.db_pool_overflow_max,
-            statement_timeout_ms=big.db_statement_timeout_ms,
+            pool_size=small.db_pool_size,
+            pool_overflow_max=small.db_pool_overflow_max,
+            statement_timeout_ms=small.db_statement_timeout_ms,
         )
         producer = new_producer(bootstrap_servers)
         await producer.start()
@@ -825,11 +817,13 @@ async def run(options: Options) -> Figures:
                 "postgresql": await server_version(engine),
                 "database": database_source,
                 "broker": broker_source,
-                "partitions": big.kafka_partition_count,
-                "consumer_batch_size_max": big.consumer_batch_size_max,
-                "consumer_batch_wait_ms": big.consumer_batch_wait_ms,
+                "partitions": small.kafka_partition_count,
+                "consumer_batch_size_max": small.consumer_batch_size_max,
+                "consumer_batch_wait_ms": small.consumer_batch_wait_ms,
             }
-            await run_phases(options, figures, engine, url, producer, bootstrap_servers, big, small)
+            await run_phases(
+                options, figures, engine, url, producer, bootstrap_servers, bigs, small
+            )
         finally:
             await producer.stop()
             await engine.dispose()
@@ -843,25 +837,26 @@ async def run_phases(
     url: str,
     producer: Any,
     bootstrap_servers: str,
-    big: Settings,
+    bigs: list[Settings],
     small: Settings,
 ) -> None:
-    gifts_topic = big.kafka_topic_prefix + topics.GIFTS_SENT
-    published = await publish_backlog(producer, gifts_topic, GiftMaker(SEED), options.events, "b")
+    first_topic = bigs[0].kafka_topic_prefix + topics.GIFTS_SENT
+    published = await publish_backlog(producer, first_topic, GiftMaker(SEED), options.events, "b0")
     figures.published = published
     say(
         f"published {published.events:,} gifts in {published.seconds:.1f} s"
         f" ({published.events / published.seconds:,.0f}/s; generating them took"
         f" {published.generating_seconds:.1f} s of it)"
     )
-    ceiling = await measure_ceiling(bootstrap_servers, gifts_topic, options.events)
+    ceiling = await measure_ceiling(bootstrap_servers, first_topic, options.events)
     figures.measurements.append(ceiling)
     say(f"ceiling: {ceiling.events_per_s:,.0f} records/s")
     baseline, baseline_coins = await measure_baseline(
-        bootstrap_servers, gifts_topic, engine, options.baseline_events
+        bootstrap_servers, first_topic, engine, options.baseline_events
     )
     figures.measurements.append(baseline)
     say(f"baseline: {baseline.events_per_s:,.0f} events/s")
+    events, coins = baseline.events, baseline_coins
 
     small_count = max(options.events // 10, 1)
     small_published = await publish_backlog(
@@ -871,26 +866,45 @@ async def run_phases(
         small_count,
         "s",
     )
-    small_drain, service, _ = await drain(engine, bootstrap_servers, small, small_count)
-    await service.stop()
+    small_drain, workers = await drain(url, bootstrap_servers, small, small_count, 1)
+    await workers.stop()
+    figures.worker_log.update(workers.log_counts)
     figures.drains.append(small_drain)
-    say(f"giftledger drained {small_count:,} in {small_drain.done_s:.1f} s from start")
+    events, coins = events + small_count, coins + small_published.coins
+    say(f"giftledger x1 drained {small_count:,} in {small_drain.done_s:.1f} s from start")
 
-    big_drain, service, ingestor = await drain(engine, bootstrap_servers, big, options.events)
-    figures.drains.append(big_drain)
-    figures.measurements.append(big_drain.from_first_record())
-    settled = big_drain.after_settling()
-    if settled is not None:
-        figures.measurements.append(settled)
-    say(f"giftledger drained {options.events:,} in {big_drain.done_s:.1f} s from start")
-    try:
-        latency = await measure_latency(engine, producer, gifts_topic, ingestor, options)
-    finally:
-        await service.stop()
-    figures.latency = latency
+    for index, (settings, processes) in enumerate(
+        zip(bigs, options.consumer_processes, strict=True)
+    ):
+        gifts_topic = settings.kafka_topic_prefix + topics.GIFTS_SENT
+        if index > 0:  # the same gifts again, under event ids of their own
+            published = await publish_backlog(
+                producer, gifts_topic, GiftMaker(SEED), options.events, f"b{index}"
+            )
+        events, coins = events + published.events, coins + published.coins
+        big_drain, workers = await drain(
+            url, bootstrap_servers, settings, options.events, processes
+        )
+        figures.drains.append(big_drain)
+        figures.measurements.append(big_drain.from_first_record())
+        settled = big_drain.after_settling()
+        if settled is not None:
+            figures.measurements.append(settled)
+        say(f"{big_drain.label} drained {options.events:,} in {big_drain.done_s:.1f} s from start")
+        if index < len(bigs) - 1:
+            await workers.stop()
+        else:
+            try:
+                figures.latency = await measure_latency(
+                    engine, producer, gifts_topic, workers, options
+                )
+            finally:
+                workers.kill()  # after stop(), only strays
+        figures.worker_log.update(workers.log_counts)
+    assert figures.latency is not None
     say("checking the ledger")
-    events = options.events + small_count + latency.events + baseline.events
-    coins = published.coins + small_published.coins + latency.coins + baseline_coins
+    events += figures.latency.events
+    coins += figures.latency.coins
     await check_ledger(engine, url, events, coins)
     figures.checked = (
         f"{events:,} events applied once each, creators hold 500 milli-diamonds per coin sent"
@@ -902,15 +916,20 @@ async def run_phases(
 
 
 def headline(figures: Figures) -> Measurement:
-    """giftledger once its group has settled, or from its first record if none were left."""
+    """The fastest drain: giftledger once its group had settled, or from its first record if
+    nothing was left by then."""
     by_path = {m.path: m for m in figures.measurements}
-    return by_path.get("giftledger, settled") or by_path["giftledger, 1st record"]
+    candidates = [
+        by_path.get(f"{d.label}, settled") or by_path[f"{d.label}, 1st record"]
+        for d in figures.drains[1:]
+    ]
+    return max(candidates, key=lambda m: m.events_per_s)
 
 
 def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any]:
     by_path = {m.path: m for m in figures.measurements}
     baseline = by_path["baseline (per event)"].events_per_s
-    small_drain, big_drain = figures.drains
+    big_drains = figures.drains[1:]
     latency, published = figures.latency, figures.published
     assert latency is not None
     assert published is not None
@@ -920,22 +939,26 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
         f" (generating the JSON took {published.generating_seconds:.1f} of"
         f" {published.seconds:.1f} s)"
     )
-    print(f"{'path':<24} {'events':>9} {'seconds':>8} {'events/s':>9} {'vs baseline':>11}")
+    print(f"{'path':<27} {'events':>9} {'seconds':>8} {'events/s':>9} {'vs baseline':>11}")
     for m in figures.measurements:
         print(
-            f"{m.path:<24} {m.events:>9,} {m.seconds:>8.2f} {m.events_per_s:>9,.0f}"
+            f"{m.path:<27} {m.events:>9,} {m.seconds:>8.2f} {m.events_per_s:>9,.0f}"
             f" {m.events_per_s / baseline:>10.1f}x"
         )
-    settled_s = "never" if big_drain.settled_s is None else f"{big_drain.settled_s:.1f} s"
-    print(
-        f"giftledger on {big_drain.events:,}: first record {big_drain.first_consumed_s:.1f} s"
-        f" after start, group settled (all partitions assigned) {settled_s} after start with"
-        f" {big_drain.applied_before_settled:,} gifts applied, last gift {big_drain.done_s:.1f} s"
-        f" after start; {big_drain.redelivered:,} redelivered after rebalances (found applied)"
-    )
+    print("(giftledger xN: N consumer processes in one group; each drain has its own topics)")
+    for big_drain in big_drains:
+        settled_s = "never" if big_drain.settled_s is None else f"{big_drain.settled_s:.1f} s"
+        print(
+            f"{big_drain.label} on {big_drain.events:,}: first record"
+            f" {big_drain.first_consumed_s:.1f} s after start, group settled (all partitions"
+            f" assigned) {settled_s} after start with {big_drain.applied_before_settled:,} gifts"
+            f" applied, last gift {big_drain.done_s:.1f} s after start;"
+            f" {big_drain.redelivered:,} redelivered after rebalances (found applied)"
+        )
     print(
         f"latency at {options.latency_rate:,} gifts/s for {options.latency_seconds:g} s"
-        f" ({latency.events:,} gifts, sent at {latency.sent_per_s:,.0f}/s):"
+        f" ({latency.events:,} gifts, sent at {latency.sent_per_s:,.0f}/s,"
+        f" {latency.processes} consumer processes):"
     )
     for label, values in (
         ("applied_at - occurred_at", latency.applied_at_ms),
@@ -950,18 +973,18 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
         " statements and its commit. commit is when the ingestor returned after the database"
         " commit, matched to each gift by partition and offset)"
     )
-    for drained in (small_drain, big_drain):
+    for drained in figures.drains:
         print(
-            f"memory draining {drained.events:>9,}: start {mib(drained.memory.start)},"
+            f"memory, {drained.label} draining {drained.events:>9,}:"
+            f" start {mib(drained.memory.start)},"
             f" peak {mib(drained.memory.peak)}"
             f" (+{mib(drained.memory.peak - drained.memory.start)});"
             f" at each quarter of the drain: {', '.join(mib(q) for q in drained.memory.quarters())}"
         )
-    print(
-        "  (VmRSS of the whole benchmark process: the consumers and the benchmark's idle producer)"
-    )
+    print("  (VmRSS of the largest consumer process)")
     print(f"checks: {figures.checked}")
-    logged = ", ".join(f"{n} {level} {name}" for (level, name), n in tally.counts.most_common())
+    logs = tally.counts + figures.worker_log
+    logged = ", ".join(f"{n} {level} {name}" for (level, name), n in logs.most_common())
     print(f"library log: {logged or 'nothing at WARNING or above'} (in {tally.path})")
     print("machine: " + ", ".join(f"{key} {value}" for key, value in figures.machine.items()))
     gifts_per_s = headline(figures).events_per_s
@@ -997,6 +1020,7 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
         "drains": [
             {
                 "events": d.events,
+                "processes": d.processes,
                 "first_consumed_s": round(d.first_consumed_s, 3),
                 "settled_s": None if d.settled_s is None else round(d.settled_s, 3),
                 "done_s": round(d.done_s, 3),
@@ -1012,11 +1036,12 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
             "rate": options.latency_rate,
             "seconds": options.latency_seconds,
             "events": latency.events,
+            "processes": latency.processes,
             "applied_at_ms": {key: round(value, 1) for key, value in latency.applied_at_ms.items()},
             "commit_ms": {key: round(value, 1) for key, value in latency.committed_ms.items()},
         },
         "machine": figures.machine,
-        "library_log": {f"{level} {name}": n for (level, name), n in tally.counts.items()},
+        "library_log": {f"{level} {name}": n for (level, name), n in logs.items()},
         "targets": targets,
     }
 
