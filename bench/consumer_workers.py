@@ -31,6 +31,7 @@ from multiprocessing.sharedctypes import SynchronizedArray
 from ledger.database import create_engine
 from ledger.service import Ledger
 from schemas import topics
+from services.collector import settle_collector
 from services.consumer import ConsumerService
 from services.ingest import BatchReport, Ingestor, InputRecord
 from services.pricing import RateCardBook, load_rate_cards
@@ -152,6 +153,7 @@ async def _consume(
             timing,
         )
         service = ConsumerService(settings, ingestor, bootstrap_servers)
+        settle_collector()  # as `giftledger run` does before it starts its consumers
         slots[STARTED] = time.time()
         # start() returns once the consumers have joined their groups; they consume meanwhile.
         starting = asyncio.create_task(service.start())

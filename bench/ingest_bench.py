@@ -14,19 +14,22 @@ migrated to head, dropped at the end). Topics get a unique prefix and
    Kafka offset. It runs on the first `--baseline-events` records, under its own topic label in
    `applied_events` and its own transfer ids, so it does not hide events from giftledger. Its
    coins are posted in one transfer after its clock stops, as giftledger posts them per batch.
-4. giftledger: `ConsumerService` with a fresh group on the backlog, timed from its first batch,
-   and from the moment every partition is assigned (the group join is reported apart), to the
-   last gift applied. Before it, a drain of N/10 on topics of their own shows what memory it needs
+4. giftledger: consumer processes (`bench/consumer_workers.py`), each a `ConsumerService` over the
+   product's `Ingestor`, one fresh group between them, on a backlog of their own: one drain per
+   count in `--consumer-processes`, each timed from its first batch, and from the moment every
+   partition is assigned (the group join is reported apart), to the last gift applied. Before
+   them, one process drains N/10 on topics of their own, to show what memory a consumer needs
    for a backlog ten times smaller (run first, because Python seldom gives memory back to the
-   system: a smaller drain after a bigger one would only show the bigger one's high-water mark).
-5. latency: with the consumer still running, gifts at `--latency-rate` per second for
-   `--latency-seconds`, `occurred_at` = send time.
+   system).
+5. latency: with the last drain's consumers still running, gifts at `--latency-rate` per second
+   for `--latency-seconds`, `occurred_at` = send time.
 
 Checks: every event applied once, `verify()` finds nothing, and the creators' DIAMOND balances
 add up to 500 milli-diamonds per coin sent. A run that loses or doubles an event fails.
 
 Run: python -m bench.ingest_bench [--events 500000] [--baseline-events 5000]
-                                  [--latency-rate 5000] [--latency-seconds 20] [--json PATH]
+                                  [--latency-rate 5000] [--latency-seconds 20]
+                                  [--consumer-processes 1,2] [--json PATH]
 """
 
 from __future__ import annotations

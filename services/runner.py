@@ -17,6 +17,7 @@ from ledger.migrate import current_revision, head_revision, upgrade_to_head
 from ledger.service import Ledger
 from services.api import create_app, serve_api
 from services.cashouts import CashoutDesk, CashoutLimits
+from services.collector import settle_collector
 from services.consumer import ConsumerService
 from services.database_runtime import engine_as_role, open_database
 from services.eligibility import get_eligibility_settings
@@ -111,6 +112,7 @@ async def run(
         if rail is not None:
             await rail.start()
         writer = engine_as_role(engine, settings, settings.database_writer_role)
+        settle_collector()
         service = await start_consumers(settings, writer, bootstrap_servers)
         api = None
         if with_api:
