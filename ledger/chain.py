@@ -31,12 +31,16 @@ PROBLEM_COUNT_MAX = 100
 TIMESTAMP_TEXT_CACHE_SIZE = 1024
 
 
+# One encoder for every transfer: json.dumps with options builds a new one on each call.
+_METADATA_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def metadata_json(metadata: dict[str, Any] | None) -> str | None:
     """Metadata as the chain hashes it: JSON with sorted keys, no spaces. The posting path sends
     the same text to the database, so each transfer's metadata is serialized once."""
     if metadata is None:
         return None
-    return json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _METADATA_ENCODER.encode(metadata)
 
 
 @functools.lru_cache(maxsize=TIMESTAMP_TEXT_CACHE_SIZE)

@@ -7,9 +7,12 @@ account belongs to one asset and has a kind that says what it is for. Balance ru
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from ledger.model import AccountFlags
+
+PLATFORM_SPECS_CACHED_MAX = 1_024
 
 
 class AccountKind(enum.StrEnum):
@@ -74,6 +77,8 @@ def creator_wallet(creator_id: str, currency: str) -> AccountSpec:
     )
 
 
+@functools.lru_cache(maxsize=PLATFORM_SPECS_CACHED_MAX)
 def platform(kind: AccountKind, asset: str) -> AccountSpec:
-    """A platform account of the given kind in the given asset; no balance rule."""
+    """A platform account of the given kind in the given asset; no balance rule. There are a
+    few dozen and every event names one or two, so each spec is built once."""
     return AccountSpec(f"platform:{asset}:{kind.value}", asset, kind)

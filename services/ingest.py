@@ -68,6 +68,9 @@ from services.pricing import RateCardBook
 from services.profiles import apply_creator_updates
 
 JSON_DEPTH_MAX = 16
+# As plain ints: IntFlag members cost an enum lookup at each use in the per-transfer loop.
+_NO_FLAGS = int(TransferFlags.NONE)
+_LINKED = int(TransferFlags.LINKED)
 EVENT_ID_PATTERN = re.compile(r"[!-~]{1,128}")
 ERROR_DETAIL_LENGTH_MAX = 1_000
 
@@ -466,7 +469,7 @@ class Ingestor:
                         credit_account_id=account_ids[leg.credit.name],
                         amount=leg.amount,
                         code=leg.code,
-                        flags=TransferFlags.NONE if last else TransferFlags.LINKED,
+                        flags=_NO_FLAGS if last else _LINKED,
                         rate_card_version=version,
                         event_id=item.event.event_id,
                         metadata=leg.metadata,
