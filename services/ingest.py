@@ -741,7 +741,8 @@ class Ingestor:
         self, conn: AsyncConnection, topic: str, letters: list[DeadLetter]
     ) -> None:
         """One row per source record, keyed by the Kafka topic it was read from (prefix, topic,
-        partition, offset); a batch run again after a rollback records it again, once."""
+        partition, offset): a record dead-lettered again, when its batch runs again, keeps the
+        row it has."""
         if not letters:
             return
         await conn.execute(
