@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import secrets
 import socket
 import sys
@@ -140,10 +141,11 @@ async def _wait_for_cashouts(
     service: ConsumerService,
     rail: PayoutRailService,
     consumed_before: int,
-    requests: int,
+    cashout_ids: list[str],
     out: TextIO,
 ) -> bool:
-    """Until every request is decided, every payout answered and every answer applied."""
+    """Until every request is decided, every payout answered and every answer applied. Only
+    these cash-outs count: the database may hold others', open for reasons of their own."""
     deadline = time.monotonic() + SETTLE_WAIT_S
     while time.monotonic() < deadline:
         async with engine.connect() as conn:
@@ -151,12 +153,14 @@ async def _wait_for_cashouts(
                 await conn.execute(
                     text(
                         "SELECT count(*) FROM cashouts"
-                        " WHERE status IN ('requested', 'held', 'submitted')"
-                    )
+                        " WHERE cashout_id = ANY(CAST(:ids AS text[]))"
+                        " AND status IN ('requested', 'held', 'submitted')"
+                    ),
+                    {"ids": cashout_ids},
                 )
             ).scalar_one()
         consumed = service.ingestor.counts.consumed - consumed_before
-        expected = requests + rail.reports_sent
+        expected = len(cashout_ids) + rail.reports_sent
         _progress(out, "cash-outs", min(consumed, expected), expected)
         if open_count == 0 and rail.in_flight_count == 0 and consumed >= expected:
             return True
@@ -250,8 +254,9 @@ async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) 
             cashouts = sample_cashouts()
             consumed_before = service.ingestor.counts.consumed
             await _publish(producer, settings.kafka_topic_prefix, cashouts, out)
+            cashout_ids = [json.loads(record.value)["event_id"] for record in cashouts]
             settled = settled and await _wait_for_cashouts(
-                engine, service, rail, consumed_before, len(cashouts), out
+                engine, service, rail, consumed_before, cashout_ids, out
             )
             sound = await print_summary(engine, service, out)
             await print_cashouts(engine, out)
