@@ -17,17 +17,20 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import logging
 import math
 import multiprocessing
 import multiprocessing.queues
 import multiprocessing.synchronize
+import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import SynchronizedArray
+from pathlib import Path
 
+from bench.log_tally import LogTally
 from ledger.database import create_engine
 from ledger.service import Ledger
 from schemas import topics
@@ -42,7 +45,6 @@ APPLIED, CONSUMED, DEAD_LETTERED, DUPLICATES, ASSIGNED, FIRST_BATCH_AT, STARTED 
 SLOT_COUNT = 7
 SLOT_REFRESH_S = 0.05
 WORKER_STOP_TIMEOUT_S = 120.0
-QUIET_LOGGERS = ("aiokafka", "faststream", "faststream.access.kafka")
 
 # Commit times of gifts.sent batches: partition -> [(last offset of the batch, time.time())].
 Commits = dict[int, list[tuple[int, float]]]
@@ -85,27 +87,6 @@ class TimedIngestor(Ingestor):
         return report
 
 
-class _LogCounter(logging.Filter):
-    """Counts library log records at WARNING and above by level and logger, and drops them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter[tuple[str, str]] = Counter()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            self.counts[record.levelname, record.name] += 1
-        return False
-
-    def install(self) -> None:
-        handler = logging.NullHandler()
-        handler.addFilter(self)
-        logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
-        for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
-        logging.getLogger("faststream.access.kafka").addFilter(self)
-
-
 @dataclass(frozen=True, slots=True)
 class WorkerResult:
     commits: Commits
@@ -121,11 +102,11 @@ def _worker_main(
     stop: multiprocessing.synchronize.Event,
     results: multiprocessing.queues.Queue[WorkerResult],
 ) -> None:
-    log = _LogCounter()
-    log.install()
+    tally = LogTally(Path(tempfile.gettempdir()) / f"ingest_bench-worker-{os.getpid()}.log")
+    tally.install()
     settings = Settings.model_validate_json(settings_json)
     commits = asyncio.run(_consume(url, bootstrap_servers, settings, slots, timing, stop))
-    results.put(WorkerResult(commits, dict(log.counts)))
+    results.put(WorkerResult(commits, dict(tally.counts)))
 
 
 async def _consume(

@@ -41,7 +41,6 @@ import contextlib
 import hashlib
 import itertools
 import json
-import logging
 import math
 import os
 import random
@@ -69,6 +68,7 @@ from bench.consumer_workers import (
     Workers,
 )
 from bench.ledger_bench import admin_url, fresh_database, server_version, verify_ledger
+from bench.log_tally import LogTally
 from ledger import chart
 from ledger.chain import append_link
 from ledger.chart import AccountKind
@@ -126,8 +126,6 @@ TARGET_GIFTS_PER_S = 20_000
 TARGET_RATIO = 10.0
 TARGET_P99_MS = 500.0
 TARGET_RATE = 5_000
-
-QUIET_LOGGERS = ("aiokafka", "faststream", "faststream.access.kafka")
 
 
 @dataclass(frozen=True, slots=True)
@@ -741,33 +739,6 @@ async def kafka() -> AsyncIterator[tuple[str, str]]:
         yield broker.bootstrap_servers, "embedded Tansu"
 
 
-class LogTally(logging.Filter):
-    """Keeps the libraries' log records off the console: counts them by level and logger, and
-    writes them to a file. FastStream's broker logger prints to stdout itself and resets its level
-    when a broker starts, hence a filter on that logger as well as on the root handler."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-        self.counts: Counter[tuple[str, str]] = Counter()
-        self._file = logging.FileHandler(path)
-        self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            self.counts[record.levelname, record.name] += 1
-            self._file.handle(record)
-        return False
-
-    def install(self) -> None:
-        root_handler = logging.NullHandler()
-        root_handler.addFilter(self)
-        logging.basicConfig(level=logging.WARNING, handlers=[root_handler], force=True)
-        for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
-        logging.getLogger("faststream.access.kafka").addFilter(self)
-
-
 def mib(size: int) -> str:
     return f"{size / 2**20:,.0f} MiB"
 
@@ -988,7 +959,10 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
     print(f"checks: {figures.checked}")
     logs = tally.counts + figures.worker_log
     logged = ", ".join(f"{n} {level} {name}" for (level, name), n in logs.most_common())
-    print(f"library log: {logged or 'nothing at WARNING or above'} (in {tally.path})")
+    print(
+        f"library log: {logged or 'nothing at WARNING or above'} (in {tally.path}, and the"
+        " consumer processes' in ingest_bench-worker-<pid>.log beside it)"
+    )
     print("machine: " + ", ".join(f"{key} {value}" for key, value in figures.machine.items()))
     gifts_per_s = headline(figures).events_per_s
     p99 = latency.committed_ms["p99"]
