@@ -310,19 +310,14 @@ def _is_guarded(role: int, flags: int) -> bool:
     )
 
 
-async def _read_accounts(
-    conn: AsyncConnection, roles: dict[int, int], facts: AccountFacts | None
-) -> tuple[dict[int, AccountTotals], dict[int, AccountTotals], datetime | None]:
-    """The batch's accounts, a copy of the totals read, and the clock when they were locked.
-
-    When the batch guards an account, all its accounts are locked in id order and read. Else
-    none is locked or read (but for the asset and rules of accounts new to `facts`): their
-    running totals start at zero, and they have no entry in the copy."""
-    if facts is None:  # nothing known: lock and read them all, as a guarded batch does
-        return await _lock_accounts(conn, roles)
+async def _account_facts(
+    conn: AsyncConnection, account_ids: Iterable[int], facts: AccountFacts
+) -> dict[int, tuple[str, int]]:
+    """Asset and rules of each account, read from the database only for those new to `facts`;
+    an account that does not exist is left out."""
     known: dict[int, tuple[str, int]] = {}
     unknown: list[int] = []
-    for account_id in roles:
+    for account_id in account_ids:
         fact = facts.get(account_id)
         if fact is None:
             unknown.append(account_id)
@@ -333,6 +328,20 @@ async def _read_accounts(
         for account_id, asset, flags in rows:
             known[account_id] = (asset, flags)
             facts.remember(account_id, asset, flags)
+    return known
+
+
+async def _read_accounts(
+    conn: AsyncConnection, roles: dict[int, int], facts: AccountFacts | None
+) -> tuple[dict[int, AccountTotals], dict[int, AccountTotals], datetime | None]:
+    """The batch's accounts, a copy of the totals read, and the clock when they were locked.
+
+    When the batch guards an account, all its accounts are locked in id order and read. Else
+    none is locked or read (but for the asset and rules of accounts new to `facts`): their
+    running totals start at zero, and they have no entry in the copy."""
+    if facts is None:  # nothing known: lock and read them all, as a guarded batch does
+        return await _lock_accounts(conn, roles)
+    known = await _account_facts(conn, roles, facts)
     if not any(_is_guarded(roles[i], flags) for i, (_, flags) in known.items()):
         accounts = {i: AccountTotals(i, asset, flags) for i, (asset, flags) in known.items()}
         return accounts, {}, None
@@ -667,6 +676,22 @@ def _write_parameters(
     }
 
 
+async def _execute_write(
+    conn: AsyncConnection, parameters: dict[str, Any], accepted_count: int
+) -> Sequence[Any]:
+    """Run step 4; rows are (account id, balance before, commit timestamp, count inserted)."""
+    try:
+        rows = (await conn.execute(_WRITE_BATCH, parameters)).all()
+    except IntegrityError as error:
+        if _is_unique_violation(error):
+            raise LedgerConflictError(str(error.orig)) from error
+        raise
+    inserted = rows[0][3] if rows else 0
+    if inserted != accepted_count:
+        raise AssertionError(f"stored {inserted} of {accepted_count} accepted transfers")
+    return rows
+
+
 async def _write(
     conn: AsyncConnection,
     walk: _Walk,
@@ -679,17 +704,9 @@ async def _write(
     Accounts the batch did not lock in step 2 were walked from zero: their running balances
     shift by the balance the write found them at.
     """
-    try:
-        rows = (
-            await conn.execute(_WRITE_BATCH, _write_parameters(walk, originals, metadata_texts))
-        ).all()
-    except IntegrityError as error:
-        if _is_unique_violation(error):
-            raise LedgerConflictError(str(error.orig)) from error
-        raise
-    inserted = rows[0][3] if rows else 0
-    if inserted != len(walk.accepted):
-        raise AssertionError(f"stored {inserted} of {len(walk.accepted)} accepted transfers")
+    rows = await _execute_write(
+        conn, _write_parameters(walk, originals, metadata_texts), len(walk.accepted)
+    )
     shifts = {
         row[0]: row[1] - originals.get(row[0], _ZERO).posted_balance
         for row in rows
@@ -791,6 +808,174 @@ async def post_batch(
     else:  # run_with_conflict_retry links everything just before the commit
         deferred.extend(entries)
     return BatchOutcome(results, committed_at, len(walk.accepted))
+
+
+@dataclass(slots=True)
+class NewTransfers:
+    """Plain transfers (no flags, no pending, no timeout) that the caller knows are not stored
+    yet, as columns, one entry per transfer. A caller that keeps its own idempotency record in
+    the same transaction (the ingestion's applied events) posts them with `post_new_batch`,
+    without a `Transfer` object and a lookup of stored ids per transfer."""
+
+    ids: list[uuid.UUID] = field(default_factory=list)
+    debit_account_ids: list[int] = field(default_factory=list)
+    credit_account_ids: list[int] = field(default_factory=list)
+    amounts: list[int] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)
+    rate_card_versions: list[int | None] = field(default_factory=list)
+    event_ids: list[str | None] = field(default_factory=list)
+    metadata_texts: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(
+        self,
+        transfer_id: uuid.UUID,
+        debit_account_id: int,
+        credit_account_id: int,
+        amount: int,
+        code: int,
+        rate_card_version: int | None,
+        event_id: str | None,
+        metadata_text: str | None,
+    ) -> None:
+        self.ids.append(transfer_id)
+        self.debit_account_ids.append(debit_account_id)
+        self.credit_account_ids.append(credit_account_id)
+        self.amounts.append(amount)
+        self.codes.append(code)
+        self.rate_card_versions.append(rate_card_version)
+        self.event_ids.append(event_id)
+        self.metadata_texts.append(metadata_text)
+
+
+class NotNewBatchError(ValueError):
+    """The batch is not one `post_new_batch` takes: post it with `post_batch`."""
+
+
+async def post_new_batch(
+    conn: AsyncConnection, batch: NewTransfers, facts: AccountFacts
+) -> datetime:
+    """Post plain transfers that are not stored yet, inside the caller's transaction, in one
+    statement (step 4 of `post_batch`) and the chain link. Returns the commit timestamp.
+
+    Every transfer is accepted: no account of the batch may have a balance rule its role could
+    break (a `NotNewBatchError` says which, before anything is written). A transfer id that is
+    stored already fails the write on its unique key with `LedgerConflictError`, as a race does
+    in `post_batch`: the caller's unit of work runs again, and should then use `post_batch`.
+    """
+    count = len(batch.ids)
+    if count > TRANSFER_BATCH_SIZE_MAX:
+        raise ValueError(f"batch of {count} exceeds {TRANSFER_BATCH_SIZE_MAX}")
+    columns = (
+        batch.debit_account_ids,
+        batch.credit_account_ids,
+        batch.amounts,
+        batch.codes,
+        batch.rate_card_versions,
+        batch.event_ids,
+        batch.metadata_texts,
+    )
+    if any(len(column) != count for column in columns):
+        raise ValueError("the columns of a batch of new transfers differ in length")
+    debited, credited = set(batch.debit_account_ids), set(batch.credit_account_ids)
+    known = await _account_facts(conn, debited | credited, facts)
+    for account_id in debited | credited:
+        if account_id not in known:
+            raise NotNewBatchError(f"account {account_id} does not exist")
+    for account_id in debited:
+        if known[account_id][1] & _DEBITS_MUST_NOT_EXCEED_CREDITS:
+            raise NotNewBatchError(f"account {account_id} must not be debited beyond its credits")
+    for account_id in credited:
+        if known[account_id][1] & _CREDITS_MUST_NOT_EXCEED_DEBITS:
+            raise NotNewBatchError(f"account {account_id} must not be credited beyond its debits")
+    # Running balances count from zero: the write moves them onto the balances it locks.
+    balances = dict.fromkeys(debited | credited, 0)
+    debits = dict.fromkeys(debited | credited, 0)
+    credits = dict.fromkeys(debited | credited, 0)
+    assets: list[str] = []
+    debit_offsets: list[int] = []
+    credit_offsets: list[int] = []
+    heads: list[str] = []
+    for index in range(count):
+        debit_id = batch.debit_account_ids[index]
+        credit_id = batch.credit_account_ids[index]
+        amount = batch.amounts[index]
+        asset = known[debit_id][0]
+        if amount <= 0 or debit_id == credit_id or known[credit_id][0] != asset:
+            raise NotNewBatchError(
+                f"transfer {batch.ids[index]}: amount must be positive, between two accounts"
+                " of one asset"
+            )
+        debits[debit_id] += amount
+        credits[credit_id] += amount
+        balances[debit_id] -= amount
+        balances[credit_id] += amount
+        assets.append(asset)
+        debit_offsets.append(balances[debit_id])
+        credit_offsets.append(balances[credit_id])
+        heads.append(
+            line_head(
+                batch.ids[index],
+                debit_id,
+                credit_id,
+                amount,
+                asset,
+                batch.codes[index],
+                0,
+                None,
+                None,
+                None,
+                batch.rate_card_versions[index],
+                batch.event_ids[index],
+                batch.metadata_texts[index],
+            )
+        )
+    account_ids = sorted(balances)
+    nones: list[None] = [None] * count
+    parameters = {
+        "account_ids": account_ids,
+        "debits_posted": [debits[i] for i in account_ids],
+        "credits_posted": [credits[i] for i in account_ids],
+        "debits_pending": [0] * len(account_ids),
+        "credits_pending": [0] * len(account_ids),
+        "ids": batch.ids,
+        "debit_account_ids": batch.debit_account_ids,
+        "credit_account_ids": batch.credit_account_ids,
+        "amounts": batch.amounts,
+        "assets": assets,
+        "codes": batch.codes,
+        "flags": [0] * count,
+        "pending_ids": nones,
+        "timeouts_s": nones,
+        "rate_card_versions": batch.rate_card_versions,
+        "event_ids": batch.event_ids,
+        "metadata": batch.metadata_texts,
+        "debit_offsets": debit_offsets,
+        "credit_offsets": credit_offsets,
+        "resolved_pending_ids": [],
+        "resolved_by": [],
+        "outcomes": [],
+    }
+    rows = await _execute_write(conn, parameters, count)
+    balances_before = {row[0]: row[1] for row in rows}
+    committed_at: datetime = rows[0][2]
+    entries: list[ChainEntry] = []
+    for index in range(count):
+        transfer_id = batch.ids[index]
+        tail = line_tail(
+            balances_before[batch.debit_account_ids[index]] + debit_offsets[index],
+            balances_before[batch.credit_account_ids[index]] + credit_offsets[index],
+            committed_at,
+        )
+        entries.append((transfer_id.int, transfer_id, (heads[index] + tail).encode("utf-8")))
+    deferred = conn.info.get(DEFERRED_LINKS_KEY)
+    if deferred is None:
+        await append_link_entries(conn, entries)
+    else:  # run_with_conflict_retry links everything just before the commit
+        deferred.extend(entries)
+    return committed_at
 
 
 def _is_unique_violation(error: DBAPIError) -> bool:

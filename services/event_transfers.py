@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
 from ledger import chart
@@ -51,29 +52,51 @@ class Leg:
     metadata: dict[str, Any] | None = None
 
 
-def gift_legs(event: GiftSent, card: RateCard) -> list[Leg]:
-    """The creator's share of a gift, issued as diamonds. The coin side of a batch of gifts is
-    one transfer per rate card version (`batch_coin_transfer`), not one per gift: a gift then
-    costs one ledger row, and coins and diamonds still reconcile per rate card version."""
-    coins = event.coins * event.count
-    place = {"video_id": event.video_id} if event.surface == "video" else {"live_id": event.live_id}
-    details = {
-        "surface": event.surface,
-        "gift_id": event.gift_id,
-        "sender_id": event.sender_id,
-        "coins": coins,
-        **place,
-    }
-    return [
-        Leg(
-            "diamonds",
-            chart.platform(AccountKind.DIAMOND_ISSUANCE, "DIAMOND"),
-            chart.creator_diamonds_available(event.creator_id),
-            card.gift_milli_diamonds(event.coins, event.count),
-            TransferCode.GIFT_DIAMONDS,
-            details,
-        )
-    ]
+@dataclass(frozen=True, slots=True)
+class GiftTransfer:
+    """What one gift posts: the creator's share of its coins, issued as diamonds, debiting
+    `GIFT_DIAMOND_SOURCE`. The coin side of a batch of gifts is one transfer per rate card
+    version (`batch_coin_leg`), not one per gift: a gift then costs one ledger row, and coins and
+    diamonds still reconcile per rate card version."""
+
+    transfer_id: uuid.UUID
+    creator_account: AccountSpec
+    milli_diamonds: int
+    rate_card_version: int
+    metadata_text: str
+
+
+GIFT_DIAMOND_SOURCE = chart.platform(AccountKind.DIAMOND_ISSUANCE, "DIAMOND")
+_json_string = encode_basestring  # a JSON string literal, non-ASCII characters kept as they are
+
+
+def gift_metadata_text(event: GiftSent) -> str:
+    """The gift's details as the ledger stores them (surface, gift, sender, coins, the video or
+    LIVE), written out as `ledger.chain.metadata_json` writes them, keys sorted, no spaces:
+    every gift needs this text, and a test holds it equal to the encoder's."""
+    if event.surface == "video":
+        assert event.video_id is not None  # the model holds the surface and its id together
+        place = f'"video_id":{_json_string(event.video_id)}'
+        before_sender, after_surface = "", f",{place}"
+    else:
+        assert event.live_id is not None
+        place = f'"live_id":{_json_string(event.live_id)}'
+        before_sender, after_surface = f",{place}", ""
+    return (
+        f'{{"coins":{event.coins * event.count},"gift_id":{_json_string(event.gift_id)}'
+        f'{before_sender},"sender_id":{_json_string(event.sender_id)},'
+        f'"surface":{_json_string(event.surface)}{after_surface}}}'
+    )
+
+
+def gift_transfer(event: GiftSent, card: RateCard) -> GiftTransfer:
+    return GiftTransfer(
+        transfer_id(topics.GIFTS_SENT, event.event_id, "diamonds"),
+        chart.creator_diamonds_available(event.creator_id),
+        card.gift_milli_diamonds(event.coins, event.count),
+        card.version,
+        gift_metadata_text(event),
+    )
 
 
 def batch_coin_leg(coins: int, gift_count: int) -> Leg:

@@ -26,9 +26,16 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.chain import metadata_json
 from ledger.chart import AccountSpec
-from ledger.model import PostResult, StoredTransfer, Transfer, TransferFlags
-from ledger.posting import LedgerConflictError, post_batch, read_stored, run_with_conflict_retry
+from ledger.model import PostResult, StoredTransfer, Transfer, TransferCode, TransferFlags
+from ledger.posting import (
+    NewTransfers,
+    post_batch,
+    post_new_batch,
+    read_stored,
+    run_with_conflict_retry,
+)
 from ledger.service import Ledger
 from schemas import topics
 from schemas.events import (
@@ -54,11 +61,13 @@ from services.cashouts import (
 )
 from services.eligibility import EligibilitySettings
 from services.event_transfers import (
+    GIFT_DIAMOND_SOURCE,
     LEDGER_TOPICS,
+    GiftTransfer,
     Leg,
     batch_coin_leg,
     fund_legs,
-    gift_legs,
+    gift_transfer,
     marketplace_legs,
     reversal_legs,
     tip_legs,
@@ -186,10 +195,8 @@ def parse_record(topic: str, record: InputRecord) -> _Parsed | DeadLetter:
     return _Parsed(record, event, hashlib.sha256(canonical).digest())
 
 
-def _legs_without_lookup(event: Event, rate_cards: RateCardBook) -> tuple[list[Leg], int | None]:
-    if isinstance(event, GiftSent):
-        card = rate_cards.in_force_at(event.occurred_at)
-        return gift_legs(event, card), card.version
+def _legs_without_lookup(event: Event) -> tuple[list[Leg], int | None]:
+    """The legs of a tip, a fund reward or a marketplace payment (gifts: `gift_transfer`)."""
     if isinstance(event, TipReceived):
         return tip_legs(event), None
     if isinstance(event, FundRewarded):
@@ -204,6 +211,40 @@ def _leg_accounts(event: Event) -> list[AccountSpec]:
     assert isinstance(event, GiftReversed)
     legs = reversal_legs(event, coins=1, milli_diamonds=1)
     return [spec for leg in legs for spec in (leg.debit, leg.credit)]
+
+
+_GIFT_DIAMONDS = int(TransferCode.GIFT_DIAMONDS)
+_COIN_ACCOUNTS = (batch_coin_leg(1, 1).debit, batch_coin_leg(1, 1).credit)
+
+
+def _add_batch_coins(
+    batch: NewTransfers,
+    gifts: list[_Parsed],
+    planned: dict[str, GiftTransfer],
+    account_ids: dict[str, int],
+) -> None:
+    """One coin transfer per rate card version for the gifts applied in this transaction.
+
+    Its id is new on every attempt: it is stored only with the gifts it counts, in the same
+    transaction, and a redelivered gift is filtered out before it is counted again."""
+    coins_by_version: dict[int, tuple[int, int]] = {}
+    for item in gifts:
+        assert isinstance(item.event, GiftSent)
+        version = planned[item.event.event_id].rate_card_version
+        coins, count = coins_by_version.get(version, (0, 0))
+        coins_by_version[version] = (coins + item.event.coins * item.event.count, count + 1)
+    for version, (coins, count) in sorted(coins_by_version.items()):
+        leg = batch_coin_leg(coins, count)
+        batch.add(
+            uuid.uuid4(),
+            account_ids[leg.debit.name],
+            account_ids[leg.credit.name],
+            leg.amount,
+            int(leg.code),
+            version,
+            None,
+            metadata_json(leg.metadata),
+        )
 
 
 def _gift_diamonds_id(gift_event_id: str) -> uuid.UUID:
@@ -344,18 +385,18 @@ class Ingestor:
             return
         if topic not in LEDGER_TOPICS:
             raise ValueError(f"{topic} is not a ledger topic")
+        if topic == topics.GIFTS_SENT:
+            await self._apply_gifts(parsed, report)
+            return
         planned: dict[str, tuple[list[Leg], int | None]] = {}
         specs: list[AccountSpec] = []
         for item in parsed:
             if isinstance(item.event, GiftReversed):
                 specs += _leg_accounts(item.event)
             elif item.event.event_id not in planned:  # only a first copy can be applied
-                legs, version = _legs_without_lookup(item.event, self.rate_cards)
+                legs, version = _legs_without_lookup(item.event)
                 planned[item.event.event_id] = (legs, version)
                 specs += [spec for leg in legs for spec in (leg.debit, leg.credit)]
-        if topic == topics.GIFTS_SENT:
-            coin_leg = batch_coin_leg(1, 1)
-            specs += [coin_leg.debit, coin_leg.credit]
         account_ids = await self.ledger.accounts.ids(specs)
         early_letters = list(report.dead_letters)
         batch_report = await run_with_conflict_retry(
@@ -367,6 +408,65 @@ class Ingestor:
         report.duplicates += batch_report.duplicates
         report.parked += batch_report.parked
         report.dead_letters += batch_report.dead_letters
+
+    async def _apply_gifts(self, parsed: list[_Parsed], report: BatchReport) -> None:
+        """Gifts take the ledger's path for new transfers: each fresh gift is one transfer,
+        stored with no lookup of its id, since its `event_id` was not applied yet."""
+        gifts: dict[str, GiftTransfer] = {}
+        specs = [GIFT_DIAMOND_SOURCE, *_COIN_ACCOUNTS]
+        for item in parsed:
+            event = item.event
+            if event.event_id not in gifts:  # only a first copy can be applied
+                assert isinstance(event, GiftSent)
+                gift = gift_transfer(event, self.rate_cards.in_force_at(event.occurred_at))
+                gifts[event.event_id] = gift
+                specs.append(gift.creator_account)
+        account_ids = await self.ledger.accounts.ids(specs)
+        early_letters = list(report.dead_letters)
+        batch_report = await run_with_conflict_retry(
+            self.ledger.engine,
+            lambda conn: self._apply_gifts_in(conn, parsed, gifts, account_ids, early_letters),
+            self._conflict_retry_count_max,
+        )
+        report.applied += batch_report.applied
+        report.duplicates += batch_report.duplicates
+        report.dead_letters += batch_report.dead_letters
+
+    async def _apply_gifts_in(
+        self,
+        conn: AsyncConnection,
+        items: list[_Parsed],
+        gifts: dict[str, GiftTransfer],
+        account_ids: dict[str, int],
+        early_letters: list[DeadLetter],
+    ) -> BatchReport:
+        """The transaction of one batch of gifts. A gift stored meanwhile by another consumer
+        fails the write on its transfer id (`LedgerConflictError`): the batch runs again, and
+        then finds that gift applied."""
+        report = BatchReport()
+        fresh = await self._drop_applied(conn, topics.GIFTS_SENT, items, report)
+        batch = NewTransfers()
+        source_id = account_ids[GIFT_DIAMOND_SOURCE.name]
+        for item in fresh:
+            gift = gifts[item.event.event_id]
+            batch.add(
+                gift.transfer_id,
+                source_id,
+                account_ids[gift.creator_account.name],
+                gift.milli_diamonds,
+                _GIFT_DIAMONDS,
+                gift.rate_card_version,
+                item.event.event_id,
+                gift.metadata_text,
+            )
+        _add_batch_coins(batch, fresh, gifts, account_ids)
+        if batch:
+            await post_new_batch(conn, batch, self.ledger.account_facts)
+        await self._record_applied(conn, topics.GIFTS_SENT, fresh)
+        letters = [*early_letters, *report.dead_letters]
+        await self._record_dead_letters(conn, topics.GIFTS_SENT, letters)
+        report.applied = len(fresh)
+        return report
 
     async def _apply_profiles(self, items: list[_Parsed], report: BatchReport) -> None:
         """Creator profile updates: a projection, not transfers, but applied exactly like them:
@@ -476,16 +576,10 @@ class Ingestor:
                     )
                 )
                 owners.append(item)
-        if topic == topics.GIFTS_SENT:
-            transfers += self._batch_coin_transfers(fresh, planned, account_ids)
         outcome = await post_batch(conn, transfers, self.ledger.account_facts)
         results_by_event: dict[str, list[PostResult]] = {}
         for item, result in zip(owners, outcome.results, strict=False):
             results_by_event.setdefault(item.event.event_id, []).append(result)
-        if topic == topics.GIFTS_SENT and not all(r is PostResult.OK for r in outcome.results):
-            # The coin transfers count every fresh gift: if one was stored meanwhile by another
-            # consumer, run the batch again; it will then be filtered out as applied.
-            raise LedgerConflictError("a gift of this batch was applied concurrently")
         applied: list[_Parsed] = []
         for item in fresh:
             results = results_by_event[item.event.event_id]
@@ -506,38 +600,6 @@ class Ingestor:
         )
         report.applied = len(applied)
         return report
-
-    @staticmethod
-    def _batch_coin_transfers(
-        gifts: list[_Parsed],
-        planned: dict[str, tuple[list[Leg], int | None]],
-        account_ids: dict[str, int],
-    ) -> list[Transfer]:
-        """One coin transfer per rate card version for the gifts applied in this transaction.
-
-        Its id is new on every attempt: it is stored only with the gifts it counts, in the same
-        transaction, and a redelivered gift is filtered out before it is counted again."""
-        coins_by_version: dict[int | None, tuple[int, int]] = {}
-        for item in gifts:
-            assert isinstance(item.event, GiftSent)
-            version = planned[item.event.event_id][1]
-            coins, count = coins_by_version.get(version, (0, 0))
-            coins_by_version[version] = (coins + item.event.coins * item.event.count, count + 1)
-        transfers = []
-        for version, (coins, count) in sorted(coins_by_version.items(), key=lambda kv: kv[0] or 0):
-            leg = batch_coin_leg(coins, count)
-            transfers.append(
-                Transfer(
-                    id=uuid.uuid4(),
-                    debit_account_id=account_ids[leg.debit.name],
-                    credit_account_id=account_ids[leg.credit.name],
-                    amount=leg.amount,
-                    code=leg.code,
-                    rate_card_version=version,
-                    metadata=leg.metadata,
-                )
-            )
-        return transfers
 
     @staticmethod
     def _leg_transfer_id(topic: str, event: Event, leg: Leg) -> uuid.UUID:

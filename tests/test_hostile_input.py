@@ -45,7 +45,7 @@ from schemas.events import AMOUNT_MAX, CONSUMED_EVENT_MODELS, ID_LENGTH_MAX, Gif
 from services.event_transfers import (
     CONSUMED_BY_INGESTOR,
     fund_legs,
-    gift_legs,
+    gift_transfer,
     marketplace_legs,
     tip_legs,
 )
@@ -470,8 +470,9 @@ def expected_amounts(ingestor: Ingestor, topic: str, value: bytes, stored: list[
     parsed: Any = CONSUMED_EVENT_MODELS[topic].model_validate_json(value)
     if topic == topics.GIFTS_SENT:
         assert isinstance(parsed, GiftSent)
-        legs = gift_legs(parsed, ingestor.rate_cards.in_force_at(parsed.occurred_at))
-    elif topic == topics.TIPS_RECEIVED:
+        card = ingestor.rate_cards.in_force_at(parsed.occurred_at)
+        return [gift_transfer(parsed, card).milli_diamonds]
+    if topic == topics.TIPS_RECEIVED:
         legs = tip_legs(parsed)
     elif topic == topics.FUND_REWARDED:
         legs = fund_legs(parsed)
