@@ -158,6 +158,7 @@ class ConsumerService:
             fetch_max_bytes=settings.consumer_fetch_max_bytes,
             max_partition_fetch_bytes=settings.consumer_partition_fetch_max_bytes,
             batch_timeout_ms=settings.consumer_batch_wait_ms,
+            fetch_max_wait_ms=settings.consumer_fetch_wait_ms_max,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 4, 500),
             ack_policy=AckPolicy.MANUAL,

@@ -84,6 +84,34 @@ EVENT_ID_PATTERN = re.compile(r"[!-~]{1,128}")
 ERROR_DETAIL_LENGTH_MAX = 1_000
 
 
+# Which of a batch's event ids were applied: one primary-key probe per id, whatever the table's
+# statistics say. Written as `topic = :topic AND event_id = ANY(:ids)`, the planner, until the
+# table's first ANALYZE, read every row of the topic and filtered them: 45-75 ms a batch at
+# 300,000 applied events, growing with the table, against 3-5 ms for the probes.
+SELECT_APPLIED = text(
+    """
+    SELECT wanted.event_id, a.payload_sha256
+    FROM unnest(CAST(:ids AS text[])) AS wanted(event_id)
+    CROSS JOIN LATERAL (
+        SELECT payload_sha256 FROM applied_events
+        WHERE topic = :topic AND event_id = wanted.event_id
+        LIMIT 1
+    ) a
+    """
+)
+_SELECT_PARKED = text(
+    """
+    SELECT wanted.event_id, p.payload
+    FROM unnest(CAST(:ids AS text[])) AS wanted(event_id)
+    CROSS JOIN LATERAL (
+        SELECT payload FROM parked_events
+        WHERE topic = :topic AND event_id = wanted.event_id
+        LIMIT 1
+    ) p
+    """
+)
+
+
 @dataclass(frozen=True, slots=True)
 class InputRecord:
     """One consumed Kafka record, independent of the client library."""
@@ -440,11 +468,17 @@ class Ingestor:
         account_ids: dict[str, int],
         early_letters: list[DeadLetter],
     ) -> BatchReport:
-        """The transaction of one batch of gifts. A gift stored meanwhile by another consumer
-        fails the write on its transfer id (`LedgerConflictError`): the batch runs again, and
-        then finds that gift applied."""
+        """The transaction of one batch of gifts. A gift applied meanwhile by another consumer
+        fails it on the event's or the transfer's unique key (`LedgerConflictError`): the batch
+        runs again, and then finds that gift applied.
+
+        The applied events and dead letters are written first: the ledger's write locks the
+        platform's accounts, which every consumer's batch of gifts updates, until the commit."""
         report = BatchReport()
         fresh = await self._drop_applied(conn, topics.GIFTS_SENT, items, report)
+        await self._record_applied(conn, topics.GIFTS_SENT, fresh)
+        letters = [*early_letters, *report.dead_letters]
+        await self._record_dead_letters(conn, topics.GIFTS_SENT, letters)
         batch = NewTransfers()
         source_id = account_ids[GIFT_DIAMOND_SOURCE.name]
         for item in fresh:
@@ -462,9 +496,6 @@ class Ingestor:
         _add_batch_coins(batch, fresh, gifts, account_ids)
         if batch:
             await post_new_batch(conn, batch, self.ledger.account_facts)
-        await self._record_applied(conn, topics.GIFTS_SENT, fresh)
-        letters = [*early_letters, *report.dead_letters]
-        await self._record_dead_letters(conn, topics.GIFTS_SENT, letters)
         report.applied = len(fresh)
         return report
 
@@ -617,13 +648,7 @@ class Ingestor:
         if not items:
             return []
         ids = [item.event.event_id for item in items]
-        rows = await conn.execute(
-            text(
-                "SELECT event_id, payload_sha256 FROM applied_events"
-                " WHERE topic = :topic AND event_id = ANY(CAST(:ids AS text[]))"
-            ),
-            {"topic": topic, "ids": ids},
-        )
+        rows = await conn.execute(SELECT_APPLIED, {"topic": topic, "ids": ids})
         known = {row.event_id: bytes(row.payload_sha256) for row in rows}
         if topic == topics.GIFTS_REVERSED:
             known = {**await self._parked_hashes(conn, topic, items), **known}
@@ -654,13 +679,7 @@ class Ingestor:
         ids = [item.event.event_id for item in items if not item.from_parking]
         if not ids:
             return {}
-        rows = await conn.execute(
-            text(
-                "SELECT event_id, payload FROM parked_events"
-                " WHERE topic = :topic AND event_id = ANY(CAST(:ids AS text[]))"
-            ),
-            {"topic": topic, "ids": ids},
-        )
+        rows = await conn.execute(_SELECT_PARKED, {"topic": topic, "ids": ids})
         hashes: dict[str, bytes] = {}
         for row in rows:
             parked = parse_record(topic, InputRecord(topic, 0, 0, None, bytes(row.payload)))
