@@ -206,9 +206,11 @@ def parse_record(topic: str, record: InputRecord) -> _Parsed | DeadLetter:
         return DeadLetter(record, "invalid_utf8", _short(str(error)))
     except (ValueError, RecursionError) as error:
         return DeadLetter(record, "malformed_json", _short(str(error)))
-    if _depth(decoded, JSON_DEPTH_MAX) > JSON_DEPTH_MAX:
+    # One object and no array (at most one "{" and no "[" in the text) is one level deep: the
+    # walk is for the records that may nest.
+    may_nest = record.value.count(b"{") > 1 or b"[" in record.value
+    if may_nest and _depth(decoded, JSON_DEPTH_MAX) > JSON_DEPTH_MAX:
         return DeadLetter(record, "malformed_json", f"nested deeper than {JSON_DEPTH_MAX}")
-    event_id = decoded.get("event_id") if isinstance(decoded, dict) else None
     model: type[BaseModel] = CONSUMED_EVENT_MODELS[topic]
     try:
         event = model.model_validate_json(record.value)
@@ -217,6 +219,7 @@ def parse_record(topic: str, record: InputRecord) -> _Parsed | DeadLetter:
             f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}"
             for item in error.errors(include_url=False, include_input=False)
         )
+        event_id = decoded.get("event_id") if isinstance(decoded, dict) else None
         return DeadLetter(record, "schema_violation", _short(detail), _valid_event_id(event_id))
     assert isinstance(event, Event)
     canonical = event.model_dump_json().encode("utf-8")
