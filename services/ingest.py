@@ -16,12 +16,12 @@ import hashlib
 import json
 import re
 import uuid
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jiter
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -150,23 +150,6 @@ class _Parsed:
     parked_until: datetime | None = None
 
 
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    decoded = dict(pairs)
-    if len(decoded) != len(pairs):
-        counted = Counter(key for key, _ in pairs)
-        duplicates = sorted(key for key, count in counted.items() if count > 1)
-        raise _DuplicateKeyError(f"duplicate keys {duplicates[:10]}")
-    return decoded
-
-
-# One decoder for every record: json.loads with a hook would build a new one each call.
-_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_refuse_duplicate_keys)
-
-
 def _depth(value: Any, limit: int) -> int:
     depth, frontier = 0, [value]
     while frontier:
@@ -201,9 +184,13 @@ def parse_record(topic: str, record: InputRecord) -> _Parsed | DeadLetter:
     if record.value is None:
         return DeadLetter(record, "empty_value", "the record has no value")
     try:
-        decoded = _JSON_DECODER.decode(record.value.decode("utf-8"))
+        record.value.decode("utf-8")
     except UnicodeDecodeError as error:
         return DeadLetter(record, "invalid_utf8", _short(str(error)))
+    try:
+        # The parser pydantic uses, so both read the same JSON; a key given twice is refused,
+        # since parsers differ on which of its values counts.
+        decoded = jiter.from_json(record.value, catch_duplicate_keys=True, cache_mode="keys")
     except (ValueError, RecursionError) as error:
         return DeadLetter(record, "malformed_json", _short(str(error)))
     # One object and no array (at most one "{" and no "[" in the text) is one level deep: the

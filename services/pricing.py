@@ -56,6 +56,8 @@ class RateCardBook:
         self._starts = [card.effective_from for card in self._cards]
 
     def in_force_at(self, moment: datetime) -> RateCard:
+        if moment >= self._starts[-1]:  # the newest card prices most events
+            return self._cards[-1]
         index = bisect.bisect_right(self._starts, moment) - 1
         return self._cards[max(index, 0)]
 
