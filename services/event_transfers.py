@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any
 
+from asyncpg.pgproto import pgproto
+
 from ledger import chart
 from ledger.chart import AccountKind, AccountSpec
 from ledger.model import TransferCode
@@ -34,12 +36,15 @@ def transfer_id(topic: str, event_id: str, leg: str) -> uuid.UUID:
     """The stable id of one leg of one event: the same on every delivery and every consumer.
 
     It is `uuid.uuid5(TRANSFER_ID_NAMESPACE, name)`, spelled out with the namespace's bytes
-    computed once, since every gift needs one (a test holds the two equal)."""
+    computed once, since every gift needs one (a test holds the two equal). The value is
+    asyncpg's `uuid.UUID` subclass, written in C: built, printed for the hash chain and sent to
+    the database several times faster than the standard class."""
     name = f"{topic}\x1f{event_id}\x1f{leg}".encode()
     digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return uuid.UUID(bytes=bytes(digest))
+    fast_uuid: uuid.UUID = pgproto.UUID(bytes(digest))
+    return fast_uuid
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,4 +45,12 @@ def test_an_event_leg_id_is_the_uuid5_of_its_topic_event_and_leg(
     topic: str, event_id: str, leg: str
 ) -> None:
     expected = uuid.uuid5(TRANSFER_ID_NAMESPACE, f"{topic}\x1f{event_id}\x1f{leg}")
-    assert transfer_id(topic, event_id, leg) == expected
+    derived = transfer_id(topic, event_id, leg)
+    assert isinstance(derived, uuid.UUID)
+    assert derived == expected
+    assert (str(derived), derived.int, derived.bytes) == (
+        str(expected),
+        expected.int,
+        expected.bytes,
+    )
+    assert hash(derived) == hash(expected)
