@@ -866,8 +866,10 @@ async def post_new_batch(
     in `post_batch`: the caller's unit of work runs again, and should then use `post_batch`.
     """
     count = len(batch.ids)
-    if count > TRANSFER_BATCH_SIZE_MAX:
-        raise ValueError(f"batch of {count} exceeds {TRANSFER_BATCH_SIZE_MAX}")
+    if not 1 <= count <= TRANSFER_BATCH_SIZE_MAX:
+        raise ValueError(
+            f"a batch of new transfers holds 1 to {TRANSFER_BATCH_SIZE_MAX}, not {count}"
+        )
     columns = (
         batch.debit_account_ids,
         batch.credit_account_ids,

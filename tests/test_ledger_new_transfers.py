@@ -170,3 +170,8 @@ async def test_columns_of_different_lengths_are_refused(
     batch.amounts.append(6)
     with pytest.raises(ValueError, match="differ in length"):
         await post_new(ledger, batch)
+
+
+async def test_an_empty_batch_is_refused(engine: AsyncEngine) -> None:
+    with pytest.raises(ValueError, match="holds 1 to"):
+        await post_new(Ledger(engine), NewTransfers())
