@@ -892,8 +892,7 @@ async def post_new_batch(
     for account_id in credited:
         if known[account_id][1] & _CREDITS_MUST_NOT_EXCEED_DEBITS:
             raise NotNewBatchError(f"account {account_id} must not be credited beyond its debits")
-    # Running balances count from zero: the write moves them onto the balances it locks.
-    balances = dict.fromkeys(debited | credited, 0)
+    # Running totals count from zero: the write moves the balances onto those it locks.
     debits = dict.fromkeys(debited | credited, 0)
     credits = dict.fromkeys(debited | credited, 0)
     assets: list[str] = []
@@ -912,11 +911,9 @@ async def post_new_batch(
             )
         debits[debit_id] += amount
         credits[credit_id] += amount
-        balances[debit_id] -= amount
-        balances[credit_id] += amount
         assets.append(asset)
-        debit_offsets.append(balances[debit_id])
-        credit_offsets.append(balances[credit_id])
+        debit_offsets.append(credits[debit_id] - debits[debit_id])
+        credit_offsets.append(credits[credit_id] - debits[credit_id])
         heads.append(
             line_head(
                 batch.ids[index],
@@ -934,7 +931,7 @@ async def post_new_batch(
                 batch.metadata_texts[index],
             )
         )
-    account_ids = sorted(balances)
+    account_ids = sorted(debits)
     nones: list[None] = [None] * count
     parameters = {
         "account_ids": account_ids,

@@ -140,6 +140,13 @@ class BatchReport:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     still_waiting: set[str] = field(default_factory=set)
 
+    def absorb(self, other: BatchReport) -> None:
+        """Add what a unit of work reported (its counts and dead letters) to this report."""
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.parked += other.parked
+        self.dead_letters += other.dead_letters
+
 
 @dataclass(slots=True)
 class _Parsed:
@@ -422,10 +429,7 @@ class Ingestor:
             lambda conn: self._apply_in(conn, topic, parsed, planned, account_ids, early_letters),
             self._conflict_retry_count_max,
         )
-        report.applied += batch_report.applied
-        report.duplicates += batch_report.duplicates
-        report.parked += batch_report.parked
-        report.dead_letters += batch_report.dead_letters
+        report.absorb(batch_report)
 
     async def _apply_gifts(self, parsed: list[_Parsed], report: BatchReport) -> None:
         """Gifts take the ledger's path for new transfers: each fresh gift is one transfer,
@@ -446,9 +450,7 @@ class Ingestor:
             lambda conn: self._apply_gifts_in(conn, parsed, gifts, account_ids, early_letters),
             self._conflict_retry_count_max,
         )
-        report.applied += batch_report.applied
-        report.duplicates += batch_report.duplicates
-        report.dead_letters += batch_report.dead_letters
+        report.absorb(batch_report)
 
     async def _apply_gifts_in(
         self,
@@ -508,9 +510,7 @@ class Ingestor:
         batch_report = await run_with_conflict_retry(
             self.ledger.engine, unit_of_work, self._conflict_retry_count_max
         )
-        report.applied += batch_report.applied
-        report.duplicates += batch_report.duplicates
-        report.dead_letters += batch_report.dead_letters
+        report.absorb(batch_report)
 
     async def _apply_cashouts(self, topic: str, items: list[_Parsed], report: BatchReport) -> None:
         """Cash-out requests and payout results, one at a time in one transaction per batch."""
@@ -558,9 +558,7 @@ class Ingestor:
         batch_report = await run_with_conflict_retry(
             self.ledger.engine, unit_of_work, self._conflict_retry_count_max
         )
-        report.applied += batch_report.applied
-        report.duplicates += batch_report.duplicates
-        report.dead_letters += batch_report.dead_letters
+        report.absorb(batch_report)
 
     async def _apply_in(
         self,
