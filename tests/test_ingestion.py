@@ -243,3 +243,16 @@ async def test_a_gift_is_priced_by_the_rate_card_in_force_when_it_occurred(
         )
         assert versions.scalar_one() == card.version
         assert await verify(conn) == []
+
+
+async def test_gifts_are_fetched_with_a_short_wait_and_the_other_topics_with_a_longer_one(
+    consumers: RunningConsumers,
+) -> None:
+    settings = consumers.service.settings
+    waits = {
+        topic: subscriber.consumer._fetch_max_wait_ms
+        for topic, subscriber in consumers.service._subscribers.items()
+    }
+    assert waits.pop(topics.GIFTS_SENT) == settings.consumer_gift_fetch_wait_ms_max == 20
+    assert len(waits) == len(consumers.service.topics) - 1
+    assert set(waits.values()) == {settings.consumer_fetch_wait_ms_max} == {200}
