@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from ledger.model import AccountFlags
 
 PLATFORM_SPECS_CACHED_MAX = 1_024
+# Every gift names its creator's Diamonds account; creators' gifts follow a long tail, so the
+# most recent few thousand specs answer nearly every gift (about 2.5 MB at this bound).
+CREATOR_DIAMOND_SPECS_CACHED_MAX = 8_192
 
 
 class AccountKind(enum.StrEnum):
@@ -46,6 +49,7 @@ class AccountSpec:
     flags: AccountFlags = AccountFlags.NONE
 
 
+@functools.lru_cache(maxsize=CREATOR_DIAMOND_SPECS_CACHED_MAX)
 def creator_diamonds_available(creator_id: str) -> AccountSpec:
     """Diamonds the creator has earned and not cashed out. May go negative after a reversal."""
     return AccountSpec(
