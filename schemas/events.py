@@ -12,7 +12,15 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from schemas import topics
 from schemas.assets import CURRENCIES, DIAMOND
@@ -105,24 +113,15 @@ class Event(BaseModel):
         "with a different payload it is a conflict. 1-128 visible ASCII characters.",
         examples=["gift-01JC9W6W2Q0R4S8T"],
     )
-    occurred_at: datetime = Field(
-        description="When it happened: an RFC 3339 timestamp with a timezone offset.",
+    # A timezone is required and the bounds hold in pydantic's own validator: a Python
+    # validator here cost a third of a gift's validation time.
+    occurred_at: AwareDatetime = Field(
+        ge=OCCURRED_AT_MIN,
+        le=OCCURRED_AT_MAX,
+        description="When it happened: an RFC 3339 timestamp with a timezone offset, between"
+        " 2000-01-01 and 2999-12-31 (UTC).",
         examples=["2026-11-03T18:25:43.511Z"],
     )
-
-    @field_validator("occurred_at")
-    @classmethod
-    def _occurred_at_has_timezone(cls, value: datetime) -> datetime:
-        if value.utcoffset() is None:
-            raise ValueError(
-                "occurred_at has no timezone: give an offset, e.g. 2026-11-03T18:25:43Z"
-            )
-        if not OCCURRED_AT_MIN <= value <= OCCURRED_AT_MAX:
-            raise ValueError(
-                f"occurred_at must lie between {OCCURRED_AT_MIN:%Y-%m-%d} and "
-                f"{OCCURRED_AT_MAX:%Y-%m-%d} (UTC)"
-            )
-        return value
 
 
 class GiftSent(Event):

@@ -212,8 +212,27 @@ def test_a_number_for_a_bool_is_refused() -> None:
 
 
 def test_a_naive_timestamp_is_refused() -> None:
-    with pytest.raises(ValidationError, match="occurred_at has no timezone"):
+    with pytest.raises(ValidationError, match="occurred_at\n  Input should have timezone info"):
         parse(topics.GIFTS_SENT, occurred_at="2026-11-03T18:25:43")
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "accepted"),
+    [
+        ("2000-01-01T00:00:00Z", True),
+        ("1999-12-31T23:00:00-02:00", True),  # 2000-01-01 01:00 UTC
+        ("2000-01-01T00:30:00+01:00", False),  # 1999-12-31 23:30 UTC
+        ("2999-12-31T23:59:59Z", True),
+        ("3000-01-01T00:30:00+01:00", True),  # 2999-12-31 23:30 UTC
+        ("2999-12-31T23:30:00-01:00", False),  # 3000-01-01 00:30 UTC
+    ],
+)
+def test_occurred_at_bounds_hold_in_utc(occurred_at: str, accepted: bool) -> None:
+    if accepted:
+        assert parse(topics.GIFTS_SENT, occurred_at=occurred_at).occurred_at.utcoffset() is not None
+    else:
+        with pytest.raises(ValidationError, match="occurred_at\n  Input should be"):
+            parse(topics.GIFTS_SENT, occurred_at=occurred_at)
 
 
 def test_a_unix_timestamp_is_refused() -> None:
