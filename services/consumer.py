@@ -82,7 +82,9 @@ def _input_record(record: Any, logical_topic: str) -> InputRecord:
         offset=record.offset,
         key=record.key,
         value=record.value,
-        headers=tuple((key, bytes(value)) for key, value in (record.headers or ())),
+        headers=tuple((key, bytes(value)) for key, value in record.headers)
+        if record.headers
+        else (),
     )
 
 

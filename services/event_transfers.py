@@ -11,7 +11,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, NamedTuple
 
 from asyncpg.pgproto import pgproto
 
@@ -57,8 +57,7 @@ class Leg:
     metadata: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class GiftTransfer:
+class GiftTransfer(NamedTuple):
     """What one gift posts: the creator's share of its coins, issued as diamonds, debiting
     `GIFT_DIAMOND_SOURCE`. The coin side of a batch of gifts is one transfer per rate card
     version (`batch_coin_leg`), not one per gift: a gift then costs one ledger row, and coins and

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import jiter
 from pydantic import BaseModel, ValidationError
@@ -112,9 +112,9 @@ _SELECT_PARKED = text(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class InputRecord:
-    """One consumed Kafka record, independent of the client library."""
+class InputRecord(NamedTuple):
+    """One consumed Kafka record, independent of the client library. A named tuple: built for
+    every record, at a quarter of a frozen dataclass's cost."""
 
     topic: str
     partition: int
