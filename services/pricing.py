@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -16,6 +16,7 @@ MILLI_DIAMONDS_PER_DIAMOND = 1_000
 RATE_CARD_NOTICE_S = 300
 RATE_CARD_REFRESH_S = 10.0
 BEGINNING_OF_TIME = datetime.min.replace(tzinfo=UTC)  # PostgreSQL's '-infinity'
+ZONES_CACHED_MAX = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,17 @@ def _aware(card: RateCard) -> RateCard:
     return dataclasses.replace(card, effective_from=BEGINNING_OF_TIME)
 
 
+def _start_in(start: datetime, zone: tzinfo) -> datetime:
+    """`start` in `zone`. The beginning of time has no earlier local time west of UTC: there it
+    becomes the zone's earliest moment, a few hours later, and still before any real start. The
+    first card answers every moment before the second card's start, so that shift changes no
+    answer."""
+    try:
+        return start.astimezone(zone)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=zone)
+
+
 class RateCardBook:
     """All rate card versions, sorted by `effective_from`; reload after adding one."""
 
@@ -54,12 +66,29 @@ class RateCardBook:
             raise ValueError("no rate card: the migrations seed version 1")
         self._cards = sorted((_aware(card) for card in cards), key=lambda c: c.effective_from)
         self._starts = [card.effective_from for card in self._cards]
+        self._starts_by_zone: dict[tzinfo, list[datetime]] = {}
 
     def in_force_at(self, moment: datetime) -> RateCard:
-        if moment >= self._starts[-1]:  # the newest card prices most events
+        zone = moment.tzinfo
+        if zone is None or moment.utcoffset() is None:
+            raise ValueError(f"a rate card is in force at an aware moment, not at {moment}")
+        starts = self._starts_in(zone)
+        if moment >= starts[-1]:  # the newest card prices most events
             return self._cards[-1]
-        index = bisect.bisect_right(self._starts, moment) - 1
+        index = bisect.bisect_right(starts, moment) - 1
         return self._cards[max(index, 0)]
+
+    def _starts_in(self, zone: tzinfo) -> list[datetime]:
+        """The cards' starts written in `zone`. Two datetimes that share a tzinfo object compare
+        field by field; with different ones, each comparison works out both UTC offsets. Events
+        parsed from one offset share one tzinfo, so this saves that work on every event."""
+        starts = self._starts_by_zone.get(zone)
+        if starts is None:
+            if len(self._starts_by_zone) >= ZONES_CACHED_MAX:
+                self._starts_by_zone.clear()
+            starts = [_start_in(start, zone) for start in self._starts]
+            self._starts_by_zone[zone] = starts
+        return starts
 
     def version(self, version: int) -> RateCard:
         for card in self._cards:
