@@ -105,7 +105,7 @@ _SELECT_PARKED = text(
     FROM unnest(CAST(:ids AS text[])) AS wanted(event_id)
     CROSS JOIN LATERAL (
         SELECT payload FROM parked_events
-        WHERE topic = :topic AND event_id = wanted.event_id
+        WHERE topic_prefix = :prefix AND topic = :topic AND event_id = wanted.event_id
         LIMIT 1
     ) p
     """
@@ -659,15 +659,17 @@ class Ingestor:
                 )
         return fresh
 
-    @staticmethod
     async def _parked_hashes(
-        conn: AsyncConnection, topic: str, items: list[_Parsed]
+        self, conn: AsyncConnection, topic: str, items: list[_Parsed]
     ) -> dict[str, bytes]:
-        """Payload hashes of parked events that these items (not the parked ones) repeat."""
+        """Payload hashes of events this deployment parked that these items (not the parked
+        ones) repeat."""
         ids = [item.event.event_id for item in items if not item.from_parking]
         if not ids:
             return {}
-        rows = await conn.execute(_SELECT_PARKED, {"topic": topic, "ids": ids})
+        rows = await conn.execute(
+            _SELECT_PARKED, {"prefix": self.topic_prefix, "topic": topic, "ids": ids}
+        )
         hashes: dict[str, bytes] = {}
         for row in rows:
             parked = parse_record(topic, InputRecord(topic, 0, 0, None, bytes(row.payload)))
@@ -749,7 +751,7 @@ class Ingestor:
                     CAST(:headers AS text[])::jsonb[], CAST(:partitions AS integer[]),
                     CAST(:offsets AS bigint[]), CAST(:waiting_for AS text[]),
                     CAST(:retry_until AS timestamptz[]))
-                ON CONFLICT (topic, event_id) DO NOTHING
+                ON CONFLICT (topic_prefix, topic, event_id) DO NOTHING
                 """
             ),
             {
@@ -768,16 +770,15 @@ class Ingestor:
             },
         )
 
-    @staticmethod
-    async def _unpark(conn: AsyncConnection, topic: str, items: list[_Parsed]) -> None:
+    async def _unpark(self, conn: AsyncConnection, topic: str, items: list[_Parsed]) -> None:
         done = [item.event.event_id for item in items if item.from_parking]
         if done:
             await conn.execute(
                 text(
-                    "DELETE FROM parked_events"
-                    " WHERE topic = :topic AND event_id = ANY(CAST(:ids AS text[]))"
+                    "DELETE FROM parked_events WHERE topic_prefix = :prefix AND topic = :topic"
+                    " AND event_id = ANY(CAST(:ids AS text[]))"
                 ),
-                {"topic": topic, "ids": done},
+                {"prefix": self.topic_prefix, "topic": topic, "ids": done},
             )
 
     @staticmethod

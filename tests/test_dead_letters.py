@@ -172,3 +172,47 @@ async def test_deployments_sharing_a_database_record_their_own_dead_letters(
         assert await _recorded_error(engine, prefix, topics.GIFTS_SENT, 0, offset) == (
             "malformed_json"
         )
+
+
+async def test_deployments_sharing_a_database_each_park_and_retry_a_reversal(
+    engine: AsyncEngine,
+) -> None:
+    """Two deployments read the same reversal before its gift: each parks it in a row of its
+    own and, once the gift is applied, each retries its own row; the ledger applies it once."""
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    creator = _creator()
+    gift = make.gift(creator, coins=10)
+    reversal = make.reversal(creator, str(gift["event_id"]))
+    ingestors = [
+        Ingestor(Ledger(engine), rate_cards, topic_prefix=f"{name}{uuid.uuid4().hex[:6]}.")
+        for name in "ab"
+    ]
+    for offset, ingestor in enumerate(ingestors):
+        record = InputRecord(topics.GIFTS_REVERSED, 0, offset, None, json.dumps(reversal).encode())
+        report = await ingestor.process(topics.GIFTS_REVERSED, [record])
+        assert (report.parked, report.applied, report.duplicates) == (1, 0, 0)
+    assert await _parked_prefixes(engine, str(reversal["event_id"])) == sorted(
+        ingestor.topic_prefix for ingestor in ingestors
+    )
+
+    gift_record = InputRecord(topics.GIFTS_SENT, 0, 0, None, json.dumps(gift).encode())
+    assert (await ingestors[0].process(topics.GIFTS_SENT, [gift_record])).applied == 1
+    first = await ingestors[0].retry_parked(topics.GIFTS_REVERSED)
+    second = await ingestors[1].retry_parked(topics.GIFTS_REVERSED)
+    assert (first.applied, first.duplicates) == (1, 0)
+    assert (second.applied, second.duplicates) == (0, 1)
+    assert await _parked_prefixes(engine, str(reversal["event_id"])) == []
+    async with engine.connect() as conn:
+        balances = await creator_balances(conn, creator)
+    assert [(balance.name, balance.posted) for balance in balances] == [
+        (f"creator:{creator}:DIAMOND:available", 0)
+    ]
+
+
+async def _parked_prefixes(engine: AsyncEngine, event_id: str) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT topic_prefix FROM parked_events WHERE event_id = :id"), {"id": event_id}
+        )
+        return sorted(row.topic_prefix for row in rows)

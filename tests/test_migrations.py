@@ -10,7 +10,7 @@ from schemas.assets import ASSET_SCALES
 
 
 async def test_migrations_reach_head_and_are_idempotent(engine: AsyncEngine) -> None:
-    assert head_revision() == "0010"
+    assert head_revision() == "0011"
     assert await current_revision(engine) == head_revision()
     await upgrade_to_head(engine)
     assert await current_revision(engine) == head_revision()
