@@ -114,7 +114,7 @@ _SELECT_PARKED = text(
 
 class InputRecord(NamedTuple):
     """One consumed Kafka record, independent of the client library. A named tuple: built for
-    every record, at a quarter of a frozen dataclass's cost."""
+    every record, at half a frozen dataclass's cost."""
 
     topic: str
     partition: int
