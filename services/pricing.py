@@ -70,7 +70,7 @@ class RateCardBook:
 
     def in_force_at(self, moment: datetime) -> RateCard:
         zone = moment.tzinfo
-        if zone is None or moment.utcoffset() is None:
+        if zone is None:
             raise ValueError(f"a rate card is in force at an aware moment, not at {moment}")
         starts = self._starts_in(zone)
         if moment >= starts[-1]:  # the newest card prices most events
