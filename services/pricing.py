@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
+from pydantic_core import TzInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -17,6 +18,8 @@ RATE_CARD_NOTICE_S = 300
 RATE_CARD_REFRESH_S = 10.0
 BEGINNING_OF_TIME = datetime.min.replace(tzinfo=UTC)  # PostgreSQL's '-infinity'
 ZONES_CACHED_MAX = 64
+# tzinfo types whose offset never changes: pydantic's parsed offsets and datetime.timezone.
+FIXED_OFFSET_ZONE_TYPES: frozenset[type[tzinfo]] = frozenset({TzInfo, type(UTC)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,10 @@ class RateCardBook:
         zone = moment.tzinfo
         if zone is None:
             raise ValueError(f"a rate card is in force at an aware moment, not at {moment}")
-        starts = self._starts_in(zone)
+        if type(zone) in FIXED_OFFSET_ZONE_TYPES:
+            starts = self._starts_in(zone)
+        else:  # a zone with daylight saving: wall clocks repeat an hour, so compare in UTC
+            starts = self._starts
         if moment >= starts[-1]:  # the newest card prices most events
             return self._cards[-1]
         index = bisect.bisect_right(starts, moment) - 1
@@ -81,7 +87,10 @@ class RateCardBook:
     def _starts_in(self, zone: tzinfo) -> list[datetime]:
         """The cards' starts written in `zone`. Two datetimes that share a tzinfo object compare
         field by field; with different ones, each comparison works out both UTC offsets. Events
-        parsed from one offset share one tzinfo, so this saves that work on every event."""
+        parsed from one offset share one tzinfo, so this saves that work on every event.
+
+        Only for a fixed offset: a field-by-field comparison ignores `fold`, so in a zone with
+        daylight saving the repeated hour would compare an hour off."""
         starts = self._starts_by_zone.get(zone)
         if starts is None:
             if len(self._starts_by_zone) >= ZONES_CACHED_MAX:

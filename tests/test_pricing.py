@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -83,6 +84,36 @@ def test_events_parsed_from_json_share_their_zone_and_get_the_same_answers() -> 
     ]:
         gift = GiftSent.model_validate_json(json.dumps({**GIFT, "occurred_at": text}))
         assert book.in_force_at(gift.occurred_at).version == version, text
+
+
+def test_the_repeated_hour_of_a_daylight_saving_zone_is_judged_in_utc() -> None:
+    new_york = ZoneInfo("America/New_York")  # 2026-11-01 02:00 EDT falls back to 01:00 EST
+    start = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)  # 01:00 EST, the second time 01:00 comes
+    book = book_of([start])
+    first_0140 = datetime(2026, 11, 1, 1, 40, tzinfo=new_york, fold=0)  # 05:40 UTC
+    second_0140 = datetime(2026, 11, 1, 1, 40, tzinfo=new_york, fold=1)  # 06:40 UTC
+    assert book.in_force_at(first_0140).version == 1
+    assert book.in_force_at(second_0140).version == 2
+    assert book.in_force_at(start.astimezone(new_york)).version == 2
+
+
+@given(
+    later_starts,
+    st.lists(
+        st.datetimes(
+            min_value=datetime(2000, 1, 2),
+            max_value=datetime(2100, 1, 1),
+            timezones=st.just(ZoneInfo("Europe/London")),
+        ),
+        min_size=1,
+    ),
+)
+def test_a_daylight_saving_zone_gets_the_utc_answer(
+    later: list[datetime], at: list[datetime]
+) -> None:
+    book = book_of(later)
+    for moment in at:
+        assert book.in_force_at(moment).version == in_force_by_hand(book, moment)
 
 
 def test_a_moment_without_a_timezone_is_refused() -> None:
