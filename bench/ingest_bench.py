@@ -476,8 +476,7 @@ async def measure_baseline(
 
 def consumer_settings(prefix: str) -> Settings:
     """The defaults, but for topics and groups of their own and a 6 s session timeout: the
-    embedded broker forms each of the eight consumer groups in about half of it, one after the
-    other, which with the default 10 s takes 40 s before the first record."""
+    embedded broker forms a consumer group in about half of it (5 s with the default 10 s)."""
     return Settings(
         kafka_topic_prefix=prefix,
         kafka_consumer_group=f"giftledger-{prefix}",

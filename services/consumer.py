@@ -107,6 +107,29 @@ async def _noop_decoder(message: Any) -> None:
     return
 
 
+class _TogetherStartingBroker(KafkaBroker):
+    """A KafkaBroker that starts its subscribers together instead of one after another.
+
+    A subscriber's start returns once its consumer has joined its group, and a join waits for
+    the group to settle: about half the session timeout on the embedded broker. With one group
+    per topic, eight joins in a row took 24 s with a 6 s session timeout; together, 3 s. If one
+    subscriber fails to start, the others' starts are cancelled and its error propagates as is."""
+
+    async def start(self) -> None:
+        await self.connect()
+        starts = [asyncio.ensure_future(subscriber.start()) for subscriber in self.subscribers]
+        try:
+            await asyncio.gather(*starts)
+        except BaseException:
+            for start in starts:
+                start.cancel()
+            await asyncio.gather(*starts, return_exceptions=True)
+            raise
+        for publisher in self.publishers:
+            await publisher.start()
+        self.running = True
+
+
 class ConsumerService:
     """Builds the broker and subscribers; `start()` and `stop()` run them."""
 
@@ -119,7 +142,7 @@ class ConsumerService:
         self.settings = settings
         self.ingestor = ingestor
         self.bootstrap_servers = bootstrap_servers
-        self.broker = KafkaBroker(
+        self.broker = _TogetherStartingBroker(
             bootstrap_servers,
             client_id="giftledger",
             logger=logging.getLogger("giftledger.kafka"),

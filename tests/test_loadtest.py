@@ -26,8 +26,8 @@ EVENTS = 3_000
 
 
 def settings_for(database_url: str, kafka_bootstrap: str, **overrides: object) -> Settings:
-    """Small and quick: the consumers join their nine groups one after the other, each in about
-    half a session timeout; the bank answers at once."""
+    """Small and quick: the consumers join their groups in about half a session timeout; the bank
+    answers at once."""
     return Settings(
         database_url=database_url,
         kafka_bootstrap_servers=kafka_bootstrap,
