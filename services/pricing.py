@@ -75,10 +75,9 @@ class RateCardBook:
         zone = moment.tzinfo
         if zone is None:
             raise ValueError(f"a rate card is in force at an aware moment, not at {moment}")
-        if type(zone) in FIXED_OFFSET_ZONE_TYPES:
-            starts = self._starts_in(zone)
-        else:  # a zone with daylight saving: wall clocks repeat an hour, so compare in UTC
-            starts = self._starts
+        # A zone with daylight saving repeats an hour of wall-clock time: compare in UTC there.
+        fixed_offset = type(zone) in FIXED_OFFSET_ZONE_TYPES
+        starts = self._starts_in(zone) if fixed_offset else self._starts
         if moment >= starts[-1]:  # the newest card prices most events
             return self._cards[-1]
         index = bisect.bisect_right(starts, moment) - 1
