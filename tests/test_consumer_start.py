@@ -1,0 +1,73 @@
+"""The consumer service starts its subscribers together, and a failed start leaves none running."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.service import Ledger
+from schemas import topics
+from schemas.topics import all_topics
+from services.consumer import ConsumerService
+from services.embedded_broker import create_topics
+from services.ingest import Ingestor
+from services.pricing import load_rate_cards
+from services.settings import Settings
+from tests.ingestion_fixtures import ASSIGNMENT_WAIT_S, PARTITION_COUNT, wait_until
+
+
+async def _new_service(engine: AsyncEngine, kafka_bootstrap: str) -> ConsumerService:
+    prefix = f"s{uuid.uuid4().hex[:8]}."
+    await create_topics(kafka_bootstrap, all_topics(prefix), PARTITION_COUNT)
+    settings = Settings(
+        kafka_topic_prefix=prefix,
+        kafka_consumer_group=f"g-{prefix}",
+        kafka_session_timeout_ms=6_000,
+    )
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    return ConsumerService(
+        settings, Ingestor(Ledger(engine), rate_cards, topic_prefix=prefix), kafka_bootstrap
+    )
+
+
+async def test_start_returns_with_every_subscriber_running_and_assigned(
+    engine: AsyncEngine, kafka_bootstrap: str
+) -> None:
+    service = await _new_service(engine, kafka_bootstrap)
+    try:
+        await service.start()
+        assert all(subscriber.running for subscriber in service.broker.subscribers)
+
+        async def assigned() -> bool:
+            return service.assigned_partition_count() == len(service.topics) * PARTITION_COUNT
+
+        await wait_until(assigned, ASSIGNMENT_WAIT_S)
+    finally:
+        await service.stop()
+
+
+async def test_a_subscriber_that_fails_to_start_fails_the_start_with_its_own_error(
+    engine: AsyncEngine, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = await _new_service(engine, kafka_bootstrap)
+    failing = service._subscribers[topics.PAYOUTS_UPDATED]
+
+    async def refuse() -> None:
+        await asyncio.sleep(0.2)  # the others are joining their groups meanwhile
+        raise RuntimeError("this subscriber cannot start")
+
+    monkeypatch.setattr(failing, "start", refuse)
+    try:
+        with pytest.raises(RuntimeError, match="this subscriber cannot start"):
+            await service.start()
+        # A join takes about half a session timeout: after a whole one, a join left going on
+        # would have finished and its subscriber would be running.
+        await asyncio.sleep(service.settings.kafka_session_timeout_ms / 1000)
+        assert not service.broker.running
+        assert not any(subscriber.running for subscriber in service.broker.subscribers)
+    finally:
+        await service.stop()
