@@ -9,13 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import hashlib
 import io
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,45 +26,30 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
-from ledger.service import Ledger
-from schemas import topics
 from services import settings as settings_module
 from services.api import create_app, reader_connection, serve_api
 from services.api_auth import OPERATOR_ROLES, require_role
 from services.cli import main
-from services.ingest import Ingestor, InputRecord
-from services.pricing import load_rate_cards
 from services.settings import Settings
-from tests import event_factory as make
+from tests.api_server import (
+    FINANCE_TOKEN,
+    OPERATOR_TOKEN,
+    SeededLedger,
+    api_settings,
+    free_port,
+    seed_ledger,
+)
 
 SERVER_START_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 10.0
 PUBLIC_PATHS = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-FINANCE_TOKEN = f"finance-{uuid.uuid4().hex}"
-OPERATOR_TOKEN = f"operator-{uuid.uuid4().hex}"
 UNKNOWN_TOKEN = f"unknown-{uuid.uuid4().hex}"
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _api_settings() -> Settings:
-    return Settings(
-        api_tokens={_digest(FINANCE_TOKEN): "finance", _digest(OPERATOR_TOKEN): "operator"}
-    )
 
 
 @contextlib.asynccontextmanager
 async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """`app` served by uvicorn on a free port, and a client on it; stopped at the end."""
-    port = _free_port()
+    port = free_port()
     stop = asyncio.Event()
     server = asyncio.create_task(serve_api(app, "127.0.0.1", port, stop))
     base_url = f"http://127.0.0.1:{port}"
@@ -97,102 +79,36 @@ OPERATOR = _bearer(OPERATOR_TOKEN)
 # The data ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Ledgered:
-    """What the module's data is: ids, and the window in which it was written."""
-
-    creator: str
-    gift_event: str
-    dead_event: str
-    paid_cashout: str
-    rejected_cashout: str
-    start: datetime
-    end: datetime
-
-    def format(self, template: str, unique: str) -> str:
-        return template.format(
-            creator=self.creator,
-            gift_event=self.gift_event,
-            dead_event=self.dead_event,
-            cashout=self.paid_cashout,
-            start=_iso(self.start),
-            end=_iso(self.end),
-            unique=unique,
-        )
-
-
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-async def _database_time(engine: AsyncEngine) -> datetime:
-    async with engine.connect() as conn:
-        moment: datetime = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
-    return moment
-
-
-class _Feed:
-    """Records fed to `Ingestor.process` with unique offsets (dead letters key on them)."""
-
-    def __init__(self, ingestor: Ingestor) -> None:
-        self.ingestor = ingestor
-        self.partition = 900 + uuid.uuid4().int % 100
-        self.offset = uuid.uuid4().int % 2**40
-
-    async def send(self, topic: str, event: dict[str, Any], key: str) -> None:
-        self.offset += 1
-        record = InputRecord(
-            topic, self.partition, self.offset, key.encode(), json.dumps(event).encode()
-        )
-        report = await self.ingestor.process(topic, [record])
-        assert report.applied + len(report.dead_letters) == 1, report
+def _filled(template: str, ledgered: SeededLedger, unique: str) -> str:
+    """A route template with the module's data in it."""
+    return template.format(
+        creator=ledgered.creator,
+        gift_event=ledgered.gift_event,
+        dead_event=ledgered.dead_event,
+        cashout=ledgered.paid_cashout,
+        start=_iso(ledgered.start),
+        end=_iso(ledgered.end),
+        unique=unique,
+    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def ledgered(engine: AsyncEngine) -> Ledgered:
-    """One eligible creator with video and live gifts, a tip, a fund reward, a marketplace deal,
-    a paid cash-out and a rejected one; and a gift refused as a schema violation."""
-    creator = f"api-creator-{uuid.uuid4().hex[:10]}"
-    async with engine.connect() as conn:
-        rate_cards = await load_rate_cards(conn)
-    feed = _Feed(Ingestor(Ledger(engine), rate_cards))
-    start = await _database_time(engine)
-    await feed.send(topics.CREATORS_UPDATED, make.creator_update(creator), creator)
-    gift = make.gift(creator, coins=10)
-    await feed.send(topics.GIFTS_SENT, gift, creator)
-    await feed.send(topics.GIFTS_SENT, make.gift(creator, coins=2, count=2_500), creator)
-    await feed.send(
-        topics.GIFTS_SENT, make.gift(creator, coins=20, count=3, surface="live"), creator
-    )
-    await feed.send(topics.TIPS_RECEIVED, make.tip(creator), creator)
-    await feed.send(topics.FUND_REWARDED, make.fund_reward(creator), creator)
-    await feed.send(topics.MARKETPLACE_PAID, make.marketplace_payment(creator), creator)
-    paid = make.cashout_request(creator, 2_000)
-    await feed.send(topics.CASHOUTS_REQUESTED, paid, creator)
-    await feed.send(topics.PAYOUTS_UPDATED, make.payout_update(paid["event_id"], "paid"), creator)
-    rejected = make.cashout_request(creator, 100)  # 0.50 USD: under the minimum
-    await feed.send(topics.CASHOUTS_REQUESTED, rejected, creator)
-    refused = {**make.gift(creator), "coins": 0}
-    await feed.send(topics.GIFTS_SENT, refused, creator)
-    end = await _database_time(engine)
-    return Ledgered(
-        creator,
-        gift["event_id"],
-        refused["event_id"],
-        paid["event_id"],
-        rejected["event_id"],
-        start,
-        end,
-    )
+async def ledgered(engine: AsyncEngine) -> SeededLedger:
+    """One eligible creator's events, fed through `Ingestor.process` (see `seed_ledger`)."""
+    return await seed_ledger(engine)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def app(engine: AsyncEngine) -> FastAPI:
-    return create_app(engine, _api_settings())
+    return create_app(engine, api_settings())
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def api(app: FastAPI, ledgered: Ledgered) -> AsyncIterator[httpx.AsyncClient]:
+async def api(app: FastAPI, ledgered: SeededLedger) -> AsyncIterator[httpx.AsyncClient]:
     async with running(app) as client:
         yield client
 
@@ -223,9 +139,9 @@ ROUTES: list[tuple[str, int]] = [
 
 @pytest.mark.parametrize(("template", "expected"), ROUTES, ids=[route for route, _ in ROUTES])
 async def test_every_route_answers_401_without_a_known_token_and_serves_both_roles(
-    api: httpx.AsyncClient, ledgered: Ledgered, unique_id: str, template: str, expected: int
+    api: httpx.AsyncClient, ledgered: SeededLedger, unique_id: str, template: str, expected: int
 ) -> None:
-    path = ledgered.format(template, unique_id)
+    path = _filled(template, ledgered, unique_id)
     for headers in ({}, _bearer(UNKNOWN_TOKEN), {"Authorization": f"Basic {FINANCE_TOKEN}"}):
         refused = await api.get(path, headers=headers)
         assert refused.status_code == 401, (headers, refused.text)
@@ -239,9 +155,9 @@ async def test_every_route_answers_401_without_a_known_token_and_serves_both_rol
 
 
 async def test_every_route_of_the_app_is_in_the_auth_matrix(
-    app: FastAPI, ledgered: Ledgered, unique_id: str
+    app: FastAPI, ledgered: SeededLedger, unique_id: str
 ) -> None:
-    paths = [ledgered.format(template, unique_id).split("?")[0] for template, _ in ROUTES]
+    paths = [_filled(template, ledgered, unique_id).split("?")[0] for template, _ in ROUTES]
     for route in app.routes:
         if isinstance(route, APIRoute) and route.path not in PUBLIC_PATHS:
             assert any(route.path_regex.match(path) for path in paths), route.path
@@ -263,7 +179,7 @@ async def test_every_route_but_the_public_ones_refuses_a_request_without_a_token
 
 
 async def test_a_role_missing_from_a_routes_roles_gets_403(engine: AsyncEngine) -> None:
-    app = create_app(engine, _api_settings())
+    app = create_app(engine, api_settings())
 
     @app.get("/operator-only", dependencies=[Depends(require_role(OPERATOR_ROLES))])
     async def operator_only() -> dict[str, str]:
@@ -316,10 +232,10 @@ async def test_healthz_needs_no_token_and_says_ok(api: httpx.AsyncClient) -> Non
 
 async def test_healthz_is_503_when_the_database_does_not_answer() -> None:
     unreachable = create_engine(
-        f"postgresql+asyncpg://postgres@127.0.0.1:{_free_port()}/nothing", pool_timeout_s=2
+        f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing", pool_timeout_s=2
     )
     try:
-        async with running(create_app(unreachable, _api_settings())) as client:
+        async with running(create_app(unreachable, api_settings())) as client:
             answer = await client.get("/healthz")
             assert answer.status_code == 503
             assert answer.json() == {"status": "unavailable"}
@@ -374,7 +290,7 @@ async def test_invalid_queries_are_422_with_a_message(
 
 
 async def test_an_unencoded_plus_in_a_timestamp_is_read_as_a_plus(
-    api: httpx.AsyncClient, ledgered: Ledgered
+    api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:
     path = f"/v1/accounts/creator:{ledgered.creator}:DIAMOND:available/statement"
     answer = await api.get(f"{path}?from=2020-01-01T01:00:00+01:00", headers=FINANCE)
@@ -400,7 +316,7 @@ async def _cli_json(database_url: str, monkeypatch: pytest.MonkeyPatch, *argv: s
 
 async def test_balances_are_the_same_document_as_the_cli_prints(
     api: httpx.AsyncClient,
-    ledgered: Ledgered,
+    ledgered: SeededLedger,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -418,7 +334,7 @@ async def test_balances_are_the_same_document_as_the_cli_prints(
 
 
 async def test_eligibility_lists_every_rule_with_what_it_saw(
-    api: httpx.AsyncClient, ledgered: Ledgered, unique_id: str
+    api: httpx.AsyncClient, ledgered: SeededLedger, unique_id: str
 ) -> None:
     known = (await api.get(f"/v1/creators/{ledgered.creator}/eligibility", headers=FINANCE)).json()
     assert known["creator_id"] == ledgered.creator
@@ -444,7 +360,7 @@ def _running_balance_adds_up(lines: list[dict[str, Any]]) -> None:
 
 
 async def test_a_statement_pages_with_a_cursor_and_its_running_balance_adds_up(
-    api: httpx.AsyncClient, ledgered: Ledgered
+    api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:
     path = f"/v1/accounts/creator:{ledgered.creator}:DIAMOND:available/statement"
     whole = (await api.get(path, headers=FINANCE)).json()
@@ -478,7 +394,7 @@ async def test_a_statement_pages_with_a_cursor_and_its_running_balance_adds_up(
 
 
 async def test_a_statement_as_csv_has_the_cli_columns_and_the_cursor_in_a_header(
-    api: httpx.AsyncClient, ledgered: Ledgered
+    api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:
     path = f"/v1/accounts/creator:{ledgered.creator}:DIAMOND:available/statement"
     csv_headers = {**FINANCE, "Accept": "text/csv"}
@@ -510,7 +426,7 @@ async def test_a_statement_as_csv_has_the_cli_columns_and_the_cursor_in_a_header
 
 
 async def test_a_statement_outside_the_accounts_activity_is_empty(
-    api: httpx.AsyncClient, ledgered: Ledgered
+    api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:
     path = f"/v1/accounts/creator:{ledgered.creator}:DIAMOND:available/statement"
     params = {"from": "2020-01-01T00:00:00Z", "to": "2020-06-01T00:00:00Z"}
@@ -519,7 +435,7 @@ async def test_a_statement_outside_the_accounts_activity_is_empty(
 
 
 async def test_an_applied_event_shows_its_transfers(
-    api: httpx.AsyncClient, ledgered: Ledgered
+    api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:
     document = (await api.get(f"/v1/events/{ledgered.gift_event}", headers=FINANCE)).json()
     assert document["status"] == "applied"
@@ -543,7 +459,9 @@ async def test_an_applied_event_shows_its_transfers(
     assert elsewhere.status_code == 404
 
 
-async def test_a_dead_lettered_event_says_why(api: httpx.AsyncClient, ledgered: Ledgered) -> None:
+async def test_a_dead_lettered_event_says_why(
+    api: httpx.AsyncClient, ledgered: SeededLedger
+) -> None:
     document = (await api.get(f"/v1/events/{ledgered.dead_event}", headers=FINANCE)).json()
     assert (document["status"], document["applied"], document["transfers"]) == (
         "dead_lettered",
@@ -558,7 +476,7 @@ async def test_a_dead_lettered_event_says_why(api: httpx.AsyncClient, ledgered: 
 
 
 async def test_a_cashout_shows_every_state_it_went_through(
-    api: httpx.AsyncClient, ledgered: Ledgered
+    api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:
     document = (await api.get(f"/v1/cashouts/{ledgered.paid_cashout}", headers=FINANCE)).json()
     assert document["cashout_id"] == ledgered.paid_cashout
@@ -571,7 +489,7 @@ async def test_a_cashout_shows_every_state_it_went_through(
 
 
 async def test_cashouts_are_listed_by_creator_and_status(
-    api: httpx.AsyncClient, ledgered: Ledgered
+    api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:
     async def listed(**params: str) -> list[str]:
         answer = await api.get("/v1/cashouts", params=params, headers=OPERATOR)
@@ -589,7 +507,7 @@ async def test_cashouts_are_listed_by_creator_and_status(
 
 async def test_the_trial_balance_is_the_cli_document_and_sums_to_zero_per_asset(
     api: httpx.AsyncClient,
-    ledgered: Ledgered,
+    ledgered: SeededLedger,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -606,7 +524,7 @@ async def test_the_trial_balance_is_the_cli_document_and_sums_to_zero_per_asset(
 
 
 async def test_the_gifts_report_groups_by_surface_creator_gift_and_day(
-    api: httpx.AsyncClient, ledgered: Ledgered
+    api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:
     window = {"from": _iso(ledgered.start), "to": _iso(ledgered.end)}
 
@@ -636,7 +554,7 @@ async def test_the_gifts_report_groups_by_surface_creator_gift_and_day(
 
 
 async def test_the_cashouts_report_counts_and_sums_by_status(
-    api: httpx.AsyncClient, ledgered: Ledgered
+    api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:
     window = {"from": _iso(ledgered.start), "to": _iso(ledgered.end)}
     document = (await api.get("/v1/reports/cashouts", params=window, headers=FINANCE)).json()
@@ -659,7 +577,7 @@ async def test_the_cashouts_report_counts_and_sums_by_status(
 
 
 async def test_the_money_report_sums_each_code_per_currency(
-    api: httpx.AsyncClient, ledgered: Ledgered
+    api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:
     window = {"from": _iso(ledgered.start), "to": _iso(ledgered.end)}
     document = (await api.get("/v1/reports/money", params=window, headers=FINANCE)).json()
