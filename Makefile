@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench install clean
+.PHONY: demo test test-server lint typecheck pytest bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The tests that depend on the server, against DATABASE_URL (CI: the machine's PostgreSQL 15).
+test-server: $(STAMP)
+	$(BIN)/pytest -m server
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ledger_bench

@@ -22,6 +22,8 @@ from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, start_consumers, wait_until
 from tests.tcp_proxy import CuttableProxy
 
+pytestmark = pytest.mark.server
+
 OUTAGE_S = 4.0
 
 

@@ -17,6 +17,8 @@ from ledger.model import AccountFlags, Transfer, TransferCode
 from ledger.service import Ledger
 from tests.ledger_helpers import make_accounts
 
+pytestmark = pytest.mark.server
+
 WRITER = "giftledger_writer"
 REFUSED_FOR_THE_WRITER = [
     "UPDATE transfers SET amount = amount WHERE id = :id",

@@ -6,12 +6,15 @@ import asyncio
 import random
 import uuid
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.model import AccountFlags, PostResult, Transfer, TransferCode, TransferFlags
 from ledger.service import Ledger
 from ledger.verify import verify
 from tests.ledger_helpers import make_accounts, totals
+
+pytestmark = pytest.mark.server
 
 WRITER_COUNT = 4
 BATCH_COUNT_PER_WRITER = 12

@@ -13,6 +13,8 @@ from ledger.model import AccountFlags, Transfer, TransferCode, TransferFlags
 from ledger.service import Ledger
 from tests.ledger_helpers import make_accounts
 
+pytestmark = pytest.mark.server
+
 REFUSING_STATEMENTS = [
     "UPDATE transfers SET amount = amount + 1 WHERE id = :id",
     "DELETE FROM transfers WHERE id = :id",

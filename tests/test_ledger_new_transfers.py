@@ -27,6 +27,8 @@ from ledger.service import Ledger
 from ledger.verify import verify
 from tests.ledger_helpers import make_accounts, new_id, totals
 
+pytestmark = pytest.mark.server
+
 SYN = int(TransferCode.SYNTHETIC)
 ACCOUNT_COUNT = 4
 

@@ -13,6 +13,8 @@ from ledger.service import Ledger
 from ledger.verify import verify
 from tests.ledger_helpers import make_accounts, new_id, totals
 
+pytestmark = pytest.mark.server
+
 F = TransferFlags
 FUNDED_LIMIT = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
 SYN = TransferCode.SYNTHETIC

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import current_revision, head_revision, upgrade_to_head
 from schemas.assets import ASSET_SCALES
+
+pytestmark = pytest.mark.server
 
 
 async def test_migrations_reach_head_and_are_idempotent(engine: AsyncEngine) -> None:
