@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -14,6 +15,8 @@ from ledger.model import AccountFlags, Transfer, TransferCode
 from ledger.service import Ledger
 from ledger.verify import CHAIN_CHECK, verify
 from tests.ledger_helpers import make_accounts
+
+pytestmark = pytest.mark.server
 
 
 @asynccontextmanager
