@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 APPLICATION_NAME = "giftledger"
 RANDOM_PAGE_COST = "1.1"
+POSTGRESQL_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+PORT_MAX = 65_535
 
 
 def create_engine(
@@ -51,3 +55,24 @@ def to_async_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     return url
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why `url` is not a PostgreSQL URL `to_async_url` accepts, or None when it is one.
+
+    The answer never repeats the URL, which may hold a password.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "not a URL: expected postgresql://user:password@host:port/database"
+    except ValueError:
+        return "the port is not a number"
+    if parsed.drivername not in POSTGRESQL_SCHEMES:
+        return (
+            f"{parsed.drivername}:// is not PostgreSQL:"
+            " expected postgresql:// or postgresql+asyncpg://"
+        )
+    if parsed.port is not None and not 1 <= parsed.port <= PORT_MAX:
+        return f"port {parsed.port} is not between 1 and {PORT_MAX}"
+    return None

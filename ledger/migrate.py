@@ -10,6 +10,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 TRANSFER_PARTITION_MONTHS_AHEAD = 3
+NO_SCHEMA_MESSAGE = "the database has no giftledger schema: run giftledger migrate"
+
+
+class SchemaNotCurrentError(Exception):
+    """The database's schema is missing or at another revision than this version's head."""
 
 
 def alembic_config() -> Config:
@@ -18,11 +23,19 @@ def alembic_config() -> Config:
     return config
 
 
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str:
     """The latest revision among the migrations shipped with this version."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None, "no migrations found"
     return head
+
+
+def _is_known_revision(revision: str) -> bool:
+    return revision in {script.revision for script in _scripts().walk_revisions()}
 
 
 def _upgrade(connection: Connection, config: Config) -> None:
@@ -43,6 +56,9 @@ async def upgrade_to_head(engine: AsyncEngine) -> None:
 
 
 def _current(connection: Connection) -> str | None:
+    """The database's revision; None where Alembic never ran (no `alembic_version` table)."""
+    if connection.scalar(text("SELECT to_regclass('alembic_version')")) is None:
+        return None
     row = connection.execute(text("SELECT version_num FROM alembic_version")).first()
     return None if row is None else str(row[0])
 
@@ -50,3 +66,22 @@ def _current(connection: Connection) -> str | None:
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as connection:
         return await connection.run_sync(_current)
+
+
+async def require_current_schema(engine: AsyncEngine) -> None:
+    """Raise `SchemaNotCurrentError` unless the database is at this version's head revision."""
+    revision = await current_revision(engine)
+    head = head_revision()
+    if revision == head:
+        return
+    if revision is None:
+        raise SchemaNotCurrentError(NO_SCHEMA_MESSAGE)
+    if not _is_known_revision(revision):
+        raise SchemaNotCurrentError(
+            f"the database schema is at revision {revision}, newer than this giftledger knows"
+            f" (its latest is {head}): run a newer giftledger"
+        )
+    raise SchemaNotCurrentError(
+        f"the database schema is at revision {revision}, this giftledger needs {head}:"
+        " run giftledger migrate"
+    )

@@ -5,7 +5,8 @@ arguments and a handler that returns the exit code. Adding a command is one func
 line in that list.
 
 Exit codes: 0 success, 1 a failure (the database is unreachable, `verify` found a problem), 2 a
-usage error (a bad argument, an account or creator that does not exist). Amounts are integers in
+usage error (a bad argument, an account or creator that does not exist, a configuration variable
+that does not parse, a database without the current schema). Amounts are integers in
 the asset's minor unit everywhere a program reads them (`--json`, `--csv`); text output shows
 them as decimals in the major unit. `--json` and `--csv` write nothing else on stdout.
 """
@@ -27,10 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.migrate import current_revision, upgrade_to_head
+from ledger.migrate import (
+    SchemaNotCurrentError,
+    current_revision,
+    require_current_schema,
+    upgrade_to_head,
+)
 from ledger.queries import (
     STATEMENT_PAGE_SIZE_MAX,
     AccountBalance,
@@ -45,9 +53,16 @@ from schemas.assets import format_amount
 from schemas.export import export_json_schemas
 from services import loadgen, loadtest, replay, runner
 from services.asyncapi import asyncapi_document
-from services.cashouts import add_fx_rate, cashout_document, list_cashouts
+from services.cashouts import (
+    FxVersion,
+    add_fx_rate,
+    cashout_document,
+    decimal_text,
+    list_cashouts,
+    list_fx_rates,
+)
 from services.database_runtime import DatabaseUnavailableError, error_reason, open_database
-from services.demo import run_demo
+from services.demo import FreshStartError, run_demo
 from services.documents import (
     STATEMENT_CSV_COLUMNS,
     creator_balances_document,
@@ -56,7 +71,7 @@ from services.documents import (
 )
 from services.eligibility import creator_eligibility, get_eligibility_settings
 from services.pricing import RATE_CARD_NOTICE_S, add_rate_card, load_rate_cards
-from services.settings import get_settings
+from services.settings import configuration_problems, get_settings
 
 PROGRAM = "giftledger"
 EXIT_OK = 0
@@ -82,11 +97,14 @@ class Command:
     handler: Handler
 
 
-def on_database(command: DatabaseCommand) -> Handler:
-    """Run an async command with an engine on the configured (or embedded) database."""
+def on_database(command: DatabaseCommand, *, schema_required: bool = True) -> Handler:
+    """Run an async command with an engine on the configured (or embedded) database, which must
+    be at the current schema unless `schema_required` is False (`migrate`)."""
 
     async def run(args: argparse.Namespace) -> int:
         async with open_database(get_settings()) as engine:
+            if schema_required:
+                await require_current_schema(engine)
             return await command(engine, args)
 
     def handler(args: argparse.Namespace) -> int:
@@ -247,9 +265,24 @@ def _add_eligibility_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the finance API's document")
 
 
+async def _require_known_creator(conn: AsyncConnection, creator_id: str) -> None:
+    """A creator is known by a profile, an account or a cash-out request; else exit 2."""
+    known = await conn.scalar(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM creators WHERE creator_id = :id)"
+            " OR EXISTS (SELECT 1 FROM accounts WHERE creator_id = :id)"
+            " OR EXISTS (SELECT 1 FROM cashouts WHERE creator_id = :id)"
+        ),
+        {"id": creator_id},
+    )
+    if not known:
+        raise UsageError(f"no creator {creator_id!r}: no profile, account or cash-out names it")
+
+
 async def _eligibility(engine: AsyncEngine, args: argparse.Namespace) -> int:
     """Which Creator Next rules pass and which fail; exit 0 whatever the verdict."""
     async with engine.connect() as conn:
+        await _require_known_creator(conn, args.creator_id)
         report = await creator_eligibility(conn, args.creator_id, get_eligibility_settings())
     if args.json:
         print_json(report.to_document())
@@ -291,32 +324,15 @@ def _add_rates_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _rates(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    """Show the rate card versions, or add one (`rates add`)."""
+    """Show the rate card and FX versions, or add one (`rates add`, `rates fx-add`)."""
     if args.rates_action == "fx-add":
-        try:
-            async with engine.begin() as conn:
-                await add_fx_rate(conn, args.currency, args.units_per_usd, args.effective_from)
-        except ValueError as error:
-            raise UsageError(str(error)) from error
-        print(f"{args.currency}: {args.units_per_usd} per USD from {args.effective_from}")
-        return EXIT_OK
+        return await _add_fx_rate(engine, args)
     if args.rates_action == "add":
-        try:
-            async with engine.begin() as conn:
-                card = await add_rate_card(
-                    conn,
-                    effective_from=args.effective_from,
-                    milli_diamonds_per_coin=args.milli_diamonds_per_coin,
-                    diamonds_per_usd=args.diamonds_per_usd,
-                    note=args.note,
-                )
-        except ValueError as error:
-            raise UsageError(str(error)) from error
-        print(f"rate card version {card.version} takes effect {card.effective_from.isoformat()}")
-        return EXIT_OK
+        return await _add_rate_card(engine, args)
     async with engine.connect() as conn:
         cards = (await load_rate_cards(conn)).cards
-    documents = [
+        fx_rates = await list_fx_rates(conn)
+    card_documents = [
         {
             "version": card.version,
             "effective_from": None if card.always_in_force else card.effective_from.isoformat(),
@@ -326,9 +342,52 @@ async def _rates(engine: AsyncEngine, args: argparse.Namespace) -> int:
         }
         for card in cards
     ]
+    fx_documents = [_fx_document(fx) for fx in fx_rates]
     if args.json:
-        print_json({"rate_cards": documents})
+        print_json({"rate_cards": card_documents, "fx_rates": fx_documents})
         return EXIT_OK
+    _print_rate_cards(card_documents)
+    print()
+    _print_fx_rates(fx_documents)
+    return EXIT_OK
+
+
+async def _add_fx_rate(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    try:
+        async with engine.begin() as conn:
+            await add_fx_rate(conn, args.currency, args.units_per_usd, args.effective_from)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    units = decimal_text(args.units_per_usd)
+    print(f"{args.currency}: {units} per USD from {args.effective_from.isoformat()}")
+    return EXIT_OK
+
+
+async def _add_rate_card(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    try:
+        async with engine.begin() as conn:
+            card = await add_rate_card(
+                conn,
+                effective_from=args.effective_from,
+                milli_diamonds_per_coin=args.milli_diamonds_per_coin,
+                diamonds_per_usd=args.diamonds_per_usd,
+                note=args.note,
+            )
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    print(f"rate card version {card.version} takes effect {card.effective_from.isoformat()}")
+    return EXIT_OK
+
+
+def _fx_document(fx: FxVersion) -> dict[str, str | None]:
+    return {
+        "currency": fx.currency,
+        "effective_from": None if fx.effective_from is None else fx.effective_from.isoformat(),
+        "units_per_usd": decimal_text(fx.units_per_usd),
+    }
+
+
+def _print_rate_cards(documents: Sequence[dict[str, Any]]) -> None:
     rows = [
         [
             str(document["version"]),
@@ -341,7 +400,19 @@ async def _rates(engine: AsyncEngine, args: argparse.Namespace) -> int:
     ]
     header = ["version", "effective from", "milli-diamonds/coin", "diamonds/USD", "note"]
     print("\n".join(table([header, *rows], right_aligned={2, 3})))
-    return EXIT_OK
+
+
+def _print_fx_rates(documents: Sequence[dict[str, str | None]]) -> None:
+    rows = [
+        [
+            str(document["currency"]),
+            document["effective_from"] or "always",
+            str(document["units_per_usd"]),
+        ]
+        for document in documents
+    ]
+    header = ["currency", "effective from", "units/USD"]
+    print("\n".join(table([header, *rows], right_aligned={2})))
 
 
 # cashouts -----------------------------------------------------------------------------------
@@ -365,6 +436,8 @@ async def _cashouts(engine: AsyncEngine, args: argparse.Namespace) -> int:
     """List cash-outs; `--stale` lists the holds waiting too long for the bank (exit 1 if any)."""
     window_s = get_settings().cashout_answer_window_s if args.stale else None
     async with engine.connect() as conn:
+        if args.creator is not None:
+            await _require_known_creator(conn, args.creator)
         found = await list_cashouts(
             conn,
             status=args.status,
@@ -571,10 +644,20 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-wait", action="store_true", help="exit right after the summary instead of serving"
     )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="first remove the embedded database under DATA_DIR (.giftledger/), to start from an "
+        "empty ledger; refused when DATABASE_URL is set",
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return asyncio.run(run_demo(get_settings(), wait=not args.no_wait))
+    settings = get_settings()
+    try:
+        return asyncio.run(run_demo(settings, wait=not args.no_wait, fresh=args.fresh))
+    except FreshStartError as error:
+        raise UsageError(str(error)) from error
 
 
 # run ----------------------------------------------------------------------------------------
@@ -596,12 +679,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        asyncio.run(
-            runner.run(get_settings(), with_payout_rail=args.payout_rail, with_api=args.api)
-        )
-    except runner.SchemaNotCurrentError as error:
-        raise UsageError(str(error)) from error
+    asyncio.run(runner.run(get_settings(), with_payout_rail=args.payout_rail, with_api=args.api))
     return EXIT_OK
 
 
@@ -618,7 +696,7 @@ COMMANDS: list[Command] = [
         "migrate",
         "bring the database schema up to date",
         _add_migrate_arguments,
-        on_database(_migrate),
+        on_database(_migrate, schema_required=False),
     ),
     Command(
         "verify",
@@ -637,7 +715,7 @@ COMMANDS: list[Command] = [
     ),
     Command(
         "rates",
-        "show the rate card versions, or add one",
+        "show the rate card and FX versions, or add one",
         _add_rates_arguments,
         on_database(_rates),
     ),
@@ -719,13 +797,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("faststream").setLevel(logging.WARNING)
     try:
         return int(args.handler(args))
-    except UsageError as error:
+    except (UsageError, SchemaNotCurrentError) as error:
         _error(str(error))
         return EXIT_USAGE
-    except ValidationError as error:
-        for problem in error.errors(include_input=False):
-            location = ".".join(str(part) for part in problem["loc"]).upper()
-            _error(f"configuration: {location}: {problem['msg']}")
+    except (ValidationError, SettingsError) as error:
+        for problem in configuration_problems(error):
+            _error(f"configuration: {problem}")
         return EXIT_USAGE
     except DatabaseUnavailableError as error:
         _error(str(error))

@@ -2,21 +2,33 @@
 
 Every number has bounds: a typo in a deployment fails at start-up with a clear message instead of
 turning into an unbounded batch or a zero-length wait. Unset `DATABASE_URL` means the embedded
-PostgreSQL; unset `KAFKA_BOOTSTRAP_SERVERS` means the embedded broker.
+PostgreSQL; unset `KAFKA_BOOTSTRAP_SERVERS` means the embedded broker. Errors name the variable
+and never repeat its value, which may be a password or a token.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from ledger.database import PORT_MAX, database_url_problem
+
+SETTINGS_ERROR_FIELD = re.compile(r'field "(?P<field>\w+)"')
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     database_url: SecretStr | None = Field(
         default=None,
@@ -110,9 +122,7 @@ class Settings(BaseSettings):
         default="127.0.0.1", min_length=1, max_length=255, description="The finance API's address."
     )
     api_port: int = Field(default=8_000, ge=1, le=65_535, description="The finance API's port.")
-    api_tokens: dict[
-        Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")], Literal["finance", "operator"]
-    ] = Field(
+    api_tokens: Annotated[dict[str, Literal["finance", "operator"]], NoDecode] = Field(
         default_factory=dict,
         max_length=1_000,
         description="Finance API bearer tokens, as JSON from the lowercase hex SHA-256 digest of "
@@ -137,7 +147,108 @@ class Settings(BaseSettings):
         description="The read-only PostgreSQL role every API transaction switches to.",
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            _refuse(database_url_problem(url.get_secret_value()))
+        return url
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, servers: str | None) -> str | None:
+        if servers:
+            for server in servers.split(","):
+                _refuse(_server_problem(server.strip()))
+        return servers
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _digests_to_roles(cls, tokens: object) -> object:
+        """JSON from the environment; keys checked here so that a token written where its
+        digest belongs is never repeated in the error."""
+        if isinstance(tokens, str):
+            tokens = _json(tokens)
+        if isinstance(tokens, dict) and not all(
+            isinstance(key, str) and SHA256_HEX.fullmatch(key) for key in tokens
+        ):
+            raise PydanticCustomError(
+                "digest", "every key must be a token's lowercase hex SHA-256 digest, never a token"
+            )
+        return tokens
+
+
+def _json(value: str) -> object:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise PydanticCustomError(
+            "json", "not valid JSON: expected an object from SHA-256 hex digest to role"
+        ) from None
+
+
+def _refuse(problem: str | None) -> None:
+    if problem is not None:
+        raise PydanticCustomError("configuration", "{problem}", {"problem": problem})
+
+
+def _server_problem(server: str) -> str | None:
+    host, colon, port = server.rpartition(":")
+    if not colon or not host:
+        return f"{server!r} is not host:port"
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= PORT_MAX):
+        return f"{server!r} has no port number between 1 and {PORT_MAX}"
+    return None
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def configuration_problems(error: ValidationError | SettingsError) -> list[str]:
+    """One `VARIABLE: reason` line per problem in a settings class's error.
+
+    Positions inside a list are named; keys inside a map are not, since a mistaken key may be
+    the secret itself (a token where its digest belongs).
+    """
+    if isinstance(error, SettingsError):
+        return [_unparsed_value_problem(error)]
+    prefix = _env_prefix(error.title)
+    lines = []
+    for problem in error.errors(include_input=False):
+        field, *inside = problem["loc"] or (error.title,)
+        positions = "".join(f"[{part}]" for part in inside if isinstance(part, int))
+        lines.append(f"{prefix}{field}".upper() + f"{positions}: {problem['msg']}")
+    return lines
+
+
+def _unparsed_value_problem(error: SettingsError) -> str:
+    """pydantic-settings refused a JSON value before validation and names only the field."""
+    found = SETTINGS_ERROR_FIELD.search(str(error))
+    field = found["field"] if found else "?"
+    variable = next(
+        (
+            f"{_env_prefix(settings_class.__name__)}{field}".upper()
+            for settings_class in _settings_classes()
+            if field in settings_class.model_fields
+        ),
+        field.upper(),
+    )
+    reason = "not valid JSON" if isinstance(error.__cause__, json.JSONDecodeError) else str(error)
+    return f"{variable}: {reason}"
+
+
+def _env_prefix(settings_name: str) -> str:
+    for settings_class in _settings_classes():
+        if settings_class.__name__ == settings_name:
+            return str(settings_class.model_config.get("env_prefix", ""))
+    return ""
+
+
+def _settings_classes() -> Iterator[type[BaseSettings]]:
+    pending = list(BaseSettings.__subclasses__())
+    while pending:
+        settings_class = pending.pop()
+        yield settings_class
+        pending.extend(settings_class.__subclasses__())
