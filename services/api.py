@@ -1,9 +1,9 @@
 """The finance API: read-only HTTP JSON over the ledger (`create_app`, `serve_api`).
 
 Authentication: every route but `/healthz` (and the OpenAPI pages `/openapi.json`, `/docs`,
-`/redoc`) needs `Authorization: Bearer <token>`. `API_TOKENS` maps the SHA-256 hex digest of each
-token to its role (services/api_auth.py); no token or an unknown one is 401, a known token whose
-role may not use a route is 403.
+`/redoc` and their scripts and styles under `/docs/static`) needs `Authorization: Bearer <token>`.
+`API_TOKENS` maps the SHA-256 hex digest of each token to its role (services/api_auth.py); no token
+or an unknown one is 401, a known token whose role may not use a route is 403.
 
 | route                    | no or unknown token | finance | operator |
 | ------------------------ | ------------------- | ------- | -------- |
@@ -43,7 +43,9 @@ from urllib.parse import unquote_plus
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BeforeValidator
 from sqlalchemy import text
@@ -95,6 +97,12 @@ ACCOUNT_NAME_LENGTH_MAX: Final = 300
 SEQ_MAX: Final = 2**63 - 1
 CSV_MEDIA_TYPE: Final = "text/csv"
 NEXT_CURSOR_HEADER: Final = "X-Next-Cursor"
+# The OpenAPI pages' scripts, styles and icon, served by the API itself so that the pages work
+# offline: the fastapi-offline wheel ships Swagger UI 5 (which renders the OpenAPI 3.1 document
+# FastAPI writes; the 4.x of swagger-ui-bundle cannot) and ReDoc 2.
+DOCS_ASSETS_PACKAGE: Final = "fastapi_offline"
+DOCS_ASSETS_DIRECTORY: Final = "static"
+DOCS_STATIC_PATH: Final = "/docs/static"
 CashoutStatus = Literal["requested", "held", "submitted", "paid", "rejected", "failed", "returned"]
 GiftGrouping = Literal["surface", "creator", "gift", "day"]
 Topic = Literal[
@@ -552,6 +560,40 @@ async def _on_unexpected_error(request: Request, error: Exception) -> JSONRespon
     return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
+# The OpenAPI pages ----------------------------------------------------------------------------
+
+
+def _docs_routes(app: FastAPI) -> None:
+    """`/docs` (Swagger UI) and `/redoc` on assets under DOCS_STATIC_PATH: no CDN, no token."""
+    app.mount(
+        DOCS_STATIC_PATH,
+        StaticFiles(packages=[(DOCS_ASSETS_PACKAGE, DOCS_ASSETS_DIRECTORY)]),
+        name="docs-static",
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", ""))
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{TITLE} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_STATIC_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC_PATH}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC_PATH}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", ""))
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{TITLE} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_STATIC_PATH}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_STATIC_PATH}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 # The app ------------------------------------------------------------------------------------
 
 
@@ -573,10 +615,13 @@ def create_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
         version=API_VERSION,
         description=DESCRIPTION,
         openapi_tags=[{"name": "finance", "description": "Read-only finance routes."}],
+        docs_url=None,  # served by _docs_routes, on assets of its own instead of a CDN's
+        redoc_url=None,
     )
     app.state.engine = engine
     app.state.database_role = settings.api_database_role
     app.state.token_book = TokenBook(settings.api_tokens)
+    _docs_routes(app)
     _service_routes(app)
     _creator_routes(app)
     _statement_routes(app, settings)

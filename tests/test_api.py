@@ -14,7 +14,10 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
+from html.parser import HTMLParser
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -42,7 +45,7 @@ from tests.api_server import (
 
 SERVER_START_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 10.0
-PUBLIC_PATHS = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC_PATHS = {"/healthz", "/openapi.json", "/docs", "/docs/static", "/redoc"}
 UNKNOWN_TOKEN = f"unknown-{uuid.uuid4().hex}"
 
 
@@ -219,6 +222,64 @@ async def test_the_openapi_document_names_the_api_and_puts_a_bearer_on_every_rou
                 assert "security" not in operation
             else:
                 assert operation["security"] == [{"bearer": []}], path
+
+
+# The OpenAPI pages ---------------------------------------------------------------------------
+
+ASSET_CONTENT_TYPES = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
+
+
+class _AssetUrls(HTMLParser):
+    """The `src` of every script and the `href` of every link in an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attribute = {"script": "src", "link": "href"}.get(tag)
+        self.urls.extend(value for name, value in attrs if name == attribute and value)
+
+
+async def _asset_urls(api: httpx.AsyncClient, page: str) -> list[str]:
+    answer = await api.get(page)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "http://" not in answer.text
+    assert "https://" not in answer.text
+    parser = _AssetUrls()
+    parser.feed(answer.text)
+    return parser.urls
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_an_openapi_page_loads_every_script_and_style_from_the_api_without_a_token(
+    api: httpx.AsyncClient, page: str
+) -> None:
+    urls = await _asset_urls(api, page)
+    assert any(url.endswith(".js") for url in urls), urls
+    for url in urls:
+        parts = urlsplit(url)
+        assert (parts.scheme, parts.netloc) == ("", ""), url
+        assert parts.path.startswith("/docs/static/"), url
+        asset = await api.get(url)
+        assert asset.status_code == 200, url
+        assert (
+            ASSET_CONTENT_TYPES[PurePosixPath(parts.path).suffix] in asset.headers["content-type"]
+        ), (url, asset.headers["content-type"])
+        assert len(asset.content) > 1_000, url
+
+
+async def test_the_served_swagger_ui_renders_the_openapi_version_the_api_writes(
+    api: httpx.AsyncClient,
+) -> None:
+    """Swagger UI 4 shows "Unable to render this definition" for OpenAPI 3.1; 5 knows 3.1."""
+    document = (await api.get("/openapi.json")).json()
+    assert document["openapi"].startswith("3.1.")
+    bundle = next(url for url in await _asset_urls(api, "/docs") if url.endswith("bundle.js"))
+    script = (await api.get(bundle)).text
+    assert "SwaggerUIBundle" in script
+    assert "isOAS31" in script
 
 
 # Health and metrics --------------------------------------------------------------------------

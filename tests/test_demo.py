@@ -1,8 +1,16 @@
 """The README's main command: `giftledger demo` runs the sample stream to a sound ledger, serves
-the finance API until Ctrl-C, then stops cleanly; `--no-wait` exits after the summary."""
+the finance API until Ctrl-C, then stops cleanly; `--no-wait` exits after the summary.
+
+The demos run for real, as subprocesses on the session's broker. One runs on the session's test
+database (`DATABASE_URL`); three run one after the other on an embedded PostgreSQL in a data
+directory of their own, as `giftledger demo` does on a laptop: the first on a busy `API_PORT`,
+the second over the ledger the first kept, the third with `--fresh`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -13,9 +21,29 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services import settings as settings_module
+from services.cli import EXIT_OK, EXIT_USAGE, main
+from services.demo import (
+    EMBEDDED_HANDLES_FILE,
+    STAGES,
+    FreshStartError,
+    Stage,
+    embedded_database_dir,
+    start_fresh,
+)
+from services.settings import Settings
 
 DEMO_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
+REQUEST_TIMEOUT_S = 10
+TRY_LINE = re.compile(r"try: curl -H 'Authorization: Bearer (?P<token>[^']+)' (?P<url>\S+)")
+RECORDS_LINE = re.compile(r"consumed \d+: applied (?P<applied>\d+), duplicates (?P<duplicates>\d+)")
 
 
 def _free_port() -> int:
@@ -24,11 +52,12 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _demo_env(database_url: str, kafka_bootstrap: str) -> dict[str, str]:
+def _demo_env(database_url: str | None, kafka_bootstrap: str) -> dict[str, str]:
+    """The environment of one demo: its own topics and consumer group on the session's broker;
+    `database_url` None means the embedded PostgreSQL."""
     prefix = f"d{uuid.uuid4().hex[:8]}."
-    return {
+    env = {
         **os.environ,
-        "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "KAFKA_TOPIC_PREFIX": prefix,
         "KAFKA_CONSUMER_GROUP": f"g-{prefix}",
@@ -36,6 +65,11 @@ def _demo_env(database_url: str, kafka_bootstrap: str) -> dict[str, str]:
         "API_PORT": str(_free_port()),
         "PYTHONUNBUFFERED": "1",
     }
+    env.pop("DATABASE_URL", None)
+    env.pop("API_TOKENS", None)
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    return env
 
 
 def _assert_summary(out: str) -> None:
@@ -46,6 +80,55 @@ def _assert_summary(out: str) -> None:
     assert "total DIAMOND" in out
     for line in ("paid", "rejected (country)", "rejected (daily_limit)", "rejected (minimum)"):
         assert f"  {line} " in out
+
+
+def _assert_each_stage_once(out: str) -> None:
+    """Every stage's line exactly once, done, in order, and no bar redrawn with a \\r."""
+    assert "\r" not in out
+    stage_lines = [line for line in out.splitlines() if re.match(r"\d+/\d+ ", line)]
+    assert len(stage_lines) == len(STAGES), stage_lines
+    for number, ((name, unit), line) in enumerate(zip(STAGES, stage_lines, strict=True), 1):
+        assert line.startswith(f"{number}/{len(STAGES)} {name} "), line
+        done_of_total = re.search(r" (\d+)/(\d+) ", line)
+        assert done_of_total is not None, line
+        assert done_of_total.group(1) == done_of_total.group(2), line
+        assert line.endswith(f" {unit}"), line
+
+
+def _applied_and_duplicates(out: str) -> tuple[int, int]:
+    records = RECORDS_LINE.search(out)
+    assert records is not None, out
+    return int(records.group("applied")), int(records.group("duplicates"))
+
+
+def _get_json(url: str, token: str) -> dict[str, object]:
+    # The URL the demo printed: http://127.0.0.1, checked by the caller.
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:  # noqa: S310
+        document: dict[str, object] = json.loads(response.read())
+    return document
+
+
+def _run_demo(env: dict[str, str], cwd: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--no-wait", *options],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def _busy_port() -> Iterator[int]:
+    """A port something else listens on, for as long as the block runs."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield int(listener.getsockname()[1])
+
+
+# On the session's database, serving the API -------------------------------------------------------
 
 
 def test_demo_serves_the_api_until_ctrl_c_and_stops_cleanly(
@@ -72,14 +155,15 @@ def test_demo_serves_the_api_until_ctrl_c_and_stops_cleanly(
                 break
         out = "".join(lines)
         _assert_summary(out)
-        token = re.search(r"token for this run \(role finance\): (\S+)", out)
-        assert token is not None, out
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{env['API_PORT']}/v1/creators/creator-00/balances",
-            headers={"Authorization": f"Bearer {token.group(1)}"},
+        _assert_each_stage_once(out)
+        try_line = TRY_LINE.search(out)
+        assert try_line is not None, out
+        assert try_line["url"] == (
+            f"http://127.0.0.1:{env['API_PORT']}/v1/creators/creator-00/balances"
         )
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            balances = json.loads(response.read())
+        assert f"token for this run (role finance): {try_line['token']}\n" in out
+        balances = _get_json(try_line["url"], try_line["token"])
+        assert isinstance(balances["balances"], list)
         assert {line["asset"] for line in balances["balances"]} >= {"DIAMOND", "USD"}
         demo.send_signal(signal.SIGINT)
         assert demo.wait(STOP_TIMEOUT_S) == 0
@@ -89,14 +173,161 @@ def test_demo_serves_the_api_until_ctrl_c_and_stops_cleanly(
             demo.wait()
 
 
-def test_demo_no_wait_exits_after_the_summary(database_url: str, kafka_bootstrap: str) -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--no-wait"],
-        env=_demo_env(database_url, kafka_bootstrap),
-        capture_output=True,
-        text=True,
-        timeout=DEMO_TIMEOUT_S,
-        check=False,
+# On an embedded PostgreSQL of its own: a busy port, a rerun, --fresh ------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddedRuns:
+    """Three `demo --no-wait` runs over one data directory, one after the other."""
+
+    busy_port: int
+    first: subprocess.CompletedProcess[str]
+    again: subprocess.CompletedProcess[str]
+    fresh: subprocess.CompletedProcess[str]
+    database_dir: Path
+
+
+@pytest.fixture(scope="module")
+def embedded_runs(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> EmbeddedRuns:
+    # A directory of its own as the working directory too: no `.env` file is read from the
+    # repository, and the default data directory is not the developer's `.giftledger/`.
+    workdir = tmp_path_factory.mktemp("demo")
+    data_dir = workdir / "data"
+
+    def env() -> dict[str, str]:
+        return {**_demo_env(None, kafka_bootstrap), "DATA_DIR": str(data_dir)}
+
+    with _busy_port() as busy_port:
+        first = _run_demo({**env(), "API_PORT": str(busy_port)}, workdir)
+    again = _run_demo(env(), workdir)
+    fresh = _run_demo(env(), workdir, "--fresh")
+    return EmbeddedRuns(busy_port, first, again, fresh, data_dir / "postgres")
+
+
+def _output(run: subprocess.CompletedProcess[str]) -> str:
+    return run.stdout + run.stderr
+
+
+def test_a_busy_api_port_is_reported_at_the_end_and_the_summary_still_prints(
+    embedded_runs: EmbeddedRuns,
+) -> None:
+    first = embedded_runs.first
+    assert first.returncode == EXIT_OK, _output(first)
+    _assert_summary(first.stdout)
+    report = (
+        f"giftledger: API_PORT {embedded_runs.busy_port} is in use: the finance API was not "
+        "started; set API_PORT to a free port\n"
     )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    _assert_summary(completed.stdout)
+    assert first.stdout.endswith(report), first.stdout
+    assert "try: curl" not in first.stdout
+
+
+def test_each_stage_is_printed_once_when_the_output_is_not_a_terminal(
+    embedded_runs: EmbeddedRuns,
+) -> None:
+    for run in (embedded_runs.first, embedded_runs.again, embedded_runs.fresh):
+        _assert_each_stage_once(run.stdout)
+
+
+def test_the_first_run_starts_on_an_empty_ledger_and_says_nothing_was_kept(
+    embedded_runs: EmbeddedRuns,
+) -> None:
+    assert "kept" not in embedded_runs.first.stdout
+    applied, duplicates = _applied_and_duplicates(embedded_runs.first.stdout)
+    assert applied > 1_000
+    assert duplicates == 1  # the sample's one redelivered gift
+
+
+def test_a_second_run_over_the_same_data_says_the_ledger_was_kept_and_how_to_start_afresh(
+    embedded_runs: EmbeddedRuns,
+) -> None:
+    again = embedded_runs.again
+    assert again.returncode == EXIT_OK, _output(again)
+    assert f"ledger: kept from an earlier run in {embedded_runs.database_dir}:" in again.stdout
+    assert "  to start from an empty ledger: giftledger demo --fresh\n" in again.stdout
+    applied, duplicates = _applied_and_duplicates(again.stdout)
+    assert applied == 0
+    assert duplicates > 1_000
+    _assert_summary(again.stdout)
+
+
+def test_fresh_removes_the_embedded_database_and_starts_from_an_empty_ledger(
+    embedded_runs: EmbeddedRuns,
+) -> None:
+    fresh = embedded_runs.fresh
+    assert fresh.returncode == EXIT_OK, _output(fresh)
+    assert fresh.stdout.startswith(
+        f"--fresh: removed the database in {embedded_runs.database_dir}; starting from an empty "
+        "ledger\n"
+    )
+    assert "kept" not in fresh.stdout
+    first_records = _applied_and_duplicates(embedded_runs.first.stdout)
+    assert _applied_and_duplicates(fresh.stdout) == first_records
+    _assert_summary(fresh.stdout)
+    try_line = TRY_LINE.search(fresh.stdout)
+    assert try_line is not None, fresh.stdout
+    assert f"token for this run (role finance): {try_line['token']}\n" in fresh.stdout
+
+
+# --fresh refusals, without running a demo ---------------------------------------------------------
+
+
+def test_fresh_is_a_usage_error_when_database_url_is_set(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://ledger@127.0.0.1:9/giftledger")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    database_dir = tmp_path / "postgres"
+    database_dir.mkdir()
+    settings_module.get_settings.cache_clear()
+    try:
+        assert main(["demo", "--fresh", "--no-wait"]) == EXIT_USAGE
+    finally:
+        settings_module.get_settings.cache_clear()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("giftledger: --fresh removes only the embedded database")
+    assert "DATABASE_URL is set" in captured.err
+    assert database_dir.exists()
+
+
+def test_fresh_refuses_an_embedded_database_another_process_holds_open(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=None)
+    handles = embedded_database_dir(settings) / EMBEDDED_HANDLES_FILE
+    handles.parent.mkdir(parents=True)
+    handles.write_text(json.dumps([os.getppid()]))
+    with pytest.raises(FreshStartError, match=f"in use by process {os.getppid()}"):
+        start_fresh(settings)
+    assert handles.exists()
+
+
+def test_fresh_on_a_data_dir_without_a_database_says_so(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "never-used", database_url=None)
+    assert start_fresh(settings).startswith("--fresh: no earlier database in ")
+
+
+# Progress lines -----------------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_stage_redraws_its_bar_on_a_terminal_and_prints_one_line_elsewhere() -> None:
+    for out in (_Terminal(), io.StringIO()):
+        stage = Stage.of(out, STAGES[1])
+        for done in (0, 250, 500):
+            stage.show(done, 1_000)
+        stage.end(1_000, 1_000)
+        written = out.getvalue()
+        assert written.endswith(" 1000/1000 records\n")
+        assert written.count("\n") == 1
+        assert written.count("\r") == (4 if out.isatty() else 0)
+        assert ("[####" in written) == out.isatty()
+
+
+def test_a_stage_that_runs_out_of_time_says_so() -> None:
+    out = io.StringIO()
+    Stage.of(out, STAGES[2]).end(17, 2_030, in_time=False)
+    assert out.getvalue().endswith(" 17/2030 records consumed (not done in time)\n")
