@@ -53,7 +53,7 @@ from bench.ingest_bench import kafka, new_producer, percentiles, say
 from bench.ledger_bench import admin_url, fresh_database, server_version, verify_ledger
 from ledger.chart import AccountKind
 from ledger.database import create_engine
-from ledger.service import Ledger
+from ledger.service import LedgerTransaction
 from schemas import topics
 from schemas.events import (
     COINS_PER_GIFT_MAX,
@@ -62,11 +62,14 @@ from schemas.events import (
     PayoutUpdated,
 )
 from schemas.topics import all_topics
+from services.bootstrap import build_ledger
+from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S
 from services.cashouts import Cashout, CashoutDesk, CashoutLimits
-from services.consumer import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S, ConsumerService
+from services.consumer import ConsumerService
 from services.eligibility import EligibilitySettings, get_eligibility_settings
 from services.embedded_broker import create_topics
-from services.ingest import BatchReport, Ingestor, InputRecord
+from services.ingestion.ingestor import Ingestor
+from services.ingestion.records import BatchReport, InputRecord
 from services.payout_rail import PayoutRailService, RailSettings, simulated_rail
 from services.pricing import RateCardBook, load_rate_cards
 from services.settings import Settings
@@ -317,28 +320,28 @@ class ClockedDesk(CashoutDesk):
 
     async def request(
         self,
-        conn: AsyncConnection,
+        tx: LedgerTransaction,
         event: CashoutRequested,
         rate_cards: RateCardBook,
         account_ids: dict[str, int],
     ) -> Cashout:
         started = time.perf_counter()
         try:
-            return await super().request(conn, event, rate_cards, account_ids)
+            return await super().request(tx, event, rate_cards, account_ids)
         finally:
             self.requests += 1
             self.request_s += time.perf_counter() - started
 
     async def payout_result(
         self,
-        conn: AsyncConnection,
+        tx: LedgerTransaction,
         event: PayoutUpdated,
         rate_cards: RateCardBook,
         account_ids: dict[str, int],
     ) -> str | None:
         started = time.perf_counter()
         try:
-            return await super().payout_result(conn, event, rate_cards, account_ids)
+            return await super().payout_result(tx, event, rate_cards, account_ids)
         finally:
             self.results += 1
             self.result_s += time.perf_counter() - started
@@ -382,25 +385,14 @@ def consumer_settings(prefix: str) -> Settings:
 def new_consumers(
     settings: Settings, engine: AsyncEngine, bootstrap_servers: str, rate_cards: RateCardBook
 ) -> tuple[ClockedConsumerService, ClockedIngestor]:
-    """As `services.runner.start_consumers` builds them (not started)."""
-    ledger = Ledger(
-        engine,
-        batch_size_max=settings.ledger_batch_size_max,
-        conflict_retry_count_max=settings.ledger_conflict_retry_count_max,
+    """As the composition root (`services.bootstrap`) builds them, with clocks (not started)."""
+    desk = ClockedDesk(
+        CashoutLimits(settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents),
+        get_eligibility_settings(),
+        settings.kafka_topic_prefix,
     )
     ingestor = ClockedIngestor(
-        ledger,
-        rate_cards,
-        park_retry_s=settings.reversal_park_s,
-        conflict_retry_count_max=settings.ledger_conflict_retry_count_max,
-        desk=ClockedDesk(
-            CashoutLimits(
-                settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents
-            ),
-            get_eligibility_settings(),
-            settings.kafka_topic_prefix,
-        ),
-        topic_prefix=settings.kafka_topic_prefix,
+        build_ledger(settings, engine), rate_cards, desk, park_s=settings.reversal_park_s
     )
     return ClockedConsumerService(settings, ingestor, bootstrap_servers), ingestor
 

@@ -34,9 +34,11 @@ from bench.log_tally import LogTally
 from ledger.database import create_engine
 from ledger.service import Ledger
 from schemas import topics
+from services.bootstrap import build_desk, build_ledger
 from services.collector import settle_collector
 from services.consumer import ConsumerService
-from services.ingest import BatchReport, Ingestor, InputRecord
+from services.ingestion.ingestor import Ingestor
+from services.ingestion.records import BatchReport, InputRecord
 from services.pricing import RateCardBook, load_rate_cards
 from services.settings import Settings
 
@@ -57,13 +59,13 @@ class TimedIngestor(Ingestor):
 
     def __init__(
         self,
+        settings: Settings,
         ledger: Ledger,
         rate_cards: RateCardBook,
-        topic_prefix: str,
         slots: SynchronizedArray[float],
         timing: multiprocessing.synchronize.Event,
     ) -> None:
-        super().__init__(ledger, rate_cards, topic_prefix=topic_prefix)
+        super().__init__(ledger, rate_cards, build_desk(settings), park_s=settings.reversal_park_s)
         self.slots = slots
         self.timing = timing
         self.commits: Commits = {}
@@ -127,11 +129,7 @@ async def _consume(
         async with engine.connect() as conn:
             rate_cards = await load_rate_cards(conn)
         ingestor = TimedIngestor(
-            Ledger(engine, batch_size_max=settings.ledger_batch_size_max),
-            rate_cards,
-            settings.kafka_topic_prefix,
-            slots,
-            timing,
+            settings, build_ledger(settings, engine), rate_cards, slots, timing
         )
         service = ConsumerService(settings, ingestor, bootstrap_servers)
         settle_collector()  # as `giftledger run` does before it starts its consumers

@@ -418,7 +418,7 @@ async def settle_coins(ledger: Ledger, gifts_by_version: dict[int, tuple[int, in
     transfers = []
     for version, (coins, gift_count) in gifts_by_version.items():
         leg = batch_coin_leg(coins, gift_count)
-        ids = await ledger.accounts.ids([leg.debit, leg.credit])
+        ids = await ledger.account_ids([leg.debit, leg.credit])
         transfers.append(
             Transfer(
                 id=uuid.uuid4(),
@@ -441,7 +441,7 @@ async def measure_baseline(
 
     Its coins are posted after the clock stops, in one transfer."""
     ledger = Ledger(engine)
-    issuance_id = await ledger.accounts.id(chart.platform(AccountKind.DIAMOND_ISSUANCE, "DIAMOND"))
+    issuance_id = await ledger.account_id(chart.platform(AccountKind.DIAMOND_ISSUANCE, "DIAMOND"))
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
     consumer = raw_consumer(bootstrap_servers, topic, f"bench-baseline-{uuid.uuid4().hex[:8]}")

@@ -1,10 +1,10 @@
-"""Ledger posting benchmark: `post_batch` in batches against one transaction per transfer.
+"""Ledger posting benchmark: `Ledger` batches against one transaction per transfer.
 
 Both paths post the same kind of workload into one fresh database, migrated to head:
 
-- `batch`: `--writers` asyncio tasks post batches of `--batch-size` through
-  `run_with_conflict_retry(engine, lambda conn: post_batch(conn, batch), ...)`, each batch in its
-  own transaction on a pooled connection (so each writer holds one connection at a time).
+- `batch`: `--writers` asyncio tasks post batches of `--batch-size` through one `Ledger`, each
+  batch in a unit of work of its own (`async for tx in ledger.transactions(): async with tx:
+  await tx.post(batch)`) on a pooled connection (so each writer holds one connection at a time).
 - `baseline`: what a plain implementation does, per transfer: BEGIN; insert the transfer's key;
   update the debit account, then the credit account, each guarded by its balance rule and
   returning the new balance; insert the transfer row; link it into the hash chain (the same
@@ -45,6 +45,7 @@ from ledger.database import create_engine, to_async_url
 from ledger.ids import time_ordered_id
 from ledger.migrate import upgrade_to_head
 from ledger.model import (
+    TRANSFER_BATCH_SIZE_MAX,
     AccountFlags,
     BatchOutcome,
     PostResult,
@@ -52,12 +53,7 @@ from ledger.model import (
     Transfer,
     TransferCode,
 )
-from ledger.posting import (
-    TRANSFER_BATCH_SIZE_MAX,
-    AccountFacts,
-    post_batch,
-    run_with_conflict_retry,
-)
+from ledger.service import Ledger
 from ledger.verify import verify
 from services.embedded_postgres import EmbeddedPostgres
 
@@ -150,8 +146,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--transfer-ids",
         choices=TRANSFER_ID_KINDS,
-        default="time-ordered",
-        help="time-ordered (UUID version 7 layout, as ledger.ids makes them) or random (version 4)",
+        default="random",
+        help="random (the default: what production's name-based and version 4 ids amount to) or"
+        " time-ordered (UUID version 7 layout, as ledger.ids makes them)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     arguments = parser.parse_args(argv)
@@ -278,20 +275,17 @@ def make_workload(
 # The batch path.
 
 
-async def post_one_batch(
-    engine: AsyncEngine, batch: Sequence[Transfer], facts: AccountFacts
-) -> BatchOutcome:
-    return await run_with_conflict_retry(
-        engine, lambda conn: post_batch(conn, batch, facts), CONFLICT_RETRY_COUNT_MAX
-    )
+async def post_one_batch(ledger: Ledger, batch: Sequence[Transfer]) -> BatchOutcome:
+    async for tx in ledger.transactions(retry_count_max=CONFLICT_RETRY_COUNT_MAX):
+        async with tx:
+            outcome = await tx.post(batch)
+    return outcome
 
 
-async def batch_writer(
-    engine: AsyncEngine, batches: Sequence[Sequence[Transfer]], facts: AccountFacts
-) -> list[PostResult]:
+async def batch_writer(ledger: Ledger, batches: Sequence[Sequence[Transfer]]) -> list[PostResult]:
     results: list[PostResult] = []
     for batch in batches:
-        results.extend((await post_one_batch(engine, batch, facts)).results)
+        results.extend((await post_one_batch(ledger, batch)).results)
     return results
 
 
@@ -302,11 +296,11 @@ async def run_batch_path(
         transfers[start : start + settings.batch_size]
         for start in range(0, len(transfers), settings.batch_size)
     ]
-    facts = AccountFacts()  # as a Ledger keeps them, shared by its writers
+    ledger = Ledger(engine)  # one, shared by the writers, as a service shares its own
     started = time.perf_counter()
     per_writer = await asyncio.gather(
         *(
-            batch_writer(engine, batches[writer :: settings.writers], facts)
+            batch_writer(ledger, batches[writer :: settings.writers])
             for writer in range(settings.writers)
         )
     )

@@ -50,6 +50,7 @@ def _timestamp_text(value: datetime) -> str:
 
 
 def line_head(
+    *,
     transfer_id: uuid.UUID,
     debit_account_id: int,
     credit_account_id: int,
@@ -87,19 +88,19 @@ def canonical_line(fields: StoredTransfer) -> bytes:
     account locks.
     """
     head = line_head(
-        fields.id,
-        fields.debit_account_id,
-        fields.credit_account_id,
-        fields.amount,
-        fields.asset,
-        fields.code,
-        fields.flags,
-        fields.pending_id,
-        fields.timeout_s,
-        fields.expires_at,
-        fields.rate_card_version,
-        fields.event_id,
-        metadata_json(fields.metadata),
+        transfer_id=fields.id,
+        debit_account_id=fields.debit_account_id,
+        credit_account_id=fields.credit_account_id,
+        amount=fields.amount,
+        asset=fields.asset,
+        code=fields.code,
+        flags=fields.flags,
+        pending_id=fields.pending_id,
+        timeout_s=fields.timeout_s,
+        expires_at=fields.expires_at,
+        rate_card_version=fields.rate_card_version,
+        event_id=fields.event_id,
+        metadata_text=metadata_json(fields.metadata),
     )
     tail = line_tail(fields.debit_balance_after, fields.credit_balance_after, fields.created_at)
     return (head + tail).encode("utf-8")

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# PostgreSQL's bigint: no account total may pass it.
+BIGINT_MAX = 2**63 - 1
+TRANSFER_BATCH_SIZE_MAX = 100_000
+
 
 class AccountFlags(enum.IntFlag):
     NONE = 0
@@ -192,3 +196,48 @@ class BatchOutcome:
     @property
     def all_ok_or_exist(self) -> bool:
         return all(r in (PostResult.OK, PostResult.EXISTS) for r in self.results)
+
+
+@dataclass(slots=True)
+class NewTransfers:
+    """Plain transfers (no flags, no pending, no timeout) that the caller knows are not stored
+    yet, as columns, one entry per transfer. A caller that keeps its own idempotency record in
+    the same transaction (the ingestion's applied events) posts them with `Ledger`'s `post_new`,
+    without a `Transfer` object and a lookup of stored ids per transfer."""
+
+    ids: list[uuid.UUID] = field(default_factory=list)
+    debit_account_ids: list[int] = field(default_factory=list)
+    credit_account_ids: list[int] = field(default_factory=list)
+    amounts: list[int] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)
+    rate_card_versions: list[int | None] = field(default_factory=list)
+    event_ids: list[str | None] = field(default_factory=list)
+    metadata_texts: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(
+        self,
+        *,
+        transfer_id: uuid.UUID,
+        debit_account_id: int,
+        credit_account_id: int,
+        amount: int,
+        code: int,
+        rate_card_version: int | None,
+        event_id: str | None,
+        metadata_text: str | None,
+    ) -> None:
+        self.ids.append(transfer_id)
+        self.debit_account_ids.append(debit_account_id)
+        self.credit_account_ids.append(credit_account_id)
+        self.amounts.append(amount)
+        self.codes.append(code)
+        self.rate_card_versions.append(rate_card_version)
+        self.event_ids.append(event_id)
+        self.metadata_texts.append(metadata_text)
+
+
+class NotNewBatchError(ValueError):
+    """The batch is not one `post_new` takes: post it with `post`."""

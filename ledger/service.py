@@ -1,24 +1,35 @@
-"""`Ledger`: the posting engine with its account directory, batching and bounded retries."""
+"""`Ledger`: the one door into the ledger. Services post through it (`post`, `post_new`, or a
+unit of work from `transactions()`), look up account ids through it, and read through it; its
+modules below (`decide`, `store`, `unit_of_work`, `chain`) are its own business."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.accounts import AccountDirectory
-from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
-from ledger.posting import (
-    AccountFacts,
-    post_batch,
-    run_with_conflict_retry,
-    split_at_chain_boundaries,
+from ledger.chart import AccountSpec
+from ledger.decide import split_at_chain_boundaries
+from ledger.model import (
+    NewTransfers,
+    PostResult,
+    Transfer,
+    TransferCode,
+    TransferFlags,
 )
+from ledger.store import AccountFacts
+from ledger.unit_of_work import LedgerTransaction, TransactionAttempts
+
+__all__ = ["Ledger", "LedgerTransaction", "TransactionAttempts", "expiry_transfer_id"]
 
 EXPIRY_NAMESPACE = uuid.UUID("6f1d8f43-6a0b-4c34-9d44-5f0f5b7f3e61")
 EXPIRY_BATCH_SIZE_MAX = 10_000
+CONFLICT_BACKOFF_MS_MAX_DEFAULT = 100
 
 
 def expiry_transfer_id(pending_id: uuid.UUID) -> uuid.UUID:
@@ -33,27 +44,65 @@ class Ledger:
         *,
         batch_size_max: int = 8_192,
         conflict_retry_count_max: int = 5,
+        conflict_backoff_ms_max: int = CONFLICT_BACKOFF_MS_MAX_DEFAULT,
     ) -> None:
         self.engine = engine
-        self.accounts = AccountDirectory(engine)
-        self.account_facts = AccountFacts()
+        self._accounts = AccountDirectory(engine)
+        self._account_facts = AccountFacts()
         self._batch_size_max = batch_size_max
         self._conflict_retry_count_max = conflict_retry_count_max
+        self._conflict_backoff_ms_max = conflict_backoff_ms_max
+
+    def transactions(self, *, retry_count_max: int | None = None) -> TransactionAttempts:
+        """The attempts at one unit of work (`ledger.unit_of_work`): `async for tx in
+        ledger.transactions(): async with tx: ...`, run again after a conflict with another
+        writer, at most `retry_count_max` more times (default: the ledger's)."""
+        return TransactionAttempts(
+            self.engine,
+            self._account_facts,
+            retry_count_max=(
+                self._conflict_retry_count_max if retry_count_max is None else retry_count_max
+            ),
+            backoff_ms_max=self._conflict_backoff_ms_max,
+        )
+
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for reading, outside any unit of work."""
+        return self.engine.connect()
+
+    def begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A plain transaction for rows beside the ledger (projections, the outbox); transfers
+        are posted through `transactions()`, which links them into the hash chain."""
+        return self.engine.begin()
+
+    async def account_ids(self, specs: Sequence[AccountSpec]) -> dict[str, int]:
+        """Ids of the accounts `specs` name, created (in a short transaction of their own) where
+        missing; cached, since accounts are never deleted."""
+        return await self._accounts.ids(specs)
+
+    async def account_id(self, spec: AccountSpec) -> int:
+        return await self._accounts.id(spec)
 
     async def post(self, transfers: Sequence[Transfer]) -> list[PostResult]:
-        """Post transfers in batches of at most `batch_size_max`, one transaction each.
+        """Post transfers in batches of at most `batch_size_max`, one unit of work each.
 
         Linked chains are never split across batches; results come back in input order.
         """
         results: list[PostResult] = []
         for batch in split_at_chain_boundaries(transfers, self._batch_size_max):
-            outcome = await run_with_conflict_retry(
-                self.engine,
-                lambda conn, batch=batch: post_batch(conn, batch, self.account_facts),  # type: ignore[misc]
-                self._conflict_retry_count_max,
-            )
+            async for tx in self.transactions():
+                async with tx:
+                    outcome = await tx.post(batch)
             results.extend(outcome.results)
         return results
+
+    async def post_new(self, batch: NewTransfers) -> datetime:
+        """Post plain transfers known not to be stored yet, in one unit of work of their own;
+        returns the commit timestamp (see `LedgerTransaction.post_new`)."""
+        async for tx in self.transactions():
+            async with tx:
+                committed_at = await tx.post_new(batch)
+        return committed_at
 
     async def expire_pending(self, limit: int = EXPIRY_BATCH_SIZE_MAX) -> int:
         """Void pending transfers whose timeout has passed; returns how many were expired."""

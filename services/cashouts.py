@@ -35,9 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger import chart
 from ledger.chart import AccountKind, AccountSpec
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
-from ledger.posting import post_batch
+from ledger.service import LedgerTransaction
 from schemas import topics
-from schemas.assets import ASSET_SCALES, DIAMOND
+from schemas.assets import ASSET_SCALES, CURRENCIES, DIAMOND
 from schemas.events import CashoutRequested, CashoutUpdated, PayoutRequested, PayoutUpdated
 from services.eligibility import EligibilitySettings, creator_eligibility
 from services.event_transfers import transfer_id
@@ -195,12 +195,14 @@ class CashoutDesk:
 
     async def request(
         self,
-        conn: AsyncConnection,
+        tx: LedgerTransaction,
         event: CashoutRequested,
         rate_cards: RateCardBook,
         account_ids: dict[str, int],
     ) -> Cashout:
-        """Check, price and hold one request; returns the cash-out, held or rejected."""
+        """Check, price and hold one request in the unit of work `tx`; returns the cash-out,
+        held or rejected."""
+        conn = tx.connection
         amount = event.amount * MILLI_PER_DIAMOND if event.asset == DIAMOND else event.amount
         card = rate_cards.in_force_at(event.occurred_at)
         cashout = Cashout(
@@ -234,7 +236,7 @@ class CashoutDesk:
                 event_id=event.event_id,
                 metadata={"cashout_id": cashout.cashout_id},
             )
-            outcome = await post_batch(conn, [hold])
+            outcome = await tx.post([hold], lock_accounts_first=True)
             if outcome.results[0] is not PostResult.OK:
                 rule = "available_balance"
         if rule is not None:
@@ -315,19 +317,21 @@ class CashoutDesk:
 
     async def payout_result(
         self,
-        conn: AsyncConnection,
+        tx: LedgerTransaction,
         event: PayoutUpdated,
         rate_cards: RateCardBook,
         account_ids: dict[str, int],
     ) -> str | None:
-        """Apply a payout result; returns None, or why it was not applied (for the DLQ)."""
+        """Apply a payout result in the unit of work `tx`; returns None, or why it was not
+        applied (for the DLQ)."""
+        conn = tx.connection
         cashout = await load_cashout(conn, event.cashout_id, lock=True)
         if cashout is None:
             return "unknown_cashout"
         if cashout.status not in ALLOWED_BEFORE[event.status]:
             return f"cashout_is_{cashout.status}"
         transfers = result_transfers(cashout, event, rate_cards, account_ids)
-        outcome = await post_batch(conn, transfers)
+        outcome = await tx.post(transfers, lock_accounts_first=True)
         if not all(result is PostResult.OK for result in outcome.results):
             refused = sorted({r.value for r in outcome.results if r is not PostResult.OK})
             raise RuntimeError(f"cash-out {cashout.cashout_id}: ledger refused {refused}")
@@ -580,10 +584,32 @@ async def list_cashouts(
     return [Cashout(*row) for row in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class FxVersion:
+    currency: str
+    effective_from: datetime | None  # None: in force since the beginning of time
+    units_per_usd: Fraction
+
+
+async def list_fx_rates(conn: AsyncConnection) -> list[FxVersion]:
+    """Every FX version, by currency then start."""
+    rows = await conn.execute(
+        text(
+            "SELECT currency,"
+            " CASE WHEN isfinite(effective_from) THEN effective_from END AS effective_from,"
+            " units_per_usd_numerator AS n, units_per_usd_denominator AS d"
+            " FROM fx_rates ORDER BY currency, effective_from"
+        )
+    )
+    return [FxVersion(row.currency, row.effective_from, Fraction(row.n, row.d)) for row in rows]
+
+
 async def add_fx_rate(
     conn: AsyncConnection, currency: str, units_per_usd: Fraction, effective_from: datetime
 ) -> None:
     """Add a rate; like rate cards, it must take effect in the future, never rewrite the past."""
+    if currency not in CURRENCIES:
+        raise ValueError(f"unknown currency {currency!r}: not an ISO 4217 code giftledger pays in")
     now = (await conn.execute(text("SELECT now()"))).scalar_one()
     if effective_from <= now:
         raise ValueError(f"effective_from must be in the future (now is {now.isoformat()})")

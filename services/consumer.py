@@ -19,14 +19,14 @@ from typing import Any
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from schemas import topics
-from schemas.events import PayoutRequested
 from services import metrics
+from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S, OutboxRelay
 from services.event_transfers import CONSUMED_BY_INGESTOR
-from services.ingest import DeadLetter, Ingestor, InputRecord
+from services.ingestion.ingestor import Ingestor
+from services.ingestion.records import DeadLetter, InputRecord
 from services.pricing import RATE_CARD_REFRESH_S, load_rate_cards
 from services.settings import Settings
 
@@ -37,10 +37,7 @@ LAG_REFRESH_INTERVAL_S = 5.0
 RETRY_BACKOFF_MS_MIN = 50
 DLQ_SEND_TIMEOUT_S = 30.0
 REWIND_PAUSE_S = 1.0
-OUTBOX_POLL_INTERVAL_S = 0.2
 CASHOUT_BATCH_SIZE_MAX = 50
-OUTBOX_BATCH_SIZE_MAX = 500
-OUTBOX_SEND_TIMEOUT_S = 30.0
 
 TOPIC_DESCRIPTIONS = {
     topics.GIFTS_SENT: "Gifts on short videos and LIVE streams; credit the creator's Diamonds.",
@@ -150,6 +147,7 @@ class ConsumerService:
             graceful_timeout=30.0,
         )
         self._producer: Any = None
+        self._outbox: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._subscribers: dict[str, Any] = {}
@@ -269,75 +267,46 @@ class ConsumerService:
         await asyncio.wait_for(asyncio.gather(*sends), DLQ_SEND_TIMEOUT_S)
 
     async def _sweep_parked(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), PARK_SWEEP_INTERVAL_S)
-            if self._stopping.is_set():
-                return
-            try:
-                report = await self.ingestor.retry_parked(topics.GIFTS_REVERSED)
-                await self._publish_dead_letters(topics.GIFTS_REVERSED, report.dead_letters)
-            except Exception as error:
-                logger.warning("parked events not retried this round: %s", error)
+        async def retry() -> None:
+            report = await self.ingestor.retry_parked(topics.GIFTS_REVERSED)
+            await self._publish_dead_letters(topics.GIFTS_REVERSED, report.dead_letters)
+
+        await self._every(PARK_SWEEP_INTERVAL_S, "parked events not retried", retry)
 
     async def publish_outbox_once(self, limit: int = OUTBOX_BATCH_SIZE_MAX) -> int:
-        """Send the oldest unpublished outbox messages of this deployment (its topic prefix),
-        then mark them published, in one transaction. A crash between the send and the commit
-        sends them again (at least once); `payouts.requested` is deduplicated by cashout_id,
-        `cashouts.updated` by event_id."""
-        async with self.ingestor.ledger.engine.begin() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT id, topic, message_key, payload FROM outbox"
-                        " WHERE published_at IS NULL AND topic_prefix = :prefix"
-                        " ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
-                    ),
-                    {"prefix": self.settings.kafka_topic_prefix, "limit": limit},
-                )
-            ).all()
-            if not rows:
-                return 0
-            sends = [
-                await self._producer.send(
-                    self.name(row.topic), value=bytes(row.payload), key=row.message_key.encode()
-                )
-                for row in rows
-            ]
-            await asyncio.wait_for(asyncio.gather(*sends), OUTBOX_SEND_TIMEOUT_S)
-            await conn.execute(
-                text("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(:ids)"),
-                {"ids": [row.id for row in rows]},
-            )
-            for row in rows:
-                if row.topic == topics.PAYOUTS_REQUESTED:
-                    payout = PayoutRequested.model_validate_json(bytes(row.payload))
-                    await self.ingestor.desk.mark_submitted(conn, payout.cashout_id)
-        return len(rows)
+        """One round of the outbox relay (`services.cashout.outbox`)."""
+        if self._outbox is None:
+            raise RuntimeError("the consumer service is not started")
+        return await self._outbox.publish_once(limit)
 
     async def _publish_outbox(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), OUTBOX_POLL_INTERVAL_S)
-            if self._stopping.is_set():
-                return
-            try:
-                while await self.publish_outbox_once() == OUTBOX_BATCH_SIZE_MAX:
-                    pass
-            except Exception as error:
-                logger.warning("outbox not published this round: %s", error)
+        async def publish_all() -> None:
+            while await self.publish_outbox_once() == OUTBOX_BATCH_SIZE_MAX:
+                pass
+
+        await self._every(OUTBOX_POLL_INTERVAL_S, "outbox not published", publish_all)
 
     async def _refresh_rate_cards(self) -> None:
+        async def reload() -> None:
+            async with self.ingestor.ledger.connect() as conn:
+                self.ingestor.rate_cards = await load_rate_cards(conn)
+
+        await self._every(RATE_CARD_REFRESH_S, "rate cards not reloaded", reload)
+
+    async def _every(
+        self, interval_s: float, failure: str, job: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run `job` every `interval_s` until the service stops; a failed round is logged and
+        the next one tries again."""
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), RATE_CARD_REFRESH_S)
+                await asyncio.wait_for(self._stopping.wait(), interval_s)
             if self._stopping.is_set():
                 return
             try:
-                async with self.ingestor.ledger.engine.connect() as conn:
-                    self.ingestor.rate_cards = await load_rate_cards(conn)
+                await job()
             except Exception as error:
-                logger.warning("rate cards not reloaded this round: %s", error)
+                logger.warning("%s this round: %s", failure, error)
 
     async def _refresh_lag(self) -> None:
         while not self._stopping.is_set():
@@ -365,6 +334,7 @@ class ConsumerService:
             linger_ms=5,
         )
         await self._producer.start()
+        self._outbox = OutboxRelay(self.ingestor.ledger, self.ingestor.desk, self._producer)
         await self.broker.start()
         self._tasks = [
             asyncio.create_task(self._sweep_parked(), name="sweep-parked"),

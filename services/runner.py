@@ -13,64 +13,32 @@ import signal
 from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.migrate import current_revision, head_revision, upgrade_to_head
-from ledger.service import Ledger
+from ledger.migrate import require_current_schema, upgrade_to_head
 from services.api import create_app, serve_api
-from services.cashouts import CashoutDesk, CashoutLimits
+from services.bootstrap import load_ingestor
 from services.collector import settle_collector
 from services.consumer import ConsumerService
 from services.database_runtime import engine_as_role, open_database
-from services.eligibility import get_eligibility_settings
-from services.ingest import Ingestor
 from services.kafka_runtime import open_kafka
 from services.payout_rail import PayoutRailService, RailSettings, simulated_rail
-from services.pricing import load_rate_cards
 from services.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-class SchemaNotCurrentError(RuntimeError):
-    pass
-
-
 async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
-    """The embedded database is migrated on start; a configured one must already be current."""
+    """The embedded database is migrated on start; a configured one must already be current
+    (else `SchemaNotCurrentError`)."""
     if settings.database_url is None:
         await upgrade_to_head(engine)
         return
-    revision = await current_revision(engine)
-    if revision != head_revision():
-        raise SchemaNotCurrentError(
-            f"database schema is at {revision or 'nothing'}, expected {head_revision()}:"
-            " run `giftledger migrate` first"
-        )
+    await require_current_schema(engine)
 
 
 async def start_consumers(
     settings: Settings, engine: AsyncEngine, bootstrap_servers: str
 ) -> ConsumerService:
-    async with engine.connect() as conn:
-        rate_cards = await load_rate_cards(conn)
-    ledger = Ledger(
-        engine,
-        batch_size_max=settings.ledger_batch_size_max,
-        conflict_retry_count_max=settings.ledger_conflict_retry_count_max,
-    )
-    ingestor = Ingestor(
-        ledger,
-        rate_cards,
-        park_retry_s=settings.reversal_park_s,
-        conflict_retry_count_max=settings.ledger_conflict_retry_count_max,
-        desk=CashoutDesk(
-            CashoutLimits(
-                settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents
-            ),
-            get_eligibility_settings(),
-            settings.kafka_topic_prefix,
-        ),
-        topic_prefix=settings.kafka_topic_prefix,
-    )
+    ingestor = await load_ingestor(settings, engine)
     service = ConsumerService(settings, ingestor, bootstrap_servers)
     await service.start()
     return service
@@ -106,33 +74,51 @@ async def run(
 ) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop)
-    async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
+    async with open_database(settings) as engine:
         await ensure_schema(engine, settings)
-        rail = start_payout_rail(settings, bootstrap_servers) if with_payout_rail else None
-        if rail is not None:
-            await rail.start()
-        writer = engine_as_role(engine, settings, settings.database_writer_role)
-        settle_collector()
-        service = await start_consumers(settings, writer, bootstrap_servers)
-        api = None
-        if with_api:
-            app = create_app(engine, settings)
-            api = asyncio.create_task(serve_api(app, settings.api_host, settings.api_port, stop))
-            logger.info("finance API on http://%s:%d", settings.api_host, settings.api_port)
-        if settings.metrics_port:
-            start_http_server(settings.metrics_port, addr=settings.metrics_host)
-            logger.info(
-                "metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port
+        async with open_kafka(settings) as bootstrap_servers:
+            await _serve(
+                settings,
+                engine,
+                bootstrap_servers,
+                stop,
+                with_payout_rail=with_payout_rail,
+                with_api=with_api,
             )
-        logger.info("consumers running on %s; SIGTERM stops them", bootstrap_servers)
-        try:
-            await stop.wait()
-        finally:
-            stop.set()
-            logger.info("stopping: finishing the batch in hand")
-            if api is not None:
-                await api
-            await service.stop()
-            if rail is not None:
-                await rail.stop()
-            await writer.dispose()
+
+
+async def _serve(
+    settings: Settings,
+    engine: AsyncEngine,
+    bootstrap_servers: str,
+    stop: asyncio.Event,
+    *,
+    with_payout_rail: bool,
+    with_api: bool,
+) -> None:
+    rail = start_payout_rail(settings, bootstrap_servers) if with_payout_rail else None
+    if rail is not None:
+        await rail.start()
+    writer = engine_as_role(engine, settings, settings.database_writer_role)
+    settle_collector()
+    service = await start_consumers(settings, writer, bootstrap_servers)
+    api = None
+    if with_api:
+        app = create_app(engine, settings)
+        api = asyncio.create_task(serve_api(app, settings.api_host, settings.api_port, stop))
+        logger.info("finance API on http://%s:%d", settings.api_host, settings.api_port)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    logger.info("consumers running on %s; SIGTERM stops them", bootstrap_servers)
+    try:
+        await stop.wait()
+    finally:
+        stop.set()
+        logger.info("stopping: finishing the batch in hand")
+        if api is not None:
+            await api
+        await service.stop()
+        if rail is not None:
+            await rail.stop()
+        await writer.dispose()

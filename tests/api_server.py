@@ -34,13 +34,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
-from ledger.service import Ledger
 from schemas import topics
 from services.api import create_app, serve_api
-from services.ingest import Ingestor, InputRecord
+from services.ingestion.ingestor import Ingestor
+from services.ingestion.records import InputRecord
 from services.pricing import load_rate_cards
 from services.settings import Settings
 from tests import event_factory as make
+from tests.ingestion_fixtures import make_ingestor
 
 SERVER_START_TIMEOUT_S = 15.0
 SERVER_STOP_TIMEOUT_S = 30.0
@@ -192,7 +193,7 @@ async def seed_ledger(engine: AsyncEngine) -> SeededLedger:
     creator = f"api-server-creator-{uuid.uuid4().hex[:10]}"
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
-    feed = _Feed(Ingestor(Ledger(engine), rate_cards))
+    feed = _Feed(make_ingestor(engine, rate_cards))
     start = await _database_time(engine)
     await feed.send(topics.CREATORS_UPDATED, make.creator_update(creator), creator)
     gift = make.gift(creator, coins=10)

@@ -31,7 +31,7 @@ from schemas.events import (
     TALLY_MAX,
     CashoutRequested,
 )
-from services.ingest import DeadLetter, InputRecord, parse_record
+from services.ingestion.records import DeadLetter, InputRecord, parse_record
 
 Headers = tuple[tuple[str, bytes], ...]
 

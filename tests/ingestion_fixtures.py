@@ -15,18 +15,30 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.service import Ledger
 from schemas.topics import all_topics
+from services.bootstrap import build_ingestor
 from services.consumer import ConsumerService
 from services.embedded_broker import create_topics
-from services.ingest import Ingestor
-from services.pricing import load_rate_cards
+from services.ingestion.ingestor import Ingestor
+from services.pricing import RateCardBook, load_rate_cards
 from services.settings import Settings
 
 PARTITION_COUNT = 4
 ASSIGNMENT_WAIT_S = 60.0
 EFFECT_WAIT_S = 60.0
 PARK_RETRY_S = 3.0
+
+
+def make_ingestor(
+    engine: AsyncEngine,
+    rate_cards: RateCardBook,
+    *,
+    topic_prefix: str = "",
+    park_s: float = PARK_RETRY_S,
+) -> Ingestor:
+    """An ingestor as the composition root builds it, with the default settings but these."""
+    settings = Settings(kafka_topic_prefix=topic_prefix, reversal_park_s=park_s)
+    return build_ingestor(settings, engine, rate_cards)
 
 
 @dataclass
@@ -103,7 +115,7 @@ async def start_consumers(
     )
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
-    ingestor = Ingestor(Ledger(engine), rate_cards, park_retry_s=PARK_RETRY_S, topic_prefix=prefix)
+    ingestor = make_ingestor(engine, rate_cards, topic_prefix=prefix, park_s=PARK_RETRY_S)
     service = ConsumerService(settings, ingestor, bootstrap_servers)
     await service.start()
     return service, ingestor

@@ -22,7 +22,7 @@ async def make_accounts(
     ledger: Ledger, prefix: str, flags: list[AccountFlags], asset: str = "DIAMOND"
 ) -> list[int]:
     specs = [synthetic_account(prefix, index, asset, flag) for index, flag in enumerate(flags)]
-    ids = await ledger.accounts.ids(specs)
+    ids = await ledger.account_ids(specs)
     return [ids[spec.name] for spec in specs]
 
 

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.ingest import SELECT_APPLIED
+from services.ingestion.event_store import SELECT_APPLIED
 
 pytestmark = pytest.mark.server
 

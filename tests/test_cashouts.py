@@ -266,11 +266,14 @@ async def test_racing_requests_never_take_the_balance_below_zero(
         CashoutRequested.model_validate_json(make.encode(make.cashout_request(creator, 2_000)))
         for _ in range(12)
     ]
-    account_ids = await Ledger(engine).accounts.ids(request_accounts(requests[0]))
+    ledger = Ledger(engine)
+    account_ids = await ledger.account_ids(request_accounts(requests[0]))
 
     async def one(event: CashoutRequested) -> str:
-        async with engine.begin() as conn:
-            return (await desk.request(conn, event, rate_cards, account_ids)).status
+        async for tx in ledger.transactions(retry_count_max=0):
+            async with tx:
+                status = (await desk.request(tx, event, rate_cards, account_ids)).status
+        return status
 
     statuses = await asyncio.gather(*(one(event) for event in requests))
     assert sorted(statuses) == ["held"] * 5 + ["rejected"] * 7
@@ -287,9 +290,11 @@ async def test_a_crash_between_commit_and_publish_still_sends_the_payout_once(
         rate_cards = await load_rate_cards(conn)
     desk = CashoutDesk(CashoutLimits(), EligibilitySettings(), consumers.prefix)
     event = CashoutRequested.model_validate_json(make.encode(make.cashout_request(creator, 2_000)))
-    account_ids = await Ledger(engine).accounts.ids(request_accounts(event))
-    async with engine.begin() as conn:  # the commit happens; the process dies before publishing
-        await desk.request(conn, event, rate_cards, account_ids)
+    ledger = Ledger(engine)
+    account_ids = await ledger.account_ids(request_accounts(event))
+    async for tx in ledger.transactions(retry_count_max=0):
+        async with tx:  # the commit happens; the process dies before publishing
+            await desk.request(tx, event, rate_cards, account_ids)
     await _until_status(engine, event.event_id, "submitted")  # the restarted publisher sends it
     await consumers.service.publish_outbox_once()
     await consumers.service.publish_outbox_once()
@@ -314,11 +319,13 @@ async def test_a_deployment_publishes_only_the_outbox_rows_it_wrote(
         CashoutRequested.model_validate_json(make.encode(make.cashout_request(creator, 2_000)))
         for _ in range(2)
     ]
-    account_ids = await Ledger(engine).accounts.ids(request_accounts(requests[0]))
+    ledger = Ledger(engine)
+    account_ids = await ledger.account_ids(request_accounts(requests[0]))
     for request, prefix in zip(requests, (other_prefix, consumers.prefix), strict=True):
         desk = CashoutDesk(CashoutLimits(), EligibilitySettings(), prefix)
-        async with engine.begin() as conn:
-            assert (await desk.request(conn, request, rate_cards, account_ids)).status == "held"
+        async for tx in ledger.transactions(retry_count_max=0):
+            async with tx:
+                assert (await desk.request(tx, request, rate_cards, account_ids)).status == "held"
     other, own = (request.event_id for request in requests)
     await _until_status(engine, own, "submitted")
     # One creator, one key, one partition: had the other row been sent, it would come first.
@@ -384,7 +391,7 @@ def test_fx_rates_are_added_for_the_future_only(
     finally:
         get_settings.cache_clear()
     assert (past, added, not_a_number) == (2, 0, 2)
-    assert "EUR: 23/25 per USD" in capsys.readouterr().out
+    assert "EUR: 0.92 per USD" in capsys.readouterr().out
 
 
 async def test_the_payout_rail_answers_and_the_cash_outs_end_paid(

@@ -14,10 +14,16 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command as alembic_command
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from ledger.chart import (
     AccountKind,
@@ -27,16 +33,23 @@ from ledger.chart import (
     platform,
 )
 from ledger.database import create_engine
+from ledger.migrate import alembic_config, head_revision
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
 from ledger.service import Ledger
 from schemas.events import CreatorUpdated
 from services import settings
 from services.cli import main
+from services.eligibility import get_eligibility_settings
 from services.profiles import apply_creator_updates
 from tests import event_factory
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT_S = 60
+PASSWORD = "s3cret-word"
+NO_SCHEMA = "giftledger: the database has no giftledger schema: run giftledger migrate\n"
+REVISION_BEFORE_HEAD = "0010"
+
+Configure = Callable[[str, str], None]
 
 
 @pytest.fixture
@@ -46,6 +59,59 @@ def cli_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator
     settings.get_settings.cache_clear()
     yield database_url
     settings.get_settings.cache_clear()
+
+
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[Configure]:
+    """Set one variable for `main`, with the settings cache cleared around the test."""
+
+    def set_variable(name: str, value: str) -> None:
+        monkeypatch.setenv(name, value)
+        settings.get_settings.cache_clear()
+
+    yield set_variable
+    settings.get_settings.cache_clear()
+
+
+async def _as_admin(admin_url: str, statement: str) -> None:
+    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await admin.dispose()
+
+
+@contextmanager
+def _new_database(admin_url: str) -> Iterator[str]:
+    """An empty database on the test server, never migrated, dropped afterwards."""
+    name = f"giftledger_empty_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_as_admin(admin_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_as_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def unmigrated_database_url(postgres_admin_url: str) -> Iterator[str]:
+    with _new_database(postgres_admin_url) as url:
+        yield url
+
+
+async def _run_on(url: str, statements: Callable[[Connection], None]) -> None:
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(statements)
+    finally:
+        await engine.dispose()
+
+
+def _future_instant() -> str:
+    """An instant far ahead that no other test picks: FX versions are keyed by their start."""
+    offset = timedelta(seconds=uuid.uuid4().int % 10**9)
+    return (datetime(2300, 1, 1, tzinfo=UTC) + offset).isoformat()
 
 
 async def _post_creator_activity(database_url: str, creator_id: str) -> None:
@@ -60,7 +126,7 @@ async def _post_creator_activity(database_url: str, creator_id: str) -> None:
             platform(AccountKind.TIPS_CLEARING, "USD"),
             creator_wallet(creator_id, "USD"),
         ]
-        ids = await ledger.accounts.ids(specs)
+        ids = await ledger.account_ids(specs)
         issuance, available, held, tips, wallet = (ids[spec.name] for spec in specs)
 
         def transfer(
@@ -301,8 +367,22 @@ def test_eligibility_names_each_rule_and_the_first_that_fails(
     assert document["eligible"] is False
     failed = [rule["rule"] for rule in document["rules"] if not rule["passed"]]
     assert failed == ["country"]
-    assert main(["eligibility", "creator-nobody-knows"]) == 0
-    assert "not eligible (profile_known)" in capsys.readouterr().out
+
+
+def test_eligibility_of_a_creator_with_accounts_but_no_profile_fails_profile_known(
+    creator_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eligibility", creator_id]) == 0
+    assert f"{creator_id}: not eligible (profile_known)" in capsys.readouterr().out
+
+
+def test_eligibility_of_an_unknown_creator_is_a_usage_error(
+    cli_database: str, unique_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eligibility", f"nobody-{unique_id}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"giftledger: no creator 'nobody-{unique_id}'")
 
 
 def test_rates_lists_the_default_card_and_adds_a_future_version(
@@ -331,3 +411,224 @@ def test_rates_lists_the_default_card_and_adds_a_future_version(
     added = [card for card in after if card["version"] == len(before) + 1]
     assert [card["milli_diamonds_per_coin"] for card in added] == [600]
     assert len(after) == len(before) + 1
+
+
+def test_cashouts_of_an_unknown_creator_is_a_usage_error(
+    cli_database: str, unique_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cashouts", "--creator", f"nobody-{unique_id}", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"giftledger: no creator 'nobody-{unique_id}'")
+
+
+def test_cashouts_of_a_known_creator_without_any_is_an_empty_list(
+    creator_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cashouts", "--creator", creator_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"cashouts": []}
+
+
+@pytest.mark.parametrize("currency", ["XXX", "DIAMOND"])
+def test_fx_add_of_an_unknown_currency_names_it(
+    cli_database: str, currency: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fx_add = ["rates", "fx-add", currency, "1.5", "--effective-from", _future_instant()]
+    assert main(fx_add) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"giftledger: unknown currency {currency!r}")
+
+
+def test_fx_add_echoes_the_rate_as_the_decimal_given(
+    cli_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    effective_from = _future_instant()
+    assert main(["rates", "fx-add", "EUR", "0.92", "--effective-from", effective_from]) == 0
+    assert capsys.readouterr().out == f"EUR: 0.92 per USD from {effective_from}\n"
+
+
+def test_rates_lists_the_fx_versions_with_the_rate_cards(
+    cli_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    effective_from = _future_instant()
+    assert main(["rates", "fx-add", "JPY", "151.25", "--effective-from", effective_from]) == 0
+    capsys.readouterr()
+    assert main(["rates", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["rate_cards"][0]["version"] == 1
+    assert {"currency": "USD", "effective_from": None, "units_per_usd": "1"} in document["fx_rates"]
+    added = {"currency": "JPY", "effective_from": effective_from, "units_per_usd": "151.25"}
+    assert added in document["fx_rates"]
+    assert main(["rates"]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["currency", "effective", "from", "units/USD"] in lines
+    assert ["USD", "always", "1"] in lines
+    assert ["JPY", effective_from, "151.25"] in lines
+
+
+CONFIGURATION_MISTAKES = [
+    ("DATABASE_URL", f"mysql://ledger:{PASSWORD}@db/giftledger"),
+    ("DATABASE_URL", "not-a-url"),
+    ("DATABASE_URL", f"postgresql://ledger:{PASSWORD}@db:abc/giftledger"),
+    ("API_PORT", "abc"),
+    ("API_TOKENS", "notjson"),
+    ("API_TOKENS", json.dumps({"ab" * 32: "admin"})),
+    ("KAFKA_BOOTSTRAP_SERVERS", "host-without-port"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value"), CONFIGURATION_MISTAKES)
+def test_a_configuration_mistake_names_the_variable_and_exits_2(
+    configure: Configure, variable: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure(variable, value)
+    assert main(["verify"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"giftledger: configuration: {variable}: ")
+    assert len(captured.err.splitlines()) == 1
+    assert PASSWORD not in captured.err
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["run", "--api", "--payout-rail"],
+        ["demo", "--no-wait"],
+        ["migrate"],
+        ["balance", "c1"],
+        ["statement", "creator:c1:DIAMOND:available"],
+        ["trial-balance"],
+        ["eligibility", "c1"],
+        ["cashouts"],
+        ["rates"],
+    ],
+)
+def test_every_command_refuses_a_database_url_that_is_not_postgresql(
+    configure: Configure, arguments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure("DATABASE_URL", f"mysql://ledger:{PASSWORD}@db/giftledger")
+    assert main(arguments) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("giftledger: configuration: DATABASE_URL: mysql://")
+    assert PASSWORD not in captured.out + captured.err
+
+
+def test_an_eligibility_variable_read_inside_the_command_exits_2(
+    creator_id: str, configure: Configure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure("ELIGIBILITY_ENABLED_COUNTRIES", "US,GB")
+    get_eligibility_settings.cache_clear()
+    try:
+        assert main(["eligibility", creator_id]) == 2
+    finally:
+        get_eligibility_settings.cache_clear()
+    assert capsys.readouterr().err == (
+        "giftledger: configuration: ELIGIBILITY_ENABLED_COUNTRIES: not valid JSON\n"
+    )
+
+
+def test_a_configuration_mistake_in_the_program_prints_one_line_and_no_traceback() -> None:
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "DATABASE_URL": f"postgresql://ledger:{PASSWORD}@db:abc/giftledger",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "services.cli", "balance", "c1"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=PROJECT_ROOT,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr == (
+        "giftledger: configuration: DATABASE_URL: the port is not a number\n"
+    )
+    assert completed.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["verify"],
+        ["balance", "c1"],
+        ["statement", "creator:c1:DIAMOND:available"],
+        ["trial-balance"],
+        ["eligibility", "c1"],
+        ["cashouts"],
+        ["cashouts", "--creator", "c1", "--stale"],
+        ["rates"],
+        ["rates", "--json"],
+        ["rates", "fx-add", "EUR", "0.92", "--effective-from", "2300-01-01T00:00:00Z"],
+        [
+            *["rates", "add", "--effective-from", "2300-01-01T00:00:00Z"],
+            *["--milli-diamonds-per-coin", "600", "--diamonds-per-usd", "250"],
+        ],
+        ["run", "--api", "--payout-rail"],
+    ],
+)
+def test_every_command_on_a_database_never_migrated_says_run_giftledger_migrate(
+    unmigrated_database_url: str,
+    configure: Configure,
+    arguments: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure("DATABASE_URL", unmigrated_database_url)
+    assert main(arguments) == 2
+    assert capsys.readouterr() == ("", NO_SCHEMA)
+
+
+def test_migrate_is_the_command_that_works_on_a_database_never_migrated(
+    postgres_admin_url: str, configure: Configure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _new_database(postgres_admin_url) as url:
+        configure("DATABASE_URL", url)
+        assert main(["verify"]) == 2
+        assert main(["migrate"]) == 0
+        assert main(["verify"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == NO_SCHEMA
+    assert captured.out.splitlines()[0] == f"database at revision {head_revision()}"
+
+
+def _upgrade_to_revision_before_head(connection: Connection) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    alembic_command.upgrade(config, REVISION_BEFORE_HEAD)
+
+
+def test_a_database_at_an_older_revision_says_run_giftledger_migrate(
+    postgres_admin_url: str, configure: Configure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _new_database(postgres_admin_url) as url:
+        asyncio.run(_run_on(url, _upgrade_to_revision_before_head))
+        configure("DATABASE_URL", url)
+        assert main(["balance", "c1"]) == 2
+        assert main(["run"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert lines[0] == lines[1]
+    assert f"revision {REVISION_BEFORE_HEAD}" in lines[0]
+    assert lines[0].endswith(": run giftledger migrate")
+
+
+def _record_a_revision_from_the_future(connection: Connection) -> None:
+    connection.execute(text("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)"))
+    connection.execute(text("INSERT INTO alembic_version VALUES ('9999')"))
+
+
+def test_a_database_newer_than_this_giftledger_says_so(
+    postgres_admin_url: str, configure: Configure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _new_database(postgres_admin_url) as url:
+        asyncio.run(_run_on(url, _record_a_revision_from_the_future))
+        configure("DATABASE_URL", url)
+        assert main(["verify"]) == 2
+    assert capsys.readouterr().err == (
+        "giftledger: the database schema is at revision 9999, newer than this giftledger knows"
+        f" (its latest is {head_revision()}): run a newer giftledger\n"
+    )

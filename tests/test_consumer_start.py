@@ -8,15 +8,13 @@ import uuid
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.service import Ledger
 from schemas import topics
 from schemas.topics import all_topics
 from services.consumer import ConsumerService
 from services.embedded_broker import create_topics
-from services.ingest import Ingestor
 from services.pricing import load_rate_cards
 from services.settings import Settings
-from tests.ingestion_fixtures import ASSIGNMENT_WAIT_S, PARTITION_COUNT, wait_until
+from tests.ingestion_fixtures import ASSIGNMENT_WAIT_S, PARTITION_COUNT, make_ingestor, wait_until
 
 
 async def _new_service(engine: AsyncEngine, kafka_bootstrap: str) -> ConsumerService:
@@ -30,7 +28,7 @@ async def _new_service(engine: AsyncEngine, kafka_bootstrap: str) -> ConsumerSer
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
     return ConsumerService(
-        settings, Ingestor(Ledger(engine), rate_cards, topic_prefix=prefix), kafka_bootstrap
+        settings, make_ingestor(engine, rate_cards, topic_prefix=prefix), kafka_bootstrap
     )
 
 

@@ -9,12 +9,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.queries import creator_balances
-from ledger.service import Ledger
 from schemas import topics
-from services.ingest import Ingestor, InputRecord
+from services.ingestion.records import InputRecord
 from services.pricing import load_rate_cards
 from tests import event_factory as make
-from tests.ingestion_fixtures import RunningConsumers, wait_until
+from tests.ingestion_fixtures import RunningConsumers, make_ingestor, wait_until
 
 
 def _creator() -> str:
@@ -165,7 +164,7 @@ async def test_deployments_sharing_a_database_record_their_own_dead_letters(
     bad = InputRecord(topics.GIFTS_SENT, 0, offset, None, b"{not json")
     prefixes = [f"a{uuid.uuid4().hex[:6]}.", f"b{uuid.uuid4().hex[:6]}."]
     for prefix in prefixes:
-        ingestor = Ingestor(Ledger(engine), rate_cards, topic_prefix=prefix)
+        ingestor = make_ingestor(engine, rate_cards, topic_prefix=prefix)
         report = await ingestor.process(topics.GIFTS_SENT, [bad])
         assert [letter.error for letter in report.dead_letters] == ["malformed_json"]
     for prefix in prefixes:
@@ -185,7 +184,7 @@ async def test_deployments_sharing_a_database_each_park_and_retry_a_reversal(
     gift = make.gift(creator, coins=10)
     reversal = make.reversal(creator, str(gift["event_id"]))
     ingestors = [
-        Ingestor(Ledger(engine), rate_cards, topic_prefix=f"{name}{uuid.uuid4().hex[:6]}.")
+        make_ingestor(engine, rate_cards, topic_prefix=f"{name}{uuid.uuid4().hex[:6]}.")
         for name in "ab"
     ]
     for offset, ingestor in enumerate(ingestors):

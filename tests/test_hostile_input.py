@@ -38,7 +38,6 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.service import Ledger
 from ledger.verify import verify
 from schemas import topics
 from schemas.events import AMOUNT_MAX, CONSUMED_EVENT_MODELS, ID_LENGTH_MAX, GiftSent
@@ -49,10 +48,12 @@ from services.event_transfers import (
     marketplace_legs,
     tip_legs,
 )
-from services.ingest import ERROR_DETAIL_LENGTH_MAX, BatchReport, Ingestor, InputRecord
+from services.ingestion.ingestor import Ingestor
+from services.ingestion.records import ERROR_DETAIL_LENGTH_MAX, BatchReport, InputRecord
 from services.pricing import load_rate_cards
 from tests import event_factory as make
 from tests import hostile_strategies as hs
+from tests.ingestion_fixtures import make_ingestor
 
 # A partition no Kafka test of the session uses (they have 4), and offsets far above any they
 # reach: dead letters are keyed by (topic, partition, offset), and these tests read their own
@@ -103,7 +104,7 @@ async def ingestor(engine: AsyncEngine) -> AsyncIterator[Ingestor]:
     """One ingestor for the module, built as the consumer service builds it."""
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
-    yield Ingestor(Ledger(engine), rate_cards)
+    yield make_ingestor(engine, rate_cards)
     # The reversals parked here wait for gifts that never come: remove them, so that no other
     # test's consumer of this session retries them (and dead-letters them, in its counts).
     async with engine.begin() as conn:

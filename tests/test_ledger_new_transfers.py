@@ -1,6 +1,6 @@
-"""`post_new_batch`: plain transfers known to be new, posted as columns in one statement.
+"""`post_new`: plain transfers known to be new, posted as columns in one statement.
 
-What it stores must be exactly what `post_batch` would have stored: the general path, given the
+What it stores must be exactly what `post` would have stored: the general path, given the
 same transfers afterwards, finds each one EXISTS (same fields), and `verify` recomputes the totals,
 running balances and hash chain from the stored rows."""
 
@@ -15,15 +15,16 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.chain import metadata_json
-from ledger.model import AccountFlags, PostResult, Transfer, TransferCode
-from ledger.posting import (
-    LedgerConflictError,
+from ledger.model import (
+    AccountFlags,
     NewTransfers,
     NotNewBatchError,
-    post_new_batch,
-    run_with_conflict_retry,
+    PostResult,
+    Transfer,
+    TransferCode,
 )
 from ledger.service import Ledger
+from ledger.store import LedgerConflictError
 from ledger.verify import verify
 from tests.ledger_helpers import make_accounts, new_id, totals
 
@@ -34,7 +35,7 @@ ACCOUNT_COUNT = 4
 
 
 def as_transfers(batch: NewTransfers) -> list[Transfer]:
-    """The same transfers as `post_batch` takes them."""
+    """The same transfers as `post` takes them."""
     return [
         Transfer(
             batch.ids[index],
@@ -51,10 +52,33 @@ def as_transfers(batch: NewTransfers) -> list[Transfer]:
 
 
 async def post_new(ledger: Ledger, batch: NewTransfers) -> None:
-    async def unit_of_work(conn: object) -> None:
-        await post_new_batch(conn, batch, ledger.account_facts)  # type: ignore[arg-type]
+    """One unit of work, not run again on a conflict."""
+    async for tx in ledger.transactions(retry_count_max=0):
+        async with tx:
+            await tx.post_new(batch)
 
-    await run_with_conflict_retry(ledger.engine, unit_of_work, 0)
+
+def add(
+    batch: NewTransfers,
+    transfer_id: uuid.UUID,
+    debit: int,
+    credit: int,
+    amount: int,
+    *,
+    rate_card_version: int | None = None,
+    event_id: str | None = None,
+    metadata_text: str | None = None,
+) -> None:
+    batch.add(
+        transfer_id=transfer_id,
+        debit_account_id=debit,
+        credit_account_id=credit,
+        amount=amount,
+        code=SYN,
+        rate_card_version=rate_card_version,
+        event_id=event_id,
+        metadata_text=metadata_text,
+    )
 
 
 async def transfer_count(engine: AsyncEngine) -> int:
@@ -90,8 +114,15 @@ async def test_new_transfers_are_stored_as_the_general_path_would_store_them(
     for index, (debit, step, amount, with_metadata) in enumerate(moves):
         credit = (debit + step) % ACCOUNT_COUNT
         metadata = metadata_json({"note": f"transfer {index}"}) if with_metadata else None
-        batch.add(
-            new_id(), accounts[debit], accounts[credit], amount, SYN, 3, f"e{index}", metadata
+        add(
+            batch,
+            new_id(),
+            accounts[debit],
+            accounts[credit],
+            amount,
+            rate_card_version=3,
+            event_id=f"e{index}",
+            metadata_text=metadata,
         )
         expected[debit][0] += amount
         expected[credit][1] += amount
@@ -111,11 +142,11 @@ async def test_a_stored_id_fails_the_whole_batch_as_a_conflict(
     ledger = Ledger(engine)
     a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
     first = NewTransfers()
-    first.add(new_id(), a, b, 5, SYN, None, None, None)
+    add(first, new_id(), a, b, 5)
     await post_new(ledger, first)
     again = NewTransfers()
-    again.add(new_id(), a, b, 7, SYN, None, None, None)
-    again.add(first.ids[0], a, b, 5, SYN, None, None, None)
+    add(again, new_id(), a, b, 7)
+    add(again, first.ids[0], a, b, 5)
     count_before = await transfer_count(engine)
 
     with pytest.raises(LedgerConflictError):
@@ -139,7 +170,7 @@ async def test_an_account_whose_rule_the_batch_could_break_is_refused_before_wri
     guarded, plain = await make_accounts(ledger, unique_id, [flags, AccountFlags.NONE])
     batch = NewTransfers()
     debit, credit = (guarded, plain) if debited else (plain, guarded)
-    batch.add(new_id(), debit, credit, 5, SYN, None, None, None)
+    add(batch, new_id(), debit, credit, 5)
     count_before = await transfer_count(engine)
 
     with pytest.raises(NotNewBatchError, match=reason):
@@ -157,7 +188,7 @@ async def test_a_transfer_between_assets_or_without_an_amount_is_refused(
     (other,) = await make_accounts(ledger, f"{unique_id}-o", [AccountFlags.NONE])
     for debit, credit, amount in ((diamonds, dollars, 5), (diamonds, other, 0)):
         batch = NewTransfers()
-        batch.add(new_id(), debit, credit, amount, SYN, None, None, None)
+        add(batch, new_id(), debit, credit, amount)
         with pytest.raises(NotNewBatchError, match="of one asset"):
             await post_new(ledger, batch)
 
@@ -168,7 +199,7 @@ async def test_columns_of_different_lengths_are_refused(
     ledger = Ledger(engine)
     a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
     batch = NewTransfers()
-    batch.add(new_id(), a, b, 5, SYN, None, None, None)
+    add(batch, new_id(), a, b, 5)
     batch.amounts.append(6)
     with pytest.raises(ValueError, match="differ in length"):
         await post_new(ledger, batch)

@@ -39,7 +39,7 @@ async def test_creator_balances_show_available_and_pending_per_account(
     issuance = chart.platform(chart.AccountKind.DIAMOND_ISSUANCE, "DIAMOND")
     available = chart.creator_diamonds_available(unique_id)
     held = chart.creator_diamonds_held(unique_id)
-    ids = await ledger.accounts.ids([issuance, available, held])
+    ids = await ledger.account_ids([issuance, available, held])
     await ledger.post(
         [
             Transfer(uuid.uuid4(), ids[issuance.name], ids[available.name], 12_500, SYN),
@@ -207,7 +207,7 @@ async def test_verify_names_gift_coins_without_their_diamonds(
     ledger = Ledger(engine)
     spent = chart.platform(chart.AccountKind.COINS_SPENT, "COIN")
     revenue = chart.platform(chart.AccountKind.COIN_GIFT_REVENUE, "COIN")
-    ids = await ledger.accounts.ids([spent, revenue])
+    ids = await ledger.account_ids([spent, revenue])
     coins = Transfer(
         uuid.uuid4(),
         ids[spent.name],

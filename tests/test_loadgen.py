@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from schemas import topics
 from services.cashouts import FxRate, convert
 from services.eligibility import EligibilitySettings, evaluate
-from services.ingest import DeadLetter, InputRecord, parse_record
+from services.ingestion.records import DeadLetter, InputRecord, parse_record
 from services.loadgen import (
     CREATOR_MISMATCH,
     EVENT_ID_CONFLICT,

@@ -1,0 +1,565 @@
+"""The ledger's store: its SQL, the account locks, `AccountFacts` and the write. It never decides:
+`ledger.decide` does, between the reads and the write below. At most three statements per batch,
+whatever its size:
+
+1. Read the stored transfers that the batch names (its own ids, for idempotency, and the pending
+   transfers it posts or voids) with how each pending ended.
+2. If a transfer of the batch could break an account's balance rule (the account is guarded),
+   lock all the batch's accounts in id order and read their totals. Else lock and read none
+   (but the asset and rules of accounts `AccountFacts` has not met): their running totals count
+   from zero, and every lock is taken in step 4.
+3. `ledger.decide.decide_batch` walks the batch in order, deciding a result per transfer against
+   running totals (linked chains succeed or fail whole). Only the guarded accounts' totals can
+   change a result.
+4. One statement locks every account the accepted transfers name, in id order, adds one
+   aggregated delta to each, and inserts the accepted transfers (their running balances offset
+   from the balances the accounts had once locked), their keys and the resolutions of pending
+   transfers. The clock read once every lock is held is the batch's commit timestamp.
+
+So in the batches most writers post (gifts guard no account), the accounts they share (the
+platform's) are locked only for step 4, the hash chain link and the commit, not while the batch
+is read and walked. Each batch takes its locks in one ascending pass, in step 2 or in step 4.
+
+A concurrent writer that stored the same transfer id, or resolved the same pending transfer,
+between steps 1 and 4 makes step 4 fail on a unique key; the unit of work
+(`ledger.unit_of_work`) then runs again, and the second run sees what the other writer did.
+
+Whether a stored pending transfer has expired is decided at the clock of step 2 (read for that
+when step 2 read nothing); the transfers are stored with the clock of step 4, a little later.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.chain import ChainEntry, chain_entry, line_head, line_tail, metadata_json
+from ledger.decide import (
+    Accepted,
+    Walk,
+    accepted_as_stored,
+    account_roles,
+    decide_batch,
+    is_guarded,
+    plan_new_batch,
+)
+from ledger.model import (
+    TRANSFER_BATCH_SIZE_MAX,
+    AccountTotals,
+    BatchOutcome,
+    NewTransfers,
+    StoredTransfer,
+    Transfer,
+)
+
+ACCOUNT_FACTS_SIZE_MAX = 500_000
+
+# The totals of an account the batch did not read: its running totals count from zero.
+_ZERO = AccountTotals(0, "", 0)
+
+_SELECT_TRANSFERS = text(
+    """
+    WITH found AS MATERIALIZED (
+        SELECT k.id, k.created_at
+        FROM unnest(CAST(:ids AS uuid[])) AS wanted(id)
+        JOIN transfer_keys k ON k.id = wanted.id
+    )
+    SELECT t.id, t.seq, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code,
+           t.flags, t.pending_id, t.timeout_s, t.expires_at, t.rate_card_version, t.event_id,
+           t.metadata::text AS metadata, t.debit_balance_after, t.credit_balance_after,
+           t.created_at, r.outcome
+    FROM found k
+    JOIN transfers t ON t.id = k.id AND t.created_at = k.created_at
+    LEFT JOIN pending_resolutions r ON r.pending_id = t.id
+    """
+)
+
+# Step 2. An account is guarded when a transfer of the batch could break its balance rule: it is
+# debited and its debits must not exceed its credits, it is credited and its credits must not
+# exceed its debits, or a funded transfer debits it. A batch with a guarded account locks all
+# its accounts here, in id order, and reads their totals; a batch without one reads nothing but
+# the asset and rules of accounts it has not met before, and takes its locks in step 4.
+_READ_FACTS = text(
+    """
+    SELECT a.id, a.asset, a.flags
+    FROM unnest(CAST(:ids AS bigint[])) AS wanted(id)
+    JOIN accounts a ON a.id = wanted.id
+    """
+)
+
+_LOCK_ACCOUNTS = text(
+    """
+    WITH locked AS (
+        SELECT a.id, a.asset, a.flags, a.debits_posted, a.credits_posted, a.debits_pending,
+               a.credits_pending
+        FROM unnest(CAST(:ids AS bigint[])) AS wanted(id)
+        JOIN accounts a ON a.id = wanted.id
+        ORDER BY a.id
+        FOR NO KEY UPDATE OF a
+    )
+    SELECT locked.*, clock_timestamp() AS now FROM locked
+    """
+)
+
+# Step 4. Every account the accepted transfers name is updated by its aggregated deltas, in id
+# order (the unnest is sorted and drives the join), so writers take their locks in one order.
+# Should the planner ever join the other way round, PostgreSQL detects the deadlock and
+# `run_with_conflict_retry` runs the batch again. Once all are locked, the clock is the batch's
+# commit timestamp, and each account's balance just before this batch is known: the transfers
+# are inserted with their running balances offset from it, in batch order, with their keys and
+# the resolutions of the pending transfers they post or void. The accounts' balances before,
+# the timestamp and the count inserted come back.
+_WRITE_BATCH = text(
+    """
+    WITH updated AS (
+        UPDATE accounts a
+        SET debits_posted = a.debits_posted + d.debits_posted,
+            credits_posted = a.credits_posted + d.credits_posted,
+            debits_pending = a.debits_pending + d.debits_pending,
+            credits_pending = a.credits_pending + d.credits_pending
+        FROM unnest(CAST(:account_ids AS bigint[]), CAST(:debits_posted AS bigint[]),
+                    CAST(:credits_posted AS bigint[]), CAST(:debits_pending AS bigint[]),
+                    CAST(:credits_pending AS bigint[]))
+             AS d(id, debits_posted, credits_posted, debits_pending, credits_pending)
+        WHERE a.id = d.id
+        RETURNING a.id,
+                  a.credits_posted - a.debits_posted - (d.credits_posted - d.debits_posted)
+                      AS balance_before,
+                  clock_timestamp() AS locked_at
+    ), stamp AS (
+        SELECT max(locked_at) AS at FROM updated
+    ), new_keys AS (
+        INSERT INTO transfer_keys (id, created_at)
+        SELECT unnest(CAST(:ids AS uuid[])), stamp.at FROM stamp
+    ), new_resolutions AS (
+        INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
+        SELECT r.pending_id, r.resolved_by, r.outcome, stamp.at
+        FROM unnest(CAST(:resolved_pending_ids AS uuid[]), CAST(:resolved_by AS uuid[]),
+                    CAST(:outcomes AS text[])) AS r(pending_id, resolved_by, outcome),
+             stamp
+    ), new_transfers AS (
+        INSERT INTO transfers (
+            id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
+            timeout_s, expires_at, rate_card_version, event_id, metadata,
+            debit_balance_after, credit_balance_after, created_at)
+        SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code,
+               t.flags, t.pending_id, t.timeout_s,
+               stamp.at + make_interval(secs => t.timeout_s), t.rate_card_version, t.event_id,
+               t.metadata::jsonb, debit.balance_before + t.debit_offset,
+               credit.balance_before + t.credit_offset, stamp.at
+        FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:debit_account_ids AS bigint[]),
+            CAST(:credit_account_ids AS bigint[]), CAST(:amounts AS bigint[]),
+            CAST(:assets AS text[]), CAST(:codes AS smallint[]), CAST(:flags AS smallint[]),
+            CAST(:pending_ids AS uuid[]), CAST(:timeouts_s AS integer[]),
+            CAST(:rate_card_versions AS integer[]), CAST(:event_ids AS text[]),
+            CAST(:metadata AS text[]), CAST(:debit_offsets AS bigint[]),
+            CAST(:credit_offsets AS bigint[])
+        ) WITH ORDINALITY AS t(id, debit_account_id, credit_account_id, amount, asset, code,
+                               flags, pending_id, timeout_s, rate_card_version, event_id,
+                               metadata, debit_offset, credit_offset, position)
+        JOIN updated debit ON debit.id = t.debit_account_id
+        JOIN updated credit ON credit.id = t.credit_account_id
+        CROSS JOIN stamp
+        ORDER BY t.position
+        RETURNING 1
+    )
+    SELECT u.id, u.balance_before, stamp.at, (SELECT count(*) FROM new_transfers) AS inserted
+    FROM updated u, stamp
+    """
+)
+
+
+class LedgerConflictError(Exception):
+    """Another writer stored the same transfer or resolved the same pending transfer first."""
+
+
+def _row_to_stored(row: Any) -> StoredTransfer:
+    return StoredTransfer(
+        id=row.id,
+        seq=row.seq,
+        debit_account_id=row.debit_account_id,
+        credit_account_id=row.credit_account_id,
+        amount=row.amount,
+        asset=row.asset,
+        code=row.code,
+        flags=row.flags,
+        pending_id=row.pending_id,
+        timeout_s=row.timeout_s,
+        expires_at=row.expires_at,
+        rate_card_version=row.rate_card_version,
+        event_id=row.event_id,
+        metadata=None if row.metadata is None else json.loads(row.metadata),
+        debit_balance_after=row.debit_balance_after,
+        credit_balance_after=row.credit_balance_after,
+        created_at=row.created_at,
+    )
+
+
+async def read_stored(
+    conn: AsyncConnection, ids: Iterable[uuid.UUID]
+) -> tuple[dict[uuid.UUID, StoredTransfer], dict[uuid.UUID, str | None]]:
+    """Stored transfers by id, and for pending ones how they ended (None while open)."""
+    id_list = list(ids)
+    if not id_list:
+        return {}, {}
+    rows = (await conn.execute(_SELECT_TRANSFERS, {"ids": id_list})).all()
+    stored = {row.id: _row_to_stored(row) for row in rows}
+    outcomes: dict[uuid.UUID, str | None] = {row.id: row.outcome for row in rows}
+    return stored, outcomes
+
+
+class AccountFacts:
+    """What never changes about an account: its asset and its balance rules (the writer role
+    may update only its totals). With these known, a batch that guards no account reads none.
+
+    One per database (the `Ledger` keeps one). Bounded: when full, it starts over.
+    """
+
+    def __init__(self, size_max: int = ACCOUNT_FACTS_SIZE_MAX) -> None:
+        self._facts: dict[int, tuple[str, int]] = {}
+        self._size_max = size_max
+
+    def get(self, account_id: int) -> tuple[str, int] | None:
+        return self._facts.get(account_id)
+
+    def remember(self, account_id: int, asset: str, flags: int) -> None:
+        if len(self._facts) >= self._size_max and account_id not in self._facts:
+            self._facts.clear()
+        self._facts[account_id] = (asset, flags)
+
+
+async def _account_facts(
+    conn: AsyncConnection, account_ids: Iterable[int], facts: AccountFacts
+) -> dict[int, tuple[str, int]]:
+    """Asset and rules of each account, read from the database only for those new to `facts`;
+    an account that does not exist is left out."""
+    known: dict[int, tuple[str, int]] = {}
+    unknown: list[int] = []
+    for account_id in account_ids:
+        fact = facts.get(account_id)
+        if fact is None:
+            unknown.append(account_id)
+        else:
+            known[account_id] = fact
+    if unknown:
+        rows = (await conn.execute(_READ_FACTS, {"ids": sorted(unknown)})).all()
+        for account_id, asset, flags in rows:
+            known[account_id] = (asset, flags)
+            facts.remember(account_id, asset, flags)
+    return known
+
+
+async def _read_accounts(
+    conn: AsyncConnection, roles: dict[int, int], facts: AccountFacts | None
+) -> tuple[dict[int, AccountTotals], dict[int, AccountTotals], datetime | None]:
+    """The batch's accounts, a copy of the totals read, and the clock when they were locked.
+
+    When the batch guards an account, all its accounts are locked in id order and read. Else
+    none is locked or read (but for the asset and rules of accounts new to `facts`): their
+    running totals start at zero, and they have no entry in the copy."""
+    if facts is None:  # nothing known: lock and read them all, as a guarded batch does
+        return await _lock_accounts(conn, roles)
+    known = await _account_facts(conn, roles, facts)
+    if not any(is_guarded(roles[i], flags) for i, (_, flags) in known.items()):
+        accounts = {i: AccountTotals(i, asset, flags) for i, (asset, flags) in known.items()}
+        return accounts, {}, None
+    return await _lock_accounts(conn, roles)
+
+
+async def _lock_accounts(
+    conn: AsyncConnection, roles: dict[int, int]
+) -> tuple[dict[int, AccountTotals], dict[int, AccountTotals], datetime | None]:
+    rows = (await conn.execute(_LOCK_ACCOUNTS, {"ids": sorted(roles)})).all()
+    accounts = {row[0]: AccountTotals(*row[:7]) for row in rows}
+    originals = {row[0]: AccountTotals(*row[:7]) for row in rows}
+    return accounts, originals, max((row[7] for row in rows), default=None)
+
+
+async def _clock(conn: AsyncConnection) -> datetime:
+    now = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
+    assert isinstance(now, datetime)
+    return now
+
+
+def _write_parameters(
+    walk: Walk, originals: dict[int, AccountTotals], metadata_texts: list[str | None]
+) -> dict[str, Any]:
+    """The accounts' aggregated deltas, in id order, and the accepted transfers in batch order,
+    with their running balances as offsets from their accounts' balances before the batch."""
+    accepted = walk.accepted
+    named = {a.debit_account_id for a in accepted}
+    named.update(a.credit_account_id for a in accepted)
+    account_ids = sorted(named)
+    deltas: dict[str, list[int]] = {
+        "debits_posted": [],
+        "credits_posted": [],
+        "debits_pending": [],
+        "credits_pending": [],
+    }
+    for account_id in account_ids:
+        now, before = walk.accounts[account_id], originals.get(account_id, _ZERO)
+        deltas["debits_posted"].append(now.debits_posted - before.debits_posted)
+        deltas["credits_posted"].append(now.credits_posted - before.credits_posted)
+        deltas["debits_pending"].append(now.debits_pending - before.debits_pending)
+        deltas["credits_pending"].append(now.credits_pending - before.credits_pending)
+    transfers = [a.transfer for a in accepted]
+    return {
+        "account_ids": account_ids,
+        **deltas,
+        "ids": [t.id for t in transfers],
+        "debit_account_ids": [a.debit_account_id for a in accepted],
+        "credit_account_ids": [a.credit_account_id for a in accepted],
+        "amounts": [a.amount for a in accepted],
+        "assets": [a.asset for a in accepted],
+        "codes": [int(t.code) for t in transfers],
+        "flags": [t.flags for t in transfers],
+        "pending_ids": [t.pending_id for t in transfers],
+        "timeouts_s": [t.timeout_s for t in transfers],
+        "rate_card_versions": [t.rate_card_version for t in transfers],
+        "event_ids": [t.event_id for t in transfers],
+        "metadata": metadata_texts,
+        "debit_offsets": [
+            a.debit_balance_after - originals.get(a.debit_account_id, _ZERO).posted_balance
+            for a in accepted
+        ],
+        "credit_offsets": [
+            a.credit_balance_after - originals.get(a.credit_account_id, _ZERO).posted_balance
+            for a in accepted
+        ],
+        "resolved_pending_ids": [r[0] for r in walk.resolutions],
+        "resolved_by": [r[1] for r in walk.resolutions],
+        "outcomes": [r[2] for r in walk.resolutions],
+    }
+
+
+async def _execute_write(
+    conn: AsyncConnection, parameters: dict[str, Any], accepted_count: int
+) -> Sequence[Any]:
+    """Run step 4; rows are (account id, balance before, commit timestamp, count inserted)."""
+    try:
+        rows = (await conn.execute(_WRITE_BATCH, parameters)).all()
+    except IntegrityError as error:
+        if _is_unique_violation(error):
+            raise LedgerConflictError(str(error.orig)) from error
+        raise
+    inserted = rows[0][3] if rows else 0
+    if inserted != accepted_count:
+        raise AssertionError(f"stored {inserted} of {accepted_count} accepted transfers")
+    return rows
+
+
+async def _write(
+    conn: AsyncConnection,
+    walk: Walk,
+    originals: dict[int, AccountTotals],
+    metadata_texts: list[str | None],
+) -> datetime:
+    """Step 4. Moves the accepted transfers onto the balances their accounts had once
+    locked, as the database stored them, and onto the commit timestamp, which it returns.
+
+    Accounts the batch did not lock in step 2 were walked from zero: their running balances
+    shift by the balance the write found them at.
+    """
+    rows = await _execute_write(
+        conn, _write_parameters(walk, originals, metadata_texts), len(walk.accepted)
+    )
+    shifts = {
+        row[0]: row[1] - originals.get(row[0], _ZERO).posted_balance
+        for row in rows
+        if row[1] != originals.get(row[0], _ZERO).posted_balance
+    }
+    committed_at: datetime = rows[0][2]
+    for accepted in walk.accepted:
+        if shifts:
+            accepted.debit_balance_after += shifts.get(accepted.debit_account_id, 0)
+            accepted.credit_balance_after += shifts.get(accepted.credit_account_id, 0)
+        if accepted.expires_at is not None:
+            timeout_s = accepted.transfer.timeout_s
+            assert timeout_s is not None
+            accepted.expires_at = committed_at + timedelta(seconds=timeout_s)
+    return committed_at
+
+
+def _chain_line_head(accepted: Accepted, metadata_text: str | None) -> str | None:
+    """The start of the transfer's line in the hash chain, made before the accounts are locked;
+    None for a pending transfer with a timeout, whose expiry is known only once written."""
+    if accepted.expires_at is not None:
+        return None
+    transfer = accepted.transfer
+    return line_head(
+        transfer_id=transfer.id,
+        debit_account_id=accepted.debit_account_id,
+        credit_account_id=accepted.credit_account_id,
+        amount=accepted.amount,
+        asset=accepted.asset,
+        code=int(transfer.code),
+        flags=transfer.flags,
+        pending_id=transfer.pending_id,
+        timeout_s=transfer.timeout_s,
+        expires_at=None,
+        rate_card_version=transfer.rate_card_version,
+        event_id=transfer.event_id,
+        metadata_text=metadata_text,
+    )
+
+
+def _chain_entries(
+    accepted: Sequence[Accepted], heads: Sequence[str | None], committed_at: datetime
+) -> list[ChainEntry]:
+    entries: list[ChainEntry] = []
+    for item, head in zip(accepted, heads, strict=True):
+        if head is None:
+            entries.append(chain_entry(accepted_as_stored(item, committed_at)))
+            continue
+        tail = line_tail(item.debit_balance_after, item.credit_balance_after, committed_at)
+        transfer_id = item.transfer.id
+        entries.append((transfer_id.int, transfer_id, (head + tail).encode("utf-8")))
+    return entries
+
+
+async def store_batch(
+    conn: AsyncConnection, transfers: Sequence[Transfer], facts: AccountFacts | None
+) -> tuple[BatchOutcome, list[ChainEntry]]:
+    """Post `transfers` inside the caller's transaction on `conn`: read what the walk needs,
+    decide (`ledger.decide`), write what it accepted. `facts` (the database's `AccountFacts`)
+    spares locking and reading the accounts of a batch that guards none; without it, every batch
+    locks and reads its accounts first.
+
+    Returns a result per transfer and the chain entries of the stored ones, for the unit of work
+    to link just before its commit. Transfers that are not OK change nothing. A
+    `LedgerConflictError` means the unit of work should be run again.
+    """
+    if len(transfers) > TRANSFER_BATCH_SIZE_MAX:
+        raise ValueError(f"batch of {len(transfers)} exceeds {TRANSFER_BATCH_SIZE_MAX}")
+    if not transfers:
+        return BatchOutcome(results=[]), []
+    pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
+    stored, outcomes = await read_stored(conn, {t.id for t in transfers} | pending_ids)
+    roles = account_roles(transfers, stored)
+    accounts, originals, clock = await _read_accounts(conn, roles, facts)
+    # The walk's clock decides whether a stored pending transfer has expired. Without one to
+    # resolve, it is only a placeholder: transfers are stored with the clock of the write.
+    if clock is None and any(pending_id in stored for pending_id in pending_ids):
+        clock = await _clock(conn)
+    results, walk = decide_batch(
+        transfers,
+        accounts=accounts,
+        stored=stored,
+        pending_outcomes=outcomes,
+        decided_at=clock or datetime.now(UTC),
+    )
+    if not walk.accepted:
+        return BatchOutcome(results, None, 0), []
+    metadata_texts = [metadata_json(accepted.transfer.metadata) for accepted in walk.accepted]
+    heads = [
+        _chain_line_head(accepted, text)
+        for accepted, text in zip(walk.accepted, metadata_texts, strict=True)
+    ]
+    committed_at = await _write(conn, walk, originals, metadata_texts)
+    entries = _chain_entries(walk.accepted, heads, committed_at)
+    return BatchOutcome(results, committed_at, len(walk.accepted)), entries
+
+
+async def store_new_batch(
+    conn: AsyncConnection, batch: NewTransfers, facts: AccountFacts
+) -> tuple[datetime, list[ChainEntry]]:
+    """Post plain transfers that are not stored yet (`ledger.decide.plan_new_batch` says which
+    batches qualify), inside the caller's transaction, in one statement: step 4 alone. Returns
+    the commit timestamp and the transfers' chain entries.
+
+    A transfer id that is stored already fails the write on its unique key with
+    `LedgerConflictError`, as a race does in `store_batch`: the caller's unit of work runs
+    again, and should then post with `store_batch`.
+    """
+    known = await _account_facts(
+        conn, set(batch.debit_account_ids) | set(batch.credit_account_ids), facts
+    )
+    plan = plan_new_batch(batch, known)
+    count = len(batch.ids)
+    nones: list[None] = [None] * count
+    parameters = {
+        "account_ids": plan.account_ids,
+        "debits_posted": plan.debits_posted,
+        "credits_posted": plan.credits_posted,
+        "debits_pending": [0] * len(plan.account_ids),
+        "credits_pending": [0] * len(plan.account_ids),
+        "ids": batch.ids,
+        "debit_account_ids": batch.debit_account_ids,
+        "credit_account_ids": batch.credit_account_ids,
+        "amounts": batch.amounts,
+        "assets": plan.assets,
+        "codes": batch.codes,
+        "flags": [0] * count,
+        "pending_ids": nones,
+        "timeouts_s": nones,
+        "rate_card_versions": batch.rate_card_versions,
+        "event_ids": batch.event_ids,
+        "metadata": batch.metadata_texts,
+        "debit_offsets": plan.debit_offsets,
+        "credit_offsets": plan.credit_offsets,
+        "resolved_pending_ids": [],
+        "resolved_by": [],
+        "outcomes": [],
+    }
+    # The chain's lines are started before the write takes the accounts' locks.
+    heads = [
+        line_head(
+            transfer_id=batch.ids[index],
+            debit_account_id=batch.debit_account_ids[index],
+            credit_account_id=batch.credit_account_ids[index],
+            amount=batch.amounts[index],
+            asset=plan.assets[index],
+            code=batch.codes[index],
+            flags=0,
+            pending_id=None,
+            timeout_s=None,
+            expires_at=None,
+            rate_card_version=batch.rate_card_versions[index],
+            event_id=batch.event_ids[index],
+            metadata_text=batch.metadata_texts[index],
+        )
+        for index in range(count)
+    ]
+    rows = await _execute_write(conn, parameters, count)
+    balances_before = {row[0]: row[1] for row in rows}
+    committed_at: datetime = rows[0][2]
+    entries: list[ChainEntry] = []
+    for index in range(count):
+        transfer_id = batch.ids[index]
+        tail = line_tail(
+            balances_before[batch.debit_account_ids[index]] + plan.debit_offsets[index],
+            balances_before[batch.credit_account_ids[index]] + plan.credit_offsets[index],
+            committed_at,
+        )
+        entries.append((transfer_id.int, transfer_id, (heads[index] + tail).encode("utf-8")))
+    return committed_at, entries
+
+
+_UNIQUE_VIOLATION_SQLSTATE = "23505"
+_CONFLICT_SQLSTATES = {
+    _UNIQUE_VIOLATION_SQLSTATE,  # another writer stored the same key first
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+}
+
+
+def _is_unique_violation(error: DBAPIError) -> bool:
+    return getattr(error.orig, "sqlstate", None) == _UNIQUE_VIOLATION_SQLSTATE
+
+
+def is_conflict(error: BaseException) -> bool:
+    """Whether `error` means the unit of work lost a race with another writer (a duplicate
+    key, a deadlock, a serialization failure) and should run again."""
+    if isinstance(error, LedgerConflictError):
+        return True
+    return isinstance(error, DBAPIError) and (
+        getattr(error.orig, "sqlstate", None) in _CONFLICT_SQLSTATES
+    )

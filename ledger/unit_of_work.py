@@ -1,0 +1,171 @@
+"""A unit of work on the ledger: one database transaction that owns its connection, posts through
+the store, links what it stored into the hash chain just before its commit, and runs again
+(bounded, with backoff) when it lost a race with another writer.
+
+    async for tx in ledger.transactions():
+        async with tx:
+            outcome = await tx.post(transfers)
+            await tx.connection.execute(...)   # the caller's own rows, in the same transaction
+
+The loop body runs once, or again after a conflict (a duplicate key, a deadlock, a
+serialization failure), at most `retry_count_max` more times; anything else propagates at once.
+The chain head is locked only by the last statement before the commit, so a long unit of work
+never holds up other writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ledger.chain import ChainEntry, append_link_entries
+from ledger.model import BatchOutcome, NewTransfers, StoredTransfer, Transfer
+from ledger.store import AccountFacts, is_conflict, read_stored, store_batch, store_new_batch
+
+CONFLICT_BACKOFF_MS_FIRST = 5
+
+
+class LedgerTransaction:
+    """One attempt at a unit of work. Use it with `async with`; see the module's docstring."""
+
+    def __init__(self, engine: AsyncEngine, facts: AccountFacts, attempts: TransactionAttempts):
+        self._engine = engine
+        self._facts = facts
+        self._attempts = attempts
+        self._begin: AbstractAsyncContextManager[AsyncConnection] | None = None
+        self._connection: AsyncConnection | None = None
+        self._chain_entries: list[ChainEntry] = []
+
+    @property
+    def connection(self) -> AsyncConnection:
+        """The transaction's connection, for the caller's own statements."""
+        if self._connection is None:
+            raise RuntimeError("the ledger transaction is used outside its `async with`")
+        return self._connection
+
+    async def post(
+        self, transfers: Sequence[Transfer], *, lock_accounts_first: bool = False
+    ) -> BatchOutcome:
+        """Post a batch (`ledger.store.store_batch`): a result per transfer, in order.
+
+        `lock_accounts_first` locks and reads every account of the batch before the walk, even
+        when no transfer could break a balance rule (the cash-out desk posts its holds and
+        settlements so)."""
+        facts = None if lock_accounts_first else self._facts
+        outcome, entries = await store_batch(self.connection, transfers, facts)
+        self._chain_entries += entries
+        return outcome
+
+    async def post_new(self, batch: NewTransfers) -> datetime:
+        """Post plain transfers known not to be stored yet (`ledger.store.store_new_batch`);
+        returns the commit timestamp."""
+        committed_at, entries = await store_new_batch(self.connection, batch, self._facts)
+        self._chain_entries += entries
+        return committed_at
+
+    async def read_stored(
+        self, ids: Iterable[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, StoredTransfer], dict[uuid.UUID, str | None]]:
+        """Stored transfers by id, and how each pending one ended (None while open)."""
+        return await read_stored(self.connection, ids)
+
+    async def __aenter__(self) -> LedgerTransaction:
+        self._attempts.entered()
+        self._begin = self._engine.begin()
+        self._connection = await self._begin.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        """Link and commit, or roll back; a conflict with attempts left is swallowed, so the
+        caller's loop runs the unit of work again."""
+        assert self._begin is not None, "exited without entering"
+        error = exc
+        if error is None:
+            try:
+                await append_link_entries(self.connection, self._chain_entries)
+            except Exception as link_error:
+                error = link_error
+        try:
+            if error is None:
+                await self._begin.__aexit__(None, None, None)  # commits
+            else:
+                await self._begin.__aexit__(type(error), error, error.__traceback__)
+        except Exception as commit_error:
+            if error is not None:
+                raise
+            error = commit_error
+        finally:
+            self._connection = None
+        if error is None:
+            self._attempts.finish()
+            return False
+        if isinstance(error, Exception) and is_conflict(error) and self._attempts.may_run_again():
+            return True
+        if error is exc:
+            return False
+        raise error
+
+
+class TransactionAttempts:
+    """The attempts at one unit of work: `async for tx in attempts` yields a new
+    `LedgerTransaction` until one commits, or the retries run out and the conflict propagates."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        facts: AccountFacts,
+        *,
+        retry_count_max: int,
+        backoff_ms_max: int,
+    ) -> None:
+        if retry_count_max < 0 or backoff_ms_max < 0:
+            raise ValueError("retry_count_max and backoff_ms_max must not be negative")
+        self._engine = engine
+        self._facts = facts
+        self._retry_count_max = retry_count_max
+        self._backoff_ms_max = backoff_ms_max
+        self._attempt_count = 0
+        self._entered_count = 0
+        self._finished = False
+
+    def __aiter__(self) -> TransactionAttempts:
+        return self
+
+    async def __anext__(self) -> LedgerTransaction:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._entered_count != self._attempt_count:
+            raise RuntimeError("each ledger transaction must be run with `async with`")
+        if self._attempt_count > 0:
+            await asyncio.sleep(self._backoff_s())
+        self._attempt_count += 1
+        return LedgerTransaction(self._engine, self._facts, self)
+
+    def entered(self) -> None:
+        self._entered_count += 1
+
+    def may_run_again(self) -> bool:
+        return self._attempt_count <= self._retry_count_max
+
+    def finish(self) -> None:
+        self._finished = True
+
+    def _backoff_s(self) -> float:
+        """Doubling from CONFLICT_BACKOFF_MS_FIRST up to the cap, with jitter, so two writers
+        that deadlocked do not meet again at once."""
+        ceiling_ms = min(
+            self._backoff_ms_max, CONFLICT_BACKOFF_MS_FIRST * 2 ** (self._attempt_count - 1)
+        )
+        return random.uniform(ceiling_ms / 2, ceiling_ms) / 1_000

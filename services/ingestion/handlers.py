@@ -1,0 +1,514 @@
+"""One handler per consumed topic, in `HANDLERS`. Each takes the parsed events of one batch and
+applies them in one unit of work of the ledger (`Ledger.transactions()`): it drops the events
+already applied, posts the rest, and records them as applied (or dead-lettered) in the same
+transaction, so a redelivered batch changes nothing.
+
+Gifts, most of the traffic, take the ledger's path for new transfers (`post_new`): a gift whose
+event is not applied yet has no transfer yet. Tips, fund rewards, marketplace payments and
+reversals post linked chains of legs (`post`), whose stored ids make a repeat a no-op.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ledger.chain import metadata_json
+from ledger.chart import AccountSpec
+from ledger.model import (
+    NewTransfers,
+    PostResult,
+    StoredTransfer,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+)
+from ledger.service import Ledger, LedgerTransaction
+from schemas import topics
+from schemas.events import (
+    CashoutRequested,
+    Event,
+    FundRewarded,
+    GiftReversed,
+    GiftSent,
+    MarketplacePaid,
+    PayoutUpdated,
+    TipReceived,
+)
+from services.cashouts import (
+    CashoutDesk,
+    hold_source,
+    hold_target,
+    load_cashout,
+    request_accounts,
+    settlement_accounts,
+)
+from services.event_transfers import (
+    GIFT_DIAMOND_SOURCE,
+    GiftTransfer,
+    Leg,
+    batch_coin_leg,
+    fund_legs,
+    gift_transfer,
+    marketplace_legs,
+    reversal_legs,
+    tip_legs,
+    transfer_id,
+)
+from services.ingestion.event_store import EventStore
+from services.ingestion.records import BatchReport, DeadLetter, ParsedEvent
+from services.pricing import RateCardBook
+from services.profiles import apply_creator_updates
+
+# As plain ints: IntFlag members cost an enum lookup at each use in the per-transfer loop.
+_NO_FLAGS = int(TransferFlags.NONE)
+_LINKED = int(TransferFlags.LINKED)
+_GIFT_DIAMONDS = int(TransferCode.GIFT_DIAMONDS)
+_COIN_ACCOUNTS = (batch_coin_leg(1, 1).debit, batch_coin_leg(1, 1).credit)
+
+# An event's legs and the rate card version that priced them (None: not priced by a card).
+PlannedLegs = tuple[list[Leg], int | None]
+
+
+@dataclass(slots=True)
+class HandlerContext:
+    """What the handlers work with: the ledger, the rate cards in force (refreshed by the
+    consumer service), the cash-out desk and the ingestion's own store."""
+
+    ledger: Ledger
+    rate_cards: RateCardBook
+    desk: CashoutDesk
+    events: EventStore
+
+
+Handler = Callable[[HandlerContext, list[ParsedEvent], BatchReport], Awaitable[None]]
+
+
+# gifts.sent ---------------------------------------------------------------------------------
+
+
+async def on_gifts_sent(
+    context: HandlerContext, items: list[ParsedEvent], report: BatchReport
+) -> None:
+    """Each fresh gift is one transfer, stored with no lookup of its id, since its `event_id`
+    was not applied yet; the batch's coins are one transfer per rate card version."""
+    gifts: dict[str, GiftTransfer] = {}
+    specs = [GIFT_DIAMOND_SOURCE, *_COIN_ACCOUNTS]
+    for item in items:
+        event = item.event
+        if event.event_id not in gifts:  # only a first copy can be applied
+            assert isinstance(event, GiftSent)
+            gift = gift_transfer(event, context.rate_cards.in_force_at(event.occurred_at))
+            gifts[event.event_id] = gift
+            specs.append(gift.creator_account)
+    account_ids = await context.ledger.account_ids(specs)
+    early_letters = list(report.dead_letters)
+    async for tx in context.ledger.transactions():
+        async with tx:
+            batch_report = await _gifts_in(tx, context, items, gifts, account_ids, early_letters)
+    report.absorb(batch_report)
+
+
+async def _gifts_in(
+    tx: LedgerTransaction,
+    context: HandlerContext,
+    items: list[ParsedEvent],
+    gifts: dict[str, GiftTransfer],
+    account_ids: dict[str, int],
+    early_letters: list[DeadLetter],
+) -> BatchReport:
+    """The transaction of one batch of gifts. A gift applied meanwhile by another consumer
+    fails it on the event's or the transfer's unique key: the unit of work runs again, and then
+    finds that gift applied.
+
+    The applied events and dead letters are written first: the ledger's write locks the
+    platform's accounts, which every consumer's batch of gifts updates, until the commit."""
+    report = BatchReport()
+    conn = tx.connection
+    events = context.events
+    fresh = await events.drop_applied(conn, topics.GIFTS_SENT, items, report)
+    await events.record_applied(conn, topics.GIFTS_SENT, fresh)
+    await events.record_dead_letters(
+        conn, topics.GIFTS_SENT, [*early_letters, *report.dead_letters]
+    )
+    batch = NewTransfers()
+    source_id = account_ids[GIFT_DIAMOND_SOURCE.name]
+    for item in fresh:
+        gift = gifts[item.event.event_id]
+        batch.add(
+            transfer_id=gift.transfer_id,
+            debit_account_id=source_id,
+            credit_account_id=account_ids[gift.creator_account.name],
+            amount=gift.milli_diamonds,
+            code=_GIFT_DIAMONDS,
+            rate_card_version=gift.rate_card_version,
+            event_id=item.event.event_id,
+            metadata_text=gift.metadata_text,
+        )
+    _add_batch_coins(batch, fresh, gifts, account_ids)
+    if batch:
+        await tx.post_new(batch)
+    report.applied = len(fresh)
+    return report
+
+
+def _add_batch_coins(
+    batch: NewTransfers,
+    gifts: list[ParsedEvent],
+    planned: dict[str, GiftTransfer],
+    account_ids: dict[str, int],
+) -> None:
+    """One coin transfer per rate card version for the gifts applied in this transaction.
+
+    Its id is new on every attempt: it is stored only with the gifts it counts, in the same
+    transaction, and a redelivered gift is filtered out before it is counted again."""
+    coins_by_version: dict[int, tuple[int, int]] = {}
+    for item in gifts:
+        assert isinstance(item.event, GiftSent)
+        version = planned[item.event.event_id].rate_card_version
+        coins, count = coins_by_version.get(version, (0, 0))
+        coins_by_version[version] = (coins + item.event.coins * item.event.count, count + 1)
+    for version, (coins, count) in sorted(coins_by_version.items()):
+        leg = batch_coin_leg(coins, count)
+        batch.add(
+            transfer_id=uuid.uuid4(),
+            debit_account_id=account_ids[leg.debit.name],
+            credit_account_id=account_ids[leg.credit.name],
+            amount=leg.amount,
+            code=int(leg.code),
+            rate_card_version=version,
+            event_id=None,
+            metadata_text=metadata_json(leg.metadata),
+        )
+
+
+# tips.received, fund.rewarded, marketplace.paid ---------------------------------------------
+
+
+async def on_tips_received(
+    context: HandlerContext, items: list[ParsedEvent], report: BatchReport
+) -> None:
+    await _post_legs(context, topics.TIPS_RECEIVED, items, report)
+
+
+async def on_fund_rewarded(
+    context: HandlerContext, items: list[ParsedEvent], report: BatchReport
+) -> None:
+    await _post_legs(context, topics.FUND_REWARDED, items, report)
+
+
+async def on_marketplace_paid(
+    context: HandlerContext, items: list[ParsedEvent], report: BatchReport
+) -> None:
+    await _post_legs(context, topics.MARKETPLACE_PAID, items, report)
+
+
+def _legs_of(event: Event) -> list[Leg]:
+    """The legs of a tip, a fund reward or a marketplace payment."""
+    if isinstance(event, TipReceived):
+        return tip_legs(event)
+    if isinstance(event, FundRewarded):
+        return fund_legs(event)
+    if isinstance(event, MarketplacePaid):
+        return marketplace_legs(event)
+    raise AssertionError(f"no legs for {type(event).__name__}")
+
+
+async def _post_legs(
+    context: HandlerContext, topic: str, items: list[ParsedEvent], report: BatchReport
+) -> None:
+    planned: dict[str, PlannedLegs] = {}
+    specs: list[AccountSpec] = []
+    for item in items:
+        if item.event.event_id not in planned:  # only a first copy can be applied
+            legs = _legs_of(item.event)
+            planned[item.event.event_id] = (legs, None)
+            specs += [spec for leg in legs for spec in (leg.debit, leg.credit)]
+    await _post_planned(context, topic, items, planned, specs, report)
+
+
+# gifts.reversed -----------------------------------------------------------------------------
+
+
+async def on_gifts_reversed(
+    context: HandlerContext, items: list[ParsedEvent], report: BatchReport
+) -> None:
+    """A reversal is priced from its gift's stored transfer; one whose gift has not arrived is
+    parked, and dead-lettered once its wait is over."""
+    specs = [spec for item in items for spec in _reversal_accounts(item.event)]
+    await _post_planned(context, topics.GIFTS_REVERSED, items, {}, specs, report)
+
+
+def _reversal_accounts(event: Event) -> list[AccountSpec]:
+    """The accounts a reversal touches, known before its gift is looked up."""
+    assert isinstance(event, GiftReversed)
+    legs = reversal_legs(event, coins=1, milli_diamonds=1)
+    return [spec for leg in legs for spec in (leg.debit, leg.credit)]
+
+
+def _gift_diamonds_id(gift_event_id: str) -> uuid.UUID:
+    return transfer_id(topics.GIFTS_SENT, gift_event_id, "diamonds")
+
+
+def _gift_coins(gift_diamonds: StoredTransfer) -> int:
+    """A gift's coins, as recorded on its diamonds transfer."""
+    assert gift_diamonds.metadata is not None
+    return int(gift_diamonds.metadata["coins"])
+
+
+async def _plan_reversals(
+    tx: LedgerTransaction,
+    context: HandlerContext,
+    items: list[ParsedEvent],
+    planned: dict[str, PlannedLegs],
+    account_ids: dict[str, int],
+    report: BatchReport,
+) -> list[ParsedEvent]:
+    """Price each reversal from its gift's stored transfers; park those whose gift is
+    missing (or dead-letter them once their parking deadline has passed)."""
+    reversals = [item for item in items if isinstance(item.event, GiftReversed)]
+    gift_ids = [
+        _gift_diamonds_id(item.event.gift_event_id)  # type: ignore[attr-defined]
+        for item in reversals
+    ]
+    stored, _ = await tx.read_stored(gift_ids)
+    now = datetime.now(UTC)
+    ready: list[ParsedEvent] = []
+    to_park: list[ParsedEvent] = []
+    for item in reversals:
+        event = item.event
+        assert isinstance(event, GiftReversed)
+        gift_diamonds = stored.get(_gift_diamonds_id(event.gift_event_id))
+        if gift_diamonds is not None:
+            creator_account = account_ids[_reversal_accounts(event)[2].name]
+            if gift_diamonds.credit_account_id != creator_account:
+                report.dead_letters.append(
+                    DeadLetter(
+                        item.record,
+                        "creator_mismatch",
+                        f"gift {event.gift_event_id} was sent to another creator",
+                        event.event_id,
+                    )
+                )
+                continue
+            planned[event.event_id] = (
+                reversal_legs(event, _gift_coins(gift_diamonds), gift_diamonds.amount),
+                gift_diamonds.rate_card_version,
+            )
+            ready.append(item)
+        elif item.from_parking and item.parked_until is not None and item.parked_until <= now:
+            report.dead_letters.append(
+                DeadLetter(
+                    item.record,
+                    "gift_not_found",
+                    f"gift {event.gift_event_id} did not arrive before {item.parked_until}",
+                    event.event_id,
+                )
+            )
+        elif item.from_parking:
+            report.still_waiting.add(event.event_id)
+        else:
+            to_park.append(item)
+    await context.events.park(tx.connection, topics.GIFTS_REVERSED, to_park, now)
+    report.parked += len(to_park)
+    return ready
+
+
+# Posting planned legs (tips, fund, marketplace, reversals) ----------------------------------
+
+
+async def _post_planned(
+    context: HandlerContext,
+    topic: str,
+    items: list[ParsedEvent],
+    planned: dict[str, PlannedLegs],
+    specs: list[AccountSpec],
+    report: BatchReport,
+) -> None:
+    account_ids = await context.ledger.account_ids(specs)
+    early_letters = list(report.dead_letters)
+    async for tx in context.ledger.transactions():
+        async with tx:
+            batch_report = await _legs_in(
+                tx, context, topic, items, dict(planned), account_ids, early_letters
+            )
+    report.absorb(batch_report)
+
+
+async def _legs_in(
+    tx: LedgerTransaction,
+    context: HandlerContext,
+    topic: str,
+    items: list[ParsedEvent],
+    planned: dict[str, PlannedLegs],
+    account_ids: dict[str, int],
+    early_letters: list[DeadLetter],
+) -> BatchReport:
+    """The transaction of one batch; `early_letters` (bad input found before it) are
+    recorded with it."""
+    report = BatchReport()
+    conn = tx.connection
+    events = context.events
+    fresh = await events.drop_applied(conn, topic, items, report)
+    if topic == topics.GIFTS_REVERSED:
+        fresh = await _plan_reversals(tx, context, fresh, planned, account_ids, report)
+    transfers: list[Transfer] = []
+    owners: list[ParsedEvent] = []
+    for item in fresh:
+        legs, version = planned[item.event.event_id]
+        for position, leg in enumerate(legs):
+            last = position == len(legs) - 1
+            transfers.append(
+                Transfer(
+                    id=_leg_transfer_id(topic, item.event, leg),
+                    debit_account_id=account_ids[leg.debit.name],
+                    credit_account_id=account_ids[leg.credit.name],
+                    amount=leg.amount,
+                    code=leg.code,
+                    flags=_NO_FLAGS if last else _LINKED,
+                    rate_card_version=version,
+                    event_id=item.event.event_id,
+                    metadata=leg.metadata,
+                )
+            )
+            owners.append(item)
+    outcome = await tx.post(transfers)
+    results_by_event: dict[str, list[PostResult]] = {}
+    for item, result in zip(owners, outcome.results, strict=False):
+        results_by_event.setdefault(item.event.event_id, []).append(result)
+    applied: list[ParsedEvent] = []
+    for item in fresh:
+        results = results_by_event[item.event.event_id]
+        if all(result is PostResult.OK for result in results):
+            applied.append(item)
+        elif all(result is PostResult.EXISTS for result in results):
+            report.duplicates += 1
+        else:
+            refused = sorted({r.value for r in results if r is not PostResult.OK})
+            error = "already_reversed" if topic == topics.GIFTS_REVERSED else "ledger_refused"
+            report.dead_letters.append(
+                DeadLetter(item.record, error, ", ".join(refused), item.event.event_id)
+            )
+    await events.record_applied(conn, topic, applied)
+    await events.record_dead_letters(conn, topic, [*early_letters, *report.dead_letters])
+    settled = [item for item in items if item.event.event_id not in report.still_waiting]
+    await events.unpark(conn, topic, settled)
+    report.applied = len(applied)
+    return report
+
+
+def _leg_transfer_id(topic: str, event: Event, leg: Leg) -> uuid.UUID:
+    # A gift is reversed at most once, whatever the reversal event's id.
+    if isinstance(event, GiftReversed):
+        return transfer_id(topic, event.gift_event_id, leg.name)
+    return transfer_id(topic, event.event_id, leg.name)
+
+
+# creators.updated ---------------------------------------------------------------------------
+
+
+async def on_creators_updated(
+    context: HandlerContext, items: list[ParsedEvent], report: BatchReport
+) -> None:
+    """Creator profile updates: a projection, not transfers, but applied exactly like them:
+    deduplicated by event_id and recorded in the same transaction."""
+    early_letters = list(report.dead_letters)
+    topic = topics.CREATORS_UPDATED
+    events = context.events
+    async for tx in context.ledger.transactions():
+        async with tx:
+            batch_report = BatchReport()
+            conn = tx.connection
+            fresh = await events.drop_applied(conn, topic, items, batch_report)
+            updates = [item.event for item in fresh]
+            await apply_creator_updates(conn, updates)  # type: ignore[arg-type]
+            await events.record_applied(conn, topic, fresh)
+            letters = [*early_letters, *batch_report.dead_letters]
+            await events.record_dead_letters(conn, topic, letters)
+            batch_report.applied = len(fresh)
+    report.absorb(batch_report)
+
+
+# cashouts.requested, payouts.updated --------------------------------------------------------
+
+
+async def on_cashouts_requested(
+    context: HandlerContext, items: list[ParsedEvent], report: BatchReport
+) -> None:
+    specs = [
+        spec
+        for item in items
+        if isinstance(item.event, CashoutRequested)
+        for spec in request_accounts(item.event)
+    ]
+    await _apply_cashouts(context, topics.CASHOUTS_REQUESTED, items, specs, report)
+
+
+async def on_payouts_updated(
+    context: HandlerContext, items: list[ParsedEvent], report: BatchReport
+) -> None:
+    specs: list[AccountSpec] = []
+    async with context.ledger.connect() as conn:
+        for item in items:
+            assert isinstance(item.event, PayoutUpdated)
+            cashout = await load_cashout(conn, item.event.cashout_id)
+            if cashout is not None:
+                specs += [
+                    hold_source(cashout.creator_id, cashout.asset),
+                    hold_target(cashout.creator_id, cashout.asset),
+                    *settlement_accounts(cashout.payout_currency),
+                ]
+    await _apply_cashouts(context, topics.PAYOUTS_UPDATED, items, specs, report)
+
+
+async def _apply_cashouts(
+    context: HandlerContext,
+    topic: str,
+    items: list[ParsedEvent],
+    specs: list[AccountSpec],
+    report: BatchReport,
+) -> None:
+    """Cash-out requests and payout results, one at a time in one transaction per batch."""
+    account_ids = await context.ledger.account_ids(specs)
+    early_letters = list(report.dead_letters)
+    desk, events, rate_cards = context.desk, context.events, context.rate_cards
+    async for tx in context.ledger.transactions():
+        async with tx:
+            batch_report = BatchReport()
+            conn = tx.connection
+            fresh = await events.drop_applied(conn, topic, items, batch_report)
+            applied: list[ParsedEvent] = []
+            for item in fresh:
+                event = item.event
+                if isinstance(event, CashoutRequested):
+                    await desk.request(tx, event, rate_cards, account_ids)
+                    applied.append(item)
+                    continue
+                assert isinstance(event, PayoutUpdated)
+                refusal = await desk.payout_result(tx, event, rate_cards, account_ids)
+                if refusal is None:
+                    applied.append(item)
+                else:
+                    detail = f"payout {event.status} for cash-out {event.cashout_id}: {refusal}"
+                    batch_report.dead_letters.append(
+                        DeadLetter(item.record, refusal[:64], detail, event.event_id)
+                    )
+            await events.record_applied(conn, topic, applied)
+            letters = [*early_letters, *batch_report.dead_letters]
+            await events.record_dead_letters(conn, topic, letters)
+            batch_report.applied = len(applied)
+    report.absorb(batch_report)
+
+
+HANDLERS: dict[str, Handler] = {
+    topics.GIFTS_SENT: on_gifts_sent,
+    topics.GIFTS_REVERSED: on_gifts_reversed,
+    topics.TIPS_RECEIVED: on_tips_received,
+    topics.FUND_REWARDED: on_fund_rewarded,
+    topics.MARKETPLACE_PAID: on_marketplace_paid,
+    topics.CREATORS_UPDATED: on_creators_updated,
+    topics.CASHOUTS_REQUESTED: on_cashouts_requested,
+    topics.PAYOUTS_UPDATED: on_payouts_updated,
+}

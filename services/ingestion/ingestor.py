@@ -1,0 +1,117 @@
+"""Turning a batch of Kafka records into ledger transfers, exactly once in effect.
+
+One batch is one database transaction: its topic's handler (`handlers.HANDLERS`) drops the
+events already applied, posts the new ones' transfers through the `Ledger`, and records every
+applied `event_id` with the hash of its payload, all before the commit. The caller commits Kafka
+offsets only after this returns, so a crash anywhere means redelivery, and redelivery finds
+every event already applied.
+
+Every record ends in exactly one place: applied, duplicate, dead-lettered (with the reason), or
+parked (a reversal whose gift has not arrived yet, retried until a deadline, then dead-lettered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ledger.service import Ledger
+from services import metrics
+from services.cashouts import CashoutDesk
+from services.ingestion.event_store import PARKED_READ_COUNT_MAX, EventStore
+from services.ingestion.handlers import HANDLERS, HandlerContext
+from services.ingestion.records import (
+    BatchReport,
+    DeadLetter,
+    InputRecord,
+    ParsedEvent,
+    parse_record,
+)
+from services.pricing import RateCardBook
+
+
+class Ingestor:
+    """Applies batches of records of one topic to the ledger."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        rate_cards: RateCardBook,
+        desk: CashoutDesk,
+        *,
+        park_s: float,
+    ) -> None:
+        # The deployment's topic prefix (the desk's): parked events and dead letters are
+        # recorded under it.
+        self.topic_prefix = desk.topic_prefix
+        self.events = EventStore(desk.topic_prefix, park_s)
+        self.context = HandlerContext(ledger, rate_cards, desk, self.events)
+        self.counts = metrics.IngestCounts()
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.context.ledger
+
+    @property
+    def desk(self) -> CashoutDesk:
+        return self.context.desk
+
+    @property
+    def rate_cards(self) -> RateCardBook:
+        return self.context.rate_cards
+
+    @rate_cards.setter
+    def rate_cards(self, book: RateCardBook) -> None:
+        self.context.rate_cards = book
+
+    async def process(self, topic: str, records: Sequence[InputRecord]) -> BatchReport:
+        """Apply one batch of `topic` (the contract's name, without prefix).
+
+        Returns what became of each record; dead letters are for the caller to publish before it
+        commits the offsets. Database errors propagate, and the caller retries the same batch.
+        """
+        handler = HANDLERS.get(topic)
+        if handler is None:
+            raise ValueError(f"{topic} is not a consumed topic")
+        parsed: list[ParsedEvent] = []
+        report = BatchReport()
+        for record in records:
+            outcome = parse_record(topic, record)
+            if isinstance(outcome, DeadLetter):
+                report.dead_letters.append(outcome)
+            else:
+                parsed.append(outcome)
+        await handler(self.context, parsed, report)
+        self._count(topic, len(records), report)
+        return report
+
+    async def retry_parked(self, topic: str, limit: int = PARKED_READ_COUNT_MAX) -> BatchReport:
+        """Try parked events of `topic` again; past their deadline they are dead-lettered."""
+        async with self.ledger.connect() as conn:
+            parsed = await self.events.read_parked(conn, topic, limit)
+        report = BatchReport()
+        if parsed:
+            await HANDLERS[topic](self.context, parsed, report)
+            self.counts.unparked_applied += report.applied
+            self.counts.unparked_duplicates += report.duplicates
+            self.counts.unparked_dead_lettered += len(report.dead_letters)
+            metrics.EVENTS_APPLIED.labels(topic).inc(report.applied)
+            for letter in report.dead_letters:
+                metrics.EVENTS_DEAD_LETTERED.labels(topic, letter.error).inc()
+        return report
+
+    def _count(self, topic: str, consumed: int, report: BatchReport) -> None:
+        counts = self.counts
+        counts.consumed += consumed
+        counts.applied += report.applied
+        counts.duplicates += report.duplicates
+        counts.parked += report.parked
+        counts.dead_lettered += len(report.dead_letters)
+        for letter in report.dead_letters:
+            counts.dead_letter_errors[letter.error] = (
+                counts.dead_letter_errors.get(letter.error, 0) + 1
+            )
+            metrics.EVENTS_DEAD_LETTERED.labels(topic, letter.error).inc()
+        metrics.EVENTS_CONSUMED.labels(topic).inc(consumed)
+        metrics.EVENTS_APPLIED.labels(topic).inc(report.applied)
+        metrics.EVENTS_DUPLICATE.labels(topic).inc(report.duplicates)
+        metrics.EVENTS_PARKED.labels(topic).inc(report.parked)
