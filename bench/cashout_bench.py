@@ -5,7 +5,7 @@ One broker (the embedded Tansu, or `KAFKA_BOOTSTRAP_SERVERS`) and one fresh data
 (`giftledger_bench_<random>` on `DATABASE_URL`, else 127.0.0.1:5432, else the embedded PostgreSQL;
 migrated to head, dropped at the end). Topics get a unique prefix and
 `Settings.kafka_partition_count` partitions. The consumers are the product's `ConsumerService`
-and `Ingestor`, built as `services.runner.start_consumers` builds them (same `Ledger` and
+and `Ingestor`, built as `services.app.runner.start_consumers` builds them (same `Ledger` and
 `CashoutDesk` settings), with subclasses that only note times; the bank is
 `services.payout_rail.simulated_rail`.
 
@@ -62,17 +62,17 @@ from schemas.events import (
     PayoutUpdated,
 )
 from schemas.topics import all_topics
-from services.bootstrap import build_ledger
+from services.app.bootstrap import build_ledger
+from services.app.consumer import ConsumerService
+from services.cashout.desk import Cashout, CashoutDesk, CashoutLimits
+from services.cashout.eligibility import EligibilitySettings, get_eligibility_settings
 from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S
-from services.cashouts import Cashout, CashoutDesk, CashoutLimits
-from services.consumer import ConsumerService
-from services.eligibility import EligibilitySettings, get_eligibility_settings
-from services.embedded_broker import create_topics
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, InputRecord
-from services.payout_rail import PayoutRailService, RailSettings, simulated_rail
-from services.pricing import RateCardBook, load_rate_cards
-from services.settings import Settings
+from services.payout_rail.rail import PayoutRailService, RailSettings, simulated_rail
+from services.rates.rate_cards import RateCardBook, load_rate_cards
+from services.runtime.embedded_broker import create_topics
+from services.runtime.settings import Settings
 
 SEED = 20_251_128
 CASHOUT_DIAMONDS = 2_000
@@ -385,7 +385,8 @@ def consumer_settings(prefix: str) -> Settings:
 def new_consumers(
     settings: Settings, engine: AsyncEngine, bootstrap_servers: str, rate_cards: RateCardBook
 ) -> tuple[ClockedConsumerService, ClockedIngestor]:
-    """As the composition root (`services.bootstrap`) builds them, with clocks (not started)."""
+    """As the composition root (`services.app.bootstrap`) builds them, with clocks; not
+    started."""
     desk = ClockedDesk(
         CashoutLimits(settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents),
         get_eligibility_settings(),

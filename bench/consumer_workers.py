@@ -34,13 +34,13 @@ from bench.log_tally import LogTally
 from ledger.database import create_engine
 from ledger.service import Ledger
 from schemas import topics
-from services.bootstrap import build_desk, build_ledger
-from services.collector import settle_collector
-from services.consumer import ConsumerService
+from services.app.bootstrap import build_desk, build_ledger
+from services.app.consumer import ConsumerService
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, InputRecord
-from services.pricing import RateCardBook, load_rate_cards
-from services.settings import Settings
+from services.rates.rate_cards import RateCardBook, load_rate_cards
+from services.runtime.collector import settle_collector
+from services.runtime.settings import Settings
 
 # The slots of a worker's shared array of doubles.
 APPLIED, CONSUMED, DEAD_LETTERED, DUPLICATES, ASSIGNED, FIRST_BATCH_AT, STARTED = range(7)

@@ -73,15 +73,16 @@ from ledger import chart
 from ledger.chain import append_link
 from ledger.chart import AccountKind
 from ledger.database import create_engine
+from ledger.ids import transfer_id
 from ledger.model import PostResult, StoredTransfer, Transfer, TransferCode
 from ledger.service import Ledger
 from schemas import topics
 from schemas.events import GiftSent
 from schemas.topics import all_topics
-from services.embedded_broker import EmbeddedBroker, create_topics
-from services.event_transfers import CONSUMED_BY_INGESTOR, batch_coin_leg, transfer_id
-from services.pricing import RateCardBook, load_rate_cards
-from services.settings import Settings
+from services.ingestion.event_transfers import batch_coin_leg
+from services.rates.rate_cards import RateCardBook, load_rate_cards
+from services.runtime.embedded_broker import EmbeddedBroker, create_topics
+from services.runtime.settings import Settings
 
 SEED = 20_251_103
 CREATOR_COUNT = 50_000
@@ -572,7 +573,7 @@ async def drain(
     """Start `processes` consumer processes (one group) on a published backlog and time them
     until all `count` are applied. The workers are left running for the caller to stop."""
     workers = Workers.start(url, bootstrap_servers, settings, processes)
-    partitions = len(CONSUMED_BY_INGESTOR) * settings.kafka_partition_count
+    partitions = len(topics.CONSUMED_TOPICS) * settings.kafka_partition_count
     try:
         await wait_until(
             lambda: all(slots[STARTED] for slots in workers.slots),

@@ -55,7 +55,7 @@ from ledger.model import (
 )
 from ledger.service import Ledger
 from ledger.verify import verify
-from services.embedded_postgres import EmbeddedPostgres
+from services.runtime.embedded_postgres import EmbeddedPostgres
 
 DEFAULT_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 SERVER_PROBE_TIMEOUT_S = 3

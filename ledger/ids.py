@@ -1,4 +1,8 @@
-"""Transfer ids that sort by time.
+"""Transfer ids: derived from what a transfer records (`transfer_id`), or sorting by time
+(`time_ordered_id`).
+
+A derived id is the same on every delivery of the event it comes from, so the ledger's
+idempotency makes a redelivery a no-op and a reversal finds its gift's transfer without a lookup.
 
 Random (version 4) UUIDs land on random pages of the primary key indexes of `transfers` and
 `transfer_keys`: once those indexes outgrow memory, and after every checkpoint (when a page's
@@ -10,13 +14,35 @@ caller, here random or derived from what the transfer records so that it stays i
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+
+from asyncpg.pgproto import pgproto
 
 UNIX_MS_MAX = 2**48 - 1
 TAIL_BITS = 74
 _TAIL_MASK = 2**TAIL_BITS - 1
 _VERSION_7 = 7
 _VARIANT_RFC_9562 = 0b10
+
+TRANSFER_ID_NAMESPACE = uuid.UUID("0b7f8a52-3c1e-4f7e-9a55-2d6c1e4b9f10")
+_NAMESPACE_BYTES = TRANSFER_ID_NAMESPACE.bytes
+
+
+def transfer_id(topic: str, event_id: str, leg: str) -> uuid.UUID:
+    """The stable id of one leg of one event (`topic`, `event_id`, `leg`): the same on every
+    delivery and every consumer.
+
+    It is `uuid.uuid5(TRANSFER_ID_NAMESPACE, name)`, spelled out with the namespace's bytes
+    computed once, since every gift needs one (a test holds the two equal). The value is
+    asyncpg's `uuid.UUID` subclass, written in C: built, printed for the hash chain and sent to
+    the database several times faster than the standard class."""
+    name = f"{topic}\x1f{event_id}\x1f{leg}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    fast_uuid: uuid.UUID = pgproto.UUID(bytes(digest))
+    return fast_uuid
 
 
 def time_ordered_id(unix_ms: int, tail: int) -> uuid.UUID:

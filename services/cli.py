@@ -51,9 +51,15 @@ from ledger.queries import (
 from ledger.verify import check_names, verify
 from schemas.assets import format_amount
 from schemas.export import export_json_schemas
-from services import loadgen, loadtest, replay, runner
-from services.asyncapi import asyncapi_document
-from services.cashouts import (
+from services.api.documents import (
+    STATEMENT_CSV_COLUMNS,
+    creator_balances_document,
+    statement_csv_row,
+    trial_balance_document,
+)
+from services.app import runner
+from services.app.asyncapi import asyncapi_document
+from services.cashout.desk import (
     FxVersion,
     add_fx_rate,
     cashout_document,
@@ -61,17 +67,14 @@ from services.cashouts import (
     list_cashouts,
     list_fx_rates,
 )
-from services.database_runtime import DatabaseUnavailableError, error_reason, open_database
+from services.cashout.eligibility import creator_eligibility, get_eligibility_settings
 from services.demo import FreshStartError, run_demo
-from services.documents import (
-    STATEMENT_CSV_COLUMNS,
-    creator_balances_document,
-    statement_csv_row,
-    trial_balance_document,
-)
-from services.eligibility import creator_eligibility, get_eligibility_settings
-from services.pricing import RATE_CARD_NOTICE_S, add_rate_card, load_rate_cards
-from services.settings import configuration_problems, get_settings
+from services.loadtest import generator as loadgen
+from services.loadtest import replay
+from services.loadtest import run as loadtest
+from services.rates.rate_cards import RATE_CARD_NOTICE_S, add_rate_card, load_rate_cards
+from services.runtime.database import DatabaseUnavailableError, error_reason, open_database
+from services.runtime.settings import configuration_problems, get_settings
 
 PROGRAM = "giftledger"
 EXIT_OK = 0

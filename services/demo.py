@@ -39,14 +39,14 @@ from ledger.migrate import upgrade_to_head
 from ledger.queries import trial_balance
 from ledger.verify import verify
 from schemas.assets import format_amount
-from services.api import create_app, serve_api
-from services.consumer import ConsumerService
-from services.database_runtime import engine_as_role, open_database
-from services.kafka_runtime import open_kafka
-from services.payout_rail import PayoutRailService
-from services.runner import start_consumers, start_payout_rail, stop_on_signals
-from services.sample_stream import SampleRecord, sample_cashouts, sample_stream
-from services.settings import Settings
+from services.api.server import create_app, serve_api
+from services.app.consumer import ConsumerService
+from services.app.runner import start_consumers, start_payout_rail, stop_on_signals
+from services.loadtest.sample_stream import SampleRecord, sample_cashouts, sample_stream
+from services.payout_rail.rail import PayoutRailService
+from services.runtime.database import engine_as_role, open_database
+from services.runtime.kafka import open_kafka
+from services.runtime.settings import Settings
 
 ASSIGNMENT_WAIT_S = 60.0
 SETTLE_WAIT_S = 120.0

@@ -35,11 +35,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
 from schemas import topics
-from services.api import create_app, serve_api
+from services.api.server import create_app, serve_api
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import InputRecord
-from services.pricing import load_rate_cards
-from services.settings import Settings
+from services.rates.rate_cards import load_rate_cards
+from services.runtime.settings import Settings
 from tests import event_factory as make
 from tests.ingestion_fixtures import make_ingestor
 

@@ -16,12 +16,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-u
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.topics import all_topics
-from services.bootstrap import build_ingestor
-from services.consumer import ConsumerService
-from services.embedded_broker import create_topics
+from services.app.bootstrap import build_ingestor
+from services.app.consumer import ConsumerService
 from services.ingestion.ingestor import Ingestor
-from services.pricing import RateCardBook, load_rate_cards
-from services.settings import Settings
+from services.rates.rate_cards import RateCardBook, load_rate_cards
+from services.runtime.embedded_broker import create_topics
+from services.runtime.settings import Settings
 
 PARTITION_COUNT = 4
 ASSIGNMENT_WAIT_S = 60.0

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 
 from schemas.topics import all_topics
-from services.embedded_broker import EmbeddedBroker, create_topics, wait_for_broker
+from services.runtime.embedded_broker import EmbeddedBroker, create_topics, wait_for_broker
 
 TEST_PARTITION_COUNT = 4
 EXTERNAL_BROKER_WAIT_S = 30.0

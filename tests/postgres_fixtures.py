@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ledger.database import create_engine, to_async_url
 from ledger.migrate import upgrade_to_head
-from services.embedded_postgres import EmbeddedPostgres
+from services.runtime.embedded_postgres import EmbeddedPostgres
 
 DOCKER_PROBE_TIMEOUT_S = 10
 

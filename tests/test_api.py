@@ -29,11 +29,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
-from services import settings as settings_module
-from services.api import create_app, reader_connection, serve_api
-from services.api_auth import OPERATOR_ROLES, require_role
+from services.api.auth import OPERATOR_ROLES, require_role
+from services.api.server import create_app, reader_connection, serve_api
 from services.cli import main
-from services.settings import Settings
+from services.runtime import settings as settings_module
+from services.runtime.settings import Settings
 from tests.api_server import (
     FINANCE_TOKEN,
     OPERATOR_TOKEN,

@@ -7,7 +7,7 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.cashouts import FxRate, convert, decimal_text
+from services.cashout.desk import FxRate, convert, decimal_text
 
 USD = FxRate("USD", Fraction(1))
 EUR = FxRate("EUR", Fraction(92, 100))

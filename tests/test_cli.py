@@ -37,10 +37,10 @@ from ledger.migrate import alembic_config, head_revision
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
 from ledger.service import Ledger
 from schemas.events import CreatorUpdated
-from services import settings
+from services.cashout.eligibility import get_eligibility_settings
+from services.cashout.profiles import apply_creator_updates
 from services.cli import main
-from services.eligibility import get_eligibility_settings
-from services.profiles import apply_creator_updates
+from services.runtime import settings
 from tests import event_factory
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

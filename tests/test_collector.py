@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.collector import YOUNG_COLLECTION_ALLOCATIONS, settle_collector
+from services.runtime.collector import YOUNG_COLLECTION_ALLOCATIONS, settle_collector
 
 
 @pytest.fixture

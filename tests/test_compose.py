@@ -1,7 +1,8 @@
 """docker-compose.yml and the Dockerfile, held against the settings the service reads.
 
-Nothing here needs Docker: the files are parsed and compared with `services.settings.Settings`,
-so a renamed setting or a moved port fails here rather than in someone's `docker compose up`.
+Nothing here needs Docker: the files are parsed and compared with
+`services.runtime.settings.Settings`, so a renamed setting or a moved port fails here rather than
+in someone's `docker compose up`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_PATH = REPO_ROOT / "docker-compose.yml"

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.verify import verify
 from schemas import topics
 from schemas.topics import all_topics
-from services.embedded_broker import create_topics
+from services.runtime.embedded_broker import create_topics
 from tests import event_factory as make
 from tests.ingestion_fixtures import wait_until
 

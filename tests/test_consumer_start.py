@@ -10,10 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas import topics
 from schemas.topics import all_topics
-from services.consumer import ConsumerService
-from services.embedded_broker import create_topics
-from services.pricing import load_rate_cards
-from services.settings import Settings
+from services.app.consumer import ConsumerService
+from services.rates.rate_cards import load_rate_cards
+from services.runtime.embedded_broker import create_topics
+from services.runtime.settings import Settings
 from tests.ingestion_fixtures import ASSIGNMENT_WAIT_S, PARTITION_COUNT, make_ingestor, wait_until
 
 

@@ -17,7 +17,7 @@ from ledger.queries import creator_balances
 from ledger.verify import verify
 from schemas import topics
 from schemas.topics import all_topics
-from services.embedded_broker import create_topics
+from services.runtime.embedded_broker import create_topics
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, start_consumers, wait_until
 from tests.tcp_proxy import CuttableProxy

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.queries import creator_balances
 from schemas import topics
 from services.ingestion.records import InputRecord
-from services.pricing import load_rate_cards
+from services.rates.rate_cards import load_rate_cards
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, make_ingestor, wait_until
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 
-from services import settings as settings_module
 from services.cli import EXIT_OK, EXIT_USAGE, main
 from services.demo import (
     EMBEDDED_HANDLES_FILE,
@@ -37,7 +36,8 @@ from services.demo import (
     embedded_database_dir,
     start_fresh,
 )
-from services.settings import Settings
+from services.runtime import settings as settings_module
+from services.runtime.settings import Settings
 
 DEMO_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60

@@ -20,7 +20,7 @@ from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
 from schemas.topics import all_topics
-from services.embedded_broker import (
+from services.runtime.embedded_broker import (
     BrokerUnavailableError,
     EmbeddedBroker,
     EmbeddedBrokerError,

@@ -19,9 +19,9 @@ from ledger.migrate import upgrade_to_head
 from ledger.verify import verify
 from schemas import topics
 from schemas.topics import all_topics
-from services.embedded_broker import create_topics
-from services.embedded_postgres import EmbeddedPostgres
-from services.payout_rail import RailSettings, simulated_rail
+from services.payout_rail.rail import RailSettings, simulated_rail
+from services.runtime.embedded_broker import create_topics
+from services.runtime.embedded_postgres import EmbeddedPostgres
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, start_consumers, wait_until
 

@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from ledger import chart
 from ledger.chain import metadata_json
+from ledger.ids import TRANSFER_ID_NAMESPACE
 from schemas import topics
 from schemas.events import GiftSent
-from services.event_transfers import TRANSFER_ID_NAMESPACE, gift_metadata_text, gift_transfer
-from services.pricing import BEGINNING_OF_TIME, RateCard
+from services.ingestion.event_transfers import gift_metadata_text, gift_transfer
+from services.rates.rate_cards import BEGINNING_OF_TIME, RateCard
 
 CARD = RateCard(3, BEGINNING_OF_TIME, 500, 200)
 

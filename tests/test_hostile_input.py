@@ -41,8 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.verify import verify
 from schemas import topics
 from schemas.events import AMOUNT_MAX, CONSUMED_EVENT_MODELS, ID_LENGTH_MAX, GiftSent
-from services.event_transfers import (
-    CONSUMED_BY_INGESTOR,
+from services.ingestion.event_transfers import (
     fund_legs,
     gift_transfer,
     marketplace_legs,
@@ -50,7 +49,7 @@ from services.event_transfers import (
 )
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import ERROR_DETAIL_LENGTH_MAX, BatchReport, InputRecord
-from services.pricing import load_rate_cards
+from services.rates.rate_cards import load_rate_cards
 from tests import event_factory as make
 from tests import hostile_strategies as hs
 from tests.ingestion_fixtures import make_ingestor
@@ -277,7 +276,7 @@ async def run_in_batches(
 # --- (a) valid events, mutated ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("topic", CONSUMED_BY_INGESTOR)
+@pytest.mark.parametrize("topic", topics.CONSUMED_TOPICS)
 @hostile_settings
 @given(data=st.data())
 async def test_mutated_events_are_applied_or_dead_lettered_and_never_raise(
@@ -300,7 +299,7 @@ async def test_mutated_events_are_applied_or_dead_lettered_and_never_raise(
 # --- (b) raw bytes ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("topic", CONSUMED_BY_INGESTOR)
+@pytest.mark.parametrize("topic", topics.CONSUMED_TOPICS)
 @hostile_settings
 @given(data=st.data())
 async def test_bytes_that_are_not_events_are_dead_lettered_and_never_raise(
@@ -356,7 +355,7 @@ RAW_TABLE: list[tuple[bytes | None, str]] = [
 ]
 
 
-@pytest.mark.parametrize("topic", CONSUMED_BY_INGESTOR)
+@pytest.mark.parametrize("topic", topics.CONSUMED_TOPICS)
 async def test_each_kind_of_raw_input_and_an_empty_batch_get_their_outcome(
     engine: AsyncEngine, ingestor: Ingestor, topic: str
 ) -> None:
@@ -382,7 +381,7 @@ async def test_a_megabyte_field_is_dead_lettered_quickly_with_a_short_detail(
 # --- (c) an event_id reused with another payload -----------------------------------------------
 
 
-@pytest.mark.parametrize("topic", CONSUMED_BY_INGESTOR)
+@pytest.mark.parametrize("topic", topics.CONSUMED_TOPICS)
 @settings(hostile_settings, max_examples=max(1, EXAMPLES * 3 // 4))
 @given(data=st.data())
 async def test_an_event_id_reused_with_another_payload_never_replaces_the_first(
@@ -529,7 +528,7 @@ def story_records(draw: st.DrawFn, creator: str) -> list[tuple[str, bytes | None
         entries[i] for i in draw(st.lists(st.sampled_from(range(len(entries))), max_size=5))
     ]
     for _ in range(draw(st.integers(0, 3))):
-        topic = draw(st.sampled_from(CONSUMED_BY_INGESTOR))
+        topic = draw(st.sampled_from(topics.CONSUMED_TOPICS))
         extras.append((topic, draw(hs.hostile_record(topic, creator)).value))
     for _ in range(draw(st.integers(0, 2))):
         topic, value = draw(st.sampled_from(entries))

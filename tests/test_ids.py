@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.ids import TAIL_BITS, UNIX_MS_MAX, time_ordered_id
-from services.event_transfers import TRANSFER_ID_NAMESPACE, transfer_id
+from ledger.ids import TAIL_BITS, TRANSFER_ID_NAMESPACE, UNIX_MS_MAX, time_ordered_id, transfer_id
 
 unix_ms = st.integers(min_value=0, max_value=UNIX_MS_MAX)
 tails = st.integers(min_value=0, max_value=2**TAIL_BITS - 1)

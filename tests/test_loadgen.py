@@ -19,10 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import topics
-from services.cashouts import FxRate, convert
-from services.eligibility import EligibilitySettings, evaluate
+from services.cashout.desk import FxRate, convert
+from services.cashout.eligibility import EligibilitySettings, evaluate
+from services.cashout.profiles import CreatorProfile
 from services.ingestion.records import DeadLetter, InputRecord, parse_record
-from services.loadgen import (
+from services.loadtest.generator import (
     CREATOR_MISMATCH,
     EVENT_ID_CONFLICT,
     UNKNOWN_CASHOUT,
@@ -37,8 +38,7 @@ from services.loadgen import (
     generate_command,
     load_expected,
 )
-from services.profiles import CreatorProfile
-from services.replay import read_stream
+from services.loadtest.replay import read_stream
 
 EVENTS = 3_000
 

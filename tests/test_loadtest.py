@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from services.loadgen import ExpectedState, StreamShape, generate
-from services.loadtest import (
+from services.loadtest.generator import ExpectedState, StreamShape, generate
+from services.loadtest.replay import StreamRecord
+from services.loadtest.run import (
     LoadtestError,
     Observed,
     SendTimes,
@@ -19,8 +20,7 @@ from services.loadtest import (
     percentile,
     table_warnings,
 )
-from services.replay import StreamRecord
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 EVENTS = 3_000
 

@@ -21,8 +21,7 @@ from pydantic import ValidationError
 
 from schemas import topics
 from schemas.events import ID_LENGTH_MAX, PayoutRequested, PayoutUpdated
-from services.embedded_broker import create_topics
-from services.payout_rail import (
+from services.payout_rail.rail import (
     DEFAULT_FAILURE_CODES,
     DEFAULT_RETURN_CODES,
     PayoutOutcome,
@@ -33,6 +32,7 @@ from services.payout_rail import (
     report_event_id,
     simulated_rail,
 )
+from services.runtime.embedded_broker import create_topics
 
 PARTITION_COUNT = 4
 SESSION_TIMEOUT_MS = 6_000

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.events import GiftSent
-from services.pricing import BEGINNING_OF_TIME, RateCard, RateCardBook
+from services.rates.rate_cards import BEGINNING_OF_TIME, RateCard, RateCardBook
 
 offsets = st.integers(min_value=-(23 * 60 + 59), max_value=23 * 60 + 59).map(
     lambda minutes: timezone(timedelta(minutes=minutes))

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.events import CreatorUpdated
-from services.eligibility import (
+from services.cashout.eligibility import (
     RULES,
     EligibilityReport,
     EligibilitySettings,
@@ -23,7 +23,7 @@ from services.eligibility import (
     creator_eligibility,
     evaluate,
 )
-from services.profiles import CreatorProfile, apply_creator_updates, creator_profile
+from services.cashout.profiles import CreatorProfile, apply_creator_updates, creator_profile
 
 TODAY = date(2026, 11, 3)
 EARLIER = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)

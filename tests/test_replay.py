@@ -19,9 +19,8 @@ from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
 from schemas import topics
 from schemas.topics import all_topics
-from services.embedded_broker import create_topics
-from services.loadgen import StreamFormatError, StreamShape, generate
-from services.replay import (
+from services.loadtest.generator import StreamFormatError, StreamShape, generate
+from services.loadtest.replay import (
     ReplayReport,
     add_replay_arguments,
     checkpoint_path,
@@ -30,6 +29,7 @@ from services.replay import (
     read_stream,
     replay,
 )
+from services.runtime.embedded_broker import create_topics
 
 PARTITION_COUNT = 2
 READ_WAIT_S = 30.0

@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from services.eligibility import EligibilitySettings
-from services.settings import Settings, configuration_problems
+from services.cashout.eligibility import EligibilitySettings
+from services.runtime.settings import Settings, configuration_problems
 
 PASSWORD = "s3cret-word"
 DIGEST = "ab" * 32

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from ledger.service import Ledger
 from schemas import topics
 from schemas.events import PayoutRequested
-from services.cashouts import CashoutDesk
+from services.cashout.desk import CashoutDesk
 
 OUTBOX_POLL_INTERVAL_S = 0.2
 OUTBOX_BATCH_SIZE_MAX = 500

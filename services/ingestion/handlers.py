@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from ledger.chain import metadata_json
 from ledger.chart import AccountSpec
+from ledger.ids import transfer_id
 from ledger.model import (
     NewTransfers,
     PostResult,
@@ -37,7 +38,7 @@ from schemas.events import (
     PayoutUpdated,
     TipReceived,
 )
-from services.cashouts import (
+from services.cashout.desk import (
     CashoutDesk,
     hold_source,
     hold_target,
@@ -45,7 +46,9 @@ from services.cashouts import (
     request_accounts,
     settlement_accounts,
 )
-from services.event_transfers import (
+from services.cashout.profiles import apply_creator_updates
+from services.ingestion.event_store import EventStore
+from services.ingestion.event_transfers import (
     GIFT_DIAMOND_SOURCE,
     GiftTransfer,
     Leg,
@@ -55,12 +58,9 @@ from services.event_transfers import (
     marketplace_legs,
     reversal_legs,
     tip_legs,
-    transfer_id,
 )
-from services.ingestion.event_store import EventStore
 from services.ingestion.records import BatchReport, DeadLetter, ParsedEvent
-from services.pricing import RateCardBook
-from services.profiles import apply_creator_updates
+from services.rates.rate_cards import RateCardBook
 
 # As plain ints: IntFlag members cost an enum lookup at each use in the per-transfer loop.
 _NO_FLAGS = int(TransferFlags.NONE)

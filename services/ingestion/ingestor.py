@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ledger.service import Ledger
-from services import metrics
-from services.cashouts import CashoutDesk
+from services.cashout.desk import CashoutDesk
 from services.ingestion.event_store import PARKED_READ_COUNT_MAX, EventStore
 from services.ingestion.handlers import HANDLERS, HandlerContext
 from services.ingestion.records import (
@@ -26,7 +25,8 @@ from services.ingestion.records import (
     ParsedEvent,
     parse_record,
 )
-from services.pricing import RateCardBook
+from services.rates.rate_cards import RateCardBook
+from services.runtime import metrics
 
 
 class Ingestor:

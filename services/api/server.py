@@ -2,7 +2,7 @@
 
 Authentication: every route but `/healthz` (and the OpenAPI pages `/openapi.json`, `/docs`,
 `/redoc` and their scripts and styles under `/docs/static`) needs `Authorization: Bearer <token>`.
-`API_TOKENS` maps the SHA-256 hex digest of each token to its role (services/api_auth.py); no token
+`API_TOKENS` maps the SHA-256 hex digest of each token to its role (services/api/auth.py); no token
 or an unknown one is 401, a known token whose role may not use a route is 403.
 
 | route                    | no or unknown token | finance | operator |
@@ -63,8 +63,14 @@ from ledger.queries import (
 )
 from schemas import topics
 from schemas.assets import ASSET_SCALES, DIAMOND
-from services.api_auth import READ_ROLES, TokenBook, require_role
-from services.api_queries import (
+from services.api.auth import READ_ROLES, TokenBook, require_role
+from services.api.documents import (
+    STATEMENT_CSV_COLUMNS,
+    creator_balances_document,
+    statement_csv_row,
+    trial_balance_document,
+)
+from services.api.queries import (
     applied_events,
     cashout_transitions,
     cashouts_report,
@@ -73,15 +79,14 @@ from services.api_queries import (
     gifts_report,
     money_report,
 )
-from services.cashouts import CASHOUT_LIST_LIMIT_MAX, cashout_document, list_cashouts, load_cashout
-from services.documents import (
-    STATEMENT_CSV_COLUMNS,
-    creator_balances_document,
-    statement_csv_row,
-    trial_balance_document,
+from services.cashout.desk import (
+    CASHOUT_LIST_LIMIT_MAX,
+    cashout_document,
+    list_cashouts,
+    load_cashout,
 )
-from services.eligibility import creator_eligibility, get_eligibility_settings
-from services.settings import Settings
+from services.cashout.eligibility import creator_eligibility, get_eligibility_settings
+from services.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.service import Ledger
-from services.cashouts import CashoutDesk, CashoutLimits
-from services.eligibility import EligibilitySettings, get_eligibility_settings
+from services.cashout.desk import CashoutDesk, CashoutLimits
+from services.cashout.eligibility import EligibilitySettings, get_eligibility_settings
 from services.ingestion.ingestor import Ingestor
-from services.pricing import RateCardBook, load_rate_cards
-from services.settings import Settings
+from services.rates.rate_cards import RateCardBook, load_rate_cards
+from services.runtime.settings import Settings
 
 
 def build_ledger(settings: Settings, engine: AsyncEngine) -> Ledger:

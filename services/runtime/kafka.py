@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from schemas.topics import all_topics
-from services.embedded_broker import EmbeddedBroker, create_topics, wait_for_broker
-from services.settings import Settings
+from services.runtime.embedded_broker import EmbeddedBroker, create_topics, wait_for_broker
+from services.runtime.settings import Settings
 
 BROKER_WAIT_S = 60.0
 

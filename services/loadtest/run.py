@@ -65,11 +65,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ledger.migrate import upgrade_to_head
 from ledger.verify import verify
 from schemas import topics
-from services.consumer import ConsumerService
-from services.database_runtime import engine_as_role, open_database, safe_url
-from services.eligibility import get_eligibility_settings
-from services.kafka_runtime import open_kafka
-from services.loadgen import (
+from services.app.consumer import ConsumerService
+from services.app.runner import start_consumers, start_payout_rail
+from services.cashout.eligibility import get_eligibility_settings
+from services.loadtest.generator import (
     ExpectedState,
     StreamFormatError,
     StreamShape,
@@ -78,17 +77,18 @@ from services.loadgen import (
     load_expected,
     shape_from_arguments,
 )
-from services.payout_rail import PayoutRailService
-from services.pricing import load_rate_cards
-from services.replay import (
+from services.loadtest.replay import (
     ReplayMode,
     StreamRecord,
     add_pacing_arguments,
     pacing_from_arguments,
     replay,
 )
-from services.runner import start_consumers, start_payout_rail
-from services.settings import Settings, get_settings
+from services.payout_rail.rail import PayoutRailService
+from services.rates.rate_cards import load_rate_cards
+from services.runtime.database import engine_as_role, open_database, safe_url
+from services.runtime.kafka import open_kafka
+from services.runtime.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

@@ -34,14 +34,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import chart
 from ledger.chart import AccountKind, AccountSpec
+from ledger.ids import transfer_id
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
 from ledger.service import LedgerTransaction
 from schemas import topics
 from schemas.assets import ASSET_SCALES, CURRENCIES, DIAMOND
 from schemas.events import CashoutRequested, CashoutUpdated, PayoutRequested, PayoutUpdated
-from services.eligibility import EligibilitySettings, creator_eligibility
-from services.event_transfers import transfer_id
-from services.pricing import RateCardBook
+from services.cashout.eligibility import EligibilitySettings, creator_eligibility
+from services.rates.rate_cards import RateCardBook
 
 MILLI_PER_DIAMOND = 1_000
 USD_MICROS = 1_000_000

@@ -14,14 +14,14 @@ from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import require_current_schema, upgrade_to_head
-from services.api import create_app, serve_api
-from services.bootstrap import load_ingestor
-from services.collector import settle_collector
-from services.consumer import ConsumerService
-from services.database_runtime import engine_as_role, open_database
-from services.kafka_runtime import open_kafka
-from services.payout_rail import PayoutRailService, RailSettings, simulated_rail
-from services.settings import Settings
+from services.api.server import create_app, serve_api
+from services.app.bootstrap import load_ingestor
+from services.app.consumer import ConsumerService
+from services.payout_rail.rail import PayoutRailService, RailSettings, simulated_rail
+from services.runtime.collector import settle_collector
+from services.runtime.database import engine_as_role, open_database
+from services.runtime.kafka import open_kafka
+from services.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """`giftledger replay FILE`: publish a generated stream to any Kafka cluster, resumably.
 
-Records go out with their key and their exact bytes (see `services.loadgen` for the file format),
-each to `<prefix><topic>`, through one aiokafka producer (linger 10 ms, batches up to 256 KB,
-`acks=all`). Three pacings:
+Records go out with their key and their exact bytes (see `services.loadtest.generator` for the
+file format), each to `<prefix><topic>`, through one aiokafka producer (linger 10 ms, batches
+up to 256 KB, `acks=all`). Three pacings:
 
 - `recorded`: the stream's own timing (`offset_ms`), scaled by `speed` (2.0: twice as fast);
 - `rate`: a fixed number of records a second, through a token bucket (bursts of at most 100 ms
@@ -43,9 +43,9 @@ from typing import Any, Literal, TextIO
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from schemas.topics import all_topics
-from services.embedded_broker import create_topics, wait_for_broker
-from services.loadgen import StreamFormatError, expected_path
-from services.settings import Settings, get_settings
+from services.loadtest.generator import StreamFormatError, expected_path
+from services.runtime.embedded_broker import create_topics, wait_for_broker
+from services.runtime.settings import Settings, get_settings
 
 ReplayMode = Literal["recorded", "rate", "max"]
 REPLAY_MODES: tuple[ReplayMode, ...] = ("recorded", "rate", "max")

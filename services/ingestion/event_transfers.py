@@ -7,16 +7,14 @@ transfers and the ledger's idempotency does the rest.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any, NamedTuple
 
-from asyncpg.pgproto import pgproto
-
 from ledger import chart
 from ledger.chart import AccountKind, AccountSpec
+from ledger.ids import transfer_id
 from ledger.model import TransferCode
 from schemas import topics
 from schemas.events import (
@@ -26,25 +24,7 @@ from schemas.events import (
     MarketplacePaid,
     TipReceived,
 )
-from services.pricing import RateCard
-
-TRANSFER_ID_NAMESPACE = uuid.UUID("0b7f8a52-3c1e-4f7e-9a55-2d6c1e4b9f10")
-_NAMESPACE_BYTES = TRANSFER_ID_NAMESPACE.bytes
-
-
-def transfer_id(topic: str, event_id: str, leg: str) -> uuid.UUID:
-    """The stable id of one leg of one event: the same on every delivery and every consumer.
-
-    It is `uuid.uuid5(TRANSFER_ID_NAMESPACE, name)`, spelled out with the namespace's bytes
-    computed once, since every gift needs one (a test holds the two equal). The value is
-    asyncpg's `uuid.UUID` subclass, written in C: built, printed for the hash chain and sent to
-    the database several times faster than the standard class."""
-    name = f"{topic}\x1f{event_id}\x1f{leg}".encode()
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    fast_uuid: uuid.UUID = pgproto.UUID(bytes(digest))
-    return fast_uuid
+from services.rates.rate_cards import RateCard
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,21 +194,3 @@ def marketplace_legs(event: MarketplacePaid) -> list[Leg]:
             )
         )
     return legs
-
-
-LEDGER_TOPICS = (
-    topics.GIFTS_SENT,
-    topics.GIFTS_REVERSED,
-    topics.TIPS_RECEIVED,
-    topics.FUND_REWARDED,
-    topics.MARKETPLACE_PAID,
-)
-
-# Topics the consumers apply: the ledger topics above, creator profiles (a projection), and
-# the cash-out topics (services/cashouts.py).
-CONSUMED_BY_INGESTOR = (
-    *LEDGER_TOPICS,
-    topics.CREATORS_UPDATED,
-    topics.CASHOUTS_REQUESTED,
-    topics.PAYOUTS_UPDATED,
-)

@@ -17,7 +17,7 @@ from faststream.specification import AsyncAPI
 
 from schemas import topics
 from schemas.events import CONSUMED_EVENT_MODELS, PRODUCED_EVENT_MODELS
-from services.consumer import TOPIC_DESCRIPTIONS
+from services.app.consumer import TOPIC_DESCRIPTIONS
 
 DOCUMENT_VERSION = "1.0.0"
 OTHER_DESCRIPTIONS = {

@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.profiles import CreatorProfile, creator_profile
+from services.cashout.profiles import CreatorProfile, creator_profile
 
 COUNTRY_COUNT_MAX = 300
 TALLY_THRESHOLD_MAX = 10**12

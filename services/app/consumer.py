@@ -22,13 +22,12 @@ from faststream.middlewares import AckPolicy
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from schemas import topics
-from services import metrics
 from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S, OutboxRelay
-from services.event_transfers import CONSUMED_BY_INGESTOR
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import DeadLetter, InputRecord
-from services.pricing import RATE_CARD_REFRESH_S, load_rate_cards
-from services.settings import Settings
+from services.rates.rate_cards import RATE_CARD_REFRESH_S, load_rate_cards
+from services.runtime import metrics
+from services.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ class ConsumerService:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._subscribers: dict[str, Any] = {}
-        for topic in CONSUMED_BY_INGESTOR:
+        for topic in topics.CONSUMED_TOPICS:
             self._register(topic)
 
     def name(self, topic: str) -> str:

@@ -18,8 +18,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ledger.database import create_engine, to_async_url
-from services.embedded_postgres import EmbeddedPostgres
-from services.settings import Settings
+from services.runtime.embedded_postgres import EmbeddedPostgres
+from services.runtime.settings import Settings
 
 EMBEDDED_DATABASE_NAME = "giftledger"
 DUPLICATE_DATABASE_SQLSTATE = "42P04"
