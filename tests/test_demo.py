@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import EXIT_OK, EXIT_USAGE, main
+from services.cli import main
+from services.commands.common import EXIT_OK, EXIT_USAGE
 from services.demo import (
     EMBEDDED_HANDLES_FILE,
     STAGES,

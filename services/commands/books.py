@@ -1,0 +1,255 @@
+"""The books: `migrate`, `verify`, `balance`, `statement` and `trial-balance`."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.migrate import (
+    current_revision,
+    upgrade_to_head,
+)
+from ledger.queries import (
+    STATEMENT_PAGE_SIZE_MAX,
+    AccountBalance,
+    StatementLine,
+    account_balance,
+    creator_balances,
+    statement,
+    trial_balance,
+)
+from ledger.verify import check_names, verify
+from schemas.assets import format_amount
+from services.api.documents import (
+    STATEMENT_CSV_COLUMNS,
+    creator_balances_document,
+    statement_csv_row,
+    trial_balance_document,
+)
+from services.commands.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    STATEMENT_PAGE_SIZE_DEFAULT,
+    UsageError,
+    aware_timestamp,
+    cursor,
+    decimal_amount,
+    page_size,
+    print_error,
+    print_json,
+    table,
+)
+
+# migrate ------------------------------------------------------------------------------------
+
+
+def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # no arguments
+
+
+async def migrate_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    await upgrade_to_head(engine)
+    print(f"database at revision {await current_revision(engine)}")
+    return EXIT_OK
+
+
+# verify -------------------------------------------------------------------------------------
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # no arguments
+
+
+async def verify_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    async with engine.connect() as conn:
+        problems = await verify(conn)
+    if not problems:
+        print(f"ledger verified: {len(check_names())} checks passed")
+        return EXIT_OK
+    for problem in problems:
+        print(f"{problem.check}: {problem.detail}")
+    print_error(f"ledger verification failed: {len(problems)} problems")
+    return EXIT_FAILURE
+
+
+# balance ------------------------------------------------------------------------------------
+
+
+def add_balance_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("creator_id", metavar="CREATOR_ID")
+    parser.add_argument(
+        "--json", action="store_true", help="print the finance API's balances document"
+    )
+
+
+async def balance_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    async with engine.connect() as conn:
+        accounts = await creator_balances(conn, args.creator_id)
+    if not accounts:
+        raise UsageError(f"no accounts for creator {args.creator_id!r}")
+    document = creator_balances_document(args.creator_id, accounts)
+    if args.json:
+        print_json(document)
+        return EXIT_OK
+    rows = [
+        [
+            line["asset"],
+            "available",
+            decimal_amount(line["available"], line["asset"]),
+            "pending",
+            decimal_amount(line["pending"], line["asset"]),
+        ]
+        for line in document["balances"]
+    ]
+    print("\n".join(table(rows, right_aligned={2, 4})))
+    return EXIT_OK
+
+
+# statement ----------------------------------------------------------------------------------
+
+
+def add_statement_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "account", metavar="ACCOUNT", help="account name, e.g. creator:c1:DIAMOND:available"
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_time",
+        type=aware_timestamp,
+        metavar="ISO",
+        help="first instant included (ISO 8601 with a time zone)",
+    )
+    parser.add_argument(
+        "--to",
+        dest="to_time",
+        type=aware_timestamp,
+        metavar="ISO",
+        help="first instant excluded (ISO 8601 with a time zone)",
+    )
+    parser.add_argument(
+        "--csv", action="store_true", help="CSV with amounts as integers in minor units"
+    )
+    parser.add_argument(
+        "--page-size",
+        type=page_size,
+        default=STATEMENT_PAGE_SIZE_DEFAULT,
+        metavar="N",
+        help=f"transfers per page, 1 to {STATEMENT_PAGE_SIZE_MAX} "
+        f"(default {STATEMENT_PAGE_SIZE_DEFAULT})",
+    )
+    parser.add_argument(
+        "--cursor",
+        type=cursor,
+        default=0,
+        metavar="N",
+        help="continue after this seq: the 'next cursor' printed by the previous page",
+    )
+
+
+async def statement_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    if args.from_time and args.to_time and args.from_time >= args.to_time:
+        raise UsageError("--from must be before --to")
+    async with engine.connect() as conn:
+        account = await account_balance(conn, args.account)
+        if account is None:
+            raise UsageError(f"no account named {args.account!r}")
+        page = await statement(
+            conn,
+            account.account_id,
+            from_time=args.from_time,
+            to_time=args.to_time,
+            after_seq=args.cursor,
+            page_size=args.page_size,
+        )
+    if args.csv:
+        _write_statement_csv(page.lines)
+    else:
+        _print_statement(account, page.lines)
+    if page.next_cursor is not None:
+        print(f"next cursor: {page.next_cursor}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _write_statement_csv(lines: Sequence[StatementLine]) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(STATEMENT_CSV_COLUMNS)
+    for line in lines:
+        writer.writerow(statement_csv_row(line))
+
+
+def _print_statement(account: AccountBalance, lines: Sequence[StatementLine]) -> None:
+    asset = account.asset
+    print(f"{account.name} ({asset}, scale {account.scale})")
+    if not lines:
+        print("no transfers")
+        return
+    header = ["seq", "created_at", "code", "counterparty", "debit", "credit", "balance", ""]
+    rows = [header] + [
+        [
+            str(line.seq),
+            line.created_at.isoformat(timespec="seconds"),
+            line.code,
+            line.counterparty,
+            decimal_amount(line.debit, asset) if line.debit else "",
+            decimal_amount(line.credit, asset) if line.credit else "",
+            decimal_amount(line.balance_after, asset),
+            "pending" if line.pending else "",
+        ]
+        for line in lines
+    ]
+    print("\n".join(table(rows, right_aligned={0, 4, 5, 6})))
+
+
+# trial-balance ------------------------------------------------------------------------------
+
+
+def add_trial_balance_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--as-of",
+        type=aware_timestamp,
+        metavar="ISO",
+        help="posted transfers up to this instant (default: now)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="JSON with amounts as integers in minor units"
+    )
+
+
+async def trial_balance_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    async with engine.connect() as conn:
+        lines = await trial_balance(conn, args.as_of)
+    document = trial_balance_document(lines, args.as_of)
+    if args.json:
+        print_json(document)
+    else:
+        _print_trial_balance(document)
+    unbalanced = [entry["asset"] for entry in document["assets"] if entry["total"]["balance"]]
+    if unbalanced:
+        print_error(f"trial balance does not sum to zero for {', '.join(unbalanced)}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _print_trial_balance(document: dict[str, Any]) -> None:
+    if not document["assets"]:
+        print("no posted transfers")
+        return
+    rows = [["asset", "account", "debits", "credits", "balance"]]
+    for entry in document["assets"]:
+        asset = entry["asset"]
+        for line in [*entry["accounts"], {"account": "total", **entry["total"]}]:
+            rows.append(
+                [
+                    asset,
+                    line["account"],
+                    format_amount(line["debits"], asset),
+                    format_amount(line["credits"], asset),
+                    format_amount(line["balance"], asset),
+                ]
+            )
+    print("\n".join(table(rows, right_aligned={2, 3, 4})))

@@ -1,0 +1,140 @@
+"""What every command shares: exit codes, usage errors, the database wrapper, argument types
+and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.migrate import require_current_schema
+from ledger.queries import STATEMENT_PAGE_SIZE_MAX
+from schemas.assets import format_amount
+from services.runtime.database import open_database
+from services.runtime.settings import get_settings
+
+PROGRAM = "giftledger"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+STATEMENT_PAGE_SIZE_DEFAULT = 100
+ASYNCAPI_FILE_NAME = "asyncapi.json"
+
+Handler = Callable[[argparse.Namespace], int]
+DatabaseCommand = Callable[[AsyncEngine, argparse.Namespace], Awaitable[int]]
+
+
+class UsageError(Exception):
+    """The arguments name something that does not exist or do not fit together (exit 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Handler
+
+
+def on_database(command: DatabaseCommand, *, schema_required: bool = True) -> Handler:
+    """Run an async command with an engine on the configured (or embedded) database, which must
+    be at the current schema unless `schema_required` is False (`migrate`)."""
+
+    async def run(args: argparse.Namespace) -> int:
+        async with open_database(get_settings()) as engine:
+            if schema_required:
+                await require_current_schema(engine)
+            return await command(engine, args)
+
+    def handler(args: argparse.Namespace) -> int:
+        return asyncio.run(run(args))
+
+    return handler
+
+
+# Argument types -----------------------------------------------------------------------------
+
+
+def aware_timestamp(value: str) -> datetime:
+    """An ISO 8601 timestamp with a time zone; naive ones are refused, never guessed as UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {value!r}") from None
+    if moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"timestamp {value!r} has no time zone: add one, e.g. 2026-11-01T00:00:00Z"
+        )
+    return moment
+
+
+def page_size(value: str) -> int:
+    size = integer(value)
+    if not 1 <= size <= STATEMENT_PAGE_SIZE_MAX:
+        raise argparse.ArgumentTypeError(
+            f"page size must be between 1 and {STATEMENT_PAGE_SIZE_MAX}, not {size}"
+        )
+    return size
+
+
+def cursor(value: str) -> int:
+    position = integer(value)
+    if position < 0:
+        raise argparse.ArgumentTypeError(f"cursor must not be negative, not {position}")
+    return position
+
+
+def positive_decimal(value: str) -> Fraction:
+    """A decimal such as 0.92, read exactly (never through a float)."""
+    try:
+        number = Fraction(Decimal(value))
+    except (InvalidOperation, ValueError):
+        raise argparse.ArgumentTypeError(f"not a decimal number: {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+    return number
+
+
+def integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+
+
+# Output helpers -----------------------------------------------------------------------------
+
+
+def decimal_amount(amount_minor: int, asset: str) -> str:
+    """`12500, "DIAMOND"` → `12.500`: format_amount without the asset code."""
+    return format_amount(amount_minor, asset).removesuffix(f" {asset}")
+
+
+def table(rows: Sequence[Sequence[str]], right_aligned: set[int]) -> list[str]:
+    """Rows padded into columns two spaces apart; columns in `right_aligned` align right."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if column in right_aligned else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def print_json(document: object) -> None:
+    print(json.dumps(document, indent=2))
+
+
+def print_error(message: str) -> None:
+    print(f"{PROGRAM}: {message}", file=sys.stderr)
