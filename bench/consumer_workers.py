@@ -187,7 +187,8 @@ class Workers:
                 args=(
                     url,
                     bootstrap_servers,
-                    settings.model_dump_json(),
+                    # The URL travels apart: a SecretStr is written out masked.
+                    settings.model_dump_json(exclude={"database_url"}),
                     worker_slots,
                     timing,
                     stop_event,

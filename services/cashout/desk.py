@@ -113,7 +113,7 @@ def decimal_text(value: Fraction) -> str:
     return f"{whole}.{''.join(digits)}" if digits else str(whole)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Cashout:
     cashout_id: str
     creator_id: str
@@ -206,21 +206,21 @@ class CashoutDesk:
         amount = event.amount * MILLI_PER_DIAMOND if event.asset == DIAMOND else event.amount
         card = rate_cards.in_force_at(event.occurred_at)
         cashout = Cashout(
-            event.event_id,
-            event.creator_id,
-            event.asset,
-            amount,
-            event.payout_currency,
-            None,
-            0,
-            card.version if event.asset == DIAMOND else None,
-            None,
-            None,
-            "requested",
-            None,
-            None,
-            None,
-            event.occurred_at,
+            cashout_id=event.event_id,
+            creator_id=event.creator_id,
+            asset=event.asset,
+            amount=amount,
+            payout_currency=event.payout_currency,
+            payout_amount=None,
+            usd_value_micros=0,
+            rate_card_version=card.version if event.asset == DIAMOND else None,
+            fx_numerator=None,
+            fx_denominator=None,
+            status="requested",
+            rejected_rule=None,
+            failure_code=None,
+            payout_account_ref=None,
+            occurred_at=event.occurred_at,
         )
         await self._store(conn, cashout, new=True)
         rule = await self._refusal(conn, event, cashout, card.diamonds_per_usd)
@@ -543,7 +543,7 @@ async def load_cashout(
             {"id": cashout_id},
         )
     ).first()
-    return None if row is None else Cashout(*row)
+    return None if row is None else Cashout(**row._mapping)
 
 
 def cashout_document(cashout: Cashout) -> dict[str, Any]:
@@ -581,7 +581,7 @@ async def list_cashouts(
         ),
         {"status": status, "creator": creator_id, "stale_s": stale_after_s, "limit": limit},
     )
-    return [Cashout(*row) for row in rows]
+    return [Cashout(**row._mapping) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
