@@ -23,22 +23,18 @@ from services.cashout.desk import FxRate, convert
 from services.cashout.eligibility import EligibilitySettings, evaluate
 from services.cashout.profiles import CreatorProfile
 from services.ingestion.records import DeadLetter, InputRecord, parse_record
-from services.loadtest.generator import (
+from services.loadtest.generator import add_generate_arguments, generate, generate_command
+from services.loadtest.oracle import age_in_years, cashout_value, first_failed_rule
+from services.loadtest.replay import read_stream
+from services.loadtest.stream_format import (
     CREATOR_MISMATCH,
     EVENT_ID_CONFLICT,
     UNKNOWN_CASHOUT,
     ExpectedState,
     StreamShape,
-    add_generate_arguments,
-    age_in_years,
-    cashout_value,
     expected_path,
-    first_failed_rule,
-    generate,
-    generate_command,
     load_expected,
 )
-from services.loadtest.replay import read_stream
 
 EVENTS = 3_000
 

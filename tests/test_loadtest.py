@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from services.loadtest.generator import ExpectedState, StreamShape, generate
+from services.loadtest.checks import Observed, compare, table_warnings
+from services.loadtest.generator import generate
+from services.loadtest.measurements import SendTimes, percentile
 from services.loadtest.replay import StreamRecord
-from services.loadtest.run import (
-    LoadtestError,
-    Observed,
-    SendTimes,
-    compare,
-    loadtest,
-    percentile,
-    table_warnings,
-)
+from services.loadtest.run import LoadtestError, loadtest
+from services.loadtest.stream_format import ExpectedState, StreamShape
 from services.runtime.settings import Settings
 
 EVENTS = 3_000

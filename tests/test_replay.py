@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
 from schemas import topics
 from schemas.topics import all_topics
-from services.loadtest.generator import StreamFormatError, StreamShape, generate
+from services.loadtest.generator import generate
 from services.loadtest.replay import (
     ReplayReport,
     add_replay_arguments,
@@ -29,6 +29,7 @@ from services.loadtest.replay import (
     read_stream,
     replay,
 )
+from services.loadtest.stream_format import StreamFormatError, StreamShape
 from services.runtime.embedded_broker import create_topics
 
 PARTITION_COUNT = 2

@@ -1,6 +1,6 @@
 """`giftledger replay FILE`: publish a generated stream to any Kafka cluster, resumably.
 
-Records go out with their key and their exact bytes (see `services.loadtest.generator` for the
+Records go out with their key and their exact bytes (see `services.loadtest.stream_format` for the
 file format), each to `<prefix><topic>`, through one aiokafka producer (linger 10 ms, batches
 up to 256 KB, `acks=all`). Three pacings:
 
@@ -43,7 +43,7 @@ from typing import Any, Literal, TextIO
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from schemas.topics import all_topics
-from services.loadtest.generator import StreamFormatError, expected_path
+from services.loadtest.stream_format import StreamFormatError, expected_path
 from services.runtime.embedded_broker import create_topics, wait_for_broker
 from services.runtime.settings import Settings, get_settings
 

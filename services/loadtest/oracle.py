@@ -1,0 +1,98 @@
+"""The contract's rules and defaults, re-derived for the load test's expected end state.
+
+This is an independent oracle: it imports nothing of the ledger, the ingestion or the cash-out
+code, so that a load test compares the ledger with what the contract says rather than with the
+ledger's own reading of it. `tests/test_loadgen.py` checks that the two agree.
+
+- Diamonds: `MILLI_DIAMONDS_PER_COIN` per coin of a gift; 200 diamonds = 1 USD.
+- Cash-outs: eligibility (the Creator Next defaults, `first_failed_rule`), a payout account, the
+  payout currency, the minimum (10 USD), the daily limit (1,000 USD per creator per UTC day) and
+  the available balance (`cashout_value` gives what a request holds and pays).
+
+The rules and rates this assumes are written into the expected state as `assumptions()`; the load
+test refuses to compare against a deployment configured otherwise.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+MILLI_DIAMONDS_PER_COIN = 500
+MILLI_PER_DIAMOND = 1_000
+DIAMONDS_PER_USD = 200
+USD_MICROS = 1_000_000
+CASHOUT_MINIMUM_USD_CENTS = 1_000
+CASHOUT_DAILY_LIMIT_USD_CENTS = 100_000
+FX_CURRENCIES = ("USD",)  # the only FX rate the migrations seed: 1 USD per USD
+AGE_MIN_YEARS = 18
+ENABLED_COUNTRIES = ("US", "GB", "DE", "FR", "IT", "ES")
+COMING_SOON_COUNTRIES = ("CA", "AU")
+FOLLOWER_MINIMUM_BY_COUNTRY = {"US": 10_000}
+FOLLOWER_MINIMUM_DEFAULT = 10_000
+VIDEO_VIEWS_30D_MIN = 1_000
+POSTS_30D_MIN = 3
+
+
+def assumptions() -> dict[str, Any]:
+    """The rules and rates the expected state is derived from (the contract's defaults)."""
+    return {
+        "milli_diamonds_per_coin": MILLI_DIAMONDS_PER_COIN,
+        "diamonds_per_usd": DIAMONDS_PER_USD,
+        "fx_units_per_usd": {currency: "1" for currency in FX_CURRENCIES},
+        "cashout_minimum_usd_cents": CASHOUT_MINIMUM_USD_CENTS,
+        "cashout_daily_limit_usd_cents": CASHOUT_DAILY_LIMIT_USD_CENTS,
+        "payout_rail_failure_rate": 0.0,
+        "payout_rail_return_rate": 0.0,
+        "eligibility": {
+            "age_min_years": AGE_MIN_YEARS,
+            "enabled_countries": list(ENABLED_COUNTRIES),
+            "follower_minimum_by_country": dict(FOLLOWER_MINIMUM_BY_COUNTRY),
+            "follower_minimum_default": FOLLOWER_MINIMUM_DEFAULT,
+            "video_views_30d_min": VIDEO_VIEWS_30D_MIN,
+            "posts_30d_min": POSTS_30D_MIN,
+        },
+    }
+
+
+def age_in_years(birth_date: date, today: date) -> int:
+    """Whole years; a birthday counts from its month and day (29 February: from 1 March)."""
+    return (
+        today.year
+        - birth_date.year
+        - int((today.month, today.day) < (birth_date.month, birth_date.day))
+    )
+
+
+def first_failed_rule(profile: dict[str, Any] | None, today: date) -> str | None:
+    """The first Creator Next rule `profile` breaks on `today`, or None: the contract's order."""
+    if profile is None:
+        return "profile_known"
+    if age_in_years(date.fromisoformat(profile["birth_date"]), today) < AGE_MIN_YEARS:
+        return "age"
+    country = profile["country"]
+    if country not in ENABLED_COUNTRIES:
+        return "country"
+    minimum = FOLLOWER_MINIMUM_BY_COUNTRY.get(country, FOLLOWER_MINIMUM_DEFAULT)
+    if profile["followers"] < minimum:
+        return "followers"
+    if profile["video_views_30d"] < VIDEO_VIEWS_30D_MIN:
+        return "video_views_30d"
+    if profile["posts_30d"] < POSTS_30D_MIN:
+        return "posts_30d"
+    if not profile["in_good_standing"]:
+        return "in_good_standing"
+    if not profile["identity_verified"]:
+        return "identity_verified"
+    return None
+
+
+def cashout_value(asset: str, amount: int) -> tuple[int, int, int]:
+    """(source minor units held, USD micros, payout cents) of a request paid in USD.
+
+    `amount` is whole diamonds for DIAMOND, cents for USD. 200 diamonds = 1 USD, rounded down to
+    the cent; USD micros are exact for both (5,000 per diamond, 10,000 per cent)."""
+    if asset == "DIAMOND":
+        return amount * MILLI_PER_DIAMOND, amount * USD_MICROS // DIAMONDS_PER_USD, amount // 2
+    assert asset == "USD", asset
+    return amount, amount * (USD_MICROS // 100), amount
