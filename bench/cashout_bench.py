@@ -5,7 +5,7 @@ One broker (the embedded Tansu, or `KAFKA_BOOTSTRAP_SERVERS`) and one fresh data
 (`giftledger_bench_<random>` on `DATABASE_URL`, else 127.0.0.1:5432, else the embedded PostgreSQL;
 migrated to head, dropped at the end). Topics get a unique prefix and
 `Settings.kafka_partition_count` partitions. The consumers are the product's `ConsumerService`
-and `Ingestor`, built as `services.app.runner.start_consumers` builds them (same `Ledger` and
+and `Ingestor`, built as `services.app.bootstrap.start_consumers` builds them (same `Ledger` and
 `CashoutDesk` settings), with subclasses that only note times; the bank is
 `services.payout_rail.simulated_rail`.
 
@@ -65,14 +65,13 @@ from schemas.topics import all_topics
 from services.app.bootstrap import build_ledger
 from services.app.consumer import ConsumerService
 from services.cashout.desk import Cashout, CashoutDesk, CashoutLimits
-from services.cashout.eligibility import EligibilitySettings, get_eligibility_settings
 from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, InputRecord
 from services.payout_rail.rail import PayoutRailService, RailSettings, simulated_rail
 from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime.embedded_broker import create_topics
-from services.runtime.settings import Settings
+from services.runtime.settings import EligibilitySettings, Settings
 
 SEED = 20_251_128
 CASHOUT_DIAMONDS = 2_000
@@ -389,7 +388,7 @@ def new_consumers(
     started."""
     desk = ClockedDesk(
         CashoutLimits(settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents),
-        get_eligibility_settings(),
+        settings.eligibility,
         settings.kafka_topic_prefix,
     )
     ingestor = ClockedIngestor(

@@ -40,8 +40,9 @@ from ledger.queries import trial_balance
 from ledger.verify import verify
 from schemas.assets import format_amount
 from services.api.server import create_app, serve_api
+from services.app.bootstrap import build_payout_rail, start_consumers
 from services.app.consumer import ConsumerService
-from services.app.runner import start_consumers, start_payout_rail, stop_on_signals
+from services.app.runner import stop_on_signals
 from services.loadtest.sample_stream import SampleRecord, sample_cashouts, sample_stream
 from services.payout_rail.rail import PayoutRailService
 from services.runtime.database import engine_as_role, open_database
@@ -445,7 +446,7 @@ async def run_demo(
         out.write(f"broker {bootstrap_servers}; database migrated\n")
         if await _ledger_has_transfers(engine):
             out.write(kept_ledger_notice(settings))
-        rail = start_payout_rail(settings, bootstrap_servers)
+        rail = build_payout_rail(settings, bootstrap_servers)
         await rail.start()
         writer = engine_as_role(engine, settings, settings.database_writer_role)
         service = await start_consumers(settings, writer, bootstrap_servers)

@@ -18,11 +18,10 @@ from ledger.verify import verify
 from schemas import topics
 from schemas.events import CashoutRequested
 from services.cashout.desk import CashoutDesk, CashoutLimits, list_cashouts, request_accounts
-from services.cashout.eligibility import EligibilitySettings
 from services.cli import main
 from services.payout_rail.rail import RailSettings, simulated_rail
 from services.rates.rate_cards import load_rate_cards
-from services.runtime.settings import get_settings
+from services.runtime.settings import EligibilitySettings, get_settings
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, wait_until
 

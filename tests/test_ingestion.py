@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.queries import creator_balances
 from ledger.verify import verify
 from schemas import topics
-from services.cashout.eligibility import EligibilitySettings, creator_eligibility
+from services.cashout.eligibility import creator_eligibility
 from services.rates.rate_cards import add_rate_card, load_rate_cards
+from services.runtime.settings import EligibilitySettings
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, wait_until
 

@@ -17,13 +17,13 @@ from schemas.events import CreatorUpdated
 from services.cashout.eligibility import (
     RULES,
     EligibilityReport,
-    EligibilitySettings,
     RuleResult,
     age_in_years,
     creator_eligibility,
     evaluate,
 )
 from services.cashout.profiles import CreatorProfile, apply_creator_updates, creator_profile
+from services.runtime.settings import EligibilitySettings
 
 TODAY = date(2026, 11, 3)
 EARLIER = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)

@@ -8,8 +8,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from services.cashout.eligibility import EligibilitySettings
-from services.runtime.settings import Settings, configuration_problems
+from services.runtime.settings import EligibilitySettings, Settings, configuration_problems
 
 PASSWORD = "s3cret-word"
 DIGEST = "ab" * 32

@@ -1,17 +1,18 @@
 """The composition root: every long-lived part built from `Settings`, in one place. `giftledger
-run`, the demo, the benchmarks and the tests build their ledger, cash-out desk, ingestor and
-consumers here, so all of them run what production runs."""
+run`, the demo, the load test, the benchmarks and the tests build their ledger, cash-out desk,
+ingestor, consumers and simulated bank here, so all of them run what production runs."""
 
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.service import Ledger
+from services.app.consumer import ConsumerService
 from services.cashout.desk import CashoutDesk, CashoutLimits
-from services.cashout.eligibility import EligibilitySettings, get_eligibility_settings
 from services.ingestion.ingestor import Ingestor
+from services.payout_rail.rail import PayoutRailService, RailSettings, simulated_rail
 from services.rates.rate_cards import RateCardBook, load_rate_cards
-from services.runtime.settings import Settings
+from services.runtime.settings import EligibilitySettings, Settings
 
 
 def build_ledger(settings: Settings, engine: AsyncEngine) -> Ledger:
@@ -27,7 +28,7 @@ def build_desk(settings: Settings, eligibility: EligibilitySettings | None = Non
     environment unless given)."""
     return CashoutDesk(
         CashoutLimits(settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents),
-        eligibility or get_eligibility_settings(),
+        eligibility or settings.eligibility,
         settings.kafka_topic_prefix,
     )
 
@@ -52,3 +53,31 @@ async def load_ingestor(settings: Settings, engine: AsyncEngine) -> Ingestor:
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
     return build_ingestor(settings, engine, rate_cards)
+
+
+async def start_consumers(
+    settings: Settings, engine: AsyncEngine, bootstrap_servers: str
+) -> ConsumerService:
+    """The consumers of every consumed topic, started (their groups joined)."""
+    service = ConsumerService(settings, await load_ingestor(settings, engine), bootstrap_servers)
+    await service.start()
+    return service
+
+
+def build_payout_rail(settings: Settings, bootstrap_servers: str) -> PayoutRailService:
+    """The simulated bank, configured by the PAYOUT_RAIL_* settings (not started)."""
+    rail_settings = RailSettings(
+        seed=settings.payout_rail_seed,
+        paid_delay_ms=settings.payout_rail_paid_delay_ms,
+        failure_rate=settings.payout_rail_failure_rate,
+        return_rate=settings.payout_rail_return_rate,
+        return_delay_ms=settings.payout_rail_return_delay_ms,
+    )
+    return simulated_rail(
+        rail_settings,
+        bootstrap_servers,
+        topic_prefix=settings.kafka_topic_prefix,
+        consumer_group=settings.kafka_consumer_group,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        in_flight_max=settings.payout_rail_in_flight_max,
+    )

@@ -15,9 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import require_current_schema, upgrade_to_head
 from services.api.server import create_app, serve_api
-from services.app.bootstrap import load_ingestor
-from services.app.consumer import ConsumerService
-from services.payout_rail.rail import PayoutRailService, RailSettings, simulated_rail
+from services.app.bootstrap import build_payout_rail, start_consumers
 from services.runtime.collector import settle_collector
 from services.runtime.database import engine_as_role, open_database
 from services.runtime.kafka import open_kafka
@@ -35,38 +33,10 @@ async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
     await require_current_schema(engine)
 
 
-async def start_consumers(
-    settings: Settings, engine: AsyncEngine, bootstrap_servers: str
-) -> ConsumerService:
-    ingestor = await load_ingestor(settings, engine)
-    service = ConsumerService(settings, ingestor, bootstrap_servers)
-    await service.start()
-    return service
-
-
 def stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
-
-
-def start_payout_rail(settings: Settings, bootstrap_servers: str) -> PayoutRailService:
-    """The simulated bank, configured by the PAYOUT_RAIL_* settings (not started)."""
-    rail_settings = RailSettings(
-        seed=settings.payout_rail_seed,
-        paid_delay_ms=settings.payout_rail_paid_delay_ms,
-        failure_rate=settings.payout_rail_failure_rate,
-        return_rate=settings.payout_rail_return_rate,
-        return_delay_ms=settings.payout_rail_return_delay_ms,
-    )
-    return simulated_rail(
-        rail_settings,
-        bootstrap_servers,
-        topic_prefix=settings.kafka_topic_prefix,
-        consumer_group=settings.kafka_consumer_group,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        in_flight_max=settings.payout_rail_in_flight_max,
-    )
 
 
 async def run(
@@ -96,7 +66,7 @@ async def _serve(
     with_payout_rail: bool,
     with_api: bool,
 ) -> None:
-    rail = start_payout_rail(settings, bootstrap_servers) if with_payout_rail else None
+    rail = build_payout_rail(settings, bootstrap_servers) if with_payout_rail else None
     if rail is not None:
         await rail.start()
     writer = engine_as_role(engine, settings, settings.database_writer_role)

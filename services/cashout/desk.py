@@ -40,8 +40,9 @@ from ledger.service import LedgerTransaction
 from schemas import topics
 from schemas.assets import ASSET_SCALES, CURRENCIES, DIAMOND
 from schemas.events import CashoutRequested, CashoutUpdated, PayoutRequested, PayoutUpdated
-from services.cashout.eligibility import EligibilitySettings, creator_eligibility
+from services.cashout.eligibility import creator_eligibility
 from services.rates.rate_cards import RateCardBook
+from services.runtime.settings import EligibilitySettings
 
 MILLI_PER_DIAMOND = 1_000
 USD_MICROS = 1_000_000

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from functools import lru_cache
-from typing import Annotated, Any, Self
+from typing import Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.cashout.profiles import CreatorProfile, creator_profile
+from services.runtime.settings import EligibilitySettings, get_settings
 
-COUNTRY_COUNT_MAX = 300
-TALLY_THRESHOLD_MAX = 10**12
 UNKNOWN = "unknown"
 
 PROFILE_KNOWN = "profile_known"
@@ -47,67 +43,10 @@ RULES: tuple[str, ...] = (
     IDENTITY_VERIFIED,
 )
 
-CountryCode = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
-TallyThreshold = Annotated[int, Field(ge=0, le=TALLY_THRESHOLD_MAX)]
 
-
-class EligibilitySettings(BaseSettings):
-    """The thresholds, from `ELIGIBILITY_*` variables; lists and maps are JSON, e.g.
-    `ELIGIBILITY_ENABLED_COUNTRIES='["US","GB"]'`,
-    `ELIGIBILITY_FOLLOWER_MINIMUM_BY_COUNTRY='{"US": 10000, "GB": 5000}'`."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="ELIGIBILITY_", env_file=".env", extra="ignore", frozen=True
-    )
-
-    age_min_years: int = Field(
-        default=18, ge=13, le=120, description="Youngest age, in whole years, allowed to cash out."
-    )
-    enabled_countries: tuple[CountryCode, ...] = Field(
-        default=("US", "GB", "DE", "FR", "IT", "ES"),
-        max_length=COUNTRY_COUNT_MAX,
-        description="ISO 3166-1 alpha-2 countries where cash-out is open.",
-    )
-    coming_soon_countries: tuple[CountryCode, ...] = Field(
-        default=("CA", "AU"),
-        max_length=COUNTRY_COUNT_MAX,
-        description="Countries announced but not open yet: refused, and named as coming soon.",
-    )
-    follower_minimum_by_country: dict[CountryCode, TallyThreshold] = Field(
-        default_factory=lambda: {"US": 10_000},
-        max_length=COUNTRY_COUNT_MAX,
-        description="Regional follower minimum; countries not listed use the default.",
-    )
-    follower_minimum_default: TallyThreshold = Field(
-        default=10_000, description="Follower minimum for countries without their own."
-    )
-    video_views_30d_min: TallyThreshold = Field(
-        default=1_000, description="Fewest video views in the last 30 days."
-    )
-    posts_30d_min: TallyThreshold = Field(
-        default=3, description="Fewest posts in the last 30 days."
-    )
-
-    @model_validator(mode="after")
-    def _country_lists_are_consistent(self) -> Self:
-        for name, countries in (
-            ("enabled_countries", self.enabled_countries),
-            ("coming_soon_countries", self.coming_soon_countries),
-        ):
-            if len(set(countries)) != len(countries):
-                raise ValueError(f"{name} lists a country twice")
-        both = sorted(set(self.enabled_countries) & set(self.coming_soon_countries))
-        if both:
-            raise ValueError(f"{both} are both enabled and coming soon")
-        return self
-
-    def follower_minimum(self, country: str) -> int:
-        return self.follower_minimum_by_country.get(country, self.follower_minimum_default)
-
-
-@lru_cache(maxsize=1)
 def get_eligibility_settings() -> EligibilitySettings:
-    return EligibilitySettings()
+    """The Creator Next thresholds of the process's settings (`Settings.eligibility`)."""
+    return get_settings().eligibility
 
 
 @dataclass(frozen=True, slots=True)

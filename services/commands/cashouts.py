@@ -18,7 +18,7 @@ from services.cashout.desk import (
     list_cashouts,
     list_fx_rates,
 )
-from services.cashout.eligibility import creator_eligibility, get_eligibility_settings
+from services.cashout.eligibility import creator_eligibility
 from services.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -60,7 +60,7 @@ async def eligibility_command(engine: AsyncEngine, args: argparse.Namespace) -> 
     """Which Creator Next rules pass and which fail; exit 0 whatever the verdict."""
     async with engine.connect() as conn:
         await _require_known_creator(conn, args.creator_id)
-        report = await creator_eligibility(conn, args.creator_id, get_eligibility_settings())
+        report = await creator_eligibility(conn, args.creator_id, get_settings().eligibility)
     if args.json:
         print_json(report.to_document())
         return EXIT_OK

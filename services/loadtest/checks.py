@@ -25,10 +25,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas import topics
-from services.cashout.eligibility import get_eligibility_settings
 from services.loadtest.stream_format import ExpectedState
 from services.rates.rate_cards import load_rate_cards
-from services.runtime.settings import Settings
+from services.runtime.settings import Settings, get_settings
 
 MISMATCHES_SHOWN_MAX = 20
 DLQ_READ_WAIT_S = 60.0
@@ -251,7 +250,7 @@ async def check_assumptions(
     for name, value in limits.items():
         if value != assumed[name]:
             problems.append(f"{name.upper()} is {value}, the stream assumes {assumed[name]}")
-    eligibility = get_eligibility_settings()
+    eligibility = get_settings().eligibility
     for name, value in assumed["eligibility"].items():
         actual = getattr(eligibility, name)
         same = (

@@ -62,7 +62,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import upgrade_to_head
 from ledger.verify import verify
-from services.app.runner import start_consumers, start_payout_rail
+from services.app.bootstrap import build_payout_rail, start_consumers
 from services.loadtest.checks import (
     check_assumptions,
     compare,
@@ -219,7 +219,7 @@ async def loadtest(
             main_records=expected.cashout_phase_from,
         )
         logger.info("loadtest: database and broker ready after %.1f s", time.monotonic() - started)
-        rail = start_payout_rail(settings, bootstrap_servers)
+        rail = build_payout_rail(settings, bootstrap_servers)
         await rail.start()
         writer = engine_as_role(engine, settings, settings.database_writer_role)
         service = await start_consumers(settings, writer, bootstrap_servers)
