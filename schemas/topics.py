@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 GIFTS_SENT = "gifts.sent"
 GIFTS_REVERSED = "gifts.reversed"
 TIPS_RECEIVED = "tips.received"
@@ -25,6 +27,20 @@ CONSUMED_TOPICS: tuple[str, ...] = (
     PAYOUTS_UPDATED,
 )
 PRODUCED_TOPICS: tuple[str, ...] = (PAYOUTS_REQUESTED, CASHOUTS_UPDATED)
+
+# CONSUMED_TOPICS as a type, for a parameter that names one of them (a Literal cannot be built
+# from the constants above: the assert keeps the two in the same order with the same names).
+ConsumedTopic = Literal[
+    "gifts.sent",
+    "gifts.reversed",
+    "tips.received",
+    "fund.rewarded",
+    "marketplace.paid",
+    "creators.updated",
+    "cashouts.requested",
+    "payouts.updated",
+]
+assert get_args(ConsumedTopic) == CONSUMED_TOPICS, "ConsumedTopic and CONSUMED_TOPICS disagree"
 
 DEAD_LETTER_SUFFIX = ".dlq"
 

@@ -24,13 +24,15 @@ import pytest
 import pytest_asyncio
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
 from services.api.auth import OPERATOR_ROLES, require_role
-from services.api.server import create_app, reader_connection, serve_api
+from services.api.deps import reader_connection
+from services.api.server import create_app, serve_api
 from services.cli import main
 from services.runtime import settings as settings_module
 from services.runtime.settings import Settings
@@ -222,6 +224,85 @@ async def test_the_openapi_document_names_the_api_and_puts_a_bearer_on_every_rou
                 assert "security" not in operation
             else:
                 assert operation["security"] == [{"bearer": []}], path
+
+
+# What each answer is -------------------------------------------------------------------------
+
+JSON = "application/json"
+# Every route that answers 200 with JSON, with the module's data: the seeded creator, events and
+# cash-out, and each grouping of the gifts report (one model per grouping's key).
+JSON_ROUTES: list[str] = [
+    "/healthz",
+    *(template for template, expected in ROUTES if expected == 200 and template != "/metrics"),
+    "/v1/creators/nobody-{unique}/eligibility",
+    *(
+        f"/v1/reports/gifts?from={{start}}&to={{end}}&group_by={group_by}"
+        for group_by in ("creator", "gift", "day")
+    ),
+]
+
+
+def _is_any_object(schema: dict[str, Any]) -> bool:
+    """An empty schema, or an object with no named property: what says nothing of the answer."""
+    return schema.get("type") in (None, "object") and not (
+        {"$ref", "properties", "anyOf", "oneOf", "allOf", "enum", "const"} & set(schema)
+    )
+
+
+async def test_every_200_answer_in_the_openapi_document_has_a_schema(
+    api: httpx.AsyncClient,
+) -> None:
+    document = (await api.get("/openapi.json")).json()
+    undescribed = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            content = operation["responses"]["200"].get("content", {})
+            if not content:
+                undescribed.append(f"{method.upper()} {path}: no content")
+            for media_type, entry in content.items():
+                schema = entry.get("schema", {})
+                if not schema or (media_type == JSON and _is_any_object(schema)):
+                    undescribed.append(f"{method.upper()} {path} {media_type}: {schema}")
+    assert undescribed == []
+
+
+async def test_every_token_route_documents_its_401_and_every_lookup_its_404(
+    api: httpx.AsyncClient,
+) -> None:
+    document = (await api.get("/openapi.json")).json()
+    error = {"$ref": "#/components/schemas/ErrorDocument"}
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            responses = operation["responses"]
+            if "security" in operation:
+                assert responses["401"]["content"][JSON]["schema"] == error, path
+            if "{" in path and path != "/v1/creators/{creator_id}/eligibility":
+                assert responses["404"]["content"][JSON]["schema"] == error, path
+
+
+def _declared_model(app: FastAPI, path: str) -> type[BaseModel]:
+    [route] = [
+        route
+        for route in app.routes
+        if isinstance(route, APIRoute) and route.path_regex.match(path.split("?")[0])
+    ]
+    model = route.response_model
+    assert isinstance(model, type), (route.path, model)
+    assert issubclass(model, BaseModel), (route.path, model)
+    return model
+
+
+@pytest.mark.parametrize("template", JSON_ROUTES)
+async def test_each_routes_json_answer_is_exactly_its_declared_model(
+    app: FastAPI, api: httpx.AsyncClient, ledgered: SeededLedger, unique_id: str, template: str
+) -> None:
+    path = _filled(template, ledgered, unique_id)
+    answer = await api.get(path, headers=FINANCE)
+    assert answer.status_code == 200, answer.text
+    model = _declared_model(app, path)
+    document = model.model_validate(answer.json())
+    # nothing left out, added or rewritten: the model writes back the very same JSON
+    assert json.loads(document.model_dump_json(by_alias=True)) == answer.json()
 
 
 # The OpenAPI pages ---------------------------------------------------------------------------

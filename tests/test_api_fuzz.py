@@ -52,7 +52,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
-from services.api.server import rfc3339
+from services.api.deps import rfc3339
 from tests.api_server import (
     FINANCE_TOKEN,
     SeededApi,

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.model import TransferCode, TransferFlags
+from schemas.reports import GIFT_GROUPINGS, GiftGrouping
 
 EVENT_TRANSFER_COUNT_MAX: Final = 1_000
 DEAD_LETTER_COUNT_MAX: Final = 100
 CASHOUT_TRANSITION_COUNT_MAX: Final = 1_000
 REPORT_GROUP_COUNT_MAX: Final = 100_000
 
-GiftGrouping = Literal["surface", "creator", "gift", "day"]
-GIFT_GROUPINGS: Final[tuple[str, ...]] = ("surface", "creator", "gift", "day")
 MONEY_CODES: Final = (
     TransferCode.TIP,
     TransferCode.TIP_FAN_FEE,

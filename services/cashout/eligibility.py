@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.cashout.profiles import CreatorProfile, creator_profile
-from services.runtime.settings import EligibilitySettings, get_settings
+from services.runtime.settings import EligibilitySettings
 
 UNKNOWN = "unknown"
 
@@ -42,11 +42,6 @@ RULES: tuple[str, ...] = (
     IN_GOOD_STANDING,
     IDENTITY_VERIFIED,
 )
-
-
-def get_eligibility_settings() -> EligibilitySettings:
-    """The Creator Next thresholds of the process's settings (`Settings.eligibility`)."""
-    return get_settings().eligibility
 
 
 @dataclass(frozen=True, slots=True)

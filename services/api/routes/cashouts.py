@@ -1,0 +1,73 @@
+"""Cash-outs: one with its history, or a list by status and creator."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, HTTPException, Query
+
+from schemas.events import CashoutStatus
+from services.api.deps import (
+    ID_LENGTH_MAX,
+    ApiSettings,
+    IdPath,
+    Reader,
+    check_at_most,
+    token_route,
+)
+from services.api.models import CashoutHistoryDocument, CashoutListDocument, ErrorDocument
+from services.api.queries import cashout_transitions
+from services.cashout.desk import (
+    CASHOUT_LIST_LIMIT_MAX,
+    cashout_document,
+    list_cashouts,
+    load_cashout,
+)
+
+CASHOUT_LIST_LIMIT_DEFAULT: Final = 100
+
+router = APIRouter()
+
+
+@token_route(
+    router,
+    "/v1/cashouts/{cashout_id}",
+    summary="A cash-out (the `cashouts.updated` document) with every state it went through",
+    response_model=CashoutHistoryDocument,
+    responses={404: {"model": ErrorDocument, "description": "No cash-out has this id."}},
+)
+async def cashout_route(conn: Reader, cashout_id: IdPath) -> dict[str, Any]:
+    cashout = await load_cashout(conn, cashout_id)
+    if cashout is None:
+        raise HTTPException(404, detail=f"no cash-out {cashout_id!r}")
+    document = cashout_document(cashout)
+    document["transitions"] = await cashout_transitions(conn, cashout_id)
+    return document
+
+
+@token_route(
+    router,
+    "/v1/cashouts",
+    summary="Cash-outs, newest first, by status and creator",
+    response_model=CashoutListDocument,
+)
+async def cashouts_route(
+    conn: Reader,
+    settings: ApiSettings,
+    status: CashoutStatus | None = None,
+    creator_id: Annotated[str | None, Query(min_length=1, max_length=ID_LENGTH_MAX)] = None,
+    limit: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=CASHOUT_LIST_LIMIT_MAX,
+            description=f"Most cash-outs returned, at most `API_PAGE_SIZE_MAX` "
+            f"(default {CASHOUT_LIST_LIMIT_DEFAULT}, or that maximum when lower).",
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    limit_max = min(settings.api_page_size_max, CASHOUT_LIST_LIMIT_MAX)
+    count = min(CASHOUT_LIST_LIMIT_DEFAULT, limit_max) if limit is None else limit
+    check_at_most("limit", count, limit_max)
+    found = await list_cashouts(conn, status=status, creator_id=creator_id, limit=count)
+    return {"cashouts": [cashout_document(cashout) for cashout in found]}

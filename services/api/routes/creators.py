@@ -1,0 +1,42 @@
+"""A creator's balances and cash-out eligibility."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+
+from ledger.queries import creator_balances
+from services.api.deps import ApiSettings, IdPath, Reader, token_route
+from services.api.documents import creator_balances_document
+from services.api.models import CreatorBalancesDocument, EligibilityDocument, ErrorDocument
+from services.cashout.eligibility import creator_eligibility
+
+router = APIRouter()
+
+
+@token_route(
+    router,
+    "/v1/creators/{creator_id}/balances",
+    summary="A creator's balances per asset (`giftledger balance --json`)",
+    response_model=CreatorBalancesDocument,
+    responses={404: {"model": ErrorDocument, "description": "The creator has no account."}},
+)
+async def creator_balances_route(conn: Reader, creator_id: IdPath) -> dict[str, Any]:
+    accounts = await creator_balances(conn, creator_id)
+    if not accounts:
+        raise HTTPException(404, detail=f"no accounts for creator {creator_id!r}")
+    return creator_balances_document(creator_id, accounts)
+
+
+@token_route(
+    router,
+    "/v1/creators/{creator_id}/eligibility",
+    summary="Each Creator Next cash-out rule with pass or fail and the value seen",
+    response_model=EligibilityDocument,
+)
+async def creator_eligibility_route(
+    conn: Reader, settings: ApiSettings, creator_id: IdPath
+) -> dict[str, Any]:
+    report = await creator_eligibility(conn, creator_id, settings.eligibility)
+    return report.to_document()
