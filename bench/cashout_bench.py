@@ -64,8 +64,9 @@ from schemas.events import (
 from schemas.topics import all_topics
 from services.app.bootstrap import build_ledger
 from services.app.consumer import ConsumerService
-from services.cashout.desk import Cashout, CashoutDesk, CashoutLimits
+from services.cashout.desk import CashoutDesk, CashoutLimits
 from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S
+from services.cashout.store import Cashout
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, InputRecord
 from services.payout_rail.rail import PayoutRailService, RailSettings, simulated_rail

@@ -7,7 +7,8 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.cashout.desk import FxRate, convert, decimal_text
+from services.cashout.conversion import convert
+from services.rates.fx import FxRate, decimal_text
 
 USD = FxRate("USD", Fraction(1))
 EUR = FxRate("EUR", Fraction(92, 100))

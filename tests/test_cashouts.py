@@ -17,7 +17,8 @@ from ledger.service import Ledger
 from ledger.verify import verify
 from schemas import topics
 from schemas.events import CashoutRequested
-from services.cashout.desk import CashoutDesk, CashoutLimits, list_cashouts, request_accounts
+from services.cashout.desk import CashoutDesk, CashoutLimits, request_accounts
+from services.cashout.store import list_cashouts
 from services.cli import main
 from services.payout_rail.rail import RailSettings, simulated_rail
 from services.rates.rate_cards import load_rate_cards

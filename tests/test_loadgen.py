@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import topics
-from services.cashout.desk import FxRate, convert
+from services.cashout.conversion import convert
 from services.cashout.eligibility import evaluate
 from services.cashout.profiles import CreatorProfile
 from services.ingestion.records import DeadLetter, InputRecord, parse_record
@@ -35,6 +35,7 @@ from services.loadtest.stream_format import (
     expected_path,
     load_expected,
 )
+from services.rates.fx import FxRate
 from services.runtime.settings import EligibilitySettings
 
 EVENTS = 3_000

@@ -21,13 +21,11 @@ the request's `occurred_at` are used, so a redelivered request is priced the sam
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -38,119 +36,20 @@ from ledger.ids import transfer_id
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
 from ledger.service import LedgerTransaction
 from schemas import topics
-from schemas.assets import ASSET_SCALES, CURRENCIES, DIAMOND
-from schemas.events import CashoutRequested, CashoutUpdated, PayoutRequested, PayoutUpdated
+from schemas.assets import DIAMOND
+from schemas.events import CashoutRequested, PayoutRequested, PayoutUpdated
+from services.cashout.conversion import MILLI_PER_DIAMOND, USD_MICROS, convert
 from services.cashout.eligibility import creator_eligibility
+from services.cashout.store import Cashout, load_cashout, queue, record_transition
+from services.rates.fx import FxRate, fx_in_force
 from services.rates.rate_cards import RateCardBook
 from services.runtime.settings import EligibilitySettings
-
-MILLI_PER_DIAMOND = 1_000
-USD_MICROS = 1_000_000
-FX_DECIMAL_PLACES = 18
 
 
 @dataclass(frozen=True, slots=True)
 class CashoutLimits:
     minimum_usd_cents: int = 1_000
     daily_maximum_usd_cents: int = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class FxRate:
-    currency: str
-    units_per_usd: Fraction
-
-
-@dataclass(frozen=True, slots=True)
-class Conversion:
-    """What a cash-out is worth and pays, all in integers (minor units)."""
-
-    usd_value: Fraction
-    payout_amount: int
-    redeemed_amount: int  # of the source asset: the part that buys payout_amount exactly
-    rounding_amount: int  # of the source asset: worth less than one payout minor unit
-
-
-async def fx_in_force(conn: AsyncConnection, currency: str, moment: datetime) -> FxRate | None:
-    row = (
-        await conn.execute(
-            text(
-                "SELECT units_per_usd_numerator AS n, units_per_usd_denominator AS d"
-                " FROM fx_rates WHERE currency = :currency AND effective_from <= :moment"
-                " ORDER BY effective_from DESC LIMIT 1"
-            ),
-            {"currency": currency, "moment": moment},
-        )
-    ).first()
-    return None if row is None else FxRate(currency, Fraction(row.n, row.d))
-
-
-def convert(
-    asset: str, amount: int, diamonds_per_usd: int, source_fx: FxRate | None, payout_fx: FxRate
-) -> Conversion:
-    """Value `amount` minor units of `asset` in USD and in the payout currency, rounding down."""
-    if asset == DIAMOND:
-        usd = Fraction(amount, MILLI_PER_DIAMOND * diamonds_per_usd)
-    else:
-        assert source_fx is not None
-        usd = Fraction(amount, 10 ** ASSET_SCALES[asset]) / source_fx.units_per_usd
-    payout_per_source_unit = (
-        usd / amount * payout_fx.units_per_usd * 10 ** ASSET_SCALES[payout_fx.currency]
-    )
-    payout = math.floor(amount * payout_per_source_unit)
-    redeemed = min(amount, math.ceil(payout / payout_per_source_unit))
-    return Conversion(usd, payout, redeemed, amount - redeemed)
-
-
-def decimal_text(value: Fraction) -> str:
-    """A positive fraction as a decimal string, exact when it terminates, else truncated."""
-    whole, remainder = divmod(value.numerator, value.denominator)
-    digits = []
-    for _ in range(FX_DECIMAL_PLACES):
-        if remainder == 0:
-            break
-        digit, remainder = divmod(remainder * 10, value.denominator)
-        digits.append(str(digit))
-    return f"{whole}.{''.join(digits)}" if digits else str(whole)
-
-
-@dataclass(slots=True, kw_only=True)
-class Cashout:
-    cashout_id: str
-    creator_id: str
-    asset: str
-    amount: int
-    payout_currency: str
-    payout_amount: int | None
-    usd_value_micros: int
-    rate_card_version: int | None
-    fx_numerator: int | None
-    fx_denominator: int | None
-    status: str
-    rejected_rule: str | None
-    failure_code: str | None
-    payout_account_ref: str | None
-    occurred_at: datetime
-
-    def updated_event(self, moment: datetime) -> CashoutUpdated:
-        fx = None
-        if self.fx_numerator is not None and self.fx_denominator is not None:
-            fx = decimal_text(Fraction(self.fx_numerator, self.fx_denominator))
-        return CashoutUpdated(
-            event_id=f"{self.cashout_id}:{self.status}"[:128],
-            occurred_at=moment,
-            cashout_id=self.cashout_id,
-            creator_id=self.creator_id,
-            status=self.status,  # type: ignore[arg-type]
-            asset=self.asset,
-            amount=self.amount,
-            payout_currency=self.payout_currency,
-            payout_amount=self.payout_amount,
-            rate_card_version=self.rate_card_version,
-            fx_rate=fx,
-            failure_code=self.failure_code,
-            rejected_rule=self.rejected_rule,
-        )
 
 
 def hold_source(creator_id: str, asset: str) -> AccountSpec:
@@ -490,141 +389,3 @@ def result_transfers(
         else transfer
         for position, transfer in enumerate(chain)
     ]
-
-
-async def record_transition(
-    conn: AsyncConnection, cashout: Cashout, topic_prefix: str, detail: str = ""
-) -> None:
-    """Store the state change with its time and queue it for `cashouts.updated` (on the topics
-    of the deployment with `topic_prefix`)."""
-    moment = (
-        await conn.execute(
-            text(
-                "INSERT INTO cashout_transitions (cashout_id, status, detail)"
-                " VALUES (:id, :status, :detail) RETURNING at"
-            ),
-            {"id": cashout.cashout_id, "status": cashout.status, "detail": detail},
-        )
-    ).scalar_one()
-    event = cashout.updated_event(moment)
-    await queue(
-        conn, topic_prefix, topics.CASHOUTS_UPDATED, cashout.creator_id, event.model_dump_json()
-    )
-
-
-async def queue(
-    conn: AsyncConnection, topic_prefix: str, topic: str, key: str, payload: str
-) -> None:
-    """An outbox row for the deployment publishing to `<topic_prefix><topic>`."""
-    await conn.execute(
-        text(
-            "INSERT INTO outbox (topic_prefix, topic, message_key, payload)"
-            " VALUES (:prefix, :t, :k, :p)"
-        ),
-        {"prefix": topic_prefix, "t": topic, "k": key, "p": payload.encode()},
-    )
-
-
-_CASHOUT_ROWS = """
-    SELECT cashout_id, creator_id, asset, amount, payout_currency, payout_amount,
-           usd_value_micros, rate_card_version, fx_numerator, fx_denominator, status,
-           rejected_rule, failure_code, payout_account_ref, occurred_at
-    FROM cashouts
-"""
-_SELECT_CASHOUT = _CASHOUT_ROWS + " WHERE cashout_id = :id"
-_SELECT_LOCKED_CASHOUT = _SELECT_CASHOUT + " FOR UPDATE"
-
-
-async def load_cashout(
-    conn: AsyncConnection, cashout_id: str, *, lock: bool = False
-) -> Cashout | None:
-    row = (
-        await conn.execute(
-            text(_SELECT_LOCKED_CASHOUT if lock else _SELECT_CASHOUT),
-            {"id": cashout_id},
-        )
-    ).first()
-    return None if row is None else Cashout(**row._mapping)
-
-
-def cashout_document(cashout: Cashout) -> dict[str, Any]:
-    return json.loads(cashout.updated_event(datetime.now(UTC)).model_dump_json())  # type: ignore[no-any-return]
-
-
-CASHOUT_LIST_LIMIT_MAX = 1_000
-OPEN_STATUSES = ("held", "submitted")
-
-
-async def list_cashouts(
-    conn: AsyncConnection,
-    *,
-    status: str | None = None,
-    creator_id: str | None = None,
-    stale_after_s: float | None = None,
-    limit: int = 100,
-) -> list[Cashout]:
-    """Cash-outs, newest first, filtered by status and creator; with `stale_after_s`, only the
-    holds that have waited longer than that for the bank's answer."""
-    if not 1 <= limit <= CASHOUT_LIST_LIMIT_MAX:
-        raise ValueError(f"limit must be between 1 and {CASHOUT_LIST_LIMIT_MAX}")
-    rows = await conn.execute(
-        text(
-            _CASHOUT_ROWS
-            + """
-            WHERE (CAST(:status AS text) IS NULL OR status = :status)
-              AND (CAST(:creator AS text) IS NULL OR creator_id = :creator)
-              AND (CAST(:stale_s AS double precision) IS NULL
-                   OR (status IN ('held', 'submitted')
-                       AND updated_at < clock_timestamp() - make_interval(secs => :stale_s)))
-            ORDER BY occurred_at DESC, cashout_id
-            LIMIT :limit
-            """
-        ),
-        {"status": status, "creator": creator_id, "stale_s": stale_after_s, "limit": limit},
-    )
-    return [Cashout(**row._mapping) for row in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class FxVersion:
-    currency: str
-    effective_from: datetime | None  # None: in force since the beginning of time
-    units_per_usd: Fraction
-
-
-async def list_fx_rates(conn: AsyncConnection) -> list[FxVersion]:
-    """Every FX version, by currency then start."""
-    rows = await conn.execute(
-        text(
-            "SELECT currency,"
-            " CASE WHEN isfinite(effective_from) THEN effective_from END AS effective_from,"
-            " units_per_usd_numerator AS n, units_per_usd_denominator AS d"
-            " FROM fx_rates ORDER BY currency, effective_from"
-        )
-    )
-    return [FxVersion(row.currency, row.effective_from, Fraction(row.n, row.d)) for row in rows]
-
-
-async def add_fx_rate(
-    conn: AsyncConnection, currency: str, units_per_usd: Fraction, effective_from: datetime
-) -> None:
-    """Add a rate; like rate cards, it must take effect in the future, never rewrite the past."""
-    if currency not in CURRENCIES:
-        raise ValueError(f"unknown currency {currency!r}: not an ISO 4217 code giftledger pays in")
-    now = (await conn.execute(text("SELECT now()"))).scalar_one()
-    if effective_from <= now:
-        raise ValueError(f"effective_from must be in the future (now is {now.isoformat()})")
-    if units_per_usd <= 0:
-        raise ValueError("units per USD must be positive")
-    await conn.execute(
-        text(
-            "INSERT INTO fx_rates (currency, effective_from, units_per_usd_numerator,"
-            " units_per_usd_denominator) VALUES (:c, :at, :n, :d)"
-        ),
-        {
-            "c": currency,
-            "at": effective_from,
-            "n": units_per_usd.numerator,
-            "d": units_per_usd.denominator,
-        },
-    )

@@ -10,15 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import CashoutStatus
-from services.cashout.desk import (
-    FxVersion,
-    add_fx_rate,
-    cashout_document,
-    decimal_text,
-    list_cashouts,
-    list_fx_rates,
-)
 from services.cashout.eligibility import creator_eligibility
+from services.cashout.store import cashout_document, list_cashouts
 from services.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -31,6 +24,7 @@ from services.commands.common import (
     print_json,
     table,
 )
+from services.rates.fx import FxVersion, add_fx_rate, decimal_text, list_fx_rates
 from services.rates.rate_cards import RATE_CARD_NOTICE_S, add_rate_card, load_rate_cards
 from services.runtime.settings import get_settings
 

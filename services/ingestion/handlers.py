@@ -42,11 +42,11 @@ from services.cashout.desk import (
     CashoutDesk,
     hold_source,
     hold_target,
-    load_cashout,
     request_accounts,
     settlement_accounts,
 )
 from services.cashout.profiles import apply_creator_updates
+from services.cashout.store import load_cashout
 from services.ingestion.event_store import EventStore
 from services.ingestion.event_transfers import (
     GIFT_DIAMOND_SOURCE,

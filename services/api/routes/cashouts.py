@@ -17,7 +17,7 @@ from services.api.deps import (
 )
 from services.api.models import CashoutHistoryDocument, CashoutListDocument, ErrorDocument
 from services.api.queries import cashout_transitions
-from services.cashout.desk import (
+from services.cashout.store import (
     CASHOUT_LIST_LIMIT_MAX,
     cashout_document,
     list_cashouts,

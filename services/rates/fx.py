@@ -1,0 +1,92 @@
+"""FX rates: units of a currency per 1 USD, effective-dated like rate cards, added by finance for
+future moments only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from schemas.assets import CURRENCIES
+
+FX_DECIMAL_PLACES = 18
+
+
+@dataclass(frozen=True, slots=True)
+class FxRate:
+    currency: str
+    units_per_usd: Fraction
+
+
+async def fx_in_force(conn: AsyncConnection, currency: str, moment: datetime) -> FxRate | None:
+    row = (
+        await conn.execute(
+            text(
+                "SELECT units_per_usd_numerator AS n, units_per_usd_denominator AS d"
+                " FROM fx_rates WHERE currency = :currency AND effective_from <= :moment"
+                " ORDER BY effective_from DESC LIMIT 1"
+            ),
+            {"currency": currency, "moment": moment},
+        )
+    ).first()
+    return None if row is None else FxRate(currency, Fraction(row.n, row.d))
+
+
+def decimal_text(value: Fraction) -> str:
+    """A positive fraction as a decimal string, exact when it terminates, else truncated."""
+    whole, remainder = divmod(value.numerator, value.denominator)
+    digits = []
+    for _ in range(FX_DECIMAL_PLACES):
+        if remainder == 0:
+            break
+        digit, remainder = divmod(remainder * 10, value.denominator)
+        digits.append(str(digit))
+    return f"{whole}.{''.join(digits)}" if digits else str(whole)
+
+
+@dataclass(frozen=True, slots=True)
+class FxVersion:
+    currency: str
+    effective_from: datetime | None  # None: in force since the beginning of time
+    units_per_usd: Fraction
+
+
+async def list_fx_rates(conn: AsyncConnection) -> list[FxVersion]:
+    """Every FX version, by currency then start."""
+    rows = await conn.execute(
+        text(
+            "SELECT currency,"
+            " CASE WHEN isfinite(effective_from) THEN effective_from END AS effective_from,"
+            " units_per_usd_numerator AS n, units_per_usd_denominator AS d"
+            " FROM fx_rates ORDER BY currency, effective_from"
+        )
+    )
+    return [FxVersion(row.currency, row.effective_from, Fraction(row.n, row.d)) for row in rows]
+
+
+async def add_fx_rate(
+    conn: AsyncConnection, currency: str, units_per_usd: Fraction, effective_from: datetime
+) -> None:
+    """Add a rate; like rate cards, it must take effect in the future, never rewrite the past."""
+    if currency not in CURRENCIES:
+        raise ValueError(f"unknown currency {currency!r}: not an ISO 4217 code giftledger pays in")
+    now = (await conn.execute(text("SELECT now()"))).scalar_one()
+    if effective_from <= now:
+        raise ValueError(f"effective_from must be in the future (now is {now.isoformat()})")
+    if units_per_usd <= 0:
+        raise ValueError("units per USD must be positive")
+    await conn.execute(
+        text(
+            "INSERT INTO fx_rates (currency, effective_from, units_per_usd_numerator,"
+            " units_per_usd_denominator) VALUES (:c, :at, :n, :d)"
+        ),
+        {
+            "c": currency,
+            "at": effective_from,
+            "n": units_per_usd.numerator,
+            "d": units_per_usd.denominator,
+        },
+    )
