@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +26,7 @@ from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import DeadLetter, InputRecord
 from services.rates.rate_cards import RATE_CARD_REFRESH_S, load_rate_cards
 from services.runtime import metrics
+from services.runtime.retry import RetryPolicy, retry
 from services.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -229,24 +229,24 @@ class ConsumerService:
         await msg.ack()
 
     async def _with_database_retry(self, topic: str, work: Callable[[], Awaitable[Any]]) -> Any:
-        backoff_ms = RETRY_BACKOFF_MS_MIN
-        for attempt in range(self.settings.consumer_db_retry_count_max + 1):
-            try:
-                return await work()
-            except Exception as error:
-                if not _is_transient(error) or attempt == self.settings.consumer_db_retry_count_max:
-                    raise
-                metrics.DATABASE_RETRIES.labels(topic).inc()
-                logger.warning(
-                    "database unavailable for %s (%s); retry %d in %d ms",
-                    topic,
-                    type(error).__name__,
-                    attempt + 1,
-                    backoff_ms,
-                )
-                await asyncio.sleep(backoff_ms * random.uniform(0.5, 1.0) / 1000)
-                backoff_ms = min(backoff_ms * 2, self.settings.consumer_db_retry_backoff_ms_max)
-        raise AssertionError("unreachable")
+        """`work()`, paused and tried again while the database is unavailable."""
+
+        def report(error: BaseException, retry_number: int, wait_ms: int) -> None:
+            metrics.DATABASE_RETRIES.labels(topic).inc()
+            logger.warning(
+                "database unavailable for %s (%s); retry %d in at most %d ms",
+                topic,
+                type(error).__name__,
+                retry_number,
+                wait_ms,
+            )
+
+        policy = RetryPolicy(
+            retry_count_max=self.settings.consumer_db_retry_count_max,
+            backoff_ms_first=RETRY_BACKOFF_MS_MIN,
+            backoff_ms_max=self.settings.consumer_db_retry_backoff_ms_max,
+        )
+        return await retry(work, policy, is_transient=_is_transient, on_retry=report)
 
     async def _publish_dead_letters(self, topic: str, letters: list[DeadLetter]) -> None:
         if not letters:

@@ -65,6 +65,7 @@ from schemas.events import (
     PayoutStatus,
     PayoutUpdated,
 )
+from services.runtime.retry import RetryPolicy, retry
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,16 @@ IN_FLIGHT_MAX_DEFAULT = 10_000
 SEEN_CASHOUTS_MAX_DEFAULT = 100_000
 POLL_TIMEOUT_MS = 200
 POLL_BACKOFF_S = 1.0
-RETRY_BACKOFF_S_MIN = 0.1
-RETRY_BACKOFF_S_MAX = 5.0
+# The broker away for about an hour (1,000 tries, 2.5 to 5 s apart once backed off) is waited
+# out; past that the rail stops with the error.
+KAFKA_RETRY_POLICY = RetryPolicy(retry_count_max=1_000, backoff_ms_first=100, backoff_ms_max=5_000)
+
+
+def _is_transient(error: BaseException) -> bool:
+    """The broker or the network away for a while."""
+    return isinstance(error, KafkaError | OSError | TimeoutError)
+
+
 DRAW_BITS = 64
 DRAW_RANGE = 1 << DRAW_BITS
 
@@ -520,16 +529,16 @@ class PayoutRailService:
         await self._producer.send_and_wait(self.reports_topic, value=value, key=creator_id.encode())
 
     async def _retrying(self, what: str, action: Callable[[], Awaitable[T]]) -> T:
-        backoff_s = RETRY_BACKOFF_S_MIN
-        while True:
-            try:
-                return await action()
-            except (KafkaError, OSError, TimeoutError) as error:
-                logger.warning(
-                    "payout rail: %s failed (%r); retry in %.1f s", what, error, backoff_s
-                )
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, RETRY_BACKOFF_S_MAX)
+        def report(error: BaseException, retry_number: int, wait_ms: int) -> None:
+            logger.warning(
+                "payout rail: %s failed (%r); retry %d in at most %d ms",
+                what,
+                error,
+                retry_number,
+                wait_ms,
+            )
+
+        return await retry(action, KAFKA_RETRY_POLICY, is_transient=_is_transient, on_retry=report)
 
     async def _commit(self, partitions: set[Any]) -> None:
         offsets = {}
