@@ -2,15 +2,22 @@
 
 The wire format is fixed by the contract: field names are the contract's, unknown fields are
 refused, and validation is strict, so `"5"` is not a number and `true` is not `1`. Timestamps are
-RFC 3339 strings with a timezone; dates are ISO `YYYY-MM-DD`. Every number and string is bounded,
-so a malformed or hostile input fails here, before it can reach the ledger. Amounts are integers in
-the minor unit of their asset (see `schemas.assets`); there are no floats.
+RFC 3339 strings with seconds and a timezone offset; dates are ISO `YYYY-MM-DD`. Every number and
+string is bounded, so a malformed or hostile input fails here, before it can reach the ledger.
+Amounts are integers in the minor unit of their asset (see `schemas.assets`); there are no floats.
+
+Every rule is written once, here, and both the service and the exported JSON Schema
+(`schemas.export`) take it from here: field bounds and patterns through pydantic, the rules across
+fields as `if`/`then` in `json_schema_extra` next to the validator that applies them. What JSON
+Schema cannot say is listed in `schemas.event_docs` ("The service also refuses").
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -18,9 +25,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from schemas import topics
 from schemas.assets import CURRENCIES, DIAMOND
@@ -39,10 +50,105 @@ BIRTH_DATE_MIN = date(1900, 1, 1)
 # Business events happen in this window; outside it a timestamp is a mistake, and near the ends of
 # the calendar it would overflow date arithmetic and PostgreSQL's timestamp range.
 OCCURRED_AT_MIN = datetime(2000, 1, 1, tzinfo=UTC)
-OCCURRED_AT_MAX = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
+OCCURRED_AT_MAX = datetime(2999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
 
 # Visible ASCII: letters, digits and punctuation; no spaces, no control characters.
 VISIBLE_ASCII_PATTERN = r"^[!-~]+$"
+# Visible ASCII with at least one character that is not a digit: an opaque token, never a raw
+# account number.
+ACCOUNT_REF_PATTERN = r"^[!-~]*[!-/:-~][!-~]*$"
+
+# Dates and times, as regular expressions both pydantic-core (Rust `regex`) and JSON Schema
+# validators (ECMA-262, Python `re`) read alike: no `\d`, no look-around (one difference stays:
+# Python's `$` also matches before a final line feed; docs/events.md lists it). The calendar is
+# exact: months have their days and February 29 exists in leap years only.
+_MONTH_DAY = (
+    "(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    "|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    "|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+)
+# Divisible by 4 and not by 100 (1904 .. 2996), or by 400 (2000, 2400, 2800).
+_LEAP_YEAR = "(?:(?:19|2[0-9])(?:0[48]|[2468][048]|[13579][26])|2[048]00)"
+_LEAP_YEAR_2XXX = "(?:2[0-9](?:0[48]|[2468][048]|[13579][26])|2[048]00)"
+_TIME = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,9})?"
+_OFFSET = "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+# The local date of a moment between OCCURRED_AT_MIN and OCCURRED_AT_MAX: 2000 .. 2999, and the
+# day either side, which an offset can still bring into range.
+_OCCURRED_ON = f"(?:2[0-9]{{3}}-{_MONTH_DAY}|{_LEAP_YEAR_2XXX}-02-29|1999-12-31|3000-01-01)"
+# RFC 3339 `date-time` (section 5.6) with seconds and an offset, `T`/`t` and `Z`/`z` as RFC 3339
+# allows, no space for `T`, at most 9 digits of a second (the service keeps 6). The contract's
+# pattern for `occurred_at`, exported in the JSON Schema.
+OCCURRED_AT_PATTERN = f"^{_OCCURRED_ON}[Tt]{_TIME}{_OFFSET}$"
+# What the service matches before pydantic parses the text: the same with the offset optional, so
+# a timestamp without one fails in pydantic's timezone check, with its message. Together they
+# accept exactly what OCCURRED_AT_PATTERN does (and then the bounds hold, in UTC).
+OCCURRED_AT_TEXT_PATTERN = f"^{_OCCURRED_ON}[Tt]{_TIME}{_OFFSET}?$"
+# ISO `YYYY-MM-DD` from 1900-01-01 to 3000-01-01 (the latest local day of OCCURRED_AT_MAX).
+BIRTH_DATE_PATTERN = (
+    f"^(?:(?:19[0-9]{{2}}|2[0-9]{{3}})-{_MONTH_DAY}|{_LEAP_YEAR}-02-29|3000-01-01)$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TextFirst:
+    """In JSON, a date or a datetime must first be a string matching `pattern`; then pydantic
+    parses it. Without this, pydantic also reads digit strings as Unix time (`"1762000000"`),
+    times without seconds, a space or `_` for `T`, `,` for `.` and `+0100` for `+01:00`.
+
+    The check runs in pydantic-core (a Rust regex in a chain), not in a Python validator: a
+    gift's validation pays a string step, not a Python call. In Python (a `datetime` given to the
+    constructor) the field validates as before. The JSON Schema is the type's own plus
+    `schema_pattern`.
+    """
+
+    pattern: str
+    schema_pattern: str
+    message: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        parsed = handler(source)
+        assert parsed["type"] in ("date", "datetime"), parsed
+        # The text is known to be a string here: the parse after it may be lax (a Python str).
+        lax: Any = {**parsed, "strict": False}
+        text = core_schema.custom_error_schema(
+            core_schema.str_schema(pattern=self.pattern, strict=True),
+            custom_error_type=f"{parsed['type']}_format",
+            custom_error_message=self.message,
+        )
+        return core_schema.json_or_python_schema(
+            json_schema=core_schema.chain_schema([text, lax]), python_schema=parsed
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        assert schema["type"] == "json-or-python", schema
+        return {**handler(schema["python_schema"]), "pattern": self.schema_pattern}
+
+
+OccurredAt = Annotated[
+    AwareDatetime,
+    # The bounds hold in pydantic's own validator: a Python validator here cost a third of a
+    # gift's validation time.
+    Field(ge=OCCURRED_AT_MIN, le=OCCURRED_AT_MAX),
+    TextFirst(
+        OCCURRED_AT_TEXT_PATTERN,
+        OCCURRED_AT_PATTERN,
+        "Input should be a valid datetime: RFC 3339 with seconds and an offset,"
+        " YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM), in 2000 .. 2999",
+    ),
+]
+BirthDate = Annotated[
+    date,
+    Field(ge=BIRTH_DATE_MIN),
+    TextFirst(
+        BIRTH_DATE_PATTERN,
+        BIRTH_DATE_PATTERN,
+        "Input should be a valid date: YYYY-MM-DD, from 1900-01-01",
+    ),
+]
 
 
 def _check_currency(value: str) -> str:
@@ -57,8 +163,11 @@ def _check_cashout_asset(value: str) -> str:
     return value
 
 
+_ACCOUNT_REF_RE = re.compile(ACCOUNT_REF_PATTERN)
+
+
 def _check_account_ref(value: str) -> str:
-    if value.isdigit():
+    if not _ACCOUNT_REF_RE.fullmatch(value):
         raise ValueError("payout_account_ref must be an opaque token, not a raw account number")
     return value
 
@@ -72,7 +181,11 @@ FailureCode = Annotated[
 RuleName = Annotated[
     str, Field(min_length=1, max_length=RULE_NAME_LENGTH_MAX, pattern=VISIBLE_ASCII_PATTERN)
 ]
-AccountRef = Annotated[Identifier, AfterValidator(_check_account_ref)]
+AccountRef = Annotated[
+    Identifier,
+    AfterValidator(_check_account_ref),
+    Field(json_schema_extra={"pattern": ACCOUNT_REF_PATTERN}),
+]
 Amount = Annotated[int, Field(ge=1, le=AMOUNT_MAX)]
 Fee = Annotated[int, Field(ge=0, le=AMOUNT_MAX)]
 Tally = Annotated[int, Field(ge=0, le=TALLY_MAX)]
@@ -88,6 +201,9 @@ CashoutAsset = Annotated[
 ]
 # A positive decimal written as text so no float ever carries a rate: up to 12 + 18 digits.
 DecimalText = Annotated[str, Field(max_length=31, pattern=r"^[0-9]{1,12}(\.[0-9]{1,18})?$")]
+# A decimal of zeros only ("0", "0.000"): DecimalText, but not greater than zero.
+ZERO_DECIMAL_PATTERN = r"^[0.]+$"
+_ZERO_DECIMAL_RE = re.compile(ZERO_DECIMAL_PATTERN)
 
 GiftSurface = Literal["video", "live"]
 ReversalReason = Literal["refund", "chargeback", "fraud", "policy"]
@@ -113,19 +229,52 @@ class Event(BaseModel):
         "with a different payload it is a conflict. 1-128 visible ASCII characters.",
         examples=["gift-01JC9W6W2Q0R4S8T"],
     )
-    # A timezone is required and the bounds hold in pydantic's own validator: a Python
-    # validator here cost a third of a gift's validation time.
-    occurred_at: AwareDatetime = Field(
-        ge=OCCURRED_AT_MIN,
-        le=OCCURRED_AT_MAX,
-        description="When it happened: an RFC 3339 timestamp with a timezone offset, between"
-        " 2000-01-01 and 2999-12-31 (UTC).",
+    occurred_at: OccurredAt = Field(
+        description="When it happened: an RFC 3339 timestamp with seconds and a timezone offset"
+        " (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`), between 2000-01-01 and 2999-12-31"
+        " (UTC).",
         examples=["2026-11-03T18:25:43.511Z"],
     )
 
 
+def _when(
+    field: str, value: str, then: dict[str, Any], otherwise: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A JSON Schema `if`/`then` (and `else`): when `field` is `value`, `then` holds."""
+    rule: dict[str, Any] = {
+        "if": {"properties": {field: {"const": value}}, "required": [field]},
+        "then": then,
+    }
+    if otherwise is not None:
+        rule["else"] = otherwise
+    return rule
+
+
+def _present(*fields: str) -> dict[str, Any]:
+    """JSON Schema: every one of `fields` is there and not null."""
+    return {
+        "required": list(fields),
+        "properties": {field: {"not": {"type": "null"}} for field in fields},
+    }
+
+
+def _absent(*fields: str) -> dict[str, Any]:
+    """JSON Schema: none of `fields` is there, except as null."""
+    return {"properties": {field: {"type": "null"} for field in fields}}
+
+
 class GiftSent(Event):
     """A fan sent `count` gifts of `coins` coins each to a creator, on a video or a LIVE."""
+
+    # The rule of `_surface_names_its_target`, for the JSON Schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                _when("surface", "video", {"allOf": [_present("video_id"), _absent("live_id")]}),
+                _when("surface", "live", {"allOf": [_present("live_id"), _absent("video_id")]}),
+            ]
+        }
+    )
 
     sender_id: Identifier = Field(description="The fan who sent the gift.", examples=["fan-1001"])
     creator_id: Identifier = Field(description=_CREATOR_ID, examples=["creator-42"])
@@ -241,8 +390,7 @@ class CreatorUpdated(Event):
     """Eligibility facts about a creator; the latest event wins."""
 
     creator_id: Identifier = Field(description=_CREATOR_ID, examples=["creator-42"])
-    birth_date: date = Field(
-        ge=BIRTH_DATE_MIN,
+    birth_date: BirthDate = Field(
         description="Date of birth, ISO YYYY-MM-DD; not after the day of `occurred_at`.",
         examples=["1998-04-17"],
     )
@@ -274,13 +422,26 @@ class CreatorUpdated(Event):
 class CashoutRequested(Event):
     """A creator asks to turn Diamonds, or a currency balance, into money on their account."""
 
+    # The rule of `_diamonds_fit_in_milli_diamonds`, for the JSON Schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                _when(
+                    "asset",
+                    DIAMOND,
+                    {"properties": {"amount": {"maximum": DIAMOND_CASHOUT_MAX}}},
+                )
+            ]
+        }
+    )
+
     creator_id: Identifier = Field(description=_CREATOR_ID, examples=["creator-42"])
     asset: CashoutAsset = Field(
         description="What to cash out: `DIAMOND` or a currency balance.", examples=["DIAMOND"]
     )
     amount: Amount = Field(
         description="How much: whole diamonds when `asset` is `DIAMOND` (not milli-diamonds), "
-        "minor units of `asset` when it is a currency.",
+        f"at most {DIAMOND_CASHOUT_MAX:,}; minor units of `asset` when it is a currency.",
         examples=[2000],
     )
     payout_currency: Currency = Field(
@@ -296,6 +457,13 @@ class CashoutRequested(Event):
 
 class PayoutUpdated(Event):
     """The bank or payout rail reports what happened to a payout."""
+
+    # The rule of `_failure_code_matches_status`, for the JSON Schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [_when("status", "paid", _absent("failure_code"), _present("failure_code"))]
+        }
+    )
 
     cashout_id: Identifier = Field(description=_CASHOUT_ID, examples=["cashout-01JC9X"])
     status: PayoutStatus = Field(
@@ -332,6 +500,23 @@ class PayoutRequested(Event):
 class CashoutUpdated(Event):
     """A cash-out changed state: its amounts, the rates that priced it, and why it failed."""
 
+    # The rules of `_codes_match_status`, for the JSON Schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {
+                        "properties": {"status": {"enum": ["failed", "returned"]}},
+                        "required": ["status"],
+                    },
+                    "then": _present("failure_code"),
+                    "else": _absent("failure_code"),
+                },
+                _when("status", "rejected", _present("rejected_rule"), _absent("rejected_rule")),
+            ]
+        }
+    )
+
     cashout_id: Identifier = Field(description=_CASHOUT_ID, examples=["cashout-01JC9X"])
     creator_id: Identifier = Field(description=_CREATOR_ID, examples=["creator-42"])
     status: CashoutStatus = Field(
@@ -367,6 +552,8 @@ class CashoutUpdated(Event):
         "`payout_currency` per major unit of USD (Diamonds) or of `asset` (a currency). "
         "Absent until priced.",
         examples=["1", "0.9213"],
+        # The rule of `_fx_rate_positive`, for the JSON Schema (a pattern ignores null).
+        json_schema_extra={"not": {"pattern": ZERO_DECIMAL_PATTERN}},
     )
     failure_code: FailureCode | None = Field(
         default=None,
@@ -383,7 +570,7 @@ class CashoutUpdated(Event):
     @field_validator("fx_rate")
     @classmethod
     def _fx_rate_positive(cls, value: str | None) -> str | None:
-        if value is not None and value.strip("0.") == "":
+        if value is not None and _ZERO_DECIMAL_RE.fullmatch(value):
             raise ValueError("fx_rate must be greater than zero")
         return value
 
