@@ -111,7 +111,7 @@ _LOCK_ACCOUNTS = text(
 # Step 4. Every account the accepted transfers name is updated by its aggregated deltas, in id
 # order (the unnest is sorted and drives the join), so writers take their locks in one order.
 # Should the planner ever join the other way round, PostgreSQL detects the deadlock and
-# `run_with_conflict_retry` runs the batch again. Once all are locked, the clock is the batch's
+# the unit of work runs the batch again. Once all are locked, the clock is the batch's
 # commit timestamp, and each account's balance just before this batch is known: the transfers
 # are inserted with their running balances offset from it, in batch order, with their keys and
 # the resolutions of the pending transfers they post or void. The accounts' balances before,
