@@ -40,7 +40,13 @@ from schemas.assets import DIAMOND
 from schemas.events import CashoutRequested, PayoutRequested, PayoutUpdated
 from services.cashout.conversion import MILLI_PER_DIAMOND, USD_MICROS, convert
 from services.cashout.eligibility import creator_eligibility
-from services.cashout.store import Cashout, load_cashout, queue, record_transition
+from services.cashout.store import (
+    Cashout,
+    cashout_event_id,
+    load_cashout,
+    queue,
+    record_transition,
+)
 from services.rates.fx import FxRate, fx_in_force
 from services.rates.rate_cards import RateCardBook
 from services.runtime.settings import EligibilitySettings
@@ -146,7 +152,7 @@ class CashoutDesk:
         cashout.status = "held"
         await self._store(conn, cashout)
         payout = PayoutRequested(
-            event_id=f"{cashout.cashout_id}:payout"[:128],
+            event_id=cashout_event_id(cashout.cashout_id, "payout"),
             occurred_at=datetime.now(UTC),
             cashout_id=cashout.cashout_id,
             creator_id=cashout.creator_id,

@@ -3,6 +3,7 @@ change queues (`cashouts.updated`, `payouts.requested`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,11 +14,24 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas import topics
-from schemas.events import CashoutUpdated
+from schemas.events import ID_LENGTH_MAX, CashoutUpdated
 from services.rates.fx import decimal_text
 
 CASHOUT_LIST_LIMIT_MAX = 1_000
 OPEN_STATUSES = ("held", "submitted")
+
+
+def cashout_event_id(cashout_id: str, what: str) -> str:
+    """The event_id of an event giftledger publishes about a cash-out (`what`: a status, or
+    `payout`): the same every time, and never another cash-out's.
+
+    `<cashout_id>:<what>` while that fits in an event_id, else `<what>#<sha256 of cashout_id>`,
+    which holds no `:`, so the two forms never meet (cutting the long form at 128 characters, as
+    before, gave two long ids that differ only at the end the same event ids)."""
+    readable = f"{cashout_id}:{what}"
+    if len(readable) <= ID_LENGTH_MAX:
+        return readable
+    return f"{what}#{hashlib.sha256(cashout_id.encode()).hexdigest()}"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -43,7 +57,7 @@ class Cashout:
         if self.fx_numerator is not None and self.fx_denominator is not None:
             fx = decimal_text(Fraction(self.fx_numerator, self.fx_denominator))
         return CashoutUpdated(
-            event_id=f"{self.cashout_id}:{self.status}"[:128],
+            event_id=cashout_event_id(self.cashout_id, self.status),
             occurred_at=moment,
             cashout_id=self.cashout_id,
             creator_id=self.creator_id,
