@@ -42,3 +42,28 @@ async def test_changing_a_ledger_row_fails_in_the_database(
     with pytest.raises(DBAPIError, match="immutable"):
         async with engine.begin() as conn:
             await conn.execute(text(statement), {"id": post.id, "pending_id": pending.id})
+
+
+APPEND_ONLY_TABLES = [
+    "transfers",
+    "transfer_keys",
+    "pending_resolutions",
+    "ledger_links",
+    "applied_events",
+    "rate_cards",
+    "fx_rates",
+    "cashout_transitions",
+]
+
+
+@pytest.mark.parametrize("table", APPEND_ONLY_TABLES)
+async def test_an_append_only_table_cannot_be_truncated_even_by_its_owner(
+    engine: AsyncEngine, table: str
+) -> None:
+    async with engine.connect() as conn:
+        transaction = await conn.begin()
+        try:
+            with pytest.raises(DBAPIError, match="immutable"):
+                await conn.execute(text(f"TRUNCATE {table} CASCADE"))
+        finally:
+            await transaction.rollback()

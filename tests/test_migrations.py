@@ -13,7 +13,7 @@ pytestmark = pytest.mark.server
 
 
 async def test_migrations_reach_head_and_are_idempotent(engine: AsyncEngine) -> None:
-    assert head_revision() == "0011"
+    assert head_revision() == "0012"
     assert await current_revision(engine) == head_revision()
     await upgrade_to_head(engine)
     assert await current_revision(engine) == head_revision()
