@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.auth import TokenBook
 from services.api.deps import TAG
+from services.api.load_shedding import ConcurrencyLimit
 from services.api.routes import cashouts, creators, events, reports, service, statements
 from services.runtime.settings import Settings
 
@@ -55,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 TITLE: Final = "giftledger finance API"
 API_VERSION: Final = "1"
-CONCURRENCY_MAX: Final = 256
 GRACEFUL_SHUTDOWN_S: Final = 10
 # The OpenAPI pages' scripts, styles and icon, served by the API itself so that the pages work
 # offline: the fastapi-offline wheel ships Swagger UI 5 (which renders the OpenAPI 3.1 document
@@ -203,6 +203,7 @@ def create_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
     for router in ROUTERS:
         _add_routes(app, router)
     app.middleware("http")(_refuse_nul_characters)
+    app.add_middleware(ConcurrencyLimit, concurrency_max=settings.api_concurrency_max)
     app.add_exception_handler(SQLAlchemyError, _on_database_error)
     app.add_exception_handler(OSError, _on_database_error)
     app.add_exception_handler(TimeoutError, _on_database_error)
@@ -237,7 +238,6 @@ async def serve_api(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> 
         lifespan="off",
         log_config=None,
         server_header=False,
-        limit_concurrency=CONCURRENCY_MAX,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = _EmbeddedServer(config)

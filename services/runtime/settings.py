@@ -193,6 +193,13 @@ class Settings(BaseSettings):
         'each token to its role, e.g. API_TOKENS=\'{"<sha256 hex>": "finance"}\'. Only digests '
         "are configured, never the tokens. Empty: every authenticated route answers 401.",
     )
+    api_concurrency_max: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Requests the finance API handles at once; one more is answered 503 with"
+        " Retry-After at once.",
+    )
     api_page_size_max: int = Field(
         default=1_000,
         ge=1,
