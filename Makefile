@@ -37,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ledger_bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .giftledger
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .giftledger .cache

@@ -35,8 +35,10 @@ INTRODUCTION = f"""\
      `tests/test_event_docs.py` fails when this file and the models disagree. -->
 
 What giftledger reads from and writes to Kafka. Every event is one JSON object, UTF-8, with the
-Kafka key equal to its `creator_id` (so one creator's events stay in order on one partition).
-Topic names may carry a deployment prefix (`KAFKA_TOPIC_PREFIX`).
+Kafka key equal to its `creator_id` (so one creator's events stay in order on one partition); a
+`payouts.updated` report, which names only its cash-out, is keyed by the creator of that
+cash-out, as its `payouts.requested` was. Topic names may carry a deployment prefix
+(`KAFKA_TOPIC_PREFIX`).
 
 - **Idempotency.** `event_id` is the idempotency key, unique per topic: the same `event_id` with
   the same payload is applied once however often it is delivered; with another payload it is a

@@ -196,14 +196,6 @@ class ConsumerService:
             title=f"on_{topic.replace('.', '_')}",
             description=TOPIC_DESCRIPTIONS[topic],
         )
-        # Declared for the AsyncAPI document; the records themselves go through the producer
-        # below, which keeps the original bytes and binary headers unchanged.
-        self.broker.publisher(
-            self.name(topics.dead_letter_topic(topic)),
-            title=f"to_{topic.replace('.', '_')}_dlq",
-            description=f"Inputs from {topic} that cannot be applied, with the reason in headers.",
-        )
-
         async def handle(body: Any, msg: KafkaMessage) -> None:
             await self._handle_batch(topic, msg)
 
