@@ -196,6 +196,7 @@ class ConsumerService:
             title=f"on_{topic.replace('.', '_')}",
             description=TOPIC_DESCRIPTIONS[topic],
         )
+
         async def handle(body: Any, msg: KafkaMessage) -> None:
             await self._handle_batch(topic, msg)
 
