@@ -21,6 +21,11 @@ migrated to head, dropped at the end). Topics get a unique prefix and
    them, one process drains N/10 on topics of their own, to show what memory a consumer needs
    for a backlog ten times smaller (run first, because Python seldom gives memory back to the
    system).
+   Just before the last drain, the ledger batch alone (`bench/ledger_alone.py`): the same N gifts
+   (event ids of their own) turned into the handler's transfers before the clock starts, then
+   posted with `Ledger.transactions()` + `tx.post_new` in batches of the consumers' batch size by
+   `LEDGER_WRITERS` (2) concurrent tasks: no Kafka, no parsing, no applied events. Printed as
+   `ingest xP/ledger ratio` (each drain's rate over it).
 5. latency: with the last drain's consumers still running, gifts at `--latency-rate` per second
    for `--latency-seconds`, `occurred_at` = send time.
 
@@ -67,6 +72,7 @@ from bench.consumer_workers import (
     STARTED,
     Workers,
 )
+from bench.ledger_alone import LedgerAlone, post_batches, prepare_batches
 from bench.ledger_bench import admin_url, fresh_database, server_version, verify_ledger
 from bench.log_tally import LogTally
 from ledger import chart
@@ -79,6 +85,7 @@ from ledger.service import Ledger
 from schemas import topics
 from schemas.events import GiftSent
 from schemas.topics import all_topics
+from services.app.bootstrap import build_ledger
 from services.ingestion.event_transfers import batch_coin_leg
 from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime.embedded_broker import EmbeddedBroker, create_topics
@@ -122,6 +129,8 @@ POLL_S = 0.05
 RSS_SAMPLE_S = 0.5
 PACE_TICK_S = 0.002
 PROCESSES_MAX = 16
+LEDGER_WRITERS = 2  # concurrent writers of the ledger-alone measurement
+LEDGER_ALONE_TAG = "l"  # event ids of the ledger-alone gifts: gift-l-<index>
 
 TARGET_GIFTS_PER_S = 20_000
 TARGET_RATIO = 10.0
@@ -475,6 +484,38 @@ async def measure_baseline(
     return Measurement("baseline (per event)", applied, seconds), coins
 
 
+def gifts_for_ledger(count: int) -> list[GiftSent]:
+    """The first drain's gifts (same seed, same order), under event ids of their own, parsed."""
+    maker = GiftMaker(SEED)
+    return [
+        GiftSent.model_validate_json(
+            maker.gift(
+                f"gift-{LEDGER_ALONE_TAG}-{index:09d}",
+                datetime.fromtimestamp(BACKLOG_START + index / 1000, UTC),
+            )[0]
+        )
+        for index in range(count)
+    ]
+
+
+async def measure_ledger_alone(
+    engine: AsyncEngine, settings: Settings, count: int
+) -> tuple[LedgerAlone, Measurement]:
+    """The gifts through the ledger's path for new transfers alone, `LEDGER_WRITERS` writers.
+
+    Everything but the posting (generating, parsing, planning, creating the accounts) happens
+    before the clock starts."""
+    ledger = build_ledger(settings, engine)
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    batches, events, coins = await prepare_batches(
+        ledger, gifts_for_ledger(count), rate_cards, settings.consumer_batch_size_max
+    )
+    seconds = await post_batches(ledger, batches, LEDGER_WRITERS)
+    alone = LedgerAlone(events, coins, len(batches), LEDGER_WRITERS, seconds)
+    return alone, Measurement(f"ledger batch alone x{LEDGER_WRITERS}", events, seconds)
+
+
 def consumer_settings(prefix: str) -> Settings:
     """The defaults, but for topics and groups of their own and a 6 s session timeout: the
     embedded broker forms a consumer group in about half of it (5 s with the default 10 s)."""
@@ -752,6 +793,7 @@ class Figures:
     published: Published | None = None
     measurements: list[Measurement] = field(default_factory=list)
     drains: list[Drain] = field(default_factory=list)
+    ledger_alone: LedgerAlone | None = None
     latency: Latency | None = None
     worker_log: Counter[tuple[str, str]] = field(default_factory=Counter)
     checked: str = ""
@@ -855,6 +897,13 @@ async def run_phases(
             published = await publish_backlog(
                 producer, gifts_topic, GiftMaker(SEED), options.events, f"b{index}"
             )
+        if index == len(bigs) - 1:
+            # Just before the last drain, on the same database, with nothing else running.
+            alone, alone_measurement = await measure_ledger_alone(engine, settings, options.events)
+            figures.ledger_alone = alone
+            figures.measurements.append(alone_measurement)
+            coins += alone.coins
+            say(f"ledger batch alone: {alone.events_per_s:,.0f} gifts/s")
         events, coins = events + published.events, coins + published.coins
         big_drain, workers = await drain(
             url, bootstrap_servers, settings, options.events, processes
@@ -900,6 +949,22 @@ def headline(figures: Figures) -> Measurement:
     return max(candidates, key=lambda m: m.events_per_s)
 
 
+def drain_rate(figures: Figures, drained: Drain) -> Measurement:
+    """A drain's rate once its group had settled, or from its first record if none was left."""
+    by_path = {m.path: m for m in figures.measurements}
+    return by_path.get(f"{drained.label}, settled") or by_path[f"{drained.label}, 1st record"]
+
+
+def ledger_ratios(figures: Figures) -> dict[str, float]:
+    """Each big drain's rate over the ledger batch alone's: `ingest xP/ledger`."""
+    alone = figures.ledger_alone
+    assert alone is not None
+    return {
+        f"ingest x{d.processes}/ledger": drain_rate(figures, d).events_per_s / alone.events_per_s
+        for d in figures.drains[1:]
+    }
+
+
 def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any]:
     by_path = {m.path: m for m in figures.measurements}
     baseline = by_path["baseline (per event)"].events_per_s
@@ -920,6 +985,17 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
             f" {m.events_per_s / baseline:>10.1f}x"
         )
     print("(giftledger xN: N consumer processes in one group; each drain has its own topics)")
+    alone = figures.ledger_alone
+    assert alone is not None
+    print(
+        f"(ledger batch alone x{alone.writers}: the same {alone.events:,} gifts as transfers,"
+        f" {alone.batches:,} batches of the consumers' batch size through Ledger.transactions()"
+        f" + tx.post_new, {alone.writers} asyncio writers in one process; no Kafka, no parsing,"
+        " no applied events)"
+    )
+    ratios = ledger_ratios(figures)
+    for name, ratio in ratios.items():
+        print(f"{name} ratio: {ratio:.2f}")
     for big_drain in big_drains:
         settled_s = "never" if big_drain.settled_s is None else f"{big_drain.settled_s:.1f} s"
         print(
@@ -1017,6 +1093,14 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
             "applied_at_ms": {key: round(value, 1) for key, value in latency.applied_at_ms.items()},
             "commit_ms": {key: round(value, 1) for key, value in latency.committed_ms.items()},
         },
+        "ledger_alone": {
+            "events": alone.events,
+            "batches": alone.batches,
+            "writers": alone.writers,
+            "seconds": round(alone.seconds, 3),
+            "events_per_s": round(alone.events_per_s),
+        },
+        "ratios": {name: round(ratio, 2) for name, ratio in ratios.items()},
         "machine": figures.machine,
         "library_log": {f"{level} {name}": n for (level, name), n in logs.items()},
         "targets": targets,

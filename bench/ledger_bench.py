@@ -1,6 +1,7 @@
-"""Ledger posting benchmark: `Ledger` batches against one transaction per transfer.
+"""Ledger posting benchmark: `Ledger` batches against one transaction per transfer, and against
+PostgreSQL's own ceiling for the same rows.
 
-Both paths post the same kind of workload into one fresh database, migrated to head:
+The ledger's paths post into one fresh database, migrated to head:
 
 - `batch`: `--writers` asyncio tasks post batches of `--batch-size` through one `Ledger`, each
   batch in a unit of work of its own (`async for tx in ledger.transactions(): async with tx:
@@ -8,13 +9,23 @@ Both paths post the same kind of workload into one fresh database, migrated to h
 - `baseline`: what a plain implementation does, per transfer: BEGIN; insert the transfer's key;
   update the debit account, then the credit account, each guarded by its balance rule and
   returning the new balance; insert the transfer row; link it into the hash chain (the same
-  tamper evidence the batch path gives); COMMIT. Each writer keeps one connection.
+  tamper evidence the batch path gives); COMMIT. Each writer keeps one connection. This is
+  giftledger's own Python (SQLAlchemy, one round trip per statement), kept as a third row.
+
+The plain paths (`bench.plain_paths`, asyncpg directly, no hash chain) post into a second fresh
+database migrated the same way, so that `ledger.verify` still checks the ledger's:
+
+- `naive`: a straightforward service in SQL, one transaction per transfer (one call of a PL/pgSQL
+  function, one round trip), from `--naive-connections` connections (8);
+- `ceiling`: the batch path's rows and aggregated account updates, written by one hand-written
+  `unnest` statement per batch of `--batch-size`, `--writers` connections, no ledger logic.
 
 Two workloads, from a seeded `random.Random`: `spread` credits accounts uniformly, `hot` credits
 one account with 30 % of the transfers. Every transfer debits the same funding account.
 
 Run: python -m bench.ledger_bench [--transfers N] [--accounts 10000] [--batch-size 1000]
-                                  [--writers 2] [--baseline-transfers M] [--json PATH]
+                                  [--writers 2] [--baseline-transfers M]
+                                  [--naive-transfers K] [--naive-connections 8] [--json PATH]
 """
 
 from __future__ import annotations
@@ -38,6 +49,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from bench.plain_paths import (
+    asyncpg_dsn,
+    check_plain_run,
+    install_naive_function,
+    plain_totals,
+    run_ceiling_path,
+    run_naive_path,
+)
 from ledger.accounts import ensure_accounts_in
 from ledger.chain import append_link
 from ledger.chart import AccountKind, AccountSpec
@@ -64,6 +83,15 @@ ASSET = "DIAMOND"
 AMOUNT_MAX = 10_000
 HOT_SHARE = 0.3
 VARIANTS = ("spread", "hot")
+# In the order they run, per variant; ratios are the batch path's rate over each other's.
+PATHS = ("batch", "ceiling", "naive", "baseline")
+PATH_NOTES = {
+    "batch": "Ledger units of work, batches, hash chain linked per batch (SQLAlchemy)",
+    "ceiling": "one unnest INSERT/UPDATE statement per batch, no reads, no walk, no chain",
+    "naive": "one SQL function call = one transaction per transfer, no hash chain (asyncpg)",
+    "baseline": "giftledger's Python per transfer, 5 round trips + chain link (SQLAlchemy)",
+}
+NAIVE_WORKLOAD_SEED = WORKLOAD_SEED + 1
 CONFLICT_RETRY_COUNT_MAX = 5
 WRITER_COUNT_MAX = 64
 ACCOUNT_COUNT_MAX = 1_000_000
@@ -110,6 +138,8 @@ class Settings:
     batch_size: int
     writers: int
     baseline_transfers: int
+    naive_transfers: int
+    naive_connections: int
     transfer_ids: str
     json_path: Path | None
 
@@ -144,6 +174,15 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         "--baseline-transfers", type=int, default=5_000, help="per variant, baseline path"
     )
     parser.add_argument(
+        "--naive-transfers", type=int, default=20_000, help="per variant, naive path"
+    )
+    parser.add_argument(
+        "--naive-connections",
+        type=int,
+        default=8,
+        help="concurrent connections of the naive path (one transaction per transfer)",
+    )
+    parser.add_argument(
         "--transfer-ids",
         choices=TRANSFER_ID_KINDS,
         default="random",
@@ -152,8 +191,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     arguments = parser.parse_args(argv)
-    if arguments.transfers < 1 or arguments.baseline_transfers < 1:
-        parser.error("--transfers and --baseline-transfers must be positive")
+    if min(arguments.transfers, arguments.baseline_transfers, arguments.naive_transfers) < 1:
+        parser.error("--transfers, --baseline-transfers and --naive-transfers must be positive")
+    if not 1 <= arguments.naive_connections <= WRITER_COUNT_MAX:
+        parser.error(f"--naive-connections must be between 1 and {WRITER_COUNT_MAX}")
     if not 2 <= arguments.accounts <= ACCOUNT_COUNT_MAX:
         parser.error(f"--accounts must be between 2 and {ACCOUNT_COUNT_MAX}")
     if not 1 <= arguments.batch_size <= TRANSFER_BATCH_SIZE_MAX:
@@ -166,6 +207,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         batch_size=arguments.batch_size,
         writers=arguments.writers,
         baseline_transfers=arguments.baseline_transfers,
+        naive_transfers=arguments.naive_transfers,
+        naive_connections=arguments.naive_connections,
         transfer_ids=arguments.transfer_ids,
         json_path=arguments.json,
     )
@@ -416,19 +459,42 @@ async def measure(
     return Measurement(variant, path, len(transfers), seconds)
 
 
+async def measure_plain(
+    dsn: str, variant: str, path: str, transfers: Sequence[Transfer], settings: Settings
+) -> Measurement:
+    """The naive or the ceiling path in the plain database; checks its rows and totals."""
+    label = f"{variant}/{path}"
+    before = await plain_totals(dsn)
+    if path == "naive":
+        posted, seconds = await run_naive_path(dsn, transfers, settings.naive_connections)
+    else:
+        posted, retried, seconds = await run_ceiling_path(
+            dsn, transfers, settings.batch_size, settings.writers, ASSET
+        )
+        if retried:
+            print(f"{label}: {retried} batches run again after a deadlock")
+    assert posted == len(transfers), f"{label}: posted {posted} of {len(transfers)}"
+    check_plain_run(label, transfers, before, await plain_totals(dsn))
+    return Measurement(variant, path, len(transfers), seconds)
+
+
 # Report.
 
 
-def ratios(measurements: Sequence[Measurement]) -> dict[str, float]:
-    """Batch over baseline throughput, per variant."""
+def ratios(measurements: Sequence[Measurement]) -> dict[str, dict[str, float]]:
+    """The batch path's throughput over each other path's, per other path and variant."""
     rates = {(m.variant, m.path): m.transfers_per_s for m in measurements}
-    return {variant: rates[variant, "batch"] / rates[variant, "baseline"] for variant in VARIANTS}
+    return {
+        other: {variant: rates[variant, "batch"] / rates[variant, other] for variant in VARIANTS}
+        for other in PATHS
+        if other != "batch"
+    }
 
 
 def print_report(
     measurements: Sequence[Measurement],
     settings_used: dict[str, Any],
-    ratio_by_variant: dict[str, float],
+    ratio_by_path: dict[str, dict[str, float]],
 ) -> None:
     print(f"{'variant':<8} {'path':<9} {'transfers':>10} {'seconds':>8} {'transfers/s':>12}")
     for m in measurements:
@@ -436,9 +502,20 @@ def print_report(
             f"{m.variant:<8} {m.path:<9} {m.transfers:>10,} {m.seconds:>8.2f}"
             f" {m.transfers_per_s:>12,.0f}"
         )
+    for path in PATHS:
+        print(f"  {path}: {PATH_NOTES[path]}")
+    print(
+        "  (naive links no hash chain: a plain service has none, so the batch path's chain is"
+        " counted against giftledger; the ceiling stores running balances of 0)"
+    )
+    for other in ("naive", "ceiling", "baseline"):
+        for variant, ratio in ratio_by_path[other].items():
+            print(f"{variant} batch/{other} ratio: {ratio:.2f}")
     print(
         "batch/baseline: "
-        + ", ".join(f"{variant} {ratio:.1f}x" for variant, ratio in ratio_by_variant.items())
+        + ", ".join(
+            f"{variant} {ratio:.1f}x" for variant, ratio in ratio_by_path["baseline"].items()
+        )
     )
     print("settings: " + ", ".join(f"{key} {value}" for key, value in settings_used.items()))
 
@@ -447,7 +524,7 @@ def write_json(
     path: Path,
     measurements: Sequence[Measurement],
     settings_used: dict[str, Any],
-    ratio_by_variant: dict[str, float],
+    ratio_by_path: dict[str, dict[str, float]],
 ) -> None:
     figures = {
         "settings": settings_used,
@@ -461,7 +538,15 @@ def write_json(
             }
             for m in measurements
         ],
-        "batch_over_baseline": {key: round(value, 2) for key, value in ratio_by_variant.items()},
+        **{
+            f"batch_over_{other}": {key: round(value, 2) for key, value in by_variant.items()}
+            for other, by_variant in ratio_by_path.items()
+        },
+        "ratios": {
+            f"{variant} batch/{other}": round(ratio, 2)
+            for other, by_variant in ratio_by_path.items()
+            for variant, ratio in by_variant.items()
+        },
     }
     path.write_text(json.dumps(figures, indent=2) + "\n")
 
@@ -487,12 +572,32 @@ async def verify_ledger(url: str) -> float:
     return time.perf_counter() - started
 
 
+async def plain_chart(url: str, account_count: int) -> Chart:
+    """The same chart in the plain database, and the naive path's function."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        chart = await create_chart(engine, account_count)
+    finally:
+        await engine.dispose()
+    await install_naive_function(asyncpg_dsn(url))
+    return chart
+
+
 async def run(settings: Settings) -> None:
-    async with admin_url() as (maintenance_url, source), fresh_database(maintenance_url) as url:
+    async with (
+        admin_url() as (maintenance_url, source),
+        fresh_database(maintenance_url) as url,
+        fresh_database(maintenance_url) as plain_url,
+    ):
         engine = create_engine(url, pool_size=settings.writers + 1, pool_overflow_max=0)
+        plain_dsn = asyncpg_dsn(plain_url)
         try:
             chart = await create_chart(engine, settings.accounts)
+            # Created the same way, so with the same ids: the workloads fit both databases.
+            assert await plain_chart(plain_url, settings.accounts) == chart
             rng = random.Random(WORKLOAD_SEED)
+            # A generator of its own, so the batch and baseline workloads stay what they were.
+            naive_rng = random.Random(NAIVE_WORKLOAD_SEED)
             measurements: list[Measurement] = []
             for variant in VARIANTS:
                 batch_workload = make_workload(
@@ -501,8 +606,18 @@ async def run(settings: Settings) -> None:
                 baseline_workload = make_workload(
                     rng, variant, settings.baseline_transfers, chart, settings.transfer_ids
                 )
+                naive_workload = make_workload(
+                    naive_rng, variant, settings.naive_transfers, chart, settings.transfer_ids
+                )
                 measurements.append(
                     await measure(engine, variant, "batch", batch_workload, settings)
+                )
+                # The ceiling writes the batch path's very transfers, in the plain database.
+                measurements.append(
+                    await measure_plain(plain_dsn, variant, "ceiling", batch_workload, settings)
+                )
+                measurements.append(
+                    await measure_plain(plain_dsn, variant, "naive", naive_workload, settings)
                 )
                 measurements.append(
                     await measure(engine, variant, "baseline", baseline_workload, settings)
@@ -513,6 +628,7 @@ async def run(settings: Settings) -> None:
         verify_s = await verify_ledger(url)
     settings_used = {
         "writers": settings.writers,
+        "naive_connections": settings.naive_connections,
         "batch_size": settings.batch_size,
         "accounts": settings.accounts,
         "transfer_ids": settings.transfer_ids,
@@ -520,14 +636,15 @@ async def run(settings: Settings) -> None:
         "cpus": os.cpu_count(),
         "server": source,
     }
-    ratio_by_variant = ratios(measurements)
-    print_report(measurements, settings_used, ratio_by_variant)
+    ratio_by_path = ratios(measurements)
+    print_report(measurements, settings_used, ratio_by_path)
     print(
-        "checks: every transfer OK, credits posted grew by exactly the amounts posted,"
-        f" verify found no problems ({verify_s:.1f} s)"
+        "checks: batch and baseline: every transfer OK, credits posted grew by exactly the amounts"
+        f" posted, verify found no problems ({verify_s:.1f} s); naive and ceiling: one transfer"
+        " row and one key per transfer, credits and debits posted grew by exactly the amounts"
     )
     if settings.json_path is not None:
-        write_json(settings.json_path, measurements, settings_used, ratio_by_variant)
+        write_json(settings.json_path, measurements, settings_used, ratio_by_path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
