@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ledger.chain import metadata_json
 from ledger.model import NewTransfers, TransferCode
 from ledger.service import Ledger
 from schemas.events import GiftSent
@@ -26,6 +24,7 @@ from services.ingestion.event_transfers import (
     batch_coin_leg,
     gift_transfer,
 )
+from services.ingestion.handlers import gift_batch
 from services.rates.rate_cards import RateCardBook
 
 _GIFT_DIAMONDS = int(TransferCode.GIFT_DIAMONDS)
@@ -59,42 +58,13 @@ async def prepare_batches(
     )
     account_ids = dict(fixed)
     account_ids.update(await ledger.account_ids(unique_specs))
-    source_id = account_ids[GIFT_DIAMOND_SOURCE.name]
-    batches: list[NewTransfers] = []
-    coins_total = 0
-    for start in range(0, len(planned), batch_size):
-        batch = NewTransfers()
-        coins_by_version: dict[int, tuple[int, int]] = {}
-        for event, gift in planned[start : start + batch_size]:
-            batch.add(
-                transfer_id=gift.transfer_id,
-                debit_account_id=source_id,
-                credit_account_id=account_ids[gift.creator_account.name],
-                amount=gift.milli_diamonds,
-                code=_GIFT_DIAMONDS,
-                rate_card_version=gift.rate_card_version,
-                event_id=event.event_id,
-                metadata_text=gift.metadata_text,
-            )
-            coins, count = coins_by_version.get(gift.rate_card_version, (0, 0))
-            coins_by_version[gift.rate_card_version] = (
-                coins + event.coins * event.count,
-                count + 1,
-            )
-        for version, (coins, count) in sorted(coins_by_version.items()):
-            leg = batch_coin_leg(coins, count)
-            batch.add(
-                transfer_id=uuid.uuid4(),
-                debit_account_id=account_ids[leg.debit.name],
-                credit_account_id=account_ids[leg.credit.name],
-                amount=leg.amount,
-                code=int(leg.code),
-                rate_card_version=version,
-                event_id=None,
-                metadata_text=metadata_json(leg.metadata),
-            )
-            coins_total += coins
-        batches.append(batch)
+    gifts_by_id = {event.event_id: gift for event, gift in planned}
+    events = [event for event, _ in planned]
+    batches = [
+        gift_batch(events[start : start + batch_size], gifts_by_id, account_ids)
+        for start in range(0, len(events), batch_size)
+    ]
+    coins_total = sum(event.coins * event.count for event in events)
     return batches, len(planned), coins_total
 
 

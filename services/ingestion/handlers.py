@@ -11,7 +11,7 @@ reversals post linked chains of legs (`post`), whose stored ids make a repeat a 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -133,10 +133,27 @@ async def _gifts_in(
     await events.record_dead_letters(
         conn, topics.GIFTS_SENT, [*early_letters, *report.dead_letters]
     )
+    sent = [item.event for item in fresh if isinstance(item.event, GiftSent)]
+    batch = gift_batch(sent, gifts, account_ids)
+    if batch:
+        await tx.post_new(batch)
+    report.applied = len(fresh)
+    return report
+
+
+def gift_batch(
+    events: Sequence[GiftSent], gifts: Mapping[str, GiftTransfer], account_ids: Mapping[str, int]
+) -> NewTransfers:
+    """The transfers of gifts applied together: one per gift (its creator's share, issued as
+    diamonds), then one coin transfer per rate card version for the gifts' coins.
+
+    The coin transfer's id is new on every attempt: it is stored only with the gifts it counts,
+    in the same transaction, and a redelivered gift is filtered out before it is counted again."""
     batch = NewTransfers()
     source_id = account_ids[GIFT_DIAMOND_SOURCE.name]
-    for item in fresh:
-        gift = gifts[item.event.event_id]
+    coins_by_version: dict[int, tuple[int, int]] = {}
+    for event in events:
+        gift = gifts[event.event_id]
         batch.add(
             transfer_id=gift.transfer_id,
             debit_account_id=source_id,
@@ -144,32 +161,11 @@ async def _gifts_in(
             amount=gift.milli_diamonds,
             code=_GIFT_DIAMONDS,
             rate_card_version=gift.rate_card_version,
-            event_id=item.event.event_id,
+            event_id=event.event_id,
             metadata_text=gift.metadata_text,
         )
-    _add_batch_coins(batch, fresh, gifts, account_ids)
-    if batch:
-        await tx.post_new(batch)
-    report.applied = len(fresh)
-    return report
-
-
-def _add_batch_coins(
-    batch: NewTransfers,
-    gifts: list[ParsedEvent],
-    planned: dict[str, GiftTransfer],
-    account_ids: dict[str, int],
-) -> None:
-    """One coin transfer per rate card version for the gifts applied in this transaction.
-
-    Its id is new on every attempt: it is stored only with the gifts it counts, in the same
-    transaction, and a redelivered gift is filtered out before it is counted again."""
-    coins_by_version: dict[int, tuple[int, int]] = {}
-    for item in gifts:
-        assert isinstance(item.event, GiftSent)
-        version = planned[item.event.event_id].rate_card_version
-        coins, count = coins_by_version.get(version, (0, 0))
-        coins_by_version[version] = (coins + item.event.coins * item.event.count, count + 1)
+        coins, count = coins_by_version.get(gift.rate_card_version, (0, 0))
+        coins_by_version[gift.rate_card_version] = (coins + event.coins * event.count, count + 1)
     for version, (coins, count) in sorted(coins_by_version.items()):
         leg = batch_coin_leg(coins, count)
         batch.add(
@@ -182,6 +178,7 @@ def _add_batch_coins(
             event_id=None,
             metadata_text=metadata_json(leg.metadata),
         )
+    return batch
 
 
 # tips.received, fund.rewarded, marketplace.paid ---------------------------------------------
