@@ -9,7 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-TRANSFER_PARTITION_MONTHS_AHEAD = 3
+from ledger.partitions import TRANSFER_PARTITION_MONTHS_AHEAD, keep_transfer_partitions
+
 NO_SCHEMA_MESSAGE = "the database has no giftledger schema: run giftledger migrate"
 
 
@@ -44,15 +45,12 @@ def _upgrade(connection: Connection, config: Config) -> None:
 
 
 async def upgrade_to_head(engine: AsyncEngine) -> None:
-    """Apply every pending migration, then make sure the coming months have partitions."""
+    """Apply every pending migration, then move any rows of the default transfers partition to
+    their month and make sure the coming months have partitions (`ledger.partitions`)."""
     config = alembic_config()
     async with engine.begin() as connection:
         await connection.run_sync(_upgrade, config)
-    async with engine.begin() as connection:
-        await connection.execute(
-            text("SELECT create_transfer_partitions(:months)"),
-            {"months": TRANSFER_PARTITION_MONTHS_AHEAD},
-        )
+    await keep_transfer_partitions(engine, TRANSFER_PARTITION_MONTHS_AHEAD)
 
 
 def _current(connection: Connection) -> str | None:

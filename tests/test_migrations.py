@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger import migrations
 from ledger.migrate import current_revision, head_revision, upgrade_to_head
 from schemas.assets import ASSET_SCALES
 
 pytestmark = pytest.mark.server
 
 
+def test_the_migrations_are_one_chain_in_file_order() -> None:
+    """Each migration revises the one before it (numbered files, no branches), so the head is
+    the highest-numbered file."""
+    versions = Path(migrations.__file__).parent / "versions"
+    files = sorted(path for path in versions.glob("[0-9][0-9][0-9][0-9]_*.py"))
+    modules = [runpy.run_path(str(path)) for path in files]
+    chain = [(module["revision"], module["down_revision"]) for module in modules]
+    expected = [
+        (path.name[:4], None if index == 0 else files[index - 1].name[:4])
+        for index, path in enumerate(files)
+    ]
+    assert chain == expected
+    assert head_revision() == files[-1].name[:4]
+
+
 async def test_migrations_reach_head_and_are_idempotent(engine: AsyncEngine) -> None:
-    assert head_revision() == "0012"
     assert await current_revision(engine) == head_revision()
     await upgrade_to_head(engine)
     assert await current_revision(engine) == head_revision()
