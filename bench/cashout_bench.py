@@ -648,7 +648,8 @@ def ms_between(start: datetime, end: datetime) -> float:
 async def cashout_latency(engine: AsyncEngine, figures: Figures, count: int) -> None:
     """Per cash-out, from its transitions (clock_timestamp() as each was stored, inside the
     transaction, before its commit), its request's occurred_at (the publish time) and the
-    published_at of its `payouts.requested` outbox row (after the send, before the commit)."""
+    published_at of its `payouts.requested` outbox row (set once the broker acknowledged the
+    send, in the transaction that marks the rows sent)."""
     async with engine.connect() as conn:
         rows = (await conn.execute(_TIMELINE, {"payouts": topics.PAYOUTS_REQUESTED})).all()
     assert len(rows) == count, f"{len(rows)} cash-outs with transitions, expected {count}"

@@ -1,10 +1,36 @@
 """The outbox relay: sends what the cash-out desk wrote to the `outbox` table (`payouts.requested`
 to the bank, `cashouts.updated` to everyone) and marks it published; a payout request that left
-moves its cash-out from `held` to `submitted`."""
+moves its cash-out from `held` to `submitted`.
+
+A round is three steps, and no transaction is open while the broker answers:
+
+1. claim: one short transaction takes unpublished rows for this round (`claimed_by`, until
+   `claimed_until`, the lease), skipping rows other relays are taking at that moment;
+2. send them, outside any transaction, within `OUTBOX_SEND_TIMEOUT_S`;
+3. mark: another short transaction marks the rows this round still holds published, and moves
+   the cash-outs whose payout request left from `held` to `submitted`.
+
+Several relays (several `giftledger run` processes) can run at once. Each message key (the
+creator) leaves in order: a round claims a key's rows only from the key's oldest unpublished row,
+and only while no live claim of another round holds that row; it stops before any later row of
+the key that another round holds. So while one round has a key's rows in flight, the others
+leave that key alone, and its next rows leave once those are marked.
+
+At least once: a relay that dies between claim and mark leaves its claim to run out (the lease
+outlasts the send timeout); another relay then sends those rows again. A failed send gives the
+claim back at once. The bank deduplicates `payouts.requested` by cashout_id, consumers of
+`cashouts.updated` deduplicate by event_id.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import os
+import socket
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
@@ -12,55 +38,199 @@ from sqlalchemy import text
 from ledger.service import Ledger
 from schemas import topics
 from schemas.events import PayoutRequested
+from schemas.payout_cancel import parse_payout_cancel
 from services.cashout.desk import CashoutDesk
 
 OUTBOX_POLL_INTERVAL_S = 0.2
 OUTBOX_BATCH_SIZE_MAX = 500
 OUTBOX_SEND_TIMEOUT_S = 30.0
+# How long a claim keeps other relays off its rows: longer than a round's send may take, so a
+# live relay marks its rows before anyone else may send them again.
+OUTBOX_CLAIM_LEASE_S = 60.0
+RELAY_ID_LENGTH_MAX = 160
+
+# Step 1. `heads`: the oldest unpublished row of each key of this deployment. `free_keys`: those
+# heads no live claim holds, oldest first, locked (rows another relay is claiming right now are
+# skipped, and with them their whole key). `held_later`: per free key, the first later row a
+# live claim of another round holds; the key's run stops before it. The rows of each run, oldest
+# first, up to the limit, are claimed for this round; the checks are made again on each row as
+# it is updated, so a row another relay marked or claimed meanwhile is left out.
+_CLAIM = text(
+    """
+    WITH heads AS (
+        SELECT DISTINCT ON (message_key) id
+        FROM outbox
+        WHERE topic_prefix = :prefix AND published_at IS NULL
+        ORDER BY message_key, id
+    ), free_keys AS (
+        SELECT o.message_key, o.id AS head_id
+        FROM outbox o
+        WHERE o.id IN (SELECT id FROM heads)
+          AND o.published_at IS NULL
+          AND (o.claimed_until IS NULL OR o.claimed_until <= clock_timestamp())
+        ORDER BY o.id
+        LIMIT :limit
+        FOR UPDATE OF o SKIP LOCKED
+    ), held_later AS (
+        SELECT o.message_key, min(o.id) AS id
+        FROM outbox o
+        JOIN free_keys f ON f.message_key = o.message_key
+        WHERE o.topic_prefix = :prefix AND o.published_at IS NULL
+          AND o.claimed_until > clock_timestamp()
+        GROUP BY o.message_key
+    ), runs AS (
+        SELECT o.id
+        FROM outbox o
+        JOIN free_keys f ON f.message_key = o.message_key AND o.id >= f.head_id
+        LEFT JOIN held_later h ON h.message_key = o.message_key
+        WHERE o.topic_prefix = :prefix AND o.published_at IS NULL
+          AND (h.id IS NULL OR o.id < h.id)
+        ORDER BY o.id
+        LIMIT :limit
+    )
+    UPDATE outbox o
+    SET claimed_by = :claim,
+        claimed_until = clock_timestamp() + make_interval(secs => CAST(:lease_s AS float8))
+    FROM runs
+    WHERE o.id = runs.id AND o.published_at IS NULL
+      AND (o.claimed_until IS NULL OR o.claimed_until <= clock_timestamp())
+    RETURNING o.id, o.topic, o.message_key, o.payload
+    """
+)
+
+# Step 3: only the rows this round still holds (a claim that ran out may have passed to another
+# relay, which marks them itself).
+_MARK_SENT = text(
+    """
+    UPDATE outbox SET published_at = clock_timestamp()
+    WHERE id = ANY(CAST(:ids AS bigint[])) AND claimed_by = :claim AND published_at IS NULL
+    RETURNING id, topic, payload
+    """
+)
+
+_RELEASE = text(
+    "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL"
+    " WHERE claimed_by = :claim AND published_at IS NULL"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    topic: str
+    message_key: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxClaim:
+    """The rows one round of a relay claimed, oldest first."""
+
+    claim_id: str
+    rows: list[OutboxRow]
+
+
+def default_relay_id() -> str:
+    """Host, process and a random part: unique per relay, and says who holds a claim."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[-RELAY_ID_LENGTH_MAX:]
 
 
 class OutboxRelay:
     """Publishes one deployment's outbox rows (its topic prefix) with the given producer."""
 
-    def __init__(self, ledger: Ledger, desk: CashoutDesk, producer: Any) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        desk: CashoutDesk,
+        producer: Any,
+        *,
+        relay_id: str | None = None,
+        claim_lease_s: float = OUTBOX_CLAIM_LEASE_S,
+    ) -> None:
+        if claim_lease_s <= 0:
+            raise ValueError("claim_lease_s must be positive")
         self._ledger = ledger
         self._desk = desk
         self._producer = producer
+        self.relay_id = (relay_id or default_relay_id())[:RELAY_ID_LENGTH_MAX]
+        self._claim_lease_s = claim_lease_s
+        self._rounds = itertools.count(1)
 
     async def publish_once(self, limit: int = OUTBOX_BATCH_SIZE_MAX) -> int:
-        """Send the oldest unpublished outbox messages of this deployment, then mark them
-        published, in one transaction; returns how many. A crash between the send and the
-        commit sends them again (at least once): `payouts.requested` is deduplicated by
-        cashout_id, `cashouts.updated` by event_id."""
-        prefix = self._desk.topic_prefix
+        """One round: claim at most `limit` unpublished rows, send them, mark them published;
+        returns how many were sent."""
+        claim = await self.claim(limit)
+        if not claim.rows:
+            return 0
+        try:
+            await self._send(claim.rows)
+        except Exception:
+            with contextlib.suppress(Exception):  # then the lease runs out instead
+                await self._release(claim)
+            raise
+        await self.mark_sent(claim)
+        return len(claim.rows)
+
+    async def claim(self, limit: int = OUTBOX_BATCH_SIZE_MAX) -> OutboxClaim:
+        """Step 1: claim at most `limit` rows for a new round, in one short transaction."""
+        if not 1 <= limit <= OUTBOX_BATCH_SIZE_MAX:
+            raise ValueError(f"limit must be between 1 and {OUTBOX_BATCH_SIZE_MAX}")
+        claim_id = f"{self.relay_id}#{next(self._rounds)}"
         async with self._ledger.begin() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT id, topic, message_key, payload FROM outbox"
-                        " WHERE published_at IS NULL AND topic_prefix = :prefix"
-                        " ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
-                    ),
-                    {"prefix": prefix, "limit": limit},
-                )
-            ).all()
-            if not rows:
-                return 0
+            result = await conn.execute(
+                _CLAIM,
+                {
+                    "prefix": self._desk.topic_prefix,
+                    "limit": limit,
+                    "claim": claim_id,
+                    "lease_s": self._claim_lease_s,
+                },
+            )
+            rows = [
+                OutboxRow(row.id, row.topic, row.message_key, bytes(row.payload)) for row in result
+            ]
+        rows.sort(key=lambda row: row.id)
+        return OutboxClaim(claim_id, rows)
+
+    async def _send(self, rows: list[OutboxRow]) -> None:
+        """Step 2, with no transaction open: every row sent and acknowledged by the broker."""
+        prefix = self._desk.topic_prefix
+        async with asyncio.timeout(OUTBOX_SEND_TIMEOUT_S):
             sends = [
                 await self._producer.send(
                     topics.prefixed(prefix, row.topic),
-                    value=bytes(row.payload),
+                    value=row.payload,
                     key=row.message_key.encode(),
                 )
                 for row in rows
             ]
-            await asyncio.wait_for(asyncio.gather(*sends), OUTBOX_SEND_TIMEOUT_S)
-            await conn.execute(
-                text("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(:ids)"),
-                {"ids": [row.id for row in rows]},
+            await asyncio.gather(*sends)
+
+    async def mark_sent(self, claim: OutboxClaim) -> int:
+        """Step 3: the rows the round still holds are published, and a payout request that left
+        moves its cash-out to `submitted`; returns how many rows were marked (none when the
+        claim ran out and passed to another relay, which marks them itself)."""
+        async with self._ledger.begin() as conn:
+            marked = (
+                await conn.execute(
+                    _MARK_SENT,
+                    {"ids": [row.id for row in claim.rows], "claim": claim.claim_id},
+                )
+            ).all()
+            payout_requests = sorted(
+                (row.id, bytes(row.payload))
+                for row in marked
+                if row.topic == topics.PAYOUTS_REQUESTED
             )
-            for row in rows:
-                if row.topic == topics.PAYOUTS_REQUESTED:
-                    payout = PayoutRequested.model_validate_json(bytes(row.payload))
-                    await self._desk.mark_submitted(conn, payout.cashout_id)
-        return len(rows)
+            for _, payload in payout_requests:
+                if parse_payout_cancel(payload) is not None:
+                    continue  # an operator's cancellation (services/cashout/recovery.py)
+                payout = PayoutRequested.model_validate_json(payload)
+                await self._desk.mark_submitted(conn, payout.cashout_id)
+        return len(marked)
+
+    async def _release(self, claim: OutboxClaim) -> None:
+        """Give a claim back after a failed send, so the next round sends its rows at once
+        instead of after the lease."""
+        async with self._ledger.begin() as conn:
+            await conn.execute(_RELEASE, {"claim": claim.claim_id})

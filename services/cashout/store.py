@@ -128,6 +128,19 @@ async def load_cashout(
     return None if row is None else Cashout(**row._mapping)
 
 
+async def load_cashouts(conn: AsyncConnection, cashout_ids: list[str]) -> dict[str, Cashout]:
+    """The stored cash-outs among `cashout_ids`, by id, read `CASHOUT_LIST_LIMIT_MAX` ids per
+    statement; unknown ids are left out."""
+    found: dict[str, Cashout] = {}
+    for start in range(0, len(cashout_ids), CASHOUT_LIST_LIMIT_MAX):
+        rows = await conn.execute(
+            text(_CASHOUT_ROWS + " WHERE cashout_id = ANY(CAST(:ids AS text[]))"),
+            {"ids": cashout_ids[start : start + CASHOUT_LIST_LIMIT_MAX]},
+        )
+        found.update((row.cashout_id, Cashout(**row._mapping)) for row in rows)
+    return found
+
+
 def cashout_document(cashout: Cashout) -> dict[str, Any]:
     return json.loads(cashout.updated_event(datetime.now(UTC)).model_dump_json())  # type: ignore[no-any-return]
 

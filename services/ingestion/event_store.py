@@ -5,6 +5,9 @@ deployments could share the database."""
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import text
@@ -22,6 +25,11 @@ from services.ingestion.records import (
 )
 
 PARKED_READ_COUNT_MAX = 1_000
+# How long a sweep keeps the parked rows it took: the sweeps of other processes skip them until
+# then, unless the sweep that took them takes them again first (it does every second while its
+# process runs); so a process that stops leaves its rows to the others after this long.
+PARKED_CLAIM_S = 30.0
+SWEEPER_ID_LENGTH_MAX = 200
 
 
 # Which of a batch's event ids were applied: one primary-key probe per id, whatever the table's
@@ -37,6 +45,31 @@ SELECT_APPLIED = text(
         WHERE topic = :topic AND event_id = wanted.event_id
         LIMIT 1
     ) a
+    """
+)
+# The oldest parked rows of a topic that no other sweep holds (a claim that ran out holds
+# nothing), locked as they are found; rows another sweep is locking at that moment are skipped.
+# They are taken for this sweep until `claimed_until`.
+_TAKE_PARKED = text(
+    """
+    WITH free AS (
+        SELECT topic_prefix, topic, event_id
+        FROM parked_events
+        WHERE topic = :topic AND topic_prefix = :prefix
+          AND (claimed_until IS NULL OR claimed_until <= clock_timestamp()
+               OR claimed_by = :sweeper)
+        ORDER BY parked_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE parked_events p
+    SET claimed_by = :sweeper,
+        claimed_until = clock_timestamp() + make_interval(secs => CAST(:claim_s AS float8))
+    FROM free
+    WHERE p.topic_prefix = free.topic_prefix AND p.topic = free.topic
+      AND p.event_id = free.event_id
+    RETURNING p.event_id, p.payload, p.headers, p.kafka_partition, p.kafka_offset,
+              p.retry_until, p.parked_at
     """
 )
 _SELECT_PARKED = text(
@@ -55,26 +88,39 @@ _SELECT_PARKED = text(
 class EventStore:
     """The applied, parked and dead-lettered events of one deployment (its topic prefix)."""
 
-    def __init__(self, topic_prefix: str, park_s: float) -> None:
+    def __init__(
+        self,
+        topic_prefix: str,
+        park_s: float,
+        *,
+        sweeper_id: str | None = None,
+        parked_claim_s: float = PARKED_CLAIM_S,
+    ) -> None:
+        if parked_claim_s <= 0:
+            raise ValueError("parked_claim_s must be positive")
         self.topic_prefix = topic_prefix
         self.park_s = park_s
+        # Who takes parked rows through this store (host, process, a random part).
+        self.sweeper_id = (
+            sweeper_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )[:SWEEPER_ID_LENGTH_MAX]
+        self.parked_claim_s = parked_claim_s
 
     async def read_parked(
         self, conn: AsyncConnection, topic: str, limit: int = PARKED_READ_COUNT_MAX
     ) -> list[ParsedEvent]:
-        """The oldest events of `topic` this deployment parked, parsed again, each with the
-        deadline of its wait."""
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT event_id, payload, headers, kafka_partition, kafka_offset,"
-                    " retry_until FROM parked_events"
-                    " WHERE topic = :topic AND topic_prefix = :prefix"
-                    " ORDER BY parked_at LIMIT :limit"
-                ),
-                {"topic": topic, "prefix": self.topic_prefix, "limit": limit},
-            )
-        ).all()
+        """Take the oldest events of `topic` this deployment parked, for `parked_claim_s`, and
+        return them parsed again, each with the deadline of its wait.
+
+        The rows are taken in one statement, committed on `conn` (a reading connection, as
+        `Ingestor.retry_parked` opens), so the sweeps of other processes skip them while this one
+        retries them: rows another sweep is taking at that moment are skipped (`SKIP LOCKED`), and
+        so are rows another sweep took within its claim. This store takes back its own rows."""
+        if not 1 <= limit <= PARKED_READ_COUNT_MAX:
+            raise ValueError(f"limit must be between 1 and {PARKED_READ_COUNT_MAX}")
+        taken = (await conn.execute(_TAKE_PARKED, self._take_parameters(topic, limit))).all()
+        await conn.commit()
+        rows = sorted(taken, key=lambda row: (row.parked_at, row.event_id))
         parsed: list[ParsedEvent] = []
         for row in rows:
             record = InputRecord(
@@ -91,6 +137,15 @@ class EventStore:
             outcome.parked_until = row.retry_until
             parsed.append(outcome)
         return parsed
+
+    def _take_parameters(self, topic: str, limit: int) -> dict[str, object]:
+        return {
+            "topic": topic,
+            "prefix": self.topic_prefix,
+            "limit": limit,
+            "sweeper": self.sweeper_id,
+            "claim_s": self.parked_claim_s,
+        }
 
     async def drop_applied(
         self, conn: AsyncConnection, topic: str, items: list[ParsedEvent], report: BatchReport

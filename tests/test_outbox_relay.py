@@ -1,0 +1,346 @@
+"""The outbox relay with several processes: claims in short transactions, sends outside them,
+each key's messages in order however many relays run, every message at least once, and the
+claim of a relay that died sent again once its lease has run out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.database import create_engine
+from ledger.service import Ledger
+from schemas import topics
+from schemas.topics import all_topics
+from services.cashout.desk import CashoutDesk, CashoutLimits
+from services.cashout.outbox import OUTBOX_CLAIM_LEASE_S, OutboxRelay
+from services.cashout.store import Cashout, queue
+from services.runtime.embedded_broker import create_topics
+from services.runtime.settings import EligibilitySettings
+from tests.ingestion_fixtures import wait_until
+
+WRITER = "giftledger_writer"
+PARTITION_COUNT = 4
+RELAY_COUNT = 3
+CREATOR_COUNT = 6
+CASHOUT_COUNT = 60
+STATES = ("requested", "held", "submitted", "paid")
+WRITES_PER_TRANSACTION_MAX = 8
+BACKLOG_ROWS = 120
+RELAY_ROUND_ROWS_MAX = 7  # small rounds: a key's rows are often split between rounds
+RELAY_IDLE_PAUSE_S = 0.02
+DRAIN_WAIT_S = 120.0
+READ_WAIT_S = 60.0
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def writer_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """The relays write as the services do."""
+    engine = create_engine(database_url, pool_size=6, role=WRITER)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def prefix(kafka_bootstrap: str) -> str:
+    """A deployment of its own: its topics, and outbox rows no other test's relay sends."""
+    name = f"relay{uuid.uuid4().hex[:8]}."
+    await create_topics(kafka_bootstrap, all_topics(name), PARTITION_COUNT)
+    return name
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def producers(kafka_bootstrap: str) -> AsyncIterator[list[AIOKafkaProducer]]:
+    """One producer per relay, as each `giftledger run` process has its own."""
+    started: list[AIOKafkaProducer] = []
+    try:
+        for _ in range(RELAY_COUNT):
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+            await producer.start()
+            started.append(producer)
+        yield started
+    finally:
+        for producer in started:
+            await producer.stop()
+
+
+def _relay(
+    engine: AsyncEngine,
+    prefix: str,
+    producer: AIOKafkaProducer,
+    claim_lease_s: float = OUTBOX_CLAIM_LEASE_S,
+) -> OutboxRelay:
+    desk = CashoutDesk(CashoutLimits(), EligibilitySettings(), prefix)
+    return OutboxRelay(Ledger(engine), desk, producer, claim_lease_s=claim_lease_s)
+
+
+def _cashout(cashout_id: str, creator_id: str, status: str) -> Cashout:
+    return Cashout(
+        cashout_id=cashout_id,
+        creator_id=creator_id,
+        asset="DIAMOND",
+        amount=2_000_000,
+        payout_currency="USD",
+        payout_amount=1_000,
+        usd_value_micros=10_000_000,
+        rate_card_version=1,
+        fx_numerator=1,
+        fx_denominator=1,
+        status=status,
+        rejected_rule=None,
+        failure_code=None,
+        payout_account_ref="pa_demo_1",
+        occurred_at=datetime.now(UTC),
+    )
+
+
+async def _queue_updates(engine: AsyncEngine, prefix: str, cashouts: list[Cashout]) -> list[str]:
+    """The outbox rows of state changes, as the desk writes them, in one transaction; returns
+    their event ids in the order written."""
+    event_ids: list[str] = []
+    async with engine.begin() as conn:
+        for cashout in cashouts:
+            event = cashout.updated_event(datetime.now(UTC))
+            payload = event.model_dump_json()
+            await queue(conn, prefix, topics.CASHOUTS_UPDATED, cashout.creator_id, payload)
+            event_ids.append(event.event_id)
+    return event_ids
+
+
+async def _queue_update(engine: AsyncEngine, prefix: str, cashout: Cashout) -> str:
+    return (await _queue_updates(engine, prefix, [cashout]))[0]
+
+
+async def _unpublished_count(engine: AsyncEngine, prefix: str) -> int:
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            text("SELECT count(*) FROM outbox WHERE topic_prefix = :p AND published_at IS NULL"),
+            {"p": prefix},
+        )
+    return int(count or 0)
+
+
+async def _read_updates(
+    bootstrap_servers: str, prefix: str, wanted: set[str]
+) -> dict[int, list[dict[str, object]]]:
+    """The `cashouts.updated` records of the deployment, per partition in partition order, read
+    from the start until every wanted event_id is there (or a deadline passes)."""
+    consumer = AIOKafkaConsumer(
+        topics.prefixed(prefix, topics.CASHOUTS_UPDATED),
+        bootstrap_servers=bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    by_partition: dict[int, list[dict[str, object]]] = {}
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + READ_WAIT_S
+        while not wanted <= seen and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for partition, records in batches.items():
+                for record in records:
+                    update = json.loads(record.value)
+                    assert record.key == str(update["creator_id"]).encode()
+                    by_partition.setdefault(partition.partition, []).append(update)
+                    seen.add(str(update["event_id"]))
+    finally:
+        await consumer.stop()
+    return by_partition
+
+
+async def test_three_relays_keep_each_keys_order_and_send_every_message(
+    engine: AsyncEngine,
+    writer_engine: AsyncEngine,
+    kafka_bootstrap: str,
+    prefix: str,
+    producers: list[AIOKafkaProducer],
+) -> None:
+    """Cash-outs move through their states while three relays publish at once; read back from
+    the broker, each creator's messages never go back in the order they were written, and every
+    message is there."""
+    creators = [f"creator-{uuid.uuid4().hex[:8]}" for _ in range(CREATOR_COUNT)]
+    cashouts = {
+        f"cashout-{uuid.uuid4().hex[:10]}": creators[index % CREATOR_COUNT]
+        for index in range(CASHOUT_COUNT)
+    }
+    written: list[str] = []  # event ids in the order their rows were committed
+    backlog_written, writing_done = asyncio.Event(), asyncio.Event()
+
+    async def write() -> None:
+        """Each transaction moves a few random cash-outs on by one state. The relays start once
+        a backlog is there, so that they find several rows of a creator at once."""
+        shuffle = random.Random(7)
+        next_state = dict.fromkeys(cashouts, 0)
+        while next_state:
+            chosen = shuffle.sample(
+                sorted(next_state), min(WRITES_PER_TRANSACTION_MAX, len(next_state))
+            )
+            changes = [
+                _cashout(cashout_id, cashouts[cashout_id], STATES[next_state[cashout_id]])
+                for cashout_id in chosen
+            ]
+            written.extend(await _queue_updates(engine, prefix, changes))
+            for cashout_id in chosen:
+                next_state[cashout_id] += 1
+                if next_state[cashout_id] == len(STATES):
+                    del next_state[cashout_id]
+            if len(written) >= BACKLOG_ROWS:
+                backlog_written.set()
+            await asyncio.sleep(0)
+        backlog_written.set()
+        writing_done.set()
+
+    async def run(relay: OutboxRelay) -> int:
+        """Rounds until the writer is done and nothing is left to publish; returns rows sent."""
+        await backlog_written.wait()
+        sent = 0
+        deadline = time.monotonic() + DRAIN_WAIT_S
+        while time.monotonic() < deadline:
+            count = await relay.publish_once(RELAY_ROUND_ROWS_MAX)
+            sent += count
+            if count:
+                continue
+            if writing_done.is_set() and await _unpublished_count(engine, prefix) == 0:
+                return sent
+            await asyncio.sleep(RELAY_IDLE_PAUSE_S)
+        raise AssertionError("the outbox was not drained in time")
+
+    relays = [_relay(writer_engine, prefix, producer) for producer in producers]
+    writing = asyncio.ensure_future(write())
+    sent_counts = await asyncio.gather(*(run(relay) for relay in relays))
+    await writing
+    assert sum(sent_counts) >= len(written) == CASHOUT_COUNT * len(STATES)
+
+    received = await _read_updates(kafka_bootstrap, prefix, set(written))
+    position = {event_id: index for index, event_id in enumerate(written)}
+    arrived: set[str] = set()
+    for records in received.values():
+        last_by_creator: dict[str, int] = {}
+        for update in records:
+            event_id, creator = str(update["event_id"]), str(update["creator_id"])
+            assert position[event_id] >= last_by_creator.get(creator, -1), (
+                f"{event_id} arrived after a later message of {creator}"
+            )
+            last_by_creator[creator] = position[event_id]
+            arrived.add(event_id)
+    assert arrived == set(written)
+    for cashout_id in cashouts:
+        states = [
+            str(update["status"])
+            for records in received.values()
+            for update in records
+            if update["cashout_id"] == cashout_id
+        ]
+        assert list(dict.fromkeys(states)) == list(STATES)
+
+
+async def test_a_live_claim_keeps_other_relays_off_its_keys_rows_and_later_ones(
+    engine: AsyncEngine,
+    writer_engine: AsyncEngine,
+    prefix: str,
+    producers: list[AIOKafkaProducer],
+) -> None:
+    first, second = (_relay(writer_engine, prefix, producer) for producer in producers[:2])
+    held_creator, other_creator = (f"creator-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    held_cashout, other_cashout = (f"cashout-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    for status in STATES[:2]:
+        await _queue_update(engine, prefix, _cashout(held_cashout, held_creator, status))
+    await _queue_update(engine, prefix, _cashout(other_cashout, other_creator, "requested"))
+
+    claim = await first.claim(limit=2)  # the held creator's two rows, oldest first
+    assert [row.message_key for row in claim.rows] == [held_creator, held_creator]
+    later = await _queue_update(engine, prefix, _cashout(held_cashout, held_creator, "submitted"))
+
+    assert await second.publish_once() == 1  # the other creator's row only
+    assert (await second.claim()).rows == []
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT message_key, claimed_by, published_at IS NOT NULL AS published"
+                " FROM outbox WHERE topic_prefix = :p AND message_key IN (:a, :b) ORDER BY id"
+            ),
+            {"p": prefix, "a": held_creator, "b": other_creator},
+        )
+        state = [(row.message_key, row.claimed_by, row.published) for row in rows]
+    assert state[:2] == [(held_creator, claim.claim_id, False)] * 2
+    assert state[2][0] == other_creator
+    assert state[2][1] is not None
+    assert state[2][1].startswith(second.relay_id)
+    assert state[2][2] is True
+    assert state[3] == (held_creator, None, False)  # `later` waits for the claim before it
+
+    assert await first.mark_sent(claim) == 2
+    assert await second.publish_once() == 1  # now `later` leaves
+    async with engine.connect() as conn:
+        published = await conn.scalar(
+            text(
+                "SELECT published_at IS NOT NULL FROM outbox WHERE topic_prefix = :p"
+                " AND convert_from(payload, 'UTF8')::jsonb->>'event_id' = :e"
+            ),
+            {"p": prefix, "e": later},
+        )
+    assert published is True
+
+
+async def test_the_claim_of_a_relay_that_died_is_sent_again_after_its_lease(
+    engine: AsyncEngine,
+    writer_engine: AsyncEngine,
+    kafka_bootstrap: str,
+    prefix: str,
+    producers: list[AIOKafkaProducer],
+) -> None:
+    creator = f"creator-{uuid.uuid4().hex[:8]}"
+    cashout_id = f"cashout-{uuid.uuid4().hex[:10]}"
+    event_ids = [
+        await _queue_update(engine, prefix, _cashout(cashout_id, creator, status))
+        for status in STATES[:2]
+    ]
+    dying = _relay(writer_engine, prefix, producers[0], claim_lease_s=1.0)
+    claim = await dying.claim()
+    assert {row.message_key for row in claim.rows} == {creator}
+    # The relay dies here: nothing sent, nothing marked, the claim left to run out.
+
+    survivor = _relay(writer_engine, prefix, producers[1])
+
+    async def survivor_sent_them() -> bool:
+        await survivor.publish_once()
+        async with engine.connect() as conn:
+            left = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM outbox WHERE topic_prefix = :p AND message_key = :k"
+                    " AND published_at IS NULL"
+                ),
+                {"p": prefix, "k": creator},
+            )
+        return bool(left == 0)
+
+    await wait_until(survivor_sent_them)
+    assert await dying.mark_sent(claim) == 0  # a claim that passed on marks nothing
+    received = await _read_updates(kafka_bootstrap, prefix, set(event_ids))
+    mine = [
+        str(update["event_id"])
+        for records in received.values()
+        for update in records
+        if update["creator_id"] == creator
+    ]
+    assert mine == event_ids
+    async with engine.connect() as conn:
+        holders = await conn.execute(
+            text(
+                "SELECT DISTINCT claimed_by FROM outbox"
+                " WHERE topic_prefix = :p AND message_key = :k"
+            ),
+            {"p": prefix, "k": creator},
+        )
+        assert {row.claimed_by.rsplit("#", 1)[0] for row in holders} == {survivor.relay_id}

@@ -1,0 +1,135 @@
+"""Parked reversals swept by several processes at once: each row is taken by one sweep, which
+keeps it while its process runs; the others skip it, and take it over once the claim of a sweep
+that stopped has run out."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.database import create_engine
+from schemas import topics
+from services.ingestion.event_store import EventStore
+from services.ingestion.ingestor import Ingestor
+from services.ingestion.records import InputRecord
+from services.rates.rate_cards import RateCardBook, load_rate_cards
+from tests import event_factory as make
+from tests.ingestion_fixtures import make_ingestor, wait_until
+
+WRITER = "giftledger_writer"
+SWEEPER_COUNT = 3
+PARKED_COUNT = 24
+PARK_S = 3_600.0  # no reversal here reaches its deadline
+SHORT_CLAIM_S = 1.0
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def writer_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """The sweeps write as the services do."""
+    engine = create_engine(database_url, pool_size=6, role=WRITER)
+    yield engine
+    await engine.dispose()
+
+
+async def _rate_cards(engine: AsyncEngine) -> RateCardBook:
+    async with engine.connect() as conn:
+        return await load_rate_cards(conn)
+
+
+def _ingestor(engine: AsyncEngine, rate_cards: RateCardBook, prefix: str) -> Ingestor:
+    return make_ingestor(engine, rate_cards, topic_prefix=prefix, park_s=PARK_S)
+
+
+async def _park_reversals(ingestor: Ingestor, count: int) -> list[InputRecord]:
+    """`count` reversals parked before their gifts; returns the gifts, not yet applied."""
+    reversals: list[InputRecord] = []
+    gifts: list[InputRecord] = []
+    for offset in range(count):
+        creator = f"creator-{uuid.uuid4().hex[:10]}"
+        gift = make.gift(creator, coins=4)
+        reversal = make.reversal(creator, str(gift["event_id"]))
+        gifts.append(InputRecord(topics.GIFTS_SENT, 0, offset, None, make.encode(gift)))
+        reversals.append(InputRecord(topics.GIFTS_REVERSED, 0, offset, None, make.encode(reversal)))
+    report = await ingestor.process(topics.GIFTS_REVERSED, reversals)
+    assert report.parked == count
+    return gifts
+
+
+async def _taken(store: EventStore, engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        parsed = await store.read_parked(conn, topics.GIFTS_REVERSED)
+    return {item.event.event_id for item in parsed}
+
+
+async def _parked_ids(engine: AsyncEngine, prefix: str) -> set[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT event_id FROM parked_events WHERE topic_prefix = :p"), {"p": prefix}
+        )
+        return {row.event_id for row in rows}
+
+
+async def test_sweeps_at_once_take_each_parked_row_once_and_keep_it(
+    engine: AsyncEngine, writer_engine: AsyncEngine
+) -> None:
+    prefix = f"sweep{uuid.uuid4().hex[:6]}."
+    rate_cards = await _rate_cards(engine)
+    await _park_reversals(_ingestor(engine, rate_cards, prefix), PARKED_COUNT)
+    stores = [EventStore(prefix, PARK_S) for _ in range(SWEEPER_COUNT)]
+
+    taken = await asyncio.gather(*(_taken(store, writer_engine) for store in stores))
+    assert sum(len(rows) for rows in taken) == PARKED_COUNT  # nobody took a row twice
+    assert set().union(*taken) == await _parked_ids(engine, prefix)  # and every row was taken
+    assert await _taken(EventStore(prefix, PARK_S), writer_engine) == set()  # a newcomer: none
+    # Each sweep takes its own rows again at its next round, and only those.
+    again = await asyncio.gather(*(_taken(store, writer_engine) for store in stores))
+    assert again == taken
+
+
+async def test_processes_sweeping_at_once_apply_each_parked_reversal_once(
+    engine: AsyncEngine, writer_engine: AsyncEngine
+) -> None:
+    prefix = f"sweep{uuid.uuid4().hex[:6]}."
+    rate_cards = await _rate_cards(engine)
+    first = _ingestor(engine, rate_cards, prefix)
+    gifts = await _park_reversals(first, PARKED_COUNT)
+    assert (await first.process(topics.GIFTS_SENT, gifts)).applied == PARKED_COUNT
+
+    sweepers = [_ingestor(writer_engine, rate_cards, prefix) for _ in range(SWEEPER_COUNT)]
+    reports = await asyncio.gather(
+        *(sweeper.retry_parked(topics.GIFTS_REVERSED) for sweeper in sweepers)
+    )
+    assert sum(report.applied for report in reports) == PARKED_COUNT
+    assert [(report.duplicates, report.dead_letters) for report in reports] == [(0, [])] * len(
+        reports
+    )
+    assert await _parked_ids(engine, prefix) == set()
+
+
+async def test_a_stopped_sweeps_rows_go_to_another_once_its_claim_runs_out(
+    engine: AsyncEngine, writer_engine: AsyncEngine
+) -> None:
+    prefix = f"sweep{uuid.uuid4().hex[:6]}."
+    rate_cards = await _rate_cards(engine)
+    first = _ingestor(engine, rate_cards, prefix)
+    gifts = await _park_reversals(first, 2)
+    assert (await first.process(topics.GIFTS_SENT, gifts)).applied == 2
+    stopped = EventStore(prefix, PARK_S, parked_claim_s=SHORT_CLAIM_S)
+    assert len(await _taken(stopped, writer_engine)) == 2
+    # Its process stops here, before retrying them.
+
+    survivor = _ingestor(writer_engine, rate_cards, prefix)
+    applied = 0
+
+    async def survivor_applied_them() -> bool:
+        nonlocal applied
+        applied += (await survivor.retry_parked(topics.GIFTS_REVERSED)).applied
+        return applied == 2
+
+    await wait_until(survivor_applied_them)
+    assert await _parked_ids(engine, prefix) == set()
