@@ -5,6 +5,7 @@ while then back."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -57,9 +58,13 @@ async def _publish_paced(
 
 
 async def test_postgres_restarted_mid_load_loses_and_doubles_nothing(
-    own_postgres: tuple[EmbeddedPostgres, AsyncEngine], kafka_bootstrap: str
+    own_postgres: tuple[EmbeddedPostgres, AsyncEngine],
+    kafka_bootstrap: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The restart is an outage: retried, reported as a warning, never as an unexpected error."""
     server, engine = own_postgres
+    caplog.set_level(logging.WARNING)
     prefix = f"r{uuid.uuid4().hex[:8]}."
     await create_topics(kafka_bootstrap, all_topics(prefix), 4)
     service, ingestor = await start_consumers(engine, kafka_bootstrap, prefix, f"g-{prefix}")
@@ -102,6 +107,8 @@ async def test_postgres_restarted_mid_load_loses_and_doubles_nothing(
         assert {row.creator_id: row.balance for row in rows} == expected
         assert await verify(conn) == []
     assert ingestor.counts.balanced()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert any("database unavailable" in r.getMessage() for r in caplog.records)
 
 
 async def test_cash_outs_wait_while_the_payout_rail_is_down_and_finish_when_it_is_back(

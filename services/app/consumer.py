@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
@@ -21,9 +21,10 @@ from faststream.middlewares import AckPolicy
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from schemas import topics
+from services.app.poison import apply_isolating_poison
 from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S, OutboxRelay
 from services.ingestion.ingestor import Ingestor
-from services.ingestion.records import DeadLetter, InputRecord
+from services.ingestion.records import BatchReport, DeadLetter, InputRecord
 from services.rates.rate_cards import RATE_CARD_REFRESH_S, load_rate_cards
 from services.runtime import metrics
 from services.runtime.retry import RetryPolicy, retry
@@ -35,6 +36,7 @@ PARK_SWEEP_INTERVAL_S = 1.0
 LAG_REFRESH_INTERVAL_S = 5.0
 RETRY_BACKOFF_MS_MIN = 50
 DLQ_SEND_TIMEOUT_S = 30.0
+DLQ_PUBLISH_RETRY_COUNT_MAX = 5
 REWIND_PAUSE_S = 1.0
 CASHOUT_BATCH_SIZE_MAX = 50
 
@@ -209,27 +211,69 @@ class ConsumerService:
         records = [_input_record(record, topic) for record in raw]
         metrics.BATCH_SIZE.observe(len(records))
         try:
-            report = await self._with_database_retry(
-                topic, lambda: self.ingestor.process(topic, records)
-            )
-        except Exception:
-            logger.exception("batch of %d from %s not applied; rewinding", len(records), topic)
-            await asyncio.sleep(REWIND_PAUSE_S)
-            await msg.nack()
+            report = await self._apply(topic, records)
+        except Exception as error:
+            await self._rewind(msg, f"batch of {len(records)} from {topic} not applied", error)
             return
         metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
-        await self._publish_dead_letters(topic, report.dead_letters)
+        try:
+            await self._publish_dead_letters(topic, report.dead_letters)
+        except Exception as error:
+            # Never commit the offsets past a dead letter the topic has not got: the batch
+            # comes again, its applied events are duplicates, its dead letters are sent again.
+            metrics.DEAD_LETTER_PUBLISH_FAILURES.labels(topic).inc()
+            await self._rewind(msg, f"dead letters of a batch from {topic} not published", error)
+            return
         await msg.ack()
 
-    async def _with_database_retry(self, topic: str, work: Callable[[], Awaitable[Any]]) -> Any:
-        """`work()`, paused and tried again while the database is unavailable."""
+    async def _rewind(self, msg: KafkaMessage, what: str, error: BaseException) -> None:
+        """Leave the batch's offsets where they were, so that it is fetched again."""
+        logger.warning("%s (%s: %s); rewinding", what, type(error).__name__, error)
+        await asyncio.sleep(REWIND_PAUSE_S)
+        await msg.nack()
+
+    async def _apply(self, topic: str, records: list[InputRecord]) -> BatchReport:
+        """The batch applied through the ingestor: outages retried (`_with_database_retry`),
+        a poison record isolated and dead-lettered (`services.app.poison`)."""
+
+        async def apply(part: Sequence[InputRecord]) -> BatchReport:
+            return await self._with_database_retry(
+                topic, lambda: self.ingestor.process(topic, part)
+            )
+
+        async def dead_letter(letters: Sequence[DeadLetter]) -> BatchReport:
+            return await self._with_database_retry(
+                topic, lambda: self.ingestor.dead_letter(topic, letters)
+            )
+
+        return await apply_isolating_poison(
+            topic,
+            records,
+            apply=apply,
+            dead_letter=dead_letter,
+            is_outage=_is_transient,
+            attempts_max=self.settings.consumer_poison_attempts_max,
+        )
+
+    async def _with_database_retry(
+        self, topic: str, work: Callable[[], Awaitable[BatchReport]]
+    ) -> BatchReport:
+        """`work()`, paused and tried again while the database is unavailable. The outage is
+        logged once as a warning when it starts and once when it ends; the retries in between
+        only at debug level."""
+
+        retried = 0
 
         def report(error: BaseException, retry_number: int, wait_ms: int) -> None:
+            nonlocal retried
+            retried = retry_number
             metrics.DATABASE_RETRIES.labels(topic).inc()
-            logger.warning(
-                "database unavailable for %s (%s); retry %d in at most %d ms",
+            logger.log(
+                logging.WARNING if retry_number == 1 else logging.DEBUG,
+                "database unavailable for %s (%s: %s); retry %d in at most %d ms",
                 topic,
                 type(error).__name__,
+                error,
                 retry_number,
                 wait_ms,
             )
@@ -239,11 +283,43 @@ class ConsumerService:
             backoff_ms_first=RETRY_BACKOFF_MS_MIN,
             backoff_ms_max=self.settings.consumer_db_retry_backoff_ms_max,
         )
-        return await retry(work, policy, is_transient=_is_transient, on_retry=report)
+        result = await retry(work, policy, is_transient=_is_transient, on_retry=report)
+        if retried:
+            logger.warning("database back for %s after %d retries", topic, retried)
+        return result
 
     async def _publish_dead_letters(self, topic: str, letters: list[DeadLetter]) -> None:
+        """Send `letters` to `<topic>.dlq` and wait for the broker's acknowledgement, tried again
+        with backoff (DLQ_PUBLISH_RETRY_COUNT_MAX times) while the broker does not take them."""
         if not letters:
             return
+
+        def report(error: BaseException, retry_number: int, wait_ms: int) -> None:
+            logger.log(
+                logging.WARNING if retry_number == 1 else logging.DEBUG,
+                "dead letters of %s not published (%s: %s); retry %d in at most %d ms",
+                topic,
+                type(error).__name__,
+                error,
+                retry_number,
+                wait_ms,
+            )
+
+        policy = RetryPolicy(
+            retry_count_max=DLQ_PUBLISH_RETRY_COUNT_MAX,
+            backoff_ms_first=RETRY_BACKOFF_MS_MIN,
+            backoff_ms_max=self.settings.consumer_db_retry_backoff_ms_max,
+        )
+        await retry(
+            lambda: self._send_dead_letters(topic, letters),
+            policy,
+            is_transient=lambda error: True,
+            on_retry=report,
+        )
+
+    async def _send_dead_letters(self, topic: str, letters: list[DeadLetter]) -> None:
+        if self._producer is None:
+            raise RuntimeError("the dead-letter producer is not running")
         source = self.name(topic)
         target = self.name(topics.dead_letter_topic(topic))
         sends = [
@@ -259,9 +335,11 @@ class ConsumerService:
         await asyncio.wait_for(asyncio.gather(*sends), DLQ_SEND_TIMEOUT_S)
 
     async def _sweep_parked(self) -> None:
+        async def publish(letters: list[DeadLetter]) -> None:
+            await self._publish_dead_letters(topics.GIFTS_REVERSED, letters)
+
         async def retry() -> None:
-            report = await self.ingestor.retry_parked(topics.GIFTS_REVERSED)
-            await self._publish_dead_letters(topics.GIFTS_REVERSED, report.dead_letters)
+            await self.ingestor.retry_parked(topics.GIFTS_REVERSED, publish_dead_letters=publish)
 
         await self._every(PARK_SWEEP_INTERVAL_S, "parked events not retried", retry)
 
@@ -344,6 +422,13 @@ class ConsumerService:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+    @property
+    def dead_letter_producer(self) -> Any:
+        """The producer dead letters (and the outbox) are published with, once started."""
+        if self._producer is None:
+            raise RuntimeError("the consumer service is not started")
+        return self._producer
 
     @property
     def topics(self) -> list[str]:

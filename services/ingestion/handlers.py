@@ -42,11 +42,12 @@ from services.cashout.desk import (
     CashoutDesk,
     hold_source,
     hold_target,
+    lock_creators,
     request_accounts,
     settlement_accounts,
 )
 from services.cashout.profiles import apply_creator_updates
-from services.cashout.store import load_cashout
+from services.cashout.store import load_cashouts
 from services.ingestion.event_store import EventStore
 from services.ingestion.event_transfers import (
     GIFT_DIAMOND_SOURCE,
@@ -81,6 +82,10 @@ class HandlerContext:
     rate_cards: RateCardBook
     desk: CashoutDesk
     events: EventStore
+    # Set by the sweep of parked events: publishes the batch's dead letters inside its
+    # transaction, before the parked rows go, so a parked event leaves the database only once
+    # the dead-letter topic has it (a failed publish rolls the sweep back).
+    publish_before_commit: Callable[[list[DeadLetter]], Awaitable[None]] | None = None
 
 
 Handler = Callable[[HandlerContext, list[ParsedEvent], BatchReport], Awaitable[None]]
@@ -389,7 +394,10 @@ async def _legs_in(
                 DeadLetter(item.record, error, ", ".join(refused), item.event.event_id)
             )
     await events.record_applied(conn, topic, applied)
-    await events.record_dead_letters(conn, topic, [*early_letters, *report.dead_letters])
+    letters = [*early_letters, *report.dead_letters]
+    await events.record_dead_letters(conn, topic, letters)
+    if context.publish_before_commit is not None and letters:
+        await context.publish_before_commit(letters)
     settled = [item for item in items if item.event.event_id not in report.still_waiting]
     await events.unpark(conn, topic, settled)
     report.applied = len(applied)
@@ -446,18 +454,9 @@ async def on_cashouts_requested(
 async def on_payouts_updated(
     context: HandlerContext, items: list[ParsedEvent], report: BatchReport
 ) -> None:
-    specs: list[AccountSpec] = []
-    async with context.ledger.connect() as conn:
-        for item in items:
-            assert isinstance(item.event, PayoutUpdated)
-            cashout = await load_cashout(conn, item.event.cashout_id)
-            if cashout is not None:
-                specs += [
-                    hold_source(cashout.creator_id, cashout.asset),
-                    hold_target(cashout.creator_id, cashout.asset),
-                    *settlement_accounts(cashout.payout_currency),
-                ]
-    await _apply_cashouts(context, topics.PAYOUTS_UPDATED, items, specs, report)
+    """The accounts a payout result moves are its cash-out's: they are looked up in the batch's
+    unit of work, with the cash-outs (`_results_in`)."""
+    await _apply_cashouts(context, topics.PAYOUTS_UPDATED, items, [], report)
 
 
 async def _apply_cashouts(
@@ -470,33 +469,70 @@ async def _apply_cashouts(
     """Cash-out requests and payout results, one at a time in one transaction per batch."""
     account_ids = await context.ledger.account_ids(specs)
     early_letters = list(report.dead_letters)
-    desk, events, rate_cards = context.desk, context.events, context.rate_cards
+    events = context.events
     async for tx in context.ledger.transactions():
         async with tx:
             batch_report = BatchReport()
             conn = tx.connection
             fresh = await events.drop_applied(conn, topic, items, batch_report)
-            applied: list[ParsedEvent] = []
-            for item in fresh:
-                event = item.event
-                if isinstance(event, CashoutRequested):
-                    await desk.request(tx, event, rate_cards, account_ids)
-                    applied.append(item)
-                    continue
-                assert isinstance(event, PayoutUpdated)
-                refusal = await desk.payout_result(tx, event, rate_cards, account_ids)
-                if refusal is None:
-                    applied.append(item)
-                else:
-                    detail = f"payout {event.status} for cash-out {event.cashout_id}: {refusal}"
-                    batch_report.dead_letters.append(
-                        DeadLetter(item.record, refusal[:64], detail, event.event_id)
-                    )
+            if topic == topics.CASHOUTS_REQUESTED:
+                applied = await _requests_in(tx, context, fresh, account_ids)
+            else:
+                applied = await _results_in(tx, context, fresh, batch_report)
             await events.record_applied(conn, topic, applied)
             letters = [*early_letters, *batch_report.dead_letters]
             await events.record_dead_letters(conn, topic, letters)
             batch_report.applied = len(applied)
     report.absorb(batch_report)
+
+
+async def _requests_in(
+    tx: LedgerTransaction,
+    context: HandlerContext,
+    fresh: list[ParsedEvent],
+    account_ids: dict[str, int],
+) -> list[ParsedEvent]:
+    """Apply a batch's new cash-out requests. Their creators' locks are all taken first, in key
+    order, before any request locks an account (see `services.cashout.desk`)."""
+    requests = [item.event for item in fresh if isinstance(item.event, CashoutRequested)]
+    assert len(requests) == len(fresh)
+    await lock_creators(tx.connection, [request.creator_id for request in requests])
+    for request in requests:
+        await context.desk.request(tx, request, context.rate_cards, account_ids)
+    return fresh
+
+
+async def _results_in(
+    tx: LedgerTransaction,
+    context: HandlerContext,
+    fresh: list[ParsedEvent],
+    report: BatchReport,
+) -> list[ParsedEvent]:
+    """Apply a batch's new payout results; one the desk refuses (an unknown cash-out, or one
+    not in a state the result applies to) is dead-lettered with the reason."""
+    results = [item.event for item in fresh if isinstance(item.event, PayoutUpdated)]
+    assert len(results) == len(fresh)
+    cashouts = await load_cashouts(tx.connection, [result.cashout_id for result in results])
+    specs = [
+        spec
+        for cashout in cashouts.values()
+        for spec in (
+            hold_source(cashout.creator_id, cashout.asset),
+            hold_target(cashout.creator_id, cashout.asset),
+            *settlement_accounts(cashout.payout_currency),
+        )
+    ]
+    # Created with the request, so normally known to the ledger's cache: no statement at all.
+    account_ids = await context.ledger.account_ids(specs)
+    applied: list[ParsedEvent] = []
+    for item, result in zip(fresh, results, strict=True):
+        refusal = await context.desk.payout_result(tx, result, context.rate_cards, account_ids)
+        if refusal is None:
+            applied.append(item)
+            continue
+        detail = f"payout {result.status} for cash-out {result.cashout_id}: {refusal}"
+        report.dead_letters.append(DeadLetter(item.record, refusal[:64], detail, result.event_id))
+    return applied
 
 
 HANDLERS: dict[str, Handler] = {

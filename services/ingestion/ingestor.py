@@ -12,7 +12,8 @@ parked (a reversal whose gift has not arrived yet, retried until a deadline, the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
 
 from ledger.service import Ledger
 from services.cashout.desk import CashoutDesk
@@ -84,13 +85,32 @@ class Ingestor:
         self._count(topic, len(records), report)
         return report
 
-    async def retry_parked(self, topic: str, limit: int = PARKED_READ_COUNT_MAX) -> BatchReport:
-        """Try parked events of `topic` again; past their deadline they are dead-lettered."""
+    async def dead_letter(self, topic: str, letters: Sequence[DeadLetter]) -> BatchReport:
+        """Record records that could not be applied (`services.app.poison`) as dead letters of
+        `topic`, in a transaction of their own; counted as consumed and dead-lettered."""
+        report = BatchReport(dead_letters=list(letters))
+        async with self.ledger.begin() as conn:
+            await self.events.record_dead_letters(conn, topic, report.dead_letters)
+        self._count(topic, len(letters), report)
+        return report
+
+    async def retry_parked(
+        self,
+        topic: str,
+        limit: int = PARKED_READ_COUNT_MAX,
+        *,
+        publish_dead_letters: Callable[[list[DeadLetter]], Awaitable[None]] | None = None,
+    ) -> BatchReport:
+        """Try parked events of `topic` again; past their deadline they are dead-lettered.
+
+        With `publish_dead_letters`, the dead letters are published before the commit that
+        removes them from the parking (`HandlerContext.publish_before_commit`)."""
         async with self.ledger.connect() as conn:
             parsed = await self.events.read_parked(conn, topic, limit)
         report = BatchReport()
         if parsed:
-            await HANDLERS[topic](self.context, parsed, report)
+            context = dataclasses.replace(self.context, publish_before_commit=publish_dead_letters)
+            await HANDLERS[topic](context, parsed, report)
             self.counts.unparked_applied += report.applied
             self.counts.unparked_duplicates += report.duplicates
             self.counts.unparked_dead_lettered += len(report.dead_letters)

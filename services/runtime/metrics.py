@@ -40,8 +40,23 @@ CONSUMER_LAG = Gauge(
     "High watermark minus the consumer's position, per partition.",
     ["topic", "partition"],
 )
+TRANSFER_PARTITION_MONTHS_AHEAD = Gauge(
+    "giftledger_transfer_partition_months_ahead",
+    "Months after the current one (UTC) whose transfers partition exists, up to the first"
+    " without one, as of the last upkeep; -1 when the current month has none.",
+)
 DATABASE_RETRIES = Counter(
     "giftledger_database_retries_total", "Batches retried after a database error.", ["topic"]
+)
+DEAD_LETTER_PUBLISH_FAILURES = Counter(
+    "giftledger_dead_letter_publish_failures_total",
+    "Batches rewound because their dead letters could not be published.",
+    ["topic"],
+)
+POISON_RECORDS = Counter(
+    "giftledger_poison_records_total",
+    "Records dead-lettered as processing_failed: alone, they still failed to apply.",
+    ["topic"],
 )
 
 

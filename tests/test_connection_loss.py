@@ -1,0 +1,130 @@
+"""A connection the server ends (pg_terminate_backend, as a restart or an administrator does) is
+an outage like any other: the batch is retried with backoff, logged as a warning, the broken
+connection is discarded, and nothing is logged as an unexpected error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.database import create_engine
+from ledger.verify import verify
+from schemas import topics
+from schemas.topics import all_topics
+from services.runtime.embedded_broker import create_topics
+from tests import event_factory as make
+from tests.ingestion_fixtures import RunningConsumers, start_consumers, wait_until
+
+pytestmark = pytest.mark.server
+
+GIFT_COUNT = 3_000
+GIFTS_PER_STEP = 100
+STEP_PAUSE_S = 0.05
+TERMINATION_ROUNDS = 40
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def running(
+    database_url: str, kafka_bootstrap: str
+) -> AsyncIterator[tuple[RunningConsumers, AsyncEngine]]:
+    engine = create_engine(database_url, pool_size=2, statement_timeout_ms=5_000)
+    prefix = f"k{uuid.uuid4().hex[:8]}."
+    await create_topics(kafka_bootstrap, all_topics(prefix), 2)
+    service, ingestor = await start_consumers(engine, kafka_bootstrap, prefix, f"g-{prefix}")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+
+        async def assigned() -> bool:
+            return service.assigned_partition_count() == len(service.topics) * 2
+
+        await wait_until(assigned)
+        yield RunningConsumers(service, ingestor, producer, prefix, kafka_bootstrap), engine
+    finally:
+        await producer.stop()
+        await service.stop()
+        await engine.dispose()
+
+
+async def _terminate_consumer_connections(engine: AsyncEngine, database: str) -> int:
+    """End every other giftledger connection to `database`, as the server's administrator."""
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = :database AND pid <> pg_backend_pid()"
+                " AND application_name = 'giftledger' AND backend_type = 'client backend'"
+            ),
+            {"database": database},
+        )
+        return int(result.scalar_one())
+
+
+async def test_terminated_connections_are_an_outage_not_an_unexpected_error(
+    running: tuple[RunningConsumers, AsyncEngine],
+    engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumers, consumer_engine = running
+    database = consumer_engine.url.database
+    assert database is not None
+    creators = [f"creator-{uuid.uuid4().hex[:10]}" for _ in range(20)]
+    gifts = [make.gift(creators[i % 20], coins=1) for i in range(GIFT_COUNT)]
+    caplog.set_level(logging.WARNING)
+
+    async def publish_paced() -> None:
+        for start in range(0, len(gifts), GIFTS_PER_STEP):
+            for gift in gifts[start : start + GIFTS_PER_STEP]:
+                await consumers.producer.send(
+                    consumers.prefix + topics.GIFTS_SENT,
+                    value=make.encode(gift),
+                    key=str(gift["creator_id"]).encode(),
+                )
+            await asyncio.sleep(STEP_PAUSE_S)
+        await consumers.producer.flush()
+
+    async def applied_count() -> int:
+        async with engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT count(*) FROM applied_events WHERE creator_id = ANY(:c)"),
+                {"c": creators},
+            )
+            return int(result.scalar_one())
+
+    publishing = asyncio.create_task(publish_paced())
+    terminated = 0
+    for _ in range(TERMINATION_ROUNDS):
+        await asyncio.sleep(0.07)
+        terminated += await _terminate_consumer_connections(engine, database)
+    await publishing
+
+    async def all_applied() -> bool:
+        return await applied_count() == GIFT_COUNT
+
+    await wait_until(all_applied, 120)
+    assert terminated > 0, "the test ended no connection: it proves nothing"
+    async with engine.connect() as conn:
+        assert await verify(conn) == []
+    assert consumers.ingestor.counts.balanced()
+    errors = [
+        f"{record.name}: {record.getMessage()}"
+        for record in caplog.records
+        if record.levelno >= logging.ERROR
+    ]
+    assert errors == []
+    outage_warnings = [
+        r.getMessage() for r in caplog.records if "database unavailable" in r.getMessage()
+    ]
+    assert outage_warnings, "a terminated connection is reported as an outage"
+    assert all(" retry 1 " in message for message in outage_warnings), (
+        "an outage is logged once when it starts, not at every retry"
+    )
+    assert any("database back" in r.getMessage() for r in caplog.records)
