@@ -35,7 +35,8 @@ INTRODUCTION = f"""\
      `tests/test_event_docs.py` fails when this file and the models disagree. -->
 
 What giftledger reads from and writes to Kafka. Every event is one JSON object, UTF-8, with the
-Kafka key equal to its `creator_id` (so one creator's events stay in order on one partition); a
+Kafka key equal to its `creator_id` (with murmur2, one creator's events of a topic stay on one
+partition: better batching, not needed for correctness, see the README); a
 `payouts.updated` report, which names only its cash-out, is keyed by the creator of that
 cash-out, as its `payouts.requested` was. Topic names may carry a deployment prefix
 (`KAFKA_TOPIC_PREFIX`).
