@@ -1,7 +1,9 @@
 """`giftledger replay FILE`: publish a generated stream to any Kafka cluster, resumably.
 
-Records go out with their key and their exact bytes (see `services.loadtest.stream_format` for the
-file format), each to `<prefix><topic>`, through one aiokafka producer (linger 10 ms, batches
+Records go out with their key, their headers (a recorded stream keeps them) and their exact bytes
+(see `services.loadtest.stream_format` for the file format), each to `<prefix><topic>` (`--map
+FROM=TO` sends a topic of the file to another name, `--topic-prefix P` puts another prefix in
+front: aiming at another deployment), through one aiokafka producer (linger 10 ms, batches
 up to 256 KB, `acks=all`). Three pacings:
 
 - `recorded`: the stream's own timing (`offset_ms`), scaled by `speed` (2.0: twice as fast);
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import binascii
 import contextlib
 import gzip
 import json
@@ -76,6 +79,29 @@ class StreamRecord:
     key: bytes | None
     offset_ms: int
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()  # recorded streams only
+
+
+def _decode(index: int, text: str, encoding: object) -> bytes:
+    if encoding == "base64":
+        return base64.b64decode(text, validate=True)
+    if encoding is None:
+        return text.encode("utf-8")
+    raise StreamFormatError(f"line {index + 1}: unknown encoding {encoding!r}")
+
+
+def _parse_headers(index: int, headers: object) -> tuple[tuple[str, bytes], ...]:
+    if headers is None:
+        return ()
+    if not isinstance(headers, list) or not all(
+        isinstance(pair, list)
+        and len(pair) == 2
+        and isinstance(pair[0], str)
+        and isinstance(pair[1], str)
+        for pair in headers
+    ):
+        raise StreamFormatError(f"line {index + 1}: headers must be [name, base64] pairs")
+    return tuple((name, base64.b64decode(value, validate=True)) for name, value in headers)
 
 
 def _parse_line(index: int, line: str) -> StreamRecord:
@@ -86,21 +112,21 @@ def _parse_line(index: int, line: str) -> StreamRecord:
         offset_ms = document["offset_ms"]
         value = document["value"]
         encoding = document.get("encoding")
+        key_encoding = document.get("key_encoding")
+        headers = document.get("headers")
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise StreamFormatError(f"line {index + 1}: not a stream record ({error!r})") from error
     if not isinstance(topic, str) or not isinstance(value, str) or not isinstance(offset_ms, int):
         raise StreamFormatError(f"line {index + 1}: topic, value or offset_ms of the wrong type")
     if key is not None and not isinstance(key, str):
         raise StreamFormatError(f"line {index + 1}: key must be a string or null")
-    if encoding == "base64":
-        payload = base64.b64decode(value, validate=True)
-    elif encoding is None:
-        payload = value.encode("utf-8")
-    else:
-        raise StreamFormatError(f"line {index + 1}: unknown encoding {encoding!r}")
-    return StreamRecord(
-        index, topic, None if key is None else key.encode("utf-8"), offset_ms, payload
-    )
+    try:
+        payload = _decode(index, value, encoding)
+        key_bytes = None if key is None else _decode(index, key, key_encoding)
+        header_pairs = _parse_headers(index, headers)
+    except binascii.Error as error:
+        raise StreamFormatError(f"line {index + 1}: bad base64 ({error})") from error
+    return StreamRecord(index, topic, key_bytes, offset_ms, payload, header_pairs)
 
 
 def read_stream(path: Path, start: int = 0, stop: int | None = None) -> Iterator[StreamRecord]:
@@ -295,13 +321,16 @@ async def replay(
     checkpoint_every: int = CHECKPOINT_EVERY_DEFAULT,
     checkpoint_file: Path | None = None,
     in_flight_max: int = IN_FLIGHT_MAX_DEFAULT,
+    topic_map: dict[str, str] | None = None,
 ) -> ReplayReport:
     """Publish the records of `path` from index `resume_from` up to `stop_at` (default: the end).
 
     `progress(done, total)` is called every 1,000 records and at the end, with `done` the index
     reached in the file. `on_send(record)` is called right after each record is handed to the
     producer (the load test samples send times there). Raises the producer's error if a send
-    fails; the checkpoint then holds the acknowledged prefix, to resume from.
+    fails; the checkpoint then holds the acknowledged prefix, to resume from. `topic_map` sends
+    a topic of the file to another name (before the prefix goes in front); keys and headers go
+    out as recorded.
     """
     _check_pacing(mode, speed, rate_per_s)
     assert 1 <= checkpoint_every <= 100_000_000, checkpoint_every
@@ -338,8 +367,12 @@ async def replay(
             await pacer.wait(record)
             if first_send is None:
                 first_send = time.perf_counter()
+            topic = topic_map.get(record.topic, record.topic) if topic_map else record.topic
             future = await producer.send(
-                topic_prefix + record.topic, value=record.value, key=record.key
+                topic_prefix + topic,
+                value=record.value,
+                key=record.key,
+                headers=list(record.headers) or None,
             )
             acknowledgements.pending.append(future)
             if on_send is not None:
@@ -446,11 +479,38 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"write the checkpoint every N records (default {CHECKPOINT_EVERY_DEFAULT})",
     )
+    parser.add_argument(
+        "--topic-prefix",
+        default=None,
+        metavar="P",
+        help="put P in front of every topic (default: KAFKA_TOPIC_PREFIX)",
+    )
+    parser.add_argument(
+        "--map",
+        type=_topic_mapping,
+        action="append",
+        default=[],
+        metavar="FROM=TO",
+        help="send the file's topic FROM to TO instead (repeatable; the prefix still goes first)",
+    )
     parser.epilog = (
-        "Publishes to KAFKA_BOOTSTRAP_SERVERS (required) with KAFKA_TOPIC_PREFIX in front of each "
-        "topic; creates missing topics with KAFKA_PARTITION_COUNT partitions. Default pacing: the "
+        "Publishes to KAFKA_BOOTSTRAP_SERVERS (required) with KAFKA_TOPIC_PREFIX (or "
+        "--topic-prefix) in front of each topic, with the keys and headers the file holds; "
+        "creates missing topics with KAFKA_PARTITION_COUNT partitions. Default pacing: the "
         "recorded timing (--speed 1)."
     )
+
+
+TOPIC_NAME_LENGTH_MAX = 249
+
+
+def _topic_mapping(value: str) -> tuple[str, str]:
+    source, separator, target = value.partition("=")
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    for name in (source, target):
+        if not separator or not 1 <= len(name) <= TOPIC_NAME_LENGTH_MAX or not set(name) <= allowed:
+            raise argparse.ArgumentTypeError(f"{value!r} is not FROM=TO with two topic names")
+    return source, target
 
 
 def _progress_printer(out: TextIO) -> Progress:
@@ -478,6 +538,8 @@ async def replay_with_settings(
             "cluster (giftledger loadtest starts an embedded one)\n"
         )
         return 2
+    prefix = settings.kafka_topic_prefix if args.topic_prefix is None else args.topic_prefix
+    topic_map = dict(args.map)
     resume_from = 0
     if args.resume:
         checkpoint = read_checkpoint(checkpoint_path(path))
@@ -485,27 +547,27 @@ async def replay_with_settings(
             resume_from = checkpoint.records_acknowledged
             if (checkpoint.bootstrap_servers, checkpoint.topic_prefix) != (
                 servers,
-                settings.kafka_topic_prefix,
+                prefix,
             ):
                 out.write(
                     f"note: the checkpoint was written for {checkpoint.bootstrap_servers} "
                     f"prefix {checkpoint.topic_prefix!r}\n"
                 )
     await wait_for_broker(servers, BROKER_WAIT_S)
-    await create_topics(
-        servers, all_topics(settings.kafka_topic_prefix), settings.kafka_partition_count
-    )
+    names = set(all_topics(prefix)) | {prefix + target for target in topic_map.values()}
+    await create_topics(servers, sorted(names), settings.kafka_partition_count)
     mode, speed, rate = pacing_from_arguments(args)
     report = await replay(
         path,
         servers,
-        topic_prefix=settings.kafka_topic_prefix,
+        topic_prefix=prefix,
         mode=mode,
         speed=speed,
         rate_per_s=rate,
         resume_from=resume_from,
         progress=_progress_printer(out),
         checkpoint_every=args.checkpoint_every,
+        topic_map=topic_map,
     )
     out.write(
         f"published {report.records_published} records from index {report.first_index} in "
@@ -517,7 +579,8 @@ async def replay_with_settings(
 
 
 def replay_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """`giftledger replay FILE [--rate N | --speed X | --max] [--resume]`; the exit code."""
+    """`giftledger replay FILE [--rate N | --speed X | --max] [--resume] [--topic-prefix P]
+    [--map FROM=TO ...]`; the exit code."""
     try:
         return asyncio.run(replay_with_settings(get_settings(), args.path, args, out))
     except (StreamFormatError, FileNotFoundError, ValueError) as error:

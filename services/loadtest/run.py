@@ -70,15 +70,23 @@ from services.loadtest.checks import (
     read_dead_letter_topics,
     table_warnings,
 )
+from services.loadtest.compare import THRESHOLD_PCT_DEFAULT, compare_files, threshold_pct
 from services.loadtest.generator import add_shape_arguments, generate, shape_from_arguments
 from services.loadtest.measurements import latencies_ms
 from services.loadtest.pipeline import ASSIGNMENT_WAIT_S, PipelineRun, wait_for_groups, wait_until
-from services.loadtest.replay import ReplayMode, add_pacing_arguments, pacing_from_arguments
+from services.loadtest.recorded_run import RecordedRun, check_recorded, run_recorded
+from services.loadtest.replay import (
+    ReplayMode,
+    add_pacing_arguments,
+    count_records,
+    pacing_from_arguments,
+)
 from services.loadtest.report import LoadtestReport, add_measurements, write_outputs
 from services.loadtest.stream_format import (
     ExpectedState,
     StreamFormatError,
     StreamShape,
+    expected_path,
     load_expected,
 )
 from services.runtime.database import engine_as_role, open_database, safe_url
@@ -101,16 +109,23 @@ class LoadtestError(RuntimeError):
 
 def _prepare_stream(
     events: int | None, file: Path | None, out_dir: Path, seed: int, shape: StreamShape | None
-) -> tuple[Path, ExpectedState]:
+) -> tuple[Path, ExpectedState | None, int]:
+    """(the stream, its expected state or None for a recorded stream, its record count)."""
     if (events is None) == (file is None):
         raise LoadtestError("give either a number of events or a stream file, not both")
     out_dir.mkdir(parents=True, exist_ok=True)
     if file is not None:
-        return file, load_expected(file)
+        if not expected_path(file).exists():
+            if not file.exists():
+                raise LoadtestError(f"{file} does not exist")
+            return file, None, count_records(file)
+        expected = load_expected(file)
+        return file, expected, expected.records
     assert events is not None
     path = out_dir / STREAM_FILE_NAME
     namespace = f"lt{seed}x{secrets.token_hex(3)}"
-    return path, generate(path, events=events, seed=seed, namespace=namespace, shape=shape)
+    expected = generate(path, events=events, seed=seed, namespace=namespace, shape=shape)
+    return path, expected, expected.records
 
 
 async def _already_applied(engine: AsyncEngine, namespace: str) -> bool:
@@ -186,20 +201,22 @@ async def loadtest(
     JSON report and the charts into `out_dir`. Raises `LoadtestError` when the run cannot start:
     both or neither of `events` and `file`, a stream already applied to this database, a
     deployment whose rules differ from the stream's, consumer groups that do not form."""
-    stream, expected = await asyncio.to_thread(_prepare_stream, events, file, out_dir, seed, shape)
+    stream, expected, records = await asyncio.to_thread(
+        _prepare_stream, events, file, out_dir, seed, shape
+    )
     settings = loadtest_settings(settings)
     started = time.monotonic()
     async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
         await upgrade_to_head(engine)
         async with engine.connect() as conn:
-            problems = await check_assumptions(conn, settings, expected)
+            problems = [] if expected is None else await check_assumptions(conn, settings, expected)
             since = (await conn.execute(text("SELECT now()"))).scalar_one()
         if problems:
             raise LoadtestError(
                 "this deployment differs from what the stream's expected state assumes: "
                 + "; ".join(problems)
             )
-        if await _already_applied(engine, expected.namespace):
+        if expected is not None and await _already_applied(engine, expected.namespace):
             raise LoadtestError(
                 f"namespace {expected.namespace} is already in this database: replay the stream "
                 "into a fresh database, or generate one with another namespace"
@@ -208,15 +225,15 @@ async def loadtest(
             matched=False,
             mismatches=[],
             stream=str(stream),
-            namespace=expected.namespace,
-            records=expected.records,
+            namespace="" if expected is None else expected.namespace,
+            records=records,
             mode=mode,
             speed=speed,
             rate_per_s=rate_per_s,
             bootstrap_servers=bootstrap_servers,
             topic_prefix=settings.kafka_topic_prefix,
             database=safe_url(engine.url.render_as_string(hide_password=False)),
-            main_records=expected.cashout_phase_from,
+            main_records=records if expected is None else expected.cashout_phase_from,
         )
         logger.info("loadtest: database and broker ready after %.1f s", time.monotonic() - started)
         rail = build_payout_rail(settings, bootstrap_servers)
@@ -224,10 +241,24 @@ async def loadtest(
         writer = engine_as_role(engine, settings, settings.database_writer_role)
         service = await start_consumers(settings, writer, bootstrap_servers)
         logger.info("loadtest: consumers started after %.1f s", time.monotonic() - started)
-        run = PipelineRun(
-            settings, engine, service, rail, bootstrap_servers, expected, stream, out_dir
-        )
-        run.pacing = (mode, speed, rate_per_s)
+        run: PipelineRun | RecordedRun
+        if expected is None:
+            run = RecordedRun(
+                settings,
+                engine,
+                service,
+                rail,
+                bootstrap_servers,
+                stream,
+                records,
+                out_dir,
+                (mode, speed, rate_per_s),
+            )
+        else:
+            run = PipelineRun(
+                settings, engine, service, rail, bootstrap_servers, expected, stream, out_dir
+            )
+            run.pacing = (mode, speed, rate_per_s)
         sampler: asyncio.Task[None] | None = None
         try:
             if not await wait_for_groups(service, rail, settings.kafka_partition_count):
@@ -235,13 +266,20 @@ async def loadtest(
             logger.info("loadtest: consumer groups formed after %.1f s", time.monotonic() - started)
             run.started = time.monotonic()
             sampler = asyncio.create_task(run.sample_forever(), name="loadtest-sampler")
-            await _run_phases(run, report, stall_s)
+            if isinstance(run, RecordedRun):
+                await run_recorded(run, report, stall_s)
+            else:
+                await _run_phases(run, report, stall_s)
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
             run.take_sample()
             report.total_seconds = time.monotonic() - started
-            latencies = await _finish(run, report, since)
+            if isinstance(run, RecordedRun):
+                await check_recorded(run, report, since)
+                latencies = await latencies_ms(run.engine, run.send_times)
+            else:
+                latencies = await _finish(run, report, since)
             logger.info("loadtest: verified and compared after %.1f s", time.monotonic() - started)
         finally:
             if sampler is not None:
@@ -286,7 +324,18 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         default=None,
         metavar="FILE",
-        help="a stream from giftledger generate (with FILE.expected.json); default: generate one",
+        help="a stream from giftledger generate (with FILE.expected.json) or giftledger record "
+        "(checked without an expected end state); default: generate one. "
+        "`loadtest compare A.json B.json`: compare two runs' loadtest.json",
+    )
+    parser.add_argument("reports", nargs="*", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threshold-pct",
+        type=threshold_pct,
+        default=THRESHOLD_PCT_DEFAULT,
+        metavar="PCT",
+        help="compare: B is worse when a gated measure is worse by more than PCT percent "
+        f"(default {THRESHOLD_PCT_DEFAULT:g})",
     )
     parser.add_argument(
         "--events",
@@ -313,16 +362,29 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
     add_pacing_arguments(parser, default="max")
     add_shape_arguments(parser)
     parser.epilog = (
-        "Exit 0 only when the ledger matches the stream's expected end state and verify holds. "
+        "Exit 0 only when the ledger matches the stream's expected end state and verify holds "
+        "(a recorded stream: when its checks hold). `compare` exits 1 when B is worse than A, 2 "
+        "when a report is unreadable. "
         "Uses DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS, or starts the embedded ones."
     )
 
 
 EVENTS_DEFAULT = 100_000
+COMPARE_WORD = Path("compare")  # `loadtest compare A B`; a stream file so named: `$PWD/compare`
 
 
-def loadtest_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """`giftledger loadtest [--events N] [FILE] [--rate N | --speed X | --max] [--out DIR]`."""
+def loadtest_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """`giftledger loadtest [--events N] [FILE] [--rate N | --speed X | --max] [--out DIR]`, or
+    `giftledger loadtest compare A.json B.json [--threshold-pct P]`."""
+    out = out or sys.stdout  # at call time: the test harness may have replaced it
+    if args.file == COMPARE_WORD:
+        if len(args.reports) != 2:
+            sys.stderr.write("giftledger: error: loadtest compare takes A.json B.json\n")
+            return 2
+        return compare_files(args.reports[0], args.reports[1], args.threshold_pct, out)
+    if args.reports:
+        sys.stderr.write(f"giftledger: error: unexpected arguments {args.reports}\n")
+        return 2
     settings = get_settings()
     if args.file is not None and args.events is not None:
         sys.stderr.write("giftledger: error: give --events or FILE, not both\n")

@@ -10,6 +10,14 @@ The stream is a gzip-compressed JSON Lines file, one Kafka record per line:
 the next), `value` the record's exact bytes as a UTF-8 string, or as base64 with
 `"encoding": "base64"` for the records whose bytes are deliberately not UTF-8.
 
+`giftledger record` (`services.loadtest.record`) writes the same lines with optional fields a
+generated stream leaves out (a reader takes their absence as "none"):
+
+    "key_encoding": "base64"       the key's bytes, when they are not UTF-8
+    "headers": [["name", "<base64 of the value>"], ...]
+    "partition": 3, "source_offset": 1207, "timestamp_ms": 1793577600123
+                                   where the record was read, and its original Kafka timestamp
+
 The expected end state goes next to it, as `<path>.expected.json` (`ExpectedState`).
 """
 
@@ -237,6 +245,49 @@ class StreamWriter:
         self._drain()
         self._gzip.close()
         self._raw.close()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedLine:
+    """One record read from Kafka, as `giftledger record` writes it."""
+
+    topic: str  # the contract's name, without prefix
+    key: bytes | None
+    offset_ms: int
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    partition: int
+    source_offset: int
+    timestamp_ms: int
+
+
+def _text_or_base64(data: bytes) -> tuple[str, bool]:
+    """(the text, False) when `data` is UTF-8, else (its base64, True)."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), True
+
+
+def recorded_line(record: RecordedLine) -> str:
+    """The JSON line of a recorded record (no newline); keys in a fixed order."""
+    document: dict[str, Any] = {"topic": record.topic, "key": None}
+    if record.key is not None:
+        document["key"], key_in_base64 = _text_or_base64(record.key)
+        if key_in_base64:
+            document["key_encoding"] = "base64"
+    document["offset_ms"] = record.offset_ms
+    document["value"], value_in_base64 = _text_or_base64(record.value)
+    if value_in_base64:
+        document["encoding"] = "base64"
+    if record.headers:
+        document["headers"] = [
+            [name, base64.b64encode(value).decode("ascii")] for name, value in record.headers
+        ]
+    document["partition"] = record.partition
+    document["source_offset"] = record.source_offset
+    document["timestamp_ms"] = record.timestamp_ms
+    return json.dumps(document, separators=(",", ":"))
 
 
 def compact(event: dict[str, Any]) -> str:

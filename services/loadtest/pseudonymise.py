@@ -1,0 +1,98 @@
+"""Pseudonymising recorded records (`giftledger record --pseudonymise SALT`).
+
+Every id field of the contract's events (`ID_FIELDS`) and the record's key are replaced by
+`p-` and the first 32 hex digits of HMAC-SHA256(SALT, id): 34 visible ASCII characters, inside
+the contract's id pattern and length (`schemas.events.Identifier`, and `AccountRef`: not all
+digits). `gift_id` names a gift of the catalogue, not a person or a payment, and is kept. One
+function for every field, so what lines up in the original lines up in the copy: a gift's
+`event_id` and its reversal's `gift_event_id`, a cash-out request's `event_id` and the
+`cashout_id` of its reports, the key and the `creator_id`, a duplicate and its original, two
+payloads reusing one `event_id`.
+
+What is left as it is: records that are not JSON objects (malformed or not UTF-8), and id fields
+that are not a valid id to begin with (not a string, empty, too long, not visible ASCII), so a
+record the consumers refuse is still refused for the same reason. Other fields (amounts, dates,
+gifts, countries, periods) are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from typing import Any
+
+from schemas.events import ID_LENGTH_MAX, VISIBLE_ASCII_PATTERN
+
+PSEUDONYM_PREFIX = "p-"
+DIGEST_HEX_LENGTH = 32
+SALT_LENGTH_MIN = 8
+SALT_LENGTH_MAX = 1024
+ID_FIELDS: tuple[str, ...] = (
+    "event_id",
+    "creator_id",
+    "sender_id",
+    "gift_event_id",
+    "cashout_id",
+    "video_id",
+    "live_id",
+    "charge_id",
+    "brand_id",
+    "deal_id",
+    "payout_account_ref",
+)
+
+_VISIBLE_ASCII = re.compile(VISIBLE_ASCII_PATTERN)
+
+
+class Pseudonymiser:
+    """Maps ids to pseudonyms with one salt; the same id always gets the same pseudonym."""
+
+    def __init__(self, salt: str) -> None:
+        if not SALT_LENGTH_MIN <= len(salt) <= SALT_LENGTH_MAX:
+            raise ValueError(
+                f"the salt must be {SALT_LENGTH_MIN} to {SALT_LENGTH_MAX} characters long"
+            )
+        self._key = salt.encode("utf-8")
+
+    def pseudonym(self, identifier: str) -> str:
+        digest = hmac.new(self._key, identifier.encode("utf-8"), hashlib.sha256).hexdigest()
+        return PSEUDONYM_PREFIX + digest[:DIGEST_HEX_LENGTH]
+
+    def key(self, key: bytes | None) -> bytes | None:
+        """The record's key (a creator id) mapped like `creator_id`; other keys as they are."""
+        if key is None:
+            return None
+        try:
+            text = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return key
+        return self.pseudonym(text).encode("utf-8") if _is_identifier(text) else key
+
+    def value(self, value: bytes) -> bytes:
+        """The record's bytes with every id field replaced; the bytes unchanged when they are
+        not a JSON object."""
+        try:
+            document = json.loads(value.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return value
+        if not isinstance(document, dict):
+            return value
+        changed = self._replace_ids(document)
+        if not changed:
+            return value
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    def _replace_ids(self, document: dict[str, Any]) -> bool:
+        changed = False
+        for name in ID_FIELDS:
+            identifier = document.get(name)
+            if isinstance(identifier, str) and _is_identifier(identifier):
+                document[name] = self.pseudonym(identifier)
+                changed = True
+        return changed
+
+
+def _is_identifier(text: str) -> bool:
+    return 1 <= len(text) <= ID_LENGTH_MAX and _VISIBLE_ASCII.match(text) is not None
