@@ -35,6 +35,7 @@ class AccountKind(enum.StrEnum):
     MARKETPLACE_CLEARING = "marketplace_clearing"
     MARKETPLACE_FEES = "marketplace_fees"
     ROUNDING = "rounding"
+    OPERATOR_ADJUSTMENTS = "operator_adjustments"
     SYNTHETIC = "synthetic"
 
 

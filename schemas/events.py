@@ -589,6 +589,88 @@ class CashoutUpdated(Event):
         return self
 
 
+OPERATOR_NAME_LENGTH_MAX = 64
+ACTION_TARGET_LENGTH_MAX = 300
+ACTION_REASON_LENGTH_MAX = 1_000
+ACTION_ID_MAX = 2**63 - 1
+# A person's name as `API_TOKENS` or `--as` gives it: letters, digits and `._@-`.
+OPERATOR_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
+ACTION_NAME_PATTERN = r"^[a-z][a-z_]*$"
+# Text for people to read, on one line: no control characters.
+ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+SHA256_HEX_PATTERN = r"^[0-9a-f]{64}$"
+
+OperatorName = Annotated[
+    str,
+    Field(min_length=1, max_length=OPERATOR_NAME_LENGTH_MAX, pattern=OPERATOR_NAME_PATTERN),
+]
+ActionName = Annotated[str, Field(min_length=1, max_length=64, pattern=ACTION_NAME_PATTERN)]
+ActionTarget = Annotated[
+    str, Field(min_length=1, max_length=ACTION_TARGET_LENGTH_MAX, pattern=VISIBLE_ASCII_PATTERN)
+]
+ActionReason = Annotated[
+    str, Field(min_length=1, max_length=ACTION_REASON_LENGTH_MAX, pattern=ONE_LINE_PATTERN)
+]
+Sha256Hex = Annotated[str, Field(min_length=64, max_length=64, pattern=SHA256_HEX_PATTERN)]
+
+
+class OperatorActionRecorded(Event):
+    """An operator action, as appended to the hash-chained `operator_actions` log."""
+
+    action_id: Annotated[int, Field(ge=1, le=ACTION_ID_MAX)] = Field(
+        description="The action's position in the log (ascending, not necessarily contiguous);"
+        " the event_id is `operator-action:<action_id>`.",
+        examples=[42],
+    )
+    idempotency_key: Identifier = Field(
+        description="The key the operator's client gave the action: the same key with the same "
+        "content is the same action.",
+        examples=["adjust-creator-42-2026-11-03"],
+    )
+    actor: OperatorName = Field(
+        description="Who acted: the name of the API token (or the command line's `--as`).",
+        examples=["alice"],
+    )
+    role: Literal["finance", "operator"] = Field(
+        description="The role the actor acted in.", examples=["operator"]
+    )
+    action: ActionName = Field(
+        description="What was done: `adjustment_proposed`, `adjustment_approved`, "
+        "`creator_frozen`, `creator_unfrozen`, or another operator action.",
+        examples=["creator_frozen"],
+    )
+    target: ActionTarget = Field(
+        description="What it was done to: a creator id, a dead letter or a cash-out id. The "
+        "message's key is the creator it is about (a re-driven dead letter: its source record's "
+        "key).",
+        examples=["creator-42"],
+    )
+    reason: ActionReason = Field(
+        description="Why, in the operator's words (one line).",
+        examples=["chargeback fraud under investigation"],
+    )
+    ticket: Identifier | None = Field(
+        default=None,
+        description="The ticket the action belongs to, when one was given.",
+        examples=["OPS-1234"],
+    )
+    details: dict[str, Any] = Field(
+        description="What the action needs beyond its target (amounts in minor units as "
+        "integers, ids), as recorded in the log.",
+        examples=[{"adjustment_id": 7, "asset": "DIAMOND", "amount_minor": -5000}],
+    )
+    previous_hash: Sha256Hex = Field(
+        description="SHA-256 (hex) of the log entry before this one; 64 zeros for the first.",
+        examples=["0" * 64],
+    )
+    hash: Sha256Hex = Field(
+        description="SHA-256 (hex) of `previous_hash` and this entry's canonical content: "
+        "the chain `giftledger verify` recomputes, published so that a copy outside the "
+        "database can vouch for it.",
+        examples=["9f2c" * 16],
+    )
+
+
 CONSUMED_EVENT_MODELS: dict[str, type[Event]] = {
     topics.GIFTS_SENT: GiftSent,
     topics.GIFTS_REVERSED: GiftReversed,
@@ -603,4 +685,5 @@ CONSUMED_EVENT_MODELS: dict[str, type[Event]] = {
 PRODUCED_EVENT_MODELS: dict[str, type[Event]] = {
     topics.PAYOUTS_REQUESTED: PayoutRequested,
     topics.CASHOUTS_UPDATED: CashoutUpdated,
+    topics.OPERATOR_ACTIONS: OperatorActionRecorded,
 }

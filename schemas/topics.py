@@ -15,6 +15,7 @@ PAYOUTS_UPDATED = "payouts.updated"
 
 PAYOUTS_REQUESTED = "payouts.requested"
 CASHOUTS_UPDATED = "cashouts.updated"
+OPERATOR_ACTIONS = "operator.actions"
 
 CONSUMED_TOPICS: tuple[str, ...] = (
     GIFTS_SENT,
@@ -26,7 +27,7 @@ CONSUMED_TOPICS: tuple[str, ...] = (
     CASHOUTS_REQUESTED,
     PAYOUTS_UPDATED,
 )
-PRODUCED_TOPICS: tuple[str, ...] = (PAYOUTS_REQUESTED, CASHOUTS_UPDATED)
+PRODUCED_TOPICS: tuple[str, ...] = (PAYOUTS_REQUESTED, CASHOUTS_UPDATED, OPERATOR_ACTIONS)
 
 # CONSUMED_TOPICS as a type, for a parameter that names one of them (a Literal cannot be built
 # from the constants above: the assert keeps the two in the same order with the same names).

@@ -22,7 +22,7 @@ from pydantic_settings import SettingsError
 from sqlalchemy.exc import DBAPIError
 
 from ledger.migrate import SchemaNotCurrentError
-from services.commands import books, cashouts, service
+from services.commands import books, cashouts, loadtest_tools, operator, service
 from services.commands.common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -84,6 +84,12 @@ COMMANDS: list[Command] = [
         on_database(cashouts.cashouts_command),
     ),
     Command(
+        "operator",
+        "operator actions: adjustments with four eyes, freezes, and their audit log",
+        operator.add_operator_arguments,
+        on_database(operator.operator_command),
+    ),
+    Command(
         "statement",
         "an account's transfers with the running balance",
         books.add_statement_arguments,
@@ -122,6 +128,7 @@ COMMANDS: list[Command] = [
         loadtest.add_loadtest_arguments,
         loadtest.loadtest_command,
     ),
+    *loadtest_tools.COMMANDS,
 ]
 
 

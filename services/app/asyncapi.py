@@ -39,6 +39,7 @@ DEAD_LETTER_MESSAGE = "DeadLetter"
 OTHER_DESCRIPTIONS = {
     topics.PAYOUTS_REQUESTED: "A cash-out to pay; cashout_id is the idempotency key.",
     topics.CASHOUTS_UPDATED: "Every state change of a cash-out, with its amounts and rates.",
+    topics.OPERATOR_ACTIONS: "Every operator action, as appended to the hash-chained audit log.",
 }
 
 CREATOR_KEY_DESCRIPTION = (
@@ -52,6 +53,10 @@ KEY_DESCRIPTIONS = {
         "The creator_id of the cash-out reported on (the creator_id, and the key, of its "
         "payouts.requested message), UTF-8 encoded, so that one creator's payouts stay in "
         "order on one partition."
+    ),
+    topics.OPERATOR_ACTIONS: (
+        "The creator_id the action is about (for a re-driven dead letter, the source record's "
+        "key), UTF-8 encoded."
     ),
 }
 DEAD_LETTER_KEY_DESCRIPTION = (

@@ -7,6 +7,7 @@ consumer group, so nothing is applied twice or left half-done by a normal shutdo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.migrate import require_current_schema, upgrade_to_head
 from services.api.server import create_app, serve_api
 from services.app.bootstrap import build_payout_rail, start_consumers
+from services.app.partition_upkeep import PartitionUpkeep
 from services.runtime.collector import settle_collector
 from services.runtime.database import engine_as_role, open_database
 from services.runtime.kafka import open_kafka
@@ -75,16 +77,22 @@ async def _serve(
     api = None
     if with_api:
         app = create_app(engine, settings)
+        app.state.kafka_bootstrap_servers = bootstrap_servers  # operator re-drives
         api = asyncio.create_task(serve_api(app, settings.api_host, settings.api_port, stop))
         logger.info("finance API on http://%s:%d", settings.api_host, settings.api_port)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
         logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     logger.info("consumers running on %s; SIGTERM stops them", bootstrap_servers)
+    upkeep = PartitionUpkeep(writer, settings.transfer_partition_months_ahead)
+    upkeep_task = asyncio.create_task(upkeep.run_until(stop))
     try:
         await stop.wait()
     finally:
         stop.set()
+        upkeep_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await upkeep_task
         logger.info("stopping: finishing the batch in hand")
         if api is not None:
             await api

@@ -16,13 +16,23 @@ Ledger legs (milli-diamonds for DIAMOND, minor units for currencies):
 Conversion is exact integer arithmetic (fractions), rounding down to the payout currency's minor
 unit: `payout = floor(milli_diamonds / 1000 / diamonds_per_usd * fx * 10^scale)`. Rates in force at
 the request's `occurred_at` are used, so a redelivered request is priced the same way.
+
+The daily limit holds however Kafka spreads the requests over consumers: a request takes its
+creator's lock (`lock_creators`, a transaction-scoped advisory lock) before it reads what the
+creator cashed out that day, and keeps it until its hold is committed, so two requests of one
+creator are checked one after the other. Creator locks come before any account lock of the
+transaction: a transaction waiting for a creator's lock holds no account lock, so it cannot
+close a cycle with the ledger's account locks (taken in id order). A transaction that applies
+several requests takes all their creators' locks first, in key order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -47,6 +57,7 @@ from services.cashout.store import (
     queue,
     record_transition,
 )
+from services.operator.freezes import creator_is_frozen
 from services.rates.fx import FxRate, fx_in_force
 from services.rates.rate_cards import RateCardBook
 from services.runtime.settings import EligibilitySettings
@@ -88,6 +99,30 @@ def _hold_id(cashout_id: str) -> uuid.UUID:
     return transfer_id(topics.CASHOUTS_REQUESTED, cashout_id, "hold")
 
 
+CREATOR_LOCK_NAMESPACE = b"giftledger.cashout.creator:"
+
+
+def creator_lock_key(creator_id: str) -> int:
+    """The advisory lock key of a creator's cash-outs: the first 8 bytes of a SHA-256 of the
+    creator id, as a signed 64-bit integer; the same in every process and on every server."""
+    digest = hashlib.sha256(CREATOR_LOCK_NAMESPACE + creator_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def lock_creators(conn: AsyncConnection, creator_ids: Iterable[str]) -> None:
+    """Take the cash-out locks of these creators until the transaction ends, in key order (so
+    two transactions taking several never wait on each other in a cycle). Take them before any
+    account lock of the transaction. Taking a lock the transaction holds already is a no-op."""
+    keys = sorted({creator_lock_key(creator_id) for creator_id in creator_ids})
+    if keys:  # unnest yields the sorted keys in array order, and each is locked as it comes
+        await conn.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(key) FROM unnest(CAST(:keys AS bigint[])) AS k(key)"
+            ),
+            {"keys": keys},
+        )
+
+
 class CashoutDesk:
     """Applies cash-out requests and payout results inside the caller's transaction."""
 
@@ -107,8 +142,9 @@ class CashoutDesk:
         account_ids: dict[str, int],
     ) -> Cashout:
         """Check, price and hold one request in the unit of work `tx`; returns the cash-out,
-        held or rejected."""
+        held or rejected. The creator's lock is held from before the checks until the commit."""
         conn = tx.connection
+        await lock_creators(conn, [event.creator_id])
         amount = event.amount * MILLI_PER_DIAMOND if event.asset == DIAMOND else event.amount
         card = rate_cards.in_force_at(event.occurred_at)
         cashout = Cashout(
@@ -177,6 +213,8 @@ class CashoutDesk:
         diamonds_per_usd: int,
     ) -> str | None:
         """The first rule the request breaks, or None; prices the cash-out as it goes."""
+        if await creator_is_frozen(conn, event.creator_id):
+            return "frozen"  # by an operator (services/operator/freezes.py)
         report = await creator_eligibility(
             conn, event.creator_id, self.eligibility, event.occurred_at.astimezone(UTC).date()
         )
@@ -204,6 +242,14 @@ class CashoutDesk:
             or not conversion.payout_amount
         ):
             return "minimum"
+        if await self._over_daily_limit(conn, cashout):
+            return "daily_limit"
+        return None
+
+    async def _over_daily_limit(self, conn: AsyncConnection, cashout: Cashout) -> bool:
+        """Whether the cash-out would take its creator past the limit of its UTC day, counting
+        the creator's other cash-outs of that day not rejected, failed or returned. Correct only
+        under the creator's lock (`lock_creators`), which `request` holds."""
         spent = await conn.execute(
             text(
                 "SELECT coalesce(sum(usd_value_micros), 0) FROM cashouts"
@@ -211,15 +257,13 @@ class CashoutDesk:
                 " AND status NOT IN ('rejected', 'failed', 'returned')"
             ),
             {
-                "c": event.creator_id,
-                "day": event.occurred_at.astimezone(UTC).date(),
+                "c": cashout.creator_id,
+                "day": cashout.occurred_at.astimezone(UTC).date(),
                 "id": cashout.cashout_id,
             },
         )
         daily_micros = self.limits.daily_maximum_usd_cents * (USD_MICROS // 100)
-        if int(spent.scalar_one()) + cashout.usd_value_micros > daily_micros:
-            return "daily_limit"
-        return None
+        return int(spent.scalar_one()) + cashout.usd_value_micros > daily_micros
 
     async def payout_result(
         self,
@@ -234,7 +278,11 @@ class CashoutDesk:
         cashout = await load_cashout(conn, event.cashout_id, lock=True)
         if cashout is None:
             return "unknown_cashout"
-        if cashout.status not in ALLOWED_BEFORE[event.status]:
+        if cancelled_by_operator(cashout) and event.status == "failed":
+            return None  # the bank confirms the cancellation: the hold was released already
+        if cashout.status not in ALLOWED_BEFORE[event.status] and not paid_after_cancel(
+            cashout, event
+        ):
             return f"cashout_is_{cashout.status}"
         transfers = result_transfers(cashout, event, rate_cards, account_ids)
         outcome = await tx.post(transfers, lock_accounts_first=True)
@@ -367,7 +415,10 @@ def result_transfers(
     if event.status == "failed":
         return [resolve("void", TransferFlags.VOID_PENDING, TransferCode.CASHOUT_RELEASED)]
     settle = settlement_legs(cashout, rate_cards)
-    if event.status == "paid":
+    if paid_after_cancel(cashout, event):  # the hold is void: take the Diamonds again
+        first = []
+        legs = [late_hold_leg(cashout), *settle]
+    elif event.status == "paid":
         first = [resolve("post", TransferFlags.POST_PENDING, TransferCode.CASHOUT_PAID)]
         legs = settle
     else:  # returned: undo the settlement legs, then the hold's own movement
@@ -395,3 +446,49 @@ def result_transfers(
         else transfer
         for position, transfer in enumerate(chain)
     ]
+
+
+# A hold an operator cancelled (services/cashout/recovery.py) ------------------------------------
+
+# The failure code of a cash-out whose hold an operator cancelled because the bank had not
+# answered within the answer window: the hold was voided, as for a failed payout.
+OPERATOR_CANCELLED = "operator_cancelled"
+
+
+def cancelled_by_operator(cashout: Cashout) -> bool:
+    return cashout.status == "failed" and cashout.failure_code == OPERATOR_CANCELLED
+
+
+def paid_after_cancel(cashout: Cashout, event: PayoutUpdated) -> bool:
+    """The bank paid a cash-out after an operator cancelled its hold: the money left once, so
+    the ledger takes the released amount again (`late_hold_leg`, an ordinary transfer that may
+    take the available balance below zero, as a reversal may) and settles it as a `paid`."""
+    return cancelled_by_operator(cashout) and event.status == "paid"
+
+
+def late_hold_leg(cashout: Cashout) -> LegSpec:
+    """What the voided hold had moved, moved again, as the first leg of a late `paid`."""
+    return (
+        "late_hold",
+        hold_source(cashout.creator_id, cashout.asset),
+        hold_target(cashout.creator_id, cashout.asset),
+        cashout.amount,
+        TransferCode.CASHOUT_PAID,
+    )
+
+
+def hold_id(cashout_id: str) -> uuid.UUID:
+    """The id of a cash-out's hold, the pending transfer its payout result posts or voids."""
+    return _hold_id(cashout_id)
+
+
+async def store_cashout(
+    desk: CashoutDesk,
+    conn: AsyncConnection,
+    cashout: Cashout,
+    *,
+    new: bool = False,
+    detail: str = "",
+) -> None:
+    """Store a cash-out's row and its transition as the desk does (for operator recovery)."""
+    await desk._store(conn, cashout, new=new, detail=detail)

@@ -23,7 +23,7 @@ from ledger.queries import (
     statement,
     trial_balance,
 )
-from ledger.verify import check_names, verify
+from ledger.verify import Problem, check_names, verify
 from schemas.assets import format_amount
 from services.api.documents import (
     STATEMENT_CSV_COLUMNS,
@@ -44,6 +44,7 @@ from services.commands.common import (
     print_json,
     table,
 )
+from services.operator.actions_log import OPERATOR_ACTIONS_CHECK, verify_action_chain
 
 # migrate ------------------------------------------------------------------------------------
 
@@ -68,8 +69,11 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
 async def verify_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
     async with engine.connect() as conn:
         problems = await verify(conn)
+        problems += [
+            Problem(OPERATOR_ACTIONS_CHECK, detail) for detail in await verify_action_chain(conn)
+        ]
     if not problems:
-        print(f"ledger verified: {len(check_names())} checks passed")
+        print(f"ledger verified: {len(check_names()) + 1} checks passed")
         return EXIT_OK
     for problem in problems:
         print(f"{problem.check}: {problem.detail}")

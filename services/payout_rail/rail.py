@@ -31,6 +31,13 @@ Delivery. At least once, with duplicates that are harmless as above:
 Backpressure. At most `in_flight_max` cash-outs wait for their reports at once; above that, the
 service pauses fetching (it keeps polling, so it stays in its consumer group) until reports go out.
 
+Cancellation. An operator who cancels a stale hold sends a `PayoutCancelRequested` on the same
+topic, keyed by the same creator, so it comes after the request it cancels. A cash-out whose
+reports have not started is dropped: its pending reports are cancelled and never sent (a report
+already in the producer's hands may still arrive; the ledger settles such a late `paid` once). A
+cash-out already reported on, or never taken by this process (all its reports went out before a
+restart, or its request offset would not have been committed), is left as it is: too late.
+
 Malformed requests come from our own outbox, so they are a bug rather than input to dead-letter:
 they are logged and skipped (their offsets are committed).
 """
@@ -65,6 +72,7 @@ from schemas.events import (
     PayoutStatus,
     PayoutUpdated,
 )
+from schemas.payout_cancel import parse_payout_cancel
 from services.runtime.retry import RetryPolicy, retry
 
 logger = logging.getLogger(__name__)
@@ -101,6 +109,12 @@ REQUESTS_SKIPPED = Counter(
     "giftledger_payout_rail_requests_skipped_total",
     "payouts.requested records the rail did not submit, by reason.",
     ["reason"],
+)
+CANCELS = Counter(
+    "giftledger_payout_rail_cancels_total",
+    "Payout cancellations the rail read, by what became of them: cancelled (no report sent),"
+    " too_late (reported on already) or unknown (never taken by this process).",
+    ["outcome"],
 )
 IN_FLIGHT = Gauge(
     "giftledger_payout_rail_in_flight",
@@ -293,6 +307,7 @@ class _Job:
     waiting: list[tuple[Any, int]] = field(default_factory=list)
     finished: bool = False
     task: asyncio.Task[None] | None = None
+    reports_sent: int = 0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -360,6 +375,12 @@ class PayoutRailService:
 
     def assigned_partition_count(self) -> int:
         return 0 if self._consumer is None else len(self._consumer.assignment())
+
+    def is_in_flight(self, cashout_id: str) -> bool:
+        """Whether this process has taken a payout of `cashout_id` whose reports are not all
+        sent yet (and that was not cancelled)."""
+        job = self._seen.get(cashout_id)
+        return job is not None and not job.finished
 
     async def start(self) -> None:
         if self._loop_task is not None:
@@ -464,6 +485,11 @@ class PayoutRailService:
         try:
             request = PayoutRequested.model_validate_json(record.value)
         except (ValidationError, TypeError) as error:
+            cancel = parse_payout_cancel(record.value) if record.value else None
+            if cancel is not None:
+                CANCELS.labels(self._cancel(cancel.cashout_id)).inc()
+                progress.finish(record.offset)
+                return
             REQUESTS_SKIPPED.labels("malformed").inc()
             logger.error(
                 "payout rail: skipping malformed request at %s:%d offset %d: %s",
@@ -515,6 +541,25 @@ class PayoutRailService:
             )
             REPORTS_SENT.labels(outcome.status).inc()
             self.reports_sent += 1
+            job.reports_sent += 1
+        self._finish(job)
+
+    def _cancel(self, cashout_id: str) -> str:
+        """Drop the payout of `cashout_id` if none of its reports has gone out; returns what
+        became of the cancellation (the `CANCELS` label)."""
+        job = self._seen.get(cashout_id)
+        if job is None:
+            return "unknown"
+        if job.finished or job.reports_sent:
+            return "too_late"
+        if job.task is not None:
+            job.task.cancel()
+        self._finish(job)
+        logger.info("payout rail: payout of cash-out %s cancelled", cashout_id)
+        return "cancelled"
+
+    def _finish(self, job: _Job) -> None:
+        """The job sent all its reports, or was cancelled: its records may be committed."""
         job.finished = True
         job.task = None
         self._jobs.discard(job)

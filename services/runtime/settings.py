@@ -10,16 +10,28 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from ledger.database import PORT_MAX, database_url_problem
+from ledger.partitions import TRANSFER_PARTITION_MONTHS_AHEAD, TRANSFER_PARTITION_MONTHS_AHEAD_MAX
+from schemas.events import OPERATOR_NAME_LENGTH_MAX, OPERATOR_NAME_PATTERN
 
 COUNTRY_COUNT_MAX = 300
 TALLY_THRESHOLD_MAX = 10**12
@@ -85,6 +97,57 @@ class EligibilitySettings(BaseSettings):
         return self.follower_minimum_by_country.get(country, self.follower_minimum_default)
 
 
+Role = Literal["finance", "operator"]
+# The name a token given in the old form (`"<digest>": "<role>"`) acts under: its digest's start.
+UNNAMED_TOKEN_DIGEST_DIGITS = 12
+
+OperatorName = Annotated[
+    str,
+    Field(min_length=1, max_length=OPERATOR_NAME_LENGTH_MAX, pattern=OPERATOR_NAME_PATTERN),
+]
+
+
+class NamedToken(BaseModel):
+    """A token's role and the name the operator actions log records as who acted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    role: Role
+    name: OperatorName
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_and_name(cls, value: object) -> object:
+        if isinstance(value, dict) and set(value) != {"role", "name"}:
+            raise PydanticCustomError(
+                "token_form",
+                'a named token is {"role": "finance" or "operator", "name": "<who>"}',
+            )
+        return value
+
+
+def _token_form(value: object) -> str:
+    return "named" if isinstance(value, dict | NamedToken) else "role"
+
+
+# `"<digest>": "operator"` (the old form) or `"<digest>": {"role": "operator", "name": "alice"}`.
+TokenEntry = Annotated[
+    Annotated[Role, Tag("role")] | Annotated[NamedToken, Tag("named")],
+    Discriminator(_token_form),
+]
+
+
+def named_tokens(tokens: Mapping[str, str | NamedToken]) -> dict[str, NamedToken]:
+    """Every token as a `NamedToken`; one given by its role alone is named by the first
+    UNNAMED_TOKEN_DIGEST_DIGITS hex digits of its digest."""
+    return {
+        digest: NamedToken(role=entry, name=digest[:UNNAMED_TOKEN_DIGEST_DIGITS])  # type: ignore[arg-type]
+        if isinstance(entry, str)
+        else entry
+        for digest, entry in tokens.items()
+    }
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", extra="ignore", frozen=True, hide_input_in_errors=True
@@ -122,6 +185,13 @@ class Settings(BaseSettings):
         default=8_192, ge=1, le=100_000, description="Transfers posted in one database transaction."
     )
     ledger_conflict_retry_count_max: int = Field(default=5, ge=0, le=50)
+    transfer_partition_months_ahead: int = Field(
+        default=TRANSFER_PARTITION_MONTHS_AHEAD,
+        ge=1,
+        le=TRANSFER_PARTITION_MONTHS_AHEAD_MAX,
+        description="Months after the current one (UTC) whose transfers partition `giftledger"
+        " run` keeps ready, on start and then daily.",
+    )
 
     kafka_topic_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
     kafka_partition_count: int = Field(default=8, ge=1, le=1024)
@@ -155,6 +225,7 @@ class Settings(BaseSettings):
     )
     consumer_db_retry_backoff_ms_max: int = Field(default=5_000, ge=10, le=300_000)
     consumer_db_retry_count_max: int = Field(default=1_000, ge=1, le=1_000_000)
+    consumer_poison_attempts_max: int = Field(default=3, ge=1, le=100)
     cashout_minimum_usd_cents: int = Field(default=1_000, ge=1, le=10**9)
     cashout_daily_limit_usd_cents: int = Field(default=100_000, ge=1, le=10**11)
     cashout_answer_window_s: float = Field(
@@ -186,12 +257,18 @@ class Settings(BaseSettings):
         default="127.0.0.1", min_length=1, max_length=255, description="The finance API's address."
     )
     api_port: int = Field(default=8_000, ge=1, le=65_535, description="The finance API's port.")
-    api_tokens: Annotated[dict[str, Literal["finance", "operator"]], NoDecode] = Field(
+    api_tokens: Annotated[dict[str, TokenEntry], NoDecode] = Field(
         default_factory=dict,
         max_length=1_000,
         description="Finance API bearer tokens, as JSON from the lowercase hex SHA-256 digest of "
-        'each token to its role, e.g. API_TOKENS=\'{"<sha256 hex>": "finance"}\'. Only digests '
-        "are configured, never the tokens. Empty: every authenticated route answers 401.",
+        "each token to its role and the name operator actions record as who acted, e.g. "
+        'API_TOKENS=\'{"<sha256 hex>": {"role": "operator", "name": "alice"}}\'; a role alone '
+        '(`"<sha256 hex>": "finance"`) is named by the digest\'s first 12 hex digits. Only '
+        "digests are configured, never the tokens. Empty: every authenticated route answers 401.",
+    )
+    operator_name: OperatorName | None = Field(
+        default=None,
+        description="Who `giftledger operator` acts as when `--as` is not given.",
     )
     api_concurrency_max: int = Field(
         default=256,

@@ -1,0 +1,341 @@
+"""The operator desk: balance adjustments with four eyes, and freezing a creator. The finance API
+and `giftledger operator` both act through it.
+
+Every action runs in one transaction that first takes the operator log's lock
+(`actions_log.lock_log`), then checks its idempotency key and the state it acts on, then appends
+the action (`record_action`, which queues its `operator.actions` message) and makes its change.
+Operator actions are few, so running them one at a time costs nothing and makes each check hold
+until the commit. Each transaction acts as `database_role` (the services' writer role) when given.
+
+Outcomes: the action and whether it was recorded now (`recorded`), or, when nothing was left to do
+(the same key again, an adjustment approved already, a creator frozen already), the action that
+did it (`recorded` False).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.model import PostResult
+from ledger.service import Ledger, LedgerTransaction
+from schemas.assets import format_amount
+from services.operator.actions_log import (
+    OperatorAction,
+    check_key,
+    load_action,
+    lock_log,
+    record_action,
+)
+from services.operator.adjustments import (
+    Adjustment,
+    adjustment_accounts,
+    adjustment_problem,
+    adjustment_transfer,
+    available_balance,
+    creator_account,
+    insert_adjustment,
+    insert_approval,
+    load_adjustment,
+)
+from services.operator.freezes import (
+    FreezeState,
+    creator_is_known,
+    freeze_state,
+    record_freeze,
+)
+
+ADJUSTMENT_PROPOSED: Final = "adjustment_proposed"
+ADJUSTMENT_APPROVED: Final = "adjustment_approved"
+CREATOR_FROZEN: Final = "creator_frozen"
+CREATOR_UNFROZEN: Final = "creator_unfrozen"
+APPROVAL_REASON_DEFAULT: Final = "four-eyes approval"
+
+
+class OperatorError(Exception):
+    """An action that cannot be taken as asked; the message says why."""
+
+
+class UnknownCreatorError(OperatorError):
+    """The ledger has never heard of the creator (no account, no profile)."""
+
+
+class AdjustmentNotFoundError(OperatorError):
+    """No adjustment has this id."""
+
+
+class InvalidAdjustmentError(OperatorError):
+    """The asset or amount of a proposed adjustment is not one that can be posted."""
+
+
+class FourEyesError(OperatorError):
+    """The operator who proposed an adjustment tried to approve it."""
+
+
+class AdjustmentRefusedError(OperatorError):
+    """The ledger refused the adjustment's transfer: a debit that would overdraw the creator."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustmentOutcome:
+    adjustment: Adjustment
+    action: OperatorAction
+    recorded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FreezeOutcome:
+    state: FreezeState
+    action: OperatorAction | None
+    recorded: bool
+
+
+async def _act_as(conn: AsyncConnection, role: str | None) -> None:
+    if role is not None:
+        await conn.execute(text("SELECT set_config('role', :role, true)"), {"role": role})
+
+
+async def _stored_adjustment(conn: AsyncConnection, adjustment_id: int) -> Adjustment:
+    """An adjustment this transaction knows exists (found, or just inserted)."""
+    adjustment = await load_adjustment(conn, adjustment_id)
+    assert adjustment is not None, adjustment_id
+    return adjustment
+
+
+class OperatorDesk:
+    def __init__(self, ledger: Ledger, *, topic_prefix: str, database_role: str | None) -> None:
+        self._ledger = ledger
+        # Whose outbox the `operator.actions` messages go to (see CashoutDesk.topic_prefix).
+        self.topic_prefix = topic_prefix
+        self._database_role = database_role
+
+    # Adjustments ---------------------------------------------------------------------------
+
+    async def propose_adjustment(
+        self,
+        *,
+        idempotency_key: str,
+        actor: str,
+        creator_id: str,
+        asset: str,
+        amount_minor: int,
+        reason: str,
+        ticket: str | None,
+    ) -> AdjustmentOutcome:
+        problem = adjustment_problem(asset, amount_minor)
+        if problem is not None:
+            raise InvalidAdjustmentError(problem)
+        details = {"asset": asset, "amount_minor": amount_minor}
+        async with self._ledger.begin() as conn:
+            await _act_as(conn, self._database_role)
+            await lock_log(conn)
+            recorded = await check_key(
+                conn,
+                idempotency_key=idempotency_key,
+                actor=actor,
+                action=ADJUSTMENT_PROPOSED,
+                target=creator_id,
+                reason=reason,
+                ticket=ticket,
+                details=details,
+            )
+            if recorded is None:
+                if not await creator_is_known(conn, creator_id):
+                    raise UnknownCreatorError(f"no creator {creator_id!r} in the ledger")
+                recorded, _ = await record_action(
+                    conn,
+                    idempotency_key=idempotency_key,
+                    actor=actor,
+                    action=ADJUSTMENT_PROPOSED,
+                    target=creator_id,
+                    reason=reason,
+                    ticket=ticket,
+                    details=details,
+                    topic_prefix=self.topic_prefix,
+                )
+                await insert_adjustment(
+                    conn,
+                    proposal_action_id=recorded.id,
+                    creator_id=creator_id,
+                    asset=asset,
+                    amount_minor=amount_minor,
+                    proposed_by=actor,
+                )
+                new = True
+            else:
+                new = False
+            adjustment = await _stored_adjustment(conn, recorded.id)
+        return AdjustmentOutcome(adjustment, recorded, new)
+
+    async def approve_adjustment(
+        self,
+        adjustment_id: int,
+        *,
+        idempotency_key: str,
+        actor: str,
+        reason: str = APPROVAL_REASON_DEFAULT,
+        ticket: str | None = None,
+    ) -> AdjustmentOutcome:
+        """Approve and post an adjustment; raises `FourEyesError` when `actor` proposed it and
+        `AdjustmentRefusedError` when its debit would overdraw the creator (nothing is then
+        recorded). Approving an approved adjustment again changes nothing."""
+        async with self._ledger.connect() as conn:
+            found = await load_adjustment(conn, adjustment_id)
+        if found is None:
+            raise AdjustmentNotFoundError(f"no adjustment {adjustment_id}")
+        account_ids = await self._ledger.account_ids(adjustment_accounts(found))
+        details = {
+            "adjustment_id": adjustment_id,
+            "asset": found.asset,
+            "amount_minor": found.amount_minor,
+        }
+        async for tx in self._ledger.transactions():
+            async with tx:
+                await _act_as(tx.connection, self._database_role)
+                await lock_log(tx.connection)
+                outcome = await self._approve_once(
+                    tx,
+                    adjustment_id,
+                    account_ids,
+                    idempotency_key=idempotency_key,
+                    actor=actor,
+                    reason=reason,
+                    ticket=ticket,
+                    details=details,
+                )
+        return outcome
+
+    async def _approve_once(
+        self,
+        tx: LedgerTransaction,
+        adjustment_id: int,
+        account_ids: dict[str, int],
+        *,
+        idempotency_key: str,
+        actor: str,
+        reason: str,
+        ticket: str | None,
+        details: dict[str, Any],
+    ) -> AdjustmentOutcome:
+        """One attempt at an approval, in the unit of work `tx` that holds the log's lock."""
+        conn = tx.connection
+        adjustment = await _stored_adjustment(conn, adjustment_id)
+        recorded = await check_key(
+            conn,
+            idempotency_key=idempotency_key,
+            actor=actor,
+            action=ADJUSTMENT_APPROVED,
+            target=adjustment.creator_id,
+            reason=reason,
+            ticket=ticket,
+            details=details,
+        )
+        if recorded is not None:
+            return AdjustmentOutcome(adjustment, recorded, recorded=False)
+        if adjustment.approval_action_id is not None:
+            approval = await load_action(conn, adjustment.approval_action_id)
+            assert approval is not None, adjustment
+            return AdjustmentOutcome(adjustment, approval, recorded=False)
+        if actor == adjustment.proposed_by:
+            raise FourEyesError(
+                f"{actor} proposed adjustment {adjustment_id}: another operator must approve it"
+            )
+        recorded, _ = await record_action(
+            conn,
+            idempotency_key=idempotency_key,
+            actor=actor,
+            action=ADJUSTMENT_APPROVED,
+            target=adjustment.creator_id,
+            reason=reason,
+            ticket=ticket,
+            details=details,
+            topic_prefix=self.topic_prefix,
+        )
+        transfer = adjustment_transfer(
+            adjustment, account_ids, f"operator-action:{recorded.id}", actor
+        )
+        posted = await tx.post([transfer], lock_accounts_first=True)
+        if posted.results[0] is not PostResult.OK:
+            raise await self._refusal(conn, adjustment, account_ids, posted.results[0])
+        await insert_approval(
+            conn,
+            adjustment,
+            approved_by=actor,
+            approval_action_id=recorded.id,
+            posted_transfer_id=transfer.id,
+        )
+        return AdjustmentOutcome(
+            await _stored_adjustment(conn, adjustment_id), recorded, recorded=True
+        )
+
+    async def _refusal(
+        self,
+        conn: AsyncConnection,
+        adjustment: Adjustment,
+        account_ids: dict[str, int],
+        result: PostResult,
+    ) -> OperatorError:
+        account = creator_account(adjustment.creator_id, adjustment.asset)
+        if result is not PostResult.EXCEEDS_CREDITS:
+            return AdjustmentRefusedError(
+                f"the ledger refused adjustment {adjustment.id}: {result.value}"
+            )
+        available = await available_balance(conn, account_ids[account.name])
+        return AdjustmentRefusedError(
+            f"adjustment {adjustment.id} would take {account.name} below zero: a debit of"
+            f" {format_amount(-adjustment.amount_minor, adjustment.asset)} against"
+            f" {format_amount(available, adjustment.asset)} available"
+        )
+
+    # Freezes -------------------------------------------------------------------------------
+
+    async def set_frozen(
+        self,
+        creator_id: str,
+        *,
+        frozen: bool,
+        idempotency_key: str,
+        actor: str,
+        reason: str,
+        ticket: str | None,
+    ) -> FreezeOutcome:
+        """Freeze (or unfreeze) a creator; a creator already in that state is left alone."""
+        action = CREATOR_FROZEN if frozen else CREATOR_UNFROZEN
+        async with self._ledger.begin() as conn:
+            await _act_as(conn, self._database_role)
+            await lock_log(conn)
+            recorded = await check_key(
+                conn,
+                idempotency_key=idempotency_key,
+                actor=actor,
+                action=action,
+                target=creator_id,
+                reason=reason,
+                ticket=ticket,
+                details={},
+            )
+            state = await freeze_state(conn, creator_id)
+            if recorded is not None:
+                return FreezeOutcome(state, recorded, recorded=False)
+            if not await creator_is_known(conn, creator_id):
+                raise UnknownCreatorError(f"no creator {creator_id!r} in the ledger")
+            if state.frozen == frozen:
+                done = None if state.action_id is None else await load_action(conn, state.action_id)
+                return FreezeOutcome(state, done, recorded=False)
+            recorded, _ = await record_action(
+                conn,
+                idempotency_key=idempotency_key,
+                actor=actor,
+                action=action,
+                target=creator_id,
+                reason=reason,
+                ticket=ticket,
+                details={},
+                topic_prefix=self.topic_prefix,
+            )
+            await record_freeze(conn, creator_id, frozen=frozen, action_id=recorded.id)
+            state = await freeze_state(conn, creator_id)
+        return FreezeOutcome(state, recorded, recorded=True)
