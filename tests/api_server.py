@@ -5,7 +5,9 @@ event loop and its own engine on the session's test database (`database_url`, th
 
 `seeded_api` feeds one creator's gifts, tip, fund reward, marketplace deal, a paid and a rejected
 cash-out and a dead-lettered gift through `Ingestor.process` (the function the Kafka consumers
-call) before the server starts, so that a test reaches the 200 answers, not only 404s.
+call) before the server starts, so that a test reaches the 200 answers, not only 404s; and, after
+the seeded window, one event id applied in two topics (for another creator), which
+`GET /v1/events/{event_id}` answers with 409.
 
 Import both fixtures into a test module (`from tests.api_server import seeded_api,
 seeded_ledger`): pytest finds a fixture, and what it depends on, by name in the module.
@@ -35,10 +37,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
 from schemas import topics
+from schemas.topics import all_topics
 from services.api.server import create_app, serve_api
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import InputRecord
 from services.rates.rate_cards import load_rate_cards
+from services.runtime.embedded_broker import create_topics
 from services.runtime.settings import Settings
 from tests import event_factory as make
 from tests.ingestion_fixtures import make_ingestor
@@ -53,13 +57,15 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def api_settings() -> Settings:
-    """The finance and operator tokens of this module, and the default limits."""
+def api_settings(kafka_bootstrap_servers: str | None = None) -> Settings:
+    """The finance and operator tokens of this module, and the default limits; the Kafka cluster
+    that operator actions publish to, when given."""
     return Settings(
         api_tokens={
             token_digest(FINANCE_TOKEN): "finance",
             token_digest(OPERATOR_TOKEN): "operator",
-        }
+        },
+        kafka_bootstrap_servers=kafka_bootstrap_servers,
     )
 
 
@@ -150,6 +156,7 @@ class SeededLedger:
     rejected_cashout: str
     start: datetime
     end: datetime
+    twice_applied_event: str
 
     @property
     def available_account(self) -> str:
@@ -189,7 +196,8 @@ class _Feed:
 
 async def seed_ledger(engine: AsyncEngine) -> SeededLedger:
     """One eligible creator with video and live gifts, a tip, a fund reward, a marketplace deal,
-    a paid cash-out and a rejected one; and a gift refused as a schema violation."""
+    a paid cash-out and a rejected one; and a gift refused as a schema violation. After the
+    window, another creator's tip and fund reward under one event id."""
     creator = f"api-server-creator-{uuid.uuid4().hex[:10]}"
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
@@ -213,6 +221,12 @@ async def seed_ledger(engine: AsyncEngine) -> SeededLedger:
     refused = {**make.gift(creator), "coins": 0}
     await feed.send(topics.GIFTS_SENT, refused, creator)
     end = await _database_time(engine)
+    twice = f"{creator}-twice"
+    tip = make.tip(twice)
+    await feed.send(topics.TIPS_RECEIVED, tip, twice)
+    await feed.send(
+        topics.FUND_REWARDED, {**make.fund_reward(twice), "event_id": tip["event_id"]}, twice
+    )
     return SeededLedger(
         creator=creator,
         gift_event=gift["event_id"],
@@ -221,6 +235,7 @@ async def seed_ledger(engine: AsyncEngine) -> SeededLedger:
         rejected_cashout=rejected["event_id"],
         start=start,
         end=end,
+        twice_applied_event=tip["event_id"],
     )
 
 
@@ -228,14 +243,20 @@ async def seed_ledger(engine: AsyncEngine) -> SeededLedger:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def seeded_ledger(engine: AsyncEngine) -> SeededLedger:
+async def seeded_ledger(engine: AsyncEngine, kafka_bootstrap: str) -> SeededLedger:
+    """The seeded ledger, and its deployment's topics on the test broker (empty: the seed goes
+    straight to the ingestor), so that a re-drive finds its source record gone."""
+    await create_topics(kafka_bootstrap, all_topics(""), 1)
     return await seed_ledger(engine)
 
 
 @pytest.fixture(scope="module")
-def seeded_api(database_url: str, seeded_ledger: SeededLedger) -> Iterator[SeededApi]:
-    """The finance API on a free port, in a thread, on the seeded test database."""
-    with running_api_server(database_url, api_settings()) as base_url:
+def seeded_api(
+    database_url: str, kafka_bootstrap: str, seeded_ledger: SeededLedger
+) -> Iterator[SeededApi]:
+    """The finance API on a free port, in a thread, on the seeded test database and the test
+    Kafka cluster."""
+    with running_api_server(database_url, api_settings(kafka_bootstrap)) as base_url:
         yield SeededApi(base_url, seeded_ledger)
 
 

@@ -20,9 +20,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import jsonschema_rs
 import pytest
 import pytest_asyncio
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -32,10 +33,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.database import create_engine
 from services.api.auth import OPERATOR_ROLES, require_role
 from services.api.deps import reader_connection
+from services.api.models import InvalidRequestDocument
+from services.api.responses import invalid_request
 from services.api.server import create_app, serve_api
 from services.cli import main
 from services.runtime import settings as settings_module
 from services.runtime.settings import Settings
+from tests.api_contract import breaches
 from tests.api_server import (
     FINANCE_TOKEN,
     OPERATOR_TOKEN,
@@ -139,6 +143,18 @@ ROUTES: list[tuple[str, int]] = [
     ("/v1/reports/gifts?from={start}&to={end}&group_by=surface", 200),
     ("/v1/reports/cashouts?from={start}&to={end}", 200),
     ("/v1/reports/money?from={start}&to={end}", 200),
+    ("/v1/operator/adjustments?status=proposed", 200),
+]
+# The operator actions (POST, operator role only): tests/test_operator_api.py checks their
+# answers to each role; the matrix below only needs to know them.
+ACTION_ROUTES: list[str] = [
+    "/v1/operator/adjustments",
+    "/v1/operator/adjustments/1/approve",
+    "/v1/operator/creators/{creator}/freeze",
+    "/v1/operator/creators/{creator}/unfreeze",
+    "/v1/operator/dead-letters/redrive",
+    "/v1/operator/cashouts/{cashout}/cancel",
+    "/v1/operator/cashouts/{cashout}/resubmit",
 ]
 
 
@@ -162,7 +178,8 @@ async def test_every_route_answers_401_without_a_known_token_and_serves_both_rol
 async def test_every_route_of_the_app_is_in_the_auth_matrix(
     app: FastAPI, ledgered: SeededLedger, unique_id: str
 ) -> None:
-    paths = [_filled(template, ledgered, unique_id).split("?")[0] for template, _ in ROUTES]
+    templates = [template for template, _ in ROUTES] + ACTION_ROUTES
+    paths = [_filled(template, ledgered, unique_id).split("?")[0] for template in templates]
     for route in app.routes:
         if isinstance(route, APIRoute) and route.path not in PUBLIC_PATHS:
             assert any(route.path_regex.match(path) for path in paths), route.path
@@ -177,7 +194,8 @@ async def test_every_route_but_the_public_ones_refuses_a_request_without_a_token
         if path in PUBLIC_PATHS:
             continue
         filled = path.replace("{", "").replace("}", "")  # every path parameter becomes its name
-        answer = await api.get(filled)
+        method = sorted(getattr(route, "methods", None) or ["GET"])[0]
+        answer = await api.request(method, filled)
         assert answer.status_code == 401, (path, answer.text)
         checked += 1
     assert checked >= 10
@@ -266,25 +284,36 @@ async def test_every_200_answer_in_the_openapi_document_has_a_schema(
     assert undescribed == []
 
 
-async def test_every_token_route_documents_its_401_and_every_lookup_its_404(
+async def test_every_route_documents_its_error_answers_with_their_headers(
     api: httpx.AsyncClient,
 ) -> None:
+    """401 with `WWW-Authenticate` behind a token, 404 with a path parameter, 422 with any
+    parameter or body, and 500 and 503 (with `Retry-After`) everywhere."""
     document = (await api.get("/openapi.json")).json()
     error = {"$ref": "#/components/schemas/ErrorDocument"}
+    invalid = {"$ref": "#/components/schemas/InvalidRequestDocument"}
     for path, operations in document["paths"].items():
-        for operation in operations.values():
+        for method, operation in operations.items():
+            label = f"{method.upper()} {path}"
             responses = operation["responses"]
             if "security" in operation:
-                assert responses["401"]["content"][JSON]["schema"] == error, path
-            if "{" in path and path != "/v1/creators/{creator_id}/eligibility":
-                assert responses["404"]["content"][JSON]["schema"] == error, path
+                assert responses["401"]["content"][JSON]["schema"] == error, label
+                assert responses["401"]["headers"]["WWW-Authenticate"]["required"], label
+            if "{" in path:
+                assert responses["404"]["content"][JSON]["schema"] == error, label
+            if operation.get("parameters") or "requestBody" in operation:
+                assert responses["422"]["content"][JSON]["schema"] == invalid, label
+            assert responses["500"]["content"][JSON]["schema"] == error, label
+            assert responses["503"]["headers"]["Retry-After"]["required"], label
 
 
 def _declared_model(app: FastAPI, path: str) -> type[BaseModel]:
     [route] = [
         route
         for route in app.routes
-        if isinstance(route, APIRoute) and route.path_regex.match(path.split("?")[0])
+        if isinstance(route, APIRoute)
+        and "GET" in (route.methods or ())
+        and route.path_regex.match(path.split("?")[0])
     ]
     model = route.response_model
     assert isinstance(model, type), (route.path, model)
@@ -378,12 +407,17 @@ async def test_healthz_is_503_when_the_database_does_not_answer() -> None:
     )
     try:
         async with running(create_app(unreachable, api_settings())) as client:
+            document = (await client.get("/openapi.json")).json()
             answer = await client.get("/healthz")
             assert answer.status_code == 503
             assert answer.json() == {"status": "unavailable"}
+            assert int(answer.headers["retry-after"]) >= 1
+            assert breaches(document, "GET /healthz", 503, answer.headers, answer.content) == []
             balances = await client.get("/v1/creators/c1/balances", headers=FINANCE)
             assert balances.status_code == 503
             assert balances.json() == {"detail": "the database is unavailable"}
+            label = "GET /v1/creators/{creator_id}/balances"
+            assert breaches(document, label, 503, balances.headers, balances.content) == []
     finally:
         await unreachable.dispose()
 
@@ -431,13 +465,110 @@ async def test_invalid_queries_are_422_with_a_message(
     assert any(message in problem["msg"] for problem in problems), problems
 
 
-async def test_an_unencoded_plus_in_a_timestamp_is_read_as_a_plus(
+async def test_a_plus_sent_as_2b_is_read_and_a_bare_one_is_refused_with_a_hint(
     api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:
+    """A bare `+` in a query string arrives as a space, which no timestamp the document allows
+    holds: refused, saying how to send it."""
     path = f"/v1/accounts/creator:{ledgered.creator}:DIAMOND:available/statement"
-    answer = await api.get(f"{path}?from=2020-01-01T01:00:00+01:00", headers=FINANCE)
+    answer = await api.get(f"{path}?from=2020-01-01T01:00:00%2B01:00", headers=FINANCE)
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["lines"]) == 5
+    bare = await api.get(f"{path}?from=2020-01-01T01:00:00+01:00", headers=FINANCE)
+    assert bare.status_code == 422, bare.text
+    [problem] = bare.json()["detail"]
+    assert problem["loc"] == ["query", "from"]
+    assert "send `+` as `%2B`" in problem["msg"]
+
+
+@pytest.mark.parametrize(
+    ("written", "accepted"),
+    [
+        ("1970-01-01T00:00:00Z", True),
+        ("1970-01-01T00:00:00+23:59", True),
+        ("8999-12-31T23:59:59.999999-23:59", True),
+        ("2024-02-29t12:00:00z", True),
+        ("1969-12-31T23:59:59Z", False),
+        ("9000-01-01T00:00:00Z", False),
+        ("2026-02-29T00:00:00Z", False),
+        ("2026-01-01T23:59:60Z", False),
+        ("2026-01-01T00:00:00.1234567Z", False),
+        ("2026-01-01 00:00:00Z", False),
+        ("2026-01-01T00:00Z", False),
+        ("2026-01-01T00:00:00+24:00", False),
+        ("２０２６-01-01T00:00:00Z", False),
+    ],
+)
+async def test_a_timestamp_is_read_exactly_when_the_documented_pattern_and_format_allow_it(
+    api: httpx.AsyncClient, written: str, accepted: bool
+) -> None:
+    document = (await api.get("/openapi.json")).json()
+    [parameter] = document["paths"]["/v1/reports/trial-balance"]["get"]["parameters"]
+    [schema, _null] = parameter["schema"]["anyOf"]
+    validator = jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
+    assert validator.is_valid(written) is accepted
+    answer = await api.get("/v1/reports/trial-balance", params={"as_of": written}, headers=FINANCE)
+    assert answer.status_code == (200 if accepted else 422), answer.text
+
+
+async def test_every_422_has_one_shape_a_hand_raised_one_too(engine: AsyncEngine) -> None:
+    app = create_app(engine, api_settings())
+
+    @app.get("/refused-by-hand", responses=invalid_request())
+    async def refused_by_hand() -> None:
+        raise HTTPException(422, detail="refused by hand")
+
+    async with running(app) as client:
+        by_hand = await client.get("/refused-by-hand", headers=FINANCE)
+        validated = await client.get("/v1/cashouts?limit=many", headers=FINANCE)
+        checked = await client.get(
+            "/v1/reports/gifts?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", headers=FINANCE
+        )
+    assert by_hand.status_code == validated.status_code == checked.status_code == 422
+    for answer in (by_hand, validated, checked):
+        InvalidRequestDocument.model_validate(answer.json())
+    assert by_hand.json() == {
+        "detail": [{"loc": [], "msg": "refused by hand", "type": "value_error"}]
+    }
+
+
+async def test_an_unexpected_fault_is_the_documented_500_and_shows_nothing_of_it(
+    engine: AsyncEngine,
+) -> None:
+    app = create_app(engine, api_settings())
+
+    @app.get("/faulty")
+    async def faulty() -> None:
+        raise RuntimeError("postgresql://secret@db/ledger is on fire")
+
+    async with running(app) as client:
+        document = (await client.get("/openapi.json")).json()
+        answer = await client.get("/faulty")
+    assert answer.status_code == 500
+    assert answer.json() == {"detail": "internal error"}
+    assert breaches(document, "GET /faulty", 500, answer.headers, answer.content) == []
+
+
+async def test_a_method_the_path_does_not_serve_is_405_naming_every_method_it_serves(
+    engine: AsyncEngine,
+) -> None:
+    """Starlette's 405 names only the methods of the first route on the path; ours names all."""
+    app = create_app(engine, api_settings())
+
+    @app.get("/both")
+    async def read_both() -> None:
+        return None
+
+    @app.post("/both")
+    async def write_both() -> None:
+        return None
+
+    async with running(app) as client:
+        answer = await client.delete("/both")
+        cashouts = await client.delete("/v1/cashouts", headers=FINANCE)
+    assert (answer.status_code, answer.headers["allow"]) == (405, "GET, POST")
+    assert answer.json() == {"detail": "Method Not Allowed"}
+    assert (cashouts.status_code, cashouts.headers["allow"]) == (405, "GET")
 
 
 # Documents -----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The finance API sheds load: past API_CONCURRENCY_MAX requests in hand, one more is answered
-503 at once with Retry-After, and the requests in hand finish normally."""
+503 at once with Retry-After, as the OpenAPI document says of every route, and the requests in
+hand finish normally."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from starlette.types import Receive, Scope, Send
 from services.api.load_shedding import RETRY_AFTER_S, ConcurrencyLimit
 from services.api.server import create_app
 from services.runtime.settings import Settings
+from tests.api_contract import breaches
+from tests.api_server import FINANCE_TOKEN, api_settings
 
 WAIT_S = 5.0
 
@@ -57,3 +60,34 @@ async def test_the_api_takes_its_limit_from_api_concurrency_max(engine: AsyncEng
         if getattr(m.cls, "__name__", "") == "ConcurrencyLimit"
     ]
     assert limits == [{"concurrency_max": 3}]
+
+
+async def test_a_shed_request_is_the_503_every_route_documents(engine: AsyncEngine) -> None:
+    app = create_app(engine, api_settings().model_copy(update={"api_concurrency_max": 1}))
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @app.get("/held")
+    async def held() -> None:
+        started.set()
+        await release.wait()
+
+    document = app.openapi()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        first = asyncio.create_task(client.get("/held"))
+        await asyncio.wait_for(started.wait(), WAIT_S)
+        headers = {"Authorization": f"Bearer {FINANCE_TOKEN}"}
+        shed = {
+            label: await asyncio.wait_for(client.get(path, headers=headers), WAIT_S)
+            for label, path in (
+                ("GET /healthz", "/healthz"),
+                ("GET /metrics", "/metrics"),
+                ("GET /v1/cashouts", "/v1/cashouts"),
+                ("GET /v1/events/{event_id}", "/v1/events/e1"),
+            )
+        }
+        release.set()
+        assert (await asyncio.wait_for(first, WAIT_S)).status_code == 200
+    for label, answer in shed.items():
+        assert answer.status_code == 503, label
+        assert breaches(document, label, 503, answer.headers, answer.content) == [], label

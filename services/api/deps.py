@@ -1,86 +1,129 @@
 """What the finance API's routers share: the read-only database session (`Reader`), the API's
-settings (`ApiSettings`), timestamp parameters (`Timestamp`), the checks of ranges and ceilings
-that the signatures cannot express, and `token_route`, which puts the token check (and its
-documented 401 and 403) on each route of a router.
+settings (`ApiSettings`), path ids and timestamp parameters (`IdPath`, `Timestamp`) with the rules
+the OpenAPI document states for them, the checks of ranges and ceilings that the signatures cannot
+express, and `token_route`, which puts the token check (and its documented 401 and 403) on each
+route of a router.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.api.auth import READ_ROLES, ROLES, require_role
-from services.api.models import ErrorDocument
+from services.api.auth import READ_ROLES, require_role
+from services.api.errors import problem
+from services.api.responses import Responses
+from services.api.responses import token_responses as token_responses  # also importable here
 from services.runtime.settings import Settings
 
 ID_LENGTH_MAX: Final = 128
 ACCOUNT_NAME_LENGTH_MAX: Final = 300
 SEQ_MAX: Final = 2**63 - 1
 TAG: Final = "finance"
+# No NUL character anywhere in a text parameter: PostgreSQL text cannot hold one.
+WITHOUT_NUL_PATTERN: Final = r"^[^\x00]*$"
+WITHOUT_NUL: Final = "no NUL character"
 
 # An id in a path: a creator, an event or a cash-out.
-IdPath = Annotated[str, Path(min_length=1, max_length=ID_LENGTH_MAX)]
+IdPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=ID_LENGTH_MAX,
+        pattern=WITHOUT_NUL_PATTERN,
+        description=f"1 to {ID_LENGTH_MAX} characters, {WITHOUT_NUL}.",
+    ),
+]
 
 # Timestamps ---------------------------------------------------------------------------------
 
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(?P<zone>[Zz]|[+-]\d{2}:\d{2})?"
+# RFC 3339 with seconds and an offset, as `format: date-time` reads it (`T` or `t`, `Z` or `z`),
+# narrowed to what the API can compute with: written years 1970 to 8999 (far enough apart for any
+# question about the ledger, and clear of the calendar's ends, where converting to UTC would
+# overflow), no leap second, at most 6 decimals of a second. The OpenAPI document publishes this
+# pattern; `rfc3339` applies it, then the calendar (no 30 February).
+TIMESTAMP_YEAR_MIN: Final = 1970
+TIMESTAMP_YEAR_MAX: Final = 8999
+TIMESTAMP_PATTERN: Final = (
+    r"^(19[7-9][0-9]|[2-8][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
-_UNENCODED_PLUS = re.compile(r"(:\d{2}(?:\.\d{1,6})?) (\d{2}:\d{2})$")
 TIMESTAMP_EXAMPLE: Final = "2026-11-01T00:00:00Z"
-# Far enough apart for any question about the ledger, and clear of the calendar's ends, where
-# converting to UTC would overflow.
-TIMESTAMP_MIN: Final = datetime(1970, 1, 1, tzinfo=UTC)
-TIMESTAMP_MAX: Final = datetime(9000, 1, 1, tzinfo=UTC)
+TIMESTAMP_RULES: Final = (
+    f"RFC 3339 with seconds and an offset (`Z` or `+hh:mm`), e.g. `{TIMESTAMP_EXAMPLE}`, in the "
+    f"years {TIMESTAMP_YEAR_MIN} to {TIMESTAMP_YEAR_MAX}, at most 6 decimals of a second; in a "
+    "query string a `+` is sent as `%2B` (a bare `+` arrives as a space)"
+)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+_DATE_TIME = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+_NAIVE = re.compile(_DATE_TIME)
+_BARE_PLUS = re.compile(_DATE_TIME + r" [0-9]{2}:[0-9]{2}")
+
+
+def _refusal(value: str) -> str:
+    if _NAIVE.fullmatch(value):
+        return f"timestamp {value!r} has no time zone: add one, e.g. {TIMESTAMP_EXAMPLE}"
+    if _BARE_PLUS.fullmatch(value):
+        return f"timestamp {value!r} has a space before its offset: send `+` as `%2B`"
+    return f"not an RFC 3339 timestamp: {value!r} ({TIMESTAMP_RULES})"
 
 
 def rfc3339(value: object) -> object:
-    """An RFC 3339 timestamp with a time zone, as an aware datetime; anything else is refused."""
+    """A timestamp matching TIMESTAMP_PATTERN on a real calendar day, as an aware datetime;
+    anything else is refused."""
     if not isinstance(value, str):
         return value
-    candidate = _UNENCODED_PLUS.sub(r"\1+\2", value.strip())
-    match = _RFC3339.fullmatch(candidate)
-    if match is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {value!r} (e.g. {TIMESTAMP_EXAMPLE})")
-    if match.group("zone") is None:
-        raise ValueError(f"timestamp {value!r} has no time zone: add one, e.g. {TIMESTAMP_EXAMPLE}")
+    if _TIMESTAMP.fullmatch(value) is None:
+        raise ValueError(_refusal(value))
     try:
-        moment = datetime.fromisoformat(candidate.replace("z", "Z"))
+        return datetime.fromisoformat(value.upper())
     except ValueError as error:
         raise ValueError(f"not a valid timestamp: {value!r} ({error})") from None
-    if not TIMESTAMP_MIN <= moment <= TIMESTAMP_MAX:
-        raise ValueError(
-            f"timestamp {value!r} is out of range: between {TIMESTAMP_MIN:%Y-%m-%d} and "
-            f"{TIMESTAMP_MAX:%Y-%m-%d} (UTC)"
-        )
-    return moment
 
 
-Timestamp = Annotated[datetime, BeforeValidator(rfc3339)]
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(rfc3339),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": TIMESTAMP_PATTERN,
+            "examples": [TIMESTAMP_EXAMPLE],
+        }
+    ),
+]
+
+# A range `[from, to)`: what each end says in the OpenAPI document.
+RANGE_START_DESCRIPTION: Final = f"First instant included. {TIMESTAMP_RULES}."
+RANGE_END_DESCRIPTION: Final = (
+    f"First instant excluded. {TIMESTAMP_RULES}. With `from`, `to` must be after it and at most "
+    "`API_TIME_RANGE_DAYS_MAX` days (366 by default) after it, else 422: a rule between two "
+    "parameters, which JSON Schema cannot state."
+)
 
 
 # Checks the signatures cannot express -------------------------------------------------------
 
 
-def _invalid(field: str, message: str, value: object) -> RequestValidationError:
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("query", field), "msg": message, "input": value}]
-    )
+def _invalid(field: str, message: str) -> RequestValidationError:
+    return RequestValidationError([problem(("query", field), message)])
 
 
 def check_at_most(field: str, value: int, maximum: int) -> None:
     """The configured ceiling (`API_PAGE_SIZE_MAX`), below the hard one in the signature."""
     if value > maximum:
-        raise _invalid(field, f"Input should be less than or equal to {maximum}", value)
+        raise _invalid(field, f"Input should be less than or equal to {maximum}")
 
 
 def check_range(from_time: datetime | None, to_time: datetime | None, days_max: int) -> None:
@@ -88,12 +131,11 @@ def check_range(from_time: datetime | None, to_time: datetime | None, days_max: 
     if from_time is None or to_time is None:
         return
     if from_time >= to_time:
-        raise _invalid("to", "`to` must be after `from`", to_time.isoformat())
+        raise _invalid("to", "`to` must be after `from`")
     if to_time - from_time > timedelta(days=days_max):
         raise _invalid(
             "to",
             f"the range from `from` to `to` is longer than {days_max} days: ask for less",
-            to_time.isoformat(),
         )
 
 
@@ -130,27 +172,6 @@ Reader = Annotated[AsyncConnection, Depends(_reader)]
 # Routes behind a token ----------------------------------------------------------------------
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-Responses = dict[int | str, dict[str, Any]]
-
-
-def token_responses(roles: Iterable[str]) -> Responses:
-    """The answers of the token check for a route that `roles` may use: 401, and 403 when some
-    role may not use it."""
-    responses: Responses = {
-        401: {
-            "model": ErrorDocument,
-            "description": "No bearer token, or an unknown one.",
-            "headers": {
-                "WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}
-            },
-        }
-    }
-    if frozenset(roles) != frozenset(ROLES):
-        responses[403] = {
-            "model": ErrorDocument,
-            "description": "The token's role may not use this route.",
-        }
-    return responses
 
 
 def token_route(

@@ -35,6 +35,21 @@ class ErrorDocument(Document):
     detail: str
 
 
+class RequestProblem(Document):
+    """One problem with a request: where (`["query", "to"]`, `["path", "creator_id"]`, or `[]`
+    for the request as a whole), what, and its kind (`missing`, `int_parsing`, `value_error`...)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidRequestDocument(Document):
+    """Every 422: the list of problems found (the shape of FastAPI's `HTTPValidationError`)."""
+
+    detail: list[RequestProblem] = Field(min_length=1)
+
+
 # Service ------------------------------------------------------------------------------------
 
 

@@ -20,10 +20,13 @@ The API can only read: every database session is a read-only transaction
 `set_config('role', :role, true)`, the bound-parameter form of `SET LOCAL ROLE`.
 
 Amounts are integers in the asset's minor unit, each with the asset's `scale`. Timestamps in
-queries are RFC 3339 with a time zone (`2026-11-01T00:00:00Z`; a naive one is refused with 422,
-never guessed as UTC; a `+` left unencoded in a query string, which arrives as a space, is read as
-`+`). Ranges are half-open, `[from, to)`, at most `API_TIME_RANGE_DAYS_MAX` days long. Errors are
-JSON `{"detail": ...}`: a message, or for 422 the list of `{loc, msg, type}` problems.
+queries are RFC 3339 with seconds and an offset (`2026-11-01T00:00:00Z`; a naive one is refused
+with 422, never guessed as UTC), in the years 1970 to 8999; in a query string a `+` is sent as
+`%2B`. Ranges are half-open, `[from, to)`, at most `API_TIME_RANGE_DAYS_MAX` days long. Errors are
+JSON: every 422 is `{"detail": [{loc, msg, type}, ...]}` (`InvalidRequestDocument`, FastAPI's
+`HTTPValidationError` shape), every other error `{"detail": "..."}` (`ErrorDocument`). Each
+route documents every status it can answer: 401 (with `WWW-Authenticate`), 403, 404, 409, 422,
+500, and 503 (with `Retry-After`: too many requests in hand, or the database unavailable).
 """
 
 from __future__ import annotations
@@ -32,24 +35,39 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Final
-from urllib.parse import unquote_plus
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.dependencies.utils import get_flat_params
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.exceptions import HTTPException
 
 from services.api.auth import TokenBook
 from services.api.deps import TAG
+from services.api.errors import (
+    on_database_error,
+    on_http_error,
+    on_request_validation_error,
+    on_unexpected_error,
+)
 from services.api.load_shedding import ConcurrencyLimit
-from services.api.routes import cashouts, creators, events, reports, service, statements
+from services.api.responses import (
+    Responses,
+    invalid_request,
+    path_without_route,
+    service_responses,
+    unreadable_body,
+)
+from services.api.routes import cashouts, creators, events, operator, reports, service, statements
+from services.api.routes.operator_recovery import router as operator_recovery_router
 from services.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -73,6 +91,8 @@ ROUTERS: Final = (
     events.router,
     cashouts.router,
     reports.router,
+    operator.router,
+    operator_recovery_router,
 )
 
 DESCRIPTION: Final = (
@@ -85,28 +105,6 @@ Reports: `gifts` counts transfers with code `gift_diamonds` (one per gift event,
 fund rewards and marketplace payments and fees per currency and transfer code.
 """
 )
-
-
-# Errors -------------------------------------------------------------------------------------
-
-
-def _database_unavailable(error: BaseException) -> bool:
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(error, OperationalError | InterfaceError | PoolTimeoutError | OSError)
-
-
-async def _on_database_error(request: Request, error: Exception) -> JSONResponse:
-    if _database_unavailable(error) or isinstance(error, TimeoutError):
-        logger.warning("%s %s: database unavailable: %s", request.method, request.url.path, error)
-        return JSONResponse({"detail": "the database is unavailable"}, status_code=503)
-    logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
-    return JSONResponse({"detail": "internal error"}, status_code=500)
-
-
-async def _on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
-    logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
-    return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
 # The OpenAPI pages ----------------------------------------------------------------------------
@@ -146,21 +144,26 @@ def _docs_routes(app: FastAPI) -> None:
 # The app ------------------------------------------------------------------------------------
 
 
-async def _refuse_nul_characters(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """No identifier or parameter may hold a NUL character (PostgreSQL text cannot)."""
-    if "\x00" in request.url.path or "\x00" in unquote_plus(request.url.query):
-        return JSONResponse(
-            status_code=422, content={"detail": "NUL characters are not allowed in a request"}
-        )
-    return await call_next(request)
+def _answers_of_its_parameters(route: APIRoute) -> Responses:
+    """What a route's parameters make it answer: 400 when it has a body (one that cannot be
+    decoded), 422 when it has parameters or a body, and 404 when it has path parameters (one
+    holding `/` makes a path no route matches)."""
+    responses: Responses = {}
+    if route.body_field is not None:
+        responses.update(unreadable_body())
+    if route.body_field is not None or get_flat_params(route.dependant):
+        responses.update(invalid_request())
+    if route.param_convertors:
+        responses.update(path_without_route())
+    return responses
 
 
 def _add_routes(app: FastAPI, router: APIRouter) -> None:
     """Each route of `router` as a route of `app` of its own, token check included, so that
     `app.routes` lists every route (`app.include_router` adds one entry for the whole router, whose
-    routes it resolves only when a request comes)."""
+    routes it resolves only when a request comes). Every route documents what any route can
+    answer (`service_responses`, given to the app) and what its parameters make it answer; its
+    own `responses` come last, and win."""
     for route in router.routes:
         assert isinstance(route, APIRoute), route
         assert route.methods, route
@@ -175,7 +178,7 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
             summary=route.summary,
             description=route.description,
             response_description=route.response_description,
-            responses=route.responses,
+            responses={**_answers_of_its_parameters(route), **route.responses},
             deprecated=route.deprecated,
             operation_id=route.operation_id,
             include_in_schema=route.include_in_schema,
@@ -194,6 +197,7 @@ def create_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
         openapi_tags=[{"name": TAG, "description": "Read-only finance routes."}],
         docs_url=None,  # served by _docs_routes, on assets of its own instead of a CDN's
         redoc_url=None,
+        responses=service_responses(),
     )
     app.state.engine = engine
     app.state.settings = settings
@@ -202,12 +206,13 @@ def create_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
     _docs_routes(app)
     for router in ROUTERS:
         _add_routes(app, router)
-    app.middleware("http")(_refuse_nul_characters)
     app.add_middleware(ConcurrencyLimit, concurrency_max=settings.api_concurrency_max)
-    app.add_exception_handler(SQLAlchemyError, _on_database_error)
-    app.add_exception_handler(OSError, _on_database_error)
-    app.add_exception_handler(TimeoutError, _on_database_error)
-    app.add_exception_handler(Exception, _on_unexpected_error)
+    app.add_exception_handler(RequestValidationError, on_request_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(SQLAlchemyError, on_database_error)
+    app.add_exception_handler(OSError, on_database_error)
+    app.add_exception_handler(TimeoutError, on_database_error)
+    app.add_exception_handler(Exception, on_unexpected_error)
     return app
 
 

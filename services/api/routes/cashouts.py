@@ -9,14 +9,17 @@ from fastapi import APIRouter, HTTPException, Query
 from schemas.events import CashoutStatus
 from services.api.deps import (
     ID_LENGTH_MAX,
+    WITHOUT_NUL,
+    WITHOUT_NUL_PATTERN,
     ApiSettings,
     IdPath,
     Reader,
     check_at_most,
     token_route,
 )
-from services.api.models import CashoutHistoryDocument, CashoutListDocument, ErrorDocument
+from services.api.models import CashoutHistoryDocument, CashoutListDocument
 from services.api.queries import cashout_transitions
+from services.api.responses import not_found
 from services.cashout.store import (
     CASHOUT_LIST_LIMIT_MAX,
     cashout_document,
@@ -34,7 +37,7 @@ router = APIRouter()
     "/v1/cashouts/{cashout_id}",
     summary="A cash-out (the `cashouts.updated` document) with every state it went through",
     response_model=CashoutHistoryDocument,
-    responses={404: {"model": ErrorDocument, "description": "No cash-out has this id."}},
+    responses=not_found("No cash-out has this id."),
 )
 async def cashout_route(conn: Reader, cashout_id: IdPath) -> dict[str, Any]:
     cashout = await load_cashout(conn, cashout_id)
@@ -55,14 +58,23 @@ async def cashouts_route(
     conn: Reader,
     settings: ApiSettings,
     status: CashoutStatus | None = None,
-    creator_id: Annotated[str | None, Query(min_length=1, max_length=ID_LENGTH_MAX)] = None,
+    creator_id: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=ID_LENGTH_MAX,
+            pattern=WITHOUT_NUL_PATTERN,
+            description=f"1 to {ID_LENGTH_MAX} characters, {WITHOUT_NUL}.",
+        ),
+    ] = None,
     limit: Annotated[
         int | None,
         Query(
             ge=1,
             le=CASHOUT_LIST_LIMIT_MAX,
-            description=f"Most cash-outs returned, at most `API_PAGE_SIZE_MAX` "
-            f"(default {CASHOUT_LIST_LIMIT_DEFAULT}, or that maximum when lower).",
+            description=f"Most cash-outs returned (default {CASHOUT_LIST_LIMIT_DEFAULT}), at most "
+            f"`API_PAGE_SIZE_MAX` ({CASHOUT_LIST_LIMIT_MAX} by default and at most), else 422; "
+            "the default is that maximum when it is lower.",
         ),
     ] = None,
 ) -> dict[str, Any]:

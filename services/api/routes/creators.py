@@ -9,7 +9,8 @@ from fastapi import APIRouter, HTTPException
 from ledger.queries import creator_balances
 from services.api.deps import ApiSettings, IdPath, Reader, token_route
 from services.api.documents import creator_balances_document
-from services.api.models import CreatorBalancesDocument, EligibilityDocument, ErrorDocument
+from services.api.models import CreatorBalancesDocument, EligibilityDocument
+from services.api.responses import not_found
 from services.cashout.eligibility import creator_eligibility
 
 router = APIRouter()
@@ -20,7 +21,7 @@ router = APIRouter()
     "/v1/creators/{creator_id}/balances",
     summary="A creator's balances per asset (`giftledger balance --json`)",
     response_model=CreatorBalancesDocument,
-    responses={404: {"model": ErrorDocument, "description": "The creator has no account."}},
+    responses=not_found("The creator has no account."),
 )
 async def creator_balances_route(conn: Reader, creator_id: IdPath) -> dict[str, Any]:
     accounts = await creator_balances(conn, creator_id)
@@ -33,6 +34,8 @@ async def creator_balances_route(conn: Reader, creator_id: IdPath) -> dict[str, 
     router,
     "/v1/creators/{creator_id}/eligibility",
     summary="Each Creator Next cash-out rule with pass or fail and the value seen",
+    description="Any creator id has an eligibility: one the ledger has never seen fails every "
+    "rule, with the value seen `unknown`.",
     response_model=EligibilityDocument,
 )
 async def creator_eligibility_route(

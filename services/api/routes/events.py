@@ -9,8 +9,9 @@ from fastapi import APIRouter, HTTPException, Query
 from schemas import topics
 from schemas.topics import ConsumedTopic
 from services.api.deps import IdPath, Reader, token_route
-from services.api.models import ErrorDocument, EventDocument
+from services.api.models import EventDocument
 from services.api.queries import applied_events, event_dead_letters, event_transfers
+from services.api.responses import conflict, not_found
 
 router = APIRouter()
 
@@ -26,8 +27,8 @@ router = APIRouter()
     "topic is searched, and an id applied in several topics is a 409.",
     response_model=EventDocument,
     responses={
-        404: {"model": ErrorDocument, "description": "Neither applied nor dead-lettered."},
-        409: {"model": ErrorDocument, "description": "Applied in several topics: pass `topic`."},
+        **not_found("Neither applied nor dead-lettered."),
+        **conflict("Applied in several topics: pass `topic`."),
     },
 )
 async def event_route(

@@ -9,7 +9,16 @@ from fastapi import APIRouter, Query
 from ledger.queries import trial_balance
 from schemas.assets import ASSET_SCALES, DIAMOND
 from schemas.reports import GiftGrouping
-from services.api.deps import ApiSettings, Reader, Timestamp, check_range, token_route
+from services.api.deps import (
+    RANGE_END_DESCRIPTION,
+    RANGE_START_DESCRIPTION,
+    TIMESTAMP_RULES,
+    ApiSettings,
+    Reader,
+    Timestamp,
+    check_range,
+    token_route,
+)
 from services.api.documents import trial_balance_document
 from services.api.models import (
     CashoutsReportDocument,
@@ -21,12 +30,8 @@ from services.api.queries import cashouts_report, gifts_report, money_report
 
 router = APIRouter()
 
-RangeStart = Annotated[
-    Timestamp, Query(alias="from", description="First instant included (RFC 3339, with a zone).")
-]
-RangeEnd = Annotated[
-    Timestamp, Query(alias="to", description="First instant excluded (RFC 3339, with a zone).")
-]
+RangeStart = Annotated[Timestamp, Query(alias="from", description=RANGE_START_DESCRIPTION)]
+RangeEnd = Annotated[Timestamp, Query(alias="to", description=RANGE_END_DESCRIPTION)]
 
 
 @token_route(
@@ -38,7 +43,8 @@ RangeEnd = Annotated[
 async def trial_balance_route(
     conn: Reader,
     as_of: Annotated[
-        Timestamp | None, Query(description="Posted up to this instant (default: now).")
+        Timestamp | None,
+        Query(description=f"Posted up to this instant (default: now). {TIMESTAMP_RULES}."),
     ] = None,
 ) -> dict[str, Any]:
     return trial_balance_document(await trial_balance(conn, as_of), as_of)

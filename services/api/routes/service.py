@@ -13,12 +13,15 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.api.auth import READ_ROLES, require_role
-from services.api.deps import reader_connection, token_responses
-from services.api.models import HealthDocument
+from services.api.deps import reader_connection
+from services.api.errors import DATABASE_RETRY_AFTER_S
+from services.api.models import ErrorDocument, HealthDocument
+from services.api.responses import RETRY_AFTER_HEADER, token_responses, unavailable
 
 logger = logging.getLogger(__name__)
 
 HEALTH_CHECK_TIMEOUT_S: Final = 5.0
+METRICS_MEDIA_TYPE: Final = "text/plain"
 
 router = APIRouter()
 
@@ -27,7 +30,12 @@ router = APIRouter()
     "/healthz",
     summary="Whether the API can read the database (no token needed)",
     response_model=HealthDocument,
-    responses={503: {"model": HealthDocument, "description": "The database does not answer."}},
+    responses=unavailable(
+        model=HealthDocument | ErrorDocument,
+        description='The database does not answer (`{"status": "unavailable"}`), or the API is '
+        "handling as many requests as it may (`API_CONCURRENCY_MAX`, a `detail`): try again "
+        "after `Retry-After` seconds.",
+    ),
 )
 async def healthz(request: Request) -> JSONResponse:
     state = request.app.state
@@ -37,7 +45,11 @@ async def healthz(request: Request) -> JSONResponse:
                 await conn.execute(text("SELECT 1"))
     except (OSError, TimeoutError, SQLAlchemyError) as error:
         logger.warning("health check failed: %s", type(error).__name__)
-        return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse(
+            {"status": "unavailable"},
+            status_code=503,
+            headers={RETRY_AFTER_HEADER: str(DATABASE_RETRY_AFTER_S)},
+        )
     return JSONResponse({"status": "ok"})
 
 
@@ -46,9 +58,10 @@ async def healthz(request: Request) -> JSONResponse:
     summary="Prometheus metrics of this process",
     dependencies=[Depends(require_role(READ_ROLES))],
     response_class=Response,
+    response_description=f"The Prometheus text format (`{CONTENT_TYPE_LATEST}`).",
     responses={
         **token_responses(READ_ROLES),
-        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        200: {"content": {METRICS_MEDIA_TYPE: {"schema": {"type": "string"}}}},
     },
 )
 async def metrics() -> Response:

@@ -13,7 +13,11 @@ from fastapi.responses import Response, StreamingResponse
 from ledger.queries import STATEMENT_PAGE_SIZE_MAX, StatementLine, account_balance, statement
 from services.api.deps import (
     ACCOUNT_NAME_LENGTH_MAX,
+    RANGE_END_DESCRIPTION,
+    RANGE_START_DESCRIPTION,
     SEQ_MAX,
+    WITHOUT_NUL,
+    WITHOUT_NUL_PATTERN,
     ApiSettings,
     Reader,
     Timestamp,
@@ -22,7 +26,8 @@ from services.api.deps import (
     token_route,
 )
 from services.api.documents import STATEMENT_CSV_COLUMNS, statement_csv_row
-from services.api.models import ErrorDocument, StatementDocument
+from services.api.models import StatementDocument
+from services.api.responses import not_found
 
 STATEMENT_PAGE_SIZE_DEFAULT: Final = 100
 CSV_MEDIA_TYPE: Final = "text/csv"
@@ -67,22 +72,38 @@ def _csv_chunks(lines: list[StatementLine]) -> Iterator[str]:
     "on the last page). Pending transfers are listed and leave the balance unchanged.",
     response_model=StatementDocument,
     responses={
-        200: {"content": {CSV_MEDIA_TYPE: {"schema": {"type": "string"}}}},
-        404: {"model": ErrorDocument, "description": "No account has this name."},
+        200: {
+            "content": {CSV_MEDIA_TYPE: {"schema": {"type": "string"}}},
+            "headers": {
+                NEXT_CURSOR_HEADER: {
+                    "description": "The next page's `cursor` (CSV only; absent on the last page).",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0, "maximum": SEQ_MAX},
+                }
+            },
+        },
+        **not_found("No account has this name."),
     },
 )
 async def account_statement_route(
     request: Request,
     conn: Reader,
     settings: ApiSettings,
-    account: Annotated[str, Path(min_length=1, max_length=ACCOUNT_NAME_LENGTH_MAX)],
+    account: Annotated[
+        str,
+        Path(
+            min_length=1,
+            max_length=ACCOUNT_NAME_LENGTH_MAX,
+            pattern=WITHOUT_NUL_PATTERN,
+            description=f"An account's name, e.g. `creator:<id>:DIAMOND:available`; 1 to "
+            f"{ACCOUNT_NAME_LENGTH_MAX} characters, {WITHOUT_NUL}.",
+        ),
+    ],
     from_time: Annotated[
-        Timestamp | None,
-        Query(alias="from", description="First instant included (RFC 3339, with a zone)."),
+        Timestamp | None, Query(alias="from", description=RANGE_START_DESCRIPTION)
     ] = None,
     to_time: Annotated[
-        Timestamp | None,
-        Query(alias="to", description="First instant excluded (RFC 3339, with a zone)."),
+        Timestamp | None, Query(alias="to", description=RANGE_END_DESCRIPTION)
     ] = None,
     cursor: Annotated[
         int, Query(ge=0, le=SEQ_MAX, description="The previous page's `next_cursor`.")
@@ -92,8 +113,9 @@ async def account_statement_route(
         Query(
             ge=1,
             le=STATEMENT_PAGE_SIZE_MAX,
-            description=f"Lines per page, at most `API_PAGE_SIZE_MAX` "
-            f"(default {STATEMENT_PAGE_SIZE_DEFAULT}, or that maximum when lower).",
+            description=f"Lines per page (default {STATEMENT_PAGE_SIZE_DEFAULT}), at most "
+            f"`API_PAGE_SIZE_MAX` ({STATEMENT_PAGE_SIZE_MAX} by default and at most), else 422; "
+            "the default is that maximum when it is lower.",
         ),
     ] = None,
 ) -> dict[str, Any] | Response:
