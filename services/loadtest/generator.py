@@ -26,6 +26,8 @@ the random source, the clock, ids, held-back records and the running tally):
 - Then, in a final phase after everything else, cash-out requests: most fit, some are over the
   balance, under the minimum, over the daily limit, from ineligible creators or creators with no
   profile, in a currency that does not match (`services.loadtest.cashout_phase`).
+- A named scenario (`StreamShape.scenario`, `services.loadtest.scenarios`) lays one shape over
+  that mix: a LIVE burst, a wave of chargebacks, a payday. `steady` (the default) adds nothing.
 
 The expected end state (`<path>.expected.json`) is computed here, from the contract alone (these
 modules import nothing of the ledger, the ingestion or the cash-out code; the contract's rules
@@ -66,11 +68,18 @@ from typing import TextIO
 
 from schemas import topics
 from services.loadtest.bad_records import BadRecords
-from services.loadtest.cashout_phase import CashoutPhase, cashout_count
+from services.loadtest.cashout_phase import CashoutPhase
 from services.loadtest.creator_profiles import CreatorProfiles
 from services.loadtest.gift_events import GiftEvents
 from services.loadtest.money_events import MoneyEvents
 from services.loadtest.oracle import assumptions
+from services.loadtest.scenarios import (
+    SCENARIO_NAMES,
+    SCENARIOS,
+    scenario_cashout_count,
+    scenario_named,
+    start_scenario,
+)
 from services.loadtest.stream_context import StreamContext
 from services.loadtest.stream_format import (
     EXPECTED_SUFFIX,
@@ -100,28 +109,42 @@ class Generator:
             seed=seed,
             namespace=namespace,
             shape=shape,
-            cashout_count=cashout_count(events, shape),
+            cashout_count=scenario_cashout_count(events, shape),
         )
         self.creators = CreatorProfiles(self.stream)
         self.gifts = GiftEvents(self.stream, self.creators)
         self.money = MoneyEvents(self.stream, self.creators)
         self.bad_records = BadRecords(self.stream, self.creators)
         self.cashouts = CashoutPhase(self.stream, self.creators)
+        self.scenario = start_scenario(
+            shape.scenario, self.stream, self.creators, self.gifts, self.cashouts
+        )
         self.cashout_phase_from = 0
 
     # The main phase.
 
     def run(self) -> None:
         stream = self.stream
+        self.main_phase()
+        extension = self.scenario.main_phase_extension(stream.events - stream.writer.count)
+        if extension:
+            stream.main_target += extension
+            self.main_phase()
+        self.scenario.after_main_phase()
+        self.cashout_phase_from = stream.writer.count
+        count = stream.events - stream.writer.count
+        if not self.scenario.cashout_phase(count):
+            self.cashouts.run(count)
+
+    def main_phase(self) -> None:
+        stream = self.stream
         while stream.room(1):
             stream.release_due()
-            if self.gifts.burst_gift():
+            if self.scenario.step() or self.gifts.burst_gift():
                 continue
             stream.advance()
             self.step()
         stream.release_all()
-        self.cashout_phase_from = stream.writer.count
-        self.cashouts.run(stream.events - stream.writer.count)
 
     def step(self) -> None:
         shape = self.stream.shape
@@ -176,6 +199,7 @@ class Generator:
             balances=dict(sorted(balances.items())),
             totals=dict(sorted(tally.totals.items())),
             shape={"creator_count": stream.creator_count, **dataclasses.asdict(stream.shape)},
+            scenario=self.scenario.facts(),
         )
 
 
@@ -198,6 +222,7 @@ def generate(
     namespace = default_namespace(seed) if namespace is None else namespace
     check_namespace(namespace)
     shape = shape or StreamShape()
+    scenario_named(shape.scenario)
     partial = path.with_name(path.name + ".partial")
     writer = StreamWriter(partial)
     try:
@@ -252,6 +277,17 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = StreamShape()
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument(
+        "--scenario",
+        choices=SCENARIO_NAMES,
+        default=defaults.scenario,
+        metavar="NAME",
+        help="a named scenario over the mix: "
+        + "; ".join(f"{scenario.name}: {scenario.shape}" for scenario in SCENARIOS).replace(
+            "%", "%%"
+        )
+        + f" (default {defaults.scenario})",
+    )
+    parser.add_argument(
         "--namespace",
         default=None,
         help="prefix of every event and creator id (default: s<seed>)",
@@ -285,6 +321,7 @@ def shape_from_arguments(args: argparse.Namespace) -> StreamShape:
         out_of_order_rate=args.out_of_order_rate,
         bad_rate=args.bad_rate,
         conflict_rate=args.conflict_rate,
+        scenario=args.scenario,
     )
 
 
@@ -313,6 +350,13 @@ def describe(expected: ExpectedState, out: TextIO) -> None:
         f"{expected.records} records over {expected.duration_ms / 1000:.1f} s recorded, "
         f"namespace {expected.namespace}, cash-outs from record {expected.cashout_phase_from}\n"
     )
+    if expected.scenario:
+        facts = ", ".join(
+            f"{name} {value}" for name, value in expected.scenario.items() if name != "name"
+        )
+        out.write(
+            f"  scenario {expected.scenario['name']}" + (f": {facts}" if facts else "") + "\n"
+        )
     for topic, count in expected.records_by_topic.items():
         applied = expected.applied_by_topic.get(topic, 0)
         duplicates = expected.duplicates_by_topic.get(topic, 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,9 @@ class GiftEvents:
         self.lives: list[Live] = []
         self.burst_left = 0
         self.burst_live: Live | None = None
+        # A scenario that keeps some gifts for later (`services.loadtest.scenarios`): called with
+        # each new gift's record, True when it took the record.
+        self.gift_taker: Callable[[Outgoing], bool] | None = None
 
     def burst_gift(self) -> bool:
         """The next gift of a running burst, if one is running."""
@@ -147,6 +151,8 @@ class GiftEvents:
             conflictable=event,
             gift=(event["event_id"], rank, milli),
         )
+        if self.gift_taker is not None and self.gift_taker(record):
+            return
         self.stream.dispatch(record)
 
     def reversal(self) -> bool:
@@ -178,14 +184,18 @@ class GiftEvents:
         stream.tally.totals["reversals_before_gift"] += 1
         return True
 
-    def reversal_record(self, gift_event_id: str, rank: int, milli: int) -> Outgoing:
+    def reversal_record(
+        self, gift_event_id: str, rank: int, milli: int, reason: str | None = None
+    ) -> Outgoing:
+        """The reversal of a gift (`reason`: one picked at random when None), debiting its
+        diamonds in the tally."""
         stream = self.stream
         event = {
             "event_id": stream.next_id("r"),
             "occurred_at": stream.iso(stream.now_ms()),
             "creator_id": stream.creator_id(rank),
             "gift_event_id": gift_event_id,
-            "reason": self.rng.choice(REVERSAL_REASONS),
+            "reason": self.rng.choice(REVERSAL_REASONS) if reason is None else reason,
         }
         stream.tally.diamonds[rank] -= milli
         stream.tally.totals["reversals"] += 1

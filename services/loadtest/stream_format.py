@@ -74,6 +74,7 @@ class StreamShape:
     profile_update_rate: float = 0.01
     ineligible_share: float = 0.15  # of creators' profiles
     cashout_share: float = 0.02  # of all records: the final phase
+    scenario: str = "steady"  # a named scenario on top of the mix (`services.loadtest.scenarios`)
 
     def __post_init__(self) -> None:
         if not 0.01 <= self.events_per_s <= 10_000_000:
@@ -142,7 +143,8 @@ class ExpectedState:
     Amounts are integers in minor units: milli-diamonds for `DIAMOND`, cents for `USD`. Balances
     are creators' available balances (posted less pending debits), zero balances left out.
     `applied_by_topic` includes `payouts.updated`: the simulated bank's `paid` reports, one per
-    cash-out held (they are not in the stream; the bank sends them).
+    cash-out held (they are not in the stream; the bank sends them). `scenario` names the
+    stream's scenario and where its shape lies in the stream (`services.loadtest.scenarios`).
     """
 
     format_version: int
@@ -162,6 +164,7 @@ class ExpectedState:
     balances: dict[str, dict[str, int]]
     totals: dict[str, int]
     shape: dict[str, Any] = field(default_factory=dict)
+    scenario: dict[str, Any] = field(default_factory=dict)
 
     @property
     def duplicates(self) -> int:
@@ -181,7 +184,7 @@ class ExpectedState:
                 f"expected state format {document.get('format_version')!r}, not {FORMAT_VERSION}"
             )
         names = {item.name for item in dataclasses.fields(cls)}
-        missing = sorted(names - set(document) - {"shape"})
+        missing = sorted(names - set(document) - {"shape", "scenario"})
         if missing:
             raise StreamFormatError(f"expected state lacks {missing}")
         return cls(**{key: value for key, value in document.items() if key in names})
