@@ -19,8 +19,8 @@ and `Ingestor`, built as `services.app.bootstrap.start_consumers` builds them (s
    once; the clock runs from the first publish until `SELECT count(*) FROM cashouts WHERE
    status = 'paid'` reaches N. Latency per cash-out from `cashout_transitions`.
 3. checks: every cash-out paid; `ledger.verify.verify` finds nothing; for every creator, Diamonds
-   available plus Diamonds paid out equal what its gifts gave, and nothing is left held; the money
-   in `payouts_payable` is 10 USD per cash-out.
+   available plus Diamonds paid out equal what its gifts gave, and nothing is left held; nothing
+   is left in `payouts_payable`, and 10 USD per cash-out left `cash_at_bank`.
 
 Run: python -m bench.cashout_bench [--creators 2000] [--cashouts 5000] [--gifts 100000]
                                    [--paid-delay-ms 20] [--json PATH]
@@ -707,12 +707,16 @@ async def check_ledger(
                 {"kind": AccountKind.CREATOR_DIAMONDS_HELD.value},
             )
         ).scalar_one()
-        payable = (
-            await conn.execute(
-                text("SELECT credits_posted - debits_posted FROM accounts WHERE name = :name"),
-                {"name": f"platform:USD:{AccountKind.PAYOUTS_PAYABLE.value}"},
-            )
-        ).scalar_one()
+        money: dict[AccountKind, int] = {}
+        for kind in (AccountKind.PAYOUTS_PAYABLE, AccountKind.CASH_AT_BANK):
+            money[kind] = (
+                await conn.execute(
+                    text("SELECT credits_posted - debits_posted FROM accounts WHERE name = :name"),
+                    {"name": f"platform:USD:{kind.value}"},
+                )
+            ).scalar_one()
+        payable = money[AccountKind.PAYOUTS_PAYABLE]
+        paid_from_bank = money[AccountKind.CASH_AT_BANK]
     assert statuses == {"paid": options.cashouts}, f"cash-outs by status: {statuses}"
     expected_applied = {
         topics.CREATORS_UPDATED: options.creators,
@@ -730,7 +734,8 @@ async def check_ledger(
     assert set(available) == set(creators), "creators with Diamonds differ from the workload's"
     assert held_left == 0, f"{held_left} creators still have Diamonds held"
     usd_cents = options.cashouts * CASHOUT_DIAMONDS * 100 // DIAMONDS_PER_USD
-    assert payable == usd_cents, f"payouts_payable holds {payable} cents, expected {usd_cents}"
+    assert payable == 0, f"payouts_payable holds {payable} cents, expected none"
+    assert paid_from_bank == usd_cents, f"{paid_from_bank} cents left the bank, not {usd_cents}"
     verify_s = await verify_ledger(url)
     total = sum(plan.milli_diamonds_by_creator)
     paid_total = options.cashouts * CASHOUT_DIAMONDS * MILLI_PER_DIAMOND
@@ -738,7 +743,7 @@ async def check_ledger(
         f"{options.cashouts:,} cash-outs paid (no other status); every event applied once; for"
         f" each of {options.creators:,} creators available + paid out = what its gifts gave"
         f" ({total / MILLI_PER_DIAMOND:,.0f} diamonds in all, {paid_total / MILLI_PER_DIAMOND:,.0f}"
-        f" paid out), nothing held; payouts_payable {usd_cents / 100:,.2f} USD;"
+        f" paid out), nothing held or payable; {usd_cents / 100:,.2f} USD left the bank;"
         f" verify() found nothing ({verify_s:.1f} s)"
     )
 

@@ -2,6 +2,10 @@
 
 Names are stable keys (`creator:c42:DIAMOND:available`, `platform:USD:payouts_payable`); each
 account belongs to one asset and has a kind that says what it is for. Balance rules are flags.
+
+Every kind has an accounting type and a normal side (`KIND_TYPES`, the one place; migration 0017
+writes the same into the `account_kinds` table, and a test holds the two equal). What each type
+means here, and the journal entries of every event, are in docs/accounting.md.
 """
 
 from __future__ import annotations
@@ -36,7 +40,69 @@ class AccountKind(enum.StrEnum):
     MARKETPLACE_FEES = "marketplace_fees"
     ROUNDING = "rounding"
     OPERATOR_ADJUSTMENTS = "operator_adjustments"
+    CASH_AT_BANK = "cash_at_bank"
     SYNTHETIC = "synthetic"
+
+
+class AccountType(enum.StrEnum):
+    """What an account is to the platform's books."""
+
+    ASSET = "asset"
+    LIABILITY = "liability"
+    REVENUE = "revenue"
+    EXPENSE = "expense"
+    # Holds one side of something until its other side is booked; nets to what is in flight.
+    CLEARING = "clearing"
+
+
+class NormalSide(enum.StrEnum):
+    """The side on which an account's balance normally stands."""
+
+    DEBIT = "debit"
+    CREDIT = "credit"
+
+
+@dataclass(frozen=True, slots=True)
+class KindType:
+    account_type: AccountType
+    normal_side: NormalSide
+
+
+_ASSET = KindType(AccountType.ASSET, NormalSide.DEBIT)
+_LIABILITY = KindType(AccountType.LIABILITY, NormalSide.CREDIT)
+_REVENUE = KindType(AccountType.REVENUE, NormalSide.CREDIT)
+_EXPENSE = KindType(AccountType.EXPENSE, NormalSide.DEBIT)
+_CLEARING_DEBIT = KindType(AccountType.CLEARING, NormalSide.DEBIT)
+_CLEARING_CREDIT = KindType(AccountType.CLEARING, NormalSide.CREDIT)
+
+# The accounting type and normal side of every kind (docs/accounting.md says why each).
+KIND_TYPES: dict[AccountKind, KindType] = {
+    AccountKind.CREATOR_DIAMONDS_AVAILABLE: _LIABILITY,
+    AccountKind.CREATOR_DIAMONDS_HELD: _LIABILITY,
+    AccountKind.CREATOR_WALLET: _LIABILITY,
+    AccountKind.DIAMOND_ISSUANCE: _EXPENSE,
+    AccountKind.DIAMONDS_REDEEMED: _CLEARING_CREDIT,
+    AccountKind.COINS_SPENT: _LIABILITY,
+    AccountKind.COIN_GIFT_REVENUE: _REVENUE,
+    AccountKind.TIPS_CLEARING: _CLEARING_DEBIT,
+    AccountKind.TIP_FEES: _REVENUE,
+    AccountKind.PROCESSOR_FEES: _EXPENSE,
+    AccountKind.PAYOUTS_PAYABLE: _LIABILITY,
+    AccountKind.CASHOUT_CONVERSION: _CLEARING_DEBIT,
+    AccountKind.CREATOR_FUND_EXPENSE: _EXPENSE,
+    AccountKind.MARKETPLACE_CLEARING: _CLEARING_DEBIT,
+    AccountKind.MARKETPLACE_FEES: _REVENUE,
+    AccountKind.ROUNDING: _REVENUE,
+    AccountKind.OPERATOR_ADJUSTMENTS: _EXPENSE,
+    AccountKind.CASH_AT_BANK: _ASSET,
+    AccountKind.SYNTHETIC: _CLEARING_DEBIT,
+}
+assert set(KIND_TYPES) == set(AccountKind), "every account kind has a type"
+
+
+def kind_type(kind: str) -> KindType:
+    """The type and normal side of an account kind (its `accounts.kind` text)."""
+    return KIND_TYPES[AccountKind(kind)]
 
 
 @dataclass(frozen=True, slots=True)

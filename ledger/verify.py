@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.chain import check_chain
+from ledger.closes import check_closed_periods
 
 PROBLEM_COUNT_MAX = 100
 
@@ -123,6 +124,122 @@ _CHECKS: dict[str, str] = {
         WHERE r.version IS NULL
            OR coalesce(c.coins, 0) * r.milli_diamonds_per_coin <> coalesce(d.milli_diamonds, 0)
     """,
+    # The books (docs/accounting.md): what each liability and clearing account holds is explained
+    # by the items behind it.
+    "payouts_payable_matches_submitted_cashouts": """
+        WITH payable AS (
+            SELECT asset AS currency, credits_posted - debits_posted AS posted,
+                   credits_pending - debits_pending AS pending
+            FROM accounts WHERE kind = 'payouts_payable'
+        ), owed AS (
+            SELECT payout_currency AS currency,
+                   coalesce(sum(payout_amount) FILTER (WHERE status = 'submitted'), 0)
+                       AS submitted,
+                   coalesce(sum(amount) FILTER (WHERE status = 'held' AND asset <> 'DIAMOND'), 0)
+                       AS held
+            FROM cashouts WHERE status IN ('held', 'submitted')
+            GROUP BY payout_currency
+        )
+        SELECT 'platform:' || currency || ':payouts_payable: posted ' || coalesce(p.posted, 0)
+               || ', pending ' || coalesce(p.pending, 0) || ' but submitted cash-outs owe '
+               || coalesce(o.submitted, 0) || ' and held currency cash-outs reserve '
+               || coalesce(o.held, 0)
+        FROM payable p FULL JOIN owed o USING (currency)
+        WHERE coalesce(p.posted, 0) <> coalesce(o.submitted, 0)
+           OR coalesce(p.pending, 0) <> coalesce(o.held, 0)
+    """,
+    "clearing_accounts_explained": """
+        WITH rules (kind, item_code, codes) AS (
+            VALUES ('tips_clearing', 10, ARRAY[10, 11, 12]),
+                   ('marketplace_clearing', 30, ARRAY[30, 31])
+        ), clearing AS (
+            SELECT a.id, a.name, a.credits_posted - a.debits_posted AS balance,
+                   r.item_code, r.codes
+            FROM accounts a JOIN rules r USING (kind)
+        ), legs AS (
+            SELECT c.id, t.event_id, t.code, -t.amount AS change
+            FROM clearing c JOIN transfers t ON t.debit_account_id = c.id
+            WHERE t.flags & 10 = 0
+            UNION ALL
+            SELECT c.id, t.event_id, t.code, t.amount
+            FROM clearing c JOIN transfers t ON t.credit_account_id = c.id
+            WHERE t.flags & 10 = 0
+        ), items AS (
+            -- an item in flight: one event's legs through the clearing, the item's own leg
+            -- among them and nothing but its legs
+            SELECT l.id, sum(l.change) AS change
+            FROM legs l JOIN clearing c ON c.id = l.id
+            GROUP BY l.id, l.event_id, c.item_code, c.codes
+            HAVING bool_or(l.code = c.item_code) AND bool_and(l.code = ANY(c.codes))
+        )
+        SELECT c.name || ': balance ' || c.balance || ' but its items in flight explain '
+               || coalesce(sum(i.change), 0)
+        FROM clearing c LEFT JOIN items i ON i.id = c.id
+        GROUP BY c.id, c.name, c.balance
+        HAVING c.balance <> coalesce(sum(i.change), 0)
+    """,
+    "conversion_explained_by_cashouts": """
+        WITH converted AS (
+            -- Diamond cash-outs submitted or paid: converted and not undone. What a payout
+            -- redeems: ceil(payout * 1000 * diamonds_per_usd / (fx * 10^scale)), at most all.
+            SELECT c.payout_currency AS currency, c.payout_amount, c.amount,
+                   least(c.amount, div(
+                       c.payout_amount::numeric * 1000 * r.diamonds_per_usd * c.fx_denominator
+                           + c.fx_numerator * power(10::numeric, s.scale) - 1,
+                       c.fx_numerator * power(10::numeric, s.scale))) AS redeemed
+            FROM cashouts c
+            JOIN rate_cards r ON r.version = c.rate_card_version
+            JOIN assets s ON s.code = c.payout_currency
+            WHERE c.asset = 'DIAMOND' AND c.status IN ('submitted', 'paid')
+        ), explained (kind, asset, balance) AS (
+            SELECT 'cashout_conversion', currency, -sum(payout_amount)
+            FROM converted GROUP BY currency
+            UNION ALL
+            SELECT 'diamonds_redeemed', 'DIAMOND', sum(redeemed) FROM converted
+            UNION ALL
+            SELECT 'rounding', 'DIAMOND', sum(amount - redeemed) FROM converted
+        )
+        SELECT a.name || ': balance ' || (a.credits_posted - a.debits_posted)
+               || ' but the converted cash-outs explain ' || coalesce(e.balance, 0)
+        FROM accounts a LEFT JOIN explained e ON e.kind = a.kind AND e.asset = a.asset
+        WHERE a.kind IN ('cashout_conversion', 'diamonds_redeemed', 'rounding')
+          AND a.creator_id IS NULL
+          AND a.credits_posted - a.debits_posted <> coalesce(e.balance, 0)
+    """,
+    "diamonds_held_by_creators": """
+        WITH moved AS (
+            SELECT coalesce(sum(amount) FILTER (WHERE code = 1), 0) AS issued,
+                   coalesce(sum(amount) FILTER (WHERE code = 3), 0) AS reversed
+            FROM transfers WHERE code IN (1, 3) AND asset = 'DIAMOND' AND flags & 10 = 0
+        ), platform AS (
+            SELECT coalesce(sum(credits_posted - debits_posted)
+                            FILTER (WHERE kind IN ('diamonds_redeemed', 'rounding')), 0)
+                       AS redeemed,
+                   coalesce(sum(debits_posted - credits_posted)
+                            FILTER (WHERE kind = 'operator_adjustments'), 0) AS adjusted
+            FROM accounts WHERE asset = 'DIAMOND' AND creator_id IS NULL
+        ), synthetic AS (
+            -- benchmarks' and tests' own accounts, a source of their own
+            SELECT coalesce(sum(CASE WHEN c.creator_id IS NOT NULL THEN t.amount
+                                     ELSE -t.amount END), 0) AS moved
+            FROM transfers t
+            JOIN accounts d ON d.id = t.debit_account_id
+            JOIN accounts c ON c.id = t.credit_account_id
+            WHERE t.asset = 'DIAMOND' AND t.flags & 10 = 0
+              AND ((d.kind = 'synthetic' AND c.creator_id IS NOT NULL)
+                   OR (c.kind = 'synthetic' AND d.creator_id IS NOT NULL))
+        ), creators AS (
+            SELECT coalesce(sum(credits_posted - debits_posted), 0) AS held
+            FROM accounts WHERE asset = 'DIAMOND' AND creator_id IS NOT NULL
+        )
+        SELECT 'issued ' || issued || ' - reversed ' || reversed || ' - redeemed ' || redeemed
+               || ' + adjusted ' || adjusted
+               || CASE WHEN s.moved <> 0 THEN ' + synthetic ' || s.moved ELSE '' END
+               || ' = ' || (issued - reversed - redeemed + adjusted + s.moved)
+               || ' milli-diamonds, but creators hold ' || held
+        FROM moved, platform, synthetic s, creators
+        WHERE issued - reversed - redeemed + adjusted + s.moved <> held
+    """,
 }
 
 
@@ -136,6 +253,7 @@ async def verify(conn: AsyncConnection) -> list[Problem]:
         rows = await conn.execute(text(sql + f" LIMIT {PROBLEM_COUNT_MAX}"))
         problems.extend(Problem(check, str(row[0])) for row in rows)
     problems.extend(Problem(CHAIN_CHECK, detail) for detail in await check_chain(conn))
+    problems.extend(Problem(*found) for found in await check_closed_periods(conn))
     return problems
 
 

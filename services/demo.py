@@ -37,17 +37,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import upgrade_to_head
 from ledger.queries import trial_balance
+from ledger.service import Ledger
 from ledger.verify import verify
-from schemas.assets import format_amount
+from schemas.assets import DIAMOND
 from services.api.server import create_app, serve_api
 from services.app.bootstrap import build_payout_rail, start_consumers
 from services.app.consumer import ConsumerService
 from services.app.runner import stop_on_signals
+from services.cashout.catch_up import catch_up_cashouts
 from services.loadtest.sample_stream import SampleRecord, sample_cashouts, sample_stream
 from services.payout_rail.rail import PayoutRailService
+from services.rates.rate_cards import load_rate_cards
 from services.runtime.database import engine_as_role, open_database
 from services.runtime.kafka import open_kafka
 from services.runtime.settings import Settings
+from services.trial_balance_text import grouped_amount, render_trial_balance
 
 ASSIGNMENT_WAIT_S = 60.0
 SETTLE_WAIT_S = 120.0
@@ -181,21 +185,18 @@ async def print_summary(engine: AsyncEngine, service: ConsumerService, out: Text
             )
         ).all()
         lines = await trial_balance(conn)
+        now = (await conn.execute(text("SELECT now()"))).scalar_one()
+        card = (await load_rate_cards(conn)).in_force_at(now)
         problems = await verify(conn)
     out.write("\nTop creators by Diamonds available\n")
     for row in top:
-        out.write(f"  {row.creator_id:<14} {format_amount(row.balance, 'DIAMOND'):>20}\n")
+        amount = f"{grouped_amount(row.balance, DIAMOND)} {DIAMOND}"
+        out.write(f"  {row.creator_id:<14} {amount:>20}\n")
     out.write("\nDiamonds issued by surface\n")
     for row in surfaces:
-        amount = format_amount(row.milli_diamonds, "DIAMOND")
-        out.write(f"  {row.surface:<6} {row.gifts:>6} gifts {amount:>20}\n")
-    out.write("\nTrial balance (posted, credits minus debits)\n")
-    for line in lines:
-        if line.account_name.startswith("platform:"):
-            out.write(f"  {line.account_name:<40} {format_amount(line.balance, line.asset):>22}\n")
-    for asset in sorted({line.asset for line in lines}):
-        total = sum(line.balance for line in lines if line.asset == asset)
-        out.write(f"  {'total ' + asset:<40} {format_amount(total, asset):>22}\n")
+        amount = f"{grouped_amount(row.milli_diamonds, DIAMOND)} {DIAMOND}"
+        out.write(f"  {row.surface:<6} {row.gifts:>6,} gifts {amount:>20}\n")
+    out.write("\n" + "\n".join(render_trial_balance(lines, card, None)) + "\n")
     out.write("\nverify: " + ("every invariant holds\n" if not problems else "BROKEN\n"))
     for problem in problems:
         out.write(f"  {problem.check}: {problem.detail}\n")
@@ -249,8 +250,8 @@ async def print_cashouts(engine: AsyncEngine, out: TextIO) -> None:
     out.write("\nCash-outs by status (count, Diamonds requested)\n")
     for row in rows:
         why = f" ({row.why})" if row.why else ""
-        requested = format_amount(row.requested, "DIAMOND")
-        out.write(f"  {row.status + why:<32} {row.n:>4}   {requested:>22}\n")
+        requested = f"{grouped_amount(row.requested, DIAMOND)} {DIAMOND}"
+        out.write(f"  {row.status + why:<32} {row.n:>4,}   {requested:>22}\n")
 
 
 # The ledger kept from an earlier run, and --fresh -----------------------------------------------
@@ -443,6 +444,7 @@ async def run_demo(
         settings = settings.model_copy(update={"api_tokens": {digest: "finance"}})
     async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
         await upgrade_to_head(engine)
+        await catch_up_cashouts(Ledger(engine))  # a ledger kept from before payables settled
         out.write(f"broker {bootstrap_servers}; database migrated\n")
         if await _ledger_has_transfers(engine):
             out.write(kept_ledger_notice(settings))

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -124,9 +125,11 @@ async def _post_creator_activity(database_url: str, creator_id: str) -> None:
             creator_diamonds_held(creator_id),
             platform(AccountKind.TIPS_CLEARING, "USD"),
             creator_wallet(creator_id, "USD"),
+            platform(AccountKind.COINS_SPENT, "COIN"),
+            platform(AccountKind.COIN_GIFT_REVENUE, "COIN"),
         ]
         ids = await ledger.account_ids(specs)
-        issuance, available, held, tips, wallet = (ids[spec.name] for spec in specs)
+        issuance, available, held, tips, wallet, spent, revenue = (ids[spec.name] for spec in specs)
 
         def transfer(
             debit: int,
@@ -136,17 +139,28 @@ async def _post_creator_activity(database_url: str, creator_id: str) -> None:
             flags: TransferFlags = TransferFlags.NONE,
         ) -> Transfer:
             event_id = f"{creator_id}-{uuid.uuid4().hex[:8]}"
-            return Transfer(uuid.uuid4(), debit, credit, amount, code, flags, event_id=event_id)
+            card = 1 if code in (TransferCode.GIFT_DIAMONDS, TransferCode.GIFT_COINS) else None
+            return Transfer(
+                uuid.uuid4(),
+                debit,
+                credit,
+                amount,
+                code,
+                flags,
+                rate_card_version=card,
+                event_id=event_id,
+            )
 
         results = await ledger.post(
             [
-                transfer(issuance, available, 12_500, TransferCode.ADJUSTMENT),
-                transfer(issuance, available, 3_000, TransferCode.ADJUSTMENT),
+                transfer(issuance, available, 12_500, TransferCode.GIFT_DIAMONDS),
+                transfer(issuance, available, 3_000, TransferCode.GIFT_DIAMONDS),
+                transfer(spent, revenue, 31, TransferCode.GIFT_COINS),
                 transfer(available, held, 2_000, TransferCode.CASHOUT_HOLD, TransferFlags.PENDING),
                 transfer(tips, wallet, 1_050, TransferCode.TIP),
             ]
         )
-        assert results == [PostResult.OK] * 4
+        assert results == [PostResult.OK] * 5
     finally:
         await engine.dispose()
 
@@ -209,8 +223,8 @@ def test_statement_csv_parses_and_its_running_balance_adds_up(
     assert main(["statement", account, "--csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(row["code"], row["debit"], row["credit"], row["pending"]) for row in rows] == [
-        ("adjustment", "0", "12500", "false"),
-        ("adjustment", "0", "3000", "false"),
+        ("gift_diamonds", "0", "12500", "false"),
+        ("gift_diamonds", "0", "3000", "false"),
         ("cashout_hold", "2000", "0", "true"),
     ]
     running = 0
@@ -279,11 +293,19 @@ def test_trial_balance_text_formats_amounts_with_their_asset(
     creator_id: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["trial-balance", "--as-of", "2999-01-01T00:00:00+00:00"]) == 0
-    out = capsys.readouterr().out
-    wallet = f"creator:{creator_id}:USD:wallet"
-    line = next(line for line in out.splitlines() if wallet in line)
-    assert line.split() == ["USD", wallet, "0.00", "USD", "10.50", "USD", "10.50", "USD"]
-    assert any(line.split()[:2] == ["DIAMOND", "total"] for line in out.splitlines())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "Trial balance, posted as of 2999-01-01T00:00:00+00:00: each account's balance on its side"
+    )
+    # Creators' accounts summed per kind, each balance on its side, totals that add up.
+    wallets = next(line.split() for line in lines if "creator:*:USD:wallet" in line)
+    assert wallets[:2] == ["liability", "creator:*:USD:wallet"]
+    assert re.fullmatch(r"[\d,]+\.\d\d", wallets[-1])
+    for line in lines:
+        if line.strip().startswith("total "):
+            _, _, debits, credits = line.split()
+            assert debits == credits, line
+    assert any(line.strip().startswith("outstanding ") for line in lines)
 
 
 def test_verify_passes_on_the_test_database(

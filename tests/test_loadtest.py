@@ -12,9 +12,10 @@ import pytest
 from services.loadtest.checks import Observed, compare, table_warnings
 from services.loadtest.generator import generate
 from services.loadtest.measurements import SendTimes, percentile
+from services.loadtest.oracle import cashout_platform_movements
 from services.loadtest.replay import StreamRecord
 from services.loadtest.run import LoadtestError, loadtest
-from services.loadtest.stream_format import ExpectedState, StreamShape
+from services.loadtest.stream_format import ExpectedState, StreamShape, load_expected
 from services.runtime.settings import Settings
 
 EVENTS = 3_000
@@ -54,6 +55,11 @@ async def test_a_small_loadtest_lands_on_its_expected_end_state(
     assert report.mismatches == []
     assert report.consumed >= EVENTS
     assert report.cashouts["paid"] > 0
+    # The books were compared too (no mismatch above): every paid cash-out's payable settled
+    # against cash at the bank, nothing left payable.
+    books = cashout_platform_movements(load_expected(Path(report.stream)).totals)
+    assert books["platform:USD:cash_at_bank"] > 0  # credited: the money left the bank
+    assert "platform:USD:payouts_payable" not in books
     assert report.events_per_s > 0
     assert report.latency_samples > 0
     assert report.latency_ms["p50"] <= report.latency_ms["p99"] <= report.latency_ms["max"]
@@ -93,6 +99,7 @@ def observed_as_expected(expected: ExpectedState) -> Observed:
         applied_by_topic=dict(expected.applied_by_topic),
         dead_letters={topic: dict(reasons) for topic, reasons in expected.dead_letters.items()},
         cashouts=dict(expected.cashouts),
+        platform=cashout_platform_movements(expected.totals),
         consumed=expected.records + expected.payout_reports,
         duplicates=expected.duplicates,
         reports_sent=expected.payout_reports,
@@ -114,8 +121,10 @@ def test_compare_names_each_difference(tmp_path: Path) -> None:
     observed.left_pending.append("c held")
     observed.still_parked = 2
     observed.duplicates += 1
+    observed.platform["platform:USD:payouts_payable"] = 1_000  # a payable left unsettled
     mismatches = compare(expected, observed)
     joined = "\n".join(mismatches)
+    assert "platform account platform:USD:payouts_payable: expected None, got 1000" in joined
     assert f"balance {creator}" in joined
     assert "applied gifts.sent" in joined
     assert "dead letters gifts.sent" in joined

@@ -406,9 +406,9 @@ async def test_a_stale_hold_is_cancelled_and_a_late_paid_report_settles_it_once(
         "SELECT sum(amount) FROM transfers WHERE metadata->>'cashout_id' = :id AND code = :code"
         " AND asset = 'USD'",
         id=cashout_id,
-        code=int(TransferCode.CASHOUT_PAID),
+        code=int(TransferCode.CASHOUT_SETTLED),
     )
-    assert paid_money == 1_000  # 10.00 USD, once
+    assert paid_money == 1_000  # 10.00 USD settled against cash at the bank, once
     await _sound(engine)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from ledger.chart import kind_type
 from ledger.queries import AccountBalance, StatementLine, TrialBalanceLine
 
 STATEMENT_CSV_COLUMNS = (
@@ -64,8 +65,9 @@ def statement_csv_row(line: StatementLine) -> list[object]:
 def trial_balance_document(
     lines: Sequence[TrialBalanceLine], as_of: datetime | None
 ) -> dict[str, Any]:
-    """Per asset: each account's posted debits, credits and balance, and the asset's totals
-    (whose balance is zero in a sound ledger). Amounts in minor units."""
+    """Per asset: each account's posted debits, credits and balance, its accounting type and
+    normal side, and the asset's totals (whose balance is zero in a sound ledger). Amounts in
+    minor units."""
     assets: dict[str, dict[str, Any]] = {}
     for line in lines:
         entry = assets.setdefault(
@@ -77,6 +79,7 @@ def trial_balance_document(
                 "total": {"debits": 0, "credits": 0, "balance": 0},
             },
         )
+        kind = kind_type(line.kind)
         entry["accounts"].append(
             {
                 "account": line.account_name,
@@ -84,6 +87,8 @@ def trial_balance_document(
                 "debits": line.debits,
                 "credits": line.credits,
                 "balance": line.balance,
+                "type": kind.account_type.value,
+                "normal_side": kind.normal_side.value,
             }
         )
         entry["total"]["debits"] += line.debits

@@ -2,16 +2,22 @@
 released when the bank fails or returns it. Every state change is stored with its time and
 queued in the outbox for `cashouts.updated`; a held cash-out also queues `payouts.requested`.
 
-Ledger legs (milli-diamonds for DIAMOND, minor units for currencies):
+Ledger legs (`services/cashout/postings.py`; docs/accounting.md has them with numbers):
 
 - held: a pending, funded transfer from the creator's available Diamonds to their held Diamonds
   (or from their currency wallet to `payouts_payable`): refused when it would take the available
   balance below zero, however many requests race, because the account is locked while posting.
-- paid: the hold is posted; the held Diamonds are redeemed (`diamonds_redeemed`), the part worth
-  less than one minor unit of the payout currency goes to `DIAMOND:rounding`, and the money leaves
-  through `cashout_conversion` -> `payouts_payable`.
-- failed: the hold is voided; the Diamonds are back.
-- returned (after paid): new transfers undo the paid legs; the creator's balance is restored.
+- submitted (the relay sent the payout request to the bank): the hold is posted; the held
+  Diamonds are redeemed (`diamonds_redeemed`), the part worth less than one minor unit of the
+  payout currency goes to `DIAMOND:rounding`, and the money moves from `cashout_conversion` to
+  `payouts_payable`.
+- paid: `payouts_payable` is settled against `cash_at_bank` (after the submission's legs, when
+  the bank answered before the relay marked the cash-out submitted).
+- failed: a hold still pending is voided; a submitted one is undone by new transfers.
+- returned (after paid): new transfers undo the settlement and the submission; the creator's
+  balance is restored.
+
+Whether the hold is still pending is read from the ledger, not guessed from the status.
 
 Conversion is exact integer arithmetic (fractions), rounding down to the payout currency's minor
 unit: `payout = floor(milli_diamonds / 1000 / diamonds_per_usd * fx * 10^scale)`. Rates in force at
@@ -28,39 +34,64 @@ several requests takes all their creators' locks first, in key order.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
-import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from fractions import Fraction
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger import chart
-from ledger.chart import AccountKind, AccountSpec
-from ledger.ids import transfer_id
+from ledger.chart import AccountSpec
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
-from ledger.service import LedgerTransaction
+from ledger.service import Ledger, LedgerTransaction
 from schemas import topics
 from schemas.assets import DIAMOND
 from schemas.events import CashoutRequested, PayoutRequested, PayoutUpdated
 from services.cashout.conversion import MILLI_PER_DIAMOND, USD_MICROS, convert
 from services.cashout.eligibility import creator_eligibility
+from services.cashout.postings import (
+    StepNames,
+    cashout_accounts,
+    hold_id,
+    hold_source,
+    hold_target,
+    paid_after_cancel_transfers,
+    paid_transfers,
+    release_transfers,
+    returned_transfers,
+    settlement_accounts,
+    submission_transfers,
+)
 from services.cashout.store import (
     Cashout,
     cashout_event_id,
     load_cashout,
+    load_cashouts,
     queue,
     record_transition,
 )
 from services.operator.freezes import creator_is_frozen
-from services.rates.fx import FxRate, fx_in_force
+from services.rates.fx import fx_in_force
 from services.rates.rate_cards import RateCardBook
 from services.runtime.settings import EligibilitySettings
+
+__all__ = [
+    "ALLOWED_BEFORE",
+    "OPERATOR_CANCELLED",
+    "CashoutDesk",
+    "CashoutLimits",
+    "cancelled_by_operator",
+    "hold_id",
+    "hold_source",
+    "hold_target",
+    "lock_creators",
+    "paid_after_cancel",
+    "request_accounts",
+    "settlement_accounts",
+    "store_cashout",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,34 +100,9 @@ class CashoutLimits:
     daily_maximum_usd_cents: int = 100_000
 
 
-def hold_source(creator_id: str, asset: str) -> AccountSpec:
-    if asset == DIAMOND:
-        return chart.creator_diamonds_available(creator_id)
-    return chart.creator_wallet(creator_id, asset)
-
-
-def hold_target(creator_id: str, asset: str) -> AccountSpec:
-    if asset == DIAMOND:
-        return chart.creator_diamonds_held(creator_id)
-    return chart.platform(AccountKind.PAYOUTS_PAYABLE, asset)
-
-
 def request_accounts(event: CashoutRequested) -> list[AccountSpec]:
     specs = [hold_source(event.creator_id, event.asset), hold_target(event.creator_id, event.asset)]
     return specs + settlement_accounts(event.payout_currency)
-
-
-def settlement_accounts(payout_currency: str) -> list[AccountSpec]:
-    return [
-        chart.platform(AccountKind.DIAMONDS_REDEEMED, DIAMOND),
-        chart.platform(AccountKind.ROUNDING, DIAMOND),
-        chart.platform(AccountKind.CASHOUT_CONVERSION, payout_currency),
-        chart.platform(AccountKind.PAYOUTS_PAYABLE, payout_currency),
-    ]
-
-
-def _hold_id(cashout_id: str) -> uuid.UUID:
-    return transfer_id(topics.CASHOUTS_REQUESTED, cashout_id, "hold")
 
 
 CREATOR_LOCK_NAMESPACE = b"giftledger.cashout.creator:"
@@ -168,7 +174,7 @@ class CashoutDesk:
         rule = await self._refusal(conn, event, cashout, card.diamonds_per_usd)
         if rule is None:
             hold = Transfer(
-                id=_hold_id(cashout.cashout_id),
+                id=hold_id(cashout.cashout_id),
                 debit_account_id=account_ids[hold_source(event.creator_id, event.asset).name],
                 credit_account_id=account_ids[hold_target(event.creator_id, event.asset).name],
                 amount=amount,
@@ -284,23 +290,64 @@ class CashoutDesk:
             cashout, event
         ):
             return f"cashout_is_{cashout.status}"
-        transfers = result_transfers(cashout, event, rate_cards, account_ids)
-        outcome = await tx.post(transfers, lock_accounts_first=True)
-        if not all(result is PostResult.OK for result in outcome.results):
-            refused = sorted({r.value for r in outcome.results if r is not PostResult.OK})
-            raise RuntimeError(f"cash-out {cashout.cashout_id}: ledger refused {refused}")
+        diamonds_per_usd = None
+        if cashout.asset == DIAMOND:
+            assert cashout.rate_card_version is not None
+            diamonds_per_usd = rate_cards.version(cashout.rate_card_version).diamonds_per_usd
+        names = StepNames(topics.PAYOUTS_UPDATED, cashout.cashout_id, event.event_id)
+        if paid_after_cancel(cashout, event):
+            transfers = paid_after_cancel_transfers(cashout, diamonds_per_usd, account_ids, names)
+        elif event.status == "returned":
+            transfers = returned_transfers(cashout, diamonds_per_usd, account_ids, names)
+        elif event.status == "paid":
+            hold_open = await hold_is_open(tx, cashout)
+            transfers = paid_transfers(cashout, hold_open, diamonds_per_usd, account_ids, names)
+        else:
+            hold_open = await hold_is_open(tx, cashout)
+            transfers = release_transfers(cashout, hold_open, diamonds_per_usd, account_ids, names)
+        await post_all(tx, cashout, transfers)
         cashout.status = event.status
         cashout.failure_code = event.failure_code
         await self._store(conn, cashout, detail=event.failure_code or "")
         return None
 
-    async def mark_submitted(self, conn: AsyncConnection, cashout_id: str) -> None:
-        """The payout request left for the bank: `held` becomes `submitted` (a result that came
-        back first has already moved it on, and is left alone)."""
-        cashout = await load_cashout(conn, cashout_id, lock=True)
-        if cashout is not None and cashout.status == "held":
+    async def mark_submitted(
+        self, tx: LedgerTransaction, ledger: Ledger, cashout_ids: Sequence[str]
+    ) -> None:
+        """The payout requests of `cashout_ids` left for the bank: each cash-out still `held`
+        becomes `submitted`, its hold posted and its money payable; one that a result has
+        already moved on is left alone. The cash-outs' rows are all locked first, then their
+        accounts, as the payout results lock theirs."""
+        conn = tx.connection
+        found = await load_cashouts(conn, list(cashout_ids), lock=True)
+        held = [cashout for _, cashout in sorted(found.items()) if cashout.status == "held"]
+        transfers: list[Transfer] = []
+        for cashout in held:
+            account_ids = await ledger.account_ids(cashout_accounts(cashout))
+            diamonds_per_usd = await diamonds_per_usd_of(conn, cashout)
+            transfers += submission_transfers(cashout, diamonds_per_usd, account_ids)
+        if transfers:  # one batch: its accounts are locked in one pass, in id order
+            outcome = await tx.post(transfers, lock_accounts_first=True)
+            refused = sorted({r.value for r in outcome.results if r is not PostResult.OK})
+            if refused:
+                raise RuntimeError(f"submitting cash-outs: the ledger refused {refused}")
+        for cashout in held:
             cashout.status = "submitted"
             await self._store(conn, cashout)
+
+    async def cancel_transfers(
+        self, tx: LedgerTransaction, ledger: Ledger, cashout: Cashout, event_id: str
+    ) -> list[Transfer]:
+        """What an operator's cancellation of a stale cash-out posts: its hold voided while
+        pending, or its submission undone once posted (ids named after the cash-out under
+        `operator.actions`)."""
+        names = StepNames(topics.OPERATOR_ACTIONS, f"cashout:{cashout.cashout_id}", event_id)
+        hold_open = await hold_is_open(tx, cashout)
+        account_ids = await ledger.account_ids(cashout_accounts(cashout))
+        diamonds_per_usd = await diamonds_per_usd_of(tx.connection, cashout)
+        return release_transfers(
+            cashout, hold_open, diamonds_per_usd, account_ids, names, void_name="cancel"
+        )
 
     async def _store(
         self, conn: AsyncConnection, cashout: Cashout, *, new: bool = False, detail: str = ""
@@ -359,99 +406,44 @@ ALLOWED_BEFORE = {
     "returned": ("paid",),
 }
 
-LegSpec = tuple[str, AccountSpec, AccountSpec, int, TransferCode]
+
+async def hold_is_open(tx: LedgerTransaction, cashout: Cashout) -> bool:
+    """Whether the cash-out's hold is still pending (True) or posted (False), as the ledger
+    says; a hold that is missing, voided or expired has nothing left to post or undo here."""
+    pending_id = hold_id(cashout.cashout_id)
+    stored, outcomes = await tx.read_stored([pending_id])
+    if pending_id not in stored:
+        raise RuntimeError(f"cash-out {cashout.cashout_id} has no hold in the ledger")
+    outcome = outcomes[pending_id]
+    if outcome not in (None, "posted"):
+        raise RuntimeError(f"cash-out {cashout.cashout_id}: its hold was {outcome} already")
+    return outcome is None
 
 
-def settlement_legs(cashout: Cashout, rate_cards: RateCardBook) -> list[LegSpec]:
-    """What a paid cash-out moves besides posting its hold: the held Diamonds are redeemed (the
-    part worth less than a minor unit of money to rounding) and the money goes to
-    payouts_payable. A currency cash-out's hold already sits in payouts_payable: nothing more."""
+async def diamonds_per_usd_of(conn: AsyncConnection, cashout: Cashout) -> int | None:
+    """The rate of the cash-out's rate card version (None for a currency cash-out)."""
     if cashout.asset != DIAMOND:
-        return []
-    assert cashout.payout_amount is not None
-    assert cashout.rate_card_version is not None
-    assert cashout.fx_numerator is not None
-    assert cashout.fx_denominator is not None
-    card = rate_cards.version(cashout.rate_card_version)
-    fx = FxRate(cashout.payout_currency, Fraction(cashout.fx_numerator, cashout.fx_denominator))
-    conversion = convert(DIAMOND, cashout.amount, card.diamonds_per_usd, None, fx)
-    held = chart.creator_diamonds_held(cashout.creator_id)
-    legs: list[LegSpec] = [
-        (
-            "redeem",
-            held,
-            chart.platform(AccountKind.DIAMONDS_REDEEMED, DIAMOND),
-            conversion.redeemed_amount,
-            TransferCode.CASHOUT_CONVERSION,
-        )
-    ]
-    if conversion.rounding_amount:
-        rounding = chart.platform(AccountKind.ROUNDING, DIAMOND)
-        legs.append(("rounding", held, rounding, conversion.rounding_amount, TransferCode.ROUNDING))
-    money_from = chart.platform(AccountKind.CASHOUT_CONVERSION, cashout.payout_currency)
-    money_to = chart.platform(AccountKind.PAYOUTS_PAYABLE, cashout.payout_currency)
-    legs.append(("money", money_from, money_to, cashout.payout_amount, TransferCode.CASHOUT_PAID))
-    return legs
+        return None
+    rate = await conn.scalar(
+        text("SELECT diamonds_per_usd FROM rate_cards WHERE version = :version"),
+        {"version": cashout.rate_card_version},
+    )
+    assert rate is not None, f"rate card {cashout.rate_card_version} of {cashout.cashout_id}"
+    return int(rate)
 
 
-def result_transfers(
-    cashout: Cashout, event: PayoutUpdated, rate_cards: RateCardBook, account_ids: dict[str, int]
-) -> list[Transfer]:
-    """The linked chain that a payout result posts."""
-    hold_id = _hold_id(cashout.cashout_id)
-
-    def resolve(name: str, flags: TransferFlags, code: TransferCode) -> Transfer:
-        return Transfer(
-            id=transfer_id(topics.PAYOUTS_UPDATED, cashout.cashout_id, name),
-            debit_account_id=0,
-            credit_account_id=0,
-            amount=0,
-            code=code,
-            flags=flags,
-            pending_id=hold_id,
-            event_id=event.event_id,
-        )
-
-    if event.status == "failed":
-        return [resolve("void", TransferFlags.VOID_PENDING, TransferCode.CASHOUT_RELEASED)]
-    settle = settlement_legs(cashout, rate_cards)
-    if paid_after_cancel(cashout, event):  # the hold is void: take the Diamonds again
-        first = []
-        legs = [late_hold_leg(cashout), *settle]
-    elif event.status == "paid":
-        first = [resolve("post", TransferFlags.POST_PENDING, TransferCode.CASHOUT_PAID)]
-        legs = settle
-    else:  # returned: undo the settlement legs, then the hold's own movement
-        first = []
-        source = hold_source(cashout.creator_id, cashout.asset)
-        target = hold_target(cashout.creator_id, cashout.asset)
-        legs = [(f"return_{n}", c, d, a, TransferCode.CASHOUT_RETURNED) for n, d, c, a, _ in settle]
-        legs.append(("return_hold", target, source, cashout.amount, TransferCode.CASHOUT_RETURNED))
-    chain = first + [
-        Transfer(
-            id=transfer_id(topics.PAYOUTS_UPDATED, cashout.cashout_id, name),
-            debit_account_id=account_ids[debit.name],
-            credit_account_id=account_ids[credit.name],
-            amount=amount,
-            code=code,
-            rate_card_version=cashout.rate_card_version,
-            event_id=event.event_id,
-            metadata={"cashout_id": cashout.cashout_id},
-        )
-        for name, debit, credit, amount, code in legs
-    ]
-    return [
-        dataclasses.replace(transfer, flags=transfer.flags | TransferFlags.LINKED)
-        if position < len(chain) - 1
-        else transfer
-        for position, transfer in enumerate(chain)
-    ]
+async def post_all(tx: LedgerTransaction, cashout: Cashout, transfers: list[Transfer]) -> None:
+    """Post one step's linked transfers; the ledger refusing any is a bug, not an outcome."""
+    outcome = await tx.post(transfers, lock_accounts_first=True)
+    if not all(result is PostResult.OK for result in outcome.results):
+        refused = sorted({r.value for r in outcome.results if r is not PostResult.OK})
+        raise RuntimeError(f"cash-out {cashout.cashout_id}: ledger refused {refused}")
 
 
 # A hold an operator cancelled (services/cashout/recovery.py) ------------------------------------
 
 # The failure code of a cash-out whose hold an operator cancelled because the bank had not
-# answered within the answer window: the hold was voided, as for a failed payout.
+# answered within the answer window: its hold was released, as for a failed payout.
 OPERATOR_CANCELLED = "operator_cancelled"
 
 
@@ -461,25 +453,10 @@ def cancelled_by_operator(cashout: Cashout) -> bool:
 
 def paid_after_cancel(cashout: Cashout, event: PayoutUpdated) -> bool:
     """The bank paid a cash-out after an operator cancelled its hold: the money left once, so
-    the ledger takes the released amount again (`late_hold_leg`, an ordinary transfer that may
-    take the available balance below zero, as a reversal may) and settles it as a `paid`."""
+    the ledger takes the released amount again (`postings.paid_after_cancel_transfers`, an
+    ordinary transfer that may take the available balance below zero, as a reversal may),
+    converts it and settles it as a `paid`."""
     return cancelled_by_operator(cashout) and event.status == "paid"
-
-
-def late_hold_leg(cashout: Cashout) -> LegSpec:
-    """What the voided hold had moved, moved again, as the first leg of a late `paid`."""
-    return (
-        "late_hold",
-        hold_source(cashout.creator_id, cashout.asset),
-        hold_target(cashout.creator_id, cashout.asset),
-        cashout.amount,
-        TransferCode.CASHOUT_PAID,
-    )
-
-
-def hold_id(cashout_id: str) -> uuid.UUID:
-    """The id of a cash-out's hold, the pending transfer its payout result posts or voids."""
-    return _hold_id(cashout_id)
 
 
 async def store_cashout(

@@ -210,23 +210,26 @@ class OutboxRelay:
         """Step 3: the rows the round still holds are published, and a payout request that left
         moves its cash-out to `submitted`; returns how many rows were marked (none when the
         claim ran out and passed to another relay, which marks them itself)."""
-        async with self._ledger.begin() as conn:
-            marked = (
-                await conn.execute(
-                    _MARK_SENT,
-                    {"ids": [row.id for row in claim.rows], "claim": claim.claim_id},
+        async for tx in self._ledger.transactions():  # submitting posts transfers
+            async with tx:
+                marked = (
+                    await tx.connection.execute(
+                        _MARK_SENT,
+                        {"ids": [row.id for row in claim.rows], "claim": claim.claim_id},
+                    )
+                ).all()
+                payout_requests = sorted(
+                    (row.id, bytes(row.payload))
+                    for row in marked
+                    if row.topic == topics.PAYOUTS_REQUESTED
                 )
-            ).all()
-            payout_requests = sorted(
-                (row.id, bytes(row.payload))
-                for row in marked
-                if row.topic == topics.PAYOUTS_REQUESTED
-            )
-            for _, payload in payout_requests:
-                if parse_payout_cancel(payload) is not None:
-                    continue  # an operator's cancellation (services/cashout/recovery.py)
-                payout = PayoutRequested.model_validate_json(payload)
-                await self._desk.mark_submitted(conn, payout.cashout_id)
+                submitted = [
+                    PayoutRequested.model_validate_json(payload).cashout_id
+                    for _, payload in payout_requests
+                    # not an operator's cancellation (services/cashout/recovery.py)
+                    if parse_payout_cancel(payload) is None
+                ]
+                await self._desk.mark_submitted(tx, self._ledger, submitted)
         return len(marked)
 
     async def _release(self, claim: OutboxClaim) -> None:

@@ -7,9 +7,10 @@ change. Transfers carry the event id `operator-action:<action id>`.
 
 Cancel a stale hold (`cashout_cancelled`). Only a cash-out `held` or `submitted` whose last change
 is older than the answer window (`CASHOUT_ANSWER_WINDOW_S`, what `giftledger cashouts --stale`
-lists) may be cancelled. Its hold is voided, as for a failed payout, so the Diamonds (or the
-currency) are back in the creator's available balance; the cash-out becomes `failed` with the
-failure code `operator_cancelled`; and a `PayoutCancelRequested` is queued on `payouts.requested`
+lists) may be cancelled. Its hold is released, as for a failed payout (voided while pending, its
+submission undone by new transfers once posted), so the Diamonds (or the currency) are back in
+the creator's available balance; the cash-out becomes `failed` with the failure code
+`operator_cancelled`; and a `PayoutCancelRequested` is queued on `payouts.requested`
 (after the request it cancels, same key) to tell the bank. A bank that paid anyway reports `paid`:
 the ledger then takes the released amount again and settles the payout once (`paid_after_cancel`
 in services/cashout/desk.py); a `failed` report after the cancellation changes nothing.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -35,7 +35,6 @@ from typing import Final
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.ids import transfer_id
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
 from ledger.service import Ledger, LedgerTransaction
 from schemas import topics
@@ -111,11 +110,6 @@ def resubmission_id(cashout_id: str) -> str:
     return f"{RESUBMIT_SUFFIX}#{hashlib.sha256(cashout_id.encode()).hexdigest()}"
 
 
-def cancel_void_id(cashout_id: str) -> uuid.UUID:
-    """The id of the transfer that voids a cancelled cash-out's hold."""
-    return transfer_id(topics.OPERATOR_ACTIONS, f"cashout:{cashout_id}", "cancel")
-
-
 async def _act_as(conn: AsyncConnection, role: str | None) -> None:
     if role is not None:
         await conn.execute(text("SELECT set_config('role', :role, true)"), {"role": role})
@@ -189,22 +183,13 @@ class CashoutRecovery:
             details=details,
             topic_prefix=self._desk.topic_prefix,
         )
-        void = Transfer(
-            id=cancel_void_id(cashout_id),
-            debit_account_id=0,
-            credit_account_id=0,
-            amount=0,
-            code=TransferCode.CASHOUT_RELEASED,
-            flags=TransferFlags.VOID_PENDING,
-            pending_id=hold_id(cashout_id),
-            event_id=f"operator-action:{action.id}",
+        release = await self._desk.cancel_transfers(
+            tx, self._ledger, cashout, f"operator-action:{action.id}"
         )
-        posted = await tx.post([void], lock_accounts_first=True)
-        if posted.results[0] is not PostResult.OK:
-            raise RuntimeError(
-                f"cash-out {cashout_id}: the ledger refused to void its hold"
-                f" ({posted.results[0].value})"
-            )
+        posted = await tx.post(release, lock_accounts_first=True)
+        if any(result is not PostResult.OK for result in posted.results):
+            refused = sorted({result.value for result in posted.results})
+            raise RuntimeError(f"cash-out {cashout_id}: the ledger refused its release {refused}")
         cashout.status, cashout.failure_code = "failed", OPERATOR_CANCELLED
         await store_cashout(self._desk, conn, cashout, detail=f"operator-action:{action.id}")
         cancel = PayoutCancelRequested(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
@@ -51,6 +51,9 @@ class Cashout:
     failure_code: str | None
     payout_account_ref: str | None
     occurred_at: datetime
+    # When the cash-out last changed state: its latest transition's time, the `occurred_at` of
+    # the `cashouts.updated` record of its current state (None until it is first stored).
+    transitioned_at: datetime | None = None
 
     def updated_event(self, moment: datetime) -> CashoutUpdated:
         fx = None
@@ -87,6 +90,7 @@ async def record_transition(
             {"id": cashout.cashout_id, "status": cashout.status, "detail": detail},
         )
     ).scalar_one()
+    cashout.transitioned_at = moment
     event = cashout.updated_event(moment)
     await queue(
         conn, topic_prefix, topics.CASHOUTS_UPDATED, cashout.creator_id, event.model_dump_json()
@@ -109,7 +113,9 @@ async def queue(
 _CASHOUT_ROWS = """
     SELECT cashout_id, creator_id, asset, amount, payout_currency, payout_amount,
            usd_value_micros, rate_card_version, fx_numerator, fx_denominator, status,
-           rejected_rule, failure_code, payout_account_ref, occurred_at
+           rejected_rule, failure_code, payout_account_ref, occurred_at,
+           (SELECT t.at FROM cashout_transitions t WHERE t.cashout_id = cashouts.cashout_id
+            ORDER BY t.seq DESC LIMIT 1) AS transitioned_at
     FROM cashouts
 """
 _SELECT_CASHOUT = _CASHOUT_ROWS + " WHERE cashout_id = :id"
@@ -128,21 +134,32 @@ async def load_cashout(
     return None if row is None else Cashout(**row._mapping)
 
 
-async def load_cashouts(conn: AsyncConnection, cashout_ids: list[str]) -> dict[str, Cashout]:
+async def load_cashouts(
+    conn: AsyncConnection, cashout_ids: list[str], *, lock: bool = False
+) -> dict[str, Cashout]:
     """The stored cash-outs among `cashout_ids`, by id, read `CASHOUT_LIST_LIMIT_MAX` ids per
-    statement; unknown ids are left out."""
+    statement; unknown ids are left out. With `lock`, their rows are locked in id order: a
+    transaction that locks all its cash-outs so, before any account, never waits on another in
+    a cycle (the ledger locks accounts in id order too)."""
     found: dict[str, Cashout] = {}
-    for start in range(0, len(cashout_ids), CASHOUT_LIST_LIMIT_MAX):
+    ordered = sorted(set(cashout_ids))
+    suffix = " ORDER BY cashout_id FOR UPDATE" if lock else ""
+    for start in range(0, len(ordered), CASHOUT_LIST_LIMIT_MAX):
         rows = await conn.execute(
-            text(_CASHOUT_ROWS + " WHERE cashout_id = ANY(CAST(:ids AS text[]))"),
-            {"ids": cashout_ids[start : start + CASHOUT_LIST_LIMIT_MAX]},
+            text(_CASHOUT_ROWS + " WHERE cashout_id = ANY(CAST(:ids AS text[]))" + suffix),
+            {"ids": ordered[start : start + CASHOUT_LIST_LIMIT_MAX]},
         )
         found.update((row.cashout_id, Cashout(**row._mapping)) for row in rows)
     return found
 
 
 def cashout_document(cashout: Cashout) -> dict[str, Any]:
-    return json.loads(cashout.updated_event(datetime.now(UTC)).model_dump_json())  # type: ignore[no-any-return]
+    """The cash-out as the `cashouts.updated` record of its current state: the same fields, its
+    `occurred_at` the time of that state change, so every read gives the same document."""
+    if cashout.transitioned_at is None:
+        raise ValueError(f"cash-out {cashout.cashout_id} has not been stored")
+    event = cashout.updated_event(cashout.transitioned_at)
+    return json.loads(event.model_dump_json())  # type: ignore[no-any-return]
 
 
 async def list_cashouts(

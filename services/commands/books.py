@@ -6,8 +6,8 @@ import argparse
 import csv
 import sys
 from collections.abc import Sequence
-from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import (
@@ -23,14 +23,15 @@ from ledger.queries import (
     statement,
     trial_balance,
 )
+from ledger.service import Ledger
 from ledger.verify import Problem, check_names, verify
-from schemas.assets import format_amount
 from services.api.documents import (
     STATEMENT_CSV_COLUMNS,
     creator_balances_document,
     statement_csv_row,
     trial_balance_document,
 )
+from services.cashout.catch_up import catch_up_cashouts
 from services.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -45,6 +46,8 @@ from services.commands.common import (
     table,
 )
 from services.operator.actions_log import OPERATOR_ACTIONS_CHECK, verify_action_chain
+from services.rates.rate_cards import load_rate_cards
+from services.trial_balance_text import render_trial_balance
 
 # migrate ------------------------------------------------------------------------------------
 
@@ -56,6 +59,9 @@ def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
 async def migrate_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
     await upgrade_to_head(engine)
     print(f"database at revision {await current_revision(engine)}")
+    caught_up = await catch_up_cashouts(Ledger(engine))
+    if caught_up:
+        print(f"{caught_up} cash-outs booked before payables were settled: caught up")
     return EXIT_OK
 
 
@@ -227,33 +233,16 @@ def add_trial_balance_arguments(parser: argparse.ArgumentParser) -> None:
 async def trial_balance_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
     async with engine.connect() as conn:
         lines = await trial_balance(conn, args.as_of)
+        rate_cards = await load_rate_cards(conn)
+        now = (await conn.execute(text("SELECT now()"))).scalar_one()
     document = trial_balance_document(lines, args.as_of)
     if args.json:
         print_json(document)
     else:
-        _print_trial_balance(document)
+        card = rate_cards.in_force_at(args.as_of or now)
+        print("\n".join(render_trial_balance(lines, card, args.as_of)))
     unbalanced = [entry["asset"] for entry in document["assets"] if entry["total"]["balance"]]
     if unbalanced:
         print_error(f"trial balance does not sum to zero for {', '.join(unbalanced)}")
         return EXIT_FAILURE
     return EXIT_OK
-
-
-def _print_trial_balance(document: dict[str, Any]) -> None:
-    if not document["assets"]:
-        print("no posted transfers")
-        return
-    rows = [["asset", "account", "debits", "credits", "balance"]]
-    for entry in document["assets"]:
-        asset = entry["asset"]
-        for line in [*entry["accounts"], {"account": "total", **entry["total"]}]:
-            rows.append(
-                [
-                    asset,
-                    line["account"],
-                    format_amount(line["debits"], asset),
-                    format_amount(line["credits"], asset),
-                    format_amount(line["balance"], asset),
-                ]
-            )
-    print("\n".join(table(rows, right_aligned={2, 3, 4})))

@@ -512,7 +512,9 @@ async def _results_in(
     not in a state the result applies to) is dead-lettered with the reason."""
     results = [item.event for item in fresh if isinstance(item.event, PayoutUpdated)]
     assert len(results) == len(fresh)
-    cashouts = await load_cashouts(tx.connection, [result.cashout_id for result in results])
+    # Locked before any account, in id order, as the outbox relay locks the ones it submits.
+    ids = [result.cashout_id for result in results]
+    cashouts = await load_cashouts(tx.connection, ids, lock=True)
     specs = [
         spec
         for cashout in cashouts.values()

@@ -22,6 +22,7 @@ from services.loadtest.creator_profiles import CreatorProfiles
 from services.loadtest.oracle import (
     CASHOUT_DAILY_LIMIT_USD_CENTS,
     CASHOUT_MINIMUM_USD_CENTS,
+    DIAMONDS_PER_USD,
     FX_CURRENCIES,
     MILLI_PER_DIAMOND,
     USD_MICROS,
@@ -36,6 +37,7 @@ from services.loadtest.stream_format import (
     compact,
 )
 
+CASHOUT_MINIMUM_DIAMONDS = CASHOUT_MINIMUM_USD_CENTS * DIAMONDS_PER_USD // 100
 CASHOUT_CATEGORIES: tuple[tuple[str, int], ...] = (
     ("fits", 45),
     ("wallet", 10),
@@ -83,12 +85,7 @@ class CashoutPhase:
         """`count` cash-out requests on the two days after the main phase, decided in stream
         order by the contract's rules against the balances the main phase left."""
         stream = self.stream
-        last_day = (STREAM_START + timedelta(milliseconds=stream.now_ms())).date()
-        days = [
-            datetime(last_day.year, last_day.month, last_day.day, 9, tzinfo=UTC)
-            + timedelta(days=offset)
-            for offset in (1, 2)
-        ]
+        days = self.cashout_days()
         spent: dict[tuple[int, date], int] = {}
         self.candidates = [
             rank
@@ -108,29 +105,63 @@ class CashoutPhase:
             )
             day_start = days[0] if index < count * 0.6 else days[1]
             moment = day_start + timedelta(seconds=index)
-            occurred_at = moment.isoformat().replace("+00:00", "Z")
             if category == "daily_limit":
                 rich = rich if rich is not None else self.richest_eligible()
             request = self.cashout_request(category, rich)
-            event: dict[str, Any] = {
-                "event_id": stream.next_id("c"),
-                "occurred_at": occurred_at,
-                "creator_id": stream.creator_id(request[0]),
-                "asset": request[1],
-                "amount": request[2],
-                "payout_currency": request[3],
-            }
-            if category == "bad":
-                event["amount"] = 0
-                stream.bad(
-                    topics.CASHOUTS_REQUESTED,
-                    str(event["creator_id"]),
-                    compact(event),
-                    SCHEMA_VIOLATION,
-                )
-                continue
-            self.decide(request, moment.date(), spent)
-            stream.send(stream.applied_event(topics.CASHOUTS_REQUESTED, event))
+            self.emit_request(request, moment, spent, bad=category == "bad")
+
+    def cashout_days(self) -> list[datetime]:
+        """09:00 UTC on each of the two days after the main phase's last day."""
+        last_day = (STREAM_START + timedelta(milliseconds=self.stream.now_ms())).date()
+        return [
+            datetime(last_day.year, last_day.month, last_day.day, 9, tzinfo=UTC)
+            + timedelta(days=offset)
+            for offset in (1, 2)
+        ]
+
+    def emit_request(
+        self,
+        request: tuple[int, str, int, str],
+        moment: datetime,
+        spent: dict[tuple[int, date], int],
+        *,
+        bad: bool = False,
+    ) -> None:
+        """One cash-out request at `moment`, decided by the rules (`bad`: with amount 0, a
+        schema violation the consumer dead-letters)."""
+        stream = self.stream
+        event: dict[str, Any] = {
+            "event_id": stream.next_id("c"),
+            "occurred_at": moment.isoformat().replace("+00:00", "Z"),
+            "creator_id": stream.creator_id(request[0]),
+            "asset": request[1],
+            "amount": request[2],
+            "payout_currency": request[3],
+        }
+        if bad:
+            event["amount"] = 0
+            stream.bad(
+                topics.CASHOUTS_REQUESTED,
+                str(event["creator_id"]),
+                compact(event),
+                SCHEMA_VIOLATION,
+            )
+            return
+        self.decide(request, moment.date(), spent)
+        stream.send(stream.applied_event(topics.CASHOUTS_REQUESTED, event))
+
+    def can_cash_out(self, rank: int, day: date) -> bool:
+        """Whether the rules let the creator cash out on `day` (a profile that passes every
+        Creator Next rule, a payout account) and the creator holds at least the minimum
+        (2,000 diamonds)."""
+        profile = self.creators.profiles.get(rank)
+        if profile is None or profile.facts.get("payout_account_ref") is None:
+            return False
+        if first_failed_rule(profile.facts, day) is not None:
+            return False
+        return (
+            self.stream.tally.diamonds.get(rank, 0) >= CASHOUT_MINIMUM_DIAMONDS * MILLI_PER_DIAMOND
+        )
 
     def richest_eligible(self) -> int:
         diamonds = self.stream.tally.diamonds

@@ -4,8 +4,9 @@ Before the run, `check_assumptions`: the rules the expected state assumes (rate 
 cash-out limits, eligibility) against this deployment's; a difference stops the run, as its
 result could not match. After it, `observe` the namespace in the database (every creator's
 available DIAMOND and currency balances, what is left pending, the events applied per topic, the
-cash-outs per outcome), `read_dead_letter_topics`, and `compare` it all, with the duplicates
-counted, to the expected state.
+cash-outs per outcome and what they moved in the platform's accounts),
+`read_dead_letter_topics`, and `compare` it all, with the duplicates counted, to the expected
+state.
 
 Dead letters are counted from the run's DLQ topics (`<prefix><topic>.dlq`, by `dlq.error`, a
 record counted once per source partition and offset): they are what the contract promises. The
@@ -25,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas import topics
+from services.loadtest.oracle import cashout_platform_movements
 from services.loadtest.stream_format import ExpectedState
 from services.rates.rate_cards import load_rate_cards
 from services.runtime.settings import Settings, get_settings
@@ -92,6 +94,8 @@ class Observed:
     dead_letters: dict[str, dict[str, int]] = field(default_factory=dict)  # the DLQ topics
     dead_letter_rows: dict[str, dict[str, int]] = field(default_factory=dict)  # the table
     cashouts: dict[str, int] = field(default_factory=dict)
+    # what the namespace's cash-outs moved in platform accounts: name -> credits minus debits
+    platform: dict[str, int] = field(default_factory=dict)
     consumed: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
@@ -162,6 +166,18 @@ async def observe(
     for row in rows:
         name = row.status if row.rejected_rule is None else f"{row.status}:{row.rejected_rule}"
         observed.cashouts[name] = observed.cashouts.get(name, 0) + row.n
+    rows = await conn.execute(
+        text(
+            "SELECT a.name, sum(CASE WHEN t.credit_account_id = a.id THEN t.amount"
+            " ELSE -t.amount END) AS change"
+            " FROM transfers t JOIN accounts a"
+            " ON a.id = t.debit_account_id OR a.id = t.credit_account_id"
+            " WHERE starts_with(t.metadata ->> 'cashout_id', :prefix) AND t.flags & 10 = 0"
+            " AND a.creator_id IS NULL GROUP BY a.name"
+        ),
+        {"prefix": prefix},
+    )
+    observed.platform = {row.name: int(row.change) for row in rows if row.change}
     return observed
 
 
@@ -194,6 +210,8 @@ def compare(expected: ExpectedState, observed: Observed) -> list[str]:
     mismatches += _differences("applied", expected.applied_by_topic, observed.applied_by_topic)
     mismatches += _differences("dead letters", expected.dead_letters, observed.dead_letters)
     mismatches += _differences("cash-outs", expected.cashouts, observed.cashouts)
+    expected_platform = cashout_platform_movements(expected.totals)
+    mismatches += _differences("platform account", expected_platform, observed.platform)
     # Redelivery (a rebalance) and a bank report sent twice add duplicates, and only those.
     redelivered = max(observed.consumed - expected.records - observed.reports_sent, 0)
     repeated_reports = max(observed.reports_sent - expected.payout_reports, 0)

@@ -8,6 +8,8 @@ ledger's own reading of it. `tests/test_loadgen.py` checks that the two agree.
 - Cash-outs: eligibility (the Creator Next defaults, `first_failed_rule`), a payout account, the
   payout currency, the minimum (10 USD), the daily limit (1,000 USD per creator per UTC day) and
   the available balance (`cashout_value` gives what a request holds and pays).
+- The books (docs/accounting.md): what the stream's cash-outs, all paid, leave in the platform's
+  accounts (`cashout_platform_movements`): nothing payable, the money out of cash at the bank.
 
 The rules and rates this assumes are written into the expected state as `assumptions()`; the load
 test refuses to compare against a deployment configured otherwise.
@@ -96,3 +98,22 @@ def cashout_value(asset: str, amount: int) -> tuple[int, int, int]:
         return amount * MILLI_PER_DIAMOND, amount * USD_MICROS // DIAMONDS_PER_USD, amount // 2
     assert asset == "USD", asset
     return amount, amount * (USD_MICROS // 100), amount
+
+
+def cashout_platform_movements(totals: dict[str, int]) -> dict[str, int]:
+    """What the stream's paid cash-outs move in the platform's accounts (credits minus debits,
+    minor units), zero movements left out, from the generator's totals: a submitted cash-out
+    makes its money payable, and the bank's `paid` settles the payable against cash at the bank;
+    the Diamonds that bought whole cents are redeemed (2,000 milli-diamonds a cent), the rest go
+    to rounding."""
+    payout_cents = totals.get("cashouts_payout_usd_cents", 0)
+    diamond_cents = payout_cents - totals.get("cashouts_paid_usd_minor", 0)
+    redeemed = diamond_cents * MILLI_PER_DIAMOND * DIAMONDS_PER_USD // 100
+    movements = {
+        "platform:USD:payouts_payable": 0,
+        "platform:USD:cash_at_bank": payout_cents,  # credited: the money left the bank
+        "platform:USD:cashout_conversion": -diamond_cents,
+        "platform:DIAMOND:diamonds_redeemed": redeemed,
+        "platform:DIAMOND:rounding": totals.get("cashouts_paid_milli_diamonds", 0) - redeemed,
+    }
+    return {name: change for name, change in movements.items() if change}

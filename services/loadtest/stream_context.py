@@ -36,6 +36,14 @@ HELD_BACK_RECORDS_MAX = 400
 ZIPF_EXPONENT = 1.1
 
 
+def creator_count_for(events: int, shape: StreamShape) -> int:
+    """The creators of a stream of `events` records: the shape's, or one per
+    `EVENTS_PER_CREATOR` records within the bounds."""
+    return shape.creator_count or min(
+        max(events // EVENTS_PER_CREATOR, CREATOR_COUNT_MIN), CREATOR_COUNT_MAX
+    )
+
+
 @dataclass(slots=True)
 class Outgoing:
     """A record made but maybe held back; `on_sent` runs when it is written."""
@@ -82,16 +90,16 @@ class StreamContext:
         self.ns = namespace
         self.shape = shape
         self.rng = random.Random(seed)
-        self.creator_count = shape.creator_count or min(
-            max(events // EVENTS_PER_CREATOR, CREATOR_COUNT_MIN), CREATOR_COUNT_MAX
-        )
+        self.creator_count = creator_count_for(events, shape)
         weights = (1 / rank**ZIPF_EXPONENT for rank in range(1, self.creator_count + 1))
         self.zipf_cumulative = list(itertools.accumulate(weights))
         self.serial = 0
         self.clock_ms = 0.0
+        self.rate_factor = 1.0  # a scenario's burst runs the clock faster
         self.day_texts: dict[int, str] = {}
         self.cashout_count = cashout_count
         self.main_target = events - cashout_count
+        self.reserved = 0  # records of the main phase a scenario has promised to write later
         # Held back records: (release at record count, sequence, record).
         self.held_back: list[tuple[int, int, Outgoing]] = []
         self.held_sequence = 0
@@ -126,14 +134,16 @@ class StreamContext:
         return int(self.clock_ms)
 
     def advance(self, speedup: float = 1.0) -> None:
-        self.clock_ms += self.rng.expovariate(self.shape.events_per_s * speedup / 1000.0)
+        rate_per_ms = self.shape.events_per_s * self.rate_factor * speedup / 1000.0
+        self.clock_ms += self.rng.expovariate(rate_per_ms)
 
     def zipf_rank(self) -> int:
         point = self.rng.random() * self.zipf_cumulative[-1]
         return min(bisect.bisect_left(self.zipf_cumulative, point) + 1, self.creator_count)
 
     def room(self, records: int) -> bool:
-        return self.main_target - self.writer.count - len(self.held_back) >= records
+        written_or_due = self.writer.count + len(self.held_back) + self.reserved
+        return self.main_target - written_or_due >= records
 
     # Emitting.
 
