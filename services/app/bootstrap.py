@@ -72,6 +72,7 @@ def build_payout_rail(settings: Settings, bootstrap_servers: str) -> PayoutRailS
         failure_rate=settings.payout_rail_failure_rate,
         return_rate=settings.payout_rail_return_rate,
         return_delay_ms=settings.payout_rail_return_delay_ms,
+        settlement_breaks=settings.payout_rail_settlement_breaks,
     )
     return simulated_rail(
         rail_settings,
@@ -80,4 +81,5 @@ def build_payout_rail(settings: Settings, bootstrap_servers: str) -> PayoutRailS
         consumer_group=settings.kafka_consumer_group,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         in_flight_max=settings.payout_rail_in_flight_max,
+        settlement_dir=settings.payout_rail_settlement_dir,
     )

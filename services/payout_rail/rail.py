@@ -40,6 +40,11 @@ restart, or its request offset would not have been committed), is left as it is:
 
 Malformed requests come from our own outbox, so they are a bug rather than input to dead-letter:
 they are logged and skipped (their offsets are committed).
+
+Settlement files. Given a directory (`PAYOUT_RAIL_SETTLEMENT_DIR`), the bank keeps books there: each
+report sent is appended to its journal, and each UTC day's settlement file is written once the day
+is over, with the breaks `RailSettings.settlement_breaks` asks for (services/payout_rail/
+settlement.py).
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
 from aiokafka import (  # type: ignore[import-untyped]
@@ -73,6 +79,7 @@ from schemas.events import (
     PayoutUpdated,
 )
 from schemas.payout_cancel import parse_payout_cancel
+from services.payout_rail.settlement import SettlementBooks, SettlementBreak
 from services.runtime.retry import RetryPolicy, retry
 
 logger = logging.getLogger(__name__)
@@ -87,6 +94,8 @@ IN_FLIGHT_MAX_DEFAULT = 10_000
 SEEN_CASHOUTS_MAX_DEFAULT = 100_000
 POLL_TIMEOUT_MS = 200
 POLL_BACKOFF_S = 1.0
+# How often the running rail looks for a day whose settlement file is due.
+SETTLEMENT_CHECK_INTERVAL_S = 60.0
 # The broker away for about an hour (1,000 tries, 2.5 to 5 s apart once backed off) is waited
 # out; past that the rail stops with the error.
 KAFKA_RETRY_POLICY = RetryPolicy(retry_count_max=1_000, backoff_ms_first=100, backoff_ms_max=5_000)
@@ -197,6 +206,10 @@ class RailSettings(BaseModel):
     )
     failure_codes: tuple[str, ...] = Field(default=DEFAULT_FAILURE_CODES, max_length=CODE_COUNT_MAX)
     return_codes: tuple[str, ...] = Field(default=DEFAULT_RETURN_CODES, max_length=CODE_COUNT_MAX)
+    settlement_breaks: frozenset[SettlementBreak] = Field(
+        default=frozenset(),
+        description="Breaks written into the settlement files (payout_rail/settlement.py).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -346,6 +359,7 @@ class PayoutRailService:
         session_timeout_ms: int = 10_000,
         in_flight_max: int = IN_FLIGHT_MAX_DEFAULT,
         seen_cashouts_max: int = SEEN_CASHOUTS_MAX_DEFAULT,
+        settlement_books: SettlementBooks | None = None,
     ) -> None:
         assert 1_000 <= session_timeout_ms <= 300_000, session_timeout_ms
         assert 1 <= in_flight_max <= 1_000_000, in_flight_max
@@ -364,6 +378,8 @@ class PayoutRailService:
         self._consumer: Any = None
         self._producer: Any = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._books = settlement_books
+        self._delivery_task: asyncio.Task[None] | None = None
         self._paused = False
         self._stopping = asyncio.Event()
         self.reports_sent = 0
@@ -410,11 +426,20 @@ class PayoutRailService:
             raise
         self._loop_task = asyncio.create_task(self._run(), name="payout-rail")
         self._loop_task.add_done_callback(_report_crash)
+        if self._books is not None:
+            self._delivery_task = asyncio.create_task(
+                self._deliver_settlement_files(self._books), name="payout-rail-settlement"
+            )
         logger.info("payout rail consuming %s as %s", self.requests_topic, self.group_id)
 
     async def stop(self) -> None:
         """Stop fetching, cancel pending reports, commit what is finished, close. Idempotent."""
         self._stopping.set()
+        if self._delivery_task is not None:
+            self._delivery_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._delivery_task
+            self._delivery_task = None
         if self._loop_task is not None:
             self._loop_task.cancel()
             # A loop that died has been logged by _report_crash already.
@@ -534,15 +559,41 @@ class PayoutRailService:
             wait_s = submitted_at + outcome.delay_ms / 1000 - loop.time()
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
-            value = build_report(request, outcome).model_dump_json().encode()
+            report = build_report(request, outcome)
+            value = report.model_dump_json().encode()
             await self._retrying(
                 f"reporting {request.cashout_id} {outcome.status}",
                 functools.partial(self._send, request.creator_id, value),
             )
+            self._book(request, report)
             REPORTS_SENT.labels(outcome.status).inc()
             self.reports_sent += 1
             job.reports_sent += 1
         self._finish(job)
+
+    def _book(self, request: PayoutRequested, report: PayoutUpdated) -> None:
+        """Enter a sent report in the bank's journal, when the bank keeps one."""
+        if self._books is None:
+            return
+        try:
+            self._books.record(request, report)
+        except OSError as error:
+            logger.error(
+                "payout rail: %s %s was reported but not written to the journal: %r",
+                request.cashout_id,
+                report.status,
+                error,
+            )
+
+    async def _deliver_settlement_files(self, books: SettlementBooks) -> None:
+        """Write each day's settlement file once it is due, until the rail stops."""
+        while not self._stopping.is_set():
+            try:  # reading a day's journal may take a while: not on the event loop
+                await asyncio.to_thread(books.deliver_due, datetime.now(UTC))
+            except (OSError, ValueError) as error:
+                logger.error("payout rail: a settlement file could not be written: %r", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SETTLEMENT_CHECK_INTERVAL_S)
 
     def _cancel(self, cashout_id: str) -> str:
         """Drop the payout of `cashout_id` if none of its reports has gone out; returns what
@@ -622,8 +673,15 @@ def simulated_rail(
     consumer_group: str = "giftledger",
     session_timeout_ms: int = 10_000,
     in_flight_max: int = IN_FLIGHT_MAX_DEFAULT,
+    settlement_dir: Path | None = None,
 ) -> PayoutRailService:
-    """A `PayoutRailService` in front of a `SimulatedBank` configured by `settings`."""
+    """A `PayoutRailService` in front of a `SimulatedBank` configured by `settings`; with
+    `settlement_dir`, the bank keeps its books and writes its settlement files there."""
+    books = None
+    if settlement_dir is not None:
+        books = SettlementBooks(
+            settlement_dir, seed=settings.seed, breaks=settings.settlement_breaks
+        )
     return PayoutRailService(
         SimulatedBank(settings),
         bootstrap_servers,
@@ -632,4 +690,5 @@ def simulated_rail(
         session_timeout_ms=session_timeout_ms,
         in_flight_max=in_flight_max,
         seen_cashouts_max=max(SEEN_CASHOUTS_MAX_DEFAULT, in_flight_max),
+        settlement_books=books,
     )

@@ -1,0 +1,183 @@
+"""The journal of a period: per UTC day, account and transfer code, the posted debit and credit
+totals, each line with the account's balance before and after it.
+
+Lines run in (day, account name, code) order. Within one account the lines chain: a line's
+opening is the closing of the account's line before it, the account's first line opens at its
+balance at the period's start, and its last line closes at its balance at the period's end. The
+balance at the start is the latest close's totals (when the period before is closed, that is
+all it takes) plus the posted transfers after that close and before the start.
+
+Posted means neither pending nor void, as in the trial balance; a transfer counts on the day of
+its commit timestamp (UTC). Balances are credits minus debits, in the account's minor unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Final
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.closes import PeriodClose, latest_close_before, load_close
+from ledger.periods import Period
+
+JOURNAL_PAGE_SIZE_MAX: Final = 10_000
+JOURNAL_ROWS_PER_FETCH: Final = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class JournalLine:
+    line_no: int
+    day: date
+    account: str
+    asset: str
+    scale: int
+    code: str
+    debits: int
+    credits: int
+    opening: int
+    closing: int
+
+
+@dataclass(frozen=True, slots=True)
+class AssetTotals:
+    asset: str
+    scale: int
+    debits: int
+    credits: int
+
+
+@dataclass(frozen=True, slots=True)
+class JournalBasis:
+    """What the period's openings are computed from: the latest close before it, if any."""
+
+    period: Period
+    close: PeriodClose | None
+    base: PeriodClose | None
+
+
+async def journal_basis(conn: AsyncConnection, period: Period) -> JournalBasis:
+    return JournalBasis(
+        period, await load_close(conn, period), await latest_close_before(conn, period.start)
+    )
+
+
+# The period's posted transfers (neither pending nor void) per UTC day, account and code, each
+# line with the account's running balance from its balance at the start.
+_JOURNAL_LINES = """
+    WITH posted AS (
+        SELECT created_at, debit_account_id AS account_id, code, amount AS debit,
+               0::bigint AS credit
+        FROM transfers
+        WHERE flags & 10 = 0 AND created_at >= :start AND created_at < :end
+        UNION ALL
+        SELECT created_at, credit_account_id, code, 0, amount
+        FROM transfers
+        WHERE flags & 10 = 0 AND created_at >= :start AND created_at < :end
+    ), moves AS (
+        SELECT (created_at AT TIME ZONE 'UTC')::date AS day, account_id, code,
+               sum(debit)::bigint AS debits, sum(credit)::bigint AS credits
+        FROM posted GROUP BY 1, 2, 3
+    ), before AS (
+        SELECT account_id, credits_minor - debits_minor AS change
+        FROM closing_balances WHERE close_id = CAST(:base_close_id AS bigint)
+        UNION ALL
+        SELECT debit_account_id, -amount FROM transfers
+        WHERE flags & 10 = 0
+          AND created_at >= coalesce(CAST(:base_end AS timestamptz), '-infinity')
+          AND created_at < :start
+        UNION ALL
+        SELECT credit_account_id, amount FROM transfers
+        WHERE flags & 10 = 0
+          AND created_at >= coalesce(CAST(:base_end AS timestamptz), '-infinity')
+          AND created_at < :start
+    ), opening AS (
+        SELECT account_id, sum(change)::bigint AS balance FROM before
+        WHERE account_id IN (SELECT account_id FROM moves)
+        GROUP BY account_id
+    ), lines AS (
+        SELECT m.day, m.account_id, a.name AS account, a.asset, s.scale, c.name AS code,
+               m.debits, m.credits,
+               (coalesce(o.balance, 0)
+                   + sum(m.credits - m.debits) OVER (
+                       PARTITION BY m.account_id ORDER BY m.day, c.name
+                       ROWS UNBOUNDED PRECEDING))::bigint AS closing
+        FROM moves m
+        JOIN accounts a ON a.id = m.account_id
+        JOIN assets s ON s.code = a.asset
+        JOIN transfer_codes c ON c.code = m.code
+        LEFT JOIN opening o ON o.account_id = m.account_id
+    ), numbered AS (
+        SELECT row_number() OVER (ORDER BY day, account, code) AS line_no, day, account, asset,
+               scale, code, debits, credits, closing - credits + debits AS opening, closing
+        FROM lines
+    )
+    SELECT line_no, day, account, asset, scale, code, debits, credits, opening, closing
+    FROM numbered
+    WHERE line_no > :after_line
+    ORDER BY line_no
+    LIMIT :limit
+    """
+
+# The same movements summed per asset.
+_ASSET_TOTALS = """
+    WITH posted AS (
+        SELECT created_at, debit_account_id AS account_id, code, amount AS debit,
+               0::bigint AS credit
+        FROM transfers
+        WHERE flags & 10 = 0 AND created_at >= :start AND created_at < :end
+        UNION ALL
+        SELECT created_at, credit_account_id, code, 0, amount
+        FROM transfers
+        WHERE flags & 10 = 0 AND created_at >= :start AND created_at < :end
+    ), moves AS (
+        SELECT (created_at AT TIME ZONE 'UTC')::date AS day, account_id, code,
+               sum(debit)::bigint AS debits, sum(credit)::bigint AS credits
+        FROM posted GROUP BY 1, 2, 3
+    )
+    SELECT a.asset, s.scale, sum(m.debits)::bigint AS debits, sum(m.credits)::bigint AS credits
+    FROM moves m JOIN accounts a ON a.id = m.account_id JOIN assets s ON s.code = a.asset
+    GROUP BY a.asset, s.scale
+    ORDER BY a.asset
+    """
+
+
+def _parameters(basis: JournalBasis, after_line: int, limit: int | None) -> dict[str, Any]:
+    base = basis.base
+    return {
+        "start": basis.period.start,
+        "end": basis.period.end,
+        "base_close_id": None if base is None else base.id,
+        "base_end": None if base is None else base.period_end,
+        "after_line": after_line,
+        "limit": limit,
+    }
+
+
+async def journal_page(
+    conn: AsyncConnection, basis: JournalBasis, *, after_line: int = 0, limit: int = 1_000
+) -> list[JournalLine]:
+    """Up to `limit` lines after line number `after_line` (the cursor: the last line's number)."""
+    if not 1 <= limit <= JOURNAL_PAGE_SIZE_MAX:
+        raise ValueError(f"limit must be between 1 and {JOURNAL_PAGE_SIZE_MAX}")
+    rows = await conn.execute(text(_JOURNAL_LINES), _parameters(basis, after_line, limit))
+    return [JournalLine(**row._mapping) for row in rows]
+
+
+async def journal_lines(conn: AsyncConnection, basis: JournalBasis) -> AsyncIterator[JournalLine]:
+    """Every line of the period, read a slice at a time (bounded memory); inside a transaction."""
+    result = await conn.stream(text(_JOURNAL_LINES), _parameters(basis, 0, None))
+    async for rows in result.partitions(JOURNAL_ROWS_PER_FETCH):
+        for row in rows:
+            yield JournalLine(**row._mapping)
+
+
+async def asset_totals(conn: AsyncConnection, basis: JournalBasis) -> list[AssetTotals]:
+    """The period's posted debits and credits per asset: equal, when the ledger is sound."""
+    rows = await conn.execute(
+        text(_ASSET_TOTALS), {"start": basis.period.start, "end": basis.period.end}
+    )
+    return [AssetTotals(**row._mapping) for row in rows]

@@ -1,0 +1,97 @@
+"""What the ledger says about the payouts of a reconciliation: its cash-outs, and the bank results
+it booked (each `paid`, `failed` or `returned` state a `payouts.updated` report moved a cash-out
+to, with the UTC day of the move; an operator's cancellation of a stale hold is not a bank
+result and is left out)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Final
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.cashout.desk import OPERATOR_CANCELLED
+from services.reconcile.matching import Booking, LedgerCashout
+
+IDS_PER_QUERY: Final = 1_000
+BANK_RESULTS: Final = ("paid", "failed", "returned")
+
+_BOOKINGS_ON_DAYS = text(
+    """
+    SELECT cashout_id FROM cashout_transitions
+    WHERE at >= :from_time AND at < :to_time
+      AND status = ANY(CAST(:statuses AS text[])) AND detail <> :cancelled
+    GROUP BY cashout_id
+    """
+)
+
+_BOOKINGS_OF = text(
+    """
+    SELECT cashout_id, status, min(at) AS at FROM cashout_transitions
+    WHERE cashout_id = ANY(CAST(:ids AS text[]))
+      AND status = ANY(CAST(:statuses AS text[])) AND detail <> :cancelled
+    GROUP BY cashout_id, status
+    """
+)
+
+_CASHOUTS = text(
+    """
+    SELECT cashout_id, status, payout_amount, payout_currency FROM cashouts
+    WHERE cashout_id = ANY(CAST(:ids AS text[]))
+    """
+)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+async def cashouts_booked_on(conn: AsyncConnection, first_day: date, last_day: date) -> list[str]:
+    """The cash-outs with a bank result booked from `first_day` to `last_day` (UTC days)."""
+    rows = await conn.execute(
+        _BOOKINGS_ON_DAYS,
+        {
+            "from_time": _midnight(first_day),
+            "to_time": _midnight(last_day + timedelta(days=1)),
+            "statuses": list(BANK_RESULTS),
+            "cancelled": OPERATOR_CANCELLED,
+        },
+    )
+    return [row.cashout_id for row in rows]
+
+
+async def bookings_of(conn: AsyncConnection, cashout_ids: Sequence[str]) -> list[Booking]:
+    """Every bank result booked for these cash-outs, the first booking of each status."""
+    bookings: list[Booking] = []
+    for start in range(0, len(cashout_ids), IDS_PER_QUERY):
+        rows = await conn.execute(
+            _BOOKINGS_OF,
+            {
+                "ids": list(cashout_ids[start : start + IDS_PER_QUERY]),
+                "statuses": list(BANK_RESULTS),
+                "cancelled": OPERATOR_CANCELLED,
+            },
+        )
+        bookings += [Booking(row.cashout_id, row.status, _utc_day(row.at)) for row in rows]
+    return bookings
+
+
+async def cashouts_of(
+    conn: AsyncConnection, cashout_ids: Sequence[str]
+) -> dict[str, LedgerCashout]:
+    found: dict[str, LedgerCashout] = {}
+    for start in range(0, len(cashout_ids), IDS_PER_QUERY):
+        rows = await conn.execute(
+            _CASHOUTS, {"ids": list(cashout_ids[start : start + IDS_PER_QUERY])}
+        )
+        for row in rows:
+            found[row.cashout_id] = LedgerCashout(
+                row.cashout_id, row.status, row.payout_amount, row.payout_currency
+            )
+    return found
+
+
+def _utc_day(moment: datetime) -> date:
+    return moment.astimezone(UTC).date()

@@ -1,0 +1,471 @@
+"""Month-end closes and the journal, on a database of its own holding transfers of three past
+months (January to March 2001).
+
+Transfers are stamped by the database's `clock_timestamp()` as their batch is written, so a test
+cannot post in the past through the ledger as it is. This module's database has one more schema,
+`test_clock`, with a `clock_timestamp()` that reads a moment the test sets; the ledger's engine
+here puts it before `pg_catalog` in its `search_path`, so the ledger's own statements stamp
+transfers, keys and running balances with that moment and link them into the hash chain as
+usual. Closes, the journal and `verify` run on ordinary engines, with the real clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import functools
+import io
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ledger.chart import AccountKind, AccountSpec
+from ledger.closes import (
+    CHECK_ASSETS,
+    CHECK_BALANCES,
+    CHECK_DIGEST,
+    CHECKS,
+    CloseRefusedError,
+    PeriodClose,
+    close_period,
+    load_close,
+)
+from ledger.database import create_engine
+from ledger.journal import JournalLine, asset_totals, journal_basis, journal_page
+from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
+from ledger.periods import Period, parse_period, period_of
+from ledger.service import Ledger
+from ledger.verify import verify
+from services.api.server import create_app
+from services.cli import main
+from services.runtime.settings import get_settings
+from tests.api_server import FINANCE_TOKEN, api_settings
+from tests.fresh_database import fresh_database
+from tests.ingestion_fixtures import wait_until
+
+JANUARY = Period(2001, 1)
+FEBRUARY = Period(2001, 2)
+MARCH = Period(2001, 3)
+
+TEST_CLOCK = """
+CREATE SCHEMA test_clock;
+CREATE TABLE test_clock.moment (at timestamptz NOT NULL);
+INSERT INTO test_clock.moment VALUES ('2001-01-01T00:00:00Z');
+CREATE FUNCTION test_clock.clock_timestamp() RETURNS timestamptz
+    LANGUAGE sql VOLATILE AS 'SELECT at FROM test_clock.moment';
+GRANT USAGE ON SCHEMA test_clock TO giftledger_writer, giftledger_reader;
+GRANT SELECT ON test_clock.moment TO giftledger_writer, giftledger_reader;
+"""
+
+
+def _at(text_moment: str) -> datetime:
+    return datetime.fromisoformat(text_moment)
+
+
+@dataclass(frozen=True)
+class Books:
+    url: str
+    accounts: dict[str, int]  # a, b, c in DIAMOND; x, y in USD
+    # Expected posted balances (credits minus debits) at the end of each month, by account.
+    balances: dict[Period, dict[str, int]]
+
+
+class PastLedger:
+    """The ledger on an engine whose `clock_timestamp()` is the test's clock."""
+
+    def __init__(self, url: str, owner: AsyncEngine) -> None:
+        self.owner = owner
+        self.engine = create_async_engine(
+            url,
+            connect_args={
+                "server_settings": {
+                    "search_path": "test_clock, pg_catalog, public",
+                    "timezone": "UTC",
+                }
+            },
+        )
+        self.ledger = Ledger(self.engine)
+
+    async def post_at(self, moment: str, transfers: list[Transfer]) -> None:
+        async with self.owner.begin() as conn:
+            await conn.execute(text("UPDATE test_clock.moment SET at = :at"), {"at": _at(moment)})
+        results = await self.ledger.post(transfers)
+        assert results == [PostResult.OK] * len(transfers), results
+        stamped = await _scalar(
+            self.owner, "SELECT max(created_at) FROM transfers WHERE id = :id", id=transfers[-1].id
+        )
+        assert stamped == _at(moment)
+
+
+async def _scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
+    async with engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).scalar_one()
+
+
+def _spec(prefix: str, name: str, asset: str) -> AccountSpec:
+    return AccountSpec(f"test:{prefix}:{name}", asset, AccountKind.SYNTHETIC)
+
+
+def _move(
+    debit: int, credit: int, amount: int, code: TransferCode = TransferCode.SYNTHETIC
+) -> Transfer:
+    return Transfer(uuid.uuid4(), debit, credit, amount, code)
+
+
+async def _post_three_months(url: str) -> Books:
+    owner = create_engine(url, pool_size=2)
+    async with owner.begin() as conn:
+        for statement in TEST_CLOCK.strip().split(";\n"):
+            await conn.execute(text(statement))
+    past = PastLedger(url, owner)
+    try:
+        prefix = uuid.uuid4().hex[:8]
+        specs = {
+            name: _spec(prefix, name, "DIAMOND" if name in "abc" else "USD") for name in "abcxy"
+        }
+        ids = await past.ledger.account_ids(list(specs.values()))
+        a, b, c, x, y = (ids[specs[name].name] for name in "abcxy")
+        held = Transfer(uuid.uuid4(), a, c, 300, TransferCode.SYNTHETIC, TransferFlags.PENDING)
+        await past.post_at(
+            "2001-01-10T08:00:00+00:00",
+            [_move(a, b, 500), _move(b, c, 200), _move(x, y, 1_000), held],
+        )
+        await past.post_at("2001-01-31T23:59:59.999999+00:00", [_move(c, a, 7)])
+        posted = Transfer(
+            uuid.uuid4(), 0, 0, 0, TransferCode.ADJUSTMENT, TransferFlags.POST_PENDING, held.id
+        )
+        await past.post_at("2001-02-01T00:00:00+00:00", [_move(a, b, 11), posted])
+        await past.post_at("2001-02-03T10:00:00+00:00", [_move(y, x, 250)])
+        voided = Transfer(uuid.uuid4(), b, a, 40, TransferCode.SYNTHETIC, TransferFlags.PENDING)
+        void = Transfer(
+            uuid.uuid4(), 0, 0, 0, TransferCode.SYNTHETIC, TransferFlags.VOID_PENDING, voided.id
+        )
+        await past.post_at("2001-02-17T10:00:00+00:00", [_move(y, x, 250), voided])
+        await past.post_at("2001-02-17T11:00:00+00:00", [void])
+        await past.post_at("2001-03-05T10:00:00+00:00", [_move(a, b, 1)])
+    finally:
+        await past.engine.dispose()
+        await owner.dispose()
+    return Books(
+        url,
+        {"a": a, "b": b, "c": c, "x": x, "y": y},
+        {
+            JANUARY: {"a": -493, "b": 300, "c": 193, "x": -1_000, "y": 1_000},
+            FEBRUARY: {"a": -804, "b": 311, "c": 493, "x": -500, "y": 500},
+            MARCH: {"a": -805, "b": 312, "c": 493, "x": -500, "y": 500},
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Closed:
+    books: Books
+    february_first: str  # why closing February before January was refused
+    january: PeriodClose
+    february: PeriodClose
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def books(postgres_admin_url: str) -> AsyncIterator[Books]:
+    async with fresh_database(postgres_admin_url) as url:
+        yield await _post_three_months(url)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine_on_books(books: Books) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(books.url, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def closed(books: Books) -> AsyncIterator[Closed]:
+    """January and February closed, in that order, after trying February first."""
+    engine = create_engine(books.url, pool_size=2)
+    try:
+        with pytest.raises(CloseRefusedError) as refused:
+            await close_period(engine, FEBRUARY)
+        january = await close_period(engine, JANUARY)
+        february = await close_period(engine, FEBRUARY)
+    finally:
+        await engine.dispose()
+    yield Closed(books, str(refused.value), january, february)
+
+
+async def _closing_balances(
+    engine: AsyncEngine, close: PeriodClose, books: Books
+) -> dict[str, int]:
+    names = {account_id: name for name, account_id in books.accounts.items()}
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT account_id, credits_minor - debits_minor AS balance"
+                " FROM closing_balances WHERE close_id = :id"
+            ),
+            {"id": close.id},
+        )
+        return {names[row.account_id]: row.balance for row in rows}
+
+
+async def _close_problems(conn: Any) -> list[tuple[str, str]]:
+    return [(p.check, p.detail) for p in await verify(conn) if p.check in CHECKS]
+
+
+# Closing -------------------------------------------------------------------------------------
+
+
+async def test_months_close_in_order_with_each_accounts_balance_at_the_months_end(
+    closed: Closed, engine_on_books: AsyncEngine
+) -> None:
+    assert (
+        closed.february_first
+        == "2001-01 holds transfers and is not closed: close it before 2001-02"
+    )
+    books = closed.books
+    for close, period in ((closed.january, JANUARY), (closed.february, FEBRUARY)):
+        assert close.period == period.text
+        assert close.account_count == len(books.accounts)
+        assert await _closing_balances(engine_on_books, close, books) == books.balances[period]
+    assert closed.february.previous_hash == closed.january.hash
+    assert closed.january.previous_hash == bytes(32)
+    async with engine_on_books.connect() as conn:
+        assert await _close_problems(conn) == []
+        head = (await conn.execute(text("SELECT link_id, hash FROM ledger_chain_head"))).one()
+    # Nothing was posted after the closes: both name the chain's head of now.
+    assert closed.february.chain_link_id == head.link_id
+    assert closed.february.chain_hash == bytes(head.hash)
+
+
+async def test_a_period_closes_once_and_never_before_a_later_closed_one(
+    closed: Closed, engine_on_books: AsyncEngine
+) -> None:
+    with pytest.raises(CloseRefusedError, match="2001-01 is closed already"):
+        await close_period(engine_on_books, JANUARY)
+    with pytest.raises(
+        CloseRefusedError, match="2001-01 is closed already: periods close in order"
+    ):
+        await close_period(engine_on_books, Period(2000, 12))
+    async with engine_on_books.connect() as conn:
+        assert (await load_close(conn, JANUARY)) == closed.january
+
+
+async def test_the_running_month_cannot_be_closed(engine_on_books: AsyncEngine) -> None:
+    now = period_of(datetime.now(UTC))
+    with pytest.raises(CloseRefusedError, match="has not ended"):
+        await close_period(engine_on_books, now)
+    with pytest.raises(CloseRefusedError, match="has not ended"):
+        await close_period(engine_on_books, now.next())
+
+
+async def test_verify_catches_a_tampered_closing_balance(
+    closed: Closed, engine_on_books: AsyncEngine
+) -> None:
+    b = closed.books.accounts["b"]
+    async with engine_on_books.connect() as conn:
+        transaction = await conn.begin()
+        try:
+            # as only a superuser can: with the triggers that refuse any change switched off
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+            await conn.execute(
+                text(
+                    "UPDATE closing_balances SET credits_minor = credits_minor + 1"
+                    " WHERE close_id = :close AND account_id = :account"
+                ),
+                {"close": closed.january.id, "account": b},
+            )
+            found = await _close_problems(conn)
+        finally:
+            await transaction.rollback()
+        assert await _close_problems(conn) == []
+    checks = {check for check, _ in found}
+    assert checks == {CHECK_DIGEST, CHECK_BALANCES, CHECK_ASSETS}
+    details = [detail for check, detail in found if check == CHECK_BALANCES]
+    # January closed b one credit too high; February's opening, taken from it, is too.
+    assert len(details) == 2
+    assert "close of 2001-01: test:" in details[0]
+    assert "closed with (debits, credits) (200, 501) but opening plus the period's " in details[0]
+    assert details[0].endswith("transfers give (200, 500)")
+
+
+async def _close_waits_on_a_lock(owner: AsyncEngine) -> bool:
+    waiting = await _scalar(
+        owner,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query LIKE '%wait_for_ledger_writers%'",
+    )
+    return bool(waiting)
+
+
+async def test_a_close_waits_for_a_batch_stamped_before_the_months_end_to_commit(
+    postgres_admin_url: str,
+) -> None:
+    """A batch stamped at January's last microsecond is still open when January is closed: the
+    close waits for it and counts it."""
+    async with fresh_database(postgres_admin_url) as url:
+        owner = create_engine(url, pool_size=4)
+        async with owner.begin() as conn:
+            for statement in TEST_CLOCK.strip().split(";\n"):
+                await conn.execute(text(statement))
+        past = PastLedger(url, owner)
+        try:
+            prefix = uuid.uuid4().hex[:8]
+            specs = [_spec(prefix, name, "DIAMOND") for name in "ab"]
+            ids = await past.ledger.account_ids(specs)
+            a, b = (ids[spec.name] for spec in specs)
+            await past.post_at("2001-01-10T08:00:00+00:00", [_move(a, b, 5)])
+            async with owner.begin() as conn:
+                await conn.execute(
+                    text("UPDATE test_clock.moment SET at = '2001-01-31T23:59:59.999999Z'")
+                )
+            async for tx in past.ledger.transactions():
+                async with tx:
+                    outcome = await tx.post([_move(a, b, 3)])
+                    assert outcome.results == [PostResult.OK]
+                    closing = asyncio.create_task(close_period(owner, JANUARY))
+                    await wait_until(functools.partial(_close_waits_on_a_lock, owner))
+                    assert not closing.done()
+            close = await closing
+            async with owner.connect() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT account_id, credits_minor - debits_minor AS balance"
+                        " FROM closing_balances WHERE close_id = :id"
+                    ),
+                    {"id": close.id},
+                )
+                balances = {row.account_id: row.balance for row in rows}
+                problems = await _close_problems(conn)
+        finally:
+            await past.engine.dispose()
+            await owner.dispose()
+    assert balances == {a: -8, b: 8}
+    assert problems == []
+
+
+# The journal ---------------------------------------------------------------------------------
+
+
+async def _journal(engine: AsyncEngine, period: Period) -> list[JournalLine]:
+    async with engine.connect() as conn:
+        basis = await journal_basis(conn, period)
+        return await journal_page(conn, basis, limit=1_000)
+
+
+async def test_the_journal_chains_each_accounts_opening_through_the_month_to_its_closing(
+    closed: Closed, engine_on_books: AsyncEngine
+) -> None:
+    books = closed.books
+    lines = await _journal(engine_on_books, FEBRUARY)
+    by_account: dict[str, list[JournalLine]] = {}
+    for line in lines:
+        by_account.setdefault(line.account.rsplit(":", 1)[1], []).append(line)
+    assert set(by_account) == set(books.accounts)
+    for name, account_lines in by_account.items():
+        assert account_lines[0].opening == books.balances[JANUARY][name]
+        for before, after in itertools.pairwise(account_lines):
+            assert after.opening == before.closing
+        for line in account_lines:
+            assert line.opening + line.credits - line.debits == line.closing
+        assert account_lines[-1].closing == books.balances[FEBRUARY][name]
+    a_lines = [
+        (str(line.day), line.code, line.debits, line.credits, line.opening, line.closing)
+        for line in by_account["a"]
+    ]
+    assert a_lines == [
+        ("2001-02-01", "adjustment", 300, 0, -493, -793),
+        ("2001-02-01", "synthetic", 11, 0, -793, -804),
+    ]
+    x_lines = [(str(line.day), line.credits, line.closing) for line in by_account["x"]]
+    assert x_lines == [("2001-02-03", 250, -750), ("2001-02-17", 250, -500)]
+    assert [line.line_no for line in lines] == list(range(1, len(lines) + 1))
+    async with engine_on_books.connect() as conn:
+        totals = await asset_totals(conn, await journal_basis(conn, FEBRUARY))
+    assert [(t.asset, t.debits, t.credits) for t in totals] == [
+        ("DIAMOND", 311, 311),
+        ("USD", 500, 500),
+    ]
+
+
+async def test_marchs_journal_opens_at_februarys_close(
+    closed: Closed, engine_on_books: AsyncEngine
+) -> None:
+    lines = await _journal(engine_on_books, MARCH)
+    assert [(line.account.rsplit(":", 1)[1], line.opening, line.closing) for line in lines] == [
+        ("a", -804, -805),
+        ("b", 311, 312),
+    ]
+
+
+async def test_the_api_pages_the_journal_and_names_the_close(
+    closed: Closed, engine_on_books: AsyncEngine
+) -> None:
+    app = create_app(engine_on_books, api_settings())
+    headers = {"Authorization": f"Bearer {FINANCE_TOKEN}"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://books"
+    ) as client:
+        first = await client.get(
+            "/v1/journal", params={"period": "2001-02", "limit": 3}, headers=headers
+        )
+        assert first.status_code == 200, first.text
+        page = first.json()
+        rest = await client.get(
+            "/v1/journal",
+            params={"period": "2001-02", "cursor": page["next_cursor"]},
+            headers=headers,
+        )
+        refused = await client.get("/v1/journal", params={"period": "2001-13"}, headers=headers)
+    assert (page["closed"], page["close"]["hash"]) == (True, closed.february.hash.hex())
+    assert (page["from"], page["to"]) == ("2001-02-01T00:00:00+00:00", "2001-03-01T00:00:00+00:00")
+    expected = await _journal(engine_on_books, FEBRUARY)
+    served = page["lines"] + rest.json()["lines"]
+    assert [(line["line_no"], line["account"], line["closing"]) for line in served] == [
+        (line.line_no, line.account, line.closing) for line in expected
+    ]
+    assert rest.json()["next_cursor"] is None
+    assert refused.status_code == 422
+
+
+# The command line ----------------------------------------------------------------------------
+
+
+async def test_the_commands_close_march_once_export_the_journal_and_verify(
+    closed: Closed,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", closed.books.url)
+    get_settings.cache_clear()
+    try:
+        capsys.readouterr()
+        first = await asyncio.to_thread(main, ["close", "--period", "2001-03"])
+        closed_text = capsys.readouterr()
+        again = await asyncio.to_thread(main, ["close", "--period", "2001-03"])
+        again_text = capsys.readouterr()
+        exported = await asyncio.to_thread(main, ["journal", "--period", "2001-03", "--csv"])
+        journal_csv = capsys.readouterr().out
+        verified = await asyncio.to_thread(main, ["verify"])
+        verify_text = capsys.readouterr()
+        bad_period = await asyncio.to_thread(main, ["journal", "--period", "March"])
+    finally:
+        get_settings.cache_clear()
+    assert (first, again, exported, bad_period) == (0, 1, 0, 2), (closed_text, again_text)
+    assert closed_text.out.startswith("closed 2001-03: 5 accounts, hash ")
+    assert "close of 2001-03 refused: 2001-03 is closed already" in again_text.err
+    rows = list(csv.DictReader(io.StringIO(journal_csv)))
+    columns = ("day", "code", "debits", "credits", "opening", "closing")
+    assert [tuple(row[column] for column in columns) for row in rows] == [
+        ("2001-03-05", "synthetic", "1", "0", "-804", "-805"),
+        ("2001-03-05", "synthetic", "0", "1", "311", "312"),
+    ]
+    assert verified == 0, verify_text
+    assert parse_period("2001-03") == MARCH
