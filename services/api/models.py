@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.events import CashoutStatus, CashoutUpdated
 from schemas.reports import GiftGrouping
 from schemas.topics import ConsumedTopic
+from services.api.report_window import CashoutClock
 
 TimestampText = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 DateText = Annotated[str, Field(json_schema_extra={"format": "date"})]
@@ -201,6 +202,12 @@ class TrialBalanceAccount(Document):
     debits: int
     credits: int
     balance: int
+    type: Literal["asset", "liability", "revenue", "expense", "clearing"] = Field(
+        description="The account's accounting type (docs/accounting.md)."
+    )
+    normal_side: Literal["debit", "credit"] = Field(
+        description="The side its balance normally stands on; `balance` is credits minus debits."
+    )
 
 
 class TrialBalanceTotal(Document):
@@ -224,7 +231,7 @@ class TrialBalanceDocument(Document):
 
 
 class Range(Document):
-    """A report's range, `[from, to)`, as asked."""
+    """A report's range, `[from, to)`: as asked, the ends left out filled in."""
 
     from_: TimestampText = Field(alias="from")
     to: TimestampText
@@ -287,6 +294,7 @@ class CashoutStatusTotals(Document):
 
 
 class CashoutsReportDocument(Range):
+    clock: CashoutClock
     statuses: list[CashoutStatusTotals]
 
 

@@ -1,9 +1,11 @@
 """The finance API's reads beyond `ledger.queries`: what an input produced, cash-out history, and
 the gifts, cash-outs and money reports. Every statement takes its inputs as bound parameters.
 
-Report ranges are half-open, `[from, to)`. Gifts and money are counted by when the ledger
-recorded them (the transfers' `created_at`), cash-outs by when they were requested
-(`occurred_at`). Amounts are integers in the asset's minor unit, each with the asset's scale.
+Report ranges are half-open, `[from, to)`, and every report counts by booking time: gifts and
+money by when the ledger committed their transfers (`created_at`), cash-outs by when the ledger
+recorded the request (their first transition, written in the transaction that decided it), or
+by when they were requested (`occurred_at`) when asked (`services.api.report_window`). Amounts
+are integers in the asset's minor unit, each with the asset's scale.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.model import TransferCode, TransferFlags
 from schemas.reports import GIFT_GROUPINGS, GiftGrouping
+from services.api.report_window import CASHOUT_CLOCKS, CashoutClock
 
 EVENT_TRANSFER_COUNT_MAX: Final = 1_000
 DEAD_LETTER_COUNT_MAX: Final = 100
@@ -159,8 +162,9 @@ async def cashout_transitions(conn: AsyncConnection, cashout_id: str) -> list[di
 async def gifts_report(
     conn: AsyncConnection, from_time: datetime, to_time: datetime, group_by: GiftGrouping
 ) -> list[dict[str, Any]]:
-    """Gifts (transfers with code `gift_diamonds`) per group: how many, their coins and the
-    milli-diamonds they credited. Reversals are not netted out. A day is a UTC day."""
+    """Gifts (transfers with code `gift_diamonds`) booked in the range, per group: how many, their
+    coins and the milli-diamonds they credited. Reversals are not netted out. A day is the UTC
+    day of the booking."""
     assert group_by in GIFT_GROUPINGS, group_by
     rows = await conn.execute(
         text(
@@ -201,14 +205,33 @@ async def gifts_report(
     ]
 
 
+# The cash-outs a range holds, by clock: booked (a transition in the range, through the index on
+# `at`, that the primary key shows to be its cash-out's first) or requested.
+_CASHOUTS_IN_RANGE: Final[dict[CashoutClock, str]] = {
+    "booked": """
+        SELECT t.cashout_id FROM cashout_transitions t
+        WHERE t.at >= :from_time AND t.at < :to_time
+          AND t.seq = (SELECT min(f.seq) FROM cashout_transitions f
+                       WHERE f.cashout_id = t.cashout_id)
+    """,
+    "requested": """
+        SELECT r.cashout_id FROM cashouts r
+        WHERE r.occurred_at >= :from_time AND r.occurred_at < :to_time
+    """,
+}
+assert set(_CASHOUTS_IN_RANGE) == set(CASHOUT_CLOCKS)
+
+
 async def cashouts_report(
-    conn: AsyncConnection, from_time: datetime, to_time: datetime
+    conn: AsyncConnection, from_time: datetime, to_time: datetime, clock: CashoutClock
 ) -> list[dict[str, Any]]:
-    """Cash-outs requested in the range, per status: how many, and their amounts per source asset
-    and payout currency (the payout amount is what was or would be paid)."""
+    """Cash-outs booked (or, with `clock="requested"`, requested) in the range, per status now:
+    how many, and their amounts per source asset and payout currency (the payout amount is what
+    was or would be paid)."""
+    in_range = _CASHOUTS_IN_RANGE[clock]
     rows = await conn.execute(
         text(
-            """
+            f"""
             SELECT c.status, c.asset, s.scale, c.payout_currency, p.scale AS payout_scale,
                    count(*) AS cashout_count, sum(c.amount)::bigint AS amount,
                    coalesce(sum(c.payout_amount), 0)::bigint AS payout_amount,
@@ -216,12 +239,13 @@ async def cashouts_report(
             FROM cashouts c
             JOIN assets s ON s.code = c.asset
             JOIN assets p ON p.code = c.payout_currency
-            WHERE c.occurred_at >= :from_time AND c.occurred_at < :to_time
+            WHERE c.cashout_id IN ({in_range})
             GROUP BY c.status, c.asset, s.scale, c.payout_currency, p.scale
             ORDER BY c.status, c.asset, c.payout_currency
-            """
+            LIMIT :limit
+            """  # noqa: S608 (one of two fixed statements)
         ),
-        {"from_time": from_time, "to_time": to_time},
+        {"from_time": from_time, "to_time": to_time, "limit": REPORT_GROUP_COUNT_MAX},
     )
     statuses: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -245,7 +269,8 @@ async def cashouts_report(
 async def money_report(
     conn: AsyncConnection, from_time: datetime, to_time: datetime
 ) -> list[dict[str, Any]]:
-    """Tips, their fees, fund rewards and marketplace payments and fees, per currency and code."""
+    """Tips, their fees, fund rewards and marketplace payments and fees booked in the range, per
+    currency and code."""
     rows = await conn.execute(
         text(
             """
@@ -258,9 +283,15 @@ async def money_report(
               AND t.created_at >= :from_time AND t.created_at < :to_time
             GROUP BY t.asset, s.scale, c.name
             ORDER BY t.asset, c.name
+            LIMIT :limit
             """
         ),
-        {"codes": [int(code) for code in MONEY_CODES], "from_time": from_time, "to_time": to_time},
+        {
+            "codes": [int(code) for code in MONEY_CODES],
+            "from_time": from_time,
+            "to_time": to_time,
+            "limit": REPORT_GROUP_COUNT_MAX,
+        },
     )
     currencies: dict[str, dict[str, Any]] = {}
     for row in rows:
