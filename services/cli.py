@@ -22,7 +22,7 @@ from pydantic_settings import SettingsError
 from sqlalchemy.exc import DBAPIError
 
 from ledger.migrate import SchemaNotCurrentError
-from services.commands import books, cashouts, loadtest_tools, operator, service
+from services.commands import books, cashouts, loadtest_tools, operator, reconcile, reports, service
 from services.commands.common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -101,6 +101,8 @@ COMMANDS: list[Command] = [
         books.add_trial_balance_arguments,
         on_database(books.trial_balance_command),
     ),
+    *reports.COMMANDS,
+    *reconcile.COMMANDS,
     Command(
         "schemas",
         "JSON Schemas and the AsyncAPI document of the Kafka topics",

@@ -45,6 +45,7 @@ from services.rates.rate_cards import load_rate_cards
 from services.runtime.embedded_broker import create_topics
 from services.runtime.settings import Settings
 from tests import event_factory as make
+from tests.books_helpers import reconcile_paid_cashout
 from tests.ingestion_fixtures import make_ingestor
 
 SERVER_START_TIMEOUT_S = 15.0
@@ -157,6 +158,7 @@ class SeededLedger:
     start: datetime
     end: datetime
     twice_applied_event: str
+    reconciliation: int
 
     @property
     def available_account(self) -> str:
@@ -236,6 +238,7 @@ async def seed_ledger(engine: AsyncEngine) -> SeededLedger:
         start=start,
         end=end,
         twice_applied_event=tip["event_id"],
+        reconciliation=await reconcile_paid_cashout(engine, paid["event_id"]),
     )
 
 

@@ -299,6 +299,7 @@ def _config(ledger: SeededLedger) -> schemathesis.Config:
                     "values": [ledger.gift_event, ledger.dead_event, ledger.twice_applied_event]
                 },
                 "cashouts": {"values": [ledger.paid_cashout, ledger.rejected_cashout]},
+                "reconciliations": {"values": [ledger.reconciliation]},
                 "starts": {"values": [_iso(ledger.start)]},
                 "ends": {"values": [_iso(ledger.end)]},
                 # the first and last instants the API allows, the widest offsets
@@ -310,6 +311,7 @@ def _config(ledger: SeededLedger) -> schemathesis.Config:
                 "path.account": {"dictionary": "accounts", "probability": 0.5},
                 "path.event_id": {"dictionary": "events", "probability": 0.5},
                 "path.cashout_id": {"dictionary": "cashouts", "probability": 0.5},
+                "path.reconciliation_id": {"dictionary": "reconciliations", "probability": 0.5},
                 "query.from": {"dictionary": "starts", "probability": 0.5},
                 "query.to": {"dictionary": "ends", "probability": 0.5},
                 "query.as_of": {"dictionary": "instants", "probability": 0.5},
@@ -636,8 +638,8 @@ ERROR_ANSWERS: Final[list[tuple[str, str, str, int]]] = [
     ("GET /v1/cashouts", "/v1/cashouts?creator_id=a%00b", "", 422),
     ("GET /v1/events/{event_id}", "/v1/events/a%00b", "", 422),
     ("GET /v1/events/{event_id}", f"/v1/events/{'x' * 129}", "", 422),
-    ("GET /v1/reports/gifts", "/v1/reports/gifts?to={end}", "", 422),
     ("GET /v1/reports/gifts", "/v1/reports/gifts?from={end}&to={start}", "", 422),
+    ("GET /v1/reports/cashouts", "/v1/reports/cashouts?clock=paid", "", 422),
     ("GET /v1/reports/money", "/v1/reports/money?from=2020-01-01T00:00:00Z&to={end}", "", 422),
     ("GET /v1/reports/cashouts", f"/v1/reports/cashouts?from={EARLY}&to={{end}}", "", 422),
     ("GET /v1/reports/trial-balance", f"/v1/reports/trial-balance?as_of={LATE}", "", 422),
@@ -649,6 +651,8 @@ ERROR_ANSWERS: Final[list[tuple[str, str, str, int]]] = [
         422,
     ),
     ("GET /v1/accounts/{account}/statement", "/v1/accounts/{account}/statement?" + WINDOW, "", 200),
+    ("GET /v1/reports/gifts", "/v1/reports/gifts?to={end}", "", 200),
+    ("GET /v1/reports/money", "/v1/reports/money", "", 200),
     (
         "GET /v1/accounts/{account}/statement",
         "/v1/accounts/{account}/statement?page_size=1",

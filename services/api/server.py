@@ -66,8 +66,18 @@ from services.api.responses import (
     service_responses,
     unreadable_body,
 )
-from services.api.routes import cashouts, creators, events, operator, reports, service, statements
+from services.api.routes import (
+    books,
+    cashouts,
+    creators,
+    events,
+    operator,
+    reports,
+    service,
+    statements,
+)
 from services.api.routes.operator_recovery import router as operator_recovery_router
+from services.console import install_console
 from services.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -91,6 +101,7 @@ ROUTERS: Final = (
     events.router,
     cashouts.router,
     reports.router,
+    books.router,
     operator.router,
     operator_recovery_router,
 )
@@ -206,6 +217,7 @@ def create_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
     _docs_routes(app)
     for router in ROUTERS:
         _add_routes(app, router)
+    install_console(app)  # the console's pages under /console (services/console/)
     app.add_middleware(ConcurrencyLimit, concurrency_max=settings.api_concurrency_max)
     app.add_exception_handler(RequestValidationError, on_request_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)

@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from ledger.database import PORT_MAX, database_url_problem
 from ledger.partitions import TRANSFER_PARTITION_MONTHS_AHEAD, TRANSFER_PARTITION_MONTHS_AHEAD_MAX
 from schemas.events import OPERATOR_NAME_LENGTH_MAX, OPERATOR_NAME_PATTERN
+from services.payout_rail.settlement import SettlementBreak
 
 COUNTRY_COUNT_MAX = 300
 TALLY_THRESHOLD_MAX = 10**12
@@ -240,6 +241,16 @@ class Settings(BaseSettings):
     payout_rail_return_rate: float = Field(default=0.02, ge=0, le=1)
     payout_rail_return_delay_ms: int = Field(default=1_000, ge=0, le=3_600_000)
     payout_rail_in_flight_max: int = Field(default=10_000, ge=1, le=1_000_000)
+    payout_rail_settlement_dir: Path | None = Field(
+        default=None,
+        description="Where the simulated bank keeps its journal and writes a settlement file per"
+        " UTC day (`giftledger run --payout-rail`); unset: no files.",
+    )
+    payout_rail_settlement_breaks: frozenset[SettlementBreak] = Field(
+        default=frozenset(),
+        description="Breaks the simulated bank writes into each settlement file, as a JSON list"
+        " of `unknown_payout`, `amount_off`, `paid_but_failed` and `missing_day`.",
+    )
     metrics_port: int = Field(
         default=0,
         ge=0,
@@ -293,6 +304,12 @@ class Settings(BaseSettings):
         default="giftledger_reader",
         pattern=r"^[a-z_][a-z0-9_]{0,62}$",
         description="The read-only PostgreSQL role every API transaction switches to.",
+    )
+    console_session_s: int = Field(
+        default=8 * 3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="How long a console session lasts after signing in with a token.",
     )
 
     @field_validator("database_url")

@@ -1,0 +1,91 @@
+"""The finance and operations console: server-rendered HTML pages served by the API process under
+`/console`, for people with a token of `API_TOKENS` (`install_console`).
+
+No front-end build and no script: Jinja2 templates (`templates/`), plain forms, charts as inline
+SVG. The console is a Starlette application mounted in the API, so its routes are not in the
+OpenAPI document and the JSON API's contract stays as it is; `/console` itself is a route of the
+API that answers 401 (with the sign-in form) to a request without a session, as every
+route but the open ones does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.console import action_routes, page_routes, session_routes
+from services.console.context import Console, message_page, session_of
+from services.console.pages import CONSOLE_PATH
+from services.console.sessions import SessionBook
+
+logger = logging.getLogger(__name__)
+
+DATABASE_RETRY_AFTER_S: Final = 5
+
+
+def _routes() -> list[Route]:
+    def get(path: str, endpoint: object) -> Route:
+        return Route(path, endpoint, methods=["GET"], include_in_schema=False)  # type: ignore[arg-type]
+
+    def post(path: str, endpoint: object) -> Route:
+        return Route(path, endpoint, methods=["POST"], include_in_schema=False)  # type: ignore[arg-type]
+
+    return [
+        get("/", page_routes.overview),
+        get("/sign-in", session_routes.sign_in_form),
+        post("/sign-in", session_routes.sign_in),
+        post("/sign-out", session_routes.sign_out),
+        get("/static/console.css", session_routes.stylesheet),
+        get("/creator", page_routes.creator),
+        get("/statement.csv", page_routes.statement_csv),
+        get("/cashouts", page_routes.cashout_list),
+        get("/cashout", page_routes.cashout),
+        get("/dead-letters", page_routes.dead_letter_list),
+        get("/dead-letter", page_routes.dead_letter),
+        post("/dead-letter/redrive", action_routes.redrive),
+        get("/operator", page_routes.operator_page),
+        post("/operator/approve", action_routes.approve),
+    ]
+
+
+async def _database_unavailable(request: Request, error: Exception) -> Response:
+    logger.warning("console: the database did not answer: %s", type(error).__name__)
+    answer = message_page(
+        request,
+        session_of(request),
+        503,
+        "Unavailable",
+        "The database does not answer: try again in a moment.",
+    )
+    answer.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+    return answer
+
+
+def console_app(console: Console) -> Starlette:
+    """The console's pages, to be mounted at CONSOLE_PATH."""
+    app = Starlette(
+        routes=_routes(),
+        exception_handlers={
+            SQLAlchemyError: _database_unavailable,
+            OSError: _database_unavailable,
+            TimeoutError: _database_unavailable,
+        },
+    )
+    app.state.console = console
+    return app
+
+
+def install_console(api: FastAPI) -> None:
+    """Mount the console in the API (`create_app`): its pages under `/console/`, and `/console`
+    itself, the overview."""
+    console = Console(api, SessionBook(api.state.settings.console_session_s))
+    api.state.console = console
+    api.add_route(CONSOLE_PATH, page_routes.overview, include_in_schema=False)
+    api.mount(CONSOLE_PATH, console_app(console), name="console")

@@ -1,0 +1,202 @@
+"""The console's actions (POST): re-drive a dead letter, approve an adjustment.
+
+Each goes through the same operator logic as the API's routes (`DeadLetterRedriver`,
+`OperatorDesk`), as the session's operator, with the idempotency key its form was rendered with
+(submitting the same form twice is one action). Refused without a session (401), for a role
+other than `operator` (403), and without the session's CSRF token (403); the fields are checked
+against the operator log's rules before anything is sent or written (422).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ledger.service import Ledger
+from services.console.context import (
+    FormError,
+    console_of,
+    may_not_act,
+    message_page,
+    not_signed_in,
+    query_int,
+    read_form,
+    session_of,
+)
+from services.console.page_routes import ID_MAX, dead_letter, operator_page
+from services.console.sessions import ConsoleSession
+from services.ingestion.redrive import (
+    ACTION as REDRIVE_ACTION,
+)
+from services.ingestion.redrive import (
+    DeadLetterNotFoundError,
+    DeadLetterRedriver,
+    DeadLetterSelection,
+    RedriveRequest,
+)
+from services.operator.actions_log import (
+    ActionKeyConflictError,
+    InvalidActionError,
+    check_action,
+)
+from services.operator.desk import (
+    AdjustmentNotFoundError,
+    FourEyesError,
+    OperatorDesk,
+    OperatorError,
+)
+
+APPROVE_ACTION: Final = "adjustment_approved"
+
+
+class _RefusedError(Exception):
+    def __init__(self, status_code: int, text: str) -> None:
+        super().__init__(text)
+        self.status_code = status_code
+        self.text = text
+
+
+async def _acting_form(request: Request, session: ConsoleSession) -> dict[str, str]:
+    """The form of an action, once the role and the CSRF token allow it."""
+    if not session.may_act:
+        raise _RefusedError(
+            403, f"The {session.caller.role} role reads; only the operator role acts."
+        )
+    try:
+        form = await read_form(request)
+    except FormError as error:
+        raise _RefusedError(400, str(error)) from None
+    if not session.csrf_matches(form.get("csrf_token")):
+        raise _RefusedError(
+            403, "The form was out of date (no valid CSRF token): load the page again."
+        )
+    return form
+
+
+def _said(form: dict[str, str]) -> tuple[str, str, str | None]:
+    """The key, reason and ticket of a form."""
+    ticket = form.get("ticket", "").strip() or None
+    return form.get("idempotency_key", ""), form.get("reason", "").strip(), ticket
+
+
+def _refusal_page(request: Request, session: ConsoleSession, refused: _RefusedError) -> Response:
+    if refused.status_code == 403 and not session.may_act:
+        return may_not_act(request, session)
+    return message_page(request, session, refused.status_code, "Not done", refused.text)
+
+
+async def redrive(request: Request) -> Response:
+    session = session_of(request)
+    if session is None:
+        return not_signed_in(request)
+    console = console_of(request)
+    try:
+        form = await _acting_form(request, session)
+        dead_letter_id = query_int(request, "id", 1, ID_MAX)
+        if dead_letter_id is None:
+            raise _RefusedError(404, "No dead letter has this id.")
+        key, reason, ticket = _said(form)
+        try:
+            check_action(
+                idempotency_key=key,
+                actor=session.caller.name,
+                action=REDRIVE_ACTION,
+                target=f"dead-letter:{dead_letter_id}",
+                reason=reason,
+                ticket=ticket,
+            )
+        except InvalidActionError as error:
+            raise _RefusedError(422, str(error)) from None
+        servers = console.kafka_bootstrap_servers
+        if not servers:
+            raise _RefusedError(503, "No Kafka cluster is configured for this API.")
+        settings = console.settings
+        redriver = DeadLetterRedriver(
+            console.api.state.engine,
+            servers,
+            settings.kafka_topic_prefix,
+            database_role=settings.database_writer_role,
+        )
+        request_said = RedriveRequest(
+            idempotency_key=key,
+            actor=session.caller.name,
+            reason=reason,
+            ticket=ticket,
+            selection=DeadLetterSelection(dead_letter_ids=(dead_letter_id,)),
+        )
+        try:
+            [outcome] = await redriver.redrive(request_said)
+        except DeadLetterNotFoundError as error:
+            raise _RefusedError(404, str(error)) from None
+        except (ActionKeyConflictError, InvalidActionError) as error:
+            raise _RefusedError(409, str(error)) from None
+        except (KafkaError, TimeoutError) as error:
+            raise _RefusedError(
+                503,
+                f"The Kafka cluster does not answer ({type(error).__name__}): nothing was "
+                "recorded; try again.",
+            ) from None
+    except _RefusedError as refused:
+        return _refusal_page(request, session, refused)
+    said = {
+        "redriven": f"Re-driven: the copy is at partition {outcome.copy_partition}, offset "
+        f"{outcome.copy_offset} of {outcome.topic} (action {outcome.operator_action_id}).",
+        "already_redriven": f"Already re-driven (action {outcome.operator_action_id}).",
+        "source_unavailable": "Not re-driven: the original record is no longer in its topic.",
+    }[outcome.outcome]
+    return await dead_letter(request, outcome=said)
+
+
+async def approve(request: Request) -> Response:
+    session = session_of(request)
+    if session is None:
+        return not_signed_in(request)
+    console = console_of(request)
+    try:
+        form = await _acting_form(request, session)
+        adjustment_id = query_int(request, "id", 1, ID_MAX)
+        if adjustment_id is None:
+            raise _RefusedError(404, "No adjustment has this id.")
+        key, reason, ticket = _said(form)
+        try:
+            check_action(
+                idempotency_key=key,
+                actor=session.caller.name,
+                action=APPROVE_ACTION,
+                target="adjustment",
+                reason=reason,
+                ticket=ticket,
+            )
+        except InvalidActionError as error:
+            raise _RefusedError(422, str(error)) from None
+        settings = console.settings
+        desk = OperatorDesk(
+            Ledger(console.api.state.engine),
+            topic_prefix=settings.kafka_topic_prefix,
+            database_role=settings.database_writer_role,
+        )
+        try:
+            outcome = await desk.approve_adjustment(
+                adjustment_id,
+                idempotency_key=key,
+                actor=session.caller.name,
+                reason=reason,
+                ticket=ticket,
+            )
+        except AdjustmentNotFoundError as error:
+            raise _RefusedError(404, str(error)) from None
+        except (FourEyesError, ActionKeyConflictError) as error:
+            raise _RefusedError(409, str(error)) from None
+        except (OperatorError, InvalidActionError) as error:
+            raise _RefusedError(409, str(error)) from None
+    except _RefusedError as refused:
+        return _refusal_page(request, session, refused)
+    adjustment = outcome.adjustment
+    return await operator_page(
+        request,
+        outcome=f"Adjustment {adjustment.id} is {adjustment.status} "
+        f"(action {outcome.action.id}{'' if outcome.recorded else ', recorded before'}).",
+    )

@@ -1,0 +1,396 @@
+"""The console's pages (GET): overview, creator, statement CSV, cash-outs, dead letters, operator.
+
+Each page needs a session (else 401 with the sign-in form) and reads in one read-only
+transaction as the API's database role. Ids travel in the query string (`?id=`), so any id
+makes a working link; every value is escaped by the templates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, date, datetime, timedelta
+from typing import Final, get_args
+
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ledger.queries import STATEMENT_PAGE_SIZE_MAX, account_balance, creator_balances, statement
+from schemas import topics
+from schemas.assets import DIAMOND
+from schemas.events import CashoutStatus
+from services.api.documents import (
+    STATEMENT_CSV_COLUMNS,
+    creator_balances_document,
+    statement_csv_row,
+)
+from services.api.queries import gifts_report
+from services.cashout.eligibility import creator_eligibility
+from services.cashout.store import load_cashout
+from services.console import reads
+from services.console.charts import bar_chart
+from services.console.context import (
+    console_of,
+    day_after,
+    day_start,
+    message_page,
+    new_action_key,
+    not_signed_in,
+    query_day,
+    query_int,
+    query_text,
+    session_of,
+)
+from services.console.pages import SECURITY_HEADERS, amount_text, render
+from services.console.shown_bytes import shown_bytes
+from services.ingestion.redrive import read_source_records
+from services.operator.adjustments import list_adjustments
+from services.operator.freezes import freeze_state
+from services.runtime.metrics import CONSUMER_LAG
+
+STATEMENT_PAGE_SIZE_DEFAULT: Final = 50
+CSV_LINE_COUNT_MAX: Final = 10_000
+ACTION_PAGE_SIZE: Final = 50
+PROPOSED_ADJUSTMENT_COUNT_MAX: Final = 200
+SOURCE_READ_WAIT_S: Final = 3.0
+SEQ_MAX: Final = 2**63 - 1
+ID_MAX: Final = 2**63 - 1
+CASHOUT_STATUSES: Final[tuple[str, ...]] = get_args(CashoutStatus)
+
+
+# Overview ------------------------------------------------------------------------------------
+
+
+def consumer_lag() -> list[tuple[str, int, int]]:
+    """Records behind per topic and partition, from this process's consumers' gauge (empty when
+    the process runs no consumers)."""
+    found = [
+        (sample.labels["topic"], int(sample.labels["partition"]), int(sample.value))
+        for metric in CONSUMER_LAG.collect()
+        for sample in metric.samples
+    ]
+    return sorted(found)
+
+
+def _month_days(month_start: date, today: date) -> list[date]:
+    return [
+        month_start + timedelta(days=offset) for offset in range((today - month_start).days + 1)
+    ]
+
+
+async def overview(request: Request) -> Response:
+    session = session_of(request)
+    if session is None:
+        return not_signed_in(request)
+    console = console_of(request)
+    settings = console.settings
+    now = datetime.now(UTC)
+    today = now.date()
+    month_start = today.replace(day=1)
+    today_start, tomorrow = day_start(today), day_after(today)
+    assert today_start is not None
+    assert tomorrow is not None
+    month_time = datetime(month_start.year, month_start.month, 1, tzinfo=UTC)
+    async with console.reader() as conn:
+        today_rows = await gifts_report(conn, today_start, tomorrow, "surface")
+        month_rows = await gifts_report(conn, month_time, tomorrow, "surface")
+        by_day = await gifts_report(conn, month_time, tomorrow, "day")
+        liability_posted, liability_pending = await reads.creator_diamond_liability(conn)
+        top = await reads.top_creators(conn)
+        statuses = await reads.cashouts_by_status(conn)
+        stale = await reads.find_cashouts(
+            conn,
+            status=None,
+            creator_id=None,
+            from_time=None,
+            to_time=None,
+            stale_after_s=settings.cashout_answer_window_s,
+        )
+        dead_letter_counts = await reads.dead_letters_by_reason(conn, settings.kafka_topic_prefix)
+    diamonds_by_day = {row["day"]: int(row["milli_diamonds"]) for row in by_day}
+    chart = bar_chart(
+        f"Diamonds credited by gifts per UTC day, {month_start:%Y-%m}",
+        [
+            (
+                day.isoformat(),
+                diamonds_by_day.get(day.isoformat(), 0),
+                amount_text(diamonds_by_day.get(day.isoformat(), 0), DIAMOND),
+            )
+            for day in _month_days(month_start, today)
+        ],
+    )
+    return render(
+        request,
+        "overview.html",
+        session=session,
+        today=today.isoformat(),
+        month=f"{month_start:%Y-%m}",
+        today_rows=today_rows,
+        month_rows=month_rows,
+        chart=chart,
+        liability_posted=liability_posted,
+        liability_pending=liability_pending,
+        top=top,
+        cashout_statuses=statuses,
+        stale=stale,
+        answer_window_s=settings.cashout_answer_window_s,
+        dead_letter_counts=dead_letter_counts,
+        lag=consumer_lag(),
+    )
+
+
+# Creator --------------------------------------------------------------------------------------
+
+
+async def creator(request: Request) -> Response:
+    session = session_of(request)
+    if session is None:
+        return not_signed_in(request)
+    creator_id = query_text(request, "id")
+    if creator_id is None:
+        return message_page(request, session, 404, "No creator", "Give a creator id.")
+    console = console_of(request)
+    page_size = query_int(request, "page_size", 1, STATEMENT_PAGE_SIZE_MAX)
+    page_size = page_size or STATEMENT_PAGE_SIZE_DEFAULT
+    cursor = query_int(request, "cursor", 0, SEQ_MAX) or 0
+    async with console.reader() as conn:
+        accounts = sorted(await creator_balances(conn, creator_id), key=lambda a: a.name)
+        freeze = await freeze_state(conn, creator_id)
+        eligibility = await creator_eligibility(conn, creator_id, console.settings.eligibility)
+        chosen_name = query_text(request, "account")
+        chosen = next((a for a in accounts if a.name == chosen_name), None)
+        chosen = chosen or next((a for a in accounts if a.asset == DIAMOND), None)
+        chosen = chosen or (accounts[0] if accounts else None)
+        page = None
+        if chosen is not None:
+            page = await statement(conn, chosen.account_id, after_seq=cursor, page_size=page_size)
+        cashouts = await reads.find_cashouts(
+            conn, status=None, creator_id=creator_id, from_time=None, to_time=None
+        )
+        steps = await reads.transitions_of(conn, [c.cashout_id for c in cashouts])
+        actions = await reads.actions_on(conn, [creator_id, *(c.cashout_id for c in cashouts)])
+    transitions: dict[str, list[reads.Transition]] = {}
+    for step in steps:
+        transitions.setdefault(step.cashout_id, []).append(step)
+    return render(
+        request,
+        "creator.html",
+        session=session,
+        creator_id=creator_id,
+        freeze=freeze,
+        balances=creator_balances_document(creator_id, accounts)["balances"],
+        accounts=accounts,
+        eligibility=eligibility,
+        statement_account=chosen,
+        statement_lines=[] if page is None else page.lines,
+        next_cursor=None if page is None else page.next_cursor,
+        cursor=cursor,
+        page_size=page_size,
+        page_size_max=STATEMENT_PAGE_SIZE_MAX,
+        csv_line_count_max=CSV_LINE_COUNT_MAX,
+        cashouts=cashouts,
+        transitions=transitions,
+        actions=actions,
+    )
+
+
+async def statement_csv(request: Request) -> Response:
+    """An account's statement from `cursor` on, at most CSV_LINE_COUNT_MAX lines, with the
+    columns of `giftledger statement --csv`; `X-Next-Cursor` names where the rest begins."""
+    session = session_of(request)
+    if session is None:
+        return not_signed_in(request)
+    name = query_text(request, "account")
+    cursor = query_int(request, "cursor", 0, SEQ_MAX) or 0
+    console = console_of(request)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(STATEMENT_CSV_COLUMNS)
+    next_cursor: int | None = cursor
+    line_count = 0
+    async with console.reader() as conn:
+        found = None if name is None else await account_balance(conn, name)
+        if found is None:
+            return message_page(request, session, 404, "No account", "No account has this name.")
+        while next_cursor is not None and line_count < CSV_LINE_COUNT_MAX:
+            page_size = min(STATEMENT_PAGE_SIZE_MAX, CSV_LINE_COUNT_MAX - line_count)
+            page = await statement(
+                conn, found.account_id, after_seq=next_cursor, page_size=page_size
+            )
+            for line in page.lines:
+                writer.writerow(statement_csv_row(line))
+            line_count += len(page.lines)
+            next_cursor = page.next_cursor
+    file_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in found.name)[:100]
+    headers = {
+        **SECURITY_HEADERS,
+        "Content-Disposition": f'attachment; filename="statement-{file_name}.csv"',
+    }
+    if next_cursor is not None:
+        headers["X-Next-Cursor"] = str(next_cursor)
+    return Response(buffer.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+# Cash-outs ------------------------------------------------------------------------------------
+
+
+async def cashout_list(request: Request) -> Response:
+    session = session_of(request)
+    if session is None:
+        return not_signed_in(request)
+    status = query_text(request, "status")
+    status = status if status in CASHOUT_STATUSES else None
+    creator_id = query_text(request, "creator_id")
+    from_day, to_day = query_day(request, "from"), query_day(request, "to")
+    async with console_of(request).reader() as conn:
+        cashouts = await reads.find_cashouts(
+            conn,
+            status=status,
+            creator_id=creator_id,
+            from_time=day_start(from_day),
+            to_time=day_after(to_day),
+        )
+    return render(
+        request,
+        "cashouts.html",
+        session=session,
+        statuses=CASHOUT_STATUSES,
+        status=status,
+        creator_id=creator_id,
+        from_day=from_day,
+        to_day=to_day,
+        cashouts=cashouts,
+        row_count_max=reads.LIST_ROW_COUNT_MAX,
+    )
+
+
+async def cashout(request: Request) -> Response:
+    session = session_of(request)
+    if session is None:
+        return not_signed_in(request)
+    cashout_id = query_text(request, "id")
+    async with console_of(request).reader() as conn:
+        found = None if cashout_id is None else await load_cashout(conn, cashout_id)
+        if found is None or cashout_id is None:
+            return message_page(request, session, 404, "No cash-out", "No cash-out has this id.")
+        transitions = await reads.transitions_of(conn, [cashout_id])
+        actions = await reads.actions_on(conn, [cashout_id])
+    return render(
+        request,
+        "cashout.html",
+        session=session,
+        cashout=found,
+        transitions=transitions,
+        actions=actions,
+    )
+
+
+# Dead letters ---------------------------------------------------------------------------------
+
+
+async def dead_letter_list(request: Request) -> Response:
+    session = session_of(request)
+    if session is None:
+        return not_signed_in(request)
+    console = console_of(request)
+    topic = query_text(request, "topic")
+    topic = topic if topic in topics.CONSUMED_TOPICS else None
+    error = query_text(request, "error")
+    from_day, to_day = query_day(request, "from"), query_day(request, "to")
+    async with console.reader() as conn:
+        letters = await reads.find_dead_letters(
+            conn,
+            console.settings.kafka_topic_prefix,
+            topic=topic,
+            error=error,
+            from_time=day_start(from_day),
+            to_time=day_after(to_day),
+        )
+    return render(
+        request,
+        "dead_letters.html",
+        session=session,
+        topics=topics.CONSUMED_TOPICS,
+        topic=topic,
+        error=error,
+        from_day=from_day,
+        to_day=to_day,
+        letters=letters,
+        row_count_max=reads.LIST_ROW_COUNT_MAX,
+    )
+
+
+async def dead_letter(request: Request, outcome: str | None = None) -> Response:
+    """A dead letter with its original record, read back from its source topic (escaped, cut
+    short, hex when not UTF-8), and, for an operator, the re-drive form."""
+    session = session_of(request)
+    if session is None:
+        return not_signed_in(request)
+    console = console_of(request)
+    prefix = console.settings.kafka_topic_prefix
+    dead_letter_id = query_int(request, "id", 1, ID_MAX)
+    async with console.reader() as conn:
+        letter = None
+        if dead_letter_id is not None:
+            letter = await reads.load_dead_letter(conn, prefix, dead_letter_id)
+    if letter is None:
+        return message_page(request, session, 404, "No dead letter", "No dead letter has this id.")
+    servers = console.kafka_bootstrap_servers
+    source_problem: str | None = None
+    record = None
+    if not servers:
+        source_problem = "No Kafka cluster is configured: the original record cannot be read."
+    else:
+        try:
+            records = await read_source_records(
+                servers,
+                topics.prefixed(prefix, letter.topic),
+                [(letter.partition, letter.offset)],
+                wait_s=SOURCE_READ_WAIT_S,
+            )
+            record = records.get((letter.partition, letter.offset))
+            if record is None:
+                source_problem = "The original record is no longer in its topic (retention)."
+        except (KafkaError, TimeoutError, OSError) as error:
+            source_problem = f"The Kafka cluster did not answer ({type(error).__name__})."
+    return render(
+        request,
+        "dead_letter.html",
+        session=session,
+        letter=letter,
+        outcome=outcome,
+        source_problem=source_problem,
+        source_key=shown_bytes(None if record is None else record.key),
+        source_value=shown_bytes(None if record is None else record.value),
+        source_headers=[] if record is None else [(n, shown_bytes(v)) for n, v in record.headers],
+        action_key=new_action_key(),
+    )
+
+
+# Operator -------------------------------------------------------------------------------------
+
+
+async def operator_page(request: Request, outcome: str | None = None) -> Response:
+    session = session_of(request)
+    if session is None:
+        return not_signed_in(request)
+    before = query_int(request, "before", 1, ID_MAX)
+    async with console_of(request).reader() as conn:
+        proposed = await list_adjustments(
+            conn, status="proposed", limit=PROPOSED_ADJUSTMENT_COUNT_MAX
+        )
+        freezes = await reads.frozen_creators(conn)
+        actions = await reads.actions_before(conn, before, ACTION_PAGE_SIZE)
+    older_than = actions[-1].id if len(actions) == ACTION_PAGE_SIZE else None
+    return render(
+        request,
+        "operator.html",
+        session=session,
+        outcome=outcome,
+        proposed=proposed,
+        freezes=freezes,
+        actions=actions,
+        older_than=older_than,
+        new_key=new_action_key,
+    )

@@ -1,0 +1,318 @@
+"""The console's reads beyond `ledger.queries`, `services.api.queries` and the operator modules:
+totals for the overview, lists with the console's filters, and who touched what. Every statement
+takes its inputs as bound parameters and returns a bounded number of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.chart import AccountKind
+from schemas.assets import DIAMOND
+
+LIST_ROW_COUNT_MAX: Final = 200
+TOP_CREATOR_COUNT: Final = 10
+TRANSITION_COUNT_MAX: Final = 5_000
+DETAIL_CHARACTERS_MAX: Final = 4_000
+
+
+async def creator_diamond_liability(conn: AsyncConnection) -> tuple[int, int]:
+    """What the platform owes creators in milli-diamonds: posted (available and held together)
+    and pending (held by open cash-outs), over every creator's Diamond accounts."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT coalesce(sum(credits_posted - debits_posted), 0)::bigint AS posted,"
+                " coalesce(sum(debits_pending), 0)::bigint AS pending"
+                " FROM accounts WHERE creator_id IS NOT NULL AND asset = :asset"
+            ),
+            {"asset": DIAMOND},
+        )
+    ).one()
+    return int(row.posted), int(row.pending)
+
+
+async def top_creators(conn: AsyncConnection) -> list[tuple[str, int]]:
+    """The creators with the most Diamonds available (milli-diamonds), most first."""
+    rows = await conn.execute(
+        text(
+            "SELECT creator_id, credits_posted - debits_posted - debits_pending AS available"
+            " FROM accounts WHERE creator_id IS NOT NULL AND asset = :asset AND kind = :kind"
+            " ORDER BY available DESC, creator_id LIMIT :limit"
+        ),
+        {
+            "asset": DIAMOND,
+            "kind": AccountKind.CREATOR_DIAMONDS_AVAILABLE.value,
+            "limit": TOP_CREATOR_COUNT,
+        },
+    )
+    return [(row.creator_id, int(row.available)) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCount:
+    status: str
+    count: int
+    milli_diamonds: int
+
+
+async def cashouts_by_status(conn: AsyncConnection) -> list[StatusCount]:
+    """Every cash-out by state: how many, and the Diamonds of those that cash out Diamonds."""
+    rows = await conn.execute(
+        text(
+            "SELECT status, count(*) AS row_count,"
+            " coalesce(sum(amount) FILTER (WHERE asset = :asset), 0)::bigint AS milli_diamonds"
+            " FROM cashouts GROUP BY status ORDER BY status"
+        ),
+        {"asset": DIAMOND},
+    )
+    return [StatusCount(row.status, int(row.row_count), int(row.milli_diamonds)) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterCount:
+    topic: str
+    error: str
+    count: int
+
+
+async def dead_letters_by_reason(conn: AsyncConnection, topic_prefix: str) -> list[DeadLetterCount]:
+    rows = await conn.execute(
+        text(
+            "SELECT topic, error, count(*) AS row_count FROM dead_letters"
+            " WHERE topic_prefix = :prefix GROUP BY topic, error ORDER BY topic, error"
+            " LIMIT :limit"
+        ),
+        {"prefix": topic_prefix, "limit": LIST_ROW_COUNT_MAX},
+    )
+    return [DeadLetterCount(row.topic, row.error, int(row.row_count)) for row in rows]
+
+
+# Cash-outs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CashoutRow:
+    cashout_id: str
+    creator_id: str
+    asset: str
+    amount: int
+    payout_currency: str
+    payout_amount: int | None
+    status: str
+    rejected_rule: str | None
+    failure_code: str | None
+    occurred_at: datetime
+    updated_at: datetime
+
+
+_CASHOUT_COLUMNS: Final = (
+    "cashout_id, creator_id, asset, amount, payout_currency, payout_amount, status,"
+    " rejected_rule, failure_code, occurred_at, updated_at"
+)
+
+
+async def find_cashouts(
+    conn: AsyncConnection,
+    *,
+    status: str | None,
+    creator_id: str | None,
+    from_time: datetime | None,
+    to_time: datetime | None,
+    stale_after_s: float | None = None,
+) -> list[CashoutRow]:
+    """Cash-outs requested in `[from_time, to_time)`, newest first, by state and creator; with
+    `stale_after_s`, only holds the bank has not answered for longer than that."""
+    rows = await conn.execute(
+        text(
+            f"SELECT {_CASHOUT_COLUMNS} FROM cashouts"  # noqa: S608 (constant columns)
+            " WHERE (CAST(:status AS text) IS NULL OR status = :status)"
+            " AND (CAST(:creator AS text) IS NULL OR creator_id = :creator)"
+            " AND (CAST(:from_time AS timestamptz) IS NULL OR occurred_at >= :from_time)"
+            " AND (CAST(:to_time AS timestamptz) IS NULL OR occurred_at < :to_time)"
+            " AND (CAST(:stale_s AS double precision) IS NULL"
+            "      OR (status IN ('held', 'submitted')"
+            "          AND updated_at < clock_timestamp() - make_interval(secs => :stale_s)))"
+            " ORDER BY occurred_at DESC, cashout_id LIMIT :limit"
+        ),
+        {
+            "status": status,
+            "creator": creator_id,
+            "from_time": from_time,
+            "to_time": to_time,
+            "stale_s": stale_after_s,
+            "limit": LIST_ROW_COUNT_MAX,
+        },
+    )
+    return [CashoutRow(**row._mapping) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    cashout_id: str
+    status: str
+    at: datetime
+    detail: str
+
+
+async def transitions_of(conn: AsyncConnection, cashout_ids: Sequence[str]) -> list[Transition]:
+    """The transitions of these cash-outs, each cash-out's in order."""
+    rows = await conn.execute(
+        text(
+            "SELECT cashout_id, status, at, detail FROM cashout_transitions"
+            " WHERE cashout_id = ANY(CAST(:ids AS text[])) ORDER BY cashout_id, seq LIMIT :limit"
+        ),
+        {"ids": list(cashout_ids), "limit": TRANSITION_COUNT_MAX},
+    )
+    return [Transition(row.cashout_id, row.status, row.at, row.detail) for row in rows]
+
+
+# Dead letters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    id: int
+    topic: str
+    partition: int
+    offset: int
+    event_id: str | None
+    error: str
+    detail: str
+    recorded_at: datetime
+    redrive_action_id: int | None
+    redriven_at: datetime | None
+
+
+_DEAD_LETTER_SELECT: Final = """
+    SELECT d.id, d.topic, d.kafka_partition AS partition, d.kafka_offset AS "offset", d.event_id,
+           d.error, left(d.detail, :detail_max) AS detail, d.recorded_at,
+           r.operator_action_id AS redrive_action_id, r.redriven_at
+    FROM dead_letters d
+    LEFT JOIN dead_letter_redrives r ON r.dead_letter_id = d.id
+    WHERE d.topic_prefix = :prefix
+"""
+
+
+async def find_dead_letters(
+    conn: AsyncConnection,
+    topic_prefix: str,
+    *,
+    topic: str | None,
+    error: str | None,
+    from_time: datetime | None,
+    to_time: datetime | None,
+) -> list[DeadLetterRow]:
+    """Dead letters recorded in `[from_time, to_time)`, newest first, by topic and error."""
+    rows = await conn.execute(
+        text(
+            _DEAD_LETTER_SELECT + " AND (CAST(:topic AS text) IS NULL OR d.topic = :topic)"
+            " AND (CAST(:error AS text) IS NULL OR d.error = :error)"
+            " AND (CAST(:from_time AS timestamptz) IS NULL OR d.recorded_at >= :from_time)"
+            " AND (CAST(:to_time AS timestamptz) IS NULL OR d.recorded_at < :to_time)"
+            " ORDER BY d.recorded_at DESC, d.id DESC LIMIT :limit"
+        ),
+        {
+            "prefix": topic_prefix,
+            "topic": topic,
+            "error": error,
+            "from_time": from_time,
+            "to_time": to_time,
+            "detail_max": DETAIL_CHARACTERS_MAX,
+            "limit": LIST_ROW_COUNT_MAX,
+        },
+    )
+    return [DeadLetterRow(**row._mapping) for row in rows]
+
+
+async def load_dead_letter(
+    conn: AsyncConnection, topic_prefix: str, dead_letter_id: int
+) -> DeadLetterRow | None:
+    row = (
+        await conn.execute(
+            text(_DEAD_LETTER_SELECT + " AND d.id = :id"),
+            {"prefix": topic_prefix, "id": dead_letter_id, "detail_max": DETAIL_CHARACTERS_MAX},
+        )
+    ).first()
+    return None if row is None else DeadLetterRow(**row._mapping)
+
+
+# Operator actions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRow:
+    id: int
+    actor: str
+    role: str
+    action: str
+    target: str
+    reason: str
+    ticket: str | None
+    details: str
+    recorded_at: datetime
+
+
+_ACTION_COLUMNS: Final = (
+    "id, actor, role, action, target, reason, ticket, left(details::text, :detail_max) AS details,"
+    " recorded_at"
+)
+
+
+async def actions_on(conn: AsyncConnection, targets: Sequence[str]) -> list[ActionRow]:
+    """The operator actions on any of `targets` (a creator, their cash-outs), newest first."""
+    rows = await conn.execute(
+        text(
+            f"SELECT {_ACTION_COLUMNS} FROM operator_actions"  # noqa: S608 (constant columns)
+            " WHERE target = ANY(CAST(:targets AS text[])) ORDER BY id DESC LIMIT :limit"
+        ),
+        {
+            "targets": list(targets),
+            "detail_max": DETAIL_CHARACTERS_MAX,
+            "limit": LIST_ROW_COUNT_MAX,
+        },
+    )
+    return [ActionRow(**row._mapping) for row in rows]
+
+
+async def actions_before(
+    conn: AsyncConnection, before_id: int | None, count: int
+) -> list[ActionRow]:
+    """The log, newest first, from just before `before_id` (the newest when None)."""
+    assert 1 <= count <= LIST_ROW_COUNT_MAX, count
+    rows = await conn.execute(
+        text(
+            f"SELECT {_ACTION_COLUMNS} FROM operator_actions"  # noqa: S608 (constant columns)
+            " WHERE (CAST(:before AS bigint) IS NULL OR id < :before)"
+            " ORDER BY id DESC LIMIT :limit"
+        ),
+        {"before": before_id, "detail_max": DETAIL_CHARACTERS_MAX, "limit": count},
+    )
+    return [ActionRow(**row._mapping) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenCreator:
+    creator_id: str
+    action_id: int
+    since: datetime
+
+
+async def frozen_creators(conn: AsyncConnection) -> list[FrozenCreator]:
+    """Creators whose latest freeze row freezes them, most recently frozen first."""
+    rows = await conn.execute(
+        text(
+            "SELECT creator_id, action_id, recorded_at FROM ("
+            " SELECT DISTINCT ON (creator_id) creator_id, frozen, action_id, recorded_at"
+            " FROM creator_freezes ORDER BY creator_id, id DESC) latest"
+            " WHERE frozen ORDER BY recorded_at DESC LIMIT :limit"
+        ),
+        {"limit": LIST_ROW_COUNT_MAX},
+    )
+    return [FrozenCreator(row.creator_id, row.action_id, row.recorded_at) for row in rows]

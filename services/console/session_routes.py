@@ -1,0 +1,102 @@
+"""Signing in and out of the console, and its stylesheet.
+
+`GET /console/sign-in` is open (the form). `POST /console/sign-in` takes a token of `API_TOKENS`
+and, when it is known, opens a session: its id goes back in an HttpOnly, SameSite=Strict cookie
+(Secure over TLS) that lasts `CONSOLE_SESSION_S`. The form carries a random value also set in a
+cookie of its own, so another site cannot sign a browser in. `POST /console/sign-out` (with the
+session's CSRF token) ends the session.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Final
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from services.console.context import (
+    SESSION_COOKIE,
+    SIGN_IN_COOKIE,
+    FormError,
+    console_of,
+    console_url,
+    message_page,
+    not_signed_in,
+    read_form,
+    same_token,
+    served_over_tls,
+    session_of,
+    sign_in_page,
+)
+from services.console.pages import SECURITY_HEADERS
+
+STYLESHEET: Final = resources.files("services.console").joinpath("static/console.css")
+STYLESHEET_CACHE_S: Final = 3600
+
+
+async def sign_in_form(request: Request) -> Response:
+    if session_of(request) is not None:
+        return RedirectResponse(console_url(request, ""), status_code=303)
+    return sign_in_page(request, status_code=200)
+
+
+async def sign_in(request: Request) -> Response:
+    try:
+        form = await read_form(request)
+    except FormError as error:
+        return sign_in_page(request, status_code=400, message=str(error))
+    if not same_token(form.get("sign_in_token"), request.cookies.get(SIGN_IN_COOKIE)):
+        return sign_in_page(
+            request, status_code=403, message="The form was out of date: sign in again."
+        )
+    console = console_of(request)
+    caller = console.token_book.caller_of(form.get("token", ""))
+    if caller is None:
+        return sign_in_page(request, status_code=401, message="That token is not known.")
+    session = console.sessions.open(caller)
+    answer = RedirectResponse(console_url(request, ""), status_code=303)
+    answer.set_cookie(
+        SESSION_COOKIE,
+        session.session_id,
+        max_age=console.sessions.session_s,
+        path=console_url(request, ""),
+        httponly=True,
+        samesite="strict",
+        secure=served_over_tls(request),
+    )
+    answer.delete_cookie(SIGN_IN_COOKIE, path=console_url(request, ""))
+    return answer
+
+
+async def sign_out(request: Request) -> Response:
+    session = session_of(request)
+    if session is None:
+        return not_signed_in(request)
+    try:
+        form = await read_form(request)
+    except FormError as error:
+        return message_page(request, session, 400, "Cannot read the form", str(error))
+    if not session.csrf_matches(form.get("csrf_token")):
+        return message_page(request, session, 403, "Refused", "The form was out of date.")
+    console_of(request).sessions.close(session.session_id)
+    answer = RedirectResponse(console_url(request, "/sign-in"), status_code=303)
+    answer.delete_cookie(
+        SESSION_COOKIE,
+        path=console_url(request, ""),
+        httponly=True,
+        samesite="strict",
+        secure=served_over_tls(request),
+    )
+    return answer
+
+
+async def stylesheet(request: Request) -> Response:
+    return Response(
+        STYLESHEET.read_bytes(),
+        media_type="text/css",
+        headers={
+            **SECURITY_HEADERS,
+            "Cache-Control": f"private, max-age={STYLESHEET_CACHE_S}",
+        },
+    )

@@ -1,0 +1,244 @@
+"""The console's rules at the HTTP level, on the API app and the test database: what needs a
+session, the session cookie, the CSRF tokens, roles, and that the OpenAPI document is unchanged.
+The pages themselves are driven in a browser in tests/test_console_browser.py."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.api.auth import Caller
+from services.api.server import create_app
+from services.console.charts import bar_chart
+from services.console.sessions import SessionBook
+from services.console.shown_bytes import HEX_BYTES_MAX, TEXT_CHARACTERS_MAX, shown_bytes
+from services.runtime.settings import Settings
+
+OPERATOR_TOKEN = "console-http-operator-token"
+FINANCE_TOKEN = "console-http-finance-token"
+SESSION_S = 3_600
+PAGES = (
+    "/console",
+    "/console/",
+    "/console/creator?id=someone",
+    "/console/statement.csv?account=platform:COIN:coins_spent",
+    "/console/cashouts",
+    "/console/cashout?id=some-cashout",
+    "/console/dead-letters",
+    "/console/dead-letter?id=1",
+    "/console/operator",
+)
+ACTIONS = ("/console/dead-letter/redrive?id=1", "/console/operator/approve?id=1")
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _settings() -> Settings:
+    return Settings(
+        api_tokens={
+            _digest(OPERATOR_TOKEN): {"role": "operator", "name": "http-operator"},
+            _digest(FINANCE_TOKEN): {"role": "finance", "name": "http-finance"},
+        },
+        console_session_s=SESSION_S,
+    )
+
+
+@pytest.fixture
+async def http(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(engine, _settings())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
+        yield client
+
+
+@pytest.fixture
+async def https(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(engine, _settings())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://console.test") as client:
+        yield client
+
+
+def _hidden(page: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]+)"', page)
+    assert found is not None, name
+    return found.group(1)
+
+
+async def _sign_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    form = await client.get("/console/sign-in")
+    assert form.status_code == 200
+    return await client.post(
+        "/console/sign-in",
+        data={"token": token, "sign_in_token": _hidden(form.text, "sign_in_token")},
+    )
+
+
+async def _action_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT count(*) FROM operator_actions"))).scalar_one())
+
+
+async def test_every_page_and_action_without_a_session_answers_401_with_the_sign_in_form(
+    http: httpx.AsyncClient,
+) -> None:
+    for path in PAGES:
+        answer = await http.get(path)
+        assert answer.status_code == 401, path
+        assert 'name="token"' in answer.text, path
+    for path in ACTIONS:
+        assert (await http.post(path, data={"reason": "x"})).status_code == 401, path
+    assert (await http.get("/console/sign-in")).status_code == 200
+
+
+async def test_signing_in_sets_a_strict_http_only_session_cookie_that_expires(
+    http: httpx.AsyncClient,
+) -> None:
+    answer = await _sign_in(http, FINANCE_TOKEN)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/console"
+    [cookie] = [
+        value
+        for value in answer.headers.get_list("set-cookie")
+        if value.startswith("giftledger_console=")
+    ]
+    attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite=strict", f"max-age={SESSION_S}", "path=/console"} <= attributes
+    assert "secure" not in attributes
+    overview = await http.get("/console")
+    assert overview.status_code == 200
+    assert "http-finance (finance)" in overview.text
+
+
+async def test_over_tls_the_session_cookie_is_secure(https: httpx.AsyncClient) -> None:
+    answer = await _sign_in(https, OPERATOR_TOKEN)
+    [cookie] = [
+        value
+        for value in answer.headers.get_list("set-cookie")
+        if value.startswith("giftledger_console=")
+    ]
+    assert "secure" in {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert (await https.get("/console")).status_code == 200
+
+
+async def test_a_sign_in_without_its_form_token_or_with_an_unknown_token_opens_no_session(
+    http: httpx.AsyncClient,
+) -> None:
+    forged = await http.post(
+        "/console/sign-in", data={"token": OPERATOR_TOKEN, "sign_in_token": "forged"}
+    )
+    assert forged.status_code == 403
+    assert "giftledger_console=" not in "".join(forged.headers.get_list("set-cookie"))
+    unknown = await _sign_in(http, "not-a-configured-token")
+    assert unknown.status_code == 401
+    assert (await http.get("/console")).status_code == 401
+
+
+async def test_an_operator_action_without_the_sessions_csrf_token_is_refused(
+    http: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await _sign_in(http, OPERATOR_TOKEN)
+    before = await _action_count(engine)
+    for path in ACTIONS:
+        for csrf in (None, "not-the-token"):
+            form = {"reason": "try", "idempotency_key": "console-csrf-try"}
+            if csrf is not None:
+                form["csrf_token"] = csrf
+            answer = await http.post(path, data=form)
+            assert answer.status_code == 403, (path, csrf)
+            assert "CSRF" in answer.text
+    assert await _action_count(engine) == before
+
+
+async def test_a_finance_session_may_not_act_even_with_its_csrf_token(
+    http: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await _sign_in(http, FINANCE_TOKEN)
+    page = (await http.get("/console/operator")).text
+    csrf = _hidden(page, "csrf_token")
+    before = await _action_count(engine)
+    for path in ACTIONS:
+        answer = await http.post(path, data={"csrf_token": csrf, "reason": "try"})
+        assert answer.status_code == 403, path
+    assert await _action_count(engine) == before
+
+
+async def test_signing_out_ends_the_session(http: httpx.AsyncClient) -> None:
+    await _sign_in(http, OPERATOR_TOKEN)
+    page = (await http.get("/console/operator")).text
+    kept_cookie = http.cookies.get("giftledger_console")
+    assert kept_cookie
+    out = await http.post("/console/sign-out", data={"csrf_token": _hidden(page, "csrf_token")})
+    assert out.status_code == 303
+    assert out.headers["location"] == "/console/sign-in"
+    http.cookies.set("giftledger_console", kept_cookie, domain="console.test", path="/console")
+    assert (await http.get("/console/operator")).status_code == 401
+
+
+async def test_pages_forbid_scripts_framing_and_caching(http: httpx.AsyncClient) -> None:
+    answer = await http.get("/console/sign-in")
+    policy = answer.headers["content-security-policy"]
+    assert "default-src 'none'" in policy
+    assert "script-src" not in policy
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert answer.headers["cache-control"] == "no-store"
+
+
+async def test_the_console_is_not_in_the_openapi_document(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/openapi.json")).json()
+    assert document["paths"]
+    assert not [path for path in document["paths"] if path.startswith("/console")]
+
+
+def test_a_session_ends_console_session_s_after_sign_in() -> None:
+    now = [1_000.0]
+    book = SessionBook(60, clock_s=lambda: now[0])
+    session = book.open(Caller("operator", "someone"))
+    now[0] += 59.0
+    assert book.find(session.session_id) == session
+    now[0] += 1.0
+    assert book.find(session.session_id) is None
+    assert len(book) == 0
+
+
+def test_the_session_closest_to_expiring_makes_room_for_a_new_one() -> None:
+    now = [0.0]
+    book = SessionBook(60, count_max=2, clock_s=lambda: now[0])
+    first = book.open(Caller("finance", "a"))
+    now[0] += 1
+    second = book.open(Caller("finance", "b"))
+    third = book.open(Caller("finance", "c"))
+    assert book.find(first.session_id) is None
+    assert book.find(second.session_id) == second
+    assert book.find(third.session_id) == third
+
+
+def test_bytes_show_as_text_when_utf8_else_as_hex_and_always_cut_short() -> None:
+    assert shown_bytes("<b>é</b>\x00".encode()).text == "<b>é</b>\\x00"
+    long_text = shown_bytes(b"a" * (TEXT_CHARACTERS_MAX + 1))
+    assert (long_text.shape, len(long_text.text), long_text.truncated) == (
+        "text",
+        TEXT_CHARACTERS_MAX,
+        True,
+    )
+    binary = shown_bytes(b"\xff" * (HEX_BYTES_MAX + 1))
+    assert binary.shape == "hex"
+    assert binary.truncated
+    assert binary.length_bytes == HEX_BYTES_MAX + 1
+    assert binary.text.splitlines()[0].startswith("00000000  ff ff")
+    assert shown_bytes(None).shape == "absent"
+
+
+def test_a_bar_chart_scales_bars_to_the_largest_value() -> None:
+    chart = bar_chart("t", [("a", 0, "0"), ("b", 50, "50"), ("c", 100, "100")])
+    heights = [bar.height_px for bar in chart.bars]
+    assert heights == [0, chart.plot_height_px // 2, chart.plot_height_px]
+    assert all(bar.y_px + bar.height_px == chart.plot_height_px for bar in chart.bars)
