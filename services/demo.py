@@ -40,8 +40,8 @@ from ledger.queries import trial_balance
 from ledger.service import Ledger
 from ledger.verify import verify
 from schemas.assets import DIAMOND
-from services.api.server import create_app, serve_api
-from services.app.bootstrap import build_payout_rail, start_consumers
+from services.api.server import serve_api
+from services.app.bootstrap import build_api_app, build_payout_rail, start_consumers
 from services.app.consumer import ConsumerService
 from services.app.runner import stop_on_signals
 from services.cashout.catch_up import catch_up_cashouts
@@ -381,7 +381,7 @@ def _start_api(engine: AsyncEngine, settings: Settings, stop: asyncio.Event) -> 
     error = _listen_probe(settings.api_host, settings.api_port)
     if error is not None:
         return DemoApi(task=None, problem=_listen_problem(address, error))
-    app = create_app(engine, settings)
+    app = build_api_app(engine, settings)
     serving = serve_api(app, settings.api_host, settings.api_port, stop)
     return DemoApi(task=asyncio.create_task(serving, name=address), problem=None)
 

@@ -38,7 +38,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.database import create_engine
 from schemas import topics
 from schemas.topics import all_topics
-from services.api.server import create_app, serve_api
+from services.api.server import serve_api
+from services.app.bootstrap import build_api_app
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import InputRecord
 from services.rates.rate_cards import load_rate_cards
@@ -109,7 +110,7 @@ class _ServerThread(threading.Thread):
         self.stop_event = asyncio.Event()
         engine = create_engine(self.database_url, pool_size=4, pool_overflow_max=4)
         try:
-            app = create_app(engine, self.settings)
+            app = build_api_app(engine, self.settings)
             await serve_api(app, "127.0.0.1", self.port, self.stop_event)
         finally:
             await engine.dispose()

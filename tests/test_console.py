@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.auth import Caller
-from services.api.server import create_app
+from services.app.bootstrap import build_api_app
 from services.console.charts import bar_chart
 from services.console.sessions import SessionBook
 from services.console.shown_bytes import HEX_BYTES_MAX, TEXT_CHARACTERS_MAX, shown_bytes
@@ -53,7 +53,7 @@ def _settings() -> Settings:
 
 @pytest.fixture
 async def http(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(engine, _settings())
+    app = build_api_app(engine, _settings())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
         yield client
@@ -61,7 +61,7 @@ async def http(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def https(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(engine, _settings())
+    app = build_api_app(engine, _settings())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="https://console.test") as client:
         yield client

@@ -23,8 +23,9 @@ from schemas import topics
 from schemas.topics import all_topics
 from services.cashout.desk import CashoutDesk, CashoutLimits
 from services.cashout.outbox import OUTBOX_CLAIM_LEASE_S, OutboxRelay
-from services.cashout.store import Cashout, queue
+from services.cashout.store import Cashout
 from services.runtime.embedded_broker import create_topics
+from services.runtime.outbox_rows import queue
 from services.runtime.settings import EligibilitySettings
 from tests.ingestion_fixtures import wait_until
 

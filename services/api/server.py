@@ -77,7 +77,6 @@ from services.api.routes import (
     statements,
 )
 from services.api.routes.operator_recovery import router as operator_recovery_router
-from services.console import install_console
 from services.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -217,7 +216,6 @@ def create_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
     _docs_routes(app)
     for router in ROUTERS:
         _add_routes(app, router)
-    install_console(app)  # the console's pages under /console (services/console/)
     app.add_middleware(ConcurrencyLimit, concurrency_max=settings.api_concurrency_max)
     app.add_exception_handler(RequestValidationError, on_request_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)

@@ -4,11 +4,14 @@ ingestor, consumers and simulated bank here, so all of them run what production 
 
 from __future__ import annotations
 
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.service import Ledger
+from services.api.server import create_app
 from services.app.consumer import ConsumerService
-from services.cashout.desk import CashoutDesk, CashoutLimits
+from services.cashout.desk import CashoutDesk
+from services.console import install_console
 from services.ingestion.ingestor import Ingestor
 from services.payout_rail.rail import PayoutRailService, RailSettings, simulated_rail
 from services.rates.rate_cards import RateCardBook, load_rate_cards
@@ -26,11 +29,7 @@ def build_ledger(settings: Settings, engine: AsyncEngine) -> Ledger:
 def build_desk(settings: Settings, eligibility: EligibilitySettings | None = None) -> CashoutDesk:
     """The cash-out desk with the CASHOUT_* limits and the ELIGIBILITY_* rules (read from the
     environment unless given)."""
-    return CashoutDesk(
-        CashoutLimits(settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents),
-        eligibility or settings.eligibility,
-        settings.kafka_topic_prefix,
-    )
+    return CashoutDesk.from_settings(settings, eligibility)
 
 
 def build_ingestor(
@@ -83,3 +82,11 @@ def build_payout_rail(settings: Settings, bootstrap_servers: str) -> PayoutRailS
         in_flight_max=settings.payout_rail_in_flight_max,
         settlement_dir=settings.payout_rail_settlement_dir,
     )
+
+
+def build_api_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
+    """The API process's app: the finance API (`services.api`) and the console's pages under
+    /console (`services.console`), which reads through the API's parts."""
+    app = create_app(engine, settings)
+    install_console(app)
+    return app

@@ -15,8 +15,8 @@ from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import require_current_schema, upgrade_to_head
-from services.api.server import create_app, serve_api
-from services.app.bootstrap import build_payout_rail, start_consumers
+from services.api.server import serve_api
+from services.app.bootstrap import build_api_app, build_payout_rail, start_consumers
 from services.app.partition_upkeep import PartitionUpkeep
 from services.runtime.collector import settle_collector
 from services.runtime.database import engine_as_role, open_database
@@ -76,7 +76,7 @@ async def _serve(
     service = await start_consumers(settings, writer, bootstrap_servers)
     api = None
     if with_api:
-        app = create_app(engine, settings)
+        app = build_api_app(engine, settings)
         app.state.kafka_bootstrap_servers = bootstrap_servers  # operator re-drives
         api = asyncio.create_task(serve_api(app, settings.api_host, settings.api_port, stop))
         logger.info("finance API on http://%s:%d", settings.api_host, settings.api_port)

@@ -69,13 +69,13 @@ from services.cashout.store import (
     cashout_event_id,
     load_cashout,
     load_cashouts,
-    queue,
     record_transition,
 )
 from services.operator.freezes import creator_is_frozen
 from services.rates.fx import fx_in_force
 from services.rates.rate_cards import RateCardBook
-from services.runtime.settings import EligibilitySettings
+from services.runtime.outbox_rows import queue
+from services.runtime.settings import EligibilitySettings, Settings
 
 __all__ = [
     "ALLOWED_BEFORE",
@@ -139,6 +139,19 @@ class CashoutDesk:
         self.eligibility = eligibility
         # Whose outbox rows these are: the deployment that publishes to `<topic_prefix><topic>`.
         self.topic_prefix = topic_prefix
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, eligibility: EligibilitySettings | None = None
+    ) -> CashoutDesk:
+        """The desk with the CASHOUT_* limits and the ELIGIBILITY_* rules of `settings`."""
+        return cls(
+            CashoutLimits(
+                settings.cashout_minimum_usd_cents, settings.cashout_daily_limit_usd_cents
+            ),
+            eligibility or settings.eligibility,
+            settings.kafka_topic_prefix,
+        )
 
     async def request(
         self,

@@ -51,7 +51,7 @@ from services.cashout.desk import (
     store_cashout,
 )
 from services.cashout.eligibility import creator_eligibility
-from services.cashout.store import Cashout, cashout_event_id, load_cashout, queue
+from services.cashout.store import Cashout, cashout_event_id, load_cashout
 from services.operator.actions_log import (
     MESSAGE_KEY_DETAIL,
     OperatorAction,
@@ -61,6 +61,7 @@ from services.operator.actions_log import (
 )
 from services.operator.desk import OperatorError
 from services.operator.freezes import creator_is_frozen
+from services.runtime.outbox_rows import queue
 
 CASHOUT_CANCELLED: Final = "cashout_cancelled"
 PAYOUT_RESUBMITTED: Final = "payout_resubmitted"

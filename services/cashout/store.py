@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from schemas import topics
 from schemas.events import ID_LENGTH_MAX, CashoutUpdated
 from services.rates.fx import decimal_text
+from services.runtime.outbox_rows import queue
 
 CASHOUT_LIST_LIMIT_MAX = 1_000
 OPEN_STATUSES = ("held", "submitted")
@@ -94,19 +95,6 @@ async def record_transition(
     event = cashout.updated_event(moment)
     await queue(
         conn, topic_prefix, topics.CASHOUTS_UPDATED, cashout.creator_id, event.model_dump_json()
-    )
-
-
-async def queue(
-    conn: AsyncConnection, topic_prefix: str, topic: str, key: str, payload: str
-) -> None:
-    """An outbox row for the deployment publishing to `<topic_prefix><topic>`."""
-    await conn.execute(
-        text(
-            "INSERT INTO outbox (topic_prefix, topic, message_key, payload)"
-            " VALUES (:prefix, :t, :k, :p)"
-        ),
-        {"prefix": topic_prefix, "t": topic, "k": key, "p": payload.encode()},
     )
 
 

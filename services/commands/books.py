@@ -32,18 +32,17 @@ from services.api.documents import (
     trial_balance_document,
 )
 from services.cashout.catch_up import catch_up_cashouts
+from services.cli_text import aware_timestamp, table
 from services.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
     STATEMENT_PAGE_SIZE_DEFAULT,
     UsageError,
-    aware_timestamp,
     cursor,
     decimal_amount,
     page_size,
     print_error,
     print_json,
-    table,
 )
 from services.operator.actions_log import OPERATOR_ACTIONS_CHECK, verify_action_chain
 from services.rates.rate_cards import load_rate_cards

@@ -12,17 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schemas.events import CashoutStatus
 from services.cashout.eligibility import creator_eligibility
 from services.cashout.store import cashout_document, list_cashouts
+from services.cli_text import aware_timestamp, table
 from services.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
     UsageError,
-    aware_timestamp,
     decimal_amount,
     integer,
     page_size,
     positive_decimal,
     print_json,
-    table,
 )
 from services.rates.fx import FxVersion, add_fx_rate, decimal_text, list_fx_rates
 from services.rates.rate_cards import RATE_CARD_NOTICE_S, add_rate_card, load_rate_cards

@@ -7,9 +7,8 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
@@ -64,19 +63,6 @@ def on_database(command: DatabaseCommand, *, schema_required: bool = True) -> Ha
 # Argument types -----------------------------------------------------------------------------
 
 
-def aware_timestamp(value: str) -> datetime:
-    """An ISO 8601 timestamp with a time zone; naive ones are refused, never guessed as UTC."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {value!r}") from None
-    if moment.utcoffset() is None:
-        raise argparse.ArgumentTypeError(
-            f"timestamp {value!r} has no time zone: add one, e.g. 2026-11-01T00:00:00Z"
-        )
-    return moment
-
-
 def page_size(value: str) -> int:
     size = integer(value)
     if not 1 <= size <= STATEMENT_PAGE_SIZE_MAX:
@@ -117,19 +103,6 @@ def integer(value: str) -> int:
 def decimal_amount(amount_minor: int, asset: str) -> str:
     """`12500, "DIAMOND"` → `12.500`: format_amount without the asset code."""
     return format_amount(amount_minor, asset).removesuffix(f" {asset}")
-
-
-def table(rows: Sequence[Sequence[str]], right_aligned: set[int]) -> list[str]:
-    """Rows padded into columns two spaces apart; columns in `right_aligned` align right."""
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(width) if column in right_aligned else cell.ljust(width)
-            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
 
 
 def print_json(document: object) -> None:

@@ -40,6 +40,7 @@ from services.api.operator_models import (
     freeze_outcome_document,
 )
 from services.app.bootstrap import build_ledger
+from services.cli_text import table
 from services.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -47,7 +48,6 @@ from services.commands.common import (
     integer,
     print_error,
     print_json,
-    table,
 )
 from services.commands.operator_recovery import (
     RECOVERY_ACTIONS,

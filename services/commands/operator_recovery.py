@@ -37,11 +37,11 @@ from services.cashout.recovery import (
     CashoutRecovery,
     ResubmitOutcome,
 )
+from services.cli_text import aware_timestamp
 from services.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
     UsageError,
-    aware_timestamp,
     integer,
     print_error,
     print_json,

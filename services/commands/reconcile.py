@@ -30,6 +30,7 @@ from ledger.closes import CloseRefusedError, close_period
 from ledger.journal import JournalLine, asset_totals, journal_basis, journal_lines
 from ledger.periods import Period, parse_period
 from schemas.assets import format_amount
+from services.cli_text import table
 from services.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -39,7 +40,6 @@ from services.commands.common import (
     on_database,
     print_error,
     print_json,
-    table,
 )
 from services.payout_rail.settlement import SettlementBooks
 from services.payout_rail.settlement_file import file_name

@@ -23,14 +23,13 @@ from services.api.report_window import (
     default_span,
     report_window,
 )
+from services.cli_text import aware_timestamp, table
 from services.commands.common import (
     EXIT_OK,
     Command,
     UsageError,
-    aware_timestamp,
     on_database,
     print_json,
-    table,
 )
 from services.runtime.settings import get_settings
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from services.commands.common import table
+from services.cli_text import table
 
 THRESHOLD_PCT_DEFAULT = 10.0
 THRESHOLD_PCT_MAX = 1_000.0

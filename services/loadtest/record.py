@@ -46,7 +46,7 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
 from schemas.topics import CONSUMED_TOPICS
-from services.commands.common import aware_timestamp
+from services.cli_text import aware_timestamp
 from services.loadtest.pseudonymise import Pseudonymiser
 from services.loadtest.stream_format import (
     GZIP_LEVEL,

@@ -45,7 +45,7 @@ from schemas.events import (
     VISIBLE_ASCII_PATTERN,
     OperatorActionRecorded,
 )
-from services.cashout.store import queue
+from services.runtime.outbox_rows import queue
 
 OPERATOR_ROLE: Final = "operator"
 # The name of the log's check in `giftledger verify`.

@@ -24,7 +24,6 @@ of the day, the journal and the seed:
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
 import logging
 import os
@@ -42,6 +41,9 @@ from services.payout_rail.settlement_file import (
     parse,
     render,
 )
+from services.runtime.settings import SettlementBreak
+
+__all__ = ["SettlementBreak"]  # where the rail and the tests name the breaks
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +60,6 @@ REFERENCE_HEX_DIGITS: Final = 24
 DELIVERY_DELAY: Final = timedelta(hours=2)
 # Days before today whose missing file the running rail still writes.
 DELIVERY_DAYS_BACK_MAX: Final = 62
-
-
-class SettlementBreak(enum.StrEnum):
-    UNKNOWN_PAYOUT = "unknown_payout"
-    AMOUNT_OFF = "amount_off"
-    PAID_BUT_FAILED = "paid_but_failed"
-    MISSING_DAY = "missing_day"
 
 
 def provider_reference(seed: int, cashout_id: str, status: str) -> str:

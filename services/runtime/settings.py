@@ -8,6 +8,7 @@ and never repeat its value, which may be a password or a token.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -32,7 +33,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from ledger.database import PORT_MAX, database_url_problem
 from ledger.partitions import TRANSFER_PARTITION_MONTHS_AHEAD, TRANSFER_PARTITION_MONTHS_AHEAD_MAX
 from schemas.events import OPERATOR_NAME_LENGTH_MAX, OPERATOR_NAME_PATTERN
-from services.payout_rail.settlement import SettlementBreak
 
 COUNTRY_COUNT_MAX = 300
 TALLY_THRESHOLD_MAX = 10**12
@@ -42,6 +42,15 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 CountryCode = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
 TallyThreshold = Annotated[int, Field(ge=0, le=TALLY_THRESHOLD_MAX)]
+
+
+class SettlementBreak(enum.StrEnum):
+    """A break the simulated bank can put into its settlement files (`SETTLEMENT_BREAKS`)."""
+
+    UNKNOWN_PAYOUT = "unknown_payout"
+    AMOUNT_OFF = "amount_off"
+    PAID_BUT_FAILED = "paid_but_failed"
+    MISSING_DAY = "missing_day"
 
 
 class EligibilitySettings(BaseSettings):

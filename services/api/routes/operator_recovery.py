@@ -39,7 +39,7 @@ from services.api.responses import (
     unavailable,
 )
 from services.api.routes.operator import KEY_CONFLICT, TAG, IdempotencyKey, Operator
-from services.app.bootstrap import build_desk
+from services.cashout.desk import CashoutDesk
 from services.cashout.recovery import (
     ActionRequest,
     CashoutActionRefusedError,
@@ -62,7 +62,7 @@ def _recovery(request: Request) -> CashoutRecovery:
         settings = state.settings
         recovery = CashoutRecovery(
             Ledger(state.engine),
-            build_desk(settings),
+            CashoutDesk.from_settings(settings),
             answer_window_s=settings.cashout_answer_window_s,
             database_role=settings.database_writer_role,
         )
