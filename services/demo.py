@@ -178,7 +178,7 @@ async def print_summary(engine: AsyncEngine, service: ConsumerService, out: Text
         surfaces = (
             await conn.execute(
                 text(
-                    "SELECT metadata->>'surface' AS surface, count(*) AS gifts,"
+                    "SELECT coalesce(metadata->>'surface', '(none)') AS surface, count(*) AS gifts,"
                     " sum(amount)::bigint AS milli_diamonds FROM transfers WHERE code = 1"
                     " GROUP BY 1 ORDER BY 1"
                 )
@@ -195,6 +195,8 @@ async def print_summary(engine: AsyncEngine, service: ConsumerService, out: Text
     out.write("\nDiamonds issued by surface\n")
     for row in surfaces:
         amount = f"{grouped_amount(row.milli_diamonds, DIAMOND)} {DIAMOND}"
+        # '(none)': gift transfers posted without a surface (another program's, on a shared
+        # database)
         out.write(f"  {row.surface:<6} {row.gifts:>6,} gifts {amount:>20}\n")
     out.write("\n" + "\n".join(render_trial_balance(lines, card, None)) + "\n")
     out.write("\nverify: " + ("every invariant holds\n" if not problems else "BROKEN\n"))
