@@ -72,5 +72,19 @@ class AccountDirectory:
             known.update(created)
         return known
 
+    async def ids_in(self, conn: AsyncConnection, specs: Sequence[AccountSpec]) -> dict[str, int]:
+        """Ids for `specs` inside the caller's transaction: cached ids as they are, missing
+        accounts created on `conn` (not cached: the transaction may still roll back). For a
+        transaction that holds locks already, which must not wait for a second connection."""
+        known = {
+            spec.name: self._ids_by_name[spec.name]
+            for spec in specs
+            if spec.name in self._ids_by_name
+        }
+        missing = [spec for spec in specs if spec.name not in known]
+        if missing:
+            known.update(await ensure_accounts_in(conn, missing))
+        return known
+
     async def id(self, spec: AccountSpec) -> int:
         return (await self.ids([spec]))[spec.name]

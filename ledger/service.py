@@ -80,6 +80,14 @@ class Ledger:
         missing; cached, since accounts are never deleted."""
         return await self._accounts.ids(specs)
 
+    async def account_ids_in(
+        self, conn: AsyncConnection, specs: Sequence[AccountSpec]
+    ) -> dict[str, int]:
+        """Ids of the accounts `specs` name, created inside the caller's transaction on `conn`
+        where missing: for a transaction that already holds row locks, which must never wait for
+        a second pooled connection (all of them may be waiting for its locks)."""
+        return await self._accounts.ids_in(conn, specs)
+
     async def account_id(self, spec: AccountSpec) -> int:
         return await self._accounts.id(spec)
 

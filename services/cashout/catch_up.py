@@ -70,7 +70,7 @@ async def _catch_up_batch(tx: LedgerTransaction, ledger: Ledger, limit: int) -> 
     cashouts = await load_cashouts(conn, [row.cashout_id for row in rows], lock=True)
     for row in rows:
         cashout = cashouts[row.cashout_id]  # listed cash-outs exist (a foreign key)
-        account_ids = await ledger.account_ids(cashout_accounts(cashout))
+        account_ids = await ledger.account_ids_in(conn, cashout_accounts(cashout))
         if row.status_migrated == "paid":
             await post_all(tx, cashout, catch_up_settlement_transfers(cashout, account_ids))
         elif cashout.status == "submitted" and await hold_is_open(tx, cashout):
