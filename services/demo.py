@@ -411,6 +411,8 @@ def _print_api(settings: Settings, api: DemoApi, demo_token: str | None, out: Te
     out.write(
         f"  try: curl -H 'Authorization: Bearer {bearer}' {base}/v1/creators/creator-00/balances\n"
     )
+    which = "that token" if demo_token is not None else "a token of API_TOKENS"
+    out.write(f"  console: {base}/console (sign in with {which})\n")
 
 
 # The demo -------------------------------------------------------------------------------------

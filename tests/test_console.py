@@ -4,8 +4,7 @@ The pages themselves are driven in a browser in tests/test_console_browser.py.""
 
 from __future__ import annotations
 
-import hashlib
-import re
+import io
 from collections.abc import AsyncIterator
 
 import httpx
@@ -14,15 +13,21 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.auth import Caller
-from services.app.bootstrap import build_api_app
 from services.console.charts import bar_chart
 from services.console.sessions import SessionBook
 from services.console.shown_bytes import HEX_BYTES_MAX, TEXT_CHARACTERS_MAX, shown_bytes
+from services.demo import DemoApi, _print_api
 from services.runtime.settings import Settings
+from tests.console_http import (
+    FINANCE_TOKEN,
+    OPERATOR_TOKEN,
+    SESSION_S,
+    console_client,
+    console_settings,
+)
+from tests.console_http import hidden as _hidden
+from tests.console_http import sign_in as _sign_in
 
-OPERATOR_TOKEN = "console-http-operator-token"
-FINANCE_TOKEN = "console-http-finance-token"
-SESSION_S = 3_600
 PAGES = (
     "/console",
     "/console/",
@@ -33,53 +38,30 @@ PAGES = (
     "/console/dead-letters",
     "/console/dead-letter?id=1",
     "/console/operator",
+    "/console/books",
+    "/console/books/journal?period=2026-11",
+    "/console/books/reconciliation?id=1",
 )
-ACTIONS = ("/console/dead-letter/redrive?id=1", "/console/operator/approve?id=1")
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _settings() -> Settings:
-    return Settings(
-        api_tokens={
-            _digest(OPERATOR_TOKEN): {"role": "operator", "name": "http-operator"},
-            _digest(FINANCE_TOKEN): {"role": "finance", "name": "http-finance"},
-        },
-        console_session_s=SESSION_S,
-    )
+ACTIONS = (
+    "/console/dead-letter/redrive?id=1",
+    "/console/operator/approve?id=1",
+    "/console/creator/freeze?id=someone",
+    "/console/creator/unfreeze?id=someone",
+    "/console/cashout/cancel?id=some-cashout",
+    "/console/cashout/resubmit?id=some-cashout",
+)
 
 
 @pytest.fixture
 async def http(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_api_app(engine, _settings())
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
+    async with console_client(engine, console_settings()) as client:
         yield client
 
 
 @pytest.fixture
 async def https(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_api_app(engine, _settings())
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="https://console.test") as client:
+    async with console_client(engine, console_settings(), "https://console.test") as client:
         yield client
-
-
-def _hidden(page: str, name: str) -> str:
-    found = re.search(rf'name="{name}" value="([^"]+)"', page)
-    assert found is not None, name
-    return found.group(1)
-
-
-async def _sign_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
-    form = await client.get("/console/sign-in")
-    assert form.status_code == 200
-    return await client.post(
-        "/console/sign-in",
-        data={"token": token, "sign_in_token": _hidden(form.text, "sign_in_token")},
-    )
 
 
 async def _action_count(engine: AsyncEngine) -> int:
@@ -242,3 +224,11 @@ def test_a_bar_chart_scales_bars_to_the_largest_value() -> None:
     heights = [bar.height_px for bar in chart.bars]
     assert heights == [0, chart.plot_height_px // 2, chart.plot_height_px]
     assert all(bar.y_px + bar.height_px == chart.plot_height_px for bar in chart.bars)
+
+
+def test_the_demo_prints_the_consoles_address_beside_the_apis() -> None:
+    out = io.StringIO()
+    settings = Settings(api_host="127.0.0.1", api_port=8123)
+    _print_api(settings, DemoApi(task=None, problem=None), "demo-token", out)
+    console_line = "  console: http://127.0.0.1:8123/console (sign in with that token)\n"
+    assert console_line in out.getvalue()

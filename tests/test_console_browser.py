@@ -336,3 +336,40 @@ def test_cashouts_filter_by_state_and_a_cashout_shows_its_transitions(
         assert steps == [step["status"] for step in stored["transitions"]]
         assert steps[-1] == "paid"
         session.screenshot("cashout")
+
+
+def test_an_operator_reads_the_books_and_freezes_a_creator(
+    browser: Browser, console_api: ConsoleApi, database_url: str
+) -> None:
+    hostile = console_api.data.hostile_creator
+    with visit(browser, console_api) as session:
+        sign_in(session, CONSOLE_OPERATOR_TOKEN)
+        page = session.page
+        page.get_by_role("link", name="Books").click()
+        assert session.heading() == "Books"
+        diamonds = page.locator(
+            "table.trial-balance", has=page.locator("caption", has_text="DIAMOND")
+        )
+        assert diamonds.locator("tfoot td").count() == 2
+        debit, credit = diamonds.locator("tfoot td").all_inner_texts()
+        assert debit == credit
+        session.screenshot("books")
+
+        assert session.goto(f"/console/creator?id={urllib.parse.quote(hostile, safe='')}") == 200
+        page.get_by_label("Reason (for the operator log)").fill("payout details under review")
+        page.get_by_role("button", name="Freeze this creator").click()
+        notice = page.get_by_role("status").inner_text()
+        assert notice.startswith("Frozen (action "), notice
+        assert page.get_by_role("button", name="Unfreeze this creator").is_visible()
+        log = page.locator("section[aria-labelledby=creator-actions-heading] tbody").inner_text()
+        assert "creator_frozen" in log
+        assert hostile in log
+        session.screenshot("creator-frozen")
+        assert session.dialogs == []
+    [recorded] = _database_rows(
+        database_url,
+        "SELECT actor, reason FROM operator_actions WHERE action = 'creator_frozen'"
+        " AND target = :creator",
+        creator=hostile,
+    )
+    assert tuple(recorded) == (CONSOLE_OPERATOR_NAME, "payout details under review")

@@ -1,8 +1,8 @@
-"""What the finance API's routers share: the read-only database session (`Reader`), the API's
-settings (`ApiSettings`), path ids and timestamp parameters (`IdPath`, `Timestamp`) with the rules
-the OpenAPI document states for them, the checks of ranges and ceilings that the signatures cannot
-express, and `token_route`, which puts the token check (and its documented 401 and 403) on each
-route of a router.
+"""What the finance API's routers share: the read-only database session (`Reader`, on the app's
+read engine: the replica of `API_DATABASE_URL` when set), the API's settings (`ApiSettings`), path
+ids and timestamp parameters (`IdPath`, `Timestamp`) with the rules the OpenAPI document states
+for them, the checks of ranges and ceilings that the signatures cannot express, and `token_route`,
+which puts the token check (and its documented 401 and 403) on each route of a router.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ async def reader_connection(engine: AsyncEngine, role: str) -> AsyncIterator[Asy
 
 async def _reader(request: Request) -> AsyncIterator[AsyncConnection]:
     state = request.app.state
-    async with reader_connection(state.engine, state.database_role) as conn:
+    async with reader_connection(state.read_engine, state.database_role) as conn:
         yield conn
 
 

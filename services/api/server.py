@@ -17,7 +17,9 @@ dead letter, resubmit a payout), which will answer 403 to `finance`.
 The API can only read: every database session is a read-only transaction
 (`SET TRANSACTION READ ONLY`) that first switches to the role `API_DATABASE_ROLE`
 (`giftledger_reader` by default, created by migration 0005 with SELECT on every table) with
-`set_config('role', :role, true)`, the bound-parameter form of `SET LOCAL ROLE`.
+`set_config('role', :role, true)`, the bound-parameter form of `SET LOCAL ROLE`. Those sessions
+are on `API_DATABASE_URL`, a streaming replica, when it is set (else on the database the service
+writes); the operator actions write, and only on the primary.
 
 Amounts are integers in the asset's minor unit, each with the asset's `scale`. Timestamps in
 queries are RFC 3339 with seconds and an offset (`2026-11-01T00:00:00Z`; a naive one is refused
@@ -198,8 +200,12 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
         )
 
 
-def create_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
-    """The finance API on `engine`, with the tokens, limits and role of `settings`."""
+def create_app(
+    engine: AsyncEngine, settings: Settings, *, read_engine: AsyncEngine | None = None
+) -> FastAPI:
+    """The finance API on `engine`, with the tokens, limits and role of `settings`. Its reads go
+    through `read_engine` (a streaming replica of `engine`'s database) when given; whatever
+    writes (the operator actions) uses `engine`, the primary."""
     app = FastAPI(
         title=TITLE,
         version=API_VERSION,
@@ -209,7 +215,8 @@ def create_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
         redoc_url=None,
         responses=service_responses(),
     )
-    app.state.engine = engine
+    app.state.engine = engine  # the primary: every write
+    app.state.read_engine = read_engine or engine  # every read-only session
     app.state.settings = settings
     app.state.database_role = settings.api_database_role
     app.state.token_book = TokenBook(settings.api_tokens)

@@ -84,9 +84,14 @@ def build_payout_rail(settings: Settings, bootstrap_servers: str) -> PayoutRailS
     )
 
 
-def build_api_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
+def build_api_app(
+    engine: AsyncEngine, settings: Settings, *, read_engine: AsyncEngine | None = None
+) -> FastAPI:
     """The API process's app: the finance API (`services.api`) and the console's pages under
-    /console (`services.console`), which reads through the API's parts."""
-    app = create_app(engine, settings)
+    /console (`services.console`), which reads through the API's parts. Both read through
+    `read_engine` when given (the replica of `API_DATABASE_URL`, opened by
+    `services.runtime.database.open_read_database`) and write (operator actions, re-drives)
+    through `engine`, the primary."""
+    app = create_app(engine, settings, read_engine=read_engine)
     install_console(app)
     return app

@@ -19,7 +19,7 @@ from services.api.server import serve_api
 from services.app.bootstrap import build_api_app, build_payout_rail, start_consumers
 from services.app.partition_upkeep import PartitionUpkeep
 from services.runtime.collector import settle_collector
-from services.runtime.database import engine_as_role, open_database
+from services.runtime.database import engine_as_role, open_database, open_read_database
 from services.runtime.kafka import open_kafka
 from services.runtime.settings import Settings
 
@@ -48,10 +48,13 @@ async def run(
     stop_on_signals(stop)
     async with open_database(settings) as engine:
         await ensure_schema(engine, settings)
-        async with open_kafka(settings) as bootstrap_servers:
+        # The API's reads: API_DATABASE_URL's replica, opened only when the API is served.
+        reads = open_read_database(settings, engine) if with_api else contextlib.nullcontext(engine)
+        async with reads as read_engine, open_kafka(settings) as bootstrap_servers:
             await _serve(
                 settings,
                 engine,
+                read_engine,
                 bootstrap_servers,
                 stop,
                 with_payout_rail=with_payout_rail,
@@ -62,6 +65,7 @@ async def run(
 async def _serve(
     settings: Settings,
     engine: AsyncEngine,
+    read_engine: AsyncEngine,
     bootstrap_servers: str,
     stop: asyncio.Event,
     *,
@@ -76,7 +80,7 @@ async def _serve(
     service = await start_consumers(settings, writer, bootstrap_servers)
     api = None
     if with_api:
-        app = build_api_app(engine, settings)
+        app = build_api_app(engine, settings, read_engine=read_engine)
         app.state.kafka_bootstrap_servers = bootstrap_servers  # operator re-drives
         api = asyncio.create_task(serve_api(app, settings.api_host, settings.api_port, stop))
         logger.info("finance API on http://%s:%d", settings.api_host, settings.api_port)

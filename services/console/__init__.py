@@ -20,7 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.console import action_routes, page_routes, session_routes
+from services.console import (
+    action_routes,
+    books_routes,
+    creator_action_routes,
+    page_routes,
+    session_routes,
+)
 from services.console.context import Console, message_page, session_of
 from services.console.pages import CONSOLE_PATH
 from services.console.sessions import SessionBook
@@ -44,14 +50,21 @@ def _routes() -> list[Route]:
         post("/sign-out", session_routes.sign_out),
         get("/static/console.css", session_routes.stylesheet),
         get("/creator", page_routes.creator),
+        post("/creator/freeze", creator_action_routes.freeze),
+        post("/creator/unfreeze", creator_action_routes.unfreeze),
         get("/statement.csv", page_routes.statement_csv),
         get("/cashouts", page_routes.cashout_list),
         get("/cashout", page_routes.cashout),
+        post("/cashout/cancel", creator_action_routes.cancel_hold),
+        post("/cashout/resubmit", creator_action_routes.resubmit_payout),
         get("/dead-letters", page_routes.dead_letter_list),
         get("/dead-letter", page_routes.dead_letter),
         post("/dead-letter/redrive", action_routes.redrive),
         get("/operator", page_routes.operator_page),
         post("/operator/approve", action_routes.approve),
+        get("/books", books_routes.books),
+        get("/books/journal", books_routes.journal),
+        get("/books/reconciliation", books_routes.reconciliation),
     ]
 
 

@@ -1,4 +1,6 @@
-"""The console's actions (POST): re-drive a dead letter, approve an adjustment.
+"""The console's actions (POST): re-drive a dead letter, approve an adjustment; and what every
+action shares (the role, the CSRF token, the form's fields, the refusal page). The actions on a
+creator and their cash-outs are in `creator_action_routes`.
 
 Each goes through the same operator logic as the API's routes (`DeadLetterRedriver`,
 `OperatorDesk`), as the session's operator, with the idempotency key its form was rendered with
@@ -52,37 +54,39 @@ from services.operator.desk import (
 APPROVE_ACTION: Final = "adjustment_approved"
 
 
-class _RefusedError(Exception):
+class RefusedError(Exception):
+    """An action refused before or by the desk: the status and the text the page shows."""
+
     def __init__(self, status_code: int, text: str) -> None:
         super().__init__(text)
         self.status_code = status_code
         self.text = text
 
 
-async def _acting_form(request: Request, session: ConsoleSession) -> dict[str, str]:
+async def acting_form(request: Request, session: ConsoleSession) -> dict[str, str]:
     """The form of an action, once the role and the CSRF token allow it."""
     if not session.may_act:
-        raise _RefusedError(
+        raise RefusedError(
             403, f"The {session.caller.role} role reads; only the operator role acts."
         )
     try:
         form = await read_form(request)
     except FormError as error:
-        raise _RefusedError(400, str(error)) from None
+        raise RefusedError(400, str(error)) from None
     if not session.csrf_matches(form.get("csrf_token")):
-        raise _RefusedError(
+        raise RefusedError(
             403, "The form was out of date (no valid CSRF token): load the page again."
         )
     return form
 
 
-def _said(form: dict[str, str]) -> tuple[str, str, str | None]:
+def said_in(form: dict[str, str]) -> tuple[str, str, str | None]:
     """The key, reason and ticket of a form."""
     ticket = form.get("ticket", "").strip() or None
     return form.get("idempotency_key", ""), form.get("reason", "").strip(), ticket
 
 
-def _refusal_page(request: Request, session: ConsoleSession, refused: _RefusedError) -> Response:
+def refusal_page(request: Request, session: ConsoleSession, refused: RefusedError) -> Response:
     if refused.status_code == 403 and not session.may_act:
         return may_not_act(request, session)
     return message_page(request, session, refused.status_code, "Not done", refused.text)
@@ -94,11 +98,11 @@ async def redrive(request: Request) -> Response:
         return not_signed_in(request)
     console = console_of(request)
     try:
-        form = await _acting_form(request, session)
+        form = await acting_form(request, session)
         dead_letter_id = query_int(request, "id", 1, ID_MAX)
         if dead_letter_id is None:
-            raise _RefusedError(404, "No dead letter has this id.")
-        key, reason, ticket = _said(form)
+            raise RefusedError(404, "No dead letter has this id.")
+        key, reason, ticket = said_in(form)
         try:
             check_action(
                 idempotency_key=key,
@@ -109,10 +113,10 @@ async def redrive(request: Request) -> Response:
                 ticket=ticket,
             )
         except InvalidActionError as error:
-            raise _RefusedError(422, str(error)) from None
+            raise RefusedError(422, str(error)) from None
         servers = console.kafka_bootstrap_servers
         if not servers:
-            raise _RefusedError(503, "No Kafka cluster is configured for this API.")
+            raise RefusedError(503, "No Kafka cluster is configured for this API.")
         settings = console.settings
         redriver = DeadLetterRedriver(
             console.api.state.engine,
@@ -130,17 +134,17 @@ async def redrive(request: Request) -> Response:
         try:
             [outcome] = await redriver.redrive(request_said)
         except DeadLetterNotFoundError as error:
-            raise _RefusedError(404, str(error)) from None
+            raise RefusedError(404, str(error)) from None
         except (ActionKeyConflictError, InvalidActionError) as error:
-            raise _RefusedError(409, str(error)) from None
+            raise RefusedError(409, str(error)) from None
         except (KafkaError, TimeoutError) as error:
-            raise _RefusedError(
+            raise RefusedError(
                 503,
                 f"The Kafka cluster does not answer ({type(error).__name__}): nothing was "
                 "recorded; try again.",
             ) from None
-    except _RefusedError as refused:
-        return _refusal_page(request, session, refused)
+    except RefusedError as refused:
+        return refusal_page(request, session, refused)
     said = {
         "redriven": f"Re-driven: the copy is at partition {outcome.copy_partition}, offset "
         f"{outcome.copy_offset} of {outcome.topic} (action {outcome.operator_action_id}).",
@@ -156,11 +160,11 @@ async def approve(request: Request) -> Response:
         return not_signed_in(request)
     console = console_of(request)
     try:
-        form = await _acting_form(request, session)
+        form = await acting_form(request, session)
         adjustment_id = query_int(request, "id", 1, ID_MAX)
         if adjustment_id is None:
-            raise _RefusedError(404, "No adjustment has this id.")
-        key, reason, ticket = _said(form)
+            raise RefusedError(404, "No adjustment has this id.")
+        key, reason, ticket = said_in(form)
         try:
             check_action(
                 idempotency_key=key,
@@ -171,7 +175,7 @@ async def approve(request: Request) -> Response:
                 ticket=ticket,
             )
         except InvalidActionError as error:
-            raise _RefusedError(422, str(error)) from None
+            raise RefusedError(422, str(error)) from None
         settings = console.settings
         desk = OperatorDesk(
             Ledger(console.api.state.engine),
@@ -187,13 +191,13 @@ async def approve(request: Request) -> Response:
                 ticket=ticket,
             )
         except AdjustmentNotFoundError as error:
-            raise _RefusedError(404, str(error)) from None
+            raise RefusedError(404, str(error)) from None
         except (FourEyesError, ActionKeyConflictError) as error:
-            raise _RefusedError(409, str(error)) from None
+            raise RefusedError(409, str(error)) from None
         except (OperatorError, InvalidActionError) as error:
-            raise _RefusedError(409, str(error)) from None
-    except _RefusedError as refused:
-        return _refusal_page(request, session, refused)
+            raise RefusedError(409, str(error)) from None
+    except RefusedError as refused:
+        return refusal_page(request, session, refused)
     adjustment = outcome.adjustment
     return await operator_page(
         request,

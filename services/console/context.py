@@ -59,9 +59,9 @@ class Console:
 
     @contextlib.asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction as the API's database role."""
+        """A read-only transaction as the API's database role, on its read engine."""
         state = self.api.state
-        async with reader_connection(state.engine, state.database_role) as conn:
+        async with reader_connection(state.read_engine, state.database_role) as conn:
             yield conn
 
 

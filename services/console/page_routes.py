@@ -1,4 +1,5 @@
-"""The console's pages (GET): overview, creator, statement CSV, cash-outs, dead letters, operator.
+"""The console's pages (GET): overview, creator, statement CSV, cash-outs, dead letters, operator
+(the books are in `books_routes`).
 
 Each page needs a session (else 401 with the sign-in form) and reads in one read-only
 transaction as the API's database role. Ids travel in the query string (`?id=`), so any id
@@ -25,8 +26,9 @@ from services.api.documents import (
     creator_balances_document,
     statement_csv_row,
 )
-from services.api.queries import gifts_report
+from services.api.replica_lag import read_replica_lag
 from services.cashout.eligibility import creator_eligibility
+from services.cashout.recovery import CANCELLABLE_STATUSES, resubmission_id
 from services.cashout.store import load_cashout
 from services.console import reads
 from services.console.charts import bar_chart
@@ -93,9 +95,8 @@ async def overview(request: Request) -> Response:
     assert tomorrow is not None
     month_time = datetime(month_start.year, month_start.month, 1, tzinfo=UTC)
     async with console.reader() as conn:
-        today_rows = await gifts_report(conn, today_start, tomorrow, "surface")
-        month_rows = await gifts_report(conn, month_time, tomorrow, "surface")
-        by_day = await gifts_report(conn, month_time, tomorrow, "day")
+        gifts = await reads.overview_gifts(conn, month_time, today, tomorrow)
+        today_rows, month_rows, by_day = gifts.today, gifts.month, gifts.by_day
         liability_posted, liability_pending = await reads.creator_diamond_liability(conn)
         top = await reads.top_creators(conn)
         statuses = await reads.cashouts_by_status(conn)
@@ -108,6 +109,7 @@ async def overview(request: Request) -> Response:
             stale_after_s=settings.cashout_answer_window_s,
         )
         dead_letter_counts = await reads.dead_letters_by_reason(conn, settings.kafka_topic_prefix)
+        replica_lag = await read_replica_lag(conn)
     diamonds_by_day = {row["day"]: int(row["milli_diamonds"]) for row in by_day}
     chart = bar_chart(
         f"Diamonds credited by gifts per UTC day, {month_start:%Y-%m}",
@@ -137,13 +139,15 @@ async def overview(request: Request) -> Response:
         answer_window_s=settings.cashout_answer_window_s,
         dead_letter_counts=dead_letter_counts,
         lag=consumer_lag(),
+        reads_from=replica_lag.text(),
     )
 
 
 # Creator --------------------------------------------------------------------------------------
 
 
-async def creator(request: Request) -> Response:
+async def creator(request: Request, outcome: str | None = None) -> Response:
+    """A creator's page; for an operator, the freeze or unfreeze form."""
     session = session_of(request)
     if session is None:
         return not_signed_in(request)
@@ -192,6 +196,8 @@ async def creator(request: Request) -> Response:
         cashouts=cashouts,
         transitions=transitions,
         actions=actions,
+        outcome=outcome,
+        action_key=new_action_key(),
     )
 
 
@@ -265,17 +271,30 @@ async def cashout_list(request: Request) -> Response:
     )
 
 
-async def cashout(request: Request) -> Response:
+async def cashout(request: Request, outcome: str | None = None) -> Response:
+    """A cash-out's page; for an operator, the form that cancels it when it is a stale hold, or
+    the one that resubmits it when it failed and was not resubmitted yet."""
     session = session_of(request)
     if session is None:
         return not_signed_in(request)
+    console = console_of(request)
+    answer_window_s = console.settings.cashout_answer_window_s
     cashout_id = query_text(request, "id")
-    async with console_of(request).reader() as conn:
+    async with console.reader() as conn:
         found = None if cashout_id is None else await load_cashout(conn, cashout_id)
         if found is None or cashout_id is None:
             return message_page(request, session, 404, "No cash-out", "No cash-out has this id.")
         transitions = await reads.transitions_of(conn, [cashout_id])
         actions = await reads.actions_on(conn, [cashout_id])
+        resubmission = None
+        if found.status == "failed":
+            resubmission = await load_cashout(conn, resubmission_id(cashout_id))
+    last_change = transitions[-1].at if transitions else None
+    stale = (
+        found.status in CANCELLABLE_STATUSES
+        and last_change is not None
+        and (datetime.now(UTC) - last_change).total_seconds() > answer_window_s
+    )
     return render(
         request,
         "cashout.html",
@@ -283,6 +302,12 @@ async def cashout(request: Request) -> Response:
         cashout=found,
         transitions=transitions,
         actions=actions,
+        outcome=outcome,
+        stale=stale,
+        answer_window_s=answer_window_s,
+        may_resubmit=found.status == "failed" and resubmission is None,
+        resubmission=resubmission,
+        action_key=new_action_key(),
     )
 
 

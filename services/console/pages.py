@@ -16,6 +16,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from schemas.assets import ASSET_SCALES, format_amount
+from services.trial_balance_text import grouped_amount
 
 SECURITY_HEADERS: Final = {
     "Content-Security-Policy": (
@@ -57,6 +58,16 @@ def amount_text(amount_minor: int | None, asset: str) -> str:
     return format_amount(amount_minor, asset)
 
 
+def grouped_text(amount_minor: int | None, asset: str) -> str:
+    """`84143200, "DIAMOND"` → `84,143.200`: thousands grouped, as the printed trial balance; an
+    asset the console does not know: the integer in minor units."""
+    if amount_minor is None:
+        return ""
+    if asset not in ASSET_SCALES:
+        return f"{amount_minor:,}"
+    return grouped_amount(amount_minor, asset)
+
+
 def moment_text(moment: datetime | None) -> str:
     """A time in UTC to the second: `2026-11-01 12:00:05Z`."""
     if moment is None:
@@ -66,6 +77,7 @@ def moment_text(moment: datetime | None) -> str:
 
 _ENVIRONMENT.filters["amount"] = amount_text
 _ENVIRONMENT.filters["moment"] = moment_text
+_ENVIRONMENT.filters["grouped"] = grouped_text
 
 
 def render(

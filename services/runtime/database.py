@@ -72,6 +72,19 @@ async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 
 @asynccontextmanager
+async def open_read_database(settings: Settings, engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    """The engine the finance API and the console read through: one on `API_DATABASE_URL` (a
+    streaming replica of `engine`'s database), checked as `open_database` checks its own, or
+    `engine` itself when that is unset."""
+    if settings.api_database_url is None:
+        yield engine
+        return
+    url = to_async_url(settings.api_database_url.get_secret_value())
+    async with _engine_on(url, settings) as read_engine:
+        yield read_engine
+
+
+@asynccontextmanager
 async def _engine_on(url: str, settings: Settings) -> AsyncIterator[AsyncEngine]:
     logger.info("database %s", safe_url(url))
     engine = create_engine(

@@ -309,6 +309,13 @@ class Settings(BaseSettings):
         le=3_660,
         description="Longest from-to range, in days, a statement or report may ask for.",
     )
+    api_database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL the finance API and the console read through, e.g. a"
+        " PostgreSQL streaming replica of DATABASE_URL's database. Unset: they read the database"
+        " they write (DATABASE_URL, or the embedded PostgreSQL). Writes (operator actions,"
+        " re-drives) always go to that database.",
+    )
     api_database_role: str = Field(
         default="giftledger_reader",
         pattern=r"^[a-z_][a-z0-9_]{0,62}$",
@@ -321,7 +328,7 @@ class Settings(BaseSettings):
         description="How long a console session lasts after signing in with a token.",
     )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "api_database_url")
     @classmethod
     def _postgresql_url(cls, url: SecretStr | None) -> SecretStr | None:
         if url is not None:

@@ -77,7 +77,8 @@ AdjustmentId = Annotated[int, Path(ge=1, le=ADJUSTMENT_ID_MAX)]
 
 
 def _desk(request: Request) -> OperatorDesk:
-    """The app's operator desk, made on first use from its engine and settings."""
+    """The app's operator desk, made on first use from its engine (the primary: never the read
+    engine of `API_DATABASE_URL`) and settings."""
     state = request.app.state
     desk: OperatorDesk | None = getattr(state, "operator_desk", None)
     if desk is None:

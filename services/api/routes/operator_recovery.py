@@ -55,7 +55,8 @@ router = APIRouter()
 
 
 def _recovery(request: Request) -> CashoutRecovery:
-    """The app's cash-out recovery, made on first use from its engine and settings."""
+    """The app's cash-out recovery, made on first use from its engine (the primary: never the
+    read engine of `API_DATABASE_URL`) and settings."""
     state = request.app.state
     recovery: CashoutRecovery | None = getattr(state, "cashout_recovery", None)
     if recovery is None:
@@ -72,7 +73,8 @@ def _recovery(request: Request) -> CashoutRecovery:
 
 def _redriver(request: Request) -> DeadLetterRedriver:
     """A re-driver on the app's Kafka cluster: the one the running service was given
-    (`app.state.kafka_bootstrap_servers`), else `KAFKA_BOOTSTRAP_SERVERS`; 503 without one."""
+    (`app.state.kafka_bootstrap_servers`), else `KAFKA_BOOTSTRAP_SERVERS`; 503 without one. It
+    records on the primary (`app.state.engine`)."""
     state = request.app.state
     settings = state.settings
     servers = getattr(state, "kafka_bootstrap_servers", None) or settings.kafka_bootstrap_servers
