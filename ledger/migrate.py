@@ -44,13 +44,16 @@ def _upgrade(connection: Connection, config: Config) -> None:
     command.upgrade(config, "head")
 
 
-async def upgrade_to_head(engine: AsyncEngine) -> None:
+async def upgrade_to_head(
+    engine: AsyncEngine, months_ahead: int = TRANSFER_PARTITION_MONTHS_AHEAD
+) -> None:
     """Apply every pending migration, then move any rows of the default transfers partition to
-    their month and make sure the coming months have partitions (`ledger.partitions`)."""
+    their month and make sure this month and the next `months_ahead` have partitions
+    (`ledger.partitions`)."""
     config = alembic_config()
     async with engine.begin() as connection:
         await connection.run_sync(_upgrade, config)
-    await keep_transfer_partitions(engine, TRANSFER_PARTITION_MONTHS_AHEAD)
+    await keep_transfer_partitions(engine, months_ahead)
 
 
 def _current(connection: Connection) -> str | None:

@@ -5,7 +5,8 @@ month has none. `keep_transfer_partitions` (the SQL function of migration 0013, 
 schema's owner) moves any rows of the default partition into their month, creates this month and
 the next `months_ahead`, and answers how many months after the current one are ready. `migrate`
 calls it as the owner; `giftledger run` calls it daily as the writer role, which may call that
-function and none of the ones it uses.
+function and none of the ones it uses. Both keep the months of the
+`TRANSFER_PARTITION_MONTHS_AHEAD` setting, whose default is the constant below.
 """
 
 from __future__ import annotations

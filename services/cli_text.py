@@ -1,5 +1,5 @@
-"""Text helpers shared by the command line and the load-test tools: timestamps given on a command
-line, and rows printed as aligned columns."""
+"""Text helpers shared by the command line and the load-test tools: timestamps and positive whole
+numbers given on a command line, and rows printed as aligned columns."""
 
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ def aware_timestamp(value: str) -> datetime:
             f"timestamp {value!r} has no time zone: add one, e.g. 2026-11-01T00:00:00Z"
         )
     return moment
+
+
+def positive_int(value: str) -> int:
+    """A whole number of 1 or more."""
+    try:
+        number = int(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from error
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return number
 
 
 def table(rows: Sequence[Sequence[str]], right_aligned: set[int]) -> list[str]:

@@ -11,6 +11,9 @@ the seeded window, one event id applied in two topics (for another creator), whi
 
 Import both fixtures into a test module (`from tests.api_server import seeded_api,
 seeded_ledger`): pytest finds a fixture, and what it depends on, by name in the module.
+
+`served_client` is the same server for asynchronous tests: an app served on a free port as a
+task of the test's own event loop, and an `httpx.AsyncClient` on it.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -51,6 +56,8 @@ from tests.ingestion_fixtures import make_ingestor
 
 SERVER_START_TIMEOUT_S = 15.0
 SERVER_STOP_TIMEOUT_S = 30.0
+SERVED_START_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 10.0
 FINANCE_TOKEN = f"finance-{uuid.uuid4().hex}"
 OPERATOR_TOKEN = f"operator-{uuid.uuid4().hex}"
 
@@ -142,6 +149,32 @@ def running_api_server(database_url: str, settings: Settings) -> Iterator[str]:
     assert not thread.is_alive(), "the API server did not stop"
     if thread.error is not None:
         raise thread.error
+
+
+@contextlib.asynccontextmanager
+async def served_client(
+    app: FastAPI, *, request_timeout_s: float = REQUEST_TIMEOUT_S
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`app` served by uvicorn on a free port of 127.0.0.1, on the running event loop, and a
+    client on it (each request given `request_timeout_s`); stopped at the end. Ready once
+    `/openapi.json` answers: it needs neither a token nor the database."""
+    port = free_port()
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_api(app, "127.0.0.1", port, stop))
+    base_url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base_url, timeout=request_timeout_s) as client:
+        try:
+            async with asyncio.timeout(SERVED_START_TIMEOUT_S):
+                while True:
+                    assert not server.done(), server
+                    with contextlib.suppress(httpx.TransportError):
+                        await client.get("/openapi.json")
+                        break
+                    await asyncio.sleep(0.05)
+            yield client
+        finally:
+            stop.set()
+            await server
 
 
 # The data ------------------------------------------------------------------------------------
@@ -274,4 +307,5 @@ __all__ = [
     "seed_ledger",
     "seeded_api",
     "seeded_ledger",
+    "served_client",
 ]

@@ -3,12 +3,10 @@ through the real ingestion path, and the check that the books and the actions lo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,17 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.verify import verify
 from schemas import topics
-from services.api.server import serve_api
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import InputRecord
 from services.operator.actions_log import verify_action_chain
 from services.rates.rate_cards import load_rate_cards
 from services.runtime.settings import Settings
 from tests import event_factory as make
-from tests.api_server import free_port
+from tests.api_server import served_client
 from tests.ingestion_fixtures import make_ingestor
 
-SERVER_START_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 30.0
 
 ALICE_TOKEN = f"alice-{uuid.uuid4().hex}"
@@ -68,26 +64,10 @@ def new_creator() -> str:
     return f"op-creator-{uuid.uuid4().hex[:10]}"
 
 
-@contextlib.asynccontextmanager
-async def served(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """`app` served by uvicorn on a free port, and a client on it; stopped at the end."""
-    port = free_port()
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve_api(app, "127.0.0.1", port, stop))
-    base_url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
-        try:
-            async with asyncio.timeout(SERVER_START_TIMEOUT_S):
-                while True:
-                    assert not server.done(), server
-                    with contextlib.suppress(httpx.TransportError):
-                        await client.get("/healthz")
-                        break
-                    await asyncio.sleep(0.05)
-            yield client
-        finally:
-            stop.set()
-            await server
+def served(app: FastAPI) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+    """`app` served on a free port and a client on it (`served_client`), with the operator
+    tests' request timeout."""
+    return served_client(app, request_timeout_s=REQUEST_TIMEOUT_S)
 
 
 class Feed:

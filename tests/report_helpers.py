@@ -1,31 +1,23 @@
 """What the report and analyst SQL tests share: events fed through the real ingestion path
 (`Ingestor.process`, the function the Kafka consumers call), the database's clock, and the
-finance API served by uvicorn on a free port of the test loop."""
+finance token's header (the API itself is served by `tests.api_server.served_client`)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Final
 
-import httpx
-from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.api.server import serve_api
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import InputRecord
 from services.rates.rate_cards import load_rate_cards
-from tests.api_server import FINANCE_TOKEN, free_port
+from tests.api_server import FINANCE_TOKEN
 from tests.ingestion_fixtures import make_ingestor
 
-SERVER_START_TIMEOUT_S: Final = 10.0
-REQUEST_TIMEOUT_S: Final = 10.0
 FINANCE: Final = {"Authorization": f"Bearer {FINANCE_TOKEN}"}
 
 
@@ -57,25 +49,3 @@ class EventFeed:
         record = InputRecord(topic, self.partition, self.offset, key, json.dumps(event).encode())
         report = await self.ingestor.process(topic, [record])
         assert report.applied == 1, report
-
-
-@contextlib.asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """`app` served by uvicorn on a free port, and a client on it; stopped at the end."""
-    port = free_port()
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve_api(app, "127.0.0.1", port, stop))
-    base_url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
-        try:
-            async with asyncio.timeout(SERVER_START_TIMEOUT_S):
-                while True:
-                    assert not server.done(), server
-                    with contextlib.suppress(httpx.TransportError):
-                        await client.get("/healthz")
-                        break
-                    await asyncio.sleep(0.05)
-            yield client
-        finally:
-            stop.set()
-            await server

@@ -35,7 +35,7 @@ from services.api.auth import OPERATOR_ROLES, require_role
 from services.api.deps import reader_connection
 from services.api.models import InvalidRequestDocument
 from services.api.responses import invalid_request
-from services.api.server import create_app, serve_api
+from services.api.server import create_app
 from services.cli import main
 from services.runtime import settings as settings_module
 from services.runtime.settings import Settings
@@ -47,34 +47,11 @@ from tests.api_server import (
     api_settings,
     free_port,
     seed_ledger,
+    served_client,
 )
 
-SERVER_START_TIMEOUT_S = 10.0
-REQUEST_TIMEOUT_S = 10.0
 PUBLIC_PATHS = {"/healthz", "/openapi.json", "/docs", "/docs/static", "/redoc"}
 UNKNOWN_TOKEN = f"unknown-{uuid.uuid4().hex}"
-
-
-@contextlib.asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """`app` served by uvicorn on a free port, and a client on it; stopped at the end."""
-    port = free_port()
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve_api(app, "127.0.0.1", port, stop))
-    base_url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
-        try:
-            async with asyncio.timeout(SERVER_START_TIMEOUT_S):
-                while True:
-                    assert not server.done(), server
-                    with contextlib.suppress(httpx.TransportError):
-                        await client.get("/openapi.json")
-                        break
-                    await asyncio.sleep(0.05)
-            yield client
-        finally:
-            stop.set()
-            await server
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -118,7 +95,7 @@ async def app(engine: AsyncEngine) -> FastAPI:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def api(app: FastAPI, ledgered: SeededLedger) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(app) as client:
+    async with served_client(app) as client:
         yield client
 
 
@@ -211,7 +188,7 @@ async def test_a_role_missing_from_a_routes_roles_gets_403(engine: AsyncEngine) 
     async def operator_only() -> dict[str, str]:
         return {"done": "yes"}
 
-    async with running(app) as client:
+    async with served_client(app) as client:
         forbidden = await client.get("/operator-only", headers=FINANCE)
         assert forbidden.status_code == 403
         assert forbidden.json() == {"detail": "the finance role may not use this route"}
@@ -222,7 +199,7 @@ async def test_a_role_missing_from_a_routes_roles_gets_403(engine: AsyncEngine) 
 async def test_no_configured_token_means_every_authenticated_route_is_refused(
     engine: AsyncEngine,
 ) -> None:
-    async with running(create_app(engine, Settings(api_tokens={}))) as client:
+    async with served_client(create_app(engine, Settings(api_tokens={}))) as client:
         assert (await client.get("/metrics", headers=FINANCE)).status_code == 401
         assert (await client.get("/healthz")).status_code == 200
 
@@ -409,7 +386,7 @@ async def test_healthz_is_503_when_the_database_does_not_answer() -> None:
         f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing", pool_timeout_s=2
     )
     try:
-        async with running(create_app(unreachable, api_settings())) as client:
+        async with served_client(create_app(unreachable, api_settings())) as client:
             document = (await client.get("/openapi.json")).json()
             answer = await client.get("/healthz")
             assert answer.status_code == 503
@@ -521,7 +498,7 @@ async def test_every_422_has_one_shape_a_hand_raised_one_too(engine: AsyncEngine
     async def refused_by_hand() -> None:
         raise HTTPException(422, detail="refused by hand")
 
-    async with running(app) as client:
+    async with served_client(app) as client:
         by_hand = await client.get("/refused-by-hand", headers=FINANCE)
         validated = await client.get("/v1/cashouts?limit=many", headers=FINANCE)
         checked = await client.get(
@@ -544,7 +521,7 @@ async def test_an_unexpected_fault_is_the_documented_500_and_shows_nothing_of_it
     async def faulty() -> None:
         raise RuntimeError("postgresql://secret@db/ledger is on fire")
 
-    async with running(app) as client:
+    async with served_client(app) as client:
         document = (await client.get("/openapi.json")).json()
         answer = await client.get("/faulty")
     assert answer.status_code == 500
@@ -566,7 +543,7 @@ async def test_a_method_the_path_does_not_serve_is_405_naming_every_method_it_se
     async def write_both() -> None:
         return None
 
-    async with running(app) as client:
+    async with served_client(app) as client:
         answer = await client.delete("/both")
         cashouts = await client.delete("/v1/cashouts", headers=FINANCE)
     assert (answer.status_code, answer.headers["allow"]) == (405, "GET, POST")

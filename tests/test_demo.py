@@ -39,18 +39,13 @@ from services.demo import (
 )
 from services.runtime import settings as settings_module
 from services.runtime.settings import Settings
+from tests.api_server import free_port
 
 DEMO_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
 REQUEST_TIMEOUT_S = 10
 TRY_LINE = re.compile(r"try: curl -H 'Authorization: Bearer (?P<token>[^']+)' (?P<url>\S+)")
 RECORDS_LINE = re.compile(r"consumed \d+: applied (?P<applied>\d+), duplicates (?P<duplicates>\d+)")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _demo_env(database_url: str | None, kafka_bootstrap: str) -> dict[str, str]:
@@ -63,7 +58,7 @@ def _demo_env(database_url: str | None, kafka_bootstrap: str) -> dict[str, str]:
         "KAFKA_TOPIC_PREFIX": prefix,
         "KAFKA_CONSUMER_GROUP": f"g-{prefix}",
         "KAFKA_PARTITION_COUNT": "2",
-        "API_PORT": str(_free_port()),
+        "API_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("DATABASE_URL", None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import socket
 import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from services.cashout.eligibility import creator_eligibility
 from services.rates.rate_cards import add_rate_card, load_rate_cards
 from services.runtime.settings import EligibilitySettings
 from tests import event_factory as make
+from tests.api_server import free_port
 from tests.ingestion_fixtures import RunningConsumers, wait_until
 
 
@@ -201,7 +201,7 @@ async def test_prometheus_metrics_count_what_the_consumers_did(
     consumers: RunningConsumers, engine: AsyncEngine
 ) -> None:
     await _publish_and_wait(consumers, engine, topics.GIFTS_SENT, [make.gift(_creator())])
-    port = _free_port()
+    port = free_port()
     start_http_server(port, addr="127.0.0.1")
     body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
     applied = re.search(r'giftledger_events_applied_total\{topic="gifts.sent"\} (\d+)', body)
@@ -209,12 +209,6 @@ async def test_prometheus_metrics_count_what_the_consumers_did(
     assert float(applied.group(1)) >= 1
     assert "giftledger_batch_commit_seconds_bucket" in body
     assert "giftledger_events_consumed_total" in body
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _get(url: str) -> str:

@@ -1,6 +1,7 @@
 """Transfer partitions kept by the running service: rows that landed in the default partition
-move to their month unchanged, `migrate` works afterwards, `giftledger run` keeps the coming
-months and reports them, and no partition can be truncated."""
+move to their month unchanged, `migrate` works afterwards, `migrate` and `giftledger run` keep
+the coming months that `TRANSFER_PARTITION_MONTHS_AHEAD` asks for (`run` reports them), and no
+partition can be truncated."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +29,7 @@ from ledger.model import AccountFlags, Transfer, TransferCode, TransferFlags
 from ledger.service import Ledger
 from services.app.partition_upkeep import PartitionUpkeep
 from services.runtime.metrics import TRANSFER_PARTITION_MONTHS_AHEAD
+from tests.api_server import free_port
 from tests.ingestion_fixtures import wait_until
 from tests.ledger_helpers import make_accounts
 
@@ -156,14 +157,17 @@ async def post_through_the_ledger(owner: AsyncEngine, writer: AsyncEngine) -> li
     return posted
 
 
-async def giftledger(database_url: str, *arguments: str) -> tuple[int, str]:
-    """`giftledger ARGUMENTS...` against `database_url`: exit code and output."""
+async def giftledger(
+    database_url: str, *arguments: str, env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """`giftledger ARGUMENTS...` against `database_url` (with `env` set besides): exit code and
+    output."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "services.cli",
         *arguments,
-        env={**os.environ, "DATABASE_URL": database_url},
+        env={**os.environ, **(env or {}), "DATABASE_URL": database_url},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -282,6 +286,22 @@ async def test_the_run_task_keeps_the_coming_months_and_reports_them(
     assert gauge() == months_ahead
 
 
+async def test_migrate_keeps_the_months_of_the_setting(
+    own_database_url: str, owner: AsyncEngine
+) -> None:
+    months_ahead = 7
+    assert month_partition(months_ahead) not in await partitions(owner)
+    exit_code, output = await giftledger(
+        own_database_url,
+        "migrate",
+        env={"TRANSFER_PARTITION_MONTHS_AHEAD": str(months_ahead)},
+    )
+    assert exit_code == 0, output
+    found = await partitions(owner)
+    assert all(month_partition(month) in found for month in range(months_ahead + 1))
+    assert month_partition(months_ahead + 1) not in found
+
+
 async def test_a_failed_upkeep_still_reports_the_months_ready(own_database_url: str) -> None:
     reader = create_engine(own_database_url, pool_size=1, role=READER)
     try:
@@ -317,13 +337,6 @@ async def test_every_partition_refuses_truncate_even_for_its_owner(engine: Async
                     await conn.execute(text(f"TRUNCATE {partition}"))
             finally:
                 await transaction.rollback()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def test_giftledger_run_keeps_the_coming_months_and_serves_the_gauge(

@@ -33,8 +33,8 @@ from services.cli import main
 from services.runtime import settings as settings_module
 from services.runtime.settings import Settings
 from tests import event_factory as make
-from tests.api_server import FINANCE_TOKEN, api_settings, token_digest
-from tests.report_helpers import FINANCE, EventFeed, database_time, running
+from tests.api_server import FINANCE_TOKEN, api_settings, served_client, token_digest
+from tests.report_helpers import FINANCE, EventFeed, database_time
 
 # The business time of every event of this module: long before it is booked.
 REQUESTED_ON: Final = datetime(2019, 7, 14, tzinfo=UTC)
@@ -84,7 +84,7 @@ async def booked(engine: AsyncEngine) -> Booked:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def api(engine: AsyncEngine, booked: Booked) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(create_app(engine, api_settings())) as client:
+    async with served_client(create_app(engine, api_settings())) as client:
         yield client
 
 
@@ -213,7 +213,7 @@ async def test_the_default_span_is_the_api_range_limit_where_that_is_shorter(
     settings = Settings(
         api_tokens={token_digest(FINANCE_TOKEN): "finance"}, api_time_range_days_max=7
     )
-    async with running(create_app(engine, settings)) as client:
+    async with served_client(create_app(engine, settings)) as client:
         document = await _report(client, "/v1/reports/money", **{"from": "2019-07-01T00:00:00Z"})
         assert document["to"] == "2019-07-08T00:00:00+00:00"
         longer = await client.get(

@@ -54,10 +54,10 @@ from services.cashout.eligibility import creator_eligibility
 from services.cashout.store import Cashout, cashout_event_id, load_cashout
 from services.operator.actions_log import (
     MESSAGE_KEY_DETAIL,
+    ActionEntry,
+    HeldLog,
     OperatorAction,
-    check_key,
-    lock_log,
-    record_action,
+    hold_log,
 )
 from services.operator.desk import OperatorError
 from services.operator.freezes import creator_is_frozen
@@ -111,9 +111,17 @@ def resubmission_id(cashout_id: str) -> str:
     return f"{RESUBMIT_SUFFIX}#{hashlib.sha256(cashout_id.encode()).hexdigest()}"
 
 
-async def _act_as(conn: AsyncConnection, role: str | None) -> None:
-    if role is not None:
-        await conn.execute(text("SELECT set_config('role', :role, true)"), {"role": role})
+def _entry(request: ActionRequest, action: str, cashout: Cashout) -> ActionEntry:
+    """The log entry of `action` on `cashout`: keyed on `operator.actions` by its creator."""
+    return ActionEntry(
+        idempotency_key=request.idempotency_key,
+        actor=request.actor,
+        action=action,
+        target=cashout.cashout_id,
+        reason=request.reason,
+        ticket=request.ticket,
+        details={MESSAGE_KEY_DETAIL: cashout.creator_id},
+    )
 
 
 async def _locked_cashout(conn: AsyncConnection, cashout_id: str) -> Cashout:
@@ -141,6 +149,11 @@ class CashoutRecovery:
         self.answer_window_s = answer_window_s
         self._database_role = database_role
 
+    async def _hold_log(self, conn: AsyncConnection) -> HeldLog:
+        return await hold_log(
+            conn, database_role=self._database_role, topic_prefix=self._desk.topic_prefix
+        )
+
     # Cancel --------------------------------------------------------------------------------
 
     async def cancel_stale_hold(self, cashout_id: str, request: ActionRequest) -> CancelOutcome:
@@ -156,34 +169,14 @@ class CashoutRecovery:
         self, tx: LedgerTransaction, cashout_id: str, request: ActionRequest
     ) -> CancelOutcome:
         conn = tx.connection
-        await _act_as(conn, self._database_role)
-        await lock_log(conn)
+        log = await self._hold_log(conn)
         cashout = await _locked_cashout(conn, cashout_id)
-        details = {MESSAGE_KEY_DETAIL: cashout.creator_id}
-        recorded = await check_key(
-            conn,
-            idempotency_key=request.idempotency_key,
-            actor=request.actor,
-            action=CASHOUT_CANCELLED,
-            target=cashout_id,
-            reason=request.reason,
-            ticket=request.ticket,
-            details=details,
-        )
+        entry = _entry(request, CASHOUT_CANCELLED, cashout)
+        recorded = await log.recorded(entry)
         if recorded is not None:
             return CancelOutcome(cashout, recorded, recorded=False)
         await self._check_stale(conn, cashout)
-        action, _ = await record_action(
-            conn,
-            idempotency_key=request.idempotency_key,
-            actor=request.actor,
-            action=CASHOUT_CANCELLED,
-            target=cashout_id,
-            reason=request.reason,
-            ticket=request.ticket,
-            details=details,
-            topic_prefix=self._desk.topic_prefix,
-        )
+        action = await log.record(entry)
         release = await self._desk.cancel_transfers(
             tx, self._ledger, cashout, f"operator-action:{action.id}"
         )
@@ -261,39 +254,19 @@ class CashoutRecovery:
         account_ids: dict[str, int],
     ) -> ResubmitOutcome:
         conn = tx.connection
-        await _act_as(conn, self._database_role)
-        await lock_log(conn)
+        log = await self._hold_log(conn)
         original = await _locked_cashout(conn, cashout_id)
         # The creator's lock before any account lock, as a cash-out request takes it: the daily
         # limit of the creator's day is checked by requests under it.
         await lock_creators(conn, [original.creator_id])
-        details = {MESSAGE_KEY_DETAIL: original.creator_id}
-        recorded = await check_key(
-            conn,
-            idempotency_key=request.idempotency_key,
-            actor=request.actor,
-            action=PAYOUT_RESUBMITTED,
-            target=cashout_id,
-            reason=request.reason,
-            ticket=request.ticket,
-            details=details,
-        )
+        entry = _entry(request, PAYOUT_RESUBMITTED, original)
+        recorded = await log.recorded(entry)
         if recorded is not None:
             resubmitted = await _resubmission_of(conn, cashout_id)
             assert resubmitted is not None, "a recorded resubmission has its cash-out"
             return ResubmitOutcome(original, resubmitted, recorded, recorded=False)
         resubmitted = await self._resubmission(conn, original)
-        action, _ = await record_action(
-            conn,
-            idempotency_key=request.idempotency_key,
-            actor=request.actor,
-            action=PAYOUT_RESUBMITTED,
-            target=cashout_id,
-            reason=request.reason,
-            ticket=request.ticket,
-            details=details,
-            topic_prefix=self._desk.topic_prefix,
-        )
+        action = await log.record(entry)
         hold = Transfer(
             id=hold_id(resubmitted.cashout_id),
             debit_account_id=account_ids[hold_source(original.creator_id, original.asset).name],

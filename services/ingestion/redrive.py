@@ -43,6 +43,7 @@ from services.operator.actions_log import (
     MESSAGE_KEY_DETAIL,
     ActionKeyConflictError,
     OperatorAction,
+    act_as,
     load_action,
     record_action,
 )
@@ -419,10 +420,7 @@ class DeadLetterRedriver:
         so its head is locked for a moment only."""
         prefix = self.topic_prefix
         async with self._engine.begin() as conn:
-            if self._database_role is not None:
-                await conn.execute(
-                    text("SELECT set_config('role', :role, true)"), {"role": self._database_role}
-                )
+            await act_as(conn, self._database_role)
             await conn.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(prefix)}
             )

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import TextIO
 
 from schemas import topics
+from services.cli_text import positive_int
 from services.loadtest.bad_records import BadRecords
 from services.loadtest.cashout_phase import CashoutPhase
 from services.loadtest.creator_profiles import CreatorProfiles
@@ -252,16 +253,6 @@ def _share(value: str) -> float:
     return number
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from error
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return number
-
-
 def _positive_float(value: str) -> float:
     try:
         number = float(value)
@@ -300,7 +291,7 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"mean recorded rate, for replay --speed (default {defaults.events_per_s:g})",
     )
     parser.add_argument(
-        "--creators", type=_positive_int, default=None, metavar="N", help="creators (default N/40)"
+        "--creators", type=positive_int, default=None, metavar="N", help="creators (default N/40)"
     )
     for name in ("duplicate_rate", "out_of_order_rate", "bad_rate", "conflict_rate"):
         flag = "--" + name.replace("_", "-")
@@ -337,7 +328,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--events",
-        type=_positive_int,
+        type=positive_int,
         default=100_000,
         metavar="N",
         help="records (default 100000)",

@@ -46,6 +46,7 @@ from typing import Any, Literal, TextIO
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from schemas.topics import all_topics
+from services.cli_text import positive_int
 from services.loadtest.stream_format import StreamFormatError, expected_path
 from services.runtime.embedded_broker import create_topics, wait_for_broker
 from services.runtime.settings import Settings, get_settings
@@ -415,16 +416,6 @@ async def replay(
 # Command line --------------------------------------------------------------------------------
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from error
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return number
-
-
 def _speed(value: str) -> float:
     try:
         number = float(value)
@@ -439,7 +430,7 @@ def add_pacing_arguments(parser: argparse.ArgumentParser, *, default: ReplayMode
     """`--rate N | --speed X | --max`, shared by `replay` and `loadtest`."""
     pacing = parser.add_mutually_exclusive_group()
     pacing.add_argument(
-        "--rate", type=_positive_int, default=None, metavar="N", help="N records a second"
+        "--rate", type=positive_int, default=None, metavar="N", help="N records a second"
     )
     pacing.add_argument(
         "--speed",
@@ -474,7 +465,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--checkpoint-every",
-        type=_positive_int,
+        type=positive_int,
         default=CHECKPOINT_EVERY_DEFAULT,
         metavar="N",
         help=f"write the checkpoint every N records (default {CHECKPOINT_EVERY_DEFAULT})",

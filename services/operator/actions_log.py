@@ -15,6 +15,10 @@ only then draw their id, so ids ascend in chain order however many transactions 
 the head keeps the last action's hash, so a removed last action shows too.
 `verify_action_chain` recomputes the chain.
 
+An action that checks the state it acts on starts with `hold_log`: its transaction acts as the
+writer role and holds the log's lock, looks its key up (a key recorded with the same content
+returns that action) and only then checks, appends and makes its change.
+
 The `operator.actions` message is keyed by `details["message_key"]` when the action names one (a
 re-driven dead letter names its source record's key; an action on a cash-out names its creator),
 else by `target` (a creator id).
@@ -22,6 +26,7 @@ else by `target` (a creator id).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -67,14 +72,23 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 
 
 @dataclass(frozen=True)
-class OperatorAction:
-    id: int
+class ActionEntry:
+    """An action as its caller asks for it: its idempotency key and the content it stands for."""
+
     idempotency_key: str
     actor: str
     action: str
     target: str
     reason: str
     ticket: str | None
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperatorAction(ActionEntry):
+    """An action as the log recorded it: its entry (details as stored), its id and its time."""
+
+    id: int
     details: dict[str, Any]
     recorded_at: datetime
 
@@ -255,7 +269,7 @@ async def list_actions(
 # Appending ---------------------------------------------------------------------------------
 
 
-def _content(action: OperatorAction) -> tuple[object, ...]:
+def _content(action: ActionEntry) -> tuple[object, ...]:
     """What an idempotency key stands for: everything but the id and the time."""
     return (
         action.actor,
@@ -275,25 +289,66 @@ async def lock_log(conn: AsyncConnection) -> bytes:
     return bytes(head.scalar_one())
 
 
-async def check_key(
-    conn: AsyncConnection,
-    *,
-    idempotency_key: str,
-    actor: str,
-    action: str,
-    target: str,
-    reason: str,
-    ticket: str | None,
-    details: Mapping[str, Any],
-) -> OperatorAction | None:
-    """The action recorded under `idempotency_key` with this content, or None when the key is
+async def check_key(conn: AsyncConnection, entry: ActionEntry) -> OperatorAction | None:
+    """The action recorded under the entry's key with its content, or None when the key is
     unused; raises `ActionKeyConflictError` when it was used for other content. Appends nothing."""
-    recorded = await find_action(conn, idempotency_key)
+    recorded = await find_action(conn, entry.idempotency_key)
     if recorded is None:
         return None
-    if _content(recorded) != (actor, action, target, reason, ticket, normalized_details(details)):
+    asked = dataclasses.replace(entry, details=normalized_details(entry.details))
+    if _content(recorded) != _content(asked):
         raise ActionKeyConflictError(recorded)
     return recorded
+
+
+async def act_as(conn: AsyncConnection, database_role: str | None) -> None:
+    """Run the rest of the caller's transaction as `database_role` (the services' writer role),
+    when given."""
+    if database_role is not None:
+        await conn.execute(text("SELECT set_config('role', :role, true)"), {"role": database_role})
+
+
+class HeldLog:
+    """The log as an operator action's transaction holds it (`hold_log`): acting as the writer
+    role, with the log's lock until the transaction ends, so that the action's checks and its
+    append see no other action in between."""
+
+    def __init__(self, conn: AsyncConnection, topic_prefix: str) -> None:
+        self._conn = conn
+        self._topic_prefix = topic_prefix
+
+    async def recorded(self, entry: ActionEntry) -> OperatorAction | None:
+        """The action recorded under the entry's key with its content, or None when the key is
+        unused; raises `ActionKeyConflictError` when it was used for other content."""
+        return await check_key(self._conn, entry)
+
+    async def record(self, entry: ActionEntry) -> OperatorAction:
+        """Append the entry (see `record_action`): call it after `recorded` found nothing, before
+        the action's other writes."""
+        action, _ = await record_action(
+            self._conn,
+            idempotency_key=entry.idempotency_key,
+            actor=entry.actor,
+            action=entry.action,
+            target=entry.target,
+            reason=entry.reason,
+            ticket=entry.ticket,
+            details=entry.details,
+            topic_prefix=self._topic_prefix,
+        )
+        return action
+
+
+async def hold_log(
+    conn: AsyncConnection, *, database_role: str | None, topic_prefix: str
+) -> HeldLog:
+    """Start an operator action in the caller's transaction: act as `database_role` when given
+    (`act_as`), take the log's lock (`lock_log`); then look its key up (`HeldLog.recorded`) and,
+    when it is new, check the state it acts on and append it (`HeldLog.record`), whose message
+    goes to the outbox of `topic_prefix`."""
+    await act_as(conn, database_role)
+    await lock_log(conn)
+    return HeldLog(conn, topic_prefix)
 
 
 def message_key(action: OperatorAction) -> str:
@@ -352,14 +407,7 @@ async def record_action(
     stored_details = normalized_details(details)
     previous_hash = await lock_log(conn)
     recorded = await check_key(
-        conn,
-        idempotency_key=idempotency_key,
-        actor=actor,
-        action=action,
-        target=target,
-        reason=reason,
-        ticket=ticket,
-        details=stored_details,
+        conn, ActionEntry(idempotency_key, actor, action, target, reason, ticket, stored_details)
     )
     if recorded is not None:
         return recorded, False

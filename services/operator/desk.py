@@ -2,8 +2,8 @@
 and `giftledger operator` both act through it.
 
 Every action runs in one transaction that first takes the operator log's lock
-(`actions_log.lock_log`), then checks its idempotency key and the state it acts on, then appends
-the action (`record_action`, which queues its `operator.actions` message) and makes its change.
+(`actions_log.hold_log`), then checks its idempotency key and the state it acts on, then appends
+the action (`HeldLog.record`, which queues its `operator.actions` message) and makes its change.
 Operator actions are few, so running them one at a time costs nothing and makes each check hold
 until the commit. Each transaction acts as `database_role` (the services' writer role) when given.
 
@@ -17,18 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.model import PostResult
 from ledger.service import Ledger, LedgerTransaction
 from schemas.assets import format_amount
 from services.operator.actions_log import (
+    ActionEntry,
+    HeldLog,
     OperatorAction,
-    check_key,
+    hold_log,
     load_action,
-    lock_log,
-    record_action,
 )
 from services.operator.adjustments import (
     Adjustment,
@@ -93,11 +92,6 @@ class FreezeOutcome:
     recorded: bool
 
 
-async def _act_as(conn: AsyncConnection, role: str | None) -> None:
-    if role is not None:
-        await conn.execute(text("SELECT set_config('role', :role, true)"), {"role": role})
-
-
 async def _stored_adjustment(conn: AsyncConnection, adjustment_id: int) -> Adjustment:
     """An adjustment this transaction knows exists (found, or just inserted)."""
     adjustment = await load_adjustment(conn, adjustment_id)
@@ -111,6 +105,11 @@ class OperatorDesk:
         # Whose outbox the `operator.actions` messages go to (see CashoutDesk.topic_prefix).
         self.topic_prefix = topic_prefix
         self._database_role = database_role
+
+    async def _hold_log(self, conn: AsyncConnection) -> HeldLog:
+        return await hold_log(
+            conn, database_role=self._database_role, topic_prefix=self.topic_prefix
+        )
 
     # Adjustments ---------------------------------------------------------------------------
 
@@ -128,34 +127,22 @@ class OperatorDesk:
         problem = adjustment_problem(asset, amount_minor)
         if problem is not None:
             raise InvalidAdjustmentError(problem)
-        details = {"asset": asset, "amount_minor": amount_minor}
+        entry = ActionEntry(
+            idempotency_key=idempotency_key,
+            actor=actor,
+            action=ADJUSTMENT_PROPOSED,
+            target=creator_id,
+            reason=reason,
+            ticket=ticket,
+            details={"asset": asset, "amount_minor": amount_minor},
+        )
         async with self._ledger.begin() as conn:
-            await _act_as(conn, self._database_role)
-            await lock_log(conn)
-            recorded = await check_key(
-                conn,
-                idempotency_key=idempotency_key,
-                actor=actor,
-                action=ADJUSTMENT_PROPOSED,
-                target=creator_id,
-                reason=reason,
-                ticket=ticket,
-                details=details,
-            )
+            log = await self._hold_log(conn)
+            recorded = await log.recorded(entry)
             if recorded is None:
                 if not await creator_is_known(conn, creator_id):
                     raise UnknownCreatorError(f"no creator {creator_id!r} in the ledger")
-                recorded, _ = await record_action(
-                    conn,
-                    idempotency_key=idempotency_key,
-                    actor=actor,
-                    action=ADJUSTMENT_PROPOSED,
-                    target=creator_id,
-                    reason=reason,
-                    ticket=ticket,
-                    details=details,
-                    topic_prefix=self.topic_prefix,
-                )
+                recorded = await log.record(entry)
                 await insert_adjustment(
                     conn,
                     proposal_action_id=recorded.id,
@@ -194,10 +181,9 @@ class OperatorDesk:
         }
         async for tx in self._ledger.transactions():
             async with tx:
-                await _act_as(tx.connection, self._database_role)
-                await lock_log(tx.connection)
                 outcome = await self._approve_once(
                     tx,
+                    await self._hold_log(tx.connection),
                     adjustment_id,
                     account_ids,
                     idempotency_key=idempotency_key,
@@ -211,6 +197,7 @@ class OperatorDesk:
     async def _approve_once(
         self,
         tx: LedgerTransaction,
+        log: HeldLog,
         adjustment_id: int,
         account_ids: dict[str, int],
         *,
@@ -220,11 +207,10 @@ class OperatorDesk:
         ticket: str | None,
         details: dict[str, Any],
     ) -> AdjustmentOutcome:
-        """One attempt at an approval, in the unit of work `tx` that holds the log's lock."""
+        """One attempt at an approval, in the unit of work `tx` that holds the log (`log`)."""
         conn = tx.connection
         adjustment = await _stored_adjustment(conn, adjustment_id)
-        recorded = await check_key(
-            conn,
+        entry = ActionEntry(
             idempotency_key=idempotency_key,
             actor=actor,
             action=ADJUSTMENT_APPROVED,
@@ -233,6 +219,7 @@ class OperatorDesk:
             ticket=ticket,
             details=details,
         )
+        recorded = await log.recorded(entry)
         if recorded is not None:
             return AdjustmentOutcome(adjustment, recorded, recorded=False)
         if adjustment.approval_action_id is not None:
@@ -243,17 +230,7 @@ class OperatorDesk:
             raise FourEyesError(
                 f"{actor} proposed adjustment {adjustment_id}: another operator must approve it"
             )
-        recorded, _ = await record_action(
-            conn,
-            idempotency_key=idempotency_key,
-            actor=actor,
-            action=ADJUSTMENT_APPROVED,
-            target=adjustment.creator_id,
-            reason=reason,
-            ticket=ticket,
-            details=details,
-            topic_prefix=self.topic_prefix,
-        )
+        recorded = await log.record(entry)
         transfer = adjustment_transfer(
             adjustment, account_ids, f"operator-action:{recorded.id}", actor
         )
@@ -303,20 +280,18 @@ class OperatorDesk:
         ticket: str | None,
     ) -> FreezeOutcome:
         """Freeze (or unfreeze) a creator; a creator already in that state is left alone."""
-        action = CREATOR_FROZEN if frozen else CREATOR_UNFROZEN
+        entry = ActionEntry(
+            idempotency_key=idempotency_key,
+            actor=actor,
+            action=CREATOR_FROZEN if frozen else CREATOR_UNFROZEN,
+            target=creator_id,
+            reason=reason,
+            ticket=ticket,
+            details={},
+        )
         async with self._ledger.begin() as conn:
-            await _act_as(conn, self._database_role)
-            await lock_log(conn)
-            recorded = await check_key(
-                conn,
-                idempotency_key=idempotency_key,
-                actor=actor,
-                action=action,
-                target=creator_id,
-                reason=reason,
-                ticket=ticket,
-                details={},
-            )
+            log = await self._hold_log(conn)
+            recorded = await log.recorded(entry)
             state = await freeze_state(conn, creator_id)
             if recorded is not None:
                 return FreezeOutcome(state, recorded, recorded=False)
@@ -325,17 +300,7 @@ class OperatorDesk:
             if state.frozen == frozen:
                 done = None if state.action_id is None else await load_action(conn, state.action_id)
                 return FreezeOutcome(state, done, recorded=False)
-            recorded, _ = await record_action(
-                conn,
-                idempotency_key=idempotency_key,
-                actor=actor,
-                action=action,
-                target=creator_id,
-                reason=reason,
-                ticket=ticket,
-                details={},
-                topic_prefix=self.topic_prefix,
-            )
+            recorded = await log.record(entry)
             await record_freeze(conn, creator_id, frozen=frozen, action_id=recorded.id)
             state = await freeze_state(conn, creator_id)
         return FreezeOutcome(state, recorded, recorded=True)
