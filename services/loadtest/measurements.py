@@ -1,8 +1,9 @@
 """Measuring a load test (`services.loadtest.run`): the counters sampled every
-`SAMPLE_INTERVAL_S`, and the latency from the moment the replayer handed a sampled record to the
-producer to the event's `applied_at` (the start of the transaction that applied it, so slightly
-early). About one event in 100 is sampled (by a hash of its event_id, first send only; at most
-200,000 samples)."""
+`SAMPLE_INTERVAL_S`, each publishing phase's timing (`PublishTiming`, from the publisher
+process), and the latency from the moment the replayer handed a sampled record to the producer to
+the event's `applied_at` (the start of the transaction that applied it, so slightly early). About
+one event in 100 is sampled (by a hash of its event_id, first send only; at most 200,000
+samples)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 import time
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,9 +37,22 @@ class Sample:
     reports: int  # reports the simulated bank sent
 
 
+@dataclass(frozen=True, slots=True)
+class PublishTiming:
+    """One publishing phase, as the publisher process reported it; moments on the load test's
+    `time.monotonic()` clock."""
+
+    records: int  # handed to the producer
+    first_send_t: float  # the first record handed to the producer
+    done_t: float  # every record acknowledged
+    elapsed_s: float  # the publisher's own clock: first send to last acknowledgement
+    cpu_s: float  # the publisher process's CPU time (user and system)
+
+
 class SendTimes:
     """Wall-clock send times of sampled events: about one event_id in `one_in`, first send only
-    (a duplicate or a conflicting record later does not move it), at most `samples_max`."""
+    (a duplicate or a conflicting record later does not move it), at most `samples_max`; the
+    records published so far, and each publishing phase's timing (`publishes`)."""
 
     def __init__(
         self, one_in: int = LATENCY_SAMPLE_ONE_IN, samples_max: int = LATENCY_SAMPLES_MAX
@@ -46,6 +61,7 @@ class SendTimes:
         self.samples_max = samples_max
         self.times: dict[tuple[str, str], float] = {}
         self.published = 0
+        self.publishes: list[PublishTiming] = []
 
     def __call__(self, record: StreamRecord) -> None:
         self.published += 1
@@ -58,6 +74,14 @@ class SendTimes:
         if key not in self.times:
             self.times[key] = time.time()
 
+    def merge(self, rows: list[list[Any]]) -> None:
+        """Add the send times another process sampled: `[topic, event_id, wall-clock s]` rows
+        (an event already sampled keeps its first send)."""
+        for topic, event_id, sent_at in rows:
+            if len(self.times) >= self.samples_max:
+                return
+            self.times.setdefault((str(topic), str(event_id)), float(sent_at))
+
 
 def percentile(sorted_values: list[float], share: float) -> float:
     """Nearest-rank percentile of already sorted values (`share` in 0..100)."""
@@ -67,10 +91,19 @@ def percentile(sorted_values: list[float], share: float) -> float:
     return sorted_values[rank - 1]
 
 
-async def latencies_ms(engine: AsyncEngine, send_times: SendTimes) -> list[float]:
-    """applied_at minus the send time of each sampled event that was applied, sorted."""
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """One sampled event: when it was sent (wall-clock s) and how long until it was applied."""
+
+    sent_at: float
+    ms: float
+
+
+async def latencies(engine: AsyncEngine, send_times: SendTimes) -> list[Latency]:
+    """applied_at minus the send time of each sampled event that was applied, in the order they
+    were sent."""
     keys = list(send_times.times)
-    found: list[float] = []
+    found: list[Latency] = []
     async with engine.connect() as conn:
         for start in range(0, len(keys), LATENCY_QUERY_CHUNK):
             chunk = keys[start : start + LATENCY_QUERY_CHUNK]
@@ -83,5 +116,11 @@ async def latencies_ms(engine: AsyncEngine, send_times: SendTimes) -> list[float
                 {"topics": [key[0] for key in chunk], "ids": [key[1] for key in chunk]},
             )
             for row in rows:
-                found.append((row.at - send_times.times[(row.topic, row.event_id)]) * 1000.0)
-    return sorted(found)
+                sent_at = send_times.times[(row.topic, row.event_id)]
+                found.append(Latency(sent_at, (row.at - sent_at) * 1000.0))
+    return sorted(found, key=lambda latency: latency.sent_at)
+
+
+def sorted_ms(points: list[Latency]) -> list[float]:
+    """The latencies alone, in ms, sorted (for percentiles)."""
+    return sorted(point.ms for point in points)

@@ -1,9 +1,9 @@
 """The pipeline one load test drives (`services.loadtest.run`): the consumers and the simulated
-bank it started, the replays of the stream into them, the counters sampled every
-`SAMPLE_INTERVAL_S`, and whether a phase has settled: the consumers' own counters say every
-record was consumed and no reversal is still parked, and the database confirms it (every event
-applied, the outbox drained, no cash-out open). A wait gives up when nothing moves for
-`stall_s`."""
+bank it started, the replays of the stream into them (from a publisher process of their own,
+`services.loadtest.publisher`), the counters sampled every `SAMPLE_INTERVAL_S`, and whether a
+phase has settled: the consumers' own counters say every record was consumed and no reversal is
+still parked, and the database confirms it (every event applied, the outbox drained, no cash-out
+open). A wait gives up when nothing moves for `stall_s`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas import topics
 from services.app.consumer import ConsumerService
 from services.loadtest.measurements import SAMPLE_INTERVAL_S, SAMPLES_MAX, Sample, SendTimes
-from services.loadtest.replay import ReplayMode, replay
+from services.loadtest.publisher import PublishRequest, publish_from_process
+from services.loadtest.replay import ReplayMode
 from services.loadtest.stream_format import ExpectedState
 from services.payout_rail.rail import PayoutRailService
 from services.runtime.settings import Settings
@@ -47,22 +48,24 @@ async def wait_until(
             return False
 
 
-@dataclass
-class PipelineRun:
-    """One load test's running pipeline, against the stream's expected state."""
+class StreamRun:
+    """What both kinds of load test run share (`PipelineRun`, and `RecordedRun` of a recorded
+    stream): publishing the stream into the pipeline at the run's pacing, counting what the
+    outbox has still to send, and sampling the records published, those consumed and the bank's
+    reports every `SAMPLE_INTERVAL_S` from `started` (at most `SAMPLES_MAX` samples). The
+    dataclasses that derive from it hold these fields."""
 
     settings: Settings
     engine: AsyncEngine
     service: ConsumerService
     rail: PayoutRailService
     bootstrap_servers: str
-    expected: ExpectedState
     stream: Path
     out_dir: Path
-    pacing: tuple[ReplayMode, float, int | None] = ("max", 1.0, None)
-    send_times: SendTimes = field(default_factory=SendTimes)
-    samples: list[Sample] = field(default_factory=list)
-    started: float = 0.0
+    pacing: tuple[ReplayMode, float, int | None]
+    send_times: SendTimes
+    samples: list[Sample]
+    started: float
 
     def take_sample(self) -> None:
         if len(self.samples) < SAMPLES_MAX:
@@ -80,21 +83,58 @@ class PipelineRun:
             self.take_sample()
             await asyncio.sleep(SAMPLE_INTERVAL_S)
 
-    async def publish(self, start: int, stop: int | None) -> float:
+    async def publish(self, start: int = 0, stop: int | None = None) -> float:
+        """Replay the stream's records from `start` up to `stop` (the end when None) from a
+        publisher process of its own (`services.loadtest.publisher`), so that it does not
+        compete with the consumers in this process; the seconds it took. `send_times` follows
+        its progress, and gets its sampled send times and its timing."""
         mode, speed, rate_per_s = self.pacing
-        report = await replay(
-            self.stream,
-            self.bootstrap_servers,
-            topic_prefix=self.settings.kafka_topic_prefix,
-            mode=mode,
-            speed=speed,
-            rate_per_s=rate_per_s,
-            resume_from=start,
-            stop_at=stop,
-            on_send=self.send_times,
-            checkpoint_file=self.out_dir / "replay-checkpoint",
+        timing = await publish_from_process(
+            PublishRequest(
+                stream=self.stream,
+                bootstrap_servers=self.bootstrap_servers,
+                topic_prefix=self.settings.kafka_topic_prefix,
+                mode=mode,
+                speed=speed,
+                rate_per_s=rate_per_s,
+                start=start,
+                stop=stop,
+                checkpoint_file=self.out_dir / "replay-checkpoint",
+                send_times_file=self.out_dir / f"send-times-{start}.json",
+            ),
+            self.send_times,
         )
-        return report.elapsed_s
+        return timing.elapsed_s
+
+    async def unpublished(self) -> int:
+        """Messages of the run's deployment still waiting in the outbox."""
+        async with self.engine.connect() as conn:
+            count = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM outbox"
+                    " WHERE published_at IS NULL AND topic_prefix = :topic_prefix"
+                ),
+                {"topic_prefix": self.settings.kafka_topic_prefix},
+            )
+        return int(count or 0)
+
+
+@dataclass
+class PipelineRun(StreamRun):
+    """One load test's running pipeline, against the stream's expected state."""
+
+    settings: Settings
+    engine: AsyncEngine
+    service: ConsumerService
+    rail: PayoutRailService
+    bootstrap_servers: str
+    expected: ExpectedState
+    stream: Path
+    out_dir: Path
+    pacing: tuple[ReplayMode, float, int | None] = ("max", 1.0, None)
+    send_times: SendTimes = field(default_factory=SendTimes)
+    samples: list[Sample] = field(default_factory=list)
+    started: float = 0.0
 
     async def open_cashouts(self) -> int:
         async with self.engine.connect() as conn:
@@ -105,14 +145,7 @@ class PipelineRun:
                 ),
                 {"prefix": self.expected.namespace + "-"},
             )
-            unpublished = await conn.scalar(
-                text(
-                    "SELECT count(*) FROM outbox"
-                    " WHERE published_at IS NULL AND topic_prefix = :topic_prefix"
-                ),
-                {"topic_prefix": self.settings.kafka_topic_prefix},
-            )
-        return int(open_count or 0) + int(unpublished or 0)
+        return int(open_count or 0) + await self.unpublished()
 
     async def applied_so_far(self) -> tuple[int, int]:
         """(events of the namespace applied, its cash-outs recorded), from the database."""

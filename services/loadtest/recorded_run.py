@@ -30,9 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.verify import verify
 from services.app.consumer import ConsumerService
 from services.loadtest.checks import read_dead_letter_topics
-from services.loadtest.measurements import SAMPLE_INTERVAL_S, SAMPLES_MAX, Sample, SendTimes
-from services.loadtest.pipeline import wait_until
-from services.loadtest.replay import ReplayMode, replay
+from services.loadtest.measurements import Sample, SendTimes
+from services.loadtest.pipeline import StreamRun, wait_until
+from services.loadtest.replay import ReplayMode
 from services.loadtest.report import LoadtestReport
 from services.payout_rail.rail import PayoutRailService
 from services.runtime.settings import Settings
@@ -46,7 +46,7 @@ DLQ_READ_WAIT_S = 10.0
 
 
 @dataclass
-class RecordedRun:
+class RecordedRun(StreamRun):
     """One load test of a recorded stream: its running pipeline and what it measured."""
 
     settings: Settings
@@ -61,47 +61,6 @@ class RecordedRun:
     send_times: SendTimes = field(default_factory=SendTimes)
     samples: list[Sample] = field(default_factory=list)
     started: float = 0.0
-
-    def take_sample(self) -> None:
-        if len(self.samples) < SAMPLES_MAX:
-            self.samples.append(
-                Sample(
-                    round(time.monotonic() - self.started, 3),
-                    self.send_times.published,
-                    self.service.ingestor.counts.consumed,
-                    self.rail.reports_sent,
-                )
-            )
-
-    async def sample_forever(self) -> None:
-        while True:
-            self.take_sample()
-            await asyncio.sleep(SAMPLE_INTERVAL_S)
-
-    async def publish(self) -> float:
-        mode, speed, rate_per_s = self.pacing
-        report = await replay(
-            self.stream,
-            self.bootstrap_servers,
-            topic_prefix=self.settings.kafka_topic_prefix,
-            mode=mode,
-            speed=speed,
-            rate_per_s=rate_per_s,
-            on_send=self.send_times,
-            checkpoint_file=self.out_dir / "replay-checkpoint",
-        )
-        return report.elapsed_s
-
-    async def unpublished(self) -> int:
-        async with self.engine.connect() as conn:
-            count = await conn.scalar(
-                text(
-                    "SELECT count(*) FROM outbox"
-                    " WHERE published_at IS NULL AND topic_prefix = :topic_prefix"
-                ),
-                {"topic_prefix": self.settings.kafka_topic_prefix},
-            )
-        return int(count or 0)
 
     async def settled(self) -> bool:
         counts = self.service.ingestor.counts

@@ -1,6 +1,11 @@
 """Reporting a load test (`services.loadtest.run`): the measurements gathered into a
 `LoadtestReport`, written as `summary.txt` (the text summary), `loadtest.json`, and the charts
-`throughput.png` and `latency.png` (PNG charts need matplotlib, in the `dev` extra)."""
+(PNG charts need matplotlib, in the `dev` extra): `throughput.png`, records consumed and
+published per second with the phases shaded and named, and the lag; `latency.png`, send ->
+applied of each sampled event against its send time beside the backlog at that moment, and the
+histogram. When the publisher was paced and the consumers kept up with it (the drain after the
+main phase's last send took at most `KEPT_UP_DRAIN_S`), send -> applied is the service time;
+otherwise it includes the wait behind the backlog, and the summary says which."""
 
 from __future__ import annotations
 
@@ -12,12 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from services.loadtest.checks import MISMATCHES_SHOWN_MAX
-from services.loadtest.measurements import SAMPLE_INTERVAL_S, Sample, percentile
+from services.loadtest.measurements import SAMPLE_INTERVAL_S, Latency, Sample, percentile
 
 logger = logging.getLogger(__name__)
 
 RATE_WINDOW_SAMPLES = 4  # rates are shown over 2 s
 PERCENTILES = (50, 90, 95, 99)
+KEPT_UP_DRAIN_S = 2.0
+PHASE_COLOURS = {"main phase": "tab:green", "drain": "tab:orange", "cash-out phase": "tab:purple"}
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """A stretch of the run, in seconds since it started (the samples' clock)."""
+
+    name: str  # "main phase" (the publisher sending), "drain", "cash-out phase"
+    start_s: float
+    end_s: float
 
 
 @dataclass
@@ -41,6 +57,12 @@ class LoadtestReport:
     publish_per_s: float = 0.0
     cashout_seconds: float = 0.0
     total_seconds: float = 0.0
+    drain_seconds: float = 0.0  # the main phase's last send to every record settled
+    publisher_cpu_s: float = 0.0  # the publisher process, main phase
+    consumer_cpu_s: float = 0.0  # the load test's process (consumers, bank), main phase
+    phases: list[Phase] = field(default_factory=list)
+    latency_is_service_time: bool = False  # paced, and the consumers kept up
+    topics: dict[str, dict[str, float]] = field(default_factory=dict)  # per-topic batches
     lag_max: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
     latency_samples: int = 0
@@ -59,6 +81,7 @@ class LoadtestReport:
     def to_document(self) -> dict[str, Any]:
         document = dataclasses.asdict(self)
         document["samples"] = [dataclasses.astuple(sample) for sample in self.samples]
+        document["phases"] = [dataclasses.astuple(phase) for phase in self.phases]
         document["sample_columns"] = ["t_s", "published", "consumed", "reports"]
         return document
 
@@ -82,15 +105,27 @@ class LoadtestReport:
         )
         lines.append(
             f"ledger    {self.events_per_s:,.0f} events/s: {self.main_records} records settled "
-            f"{self.main_seconds:.1f} s after the first send; peak {self.peak_events_per_s:,.0f}"
+            f"{self.main_seconds:.1f} s after the first send (drain after the last send "
+            f"{self.drain_seconds:.1f} s); peak {self.peak_events_per_s:,.0f}"
             f"/s over {RATE_WINDOW_SAMPLES * SAMPLE_INTERVAL_S:g} s; cash-out phase "
             f"{self.cashout_seconds:.1f} s; "
             f"total {self.total_seconds:.1f} s"
         )
+        lines.append(
+            f"cpu       main phase: publisher process {self.publisher_cpu_s:.1f} s, "
+            f"consumers' process {self.consumer_cpu_s:.1f} s "
+            f"({self.consumer_cpu_s * 1e6 / max(self.main_records, 1):,.0f} µs a record)"
+        )
         if self.latency_samples:
             figures = ", ".join(f"{name} {value:,.0f}" for name, value in self.latency_ms.items())
+            kind = (
+                "service time (paced, and the consumers kept up)"
+                if self.latency_is_service_time
+                else "includes the wait behind the backlog (pace with --rate N to see the "
+                "service time)"
+            )
             lines.append(
-                f"latency   send -> applied, ms ({self.latency_samples} samples): {figures}"
+                f"latency   send -> applied, ms ({self.latency_samples} samples): {figures}; {kind}"
             )
         lines.append(f"lag       at most {self.lag_max} records published and not yet consumed")
         lines.append(
@@ -101,6 +136,14 @@ class LoadtestReport:
         if self.cashouts:
             outcomes = ", ".join(f"{name} {count}" for name, count in self.cashouts.items())
             lines.append(f"cash-outs {outcomes}")
+        if self.topics:
+            lines.append("topics    batches applied (records, records a batch, ms a batch, s):")
+            for topic, timing in self.topics.items():
+                lines.append(
+                    f"  {topic:<20} {timing['batches']:>7,.0f} batches  "
+                    f"{timing['records']:>9,.0f}  {timing['records_per_batch']:>7,.1f}  "
+                    f"{timing['ms_per_batch']:>7,.1f}  {timing['seconds']:>7,.1f}"
+                )
         lines.append(
             "verify    " + ("every invariant holds" if not self.verify_problems else "BROKEN")
         )
@@ -140,9 +183,31 @@ def _rates(
     return rows
 
 
-def write_charts(report: LoadtestReport, latencies: list[float], out_dir: Path) -> dict[str, str]:
-    """throughput.png (consumed and published per second, and the lag) and latency.png (the
-    histogram); nothing when matplotlib is not installed."""
+def _shade_phases(axes: Any, phases: list[Phase]) -> None:
+    """Each phase as a shaded, named stretch of the x axis."""
+    for phase in phases:
+        axes.axvspan(
+            phase.start_s,
+            phase.end_s,
+            color=PHASE_COLOURS.get(phase.name, "tab:gray"),
+            alpha=0.12,
+            label=f"{phase.name} ({phase.end_s - phase.start_s:.1f} s)",
+        )
+
+
+def _backlog_at(samples: list[Sample]) -> tuple[list[float], list[int]]:
+    """(t, records published and not yet consumed) of every sample."""
+    return (
+        [sample.t_s for sample in samples],
+        [max(sample.published + sample.reports - sample.consumed, 0) for sample in samples],
+    )
+
+
+def write_charts(report: LoadtestReport, points: list[Latency], out_dir: Path) -> dict[str, str]:
+    """throughput.png (consumed and published per second with the phases named, and the lag)
+    and latency.png (send -> applied of each sampled event against its send time, in seconds
+    since the run started, beside the backlog; and the histogram); nothing when matplotlib is
+    not installed."""
     try:
         import matplotlib
 
@@ -153,35 +218,59 @@ def write_charts(report: LoadtestReport, latencies: list[float], out_dir: Path) 
         return {}
     files: dict[str, str] = {}
     rows = _rates(report.samples)
+    backlog_t, backlog = _backlog_at(report.samples)
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    _shade_phases(top, report.phases)
     top.plot([r[0] for r in rows], [r[1] for r in rows], label="consumed")
     top.plot([r[0] for r in rows], [r[2] for r in rows], label="published", alpha=0.6)
     top.set_ylabel(f"records / s ({RATE_WINDOW_SAMPLES * SAMPLE_INTERVAL_S:g} s window)")
     top.set_title(f"giftledger loadtest: {report.records} records, {report.events_per_s:,.0f}/s")
-    top.legend()
+    top.legend(loc="upper right", fontsize="small")
     top.grid(alpha=0.3)
-    bottom.plot([r[0] for r in rows], [r[3] for r in rows], color="tab:red")
+    _shade_phases(bottom, report.phases)
+    bottom.plot(backlog_t, backlog, color="tab:red")
     bottom.set_ylabel("lag (records)")
-    bottom.set_xlabel(f"seconds since the first send (samples every {SAMPLE_INTERVAL_S} s)")
+    bottom.set_xlabel(f"seconds since the run started (samples every {SAMPLE_INTERVAL_S} s)")
     bottom.grid(alpha=0.3)
     figure.tight_layout()
     path = out_dir / "throughput.png"
     figure.savefig(path, dpi=100)
     plt.close(figure)
     files["throughput"] = str(path)
-    if latencies:
-        figure, axes = plt.subplots(figsize=(10, 5))
-        axes.hist(latencies, bins=60, color="tab:blue")
+    if points:
+        kind = "service time" if report.latency_is_service_time else "with queueing"
+        figure, (over_time, histogram) = plt.subplots(2, 1, figsize=(10, 8))
+        _shade_phases(over_time, report.phases)
+        over_time.scatter(
+            [point.sent_at for point in points],
+            [point.ms for point in points],
+            s=4,
+            color="tab:blue",
+            label=f"send -> applied ({kind})",
+        )
+        over_time.set_xlabel("sent, seconds since the run started")
+        over_time.set_ylabel("send -> applied (ms)")
+        over_time.grid(alpha=0.3)
+        backlog_axes = over_time.twinx()
+        backlog_axes.plot(backlog_t, backlog, color="tab:red", alpha=0.7, label="backlog")
+        backlog_axes.set_ylabel("backlog (records published, not yet consumed)")
+        handles, labels = over_time.get_legend_handles_labels()
+        more_handles, more_labels = backlog_axes.get_legend_handles_labels()
+        over_time.legend(
+            handles + more_handles, labels + more_labels, loc="upper left", fontsize="small"
+        )
+        over_time.set_title(f"latency, {len(points)} sampled events")
+        values = [point.ms for point in points]
+        histogram.hist(values, bins=60, color="tab:blue")
         styles = iter(("-", "--", "-.", ":"))
         for name, value in report.latency_ms.items():
             if name.startswith("p"):
-                axes.axvline(
+                histogram.axvline(
                     value, linestyle=next(styles), color="tab:red", label=f"{name} {value:,.0f} ms"
                 )
-        axes.legend()
-        axes.set_xlabel("send -> applied (ms)")
-        axes.set_ylabel("sampled events")
-        axes.set_title(f"latency, {len(latencies)} sampled events")
+        histogram.legend()
+        histogram.set_xlabel(f"send -> applied (ms), {kind}")
+        histogram.set_ylabel("sampled events")
         figure.tight_layout()
         path = out_dir / "latency.png"
         figure.savefig(path, dpi=100)
@@ -200,15 +289,22 @@ def add_measurements(report: LoadtestReport, samples: list[Sample], latencies: l
     rows = _rates(samples)
     report.peak_events_per_s = max((row[1] for row in rows), default=0.0)
     report.lag_max = max((max(s.published + s.reports - s.consumed, 0) for s in samples), default=0)
+    report.drain_seconds = sum(
+        phase.end_s - phase.start_s for phase in report.phases if phase.name == "drain"
+    )
+    report.latency_is_service_time = (
+        report.mode != "max" and report.drain_seconds <= KEPT_UP_DRAIN_S
+    )
     report.latency_samples = len(latencies)
     if latencies:
         report.latency_ms = {f"p{share}": percentile(latencies, share) for share in PERCENTILES}
         report.latency_ms["max"] = latencies[-1]
 
 
-def write_outputs(report: LoadtestReport, latencies: list[float], out_dir: Path) -> None:
-    """summary.txt, loadtest.json and the charts, into `out_dir`."""
-    report.files = write_charts(report, latencies, out_dir)
+def write_outputs(report: LoadtestReport, points: list[Latency], out_dir: Path) -> None:
+    """summary.txt, loadtest.json and the charts, into `out_dir` (`points`: the sampled
+    latencies, sent in seconds since the run started)."""
+    report.files = write_charts(report, points, out_dir)
     summary_path = out_dir / "summary.txt"
     json_path = out_dir / "loadtest.json"
     report.files["summary"] = str(summary_path)

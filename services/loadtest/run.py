@@ -21,15 +21,20 @@ Steps, in one process, as `giftledger demo` runs:
    letters per topic and reason, the cash-outs per outcome, and the duplicates counted.
 5. Report: events/s (records of the main phase over the time from the first send until they are
    all settled, and the peak over a 2 s window), the consumed count sampled every 0.5 s, the lag
-   (records published and not yet consumed), and latency percentiles. The replayer, the
-   consumers and the bank share one process and one event loop (and the machine's cores with the
-   broker and PostgreSQL), as in `giftledger demo`. Events keep their recorded
-   `occurred_at` (it decides the rate card and the daily limits), so latency is measured from the
-   moment the replayer handed the record to the producer to the event's `applied_at` (the start
-   of the transaction that applied it, so slightly early). About one event in 100 is sampled (by
-   a hash of its event_id, first send only; at most 200,000 samples). Writes `loadtest.json`,
-   `summary.txt`, `throughput.png` and `latency.png` (PNG charts need matplotlib, in the `dev`
-   extra) into the output directory.
+   (records published and not yet consumed), the phases (main phase, drain, cash-out phase),
+   latency percentiles, the CPU time of the publisher and of this process during the main phase,
+   and per topic the batches the consumers applied and the time they took
+   (`services.loadtest.topic_timings`). The consumers and the bank share this process and its
+   event loop, as in `giftledger demo`; the replayer runs in a process of its own
+   (`services.loadtest.publisher`), one per phase; all of them share the machine's cores with
+   the broker and PostgreSQL. Events keep their recorded `occurred_at` (it decides the rate card
+   and the daily limits), so latency is measured from the moment the replayer handed the record
+   to the producer to the event's `applied_at` (the start of the transaction that applied it, so
+   slightly early). Paced at a rate the pipeline sustains (`--rate N`, or the recorded timing),
+   that is the service time; as fast as possible (`--max`), it is mostly the wait behind the
+   backlog. About one event in 100 is sampled (by a hash of its event_id, first send only; at
+   most 200,000 samples). Writes `loadtest.json`, `summary.txt`, `throughput.png` and
+   `latency.png` (PNG charts need matplotlib, in the `dev` extra) into the output directory.
 
 Dead letters are counted from the run's DLQ topics (`<prefix><topic>.dlq`, by `dlq.error`, a
 record counted once per source partition and offset): they are what the contract promises. The
@@ -39,9 +44,10 @@ wrote and retries only the reversals it parked, even beside a deployment on the 
 
 The parts: `services.loadtest.checks` (the deployment's rules, observing the ledger, comparing),
 `services.loadtest.measurements` (samples and latencies), `services.loadtest.pipeline` (the
-consumers, the bank and the replays of one run, and when a phase has settled) and
-`services.loadtest.report` (the summary, the JSON report and the charts); this module sets the run
-up, takes it through its phases and judges it.
+consumers, the bank and the replays of one run, and when a phase has settled),
+`services.loadtest.publisher` (the publisher process), `services.loadtest.topic_timings` (per
+topic batches) and `services.loadtest.report` (the summary, the JSON report and the charts); this
+module sets the run up, takes it through its phases and judges it.
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import upgrade_to_head
 from ledger.verify import verify
-from services.app.bootstrap import build_payout_rail, start_consumers
+from services.app.bootstrap import build_payout_rail
+from services.app.consumer import ConsumerService
 from services.loadtest.checks import (
     check_assumptions,
     compare,
@@ -72,8 +79,15 @@ from services.loadtest.checks import (
 )
 from services.loadtest.compare import THRESHOLD_PCT_DEFAULT, compare_files, threshold_pct
 from services.loadtest.generator import add_shape_arguments, generate, shape_from_arguments
-from services.loadtest.measurements import latencies_ms
-from services.loadtest.pipeline import ASSIGNMENT_WAIT_S, PipelineRun, wait_for_groups, wait_until
+from services.loadtest.measurements import Latency, latencies, sorted_ms
+from services.loadtest.pipeline import (
+    ASSIGNMENT_WAIT_S,
+    PipelineRun,
+    StreamRun,
+    wait_for_groups,
+    wait_until,
+)
+from services.loadtest.publisher import PublisherError
 from services.loadtest.recorded_run import RecordedRun, check_recorded, run_recorded
 from services.loadtest.replay import (
     ReplayMode,
@@ -81,7 +95,7 @@ from services.loadtest.replay import (
     count_records,
     pacing_from_arguments,
 )
-from services.loadtest.report import LoadtestReport, add_measurements, write_outputs
+from services.loadtest.report import LoadtestReport, Phase, add_measurements, write_outputs
 from services.loadtest.stream_format import (
     ExpectedState,
     StreamFormatError,
@@ -89,6 +103,7 @@ from services.loadtest.stream_format import (
     expected_path,
     load_expected,
 )
+from services.loadtest.topic_timings import load_timed_ingestor, timings_document
 from services.runtime.database import engine_as_role, open_database, safe_url
 from services.runtime.kafka import open_kafka
 from services.runtime.settings import Settings, get_settings
@@ -151,8 +166,8 @@ def loadtest_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
-async def _finish(run: PipelineRun, report: LoadtestReport, since: datetime) -> list[float]:
-    """Observe, verify and compare; returns the sampled latencies (ms, sorted)."""
+async def _finish(run: PipelineRun, report: LoadtestReport, since: datetime) -> None:
+    """Observe, verify and compare."""
     counts = run.service.ingestor.counts
     async with run.engine.connect() as conn:
         observed = await observe(
@@ -179,7 +194,6 @@ async def _finish(run: PipelineRun, report: LoadtestReport, since: datetime) -> 
     report.dead_lettered = observed.dead_lettered
     report.parked = observed.parked
     report.cashouts = dict(sorted(observed.cashouts.items()))
-    return await latencies_ms(run.engine, run.send_times)
 
 
 async def loadtest(
@@ -239,7 +253,9 @@ async def loadtest(
         rail = build_payout_rail(settings, bootstrap_servers)
         await rail.start()
         writer = engine_as_role(engine, settings, settings.database_writer_role)
-        service = await start_consumers(settings, writer, bootstrap_servers)
+        ingestor = await load_timed_ingestor(settings, writer)
+        service = ConsumerService(settings, ingestor, bootstrap_servers)
+        await service.start()
         logger.info("loadtest: consumers started after %.1f s", time.monotonic() - started)
         run: PipelineRun | RecordedRun
         if expected is None:
@@ -265,9 +281,13 @@ async def loadtest(
                 raise LoadtestError(f"the consumer groups did not form in {ASSIGNMENT_WAIT_S} s")
             logger.info("loadtest: consumer groups formed after %.1f s", time.monotonic() - started)
             run.started = time.monotonic()
+            started_wall_s = time.time()
             sampler = asyncio.create_task(run.sample_forever(), name="loadtest-sampler")
             if isinstance(run, RecordedRun):
+                cpu_before_s = time.process_time()
                 await run_recorded(run, report, stall_s)
+                report.consumer_cpu_s = time.process_time() - cpu_before_s
+                _note_main_phase(run, report, run.started + report.main_seconds)
             else:
                 await _run_phases(run, report, stall_s)
             sampler.cancel()
@@ -277,9 +297,10 @@ async def loadtest(
             report.total_seconds = time.monotonic() - started
             if isinstance(run, RecordedRun):
                 await check_recorded(run, report, since)
-                latencies = await latencies_ms(run.engine, run.send_times)
             else:
-                latencies = await _finish(run, report, since)
+                await _finish(run, report, since)
+            points = await latencies(run.engine, run.send_times)
+            report.topics = timings_document(ingestor.timings)
             logger.info("loadtest: verified and compared after %.1f s", time.monotonic() - started)
         finally:
             if sampler is not None:
@@ -288,30 +309,56 @@ async def loadtest(
             await rail.stop()
             await writer.dispose()
             logger.info("loadtest: services stopped after %.1f s", time.monotonic() - started)
-    add_measurements(report, run.samples, latencies)
-    await asyncio.to_thread(write_outputs, report, latencies, out_dir)
+    add_measurements(report, run.samples, sorted_ms(points))
+    chart_points = [_since_start(point, started_wall_s) for point in points]
+    await asyncio.to_thread(write_outputs, report, chart_points, out_dir)
     if out is not None:
         out.write(report.summary())
     return report
 
 
+def _since_start(point: Latency, started_wall_s: float) -> Latency:
+    """`point` with its send time in seconds since the run started (the charts' clock)."""
+    return Latency(round(point.sent_at - started_wall_s, 3), point.ms)
+
+
+def _note_main_phase(run: StreamRun, report: LoadtestReport, settled_at: float) -> None:
+    """The main phase's timing, now that it has settled at `settled_at` (monotonic): the time
+    from its first send, the publisher's CPU time, and the phases `main phase` (the publisher
+    sending) and `drain` (the consumers catching up after the last send) on the charts' clock."""
+    timing = run.send_times.publishes[0]
+    report.main_seconds = settled_at - timing.first_send_t
+    report.publisher_cpu_s = timing.cpu_s
+    report.phases.append(
+        Phase("main phase", timing.first_send_t - run.started, timing.done_t - run.started)
+    )
+    report.phases.append(Phase("drain", timing.done_t - run.started, settled_at - run.started))
+
+
 async def _run_phases(run: PipelineRun, report: LoadtestReport, stall_s: float) -> None:
     """The main phase, then (once it has settled) the cash-outs."""
     expected = run.expected
+    cpu_before_s = time.process_time()
     report.publish_seconds = await run.publish(0, expected.cashout_phase_from)
     settled = await wait_until(run.main_phase_settled, run.progress, stall_s)
-    report.main_seconds = time.monotonic() - run.started
+    _note_main_phase(run, report, time.monotonic())
+    report.consumer_cpu_s = time.process_time() - cpu_before_s
     logger.info("loadtest: main phase settled: %s, %.1f s", settled, report.main_seconds)
     if not settled:
         report.mismatches.append(f"the main phase did not settle: nothing moved for {stall_s:g} s")
         return
     cashouts_started = time.monotonic()
-    await run.publish(expected.cashout_phase_from, None)
+    if expected.cashout_phase_from < expected.records:
+        await run.publish(expected.cashout_phase_from, None)
     if not await wait_until(run.all_settled, run.progress_with_cashouts, stall_s):
         report.mismatches.append(
             f"the cash-out phase did not settle: nothing moved for {stall_s:g} s"
         )
-    report.cashout_seconds = time.monotonic() - cashouts_started
+    cashouts_settled = time.monotonic()
+    report.cashout_seconds = cashouts_settled - cashouts_started
+    report.phases.append(
+        Phase("cash-out phase", cashouts_started - run.started, cashouts_settled - run.started)
+    )
 
 
 # Command line --------------------------------------------------------------------------------
@@ -364,7 +411,9 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Exit 0 only when the ledger matches the stream's expected end state and verify holds "
         "(a recorded stream: when its checks hold). `compare` exits 1 when B is worse than A, 2 "
-        "when a report is unreadable. "
+        "when a report is unreadable. The publisher runs in a process of its own; as fast as "
+        "possible (the default), send -> applied is mostly the wait behind the backlog: pace it "
+        "with --rate N at a rate the pipeline sustains to see the service time. "
         "Uses DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS, or starts the embedded ones."
     )
 
@@ -418,7 +467,7 @@ def loadtest_command(args: argparse.Namespace, out: TextIO | None = None) -> int
                 out=out,
             )
         )
-    except (LoadtestError, StreamFormatError, ValueError) as error:
+    except (LoadtestError, PublisherError, StreamFormatError, ValueError) as error:
         sys.stderr.write(f"giftledger: error: {error}\n")
         return 2
     return 0 if report.matched else 1
