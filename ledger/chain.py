@@ -218,11 +218,25 @@ async def _links_after(conn: AsyncConnection, after: int) -> list[_Link]:
     return list(links.values())
 
 
-async def check_chain(conn: AsyncConnection) -> list[str]:
-    """Recompute the chain from the stored transfers; describe every break found."""
+@dataclass(frozen=True, slots=True)
+class ChainWalk:
+    """What a walk over links found: the breaks, the transfers the links name, and the last link
+    walked (the starting point when there was none)."""
+
+    problems: list[str]
+    linked_count: int
+    last_link_id: int
+    last_hash: bytes
+
+
+async def walk_links(
+    conn: AsyncConnection, *, after_link_id: int = 0, previous_hash: bytes = bytes(32)
+) -> ChainWalk:
+    """Recompute the links after `after_link_id` from their stored transfers, the first one
+    following `previous_hash`, and hold the chain head to the last; describe every break."""
     problems: list[str] = []
-    previous = bytes(32)
-    after = 0
+    previous = previous_hash
+    after = after_link_id
     linked_count = 0
     while len(problems) < PROBLEM_COUNT_MAX:
         links = await _links_after(conn, after)
@@ -244,7 +258,14 @@ async def check_chain(conn: AsyncConnection) -> list[str]:
     head = (await conn.execute(text("SELECT hash FROM ledger_chain_head"))).scalar_one()
     if bytes(head) != previous and len(problems) < PROBLEM_COUNT_MAX:
         problems.append("the chain head does not match the last link")
+    return ChainWalk(problems, linked_count, after, previous)
+
+
+async def check_chain(conn: AsyncConnection) -> list[str]:
+    """Recompute the chain from the stored transfers; describe every break found."""
+    walk = await walk_links(conn)
+    problems = list(walk.problems)
     total = (await conn.execute(text("SELECT count(*) FROM transfers"))).scalar_one()
-    if total != linked_count:
-        problems.append(f"{total - linked_count} transfers are in no link of the chain")
+    if total != walk.linked_count:
+        problems.append(f"{total - walk.linked_count} transfers are in no link of the chain")
     return problems

@@ -1,4 +1,10 @@
-"""`verify`: recompute the ledger's invariants from its transfers and name anything that broke."""
+"""`verify`: recompute the ledger's invariants from its transfers and name anything that broke.
+
+`verify` checks the whole ledger. `verify_ledger` is what `giftledger verify` runs: the whole
+ledger with `full` or when no checkpoint was recorded yet, else only what was added since the
+latest checkpoint (ledger/verify_incremental.py); `record_checkpoint` then records where a clean
+run ended (ledger/verify_checkpoints.py).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,16 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.chain import check_chain
+from ledger.closes import CHECKS as CLOSE_CHECKS
 from ledger.closes import check_closed_periods
+from ledger.verify_checkpoints import (
+    Checkpoint,
+    Reached,
+    checkpoints_kept,
+    latest_checkpoint,
+    write_checkpoint,
+)
+from ledger.verify_incremental import WINDOW_CHECK_NAMES, check_since
 
 PROBLEM_COUNT_MAX = 100
 
@@ -259,3 +274,91 @@ async def verify(conn: AsyncConnection) -> list[Problem]:
 
 def check_names() -> list[str]:
     return [*_CHECKS, CHAIN_CHECK]
+
+
+def ledger_check_names() -> list[str]:
+    """Every check `verify_ledger` runs, whole or incremental: the ledger's and the closes'."""
+    return [*check_names(), *CLOSE_CHECKS]
+
+
+# The checks that read accounts and cash-outs but no transfer: an incremental run runs them
+# whole; the others it runs over what was added since the checkpoint.
+_WHOLE_TABLE_CHECKS = tuple(name for name in _CHECKS if name not in WINDOW_CHECK_NAMES)
+_SNAPSHOT_ISOLATION_LEVELS = frozenset({"repeatable read", "serializable"})
+
+
+class SnapshotRequiredError(Exception):
+    """`verify_ledger` reads the ledger in many statements, which must see one snapshot."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What a run found: `full_check` says whether it checked the whole ledger; `base` is the
+    latest checkpoint when it started (where an incremental run started from)."""
+
+    full_check: bool
+    problems: list[Problem]
+    base: Checkpoint | None
+    reached: Reached
+    # False on a database that recorded revision 0020 while it was still empty (it has no
+    # checkpoint tables): every run there is a full one and records nothing.
+    checkpoints_kept: bool = True
+
+
+async def verify_ledger(conn: AsyncConnection, *, full: bool) -> Verification:
+    """Check the whole ledger (`full`, or no checkpoint yet) or what was added since the latest
+    checkpoint, in the caller's transaction, which must be REPEATABLE READ (one snapshot)."""
+    isolation = (await conn.execute(text("SHOW transaction_isolation"))).scalar_one()
+    if isolation not in _SNAPSHOT_ISOLATION_LEVELS:
+        raise SnapshotRequiredError(f"verify needs a REPEATABLE READ transaction, not {isolation}")
+    if not await checkpoints_kept(conn):
+        problems = await verify(conn)
+        return Verification(True, problems, None, await _reached_by_full_check(conn), False)
+    base = await latest_checkpoint(conn)
+    if full or base is None:
+        problems = await verify(conn)
+        return Verification(True, problems, base, await _reached_by_full_check(conn))
+    result = await check_since(conn, base)
+    problems = [Problem(*found) for found in result.problems]
+    for check in _WHOLE_TABLE_CHECKS:
+        rows = await conn.execute(text(_CHECKS[check] + f" LIMIT {PROBLEM_COUNT_MAX}"))
+        problems.extend(Problem(check, str(row[0])) for row in rows)
+    return Verification(False, problems, base, result.reached)
+
+
+async def _reached_by_full_check(conn: AsyncConnection) -> Reached:
+    row = (
+        await conn.execute(
+            text(
+                """
+                SELECT h.link_id, h.hash, s.transfer_count, s.seq_max,
+                       (SELECT max(id) FROM period_closes) AS close_id, now() AS checked_at
+                FROM ledger_chain_head h,
+                     (SELECT count(*) AS transfer_count, coalesce(max(seq), 0) AS seq_max
+                      FROM transfers) s
+                """
+            )
+        )
+    ).one()
+    return Reached(
+        link_id=row.link_id,
+        chain_hash=bytes(row.hash),
+        linked_transfer_count=row.transfer_count,
+        seq_max=row.seq_max,
+        close_id=row.close_id,
+        checked_at=row.checked_at,
+        walked_transfer_count=row.transfer_count,
+    )
+
+
+async def record_checkpoint(conn: AsyncConnection, verification: Verification) -> Checkpoint | None:
+    """Record where a clean run ended, in the transaction it ran in (commit it after); None when
+    another run recorded a checkpoint meanwhile, or the database keeps none. A run that found a
+    problem records nothing."""
+    if verification.problems:
+        raise ValueError("a verification that found problems records no checkpoint")
+    if not verification.checkpoints_kept:
+        return None
+    return await write_checkpoint(
+        conn, verification.base, verification.full_check, verification.reached
+    )

@@ -24,7 +24,13 @@ from ledger.queries import (
     trial_balance,
 )
 from ledger.service import Ledger
-from ledger.verify import Problem, check_names, verify
+from ledger.verify import (
+    Problem,
+    Verification,
+    ledger_check_names,
+    record_checkpoint,
+    verify_ledger,
+)
 from services.api.documents import (
     STATEMENT_CSV_COLUMNS,
     creator_balances_document,
@@ -46,6 +52,7 @@ from services.commands.common import (
 )
 from services.operator.actions_log import OPERATOR_ACTIONS_CHECK, verify_action_chain
 from services.rates.rate_cards import load_rate_cards
+from services.runtime.settings import get_settings
 from services.trial_balance_text import render_trial_balance
 
 # migrate ------------------------------------------------------------------------------------
@@ -56,7 +63,7 @@ def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def migrate_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    await upgrade_to_head(engine)
+    await upgrade_to_head(engine, get_settings().transfer_partition_months_ahead)
     print(f"database at revision {await current_revision(engine)}")
     caught_up = await catch_up_cashouts(Ledger(engine))
     if caught_up:
@@ -68,22 +75,47 @@ async def migrate_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser  # no arguments
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="check the whole ledger, not only what was added since the last checkpoint",
+    )
 
 
 async def verify_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    """Check the ledger in one snapshot; a clean run records a checkpoint, a failed one none."""
     async with engine.connect() as conn:
-        problems = await verify(conn)
-        problems += [
+        await conn.execution_options(isolation_level="REPEATABLE READ")
+        verification = await verify_ledger(conn, full=args.full)
+        problems = verification.problems + [
             Problem(OPERATOR_ACTIONS_CHECK, detail) for detail in await verify_action_chain(conn)
         ]
-    if not problems:
-        print(f"ledger verified: {len(check_names()) + 1} checks passed")
-        return EXIT_OK
-    for problem in problems:
-        print(f"{problem.check}: {problem.detail}")
-    print_error(f"ledger verification failed: {len(problems)} problems")
-    return EXIT_FAILURE
+        if problems:
+            await conn.rollback()
+            for problem in problems:
+                print(f"{problem.check}: {problem.detail}")
+            print_error(f"ledger verification failed: {len(problems)} problems")
+            return EXIT_FAILURE
+        checkpoint = await record_checkpoint(conn, verification)
+        await conn.commit()
+    check_count = len(ledger_check_names()) + 1  # and the operator actions' chain
+    print(f"ledger verified: {check_count} checks passed, {_what_was_checked(verification)}")
+    if not verification.checkpoints_kept:
+        print("no checkpoint recorded: this database has no verify_checkpoints table")
+    elif checkpoint is None:
+        print("no checkpoint recorded: another verify recorded one meanwhile")
+    else:
+        print(f"checkpoint {checkpoint.id} recorded at link {checkpoint.reached.link_id or 0}")
+    return EXIT_OK
+
+
+def _what_was_checked(verification: Verification) -> str:
+    walked = verification.reached.walked_transfer_count
+    if verification.full_check:
+        return f"the whole ledger ({walked:,} transfers)"
+    base = verification.base
+    since = "" if base is None else f" since checkpoint {base.id}"
+    return f"{walked:,} transfers added{since} (`verify --full` checks every transfer)"
 
 
 # balance ------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
-"""Incremental verify: where the last verified run ended (issue 20).
-
-PLACEHOLDER: filled in by the work that owns it; an empty revision until then.
+"""Incremental verify: where the last clean `giftledger verify` ended (`verify_checkpoints`, the
+account totals it verified in `verify_checkpoint_accounts`, both append-only) and a BRIN index on
+`transfers.seq` for the count of transfers stored since.
 
 Revision ID: 0020
 Revises: 0019
 """
 
 from __future__ import annotations
+
+from ledger.migrations.sql_files import execute_sql_file
 
 revision = "0020"
 down_revision = "0019"
@@ -15,7 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    return None
+    execute_sql_file("0020_verify_checkpoints.sql")
 
 
 def downgrade() -> None:
