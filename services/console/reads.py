@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Final
+from datetime import date, datetime
+from typing import Any, Final
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.chart import AccountKind
+from ledger.model import TransferCode
 from schemas.assets import DIAMOND
 
 LIST_ROW_COUNT_MAX: Final = 200
@@ -316,3 +317,70 @@ async def frozen_creators(conn: AsyncConnection) -> list[FrozenCreator]:
         {"limit": LIST_ROW_COUNT_MAX},
     )
     return [FrozenCreator(row.creator_id, row.action_id, row.recorded_at) for row in rows]
+
+
+# Gifts for the overview ---------------------------------------------------------------------
+
+OVERVIEW_GIFT_GROUP_COUNT_MAX: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class OverviewGifts:
+    """The overview's gifts, each list as `services.api.queries.gifts_report` gives it: today's
+    and the month's per surface, and the month's per UTC day."""
+
+    today: list[dict[str, Any]]
+    month: list[dict[str, Any]]
+    by_day: list[dict[str, Any]]
+
+
+def _summed(rows: Sequence[Any], name: str) -> list[dict[str, Any]]:
+    """Rows of (day, surface, gift_count, coins, milli_diamonds) summed per `name`, in its order
+    (None last, as PostgreSQL sorts NULL)."""
+    totals: dict[str | None, tuple[int, int, int]] = {}
+    for row in rows:
+        count, coins, milli = totals.get(getattr(row, name), (0, 0, 0))
+        totals[getattr(row, name)] = (
+            count + row.gift_count,
+            coins + row.coins,
+            milli + row.milli_diamonds,
+        )
+    ordered = sorted(totals.items(), key=lambda item: (item[0] is None, item[0] or ""))
+    return [
+        {name: key, "gift_count": count, "coins": coins, "milli_diamonds": milli}
+        for key, (count, coins, milli) in ordered
+    ]
+
+
+async def overview_gifts(
+    conn: AsyncConnection, month_start: datetime, today: date, end: datetime
+) -> OverviewGifts:
+    """Gifts (transfers with code `gift_diamonds`) booked in `[month_start, end)`, read once per
+    UTC day and surface and summed here: the same figures as `gifts_report` by surface for
+    `today` and for the month, and by day for the month, for one read of the month's gifts
+    instead of three."""
+    rows = (
+        await conn.execute(
+            text(
+                "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,"
+                " metadata ->> 'surface' AS surface, count(*) AS gift_count,"
+                " coalesce(sum(CAST(metadata ->> 'coins' AS bigint)), 0)::bigint AS coins,"
+                " sum(amount)::bigint AS milli_diamonds"
+                " FROM transfers"
+                " WHERE code = :code AND created_at >= :from_time AND created_at < :to_time"
+                " GROUP BY 1, 2 LIMIT :limit"
+            ),
+            {
+                "code": int(TransferCode.GIFT_DIAMONDS),
+                "from_time": month_start,
+                "to_time": end,
+                "limit": OVERVIEW_GIFT_GROUP_COUNT_MAX,
+            },
+        )
+    ).all()
+    today_text = today.isoformat()
+    return OverviewGifts(
+        today=_summed([row for row in rows if row.day == today_text], "surface"),
+        month=_summed(rows, "surface"),
+        by_day=_summed(rows, "day"),
+    )

@@ -1,12 +1,14 @@
-"""Indexes the console's pages read on a big ledger (issue 19).
-
-PLACEHOLDER: filled in by the work that owns it; an empty revision until then.
+"""Indexes the console's lists read on a big ledger: the cash-outs list and the dead letters
+list, newest first, read their first rows from an index in their order instead of sorting the
+whole table on every request.
 
 Revision ID: 0021
 Revises: 0020
 """
 
 from __future__ import annotations
+
+from ledger.migrations.sql_files import execute_sql_file
 
 revision = "0021"
 down_revision = "0020"
@@ -15,7 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    return None
+    execute_sql_file("0021_console_indexes.sql")
 
 
 def downgrade() -> None:

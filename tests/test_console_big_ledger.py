@@ -1,0 +1,243 @@
+"""The console's reads on a big ledger (bench/console_bench.py measures them): the lists read an
+index in their order, and the reads made cheaper give what the slower ones gave.
+
+- the cash-outs and dead letters lists, newest first, read their first rows from the indexes of
+  migration 0021 instead of sorting the whole table (plans read as JSON, held to the property:
+  an index scan of the table in the list's order and no sort);
+- the overview's gifts, read once per UTC day and surface, sum to what three calls of
+  `gifts_report` give;
+- a statement, each side of the account read from its own index, pages through every transfer of
+  the account in order;
+- the trial balance as of now, read from the accounts' stored totals, is the trial balance of
+  every transfer summed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ledger.queries import account_balance, statement, trial_balance
+from services.api.queries import gifts_report
+from services.console import reads
+from services.ingestion.event_transfers import GIFT_DIAMOND_SOURCE
+from tests.api_server import SeededLedger, seed_ledger
+
+pytestmark = pytest.mark.server
+
+LIST_TABLE_ROW_COUNT = 20_000
+INDEX_SCAN_TYPES = {"Index Scan", "Index Only Scan"}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def seeded(engine: AsyncEngine) -> SeededLedger:
+    return await seed_ledger(engine)
+
+
+# Plans ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def statements_run(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
+    """The statements (driver text and parameters) the engine sends while the block runs."""
+    found: list[tuple[str, Any]] = []
+
+    def capture(*arguments: Any) -> None:
+        _conn, _cursor, statement, parameters, _context, _many = arguments
+        found.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        yield found
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+
+
+async def plan_of(conn: AsyncConnection, statement: str, parameters: Any) -> dict[str, Any]:
+    document = (
+        await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
+    ).scalar_one()
+    plans = json.loads(document) if isinstance(document, str) else document
+    root: dict[str, Any] = plans[0]["Plan"]
+    return root
+
+
+def nodes_of(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes_of(child)
+
+
+async def only_plan(engine: AsyncEngine, conn: AsyncConnection, read: Any) -> dict[str, Any]:
+    """The plan of the one statement `read()` sends."""
+    with statements_run(engine) as sent:
+        await read()
+    [(statement, parameters)] = sent
+    return await plan_of(conn, statement, parameters)
+
+
+def reads_in_order(plan: dict[str, Any], table: str, index: str) -> bool:
+    """`table` read through `index` and nothing sorted: the first rows come in the list's order."""
+    scans = [node for node in nodes_of(plan) if node.get("Relation Name") == table]
+    return (
+        len(scans) == 1
+        and scans[0]["Node Type"] in INDEX_SCAN_TYPES
+        and scans[0].get("Index Name") == index
+        and not any(node["Node Type"] in {"Sort", "Incremental Sort"} for node in nodes_of(plan))
+    )
+
+
+async def _fill_lists(conn: AsyncConnection) -> None:
+    """Many cash-outs and dead letters (in the caller's transaction, rolled back), analyzed."""
+    await conn.execute(
+        text(
+            "INSERT INTO cashouts (cashout_id, creator_id, asset, amount, payout_currency,"
+            " usd_value_micros, status, requested_on, occurred_at)"
+            " SELECT 'plan-cashout-' || i, 'plan-creator-' || (i % 500), 'DIAMOND', 1000, 'USD',"
+            " 5000000, (ARRAY['held', 'submitted', 'paid', 'rejected'])[1 + i % 4],"
+            " current_date, clock_timestamp() - make_interval(secs => i)"
+            " FROM generate_series(1, :count) AS i"
+        ),
+        {"count": LIST_TABLE_ROW_COUNT},
+    )
+    await conn.execute(
+        text(
+            "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, error, detail,"
+            " recorded_at, topic_prefix)"
+            " SELECT (ARRAY['gifts.sent', 'tips.received'])[1 + i % 2], 7, i,"
+            " (ARRAY['malformed_json', 'schema_violation'])[1 + i % 2], 'plan test',"
+            " clock_timestamp() - make_interval(secs => i), ''"
+            " FROM generate_series(1, :count) AS i"
+        ),
+        {"count": LIST_TABLE_ROW_COUNT},
+    )
+    await conn.execute(text("ANALYZE cashouts"))
+    await conn.execute(text("ANALYZE dead_letters"))
+
+
+async def test_the_cashouts_and_dead_letters_lists_read_their_first_rows_from_an_index(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.connect() as conn:
+        try:  # one transaction, rolled back
+            await _fill_lists(conn)
+            today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+            async def cashouts(status: str | None, from_time: datetime | None) -> object:
+                return await reads.find_cashouts(
+                    conn, status=status, creator_id=None, from_time=from_time, to_time=None
+                )
+
+            async def dead_letters(from_time: datetime | None) -> object:
+                return await reads.find_dead_letters(
+                    conn, "", topic=None, error=None, from_time=from_time, to_time=None
+                )
+
+            newest = await only_plan(engine, conn, lambda: cashouts(None, None))
+            assert reads_in_order(newest, "cashouts", "cashouts_newest"), newest
+            since = await only_plan(engine, conn, lambda: cashouts(None, today))
+            assert reads_in_order(since, "cashouts", "cashouts_newest"), since
+            held = await only_plan(engine, conn, lambda: cashouts("held", None))
+            assert reads_in_order(held, "cashouts", "cashouts_status_newest"), held
+            letters = await only_plan(engine, conn, lambda: dead_letters(None))
+            assert reads_in_order(letters, "dead_letters", "dead_letters_newest"), letters
+            recent = await only_plan(engine, conn, lambda: dead_letters(today))
+            assert reads_in_order(recent, "dead_letters", "dead_letters_newest"), recent
+        finally:
+            await conn.rollback()
+
+
+# Same answers --------------------------------------------------------------------------------
+
+
+async def _one_snapshot(conn: AsyncConnection) -> None:
+    await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+
+
+async def test_the_overview_gifts_read_once_are_the_gifts_report_three_times(
+    engine: AsyncEngine, seeded: SeededLedger
+) -> None:
+    now = datetime.now(UTC)
+    today = now.date()
+    today_start = datetime(today.year, today.month, today.day, tzinfo=UTC)
+    tomorrow = today_start + timedelta(days=1)
+    month_start = datetime(today.year, today.month, 1, tzinfo=UTC)
+    async with engine.connect() as conn:
+        await _one_snapshot(conn)
+        found = await reads.overview_gifts(conn, month_start, today, tomorrow)
+        assert found.today == await gifts_report(conn, today_start, tomorrow, "surface")
+        assert found.month == await gifts_report(conn, month_start, tomorrow, "surface")
+        assert found.by_day == await gifts_report(conn, month_start, tomorrow, "day")
+    assert {row["surface"] for row in found.today} >= {"video", "live"}, found.today
+    assert sum(row["gift_count"] for row in found.today) >= 3
+
+
+async def test_the_trial_balance_now_is_every_posted_transfer_summed(
+    engine: AsyncEngine, seeded: SeededLedger
+) -> None:
+    """The seeded ledger holds holds (pending), posted holds and paid cash-outs: only posted
+    transfers count, from the accounts' totals as from the transfers."""
+    async with engine.connect() as conn:
+        await _one_snapshot(conn)
+        now_lines = await trial_balance(conn)
+        summed = await trial_balance(conn, datetime(9000, 1, 1, tzinfo=UTC))
+    assert now_lines == summed
+    assert any(line.account_name == seeded.available_account for line in now_lines)
+
+
+# The statement as it was read before each side was read from its own index: every transfer of
+# the account, sorted.
+_STATEMENT_AS_BEFORE = """
+    SELECT t.seq, t.id AS transfer_id, t.created_at, c.name AS code, t.event_id,
+           o.name AS counterparty,
+           CASE WHEN t.debit_account_id = :account THEN t.amount ELSE 0 END AS debit,
+           CASE WHEN t.debit_account_id = :account THEN 0 ELSE t.amount END AS credit,
+           t.flags & 2 <> 0 AS pending,
+           CASE WHEN t.debit_account_id = :account
+                THEN t.debit_balance_after ELSE t.credit_balance_after END AS balance_after
+    FROM transfers t
+    JOIN transfer_codes c ON c.code = t.code
+    JOIN accounts o ON o.id = CASE WHEN t.debit_account_id = :account
+                                   THEN t.credit_account_id ELSE t.debit_account_id END
+    WHERE (t.debit_account_id = :account OR t.credit_account_id = :account)
+    ORDER BY t.seq
+"""
+
+
+async def test_a_statement_paged_is_every_transfer_of_the_account_in_order(
+    engine: AsyncEngine, seeded: SeededLedger
+) -> None:
+    """The creator's account (credited by gifts, debited by a cash-out) and the platform's
+    account every gift debits, paged two lines at a time."""
+    async with engine.connect() as conn:
+        await _one_snapshot(conn)
+        creator_account = await account_balance(conn, seeded.available_account)
+        platform_account = await account_balance(conn, GIFT_DIAMOND_SOURCE.name)
+        assert creator_account is not None
+        assert platform_account is not None
+        line_counts = []
+        for account_id in (creator_account.account_id, platform_account.account_id):
+            expected = [
+                dict(row._mapping)
+                for row in await conn.execute(text(_STATEMENT_AS_BEFORE), {"account": account_id})
+            ]
+            paged: list[dict[str, Any]] = []
+            cursor: int | None = 0
+            while cursor is not None:
+                page = await statement(conn, account_id, after_seq=cursor, page_size=2)
+                paged += [dataclasses.asdict(line) for line in page.lines]
+                cursor = page.next_cursor
+            assert paged == expected
+            assert any(line["debit"] for line in paged), account_id
+            line_counts.append(len(paged))
+    assert line_counts[0] >= 5, line_counts  # gifts, and a cash-out's hold and payment
+    assert line_counts[1] >= 3, line_counts  # the seeded gifts, at least
