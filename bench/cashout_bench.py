@@ -1,5 +1,6 @@
 """Cash-out benchmark: eligible creators earn Diamonds from gifts, then cash them out through the
-simulated bank until every cash-out is `paid`, end to end, in one run.
+simulated bank until every cash-out is `paid`, end to end, twice in one run: the desk applying
+each batch's items one at a time (the baseline), then applying each batch at once.
 
 One broker (the embedded Tansu, or `KAFKA_BOOTSTRAP_SERVERS`) and one fresh database
 (`giftledger_bench_<random>` on `DATABASE_URL`, else 127.0.0.1:5432, else the embedded PostgreSQL;
@@ -14,10 +15,14 @@ and `Ingestor`, built as `services.app.bootstrap.start_consumers` builds them (s
    round robin over the creators, each creator's gifts worth the Diamonds for its cash-outs plus
    `SPARE_CASHOUTS` more. Published as a backlog, then drained by the consumers: gifts/s from the
    first gifts batch handed to the ingestor to the last gift applied.
-2. cash-outs: with the bank running (`paid_delay_ms` 20, nothing failed or returned), `--cashouts`
-   `cashouts.requested` of 2,000 diamonds (10 USD), round robin over the creators, published at
-   once; the clock runs from the first publish until `SELECT count(*) FROM cashouts WHERE
-   status = 'paid'` reaches N. Latency per cash-out from `cashout_transitions`.
+2. cash-outs, once per mode (`MODES`): with the bank running (`paid_delay_ms` 20, nothing failed
+   or returned), `--cashouts` `cashouts.requested` of 2,000 diamonds (10 USD), round robin over
+   the creators, published at once; the clock runs from the first publish until every cash-out
+   of the mode is `paid`. Latency per cash-out from `cashout_transitions`. The same consumers,
+   batches and relay serve both modes; only the desk differs: "one at a time" applies each
+   request and each payout result of a batch by itself, in order, inside the batch's
+   transaction (`CashoutDesk.requests` / `payout_results` with one item), "batched" applies the
+   batch at once. The relay's submissions (`mark_submitted`) are applied at once in both.
 3. checks: every cash-out paid; `ledger.verify.verify` finds nothing; for every creator, Diamonds
    available plus Diamonds paid out equal what its gifts gave, and nothing is left held; nothing
    is left in `payouts_payable`, and 10 USD per cash-out left `cash_at_bank`.
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -53,7 +59,7 @@ from bench.ingest_bench import kafka, new_producer, percentiles, say
 from bench.ledger_bench import admin_url, fresh_database, server_version, verify_ledger
 from ledger.chart import AccountKind
 from ledger.database import create_engine
-from ledger.service import LedgerTransaction
+from ledger.service import Ledger, LedgerTransaction
 from schemas import topics
 from schemas.events import (
     COINS_PER_GIFT_MAX,
@@ -64,7 +70,7 @@ from schemas.events import (
 from schemas.topics import all_topics
 from services.app.bootstrap import build_ledger
 from services.app.consumer import ConsumerService
-from services.cashout.desk import CashoutDesk, CashoutLimits
+from services.cashout.desk import CashoutDesk, CashoutLimits, lock_creators
 from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S
 from services.cashout.store import Cashout
 from services.ingestion.ingestor import Ingestor
@@ -81,6 +87,9 @@ MILLI_PER_DIAMOND = 1_000
 MILLI_DIAMONDS_PER_COIN = 500  # the contract's default rate card: creator share 50 %
 COINS_PER_DIAMOND = 2
 SPARE_CASHOUTS = 2  # each creator earns the Diamonds for its cash-outs and this many more
+ONE_AT_A_TIME = "one at a time"
+BATCHED = "batched"
+MODES = (ONE_AT_A_TIME, BATCHED)  # in this order, on the same creators
 COIN_PRICES = (1, 5, 10, 99, 199, 499, 1_000)
 PROFILE = {
     "birth_date": "1999-04-02",
@@ -142,12 +151,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         parser.error(f"--gifts must be between --creators and {GIFT_COUNT_TOTAL_MAX:,}")
     if not 0 <= arguments.paid_delay_ms <= 60_000:
         parser.error("--paid-delay-ms must be between 0 and 60000")
-    per_creator = math.ceil(arguments.cashouts / arguments.creators)
+    per_creator = math.ceil(arguments.cashouts / arguments.creators) * len(MODES)
     allowed = daily_cashouts_max(Settings())
     if per_creator > allowed:
         parser.error(
-            f"{per_creator} cash-outs of {CASHOUT_DIAMONDS:,} diamonds for one creator would pass"
-            f" the daily limit ({allowed} a day): add --creators"
+            f"{per_creator} cash-outs of {CASHOUT_DIAMONDS:,} diamonds for one creator (all"
+            f" modes) would pass the daily limit ({allowed} a day): add --creators"
         )
     return Options(
         creators=arguments.creators,
@@ -186,7 +195,8 @@ def profile_event(run_id: str, index: int) -> dict[str, Any]:
 
 class GiftPlan:
     """Gift `g` goes to creator `g % creators`; each gift is worth at least its share of what the
-    creator needs, so every creator can pay its cash-outs and SPARE_CASHOUTS more."""
+    creator needs, so every creator can pay its cash-outs of every mode and SPARE_CASHOUTS
+    more."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -194,7 +204,7 @@ class GiftPlan:
         self.milli_diamonds_by_creator = [0] * options.creators
         self._per_gift_coins_min = [
             math.ceil(
-                (share(options.cashouts, options.creators, index) + SPARE_CASHOUTS)
+                (share(options.cashouts, options.creators, index) * len(MODES) + SPARE_CASHOUTS)
                 * CASHOUT_DIAMONDS
                 * COINS_PER_DIAMOND
                 / share(options.gifts, options.creators, index)
@@ -228,11 +238,16 @@ class GiftPlan:
         return json.dumps(event).encode(), creator.encode()
 
 
-def cashout_event(run_id: str, number: int, creators: int) -> tuple[bytes, bytes]:
-    """(value, key) of cash-out `number`, for creator `number % creators`."""
+def cashout_prefix(run_id: str, mode: str) -> str:
+    """The start of the cash-out ids of one mode of the run."""
+    return f"bench-cashout-{run_id}-{mode.replace(' ', '-')}-"
+
+
+def cashout_event(run_id: str, mode: str, number: int, creators: int) -> tuple[bytes, bytes]:
+    """(value, key) of cash-out `number` of `mode`, for creator `number % creators`."""
     creator = creator_name(number % creators)
     event = {
-        "event_id": f"bench-cashout-{run_id}-{number:07d}",
+        "event_id": f"{cashout_prefix(run_id, mode)}{number:07d}",
         "occurred_at": stamp(),
         "creator_id": creator,
         "asset": "DIAMOND",
@@ -305,45 +320,61 @@ class ClockedIngestor(Ingestor):
 
 
 class ClockedDesk(CashoutDesk):
-    """The product's cash-out desk; counts its calls and the seconds spent in them. Calls are
-    repeated when their batch runs again: after a conflict (a deadlock), or after the batch failed
-    (a statement timeout, say) and the consumer rewound it."""
+    """The product's cash-out desk; counts the items it is handed and the seconds spent on them.
+    With `one_at_a_time` set, it applies a batch's requests and payout results by themselves,
+    one after the other in the batch's transaction: the baseline. The relay's submissions are
+    applied at once in both modes (they were one post per relay round already). Items are
+    counted again when their batch runs again: after a conflict (a deadlock), or after the
+    batch failed (a statement timeout, say) and the consumer rewound it."""
 
     def __init__(
         self, limits: CashoutLimits, eligibility: EligibilitySettings, topic_prefix: str
     ) -> None:
         super().__init__(limits, eligibility, topic_prefix)
-        self.requests = 0
-        self.results = 0
+        self.one_at_a_time = False
+        self.request_count = 0
+        self.result_count = 0
         self.request_s = 0.0
         self.result_s = 0.0
 
-    async def request(
+    async def requests(
         self,
         tx: LedgerTransaction,
-        event: CashoutRequested,
+        events: Sequence[CashoutRequested],
         rate_cards: RateCardBook,
         account_ids: dict[str, int],
-    ) -> Cashout:
+    ) -> list[Cashout]:
         started = time.perf_counter()
         try:
-            return await super().request(tx, event, rate_cards, account_ids)
+            if not self.one_at_a_time:
+                return await super().requests(tx, events, rate_cards, account_ids)
+            # As the batch did before: all its creators' locks first, in key order.
+            await lock_creators(tx.connection, [event.creator_id for event in events])
+            cashouts: list[Cashout] = []
+            for event in events:
+                cashouts += await super().requests(tx, [event], rate_cards, account_ids)
+            return cashouts
         finally:
-            self.requests += 1
+            self.request_count += len(events)
             self.request_s += time.perf_counter() - started
 
-    async def payout_result(
+    async def payout_results(
         self,
         tx: LedgerTransaction,
-        event: PayoutUpdated,
+        ledger: Ledger,
+        events: Sequence[PayoutUpdated],
         rate_cards: RateCardBook,
-        account_ids: dict[str, int],
-    ) -> str | None:
+    ) -> list[str | None]:
         started = time.perf_counter()
         try:
-            return await super().payout_result(tx, event, rate_cards, account_ids)
+            if not self.one_at_a_time:
+                return await super().payout_results(tx, ledger, events, rate_cards)
+            refusals: list[str | None] = []
+            for event in events:
+                refusals += await super().payout_results(tx, ledger, [event], rate_cards)
+            return refusals
         finally:
-            self.results += 1
+            self.result_count += len(events)
             self.result_s += time.perf_counter() - started
 
 
@@ -451,12 +482,16 @@ class Figures:
     publish: dict[str, float] = field(default_factory=dict)
     measurements: list[Measurement] = field(default_factory=list)
     gifts_first_batch_s: float = 0.0
-    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
-    paths: dict[str, int] = field(default_factory=dict)
-    time_spent: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per mode (`MODES`):
+    latency_ms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    paths: dict[str, dict[str, int]] = field(default_factory=dict)
+    time_spent: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     checked: str = ""
     conflicts: dict[str, int] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
+
+    def rate(self, path: str) -> float:
+        return next(m.items_per_s for m in self.measurements if m.path == path)
 
 
 async def phase_gifts(
@@ -523,8 +558,10 @@ async def phase_gifts(
     figures.gifts_first_batch_s = gifts.first_at - started
     drain = Measurement("gifts -> ledger", options.gifts, gifts.last_at - gifts.first_at)
     figures.measurements.append(drain)
-    figures.time_spent["gifts.sent"] = spent(gifts.busy_s, gifts.batches, "batches")
-    figures.time_spent["  per gift"] = spent(gifts.busy_s, gifts.records, "gifts")
+    figures.time_spent["gifts"] = {
+        "gifts.sent": spent(gifts.busy_s, gifts.batches, "batches"),
+        "  per gift": spent(gifts.busy_s, gifts.records, "gifts"),
+    }
     say(f"gifts: {drain.items_per_s:,.0f}/s over {drain.seconds:.1f} s")
 
 
@@ -545,10 +582,83 @@ async def wait_for_assignment(service: ConsumerService, rail: PayoutRailService)
 
 
 _PROGRESS = text(
-    "SELECT count(*) FILTER (WHERE status = 'paid') AS paid,"
+    "SELECT count(*) FILTER (WHERE status = 'paid' AND cashout_id LIKE :mode_ids) AS paid,"
     " count(*) FILTER (WHERE status IN ('rejected', 'failed', 'returned')) AS refused"
     " FROM cashouts"
 )
+
+_OUTBOX_LEFT = text(
+    "SELECT count(*) FROM outbox WHERE topic_prefix = :prefix AND published_at IS NULL"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """The cumulative counters a mode's figures are the difference of."""
+
+    requests: TopicClock
+    results: TopicClock
+    request_items: int
+    result_items: int
+    request_s: float
+    result_s: float
+    outbox_rounds: int
+    outbox_rows: int
+    outbox_s: float
+
+    @classmethod
+    def now(cls, ingestor: ClockedIngestor, outbox: OutboxClock) -> Counts:
+        desk = ingestor.clocked_desk
+        return cls(
+            dataclasses.replace(ingestor.clock(topics.CASHOUTS_REQUESTED)),
+            dataclasses.replace(ingestor.clock(topics.PAYOUTS_UPDATED)),
+            desk.request_count,
+            desk.result_count,
+            desk.request_s,
+            desk.result_s,
+            outbox.rounds,
+            outbox.rows,
+            outbox.busy_s,
+        )
+
+
+def time_spent_between(before: Counts, after: Counts) -> dict[str, dict[str, Any]]:
+    requests, results = after.requests, after.results
+    return {
+        "cashouts.requested": spent(
+            requests.busy_s - before.requests.busy_s,
+            requests.batches - before.requests.batches,
+            "batches",
+        ),
+        "  desk per request": spent(
+            after.request_s - before.request_s, after.request_items - before.request_items, "items"
+        ),
+        "payouts.updated": spent(
+            results.busy_s - before.results.busy_s,
+            results.batches - before.results.batches,
+            "batches",
+        ),
+        "  desk per result": spent(
+            after.result_s - before.result_s, after.result_items - before.result_items, "items"
+        ),
+        "outbox": spent(
+            after.outbox_s - before.outbox_s, after.outbox_rounds - before.outbox_rounds, "rounds"
+        ),
+        "  outbox rows": spent(
+            after.outbox_s - before.outbox_s, after.outbox_rows - before.outbox_rows, "rows"
+        ),
+    }
+
+
+async def outbox_drained(engine: AsyncEngine, prefix: str) -> None:
+    """Wait until the relay has published every outbox row (the last `paid` updates), so that
+    the next mode starts with nothing left over."""
+    deadline = time.monotonic() + STALL_S
+    async with engine.connect() as conn:
+        while (await conn.execute(_OUTBOX_LEFT, {"prefix": prefix})).scalar_one():
+            await conn.rollback()  # a fresh snapshot for the next poll
+            assert time.monotonic() < deadline, f"outbox not drained within {STALL_S:g} s"
+            await asyncio.sleep(POLL_S)
 
 
 async def phase_cashouts(
@@ -560,31 +670,36 @@ async def phase_cashouts(
     ingestor: ClockedIngestor,
     rail: PayoutRailService,
     run_id: str,
+    mode: str,
 ) -> None:
-    """Publish N cash-out requests at once; time until every one is paid."""
+    """With the desk in `mode`, publish N cash-out requests at once; time until every one is
+    paid."""
     await wait_for_assignment(service, rail)
-    topic = service.settings.kafka_topic_prefix + topics.CASHOUTS_REQUESTED
+    prefix = service.settings.kafka_topic_prefix
+    await outbox_drained(engine, prefix)
+    desk = ingestor.clocked_desk
+    desk.one_at_a_time = mode == ONE_AT_A_TIME
+    outbox = service.outbox
+    before = Counts.now(ingestor, outbox)
+    mode_ids = cashout_prefix(run_id, mode) + "%"
     paid = refused = 0
 
-    desk = ingestor.clocked_desk
-    outbox = service.outbox
-
     def progress() -> int:
-        return desk.requests + desk.results + outbox.rows + paid
+        return desk.request_count + desk.result_count + outbox.rows + paid
 
     started = time.perf_counter()
     await send_all(
         producer,
-        topic,
+        prefix + topics.CASHOUTS_REQUESTED,
         options.cashouts,
-        lambda number: cashout_event(run_id, number, options.creators),
+        lambda number: cashout_event(run_id, mode, number, options.creators),
     )
-    figures.publish["cashouts_seconds"] = time.perf_counter() - started
+    figures.publish[f"cashouts_seconds {mode}"] = time.perf_counter() - started
     async with engine.connect() as conn:
         last_moved, last_progress, last_said = time.monotonic(), -1, time.monotonic()
         while paid < options.cashouts:
             await asyncio.sleep(POLL_S)
-            row = (await conn.execute(_PROGRESS)).one()
+            row = (await conn.execute(_PROGRESS, {"mode_ids": mode_ids})).one()
             await conn.rollback()  # a fresh snapshot for the next poll
             paid, refused = int(row.paid), int(row.refused)
             assert refused == 0, f"{refused} cash-outs rejected, failed or returned"
@@ -592,32 +707,23 @@ async def phase_cashouts(
             if progress() != last_progress:
                 last_moved, last_progress = now, progress()
             assert now - last_moved < STALL_S, (
-                f"cash-outs: no progress for {STALL_S:g} s ({paid} of {options.cashouts} paid)"
+                f"cash-outs {mode}: no progress for {STALL_S:g} s"
+                f" ({paid} of {options.cashouts} paid)"
             )
             if now - last_said >= PROGRESS_EVERY_S:
                 last_said = now
                 say(
-                    f"  {time.perf_counter() - started:5.0f} s: {desk.requests:,} request calls,"
+                    f"  {time.perf_counter() - started:5.0f} s: {desk.request_count:,} requests,"
                     f" {outbox.rows:,} outbox rows sent, {rail.reports_sent:,} bank reports,"
-                    f" {desk.results:,} result calls, {paid:,} paid"
+                    f" {desk.result_count:,} results, {paid:,} paid ({mode})"
                 )
-    measurement = Measurement("cash-outs -> paid", options.cashouts, time.perf_counter() - started)
+    elapsed_s = time.perf_counter() - started
+    measurement = Measurement(f"cash-outs {mode}", options.cashouts, elapsed_s)
     figures.measurements.append(measurement)
-    say(f"cash-outs: {measurement.items_per_s:,.0f}/s over {measurement.seconds:.1f} s")
-    requests = ingestor.clock(topics.CASHOUTS_REQUESTED)
-    results = ingestor.clock(topics.PAYOUTS_UPDATED)
-    figures.time_spent.update(
-        {
-            "cashouts.requested": spent(requests.busy_s, requests.batches, "batches"),
-            "  desk.request": spent(desk.request_s, desk.requests, "calls"),
-            "payouts.updated": spent(results.busy_s, results.batches, "batches"),
-            "  desk.payout_result": spent(desk.result_s, desk.results, "calls"),
-            "outbox": spent(outbox.busy_s, outbox.rounds, "rounds"),
-            "  outbox rows": spent(outbox.busy_s, outbox.rows, "rows"),
-        }
-    )
+    say(f"cash-outs {mode}: {measurement.items_per_s:,.0f}/s over {measurement.seconds:.1f} s")
+    figures.time_spent[mode] = time_spent_between(before, Counts.now(ingestor, outbox))
     figures.machine["bank_reports"] = rail.reports_sent
-    await cashout_latency(engine, figures, options.cashouts)
+    await cashout_latency(engine, figures, options.cashouts, mode, mode_ids)
 
 
 _TIMELINE = text(
@@ -628,7 +734,7 @@ _TIMELINE = text(
                min(at) FILTER (WHERE status = 'held') AS held_at,
                min(at) FILTER (WHERE status = 'submitted') AS submitted_at,
                min(at) FILTER (WHERE status = 'paid') AS paid_at
-        FROM cashout_transitions GROUP BY cashout_id
+        FROM cashout_transitions WHERE cashout_id LIKE :mode_ids GROUP BY cashout_id
     ), sent AS (
         SELECT convert_from(payload, 'UTF8')::jsonb ->> 'cashout_id' AS cashout_id,
                min(published_at) AS published_at
@@ -645,13 +751,19 @@ def ms_between(start: datetime, end: datetime) -> float:
     return (end - start).total_seconds() * 1000
 
 
-async def cashout_latency(engine: AsyncEngine, figures: Figures, count: int) -> None:
-    """Per cash-out, from its transitions (clock_timestamp() as each was stored, inside the
-    transaction, before its commit), its request's occurred_at (the publish time) and the
-    published_at of its `payouts.requested` outbox row (set once the broker acknowledged the
-    send, in the transaction that marks the rows sent)."""
+async def cashout_latency(
+    engine: AsyncEngine, figures: Figures, count: int, mode: str, mode_ids: str
+) -> None:
+    """Per cash-out of `mode`, from its transitions (clock_timestamp() as each was stored,
+    inside the transaction, before its commit), its request's occurred_at (the publish time)
+    and the published_at of its `payouts.requested` outbox row (set once the broker
+    acknowledged the send, in the transaction that marks the rows sent)."""
     async with engine.connect() as conn:
-        rows = (await conn.execute(_TIMELINE, {"payouts": topics.PAYOUTS_REQUESTED})).all()
+        rows = (
+            await conn.execute(
+                _TIMELINE, {"payouts": topics.PAYOUTS_REQUESTED, "mode_ids": mode_ids}
+            )
+        ).all()
     assert len(rows) == count, f"{len(rows)} cash-outs with transitions, expected {count}"
     assert all(row.paid_at is not None and row.published_at is not None for row in rows)
     stages = {
@@ -662,11 +774,11 @@ async def cashout_latency(engine: AsyncEngine, figures: Figures, count: int) -> 
         "held -> payout sent": [ms_between(r.held_at, r.published_at) for r in rows],
         "payout sent -> paid": [ms_between(r.published_at, r.paid_at) for r in rows],
     }
-    figures.latency_ms = {name: percentiles(values) for name, values in stages.items()}
+    figures.latency_ms[mode] = {name: percentiles(values) for name, values in stages.items()}
     submitted_first = sum(
         1 for r in rows if r.submitted_at is not None and r.submitted_at < r.paid_at
     )
-    figures.paths = {
+    figures.paths[mode] = {
         "held -> submitted -> paid": submitted_first,
         "held -> paid (bank answered before submitted was stored)": len(rows) - submitted_first,
     }
@@ -717,12 +829,13 @@ async def check_ledger(
             ).scalar_one()
         payable = money[AccountKind.PAYOUTS_PAYABLE]
         paid_from_bank = money[AccountKind.CASH_AT_BANK]
-    assert statuses == {"paid": options.cashouts}, f"cash-outs by status: {statuses}"
+    cashouts = options.cashouts * len(MODES)
+    assert statuses == {"paid": cashouts}, f"cash-outs by status: {statuses}"
     expected_applied = {
         topics.CREATORS_UPDATED: options.creators,
         topics.GIFTS_SENT: options.gifts,
-        topics.CASHOUTS_REQUESTED: options.cashouts,
-        topics.PAYOUTS_UPDATED: options.cashouts,
+        topics.CASHOUTS_REQUESTED: cashouts,
+        topics.PAYOUTS_UPDATED: cashouts,
     }
     assert applied == expected_applied, f"applied_events by topic: {applied}"
     assert ingestor.counts.dead_lettered == 0, ingestor.counts.dead_letter_errors
@@ -733,14 +846,14 @@ async def check_ledger(
     assert not wrong, f"available + paid != gifts for {len(wrong)} creators: {list(wrong)[:5]}"
     assert set(available) == set(creators), "creators with Diamonds differ from the workload's"
     assert held_left == 0, f"{held_left} creators still have Diamonds held"
-    usd_cents = options.cashouts * CASHOUT_DIAMONDS * 100 // DIAMONDS_PER_USD
+    usd_cents = cashouts * CASHOUT_DIAMONDS * 100 // DIAMONDS_PER_USD
     assert payable == 0, f"payouts_payable holds {payable} cents, expected none"
     assert paid_from_bank == usd_cents, f"{paid_from_bank} cents left the bank, not {usd_cents}"
     verify_s = await verify_ledger(url)
     total = sum(plan.milli_diamonds_by_creator)
-    paid_total = options.cashouts * CASHOUT_DIAMONDS * MILLI_PER_DIAMOND
+    paid_total = cashouts * CASHOUT_DIAMONDS * MILLI_PER_DIAMOND
     return (
-        f"{options.cashouts:,} cash-outs paid (no other status); every event applied once; for"
+        f"{cashouts:,} cash-outs paid (no other status); every event applied once; for"
         f" each of {options.creators:,} creators available + paid out = what its gifts gave"
         f" ({total / MILLI_PER_DIAMOND:,.0f} diamonds in all, {paid_total / MILLI_PER_DIAMOND:,.0f}"
         f" paid out), nothing held or payable; {usd_cents / 100:,.2f} USD left the bank;"
@@ -752,7 +865,8 @@ async def conflicts(
     engine: AsyncEngine, ingestor: ClockedIngestor, options: Options
 ) -> dict[str, int]:
     """Deadlocks in the bench database (PostgreSQL's statistics, flushed about once a second),
-    and the desk's calls beyond one per cash-out (batches run again after a conflict)."""
+    and the items the desk was handed beyond one per cash-out (batches run again after a
+    conflict)."""
     async with engine.connect() as conn:
         row = (
             await conn.execute(
@@ -762,8 +876,8 @@ async def conflicts(
     desk = ingestor.clocked_desk
     return {
         "deadlocks": int(row.deadlocks),
-        "request_calls_repeated": desk.requests - options.cashouts,
-        "result_calls_repeated": desk.results - options.cashouts,
+        "requests_repeated": desk.request_count - options.cashouts * len(MODES),
+        "results_repeated": desk.result_count - options.cashouts * len(MODES),
     }
 
 
@@ -817,9 +931,10 @@ async def run(options: Options) -> Figures:
             service, ingestor = new_consumers(settings, engine, bootstrap_servers, rate_cards)
             plan = GiftPlan(options)
             await phase_gifts(options, figures, producer, service, ingestor, plan, run_id)
-            await phase_cashouts(
-                options, figures, engine, producer, service, ingestor, rail, run_id
-            )
+            for mode in MODES:
+                await phase_cashouts(
+                    options, figures, engine, producer, service, ingestor, rail, run_id, mode
+                )
             await service.stop()
             service = None
             await rail.stop()
@@ -870,38 +985,57 @@ class LogTally(logging.Handler):
             logger.addFilter(self.count_and_drop)
 
 
+def ratio(figures: Figures) -> float:
+    """Cash-outs a second batched over one at a time, measured in the same run."""
+    return figures.rate(f"cash-outs {BATCHED}") / figures.rate(f"cash-outs {ONE_AT_A_TIME}")
+
+
 def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any]:
     print()
-    print(f"{'path':<20} {'items':>9} {'seconds':>8} {'items/s':>9}")
+    print(f"{'path':<26} {'items':>9} {'seconds':>8} {'items/s':>9}")
     for m in figures.measurements:
-        print(f"{m.path:<20} {m.items:>9,} {m.seconds:>8.2f} {m.items_per_s:>9,.0f}")
+        print(f"{m.path:<26} {m.items:>9,} {m.seconds:>8.2f} {m.items_per_s:>9,.0f}")
+    print(f"cashouts batched/one-at-a-time ratio: {ratio(figures):.1f}")
+    p99 = {mode: figures.latency_ms[mode]["requested -> paid"]["p99"] for mode in MODES}
+    print(
+        "requested -> paid p99: "
+        + ", ".join(f"{mode} {value:,.0f} ms" for mode, value in p99.items())
+    )
     print(
         f"  gifts: {options.creators:,} profiles and {options.gifts:,} gifts published as a"
         f" backlog in {figures.publish['backlog_seconds']:.1f} s; first gifts batch"
         f" {figures.gifts_first_batch_s:.1f} s after the consumers started (group join); clock"
         " from that batch to the last gift applied"
     )
-    print(
-        f"  cash-outs: {options.cashouts:,} requests of {CASHOUT_DIAMONDS:,} diamonds published"
-        f" in {figures.publish['cashouts_seconds']:.2f} s; clock from the first publish until"
-        " all are paid"
-    )
-    print("cash-out latency (ms; nearest rank):")
-    for name, values in figures.latency_ms.items():
+    for mode in MODES:
         print(
-            f"  {name:<22} " + "  ".join(f"{key} {value:>8,.0f}" for key, value in values.items())
+            f"  cash-outs {mode}: {options.cashouts:,} requests of {CASHOUT_DIAMONDS:,} diamonds"
+            f" published in {figures.publish[f'cashouts_seconds {mode}']:.2f} s; clock from the"
+            " first publish until all are paid"
+        )
+    for mode in MODES:
+        print(f"cash-out latency, {mode} (ms; nearest rank):")
+        for name, values in figures.latency_ms[mode].items():
+            print(
+                f"  {name:<22} "
+                + "  ".join(f"{key} {value:>8,.0f}" for key, value in values.items())
+            )
+        print(
+            "  paths: "
+            + "; ".join(f"{name} {count:,}" for name, count in figures.paths[mode].items())
         )
     print(
         "  (transition times are clock_timestamp() when each was stored, inside its transaction;"
         " publish = the request's occurred_at; payout sent = published_at of its outbox row)"
     )
-    print("paths: " + "; ".join(f"{name} {count:,}" for name, count in figures.paths.items()))
     print("time spent (seconds inside each step; steps overlap, and a repeated call is counted):")
-    for name, step in figures.time_spent.items():
-        print(
-            f"  {name:<22} {step['seconds']:>7.2f} s, {step['count']:>7,} {step['unit']:<7}"
-            f" {step['ms_each']:>8.2f} ms each"
-        )
+    for phase, steps in figures.time_spent.items():
+        print(f"  {phase}:")
+        for name, step in steps.items():
+            print(
+                f"    {name:<22} {step['seconds']:>7.2f} s, {step['count']:>7,} {step['unit']:<7}"
+                f" {step['ms_each']:>8.2f} ms each"
+            )
     print(
         "conflicts: "
         + ", ".join(
@@ -931,14 +1065,21 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
             }
             for m in figures.measurements
         ],
+        "cashouts_batched_over_one_at_a_time": round(ratio(figures), 2),
         "publish_seconds": {key: round(value, 3) for key, value in figures.publish.items()},
         "gifts_first_batch_s": round(figures.gifts_first_batch_s, 3),
         "latency_ms": {
-            name: {key: round(value, 1) for key, value in values.items()}
-            for name, values in figures.latency_ms.items()
+            mode: {
+                name: {key: round(value, 1) for key, value in values.items()}
+                for name, values in stages.items()
+            }
+            for mode, stages in figures.latency_ms.items()
         },
         "paths": figures.paths,
-        "time_spent": {name.strip(): step for name, step in figures.time_spent.items()},
+        "time_spent": {
+            phase: {name.strip(): step for name, step in steps.items()}
+            for phase, steps in figures.time_spent.items()
+        },
         "conflicts": figures.conflicts,
         "checks": figures.checked,
         "machine": figures.machine,

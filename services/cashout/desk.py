@@ -30,10 +30,21 @@ creator are checked one after the other. Creator locks come before any account l
 transaction: a transaction waiting for a creator's lock holds no account lock, so it cannot
 close a cycle with the ledger's account locks (taken in id order). A transaction that applies
 several requests takes all their creators' locks first, in key order.
+
+A batch is applied as applying its items one at a time in their order would, with the round
+trips of the batch, not of each item (`requests`, `payout_results`, `mark_submitted`). The reads
+the checks make are one statement each for the whole batch (`services.cashout.request_facts`).
+Items are then taken in rounds, the n-th request of each creator (or the n-th result of each
+cash-out) in round n, so an item sees what the earlier items of its creator or cash-out did: per
+round, the day's spent sums are read again, the holds (or the results' legs) are posted in one
+`post`, and the rows and transitions are written with one statement each. The outbox rows are
+queued with one statement at the end, in batch order, as one at a time would have queued them.
+A batch holds one round unless a creator or a cash-out comes more than once in it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
@@ -50,7 +61,7 @@ from schemas import topics
 from schemas.assets import DIAMOND
 from schemas.events import CashoutRequested, PayoutRequested, PayoutUpdated
 from services.cashout.conversion import MILLI_PER_DIAMOND, USD_MICROS, convert
-from services.cashout.eligibility import creator_eligibility
+from services.cashout.eligibility import evaluate
 from services.cashout.postings import (
     StepNames,
     cashout_accounts,
@@ -64,17 +75,24 @@ from services.cashout.postings import (
     settlement_accounts,
     submission_transfers,
 )
+from services.cashout.request_facts import (
+    RequestFacts,
+    read_request_facts,
+    request_day,
+    spent_micros,
+)
 from services.cashout.store import (
     Cashout,
+    Transition,
     cashout_event_id,
-    load_cashout,
+    insert_cashouts,
     load_cashouts,
-    record_transition,
+    queue_transitions,
+    record_transitions,
+    store_transitions,
+    update_cashouts,
 )
-from services.operator.freezes import creator_is_frozen
-from services.rates.fx import fx_in_force
-from services.rates.rate_cards import RateCardBook
-from services.runtime.outbox_rows import queue
+from services.rates.rate_cards import RateCard, RateCardBook
 from services.runtime.settings import EligibilitySettings, Settings
 
 __all__ = [
@@ -160,95 +178,114 @@ class CashoutDesk:
         rate_cards: RateCardBook,
         account_ids: dict[str, int],
     ) -> Cashout:
-        """Check, price and hold one request in the unit of work `tx`; returns the cash-out,
-        held or rejected. The creator's lock is held from before the checks until the commit."""
-        conn = tx.connection
-        await lock_creators(conn, [event.creator_id])
-        amount = event.amount * MILLI_PER_DIAMOND if event.asset == DIAMOND else event.amount
-        card = rate_cards.in_force_at(event.occurred_at)
-        cashout = Cashout(
-            cashout_id=event.event_id,
-            creator_id=event.creator_id,
-            asset=event.asset,
-            amount=amount,
-            payout_currency=event.payout_currency,
-            payout_amount=None,
-            usd_value_micros=0,
-            rate_card_version=card.version if event.asset == DIAMOND else None,
-            fx_numerator=None,
-            fx_denominator=None,
-            status="requested",
-            rejected_rule=None,
-            failure_code=None,
-            payout_account_ref=None,
-            occurred_at=event.occurred_at,
-        )
-        await self._store(conn, cashout, new=True)
-        rule = await self._refusal(conn, event, cashout, card.diamonds_per_usd)
-        if rule is None:
-            hold = Transfer(
-                id=hold_id(cashout.cashout_id),
-                debit_account_id=account_ids[hold_source(event.creator_id, event.asset).name],
-                credit_account_id=account_ids[hold_target(event.creator_id, event.asset).name],
-                amount=amount,
-                code=TransferCode.CASHOUT_HOLD,
-                flags=TransferFlags.PENDING | TransferFlags.FUNDED,
-                rate_card_version=cashout.rate_card_version,
-                event_id=event.event_id,
-                metadata={"cashout_id": cashout.cashout_id},
-            )
-            outcome = await tx.post([hold], lock_accounts_first=True)
-            if outcome.results[0] is not PostResult.OK:
-                rule = "available_balance"
-        if rule is not None:
-            cashout.status, cashout.rejected_rule = "rejected", rule
-            await self._store(conn, cashout, detail=rule)
-            return cashout
-        cashout.status = "held"
-        await self._store(conn, cashout)
-        payout = PayoutRequested(
-            event_id=cashout_event_id(cashout.cashout_id, "payout"),
-            occurred_at=datetime.now(UTC),
-            cashout_id=cashout.cashout_id,
-            creator_id=cashout.creator_id,
-            amount=cashout.payout_amount or 0,
-            currency=cashout.payout_currency,
-            payout_account_ref=cashout.payout_account_ref or "",
-        )
-        await queue(
-            conn,
-            self.topic_prefix,
-            topics.PAYOUTS_REQUESTED,
-            cashout.creator_id,
-            payout.model_dump_json(),
-        )
-        return cashout
+        """Check, price and hold one request in the unit of work `tx` (`requests` with one);
+        returns the cash-out, held or rejected."""
+        return (await self.requests(tx, [event], rate_cards, account_ids))[0]
 
-    async def _refusal(
+    async def requests(
         self,
-        conn: AsyncConnection,
+        tx: LedgerTransaction,
+        events: Sequence[CashoutRequested],
+        rate_cards: RateCardBook,
+        account_ids: dict[str, int],
+    ) -> list[Cashout]:
+        """Check, price and hold a batch of requests in the unit of work `tx`, as applying them
+        one at a time in their order would; returns each cash-out, held or rejected, in order.
+        The creators' locks are all taken first and held from before the checks until the
+        commit; then the requests go in rounds (see the module's docstring)."""
+        conn = tx.connection
+        await lock_creators(conn, [event.creator_id for event in events])
+        facts = await read_request_facts(conn, events)
+        decided: list[Cashout | None] = [None] * len(events)
+        to_queue: list[list[Transition]] = [[] for _ in events]
+        for positions in rounds([event.creator_id for event in events]):
+            round_events = [events[position] for position in positions]
+            stored = await self._request_round(tx, round_events, rate_cards, account_ids, facts)
+            for position, (cashout, transitions) in zip(positions, stored, strict=True):
+                decided[position] = cashout
+                to_queue[position] = transitions
+        # In batch order: each creator's messages in the order one at a time would write them.
+        await queue_transitions(conn, [t for ts in to_queue for t in ts], self.topic_prefix)
+        return [cashout for cashout in decided if cashout is not None]
+
+    async def _request_round(
+        self,
+        tx: LedgerTransaction,
+        events: list[CashoutRequested],
+        rate_cards: RateCardBook,
+        account_ids: dict[str, int],
+        facts: RequestFacts,
+    ) -> list[tuple[Cashout, list[Transition]]]:
+        """Requests of distinct creators: stored as requested, checked, their holds posted in
+        one batch (each refused hold rejects its request for the available balance), stored
+        as held or rejected; returns each cash-out with its transitions, to queue."""
+        conn = tx.connection
+        cashouts = [
+            new_cashout(event, rate_cards.in_force_at(event.occurred_at)) for event in events
+        ]
+        requested = [Transition(dataclasses.replace(cashout)) for cashout in cashouts]
+        await insert_cashouts(conn, [transition.cashout for transition in requested])
+        await store_transitions(conn, requested)
+        spent = await spent_micros(conn, events)
+        holding: list[Cashout] = []
+        holds: list[Transfer] = []
+        for event, cashout in zip(events, cashouts, strict=True):
+            card = rate_cards.in_force_at(event.occurred_at)
+            rule = self._refusal(
+                event,
+                cashout,
+                facts,
+                card.diamonds_per_usd,
+                spent[event.creator_id, request_day(event)],
+            )
+            if rule is None:
+                holding.append(cashout)
+                holds.append(hold_transfer(cashout, account_ids))
+            else:
+                cashout.status, cashout.rejected_rule = "rejected", rule
+        if holds:
+            outcome = await tx.post(holds, lock_accounts_first=True)
+            for cashout, result in zip(holding, outcome.results, strict=True):
+                if result is PostResult.OK:
+                    cashout.status = "held"
+                else:
+                    cashout.status, cashout.rejected_rule = "rejected", "available_balance"
+        decided = [
+            Transition(cashout, then_queue=(topics.PAYOUTS_REQUESTED, payout_request(cashout)))
+            if cashout.status == "held"
+            else Transition(cashout, detail=cashout.rejected_rule or "")
+            for cashout in cashouts
+        ]
+        await update_cashouts(conn, cashouts)
+        await store_transitions(conn, decided)
+        return [
+            (cashout, [before, after])
+            for cashout, before, after in zip(cashouts, requested, decided, strict=True)
+        ]
+
+    def _refusal(
+        self,
         event: CashoutRequested,
         cashout: Cashout,
+        facts: RequestFacts,
         diamonds_per_usd: int,
+        spent_micros_that_day: int,
     ) -> str | None:
         """The first rule the request breaks, or None; prices the cash-out as it goes."""
-        if await creator_is_frozen(conn, event.creator_id):
+        if facts.is_frozen(event.creator_id):
             return "frozen"  # by an operator (services/operator/freezes.py)
-        report = await creator_eligibility(
-            conn, event.creator_id, self.eligibility, event.occurred_at.astimezone(UTC).date()
+        profile = facts.profile(event.creator_id)
+        report = evaluate(
+            profile, self.eligibility, request_day(event), creator_id=event.creator_id
         )
         if not report.eligible:
             return report.first_failed_rule
-        profile_ref = await conn.execute(
-            text("SELECT payout_account_ref FROM creators WHERE creator_id = :c"),
-            {"c": event.creator_id},
-        )
-        cashout.payout_account_ref = profile_ref.scalar_one_or_none()
+        cashout.payout_account_ref = None if profile is None else profile.payout_account_ref
         if cashout.payout_account_ref is None:
             return "payout_account"
         if event.asset != DIAMOND and event.asset != event.payout_currency:
             return "payout_currency"
-        payout_fx = await fx_in_force(conn, event.payout_currency, event.occurred_at)
+        payout_fx = facts.fx_in_force(event.payout_currency, event.occurred_at)
         if payout_fx is None:
             return "fx_rate"
         conversion = convert(cashout.asset, cashout.amount, diamonds_per_usd, payout_fx, payout_fx)
@@ -261,68 +298,107 @@ class CashoutDesk:
             or not conversion.payout_amount
         ):
             return "minimum"
-        if await self._over_daily_limit(conn, cashout):
+        # The creator's other cash-outs of the day not rejected, failed or returned: correct
+        # only under the creator's lock (`lock_creators`), which `requests` holds.
+        daily_micros = self.limits.daily_maximum_usd_cents * (USD_MICROS // 100)
+        if spent_micros_that_day + cashout.usd_value_micros > daily_micros:
             return "daily_limit"
         return None
-
-    async def _over_daily_limit(self, conn: AsyncConnection, cashout: Cashout) -> bool:
-        """Whether the cash-out would take its creator past the limit of its UTC day, counting
-        the creator's other cash-outs of that day not rejected, failed or returned. Correct only
-        under the creator's lock (`lock_creators`), which `request` holds."""
-        spent = await conn.execute(
-            text(
-                "SELECT coalesce(sum(usd_value_micros), 0) FROM cashouts"
-                " WHERE creator_id = :c AND requested_on = :day AND cashout_id <> :id"
-                " AND status NOT IN ('rejected', 'failed', 'returned')"
-            ),
-            {
-                "c": cashout.creator_id,
-                "day": cashout.occurred_at.astimezone(UTC).date(),
-                "id": cashout.cashout_id,
-            },
-        )
-        daily_micros = self.limits.daily_maximum_usd_cents * (USD_MICROS // 100)
-        return int(spent.scalar_one()) + cashout.usd_value_micros > daily_micros
 
     async def payout_result(
         self,
         tx: LedgerTransaction,
+        ledger: Ledger,
         event: PayoutUpdated,
         rate_cards: RateCardBook,
-        account_ids: dict[str, int],
     ) -> str | None:
-        """Apply a payout result in the unit of work `tx`; returns None, or why it was not
-        applied (for the DLQ)."""
+        """Apply one payout result in the unit of work `tx` (`payout_results` with one);
+        returns None, or why it was not applied (for the DLQ)."""
+        return (await self.payout_results(tx, ledger, [event], rate_cards))[0]
+
+    async def payout_results(
+        self,
+        tx: LedgerTransaction,
+        ledger: Ledger,
+        events: Sequence[PayoutUpdated],
+        rate_cards: RateCardBook,
+    ) -> list[str | None]:
+        """Apply a batch of payout results in the unit of work `tx`, as applying them one at a
+        time in their order would; returns, per result, None or why it was not applied (for the
+        DLQ). The cash-outs' rows are all locked first, in id order (as the outbox relay locks
+        the ones it submits), then their accounts; then the results go in rounds."""
         conn = tx.connection
-        cashout = await load_cashout(conn, event.cashout_id, lock=True)
-        if cashout is None:
-            return "unknown_cashout"
-        if cancelled_by_operator(cashout) and event.status == "failed":
-            return None  # the bank confirms the cancellation: the hold was released already
-        if cashout.status not in ALLOWED_BEFORE[event.status] and not paid_after_cancel(
-            cashout, event
-        ):
-            return f"cashout_is_{cashout.status}"
-        diamonds_per_usd = None
-        if cashout.asset == DIAMOND:
-            assert cashout.rate_card_version is not None
-            diamonds_per_usd = rate_cards.version(cashout.rate_card_version).diamonds_per_usd
-        names = StepNames(topics.PAYOUTS_UPDATED, cashout.cashout_id, event.event_id)
-        if paid_after_cancel(cashout, event):
-            transfers = paid_after_cancel_transfers(cashout, diamonds_per_usd, account_ids, names)
-        elif event.status == "returned":
-            transfers = returned_transfers(cashout, diamonds_per_usd, account_ids, names)
-        elif event.status == "paid":
-            hold_open = await hold_is_open(tx, cashout)
-            transfers = paid_transfers(cashout, hold_open, diamonds_per_usd, account_ids, names)
-        else:
-            hold_open = await hold_is_open(tx, cashout)
-            transfers = release_transfers(cashout, hold_open, diamonds_per_usd, account_ids, names)
-        await post_all(tx, cashout, transfers)
-        cashout.status = event.status
-        cashout.failure_code = event.failure_code
-        await self._store(conn, cashout, detail=event.failure_code or "")
-        return None
+        cashouts = await load_cashouts(conn, [event.cashout_id for event in events], lock=True)
+        # Created with the request, so normally known to the ledger's cache: no statement at
+        # all. On this transaction's connection: the cash-outs are locked already, and waiting
+        # for a second pooled connection here could wait on transactions waiting for them.
+        specs = [spec for cashout in cashouts.values() for spec in cashout_accounts(cashout)]
+        account_ids = await ledger.account_ids_in(conn, specs)
+        refusals: list[str | None] = [None] * len(events)
+        to_queue: list[Transition | None] = [None] * len(events)
+        for positions in rounds([event.cashout_id for event in events]):
+            outcomes = await self._result_round(
+                tx, [events[position] for position in positions], cashouts, rate_cards, account_ids
+            )
+            for position, (refusal, transition) in zip(positions, outcomes, strict=True):
+                refusals[position], to_queue[position] = refusal, transition
+        # In batch order: each creator's messages in the order one at a time would write them.
+        await queue_transitions(conn, [t for t in to_queue if t is not None], self.topic_prefix)
+        return refusals
+
+    async def _result_round(
+        self,
+        tx: LedgerTransaction,
+        events: list[PayoutUpdated],
+        cashouts: dict[str, Cashout],
+        rate_cards: RateCardBook,
+        account_ids: dict[str, int],
+    ) -> list[tuple[str | None, Transition | None]]:
+        """Results of distinct cash-outs: checked, their holds read in one statement, their
+        legs posted in one batch, their cash-outs stored; returns per result why it was not
+        applied (or None) and the transition it stored (to queue), if any."""
+        refusals: list[str | None] = []
+        applying: list[tuple[int, Cashout, PayoutUpdated]] = []
+        for position, event in enumerate(events):
+            cashout = cashouts.get(event.cashout_id)
+            if cashout is None:
+                refusals.append("unknown_cashout")
+            elif cancelled_by_operator(cashout) and event.status == "failed":
+                refusals.append(None)  # the bank confirms the cancellation: released already
+            elif cashout.status not in ALLOWED_BEFORE[event.status] and not paid_after_cancel(
+                cashout, event
+            ):
+                refusals.append(f"cashout_is_{cashout.status}")
+            else:
+                refusals.append(None)
+                applying.append((position, cashout, event))
+        reading = [
+            c
+            for _, c, e in applying
+            if e.status in ("paid", "failed") and not paid_after_cancel(c, e)
+        ]
+        open_holds = await holds_open(tx, reading)
+        steps = [
+            (cashout, result_transfers(cashout, event, open_holds, rate_cards, account_ids))
+            for _, cashout, event in applying
+        ]
+        await post_steps(tx, steps)
+        transitions: list[Transition | None] = [None] * len(events)
+        for position, cashout, event in applying:
+            cashout.status = event.status
+            cashout.failure_code = event.failure_code
+            # A copy: a later round may change the cash-out again before the batch queues this.
+            transitions[position] = Transition(
+                dataclasses.replace(cashout), event.failure_code or ""
+            )
+        await update_cashouts(tx.connection, [cashout for _, cashout, _ in applying])
+        stored = [transition for transition in transitions if transition is not None]
+        await store_transitions(tx.connection, stored)
+        for transition in stored:
+            cashouts[
+                transition.cashout.cashout_id
+            ].transitioned_at = transition.cashout.transitioned_at
+        return list(zip(refusals, transitions, strict=True))
 
     async def mark_submitted(
         self, tx: LedgerTransaction, ledger: Ledger, cashout_ids: Sequence[str]
@@ -334,19 +410,27 @@ class CashoutDesk:
         conn = tx.connection
         found = await load_cashouts(conn, list(cashout_ids), lock=True)
         held = [cashout for _, cashout in sorted(found.items()) if cashout.status == "held"]
+        if not held:
+            return
+        # On this connection: the cash-outs' rows are locked already.
+        specs = [spec for cashout in held for spec in cashout_accounts(cashout)]
+        account_ids = await ledger.account_ids_in(conn, specs)
+        rates = await diamonds_per_usd_of_versions(conn, held)
         transfers: list[Transfer] = []
         for cashout in held:
-            account_ids = await ledger.account_ids(cashout_accounts(cashout))
-            diamonds_per_usd = await diamonds_per_usd_of(conn, cashout)
+            diamonds_per_usd = (
+                rates.get(cashout.rate_card_version or 0) if cashout.asset == DIAMOND else None
+            )
             transfers += submission_transfers(cashout, diamonds_per_usd, account_ids)
-        if transfers:  # one batch: its accounts are locked in one pass, in id order
-            outcome = await tx.post(transfers, lock_accounts_first=True)
-            refused = sorted({r.value for r in outcome.results if r is not PostResult.OK})
-            if refused:
-                raise RuntimeError(f"submitting cash-outs: the ledger refused {refused}")
+        # One batch: its accounts are locked in one pass, in id order.
+        outcome = await tx.post(transfers, lock_accounts_first=True)
+        refused = sorted({r.value for r in outcome.results if r is not PostResult.OK})
+        if refused:
+            raise RuntimeError(f"submitting cash-outs: the ledger refused {refused}")
         for cashout in held:
             cashout.status = "submitted"
-            await self._store(conn, cashout)
+        await update_cashouts(conn, held)
+        await record_transitions(conn, [Transition(cashout) for cashout in held], self.topic_prefix)
 
     async def cancel_transfers(
         self, tx: LedgerTransaction, ledger: Ledger, cashout: Cashout, event_id: str
@@ -356,7 +440,7 @@ class CashoutDesk:
         `operator.actions`)."""
         names = StepNames(topics.OPERATOR_ACTIONS, f"cashout:{cashout.cashout_id}", event_id)
         hold_open = await hold_is_open(tx, cashout)
-        account_ids = await ledger.account_ids(cashout_accounts(cashout))
+        account_ids = await ledger.account_ids_in(tx.connection, cashout_accounts(cashout))
         diamonds_per_usd = await diamonds_per_usd_of(tx.connection, cashout)
         return release_transfers(
             cashout, hold_open, diamonds_per_usd, account_ids, names, void_name="cancel"
@@ -365,52 +449,11 @@ class CashoutDesk:
     async def _store(
         self, conn: AsyncConnection, cashout: Cashout, *, new: bool = False, detail: str = ""
     ) -> None:
-        values = {
-            "id": cashout.cashout_id,
-            "creator": cashout.creator_id,
-            "asset": cashout.asset,
-            "amount": cashout.amount,
-            "currency": cashout.payout_currency,
-            "payout": cashout.payout_amount,
-            "usd": cashout.usd_value_micros,
-            "card": cashout.rate_card_version,
-            "fx_n": cashout.fx_numerator,
-            "fx_d": cashout.fx_denominator,
-            "status": cashout.status,
-            "rule": cashout.rejected_rule,
-            "failure": cashout.failure_code,
-            "ref": cashout.payout_account_ref,
-            "day": cashout.occurred_at.astimezone(UTC).date(),
-            "occurred_at": cashout.occurred_at,
-        }
         if new:
-            await conn.execute(
-                text(
-                    """
-                    INSERT INTO cashouts (cashout_id, creator_id, asset, amount, payout_currency,
-                        payout_amount, usd_value_micros, rate_card_version, fx_numerator,
-                        fx_denominator, status, rejected_rule, failure_code, payout_account_ref,
-                        requested_on, occurred_at)
-                    VALUES (:id, :creator, :asset, :amount, :currency, :payout, :usd, :card,
-                        :fx_n, :fx_d, :status, :rule, :failure, :ref, :day, :occurred_at)
-                    """
-                ),
-                values,
-            )
+            await insert_cashouts(conn, [cashout])
         else:
-            await conn.execute(
-                text(
-                    """
-                    UPDATE cashouts SET payout_amount = :payout, usd_value_micros = :usd,
-                        rate_card_version = :card, fx_numerator = :fx_n, fx_denominator = :fx_d,
-                        status = :status, rejected_rule = :rule, failure_code = :failure,
-                        payout_account_ref = :ref, updated_at = clock_timestamp()
-                    WHERE cashout_id = :id
-                    """
-                ),
-                values,
-            )
-        await record_transition(conn, cashout, self.topic_prefix, detail)
+            await update_cashouts(conn, [cashout])
+        await record_transitions(conn, [Transition(cashout, detail)], self.topic_prefix)
 
 
 ALLOWED_BEFORE = {
@@ -420,37 +463,171 @@ ALLOWED_BEFORE = {
 }
 
 
+def rounds(keys: Sequence[str]) -> list[list[int]]:
+    """The positions of a batch's items in rounds: the n-th item of each key in round n, in
+    batch order, so no round holds a key twice."""
+    found: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for position, key in enumerate(keys):
+        number = seen.get(key, 0)
+        seen[key] = number + 1
+        if number == len(found):
+            found.append([])
+        found[number].append(position)
+    return found
+
+
+def new_cashout(event: CashoutRequested, card: RateCard) -> Cashout:
+    """A request as a cash-out, `requested` and not yet priced."""
+    amount = event.amount * MILLI_PER_DIAMOND if event.asset == DIAMOND else event.amount
+    return Cashout(
+        cashout_id=event.event_id,
+        creator_id=event.creator_id,
+        asset=event.asset,
+        amount=amount,
+        payout_currency=event.payout_currency,
+        payout_amount=None,
+        usd_value_micros=0,
+        rate_card_version=card.version if event.asset == DIAMOND else None,
+        fx_numerator=None,
+        fx_denominator=None,
+        status="requested",
+        rejected_rule=None,
+        failure_code=None,
+        payout_account_ref=None,
+        occurred_at=event.occurred_at,
+    )
+
+
+def hold_transfer(cashout: Cashout, account_ids: dict[str, int]) -> Transfer:
+    """The cash-out's hold: pending and funded, so refused below an available balance of 0."""
+    return Transfer(
+        id=hold_id(cashout.cashout_id),
+        debit_account_id=account_ids[hold_source(cashout.creator_id, cashout.asset).name],
+        credit_account_id=account_ids[hold_target(cashout.creator_id, cashout.asset).name],
+        amount=cashout.amount,
+        code=TransferCode.CASHOUT_HOLD,
+        flags=TransferFlags.PENDING | TransferFlags.FUNDED,
+        rate_card_version=cashout.rate_card_version,
+        event_id=cashout.cashout_id,
+        metadata={"cashout_id": cashout.cashout_id},
+    )
+
+
+def payout_request(cashout: Cashout) -> str:
+    """The `payouts.requested` record of a held cash-out, as JSON."""
+    return PayoutRequested(
+        event_id=cashout_event_id(cashout.cashout_id, "payout"),
+        occurred_at=datetime.now(UTC),
+        cashout_id=cashout.cashout_id,
+        creator_id=cashout.creator_id,
+        amount=cashout.payout_amount or 0,
+        currency=cashout.payout_currency,
+        payout_account_ref=cashout.payout_account_ref or "",
+    ).model_dump_json()
+
+
+def result_transfers(
+    cashout: Cashout,
+    event: PayoutUpdated,
+    open_holds: dict[str, bool],
+    rate_cards: RateCardBook,
+    account_ids: dict[str, int],
+) -> list[Transfer]:
+    """What a payout result that applies to `cashout` posts (`open_holds`: whether its hold is
+    still pending, read for the results that need it)."""
+    diamonds_per_usd = None
+    if cashout.asset == DIAMOND:
+        assert cashout.rate_card_version is not None
+        diamonds_per_usd = rate_cards.version(cashout.rate_card_version).diamonds_per_usd
+    names = StepNames(topics.PAYOUTS_UPDATED, cashout.cashout_id, event.event_id)
+    if paid_after_cancel(cashout, event):
+        return paid_after_cancel_transfers(cashout, diamonds_per_usd, account_ids, names)
+    if event.status == "returned":
+        return returned_transfers(cashout, diamonds_per_usd, account_ids, names)
+    hold_open = open_holds[cashout.cashout_id]
+    if event.status == "paid":
+        return paid_transfers(cashout, hold_open, diamonds_per_usd, account_ids, names)
+    return release_transfers(cashout, hold_open, diamonds_per_usd, account_ids, names)
+
+
+async def holds_open(tx: LedgerTransaction, cashouts: Sequence[Cashout]) -> dict[str, bool]:
+    """Per cash-out id, whether its hold is still pending (True) or posted (False), as the
+    ledger says, in one read; a hold that is missing, voided or expired has nothing left to
+    post or undo here."""
+    if not cashouts:
+        return {}
+    pending_ids = [hold_id(cashout.cashout_id) for cashout in cashouts]
+    stored, outcomes = await tx.read_stored(pending_ids)
+    found: dict[str, bool] = {}
+    for cashout, pending_id in zip(cashouts, pending_ids, strict=True):
+        if pending_id not in stored:
+            raise RuntimeError(f"cash-out {cashout.cashout_id} has no hold in the ledger")
+        outcome = outcomes[pending_id]
+        if outcome not in (None, "posted"):
+            raise RuntimeError(f"cash-out {cashout.cashout_id}: its hold was {outcome} already")
+        found[cashout.cashout_id] = outcome is None
+    return found
+
+
 async def hold_is_open(tx: LedgerTransaction, cashout: Cashout) -> bool:
-    """Whether the cash-out's hold is still pending (True) or posted (False), as the ledger
-    says; a hold that is missing, voided or expired has nothing left to post or undo here."""
-    pending_id = hold_id(cashout.cashout_id)
-    stored, outcomes = await tx.read_stored([pending_id])
-    if pending_id not in stored:
-        raise RuntimeError(f"cash-out {cashout.cashout_id} has no hold in the ledger")
-    outcome = outcomes[pending_id]
-    if outcome not in (None, "posted"):
-        raise RuntimeError(f"cash-out {cashout.cashout_id}: its hold was {outcome} already")
-    return outcome is None
+    """Whether the cash-out's hold is still pending (True) or posted (False) (`holds_open`)."""
+    return (await holds_open(tx, [cashout]))[cashout.cashout_id]
 
 
 async def diamonds_per_usd_of(conn: AsyncConnection, cashout: Cashout) -> int | None:
     """The rate of the cash-out's rate card version (None for a currency cash-out)."""
     if cashout.asset != DIAMOND:
         return None
-    rate = await conn.scalar(
-        text("SELECT diamonds_per_usd FROM rate_cards WHERE version = :version"),
-        {"version": cashout.rate_card_version},
+    return (await diamonds_per_usd_of_versions(conn, [cashout]))[cashout.rate_card_version or 0]
+
+
+_RATES_OF_VERSIONS = text(
+    "SELECT version, diamonds_per_usd FROM rate_cards"
+    " WHERE version = ANY(CAST(:versions AS integer[]))"
+)
+
+
+async def diamonds_per_usd_of_versions(
+    conn: AsyncConnection, cashouts: Sequence[Cashout]
+) -> dict[int, int]:
+    """The rates of the Diamond cash-outs' rate card versions, by version, in one read."""
+    versions = sorted(
+        {c.rate_card_version for c in cashouts if c.asset == DIAMOND and c.rate_card_version}
     )
-    assert rate is not None, f"rate card {cashout.rate_card_version} of {cashout.cashout_id}"
-    return int(rate)
+    if not versions:
+        return {}
+    rows = await conn.execute(_RATES_OF_VERSIONS, {"versions": versions})
+    rates = {int(row.version): int(row.diamonds_per_usd) for row in rows}
+    for cashout in cashouts:
+        if cashout.asset == DIAMOND:
+            assert cashout.rate_card_version in rates, (
+                f"rate card {cashout.rate_card_version} of {cashout.cashout_id}"
+            )
+    return rates
+
+
+async def post_steps(
+    tx: LedgerTransaction, steps: Sequence[tuple[Cashout, list[Transfer]]]
+) -> None:
+    """Post the linked transfers of several cash-outs' steps in one batch (each step one
+    chain, all or nothing); the ledger refusing any is a bug, not an outcome."""
+    transfers = [transfer for _, step in steps for transfer in step]
+    if not transfers:
+        return
+    outcome = await tx.post(transfers, lock_accounts_first=True)
+    start = 0
+    for cashout, step in steps:
+        results = outcome.results[start : start + len(step)]
+        start += len(step)
+        if not all(result is PostResult.OK for result in results):
+            refused = sorted({r.value for r in results if r is not PostResult.OK})
+            raise RuntimeError(f"cash-out {cashout.cashout_id}: ledger refused {refused}")
 
 
 async def post_all(tx: LedgerTransaction, cashout: Cashout, transfers: list[Transfer]) -> None:
     """Post one step's linked transfers; the ledger refusing any is a bug, not an outcome."""
-    outcome = await tx.post(transfers, lock_accounts_first=True)
-    if not all(result is PostResult.OK for result in outcome.results):
-        refused = sorted({r.value for r in outcome.results if r is not PostResult.OK})
-        raise RuntimeError(f"cash-out {cashout.cashout_id}: ledger refused {refused}")
+    await post_steps(tx, [(cashout, transfers)])
 
 
 # A hold an operator cancelled (services/cashout/recovery.py) ------------------------------------

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
@@ -16,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from schemas import topics
 from schemas.events import ID_LENGTH_MAX, CashoutUpdated
 from services.rates.fx import decimal_text
-from services.runtime.outbox_rows import queue
 
 CASHOUT_LIST_LIMIT_MAX = 1_000
 OPEN_STATUSES = ("held", "submitted")
@@ -77,25 +77,179 @@ class Cashout:
         )
 
 
+@dataclass(slots=True)
+class Transition:
+    """A cash-out's change of state to store: the cash-out as it stands in that state (a copy,
+    when it changes again in the same batch), the transition's detail, and a message to queue
+    right after its `cashouts.updated` under the same key (a payout request: (topic, payload))."""
+
+    cashout: Cashout
+    detail: str = ""
+    then_queue: tuple[str, str] | None = None
+
+
+_INSERT_CASHOUTS = text(
+    """
+    INSERT INTO cashouts (cashout_id, creator_id, asset, amount, payout_currency, payout_amount,
+        usd_value_micros, rate_card_version, fx_numerator, fx_denominator, status, rejected_rule,
+        failure_code, payout_account_ref, requested_on, occurred_at)
+    SELECT * FROM unnest(
+        CAST(:ids AS text[]), CAST(:creators AS text[]), CAST(:assets AS text[]),
+        CAST(:amounts AS bigint[]), CAST(:currencies AS text[]), CAST(:payouts AS bigint[]),
+        CAST(:usd AS bigint[]), CAST(:cards AS integer[]), CAST(:fx_n AS bigint[]),
+        CAST(:fx_d AS bigint[]), CAST(:statuses AS text[]), CAST(:rules AS text[]),
+        CAST(:failures AS text[]), CAST(:refs AS text[]), CAST(:days AS date[]),
+        CAST(:occurred_at AS timestamptz[]))
+    """
+)
+
+_UPDATE_CASHOUTS = text(
+    """
+    UPDATE cashouts c SET payout_amount = u.payout, usd_value_micros = u.usd,
+        rate_card_version = u.card, fx_numerator = u.fx_n, fx_denominator = u.fx_d,
+        status = u.status, rejected_rule = u.rule, failure_code = u.failure,
+        payout_account_ref = u.ref, updated_at = clock_timestamp()
+    FROM unnest(
+        CAST(:ids AS text[]), CAST(:payouts AS bigint[]), CAST(:usd AS bigint[]),
+        CAST(:cards AS integer[]), CAST(:fx_n AS bigint[]), CAST(:fx_d AS bigint[]),
+        CAST(:statuses AS text[]), CAST(:rules AS text[]), CAST(:failures AS text[]),
+        CAST(:refs AS text[])) AS u(id, payout, usd, card, fx_n, fx_d, status, rule, failure, ref)
+    WHERE c.cashout_id = u.id
+    """
+)
+
+# In list order: the identity (`seq`) follows the order the rows are inserted in.
+_INSERT_TRANSITIONS = text(
+    """
+    INSERT INTO cashout_transitions (cashout_id, status, detail)
+    SELECT t.id, t.status, t.detail
+    FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:details AS text[]))
+         WITH ORDINALITY AS t(id, status, detail, position)
+    ORDER BY t.position
+    RETURNING seq, at
+    """
+)
+
+# In list order, so each key's messages leave in the order they were queued.
+_QUEUE = text(
+    """
+    INSERT INTO outbox (topic_prefix, topic, message_key, payload)
+    SELECT CAST(:prefix AS text), q.topic, q.message_key, q.payload
+    FROM unnest(CAST(:topics AS text[]), CAST(:keys AS text[]), CAST(:payloads AS bytea[]))
+         WITH ORDINALITY AS q(topic, message_key, payload, position)
+    ORDER BY q.position
+    """
+)
+
+
+def _changing_columns(cashouts: Sequence[Cashout]) -> dict[str, list[Any]]:
+    return {
+        "ids": [c.cashout_id for c in cashouts],
+        "payouts": [c.payout_amount for c in cashouts],
+        "usd": [c.usd_value_micros for c in cashouts],
+        "cards": [c.rate_card_version for c in cashouts],
+        "fx_n": [c.fx_numerator for c in cashouts],
+        "fx_d": [c.fx_denominator for c in cashouts],
+        "statuses": [c.status for c in cashouts],
+        "rules": [c.rejected_rule for c in cashouts],
+        "failures": [c.failure_code for c in cashouts],
+        "refs": [c.payout_account_ref for c in cashouts],
+    }
+
+
+async def insert_cashouts(conn: AsyncConnection, cashouts: Sequence[Cashout]) -> None:
+    """New cash-outs' rows, in one statement."""
+    if not cashouts:
+        return
+    await conn.execute(
+        _INSERT_CASHOUTS,
+        {
+            **_changing_columns(cashouts),
+            "creators": [c.creator_id for c in cashouts],
+            "assets": [c.asset for c in cashouts],
+            "amounts": [c.amount for c in cashouts],
+            "currencies": [c.payout_currency for c in cashouts],
+            "days": [c.occurred_at.astimezone(UTC).date() for c in cashouts],
+            "occurred_at": [c.occurred_at for c in cashouts],
+        },
+    )
+
+
+async def update_cashouts(conn: AsyncConnection, cashouts: Sequence[Cashout]) -> None:
+    """Stored cash-outs' rows set to their current state, in one statement; each cash-out at
+    most once."""
+    if not cashouts:
+        return
+    columns = _changing_columns(cashouts)
+    assert len(set(columns["ids"])) == len(cashouts), "a cash-out updated twice in one statement"
+    await conn.execute(_UPDATE_CASHOUTS, columns)
+
+
+async def store_transitions(conn: AsyncConnection, transitions: Sequence[Transition]) -> None:
+    """Store the state changes, in order, in one statement; each cash-out's `transitioned_at`
+    becomes its transition's time."""
+    if not transitions:
+        return
+    stored = (
+        await conn.execute(
+            _INSERT_TRANSITIONS,
+            {
+                "ids": [t.cashout.cashout_id for t in transitions],
+                "statuses": [t.cashout.status for t in transitions],
+                "details": [t.detail for t in transitions],
+            },
+        )
+    ).all()
+    moments = [row.at for row in sorted(stored, key=lambda row: row.seq)]
+    for transition, moment in zip(transitions, moments, strict=True):
+        transition.cashout.transitioned_at = moment
+
+
+async def queue_transitions(
+    conn: AsyncConnection, transitions: Sequence[Transition], topic_prefix: str
+) -> None:
+    """Queue stored state changes for `cashouts.updated`, in order, each followed by its
+    `then_queue` message, on the topics of the deployment with `topic_prefix`: one statement."""
+    queued: list[tuple[str, str, bytes]] = []
+    for transition in transitions:
+        cashout = transition.cashout
+        if cashout.transitioned_at is None:
+            raise ValueError(f"the transition of {cashout.cashout_id} has not been stored")
+        event = cashout.updated_event(cashout.transitioned_at)
+        queued.append(
+            (topics.CASHOUTS_UPDATED, cashout.creator_id, event.model_dump_json().encode())
+        )
+        if transition.then_queue is not None:
+            topic, payload = transition.then_queue
+            queued.append((topic, cashout.creator_id, payload.encode()))
+    if not queued:
+        return
+    await conn.execute(
+        _QUEUE,
+        {
+            "prefix": topic_prefix,
+            "topics": [topic for topic, _, _ in queued],
+            "keys": [key for _, key, _ in queued],
+            "payloads": [payload for _, _, payload in queued],
+        },
+    )
+
+
+async def record_transitions(
+    conn: AsyncConnection, transitions: Sequence[Transition], topic_prefix: str
+) -> None:
+    """Store the state changes with their times and queue them for `cashouts.updated` (on the
+    topics of the deployment with `topic_prefix`): two statements, whatever their number."""
+    await store_transitions(conn, transitions)
+    await queue_transitions(conn, transitions, topic_prefix)
+
+
 async def record_transition(
     conn: AsyncConnection, cashout: Cashout, topic_prefix: str, detail: str = ""
 ) -> None:
     """Store the state change with its time and queue it for `cashouts.updated` (on the topics
     of the deployment with `topic_prefix`)."""
-    moment = (
-        await conn.execute(
-            text(
-                "INSERT INTO cashout_transitions (cashout_id, status, detail)"
-                " VALUES (:id, :status, :detail) RETURNING at"
-            ),
-            {"id": cashout.cashout_id, "status": cashout.status, "detail": detail},
-        )
-    ).scalar_one()
-    cashout.transitioned_at = moment
-    event = cashout.updated_event(moment)
-    await queue(
-        conn, topic_prefix, topics.CASHOUTS_UPDATED, cashout.creator_id, event.model_dump_json()
-    )
+    await record_transitions(conn, [Transition(cashout, detail)], topic_prefix)
 
 
 _CASHOUT_ROWS = """

@@ -38,16 +38,8 @@ from schemas.events import (
     PayoutUpdated,
     TipReceived,
 )
-from services.cashout.desk import (
-    CashoutDesk,
-    hold_source,
-    hold_target,
-    lock_creators,
-    request_accounts,
-    settlement_accounts,
-)
+from services.cashout.desk import CashoutDesk, request_accounts
 from services.cashout.profiles import apply_creator_updates
-from services.cashout.store import load_cashouts
 from services.ingestion.event_store import EventStore
 from services.ingestion.event_transfers import (
     GIFT_DIAMOND_SOURCE,
@@ -124,17 +116,16 @@ async def _gifts_in(
     account_ids: dict[str, int],
     early_letters: list[DeadLetter],
 ) -> BatchReport:
-    """The transaction of one batch of gifts. A gift applied meanwhile by another consumer
-    fails it on the event's or the transfer's unique key: the unit of work runs again, and then
-    finds that gift applied.
+    """The transaction of one batch of gifts. Its events are recorded as applied unless they
+    are already (`EventStore.claim_applied`); one that another consumer is applying meanwhile
+    is recorded once that consumer commits or rolls back, and then found applied or recorded.
 
     The applied events and dead letters are written first: the ledger's write locks the
     platform's accounts, which every consumer's batch of gifts updates, until the commit."""
     report = BatchReport()
     conn = tx.connection
     events = context.events
-    fresh = await events.drop_applied(conn, topics.GIFTS_SENT, items, report)
-    await events.record_applied(conn, topics.GIFTS_SENT, fresh)
+    fresh = await events.claim_applied(conn, topics.GIFTS_SENT, items, report)
     await events.record_dead_letters(
         conn, topics.GIFTS_SENT, [*early_letters, *report.dead_letters]
     )
@@ -154,23 +145,29 @@ def gift_batch(
 
     The coin transfer's id is new on every attempt: it is stored only with the gifts it counts,
     in the same transaction, and a redelivered gift is filtered out before it is counted again."""
-    batch = NewTransfers()
-    source_id = account_ids[GIFT_DIAMOND_SOURCE.name]
+    planned = [gifts[event.event_id] for event in events]
+    size = len(planned)
+    # Column by column: a list per column costs less than a call per gift.
+    versions: list[int | None] = [gift.rate_card_version for gift in planned]
+    event_ids: list[str | None] = [event.event_id for event in events]
+    texts: list[str | None] = [gift.metadata_text for gift in planned]
+    batch = NewTransfers(
+        ids=[gift.transfer_id for gift in planned],
+        debit_account_ids=[account_ids[GIFT_DIAMOND_SOURCE.name]] * size,
+        credit_account_ids=[account_ids[gift.creator_account.name] for gift in planned],
+        amounts=[gift.milli_diamonds for gift in planned],
+        codes=[_GIFT_DIAMONDS] * size,
+        rate_card_versions=versions,
+        event_ids=event_ids,
+        metadata_texts=texts,
+    )
     coins_by_version: dict[int, tuple[int, int]] = {}
-    for event in events:
-        gift = gifts[event.event_id]
-        batch.add(
-            transfer_id=gift.transfer_id,
-            debit_account_id=source_id,
-            credit_account_id=account_ids[gift.creator_account.name],
-            amount=gift.milli_diamonds,
-            code=_GIFT_DIAMONDS,
-            rate_card_version=gift.rate_card_version,
-            event_id=event.event_id,
-            metadata_text=gift.metadata_text,
+    for event, gift in zip(events, planned, strict=True):
+        coins, gift_count = coins_by_version.get(gift.rate_card_version, (0, 0))
+        coins_by_version[gift.rate_card_version] = (
+            coins + event.coins * event.count,
+            gift_count + 1,
         )
-        coins, count = coins_by_version.get(gift.rate_card_version, (0, 0))
-        coins_by_version[gift.rate_card_version] = (coins + event.coins * event.count, count + 1)
     for version, (coins, count) in sorted(coins_by_version.items()):
         leg = batch_coin_leg(coins, count)
         batch.add(
@@ -466,7 +463,7 @@ async def _apply_cashouts(
     specs: list[AccountSpec],
     report: BatchReport,
 ) -> None:
-    """Cash-out requests and payout results, one at a time in one transaction per batch."""
+    """Cash-out requests and payout results, applied together in one transaction per batch."""
     account_ids = await context.ledger.account_ids(specs)
     early_letters = list(report.dead_letters)
     events = context.events
@@ -492,13 +489,12 @@ async def _requests_in(
     fresh: list[ParsedEvent],
     account_ids: dict[str, int],
 ) -> list[ParsedEvent]:
-    """Apply a batch's new cash-out requests. Their creators' locks are all taken first, in key
-    order, before any request locks an account (see `services.cashout.desk`)."""
+    """Apply a batch's new cash-out requests together (`CashoutDesk.requests`): their creators'
+    locks are all taken first, in key order, before any request locks an account (see
+    `services.cashout.desk`)."""
     requests = [item.event for item in fresh if isinstance(item.event, CashoutRequested)]
     assert len(requests) == len(fresh)
-    await lock_creators(tx.connection, [request.creator_id for request in requests])
-    for request in requests:
-        await context.desk.request(tx, request, context.rate_cards, account_ids)
+    await context.desk.requests(tx, requests, context.rate_cards, account_ids)
     return fresh
 
 
@@ -508,27 +504,15 @@ async def _results_in(
     fresh: list[ParsedEvent],
     report: BatchReport,
 ) -> list[ParsedEvent]:
-    """Apply a batch's new payout results; one the desk refuses (an unknown cash-out, or one
-    not in a state the result applies to) is dead-lettered with the reason."""
+    """Apply a batch's new payout results together (`CashoutDesk.payout_results`, which locks
+    their cash-outs before any account, in id order, as the outbox relay locks the ones it
+    submits); one the desk refuses (an unknown cash-out, or one not in a state the result
+    applies to) is dead-lettered with the reason."""
     results = [item.event for item in fresh if isinstance(item.event, PayoutUpdated)]
     assert len(results) == len(fresh)
-    # Locked before any account, in id order, as the outbox relay locks the ones it submits.
-    ids = [result.cashout_id for result in results]
-    cashouts = await load_cashouts(tx.connection, ids, lock=True)
-    specs = [
-        spec
-        for cashout in cashouts.values()
-        for spec in (
-            hold_source(cashout.creator_id, cashout.asset),
-            hold_target(cashout.creator_id, cashout.asset),
-            *settlement_accounts(cashout.payout_currency),
-        )
-    ]
-    # Created with the request, so normally known to the ledger's cache: no statement at all.
-    account_ids = await context.ledger.account_ids(specs)
+    refusals = await context.desk.payout_results(tx, context.ledger, results, context.rate_cards)
     applied: list[ParsedEvent] = []
-    for item, result in zip(fresh, results, strict=True):
-        refusal = await context.desk.payout_result(tx, result, context.rate_cards, account_ids)
+    for item, result, refusal in zip(fresh, results, refusals, strict=True):
         if refusal is None:
             applied.append(item)
             continue
