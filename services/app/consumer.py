@@ -159,9 +159,10 @@ class ConsumerService:
         return f"{self.settings.kafka_topic_prefix}{topic}"
 
     def batch_size_max(self, topic: str) -> int:
-        """Cash-out requests and payout results are applied one by one (each locks a creator's
-        balance or a cash-out); small batches keep each transaction short, so the outbox and
-        the bank hear about the first ones without waiting for a big batch to commit."""
+        """Cash-out requests and payout results are applied a batch at a time (one read per
+        kind of fact, one post per round: `services.cashout.desk`), but each locks creators and
+        cash-outs until its commit; small batches keep those locks short, so the outbox and the
+        bank hear about the first ones without waiting for a big batch to commit."""
         if topic in (topics.CASHOUTS_REQUESTED, topics.PAYOUTS_UPDATED):
             return min(self.settings.consumer_batch_size_max, CASHOUT_BATCH_SIZE_MAX)
         return self.settings.consumer_batch_size_max
