@@ -132,6 +132,7 @@ PROCESSES_MAX = 16
 LEDGER_WRITERS = 2  # concurrent writers of the ledger-alone measurement
 LEDGER_ALONE_TAG = "l"  # event ids of the ledger-alone gifts: gift-l-<index>
 
+CALIBRATION_ADDITIONS = 5_000_000
 TARGET_GIFTS_PER_S = 20_000
 TARGET_RATIO = 10.0
 TARGET_P99_MS = 500.0
@@ -780,6 +781,17 @@ async def kafka() -> AsyncIterator[tuple[str, str]]:
         yield broker.bootstrap_servers, "embedded Tansu"
 
 
+def python_loop_s() -> float:
+    """CPU seconds of a fixed Python loop (5 million additions): the machine's calibration, to
+    read the figures of one run beside another's."""
+    started = time.process_time()
+    total = 0
+    for number in range(CALIBRATION_ADDITIONS):
+        total += number
+    assert total > 0
+    return time.process_time() - started
+
+
 def mib(size: int) -> str:
     return f"{size / 2**20:,.0f} MiB"
 
@@ -836,6 +848,7 @@ async def run(options: Options) -> Figures:
                 "partitions": small.kafka_partition_count,
                 "consumer_batch_size_max": small.consumer_batch_size_max,
                 "consumer_batch_wait_ms": small.consumer_batch_wait_ms,
+                "python_loop_5m_additions_s": round(python_loop_s(), 3),
             }
             await run_phases(
                 options, figures, engine, url, producer, bootstrap_servers, bigs, small

@@ -24,7 +24,7 @@ from services.ingestion.records import (
     DeadLetter,
     InputRecord,
     ParsedEvent,
-    parse_record,
+    parse_records,
 )
 from services.rates.rate_cards import RateCardBook
 from services.runtime import metrics
@@ -75,8 +75,7 @@ class Ingestor:
             raise ValueError(f"{topic} is not a consumed topic")
         parsed: list[ParsedEvent] = []
         report = BatchReport()
-        for record in records:
-            outcome = parse_record(topic, record)
+        for outcome in parse_records(topic, records):
             if isinstance(outcome, DeadLetter):
                 report.dead_letters.append(outcome)
             else:
