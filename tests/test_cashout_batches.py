@@ -379,6 +379,18 @@ _results = st.lists(
 )
 
 
+async def test_a_request_worth_less_than_one_cent_is_rejected_as_below_the_minimum(
+    engine: AsyncEngine,
+) -> None:
+    """One Diamond converts to 0 cents: the request is rejected with `minimum` and stored with
+    no payout amount, batched or not, never failing the batch on the table's check."""
+    requests = [Request(0, 1, 0, "USD"), Request(0, 2_000, 0, "USD")]
+    at_once, one_by_one = await _both_ways(engine, [(7_000, ELIGIBLE)], requests, frozenset(), [])
+    assert at_once == one_by_one
+    outcomes = [(row[0], row[1]) for _, row in sorted(at_once["cash-outs"].items())]
+    assert outcomes == [("rejected", "minimum"), ("held", None)]
+
+
 @settings(
     max_examples=EXAMPLE_COUNT_MAX,
     deadline=None,

@@ -289,7 +289,9 @@ class CashoutDesk:
         if payout_fx is None:
             return "fx_rate"
         conversion = convert(cashout.asset, cashout.amount, diamonds_per_usd, payout_fx, payout_fx)
-        cashout.payout_amount = conversion.payout_amount
+        # Stored only when there is something to pay: a request worth less than one minor unit
+        # is rejected below (`minimum`) with no payout amount, never with 0.
+        cashout.payout_amount = conversion.payout_amount or None
         cashout.usd_value_micros = math.floor(conversion.usd_value * USD_MICROS)
         cashout.fx_numerator = payout_fx.units_per_usd.numerator
         cashout.fx_denominator = payout_fx.units_per_usd.denominator
