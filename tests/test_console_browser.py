@@ -48,6 +48,8 @@ SCREENSHOTS = Path(
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 ACTION_WAIT_MS = 20_000
+SCREENSHOT_ATTEMPTS_MAX = 3
+SCREENSHOT_RETRY_PAUSE_MS = 500
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -56,6 +58,7 @@ pytestmark = pytest.mark.skipif(
 
 if CHROMIUM.exists():
     from playwright.sync_api import Browser, Page, sync_playwright
+    from playwright.sync_api import Error as PlaywrightError
 
 __all__ = ["console_api", "console_data", "seeded_ledger"]
 
@@ -84,8 +87,18 @@ class Visit:
         return answer.status
 
     def screenshot(self, name: str) -> None:
+        """A picture of the page for the docs. Chromium now and then answers a capture with
+        "Unable to capture screenshot" while the machine is busy: tried again, at most
+        SCREENSHOT_ATTEMPTS_MAX times, after a short pause; the last failure is raised."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+        for attempt in range(1, SCREENSHOT_ATTEMPTS_MAX + 1):
+            try:
+                self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+                return
+            except PlaywrightError:
+                if attempt == SCREENSHOT_ATTEMPTS_MAX:
+                    raise
+                self.page.wait_for_timeout(SCREENSHOT_RETRY_PAUSE_MS)
 
     def heading(self) -> str:
         return self.page.locator("h1").inner_text()
