@@ -214,6 +214,9 @@ class TrialBalanceLine:
     kind: str
     debits: int
     credits: int
+    # 1 for an account's own line; in `trial_balance_creators_summed`, a line of creators'
+    # accounts of one kind (named `creator:*:ASSET:SUFFIX`) counts the accounts it sums
+    account_count: int = 1
 
     @property
     def balance(self) -> int:
@@ -228,6 +231,34 @@ _TRIAL_BALANCE_NOW = """
     WHERE a.debits_posted <> 0 OR a.credits_posted <> 0
     ORDER BY a.asset, a.name
 """
+
+
+# Platform accounts one line each; creators' accounts one line per asset and kind, named by what
+# their names share (`creator:*:DIAMOND:available`: the part after the last colon).
+_TRIAL_BALANCE_NOW_CREATORS_SUMMED = """
+    SELECT a.asset, s.scale, a.name AS account_name, a.kind,
+           a.debits_posted AS debits, a.credits_posted AS credits, 1 AS account_count
+    FROM accounts a
+    JOIN assets s ON s.code = a.asset
+    WHERE (a.debits_posted <> 0 OR a.credits_posted <> 0) AND a.name NOT LIKE 'creator:%'
+    UNION ALL
+    SELECT a.asset, s.scale, 'creator:*:' || a.asset || ':' || min(substring(a.name FROM '[^:]*$')),
+           a.kind, sum(a.debits_posted)::bigint, sum(a.credits_posted)::bigint,
+           count(*)::integer
+    FROM accounts a
+    JOIN assets s ON s.code = a.asset
+    WHERE (a.debits_posted <> 0 OR a.credits_posted <> 0) AND a.name LIKE 'creator:%'
+    GROUP BY a.asset, s.scale, a.kind
+    ORDER BY 1, 3
+"""
+
+
+async def trial_balance_creators_summed(conn: AsyncConnection) -> list[TrialBalanceLine]:
+    """The trial balance as of now with creators' accounts summed per asset and kind in the
+    database: the lines `giftledger trial-balance` and the console print, without reading one row
+    per creator account (10,000 creators hold some 30,000 accounts)."""
+    rows = await conn.execute(text(_TRIAL_BALANCE_NOW_CREATORS_SUMMED))
+    return [TrialBalanceLine(**row._mapping) for row in rows]
 
 
 async def trial_balance(

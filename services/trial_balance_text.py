@@ -63,7 +63,8 @@ def grouped_amount(amount_minor: int, asset: str) -> str:
 
 def asset_rows(lines: Sequence[TrialBalanceLine], asset: str) -> list[Row]:
     """The asset's rows: each platform account, and one summed row per kind of creators'
-    accounts (`creator:*:DIAMOND:available (3 accounts)`), ordered by type, then label."""
+    accounts (`creator:*:DIAMOND:available (3 accounts)`), ordered by type, then label. The lines
+    may be one per account or creators' already summed per kind (`account_count`)."""
     rows: list[Row] = []
     creators: dict[str, tuple[int, int]] = {}  # kind -> (balance, accounts)
     suffixes: dict[str, str] = {}
@@ -72,7 +73,7 @@ def asset_rows(lines: Sequence[TrialBalanceLine], asset: str) -> list[Row]:
             continue
         if line.account_name.startswith("creator:"):
             balance, count = creators.get(line.kind, (0, 0))
-            creators[line.kind] = (balance + line.balance, count + 1)
+            creators[line.kind] = (balance + line.balance, count + line.account_count)
             suffixes[line.kind] = line.account_name.rsplit(":", 1)[1]
             continue
         kind = kind_type(line.kind)

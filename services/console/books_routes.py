@@ -1,7 +1,8 @@
 """The console's Books pages (GET), for finance and operators alike: nothing here acts.
 
-- `/books`: the trial balance as of now (`ledger.queries.trial_balance`, grouped by accounting type
-  as `giftledger trial-balance` prints it), the period closes (`ledger.closes.list_closes`), and
+- `/books`: the trial balance as of now (`ledger.queries.trial_balance_creators_summed`: creators'
+  accounts summed per kind in the database), grouped by accounting type as `giftledger
+  trial-balance` prints it, the period closes (`ledger.closes.list_closes`), and
   the bank reconciliation runs, newest first (`services.reconcile.store`);
 - `/books/journal?period=YYYY-MM`: a month's journal a page at a time (`ledger.journal`, the lines
   of `giftledger journal` and `GET /v1/journal`), with the month's totals per asset and its close;
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from ledger.closes import list_closes
 from ledger.journal import asset_totals, journal_basis, journal_page
 from ledger.periods import PERIOD_YEAR_MAX, PERIOD_YEAR_MIN, Period, parse_period, period_of
-from ledger.queries import trial_balance
+from ledger.queries import trial_balance_creators_summed
 from services.console.context import (
     console_of,
     message_page,
@@ -54,7 +55,7 @@ async def books(request: Request) -> Response:
         return not_signed_in(request)
     before = query_int(request, "before", 1, ID_MAX)
     async with console_of(request).reader() as conn:
-        lines = await trial_balance(conn)
+        lines = await trial_balance_creators_summed(conn)
         card = (await load_rate_cards(conn)).in_force_at(datetime.now(UTC))
         closes = await list_closes(conn)
         runs, older_than = await list_reconciliations(
