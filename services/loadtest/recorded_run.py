@@ -17,8 +17,6 @@ Balances are not compared: nothing says what they should be.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -139,11 +137,3 @@ async def check_recorded(run: RecordedRun, report: LoadtestReport, since: dateti
         report.cashouts = {row.status: row.n for row in rows}
     report.warnings.append(NOT_PREDICTED)
     report.matched = not report.mismatches and not report.verify_problems
-
-
-async def stop_sampler(sampler: asyncio.Task[None] | None) -> None:
-    if sampler is None:
-        return
-    sampler.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sampler
