@@ -24,6 +24,13 @@ from ledger.verify_checkpoints import (
     write_checkpoint,
 )
 from ledger.verify_incremental import WINDOW_CHECK_NAMES, check_since
+from ledger.verify_sql import (
+    clearing_legs_ctes,
+    diamonds_moved_ctes,
+    gift_coins_reconcile_with_diamonds,
+    transfer_assets_match_accounts,
+    transfer_sides_cte,
+)
 
 PROBLEM_COUNT_MAX = 100
 
@@ -66,16 +73,8 @@ _CHECKS: dict[str, str] = {
         WHERE (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending)
            <> (s.dp, s.cp, s.dpend, s.cpend)
     """,
-    "balances_after_match_running_totals": """
-        WITH sides AS (
-            SELECT debit_account_id AS account_id, seq, id, debit_balance_after AS stored,
-                   CASE WHEN flags & 10 = 0 THEN -amount ELSE 0 END AS change
-            FROM transfers
-            UNION ALL
-            SELECT credit_account_id, seq, id, credit_balance_after,
-                   CASE WHEN flags & 10 = 0 THEN amount ELSE 0 END
-            FROM transfers
-        ), running AS (
+    "balances_after_match_running_totals": f"""
+        WITH {transfer_sides_cte("transfers")}, running AS (
             SELECT account_id, seq, id, stored,
                    sum(change) OVER (PARTITION BY account_id ORDER BY seq) AS expected
             FROM sides
@@ -85,7 +84,7 @@ _CHECKS: dict[str, str] = {
         FROM running r JOIN accounts a ON a.id = r.account_id
         WHERE r.stored <> r.expected
         ORDER BY r.seq
-    """,
+    """,  # noqa: S608
     "balance_rules_hold": """
         SELECT name || ': flags ' || flags || ' broken by totals (' || debits_posted || ', '
                || credits_posted || ', ' || debits_pending || ', ' || credits_pending || ')'
@@ -99,14 +98,7 @@ _CHECKS: dict[str, str] = {
         WHERE t.expires_at IS NOT NULL AND t.expires_at < now()
           AND NOT EXISTS (SELECT 1 FROM pending_resolutions r WHERE r.pending_id = t.id)
     """,
-    "transfer_assets_match_accounts": """
-        SELECT 'transfer ' || t.id || ' in ' || t.asset || ' touches ' || d.name || ' ('
-               || d.asset || ') and ' || c.name || ' (' || c.asset || ')'
-        FROM transfers t
-        JOIN accounts d ON d.id = t.debit_account_id
-        JOIN accounts c ON c.id = t.credit_account_id
-        WHERE d.asset <> t.asset OR c.asset <> t.asset
-    """,
+    "transfer_assets_match_accounts": transfer_assets_match_accounts("transfers"),
     "every_transfer_has_one_key": """
         SELECT 'transfer ' || coalesce(t.id, k.id) || CASE WHEN t.id IS NULL
                THEN ' has a key but no row' ELSE ' has no key' END
@@ -121,24 +113,7 @@ _CHECKS: dict[str, str] = {
         LEFT JOIN transfers x ON x.id = r.resolved_by AND x.pending_id = r.pending_id
         WHERE p.id IS NULL OR x.id IS NULL
     """,
-    "gift_coins_reconcile_with_diamonds": """
-        WITH coins AS (
-            SELECT rate_card_version AS version,
-                   sum(CASE code WHEN 2 THEN amount ELSE -amount END) AS coins
-            FROM transfers WHERE code IN (2, 4) GROUP BY rate_card_version
-        ), diamonds AS (
-            SELECT rate_card_version AS version,
-                   sum(CASE code WHEN 1 THEN amount ELSE -amount END) AS milli_diamonds
-            FROM transfers WHERE code IN (1, 3) GROUP BY rate_card_version
-        )
-        SELECT 'rate card ' || coalesce(r.version::text, 'none') || ': ' || coalesce(c.coins, 0)
-               || ' coins should give ' || coalesce(c.coins * r.milli_diamonds_per_coin, 0)
-               || ' milli-diamonds, transfers give ' || coalesce(d.milli_diamonds, 0)
-        FROM coins c FULL JOIN diamonds d USING (version)
-        LEFT JOIN rate_cards r ON r.version = coalesce(c.version, d.version)
-        WHERE r.version IS NULL
-           OR coalesce(c.coins, 0) * r.milli_diamonds_per_coin <> coalesce(d.milli_diamonds, 0)
-    """,
+    "gift_coins_reconcile_with_diamonds": gift_coins_reconcile_with_diamonds("transfers"),
     # The books (docs/accounting.md): what each liability and clearing account holds is explained
     # by the items behind it.
     "payouts_payable_matches_submitted_cashouts": """
@@ -163,23 +138,8 @@ _CHECKS: dict[str, str] = {
         WHERE coalesce(p.posted, 0) <> coalesce(o.submitted, 0)
            OR coalesce(p.pending, 0) <> coalesce(o.held, 0)
     """,
-    "clearing_accounts_explained": """
-        WITH rules (kind, item_code, codes) AS (
-            VALUES ('tips_clearing', 10, ARRAY[10, 11, 12]),
-                   ('marketplace_clearing', 30, ARRAY[30, 31])
-        ), clearing AS (
-            SELECT a.id, a.name, a.credits_posted - a.debits_posted AS balance,
-                   r.item_code, r.codes
-            FROM accounts a JOIN rules r USING (kind)
-        ), legs AS (
-            SELECT c.id, t.event_id, t.code, -t.amount AS change
-            FROM clearing c JOIN transfers t ON t.debit_account_id = c.id
-            WHERE t.flags & 10 = 0
-            UNION ALL
-            SELECT c.id, t.event_id, t.code, t.amount
-            FROM clearing c JOIN transfers t ON t.credit_account_id = c.id
-            WHERE t.flags & 10 = 0
-        ), items AS (
+    "clearing_accounts_explained": f"""
+        WITH {clearing_legs_ctes("transfers")}, items AS (
             -- an item in flight: one event's legs through the clearing, the item's own leg
             -- among them and nothing but its legs
             SELECT l.id, sum(l.change) AS change
@@ -192,7 +152,7 @@ _CHECKS: dict[str, str] = {
         FROM clearing c LEFT JOIN items i ON i.id = c.id
         GROUP BY c.id, c.name, c.balance
         HAVING c.balance <> coalesce(sum(i.change), 0)
-    """,
+    """,  # noqa: S608
     "conversion_explained_by_cashouts": """
         WITH converted AS (
             -- Diamond cash-outs submitted or paid: converted and not undone. What a payout
@@ -221,28 +181,14 @@ _CHECKS: dict[str, str] = {
           AND a.creator_id IS NULL
           AND a.credits_posted - a.debits_posted <> coalesce(e.balance, 0)
     """,
-    "diamonds_held_by_creators": """
-        WITH moved AS (
-            SELECT coalesce(sum(amount) FILTER (WHERE code = 1), 0) AS issued,
-                   coalesce(sum(amount) FILTER (WHERE code = 3), 0) AS reversed
-            FROM transfers WHERE code IN (1, 3) AND asset = 'DIAMOND' AND flags & 10 = 0
-        ), platform AS (
+    "diamonds_held_by_creators": f"""
+        WITH {diamonds_moved_ctes("transfers")}, platform AS (
             SELECT coalesce(sum(credits_posted - debits_posted)
                             FILTER (WHERE kind IN ('diamonds_redeemed', 'rounding')), 0)
                        AS redeemed,
                    coalesce(sum(debits_posted - credits_posted)
                             FILTER (WHERE kind = 'operator_adjustments'), 0) AS adjusted
             FROM accounts WHERE asset = 'DIAMOND' AND creator_id IS NULL
-        ), synthetic AS (
-            -- benchmarks' and tests' own accounts, a source of their own
-            SELECT coalesce(sum(CASE WHEN c.creator_id IS NOT NULL THEN t.amount
-                                     ELSE -t.amount END), 0) AS moved
-            FROM transfers t
-            JOIN accounts d ON d.id = t.debit_account_id
-            JOIN accounts c ON c.id = t.credit_account_id
-            WHERE t.asset = 'DIAMOND' AND t.flags & 10 = 0
-              AND ((d.kind = 'synthetic' AND c.creator_id IS NOT NULL)
-                   OR (c.kind = 'synthetic' AND d.creator_id IS NOT NULL))
         ), creators AS (
             SELECT coalesce(sum(credits_posted - debits_posted), 0) AS held
             FROM accounts WHERE asset = 'DIAMOND' AND creator_id IS NOT NULL
@@ -254,7 +200,7 @@ _CHECKS: dict[str, str] = {
                || ' milli-diamonds, but creators hold ' || held
         FROM moved, platform, synthetic s, creators
         WHERE issued - reversed - redeemed + adjusted + s.moved <> held
-    """,
+    """,  # noqa: S608
 }
 
 

@@ -36,6 +36,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.chain import walk_links
 from ledger.closes import CHECK_BALANCES, check_closed_periods
 from ledger.verify_checkpoints import ZERO_HASH, Checkpoint, Reached
+from ledger.verify_sql import (
+    clearing_legs_ctes,
+    diamonds_moved_ctes,
+    gift_coins_reconcile_with_diamonds,
+    transfer_assets_match_accounts,
+    transfer_sides_cte,
+)
 
 PROBLEM_COUNT_MAX: Final = 100
 CHAIN_CHECK: Final = "hash_chain_intact"
@@ -129,16 +136,8 @@ _WINDOW_CHECKS: Final[tuple[tuple[str, str], ...]] = (
     ),
     (
         "balances_after_match_running_totals",
-        """
-        WITH sides AS (
-            SELECT debit_account_id AS account_id, seq, id, debit_balance_after AS stored,
-                   CASE WHEN flags & 10 = 0 THEN -amount ELSE 0 END AS change
-            FROM verify_window
-            UNION ALL
-            SELECT credit_account_id, seq, id, credit_balance_after,
-                   CASE WHEN flags & 10 = 0 THEN amount ELSE 0 END
-            FROM verify_window
-        ), opening AS (
+        f"""
+        WITH {transfer_sides_cte("verify_window")}, opening AS (
             SELECT s.account_id, coalesce(b.cp - b.dp, 0) AS balance
             FROM (SELECT DISTINCT account_id FROM sides) s
             LEFT JOIN LATERAL (
@@ -162,7 +161,7 @@ _WINDOW_CHECKS: Final[tuple[tuple[str, str], ...]] = (
         JOIN accounts a ON a.id = r.account_id
         WHERE r.stored <> o.balance + r.moved
         ORDER BY r.seq
-        """,
+        """,  # noqa: S608
     ),
     (
         "no_expired_pending_left_open",
@@ -180,15 +179,7 @@ _WINDOW_CHECKS: Final[tuple[tuple[str, str], ...]] = (
     ),
     (
         "transfer_assets_match_accounts",
-        """
-        SELECT 'transfer ' || t.id || ' in ' || t.asset || ' touches ' || d.name || ' ('
-               || d.asset || ') and ' || c.name || ' (' || c.asset || ')'
-        FROM verify_window t
-        JOIN accounts d ON d.id = t.debit_account_id
-        JOIN accounts c ON c.id = t.credit_account_id
-        WHERE d.asset <> t.asset OR c.asset <> t.asset
-        ORDER BY t.seq
-        """,
+        transfer_assets_match_accounts("verify_window") + " ORDER BY t.seq",
     ),
     (
         "every_transfer_has_one_key",
@@ -215,48 +206,13 @@ _WINDOW_CHECKS: Final[tuple[tuple[str, str], ...]] = (
         ORDER BY t.seq
         """,
     ),
-    (
-        "gift_coins_reconcile_with_diamonds",
-        """
-        WITH coins AS (
-            SELECT rate_card_version AS version,
-                   sum(CASE code WHEN 2 THEN amount ELSE -amount END) AS coins
-            FROM verify_window WHERE code IN (2, 4) GROUP BY rate_card_version
-        ), diamonds AS (
-            SELECT rate_card_version AS version,
-                   sum(CASE code WHEN 1 THEN amount ELSE -amount END) AS milli_diamonds
-            FROM verify_window WHERE code IN (1, 3) GROUP BY rate_card_version
-        )
-        SELECT 'rate card ' || coalesce(r.version::text, 'none') || ', since checkpoint '
-               || CAST(:checkpoint_id AS bigint) || ': ' || coalesce(c.coins, 0)
-               || ' coins should give ' || coalesce(c.coins * r.milli_diamonds_per_coin, 0)
-               || ' milli-diamonds, transfers give ' || coalesce(d.milli_diamonds, 0)
-        FROM coins c FULL JOIN diamonds d USING (version)
-        LEFT JOIN rate_cards r ON r.version = coalesce(c.version, d.version)
-        WHERE r.version IS NULL
-           OR coalesce(c.coins, 0) * r.milli_diamonds_per_coin <> coalesce(d.milli_diamonds, 0)
-        """,
-    ),
+    ("gift_coins_reconcile_with_diamonds", gift_coins_reconcile_with_diamonds("verify_window")),
     (
         # What a clearing account moved since the checkpoint is what its items added since
         # moved: an item's legs are one event's linked transfers, posted in one batch.
         "clearing_accounts_explained",
-        """
-        WITH rules (kind, item_code, codes) AS (
-            VALUES ('tips_clearing', 10, ARRAY[10, 11, 12]),
-                   ('marketplace_clearing', 30, ARRAY[30, 31])
-        ), clearing AS (
-            SELECT a.id, a.name, r.item_code, r.codes
-            FROM accounts a JOIN rules r USING (kind)
-        ), legs AS (
-            SELECT c.id, t.event_id, t.code, -t.amount AS change
-            FROM clearing c JOIN verify_window t ON t.debit_account_id = c.id
-            WHERE t.flags & 10 = 0
-            UNION ALL
-            SELECT c.id, t.event_id, t.code, t.amount
-            FROM clearing c JOIN verify_window t ON t.credit_account_id = c.id
-            WHERE t.flags & 10 = 0
-        ), groups AS (
+        f"""
+        WITH {clearing_legs_ctes("verify_window")}, groups AS (
             SELECT l.id, sum(l.change) AS change,
                    bool_or(l.code = c.item_code) AND bool_and(l.code = ANY(c.codes)) AS is_item
             FROM legs l JOIN clearing c ON c.id = l.id
@@ -268,17 +224,13 @@ _WINDOW_CHECKS: Final[tuple[tuple[str, str], ...]] = (
         FROM clearing c JOIN groups g ON g.id = c.id
         GROUP BY c.id, c.name
         HAVING sum(g.change) <> coalesce(sum(g.change) FILTER (WHERE g.is_item), 0)
-        """,
+        """,  # noqa: S608
     ),
     (
         "diamonds_held_by_creators",
-        """
-        WITH posted AS (
+        f"""
+        WITH {diamonds_moved_ctes("verify_window")}, posted AS (
             SELECT * FROM verify_window WHERE flags & 10 = 0
-        ), moved AS (
-            SELECT coalesce(sum(amount) FILTER (WHERE code = 1), 0) AS issued,
-                   coalesce(sum(amount) FILTER (WHERE code = 3), 0) AS reversed
-            FROM posted WHERE code IN (1, 3) AND asset = 'DIAMOND'
         ), sides AS (
             SELECT a.kind, a.creator_id, a.asset, -t.amount AS change
             FROM posted t JOIN accounts a ON a.id = t.debit_account_id
@@ -292,15 +244,6 @@ _WINDOW_CHECKS: Final[tuple[tuple[str, str], ...]] = (
                                 AND kind = 'operator_adjustments'), 0) AS adjusted,
                    coalesce(sum(change) FILTER (WHERE creator_id IS NOT NULL), 0) AS held
             FROM sides WHERE asset = 'DIAMOND'
-        ), synthetic AS (
-            SELECT coalesce(sum(CASE WHEN c.creator_id IS NOT NULL THEN t.amount
-                                     ELSE -t.amount END), 0) AS moved
-            FROM posted t
-            JOIN accounts d ON d.id = t.debit_account_id
-            JOIN accounts c ON c.id = t.credit_account_id
-            WHERE t.asset = 'DIAMOND'
-              AND ((d.kind = 'synthetic' AND c.creator_id IS NOT NULL)
-                   OR (c.kind = 'synthetic' AND d.creator_id IS NOT NULL))
         )
         SELECT 'since checkpoint ' || CAST(:checkpoint_id AS bigint) || ': issued ' || issued
                || ' - reversed ' || reversed || ' - redeemed ' || redeemed
@@ -310,7 +253,7 @@ _WINDOW_CHECKS: Final[tuple[tuple[str, str], ...]] = (
                || ' milli-diamonds, but creators'' holdings moved ' || held
         FROM moved, accounts_moved, synthetic s
         WHERE issued - reversed - redeemed + adjusted + s.moved <> held
-        """,
+        """,  # noqa: S608
     ),
 )
 
