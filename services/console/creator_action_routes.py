@@ -13,6 +13,9 @@ creator's or the cash-out's page is shown again with what happened.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,8 +25,10 @@ from services.cashout.recovery import (
     CASHOUT_CANCELLED,
     PAYOUT_RESUBMITTED,
     ActionRequest,
+    CancelOutcome,
     CashoutNotFoundError,
     CashoutRecovery,
+    ResubmitOutcome,
 )
 from services.console.action_routes import RefusedError, acting_form, refusal_page, said_in
 from services.console.context import Console, console_of, not_signed_in, query_text, session_of
@@ -41,6 +46,8 @@ from services.operator.desk import (
     OperatorError,
     UnknownCreatorError,
 )
+
+OutcomeT = TypeVar("OutcomeT")
 
 
 def _operator_desk(console: Console) -> OperatorDesk:
@@ -148,48 +155,52 @@ def _recovery_refusal(error: Exception) -> RefusedError:
 _RECOVERY_ERRORS = (OperatorError, ActionKeyConflictError, InvalidActionError)
 
 
-async def cancel_hold(request: Request) -> Response:
+async def _recovery_action(
+    request: Request,
+    action: str,
+    act: Callable[[CashoutRecovery, str, ActionRequest], Awaitable[OutcomeT]],
+    outcome_text: Callable[[OutcomeT], str],
+) -> Response:
+    """Check the form for `action` on the cash-out `?id=`, `act` on it as the session's operator
+    and show the cash-out's page with `outcome_text` of what happened (or the refusal)."""
     session = session_of(request)
     if session is None:
         return not_signed_in(request)
     try:
         cashout_id, said = await _checked_request(
-            request, session, CASHOUT_CANCELLED, "No cash-out has this id."
+            request, session, action, "No cash-out has this id."
         )
         try:
-            outcome = await _cashout_recovery(console_of(request)).cancel_stale_hold(
-                cashout_id, said
-            )
+            outcome = await act(_cashout_recovery(console_of(request)), cashout_id, said)
         except _RECOVERY_ERRORS as error:
             raise _recovery_refusal(error) from None
     except RefusedError as refused:
         return refusal_page(request, session, refused)
-    return await cashout(
-        request,
-        outcome=f"Cancelled: the hold is released and the bank is told to drop the payout "
-        f"(action {outcome.action.id}{_recorded_text(outcome.recorded)}).",
+    return await cashout(request, outcome=outcome_text(outcome))
+
+
+def _cancelled_text(outcome: CancelOutcome) -> str:
+    return (
+        f"Cancelled: the hold is released and the bank is told to drop the payout "
+        f"(action {outcome.action.id}{_recorded_text(outcome.recorded)})."
+    )
+
+
+def _resubmitted_text(outcome: ResubmitOutcome) -> str:
+    resubmitted = outcome.resubmitted
+    return (
+        f"Resubmitted as {resubmitted.cashout_id} ({resubmitted.status}; action "
+        f"{outcome.action.id}{_recorded_text(outcome.recorded)})."
+    )
+
+
+async def cancel_hold(request: Request) -> Response:
+    return await _recovery_action(
+        request, CASHOUT_CANCELLED, CashoutRecovery.cancel_stale_hold, _cancelled_text
     )
 
 
 async def resubmit_payout(request: Request) -> Response:
-    session = session_of(request)
-    if session is None:
-        return not_signed_in(request)
-    try:
-        cashout_id, said = await _checked_request(
-            request, session, PAYOUT_RESUBMITTED, "No cash-out has this id."
-        )
-        try:
-            outcome = await _cashout_recovery(console_of(request)).resubmit_failed_payout(
-                cashout_id, said
-            )
-        except _RECOVERY_ERRORS as error:
-            raise _recovery_refusal(error) from None
-    except RefusedError as refused:
-        return refusal_page(request, session, refused)
-    resubmitted = outcome.resubmitted
-    return await cashout(
-        request,
-        outcome=f"Resubmitted as {resubmitted.cashout_id} ({resubmitted.status}; action "
-        f"{outcome.action.id}{_recorded_text(outcome.recorded)}).",
+    return await _recovery_action(
+        request, PAYOUT_RESUBMITTED, CashoutRecovery.resubmit_failed_payout, _resubmitted_text
     )
