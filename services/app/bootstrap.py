@@ -4,6 +4,8 @@ ingestor, consumers and simulated bank here, so all of them run what production 
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,12 +19,15 @@ from services.payout_rail.rail import PayoutRailService, RailSettings, simulated
 from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime.settings import EligibilitySettings, Settings
 
+IngestorT = TypeVar("IngestorT", bound=Ingestor)
+
 
 def build_ledger(settings: Settings, engine: AsyncEngine) -> Ledger:
     return Ledger(
         engine,
         batch_size_max=settings.ledger_batch_size_max,
         conflict_retry_count_max=settings.ledger_conflict_retry_count_max,
+        account_cache_size_max=settings.ledger_account_cache_size_max,
     )
 
 
@@ -39,7 +44,20 @@ def build_ingestor(
     *,
     eligibility: EligibilitySettings | None = None,
 ) -> Ingestor:
-    return Ingestor(
+    return build_ingestor_as(Ingestor, settings, engine, rate_cards, eligibility=eligibility)
+
+
+def build_ingestor_as(
+    ingestor_class: type[IngestorT],
+    settings: Settings,
+    engine: AsyncEngine,
+    rate_cards: RateCardBook,
+    *,
+    eligibility: EligibilitySettings | None = None,
+) -> IngestorT:
+    """`build_ingestor` as an `ingestor_class`: the product's `Ingestor` or a subclass of it that
+    takes the same arguments (the load test's, which times it)."""
+    return ingestor_class(
         build_ledger(settings, engine),
         rate_cards,
         build_desk(settings, eligibility),
@@ -49,9 +67,16 @@ def build_ingestor(
 
 async def load_ingestor(settings: Settings, engine: AsyncEngine) -> Ingestor:
     """`build_ingestor` with the rate cards stored in the database."""
+    return await load_ingestor_as(Ingestor, settings, engine)
+
+
+async def load_ingestor_as(
+    ingestor_class: type[IngestorT], settings: Settings, engine: AsyncEngine
+) -> IngestorT:
+    """`build_ingestor_as` with the rate cards stored in the database."""
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
-    return build_ingestor(settings, engine, rate_cards)
+    return build_ingestor_as(ingestor_class, settings, engine, rate_cards)
 
 
 async def start_consumers(

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.service import Ledger
-from services.app.bootstrap import build_desk, build_ledger
+from services.app.bootstrap import load_ingestor_as
 from services.cashout.desk import CashoutDesk
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, InputRecord
-from services.rates.rate_cards import RateCardBook, load_rate_cards
+from services.rates.rate_cards import RateCardBook
 from services.runtime.settings import Settings
 
 
@@ -51,14 +51,7 @@ class TimedIngestor(Ingestor):
 
 async def load_timed_ingestor(settings: Settings, engine: AsyncEngine) -> TimedIngestor:
     """A `TimedIngestor` built as `services.app.bootstrap.load_ingestor` builds the product's."""
-    async with engine.connect() as conn:
-        rate_cards = await load_rate_cards(conn)
-    return TimedIngestor(
-        build_ledger(settings, engine),
-        rate_cards,
-        build_desk(settings),
-        park_s=settings.reversal_park_s,
-    )
+    return await load_ingestor_as(TimedIngestor, settings, engine)
 
 
 def timings_document(timings: dict[str, TopicTiming]) -> dict[str, dict[str, float]]:
