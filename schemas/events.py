@@ -52,7 +52,9 @@ BIRTH_DATE_MIN = date(1900, 1, 1)
 OCCURRED_AT_MIN = datetime(2000, 1, 1, tzinfo=UTC)
 OCCURRED_AT_MAX = datetime(2999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
 
-# Visible ASCII: letters, digits and punctuation; no spaces, no control characters.
+# Visible ASCII: letters, digits and punctuation; no spaces, no control characters. The event
+# store relies on it: a batch of gifts claims its event and creator ids joined by spaces
+# (`services.ingestion.event_store._claim_parameters`), which a space in an id would split.
 VISIBLE_ASCII_PATTERN = r"^[!-~]+$"
 # Visible ASCII with at least one character that is not a digit: an opaque token, never a raw
 # account number.

@@ -56,7 +56,8 @@ SELECT_APPLIED = text(
 # Most columns come as one value each rather than an array: asyncpg checks every element of an
 # array parameter against `collections.abc.Iterable` in Python (about a fifth of a microsecond),
 # which these columns would pay per event. Ids and Kafka positions are joined by spaces (an
-# id is visible ASCII: never a space; no creator is written as ''), the hashes concatenated.
+# id is visible ASCII, `schemas.events.VISIBLE_ASCII_PATTERN`: never a space; no creator is
+# written as ''), the hashes concatenated.
 _CLAIM_APPLIED = text(
     """
     WITH wanted AS (
@@ -388,7 +389,8 @@ def _claim_parameters(topic: str, items: list[ParsedEvent]) -> dict[str, Any]:
     """The parameters of `_CLAIM_APPLIED`: the columns of the items' rows, joined."""
     event_ids = " ".join([item.event.event_id for item in items])
     creator_ids = " ".join([getattr(item.event, "creator_id", None) or "" for item in items])
-    # Validated ids hold no space (`schemas.events.Identifier`): one word per item, else stop.
+    # Validated ids hold no space (`schemas.events.Identifier`, whose pattern is
+    # `VISIBLE_ASCII_PATTERN`): one word per item, else stop.
     if event_ids.count(" ") != len(items) - 1 or creator_ids.count(" ") != len(items) - 1:
         raise ValueError("an event or creator id holds a space")
     return {
