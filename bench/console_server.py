@@ -8,32 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any, Final
+
+from services.runtime.ports import free_loopback_port, http_answers
 
 SERVER_START_TIMEOUT_S: Final = 30.0
 SERVER_STOP_TIMEOUT_S: Final = 30.0
 POLL_INTERVAL_S: Final = 0.1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 (http://127.0.0.1)
-            return int(response.status) < 500
-    except urllib.error.HTTPError as error:
-        return error.code < 500
-    except OSError:
-        return False
 
 
 def _serve(database_url: str, settings_values: dict[str, Any], port: int) -> None:
@@ -62,7 +45,7 @@ def _serve(database_url: str, settings_values: dict[str, Any], port: int) -> Non
 @contextlib.contextmanager
 def running_api(database_url: str, settings_values: dict[str, Any]) -> Iterator[str]:
     """The API (and its console) served from a child process: its base URL."""
-    port = free_port()
+    port = free_loopback_port()
     context = multiprocessing.get_context("spawn")
     process = context.Process(
         target=_serve, args=(database_url, settings_values, port), name="console-bench-api"
@@ -71,7 +54,7 @@ def running_api(database_url: str, settings_values: dict[str, Any]) -> Iterator[
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not _answers(f"{base_url}/healthz"):
+        while not http_answers(f"{base_url}/healthz"):
             if not process.is_alive():
                 raise RuntimeError(f"the API process ended with {process.exitcode}")
             if time.monotonic() > deadline:

@@ -22,11 +22,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -49,6 +46,8 @@ from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import InputRecord
 from services.rates.rate_cards import load_rate_cards
 from services.runtime.embedded_broker import create_topics
+from services.runtime.ports import free_loopback_port as free_port
+from services.runtime.ports import http_answers
 from services.runtime.settings import Settings
 from tests import event_factory as make
 from tests.books_helpers import reconcile_paid_cashout
@@ -76,22 +75,6 @@ def api_settings(kafka_bootstrap_servers: str | None = None) -> Settings:
         },
         kafka_bootstrap_servers=kafka_bootstrap_servers,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 (http://127.0.0.1)
-            return int(response.status) < 500
-    except urllib.error.HTTPError as error:
-        return error.code < 500
-    except OSError:
-        return False
 
 
 class _ServerThread(threading.Thread):
@@ -139,7 +122,7 @@ def running_api_server(database_url: str, settings: Settings) -> Iterator[str]:
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not _answers(f"{base_url}/healthz"):
+        while not http_answers(f"{base_url}/healthz"):
             assert thread.is_alive(), f"the API server stopped: {thread.error!r}"
             assert time.monotonic() < deadline, "the API server did not answer in time"
             time.sleep(0.05)
@@ -303,6 +286,7 @@ __all__ = [
     "SeededApi",
     "SeededLedger",
     "api_settings",
+    "free_port",
     "running_api_server",
     "seed_ledger",
     "seeded_api",

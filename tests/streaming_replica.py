@@ -14,7 +14,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -22,6 +21,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from services.runtime.ports import free_loopback_port
 
 with warnings.catch_warnings():
     # The wheel asks platformdirs for a runtime directory at import, which warns without
@@ -49,12 +50,6 @@ PRIMARY_SETTINGS: Final = (
     "fsync = off",
 )
 REPLICATION_HBA_LINE: Final = "host replication all 127.0.0.1/32 trust"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -108,7 +103,7 @@ class ReplicatedPair:
     def _start(self, server: _Server) -> None:
         """`pg_ctl start` on a free port; another port when that one was taken meanwhile."""
         for attempt in range(1, PORT_ATTEMPT_COUNT_MAX + 1):
-            server.port = free_port()
+            server.port = free_loopback_port()
             try:
                 self._run(
                     "pg_ctl",
