@@ -72,8 +72,8 @@ from bench.consumer_workers import (
     STARTED,
     Workers,
 )
+from bench.harness import admin_url, fixed_loop_s, fresh_database, server_version, verify_ledger
 from bench.ledger_alone import LedgerAlone, post_batches, prepare_batches
-from bench.ledger_bench import admin_url, fresh_database, server_version, verify_ledger
 from bench.log_tally import LogTally
 from ledger import chart
 from ledger.chain import append_link
@@ -784,12 +784,7 @@ async def kafka() -> AsyncIterator[tuple[str, str]]:
 def python_loop_s() -> float:
     """CPU seconds of a fixed Python loop (5 million additions): the machine's calibration, to
     read the figures of one run beside another's."""
-    started = time.process_time()
-    total = 0
-    for number in range(CALIBRATION_ADDITIONS):
-        total += number
-    assert total > 0
-    return time.process_time() - started
+    return fixed_loop_s(CALIBRATION_ADDITIONS, time.process_time)
 
 
 def mib(size: int) -> str:

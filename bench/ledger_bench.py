@@ -32,23 +32,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+# Re-exported: other benchmarks import admin_url, fresh_database, server_version and
+# verify_ledger from this module.
+from bench.harness import ASSET, Chart, check_between, create_chart
+from bench.harness import admin_url as admin_url
+from bench.harness import fresh_database as fresh_database
+from bench.harness import server_version as server_version
+from bench.harness import verify_ledger as verify_ledger
 from bench.plain_paths import (
     asyncpg_dsn,
     check_plain_run,
@@ -57,12 +61,10 @@ from bench.plain_paths import (
     run_ceiling_path,
     run_naive_path,
 )
-from ledger.accounts import ensure_accounts_in
 from ledger.chain import append_link
 from ledger.chart import AccountKind, AccountSpec
-from ledger.database import create_engine, to_async_url
+from ledger.database import create_engine
 from ledger.ids import time_ordered_id
-from ledger.migrate import upgrade_to_head
 from ledger.model import (
     TRANSFER_BATCH_SIZE_MAX,
     AccountFlags,
@@ -73,13 +75,8 @@ from ledger.model import (
     TransferCode,
 )
 from ledger.service import Ledger
-from ledger.verify import verify
-from services.runtime.embedded_postgres import EmbeddedPostgres
 
-DEFAULT_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-SERVER_PROBE_TIMEOUT_S = 3
 WORKLOAD_SEED = 20_240_601
-ASSET = "DIAMOND"
 AMOUNT_MAX = 10_000
 HOT_SHARE = 0.3
 VARIANTS = ("spread", "hot")
@@ -95,7 +92,6 @@ NAIVE_WORKLOAD_SEED = WORKLOAD_SEED + 1
 CONFLICT_RETRY_COUNT_MAX = 5
 WRITER_COUNT_MAX = 64
 ACCOUNT_COUNT_MAX = 1_000_000
-VERIFY_STATEMENT_TIMEOUT_MS = 600_000
 TRANSFER_ID_KINDS = ("time-ordered", "random")
 # Time-ordered ids advance their millisecond every this many transfers (50,000 a second).
 TRANSFERS_PER_MS = 50
@@ -156,14 +152,6 @@ class Measurement:
         return self.transfers / self.seconds
 
 
-@dataclass(frozen=True, slots=True)
-class Chart:
-    """The benchmark's accounts: the funding account and the ones it credits."""
-
-    funding_id: int
-    account_ids: list[int]
-
-
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m bench.ledger_bench", description=__doc__)
     parser.add_argument("--transfers", type=int, default=200_000, help="per variant, batch path")
@@ -193,14 +181,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     arguments = parser.parse_args(argv)
     if min(arguments.transfers, arguments.baseline_transfers, arguments.naive_transfers) < 1:
         parser.error("--transfers, --baseline-transfers and --naive-transfers must be positive")
-    if not 1 <= arguments.naive_connections <= WRITER_COUNT_MAX:
-        parser.error(f"--naive-connections must be between 1 and {WRITER_COUNT_MAX}")
-    if not 2 <= arguments.accounts <= ACCOUNT_COUNT_MAX:
-        parser.error(f"--accounts must be between 2 and {ACCOUNT_COUNT_MAX}")
-    if not 1 <= arguments.batch_size <= TRANSFER_BATCH_SIZE_MAX:
-        parser.error(f"--batch-size must be between 1 and {TRANSFER_BATCH_SIZE_MAX}")
-    if not 1 <= arguments.writers <= WRITER_COUNT_MAX:
-        parser.error(f"--writers must be between 1 and {WRITER_COUNT_MAX}")
+    check_between(parser, "--naive-connections", arguments.naive_connections, 1, WRITER_COUNT_MAX)
+    check_between(parser, "--accounts", arguments.accounts, 2, ACCOUNT_COUNT_MAX)
+    check_between(parser, "--batch-size", arguments.batch_size, 1, TRANSFER_BATCH_SIZE_MAX)
+    check_between(parser, "--writers", arguments.writers, 1, WRITER_COUNT_MAX)
     return Settings(
         transfers=arguments.transfers,
         accounts=arguments.accounts,
@@ -214,51 +198,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     )
 
 
-# The server and the fresh database.
-
-
-async def _server_answers(url: str) -> bool:
-    probe = create_async_engine(url, connect_args={"timeout": SERVER_PROBE_TIMEOUT_S})
-    try:
-        async with probe.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except (OSError, TimeoutError, SQLAlchemyError):
-        return False
-    finally:
-        await probe.dispose()
-    return True
-
-
-@contextlib.asynccontextmanager
-async def admin_url() -> AsyncIterator[tuple[str, str]]:
-    """(url of a maintenance database, where the server comes from)."""
-    configured = os.environ.get("DATABASE_URL")
-    if configured:
-        yield to_async_url(configured), "DATABASE_URL"
-    elif await _server_answers(DEFAULT_ADMIN_URL):
-        yield DEFAULT_ADMIN_URL, "127.0.0.1:5432"
-    else:
-        async with EmbeddedPostgres() as server:
-            yield server.url("postgres"), "embedded"
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(maintenance_url: str) -> AsyncIterator[str]:
-    """A new database migrated to head; dropped at the end, whatever happens."""
-    name = f"giftledger_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(maintenance_url, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(maintenance_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        engine = create_engine(url, pool_size=2)
-        await upgrade_to_head(engine)
-        await engine.dispose()
-        yield url
-    finally:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+# The chart.
 
 
 def bench_account(index: int) -> AccountSpec:
@@ -267,18 +207,10 @@ def bench_account(index: int) -> AccountSpec:
     return AccountSpec(f"bench:{index}", ASSET, AccountKind.SYNTHETIC, flags=flags)
 
 
-async def create_chart(engine: AsyncEngine, account_count: int) -> Chart:
-    """The funding account and `account_count` accounts, then ANALYZE.
-
-    ANALYZE so that no plan is made while the planner believes the accounts table empty.
-    """
-    funding = AccountSpec("bench:funding", ASSET, AccountKind.SYNTHETIC)
+async def create_bench_chart(engine: AsyncEngine, account_count: int) -> Chart:
+    """The funding account and `account_count` accounts, then ANALYZE of every table."""
     specs = [bench_account(index) for index in range(account_count)]
-    async with engine.begin() as conn:
-        ids = await ensure_accounts_in(conn, [funding, *specs])
-    async with engine.begin() as conn:
-        await conn.execute(text("ANALYZE"))
-    return Chart(ids[funding.name], [ids[spec.name] for spec in specs])
+    return await create_chart(engine, specs, analyze_table=None)
 
 
 # The workload.
@@ -554,29 +486,11 @@ def write_json(
 # Main.
 
 
-async def server_version(engine: AsyncEngine) -> str:
-    async with engine.connect() as conn:
-        return str((await conn.execute(text("SHOW server_version"))).scalar_one())
-
-
-async def verify_ledger(url: str) -> float:
-    """Run ledger.verify.verify, which must find nothing; returns the seconds it took."""
-    engine = create_engine(url, pool_size=1, statement_timeout_ms=VERIFY_STATEMENT_TIMEOUT_MS)
-    started = time.perf_counter()
-    try:
-        async with engine.connect() as conn:
-            problems = await verify(conn)
-    finally:
-        await engine.dispose()
-    assert not problems, f"verify found problems: {problems[:10]}"
-    return time.perf_counter() - started
-
-
 async def plain_chart(url: str, account_count: int) -> Chart:
     """The same chart in the plain database, and the naive path's function."""
     engine = create_engine(url, pool_size=1)
     try:
-        chart = await create_chart(engine, account_count)
+        chart = await create_bench_chart(engine, account_count)
     finally:
         await engine.dispose()
     await install_naive_function(asyncpg_dsn(url))
@@ -592,7 +506,7 @@ async def run(settings: Settings) -> None:
         engine = create_engine(url, pool_size=settings.writers + 1, pool_overflow_max=0)
         plain_dsn = asyncpg_dsn(plain_url)
         try:
-            chart = await create_chart(engine, settings.accounts)
+            chart = await create_bench_chart(engine, settings.accounts)
             # Created the same way, so with the same ids: the workloads fit both databases.
             assert await plain_chart(plain_url, settings.accounts) == chart
             rng = random.Random(WORKLOAD_SEED)

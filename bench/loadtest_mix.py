@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +48,7 @@ from typing import TextIO
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from bench.ledger_bench import admin_url, fresh_database
+from bench.harness import admin_url, fresh_database, machine_line
 from ledger.database import create_engine
 from services.cli_text import positive_int, table
 from services.loadtest.replay import ReplayMode
@@ -61,7 +59,6 @@ from services.runtime.settings import Settings, get_settings
 
 EVENTS_DEFAULT = 100_000
 SERVICE_SHARE_DEFAULT = 0.5
-CALIBRATION_ADDITIONS = 10_000_000
 STALL_S = 120.0
 
 GIFT_ONLY = StreamShape(
@@ -77,24 +74,6 @@ GIFT_ONLY = StreamShape(
     cashout_share=0.0,
 )
 MIXED = StreamShape()
-
-
-def calibration_ms() -> float:
-    """The time of a fixed Python loop: what one core gives Python on this machine now."""
-    started = time.perf_counter()
-    total = 0
-    for number in range(CALIBRATION_ADDITIONS):
-        total += number
-    assert total > 0
-    return (time.perf_counter() - started) * 1000.0
-
-
-def machine_line() -> str:
-    one, five, fifteen = os.getloadavg()
-    return (
-        f"machine: {os.cpu_count()} CPUs, load average {one:.2f} {five:.2f} {fifteen:.2f}; "
-        f"fixed Python loop ({CALIBRATION_ADDITIONS:,} additions) {calibration_ms():,.0f} ms"
-    )
 
 
 @dataclass(frozen=True, slots=True)

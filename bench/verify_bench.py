@@ -22,18 +22,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.ledger_bench import admin_url, fresh_database
-from ledger.accounts import ensure_accounts_in
+from bench.harness import (
+    ASSET,
+    Chart,
+    admin_url,
+    check_between,
+    create_chart,
+    fresh_database,
+    machine_line,
+)
 from ledger.chart import AccountKind, AccountSpec
 from ledger.database import create_engine
 from ledger.model import TRANSFER_BATCH_SIZE_MAX, NewTransfers, TransferCode
@@ -42,7 +47,6 @@ from services.commands.books import verify_command
 from services.commands.common import EXIT_OK
 
 WORKLOAD_SEED = 20_261_204
-ASSET = "DIAMOND"
 AMOUNT_MAX = 10_000
 ACCOUNT_COUNT_MAX = 1_000_000
 TRANSFER_COUNT_MAX = 100_000_000
@@ -50,7 +54,6 @@ WRITER_COUNT_MAX = 16
 PROGRESS_EVERY_TRANSFERS = 500_000
 # A full check of millions of transfers runs single statements for minutes.
 VERIFY_STATEMENT_TIMEOUT_MS = 3_600_000
-CALIBRATION_ADDITIONS = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +77,12 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--batch-size", type=int, default=1_000)
     parser.add_argument("--writers", type=int, default=2)
     arguments = parser.parse_args(argv)
-    if not 1 <= arguments.transfers <= TRANSFER_COUNT_MAX:
-        parser.error(f"--transfers must be between 1 and {TRANSFER_COUNT_MAX:,}")
+    check_between(parser, "--transfers", arguments.transfers, 1, TRANSFER_COUNT_MAX)
     if not 0 < arguments.added_percent <= 100:
         parser.error("--added-percent must be above 0 and at most 100")
-    if not 1 <= arguments.accounts <= ACCOUNT_COUNT_MAX:
-        parser.error(f"--accounts must be between 1 and {ACCOUNT_COUNT_MAX:,}")
-    if not 1 <= arguments.batch_size <= TRANSFER_BATCH_SIZE_MAX:
-        parser.error(f"--batch-size must be between 1 and {TRANSFER_BATCH_SIZE_MAX}")
-    if not 1 <= arguments.writers <= WRITER_COUNT_MAX:
-        parser.error(f"--writers must be between 1 and {WRITER_COUNT_MAX}")
+    check_between(parser, "--accounts", arguments.accounts, 1, ACCOUNT_COUNT_MAX)
+    check_between(parser, "--batch-size", arguments.batch_size, 1, TRANSFER_BATCH_SIZE_MAX)
+    check_between(parser, "--writers", arguments.writers, 1, WRITER_COUNT_MAX)
     return Settings(
         transfers=arguments.transfers,
         added_percent=arguments.added_percent,
@@ -93,23 +92,14 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Chart:
-    funding_id: int
-    account_ids: list[int]
-
-
-async def create_chart(engine: AsyncEngine, account_count: int) -> Chart:
-    funding = AccountSpec("bench:funding", ASSET, AccountKind.SYNTHETIC)
+async def create_bench_chart(engine: AsyncEngine, account_count: int) -> Chart:
+    """The funding account and `account_count` accounts without balance rules, then ANALYZE of
+    the accounts table."""
     specs = [
         AccountSpec(f"bench:{index}", ASSET, AccountKind.SYNTHETIC)
         for index in range(account_count)
     ]
-    async with engine.begin() as conn:
-        ids = await ensure_accounts_in(conn, [funding, *specs])
-    async with engine.begin() as conn:
-        await conn.execute(text("ANALYZE accounts"))
-    return Chart(ids[funding.name], [ids[spec.name] for spec in specs])
+    return await create_chart(engine, specs, analyze_table="accounts")
 
 
 def make_batch(chart: Chart, seed: int, size: int) -> NewTransfers:
@@ -162,24 +152,6 @@ async def timed_verify(engine: AsyncEngine, *, full: bool) -> float:
     return seconds
 
 
-def calibration_ms() -> float:
-    """The time of a fixed Python loop: what one core gives Python on this machine now."""
-    started = time.perf_counter()
-    total = 0
-    for number in range(CALIBRATION_ADDITIONS):
-        total += number
-    assert total > 0
-    return (time.perf_counter() - started) * 1000.0
-
-
-def machine_line() -> str:
-    one, five, fifteen = os.getloadavg()
-    return (
-        f"machine: {os.cpu_count()} CPUs, load average {one:.2f} {five:.2f} {fifteen:.2f}; "
-        f"fixed Python loop ({CALIBRATION_ADDITIONS:,} additions) {calibration_ms():,.0f} ms"
-    )
-
-
 async def run(settings: Settings) -> None:
     print(machine_line())
     async with admin_url() as (maintenance_url, source), fresh_database(maintenance_url) as url:
@@ -190,7 +162,7 @@ async def run(settings: Settings) -> None:
             statement_timeout_ms=VERIFY_STATEMENT_TIMEOUT_MS,
         )
         try:
-            chart = await create_chart(engine, settings.accounts)
+            chart = await create_bench_chart(engine, settings.accounts)
             post_s, batches = await post_transfers(engine, chart, settings.transfers, 0, settings)
             print(
                 f"posted {settings.transfers:,} transfers in {post_s:.1f} s"

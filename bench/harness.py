@@ -1,0 +1,168 @@
+"""What the benchmarks set up and check the same way.
+
+- The server: `DATABASE_URL`'s, else 127.0.0.1:5432 when it answers, else the embedded
+  PostgreSQL (`admin_url`); a fresh database `giftledger_bench_<random>` on it, migrated to head
+  and dropped at the end (`fresh_database`); its version; `ledger.verify.verify` at the end
+  (`verify_ledger`).
+- The bench chart: a funding account and the accounts it credits (`create_chart`).
+- The machine: a fixed Python loop timed, what one core gives Python now (`machine_line`).
+- The arguments: a number between two bounds, else the usage and an error (`check_between`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ledger.accounts import ensure_accounts_in
+from ledger.chart import AccountKind, AccountSpec
+from ledger.database import create_engine, to_async_url
+from ledger.migrate import upgrade_to_head
+from ledger.verify import verify
+from services.runtime.embedded_postgres import EmbeddedPostgres
+
+DEFAULT_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+SERVER_PROBE_TIMEOUT_S = 3
+VERIFY_STATEMENT_TIMEOUT_MS = 600_000
+ASSET = "DIAMOND"
+FUNDING_ACCOUNT = AccountSpec("bench:funding", ASSET, AccountKind.SYNTHETIC)
+CALIBRATION_ADDITIONS = 10_000_000
+
+
+# The server and the fresh database.
+
+
+async def _server_answers(url: str) -> bool:
+    probe = create_async_engine(url, connect_args={"timeout": SERVER_PROBE_TIMEOUT_S})
+    try:
+        async with probe.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (OSError, TimeoutError, SQLAlchemyError):
+        return False
+    finally:
+        await probe.dispose()
+    return True
+
+
+@contextlib.asynccontextmanager
+async def admin_url() -> AsyncIterator[tuple[str, str]]:
+    """(url of a maintenance database, where the server comes from)."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield to_async_url(configured), "DATABASE_URL"
+    elif await _server_answers(DEFAULT_ADMIN_URL):
+        yield DEFAULT_ADMIN_URL, "127.0.0.1:5432"
+    else:
+        async with EmbeddedPostgres() as server:
+            yield server.url("postgres"), "embedded"
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(maintenance_url: str) -> AsyncIterator[str]:
+    """A new database migrated to head; dropped at the end, whatever happens."""
+    name = f"giftledger_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(maintenance_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(maintenance_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        engine = create_engine(url, pool_size=2)
+        await upgrade_to_head(engine)
+        await engine.dispose()
+        yield url
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+async def server_version(engine: AsyncEngine) -> str:
+    async with engine.connect() as conn:
+        return str((await conn.execute(text("SHOW server_version"))).scalar_one())
+
+
+async def verify_ledger(url: str) -> float:
+    """Run ledger.verify.verify, which must find nothing; returns the seconds it took."""
+    engine = create_engine(url, pool_size=1, statement_timeout_ms=VERIFY_STATEMENT_TIMEOUT_MS)
+    started = time.perf_counter()
+    try:
+        async with engine.connect() as conn:
+            problems = await verify(conn)
+    finally:
+        await engine.dispose()
+    assert not problems, f"verify found problems: {problems[:10]}"
+    return time.perf_counter() - started
+
+
+# The bench chart.
+
+
+@dataclass(frozen=True, slots=True)
+class Chart:
+    """The benchmark's accounts: the funding account and the ones it credits."""
+
+    funding_id: int
+    account_ids: list[int]
+
+
+async def create_chart(
+    engine: AsyncEngine, specs: Sequence[AccountSpec], analyze_table: str | None
+) -> Chart:
+    """`FUNDING_ACCOUNT` and `specs`, then ANALYZE of `analyze_table` (None: every table).
+
+    ANALYZE so that no plan is made while the planner believes the accounts table empty.
+    """
+    async with engine.begin() as conn:
+        ids = await ensure_accounts_in(conn, [FUNDING_ACCOUNT, *specs])
+    analyze = "ANALYZE" if analyze_table is None else f"ANALYZE {analyze_table}"
+    async with engine.begin() as conn:
+        await conn.execute(text(analyze))
+    return Chart(ids[FUNDING_ACCOUNT.name], [ids[spec.name] for spec in specs])
+
+
+# The machine.
+
+
+def fixed_loop_s(additions: int, clock: Callable[[], float]) -> float:
+    """The seconds by `clock` of a fixed Python loop of `additions` additions."""
+    started = clock()
+    total = 0
+    for number in range(additions):
+        total += number
+    assert total > 0
+    return clock() - started
+
+
+def calibration_ms() -> float:
+    """The time of a fixed Python loop: what one core gives Python on this machine now."""
+    return fixed_loop_s(CALIBRATION_ADDITIONS, time.perf_counter) * 1000.0
+
+
+def machine_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return (
+        f"machine: {os.cpu_count()} CPUs, load average {one:.2f} {five:.2f} {fifteen:.2f}; "
+        f"fixed Python loop ({CALIBRATION_ADDITIONS:,} additions) {calibration_ms():,.0f} ms"
+    )
+
+
+# The arguments.
+
+
+def check_between(
+    parser: argparse.ArgumentParser, flag: str, value: int, low: int, high: int
+) -> None:
+    """The usage and `<flag> must be between <low> and <high>` (exit 2) unless low <= value <=
+    high."""
+    if not low <= value <= high:
+        parser.error(f"{flag} must be between {low:,} and {high:,}")
