@@ -38,6 +38,12 @@ database restarted in the middle; then the exact end state.
 
 Exit 0 when the end state matches, verify holds and nothing is lost; 1 otherwise. Whether
 memory and latency stayed flat is printed, not judged by the exit code.
+
+A soak that stops early (a phase stalled, a consumer process died) still prints what it can,
+marked `STOPPED`: the end state and the counts as of the stop, against the streams it began to
+publish (the last of them possibly in part, so differences are expected), and exits 1.
+Every way out (the end, a stop, an error, Ctrl-C, SIGTERM) stops the consumer processes, the
+embedded broker and the embedded PostgreSQL; SIGINT and SIGTERM exit 130 and 143 after that.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import dataclasses
 import math
 import os
 import secrets
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -55,8 +62,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.ingest_bench import kafka, say
@@ -100,6 +108,9 @@ RESTART_AT_SHARE = 0.6
 GROUPS_WAIT_S = 180.0
 START_DELAY_S = 1.0
 REPORT_DELAY_S = 1.0  # after a window ends, before it is read
+END_STATE_TIMEOUT_S = 600.0  # reading the end state of a soak that stopped early
+EXIT_INTERRUPTED = 130  # SIGINT
+EXIT_TERMINATED = 143  # SIGTERM
 
 
 class SoakError(RuntimeError):
@@ -210,6 +221,12 @@ async def own_postgres() -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
         yield server, server.url(DATABASE)
 
 
+def socket_directory(url: str) -> str:
+    """Where the embedded server's Unix socket is: the `host` of its URL."""
+    host = make_url(url).query.get("host")
+    return str(host if isinstance(host, str) else make_url(url).host)
+
+
 @dataclass
 class Soak:
     options: Options
@@ -220,8 +237,9 @@ class Soak:
     started: float = 0.0  # event loop time of the soak's start
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     samples: list[MemorySample] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)  # begun to be published, in order
     notes: list[tuple[float, str]] = field(default_factory=list)  # (seconds in, what happened)
-    failure: str | None = None  # why the sampler stopped the soak
+    failure: str | None = None  # why the soak must stop (a process died, a segment stalled)
 
     def check(self) -> None:
         if self.failure is not None:
@@ -258,6 +276,7 @@ async def calibrate(soak: Soak, directory: Path) -> tuple[Segment, float]:
     )
     database = soak.database
     started = time.monotonic()
+    soak.segments.append(segment)
     await soak.publisher.backlog(segment)
     await soak.publisher.flush()
     if not await soak.wait_settled(
@@ -289,8 +308,9 @@ def make_segments(
 
 
 async def sample_memory(soak: Soak) -> None:
-    """Every second: the consumers' memory and counts; a process that died stops the soak."""
-    while True:
+    """Every second: the consumers' memory and counts; returns once the soak must stop (a
+    process died, or `soak.failure` was set elsewhere)."""
+    while soak.failure is None:
         if len(soak.samples) < SAMPLES_MAX:
             soak.samples.append(
                 MemorySample(
@@ -333,19 +353,20 @@ async def cashouts_after_main_phase(soak: Soak, segment: Segment, span_s: float)
     if not await soak.wait_settled(
         lambda: database.main_phase_settled(segment), lambda: database.applied(segment)
     ):
-        raise SoakError(f"{segment.namespace}: nothing applied for {soak.options.stall_s:g} s")
+        soak.failure = f"{segment.namespace}: nothing applied for {soak.options.stall_s:g} s"
+        raise SoakError(soak.failure)
     await soak.publisher.cashouts(segment, span_s / 2)
 
 
 async def publish_segments(
-    soak: Soak, segments: list[Segment], span_s: float
-) -> list[asyncio.Task[None]]:
-    """Each segment's main phase in its span; its cash-outs once that phase is in."""
-    cashout_tasks: list[asyncio.Task[None]] = []
+    soak: Soak, segments: list[Segment], span_s: float, cashout_tasks: list[asyncio.Task[None]]
+) -> None:
+    """Each segment's main phase in its span; its cash-outs (a task added to `cashout_tasks`)
+    once that phase is in."""
     for number, segment in enumerate(segments):
+        soak.segments.append(segment)
         await soak.publisher.main_phase(segment, soak.started + number * span_s, span_s)
         cashout_tasks.append(asyncio.create_task(cashouts_after_main_phase(soak, segment, span_s)))
-    return cashout_tasks
 
 
 async def report_windows(soak: Soak) -> None:
@@ -388,34 +409,57 @@ async def drain(soak: Soak, segments: list[Segment]) -> bool:
     return await soak.wait_settled(settled, progress)
 
 
+async def soak_body(
+    soak: Soak,
+    segments: list[Segment],
+    span_s: float,
+    background: list[asyncio.Task[None]],
+    cashout_tasks: list[asyncio.Task[None]],
+) -> None:
+    """Publish the segments, wait for the `background` tasks (faults, windows) and the
+    cash-outs, then drain."""
+    await publish_segments(soak, segments, span_s, cashout_tasks)
+    soak.check()
+    for task in background:
+        await task
+    for task in cashout_tasks:
+        await task
+    await soak.publisher.flush()
+    if not await drain(soak, segments):
+        raise SoakError(
+            f"the last cash-outs did not settle: nothing moved for {soak.options.stall_s:g} s"
+        )
+    drained_s = soak.seconds_in() - soak.options.duration_s
+    say(
+        f"drain: everything settled {drained_s:.1f} s after the last span (its cash-outs go "
+        "out over half a span once its main phase is in)"
+    )
+
+
 async def run_soak(soak: Soak, segments: list[Segment], span_s: float) -> None:
+    """The soak's clock, its tasks and its body; a process that dies or a segment that stalls
+    stops it at once (`SoakError`). Every task it started is gone when it returns."""
     loop = asyncio.get_running_loop()
     soak.started = loop.time() + START_DELAY_S
     soak.started_at = datetime.now(UTC) + timedelta(seconds=START_DELAY_S)
     sampler = asyncio.create_task(sample_memory(soak))
-    faulting = asyncio.create_task(faults(soak))
-    reporting = asyncio.create_task(report_windows(soak))
+    background = [asyncio.create_task(faults(soak)), asyncio.create_task(report_windows(soak))]
+    cashout_tasks: list[asyncio.Task[None]] = []
+    body = asyncio.create_task(soak_body(soak, segments, span_s, background, cashout_tasks))
     try:
-        cashout_tasks = await publish_segments(soak, segments, span_s)
-        soak.check()
-        await faulting
-        await reporting
-        for task in cashout_tasks:
-            await task
-        await soak.publisher.flush()
-        if not await drain(soak, segments):
-            raise SoakError(
-                f"the last cash-outs did not settle: nothing moved for {soak.options.stall_s:g} s"
-            )
-        drained_s = soak.seconds_in() - soak.options.duration_s
-        say(
-            f"drain: everything settled {drained_s:.1f} s after the last span (its cash-outs go "
-            "out over half a span once its main phase is in)"
-        )
+        await asyncio.wait({body, sampler}, return_when=asyncio.FIRST_COMPLETED)
+        if not body.done():  # the sampler returned: the soak must stop
+            body.cancel()
+            await asyncio.gather(body, return_exceptions=True)
+            sampler.result()  # the sampler's own error, if it failed
+            soak.check()
+            raise SoakError("the memory sampler stopped")
+        await body
     finally:
-        for task in (sampler, faulting, reporting):
+        tasks = [body, sampler, *background, *cashout_tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(sampler, faulting, reporting, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,8 +528,15 @@ def end_state_lines(
     return lines
 
 
-async def finish(soak: Soak, deployment: Deployment, segments: list[Segment]) -> bool:
+async def finish(soak: Soak, deployment: Deployment) -> bool:
     """The thirds, the end state, the counts; True when the end state matches."""
+    await say_thirds(soak)
+    await soak.consumers.read_counts()
+    return await say_end_state(soak, deployment)
+
+
+async def say_thirds(soak: Soak) -> None:
+    """Commit latency over the soak, and its first third against its last."""
     duration_s = soak.options.duration_s
     third = timedelta(seconds=duration_s / 3)
     soak_end = soak.started_at + timedelta(seconds=duration_s)
@@ -500,11 +551,43 @@ async def finish(soak: Soak, deployment: Deployment, segments: list[Segment]) ->
     )
     for line in thirds_lines(thirds(soak.samples, duration_s, first, last)):
         say(line)
+
+
+async def finish_stopped(soak: Soak, deployment: Deployment, reason: str) -> None:
+    """What a soak that stopped early can still tell: the thirds (when its clock had started),
+    then, with the consumers stopped so that nothing moves any more, the end state and the
+    counts against the streams it began to publish."""
+    begun = len(soak.segments)
+    say(f"soak STOPPED: {reason}")
+    if soak.started:
+        say(f"  after {soak.seconds_in():.1f} s of {soak.options.duration_s:g} s")
+        try:
+            await say_thirds(soak)
+        except Exception as error:  # a stopped soak reports what it can
+            say(f"commit latency: could not be read ({type(error).__name__}: {error})")
     await soak.consumers.read_counts()
+    await soak.consumers.stop_all()
+    if not begun:
+        say("end state: none (stopped before any stream was published)")
+        return
+    say(
+        f"end state AS OF THE STOP, against the {begun} streams begun (the last possibly "
+        "published in part, its cash-outs not all sent: differences are expected):"
+    )
+    try:
+        await asyncio.wait_for(say_end_state(soak, deployment), END_STATE_TIMEOUT_S)
+    except Exception as error:  # a stopped soak reports what it can
+        say(f"end state: could not be read ({type(error).__name__}: {error})")
+    say("soak STOPPED: the figures above are as of the stop, not of a finished soak (exit 1)")
+
+
+async def say_end_state(soak: Soak, deployment: Deployment) -> bool:
+    """`check_end_state` of the segments begun, its lines and the consumers' log counts; True
+    when it matches."""
     end = await check_end_state(
         deployment.engine,
         deployment.url,
-        segments,
+        soak.segments,
         deployment.bootstrap_servers,
         deployment.topic_prefix,
         deployment.consumer_group,
@@ -518,29 +601,75 @@ async def finish(soak: Soak, deployment: Deployment, segments: list[Segment]) ->
             f"duplicates: the stream holds {end.stream_duplicates}, the consumers counted {counted}"
         )
     killed = bool(soak.consumers.retired)
-    for line in end_state_lines(end, counted, killed, len(segments)):
+    for line in end_state_lines(end, counted, killed, len(soak.segments)):
         say(line)
     for level in ("WARNING", "ERROR"):
         say(f"consumer log lines at {level}: {soak.consumers.log_lines(level)}")
     return end.matched
 
 
-async def soak_on(options: Options, deployment: Deployment) -> bool:
-    consumers = ConsumerProcesses(deployment.consumer_env(), deployment.out, options.consumers)
-    producer = new_producer(deployment.bootstrap_servers)
+@asynccontextmanager
+async def started_producer(bootstrap_servers: str) -> AsyncIterator[Any]:
+    producer = new_producer(bootstrap_servers)
     await producer.start()
     try:
-        started = time.monotonic()
-        await consumers.start_all()
-        if not await wait_for_groups(
-            deployment.bootstrap_servers,
-            deployment.consumer_group,
-            options.consumers,
-            GROUPS_WAIT_S,
-        ):
-            raise SoakError(f"the consumer groups were not stable within {GROUPS_WAIT_S:g} s")
-        pids = ", ".join(str(child.pid) for child in consumers.running())
-        say(f"consumers: pids {pids}; every group stable after {time.monotonic() - started:.1f} s")
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def start_consumers(soak: Soak, deployment: Deployment) -> None:
+    """Start every consumer process and wait until every group is stable with them."""
+    started = time.monotonic()
+    await soak.consumers.start_all()
+    if not await wait_for_groups(
+        deployment.bootstrap_servers,
+        deployment.consumer_group,
+        soak.options.consumers,
+        GROUPS_WAIT_S,
+    ):
+        raise SoakError(f"the consumer groups were not stable within {GROUPS_WAIT_S:g} s")
+    pids = ", ".join(str(child.pid) for child in soak.consumers.running())
+    say(f"consumers: pids {pids}; every group stable after {time.monotonic() - started:.1f} s")
+
+
+async def soak_phases(soak: Soak, deployment: Deployment) -> None:
+    """The consumers, the capacity, the streams, the soak and its drain."""
+    options = soak.options
+    await start_consumers(soak, deployment)
+    rate_per_s = options.rate_per_s
+    if rate_per_s is None:
+        _, capacity = await calibrate(soak, deployment.out)
+        rate_per_s = options.share * capacity
+    span_count = max(math.ceil(options.duration_s / options.interval_s - 1e-9), 1)
+    span_s = options.duration_s / span_count
+    records = round(rate_per_s * span_s)
+    generating = time.monotonic()
+    spans = await asyncio.to_thread(
+        make_segments, deployment.out, span_count, records, rate_per_s, options.seed
+    )
+    async with deployment.engine.connect() as conn:
+        problems = await check_assumptions(conn, get_settings(), spans[0].expected)
+    if problems:
+        raise SoakError("the deployment differs from the stream's rules: " + "; ".join(problems))
+    say(
+        f"rate: {rate_per_s:,.0f} records/s"
+        + ("" if options.rate_per_s else f" ({options.share:g} of capacity)")
+        + f"; {span_count} streams of {records:,} records, one per {span_s:g} s, generated "
+        f"in {time.monotonic() - generating:.1f} s"
+    )
+    await run_soak(soak, spans, span_s)
+    say(
+        f"publisher: {soak.publisher.sent:,} records sent, at most "
+        f"{soak.publisher.behind_s_max * 1000:,.0f} ms behind schedule"
+    )
+
+
+async def soak_on(options: Options, deployment: Deployment) -> bool:
+    """The soak on its deployment; True when the end state matches. The consumer processes
+    and the producer are stopped however this ends."""
+    consumers = ConsumerProcesses(deployment.consumer_env(), deployment.out, options.consumers)
+    async with consumers, started_producer(deployment.bootstrap_servers) as producer:
         soak = Soak(
             options,
             deployment.server,
@@ -548,46 +677,21 @@ async def soak_on(options: Options, deployment: Deployment) -> bool:
             consumers,
             Publisher(producer, deployment.topic_prefix),
         )
-        segments: list[Segment] = []
-        rate_per_s = options.rate_per_s
-        if rate_per_s is None:
-            calibration, capacity = await calibrate(soak, deployment.out)
-            segments.append(calibration)
-            rate_per_s = options.share * capacity
-        span_count = max(math.ceil(options.duration_s / options.interval_s - 1e-9), 1)
-        span_s = options.duration_s / span_count
-        records = round(rate_per_s * span_s)
-        generating = time.monotonic()
-        spans = await asyncio.to_thread(
-            make_segments, deployment.out, span_count, records, rate_per_s, options.seed
-        )
-        async with deployment.engine.connect() as conn:
-            problems = await check_assumptions(conn, get_settings(), spans[0].expected)
-        if problems:
-            raise SoakError(
-                "the deployment differs from the stream's rules: " + "; ".join(problems)
-            )
-        say(
-            f"rate: {rate_per_s:,.0f} records/s"
-            + ("" if options.rate_per_s else f" ({options.share:g} of capacity)")
-            + f"; {span_count} streams of {records:,} records, one per {span_s:g} s, generated "
-            f"in {time.monotonic() - generating:.1f} s"
-        )
-        await run_soak(soak, spans, span_s)
-        say(
-            f"publisher: {soak.publisher.sent:,} records sent, at most "
-            f"{soak.publisher.behind_s_max * 1000:,.0f} ms behind schedule"
-        )
-        segments += spans
-        return await finish(soak, deployment, segments)
-    finally:
-        await producer.stop()
-        await consumers.stop_all()
+        try:
+            await soak_phases(soak, deployment)
+        except SoakError as error:
+            await finish_stopped(soak, deployment, str(error))
+            return False
+        return await finish(soak, deployment)
 
 
 async def run(options: Options) -> int:
     out = options.out
     assert out is not None, "main() chooses the output directory"
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)  # stops as Ctrl-C does
     partition_count = get_settings().kafka_partition_count
     tag = secrets.token_hex(3)
     say(
@@ -608,16 +712,13 @@ async def run(options: Options) -> int:
             await create_topics(bootstrap, all_topics(prefix), partition_count)
             say(
                 f"database: embedded PostgreSQL {version} of the soak's own ({DATABASE}, "
-                f"track_commit_timestamp on); broker: {broker_source} {bootstrap}, topics "
-                f"{prefix}* with {partition_count} partitions"
+                f"track_commit_timestamp on, socket in {socket_directory(url)}); broker: "
+                f"{broker_source} {bootstrap}, topics {prefix}* with {partition_count} partitions"
             )
             deployment = Deployment(
                 server, url, engine, bootstrap, prefix, f"giftledger.soak{tag}", since, out
             )
             matched = await soak_on(options, deployment)
-        except SoakError as error:
-            say(f"soak stopped: {error}")
-            return 1
         finally:
             await engine.dispose()
     for stream in out.glob("soak*.jsonl.gz*"):
@@ -630,7 +731,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = options.out or Path(tempfile.mkdtemp(prefix="giftledger-soak-"))
     out.mkdir(parents=True, exist_ok=True)
     LogTally(out / "soak.log").install()
-    return asyncio.run(run(dataclasses.replace(options, out=out)))
+    try:
+        return asyncio.run(run(dataclasses.replace(options, out=out)))
+    except KeyboardInterrupt:
+        say(f"soak interrupted (SIGINT); its processes are stopped; logs in {out}")
+        return EXIT_INTERRUPTED
+    except asyncio.CancelledError:
+        say(f"soak terminated (SIGTERM); its processes are stopped; logs in {out}")
+        return EXIT_TERMINATED
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ compares it, then `giftledger verify`, then the counts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 from collections import Counter
@@ -164,7 +165,13 @@ async def run_verify(database_url: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), VERIFY_TIMEOUT_S)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), VERIFY_TIMEOUT_S)
+    finally:
+        if process.returncode is None:  # timed out or cancelled: not left running
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
     return int(process.returncode or 0), output.decode("utf-8", errors="replace").strip()
 
 

@@ -5,6 +5,10 @@ consumers alone, so that one of them can be killed with SIGKILL and started agai
 the bank with it. Each process serves its Prometheus metrics on a loopback port of its own: the
 soak reads their counts from there (`read_counts`, the last reading of a killed process is kept)
 and their resident memory from /proc (`rss_bytes`). Output goes to `<log_dir>/<name>.log`.
+
+The processes run in sessions of their own, so a Ctrl-C at the terminal reaches the soak alone;
+`async with ConsumerProcesses(...)` stops every one of them however the block ends (an error,
+a cancellation, SIGINT or SIGTERM to the soak).
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import socket
 import sys
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from types import TracebackType
+from typing import Any, Self, cast
 
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
@@ -94,16 +100,38 @@ class ConsumerProcess:
 
 
 class ConsumerProcesses:
-    """`count` children with the same environment: one consumer group per topic between them."""
+    """`count` children with the same environment: one consumer group per topic between them.
+    `command` replaces `giftledger` (the arguments `run` and `--payout-rail` still follow it)."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, count: int) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        count: int,
+        *,
+        command: Sequence[str] | None = None,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
+    ) -> None:
         assert count >= 1, count
         self.env = env
         self.log_dir = log_dir
         self.count = count
+        self.command = list(command) if command is not None else giftledger_command()
+        self.stop_timeout_s = stop_timeout_s
         self.slots: list[ConsumerProcess | None] = [None] * count
         self.retired: list[ConsumerProcess] = []  # killed processes, with their last counts
         self.starts = Counter[int]()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop_all()
 
     async def start_all(self) -> None:
         for index in range(self.count):
@@ -123,12 +151,13 @@ class ConsumerProcesses:
         env = {**self.env, "METRICS_PORT": str(port), "METRICS_HOST": LOOPBACK_HOST}
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
-                *giftledger_command(),
+                *self.command,
                 *arguments,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
             )
         child = ConsumerProcess(name, process, port, log_path)
         self.slots[index] = child
@@ -185,14 +214,15 @@ class ConsumerProcesses:
         return total
 
     async def stop_all(self) -> None:
-        """SIGTERM every running process (a clean stop), SIGKILL what is left after a while."""
+        """SIGTERM every running process (a clean stop), SIGKILL what is left after
+        `stop_timeout_s`. Safe to call twice; the slots keep the stopped processes."""
         children = [child for child in self.running() if child.running]
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 child.process.send_signal(signal.SIGTERM)
         for child in children:
             try:
-                await asyncio.wait_for(child.process.wait(), STOP_TIMEOUT_S)
+                await asyncio.wait_for(child.process.wait(), self.stop_timeout_s)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.kill()
