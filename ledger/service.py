@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.accounts import AccountDirectory
+from ledger.accounts import ACCOUNT_CACHE_SIZE_MAX, AccountDirectory
 from ledger.chart import AccountSpec
 from ledger.decide import split_at_chain_boundaries
 from ledger.model import (
@@ -45,10 +45,11 @@ class Ledger:
         batch_size_max: int = 8_192,
         conflict_retry_count_max: int = 5,
         conflict_backoff_ms_max: int = CONFLICT_BACKOFF_MS_MAX_DEFAULT,
+        account_cache_size_max: int = ACCOUNT_CACHE_SIZE_MAX,
     ) -> None:
         self.engine = engine
-        self._accounts = AccountDirectory(engine)
-        self._account_facts = AccountFacts()
+        self._accounts = AccountDirectory(engine, account_cache_size_max)
+        self._account_facts = AccountFacts(account_cache_size_max)
         self._batch_size_max = batch_size_max
         self._conflict_retry_count_max = conflict_retry_count_max
         self._conflict_backoff_ms_max = conflict_backoff_ms_max

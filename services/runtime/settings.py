@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from ledger.accounts import ACCOUNT_CACHE_SIZE_MAX
 from ledger.database import PORT_MAX, database_url_problem
 from ledger.partitions import TRANSFER_PARTITION_MONTHS_AHEAD, TRANSFER_PARTITION_MONTHS_AHEAD_MAX
 from schemas.events import OPERATOR_NAME_LENGTH_MAX, OPERATOR_NAME_PATTERN
@@ -195,6 +196,14 @@ class Settings(BaseSettings):
         default=8_192, ge=1, le=100_000, description="Transfers posted in one database transaction."
     )
     ledger_conflict_retry_count_max: int = Field(default=5, ge=0, le=50)
+    ledger_account_cache_size_max: int = Field(
+        default=ACCOUNT_CACHE_SIZE_MAX,
+        ge=1_000,
+        le=10_000_000,
+        description="Accounts whose id (by name) and whose asset and rules (by id) each process"
+        " keeps in memory; a cache that is full starts over. About 160 and 190 bytes an account:"
+        " the default holds both within about 35 MiB.",
+    )
     transfer_partition_months_ahead: int = Field(
         default=TRANSFER_PARTITION_MONTHS_AHEAD,
         ge=1,
