@@ -3,6 +3,7 @@ from tests.kafka_fixtures import kafka_bootstrap
 from tests.postgres_fixtures import (
     database_url,
     engine,
+    module_engine,
     postgres_admin_url,
     postgres_source,
     unique_id,
@@ -13,6 +14,7 @@ __all__ = [
     "database_url",
     "engine",
     "kafka_bootstrap",
+    "module_engine",
     "postgres_admin_url",
     "postgres_source",
     "unique_id",

@@ -14,13 +14,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine, to_async_url
-from ledger.migrate import upgrade_to_head
 from services.runtime.embedded_postgres import EmbeddedPostgres
+from tests.fresh_database import fresh_database
 
 DOCKER_PROBE_TIMEOUT_S = 10
 
@@ -66,20 +64,8 @@ async def postgres_admin_url(postgres_source: str) -> AsyncIterator[str]:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
     """A new database for this test session, migrated to head, dropped at the end."""
-    name = f"giftledger_test_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(url, pool_size=2)
-    await upgrade_to_head(engine)
-    await engine.dispose()
-    try:
+    async with fresh_database(postgres_admin_url) as url:
         yield url
-    finally:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -87,6 +73,17 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url, pool_size=8, pool_overflow_max=8)
     yield engine
     await engine.dispose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def module_engine(postgres_admin_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a database of the requesting module's own: a module whose property tests
+    run the full `verify` after every example then reads only its own transfers, not every
+    earlier module's (which made each example cost seconds late in the session)."""
+    async with fresh_database(postgres_admin_url) as url:
+        engine = create_engine(url, pool_size=8, pool_overflow_max=8)
+        yield engine
+        await engine.dispose()
 
 
 @pytest.fixture

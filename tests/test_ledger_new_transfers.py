@@ -28,6 +28,13 @@ from ledger.store import LedgerConflictError
 from ledger.verify import verify
 from tests.ledger_helpers import make_accounts, new_id, totals
 
+
+@pytest.fixture(scope="module")
+def engine(module_engine: AsyncEngine) -> AsyncEngine:
+    """This module's own database: the full `verify` after each example reads only its data."""
+    return module_engine
+
+
 pytestmark = pytest.mark.server
 
 SYN = int(TransferCode.SYNTHETIC)

@@ -7,6 +7,7 @@ import copy
 import uuid
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,6 +16,13 @@ from ledger.model import AccountFlags, PostResult, Transfer, TransferCode, Trans
 from ledger.service import Ledger
 from ledger.verify import verify
 from tests.ledger_helpers import make_accounts, totals
+
+
+@pytest.fixture(scope="module")
+def engine(module_engine: AsyncEngine) -> AsyncEngine:
+    """This module's own database: the full `verify` after each example reads only its data."""
+    return module_engine
+
 
 F = TransferFlags
 R = PostResult

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -36,6 +37,13 @@ from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime.metrics import IngestCounts
 from services.runtime.settings import Settings
 from tests import creator_events as ce
+
+
+@pytest.fixture(scope="module")
+def engine(module_engine: AsyncEngine) -> AsyncEngine:
+    """This module's own database: the full `verify` after each example reads only its data."""
+    return module_engine
+
 
 # One 10 USD cash-out fits in a day, two do not.
 DAILY_LIMIT_USD_CENTS = 1_500
