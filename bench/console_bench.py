@@ -5,9 +5,11 @@ It creates a database `giftledger_bench_<random>` (on `DATABASE_URL`, else `127.
 else the embedded PostgreSQL), migrates it to head, fills it through giftledger's own code
 (`bench.console_fill`: `--creators` creators' profiles, about `--transfers` gift transfers
 through the ledger's batch path, cash-outs in every state, dead letters, operator actions and a
-bank reconciliation), runs ANALYZE, serves the API app (`build_api_app`) from a process of its
-own, signs in to the console with a token, and requests each page `--requests` times in a row
-(after `--warm-up` untimed requests), one request at a time. It prints p50 and p95 per page and
+bank reconciliation; the gifts' commit timestamps spread over the month's days before today),
+runs ANALYZE, rolls up every final day (`ledger.rollups`, as `giftledger run` does), serves the
+API app (`build_api_app`) from a process of its own, signs in to the console with a token, and
+requests each page `--requests` times in a row (after `--warm-up` untimed requests), one request
+at a time. It prints p50 and p95 per page and
 route, and `console worst p95/300ms ratio: 0.NN` (the slowest console page's p95 over the
 300 ms target); the database is dropped at the end.
 
@@ -45,6 +47,7 @@ from bench.console_server import running_api
 from bench.ledger_bench import admin_url
 from ledger.database import create_engine
 from ledger.migrate import upgrade_to_head
+from ledger.rollups import roll_all_days
 from services.app.bootstrap import build_api_app
 from services.runtime.settings import Settings
 
@@ -355,9 +358,20 @@ async def prepare(
                 await conn.execute(text("ANALYZE"))
             filled = await what_was_filled(engine)
         print(f"ready in {time.perf_counter() - started:.0f} s: {_fill_text(filled)}", flush=True)
+        await roll_up(engine)
         return filled, console_get_paths(engine, api_settings)
     finally:
         await engine.dispose()
+
+
+async def roll_up(engine: AsyncEngine) -> None:
+    """Roll up every final day, as `giftledger run` would have, then ANALYZE the totals."""
+    started = time.perf_counter()
+    rolled_day_count = await roll_all_days(engine)
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("ANALYZE rolled_days, day_account_totals, day_gift_totals"))
+    print(f"rolled up {rolled_day_count} days in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 def measure(

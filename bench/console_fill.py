@@ -4,7 +4,12 @@
   qualify to cash out, so that the desk rejects some requests);
 - gifts: the very transfers the `gifts.sent` handler posts (`bench.ledger_alone`: one transfer
   per gift and one coin transfer per batch), posted through the `Ledger`'s batch path by two
-  writers; creators Zipf-distributed, so that a few creators have long statements;
+  writers; creators Zipf-distributed, so that a few creators have long statements. The ledger
+  stamps them with the database's clock, all within the minutes the fill takes; a month of a
+  running service spreads them over its days, so the fill then moves their commit timestamps
+  (and their keys') evenly over the days of the month before today, in `seq` order (as the
+  schema's owner, with the append-only triggers off: the hash chain no longer matches, which no
+  page reads). On the month's first day they stay where they were stamped;
 - cash-outs: `Ingestor.process` on `cashouts.requested` (held, or rejected), then the desk's
   `mark_submitted` for most of the held ones and `payouts.updated` results (paid, failed,
   returned), so that every state has rows;
@@ -209,6 +214,42 @@ async def _post_gifts(
         )
         await post_batches(ingestor.ledger, batches, GIFT_WRITERS)
         posted += chunk
+
+
+def month_days_before(now: datetime) -> tuple[datetime, datetime] | None:
+    """The days of `now`'s month before `now`'s day, UTC; None on the month's first day."""
+    today = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    month_start = today.replace(day=1)
+    return None if today == month_start else (month_start, today)
+
+
+_SPREAD_TRANSFERS = """
+    UPDATE transfers t
+    SET created_at = CAST(:start AS timestamptz)
+        + (CAST(:end AS timestamptz) - CAST(:start AS timestamptz))
+          * ((t.seq - b.first_seq)::float8 / (b.last_seq - b.first_seq + 1))
+    FROM (SELECT min(seq) AS first_seq, max(seq) AS last_seq FROM transfers) b
+"""
+
+_SPREAD_KEYS = """
+    UPDATE transfer_keys k SET created_at = t.created_at
+    FROM transfers t WHERE t.id = k.id AND t.created_at <> k.created_at
+"""
+
+
+async def _spread_over_month(engine: AsyncEngine, now: datetime) -> None:
+    """Every transfer so far moved evenly over the days of the month before today (see the
+    module's docstring); then VACUUM, so that the pages read no dead rows."""
+    days = month_days_before(now)
+    if days is None:
+        return
+    async with engine.begin() as conn:
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))
+        await conn.execute(text(_SPREAD_TRANSFERS), {"start": days[0], "end": days[1]})
+        await conn.execute(text(_SPREAD_KEYS))
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("VACUUM transfers, transfer_keys"))
 
 
 # Cash-outs ----------------------------------------------------------------------------------
@@ -444,6 +485,7 @@ async def fill(engine: AsyncEngine, settings: Settings, sizes: FillSizes) -> Fil
     now = datetime.now(UTC)
     await _profiles(feed, rng, sizes.creators, now)
     await _post_gifts(ingestor, rng, sizes.transfers, sizes.creators, now)
+    await _spread_over_month(engine, now)
     await _cashouts(engine, ingestor, feed, rng, sizes.cashouts)
     await _dead_letters(feed, rng, sizes.dead_letters, sizes.creators)
     await _operator_actions(ingestor.ledger, settings, rng, sizes.operator_actions, sizes.creators)

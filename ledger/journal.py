@@ -9,6 +9,10 @@ all it takes) plus the posted transfers after that close and before the start.
 
 Posted means neither pending nor void, as in the trial balance; a transfer counts on the day of
 its commit timestamp (UTC). Balances are credits minus debits, in the account's minor unit.
+
+The movements of the days rolled up (`ledger.rollups`) are read from their per-day totals, and
+only the rest of a range from the transfers: the lines are the same whether the roll-up is
+complete, behind, or empty.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.closes import PeriodClose, latest_close_before, load_close
 from ledger.periods import Period
+from ledger.rollups import day_split, raw_ranges, rolled_days
 
 JOURNAL_PAGE_SIZE_MAX: Final = 10_000
 JOURNAL_ROWS_PER_FETCH: Final = 5_000
@@ -65,35 +70,42 @@ async def journal_basis(conn: AsyncConnection, period: Period) -> JournalBasis:
     )
 
 
-# The period's posted transfers (neither pending nor void) per UTC day, account and code, each
-# line with the account's running balance from its balance at the start.
-_JOURNAL_LINES = """
-    WITH posted AS (
-        SELECT created_at, debit_account_id AS account_id, code, amount AS debit,
-               0::bigint AS credit
-        FROM transfers
-        WHERE flags & 10 = 0 AND created_at >= :start AND created_at < :end
+# The period's posted movements (neither pending nor void) per UTC day, account and code: the
+# rolled days' totals (`ledger.rollups`), and the transfers of the rest of the period summed. A
+# day is wholly rolled or wholly not, so no line comes from both.
+_MOVES = f"""
+    moves AS (
+        SELECT day, account_id, code, debits_minor AS debits, credits_minor AS credits
+        FROM day_account_totals WHERE {rolled_days("p_")}
         UNION ALL
-        SELECT created_at, credit_account_id, code, 0, amount
-        FROM transfers
-        WHERE flags & 10 = 0 AND created_at >= :start AND created_at < :end
-    ), moves AS (
-        SELECT (created_at AT TIME ZONE 'UTC')::date AS day, account_id, code,
-               sum(debit)::bigint AS debits, sum(credit)::bigint AS credits
-        FROM posted GROUP BY 1, 2, 3
-    ), before AS (
+        SELECT day, account_id, code, sum(debit)::bigint, sum(credit)::bigint
+        FROM (
+            SELECT (created_at AT TIME ZONE 'UTC')::date AS day, debit_account_id AS account_id,
+                   code, amount AS debit, 0::bigint AS credit
+            FROM transfers WHERE flags & 10 = 0 AND {raw_ranges("p_")}
+            UNION ALL
+            SELECT (created_at AT TIME ZONE 'UTC')::date, credit_account_id, code, 0, amount
+            FROM transfers WHERE flags & 10 = 0 AND {raw_ranges("p_")}
+        ) raw
+        GROUP BY 1, 2, 3
+    )"""  # noqa: S608 (constant filters)
+
+# Each line with the account's running balance from its balance at the start: the base close's
+# totals plus the posted movements from its end to the period's start (rolled days' totals and
+# the transfers of the rest).
+_JOURNAL_LINES = f"""
+    WITH {_MOVES}, before AS (
         SELECT account_id, credits_minor - debits_minor AS change
         FROM closing_balances WHERE close_id = CAST(:base_close_id AS bigint)
         UNION ALL
+        SELECT account_id, credits_minor - debits_minor FROM day_account_totals
+        WHERE {rolled_days("b_")} AND account_id IN (SELECT account_id FROM moves)
+        UNION ALL
         SELECT debit_account_id, -amount FROM transfers
-        WHERE flags & 10 = 0
-          AND created_at >= coalesce(CAST(:base_end AS timestamptz), '-infinity')
-          AND created_at < :start
+        WHERE flags & 10 = 0 AND {raw_ranges("b_")}
         UNION ALL
         SELECT credit_account_id, amount FROM transfers
-        WHERE flags & 10 = 0
-          AND created_at >= coalesce(CAST(:base_end AS timestamptz), '-infinity')
-          AND created_at < :start
+        WHERE flags & 10 = 0 AND {raw_ranges("b_")}
     ), opening AS (
         SELECT account_id, sum(change)::bigint AS balance FROM before
         WHERE account_id IN (SELECT account_id FROM moves)
@@ -120,38 +132,28 @@ _JOURNAL_LINES = """
     WHERE line_no > :after_line
     ORDER BY line_no
     LIMIT :limit
-    """
+    """  # noqa: S608 (constant filters)
 
 # The same movements summed per asset.
-_ASSET_TOTALS = """
-    WITH posted AS (
-        SELECT created_at, debit_account_id AS account_id, code, amount AS debit,
-               0::bigint AS credit
-        FROM transfers
-        WHERE flags & 10 = 0 AND created_at >= :start AND created_at < :end
-        UNION ALL
-        SELECT created_at, credit_account_id, code, 0, amount
-        FROM transfers
-        WHERE flags & 10 = 0 AND created_at >= :start AND created_at < :end
-    ), moves AS (
-        SELECT (created_at AT TIME ZONE 'UTC')::date AS day, account_id, code,
-               sum(debit)::bigint AS debits, sum(credit)::bigint AS credits
-        FROM posted GROUP BY 1, 2, 3
-    )
+_ASSET_TOTALS = f"""
+    WITH {_MOVES}
     SELECT a.asset, s.scale, sum(m.debits)::bigint AS debits, sum(m.credits)::bigint AS credits
     FROM moves m JOIN accounts a ON a.id = m.account_id JOIN assets s ON s.code = a.asset
     GROUP BY a.asset, s.scale
     ORDER BY a.asset
-    """
+    """  # noqa: S608 (constant filters)
 
 
-def _parameters(basis: JournalBasis, after_line: int, limit: int | None) -> dict[str, Any]:
+async def _parameters(
+    conn: AsyncConnection, basis: JournalBasis, after_line: int, limit: int | None
+) -> dict[str, Any]:
     base = basis.base
+    period = await day_split(conn, basis.period.start, basis.period.end)
+    before = await day_split(conn, None if base is None else base.period_end, basis.period.start)
     return {
-        "start": basis.period.start,
-        "end": basis.period.end,
+        **period.parameters("p_"),
+        **before.parameters("b_"),
         "base_close_id": None if base is None else base.id,
-        "base_end": None if base is None else base.period_end,
         "after_line": after_line,
         "limit": limit,
     }
@@ -163,13 +165,15 @@ async def journal_page(
     """Up to `limit` lines after line number `after_line` (the cursor: the last line's number)."""
     if not 1 <= limit <= JOURNAL_PAGE_SIZE_MAX:
         raise ValueError(f"limit must be between 1 and {JOURNAL_PAGE_SIZE_MAX}")
-    rows = await conn.execute(text(_JOURNAL_LINES), _parameters(basis, after_line, limit))
+    rows = await conn.execute(
+        text(_JOURNAL_LINES), await _parameters(conn, basis, after_line, limit)
+    )
     return [JournalLine(**row._mapping) for row in rows]
 
 
 async def journal_lines(conn: AsyncConnection, basis: JournalBasis) -> AsyncIterator[JournalLine]:
     """Every line of the period, read a slice at a time (bounded memory); inside a transaction."""
-    result = await conn.stream(text(_JOURNAL_LINES), _parameters(basis, 0, None))
+    result = await conn.stream(text(_JOURNAL_LINES), await _parameters(conn, basis, 0, None))
     async for rows in result.partitions(JOURNAL_ROWS_PER_FETCH):
         for row in rows:
             yield JournalLine(**row._mapping)
@@ -177,7 +181,6 @@ async def journal_lines(conn: AsyncConnection, basis: JournalBasis) -> AsyncIter
 
 async def asset_totals(conn: AsyncConnection, basis: JournalBasis) -> list[AssetTotals]:
     """The period's posted debits and credits per asset: equal, when the ledger is sound."""
-    rows = await conn.execute(
-        text(_ASSET_TOTALS), {"start": basis.period.start, "end": basis.period.end}
-    )
+    period = await day_split(conn, basis.period.start, basis.period.end)
+    rows = await conn.execute(text(_ASSET_TOTALS), period.parameters("p_"))
     return [AssetTotals(**row._mapping) for row in rows]

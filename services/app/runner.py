@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.migrate import require_current_schema, upgrade_to_head
 from services.api.server import serve_api
 from services.app.bootstrap import build_api_app, build_payout_rail, start_consumers
+from services.app.day_rollup import DayRollup
 from services.app.partition_upkeep import PartitionUpkeep
 from services.runtime.collector import settle_collector
 from services.runtime.database import engine_as_role, open_database, open_read_database
@@ -90,13 +91,17 @@ async def _serve(
     logger.info("consumers running on %s; SIGTERM stops them", bootstrap_servers)
     upkeep = PartitionUpkeep(writer, settings.transfer_partition_months_ahead)
     upkeep_task = asyncio.create_task(upkeep.run_until(stop))
+    rollup_task = asyncio.create_task(DayRollup(writer).run_until(stop))
     try:
         await stop.wait()
     finally:
         stop.set()
         upkeep_task.cancel()
+        rollup_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await upkeep_task
+        with contextlib.suppress(asyncio.CancelledError):
+            await rollup_task
         logger.info("stopping: finishing the batch in hand")
         if api is not None:
             await api

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.chart import AccountKind
 from ledger.model import TransferCode
+from ledger.rollups import day_split, raw_ranges, rolled_days
 from schemas.assets import DIAMOND
 
 LIST_ROW_COUNT_MAX: Final = 200
@@ -358,22 +359,26 @@ async def overview_gifts(
     """Gifts (transfers with code `gift_diamonds`) booked in `[month_start, end)`, read once per
     UTC day and surface and summed here: the same figures as `gifts_report` by surface for
     `today` and for the month, and by day for the month, for one read of the month's gifts
-    instead of three."""
+    instead of three. The days rolled up (`ledger.rollups`) are read from their totals, the rest
+    of the range from the transfers."""
+    split = await day_split(conn, month_start, end)
     rows = (
         await conn.execute(
             text(
-                "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,"
-                " metadata ->> 'surface' AS surface, count(*) AS gift_count,"
-                " coalesce(sum(CAST(metadata ->> 'coins' AS bigint)), 0)::bigint AS coins,"
-                " sum(amount)::bigint AS milli_diamonds"
-                " FROM transfers"
-                " WHERE code = :code AND created_at >= :from_time AND created_at < :to_time"
+                "SELECT to_char(day, 'YYYY-MM-DD') AS day, surface, gift_count, coins,"  # noqa: S608 (constant filters)
+                " milli_diamonds"
+                f" FROM day_gift_totals WHERE {rolled_days()}"
+                " UNION ALL"
+                " SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'),"
+                " metadata ->> 'surface', count(*),"
+                " coalesce(sum(CAST(metadata ->> 'coins' AS bigint)), 0)::bigint,"
+                " sum(amount)::bigint"
+                f" FROM transfers WHERE code = :code AND {raw_ranges()}"
                 " GROUP BY 1, 2 LIMIT :limit"
             ),
             {
+                **split.parameters(),
                 "code": int(TransferCode.GIFT_DIAMONDS),
-                "from_time": month_start,
-                "to_time": end,
                 "limit": OVERVIEW_GIFT_GROUP_COUNT_MAX,
             },
         )
