@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ledger.queries import STATEMENT_PAGE_SIZE_MAX, account_balance, creator_balances, statement
+from ledger.verify_runs import latest_run
 from schemas import topics
 from schemas.assets import DIAMOND
 from schemas.events import CashoutStatus
@@ -110,6 +111,7 @@ async def overview(request: Request) -> Response:
         )
         dead_letter_counts = await reads.dead_letters_by_reason(conn, settings.kafka_topic_prefix)
         replica_lag = await read_replica_lag(conn)
+        verify_run = await latest_run(conn)
     diamonds_by_day = {row["day"]: int(row["milli_diamonds"]) for row in by_day}
     chart = bar_chart(
         f"Diamonds credited by gifts per UTC day, {month_start:%Y-%m}",
@@ -140,6 +142,7 @@ async def overview(request: Request) -> Response:
         dead_letter_counts=dead_letter_counts,
         lag=consumer_lag(),
         reads_from=replica_lag.text(),
+        verify_run=verify_run,
     )
 
 
