@@ -23,7 +23,12 @@ from ledger.verify_checkpoints import (
     latest_checkpoint,
     write_checkpoint,
 )
-from ledger.verify_incremental import WINDOW_CHECK_NAMES, check_since
+from ledger.verify_incremental import (
+    ROLLED_DAY_CHECKS,
+    WINDOW_CHECK_NAMES,
+    check_since,
+    rolled_day_problems,
+)
 from ledger.verify_sql import (
     clearing_legs_ctes,
     diamonds_moved_ctes,
@@ -215,6 +220,7 @@ async def verify(conn: AsyncConnection) -> list[Problem]:
         problems.extend(Problem(check, str(row[0])) for row in rows)
     problems.extend(Problem(CHAIN_CHECK, detail) for detail in await check_chain(conn))
     problems.extend(Problem(*found) for found in await check_closed_periods(conn))
+    problems.extend(Problem(*found) for found in await rolled_day_problems(conn, after_day=None))
     return problems
 
 
@@ -223,8 +229,9 @@ def check_names() -> list[str]:
 
 
 def ledger_check_names() -> list[str]:
-    """Every check `verify_ledger` runs, whole or incremental: the ledger's and the closes'."""
-    return [*check_names(), *CLOSE_CHECKS]
+    """Every check `verify_ledger` runs, whole or incremental: the ledger's, the closes' and
+    the per-day totals'."""
+    return [*check_names(), *CLOSE_CHECKS, *ROLLED_DAY_CHECKS]
 
 
 # The checks that read accounts and cash-outs but no transfer: an incremental run runs them
@@ -278,7 +285,8 @@ async def _reached_by_full_check(conn: AsyncConnection) -> Reached:
             text(
                 """
                 SELECT h.link_id, h.hash, s.transfer_count, s.seq_max,
-                       (SELECT max(id) FROM period_closes) AS close_id, now() AS checked_at
+                       (SELECT max(id) FROM period_closes) AS close_id, now() AS checked_at,
+                       (SELECT max(day) FROM rolled_days) AS rolled_day_max
                 FROM ledger_chain_head h,
                      (SELECT count(*) AS transfer_count, coalesce(max(seq), 0) AS seq_max
                       FROM transfers) s
@@ -294,6 +302,7 @@ async def _reached_by_full_check(conn: AsyncConnection) -> Reached:
         close_id=row.close_id,
         checked_at=row.checked_at,
         walked_transfer_count=row.transfer_count,
+        rolled_day_max=row.rolled_day_max,
     )
 
 

@@ -2,7 +2,8 @@
 
 A checkpoint records what a clean run reached: the head link of the transfers' hash chain and its
 hash, how many transfers the chain named up to it and the highest `seq` among them, the last
-month-end close whose balances it recomputed, and the run's clock. With it, every account whose
+month-end close whose balances it recomputed, the highest rolled day it checked (migration 0025),
+and the run's clock. With it, every account whose
 totals changed since the checkpoint before gets a row of its four totals as the run verified them;
 an account's totals as of checkpoint N are its row with the highest checkpoint id up to N, or
 zeros without one. So a checkpoint costs a row per account that moved, not one per account.
@@ -15,7 +16,7 @@ writes one, in the transaction it read the ledger in (see `ledger.verify.verify_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Final
 
 from sqlalchemy import text
@@ -39,6 +40,8 @@ class Reached:
     close_id: int | None
     checked_at: datetime
     walked_transfer_count: int
+    # The highest day of `rolled_days` checked (every day up to it too); None: none yet.
+    rolled_day_max: date | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +55,7 @@ class Checkpoint:
 
 _COLUMNS: Final = """
     id, previous_id, full_check, link_id, chain_hash, linked_transfer_count, seq_max, close_id,
-    checked_at, walked_transfer_count, verified_at
+    checked_at, walked_transfer_count, rolled_day_max, verified_at
 """
 
 
@@ -69,6 +72,7 @@ def _checkpoint(row: Any) -> Checkpoint:
             close_id=row.close_id,
             checked_at=row.checked_at,
             walked_transfer_count=row.walked_transfer_count,
+            rolled_day_max=row.rolled_day_max,
         ),
         verified_at=row.verified_at,
     )
@@ -126,10 +130,10 @@ async def write_checkpoint(
                         f"""
                         INSERT INTO verify_checkpoints (id, previous_id, full_check, link_id,
                             chain_hash, linked_transfer_count, seq_max, close_id, checked_at,
-                            walked_transfer_count)
+                            walked_transfer_count, rolled_day_max)
                         VALUES (:id, :previous_id, :full_check, :link_id, :chain_hash,
                             :linked_transfer_count, :seq_max, :close_id, :checked_at,
-                            :walked_transfer_count)
+                            :walked_transfer_count, :rolled_day_max)
                         RETURNING {_COLUMNS}
                         """  # noqa: S608
                     ),
@@ -144,6 +148,7 @@ async def write_checkpoint(
                         "close_id": reached.close_id,
                         "checked_at": reached.checked_at,
                         "walked_transfer_count": reached.walked_transfer_count,
+                        "rolled_day_max": reached.rolled_day_max,
                     },
                 )
             ).one()

@@ -20,7 +20,10 @@ temporary table (`verify_window`) and holds them, and nothing older, to the ledg
   against their items, Diamonds issued, reversed, redeemed and adjusted against creators'
   holdings;
 - the closes: both chains and anchors; the balances of closes made since the checkpoint; no
-  transfer added since is stamped in a month closed before it.
+  transfer added since is stamped in a month closed before it;
+- the per-day totals (ledger/rollups.py): the days rolled since the checkpoint (those after its
+  highest rolled day: days are rolled in order, without a gap) recomputed from their transfers;
+  no transfer added since is stamped in a day rolled before it.
 
 What only `verify --full` sees is in the README ("Verify").
 """
@@ -28,6 +31,7 @@ What only `verify --full` sees is in the README ("Verify").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Final
 
 from sqlalchemy import text
@@ -35,6 +39,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.chain import walk_links
 from ledger.closes import CHECK_BALANCES, check_closed_periods
+from ledger.rollups import (
+    CHECK_ACCOUNTS,
+    CHECK_COUNT,
+    CHECK_GIFTS,
+    ONE_DAY,
+    day_start,
+    rolled_day_differences,
+)
 from ledger.verify_checkpoints import ZERO_HASH, Checkpoint, Reached
 from ledger.verify_sql import (
     clearing_legs_ctes,
@@ -296,8 +308,15 @@ async def check_since(conn: AsyncConnection, checkpoint: Checkpoint) -> Incremen
         problems += [(name, str(row[0])) for row in rows]
     problems += await check_closed_periods(conn, recomputed_up_to_id=start.close_id or 0)
     problems += await _stamped_in_closed_month(conn, start.close_id)
-    close_id, checked_at = (
-        await conn.execute(text("SELECT (SELECT max(id) FROM period_closes), now()"))
+    problems += await rolled_day_problems(conn, after_day=start.rolled_day_max)
+    problems += await _stamped_in_rolled_day(conn, checkpoint)
+    close_id, checked_at, day_max = (
+        await conn.execute(
+            text(
+                "SELECT (SELECT max(id) FROM period_closes), now(),"
+                " (SELECT max(day) FROM rolled_days)"
+            )
+        )
     ).one()
     reached = Reached(
         link_id=walk.last_link_id or None,
@@ -307,6 +326,7 @@ async def check_since(conn: AsyncConnection, checkpoint: Checkpoint) -> Incremen
         close_id=close_id,
         checked_at=checked_at,
         walked_transfer_count=walk.linked_count,
+        rolled_day_max=day_max,
     )
     return IncrementalResult(problems, reached)
 
@@ -375,3 +395,54 @@ async def _stamped_in_closed_month(
         {"id": close_id, "limit": PROBLEM_COUNT_MAX},
     )
     return [(CHECK_BALANCES, str(row[0])) for row in rows]
+
+
+ROLLED_DAY_CHECKS: Final = (CHECK_COUNT, CHECK_ACCOUNTS, CHECK_GIFTS)
+_ROLLED_DAY_DETAILS: Final = {
+    CHECK_COUNT: "rolled_days counts another number of transfers than the day holds",
+    CHECK_ACCOUNTS: "day_account_totals differ from the day's posted transfers",
+    CHECK_GIFTS: "day_gift_totals differ from the day's gift transfers",
+}
+
+
+async def rolled_day_problems(
+    conn: AsyncConnection, *, after_day: date | None
+) -> list[tuple[str, str]]:
+    """The rolled days after `after_day` (None: every rolled day) whose stored totals differ
+    from their transfers; reads every transfer of those days."""
+    from_day = None if after_day is None else after_day + ONE_DAY
+    differences = await rolled_day_differences(conn, from_day=from_day, limit=PROBLEM_COUNT_MAX)
+    return [
+        (found.check, f"day {found.day}: {_ROLLED_DAY_DETAILS[found.check]}")
+        for found in differences
+    ]
+
+
+async def _stamped_in_rolled_day(
+    conn: AsyncConnection, checkpoint: Checkpoint
+) -> list[tuple[str, str]]:
+    """Transfers added since the checkpoint were committed after every roll it saw: none may be
+    stamped in a day up to its highest rolled day (a day is rolled once no transfer can still be
+    stamped in it)."""
+    day_max = checkpoint.reached.rolled_day_max
+    if day_max is None:
+        return []
+    rows = await conn.execute(
+        text(
+            """
+            SELECT 'transfer ' || t.id || ' stamped ' || t.created_at || ' in day '
+                   || CAST(t.created_at AT TIME ZONE 'UTC' AS date) || ', rolled before checkpoint '
+                   || CAST(:checkpoint_id AS bigint) || ', was stored after it'
+            FROM verify_window t
+            WHERE t.created_at < :rolled_to
+            ORDER BY t.seq
+            LIMIT :limit
+            """
+        ),
+        {
+            "checkpoint_id": checkpoint.id,
+            "rolled_to": day_start(day_max + ONE_DAY),
+            "limit": PROBLEM_COUNT_MAX,
+        },
+    )
+    return [(CHECK_COUNT, str(row[0])) for row in rows]

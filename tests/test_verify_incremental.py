@@ -33,6 +33,7 @@ from ledger.verify import (
     verify_ledger,
 )
 from ledger.verify_checkpoints import Checkpoint, latest_checkpoint
+from ledger.verify_incremental import ROLLED_DAY_CHECKS
 from services.commands.books import verify_command
 from services.commands.common import EXIT_FAILURE, EXIT_OK
 from services.operator.actions_log import OPERATOR_ACTIONS_CHECK
@@ -364,8 +365,8 @@ async def test_the_command_counts_every_check_it_runs(
     engine: AsyncEngine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     names = [*ledger_check_names(), OPERATOR_ACTIONS_CHECK]
-    assert names == [*check_names(), *CLOSE_CHECKS, OPERATOR_ACTIONS_CHECK]
-    assert len(set(names)) == len(names) == 20
+    assert names == [*check_names(), *CLOSE_CHECKS, *ROLLED_DAY_CHECKS, OPERATOR_ACTIONS_CHECK]
+    assert len(set(names)) == len(names) == 23
     before = await clean_checkpoint(engine)
     await post_pair(engine, f"command-{uuid.uuid4().hex[:8]}")
     assert await verify_command(engine, argparse.Namespace(full=False)) == EXIT_OK
@@ -374,13 +375,13 @@ async def test_the_command_counts_every_check_it_runs(
     assert after.id == before.id + 1
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        "ledger verified: 20 checks passed, 2 transfers added since checkpoint"
+        "ledger verified: 23 checks passed, 2 transfers added since checkpoint"
         f" {before.id} (`verify --full` checks every transfer)",
         f"checkpoint {after.id} recorded at link {after.reached.link_id}",
     ]
     assert await verify_command(engine, argparse.Namespace(full=True)) == EXIT_OK
     out = capsys.readouterr().out
-    assert out.startswith("ledger verified: 20 checks passed, the whole ledger (")
+    assert out.startswith("ledger verified: 23 checks passed, the whole ledger (")
 
 
 async def test_the_command_records_no_checkpoint_when_it_finds_a_problem(
@@ -415,7 +416,7 @@ async def test_a_database_without_the_checkpoint_tables_gets_full_runs(
             for _ in range(2):
                 assert await verify_command(engine, argparse.Namespace(full=False)) == EXIT_OK
                 assert capsys.readouterr().out.splitlines() == [
-                    "ledger verified: 20 checks passed, the whole ledger (2 transfers)",
+                    "ledger verified: 23 checks passed, the whole ledger (2 transfers)",
                     "no checkpoint recorded: this database has no verify_checkpoints table",
                 ]
         finally:
