@@ -57,29 +57,39 @@ _json_string = encode_basestring  # a JSON string literal, non-ASCII characters 
 def gift_metadata_text(event: GiftSent) -> str:
     """The gift's details as the ledger stores them (surface, gift, sender, coins, the video or
     LIVE), written out as `ledger.chain.metadata_json` writes them, keys sorted, no spaces:
-    every gift needs this text, and a test holds it equal to the encoder's."""
+    every gift needs this text, and a test holds it equal to the encoder's. One f-string per
+    surface, the surface's name written as it is."""
+    coins = event.coins * event.count
     if event.surface == "video":
         assert event.video_id is not None  # the model holds the surface and its id together
-        place = f'"video_id":{_json_string(event.video_id)}'
-        before_sender, after_surface = "", f",{place}"
-    else:
-        assert event.live_id is not None
-        place = f'"live_id":{_json_string(event.live_id)}'
-        before_sender, after_surface = f",{place}", ""
+        return (
+            f'{{"coins":{coins},"gift_id":{_json_string(event.gift_id)},'
+            f'"sender_id":{_json_string(event.sender_id)},"surface":"video",'
+            f'"video_id":{_json_string(event.video_id)}}}'
+        )
+    assert event.live_id is not None
     return (
-        f'{{"coins":{event.coins * event.count},"gift_id":{_json_string(event.gift_id)}'
-        f'{before_sender},"sender_id":{_json_string(event.sender_id)},'
-        f'"surface":{_json_string(event.surface)}{after_surface}}}'
+        f'{{"coins":{coins},"gift_id":{_json_string(event.gift_id)},'
+        f'"live_id":{_json_string(event.live_id)},'
+        f'"sender_id":{_json_string(event.sender_id)},"surface":"live"}}'
     )
 
 
+# `GiftTransfer(...)` runs the named tuple's `__new__`, a Python function; building the tuple
+# directly skips that call on every gift.
+_new_gift_transfer = tuple.__new__
+
+
 def gift_transfer(event: GiftSent, card: RateCard) -> GiftTransfer:
-    return GiftTransfer(
-        transfer_id(topics.GIFTS_SENT, event.event_id, "diamonds"),
-        chart.creator_diamonds_available(event.creator_id),
-        card.gift_milli_diamonds(event.coins, event.count),
-        card.version,
-        gift_metadata_text(event),
+    return _new_gift_transfer(
+        GiftTransfer,
+        (
+            transfer_id(topics.GIFTS_SENT, event.event_id, "diamonds"),
+            chart.creator_diamonds_available(event.creator_id),
+            card.gift_milli_diamonds(event.coins, event.count),
+            card.version,
+            gift_metadata_text(event),
+        ),
     )
 
 

@@ -70,18 +70,28 @@ class RateCardBook:
         self._cards = sorted((_aware(card) for card in cards), key=lambda c: c.effective_from)
         self._starts = [card.effective_from for card in self._cards]
         self._starts_by_zone: dict[tzinfo, list[datetime]] = {}
+        # The zone of the last moment priced and the starts to compare it with: the events of a
+        # batch share one tzinfo object, so most calls skip the lookup by zone. Never None.
+        self._last_zone: tzinfo = UTC
+        self._last_starts = self._starts_in(UTC)
 
     def in_force_at(self, moment: datetime) -> RateCard:
         zone = moment.tzinfo
+        starts = self._last_starts if zone is self._last_zone else self._starts_for(zone, moment)
+        if moment >= starts[-1]:  # the newest card prices most events
+            return self._cards[-1]
+        index = bisect.bisect_right(starts, moment) - 1
+        return self._cards[max(index, 0)]
+
+    def _starts_for(self, zone: tzinfo | None, moment: datetime) -> list[datetime]:
+        """The starts to compare a moment in `zone` with, remembered as the last zone's."""
         if zone is None:
             raise ValueError(f"a rate card is in force at an aware moment, not at {moment}")
         # A zone with daylight saving repeats an hour of wall-clock time: compare in UTC there.
         fixed_offset = type(zone) in FIXED_OFFSET_ZONE_TYPES
         starts = self._starts_in(zone) if fixed_offset else self._starts
-        if moment >= starts[-1]:  # the newest card prices most events
-            return self._cards[-1]
-        index = bisect.bisect_right(starts, moment) - 1
-        return self._cards[max(index, 0)]
+        self._last_zone, self._last_starts = zone, starts
+        return starts
 
     def _starts_in(self, zone: tzinfo) -> list[datetime]:
         """The cards' starts written in `zone`. Two datetimes that share a tzinfo object compare
