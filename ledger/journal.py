@@ -159,14 +159,148 @@ async def _parameters(
     }
 
 
+# The period's posted movements of the transfers not rolled up, per UTC day, account and code.
+_RAW_MOVES = f"""
+    raw_moves AS MATERIALIZED (
+        SELECT day, account_id, code, sum(debit)::bigint AS debits, sum(credit)::bigint AS credits
+        FROM (
+            SELECT (created_at AT TIME ZONE 'UTC')::date AS day, debit_account_id AS account_id,
+                   code, amount AS debit, 0::bigint AS credit
+            FROM transfers WHERE flags & 10 = 0 AND {raw_ranges("p_")}
+            UNION ALL
+            SELECT (created_at AT TIME ZONE 'UTC')::date, credit_account_id, code, 0, amount
+            FROM transfers WHERE flags & 10 = 0 AND {raw_ranges("p_")}
+        ) raw
+        GROUP BY 1, 2, 3
+    )"""  # noqa: S608 (constant filters)
+
+# How many lines each day of the period has: a rolled day's rows, and the rest's groups.
+_DAY_LINE_COUNTS = f"""
+    WITH {_RAW_MOVES}
+    SELECT day, count(*) AS line_count FROM day_account_totals
+    WHERE {rolled_days("p_")} GROUP BY day
+    UNION ALL
+    SELECT day, count(*) FROM raw_moves GROUP BY day
+    ORDER BY 1
+    """  # noqa: S608 (constant filters)
+
+# One page of lines: the lines of the days `[:from_day, :to_day]` in (day, account name, code)
+# order, from the `:offset`th on. Each line's closing balance is the account's balance at the
+# start (as in `_JOURNAL_LINES`) plus the account's movements of the period up to and including
+# the line, read for the page's accounts only.
+_JOURNAL_PAGE = f"""
+    WITH {_RAW_MOVES}, moves AS (
+        SELECT day, account_id, code, debits_minor AS debits, credits_minor AS credits
+        FROM day_account_totals
+        WHERE {rolled_days("p_")} AND day >= :from_day AND day <= :to_day
+        UNION ALL
+        SELECT day, account_id, code, debits, credits FROM raw_moves
+        WHERE day >= :from_day AND day <= :to_day
+    ), page AS MATERIALIZED (
+        SELECT m.day, m.account_id, a.name AS account, a.asset, s.scale, c.name AS code,
+               m.debits, m.credits
+        FROM moves m
+        JOIN accounts a ON a.id = m.account_id
+        JOIN assets s ON s.code = a.asset
+        JOIN transfer_codes c ON c.code = m.code
+        ORDER BY m.day, a.name, c.name
+        OFFSET :offset
+        LIMIT :limit
+    ), page_accounts AS MATERIALIZED (
+        SELECT DISTINCT account_id FROM page
+    ), before AS (
+        SELECT account_id, credits_minor - debits_minor AS change
+        FROM closing_balances
+        WHERE close_id = CAST(:base_close_id AS bigint)
+          AND account_id IN (SELECT account_id FROM page_accounts)
+        UNION ALL
+        SELECT account_id, credits_minor - debits_minor FROM day_account_totals
+        WHERE {rolled_days("b_")} AND account_id IN (SELECT account_id FROM page_accounts)
+        UNION ALL
+        SELECT debit_account_id, -amount FROM transfers
+        WHERE flags & 10 = 0 AND {raw_ranges("b_")}
+          AND debit_account_id IN (SELECT account_id FROM page_accounts)
+        UNION ALL
+        SELECT credit_account_id, amount FROM transfers
+        WHERE flags & 10 = 0 AND {raw_ranges("b_")}
+          AND credit_account_id IN (SELECT account_id FROM page_accounts)
+    ), opening AS (
+        SELECT account_id, sum(change)::bigint AS balance FROM before GROUP BY account_id
+    ), account_moves AS (
+        SELECT t.day, t.account_id, c.name AS code, t.credits_minor - t.debits_minor AS change
+        FROM day_account_totals t JOIN transfer_codes c ON c.code = t.code
+        WHERE {rolled_days("p_")} AND t.account_id IN (SELECT account_id FROM page_accounts)
+        UNION ALL
+        SELECT r.day, r.account_id, c.name, r.credits - r.debits
+        FROM raw_moves r JOIN transfer_codes c ON c.code = r.code
+        WHERE r.account_id IN (SELECT account_id FROM page_accounts)
+    ), lines AS (
+        SELECT p.day, p.account, p.asset, p.scale, p.code, p.debits, p.credits,
+               (coalesce(max(o.balance), 0) + sum(e.change))::bigint AS closing
+        FROM page p
+        JOIN account_moves e
+          ON e.account_id = p.account_id AND (e.day, e.code) <= (p.day, p.code)
+        LEFT JOIN opening o ON o.account_id = p.account_id
+        GROUP BY p.day, p.account_id, p.account, p.asset, p.scale, p.code, p.debits, p.credits
+    )
+    SELECT CAST(:after_line AS bigint)
+               + row_number() OVER (ORDER BY day, account, code) AS line_no,
+           day, account, asset, scale, code, debits, credits,
+           closing - credits + debits AS opening, closing
+    FROM lines
+    ORDER BY line_no
+    """  # noqa: S608 (constant filters)
+
+
+def _page_days(
+    day_counts: list[tuple[date, int]], after_line: int, limit: int
+) -> tuple[date, date, int] | None:
+    """The days holding lines `after_line + 1` to `after_line + limit` (the first and last) and
+    how many lines of the first come before line `after_line + 1`; None when there are none."""
+    before = 0
+    first: tuple[date, int] | None = None
+    last_day: date | None = None
+    for day, count in day_counts:
+        if first is None and before + count > after_line:
+            first = (day, after_line - before)
+        if first is not None:
+            last_day = day
+        before += count
+        if before >= after_line + limit:
+            break
+    if first is None or last_day is None:
+        return None
+    return first[0], last_day, first[1]
+
+
+async def _day_line_counts(
+    conn: AsyncConnection, parameters: dict[str, Any]
+) -> list[tuple[date, int]]:
+    """How many lines each day of the period has, in day order (days without lines left out)."""
+    counts: dict[date, int] = {}
+    for row in await conn.execute(text(_DAY_LINE_COUNTS), parameters):
+        counts[row.day] = counts.get(row.day, 0) + row.line_count
+    return sorted(counts.items())
+
+
 async def journal_page(
     conn: AsyncConnection, basis: JournalBasis, *, after_line: int = 0, limit: int = 1_000
 ) -> list[JournalLine]:
-    """Up to `limit` lines after line number `after_line` (the cursor: the last line's number)."""
+    """Up to `limit` lines after line number `after_line` (the cursor: the last line's number).
+
+    The lines are numbered from each day's count of lines (rolled days' rows are counted, not
+    built), so a page builds only the lines of the days it spans, and running balances only for
+    its accounts: its cost follows the page and its days, not the whole period."""
     if not 1 <= limit <= JOURNAL_PAGE_SIZE_MAX:
         raise ValueError(f"limit must be between 1 and {JOURNAL_PAGE_SIZE_MAX}")
+    parameters = await _parameters(conn, basis, after_line, limit)
+    days = _page_days(await _day_line_counts(conn, parameters), after_line, limit)
+    if days is None:
+        return []
+    from_day, to_day, offset = days
     rows = await conn.execute(
-        text(_JOURNAL_LINES), await _parameters(conn, basis, after_line, limit)
+        text(_JOURNAL_PAGE),
+        {**parameters, "from_day": from_day, "to_day": to_day, "offset": offset},
     )
     return [JournalLine(**row._mapping) for row in rows]
 

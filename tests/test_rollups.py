@@ -1,6 +1,6 @@
 """Transfers pre-summed per UTC day (`ledger.rollups`): the roller sums final days once and
-exactly, and the journal and the console's overview read the same figures with no day rolled, some
-rolled and all rolled.
+exactly, and the journal (whole and a few lines a page), the console's overview and the API's
+gifts report read the same figures with no day rolled, some rolled and all rolled.
 
 Each part runs on a database of its own (the roller sums the whole ledger). Past transfers are
 stamped through a `test_clock.clock_timestamp()` the test sets, as in test_close_and_journal;
@@ -20,11 +20,11 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ledger.chart import AccountKind, AccountSpec
 from ledger.database import create_engine
-from ledger.journal import asset_totals, journal_basis, journal_page
+from ledger.journal import JournalBasis, asset_totals, journal_basis, journal_page
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
 from ledger.periods import Period, period_of
 from ledger.rollups import (
@@ -39,6 +39,8 @@ from ledger.rollups import (
     rolled_day_differences,
 )
 from ledger.service import Ledger
+from schemas.reports import GIFT_GROUPINGS
+from services.api.queries import gifts_report
 from services.console.reads import overview_gifts
 from tests.fresh_database import fresh_database
 
@@ -53,6 +55,8 @@ GRANT SELECT ON test_clock.moment TO giftledger_writer, giftledger_reader;
 """
 
 ACCOUNT_COUNT = 3
+# Lines per page when the journal is read a page at a time: pages that end inside days.
+JOURNAL_SMALL_PAGE = 2
 DAYS_PER_EXAMPLE = 5
 # Examples take consecutive blocks of days from here; the block of 2002-01-30 crosses a month.
 FIRST_DAY = date(2002, 1, 30)
@@ -113,7 +117,32 @@ async def _journal(engine: AsyncEngine, period: Period) -> list[dict[str, Any]]:
         basis = await journal_basis(conn, period)
         lines = await journal_page(conn, basis, limit=10_000)
         totals = await asset_totals(conn, basis)
+        paged = await _journal_in_pages(conn, basis, JOURNAL_SMALL_PAGE)
+    assert paged == lines
     return [asdict(line) for line in lines] + [asdict(total) for total in totals]
+
+
+async def _journal_in_pages(conn: AsyncConnection, basis: JournalBasis, limit: int) -> list[Any]:
+    """Every line of the journal, `limit` lines a page, each page after the last one's line."""
+    lines: list[Any] = []
+    for _ in range(10_000):
+        page = await journal_page(
+            conn, basis, after_line=lines[-1].line_no if lines else 0, limit=limit
+        )
+        if not page:
+            return lines
+        lines.extend(page)
+    raise AssertionError("the journal did not end")
+
+
+async def _gifts_reports(
+    engine: AsyncEngine, start: datetime, end: datetime
+) -> dict[str, list[dict[str, Any]]]:
+    """The API's gifts report of `[start, end)` per every grouping."""
+    async with engine.connect() as conn:
+        return {
+            group_by: await gifts_report(conn, start, end, group_by) for group_by in GIFT_GROUPINGS
+        }
 
 
 async def _overview(engine: AsyncEngine, month_start: datetime, today: date, end: datetime) -> Any:
@@ -132,6 +161,13 @@ async def _answers(engine: AsyncEngine, days: list[date]) -> dict[str, Any]:
             engine, period.start, days[3], max(middle, period.start)
         )
         answers[f"gifts {period}"] = await _overview(engine, period.start, days[3], period.end)
+        answers[f"report {period}"] = await _gifts_reports(engine, period.start, period.end)
+    # Ranges that start and end inside days, and one of whole days.
+    inside = day_start(days[1]) + timedelta(hours=5, minutes=3)
+    answers[f"report {inside} to {middle}"] = await _gifts_reports(engine, inside, middle)
+    answers["report of whole days"] = await _gifts_reports(
+        engine, day_start(days[0]), day_start(days[-1])
+    )
     return answers
 
 
@@ -223,7 +259,9 @@ async def test_readers_answer_the_same_with_no_some_and_all_days_rolled(
     assert all_rolled == none_rolled
     for period in {period_of(day_start(day)) for day in days}:
         gifts = none_rolled[f"gifts {period}"]
-        assert gifts["month"] == await _expected_gifts(books.owner, period.start, period.end)
+        expected = await _expected_gifts(books.owner, period.start, period.end)
+        assert gifts["month"] == expected
+        assert none_rolled[f"report {period}"]["surface"] == expected
 
 
 # Roll-up against the transfers, and the check ------------------------------------------------

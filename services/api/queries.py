@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.model import TransferCode, TransferFlags
+from ledger.rollups import day_split, raw_ranges, rolled_days
 from schemas.reports import GIFT_GROUPINGS, GiftGrouping
 from services.api.report_window import CASHOUT_CLOCKS, CashoutClock
 
@@ -159,41 +160,81 @@ async def cashout_transitions(conn: AsyncConnection, cashout_id: str) -> list[di
     return [{"status": row.status, "at": row.at.isoformat(), "detail": row.detail} for row in rows]
 
 
+# A gift's group per grouping, from a transfer `t` and its credited account `a`.
+_GIFT_GROUP_KEY = """
+    CASE CAST(:group_by AS text)
+        WHEN 'surface' THEN t.metadata ->> 'surface'
+        WHEN 'gift' THEN t.metadata ->> 'gift_id'
+        WHEN 'creator' THEN a.creator_id
+        ELSE to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+    END"""
+
+# Gifts per creator or gift: the transfers of the range.
+_GIFTS_FROM_TRANSFERS = f"""
+    SELECT {_GIFT_GROUP_KEY} AS group_key,
+           count(*) AS gift_count,
+           coalesce(sum(CAST(t.metadata ->> 'coins' AS bigint)), 0)::bigint AS coins,
+           sum(t.amount)::bigint AS milli_diamonds
+    FROM transfers t
+    JOIN accounts a ON a.id = t.credit_account_id
+    WHERE t.code = :code AND t.created_at >= :raw_start AND t.created_at < :raw_end
+    GROUP BY 1
+    ORDER BY 1
+    LIMIT :limit
+    """  # noqa: S608 (constant expression)
+
+# Gifts per surface or day: the rolled days' totals per day and surface (`ledger.rollups`) and
+# the transfers of the rest of the range, summed per group.
+_GIFTS_FROM_DAY_TOTALS = f"""
+    SELECT group_key, sum(gift_count)::bigint AS gift_count, sum(coins)::bigint AS coins,
+           sum(milli_diamonds)::bigint AS milli_diamonds
+    FROM (
+        SELECT CASE CAST(:group_by AS text)
+                   WHEN 'surface' THEN surface
+                   ELSE to_char(day, 'YYYY-MM-DD')
+               END AS group_key,
+               gift_count, coins, milli_diamonds
+        FROM day_gift_totals WHERE {rolled_days()}
+        UNION ALL
+        SELECT CASE CAST(:group_by AS text)
+                   WHEN 'surface' THEN metadata ->> 'surface'
+                   ELSE to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+               END,
+               count(*), coalesce(sum(CAST(metadata ->> 'coins' AS bigint)), 0)::bigint,
+               sum(amount)::bigint
+        FROM transfers
+        WHERE code = :code AND {raw_ranges()}
+        GROUP BY 1
+    ) parts
+    GROUP BY 1
+    ORDER BY 1
+    LIMIT :limit
+    """  # noqa: S608 (constant filters)
+
+# The groupings the day totals hold (one row per UTC day and surface).
+_DAY_TOTAL_GROUPINGS: Final[tuple[GiftGrouping, ...]] = ("surface", "day")
+
+
 async def gifts_report(
     conn: AsyncConnection, from_time: datetime, to_time: datetime, group_by: GiftGrouping
 ) -> list[dict[str, Any]]:
     """Gifts (transfers with code `gift_diamonds`) booked in the range, per group: how many, their
     coins and the milli-diamonds they credited. Reversals are not netted out. A day is the UTC
-    day of the booking."""
+    day of the booking. Per surface or day, the days rolled up (`ledger.rollups`) are read from
+    their totals and the rest of the range from the transfers: the same figures either way."""
     assert group_by in GIFT_GROUPINGS, group_by
-    rows = await conn.execute(
-        text(
-            """
-            SELECT CASE CAST(:group_by AS text)
-                       WHEN 'surface' THEN t.metadata ->> 'surface'
-                       WHEN 'gift' THEN t.metadata ->> 'gift_id'
-                       WHEN 'creator' THEN a.creator_id
-                       ELSE to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
-                   END AS group_key,
-                   count(*) AS gift_count,
-                   coalesce(sum(CAST(t.metadata ->> 'coins' AS bigint)), 0)::bigint AS coins,
-                   sum(t.amount)::bigint AS milli_diamonds
-            FROM transfers t
-            JOIN accounts a ON a.id = t.credit_account_id
-            WHERE t.code = :code AND t.created_at >= :from_time AND t.created_at < :to_time
-            GROUP BY 1
-            ORDER BY 1
-            LIMIT :limit
-            """
-        ),
-        {
-            "group_by": group_by,
-            "code": int(TransferCode.GIFT_DIAMONDS),
-            "from_time": from_time,
-            "to_time": to_time,
-            "limit": REPORT_GROUP_COUNT_MAX,
-        },
-    )
+    values: dict[str, Any] = {
+        "group_by": group_by,
+        "code": int(TransferCode.GIFT_DIAMONDS),
+        "limit": REPORT_GROUP_COUNT_MAX,
+    }
+    if group_by in _DAY_TOTAL_GROUPINGS:
+        split = await day_split(conn, from_time, to_time)
+        rows = await conn.execute(text(_GIFTS_FROM_DAY_TOTALS), {**values, **split.parameters()})
+    else:
+        rows = await conn.execute(
+            text(_GIFTS_FROM_TRANSFERS), {**values, "raw_start": from_time, "raw_end": to_time}
+        )
     return [
         {
             group_by: row.group_key,

@@ -164,7 +164,7 @@ def journal_line_document(line: JournalLine) -> dict[str, Any]:
     "account's balance (credits minus debits) before and after it, so an account's lines chain "
     "from its balance at the period's start to its balance at the end. `assets` sums the "
     "period per asset (debits equal credits); `close` is the period's close, if any. Every page "
-    "is computed from the period's transfers.",
+    "is computed from the period's transfers (the days rolled up from their per-day totals).",
     response_model=JournalDocument,
 )
 async def journal_route(
