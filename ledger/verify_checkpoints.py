@@ -2,7 +2,7 @@
 
 A checkpoint records what a clean run reached: the head link of the transfers' hash chain and its
 hash, how many transfers the chain named up to it and the highest `seq` among them, the last
-month-end close whose balances it recomputed, the highest rolled day it checked (migration 0025),
+month-end close whose balances it recomputed, the highest rolled day it checked (migration 0024),
 and the run's clock. With it, every account whose
 totals changed since the checkpoint before gets a row of its four totals as the run verified them;
 an account's totals as of checkpoint N are its row with the highest checkpoint id up to N, or

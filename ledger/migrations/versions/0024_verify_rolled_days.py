@@ -1,7 +1,7 @@
 """Verify checkpoints record the highest rolled day a run checked, so that the next incremental
 run checks only the days rolled since.
 
-Revision ID: 0025
+Revision ID: 0024
 Revises: 0023
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from ledger.migrations.sql_files import execute_sql_file
 
-revision = "0025"
+revision = "0024"
 down_revision = "0023"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    execute_sql_file("0025_verify_rolled_days.sql")
+    execute_sql_file("0024_verify_rolled_days.sql")
 
 
 def downgrade() -> None:
