@@ -48,6 +48,18 @@ SELECT_APPLIED = text(
     ) a
     """
 )
+# When each of a batch's applied events occurred, probed by primary key like SELECT_APPLIED.
+_SELECT_OCCURRED_AT = text(
+    """
+    SELECT wanted.event_id, a.occurred_at
+    FROM unnest(CAST(:ids AS text[])) AS wanted(event_id)
+    CROSS JOIN LATERAL (
+        SELECT occurred_at FROM applied_events
+        WHERE topic = :topic AND event_id = wanted.event_id
+        LIMIT 1
+    ) a
+    """
+)
 # Record a batch's events as applied, each unless its event_id is recorded already (a
 # redelivery, or another consumer's transaction that committed meanwhile: the insert waits for
 # it); returns the event_ids it did not insert, none in the usual case. One statement where a
@@ -216,6 +228,16 @@ class EventStore:
                     )
                 )
         return fresh
+
+    async def occurred_at_of(
+        self, conn: AsyncConnection, topic: str, event_ids: list[str]
+    ) -> dict[str, datetime]:
+        """The `occurred_at` of each of `event_ids` applied on `topic`; those not applied are
+        left out."""
+        if not event_ids:
+            return {}
+        rows = await conn.execute(_SELECT_OCCURRED_AT, {"topic": topic, "ids": event_ids})
+        return {row.event_id: row.occurred_at for row in rows}
 
     async def claim_applied(
         self, conn: AsyncConnection, topic: str, items: list[ParsedEvent], report: BatchReport

@@ -48,6 +48,8 @@ from services.ingestion.event_transfers import (
     batch_coin_leg,
     fund_legs,
     gift_transfer,
+    gift_transfer_id,
+    legacy_gift_transfer_id,
     marketplace_legs,
     reversal_legs,
     tip_legs,
@@ -247,8 +249,31 @@ def _reversal_accounts(event: Event) -> list[AccountSpec]:
     return [spec for leg in legs for spec in (leg.debit, leg.credit)]
 
 
-def _gift_diamonds_id(gift_event_id: str) -> uuid.UUID:
-    return transfer_id(topics.GIFTS_SENT, gift_event_id, "diamonds")
+async def _gift_transfer_ids(
+    tx: LedgerTransaction, events: EventStore, gift_event_ids: list[str]
+) -> dict[str, tuple[uuid.UUID, ...]]:
+    """The ids under which each applied gift's transfer may be stored: the time-ordered id from
+    the `occurred_at` recorded with the gift's event, and the name-based id of gifts stored
+    before time-ordered ids. A gift not applied yet has none: its event is recorded as applied
+    in the transaction that stores its transfer."""
+    occurred = await events.occurred_at_of(tx.connection, topics.GIFTS_SENT, gift_event_ids)
+    return {
+        gift_event_id: (
+            gift_transfer_id(gift_event_id, occurred_at),
+            legacy_gift_transfer_id(gift_event_id),
+        )
+        for gift_event_id, occurred_at in occurred.items()
+    }
+
+
+def _stored_gift(
+    stored: Mapping[uuid.UUID, StoredTransfer], candidate_ids: tuple[uuid.UUID, ...]
+) -> StoredTransfer | None:
+    for candidate_id in candidate_ids:
+        gift = stored.get(candidate_id)
+        if gift is not None:
+            return gift
+    return None
 
 
 def _gift_coins(gift_diamonds: StoredTransfer) -> int:
@@ -268,18 +293,19 @@ async def _plan_reversals(
     """Price each reversal from its gift's stored transfers; park those whose gift is
     missing (or dead-letter them once their parking deadline has passed)."""
     reversals = [item for item in items if isinstance(item.event, GiftReversed)]
-    gift_ids = [
-        _gift_diamonds_id(item.event.gift_event_id)  # type: ignore[attr-defined]
+    gift_event_ids = [
+        item.event.gift_event_id  # type: ignore[attr-defined]
         for item in reversals
     ]
-    stored, _ = await tx.read_stored(gift_ids)
+    gift_ids = await _gift_transfer_ids(tx, context.events, gift_event_ids)
+    stored, _ = await tx.read_stored([id_ for ids in gift_ids.values() for id_ in ids])
     now = datetime.now(UTC)
     ready: list[ParsedEvent] = []
     to_park: list[ParsedEvent] = []
     for item in reversals:
         event = item.event
         assert isinstance(event, GiftReversed)
-        gift_diamonds = stored.get(_gift_diamonds_id(event.gift_event_id))
+        gift_diamonds = _stored_gift(stored, gift_ids.get(event.gift_event_id, ()))
         if gift_diamonds is not None:
             creator_account = account_ids[_reversal_accounts(event)[2].name]
             if gift_diamonds.credit_account_id != creator_account:
