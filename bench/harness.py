@@ -2,8 +2,8 @@
 
 - The server: `DATABASE_URL`'s, else 127.0.0.1:5432 when it answers, else the embedded
   PostgreSQL (`admin_url`); a fresh database `giftledger_bench_<random>` on it, migrated to head
-  and dropped at the end (`fresh_database`); its version; `ledger.verify.verify` at the end
-  (`verify_ledger`).
+  and dropped at the end (`fresh_database`, which the tests use too, with their own prefix); its
+  version; `ledger.verify.verify` at the end (`verify_ledger`).
 - The bench chart: a funding account and the accounts it credits (`create_chart`).
 - The machine: a fixed Python loop timed, what one core gives Python now (`machine_line`).
 - The arguments: a number between two bounds, else the usage and an error (`check_between`).
@@ -68,21 +68,29 @@ async def admin_url() -> AsyncIterator[tuple[str, str]]:
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(maintenance_url: str) -> AsyncIterator[str]:
-    """A new database migrated to head; dropped at the end, whatever happens."""
-    name = f"giftledger_bench_{uuid.uuid4().hex[:12]}"
+async def fresh_database(
+    maintenance_url: str, prefix: str = "giftledger_bench"
+) -> AsyncIterator[str]:
+    """The URL of a new database `<prefix>_<random>` on the server of `maintenance_url`, migrated
+    to head; dropped at the end, whatever happens. The tests' own databases come from here too
+    (`tests/fresh_database.py`)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_async_engine(maintenance_url, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(maintenance_url).set(database=name).render_as_string(hide_password=False)
     try:
-        engine = create_engine(url, pool_size=2)
-        await upgrade_to_head(engine)
-        await engine.dispose()
-        yield url
-    finally:
         async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(maintenance_url).set(database=name).render_as_string(hide_password=False)
+        try:
+            engine = create_engine(url, pool_size=2)
+            try:
+                await upgrade_to_head(engine)
+            finally:
+                await engine.dispose()
+            yield url
+        finally:
+            async with admin.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
         await admin.dispose()
 
 

@@ -19,17 +19,16 @@ import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 from sqlalchemy import Executable, column, delete, func, select, table, text, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
-from ledger.migrate import upgrade_to_head
 from ledger.model import AccountFlags, Transfer, TransferCode, TransferFlags
 from ledger.service import Ledger
 from services.app.partition_upkeep import PartitionUpkeep
 from services.runtime.metrics import TRANSFER_PARTITION_MONTHS_AHEAD
 from tests.api_server import free_port
+from tests.fresh_database import fresh_database
 from tests.ingestion_fixtures import wait_until
 from tests.ledger_helpers import make_accounts
 
@@ -71,20 +70,8 @@ def month_partition(months_after_current: int = 0) -> str:
 @pytest_asyncio.fixture(loop_scope="session")
 async def own_database_url(postgres_admin_url: str) -> AsyncIterator[str]:
     """A database of this test's own, migrated to head: its partitions are changed on purpose."""
-    name = f"giftledger_partitions_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        engine = create_engine(url, pool_size=2)
-        await upgrade_to_head(engine)
-        await engine.dispose()
+    async with fresh_database(postgres_admin_url, prefix="giftledger_partitions") as url:
         yield url
-    finally:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
