@@ -21,15 +21,15 @@ WINDOW_LINE = re.compile(
 )
 
 
-async def test_a_short_soak_reaches_the_expected_end_state_and_prints_each_window(
-    kafka_bootstrap: str, tmp_path: Path
-) -> None:
-    process = await asyncio.create_subprocess_exec(
+async def start_soak(kafka_bootstrap: str, out: Path, minutes: str) -> asyncio.subprocess.Process:
+    """`bench.soak` for `minutes` at 200 records a second, a line every 6 s, no consumer killed or
+    restarted, writing into `out`, on the test session's broker; its output on stdout."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bench.soak",
         "--minutes",
-        "0.2",
+        minutes,
         "--rate",
         "200",
         "--interval-s",
@@ -37,7 +37,7 @@ async def test_a_short_soak_reaches_the_expected_end_state_and_prints_each_windo
         "--no-kill",
         "--no-restart",
         "--out",
-        str(tmp_path),
+        str(out),
         cwd=REPO_ROOT,
         env={
             **os.environ,
@@ -47,6 +47,12 @@ async def test_a_short_soak_reaches_the_expected_end_state_and_prints_each_windo
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+
+
+async def test_a_short_soak_reaches_the_expected_end_state_and_prints_each_window(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    process = await start_soak(kafka_bootstrap, tmp_path, "0.2")
     output, _ = await asyncio.wait_for(process.communicate(), SOAK_TIMEOUT_S)
     text = output.decode()
     lines = text.splitlines()

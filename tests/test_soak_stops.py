@@ -10,44 +10,17 @@ import asyncio
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 from bench.soak import EXIT_TERMINATED
+from tests.test_soak_smoke import start_soak
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SOAK_TIMEOUT_S = 240.0
 LINE_WAIT_S = 180.0
 GONE_WAIT_S = 10.0
 GONE_POLL_S = 0.1
 CONSUMERS = re.compile(r"^consumers: pids (\d+), (\d+);")
 SOCKET = re.compile(r"socket in (\S+?)\);")
-
-
-async def start_soak(kafka_bootstrap: str, out: Path, minutes: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.soak",
-        "--minutes",
-        minutes,
-        "--rate",
-        "200",
-        "--interval-s",
-        "6",
-        "--no-kill",
-        "--no-restart",
-        "--out",
-        str(out),
-        cwd=REPO_ROOT,
-        env={
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",  # the groups form sooner
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
 
 
 async def read_until(process: asyncio.subprocess.Process, pattern: str, lines: list[str]) -> str:
