@@ -55,8 +55,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bench.harness import admin_url, fresh_database, server_version, verify_ledger
 from bench.ingest_bench import kafka, new_producer, percentiles, say
-from bench.ledger_bench import admin_url, fresh_database, server_version, verify_ledger
 from ledger.chart import AccountKind
 from ledger.database import create_engine
 from ledger.service import Ledger, LedgerTransaction

@@ -44,7 +44,7 @@ from starlette.routing import Mount, Route
 
 from bench.console_fill import Filled, FillSizes, fill, what_was_filled
 from bench.console_server import running_api
-from bench.ledger_bench import admin_url
+from bench.harness import admin_url
 from ledger.database import create_engine
 from ledger.migrate import upgrade_to_head
 from ledger.rollups import roll_all_days

@@ -39,8 +39,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.harness import admin_url, fresh_database
 from bench.ingest_bench import BACKLOG_START, SEED, GiftMaker, python_loop_s
-from bench.ledger_bench import admin_url, fresh_database
 from ledger.database import create_engine
 from schemas import topics
 from services.app.bootstrap import build_ingestor

@@ -46,13 +46,16 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-# Re-exported: other benchmarks import admin_url, fresh_database, server_version and
-# verify_ledger from this module.
-from bench.harness import ASSET, Chart, check_between, create_chart
-from bench.harness import admin_url as admin_url
-from bench.harness import fresh_database as fresh_database
-from bench.harness import server_version as server_version
-from bench.harness import verify_ledger as verify_ledger
+from bench.harness import (
+    ASSET,
+    Chart,
+    admin_url,
+    check_between,
+    create_chart,
+    fresh_database,
+    server_version,
+    verify_ledger,
+)
 from bench.plain_paths import (
     asyncpg_dsn,
     check_plain_run,
