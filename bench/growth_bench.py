@@ -21,15 +21,16 @@ chunk at a time in memory, so any `--total` fits), then posted by the writers, o
 
 Each transfer is a gift's: an event id (`gift-<n>`), an `occurred_at` advancing
 `TRANSFERS_PER_MS` events per millisecond, each event up to `--disorder-ms` late (events of
-several Kafka partitions arrive interleaved), and its transfer id as production derives it:
+several Kafka partitions arrive interleaved), and its transfer id:
 
-- `--ids random`: `ledger.ids.transfer_id`, the name-based (version 5) id of the gift's event,
-  random-looking: each insert lands on a random page of the id indexes;
-- `--ids time-ordered`: `ledger.ids.timed_transfer_id`, the event's `occurred_at` milliseconds
-  then 74 bits of the same name's hash: inserts land near the indexes' right edge.
+- `--ids time-ordered` (the default): production's, `gift_transfer_id` of
+  `services.ingestion.event_transfers`, the event's `occurred_at` milliseconds then 74 bits of
+  its name hash: inserts land near the indexes' right edge;
+- `--ids random`: the name-based (version 5) id gifts had before (`legacy_gift_transfer_id`),
+  random-looking: each insert lands on a random page of the id indexes.
 
 Run: python -m bench.growth_bench [--total 10000000] [--step 1000000]
-                                  [--ids random|time-ordered] [--accounts 10000]
+                                  [--ids time-ordered|random] [--accounts 10000]
                                   [--batch-size 1000] [--writers 2] [--disorder-ms 2000]
                                   [--warmup 20000]
 """
@@ -68,19 +69,17 @@ from bench.ledger_bench import (
     credits_posted_sum,
 )
 from ledger.database import create_engine
-from ledger.ids import timed_transfer_id, transfer_id
 from ledger.model import TRANSFER_BATCH_SIZE_MAX, PostResult, Transfer, TransferCode
 from ledger.service import Ledger
-from schemas import topics
+from services.ingestion.event_transfers import gift_transfer_id, legacy_gift_transfer_id
 
-ID_KINDS = ("random", "time-ordered")
+ID_KINDS = ("time-ordered", "random")
 TOTAL_MAX = 100_000_000
 DISORDER_MS_MAX = 3_600_000
 WARMUP_DEFAULT = 20_000
 WARMUP_MAX = 1_000_000
 # Batches per writer generated ahead of the clock: the memory the stream holds at a time.
 CHUNK_BATCHES = 50
-GIFT_LEG = "diamonds"
 # The stream's first event; later ones follow at TRANSFERS_PER_MS a millisecond.
 STREAM_START = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
@@ -131,7 +130,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m bench.growth_bench", description=__doc__)
     parser.add_argument("--total", type=int, default=10_000_000)
     parser.add_argument("--step", type=int, default=1_000_000)
-    parser.add_argument("--ids", choices=ID_KINDS, default="random")
+    parser.add_argument("--ids", choices=ID_KINDS, default="time-ordered")
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=1_000)
     parser.add_argument("--writers", type=int, default=2)
@@ -180,10 +179,9 @@ def gift_stream(rng: random.Random, chart: Chart, settings: Settings) -> Iterato
         # same accounts.
         clock_ms = index // TRANSFERS_PER_MS - rng.randrange(settings.disorder_ms + 1)
         if settings.ids == "random":
-            transfer = transfer_id(topics.GIFTS_SENT, event_id, GIFT_LEG)
+            transfer = legacy_gift_transfer_id(event_id)
         else:
-            occurred_at = STREAM_START + timedelta(milliseconds=clock_ms)
-            transfer = timed_transfer_id(topics.GIFTS_SENT, event_id, GIFT_LEG, occurred_at)
+            transfer = gift_transfer_id(event_id, STREAM_START + timedelta(milliseconds=clock_ms))
         yield Transfer(
             id=transfer,
             debit_account_id=chart.funding_id,

@@ -79,7 +79,7 @@ from ledger import chart
 from ledger.chain import append_link
 from ledger.chart import AccountKind
 from ledger.database import create_engine
-from ledger.ids import transfer_id
+from ledger.ids import timed_transfer_id
 from ledger.model import PostResult, StoredTransfer, Transfer, TransferCode
 from ledger.service import Ledger
 from schemas import topics
@@ -387,7 +387,7 @@ async def apply_one(
                 {"name": creator.name, "kind": creator.kind.value, "creator_id": gift.creator_id},
             )
         ).scalar_one()
-        transfer = transfer_id(BASELINE_TOPIC, gift.event_id, "diamonds")
+        transfer = timed_transfer_id(BASELINE_TOPIC, gift.event_id, "diamonds", gift.occurred_at)
         await conn.execute(_BASELINE_KEY, {"id": transfer})
         debit_after = (
             await conn.execute(_BASELINE_DEBIT, {"id": issuance_id, "amount": amount})
