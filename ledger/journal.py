@@ -70,6 +70,21 @@ async def journal_basis(conn: AsyncConnection, period: Period) -> JournalBasis:
     )
 
 
+# The posted transfers (neither pending nor void) of the days of the period not rolled up, as
+# debits and credits per UTC day, account and code: the FROM and GROUP BY of a select whose list
+# is `day, account_id, code, sum(debit), sum(credit)`. One definition for `_MOVES` and
+# `_RAW_MOVES`, so that the lines and the count of lines per day cannot disagree.
+_RAW_DAY_SUMS = f"""
+        FROM (
+            SELECT (created_at AT TIME ZONE 'UTC')::date AS day, debit_account_id AS account_id,
+                   code, amount AS debit, 0::bigint AS credit
+            FROM transfers WHERE flags & 10 = 0 AND {raw_ranges("p_")}
+            UNION ALL
+            SELECT (created_at AT TIME ZONE 'UTC')::date, credit_account_id, code, 0, amount
+            FROM transfers WHERE flags & 10 = 0 AND {raw_ranges("p_")}
+        ) raw
+        GROUP BY 1, 2, 3"""  # noqa: S608 (constant filters)
+
 # The period's posted movements (neither pending nor void) per UTC day, account and code: the
 # rolled days' totals (`ledger.rollups`), and the transfers of the rest of the period summed. A
 # day is wholly rolled or wholly not, so no line comes from both.
@@ -79,15 +94,7 @@ _MOVES = f"""
         FROM day_account_totals WHERE {rolled_days("p_")}
         UNION ALL
         SELECT day, account_id, code, sum(debit)::bigint, sum(credit)::bigint
-        FROM (
-            SELECT (created_at AT TIME ZONE 'UTC')::date AS day, debit_account_id AS account_id,
-                   code, amount AS debit, 0::bigint AS credit
-            FROM transfers WHERE flags & 10 = 0 AND {raw_ranges("p_")}
-            UNION ALL
-            SELECT (created_at AT TIME ZONE 'UTC')::date, credit_account_id, code, 0, amount
-            FROM transfers WHERE flags & 10 = 0 AND {raw_ranges("p_")}
-        ) raw
-        GROUP BY 1, 2, 3
+        {_RAW_DAY_SUMS}
     )"""  # noqa: S608 (constant filters)
 
 # Each line with the account's running balance from its balance at the start: the base close's
@@ -163,16 +170,8 @@ async def _parameters(
 _RAW_MOVES = f"""
     raw_moves AS MATERIALIZED (
         SELECT day, account_id, code, sum(debit)::bigint AS debits, sum(credit)::bigint AS credits
-        FROM (
-            SELECT (created_at AT TIME ZONE 'UTC')::date AS day, debit_account_id AS account_id,
-                   code, amount AS debit, 0::bigint AS credit
-            FROM transfers WHERE flags & 10 = 0 AND {raw_ranges("p_")}
-            UNION ALL
-            SELECT (created_at AT TIME ZONE 'UTC')::date, credit_account_id, code, 0, amount
-            FROM transfers WHERE flags & 10 = 0 AND {raw_ranges("p_")}
-        ) raw
-        GROUP BY 1, 2, 3
-    )"""  # noqa: S608 (constant filters)
+        {_RAW_DAY_SUMS}
+    )"""
 
 # How many lines each day of the period has: a rolled day's rows, and the rest's groups.
 _DAY_LINE_COUNTS = f"""
