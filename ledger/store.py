@@ -108,6 +108,52 @@ _LOCK_ACCOUNTS = text(
     """
 )
 
+# The fragments step 4's two statements (`_WRITE_BATCH`, `_WRITE_NEW_BATCH`) share, so that
+# they cannot drift apart.
+_POSTED_TOTALS = ("debits_posted", "credits_posted")
+_ALL_TOTALS = (*_POSTED_TOTALS, "debits_pending", "credits_pending")
+
+
+def _updated(totals: Sequence[str], bigint_array: str, returning: str = "") -> str:
+    """The CTE `updated`: each account of the parameter `account_ids` gets its deltas of
+    `totals` (columns of `accounts`, `_POSTED_TOTALS` at least; a parameter each, named as its
+    column), every parameter read as the format `bigint_array` says. It returns each account's
+    id, then `returning` (a list ending with a comma, or nothing), its posted balance just
+    before the update and the clock once its row is locked."""
+    arrays = ", ".join(bigint_array.format(name) for name in ("account_ids", *totals))
+    assignments = ", ".join(f"{total} = a.{total} + d.{total}" for total in totals)
+    return f"""
+    updated AS (
+        UPDATE accounts a
+        SET {assignments}
+        FROM unnest({arrays}) AS d(id, {", ".join(totals)})
+        WHERE a.id = d.id
+        RETURNING a.id, {returning}
+                  a.credits_posted - a.debits_posted - (d.credits_posted - d.debits_posted)
+                      AS balance_before,
+                  clock_timestamp() AS locked_at
+    )"""  # noqa: S608 (constant fragments)
+
+
+# The commit timestamp: the clock once every account's lock is held.
+_STAMP = """
+    stamp AS (
+        SELECT max(locked_at) AS at FROM updated
+    )"""
+
+# The transfers' keys, stored with the commit timestamp.
+_NEW_KEYS = """
+    new_keys AS (
+        INSERT INTO transfer_keys (id, created_at)
+        SELECT unnest(CAST(:ids AS uuid[])), stamp.at FROM stamp
+    )"""
+
+# What `_execute_write` reads: each account's balance before, the timestamp, the count inserted.
+_WRITE_RESULT = """
+    SELECT u.id, u.balance_before, stamp.at, (SELECT count(*) FROM new_transfers) AS inserted
+    FROM updated u, stamp
+    """
+
 # Step 4. Every account the accepted transfers name is updated by its aggregated deltas, in id
 # order (the unnest is sorted and drives the join), so writers take their locks in one order.
 # Should the planner ever join the other way round, PostgreSQL detects the deadlock and
@@ -117,28 +163,9 @@ _LOCK_ACCOUNTS = text(
 # the resolutions of the pending transfers they post or void. The accounts' balances before,
 # the timestamp and the count inserted come back.
 _WRITE_BATCH = text(
-    """
-    WITH updated AS (
-        UPDATE accounts a
-        SET debits_posted = a.debits_posted + d.debits_posted,
-            credits_posted = a.credits_posted + d.credits_posted,
-            debits_pending = a.debits_pending + d.debits_pending,
-            credits_pending = a.credits_pending + d.credits_pending
-        FROM unnest(CAST(:account_ids AS bigint[]), CAST(:debits_posted AS bigint[]),
-                    CAST(:credits_posted AS bigint[]), CAST(:debits_pending AS bigint[]),
-                    CAST(:credits_pending AS bigint[]))
-             AS d(id, debits_posted, credits_posted, debits_pending, credits_pending)
-        WHERE a.id = d.id
-        RETURNING a.id,
-                  a.credits_posted - a.debits_posted - (d.credits_posted - d.debits_posted)
-                      AS balance_before,
-                  clock_timestamp() AS locked_at
-    ), stamp AS (
-        SELECT max(locked_at) AS at FROM updated
-    ), new_keys AS (
-        INSERT INTO transfer_keys (id, created_at)
-        SELECT unnest(CAST(:ids AS uuid[])), stamp.at FROM stamp
-    ), new_resolutions AS (
+    f"""
+    WITH {_updated(_ALL_TOTALS, "CAST(:{} AS bigint[])")}, {_STAMP}, {_NEW_KEYS},
+         new_resolutions AS (
         INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
         SELECT r.pending_id, r.resolved_by, r.outcome, stamp.at
         FROM unnest(CAST(:resolved_pending_ids AS uuid[]), CAST(:resolved_by AS uuid[]),
@@ -170,10 +197,7 @@ _WRITE_BATCH = text(
         CROSS JOIN stamp
         ORDER BY t.position
         RETURNING 1
-    )
-    SELECT u.id, u.balance_before, stamp.at, (SELECT count(*) FROM new_transfers) AS inserted
-    FROM updated u, stamp
-    """
+    ){_WRITE_RESULT}"""  # noqa: S608 (constant fragments)
 )
 
 
@@ -190,26 +214,9 @@ _WRITE_BATCH = text(
 # - the transfer ids stay an array of uuids: parsing their text costs the server more than
 #   their check and encoding cost the driver.
 _WRITE_NEW_BATCH = text(
-    """
-    WITH updated AS (
-        UPDATE accounts a
-        SET debits_posted = a.debits_posted + d.debits_posted,
-            credits_posted = a.credits_posted + d.credits_posted
-        FROM unnest(CAST(CAST(:account_ids AS text) AS bigint[]),
-                    CAST(CAST(:debits_posted AS text) AS bigint[]),
-                    CAST(CAST(:credits_posted AS text) AS bigint[]))
-             AS d(id, debits_posted, credits_posted)
-        WHERE a.id = d.id
-        RETURNING a.id, a.asset,
-                  a.credits_posted - a.debits_posted - (d.credits_posted - d.debits_posted)
-                      AS balance_before,
-                  clock_timestamp() AS locked_at
-    ), stamp AS (
-        SELECT max(locked_at) AS at FROM updated
-    ), new_keys AS (
-        INSERT INTO transfer_keys (id, created_at)
-        SELECT unnest(CAST(:ids AS uuid[])), stamp.at FROM stamp
-    ), new_transfers AS (
+    f"""
+    WITH {_updated(_POSTED_TOTALS, "CAST(CAST(:{} AS text) AS bigint[])", "a.asset,")},
+         {_STAMP}, {_NEW_KEYS}, new_transfers AS (
         INSERT INTO transfers (
             id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
             timeout_s, expires_at, rate_card_version, event_id, metadata,
@@ -239,10 +246,7 @@ _WRITE_NEW_BATCH = text(
         CROSS JOIN stamp
         ORDER BY t.position
         RETURNING 1
-    )
-    SELECT u.id, u.balance_before, stamp.at, (SELECT count(*) FROM new_transfers) AS inserted
-    FROM updated u, stamp
-    """
+    ){_WRITE_RESULT}"""  # noqa: S608 (constant fragments)
 )
 
 _TEXT_SEPARATOR = "\x1f"  # chr(31), the unit separator
