@@ -22,6 +22,7 @@ from services.app.partition_upkeep import PartitionUpkeep
 from services.runtime.collector import settle_collector
 from services.runtime.database import engine_as_role, open_database, open_read_database
 from services.runtime.kafka import open_kafka
+from services.runtime.memory import fix_mmap_threshold
 from services.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 async def run(
     settings: Settings, *, with_payout_rail: bool = False, with_api: bool = False
 ) -> None:
+    # Large freed blocks go back to the system, not into holes in the heap
+    # (services.runtime.memory).
+    fix_mmap_threshold()
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with open_database(settings) as engine:
