@@ -5,9 +5,10 @@ one ledger of `--transfers` transfers.
    PostgreSQL), migrated to head, with `--accounts` DIAMOND accounts without balance rules and a
    funding account.
 2. `--transfers` plain transfers (random version 4 ids, the harder case: production's gift ids
-   are time-ordered, its other legs' ids name-based and random in order; 1 to 10,000 each; uniform over the accounts; all from the funding account)
-   posted through the ledger's fast batch path (`Ledger.post_new`, batches of `--batch-size`,
-   `--writers` units of work at a time): each batch is a link of the hash chain.
+   are time-ordered, its other legs' ids name-based and random in order; 1 to 10,000 each;
+   uniform over the accounts; all from the funding account) posted through the ledger's fast
+   batch path (`Ledger.post_new`, batches of `--batch-size`, `--writers` units of work at a
+   time): each batch is a link of the hash chain.
 3. `giftledger verify --full` (`services.commands.books.verify_command`, the command itself:
    every check in one snapshot, then the checkpoint recorded), timed.
 4. `--added-percent` more transfers (1 % by default) posted the same way, then `giftledger
