@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import math
 import multiprocessing
 import multiprocessing.queues
@@ -29,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
+
+from faststream.kafka import KafkaMessage
 
 from bench.log_tally import LogTally
 from ledger.database import create_engine
@@ -47,6 +50,8 @@ APPLIED, CONSUMED, DEAD_LETTERED, DUPLICATES, ASSIGNED, FIRST_BATCH_AT, STARTED 
 SLOT_COUNT = 7
 SLOT_REFRESH_S = 0.05
 WORKER_STOP_TIMEOUT_S = 120.0
+# A directory to write each worker's batch step times into (bench.drain_sampler reads them).
+BATCH_TIMES_DIR = "BATCH_TIMES_DIR"
 
 # Commit times of gifts.sent batches: partition -> [(last offset of the batch, time.time())].
 Commits = dict[int, list[tuple[int, float]]]
@@ -69,11 +74,14 @@ class TimedIngestor(Ingestor):
         self.slots = slots
         self.timing = timing
         self.commits: Commits = {}
+        self.process_span = (0.0, 0.0)
 
     async def process(self, topic: str, records: Sequence[InputRecord]) -> BatchReport:
         if topic == topics.GIFTS_SENT and self.slots[FIRST_BATCH_AT] == 0:
             self.slots[FIRST_BATCH_AT] = time.time()
+        started = time.time()
         report = await super().process(topic, records)
+        self.process_span = (started, time.time())
         if topic == topics.GIFTS_SENT and self.timing.is_set():
             done = time.time()
             last: dict[int, int] = {}
@@ -87,6 +95,26 @@ class TimedIngestor(Ingestor):
         self.slots[DEAD_LETTERED] = counts.dead_lettered
         self.slots[DUPLICATES] = counts.duplicates
         return report
+
+
+class StepTimedConsumerService(ConsumerService):
+    """With `BATCH_TIMES_DIR` set, notes for each batch of gifts when its handler started, when
+    the ingestor's `process` started and returned, and when the offsets were committed; the
+    time from one batch's commit to the next one's start is the wait for the next fetch."""
+
+    def __init__(self, settings: Settings, ingestor: TimedIngestor, servers: str) -> None:
+        super().__init__(settings, ingestor, servers)
+        self.timed = ingestor
+        self.batch_times: list[tuple[float, float, float, float, int]] = []
+
+    async def _handle_batch(self, topic: str, msg: KafkaMessage) -> None:
+        started = time.time()
+        await super()._handle_batch(topic, msg)
+        if topic == topics.GIFTS_SENT:
+            raw = msg.raw_message
+            size = len(raw) if isinstance(raw, tuple) else 1
+            process_start, process_end = self.timed.process_span
+            self.batch_times.append((started, process_start, process_end, time.time(), size))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +159,7 @@ async def _consume(
         ingestor = TimedIngestor(
             settings, build_ledger(settings, engine), rate_cards, slots, timing
         )
-        service = ConsumerService(settings, ingestor, bootstrap_servers)
+        service = StepTimedConsumerService(settings, ingestor, bootstrap_servers)
         settle_collector()  # as `giftledger run` does before it starts its consumers
         slots[STARTED] = time.time()
         # start() returns once the consumers have joined their groups; they consume meanwhile.
@@ -149,6 +177,10 @@ async def _consume(
                 with contextlib.suppress(BaseException):
                     await starting
             await service.stop()
+            times_dir = os.environ.get(BATCH_TIMES_DIR)
+            if times_dir:
+                path = Path(times_dir) / f"batches-{os.getpid()}.json"
+                path.write_text(json.dumps(service.batch_times))
         return ingestor.commits
     finally:
         await engine.dispose()
