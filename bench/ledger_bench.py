@@ -177,8 +177,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         "--transfer-ids",
         choices=TRANSFER_ID_KINDS,
         default="random",
-        help="random (the default: what production's name-based and version 4 ids amount to) or"
-        " time-ordered (UUID version 7 layout, as ledger.ids makes them)",
+        help="random (the default, the harder case: production's name-based and version 4 ids"
+        " of legs other than gifts) or time-ordered (UUID version 7 layout, as gifts' ids are)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     arguments = parser.parse_args(argv)
