@@ -206,11 +206,13 @@ class ConsumerProcesses:
         return round(sum(child.counts.get(name, 0.0) for child in children))
 
     def log_lines(self, level: str) -> int:
-        """Lines of every process's output that start with `level` (WARNING, ERROR)."""
+        """Log lines of every process's output at `level` (WARNING, ERROR): lines whose second
+        word is the level, after the time (`services.cli.LOG_FORMAT`)."""
         total = 0
+        wanted = level.encode()
         for path in sorted(self.log_dir.glob("consumer-*.log")):
             with path.open("rb") as log:
-                total += sum(1 for line in log if line.startswith(level.encode() + b" "))
+                total += sum(1 for line in log if line.split(b" ", 2)[1:2] == [wanted])
         return total
 
     async def stop_all(self) -> None:

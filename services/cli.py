@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -151,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Each line: when (UTC, milliseconds), level, logger, message.
+LOG_FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def _log_handler() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT)
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -159,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         return _exit_code(exit_request.code)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[_log_handler()],
     )
     if not args.verbose:  # FastStream logs every batch and shutdown step at INFO
         logging.getLogger("faststream").setLevel(logging.WARNING)
