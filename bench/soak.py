@@ -29,12 +29,16 @@ database restarted in the middle; then the exact end state.
    the window a second (applied/s, every topic), `commit - occurred_at` p50 and p99 of them (the
    commit time from `pg_xact_commit_timestamp`; left out: cash-out requests, which keep the
    generator's days, and the records the stream sends late on purpose), the consumer
-   processes' resident memory (VmRSS from /proc, summed) at the window's end, and
-   `pg_database_size`.
+   processes' resident memory (VmRSS from /proc, summed) at the window's end,
+   `pg_database_size`, and the cores the consumer processes and the embedded broker used over
+   the window (CPU time from /proc; the broker's only when the soak started it).
 7. After the last span the last cash-outs drain; then the end state (`bench.soak_checks`: the
    segments' expected states as `giftledger loadtest` compares them, every record consumed,
-   `giftledger verify`), the first third against the last (memory, commit p99, applied/s), and
-   the counts: applied, duplicates, dead letters, lost, doubled.
+   `giftledger verify`), the first third against the last (memory, commit p99, applied/s, the
+   consumers' CPU a record applied, the broker's cores), and the counts: applied, duplicates,
+   dead letters, lost, doubled. The broker's cores tell whether a rise in `commit -
+   occurred_at` is the pipeline's or the broker's: the embedded broker's memory storage costs
+   more a fetch the more batches it holds.
 
 Exit 0 when the end state matches, verify holds and nothing is lost; 1 otherwise. Whether
 memory and latency stayed flat is printed, not judged by the exit code.
@@ -67,7 +71,8 @@ from typing import Any
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.ingest_bench import kafka, say
+from bench.consumer_workers import cpu_seconds_of
+from bench.ingest_bench import say
 from bench.log_tally import LogTally
 from bench.soak_checks import EndState, check_end_state
 from bench.soak_consumers import ConsumerDiedError, ConsumerProcesses, wait_for_groups
@@ -76,6 +81,8 @@ from bench.soak_report import (
     SAMPLE_INTERVAL_S,
     SAMPLES_MAX,
     MemorySample,
+    cpu_lines,
+    cpu_share,
     milliseconds,
     thirds,
     thirds_lines,
@@ -87,7 +94,7 @@ from ledger.migrate import upgrade_to_head
 from schemas.topics import all_topics
 from services.loadtest.checks import check_assumptions
 from services.loadtest.pipeline import wait_until
-from services.runtime.embedded_broker import create_topics
+from services.runtime.embedded_broker import EmbeddedBroker, create_topics
 from services.runtime.embedded_postgres import EmbeddedPostgres
 from services.runtime.settings import get_settings
 
@@ -240,6 +247,7 @@ class Soak:
     segments: list[Segment] = field(default_factory=list)  # begun to be published, in order
     notes: list[tuple[float, str]] = field(default_factory=list)  # (seconds in, what happened)
     failure: str | None = None  # why the soak must stop (a process died, a segment stalled)
+    broker_pid: int | None = None  # the embedded broker's, whose CPU the soak reports
 
     def check(self) -> None:
         if self.failure is not None:
@@ -317,6 +325,8 @@ async def sample_memory(soak: Soak) -> None:
                     soak.seconds_in(),
                     soak.consumers.rss_bytes(),
                     soak.consumers.rss_bytes_of_slot(0),
+                    soak.consumers.cpu_seconds(),
+                    None if soak.broker_pid is None else cpu_seconds_of(soak.broker_pid),
                 )
             )
         try:
@@ -386,7 +396,8 @@ async def report_windows(soak: Soak) -> None:
             (sample.rss_bytes for sample in reversed(soak.samples) if sample.at_s <= stop_s), 0
         )
         size = await soak.database.size_bytes()
-        say(window_line(number, start_s, stop_s, window, rss, size, notes))
+        cpu = cpu_share(soak.samples, start_s, stop_s)
+        say(window_line(number, start_s, stop_s, window, rss, size, notes, cpu))
 
 
 async def drain(soak: Soak, segments: list[Segment]) -> bool:
@@ -474,6 +485,7 @@ class Deployment:
     consumer_group: str
     since: datetime  # the database's clock before anything was published
     out: Path
+    broker_pid: int | None = None  # the embedded broker's process, when the soak started it
 
     def consumer_env(self) -> dict[str, str]:
         """The environment of every `giftledger run` (and `giftledger verify`)."""
@@ -550,6 +562,8 @@ async def say_thirds(soak: Soak) -> None:
         f"p50 {milliseconds(whole.p50_ms)}, p99 {milliseconds(whole.p99_ms)}"
     )
     for line in thirds_lines(thirds(soak.samples, duration_s, first, last)):
+        say(line)
+    for line in cpu_lines(soak.samples, duration_s, first, last):
         say(line)
 
 
@@ -676,6 +690,7 @@ async def soak_on(options: Options, deployment: Deployment) -> bool:
             SoakDatabase(deployment.engine, DATABASE, deployment.topic_prefix),
             consumers,
             Publisher(producer, deployment.topic_prefix),
+            broker_pid=deployment.broker_pid,
         )
         try:
             await soak_phases(soak, deployment)
@@ -683,6 +698,17 @@ async def soak_on(options: Options, deployment: Deployment) -> bool:
             await finish_stopped(soak, deployment, str(error))
             return False
         return await finish(soak, deployment)
+
+
+@asynccontextmanager
+async def soak_kafka() -> AsyncIterator[tuple[str, str, int | None]]:
+    """(bootstrap servers, where the broker comes from, the embedded broker's process id)."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured, "KAFKA_BOOTSTRAP_SERVERS", None
+        return
+    async with EmbeddedBroker(topics=[]) as broker:
+        yield broker.bootstrap_servers, "embedded Tansu", broker.pid
 
 
 async def run(options: Options) -> int:
@@ -701,7 +727,7 @@ async def run(options: Options) -> int:
         f"{'at 60 %' if options.restart else 'none'}; logs and streams in {out}"
     )
     say(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
-    async with own_postgres() as (server, url), kafka() as (bootstrap, broker_source):
+    async with own_postgres() as (server, url), soak_kafka() as (bootstrap, broker_source, pid):
         engine = create_engine(url, pool_size=2, pool_overflow_max=2)
         try:
             await upgrade_to_head(engine)
@@ -716,7 +742,7 @@ async def run(options: Options) -> int:
                 f"{broker_source} {bootstrap}, topics {prefix}* with {partition_count} partitions"
             )
             deployment = Deployment(
-                server, url, engine, bootstrap, prefix, f"giftledger.soak{tag}", since, out
+                server, url, engine, bootstrap, prefix, f"giftledger.soak{tag}", since, out, pid
             )
             matched = await soak_on(options, deployment)
         finally:

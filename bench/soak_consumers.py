@@ -30,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.consumer_workers import rss_bytes_of
+from bench.consumer_workers import cpu_seconds_of, rss_bytes_of
 from schemas import topics
 from services.payout_rail.rail import GROUP_SUFFIX
 
@@ -89,6 +89,7 @@ class ConsumerProcess:
     metrics_port: int
     log_path: Path
     counts: dict[str, float] = field(default_factory=dict)  # the last reading of its metrics
+    cpu_s: float = 0.0  # the last reading of its CPU time
 
     @property
     def pid(self) -> int:
@@ -189,6 +190,14 @@ class ConsumerProcesses:
     def rss_bytes(self) -> int:
         """Resident memory of the running processes, summed (VmRSS from /proc)."""
         return sum(rss_bytes_of(child.pid) for child in self.running() if child.running)
+
+    def cpu_seconds(self) -> float:
+        """CPU time used by every process that ran, killed ones included (up to their last
+        reading)."""
+        for child in self.running():
+            if child.running:
+                child.cpu_s = max(child.cpu_s, cpu_seconds_of(child.pid))
+        return sum(child.cpu_s for child in [*self.retired, *self.running()])
 
     def rss_bytes_of_slot(self, index: int) -> int:
         child = self.slots[index]

@@ -25,6 +25,8 @@ class MemorySample:
     at_s: float  # since the soak started
     rss_bytes: int  # every consumer process
     first_rss_bytes: int  # consumer-0, never killed
+    consumers_cpu_s: float = 0.0  # CPU time of every consumer process so far
+    broker_cpu_s: float | None = None  # the embedded broker's so far (None: not ours to read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ def window_line(
     rss_bytes: int,
     database_bytes: int,
     notes: Sequence[str],
+    cpu: CpuShare | None = None,
 ) -> str:
     seconds = max(stop_s - start_s, 1e-9)
     line = (
@@ -68,7 +71,75 @@ def window_line(
         f"commit p50 {milliseconds(window.p50_ms):>8}  p99 {milliseconds(window.p99_ms):>9}  "
         f"consumer RSS {mib(rss_bytes):>11}  database {mib(database_bytes):>11}"
     )
+    if cpu is not None:
+        line += f"  CPU consumers {cores_text(cpu.consumers)} broker {cores_text(cpu.broker)}"
     return line + "".join(f"  [{note}]" for note in notes)
+
+
+@dataclass(frozen=True, slots=True)
+class CpuShare:
+    """Cores used on average over a stretch of the soak (None: not read)."""
+
+    consumers: float | None
+    broker: float | None
+
+
+def cores_text(cores: float | None) -> str:
+    return "-" if cores is None else f"{cores:.2f}"
+
+
+def cpu_share(samples: Sequence[MemorySample], start_s: float, stop_s: float) -> CpuShare:
+    """The consumers' and the broker's cores from `start_s` to `stop_s`, between the samples
+    nearest those moments (at or before them, else the first)."""
+    if not samples:
+        return CpuShare(None, None)
+    first = _sample_at(samples, start_s)
+    last = _sample_at(samples, stop_s)
+    seconds = last.at_s - first.at_s
+    if seconds <= 0:
+        return CpuShare(None, None)
+    broker = (
+        None
+        if first.broker_cpu_s is None or last.broker_cpu_s is None
+        else (last.broker_cpu_s - first.broker_cpu_s) / seconds
+    )
+    return CpuShare((last.consumers_cpu_s - first.consumers_cpu_s) / seconds, broker)
+
+
+def _sample_at(samples: Sequence[MemorySample], at_s: float) -> MemorySample:
+    before = [sample for sample in samples if sample.at_s <= at_s]
+    return before[-1] if before else samples[0]
+
+
+def cpu_lines(
+    samples: Sequence[MemorySample], duration_s: float, first: Window, last: Window
+) -> list[str]:
+    """The consumers' CPU a record applied and the broker's cores, first third against last:
+    what the pipeline's own cost did, apart from the broker it was measured with."""
+    third_s = duration_s / 3
+    early = cpu_share(samples, 0.0, third_s)
+    late = cpu_share(samples, duration_s - third_s, duration_s)
+    lines = []
+    if (
+        early.consumers is not None
+        and late.consumers is not None
+        and first.applied
+        and last.applied
+        and early.consumers > 0
+    ):
+        early_us = early.consumers * third_s / first.applied * 1e6
+        late_us = late.consumers * third_s / last.applied * 1e6
+        lines.append(
+            f"consumers' CPU a record applied: first third {early_us:,.0f} µs, last third "
+            f"{late_us:,.0f} µs"
+        )
+        lines.append(f"consumer cpu/record last/first third ratio: {late_us / early_us:.2f}")
+    if early.broker is not None and late.broker is not None and early.broker > 0:
+        lines.append(
+            f"broker's cores: first third {early.broker:.2f}, last third {late.broker:.2f}"
+        )
+        lines.append(f"broker cpu last/first third ratio: {late.broker / early.broker:.2f}")
+    return lines
 
 
 def _mean(values: list[int]) -> float | None:

@@ -18,6 +18,8 @@ SOAK_TIMEOUT_S = 240.0
 WINDOW_LINE = re.compile(
     r"^minute +\d+ \( *[\d.]+- *[\d.]+ +s\) +applied/s +[\d,]+ +commit p50 +[\d,]+ ms +"
     r"p99 +[\d,]+ ms +consumer RSS +[\d,.]+ MiB +database +[\d,.]+ MiB"
+    # the consumers' cores over the window; the broker's only when the soak started it
+    r"  CPU consumers \d+\.\d\d broker (-|\d+\.\d\d)"
 )
 
 
@@ -66,6 +68,8 @@ async def test_a_short_soak_reaches_the_expected_end_state_and_prints_each_windo
     assert "doubled: 0" in lines, text
     ratios = [line for line in lines if re.match(r"^rss last/first third ratio: \d+\.\d\d$", line)]
     assert len(ratios) == 1, text
+    cpu_ratio = r"^consumer cpu/record last/first third ratio: \d+\.\d\d$"
+    assert len([line for line in lines if re.match(cpu_ratio, line)]) == 1, text
 
 
 def _occurred_at(value: bytes) -> bytes:
