@@ -47,11 +47,11 @@ IN_FLIGHT_MAX = 20_000
 YIELD_EVERY = 64
 SLEEP_THRESHOLD_S = 0.001
 # The embedded broker (Tansu, memory storage) keeps each produced batch as an object of its own,
-# and each fetch of a partition costs in proportion to the objects the partition holds: at 5 ms,
-# a paced stream of 2,000 records/s over 8 partitions made batches of one or two records, and the
-# broker's CPU grew from 0.45 to 0.85 of a core within 7 minutes, which the soak then measured as
-# the pipeline's latency. At 50 ms the batches hold about ten times as many records. A record
-# waits up to this long in the producer: part of its `commit - occurred_at`.
+# and a fetch costs it more the more batches the partition holds. At 5 ms, a paced stream of
+# 2,000 records/s over 8 partitions made batches of a record or two, and the broker used 0.80 -
+# 0.92 of a core by minute 6; at 50 ms, 0.64 at minute 5 and 0.94 at minute 20: slower growth,
+# not none (bench/README.md). A record waits up to this long in the producer: part of its
+# `commit - occurred_at`.
 PRODUCER_LINGER_MS = 50
 PRODUCER_BATCH_BYTES = 256 * 1024
 PRODUCER_REQUEST_TIMEOUT_MS = 30_000
