@@ -109,15 +109,17 @@ async def test_a_batch_whose_dead_letter_cannot_be_published_is_not_committed_pa
     await producer.send_and_wait(gifts_topic, value=b"{not json", key=creator.encode())
     await producer.send_and_wait(gifts_topic, value=make.encode(gift), key=creator.encode())
 
-    async def rewound_twice() -> bool:
+    async def rewound_and_came_again() -> bool:
+        # The two records may come in one batch or in two: either way the gift's batch is
+        # rewound (its dead letter unpublished), so the gift comes again as a duplicate; a
+        # commit past it would never bring it back.
         failures = metrics.DEAD_LETTER_PUBLISH_FAILURES.labels(topics.GIFTS_SENT)._value.get()
-        return bool(failures - failures_before >= 2)
+        return bool(failures - failures_before >= 2 and ingestor.counts.duplicates >= 1)
 
-    await wait_until(rewound_twice)
+    await wait_until(rewound_and_came_again)
     async with engine.connect() as conn:
         [balance] = await creator_balances(conn, creator)
     assert balance.posted == 3 * DIAMONDS_PER_COIN_MILLI, "applied once, however often rewound"
-    assert ingestor.counts.duplicates >= 1, "the rewound batch came again"
     await deployment.stop()
 
     _, restarted = await deployment.start()
