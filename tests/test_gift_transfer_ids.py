@@ -60,6 +60,24 @@ async def _wait_for_row(engine: AsyncEngine, table: str, event_id: str) -> None:
     await wait_until(found)
 
 
+async def _reverse_twice(
+    consumers: RunningConsumers, engine: AsyncEngine, creator: str, gift_event_id: str
+) -> None:
+    """Two reversals of one gift under two event ids: the first claws its diamonds back, the
+    second is dead-lettered `already_reversed` and changes nothing."""
+    first, second = (make.reversal(creator, gift_event_id) for _ in range(2))
+    await consumers.publish(topics.GIFTS_REVERSED, first)
+    await _wait_for_row(engine, "applied_events", str(first["event_id"]))
+    assert await _diamonds(engine, creator) == 0
+    await consumers.publish(topics.GIFTS_REVERSED, second)
+    await _wait_for_row(engine, "dead_letters", str(second["event_id"]))
+    error = await _scalar(
+        engine, "SELECT error FROM dead_letters WHERE event_id = :id", id=second["event_id"]
+    )
+    assert error == "already_reversed"
+    assert await _diamonds(engine, creator) == 0
+
+
 def test_a_gift_id_is_the_same_for_the_same_event_and_moment_in_any_zone() -> None:
     elsewhere = MOMENT.astimezone(timezone(timedelta(hours=5, minutes=30)))
     assert gift_transfer_id("gift-1", MOMENT) == gift_transfer_id("gift-1", elsewhere)
@@ -94,17 +112,7 @@ async def test_a_gift_is_reversed_once_whatever_the_reversal_event(
     gift = make.gift(creator, coins=30)
     await consumers.publish(topics.GIFTS_SENT, gift)
     await _wait_for_row(engine, "applied_events", str(gift["event_id"]))
-    first, second = (make.reversal(creator, str(gift["event_id"])) for _ in range(2))
-    await consumers.publish(topics.GIFTS_REVERSED, first)
-    await _wait_for_row(engine, "applied_events", str(first["event_id"]))
-    assert await _diamonds(engine, creator) == 0
-    await consumers.publish(topics.GIFTS_REVERSED, second)
-    await _wait_for_row(engine, "dead_letters", str(second["event_id"]))
-    error = await _scalar(
-        engine, "SELECT error FROM dead_letters WHERE event_id = :id", id=second["event_id"]
-    )
-    assert error == "already_reversed"
-    assert await _diamonds(engine, creator) == 0
+    await _reverse_twice(consumers, engine, creator, str(gift["event_id"]))
 
 
 async def _store_as_before(engine: AsyncEngine, gift: dict[str, object]) -> None:
@@ -154,16 +162,6 @@ async def test_a_gift_stored_under_the_name_based_id_is_still_reversed_once(
         return consumers.ingestor.counts.duplicates > redelivered_before
 
     await wait_until(counted)
-    first, second = (make.reversal(creator, str(gift["event_id"])) for _ in range(2))
-    await consumers.publish(topics.GIFTS_REVERSED, first)
-    await _wait_for_row(engine, "applied_events", str(first["event_id"]))
-    assert await _diamonds(engine, creator) == 0
-    await consumers.publish(topics.GIFTS_REVERSED, second)
-    await _wait_for_row(engine, "dead_letters", str(second["event_id"]))
-    error = await _scalar(
-        engine, "SELECT error FROM dead_letters WHERE event_id = :id", id=second["event_id"]
-    )
-    assert error == "already_reversed"
-    assert await _diamonds(engine, creator) == 0
+    await _reverse_twice(consumers, engine, creator, str(gift["event_id"]))
     async with engine.connect() as conn:
         assert await verify(conn) == []
