@@ -887,7 +887,7 @@ async def conflicts(
 async def run(options: Options) -> Figures:
     figures = Figures()
     async with (
-        kafka() as (bootstrap_servers, broker_source),
+        kafka() as (bootstrap_servers, broker_source, _),
         admin_url() as (maintenance_url, database_source),
         fresh_database(maintenance_url) as url,
     ):

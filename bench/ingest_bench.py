@@ -771,14 +771,15 @@ async def check_ledger(engine: AsyncEngine, url: str, events: int, coins: int) -
 
 
 @contextlib.asynccontextmanager
-async def kafka() -> AsyncIterator[tuple[str, str]]:
-    """(bootstrap servers, where the broker comes from)."""
+async def kafka() -> AsyncIterator[tuple[str, str, int | None]]:
+    """(bootstrap servers, where the broker comes from, the embedded broker's process id: None
+    when the broker is `KAFKA_BOOTSTRAP_SERVERS`)."""
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if configured:
-        yield configured, "KAFKA_BOOTSTRAP_SERVERS"
+        yield configured, "KAFKA_BOOTSTRAP_SERVERS", None
         return
     async with EmbeddedBroker(topics=[]) as broker:
-        yield broker.bootstrap_servers, "embedded Tansu"
+        yield broker.bootstrap_servers, "embedded Tansu", broker.pid
 
 
 def python_loop_s() -> float:
@@ -810,7 +811,7 @@ class Figures:
 async def run(options: Options) -> Figures:
     figures = Figures()
     async with (
-        kafka() as (bootstrap_servers, broker_source),
+        kafka() as (bootstrap_servers, broker_source, _),
         admin_url() as (maintenance_url, database_source),
         fresh_database(maintenance_url) as url,
     ):

@@ -247,7 +247,7 @@ async def parent(args: argparse.Namespace, out: Path) -> None:
     async with (
         admin_url() as (maintenance, _),
         fresh_database(maintenance) as url,
-        kafka() as (bootstrap, broker_source),
+        kafka() as (bootstrap, broker_source, _),
     ):
         from services.runtime.settings import get_settings
 

@@ -72,7 +72,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.consumer_workers import cpu_seconds_of
-from bench.ingest_bench import say
+from bench.ingest_bench import kafka, say
 from bench.log_tally import LogTally
 from bench.soak_checks import EndState, check_end_state
 from bench.soak_consumers import ConsumerDiedError, ConsumerProcesses, wait_for_groups
@@ -94,7 +94,7 @@ from ledger.migrate import upgrade_to_head
 from schemas.topics import all_topics
 from services.loadtest.checks import check_assumptions
 from services.loadtest.pipeline import wait_until
-from services.runtime.embedded_broker import EmbeddedBroker, create_topics
+from services.runtime.embedded_broker import create_topics
 from services.runtime.embedded_postgres import EmbeddedPostgres
 from services.runtime.settings import get_settings
 
@@ -700,17 +700,6 @@ async def soak_on(options: Options, deployment: Deployment) -> bool:
         return await finish(soak, deployment)
 
 
-@asynccontextmanager
-async def soak_kafka() -> AsyncIterator[tuple[str, str, int | None]]:
-    """(bootstrap servers, where the broker comes from, the embedded broker's process id)."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        yield configured, "KAFKA_BOOTSTRAP_SERVERS", None
-        return
-    async with EmbeddedBroker(topics=[]) as broker:
-        yield broker.bootstrap_servers, "embedded Tansu", broker.pid
-
-
 async def run(options: Options) -> int:
     out = options.out
     assert out is not None, "main() chooses the output directory"
@@ -727,7 +716,7 @@ async def run(options: Options) -> int:
         f"{'at 60 %' if options.restart else 'none'}; logs and streams in {out}"
     )
     say(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
-    async with own_postgres() as (server, url), soak_kafka() as (bootstrap, broker_source, pid):
+    async with own_postgres() as (server, url), kafka() as (bootstrap, broker_source, pid):
         engine = create_engine(url, pool_size=2, pool_overflow_max=2)
         try:
             await upgrade_to_head(engine)
