@@ -327,6 +327,21 @@ def chains(transfers: Sequence[Transfer]) -> list[range]:
     return chains
 
 
+def _chain_accounts(walk: Walk, transfers: Sequence[Transfer], chain: range) -> set[int]:
+    """The accounts a chain's transfers can move: each one's debit and credit account, and for
+    a resolution its pending transfer's (one the chain itself creates is among the first)."""
+    named: set[int] = set()
+    for index in chain:
+        transfer = transfers[index]
+        named.add(transfer.debit_account_id)
+        named.add(transfer.credit_account_id)
+        entry = walk.pendings.get(transfer.pending_id) if transfer.pending_id else None
+        if entry is not None:
+            named.add(entry.stored.debit_account_id)
+            named.add(entry.stored.credit_account_id)
+    return named
+
+
 def walk_chain(walk: Walk, transfers: Sequence[Transfer], chain: range) -> list[PostResult]:
     """Apply a chain all or nothing. A chain still open at the end of the batch fails."""
     if transfers[chain[-1]].flags & _LINKED:
@@ -335,8 +350,19 @@ def walk_chain(walk: Walk, transfers: Sequence[Transfer], chain: range) -> list[
         return failed_results
     if len(chain) == 1:
         return [_apply(walk, transfers[chain[0]])]
-    saved_accounts = {key: value.copy() for key, value in walk.accounts.items()}
-    saved_outcomes = {key: value.outcome for key, value in walk.pendings.items()}
+    # What the chain can change, saved before it runs: the totals of the accounts its transfers
+    # name (a resolution moves its pending transfer's accounts) and the outcomes of the pending
+    # transfers it resolves. Only those, so a batch of many chains stays linear in its size.
+    saved_accounts = {
+        account_id: walk.accounts[account_id].copy()
+        for account_id in _chain_accounts(walk, transfers, chain)
+        if account_id in walk.accounts
+    }
+    saved_outcomes = {
+        pending_id: walk.pendings[pending_id].outcome
+        for pending_id in {transfers[index].pending_id for index in chain}
+        if pending_id is not None and pending_id in walk.pendings
+    }
     saved_accepted_count = len(walk.accepted)
     saved_resolution_count = len(walk.resolutions)
     results: list[PostResult] = []
@@ -347,13 +373,11 @@ def walk_chain(walk: Walk, transfers: Sequence[Transfer], chain: range) -> list[
             break
     if all(result in _OK_RESULTS for result in results):
         return results
-    walk.accounts = saved_accounts
-    for key in list(walk.pendings):
-        if key in saved_outcomes:
-            walk.pendings[key].outcome = saved_outcomes[key]
-        else:
-            del walk.pendings[key]
+    walk.accounts.update(saved_accounts)
+    for pending_id, outcome in saved_outcomes.items():
+        walk.pendings[pending_id].outcome = outcome
     for accepted in walk.accepted[saved_accepted_count:]:
+        walk.pendings.pop(accepted.transfer.id, None)  # a pending transfer the chain created
         del walk.accepted_by_id[accepted.transfer.id]
     del walk.accepted[saved_accepted_count:]
     del walk.resolutions[saved_resolution_count:]

@@ -122,6 +122,29 @@ def test_a_linked_chain_fails_whole_and_restores_the_totals() -> None:
     assert walk.accepted == []
 
 
+def test_a_failed_chain_gives_back_what_its_resolutions_moved() -> None:
+    """Posting a hold names no account (0, 0) but moves the hold's; a later leg refused undoes
+    it: the hold's accounts, its outcome and a hold the chain created all as before."""
+    books = Books([AccountFlags.NONE] * 3 + [AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS])
+    hold = plain(1, 2, 100, F.PENDING)
+    books.decide([hold])
+    hold_in_chain = plain(2, 3, 5, F.PENDING | F.LINKED)
+    post = Transfer(uuid.uuid4(), 0, 0, 0, SYN, F.POST_PENDING | F.LINKED, hold.id)
+    refused = plain(4, 3, 1)  # account 4 holds nothing to debit
+    results, walk = books.decide([plain(3, 1, 7), hold_in_chain, post, refused])
+    assert results == [R.OK, R.LINKED_EVENT_FAILED, R.LINKED_EVENT_FAILED, R.EXCEEDS_CREDITS]
+    assert books.totals(1) == [0, 7, 100, 0]
+    assert books.totals(2) == [0, 0, 0, 100]
+    assert books.totals(3) == [7, 0, 0, 0]
+    assert walk.pendings[hold.id].outcome is None
+    assert hold_in_chain.id not in walk.pendings
+    assert walk.resolutions == []
+    assert len(walk.accepted) == 1
+    results, _ = books.decide([Transfer(uuid.uuid4(), 0, 0, 0, SYN, F.POST_PENDING, hold.id)])
+    assert results == [R.OK]  # the hold was still open
+    assert books.totals(1) == [100, 7, 0, 0]
+
+
 def test_a_chain_still_open_at_the_end_of_the_batch_fails() -> None:
     books = Books([AccountFlags.NONE, AccountFlags.NONE])
     results, _ = books.decide(
