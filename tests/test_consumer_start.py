@@ -69,3 +69,21 @@ async def test_a_subscriber_that_fails_to_start_fails_the_start_with_its_own_err
         assert not any(subscriber.running for subscriber in service.broker.subscribers)
     finally:
         await service.stop()
+
+
+async def test_cash_out_topics_are_read_in_batches_of_their_own_bound(
+    engine: AsyncEngine, kafka_bootstrap: str
+) -> None:
+    service = await _new_service(engine, kafka_bootstrap)
+    bounded = service.settings.model_copy(
+        update={"consumer_batch_size_max": 900, "consumer_cashout_batch_size_max": 120}
+    )
+    service = ConsumerService(bounded, service.ingestor, kafka_bootstrap)
+    max_records = {topic: service._subscribers[topic].max_records for topic in service.topics}
+    assert max_records[topics.CASHOUTS_REQUESTED] == 120
+    assert max_records[topics.PAYOUTS_UPDATED] == 120
+    assert max_records[topics.GIFTS_SENT] == 900
+    # The cash-out bound never raises a batch above the general one.
+    smaller = bounded.model_copy(update={"consumer_batch_size_max": 80})
+    service = ConsumerService(smaller, service.ingestor, kafka_bootstrap)
+    assert service._subscribers[topics.CASHOUTS_REQUESTED].max_records == 80

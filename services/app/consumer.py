@@ -38,7 +38,6 @@ RETRY_BACKOFF_MS_MIN = 50
 DLQ_SEND_TIMEOUT_S = 30.0
 DLQ_PUBLISH_RETRY_COUNT_MAX = 5
 REWIND_PAUSE_S = 1.0
-CASHOUT_BATCH_SIZE_MAX = 50
 
 TOPIC_DESCRIPTIONS = {
     topics.GIFTS_SENT: "Gifts on short videos and LIVE streams; credit the creator's Diamonds.",
@@ -161,10 +160,14 @@ class ConsumerService:
     def batch_size_max(self, topic: str) -> int:
         """Cash-out requests and payout results are applied a batch at a time (one read per
         kind of fact, one post per round: `services.cashout.desk`), but each locks creators and
-        cash-outs until its commit; small batches keep those locks short, so the outbox and the
-        bank hear about the first ones without waiting for a big batch to commit."""
+        cash-outs until its commit: their batches have a bound of their own
+        (`consumer_cashout_batch_size_max`), so the relay and the bank hear about the first
+        ones without waiting for a big batch to commit."""
         if topic in (topics.CASHOUTS_REQUESTED, topics.PAYOUTS_UPDATED):
-            return min(self.settings.consumer_batch_size_max, CASHOUT_BATCH_SIZE_MAX)
+            return min(
+                self.settings.consumer_batch_size_max,
+                self.settings.consumer_cashout_batch_size_max,
+            )
         return self.settings.consumer_batch_size_max
 
     def fetch_wait_ms_max(self, topic: str) -> int:

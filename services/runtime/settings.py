@@ -218,6 +218,15 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     consumer_batch_size_max: int = Field(default=2_000, ge=1, le=50_000)
     consumer_batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    consumer_cashout_batch_size_max: int = Field(
+        default=250,
+        ge=1,
+        le=5_000,
+        description="Records per batch of `cashouts.requested` and `payouts.updated` (at most"
+        " `consumer_batch_size_max`). A batch holds its creators' and cash-outs' locks until"
+        " its commit, so the relay and the other results wait for it; its statements are about"
+        " as many for 250 items as for 1, so small batches cost throughput.",
+    )
     consumer_gift_fetch_wait_ms_max: int = Field(
         default=20,
         ge=1,
