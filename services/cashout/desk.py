@@ -120,7 +120,7 @@ class CashoutLimits:
 
 def request_accounts(event: CashoutRequested) -> list[AccountSpec]:
     specs = [hold_source(event.creator_id, event.asset), hold_target(event.creator_id, event.asset)]
-    return specs + settlement_accounts(event.payout_currency)
+    return [*specs, *settlement_accounts(event.payout_currency)]
 
 
 CREATOR_LOCK_NAMESPACE = b"giftledger.cashout.creator:"

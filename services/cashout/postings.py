@@ -19,6 +19,7 @@ linked chain (all or nothing).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from services.cashout.conversion import convert
 from services.cashout.store import Cashout, cashout_event_id
 from services.rates.fx import FxRate
 
+SETTLEMENT_CURRENCIES_CACHED_MAX = 256  # payout currencies: ISO 4217 has fewer than 200
+
 
 def hold_source(creator_id: str, asset: str) -> AccountSpec:
     if asset == DIAMOND:
@@ -47,15 +50,17 @@ def hold_target(creator_id: str, asset: str) -> AccountSpec:
     return chart.platform(AccountKind.PAYOUTS_PAYABLE, asset)
 
 
-def settlement_accounts(payout_currency: str) -> list[AccountSpec]:
-    """The platform accounts a cash-out paid in `payout_currency` may move."""
-    return [
+@functools.lru_cache(maxsize=SETTLEMENT_CURRENCIES_CACHED_MAX)
+def settlement_accounts(payout_currency: str) -> tuple[AccountSpec, ...]:
+    """The platform accounts a cash-out paid in `payout_currency` may move (built once a
+    currency: every step of every cash-out names them)."""
+    return (
         chart.platform(AccountKind.DIAMONDS_REDEEMED, DIAMOND),
         chart.platform(AccountKind.ROUNDING, DIAMOND),
         chart.platform(AccountKind.CASHOUT_CONVERSION, payout_currency),
         chart.platform(AccountKind.PAYOUTS_PAYABLE, payout_currency),
         chart.platform(AccountKind.CASH_AT_BANK, payout_currency),
-    ]
+    )
 
 
 def cashout_accounts(cashout: Cashout) -> list[AccountSpec]:
