@@ -4,6 +4,7 @@ invariant, and the stored totals and result codes equal a plain Python model of 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 
@@ -52,9 +53,17 @@ class Model:
             return R.EXCEEDS_CREDITS
         return R.OK
 
+    def asks_for_stored(self, t: Transfer) -> bool:
+        """Whether `t` asks for exactly what is stored under its id. A post or void sent again
+        with amount 0 asks for whatever amount it moved."""
+        stored = self.stored[t.id]
+        if t.pending_id is not None and t.amount == 0:
+            return dataclasses.replace(t, amount=stored.amount) == stored
+        return t == stored
+
     def apply(self, t: Transfer, index: dict[int, int]) -> R:
         if t.id in self.stored:
-            return R.EXISTS if self.stored[t.id] == t else R.EXISTS_WITH_DIFFERENT_FIELDS
+            return R.EXISTS if self.asks_for_stored(t) else R.EXISTS_WITH_DIFFERENT_FIELDS
         saved = copy.deepcopy(self.totals)
         if t.pending_id is not None:
             if t.pending_id not in self.pendings:
@@ -75,7 +84,10 @@ class Model:
                 self.totals[debit][0] += t.amount
                 self.totals[credit][1] += t.amount
             self.outcomes[t.pending_id] = "posted" if posting else "voided"
-            self.stored[t.id] = t
+            # Stored with what it moved: a void always the whole pending amount.
+            self.stored[t.id] = dataclasses.replace(
+                t, amount=t.amount if posting else pending_amount
+            )
             return R.OK
         debit, credit = index[t.debit_account_id], index[t.credit_account_id]
         column = 2 if t.flags & F.PENDING else 0
