@@ -1,8 +1,8 @@
 """`post_new`'s write sends its columns as few parameters: integers as array literals, texts
 joined by a separator (or, when a value holds it, as arrays), and what every new plain transfer
-shares written in the statement. Whatever the values, the stored rows must be the ones the
-general path would have stored: `post` finds each one EXISTS (same fields), and `verify`
-recomputes the totals, running balances and hash chain from them."""
+shares written in the statement. Whatever the values, the stored rows must be the ones asked
+for, the same as the general path (`post`) stores: `post` finds each one EXISTS (same fields),
+and `verify` recomputes the totals, running balances and hash chain from them."""
 
 from __future__ import annotations
 
@@ -149,6 +149,25 @@ async def test_any_values_are_stored_as_the_general_path_would_store_them(
     batch = batch_of(accounts, moves)
 
     await post_new(ledger, batch)
+
+    await assert_stored_as_given(engine, ledger, batch)
+
+
+@given(moves=rows)
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+async def test_any_values_posted_by_the_general_path_are_stored_as_given(
+    engine: AsyncEngine,
+    moves: list[tuple[int, int, int, TransferCode, int | None, str | None, str | None]],
+) -> None:
+    ledger = Ledger(engine)
+    accounts = await make_accounts(
+        ledger, f"general-{uuid.uuid4().hex[:8]}", [AccountFlags.NONE] * ACCOUNT_COUNT
+    )
+    batch = batch_of(accounts, moves)
+
+    assert await ledger.post(as_transfers(batch)) == [PostResult.OK] * len(batch)
 
     await assert_stored_as_given(engine, ledger, batch)
 
