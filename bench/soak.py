@@ -38,7 +38,11 @@ database restarted in the middle; then the exact end state.
    consumers' CPU a record applied, the broker's cores), and the counts: applied, duplicates,
    dead letters, lost, doubled. The broker's cores tell whether a rise in `commit -
    occurred_at` is the pipeline's or the broker's: the embedded broker's memory storage costs
-   more a fetch the more batches it holds.
+   more a fetch the more batches it holds. (Tansu 0.6.0, the wheel's build: every fetch that
+   finds records lists every batch object the partition has stored, and that storage deletes
+   nothing, neither by retention nor by DeleteRecords, so the cost of a fetch grows with the
+   soak's length. Flat latency needs a broker whose fetch does not: Apache Kafka through
+   `KAFKA_BOOTSTRAP_SERVERS`.)
 
 Exit 0 when the end state matches, verify holds and nothing is lost; 1 otherwise. Whether
 memory and latency stayed flat is printed, not judged by the exit code.
