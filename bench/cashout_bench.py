@@ -24,8 +24,8 @@ and `Ingestor`, built as `services.app.bootstrap.start_consumers` builds them (s
    (`CashoutDesk.requests` / `payout_results` with one item), "batched" applies the batch at
    once. The relay's submissions (`mark_submitted`) are applied at once in both. Before each
    mode the consumers start again with that mode's bound on the cash-out topics' batches
-   (`CASHOUT_BATCH_SIZE_MAX`: 50 one at a time, as that path ran; the product's default
-   batched), untimed.
+   (`cashout_batch_size_max`: 50 one at a time, as that path ran; batched, the settings'
+   `consumer_cashout_batch_size_max`, 250 by default), untimed.
 3. checks: every cash-out paid; `ledger.verify.verify` finds nothing; for every creator, Diamonds
    available plus Diamonds paid out equal what its gifts gave, and nothing is left held; nothing
    is left in `payouts_payable`, and 10 USD per cash-out left `cash_at_bank`.
@@ -93,12 +93,11 @@ SPARE_CASHOUTS = 2  # each creator earns the Diamonds for its cash-outs and this
 ONE_AT_A_TIME = "one at a time"
 BATCHED = "batched"
 MODES = (ONE_AT_A_TIME, BATCHED)  # in this order, on the same creators
-# Records per batch of the cash-out topics in each mode. The one-at-a-time desk keeps the bound
-# it was run with (50): each batch holds its creators' locks while its requests are applied one
-# after the other, and at 250 a batch held them for seconds and deadlocked (5 deadlocks, 1,000
-# requests run again, 56 cash-outs/s against 80 at 50). The batched desk runs with the
-# product's default.
-CASHOUT_BATCH_SIZE_MAX = {ONE_AT_A_TIME: 50, BATCHED: Settings().consumer_cashout_batch_size_max}
+# Records per batch of the cash-out topics one at a time: the bound that path ran with. Each
+# batch holds its creators' locks while its requests are applied one after the other, and at
+# 250 a batch held them for seconds and deadlocked (5 deadlocks, 1,000 requests run again, 56
+# cash-outs/s against 80 at 50). Batched, the settings' `consumer_cashout_batch_size_max`.
+ONE_AT_A_TIME_CASHOUT_BATCH_SIZE_MAX = 50
 COIN_PRICES = (1, 5, 10, 99, 199, 499, 1_000)
 PROFILE = {
     "birth_date": "1999-04-02",
@@ -412,6 +411,13 @@ class ClockedConsumerService(ConsumerService):
             self.outbox.rows += sent
             self.outbox.busy_s += time.perf_counter() - started
         return sent
+
+
+def cashout_batch_size_max(settings: Settings, mode: str) -> int:
+    """The bound on the cash-out topics' batches the consumers run `mode` with."""
+    if mode == ONE_AT_A_TIME:
+        return ONE_AT_A_TIME_CASHOUT_BATCH_SIZE_MAX
+    return settings.consumer_cashout_batch_size_max
 
 
 def consumer_settings(prefix: str) -> Settings:
@@ -939,7 +945,7 @@ async def run(options: Options) -> Figures:
                 "consumer_batch_size_max": settings.consumer_batch_size_max,
                 "consumer_batch_wait_ms": settings.consumer_batch_wait_ms,
                 "cashout_batch_size_max": ", ".join(
-                    f"{mode} {CASHOUT_BATCH_SIZE_MAX[mode]}" for mode in MODES
+                    f"{mode} {cashout_batch_size_max(settings, mode)}" for mode in MODES
                 ),
                 "outbox_poll_s": OUTBOX_POLL_INTERVAL_S,
                 "outbox_batch_max": OUTBOX_BATCH_SIZE_MAX,
@@ -956,7 +962,9 @@ async def run(options: Options) -> Figures:
                 await service.stop()
                 service = None
                 mode_settings = settings.model_copy(
-                    update={"consumer_cashout_batch_size_max": CASHOUT_BATCH_SIZE_MAX[mode]}
+                    update={
+                        "consumer_cashout_batch_size_max": cashout_batch_size_max(settings, mode)
+                    }
                 )
                 service = ClockedConsumerService(mode_settings, ingestor, bootstrap_servers)
                 await service.start()
