@@ -25,7 +25,7 @@ and `Ingestor`, built as `services.app.bootstrap.start_consumers` builds them (s
    once. The relay's submissions (`mark_submitted`) are applied at once in both. Before each
    mode the consumers start again with that mode's bound on the cash-out topics' batches
    (`cashout_batch_size_max`: 50 one at a time, as that path ran; batched, the settings'
-   `consumer_cashout_batch_size_max`, 250 by default), untimed.
+   `consumer_cashout_batch_size_max`, 50 by default), untimed.
 3. checks: every cash-out paid; `ledger.verify.verify` finds nothing; for every creator, Diamonds
    available plus Diamonds paid out equal what its gifts gave, and nothing is left held; nothing
    is left in `payouts_payable`, and 10 USD per cash-out left `cash_at_bank`.
