@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -134,12 +134,18 @@ async def assert_stored_as_given(engine: AsyncEngine, ledger: Ledger, batch: New
         assert await verify(conn) == []
 
 
+async def post_general(ledger: Ledger, batch: NewTransfers) -> None:
+    assert await ledger.post(as_transfers(batch)) == [PostResult.OK] * len(batch)
+
+
+@pytest.mark.parametrize("post", [post_new, post_general], ids=["post_new", "post"])
 @given(moves=rows)
 @settings(
     max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-async def test_any_values_are_stored_as_the_general_path_would_store_them(
+async def test_any_values_are_stored_as_given_by_either_path(
     engine: AsyncEngine,
+    post: Callable[[Ledger, NewTransfers], Awaitable[None]],
     moves: list[tuple[int, int, int, TransferCode, int | None, str | None, str | None]],
 ) -> None:
     ledger = Ledger(engine)
@@ -148,26 +154,7 @@ async def test_any_values_are_stored_as_the_general_path_would_store_them(
     )
     batch = batch_of(accounts, moves)
 
-    await post_new(ledger, batch)
-
-    await assert_stored_as_given(engine, ledger, batch)
-
-
-@given(moves=rows)
-@settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-async def test_any_values_posted_by_the_general_path_are_stored_as_given(
-    engine: AsyncEngine,
-    moves: list[tuple[int, int, int, TransferCode, int | None, str | None, str | None]],
-) -> None:
-    ledger = Ledger(engine)
-    accounts = await make_accounts(
-        ledger, f"general-{uuid.uuid4().hex[:8]}", [AccountFlags.NONE] * ACCOUNT_COUNT
-    )
-    batch = batch_of(accounts, moves)
-
-    assert await ledger.post(as_transfers(batch)) == [PostResult.OK] * len(batch)
+    await post(ledger, batch)
 
     await assert_stored_as_given(engine, ledger, batch)
 
