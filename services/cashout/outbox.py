@@ -49,50 +49,54 @@ OUTBOX_SEND_TIMEOUT_S = 30.0
 OUTBOX_CLAIM_LEASE_S = 60.0
 RELAY_ID_LENGTH_MAX = 160
 
-# Step 1. `heads`: the oldest unpublished row of each key of this deployment. `free_keys`: those
-# heads no live claim holds, oldest first, locked (rows another relay is claiming right now are
-# skipped, and with them their whole key). `held_later`: per free key, the first later row a
-# live claim of another round holds; the key's run stops before it. The rows of each run, oldest
-# first, up to the limit, are claimed for this round; the checks are made again on each row as
-# it is updated, so a row another relay marked or claimed meanwhile is left out.
+# Step 1. `unpublished`: every unpublished row of this deployment, with how many rows of its key
+# up to it (itself included) a live claim holds; one walk of `outbox_unpublished_by_key`, which
+# is in key and id order already. `runs`: the rows no live claim holds before them, oldest first,
+# up to the limit, each with its key's first row among them (`head_id`, the key's oldest
+# unpublished row): for each key, from that row up to the first row another round holds (a key
+# whose oldest row is held has none). `free_heads`: those heads, locked now (rows another relay
+# is claiming at this moment are skipped, and with them their whole key). The runs of the locked
+# heads are claimed; the checks are made again on each row as it is updated, so a row another
+# relay marked or claimed meanwhile is left out.
+#
+# Every other step reads only the runs or rows by id from arrays computed once, so the statement
+# costs one walk of the unpublished rows whatever the planner estimates. The form before joined
+# the heads to the rows of their keys; the relay drains the outbox between autovacuum's ANALYZEs,
+# so the statistics say there are almost no unpublished rows, and the planner chose nested loops
+# that read every unpublished row once per unpublished row: with 3,000 unpublished rows a claim
+# took 20 to 90 s (bench/README.md, "The outbox relay's claim").
 _CLAIM = text(
     """
-    WITH heads AS (
-        SELECT DISTINCT ON (message_key) id
+    WITH unpublished AS (
+        SELECT id, message_key,
+               count(*) FILTER (WHERE claimed_until > clock_timestamp())
+                   OVER (PARTITION BY message_key ORDER BY id) AS held_so_far
         FROM outbox
         WHERE topic_prefix = :prefix AND published_at IS NULL
-        ORDER BY message_key, id
-    ), free_keys AS (
-        SELECT o.message_key, o.id AS head_id
-        FROM outbox o
-        WHERE o.id IN (SELECT id FROM heads)
-          AND o.published_at IS NULL
-          AND (o.claimed_until IS NULL OR o.claimed_until <= clock_timestamp())
-        ORDER BY o.id
-        LIMIT :limit
-        FOR UPDATE OF o SKIP LOCKED
-    ), held_later AS (
-        SELECT o.message_key, min(o.id) AS id
-        FROM outbox o
-        JOIN free_keys f ON f.message_key = o.message_key
-        WHERE o.topic_prefix = :prefix AND o.published_at IS NULL
-          AND o.claimed_until > clock_timestamp()
-        GROUP BY o.message_key
     ), runs AS (
+        SELECT id, min(id) OVER (PARTITION BY message_key) AS head_id
+        FROM (
+            SELECT id, message_key
+            FROM unpublished
+            WHERE held_so_far = 0
+            ORDER BY id
+            LIMIT :limit
+        ) AS oldest
+    ), free_heads AS (
         SELECT o.id
         FROM outbox o
-        JOIN free_keys f ON f.message_key = o.message_key AND o.id >= f.head_id
-        LEFT JOIN held_later h ON h.message_key = o.message_key
-        WHERE o.topic_prefix = :prefix AND o.published_at IS NULL
-          AND (h.id IS NULL OR o.id < h.id)
-        ORDER BY o.id
-        LIMIT :limit
+        WHERE o.id = ANY(ARRAY(SELECT DISTINCT head_id FROM runs))
+          AND o.published_at IS NULL
+          AND (o.claimed_until IS NULL OR o.claimed_until <= clock_timestamp())
+        FOR UPDATE OF o SKIP LOCKED
     )
     UPDATE outbox o
     SET claimed_by = :claim,
         claimed_until = clock_timestamp() + make_interval(secs => CAST(:lease_s AS float8))
-    FROM runs
-    WHERE o.id = runs.id AND o.published_at IS NULL
+    WHERE o.id = ANY(ARRAY(
+        SELECT id FROM runs WHERE head_id = ANY(ARRAY(SELECT id FROM free_heads))
+    ))
+      AND o.published_at IS NULL
       AND (o.claimed_until IS NULL OR o.claimed_until <= clock_timestamp())
     RETURNING o.id, o.topic, o.message_key, o.payload
     """

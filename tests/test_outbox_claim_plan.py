@@ -1,0 +1,81 @@
+"""The outbox relay's claim reads each unpublished row a bounded number of times, however wrong
+the planner's statistics are.
+
+Autovacuum's ANALYZE of `outbox` mostly runs while the relays keep it drained, so the statistics
+say there are almost no unpublished rows. When a backlog builds (the bank or the broker slow, a
+relay restarting), a claim planned on those statistics must still cost one walk of the backlog:
+an earlier form of the statement read every unpublished row once per unpublished row there, and
+took tens of seconds a claim with a few thousand rows waiting."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas import topics
+from services.cashout.outbox import _CLAIM, OUTBOX_BATCH_SIZE_MAX, OUTBOX_CLAIM_LEASE_S
+
+pytestmark = pytest.mark.server  # a query plan: the server's planner decides it
+
+BACKLOG_ROWS = 600
+BACKLOG_KEYS = 200
+# A few walks of the backlog: one for the runs, and for each of the two steps that take rows by
+# id, a walk of the same index or lookups (1,800 and 2,300 rows on PostgreSQL 18 and 15). The
+# quadratic form read about 1,000 times the backlog (602,198 rows).
+ROW_READS_PER_BACKLOG_ROW_MAX = 5
+
+
+def _outbox_rows_read(node: dict[str, Any]) -> int:
+    """Rows the plan's scans of `outbox` produced or filtered out, over all their loops."""
+    own = 0
+    if node.get("Relation Name") == "outbox":
+        per_loop = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+        own = round(per_loop * node.get("Actual Loops", 1))
+    return own + sum(_outbox_rows_read(child) for child in node.get("Plans", []))
+
+
+async def test_a_claim_walks_a_backlog_once_when_the_statistics_say_it_is_empty(
+    engine: AsyncEngine,
+) -> None:
+    prefix = f"plan{uuid.uuid4().hex[:8]}."
+    async with engine.begin() as conn:
+        await conn.execute(text("ANALYZE outbox"))  # this deployment has no rows yet
+        await conn.execute(
+            text(
+                "INSERT INTO outbox (topic, message_key, payload, topic_prefix)"
+                " SELECT :topic, 'creator-' || (n % :keys), convert_to('{}', 'UTF8'), :prefix"
+                " FROM generate_series(1, :rows) AS n"
+            ),
+            {
+                "topic": topics.CASHOUTS_UPDATED,
+                "keys": BACKLOG_KEYS,
+                "prefix": prefix,
+                "rows": BACKLOG_ROWS,
+            },
+        )
+    async with engine.connect() as conn:
+        transaction = await conn.begin()
+        plan = await conn.scalar(
+            text(f"EXPLAIN (ANALYZE, FORMAT JSON) {_CLAIM.text}"),
+            {
+                "prefix": prefix,
+                "limit": OUTBOX_BATCH_SIZE_MAX,
+                "claim": "plan-test#1",
+                "lease_s": OUTBOX_CLAIM_LEASE_S,
+            },
+        )
+        await transaction.rollback()
+    async with engine.begin() as conn:  # no backlog left behind for other tests
+        await conn.execute(
+            text("UPDATE outbox SET published_at = now() WHERE topic_prefix = :prefix"),
+            {"prefix": prefix},
+        )
+    top = (plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]
+    claimed = top.get("Actual Rows", 0)
+    assert claimed == min(BACKLOG_ROWS, OUTBOX_BATCH_SIZE_MAX)
+    assert _outbox_rows_read(top) <= ROW_READS_PER_BACKLOG_ROW_MAX * BACKLOG_ROWS
