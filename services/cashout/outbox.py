@@ -64,7 +64,7 @@ RELAY_ID_LENGTH_MAX = 160
 # the heads to the rows of their keys; the relay drains the outbox between autovacuum's ANALYZEs,
 # so the statistics say there are almost no unpublished rows, and the planner chose nested loops
 # that read every unpublished row once per unpublished row: with 3,000 unpublished rows a claim
-# took 20 to 90 s (bench/README.md, "The outbox relay's claim").
+# took 20 to 90 s (bench/README.md: "the outbox relay's claim, quadratic on a backlog").
 _CLAIM = text(
     """
     WITH unpublished AS (
