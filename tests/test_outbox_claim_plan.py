@@ -3,9 +3,9 @@ the planner's statistics are.
 
 Autovacuum's ANALYZE of `outbox` mostly runs while the relays keep it drained, so the statistics
 say there are almost no unpublished rows. When a backlog builds (the bank or the broker slow, a
-relay restarting), a claim planned on those statistics must still cost one walk of the backlog:
-an earlier form of the statement read every unpublished row once per unpublished row there, and
-took tens of seconds a claim with a few thousand rows waiting."""
+relay restarting), a claim planned on those statistics must still cost a few walks of the
+backlog at most: an earlier form of the statement read every unpublished row once per
+unpublished row there, and took tens of seconds a claim with a few thousand rows waiting."""
 
 from __future__ import annotations
 
