@@ -10,7 +10,6 @@ version's wording: PostgreSQL 15 and 18 print the same plan differently.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.ingestion.event_store import SELECT_APPLIED
+from tests.query_plans import nodes_of, plan_root
 
 pytestmark = pytest.mark.server
 
@@ -31,16 +31,7 @@ async def plan_of(conn: AsyncConnection, sql: str) -> dict[str, Any]:
     rows = await conn.execute(
         text(f"EXPLAIN (FORMAT JSON) {sql}"), {"topic": "gifts.sent", "ids": ids}
     )
-    document = rows.scalar_one()
-    plans = json.loads(document) if isinstance(document, str) else document
-    root: dict[str, Any] = plans[0]["Plan"]
-    return root
-
-
-def nodes_of(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from nodes_of(child)
+    return plan_root(rows.scalar_one())
 
 
 def reads_of(plan: dict[str, Any], table: str) -> list[dict[str, Any]]:

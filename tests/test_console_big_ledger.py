@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +30,7 @@ from services.api.queries import gifts_report
 from services.console import reads
 from services.ingestion.event_transfers import GIFT_DIAMOND_SOURCE
 from tests.api_server import SeededLedger, seed_ledger
+from tests.query_plans import nodes_of, plan_root
 
 pytestmark = pytest.mark.server
 
@@ -66,15 +66,7 @@ async def plan_of(conn: AsyncConnection, statement: str, parameters: Any) -> dic
     document = (
         await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
     ).scalar_one()
-    plans = json.loads(document) if isinstance(document, str) else document
-    root: dict[str, Any] = plans[0]["Plan"]
-    return root
-
-
-def nodes_of(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from nodes_of(child)
+    return plan_root(document)
 
 
 async def only_plan(engine: AsyncEngine, conn: AsyncConnection, read: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ unpublished row there, and took tens of seconds a claim with a few thousand rows
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas import topics
 from services.cashout.outbox import _CLAIM, OUTBOX_BATCH_SIZE_MAX, OUTBOX_CLAIM_LEASE_S
+from tests.query_plans import nodes_of, plan_root
 
 pytestmark = pytest.mark.server  # a query plan: the server's planner decides it
 
@@ -30,13 +30,16 @@ BACKLOG_KEYS = 200
 ROW_READS_PER_BACKLOG_ROW_MAX = 5
 
 
-def _outbox_rows_read(node: dict[str, Any]) -> int:
+def _outbox_rows_read(plan: dict[str, Any]) -> int:
     """Rows the plan's scans of `outbox` produced or filtered out, over all their loops."""
-    own = 0
-    if node.get("Relation Name") == "outbox":
-        per_loop = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
-        own = round(per_loop * node.get("Actual Loops", 1))
-    return own + sum(_outbox_rows_read(child) for child in node.get("Plans", []))
+    return sum(
+        round(
+            (node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0))
+            * node.get("Actual Loops", 1)
+        )
+        for node in nodes_of(plan)
+        if node.get("Relation Name") == "outbox"
+    )
 
 
 async def test_a_claim_walks_a_backlog_once_when_the_statistics_say_it_is_empty(
@@ -75,7 +78,7 @@ async def test_a_claim_walks_a_backlog_once_when_the_statistics_say_it_is_empty(
             text("UPDATE outbox SET published_at = now() WHERE topic_prefix = :prefix"),
             {"prefix": prefix},
         )
-    top = (plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]
+    top = plan_root(plan)
     claimed = top.get("Actual Rows", 0)
     assert claimed == min(BACKLOG_ROWS, OUTBOX_BATCH_SIZE_MAX)
     assert _outbox_rows_read(top) <= ROW_READS_PER_BACKLOG_ROW_MAX * BACKLOG_ROWS
