@@ -226,8 +226,7 @@ class Settings(BaseSettings):
         " `consumer_batch_size_max`). A batch's statements are about as many for 250 items as"
         " for 50, so larger batches apply a burst sooner (bench/README.md: 555 against 463"
         " cash-outs/s at 250); but a batch holds its creators' and cash-outs' locks until its"
-        " commit, so each cash-out waits longer (p99 4.2 against 1.4 s), and a 20-minute soak"
-        " at 250 saw the relay's claim time out 12 times and stalls the one at 50 did not.",
+        " commit, so each cash-out waits longer (p99 4.2 against 1.4 s).",
     )
     consumer_gift_fetch_wait_ms_max: int = Field(
         default=20,
