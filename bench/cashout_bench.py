@@ -60,6 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bench.harness import admin_url, fresh_database, server_version, verify_ledger
 from bench.ingest_bench import kafka, new_producer, percentiles, say
+from bench.process_cpu import parent_pid_of, tree_cpu_seconds_of
 from ledger.chart import AccountKind
 from ledger.database import create_engine
 from ledger.service import Ledger, LedgerTransaction
@@ -483,6 +484,87 @@ class Measurement:
         return self.items / self.seconds
 
 
+@dataclass(frozen=True, slots=True)
+class CpuReading:
+    """CPU seconds used so far: this process (the consumers, the relay, the bank and the
+    publisher: one event loop), the PostgreSQL server (None when it is not on this machine) and
+    the embedded broker (None with `KAFKA_BOOTSTRAP_SERVERS`)."""
+
+    this_process_s: float
+    postgres_s: float | None
+    broker_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CpuMeter:
+    postmaster_pid: int | None
+    broker_pid: int | None
+
+    def read(self) -> CpuReading:
+        return CpuReading(
+            time.process_time(),
+            None if self.postmaster_pid is None else tree_cpu_seconds_of(self.postmaster_pid),
+            None if self.broker_pid is None else tree_cpu_seconds_of(self.broker_pid),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """CPU seconds one mode used, from the first publish until all its cash-outs were paid."""
+
+    cashouts: int
+    wall_s: float
+    this_process_s: float
+    postgres_s: float | None
+    broker_s: float | None
+
+    @classmethod
+    def between(cls, before: CpuReading, after: CpuReading, cashouts: int, wall_s: float) -> CpuUse:
+        def spent(first: float | None, last: float | None) -> float | None:
+            return None if first is None or last is None else last - first
+
+        return cls(
+            cashouts,
+            wall_s,
+            after.this_process_s - before.this_process_s,
+            spent(before.postgres_s, after.postgres_s),
+            spent(before.broker_s, after.broker_s),
+        )
+
+    @property
+    def total_s(self) -> float:
+        return self.this_process_s + (self.postgres_s or 0.0) + (self.broker_s or 0.0)
+
+    def ms_each(self, seconds: float | None) -> float | None:
+        return None if seconds is None else seconds * 1000 / self.cashouts
+
+    @property
+    def cores_busy(self) -> float:
+        return self.total_s / self.wall_s
+
+    def rate_bound(self, cores: int) -> float:
+        """Cash-outs a second `cores` cores would allow at this CPU a cash-out, were they all
+        busy all the time (a bound: the processes also wait for one another)."""
+        return cores * self.cashouts / self.total_s
+
+
+async def postmaster_pid(engine: AsyncEngine) -> int | None:
+    """The PostgreSQL server's main process when it runs on this machine: the parent of this
+    connection's backend, both named `postgres`; else None."""
+    async with engine.connect() as conn:
+        backend = int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+    parent = parent_pid_of(backend)
+    if parent is None or not all(is_postgres(pid) for pid in (backend, parent)):
+        return None
+    return parent
+
+
+def is_postgres(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    return False
+
+
 def spent(seconds: float, count: int, unit: str) -> dict[str, Any]:
     return {
         "seconds": round(seconds, 3),
@@ -501,6 +583,7 @@ class Figures:
     latency_ms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     paths: dict[str, dict[str, int]] = field(default_factory=dict)
     time_spent: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    cpu: dict[str, CpuUse] = field(default_factory=dict)
     checked: str = ""
     conflicts: dict[str, int] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
@@ -684,11 +767,12 @@ async def phase_cashouts(
     service: ClockedConsumerService,
     ingestor: ClockedIngestor,
     rail: PayoutRailService,
+    cpu_meter: CpuMeter,
     run_id: str,
     mode: str,
 ) -> None:
     """With the desk in `mode`, publish N cash-out requests at once; time until every one is
-    paid."""
+    paid, and the CPU the processes used meanwhile."""
     await wait_for_assignment(service, rail)
     prefix = service.settings.kafka_topic_prefix
     await outbox_drained(engine, prefix)
@@ -702,6 +786,7 @@ async def phase_cashouts(
     def progress() -> int:
         return desk.request_count + desk.result_count + outbox.rows + paid
 
+    cpu_before = cpu_meter.read()
     started = time.perf_counter()
     await send_all(
         producer,
@@ -740,6 +825,7 @@ async def phase_cashouts(
                     f" {desk.result_count - results_before:,} results ({mode})"
                 )
     elapsed_s = time.perf_counter() - started
+    figures.cpu[mode] = CpuUse.between(cpu_before, cpu_meter.read(), options.cashouts, elapsed_s)
     measurement = Measurement(f"cash-outs {mode}", options.cashouts, elapsed_s)
     figures.measurements.append(measurement)
     say(f"cash-outs {mode}: {measurement.items_per_s:,.0f}/s over {measurement.seconds:.1f} s")
@@ -909,7 +995,7 @@ async def conflicts(
 async def run(options: Options) -> Figures:
     figures = Figures()
     async with (
-        kafka() as (bootstrap_servers, broker_source, _),
+        kafka() as (bootstrap_servers, broker_source, broker_pid),
         admin_url() as (maintenance_url, database_source),
         fresh_database(maintenance_url) as url,
     ):
@@ -951,6 +1037,7 @@ async def run(options: Options) -> Figures:
                 "outbox_batch_max": OUTBOX_BATCH_SIZE_MAX,
                 "bank_paid_delay_ms": options.paid_delay_ms,
             }
+            cpu_meter = CpuMeter(await postmaster_pid(engine), broker_pid)
             await producer.start()
             await rail.start()  # joins its group while the gifts are published and drained
             service, ingestor = new_consumers(settings, engine, bootstrap_servers, rate_cards)
@@ -969,7 +1056,16 @@ async def run(options: Options) -> Figures:
                 service = ClockedConsumerService(mode_settings, ingestor, bootstrap_servers)
                 await service.start()
                 await phase_cashouts(
-                    options, figures, engine, producer, service, ingestor, rail, run_id, mode
+                    options,
+                    figures,
+                    engine,
+                    producer,
+                    service,
+                    ingestor,
+                    rail,
+                    cpu_meter,
+                    run_id,
+                    mode,
                 )
             await service.stop()
             service = None
@@ -1026,6 +1122,49 @@ def ratio(figures: Figures) -> float:
     return figures.rate(f"cash-outs {BATCHED}") / figures.rate(f"cash-outs {ONE_AT_A_TIME}")
 
 
+def print_cpu(figures: Figures) -> None:
+    """CPU a cash-out per process and mode; what the machine's cores would allow at that cost."""
+    cores = os.cpu_count() or 1
+
+    def ms(value: float | None) -> str:
+        return "   n/a" if value is None else f"{value:6.2f}"
+
+    print(
+        "cpu a cash-out (ms; this process runs the consumers, the relay, the bank and the"
+        " publisher; n/a: not on this machine):"
+    )
+    for mode, use in figures.cpu.items():
+        print(
+            f"  {mode:<14} this process {ms(use.ms_each(use.this_process_s))}"
+            f"  postgresql {ms(use.ms_each(use.postgres_s))}"
+            f"  broker {ms(use.ms_each(use.broker_s))}"
+            f"  all {ms(use.ms_each(use.total_s))}"
+            f"  (cores busy {use.cores_busy:.2f} of {cores})"
+        )
+    batched, one = figures.cpu.get(BATCHED), figures.cpu.get(ONE_AT_A_TIME)
+    if batched is not None and one is not None:
+        bound = batched.rate_bound(cores)
+        print(
+            f"  batched, every core busy at this cpu a cash-out: at most {bound:,.0f} /s,"
+            f" {bound / figures.rate(f'cash-outs {ONE_AT_A_TIME}'):.1f} times one at a time's"
+            " rate"
+        )
+
+
+def cpu_document(use: CpuUse) -> dict[str, Any]:
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    return {
+        "wall_s": round(use.wall_s, 3),
+        "this_process_s": rounded(use.this_process_s),
+        "postgres_s": rounded(use.postgres_s),
+        "broker_s": rounded(use.broker_s),
+        "ms_each": rounded(use.ms_each(use.total_s)),
+        "cores_busy": round(use.cores_busy, 3),
+    }
+
+
 def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any]:
     print()
     print(f"{'path':<26} {'items':>9} {'seconds':>8} {'items/s':>9}")
@@ -1072,6 +1211,7 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
                 f"    {name:<22} {step['seconds']:>7.2f} s, {step['count']:>7,} {step['unit']:<7}"
                 f" {step['ms_each']:>8.2f} ms each"
             )
+    print_cpu(figures)
     print(
         "conflicts: "
         + ", ".join(
@@ -1116,6 +1256,7 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
             phase: {name.strip(): step for name, step in steps.items()}
             for phase, steps in figures.time_spent.items()
         },
+        "cpu": {mode: cpu_document(use) for mode, use in figures.cpu.items()},
         "conflicts": figures.conflicts,
         "checks": figures.checked,
         "machine": figures.machine,

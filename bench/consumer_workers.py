@@ -195,17 +195,6 @@ def rss_bytes_of(pid: int) -> int:
     return 0
 
 
-def cpu_seconds_of(pid: int) -> float:
-    """CPU time (user and system) a process has used so far (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # After the command's closing parenthesis: state is field 3, utime 14 and stime 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Workers:
     """`count` worker processes consuming with `settings`, one consumer group between them."""

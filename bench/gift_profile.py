@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.harness import admin_url, fresh_database
 from bench.ingest_bench import BACKLOG_START, SEED, GiftMaker, python_loop_s
+from bench.process_cpu import own_cpu_seconds_of
 from ledger.database import create_engine
 from schemas import topics
 from services.app.bootstrap import build_ingestor
@@ -53,7 +54,6 @@ from services.runtime.settings import Settings
 PARTITION_COUNT = 8
 GIFTS_MAX = 1_000_000
 ROUNDS_MAX = 20
-CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 # Steps of the gift path: (label, functions whose cumulative time counts, functions whose
 # cumulative time is taken off). A function is named by the end of its file name and its name.
@@ -219,18 +219,8 @@ async def backend_pids(engine: AsyncEngine) -> list[int]:
         return [int(row.pid) for row in rows]
 
 
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU of a process on this machine, or None when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
-
-
 def backends_cpu_s(pids: Iterable[int]) -> dict[int, float]:
-    readings = {pid: process_cpu_s(pid) for pid in pids}
+    readings = {pid: own_cpu_seconds_of(pid) for pid in pids}
     return {pid: value for pid, value in readings.items() if value is not None}
 
 

@@ -75,9 +75,9 @@ from typing import Any
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.consumer_workers import cpu_seconds_of
 from bench.ingest_bench import kafka, say
 from bench.log_tally import LogTally
+from bench.process_cpu import cpu_seconds_of
 from bench.soak_checks import EndState, check_end_state
 from bench.soak_consumers import ConsumerDiedError, ConsumerProcesses, wait_for_groups
 from bench.soak_database import SoakDatabase

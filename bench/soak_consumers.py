@@ -30,7 +30,8 @@ from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.consumer_workers import cpu_seconds_of, rss_bytes_of
+from bench.consumer_workers import rss_bytes_of
+from bench.process_cpu import cpu_seconds_of
 from schemas import topics
 from services.payout_rail.rail import GROUP_SUFFIX
 

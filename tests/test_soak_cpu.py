@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from bench.consumer_workers import cpu_seconds_of
+from bench.process_cpu import cpu_seconds_of
 from bench.soak_database import Window
 from bench.soak_report import MemorySample, cpu_lines, cpu_share
 

@@ -1,0 +1,71 @@
+"""CPU time of processes on this machine, read from /proc: one process's own, and a process
+tree's (a PostgreSQL server: the postmaster, the backends and workers it runs now, and those
+that already ended).
+
+A process that ended and was waited for adds its time to its parent's `cutime` and `cstime`; the
+postmaster waits for its children as they end, so the tree's figure keeps the time of backends
+that came and went between two readings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's closing parenthesis (the state is the
+    first), or None when the process is gone or not on this machine."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def own_cpu_seconds_of(pid: int) -> float | None:
+    """CPU time (user and system) a process has used so far, or None when it cannot be read."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    # utime is field 14 of the stat line and stime 15; here they are 11 and 12.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """CPU time (user and system) a process has used so far (0 once it is gone)."""
+    return own_cpu_seconds_of(pid) or 0.0
+
+
+def parent_pid_of(pid: int) -> int | None:
+    """The parent of a process on this machine, or None when it cannot be read."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
+
+
+def _children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+                found += [int(child) for child in children]
+    return found
+
+
+def tree_cpu_seconds_of(pid: int) -> float | None:
+    """CPU time used so far by a process and its children, the running ones and those it has
+    waited for (None when the process cannot be read)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    # utime, stime, cutime, cstime: fields 14 to 17 of the stat line.
+    ticks = sum(int(value) for value in fields[11:15])
+    for child in _children_of(pid):
+        child_fields = _stat_fields(child)
+        if child_fields is not None:
+            ticks += sum(int(value) for value in child_fields[11:15])
+    return ticks / CLOCK_TICKS_PER_S

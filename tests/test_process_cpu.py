@@ -1,0 +1,49 @@
+"""A process tree's CPU time from /proc (the cash-out bench reads the PostgreSQL server's this
+way): children that run count, and so do children that ended and were waited for."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from bench.process_cpu import own_cpu_seconds_of, parent_pid_of, tree_cpu_seconds_of
+
+BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
+GONE_PID = 2**22 + 12_345
+
+
+def others_s(pid: int) -> float:
+    """The tree's CPU less the process's own: its children's."""
+    tree, own = tree_cpu_seconds_of(pid), own_cpu_seconds_of(pid)
+    assert tree is not None
+    assert own is not None
+    return tree - own
+
+
+def test_a_child_that_ended_and_was_waited_for_still_counts() -> None:
+    before = others_s(os.getpid())
+    subprocess.run([sys.executable, "-c", BURN.format(seconds=0.4)], check=True)
+    assert others_s(os.getpid()) >= before + 0.3
+
+
+def test_a_running_child_counts_while_it_runs() -> None:
+    before = others_s(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", BURN.format(seconds=0.4) + "time.sleep(30)\n"])
+    try:
+        deadline = time.monotonic() + 20
+        while others_s(os.getpid()) < before + 0.3:
+            assert child.poll() is None, "the child ended early"
+            assert time.monotonic() < deadline, "the running child's CPU never showed"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_parents_and_processes_that_are_gone() -> None:
+    assert parent_pid_of(os.getpid()) == os.getppid()
+    assert parent_pid_of(GONE_PID) is None
+    assert tree_cpu_seconds_of(GONE_PID) is None
+    assert own_cpu_seconds_of(GONE_PID) is None
