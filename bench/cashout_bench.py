@@ -18,9 +18,11 @@ and `Ingestor`, built as `services.app.bootstrap.start_consumers` builds them (s
 2. cash-outs, once per mode (`MODES`): with the bank running (`paid_delay_ms` 20, nothing failed
    or returned), `--cashouts` `cashouts.requested` of 2,000 diamonds (10 USD), round robin over
    the creators, published at once; the clock runs from the first publish until every cash-out
-   of the mode is `paid`. Latency per cash-out from `cashout_transitions`. The same ingestor,
-   desk and relay serve both modes; the desk differs: "one at a time" applies each request and
-   each payout result of a batch by itself, in order, inside the batch's transaction
+   of the mode is `paid`. Latency per cash-out from `cashout_transitions`; CPU per cash-out
+   over the same clock, of this process, the PostgreSQL server and the embedded broker (from
+   /proc, when they run on this machine: `bench/process_cpu.py`). The same ingestor, desk and
+   relay serve both modes; the desk differs: "one at a time" applies each request and each
+   payout result of a batch by itself, in order, inside the batch's transaction
    (`CashoutDesk.requests` / `payout_results` with one item), "batched" applies the batch at
    once. The relay's submissions (`mark_submitted`) are applied at once in both. Before each
    mode the consumers start again with that mode's bound on the cash-out topics' batches
