@@ -522,15 +522,15 @@ class CpuUse:
 
     @classmethod
     def between(cls, before: CpuReading, after: CpuReading, cashouts: int, wall_s: float) -> CpuUse:
-        def spent(first: float | None, last: float | None) -> float | None:
+        def used(first: float | None, last: float | None) -> float | None:
             return None if first is None or last is None else last - first
 
         return cls(
             cashouts,
             wall_s,
             after.this_process_s - before.this_process_s,
-            spent(before.postgres_s, after.postgres_s),
-            spent(before.broker_s, after.broker_s),
+            used(before.postgres_s, after.postgres_s),
+            used(before.broker_s, after.broker_s),
         )
 
     @property

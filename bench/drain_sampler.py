@@ -33,18 +33,9 @@ from typing import Any
 
 import asyncpg
 
+from bench.process_cpu import children_of
+
 POSTGRES_PORT = 5432
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                found += [
-                    int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-                ]
-    return found
 
 
 def _cmdline(pid: int) -> str:
@@ -119,7 +110,7 @@ async def sample(bench_pid: int, out: Path, workers: int, interval_s: float) -> 
             now = time.time()
             if now >= next_second:
                 next_second = now + 1.0
-                children = _children(bench_pid)
+                children = children_of(bench_pid)
                 consumers = sorted(c for c in children if "spawn_main" in _cmdline(c))
                 brokers = [c for c in children if "tansu" in _cmdline(c)]
                 broker = brokers[0] if brokers else None

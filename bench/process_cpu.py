@@ -46,7 +46,8 @@ def parent_pid_of(pid: int) -> int | None:
     return None if fields is None else int(fields[1])
 
 
-def _children_of(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
+    """The running children of a process (none when it cannot be read)."""
     found: list[int] = []
     with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{pid}/task"):
@@ -64,7 +65,7 @@ def tree_cpu_seconds_of(pid: int) -> float | None:
         return None
     # utime, stime, cutime, cstime: fields 14 to 17 of the stat line.
     ticks = sum(int(value) for value in fields[11:15])
-    for child in _children_of(pid):
+    for child in children_of(pid):
         child_fields = _stat_fields(child)
         if child_fields is not None:
             ticks += sum(int(value) for value in child_fields[11:15])

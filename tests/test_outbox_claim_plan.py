@@ -42,7 +42,7 @@ def _outbox_rows_read(plan: dict[str, Any]) -> int:
     )
 
 
-async def test_a_claim_walks_a_backlog_once_when_the_statistics_say_it_is_empty(
+async def test_a_claim_reads_a_backlog_a_few_times_when_the_statistics_say_it_is_empty(
     engine: AsyncEngine,
 ) -> None:
     prefix = f"plan{uuid.uuid4().hex[:8]}."
