@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -135,11 +136,18 @@ def _updated(totals: Sequence[str], bigint_array: str, returning: str = "") -> s
     )"""  # noqa: S608 (constant fragments)
 
 
-# The commit timestamp: the clock once every account's lock is held.
-_STAMP = """
+def _stamp(returning: str = "") -> str:
+    """The CTE `stamp`, one row: the commit timestamp (the clock once every account's lock is
+    held, `at`), the number of accounts updated, and their balances before the batch in id
+    order (`balances_before`), then `returning` (a comma, then aggregates of `updated`'s
+    columns), so that the transfers find their accounts' balances by position, with no join."""
+    return f"""
     stamp AS (
-        SELECT max(locked_at) AS at FROM updated
-    )"""
+        SELECT max(locked_at) AS at, count(*) AS account_count,
+               array_agg(balance_before ORDER BY id) AS balances_before{returning}
+        FROM updated
+    )"""  # noqa: S608 (constant fragments)
+
 
 # The transfers' keys, stored with the commit timestamp.
 _NEW_KEYS = """
@@ -148,11 +156,16 @@ _NEW_KEYS = """
         SELECT unnest(CAST(:ids AS uuid[])), stamp.at FROM stamp
     )"""
 
-# What `_execute_write` reads: each account's balance before, the timestamp, the count inserted.
+# What `_execute_write` reads, one row: the accounts' balances before the batch (in id order),
+# the commit timestamp, the count inserted.
 _WRITE_RESULT = """
-    SELECT u.id, u.balance_before, stamp.at, (SELECT count(*) FROM new_transfers) AS inserted
-    FROM updated u, stamp
+    SELECT stamp.balances_before, stamp.at, (SELECT count(*) FROM new_transfers) AS inserted
+    FROM stamp
     """
+
+# Where the transfers are inserted: every account of the batch was found and updated (else no
+# transfer is inserted, and the count says so).
+_ALL_ACCOUNTS_UPDATED = "WHERE stamp.account_count = :account_count"
 
 # Step 4. Every account the accepted transfers name is updated by its aggregated deltas, in id
 # order (the unnest is sorted and drives the join), so writers take their locks in one order.
@@ -164,7 +177,7 @@ _WRITE_RESULT = """
 # the timestamp and the count inserted come back.
 _WRITE_BATCH = text(
     f"""
-    WITH {_updated(_ALL_TOTALS, "CAST(:{} AS bigint[])")}, {_STAMP}, {_NEW_KEYS},
+    WITH {_updated(_ALL_TOTALS, "CAST(:{} AS bigint[])")}, {_stamp()}, {_NEW_KEYS},
          new_resolutions AS (
         INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
         SELECT r.pending_id, r.resolved_by, r.outcome, stamp.at
@@ -179,22 +192,23 @@ _WRITE_BATCH = text(
         SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code,
                t.flags, t.pending_id, t.timeout_s,
                stamp.at + make_interval(secs => t.timeout_s), t.rate_card_version, t.event_id,
-               t.metadata::jsonb, debit.balance_before + t.debit_offset,
-               credit.balance_before + t.credit_offset, stamp.at
+               t.metadata::jsonb, stamp.balances_before[t.debit_position + 1] + t.debit_offset,
+               stamp.balances_before[t.credit_position + 1] + t.credit_offset, stamp.at
         FROM unnest(
             CAST(:ids AS uuid[]), CAST(:debit_account_ids AS bigint[]),
             CAST(:credit_account_ids AS bigint[]), CAST(:amounts AS bigint[]),
             CAST(:assets AS text[]), CAST(:codes AS smallint[]), CAST(:flags AS smallint[]),
             CAST(:pending_ids AS uuid[]), CAST(:timeouts_s AS integer[]),
             CAST(:rate_card_versions AS integer[]), CAST(:event_ids AS text[]),
-            CAST(:metadata AS text[]), CAST(:debit_offsets AS bigint[]),
+            CAST(:metadata AS text[]), CAST(:debit_positions AS integer[]),
+            CAST(:credit_positions AS integer[]), CAST(:debit_offsets AS bigint[]),
             CAST(:credit_offsets AS bigint[])
         ) WITH ORDINALITY AS t(id, debit_account_id, credit_account_id, amount, asset, code,
                                flags, pending_id, timeout_s, rate_card_version, event_id,
-                               metadata, debit_offset, credit_offset, position)
-        JOIN updated debit ON debit.id = t.debit_account_id
-        JOIN updated credit ON credit.id = t.credit_account_id
+                               metadata, debit_position, credit_position, debit_offset,
+                               credit_offset, position)
         CROSS JOIN stamp
+        {_ALL_ACCOUNTS_UPDATED}
         ORDER BY t.position
         RETURNING 1
     ){_WRITE_RESULT}"""  # noqa: S608 (constant fragments)
@@ -216,15 +230,16 @@ _WRITE_BATCH = text(
 _WRITE_NEW_BATCH = text(
     f"""
     WITH {_updated(_POSTED_TOTALS, "CAST(CAST(:{} AS text) AS bigint[])", "a.asset,")},
-         {_STAMP}, {_NEW_KEYS}, new_transfers AS (
+         {_stamp(", array_agg(asset ORDER BY id) AS assets")}, {_NEW_KEYS}, new_transfers AS (
         INSERT INTO transfers (
             id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
             timeout_s, expires_at, rate_card_version, event_id, metadata,
             debit_balance_after, credit_balance_after, created_at)
-        SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount, debit.asset, t.code,
-               0, NULL, NULL, NULL, t.rate_card_version, t.event_id, t.metadata::jsonb,
-               debit.balance_before + t.debit_offset, credit.balance_before + t.credit_offset,
-               stamp.at
+        SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount,
+               stamp.assets[t.debit_position + 1], t.code, 0, NULL, NULL, NULL,
+               t.rate_card_version, t.event_id, t.metadata::jsonb,
+               stamp.balances_before[t.debit_position + 1] + t.debit_offset,
+               stamp.balances_before[t.credit_position + 1] + t.credit_offset, stamp.at
         FROM unnest(
             CAST(:ids AS uuid[]),
             CAST(CAST(:debit_account_ids AS text) AS bigint[]),
@@ -236,14 +251,15 @@ _WRITE_NEW_BATCH = text(
                      CAST(:event_ids_array AS text[])),
             coalesce(string_to_array(CAST(:metadata AS text), chr(31), chr(30)),
                      CAST(:metadata_array AS text[])),
+            CAST(CAST(:debit_positions AS text) AS integer[]),
+            CAST(CAST(:credit_positions AS text) AS integer[]),
             CAST(CAST(:debit_offsets AS text) AS bigint[]),
             CAST(CAST(:credit_offsets AS text) AS bigint[])
         ) WITH ORDINALITY AS t(id, debit_account_id, credit_account_id, amount, code,
-                               rate_card_version, event_id, metadata, debit_offset,
-                               credit_offset, position)
-        JOIN updated debit ON debit.id = t.debit_account_id
-        JOIN updated credit ON credit.id = t.credit_account_id
+                               rate_card_version, event_id, metadata, debit_position,
+                               credit_position, debit_offset, credit_offset, position)
         CROSS JOIN stamp
+        {_ALL_ACCOUNTS_UPDATED}
         ORDER BY t.position
         RETURNING 1
     ){_WRITE_RESULT}"""  # noqa: S608 (constant fragments)
@@ -402,15 +418,32 @@ async def _clock(conn: AsyncConnection) -> datetime:
     return now
 
 
-def _write_parameters(
+@dataclass(frozen=True, slots=True)
+class _WritePlan:
+    """Step 4's parameters, and per accepted transfer its accounts' positions in the accounts'
+    id order and its running balances as offsets from their balances before the batch."""
+
+    parameters: dict[str, Any]
+    debit_positions: list[int]
+    credit_positions: list[int]
+    debit_offsets: list[int]
+    credit_offsets: list[int]
+
+
+def _account_positions(account_ids: Sequence[int]) -> dict[int, int]:
+    return {account_id: position for position, account_id in enumerate(account_ids)}
+
+
+def _write_plan(
     walk: Walk, originals: dict[int, AccountTotals], metadata_texts: list[str | None]
-) -> dict[str, Any]:
+) -> _WritePlan:
     """The accounts' aggregated deltas, in id order, and the accepted transfers in batch order,
     with their running balances as offsets from their accounts' balances before the batch."""
     accepted = walk.accepted
     named = {a.debit_account_id for a in accepted}
     named.update(a.credit_account_id for a in accepted)
     account_ids = sorted(named)
+    positions = _account_positions(account_ids)
     deltas: dict[str, list[int]] = {
         "debits_posted": [],
         "credits_posted": [],
@@ -424,8 +457,19 @@ def _write_parameters(
         deltas["debits_pending"].append(now.debits_pending - before.debits_pending)
         deltas["credits_pending"].append(now.credits_pending - before.credits_pending)
     transfers = [a.transfer for a in accepted]
-    return {
+    debit_positions = [positions[a.debit_account_id] for a in accepted]
+    credit_positions = [positions[a.credit_account_id] for a in accepted]
+    debit_offsets = [
+        a.debit_balance_after - originals.get(a.debit_account_id, _ZERO).posted_balance
+        for a in accepted
+    ]
+    credit_offsets = [
+        a.credit_balance_after - originals.get(a.credit_account_id, _ZERO).posted_balance
+        for a in accepted
+    ]
+    parameters = {
         "account_ids": account_ids,
+        "account_count": len(account_ids),
         **deltas,
         "ids": [t.id for t in transfers],
         "debit_account_ids": [a.debit_account_id for a in accepted],
@@ -439,35 +483,33 @@ def _write_parameters(
         "rate_card_versions": [t.rate_card_version for t in transfers],
         "event_ids": [t.event_id for t in transfers],
         "metadata": metadata_texts,
-        "debit_offsets": [
-            a.debit_balance_after - originals.get(a.debit_account_id, _ZERO).posted_balance
-            for a in accepted
-        ],
-        "credit_offsets": [
-            a.credit_balance_after - originals.get(a.credit_account_id, _ZERO).posted_balance
-            for a in accepted
-        ],
+        "debit_positions": debit_positions,
+        "credit_positions": credit_positions,
+        "debit_offsets": debit_offsets,
+        "credit_offsets": credit_offsets,
         "resolved_pending_ids": [r[0] for r in walk.resolutions],
         "resolved_by": [r[1] for r in walk.resolutions],
         "outcomes": [r[2] for r in walk.resolutions],
     }
+    return _WritePlan(parameters, debit_positions, credit_positions, debit_offsets, credit_offsets)
 
 
 async def _execute_write(
     conn: AsyncConnection, statement: TextClause, parameters: dict[str, Any], accepted_count: int
-) -> Sequence[Any]:
-    """Run step 4 (`_WRITE_BATCH` or `_WRITE_NEW_BATCH`); rows are (account id, balance before,
-    commit timestamp, count inserted)."""
+) -> tuple[list[int], datetime]:
+    """Run step 4 (`_WRITE_BATCH` or `_WRITE_NEW_BATCH`); returns the accounts' balances before
+    the batch, in id order, and the commit timestamp."""
     try:
-        rows = (await conn.execute(statement, parameters)).all()
+        row = (await conn.execute(statement, parameters)).one()
     except IntegrityError as error:
         if _is_unique_violation(error):
             raise LedgerConflictError(str(error.orig)) from error
         raise
-    inserted = rows[0][3] if rows else 0
+    balances_before, committed_at, inserted = row
     if inserted != accepted_count:
         raise AssertionError(f"stored {inserted} of {accepted_count} accepted transfers")
-    return rows
+    assert isinstance(committed_at, datetime)
+    return balances_before, committed_at
 
 
 async def _write(
@@ -482,19 +524,20 @@ async def _write(
     Accounts the batch did not lock in step 2 were walked from zero: their running balances
     shift by the balance the write found them at.
     """
-    rows = await _execute_write(
-        conn, _WRITE_BATCH, _write_parameters(walk, originals, metadata_texts), len(walk.accepted)
+    plan = _write_plan(walk, originals, metadata_texts)
+    before, committed_at = await _execute_write(
+        conn, _WRITE_BATCH, plan.parameters, len(walk.accepted)
     )
-    shifts = {
-        row[0]: row[1] - originals.get(row[0], _ZERO).posted_balance
-        for row in rows
-        if row[1] != originals.get(row[0], _ZERO).posted_balance
-    }
-    committed_at: datetime = rows[0][2]
-    for accepted in walk.accepted:
-        if shifts:
-            accepted.debit_balance_after += shifts.get(accepted.debit_account_id, 0)
-            accepted.credit_balance_after += shifts.get(accepted.credit_account_id, 0)
+    for accepted, debit_position, credit_position, debit_offset, credit_offset in zip(
+        walk.accepted,
+        plan.debit_positions,
+        plan.credit_positions,
+        plan.debit_offsets,
+        plan.credit_offsets,
+        strict=True,
+    ):
+        accepted.debit_balance_after = before[debit_position] + debit_offset
+        accepted.credit_balance_after = before[credit_position] + credit_offset
         if accepted.expires_at is not None:
             timeout_s = accepted.transfer.timeout_s
             assert timeout_s is not None
@@ -598,8 +641,12 @@ async def store_new_batch(
     )
     plan = plan_new_batch(batch, known)
     count = len(batch.ids)
+    positions = _account_positions(plan.account_ids)
+    debit_positions = [positions[account_id] for account_id in batch.debit_account_ids]
+    credit_positions = [positions[account_id] for account_id in batch.credit_account_ids]
     parameters = {
         "account_ids": _int_array_text(plan.account_ids),
+        "account_count": len(plan.account_ids),
         "debits_posted": _int_array_text(plan.debits_posted),
         "credits_posted": _int_array_text(plan.credits_posted),
         "ids": batch.ids,
@@ -610,6 +657,8 @@ async def store_new_batch(
         "rate_card_versions": _nullable_int_array_text(batch.rate_card_versions),
         **_text_column("event_ids", batch.event_ids),
         **_text_column("metadata", batch.metadata_texts),
+        "debit_positions": _int_array_text(debit_positions),
+        "credit_positions": _int_array_text(credit_positions),
         "debit_offsets": _int_array_text(plan.debit_offsets),
         "credit_offsets": _int_array_text(plan.credit_offsets),
     }
@@ -632,15 +681,13 @@ async def store_new_batch(
         )
         for index in range(count)
     ]
-    rows = await _execute_write(conn, _WRITE_NEW_BATCH, parameters, count)
-    balances_before = {row[0]: row[1] for row in rows}
-    committed_at: datetime = rows[0][2]
+    before, committed_at = await _execute_write(conn, _WRITE_NEW_BATCH, parameters, count)
     entries: list[ChainEntry] = []
     for index in range(count):
         transfer_id = batch.ids[index]
         tail = line_tail(
-            balances_before[batch.debit_account_ids[index]] + plan.debit_offsets[index],
-            balances_before[batch.credit_account_ids[index]] + plan.credit_offsets[index],
+            before[debit_positions[index]] + plan.debit_offsets[index],
+            before[credit_positions[index]] + plan.credit_offsets[index],
             committed_at,
         )
         entries.append((transfer_id.int, transfer_id, (heads[index] + tail).encode("utf-8")))
