@@ -6,7 +6,7 @@ The gifts are turned into the very transfers `services.ingestion.handlers.on_gif
 in batches of the consumers' batch size, before the clock starts. Then `writers` asyncio tasks
 post them through one shared `Ledger` (built as the consumers build theirs), each batch in a
 unit of work of its own: `async for tx in ledger.transactions(): async with tx: await
-tx.post_new(batch)`, the call the handler makes.
+tx.post_new(batch, last=True)`, the call the handler makes.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ async def _writer(ledger: Ledger, batches: Sequence[NewTransfers]) -> None:
     for batch in batches:
         async for tx in ledger.transactions():
             async with tx:
-                await tx.post_new(batch)
+                await tx.post_new(batch, last=True)
 
 
 async def post_batches(ledger: Ledger, batches: Sequence[NewTransfers], writers: int) -> float:

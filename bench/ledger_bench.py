@@ -5,7 +5,8 @@ The ledger's paths post into one fresh database, migrated to head:
 
 - `batch`: `--writers` asyncio tasks post batches of `--batch-size` through one `Ledger`, each
   batch in a unit of work of its own (`async for tx in ledger.transactions(): async with tx:
-  await tx.post(batch)`) on a pooled connection (so each writer holds one connection at a time).
+  await tx.post(batch, last=True)`, as `Ledger.post` posts: the write links the chain itself)
+  on a pooled connection (so each writer holds one connection at a time).
 - `baseline`: what a plain implementation does, per transfer: BEGIN; insert the transfer's key;
   update the debit account, then the credit account, each guarded by its balance rule and
   returning the new balance; insert the transfer row; link it into the hash chain (the same
@@ -256,7 +257,7 @@ def make_workload(
 async def post_one_batch(ledger: Ledger, batch: Sequence[Transfer]) -> BatchOutcome:
     async for tx in ledger.transactions(retry_count_max=CONFLICT_RETRY_COUNT_MAX):
         async with tx:
-            outcome = await tx.post(batch)
+            outcome = await tx.post(batch, last=True)
     return outcome
 
 

@@ -127,17 +127,35 @@ def _digest_of_entries(entries: Sequence[ChainEntry]) -> bytes:
     return hasher.digest()
 
 
-_APPEND_LINK = text(
-    """
-    WITH head AS (
+# The text of a line's timestamp (`_timestamp_text`) in SQL, for `timestamptz` `value`.
+TIMESTAMP_TEXT_SQL = """to_char({value} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+
+
+def link_ctes(digest: str) -> str:
+    """CTEs that append a link to the chain for the transfers of the parameter `ids` (uuid[]),
+    whose lines hash to the SQL expression `digest` (bytea): the one-row head is locked, the
+    link inserted, the head moved onto it. The write (`ledger.store`) appends them to its own
+    statement when it is the unit of work's last; `append_link_entries` runs them alone."""
+    return f"""
+    chain_head AS (
         SELECT hash FROM ledger_chain_head FOR UPDATE
-    ), link AS (
+    ), new_link AS (
         INSERT INTO ledger_links (transfer_ids, transfers_sha256, previous_hash, hash)
-        SELECT CAST(:ids AS uuid[]), :digest, head.hash, sha256(head.hash || :digest) FROM head
+        SELECT CAST(:ids AS uuid[]), {digest}, chain_head.hash,
+               sha256(chain_head.hash || {digest})
+        FROM chain_head
         RETURNING id, hash
-    )
-    UPDATE ledger_chain_head SET link_id = link.id, hash = link.hash FROM link
-    """
+    ), moved_head AS (
+        UPDATE ledger_chain_head SET link_id = new_link.id, hash = new_link.hash FROM new_link
+        RETURNING 1
+    )"""  # noqa: S608 (constant fragments)
+
+
+_APPEND_LINK = text(
+    f"""
+    WITH {link_ctes("CAST(:digest AS bytea)")}
+    SELECT count(*) FROM moved_head
+    """  # noqa: S608 (constant fragments)
 )
 
 

@@ -101,7 +101,7 @@ class Ledger:
         for batch in split_at_chain_boundaries(transfers, self._batch_size_max):
             async for tx in self.transactions():
                 async with tx:
-                    outcome = await tx.post(batch)
+                    outcome = await tx.post(batch, last=True)
             results.extend(outcome.results)
         return results
 
@@ -110,7 +110,7 @@ class Ledger:
         returns the commit timestamp (see `LedgerTransaction.post_new`)."""
         async for tx in self.transactions():
             async with tx:
-                committed_at = await tx.post_new(batch)
+                committed_at = await tx.post_new(batch, last=True)
         return committed_at
 
     async def expire_pending(self, limit: int = EXPIRY_BATCH_SIZE_MAX) -> int:

@@ -41,7 +41,15 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.chain import ChainEntry, chain_entry, line_head, line_tail, metadata_json
+from ledger.chain import (
+    TIMESTAMP_TEXT_SQL,
+    ChainEntry,
+    chain_entry,
+    line_head,
+    line_tail,
+    link_ctes,
+    metadata_json,
+)
 from ledger.decide import (
     Accepted,
     Walk,
@@ -167,6 +175,32 @@ _WRITE_RESULT = """
 # transfer is inserted, and the count says so).
 _ALL_ACCOUNTS_UPDATED = "WHERE stamp.account_count = :account_count"
 
+
+def _linked_write(columns: str) -> str:
+    """The CTEs by which a write links its own transfers into the hash chain, after its last
+    lock (the unit of work's last write: `last=True`): each transfer's canonical line is its
+    head, made in Python before the write (parameter `heads`), and the tail `line_tail` makes,
+    here in SQL from the balances and the commit timestamp; the lines in id order are hashed and
+    the link appended (`ledger.chain.link_ctes`). `columns` are the SQL of the heads, the debit
+    and credit positions and offsets, in that order."""
+    timestamp_text = TIMESTAMP_TEXT_SQL.format(value="stamp.at")
+    return f""",
+    chain_lines AS (
+        SELECT l.id,
+               l.head || (stamp.balances_before[l.debit_position + 1] + l.debit_offset) || '|'
+               || (stamp.balances_before[l.credit_position + 1] + l.credit_offset) || '|'
+               || chain_stamp.text || chr(10) AS line
+        FROM unnest(CAST(:ids AS uuid[]), {columns})
+             AS l(id, head, debit_position, credit_position, debit_offset, credit_offset)
+        CROSS JOIN stamp
+        CROSS JOIN (SELECT {timestamp_text} AS text FROM stamp) AS chain_stamp
+        {_ALL_ACCOUNTS_UPDATED}
+    ), chain_digest AS (
+        SELECT sha256(convert_to(string_agg(line, '' ORDER BY id), 'UTF8')) AS digest
+        FROM chain_lines
+    ), {link_ctes("(SELECT digest FROM chain_digest)")}"""  # noqa: S608 (constant fragments)
+
+
 # Step 4. Every account the accepted transfers name is updated by its aggregated deltas, in id
 # order (the unnest is sorted and drives the join), so writers take their locks in one order.
 # Should the planner ever join the other way round, PostgreSQL detects the deadlock and
@@ -175,8 +209,9 @@ _ALL_ACCOUNTS_UPDATED = "WHERE stamp.account_count = :account_count"
 # are inserted with their running balances offset from it, in batch order, with their keys and
 # the resolutions of the pending transfers they post or void. The accounts' balances before,
 # the timestamp and the count inserted come back.
-_WRITE_BATCH = text(
-    f"""
+def _write_batch_sql(chain_link: str) -> str:
+    """`_WRITE_BATCH`'s text, with the CTEs `chain_link` (empty, or a comma and CTEs)."""
+    return f"""
     WITH {_updated(_ALL_TOTALS, "CAST(:{} AS bigint[])")}, {_stamp()}, {_NEW_KEYS},
          new_resolutions AS (
         INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
@@ -211,7 +246,18 @@ _WRITE_BATCH = text(
         {_ALL_ACCOUNTS_UPDATED}
         ORDER BY t.position
         RETURNING 1
-    ){_WRITE_RESULT}"""  # noqa: S608 (constant fragments)
+    ){chain_link}{_WRITE_RESULT}"""  # noqa: S608 (constant fragments)
+
+
+_WRITE_BATCH = text(_write_batch_sql(""))
+_WRITE_BATCH_LINKED = text(
+    _write_batch_sql(
+        _linked_write(
+            "CAST(:heads AS text[]), CAST(:debit_positions AS integer[]),"
+            " CAST(:credit_positions AS integer[]), CAST(:debit_offsets AS bigint[]),"
+            " CAST(:credit_offsets AS bigint[])"
+        )
+    )
 )
 
 
@@ -227,8 +273,9 @@ _WRITE_BATCH = text(
 #   parameters, empty otherwise);
 # - the transfer ids stay an array of uuids: parsing their text costs the server more than
 #   their check and encoding cost the driver.
-_WRITE_NEW_BATCH = text(
-    f"""
+def _write_new_batch_sql(chain_link: str) -> str:
+    """`_WRITE_NEW_BATCH`'s text, with the CTEs `chain_link` (empty, or a comma and CTEs)."""
+    return f"""
     WITH {_updated(_POSTED_TOTALS, "CAST(CAST(:{} AS text) AS bigint[])", "a.asset,")},
          {_stamp(", array_agg(asset ORDER BY id) AS assets")}, {_NEW_KEYS}, new_transfers AS (
         INSERT INTO transfers (
@@ -262,7 +309,21 @@ _WRITE_NEW_BATCH = text(
         {_ALL_ACCOUNTS_UPDATED}
         ORDER BY t.position
         RETURNING 1
-    ){_WRITE_RESULT}"""  # noqa: S608 (constant fragments)
+    ){chain_link}{_WRITE_RESULT}"""  # noqa: S608 (constant fragments)
+
+
+_WRITE_NEW_BATCH = text(_write_new_batch_sql(""))
+_WRITE_NEW_BATCH_LINKED = text(
+    _write_new_batch_sql(
+        _linked_write(
+            "coalesce(string_to_array(CAST(:heads AS text), chr(31), chr(30)),"
+            " CAST(:heads_array AS text[])),"
+            " CAST(CAST(:debit_positions AS text) AS integer[]),"
+            " CAST(CAST(:credit_positions AS text) AS integer[]),"
+            " CAST(CAST(:debit_offsets AS text) AS bigint[]),"
+            " CAST(CAST(:credit_offsets AS text) AS bigint[])"
+        )
+    )
 )
 
 _TEXT_SEPARATOR = "\x1f"  # chr(31), the unit separator
@@ -517,16 +578,23 @@ async def _write(
     walk: Walk,
     originals: dict[int, AccountTotals],
     metadata_texts: list[str | None],
+    linked_heads: list[str] | None,
 ) -> datetime:
     """Step 4. Moves the accepted transfers onto the balances their accounts had once
     locked, as the database stored them, and onto the commit timestamp, which it returns.
+    With `linked_heads` (the accepted transfers' chain line heads), the write also links them
+    into the hash chain.
 
     Accounts the batch did not lock in step 2 were walked from zero: their running balances
     shift by the balance the write found them at.
     """
     plan = _write_plan(walk, originals, metadata_texts)
+    statement = _WRITE_BATCH
+    if linked_heads is not None:
+        statement = _WRITE_BATCH_LINKED
+        plan.parameters["heads"] = linked_heads
     before, committed_at = await _execute_write(
-        conn, _WRITE_BATCH, plan.parameters, len(walk.accepted)
+        conn, statement, plan.parameters, len(walk.accepted)
     )
     for accepted, debit_position, credit_position, debit_offset, credit_offset in zip(
         walk.accepted,
@@ -583,7 +651,11 @@ def _chain_entries(
 
 
 async def store_batch(
-    conn: AsyncConnection, transfers: Sequence[Transfer], facts: AccountFacts | None
+    conn: AsyncConnection,
+    transfers: Sequence[Transfer],
+    facts: AccountFacts | None,
+    *,
+    link: bool = False,
 ) -> tuple[BatchOutcome, list[ChainEntry]]:
     """Post `transfers` inside the caller's transaction on `conn`: read what the walk needs,
     decide (`ledger.decide`), write what it accepted. `facts` (the database's `AccountFacts`)
@@ -591,8 +663,10 @@ async def store_batch(
     locks and reads its accounts first.
 
     Returns a result per transfer and the chain entries of the stored ones, for the unit of work
-    to link just before its commit. Transfers that are not OK change nothing. A
-    `LedgerConflictError` means the unit of work should be run again.
+    to link just before its commit. With `link`, the write links them itself when it can (no
+    accepted transfer has an expiry, known only once written) and returns no entries. Transfers
+    that are not OK change nothing. A `LedgerConflictError` means the unit of work should be run
+    again.
     """
     if len(transfers) > TRANSFER_BATCH_SIZE_MAX:
         raise ValueError(f"batch of {len(transfers)} exceeds {TRANSFER_BATCH_SIZE_MAX}")
@@ -620,17 +694,24 @@ async def store_batch(
         _chain_line_head(accepted, text)
         for accepted, text in zip(walk.accepted, metadata_texts, strict=True)
     ]
-    committed_at = await _write(conn, walk, originals, metadata_texts)
-    entries = _chain_entries(walk.accepted, heads, committed_at)
-    return BatchOutcome(results, committed_at, len(walk.accepted)), entries
+    known_heads = [head for head in heads if head is not None]
+    linked = link and len(known_heads) == len(heads)
+    committed_at = await _write(
+        conn, walk, originals, metadata_texts, known_heads if linked else None
+    )
+    outcome = BatchOutcome(results, committed_at, len(walk.accepted))
+    if linked:
+        return outcome, []
+    return outcome, _chain_entries(walk.accepted, heads, committed_at)
 
 
 async def store_new_batch(
-    conn: AsyncConnection, batch: NewTransfers, facts: AccountFacts
+    conn: AsyncConnection, batch: NewTransfers, facts: AccountFacts, *, link: bool = False
 ) -> tuple[datetime, list[ChainEntry]]:
     """Post plain transfers that are not stored yet (`ledger.decide.plan_new_batch` says which
     batches qualify), inside the caller's transaction, in one statement: step 4 alone. Returns
-    the commit timestamp and the transfers' chain entries.
+    the commit timestamp and the transfers' chain entries; with `link`, the statement links
+    them into the hash chain itself, and no entries come back.
 
     A transfer id that is stored already fails the write on its unique key with
     `LedgerConflictError`, as a race does in `store_batch`: the caller's unit of work runs
@@ -681,6 +762,10 @@ async def store_new_batch(
         )
         for index in range(count)
     ]
+    if link:
+        parameters.update(_text_column("heads", heads))
+        _, committed_at = await _execute_write(conn, _WRITE_NEW_BATCH_LINKED, parameters, count)
+        return committed_at, []
     before, committed_at = await _execute_write(conn, _WRITE_NEW_BATCH, parameters, count)
     entries: list[ChainEntry] = []
     for index in range(count):

@@ -10,7 +10,8 @@ the store, links what it stored into the hash chain just before its commit, and 
 The loop body runs once, or again after a conflict (a duplicate key, a deadlock, a
 serialization failure), at most `retry_count_max` more times; anything else propagates at once.
 The chain head is locked only by the last statement before the commit, so a long unit of work
-never holds up other writers.
+never holds up other writers. A write posted with `last=True` (the unit of work's last ledger
+write) appends the link itself: one round trip fewer while it holds its accounts' locks.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class LedgerTransaction:
         self._begin: AbstractAsyncContextManager[AsyncConnection] | None = None
         self._connection: AsyncConnection | None = None
         self._chain_entries: list[ChainEntry] = []
+        self._last_posted = False
 
     @property
     def connection(self) -> AsyncConnection:
@@ -51,24 +53,45 @@ class LedgerTransaction:
         return self._connection
 
     async def post(
-        self, transfers: Sequence[Transfer], *, lock_accounts_first: bool = False
+        self,
+        transfers: Sequence[Transfer],
+        *,
+        lock_accounts_first: bool = False,
+        last: bool = False,
     ) -> BatchOutcome:
         """Post a batch (`ledger.store.store_batch`): a result per transfer, in order.
 
         `lock_accounts_first` locks and reads every account of the batch before the walk, even
         when no transfer could break a balance rule (the cash-out desk posts its holds and
-        settlements so)."""
+        settlements so). `last` says that no ledger write follows in this unit of work: see
+        `post_new`."""
+        self._check_not_after_last(last)
         facts = None if lock_accounts_first else self._facts
-        outcome, entries = await store_batch(self.connection, transfers, facts)
+        outcome, entries = await store_batch(self.connection, transfers, facts, link=last)
         self._chain_entries += entries
         return outcome
 
-    async def post_new(self, batch: NewTransfers) -> datetime:
+    async def post_new(self, batch: NewTransfers, *, last: bool = False) -> datetime:
         """Post plain transfers known not to be stored yet (`ledger.store.store_new_batch`);
-        returns the commit timestamp."""
-        committed_at, entries = await store_new_batch(self.connection, batch, self._facts)
+        returns the commit timestamp.
+
+        With `last`, no ledger write may follow in this unit of work, and the write links its
+        transfers into the hash chain itself: one statement fewer while it holds the accounts'
+        locks. The chain head is then locked from that write to the commit, so what the caller
+        still runs after it should be short."""
+        self._check_not_after_last(last)
+        committed_at, entries = await store_new_batch(
+            self.connection, batch, self._facts, link=last
+        )
         self._chain_entries += entries
         return committed_at
+
+    def _check_not_after_last(self, last: bool) -> None:
+        """A write after the last would lock accounts while holding the chain head, which
+        writers lock after their accounts: the two could deadlock."""
+        if self._last_posted:
+            raise RuntimeError("no ledger write may follow one posted with last=True")
+        self._last_posted = last
 
     async def read_stored(
         self, ids: Iterable[uuid.UUID]

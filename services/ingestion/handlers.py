@@ -123,7 +123,8 @@ async def _gifts_in(
     is recorded once that consumer commits or rolls back, and then found applied or recorded.
 
     The applied events and dead letters are written first: the ledger's write locks the
-    platform's accounts, which every consumer's batch of gifts updates, until the commit."""
+    platform's accounts, which every consumer's batch of gifts updates, until the commit. It
+    is the last statement, so it links the hash chain itself (`last=True`)."""
     report = BatchReport()
     conn = tx.connection
     events = context.events
@@ -134,7 +135,7 @@ async def _gifts_in(
     sent = [item.event for item in fresh if isinstance(item.event, GiftSent)]
     batch = gift_batch(sent, gifts, account_ids)
     if batch:
-        await tx.post_new(batch)
+        await tx.post_new(batch, last=True)
     report.applied = len(fresh)
     return report
 

@@ -1,0 +1,149 @@
+"""A unit of work's last write links its own transfers into the hash chain (`last=True`): the
+lines' tails are made in SQL there, so the link it appends must be the very link the Python
+chain makes from the stored rows (`ledger.chain.digest`), whatever the texts hold."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.chain import digest, metadata_json
+from ledger.model import AccountFlags, NewTransfers, Transfer, TransferCode, TransferFlags
+from ledger.service import Ledger
+from ledger.store import read_stored
+from ledger.verify import verify
+from tests.ledger_helpers import make_accounts, new_id
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def engine(module_engine: AsyncEngine) -> AsyncEngine:
+    """This module's own database: `verify` reads only its data."""
+    return module_engine
+
+
+# Texts that the statement's joined parameters cannot carry (the unit and record separators),
+# that a line's own separators or a newline could confuse, and characters beyond ASCII.
+AWKWARD_EVENT_IDS = ["plain", "with|bar", "line\nbreak", "é☃ 🎁", "unit\x1fseparator", None]
+AWKWARD_METADATA = [
+    None,
+    metadata_json({"note": 'quote " and backslash \\'}),
+    metadata_json({"emoji": "🎁", "nested": {"b": 1, "a": [1, 2]}}),
+    metadata_json({"record": "\x1e"}),
+]
+
+
+async def newest_link(engine: AsyncEngine) -> tuple[list[uuid.UUID], bytes]:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT transfer_ids, transfers_sha256 FROM ledger_links ORDER BY id DESC")
+            )
+        ).first()
+    assert row is not None
+    return list(row.transfer_ids), bytes(row.transfers_sha256)
+
+
+async def digest_of_stored(engine: AsyncEngine, ids: list[uuid.UUID]) -> bytes:
+    async with engine.connect() as conn:
+        stored, _ = await read_stored(conn, ids)
+    assert set(stored) == set(ids)
+    return digest(stored.values())
+
+
+async def assert_verified(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        assert await verify(conn) == []
+
+
+@pytest.mark.parametrize("event_ids", [AWKWARD_EVENT_IDS[:4], AWKWARD_EVENT_IDS])
+async def test_the_last_new_batch_links_the_digest_the_chain_makes_of_its_stored_rows(
+    engine: AsyncEngine, unique_id: str, event_ids: list[str | None]
+) -> None:
+    ledger = Ledger(engine)
+    a, b, c = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 3)
+    batch = NewTransfers()
+    for index, event_id in enumerate(event_ids):
+        batch.add(
+            transfer_id=new_id(),
+            debit_account_id=(a, b, c)[index % 3],
+            credit_account_id=(b, c, a)[index % 3],
+            amount=10**15 + index,  # balances run negative and past 32 bits
+            code=int(TransferCode.SYNTHETIC),
+            rate_card_version=None if index % 2 else index,
+            event_id=event_id,
+            metadata_text=AWKWARD_METADATA[index % len(AWKWARD_METADATA)],
+        )
+
+    async for tx in ledger.transactions(retry_count_max=0):
+        async with tx:
+            await tx.post_new(batch, last=True)
+
+    link_ids, link_digest = await newest_link(engine)
+    assert link_ids == batch.ids
+    assert link_digest == await digest_of_stored(engine, batch.ids)
+    await assert_verified(engine)
+
+
+@pytest.mark.parametrize("timeout_s", [None, 3_600])
+async def test_the_last_general_batch_links_what_it_stored(
+    engine: AsyncEngine, unique_id: str, timeout_s: int | None
+) -> None:
+    """A pending transfer with a timeout has its expiry only once written: that batch is linked
+    by the unit of work at its end, as a batch that is not the last."""
+    ledger = Ledger(engine)
+    a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
+    transfers = [
+        Transfer(
+            new_id(),
+            a,
+            b,
+            700,
+            TransferCode.SYNTHETIC,
+            event_id="|é\x1f",
+            metadata={"k": "v"},
+        ),
+        Transfer(
+            new_id(),
+            b,
+            a,
+            5,
+            TransferCode.SYNTHETIC,
+            flags=TransferFlags.PENDING,
+            timeout_s=timeout_s,
+        ),
+    ]
+
+    async for tx in ledger.transactions(retry_count_max=0):
+        async with tx:
+            await tx.post(transfers, last=True)
+
+    ids = [transfer.id for transfer in transfers]
+    link_ids, link_digest = await newest_link(engine)
+    assert sorted(link_ids) == sorted(ids)
+    assert link_digest == await digest_of_stored(engine, ids)
+    await assert_verified(engine)
+
+
+async def test_no_ledger_write_may_follow_the_last(engine: AsyncEngine, unique_id: str) -> None:
+    ledger = Ledger(engine)
+    a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
+    first = Transfer(new_id(), a, b, 1, TransferCode.SYNTHETIC)
+    second = Transfer(new_id(), a, b, 2, TransferCode.SYNTHETIC)
+
+    async def post_after_the_last() -> None:
+        async for tx in ledger.transactions(retry_count_max=0):
+            async with tx:
+                await tx.post([first], last=True)
+                await tx.post([second])
+
+    with pytest.raises(RuntimeError, match="last=True"):
+        await post_after_the_last()
+
+    async with engine.connect() as conn:
+        stored, _ = await read_stored(conn, [first.id, second.id])
+    assert stored == {}  # the unit of work rolled back
