@@ -8,6 +8,10 @@ writers wait on it for a moment, not for their whole batch.
 The canonical form of a transfer is one line of its stored fields, in a fixed order, joined by
 `|`; timestamps in ISO 8601 UTC with microseconds; metadata as JSON with sorted keys. Lines are
 ordered by transfer id, so the digest does not depend on the order rows come back in.
+
+A unit of work's last write appends its link inside its own statement (`ledger.store`): there the
+lines' heads come from `line_head` and their tails, the form `line_tail` gives, are made in SQL
+(`TIMESTAMP_TEXT_SQL`); `tests/test_ledger_linked_write.py` holds the two to one digest.
 """
 
 from __future__ import annotations

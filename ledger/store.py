@@ -14,7 +14,8 @@ whatever its size:
 4. One statement locks every account the accepted transfers name, in id order, adds one
    aggregated delta to each, and inserts the accepted transfers (their running balances offset
    from the balances the accounts had once locked), their keys and the resolutions of pending
-   transfers. The clock read once every lock is held is the batch's commit timestamp.
+   transfers. The clock read once every lock is held is the batch's commit timestamp. When the
+   write is its unit of work's last (`link`), it also appends the batch's link to the hash chain.
 
 So in the batches most writers post (gifts guard no account), the accounts they share (the
 platform's) are locked only for step 4, the hash chain link and the commit, not while the batch
