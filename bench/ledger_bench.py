@@ -22,7 +22,9 @@ database migrated the same way, so that `ledger.verify` still checks the ledger'
   `unnest` statement per batch of `--batch-size`, `--writers` connections, no ledger logic.
 
 Two workloads, from a seeded `random.Random`: `spread` credits accounts uniformly, `hot` credits
-one account with 30 % of the transfers. Every transfer debits the same funding account.
+one account with 30 % of the transfers. Every transfer debits the same funding account. Before
+each timed run, its database is vacuumed and analyzed (untimed), so that no path meets the dead
+rows of the one before it, whatever autovacuum did meanwhile.
 
 Run: python -m bench.ledger_bench [--transfers N] [--accounts 10000] [--batch-size 1000]
                                   [--writers 2] [--baseline-transfers M]
@@ -44,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -385,10 +388,21 @@ def check_run(
     assert grown == expected, f"{label}: credits posted grew by {grown}, expected {expected}"
 
 
+async def vacuum(dsn: str) -> None:
+    """`VACUUM ANALYZE` of the database behind `dsn`, untimed: each timed run starts from tables
+    without dead rows and with fresh statistics, whatever autovacuum did before it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+
+
 async def measure(
     engine: AsyncEngine, variant: str, path: str, transfers: Sequence[Transfer], settings: Settings
 ) -> Measurement:
     run_path = run_batch_path if path == "batch" else run_baseline_path
+    await vacuum(asyncpg_dsn(engine.url.render_as_string(hide_password=False)))
     before = await credits_posted_sum(engine)
     results, seconds = await run_path(engine, transfers, settings)
     check_run(f"{variant}/{path}", transfers, results, await credits_posted_sum(engine) - before)
@@ -400,6 +414,7 @@ async def measure_plain(
 ) -> Measurement:
     """The naive or the ceiling path in the plain database; checks its rows and totals."""
     label = f"{variant}/{path}"
+    await vacuum(dsn)
     before = await plain_totals(dsn)
     if path == "naive":
         posted, seconds = await run_naive_path(dsn, transfers, settings.naive_connections)
