@@ -172,9 +172,9 @@ _WRITE_RESULT = """
     FROM stamp
     """
 
-# Where the transfers are inserted: every account of the batch was found and updated (else no
-# transfer is inserted, and the count says so).
-_ALL_ACCOUNTS_UPDATED = "WHERE stamp.account_count = :account_count"
+# The batch's transfers meet the one row of `stamp` only when every account of the batch was
+# found and updated (else no transfer is inserted or hashed, and the count says so).
+_STAMP_WHEN_ALL_ACCOUNTS_UPDATED = "CROSS JOIN stamp WHERE stamp.account_count = :account_count"
 
 
 def _linked_write(columns: str) -> str:
@@ -193,9 +193,8 @@ def _linked_write(columns: str) -> str:
                || chain_stamp.text || chr(10) AS line
         FROM unnest(CAST(:ids AS uuid[]), {columns})
              AS l(id, head, debit_position, credit_position, debit_offset, credit_offset)
-        CROSS JOIN stamp
         CROSS JOIN (SELECT {timestamp_text} AS text FROM stamp) AS chain_stamp
-        {_ALL_ACCOUNTS_UPDATED}
+        {_STAMP_WHEN_ALL_ACCOUNTS_UPDATED}
     ), chain_digest AS (
         SELECT sha256(convert_to(string_agg(line, '' ORDER BY id), 'UTF8')) AS digest
         FROM chain_lines
@@ -243,8 +242,7 @@ def _write_batch_sql(chain_link: str) -> str:
                                flags, pending_id, timeout_s, rate_card_version, event_id,
                                metadata, debit_position, credit_position, debit_offset,
                                credit_offset, position)
-        CROSS JOIN stamp
-        {_ALL_ACCOUNTS_UPDATED}
+        {_STAMP_WHEN_ALL_ACCOUNTS_UPDATED}
         ORDER BY t.position
         RETURNING 1
     ){chain_link}{_WRITE_RESULT}"""  # noqa: S608 (constant fragments)
@@ -306,8 +304,7 @@ def _write_new_batch_sql(chain_link: str) -> str:
         ) WITH ORDINALITY AS t(id, debit_account_id, credit_account_id, amount, code,
                                rate_card_version, event_id, metadata, debit_position,
                                credit_position, debit_offset, credit_offset, position)
-        CROSS JOIN stamp
-        {_ALL_ACCOUNTS_UPDATED}
+        {_STAMP_WHEN_ALL_ACCOUNTS_UPDATED}
         ORDER BY t.position
         RETURNING 1
     ){chain_link}{_WRITE_RESULT}"""  # noqa: S608 (constant fragments)
