@@ -120,6 +120,21 @@ _LOCK_ACCOUNTS = text(
 
 # The fragments step 4's two statements (`_WRITE_BATCH`, `_WRITE_NEW_BATCH`) share, so that
 # they cannot drift apart.
+#
+# Their columns come as few, cheap parameters: a list parameter costs the driver a check and an
+# encoding per element, in Python (about half of the batch path's own CPU when every column was
+# a list); a string costs one encoding. So:
+# - integer columns come as array literals ('{1,2,NULL}', `_int_array_text`), cast by the
+#   server (`_INT_ARRAY_TEXT`, formatted with the parameter's name and the element type);
+# - text columns come joined by the unit separator, chr(31), with chr(30) for NULL
+#   (`_joined_texts`), or, when a value holds either character, as arrays (the `*_array`
+#   parameters, empty otherwise; `_JOINED_TEXTS`, formatted with the parameter's name);
+# - uuid columns stay arrays of uuids: parsing their text costs the server more than their
+#   check and encoding cost the driver.
+_INT_ARRAY_TEXT = "CAST(CAST(:{} AS text) AS {}[])"
+_JOINED_TEXTS = (
+    "coalesce(string_to_array(CAST(:{0} AS text), chr(31), chr(30)), CAST(:{0}_array AS text[]))"
+)
 _POSTED_TOTALS = ("debits_posted", "credits_posted")
 _ALL_TOTALS = (*_POSTED_TOTALS, "debits_pending", "credits_pending")
 
@@ -201,6 +216,23 @@ def _linked_write(columns: str) -> str:
     ), {link_ctes("(SELECT digest FROM chain_digest)")}"""  # noqa: S608 (constant fragments)
 
 
+# The columns `_linked_write` reads, the same in both statements.
+_LINKED_COLUMNS = ", ".join(
+    [
+        _JOINED_TEXTS.format("heads"),
+        *(
+            _INT_ARRAY_TEXT.format(name, element_type)
+            for name, element_type in (
+                ("debit_positions", "integer"),
+                ("credit_positions", "integer"),
+                ("debit_offsets", "bigint"),
+                ("credit_offsets", "bigint"),
+            )
+        ),
+    ]
+)
+
+
 # Step 4. Every account the accepted transfers name is updated by its aggregated deltas, in id
 # order (the unnest is sorted and drives the join), so writers take their locks in one order.
 # Should the planner ever join the other way round, PostgreSQL detects the deadlock and
@@ -212,7 +244,7 @@ def _linked_write(columns: str) -> str:
 def _write_batch_sql(chain_link: str) -> str:
     """`_WRITE_BATCH`'s text, with the CTEs `chain_link` (empty, or a comma and CTEs)."""
     return f"""
-    WITH {_updated(_ALL_TOTALS, "CAST(:{} AS bigint[])")}, {_stamp()}, {_NEW_KEYS},
+    WITH {_updated(_ALL_TOTALS, _INT_ARRAY_TEXT.format("{}", "bigint"))}, {_stamp()}, {_NEW_KEYS},
          new_resolutions AS (
         INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
         SELECT r.pending_id, r.resolved_by, r.outcome, stamp.at
@@ -230,14 +262,22 @@ def _write_batch_sql(chain_link: str) -> str:
                t.metadata::jsonb, stamp.balances_before[t.debit_position + 1] + t.debit_offset,
                stamp.balances_before[t.credit_position + 1] + t.credit_offset, stamp.at
         FROM unnest(
-            CAST(:ids AS uuid[]), CAST(:debit_account_ids AS bigint[]),
-            CAST(:credit_account_ids AS bigint[]), CAST(:amounts AS bigint[]),
-            CAST(:assets AS text[]), CAST(:codes AS smallint[]), CAST(:flags AS smallint[]),
-            CAST(:pending_ids AS uuid[]), CAST(:timeouts_s AS integer[]),
-            CAST(:rate_card_versions AS integer[]), CAST(:event_ids AS text[]),
-            CAST(:metadata AS text[]), CAST(:debit_positions AS integer[]),
-            CAST(:credit_positions AS integer[]), CAST(:debit_offsets AS bigint[]),
-            CAST(:credit_offsets AS bigint[])
+            CAST(:ids AS uuid[]),
+            {_INT_ARRAY_TEXT.format("debit_account_ids", "bigint")},
+            {_INT_ARRAY_TEXT.format("credit_account_ids", "bigint")},
+            {_INT_ARRAY_TEXT.format("amounts", "bigint")},
+            {_JOINED_TEXTS.format("assets")},
+            {_INT_ARRAY_TEXT.format("codes", "smallint")},
+            {_INT_ARRAY_TEXT.format("flags", "smallint")},
+            CAST(:pending_ids AS uuid[]),
+            {_INT_ARRAY_TEXT.format("timeouts_s", "integer")},
+            {_INT_ARRAY_TEXT.format("rate_card_versions", "integer")},
+            {_JOINED_TEXTS.format("event_ids")},
+            {_JOINED_TEXTS.format("metadata")},
+            {_INT_ARRAY_TEXT.format("debit_positions", "integer")},
+            {_INT_ARRAY_TEXT.format("credit_positions", "integer")},
+            {_INT_ARRAY_TEXT.format("debit_offsets", "bigint")},
+            {_INT_ARRAY_TEXT.format("credit_offsets", "bigint")}
         ) WITH ORDINALITY AS t(id, debit_account_id, credit_account_id, amount, asset, code,
                                flags, pending_id, timeout_s, rate_card_version, event_id,
                                metadata, debit_position, credit_position, debit_offset,
@@ -249,33 +289,18 @@ def _write_batch_sql(chain_link: str) -> str:
 
 
 _WRITE_BATCH = text(_write_batch_sql(""))
-_WRITE_BATCH_LINKED = text(
-    _write_batch_sql(
-        _linked_write(
-            "CAST(:heads AS text[]), CAST(:debit_positions AS integer[]),"
-            " CAST(:credit_positions AS integer[]), CAST(:debit_offsets AS bigint[]),"
-            " CAST(:credit_offsets AS bigint[])"
-        )
-    )
-)
+_WRITE_BATCH_LINKED = text(_write_batch_sql(_linked_write(_LINKED_COLUMNS)))
 
 
 # Step 4 alone, for a batch of new plain transfers (`store_new_batch`): the same rows as
-# `_WRITE_BATCH` stores for them, from fewer and cheaper parameters. A list parameter costs the
-# driver a check and an encoding per element, in Python; a string costs one encoding. So:
-# - what is the same for every new plain transfer is written here (no flags, no pending
-#   transfer, no timeout, no expiry, no resolution, no pending totals), and the asset is the
-#   debited account's, read as it is updated (the plan holds both accounts to one asset);
-# - integer columns come as array literals ('{1,2,NULL}', `_int_array_text`);
-# - text columns come joined by the unit separator, chr(31), with chr(30) for NULL
-#   (`_joined_texts`), or, when a value holds either character, as arrays (the `*_array`
-#   parameters, empty otherwise);
-# - the transfer ids stay an array of uuids: parsing their text costs the server more than
-#   their check and encoding cost the driver.
+# `_WRITE_BATCH` stores for them, from fewer parameters: what is the same for every new plain
+# transfer is written here (no flags, no pending transfer, no timeout, no expiry, no
+# resolution, no pending totals), and the asset is the debited account's, read as it is
+# updated (the plan holds both accounts to one asset).
 def _write_new_batch_sql(chain_link: str) -> str:
     """`_WRITE_NEW_BATCH`'s text, with the CTEs `chain_link` (empty, or a comma and CTEs)."""
     return f"""
-    WITH {_updated(_POSTED_TOTALS, "CAST(CAST(:{} AS text) AS bigint[])", "a.asset,")},
+    WITH {_updated(_POSTED_TOTALS, _INT_ARRAY_TEXT.format("{}", "bigint"), "a.asset,")},
          {_stamp(", array_agg(asset ORDER BY id) AS assets")}, {_NEW_KEYS}, new_transfers AS (
         INSERT INTO transfers (
             id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
@@ -288,19 +313,17 @@ def _write_new_batch_sql(chain_link: str) -> str:
                stamp.balances_before[t.credit_position + 1] + t.credit_offset, stamp.at
         FROM unnest(
             CAST(:ids AS uuid[]),
-            CAST(CAST(:debit_account_ids AS text) AS bigint[]),
-            CAST(CAST(:credit_account_ids AS text) AS bigint[]),
-            CAST(CAST(:amounts AS text) AS bigint[]),
-            CAST(CAST(:codes AS text) AS smallint[]),
-            CAST(CAST(:rate_card_versions AS text) AS integer[]),
-            coalesce(string_to_array(CAST(:event_ids AS text), chr(31), chr(30)),
-                     CAST(:event_ids_array AS text[])),
-            coalesce(string_to_array(CAST(:metadata AS text), chr(31), chr(30)),
-                     CAST(:metadata_array AS text[])),
-            CAST(CAST(:debit_positions AS text) AS integer[]),
-            CAST(CAST(:credit_positions AS text) AS integer[]),
-            CAST(CAST(:debit_offsets AS text) AS bigint[]),
-            CAST(CAST(:credit_offsets AS text) AS bigint[])
+            {_INT_ARRAY_TEXT.format("debit_account_ids", "bigint")},
+            {_INT_ARRAY_TEXT.format("credit_account_ids", "bigint")},
+            {_INT_ARRAY_TEXT.format("amounts", "bigint")},
+            {_INT_ARRAY_TEXT.format("codes", "smallint")},
+            {_INT_ARRAY_TEXT.format("rate_card_versions", "integer")},
+            {_JOINED_TEXTS.format("event_ids")},
+            {_JOINED_TEXTS.format("metadata")},
+            {_INT_ARRAY_TEXT.format("debit_positions", "integer")},
+            {_INT_ARRAY_TEXT.format("credit_positions", "integer")},
+            {_INT_ARRAY_TEXT.format("debit_offsets", "bigint")},
+            {_INT_ARRAY_TEXT.format("credit_offsets", "bigint")}
         ) WITH ORDINALITY AS t(id, debit_account_id, credit_account_id, amount, code,
                                rate_card_version, event_id, metadata, debit_position,
                                credit_position, debit_offset, credit_offset, position)
@@ -311,18 +334,7 @@ def _write_new_batch_sql(chain_link: str) -> str:
 
 
 _WRITE_NEW_BATCH = text(_write_new_batch_sql(""))
-_WRITE_NEW_BATCH_LINKED = text(
-    _write_new_batch_sql(
-        _linked_write(
-            "coalesce(string_to_array(CAST(:heads AS text), chr(31), chr(30)),"
-            " CAST(:heads_array AS text[])),"
-            " CAST(CAST(:debit_positions AS text) AS integer[]),"
-            " CAST(CAST(:credit_positions AS text) AS integer[]),"
-            " CAST(CAST(:debit_offsets AS text) AS bigint[]),"
-            " CAST(CAST(:credit_offsets AS text) AS bigint[])"
-        )
-    )
-)
+_WRITE_NEW_BATCH_LINKED = text(_write_new_batch_sql(_linked_write(_LINKED_COLUMNS)))
 
 _TEXT_SEPARATOR = "\x1f"  # chr(31), the unit separator
 _TEXT_NULL = "\x1e"  # chr(30), the record separator
@@ -527,25 +539,25 @@ def _write_plan(
         for a in accepted
     ]
     parameters = {
-        "account_ids": account_ids,
+        "account_ids": _int_array_text(account_ids),
         "account_count": len(account_ids),
-        **deltas,
+        **{total: _int_array_text(values) for total, values in deltas.items()},
         "ids": [t.id for t in transfers],
-        "debit_account_ids": [a.debit_account_id for a in accepted],
-        "credit_account_ids": [a.credit_account_id for a in accepted],
-        "amounts": [a.amount for a in accepted],
-        "assets": [a.asset for a in accepted],
-        "codes": [int(t.code) for t in transfers],
-        "flags": [t.flags for t in transfers],
+        "debit_account_ids": _int_array_text([a.debit_account_id for a in accepted]),
+        "credit_account_ids": _int_array_text([a.credit_account_id for a in accepted]),
+        "amounts": _int_array_text([a.amount for a in accepted]),
+        **_text_column("assets", [a.asset for a in accepted]),
+        "codes": _int_array_text([t.code for t in transfers]),
+        "flags": _int_array_text([t.flags for t in transfers]),
         "pending_ids": [t.pending_id for t in transfers],
-        "timeouts_s": [t.timeout_s for t in transfers],
-        "rate_card_versions": [t.rate_card_version for t in transfers],
-        "event_ids": [t.event_id for t in transfers],
-        "metadata": metadata_texts,
-        "debit_positions": debit_positions,
-        "credit_positions": credit_positions,
-        "debit_offsets": debit_offsets,
-        "credit_offsets": credit_offsets,
+        "timeouts_s": _nullable_int_array_text([t.timeout_s for t in transfers]),
+        "rate_card_versions": _nullable_int_array_text([t.rate_card_version for t in transfers]),
+        **_text_column("event_ids", [t.event_id for t in transfers]),
+        **_text_column("metadata", metadata_texts),
+        "debit_positions": _int_array_text(debit_positions),
+        "credit_positions": _int_array_text(credit_positions),
+        "debit_offsets": _int_array_text(debit_offsets),
+        "credit_offsets": _int_array_text(credit_offsets),
         "resolved_pending_ids": [r[0] for r in walk.resolutions],
         "resolved_by": [r[1] for r in walk.resolutions],
         "outcomes": [r[2] for r in walk.resolutions],
@@ -590,7 +602,7 @@ async def _write(
     statement = _WRITE_BATCH
     if linked_heads is not None:
         statement = _WRITE_BATCH_LINKED
-        plan.parameters["heads"] = linked_heads
+        plan.parameters.update(_text_column("heads", linked_heads))
     before, committed_at = await _execute_write(
         conn, statement, plan.parameters, len(walk.accepted)
     )

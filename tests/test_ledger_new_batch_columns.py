@@ -1,8 +1,9 @@
-"""`post_new`'s write sends its columns as few parameters: integers as array literals, texts
-joined by a separator (or, when a value holds it, as arrays), and what every new plain transfer
-shares written in the statement. Whatever the values, the stored rows must be the ones asked
-for, the same as the general path (`post`) stores: `post` finds each one EXISTS (same fields),
-and `verify` recomputes the totals, running balances and hash chain from them."""
+"""Both writes, `post_new`'s and the general path's (`post`), send their columns as few
+parameters: integers as array literals, texts joined by a separator (or, when a value holds it,
+as arrays); `post_new`'s writes what every new plain transfer shares in the statement. Whatever
+the values, the stored rows must be the ones asked for, the same by either path: `post` finds
+each one EXISTS (same fields), and `verify` recomputes the totals, running balances and hash
+chain from them."""
 
 from __future__ import annotations
 
