@@ -22,12 +22,16 @@ database migrated the same way, so that `ledger.verify` still checks the ledger'
   `unnest` statement per batch of `--batch-size`, `--writers` connections, no ledger logic.
 
 Two workloads, from a seeded `random.Random`: `spread` credits accounts uniformly, `hot` credits
-one account with 30 % of the transfers. Every transfer debits the same funding account. Before
-each timed run, its database is vacuumed and analyzed (untimed), so that no path meets the dead
-rows of the one before it, whatever autovacuum did meanwhile.
+one account with 30 % of the transfers. Every transfer debits the same funding account. The
+batch path and the ceiling take turns, `--rounds` times, each round a slice of the workload
+(the ceiling writes the slice the batch path has just written), and each path's rate is its
+transfers over the sum of its rounds' times: a machine whose speed drifts during the run (other
+work, a neighbour) slows both, not whichever ran second. Before each timed run, its database is
+vacuumed and analyzed (untimed), so that no path meets the dead rows of the one before it,
+whatever autovacuum did meanwhile.
 
 Run: python -m bench.ledger_bench [--transfers N] [--accounts 10000] [--batch-size 1000]
-                                  [--writers 2] [--baseline-transfers M]
+                                  [--writers 2] [--rounds 4] [--baseline-transfers M]
                                   [--naive-transfers K] [--naive-connections 8] [--json PATH]
 """
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -44,7 +49,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import text
@@ -98,6 +103,9 @@ PATH_NOTES = {
 NAIVE_WORKLOAD_SEED = WORKLOAD_SEED + 1
 CONFLICT_RETRY_COUNT_MAX = 5
 WRITER_COUNT_MAX = 64
+ROUND_COUNT_MAX = 100
+
+Item = TypeVar("Item")
 ACCOUNT_COUNT_MAX = 1_000_000
 TRANSFER_ID_KINDS = ("time-ordered", "random")
 # Time-ordered ids advance their millisecond every this many transfers (50,000 a second).
@@ -140,6 +148,7 @@ class Settings:
     accounts: int
     batch_size: int
     writers: int
+    rounds: int
     baseline_transfers: int
     naive_transfers: int
     naive_connections: int
@@ -165,6 +174,12 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=1_000)
     parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="turns the batch path and the ceiling take, each on a slice of the workload",
+    )
     parser.add_argument(
         "--baseline-transfers", type=int, default=5_000, help="per variant, baseline path"
     )
@@ -192,11 +207,15 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     check_between(parser, "--accounts", arguments.accounts, 2, ACCOUNT_COUNT_MAX)
     check_between(parser, "--batch-size", arguments.batch_size, 1, TRANSFER_BATCH_SIZE_MAX)
     check_between(parser, "--writers", arguments.writers, 1, WRITER_COUNT_MAX)
+    check_between(parser, "--rounds", arguments.rounds, 1, ROUND_COUNT_MAX)
+    if arguments.transfers < arguments.rounds:
+        parser.error("--transfers must be at least --rounds")
     return Settings(
         transfers=arguments.transfers,
         accounts=arguments.accounts,
         batch_size=arguments.batch_size,
         writers=arguments.writers,
+        rounds=arguments.rounds,
         baseline_transfers=arguments.baseline_transfers,
         naive_transfers=arguments.naive_transfers,
         naive_connections=arguments.naive_connections,
@@ -429,6 +448,32 @@ async def measure_plain(
     return Measurement(variant, path, len(transfers), seconds)
 
 
+def in_rounds(items: Sequence[Item], rounds: int) -> list[Sequence[Item]]:
+    """`items` in `rounds` consecutive slices of about the same size."""
+    bounds = [len(items) * index // rounds for index in range(rounds + 1)]
+    return [items[start:end] for start, end in itertools.pairwise(bounds)]
+
+
+def print_round(number: int, batch: Measurement, ceiling: Measurement) -> None:
+    print(
+        f"{batch.variant} round {number}: batch {batch.transfers_per_s:,.0f} /s, ceiling"
+        f" {ceiling.transfers_per_s:,.0f} /s, batch/ceiling"
+        f" {batch.transfers_per_s / ceiling.transfers_per_s:.2f}",
+        flush=True,
+    )
+
+
+def summed(rounds: Sequence[Measurement]) -> Measurement:
+    """One path's rounds as one measurement: their transfers over the sum of their times."""
+    first = rounds[0]
+    return Measurement(
+        first.variant,
+        first.path,
+        sum(m.transfers for m in rounds),
+        sum(m.seconds for m in rounds),
+    )
+
+
 # Report.
 
 
@@ -542,13 +587,17 @@ async def run(settings: Settings) -> None:
                 naive_workload = make_workload(
                     naive_rng, variant, settings.naive_transfers, chart, settings.transfer_ids
                 )
-                measurements.append(
-                    await measure(engine, variant, "batch", batch_workload, settings)
-                )
+                batch_rounds: list[Measurement] = []
+                ceiling_rounds: list[Measurement] = []
                 # The ceiling writes the batch path's very transfers, in the plain database.
-                measurements.append(
-                    await measure_plain(plain_dsn, variant, "ceiling", batch_workload, settings)
-                )
+                for number, workload in enumerate(in_rounds(batch_workload, settings.rounds), 1):
+                    batch_rounds.append(await measure(engine, variant, "batch", workload, settings))
+                    ceiling_rounds.append(
+                        await measure_plain(plain_dsn, variant, "ceiling", workload, settings)
+                    )
+                    print_round(number, batch_rounds[-1], ceiling_rounds[-1])
+                measurements.append(summed(batch_rounds))
+                measurements.append(summed(ceiling_rounds))
                 measurements.append(
                     await measure_plain(plain_dsn, variant, "naive", naive_workload, settings)
                 )
@@ -561,6 +610,7 @@ async def run(settings: Settings) -> None:
         verify_s = await verify_ledger(url)
     settings_used = {
         "writers": settings.writers,
+        "rounds": settings.rounds,
         "naive_connections": settings.naive_connections,
         "batch_size": settings.batch_size,
         "accounts": settings.accounts,
