@@ -60,9 +60,15 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bench.harness import admin_url, fresh_database, server_version, verify_ledger
+from bench.harness import (
+    admin_url,
+    fresh_database,
+    postmaster_pid,
+    server_version,
+    verify_ledger,
+)
 from bench.ingest_bench import kafka, new_producer, percentiles, say
-from bench.process_cpu import parent_pid_of, tree_cpu_seconds_of
+from bench.process_cpu import tree_cpu_seconds_of
 from ledger.chart import AccountKind
 from ledger.database import create_engine
 from ledger.service import Ledger, LedgerTransaction
@@ -548,23 +554,6 @@ class CpuUse:
         """Cash-outs a second `cores` cores would allow at this CPU a cash-out, were they all
         busy all the time (a bound: the processes also wait for one another)."""
         return cores * self.cashouts / self.total_s
-
-
-async def postmaster_pid(engine: AsyncEngine) -> int | None:
-    """The PostgreSQL server's main process when it runs on this machine: the parent of this
-    connection's backend, both named `postgres`; else None."""
-    async with engine.connect() as conn:
-        backend = int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
-    parent = parent_pid_of(backend)
-    if parent is None or not all(is_postgres(pid) for pid in (backend, parent)):
-        return None
-    return parent
-
-
-def is_postgres(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
-    return False
 
 
 def spent(seconds: float, count: int, unit: str) -> dict[str, Any]:

@@ -18,12 +18,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from bench.process_cpu import parent_pid_of
 from ledger.accounts import ensure_accounts_in
 from ledger.chart import AccountKind, AccountSpec
 from ledger.database import create_engine, to_async_url
@@ -174,3 +176,20 @@ def check_between(
     high."""
     if not low <= value <= high:
         parser.error(f"{flag} must be between {low:,} and {high:,}")
+
+
+async def postmaster_pid(engine: AsyncEngine) -> int | None:
+    """The PostgreSQL server's main process when it runs on this machine: the parent of this
+    connection's backend, both named `postgres`; else None."""
+    async with engine.connect() as conn:
+        backend = int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+    parent = parent_pid_of(backend)
+    if parent is None or not all(is_postgres(pid) for pid in (backend, parent)):
+        return None
+    return parent
+
+
+def is_postgres(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    return False

@@ -28,7 +28,10 @@ batch path and the ceiling take turns, `--rounds` times, each round a slice of t
 transfers over the sum of its rounds' times: a machine whose speed drifts during the run (other
 work, a neighbour) slows both, not whichever ran second. Before each timed run, its database is
 vacuumed and analyzed (untimed), so that no path meets the dead rows of the one before it,
-whatever autovacuum did meanwhile.
+whatever autovacuum did meanwhile. Beside each path's rate: the CPU a transfer of this process
+and of the PostgreSQL server (all its processes, from /proc, when it runs on this machine) over
+the path's run, and the cores the two kept busy: on a machine the batch path keeps busy, its
+rate against the ceiling's is the ratio of their CPU a transfer.
 
 Run: python -m bench.ledger_bench [--transfers N] [--accounts 10000] [--batch-size 1000]
                                   [--writers 2] [--rounds 4] [--baseline-transfers M]
@@ -62,6 +65,7 @@ from bench.harness import (
     check_between,
     create_chart,
     fresh_database,
+    postmaster_pid,
     server_version,
     verify_ledger,
 )
@@ -73,6 +77,7 @@ from bench.plain_paths import (
     run_ceiling_path,
     run_naive_path,
 )
+from bench.process_cpu import tree_cpu_seconds_of
 from ledger.chain import append_link
 from ledger.chart import AccountKind, AccountSpec
 from ledger.database import create_engine
@@ -162,10 +167,36 @@ class Measurement:
     path: str
     transfers: int
     seconds: float
+    process_cpu_s: float = 0.0  # this process's CPU over the path's run
+    server_cpu_s: float | None = None  # the PostgreSQL server's, when it runs on this machine
 
     @property
     def transfers_per_s(self) -> float:
         return self.transfers / self.seconds
+
+    def cpu_per_transfer_us(self) -> str:
+        """This process's and the server's CPU a transfer, and the cores they kept busy."""
+        process_us = self.process_cpu_s / self.transfers * 1e6
+        if self.server_cpu_s is None:
+            return f"{process_us:>8.1f} {'n/a':>8} {'n/a':>6}"
+        server_us = self.server_cpu_s / self.transfers * 1e6
+        cores = (self.process_cpu_s + self.server_cpu_s) / self.seconds
+        return f"{process_us:>8.1f} {server_us:>8.1f} {cores:>6.2f}"
+
+
+def cpu_seconds(server_pid: int | None) -> tuple[float, float | None]:
+    """This process's CPU time so far, and the PostgreSQL server's (`server_pid`'s tree)."""
+    server_s = None if server_pid is None else tree_cpu_seconds_of(server_pid)
+    return time.process_time(), server_s
+
+
+def spent_since(
+    before: tuple[float, float | None], server_pid: int | None
+) -> tuple[float, float | None]:
+    process_s, server_s = cpu_seconds(server_pid)
+    if server_s is None or before[1] is None:
+        return process_s - before[0], None
+    return process_s - before[0], server_s - before[1]
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
@@ -418,34 +449,49 @@ async def vacuum(dsn: str) -> None:
 
 
 async def measure(
-    engine: AsyncEngine, variant: str, path: str, transfers: Sequence[Transfer], settings: Settings
+    engine: AsyncEngine,
+    variant: str,
+    path: str,
+    transfers: Sequence[Transfer],
+    settings: Settings,
+    server_pid: int | None = None,
 ) -> Measurement:
     run_path = run_batch_path if path == "batch" else run_baseline_path
     await vacuum(asyncpg_dsn(engine.url.render_as_string(hide_password=False)))
     before = await credits_posted_sum(engine)
+    cpu_before = cpu_seconds(server_pid)
     results, seconds = await run_path(engine, transfers, settings)
+    process_s, server_s = spent_since(cpu_before, server_pid)
     check_run(f"{variant}/{path}", transfers, results, await credits_posted_sum(engine) - before)
-    return Measurement(variant, path, len(transfers), seconds)
+    return Measurement(variant, path, len(transfers), seconds, process_s, server_s)
 
 
 async def measure_plain(
-    dsn: str, variant: str, path: str, transfers: Sequence[Transfer], settings: Settings
+    dsn: str,
+    variant: str,
+    path: str,
+    transfers: Sequence[Transfer],
+    settings: Settings,
+    server_pid: int | None = None,
 ) -> Measurement:
     """The naive or the ceiling path in the plain database; checks its rows and totals."""
     label = f"{variant}/{path}"
     await vacuum(dsn)
     before = await plain_totals(dsn)
+    cpu_before = cpu_seconds(server_pid)
+    retried = 0
     if path == "naive":
         posted, seconds = await run_naive_path(dsn, transfers, settings.naive_connections)
     else:
         posted, retried, seconds = await run_ceiling_path(
             dsn, transfers, settings.batch_size, settings.writers, ASSET
         )
-        if retried:
-            print(f"{label}: {retried} batches run again after a deadlock")
+    process_s, server_s = spent_since(cpu_before, server_pid)
+    if retried:
+        print(f"{label}: {retried} batches run again after a deadlock")
     assert posted == len(transfers), f"{label}: posted {posted} of {len(transfers)}"
     check_plain_run(label, transfers, before, await plain_totals(dsn))
-    return Measurement(variant, path, len(transfers), seconds)
+    return Measurement(variant, path, len(transfers), seconds, process_s, server_s)
 
 
 def in_rounds(items: Sequence[Item], rounds: int) -> list[Sequence[Item]]:
@@ -466,11 +512,14 @@ def print_round(number: int, batch: Measurement, ceiling: Measurement) -> None:
 def summed(rounds: Sequence[Measurement]) -> Measurement:
     """One path's rounds as one measurement: their transfers over the sum of their times."""
     first = rounds[0]
+    server_cpus = [m.server_cpu_s for m in rounds]
     return Measurement(
         first.variant,
         first.path,
         sum(m.transfers for m in rounds),
         sum(m.seconds for m in rounds),
+        sum(m.process_cpu_s for m in rounds),
+        None if None in server_cpus else sum(s for s in server_cpus if s is not None),
     )
 
 
@@ -492,11 +541,14 @@ def print_report(
     settings_used: dict[str, Any],
     ratio_by_path: dict[str, dict[str, float]],
 ) -> None:
-    print(f"{'variant':<8} {'path':<9} {'transfers':>10} {'seconds':>8} {'transfers/s':>12}")
+    print(
+        f"{'variant':<8} {'path':<9} {'transfers':>10} {'seconds':>8} {'transfers/s':>12}"
+        f" {'cpu µs a transfer: this process':>31} {'postgresql':>8} {'cores':>6}"
+    )
     for m in measurements:
         print(
             f"{m.variant:<8} {m.path:<9} {m.transfers:>10,} {m.seconds:>8.2f}"
-            f" {m.transfers_per_s:>12,.0f}"
+            f" {m.transfers_per_s:>12,.0f} {'':>23}{m.cpu_per_transfer_us()}"
         )
     for path in PATHS:
         print(f"  {path}: {PATH_NOTES[path]}")
@@ -531,6 +583,8 @@ def write_json(
                 "transfers": m.transfers,
                 "seconds": round(m.seconds, 3),
                 "transfers_per_s": round(m.transfers_per_s),
+                "process_cpu_s": round(m.process_cpu_s, 3),
+                "server_cpu_s": None if m.server_cpu_s is None else round(m.server_cpu_s, 3),
             }
             for m in measurements
         ],
@@ -571,6 +625,7 @@ async def run(settings: Settings) -> None:
         plain_dsn = asyncpg_dsn(plain_url)
         try:
             chart = await create_bench_chart(engine, settings.accounts)
+            server_pid = await postmaster_pid(engine)
             # Created the same way, so with the same ids: the workloads fit both databases.
             assert await plain_chart(plain_url, settings.accounts) == chart
             rng = random.Random(WORKLOAD_SEED)
@@ -591,18 +646,26 @@ async def run(settings: Settings) -> None:
                 ceiling_rounds: list[Measurement] = []
                 # The ceiling writes the batch path's very transfers, in the plain database.
                 for number, workload in enumerate(in_rounds(batch_workload, settings.rounds), 1):
-                    batch_rounds.append(await measure(engine, variant, "batch", workload, settings))
+                    batch_rounds.append(
+                        await measure(engine, variant, "batch", workload, settings, server_pid)
+                    )
                     ceiling_rounds.append(
-                        await measure_plain(plain_dsn, variant, "ceiling", workload, settings)
+                        await measure_plain(
+                            plain_dsn, variant, "ceiling", workload, settings, server_pid
+                        )
                     )
                     print_round(number, batch_rounds[-1], ceiling_rounds[-1])
                 measurements.append(summed(batch_rounds))
                 measurements.append(summed(ceiling_rounds))
                 measurements.append(
-                    await measure_plain(plain_dsn, variant, "naive", naive_workload, settings)
+                    await measure_plain(
+                        plain_dsn, variant, "naive", naive_workload, settings, server_pid
+                    )
                 )
                 measurements.append(
-                    await measure(engine, variant, "baseline", baseline_workload, settings)
+                    await measure(
+                        engine, variant, "baseline", baseline_workload, settings, server_pid
+                    )
                 )
             version = await server_version(engine)
         finally:
