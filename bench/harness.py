@@ -3,7 +3,8 @@
 - The server: `DATABASE_URL`'s, else 127.0.0.1:5432 when it answers, else the embedded
   PostgreSQL (`admin_url`); a fresh database `giftledger_bench_<random>` on it, migrated to head
   and dropped at the end (`fresh_database`, which the tests use too, with their own prefix); its
-  version; `ledger.verify.verify` at the end (`verify_ledger`).
+  version; its main process when it runs on this machine, whose CPU the benchmarks read
+  (`postmaster_pid`); `ledger.verify.verify` at the end (`verify_ledger`).
 - The bench chart: a funding account and the accounts it credits (`create_chart`).
 - The machine: a fixed Python loop timed, what one core gives Python now (`machine_line`).
 - The arguments: a number between two bounds, else the usage and an error (`check_between`).

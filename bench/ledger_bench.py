@@ -109,8 +109,6 @@ NAIVE_WORKLOAD_SEED = WORKLOAD_SEED + 1
 CONFLICT_RETRY_COUNT_MAX = 5
 WRITER_COUNT_MAX = 64
 ROUND_COUNT_MAX = 100
-
-Item = TypeVar("Item")
 ACCOUNT_COUNT_MAX = 1_000_000
 TRANSFER_ID_KINDS = ("time-ordered", "random")
 # Time-ordered ids advance their millisecond every this many transfers (50,000 a second).
@@ -492,6 +490,9 @@ async def measure_plain(
     assert posted == len(transfers), f"{label}: posted {posted} of {len(transfers)}"
     check_plain_run(label, transfers, before, await plain_totals(dsn))
     return Measurement(variant, path, len(transfers), seconds, process_s, server_s)
+
+
+Item = TypeVar("Item")
 
 
 def in_rounds(items: Sequence[Item], rounds: int) -> list[Sequence[Item]]:
