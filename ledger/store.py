@@ -238,17 +238,13 @@ def _linked_write() -> str:
 _HEADS_COLUMN = (_JOINED_TEXTS.format("heads"), "head")
 
 
-# The transfers' columns of `_WRITE_BATCH`, as `batch_rows` reads them.
-_BATCH_COLUMNS = (
+# The transfers' columns of `_WRITE_NEW_BATCH`, as `batch_rows` reads them (by name).
+_NEW_BATCH_COLUMNS = (
     ("CAST(:ids AS uuid[])", "id"),
     (_INT_ARRAY_TEXT.format("debit_account_ids", "bigint"), "debit_account_id"),
     (_INT_ARRAY_TEXT.format("credit_account_ids", "bigint"), "credit_account_id"),
     (_INT_ARRAY_TEXT.format("amounts", "bigint"), "amount"),
-    (_JOINED_TEXTS.format("assets"), "asset"),
     (_INT_ARRAY_TEXT.format("codes", "smallint"), "code"),
-    (_INT_ARRAY_TEXT.format("flags", "smallint"), "flags"),
-    ("CAST(:pending_ids AS uuid[])", "pending_id"),
-    (_INT_ARRAY_TEXT.format("timeouts_s", "integer"), "timeout_s"),
     (_INT_ARRAY_TEXT.format("rate_card_versions", "integer"), "rate_card_version"),
     (_JOINED_TEXTS.format("event_ids"), "event_id"),
     (_JOINED_TEXTS.format("metadata"), "metadata"),
@@ -256,6 +252,15 @@ _BATCH_COLUMNS = (
     (_INT_ARRAY_TEXT.format("credit_positions", "integer"), "credit_position"),
     (_INT_ARRAY_TEXT.format("debit_offsets", "bigint"), "debit_offset"),
     (_INT_ARRAY_TEXT.format("credit_offsets", "bigint"), "credit_offset"),
+)
+# `_WRITE_BATCH`'s: the same, and what a new plain transfer does not have or takes from its
+# account.
+_BATCH_COLUMNS = (
+    *_NEW_BATCH_COLUMNS,
+    (_JOINED_TEXTS.format("assets"), "asset"),
+    (_INT_ARRAY_TEXT.format("flags", "smallint"), "flags"),
+    ("CAST(:pending_ids AS uuid[])", "pending_id"),
+    (_INT_ARRAY_TEXT.format("timeouts_s", "integer"), "timeout_s"),
 )
 
 
@@ -298,23 +303,6 @@ def _write_batch_sql(linked: bool) -> str:
 
 _WRITE_BATCH = text(_write_batch_sql(linked=False))
 _WRITE_BATCH_LINKED = text(_write_batch_sql(linked=True))
-
-
-# The transfers' columns of `_WRITE_NEW_BATCH`, as `batch_rows` reads them.
-_NEW_BATCH_COLUMNS = (
-    ("CAST(:ids AS uuid[])", "id"),
-    (_INT_ARRAY_TEXT.format("debit_account_ids", "bigint"), "debit_account_id"),
-    (_INT_ARRAY_TEXT.format("credit_account_ids", "bigint"), "credit_account_id"),
-    (_INT_ARRAY_TEXT.format("amounts", "bigint"), "amount"),
-    (_INT_ARRAY_TEXT.format("codes", "smallint"), "code"),
-    (_INT_ARRAY_TEXT.format("rate_card_versions", "integer"), "rate_card_version"),
-    (_JOINED_TEXTS.format("event_ids"), "event_id"),
-    (_JOINED_TEXTS.format("metadata"), "metadata"),
-    (_INT_ARRAY_TEXT.format("debit_positions", "integer"), "debit_position"),
-    (_INT_ARRAY_TEXT.format("credit_positions", "integer"), "credit_position"),
-    (_INT_ARRAY_TEXT.format("debit_offsets", "bigint"), "debit_offset"),
-    (_INT_ARRAY_TEXT.format("credit_offsets", "bigint"), "credit_offset"),
-)
 
 
 # Step 4 alone, for a batch of new plain transfers (`store_new_batch`): the same rows as
