@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -73,6 +74,27 @@ ACCOUNT_FACTS_SIZE_MAX = 500_000
 
 # The totals of an account the batch did not read: its running totals count from zero.
 _ZERO = AccountTotals(0, "", 0)
+
+# The store's statements find their rows by arrays of ids, so one plan suits every batch: a key
+# probe per id, whatever the batch's size and the tables' (they never filter on a value's
+# range). So they run with generic plans, each planned once per connection, while the engine
+# forces custom plans on every other statement (`ledger.database`). A custom plan of the write
+# cost the server about 1.2 ms a batch of 1,000 to make (its array literals are parsed while
+# planning), and, seeing the arrays' sizes, it hashed the whole accounts table to join 700
+# accounts (bench/README.md, 2026-12-05, session 17).
+_GENERIC_PLANS = text("SET LOCAL plan_cache_mode = force_generic_plan")
+_CONNECTION_PLANS = text("SET LOCAL plan_cache_mode = DEFAULT")
+
+
+@asynccontextmanager
+async def _generic_plans(conn: AsyncConnection) -> AsyncIterator[None]:
+    """Run the store's statements with generic plans, then give the rest of the caller's
+    transaction its connection's setting back. Not after an error: the transaction is then
+    rolled back (a conflict, a failed statement), and its settings with it."""
+    await conn.execute(_GENERIC_PLANS)
+    yield
+    await conn.execute(_CONNECTION_PLANS)
+
 
 _SELECT_TRANSFERS = text(
     """
@@ -592,20 +614,25 @@ async def _write(
     linked_heads: list[str] | None,
 ) -> datetime:
     """Step 4. Moves the accepted transfers onto the balances their accounts had once
-    locked, as the database stored them, and onto the commit timestamp, which it returns.
-    With `linked_heads` (the accepted transfers' chain line heads), the write also links them
-    into the hash chain.
+    locked, as the database stored them, and onto the commit timestamp, which it returns,
+    for their chain entries.
+
+    With `linked_heads` (the accepted transfers' chain line heads), the write links them into
+    the hash chain itself, and no entry is made: the transfers are left as walked, since
+    nothing reads them after, and the accounts' locks are held until the commit.
 
     Accounts the batch did not lock in step 2 were walked from zero: their running balances
     shift by the balance the write found them at.
     """
     plan = _write_plan(walk, originals, metadata_texts)
-    statement = _WRITE_BATCH
     if linked_heads is not None:
-        statement = _WRITE_BATCH_LINKED
         plan.parameters.update(_text_column("heads", linked_heads))
+        _, committed_at = await _execute_write(
+            conn, _WRITE_BATCH_LINKED, plan.parameters, len(walk.accepted)
+        )
+        return committed_at
     before, committed_at = await _execute_write(
-        conn, statement, plan.parameters, len(walk.accepted)
+        conn, _WRITE_BATCH, plan.parameters, len(walk.accepted)
     )
     for accepted, debit_position, credit_position, debit_offset, credit_offset in zip(
         walk.accepted,
@@ -683,6 +710,14 @@ async def store_batch(
         raise ValueError(f"batch of {len(transfers)} exceeds {TRANSFER_BATCH_SIZE_MAX}")
     if not transfers:
         return BatchOutcome(results=[]), []
+    async with _generic_plans(conn):
+        return await _read_decide_write(conn, transfers, facts, link=link)
+
+
+async def _read_decide_write(
+    conn: AsyncConnection, transfers: Sequence[Transfer], facts: AccountFacts | None, *, link: bool
+) -> tuple[BatchOutcome, list[ChainEntry]]:
+    """`store_batch`'s steps, for a batch of at least one transfer."""
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
     stored, outcomes = await read_stored(conn, {t.id for t in transfers} | pending_ids)
     roles = account_roles(transfers, stored)
@@ -728,6 +763,14 @@ async def store_new_batch(
     `LedgerConflictError`, as a race does in `store_batch`: the caller's unit of work runs
     again, and should then post with `store_batch`.
     """
+    async with _generic_plans(conn):
+        return await _write_new_batch(conn, batch, facts, link=link)
+
+
+async def _write_new_batch(
+    conn: AsyncConnection, batch: NewTransfers, facts: AccountFacts, *, link: bool
+) -> tuple[datetime, list[ChainEntry]]:
+    """`store_new_batch`'s steps."""
     known = await _account_facts(
         conn, set(batch.debit_account_ids) | set(batch.credit_account_ids), facts
     )
