@@ -10,8 +10,8 @@ The canonical form of a transfer is one line of its stored fields, in a fixed or
 ordered by transfer id, so the digest does not depend on the order rows come back in.
 
 A unit of work's last write appends its link inside its own statement (`ledger.store`): there the
-lines' heads come from `line_head` and their tails, the form `line_tail` gives, are made in SQL
-(`TIMESTAMP_TEXT_SQL`); `tests/test_ledger_linked_write.py` holds the two to one digest.
+lines are made in SQL, their heads by `line_head_sql` and their tails in the form `line_tail`
+gives (`TIMESTAMP_TEXT_SQL`); `tests/test_ledger_linked_write.py` holds the two to one digest.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import functools
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -78,6 +78,33 @@ def line_head(
         f"{'' if event_id is None else event_id}|"
         f"{'' if metadata_text is None else metadata_text}|"
     )
+
+
+# `line_head`'s fields in its order, as `line_head_sql` names them.
+LINE_HEAD_FIELDS = (
+    "id",
+    "debit_account_id",
+    "credit_account_id",
+    "amount",
+    "asset",
+    "code",
+    "flags",
+    "pending_id",
+    "timeout_s",
+    "expires_at",
+    "rate_card_version",
+    "event_id",
+    "metadata",
+)
+
+
+def line_head_sql(fields: Mapping[str, str]) -> str:
+    """`line_head` as a SQL expression: `fields` gives each of `LINE_HEAD_FIELDS` as SQL, NULL
+    for None, `metadata` as the text `metadata_json` makes and `expires_at` as text in the form
+    `TIMESTAMP_TEXT_SQL` gives. PostgreSQL writes integers and uuids as Python does, so the
+    text of each field is `line_head`'s."""
+    values = ", ".join(f"coalesce(CAST({fields[name]} AS text), '')" for name in LINE_HEAD_FIELDS)
+    return f"concat_ws('|', {values}, '')"
 
 
 def line_tail(debit_balance_after: int, credit_balance_after: int, created_at: datetime) -> str:

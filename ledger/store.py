@@ -44,10 +44,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.chain import (
+    LINE_HEAD_FIELDS,
     TIMESTAMP_TEXT_SQL,
     ChainEntry,
     chain_entry,
     line_head,
+    line_head_sql,
     line_tail,
     link_ctes,
     metadata_json,
@@ -161,28 +163,30 @@ _POSTED_TOTALS = ("debits_posted", "credits_posted")
 _ALL_TOTALS = (*_POSTED_TOTALS, "debits_pending", "credits_pending")
 
 
-def _batch_rows(columns: Sequence[tuple[str, str]]) -> str:
+def _batch_rows(columns: Sequence[tuple[str, str]], head: str | None) -> str:
     """The CTE `batch_rows`: the batch's transfers, a row each numbered by `position`, from
-    `columns` (pairs of the SQL of an array parameter and the column's name).
+    `columns` (pairs of the SQL of an array parameter and the column's name), and with `head`
+    (SQL over those columns as `t`), each transfer's chain line head, the column `head`.
 
     Materialized, and counted by `updated` before it locks its first account: parsing the array
-    literals and unnesting them is then done before any lock is taken (about a tenth of the
-    statement), not while the accounts' locks are held, as it would be were the transfers'
-    insert to unnest them itself."""
+    literals, unnesting them and making the heads is then done before any lock is taken (about
+    a tenth of the statement), not while the accounts' locks are held, as it would be were the
+    transfers' insert to unnest them itself."""
     arrays = ", ".join(sql for sql, _ in columns)
     names = ", ".join(name for _, name in columns)
+    head_column = "" if head is None else f", {head} AS head"
     return f"""
     batch_rows AS MATERIALIZED (
-        SELECT * FROM unnest({arrays}) WITH ORDINALITY AS t({names}, position)
+        SELECT t.*{head_column}
+        FROM unnest({arrays}) WITH ORDINALITY AS t({names}, position)
     )"""  # noqa: S608 (constant fragments)
 
 
-def _updated(totals: Sequence[str], bigint_array: str, returning: str = "") -> str:
+def _updated(totals: Sequence[str], bigint_array: str) -> str:
     """The CTE `updated`: each account of the parameter `account_ids` gets its deltas of
     `totals` (columns of `accounts`, `_POSTED_TOTALS` at least; a parameter each, named as its
     column), every parameter read as the format `bigint_array` says. It returns each account's
-    id, then `returning` (a list ending with a comma, or nothing), its posted balance just
-    before the update and the clock once its row is locked.
+    id, its posted balance just before the update and the clock once its row is locked.
 
     It updates nothing unless `batch_rows` holds the parameter `transfer_count` rows: a
     condition that holds for every well-formed write, and that PostgreSQL evaluates once,
@@ -195,24 +199,23 @@ def _updated(totals: Sequence[str], bigint_array: str, returning: str = "") -> s
         SET {assignments}
         FROM unnest({arrays}) AS d(id, {", ".join(totals)})
         WHERE a.id = d.id AND (SELECT count(*) FROM batch_rows) = :transfer_count
-        RETURNING a.id, {returning}
+        RETURNING a.id,
                   a.credits_posted - a.debits_posted - (d.credits_posted - d.debits_posted)
                       AS balance_before,
                   clock_timestamp() AS locked_at
     )"""  # noqa: S608 (constant fragments)
 
 
-def _stamp(returning: str = "") -> str:
-    """The CTE `stamp`, one row: the commit timestamp (the clock once every account's lock is
-    held, `at`), the number of accounts updated, and their balances before the batch in id
-    order (`balances_before`), then `returning` (a comma, then aggregates of `updated`'s
-    columns), so that the transfers find their accounts' balances by position, with no join."""
-    return f"""
+# The CTE `stamp`, one row: the commit timestamp (the clock once every account's lock is held,
+# `at`), the number of accounts updated, and their balances before the batch in id order
+# (`balances_before`), so that the transfers find their accounts' balances by position, with no
+# join.
+_STAMP = """
     stamp AS (
         SELECT max(locked_at) AS at, count(*) AS account_count,
-               array_agg(balance_before ORDER BY id) AS balances_before{returning}
+               array_agg(balance_before ORDER BY id) AS balances_before
         FROM updated
-    )"""  # noqa: S608 (constant fragments)
+    )"""
 
 
 # The transfers' keys, stored with the commit timestamp.
@@ -237,9 +240,10 @@ _STAMP_WHEN_ALL_ACCOUNTS_UPDATED = "CROSS JOIN stamp WHERE stamp.account_count =
 def _linked_write() -> str:
     """The CTEs by which a write links its own transfers into the hash chain, after its last
     lock (the unit of work's last write: `last=True`): each transfer's canonical line is its
-    head, made in Python before the write (parameter `heads`, `batch_rows`'s column `head`),
-    and the tail `line_tail` makes, here in SQL from the balances and the commit timestamp; the
-    lines in id order are hashed and the link appended (`ledger.chain.link_ctes`)."""
+    head, made before the locks (`batch_rows`'s column `head`, `_GENERAL_HEAD` or `_NEW_HEAD`),
+    and the tail `line_tail` makes, here from the balances and the commit timestamp; the lines
+    in id order are hashed and the link appended (`ledger.chain.link_ctes`). A linked write
+    holds no transfer with an expiry (`store_batch` links those at the unit of work's end)."""
     timestamp_text = TIMESTAMP_TEXT_SQL.format(value="stamp.at")
     return f""",
     chain_lines AS (
@@ -256,16 +260,13 @@ def _linked_write() -> str:
     ), {link_ctes("(SELECT digest FROM chain_digest)")}"""  # noqa: S608 (constant fragments)
 
 
-# The column `_linked_write` reads beside the positions and offsets, in both statements.
-_HEADS_COLUMN = (_JOINED_TEXTS.format("heads"), "head")
-
-
 # The transfers' columns of `_WRITE_NEW_BATCH`, as `batch_rows` reads them (by name).
 _NEW_BATCH_COLUMNS = (
     ("CAST(:ids AS uuid[])", "id"),
     (_INT_ARRAY_TEXT.format("debit_account_ids", "bigint"), "debit_account_id"),
     (_INT_ARRAY_TEXT.format("credit_account_ids", "bigint"), "credit_account_id"),
     (_INT_ARRAY_TEXT.format("amounts", "bigint"), "amount"),
+    (_JOINED_TEXTS.format("assets"), "asset"),
     (_INT_ARRAY_TEXT.format("codes", "smallint"), "code"),
     (_INT_ARRAY_TEXT.format("rate_card_versions", "integer"), "rate_card_version"),
     (_JOINED_TEXTS.format("event_ids"), "event_id"),
@@ -275,14 +276,22 @@ _NEW_BATCH_COLUMNS = (
     (_INT_ARRAY_TEXT.format("debit_offsets", "bigint"), "debit_offset"),
     (_INT_ARRAY_TEXT.format("credit_offsets", "bigint"), "credit_offset"),
 )
-# `_WRITE_BATCH`'s: the same, and what a new plain transfer does not have or takes from its
-# account.
+# `_WRITE_BATCH`'s: the same, and what a new plain transfer does not have.
 _BATCH_COLUMNS = (
     *_NEW_BATCH_COLUMNS,
-    (_JOINED_TEXTS.format("assets"), "asset"),
     (_INT_ARRAY_TEXT.format("flags", "smallint"), "flags"),
     ("CAST(:pending_ids AS uuid[])", "pending_id"),
     (_INT_ARRAY_TEXT.format("timeouts_s", "integer"), "timeout_s"),
+)
+
+# The chain line heads of linked writes, from `batch_rows`' columns: no transfer of a linked
+# write has an expiry, and a new plain transfer has no flags, pending transfer or timeout.
+_GENERAL_HEAD = line_head_sql(
+    {name: f"t.{name}" for name in LINE_HEAD_FIELDS} | {"expires_at": "NULL"}
+)
+_NEW_HEAD = line_head_sql(
+    {name: f"t.{name}" for name in LINE_HEAD_FIELDS}
+    | {"flags": "0", "pending_id": "NULL", "timeout_s": "NULL", "expires_at": "NULL"}
 )
 
 
@@ -296,10 +305,9 @@ _BATCH_COLUMNS = (
 # the timestamp and the count inserted come back.
 def _write_batch_sql(linked: bool) -> str:
     """`_WRITE_BATCH`'s text; `linked`, with the CTEs that link the chain (`_linked_write`)."""
-    columns = (*_BATCH_COLUMNS, _HEADS_COLUMN) if linked else _BATCH_COLUMNS
     return f"""
-    WITH {_batch_rows(columns)},
-         {_updated(_ALL_TOTALS, _INT_ARRAY_TEXT.format("{}", "bigint"))}, {_stamp()}, {_NEW_KEYS},
+    WITH {_batch_rows(_BATCH_COLUMNS, _GENERAL_HEAD if linked else None)},
+         {_updated(_ALL_TOTALS, _INT_ARRAY_TEXT.format("{}", "bigint"))}, {_STAMP}, {_NEW_KEYS},
          new_resolutions AS (
         INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
         SELECT r.pending_id, r.resolved_by, r.outcome, stamp.at
@@ -330,21 +338,19 @@ _WRITE_BATCH_LINKED = text(_write_batch_sql(linked=True))
 # Step 4 alone, for a batch of new plain transfers (`store_new_batch`): the same rows as
 # `_WRITE_BATCH` stores for them, from fewer parameters: what is the same for every new plain
 # transfer is written here (no flags, no pending transfer, no timeout, no expiry, no
-# resolution, no pending totals), and the asset is the debited account's, read as it is
-# updated (the plan holds both accounts to one asset).
+# resolution, no pending totals).
 def _write_new_batch_sql(linked: bool) -> str:
     """`_WRITE_NEW_BATCH`'s text; `linked`, with the CTEs that link the chain."""
-    columns = (*_NEW_BATCH_COLUMNS, _HEADS_COLUMN) if linked else _NEW_BATCH_COLUMNS
     return f"""
-    WITH {_batch_rows(columns)},
-         {_updated(_POSTED_TOTALS, _INT_ARRAY_TEXT.format("{}", "bigint"), "a.asset,")},
-         {_stamp(", array_agg(asset ORDER BY id) AS assets")}, {_NEW_KEYS}, new_transfers AS (
+    WITH {_batch_rows(_NEW_BATCH_COLUMNS, _NEW_HEAD if linked else None)},
+         {_updated(_POSTED_TOTALS, _INT_ARRAY_TEXT.format("{}", "bigint"))},
+         {_STAMP}, {_NEW_KEYS}, new_transfers AS (
         INSERT INTO transfers (
             id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
             timeout_s, expires_at, rate_card_version, event_id, metadata,
             debit_balance_after, credit_balance_after, created_at)
         SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount,
-               stamp.assets[t.debit_position + 1], t.code, 0, NULL, NULL, NULL,
+               t.asset, t.code, 0, NULL, NULL, NULL,
                t.rate_card_version, t.event_id, t.metadata::jsonb,
                stamp.balances_before[t.debit_position + 1] + t.debit_offset,
                stamp.balances_before[t.credit_position + 1] + t.credit_offset, stamp.at
@@ -611,22 +617,21 @@ async def _write(
     walk: Walk,
     originals: dict[int, AccountTotals],
     metadata_texts: list[str | None],
-    linked_heads: list[str] | None,
+    linked: bool,
 ) -> datetime:
     """Step 4. Moves the accepted transfers onto the balances their accounts had once
     locked, as the database stored them, and onto the commit timestamp, which it returns,
     for their chain entries.
 
-    With `linked_heads` (the accepted transfers' chain line heads), the write links them into
-    the hash chain itself, and no entry is made: the transfers are left as walked, since
-    nothing reads them after, and the accounts' locks are held until the commit.
+    `linked`, the write links them into the hash chain itself, and no entry is made: the
+    transfers are left as walked, since nothing reads them after, and the accounts' locks are
+    held until the commit.
 
     Accounts the batch did not lock in step 2 were walked from zero: their running balances
     shift by the balance the write found them at.
     """
     plan = _write_plan(walk, originals, metadata_texts)
-    if linked_heads is not None:
-        plan.parameters.update(_text_column("heads", linked_heads))
+    if linked:
         _, committed_at = await _execute_write(
             conn, _WRITE_BATCH_LINKED, plan.parameters, len(walk.accepted)
         )
@@ -736,15 +741,18 @@ async def _read_decide_write(
     if not walk.accepted:
         return BatchOutcome(results, None, 0), []
     metadata_texts = [metadata_json(accepted.transfer.metadata) for accepted in walk.accepted]
-    heads = [
-        _chain_line_head(accepted, text)
-        for accepted, text in zip(walk.accepted, metadata_texts, strict=True)
-    ]
-    known_heads = [head for head in heads if head is not None]
-    linked = link and len(known_heads) == len(heads)
-    committed_at = await _write(
-        conn, walk, originals, metadata_texts, known_heads if linked else None
+    # A transfer's expiry is known only once written: a batch with one is linked at the end of
+    # the unit of work. Its lines are started here, before the write takes the accounts' locks.
+    linked = link and all(accepted.expires_at is None for accepted in walk.accepted)
+    heads = (
+        []
+        if linked
+        else [
+            _chain_line_head(accepted, text)
+            for accepted, text in zip(walk.accepted, metadata_texts, strict=True)
+        ]
     )
+    committed_at = await _write(conn, walk, originals, metadata_texts, linked)
     outcome = BatchOutcome(results, committed_at, len(walk.accepted))
     if linked:
         return outcome, []
@@ -789,6 +797,7 @@ async def _write_new_batch(
         "debit_account_ids": _int_array_text(batch.debit_account_ids),
         "credit_account_ids": _int_array_text(batch.credit_account_ids),
         "amounts": _int_array_text(batch.amounts),
+        **_text_column("assets", plan.assets),
         "codes": _int_array_text(batch.codes),
         "rate_card_versions": _nullable_int_array_text(batch.rate_card_versions),
         **_text_column("event_ids", batch.event_ids),
@@ -798,6 +807,9 @@ async def _write_new_batch(
         "debit_offsets": _int_array_text(plan.debit_offsets),
         "credit_offsets": _int_array_text(plan.credit_offsets),
     }
+    if link:
+        _, committed_at = await _execute_write(conn, _WRITE_NEW_BATCH_LINKED, parameters, count)
+        return committed_at, []
     # The chain's lines are started before the write takes the accounts' locks.
     heads = [
         line_head(
@@ -817,10 +829,6 @@ async def _write_new_batch(
         )
         for index in range(count)
     ]
-    if link:
-        parameters.update(_text_column("heads", heads))
-        _, committed_at = await _execute_write(conn, _WRITE_NEW_BATCH_LINKED, parameters, count)
-        return committed_at, []
     before, committed_at = await _execute_write(conn, _WRITE_NEW_BATCH, parameters, count)
     entries: list[ChainEntry] = []
     for index in range(count):

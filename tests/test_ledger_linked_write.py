@@ -129,6 +129,49 @@ async def test_the_last_general_batch_links_what_it_stored(
     await assert_verified(engine)
 
 
+async def test_a_last_batch_that_posts_and_voids_pending_transfers_links_what_it_stored(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    """The lines' pending ids, flags and the accounts taken from the pending transfers."""
+    ledger = Ledger(engine)
+    a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
+    pendings = [
+        Transfer(new_id(), a, b, 90 + index, TransferCode.SYNTHETIC, flags=TransferFlags.PENDING)
+        for index in range(2)
+    ]
+    resolutions = [
+        Transfer(
+            new_id(),
+            0,
+            0,
+            40,
+            TransferCode.SYNTHETIC,
+            flags=TransferFlags.POST_PENDING,
+            pending_id=pendings[0].id,
+            rate_card_version=7,
+        ),
+        Transfer(
+            new_id(),
+            0,
+            0,
+            0,
+            TransferCode.SYNTHETIC,
+            flags=TransferFlags.VOID_PENDING,
+            pending_id=pendings[1].id,
+        ),
+    ]
+    for batch in (pendings, resolutions):
+        async for tx in ledger.transactions(retry_count_max=0):
+            async with tx:
+                await tx.post(batch, last=True)
+
+    ids = [transfer.id for transfer in resolutions]
+    link_ids, link_digest = await newest_link(engine)
+    assert sorted(link_ids) == sorted(ids)
+    assert link_digest == await digest_of_stored(engine, ids)
+    await assert_verified(engine)
+
+
 async def test_no_ledger_write_may_follow_the_last(engine: AsyncEngine, unique_id: str) -> None:
     ledger = Ledger(engine)
     a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
