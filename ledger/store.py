@@ -3,7 +3,11 @@
 whatever its size:
 
 1. Read the stored transfers that the batch names (its own ids, for idempotency, and the pending
-   transfers it posts or voids) with how each pending ended.
+   transfers it posts or voids) with how each pending ended. On a unit of work's first attempt
+   the own ids are not read but assumed new (`assume_new`): a stored one then fails step 4 on
+   its unique key, as a race does (below), and the attempts after it read them; a batch whose
+   walk refuses a transfer reads them and walks again, since a stored transfer's result
+   (`exists`) comes before any other.
 2. If a transfer of the batch could break an account's balance rule (the account is guarded),
    lock all the batch's accounts in id order and read their totals. Else lock and read none
    (but the asset and rules of accounts `AccountFacts` has not met): their running totals count
@@ -68,6 +72,7 @@ from ledger.model import (
     AccountTotals,
     BatchOutcome,
     NewTransfers,
+    PostResult,
     StoredTransfer,
     Transfer,
 )
@@ -699,11 +704,13 @@ async def store_batch(
     facts: AccountFacts | None,
     *,
     link: bool = False,
+    assume_new: bool = False,
 ) -> tuple[BatchOutcome, list[ChainEntry]]:
     """Post `transfers` inside the caller's transaction on `conn`: read what the walk needs,
     decide (`ledger.decide`), write what it accepted. `facts` (the database's `AccountFacts`)
     spares locking and reading the accounts of a batch that guards none; without it, every batch
-    locks and reads its accounts first.
+    locks and reads its accounts first. `assume_new` spares reading the batch's own ids (step 1
+    in the module's docstring): for a unit of work that may run again.
 
     Returns a result per transfer and the chain entries of the stored ones, for the unit of work
     to link just before its commit. With `link`, the write links them itself when it can (no
@@ -716,15 +723,21 @@ async def store_batch(
     if not transfers:
         return BatchOutcome(results=[]), []
     async with _generic_plans(conn):
-        return await _read_decide_write(conn, transfers, facts, link=link)
+        return await _read_decide_write(conn, transfers, facts, link=link, assume_new=assume_new)
 
 
 async def _read_decide_write(
-    conn: AsyncConnection, transfers: Sequence[Transfer], facts: AccountFacts | None, *, link: bool
+    conn: AsyncConnection,
+    transfers: Sequence[Transfer],
+    facts: AccountFacts | None,
+    *,
+    link: bool,
+    assume_new: bool,
 ) -> tuple[BatchOutcome, list[ChainEntry]]:
     """`store_batch`'s steps, for a batch of at least one transfer."""
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
-    stored, outcomes = await read_stored(conn, {t.id for t in transfers} | pending_ids)
+    own_ids: set[uuid.UUID] = set() if assume_new else {t.id for t in transfers}
+    stored, outcomes = await read_stored(conn, own_ids | pending_ids)
     roles = account_roles(transfers, stored)
     accounts, originals, clock = await _read_accounts(conn, roles, facts)
     # The walk's clock decides whether a stored pending transfer has expired. Without one to
@@ -738,6 +751,8 @@ async def _read_decide_write(
         pending_outcomes=outcomes,
         decided_at=clock or datetime.now(UTC),
     )
+    if assume_new and any(result is not PostResult.OK for result in results):
+        return await _read_decide_write(conn, transfers, facts, link=link, assume_new=False)
     if not walk.accepted:
         return BatchOutcome(results, None, 0), []
     metadata_texts = [metadata_json(accepted.transfer.metadata) for accepted in walk.accepted]

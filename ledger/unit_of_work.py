@@ -9,6 +9,9 @@ the store, links what it stored into the hash chain just before its commit, and 
 
 The loop body runs once, or again after a conflict (a duplicate key, a deadlock, a
 serialization failure), at most `retry_count_max` more times; anything else propagates at once.
+While a run again is possible and none has been needed, `post` assumes its transfers' ids are
+new rather than reading them (`ledger.store`, step 1): a stored one is a duplicate key, and the
+runs after it read them.
 The chain head is locked only by the last statement before the commit, so a long unit of work
 never holds up other writers. A write posted with `last=True` (the unit of work's last ledger
 write) appends the link itself: one round trip fewer while it holds its accounts' locks.
@@ -67,7 +70,9 @@ class LedgerTransaction:
         `post_new`."""
         self._check_not_after_last(last)
         facts = None if lock_accounts_first else self._facts
-        outcome, entries = await store_batch(self.connection, transfers, facts, link=last)
+        outcome, entries = await store_batch(
+            self.connection, transfers, facts, link=last, assume_new=self._attempts.may_assume_new()
+        )
         self._chain_entries += entries
         return outcome
 
@@ -135,6 +140,7 @@ class LedgerTransaction:
             self._attempts.finish()
             return False
         if isinstance(error, Exception) and is_conflict(error) and self._attempts.may_run_again():
+            self._attempts.conflicted()
             return True
         if error is exc:
             return False
@@ -162,6 +168,7 @@ class TransactionAttempts:
         self._attempt_count = 0
         self._entered_count = 0
         self._finished = False
+        self._conflict_count = 0
 
     def __aiter__(self) -> TransactionAttempts:
         return self
@@ -181,6 +188,14 @@ class TransactionAttempts:
 
     def may_run_again(self) -> bool:
         return self._attempt_count <= self._retry_count_max
+
+    def conflicted(self) -> None:
+        self._conflict_count += 1
+
+    def may_assume_new(self) -> bool:
+        """Whether a post may assume its transfers are not stored: only while a conflict would
+        run the unit of work again, and none has yet."""
+        return self._conflict_count == 0 and self.may_run_again()
 
     def finish(self) -> None:
         self._finished = True
