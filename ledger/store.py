@@ -88,7 +88,7 @@ _ZERO = AccountTotals(0, "", 0)
 # forces custom plans on every other statement (`ledger.database`). A custom plan of the write
 # cost the server about 1.2 ms a batch of 1,000 to make (its array literals are parsed while
 # planning), and, seeing the arrays' sizes, it hashed the whole accounts table to join 700
-# accounts (bench/README.md, 2026-12-05, session 17).
+# accounts (bench/README.md, 2026-12-05: "a third less CPU a transfer").
 _GENERIC_PLANS = text("SET LOCAL plan_cache_mode = force_generic_plan")
 _CONNECTION_PLANS = text("SET LOCAL plan_cache_mode = DEFAULT")
 
