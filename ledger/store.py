@@ -1,6 +1,6 @@
 """The ledger's store: its SQL, the account locks, `AccountFacts` and the write. It never decides:
 `ledger.decide` does, between the reads and the write below. At most three statements per batch,
-whatever its size:
+whatever its size (and two that set how they are planned, `_generic_plans`):
 
 1. Read the stored transfers that the batch names (its own ids, for idempotency, and the pending
    transfers it posts or voids) with how each pending ended. On a unit of work's first attempt
@@ -88,7 +88,7 @@ _ZERO = AccountTotals(0, "", 0)
 # forces custom plans on every other statement (`ledger.database`). A custom plan of the write
 # cost the server about 1.2 ms a batch of 1,000 to make (its array literals are parsed while
 # planning), and, seeing the arrays' sizes, it hashed the whole accounts table to join 700
-# accounts (bench/README.md, 2026-12-05: "a third less CPU a transfer").
+# accounts (bench/README.md, 2026-12-05: "a fifth less CPU a transfer").
 _GENERIC_PLANS = text("SET LOCAL plan_cache_mode = force_generic_plan")
 _CONNECTION_PLANS = text("SET LOCAL plan_cache_mode = DEFAULT")
 
@@ -628,7 +628,7 @@ async def _write(
     locked, as the database stored them, and onto the commit timestamp, which it returns,
     for their chain entries.
 
-    `linked`, the write links them into the hash chain itself, and no entry is made: the
+    With `linked`, the write links them into the hash chain itself and no entry is made: the
     transfers are left as walked, since nothing reads them after, and the accounts' locks are
     held until the commit.
 

@@ -140,7 +140,6 @@ class LedgerTransaction:
             self._attempts.finish()
             return False
         if isinstance(error, Exception) and is_conflict(error) and self._attempts.may_run_again():
-            self._attempts.conflicted()
             return True
         if error is exc:
             return False
@@ -168,7 +167,6 @@ class TransactionAttempts:
         self._attempt_count = 0
         self._entered_count = 0
         self._finished = False
-        self._conflict_count = 0
 
     def __aiter__(self) -> TransactionAttempts:
         return self
@@ -189,13 +187,10 @@ class TransactionAttempts:
     def may_run_again(self) -> bool:
         return self._attempt_count <= self._retry_count_max
 
-    def conflicted(self) -> None:
-        self._conflict_count += 1
-
     def may_assume_new(self) -> bool:
-        """Whether a post may assume its transfers are not stored: only while a conflict would
-        run the unit of work again, and none has yet."""
-        return self._conflict_count == 0 and self.may_run_again()
+        """Whether a post may assume its transfers are not stored: only on the first attempt
+        (each later one follows a conflict), and only when a conflict would run it again."""
+        return self._attempt_count == 1 and self.may_run_again()
 
     def finish(self) -> None:
         self._finished = True
