@@ -869,6 +869,13 @@ def _is_unique_violation(error: DBAPIError) -> bool:
     return getattr(error.orig, "sqlstate", None) == _UNIQUE_VIOLATION_SQLSTATE
 
 
+def is_duplicate_key(error: BaseException) -> bool:
+    """Whether `error` is a conflict on a unique key (`is_conflict`)."""
+    if isinstance(error, LedgerConflictError):
+        return True
+    return isinstance(error, DBAPIError) and _is_unique_violation(error)
+
+
 def is_conflict(error: BaseException) -> bool:
     """Whether `error` means the unit of work lost a race with another writer (a duplicate
     key, a deadlock, a serialization failure) and should run again."""

@@ -1,6 +1,7 @@
 """A unit of work on the ledger: one database transaction that owns its connection, posts through
 the store, links what it stored into the hash chain just before its commit, and runs again
-(bounded, with backoff) when it lost a race with another writer.
+(bounded; after a deadlock or a serialization failure, with backoff) when it lost a race with
+another writer.
 
     async for tx in ledger.transactions():
         async with tx:
@@ -31,7 +32,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.chain import ChainEntry, append_link_entries
 from ledger.model import BatchOutcome, NewTransfers, StoredTransfer, Transfer
-from ledger.store import AccountFacts, is_conflict, read_stored, store_batch, store_new_batch
+from ledger.store import (
+    AccountFacts,
+    is_conflict,
+    is_duplicate_key,
+    read_stored,
+    store_batch,
+    store_new_batch,
+)
 
 CONFLICT_BACKOFF_MS_FIRST = 5
 
@@ -140,6 +148,7 @@ class LedgerTransaction:
             self._attempts.finish()
             return False
         if isinstance(error, Exception) and is_conflict(error) and self._attempts.may_run_again():
+            self._attempts.conflicted(error)
             return True
         if error is exc:
             return False
@@ -167,6 +176,7 @@ class TransactionAttempts:
         self._attempt_count = 0
         self._entered_count = 0
         self._finished = False
+        self._wait_s = 0.0  # before the next attempt
 
     def __aiter__(self) -> TransactionAttempts:
         return self
@@ -176,8 +186,8 @@ class TransactionAttempts:
             raise StopAsyncIteration
         if self._entered_count != self._attempt_count:
             raise RuntimeError("each ledger transaction must be run with `async with`")
-        if self._attempt_count > 0:
-            await asyncio.sleep(self._backoff_s())
+        if self._wait_s > 0:
+            await asyncio.sleep(self._wait_s)
         self._attempt_count += 1
         return LedgerTransaction(self._engine, self._facts, self)
 
@@ -186,6 +196,18 @@ class TransactionAttempts:
 
     def may_run_again(self) -> bool:
         return self._attempt_count <= self._retry_count_max
+
+    def conflicted(self, error: Exception) -> None:
+        """The attempt lost a race: the next waits a backoff, unless the race was for a unique
+        key. A key's check waits for the writer that took it to end, so that writer has
+        committed, and the next attempt reads what it stored at once (the first attempt's own
+        ids, assumed new, fail so too)."""
+        self._wait_s = 0.0 if is_duplicate_key(error) else self._backoff_s()
+
+    @property
+    def waited_s(self) -> float:
+        """How long the latest attempt waited before it began (0 for the first)."""
+        return self._wait_s
 
     def may_assume_new(self) -> bool:
         """Whether a post may assume its transfers are not stored: only on the first attempt

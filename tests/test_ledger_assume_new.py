@@ -78,3 +78,24 @@ async def test_a_unit_of_work_that_may_not_run_again_reads_its_ids_first(
     results, attempts = await post_counting_attempts(ledger, [stored], retry_count_max=0)
 
     assert (results, attempts) == ([PostResult.EXISTS], 1)
+
+
+async def test_an_attempt_after_a_duplicate_key_runs_at_once(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    """The writer that took the key has committed (the key's check waited for it), so no
+    backoff: it is for deadlocks, whose writers could meet again."""
+    ledger = Ledger(engine)
+    a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
+    stored = Transfer(new_id(), a, b, 10, SYN)
+    await post_counting_attempts(ledger, [stored])
+
+    waits: list[float] = []
+    attempts = ledger.transactions()
+    async for tx in attempts:
+        async with tx:
+            waits.append(attempts.waited_s)
+            outcome = await tx.post([stored], last=True)
+
+    assert outcome.results == [PostResult.EXISTS]
+    assert waits == [0.0, 0.0]
