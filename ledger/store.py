@@ -187,16 +187,16 @@ def _batch_rows(columns: Sequence[tuple[str, str]], head: str | None) -> str:
     )"""  # noqa: S608 (constant fragments)
 
 
-def _updated(totals: Sequence[str], bigint_array: str) -> str:
+def _updated(totals: Sequence[str]) -> str:
     """The CTE `updated`: each account of the parameter `account_ids` gets its deltas of
     `totals` (columns of `accounts`, `_POSTED_TOTALS` at least; a parameter each, named as its
-    column), every parameter read as the format `bigint_array` says. It returns each account's
+    column), every parameter an array literal of bigints. It returns each account's
     id, its posted balance just before the update and the clock once its row is locked.
 
     It updates nothing unless `batch_rows` holds the parameter `transfer_count` rows: a
     condition that holds for every well-formed write, and that PostgreSQL evaluates once,
     before the first row is updated, so `batch_rows` is built before any lock is taken."""
-    arrays = ", ".join(bigint_array.format(name) for name in ("account_ids", *totals))
+    arrays = ", ".join(_INT_ARRAY_TEXT.format(name, "bigint") for name in ("account_ids", *totals))
     assignments = ", ".join(f"{total} = a.{total} + d.{total}" for total in totals)
     return f"""
     updated AS (
@@ -312,7 +312,7 @@ def _write_batch_sql(linked: bool) -> str:
     """`_WRITE_BATCH`'s text; `linked`, with the CTEs that link the chain (`_linked_write`)."""
     return f"""
     WITH {_batch_rows(_BATCH_COLUMNS, _GENERAL_HEAD if linked else None)},
-         {_updated(_ALL_TOTALS, _INT_ARRAY_TEXT.format("{}", "bigint"))}, {_STAMP}, {_NEW_KEYS},
+         {_updated(_ALL_TOTALS)}, {_STAMP}, {_NEW_KEYS},
          new_resolutions AS (
         INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
         SELECT r.pending_id, r.resolved_by, r.outcome, stamp.at
@@ -348,7 +348,7 @@ def _write_new_batch_sql(linked: bool) -> str:
     """`_WRITE_NEW_BATCH`'s text; `linked`, with the CTEs that link the chain."""
     return f"""
     WITH {_batch_rows(_NEW_BATCH_COLUMNS, _NEW_HEAD if linked else None)},
-         {_updated(_POSTED_TOTALS, _INT_ARRAY_TEXT.format("{}", "bigint"))},
+         {_updated(_POSTED_TOTALS)},
          {_STAMP}, {_NEW_KEYS}, new_transfers AS (
         INSERT INTO transfers (
             id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,
@@ -858,8 +858,8 @@ async def _write_new_batch(
 
 
 _UNIQUE_VIOLATION_SQLSTATE = "23505"
-_CONFLICT_SQLSTATES = {
-    _UNIQUE_VIOLATION_SQLSTATE,  # another writer stored the same key first
+# The races other than a duplicate key (`is_duplicate_key`), whose writers could meet again.
+_RACE_LOST_SQLSTATES = {
     "40001",  # serialization_failure
     "40P01",  # deadlock_detected
 }
@@ -879,8 +879,7 @@ def is_duplicate_key(error: BaseException) -> bool:
 def is_conflict(error: BaseException) -> bool:
     """Whether `error` means the unit of work lost a race with another writer (a duplicate
     key, a deadlock, a serialization failure) and should run again."""
-    if isinstance(error, LedgerConflictError):
-        return True
-    return isinstance(error, DBAPIError) and (
-        getattr(error.orig, "sqlstate", None) in _CONFLICT_SQLSTATES
+    return is_duplicate_key(error) or (
+        isinstance(error, DBAPIError)
+        and getattr(error.orig, "sqlstate", None) in _RACE_LOST_SQLSTATES
     )

@@ -29,15 +29,24 @@ async def post_counting_attempts(
     return outcome.results, attempts
 
 
-async def test_a_batch_that_repeats_a_stored_transfer_runs_again_and_stores_the_rest_once(
-    engine: AsyncEngine, unique_id: str
-) -> None:
+async def a_stored_transfer(
+    engine: AsyncEngine, unique_id: str, retry_count_max: int | None = None
+) -> tuple[Ledger, Transfer]:
+    """A ledger and a transfer of 10 it has stored, between two new accounts."""
     ledger = Ledger(engine)
     a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
     stored = Transfer(new_id(), a, b, 10, SYN)
-    assert await post_counting_attempts(ledger, [stored]) == ([PostResult.OK], 1)
+    assert await post_counting_attempts(ledger, [stored], retry_count_max) == ([PostResult.OK], 1)
+    return ledger, stored
 
-    fresh = Transfer(new_id(), a, b, 7, SYN)
+
+async def test_a_batch_that_repeats_a_stored_transfer_runs_again_and_stores_the_rest_once(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    ledger, stored = await a_stored_transfer(engine, unique_id)
+    b = stored.credit_account_id
+
+    fresh = Transfer(new_id(), stored.debit_account_id, b, 7, SYN)
     results, attempts = await post_counting_attempts(ledger, [stored, fresh])
 
     assert results == [PostResult.EXISTS, PostResult.OK]
@@ -70,10 +79,7 @@ async def test_a_stored_transfer_the_walk_would_refuse_is_told_exists_in_one_att
 async def test_a_unit_of_work_that_may_not_run_again_reads_its_ids_first(
     engine: AsyncEngine, unique_id: str
 ) -> None:
-    ledger = Ledger(engine)
-    a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
-    stored = Transfer(new_id(), a, b, 10, SYN)
-    await post_counting_attempts(ledger, [stored], retry_count_max=0)
+    ledger, stored = await a_stored_transfer(engine, unique_id, retry_count_max=0)
 
     results, attempts = await post_counting_attempts(ledger, [stored], retry_count_max=0)
 
@@ -85,10 +91,7 @@ async def test_an_attempt_after_a_duplicate_key_runs_at_once(
 ) -> None:
     """The writer that took the key has committed (the key's check waited for it), so no
     backoff: it is for deadlocks, whose writers could meet again."""
-    ledger = Ledger(engine)
-    a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
-    stored = Transfer(new_id(), a, b, 10, SYN)
-    await post_counting_attempts(ledger, [stored])
+    ledger, stored = await a_stored_transfer(engine, unique_id)
 
     waits: list[float] = []
     attempts = ledger.transactions()

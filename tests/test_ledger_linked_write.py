@@ -60,6 +60,15 @@ async def assert_verified(engine: AsyncEngine) -> None:
         assert await verify(conn) == []
 
 
+async def assert_newest_link_holds(engine: AsyncEngine, ids: list[uuid.UUID]) -> None:
+    """The newest link names the transfers `ids`, its digest is the one the chain makes of
+    their stored rows, and the ledger verifies."""
+    link_ids, link_digest = await newest_link(engine)
+    assert sorted(link_ids) == sorted(ids)
+    assert link_digest == await digest_of_stored(engine, ids)
+    await assert_verified(engine)
+
+
 @pytest.mark.parametrize("event_ids", [AWKWARD_EVENT_IDS[:4], AWKWARD_EVENT_IDS])
 async def test_the_last_new_batch_links_the_digest_the_chain_makes_of_its_stored_rows(
     engine: AsyncEngine, unique_id: str, event_ids: list[str | None]
@@ -122,11 +131,7 @@ async def test_the_last_general_batch_links_what_it_stored(
         async with tx:
             await tx.post(transfers, last=True)
 
-    ids = [transfer.id for transfer in transfers]
-    link_ids, link_digest = await newest_link(engine)
-    assert sorted(link_ids) == sorted(ids)
-    assert link_digest == await digest_of_stored(engine, ids)
-    await assert_verified(engine)
+    await assert_newest_link_holds(engine, [transfer.id for transfer in transfers])
 
 
 async def test_a_last_batch_that_posts_and_voids_pending_transfers_links_what_it_stored(
@@ -165,11 +170,7 @@ async def test_a_last_batch_that_posts_and_voids_pending_transfers_links_what_it
             async with tx:
                 await tx.post(batch, last=True)
 
-    ids = [transfer.id for transfer in resolutions]
-    link_ids, link_digest = await newest_link(engine)
-    assert sorted(link_ids) == sorted(ids)
-    assert link_digest == await digest_of_stored(engine, ids)
-    await assert_verified(engine)
+    await assert_newest_link_holds(engine, [transfer.id for transfer in resolutions])
 
 
 async def test_no_ledger_write_may_follow_the_last(engine: AsyncEngine, unique_id: str) -> None:
