@@ -1,6 +1,6 @@
 """The ledger's store: its SQL, the account locks, `AccountFacts` and the write. It never decides:
 `ledger.decide` does, between the reads and the write below. At most three statements per batch,
-whatever its size (and two that set how they are planned, `_generic_plans`):
+whatever its size (and one before them that sets how they are planned, `_generic_plans`):
 
 1. Read the stored transfers that the batch names (its own ids, for idempotency, and the pending
    transfers it posts or voids) with how each pending ended. On a unit of work's first attempt
@@ -89,18 +89,39 @@ _ZERO = AccountTotals(0, "", 0)
 # cost the server about 1.2 ms a batch of 1,000 to make (its array literals are parsed while
 # planning), and, seeing the arrays' sizes, it hashed the whole accounts table to join 700
 # accounts (bench/README.md, 2026-12-05: "a fifth less CPU a transfer").
-_GENERIC_PLANS = text("SET LOCAL plan_cache_mode = force_generic_plan")
-_CONNECTION_PLANS = text("SET LOCAL plan_cache_mode = DEFAULT")
+#
+# The setting is given back by the write itself, the store's last statement, when there is one
+# (`_WRITE_RESULT`): a statement of its own after the write was one more round trip while the
+# write's locks are held, and a linked write holds them until the commit.
+_GENERIC_PLANS = text(
+    """
+    SELECT before.mode, set_config('plan_cache_mode', 'force_generic_plan', true)
+    FROM (SELECT current_setting('plan_cache_mode') AS mode OFFSET 0) AS before
+    """
+)
+_SET_PLANS = text("SELECT set_config('plan_cache_mode', :mode, true)")
+
+
+@dataclass(slots=True)
+class _PlanSetting:
+    """The caller's `plan_cache_mode`, to give back, and whether a write has given it back."""
+
+    mode_before: str
+    given_back: bool = False
 
 
 @asynccontextmanager
-async def _generic_plans(conn: AsyncConnection) -> AsyncIterator[None]:
+async def _generic_plans(conn: AsyncConnection) -> AsyncIterator[_PlanSetting]:
     """Run the store's statements with generic plans, then give the rest of the caller's
-    transaction its connection's setting back. Not after an error: the transaction is then
-    rolled back (a conflict, a failed statement), and its settings with it."""
-    await conn.execute(_GENERIC_PLANS)
-    yield
-    await conn.execute(_CONNECTION_PLANS)
+    transaction the setting it had: a write gives it back itself (its parameter
+    `plan_cache_mode_after`, then `given_back`), else one statement more does. Not after an
+    error: the transaction is then rolled back (a conflict, a failed statement), and its
+    settings with it."""
+    mode_before, _ = (await conn.execute(_GENERIC_PLANS)).one()
+    setting = _PlanSetting(mode_before)
+    yield setting
+    if not setting.given_back:
+        await conn.execute(_SET_PLANS, {"mode": setting.mode_before})
 
 
 _SELECT_TRANSFERS = text(
@@ -231,9 +252,11 @@ _NEW_KEYS = """
     )"""
 
 # What `_execute_write` reads, one row: the accounts' balances before the batch (in id order),
-# the commit timestamp, the count inserted.
+# the commit timestamp, the count inserted. It also gives the caller's transaction back its
+# `plan_cache_mode` (`_generic_plans`), for the statements after this one.
 _WRITE_RESULT = """
-    SELECT stamp.balances_before, stamp.at, (SELECT count(*) FROM new_transfers) AS inserted
+    SELECT stamp.balances_before, stamp.at, (SELECT count(*) FROM new_transfers) AS inserted,
+           set_config('plan_cache_mode', :plan_cache_mode_after, true) AS plan_cache_mode
     FROM stamp
     """
 
@@ -600,17 +623,27 @@ def _write_plan(
 
 
 async def _execute_write(
-    conn: AsyncConnection, statement: TextClause, parameters: dict[str, Any], accepted_count: int
+    conn: AsyncConnection,
+    statement: TextClause,
+    parameters: dict[str, Any],
+    accepted_count: int,
+    plans: _PlanSetting,
 ) -> tuple[list[int], datetime]:
-    """Run step 4 (`_WRITE_BATCH` or `_WRITE_NEW_BATCH`); returns the accounts' balances before
-    the batch, in id order, and the commit timestamp."""
+    """Run step 4 (`_WRITE_BATCH` or `_WRITE_NEW_BATCH`), which gives the caller its planning
+    back (`plans`); returns the accounts' balances before the batch, in id order, and the
+    commit timestamp."""
     try:
-        row = (await conn.execute(statement, parameters)).one()
+        row = (
+            await conn.execute(
+                statement, {**parameters, "plan_cache_mode_after": plans.mode_before}
+            )
+        ).one()
     except IntegrityError as error:
         if _is_unique_violation(error):
             raise LedgerConflictError(str(error.orig)) from error
         raise
-    balances_before, committed_at, inserted = row
+    plans.given_back = True
+    balances_before, committed_at, inserted, _ = row
     if inserted != accepted_count:
         raise AssertionError(f"stored {inserted} of {accepted_count} accepted transfers")
     assert isinstance(committed_at, datetime)
@@ -623,6 +656,7 @@ async def _write(
     originals: dict[int, AccountTotals],
     metadata_texts: list[str | None],
     linked: bool,
+    plans: _PlanSetting,
 ) -> datetime:
     """Step 4. Moves the accepted transfers onto the balances their accounts had once
     locked, as the database stored them, and onto the commit timestamp, which it returns,
@@ -638,11 +672,11 @@ async def _write(
     plan = _write_plan(walk, originals, metadata_texts)
     if linked:
         _, committed_at = await _execute_write(
-            conn, _WRITE_BATCH_LINKED, plan.parameters, len(walk.accepted)
+            conn, _WRITE_BATCH_LINKED, plan.parameters, len(walk.accepted), plans
         )
         return committed_at
     before, committed_at = await _execute_write(
-        conn, _WRITE_BATCH, plan.parameters, len(walk.accepted)
+        conn, _WRITE_BATCH, plan.parameters, len(walk.accepted), plans
     )
     for accepted, debit_position, credit_position, debit_offset, credit_offset in zip(
         walk.accepted,
@@ -722,14 +756,17 @@ async def store_batch(
         raise ValueError(f"batch of {len(transfers)} exceeds {TRANSFER_BATCH_SIZE_MAX}")
     if not transfers:
         return BatchOutcome(results=[]), []
-    async with _generic_plans(conn):
-        return await _read_decide_write(conn, transfers, facts, link=link, assume_new=assume_new)
+    async with _generic_plans(conn) as plans:
+        return await _read_decide_write(
+            conn, transfers, facts, plans, link=link, assume_new=assume_new
+        )
 
 
 async def _read_decide_write(
     conn: AsyncConnection,
     transfers: Sequence[Transfer],
     facts: AccountFacts | None,
+    plans: _PlanSetting,
     *,
     link: bool,
     assume_new: bool,
@@ -752,7 +789,7 @@ async def _read_decide_write(
         decided_at=clock or datetime.now(UTC),
     )
     if assume_new and any(result is not PostResult.OK for result in results):
-        return await _read_decide_write(conn, transfers, facts, link=link, assume_new=False)
+        return await _read_decide_write(conn, transfers, facts, plans, link=link, assume_new=False)
     if not walk.accepted:
         return BatchOutcome(results, None, 0), []
     metadata_texts = [metadata_json(accepted.transfer.metadata) for accepted in walk.accepted]
@@ -767,7 +804,7 @@ async def _read_decide_write(
             for accepted, text in zip(walk.accepted, metadata_texts, strict=True)
         ]
     )
-    committed_at = await _write(conn, walk, originals, metadata_texts, linked)
+    committed_at = await _write(conn, walk, originals, metadata_texts, linked, plans)
     outcome = BatchOutcome(results, committed_at, len(walk.accepted))
     if linked:
         return outcome, []
@@ -786,12 +823,17 @@ async def store_new_batch(
     `LedgerConflictError`, as a race does in `store_batch`: the caller's unit of work runs
     again, and should then post with `store_batch`.
     """
-    async with _generic_plans(conn):
-        return await _write_new_batch(conn, batch, facts, link=link)
+    async with _generic_plans(conn) as plans:
+        return await _write_new_batch(conn, batch, facts, plans, link=link)
 
 
 async def _write_new_batch(
-    conn: AsyncConnection, batch: NewTransfers, facts: AccountFacts, *, link: bool
+    conn: AsyncConnection,
+    batch: NewTransfers,
+    facts: AccountFacts,
+    plans: _PlanSetting,
+    *,
+    link: bool,
 ) -> tuple[datetime, list[ChainEntry]]:
     """`store_new_batch`'s steps."""
     known = await _account_facts(
@@ -823,7 +865,9 @@ async def _write_new_batch(
         "credit_offsets": _int_array_text(plan.credit_offsets),
     }
     if link:
-        _, committed_at = await _execute_write(conn, _WRITE_NEW_BATCH_LINKED, parameters, count)
+        _, committed_at = await _execute_write(
+            conn, _WRITE_NEW_BATCH_LINKED, parameters, count, plans
+        )
         return committed_at, []
     # The chain's lines are started before the write takes the accounts' locks.
     heads = [
@@ -844,7 +888,7 @@ async def _write_new_batch(
         )
         for index in range(count)
     ]
-    before, committed_at = await _execute_write(conn, _WRITE_NEW_BATCH, parameters, count)
+    before, committed_at = await _execute_write(conn, _WRITE_NEW_BATCH, parameters, count, plans)
     entries: list[ChainEntry] = []
     for index in range(count):
         transfer_id = batch.ids[index]

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.model import AccountFlags, NewTransfers, Transfer, TransferCode
+from ledger.model import AccountFlags, NewTransfers, PostResult, Transfer, TransferCode
 from ledger.service import Ledger
 from tests.ledger_helpers import make_accounts, new_id
 from tests.query_plans import nodes_of, plan_root
@@ -155,3 +155,67 @@ async def test_the_writes_generic_plan_probes_the_accounts_key_on_a_small_table(
         assert all(node["Node Type"] in INDEX_SCAN_TYPES for node in reads), json.dumps(
             plan, indent=2
         )
+
+
+@pytest.mark.parametrize(
+    ("path", "last", "accepted"),
+    [
+        ("post", False, True),
+        ("post", True, True),
+        ("post", True, False),
+        ("post_new", False, True),
+        ("post_new", True, True),
+    ],
+)
+async def test_the_write_gives_the_caller_its_own_setting_back_and_is_the_last_statement(
+    engine: AsyncEngine, unique_id: str, path: str, last: bool, accepted: bool
+) -> None:
+    """The caller's own setting comes back, not the connection's. A write gives it back itself,
+    so nothing runs between the write and what the caller does next (a linked write holds its
+    accounts' locks and the chain head until the commit); a batch with nothing to write gives
+    it back with a statement of its own."""
+    ledger = Ledger(engine)
+    account_ids = await make_accounts(
+        ledger,
+        unique_id,
+        [AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS, AccountFlags.NONE, AccountFlags.NONE],
+    )
+    # The first account may not go below zero and has no credits: a batch debiting it alone is
+    # refused, and writes nothing. The other two have no rule.
+    refused = [
+        Transfer(
+            id=new_id(),
+            debit_account_id=account_ids[0],
+            credit_account_id=account_ids[1],
+            amount=1,
+            code=TransferCode.SYNTHETIC,
+        )
+    ]
+    statements: list[str] = []
+
+    def record(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        statements.append(statement)
+
+    async for tx in ledger.transactions():
+        async with tx:
+            await tx.connection.execute(text("SET LOCAL plan_cache_mode = auto"))
+            event.listen(engine.sync_engine, "before_cursor_execute", record)
+            try:
+                if path == "post_new":
+                    await tx.post_new(new_transfers_between(account_ids[1:], 2), last=last)
+                elif accepted:
+                    await tx.post(transfers_between(account_ids[1:], 2), last=last)
+                else:
+                    outcome = await tx.post(refused, last=last)
+                    assert outcome.results == [PostResult.EXCEEDS_CREDITS]
+            finally:
+                event.remove(engine.sync_engine, "before_cursor_execute", record)
+            mode_after = await plan_cache_mode(tx.connection)
+    assert mode_after == "auto"
+    assert statements, "the store ran no statement"
+    if accepted:
+        assert WRITE_MARK in statements[-1], statements[-1]
+    else:
+        assert not any(WRITE_MARK in statement for statement in statements)
