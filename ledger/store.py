@@ -1,6 +1,7 @@
 """The ledger's store: its SQL, the account locks, `AccountFacts` and the write. It never decides:
 `ledger.decide` does, between the reads and the write below. At most three statements per batch,
-whatever its size (and one before them that sets how they are planned, `_generic_plans`):
+whatever its size (and one before them that sets how they are planned, `_generic_plans`, given
+back by the write, or by one statement more when nothing is written):
 
 1. Read the stored transfers that the batch names (its own ids, for idempotency, and the pending
    transfers it posts or voids) with how each pending ended. On a unit of work's first attempt
