@@ -40,9 +40,11 @@ from services.loadtest.checks import (
     table_warnings,
 )
 from services.loadtest.stream_format import ExpectedState
+from services.runtime.kafka_offsets import end_offsets
 
 DUPLICATES_RULE = "duplicates:"
 VERIFY_TIMEOUT_S = 300.0
+END_OFFSETS_WAIT_S = 30.0
 
 
 @dataclass
@@ -145,7 +147,7 @@ async def unconsumed_records(
             await reader.topics()  # fetches the cluster's metadata
             numbers = sorted(reader.partitions_for_topic(name) or ())
             partitions = [TopicPartition(name, number) for number in numbers]
-            ends = await reader.end_offsets(partitions)
+            ends = await end_offsets(reader, partitions, END_OFFSETS_WAIT_S)
             behind[topic] = 0
             for partition in partitions:
                 committed = await reader.committed(partition)

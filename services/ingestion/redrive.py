@@ -47,6 +47,7 @@ from services.operator.actions_log import (
     load_action,
     record_action,
 )
+from services.runtime.kafka_offsets import end_offsets
 
 REDRIVE_COUNT_MAX: Final = 1_000
 REDRIVE_OF_HEADER: Final = "giftledger-redrive-of"
@@ -339,8 +340,7 @@ async def read_source_records(
             if not wanted:
                 return found
             partitions = sorted({TopicPartition(topic_name, partition) for partition, _ in wanted})
-            consumer.assign(partitions)
-            ends = await consumer.end_offsets(partitions)
+            ends = await end_offsets(consumer, partitions, wait_s)  # assigns them
             for partition, offset in sorted(wanted):
                 place = TopicPartition(topic_name, partition)
                 if (partition, offset) in found or offset >= ends[place]:

@@ -55,6 +55,7 @@ from services.loadtest.stream_format import (
     recorded_line,
 )
 from services.runtime.embedded_broker import wait_for_broker
+from services.runtime.kafka_offsets import end_offsets
 from services.runtime.settings import get_settings
 
 CHECKPOINT_SUFFIX = ".record-checkpoint"
@@ -187,27 +188,16 @@ async def _offsets_at(
     }
 
 
-async def _end_offsets(consumer: Any, partitions: list[Any]) -> dict[Any, int]:
-    """The end offset of each partition: the larger of what ListOffsets says and the high
-    watermark of a fetch (some brokers, the embedded one among them, answer ListOffsets with
-    less than the end). The fetched records are dropped; the caller seeks afterwards."""
-    listed = await consumer.end_offsets(partitions)
-    consumer.assign(partitions)
-    for partition in partitions:
-        consumer.seek(partition, 0)
-    deadline = time.monotonic() + HIGH_WATERMARK_WAIT_S
-    while any(consumer.highwater(p) is None for p in partitions):
-        if time.monotonic() > deadline:
-            raise RecordError(f"no high watermark from the broker in {HIGH_WATERMARK_WAIT_S:g} s")
-        await consumer.getmany(timeout_ms=FETCH_WAIT_MS, max_records=1)
-    return {p: max(listed[p], int(consumer.highwater(p))) for p in partitions}
-
-
 async def _start_and_stop(
     consumer: Any, partitions: list[Any], bounds: Bounds
 ) -> tuple[dict[Any, int], dict[Any, int | None]]:
     beginning = await consumer.beginning_offsets(partitions)
-    end = await _end_offsets(consumer, partitions)
+    try:
+        end = await end_offsets(consumer, partitions, HIGH_WATERMARK_WAIT_S)
+    except TimeoutError as error:
+        raise RecordError(
+            f"no high watermark from the broker in {HIGH_WATERMARK_WAIT_S:g} s"
+        ) from error
     if bounds.from_time is not None:
         start = await _offsets_at(consumer, partitions, bounds.from_time, end)
     elif bounds.from_offset is not None:
