@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from schemas import topics
 from services.app.poison import apply_isolating_poison
 from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S, OutboxRelay
+from services.cashout.outbox_retention import OUTBOX_PRUNE_INTERVAL_S, prune_published
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, DeadLetter, InputRecord
 from services.rates.rate_cards import RATE_CARD_REFRESH_S, load_rate_cards
@@ -360,6 +361,23 @@ class ConsumerService:
 
         await self._every(OUTBOX_POLL_INTERVAL_S, "outbox not published", publish_all)
 
+    async def _prune_outbox(self) -> None:
+        async def prune() -> None:
+            deleted = await prune_published(
+                self.ingestor.ledger,
+                self.settings.kafka_topic_prefix,
+                self.settings.outbox_retention_hours,
+            )
+            if deleted:
+                metrics.OUTBOX_ROWS_PRUNED.inc(deleted)
+                logger.info(
+                    "deleted %d published outbox rows older than %d hours",
+                    deleted,
+                    self.settings.outbox_retention_hours,
+                )
+
+        await self._every(OUTBOX_PRUNE_INTERVAL_S, "outbox not pruned", prune)
+
     async def _refresh_rate_cards(self) -> None:
         async def reload() -> None:
             async with self.ingestor.ledger.connect() as conn:
@@ -416,6 +434,8 @@ class ConsumerService:
             asyncio.create_task(self._refresh_rate_cards(), name="refresh-rate-cards"),
             asyncio.create_task(self._publish_outbox(), name="publish-outbox"),
         ]
+        if self.settings.outbox_retention_hours:
+            self._tasks.append(asyncio.create_task(self._prune_outbox(), name="prune-outbox"))
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -45,6 +45,10 @@ TRANSFER_PARTITION_MONTHS_AHEAD = Gauge(
     "Months after the current one (UTC) whose transfers partition exists, up to the first"
     " without one, as of the last upkeep; -1 when the current month has none.",
 )
+OUTBOX_ROWS_PRUNED = Counter(
+    "giftledger_outbox_rows_pruned_total",
+    "Published outbox rows deleted once older than OUTBOX_RETENTION_HOURS.",
+)
 DATABASE_RETRIES = Counter(
     "giftledger_database_retries_total", "Batches retried after a database error.", ["topic"]
 )

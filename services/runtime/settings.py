@@ -228,6 +228,14 @@ class Settings(BaseSettings):
         " cash-outs/s at 250); but a batch holds its creators' and cash-outs' locks until its"
         " commit, so each cash-out waits longer (p99 4.2 against 1.4 s).",
     )
+    outbox_retention_hours: int = Field(
+        default=168,
+        ge=0,
+        le=87_840,
+        description="Published outbox rows older than this many hours are deleted by `giftledger"
+        " run` (services/cashout/outbox_retention.py); 0 keeps them for good. Unpublished rows"
+        " are never deleted.",
+    )
     consumer_gift_fetch_wait_ms_max: int = Field(
         default=20,
         ge=1,
