@@ -5,9 +5,13 @@
 --
 -- The writer may delete outbox rows, and the database refuses to delete one that is not
 -- published yet, for every role, so pruning can never lose a message; nobody may TRUNCATE it.
-CREATE FUNCTION refuse_unpublished_outbox_delete() RETURNS trigger
+CREATE FUNCTION refuse_outbox_loss() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        RAISE EXCEPTION 'TRUNCATE on outbox is not allowed: unpublished messages would be lost'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF OLD.published_at IS NULL THEN
         RAISE EXCEPTION 'outbox row % is not published yet: it cannot be deleted', OLD.id
             USING ERRCODE = 'insufficient_privilege';
@@ -16,9 +20,9 @@ BEGIN
 END $$;
 
 CREATE TRIGGER outbox_keeps_unpublished BEFORE DELETE ON outbox
-    FOR EACH ROW EXECUTE FUNCTION refuse_unpublished_outbox_delete();
+    FOR EACH ROW EXECUTE FUNCTION refuse_outbox_loss();
 CREATE TRIGGER outbox_no_truncate BEFORE TRUNCATE ON outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION refuse_ledger_change();
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_outbox_loss();
 
 GRANT DELETE ON outbox TO giftledger_writer;
 

@@ -33,7 +33,9 @@ async def end_offsets(
     listed = await consumer.end_offsets(wanted)
     consumer.assign(wanted)  # a new assignment: no high watermark is known yet
     for partition in wanted:
-        consumer.seek(partition, 0)  # the log's start, where retention has removed offset 0
+        # Offset 0, or where the consumer's `auto_offset_reset` moves it when retention has
+        # removed offset 0: either way the fetch's answer holds the high watermark.
+        consumer.seek(partition, 0)
     async with asyncio.timeout(wait_s):
         while any(consumer.highwater(partition) is None for partition in wanted):
             await consumer.getmany(*wanted, timeout_ms=HIGH_WATERMARK_FETCH_WAIT_MS, max_records=1)
