@@ -1,7 +1,8 @@
 """End offsets on the session's broker, for partitions written as producers write them: many
 records of a partition in one produce request. The embedded broker's ListOffsets answers such a
 partition with less than its end; the dead letters' source records past that answer were then
-reported gone (the console's page, `giftledger dlq redrive`), though they were in their topic."""
+reported gone (the console's page, `giftledger operator redrive` and its API route), though they
+were in their topic."""
 
 from __future__ import annotations
 
