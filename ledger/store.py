@@ -655,7 +655,7 @@ async def _write(
     conn: AsyncConnection,
     walk: Walk,
     originals: dict[int, AccountTotals],
-    metadata_texts: list[str | None],
+    plan: _WritePlan,
     linked: bool,
     plans: _PlanSetting,
 ) -> datetime:
@@ -670,7 +670,6 @@ async def _write(
     Accounts the batch did not lock in step 2 were walked from zero: their running balances
     shift by the balance the write found them at.
     """
-    plan = _write_plan(walk, originals, metadata_texts)
     if linked:
         _, committed_at = await _execute_write(
             conn, _WRITE_BATCH_LINKED, plan.parameters, len(walk.accepted), plans
@@ -740,6 +739,7 @@ async def store_batch(
     *,
     link: bool = False,
     assume_new: bool = False,
+    freed_after_commit: list[object] | None = None,
 ) -> tuple[BatchOutcome, list[ChainEntry]]:
     """Post `transfers` inside the caller's transaction on `conn`: read what the walk needs,
     decide (`ledger.decide`), write what it accepted. `facts` (the database's `AccountFacts`)
@@ -752,6 +752,11 @@ async def store_batch(
     accepted transfer has an expiry, known only once written) and returns no entries. Transfers
     that are not OK change nothing. A `LedgerConflictError` means the unit of work should be run
     again.
+
+    The batch's working objects (its walk, the write's parameters) are appended to
+    `freed_after_commit`, for the unit of work to drop once it has committed: freeing them
+    (about 0.3 ms for 1,000 transfers) would otherwise happen as this returns, after the write
+    has taken its accounts' locks and before the `COMMIT` releases them.
     """
     if len(transfers) > TRANSFER_BATCH_SIZE_MAX:
         raise ValueError(f"batch of {len(transfers)} exceeds {TRANSFER_BATCH_SIZE_MAX}")
@@ -759,7 +764,13 @@ async def store_batch(
         return BatchOutcome(results=[]), []
     async with _generic_plans(conn) as plans:
         return await _read_decide_write(
-            conn, transfers, facts, plans, link=link, assume_new=assume_new
+            conn,
+            transfers,
+            facts,
+            plans,
+            link=link,
+            assume_new=assume_new,
+            freed_after_commit=[] if freed_after_commit is None else freed_after_commit,
         )
 
 
@@ -771,6 +782,7 @@ async def _read_decide_write(
     *,
     link: bool,
     assume_new: bool,
+    freed_after_commit: list[object],
 ) -> tuple[BatchOutcome, list[ChainEntry]]:
     """`store_batch`'s steps, for a batch of at least one transfer."""
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
@@ -790,7 +802,15 @@ async def _read_decide_write(
         decided_at=clock or datetime.now(UTC),
     )
     if assume_new and any(result is not PostResult.OK for result in results):
-        return await _read_decide_write(conn, transfers, facts, plans, link=link, assume_new=False)
+        return await _read_decide_write(
+            conn,
+            transfers,
+            facts,
+            plans,
+            link=link,
+            assume_new=False,
+            freed_after_commit=freed_after_commit,
+        )
     if not walk.accepted:
         return BatchOutcome(results, None, 0), []
     metadata_texts = [metadata_json(accepted.transfer.metadata) for accepted in walk.accepted]
@@ -805,7 +825,9 @@ async def _read_decide_write(
             for accepted, text in zip(walk.accepted, metadata_texts, strict=True)
         ]
     )
-    committed_at = await _write(conn, walk, originals, metadata_texts, linked, plans)
+    plan = _write_plan(walk, originals, metadata_texts)
+    freed_after_commit.append((stored, outcomes, roles, accounts, originals, walk, plan, heads))
+    committed_at = await _write(conn, walk, originals, plan, linked, plans)
     outcome = BatchOutcome(results, committed_at, len(walk.accepted))
     if linked:
         return outcome, []
@@ -813,7 +835,12 @@ async def _read_decide_write(
 
 
 async def store_new_batch(
-    conn: AsyncConnection, batch: NewTransfers, facts: AccountFacts, *, link: bool = False
+    conn: AsyncConnection,
+    batch: NewTransfers,
+    facts: AccountFacts,
+    *,
+    link: bool = False,
+    freed_after_commit: list[object] | None = None,
 ) -> tuple[datetime, list[ChainEntry]]:
     """Post plain transfers that are not stored yet (`ledger.decide.plan_new_batch` says which
     batches qualify), inside the caller's transaction, in one statement: step 4 alone. Returns
@@ -823,9 +850,18 @@ async def store_new_batch(
     A transfer id that is stored already fails the write on its unique key with
     `LedgerConflictError`, as a race does in `store_batch`: the caller's unit of work runs
     again, and should then post with `store_batch`.
+
+    `freed_after_commit`, as `store_batch`'s.
     """
     async with _generic_plans(conn) as plans:
-        return await _write_new_batch(conn, batch, facts, plans, link=link)
+        return await _write_new_batch(
+            conn,
+            batch,
+            facts,
+            plans,
+            link=link,
+            freed_after_commit=[] if freed_after_commit is None else freed_after_commit,
+        )
 
 
 async def _write_new_batch(
@@ -835,6 +871,7 @@ async def _write_new_batch(
     plans: _PlanSetting,
     *,
     link: bool,
+    freed_after_commit: list[object],
 ) -> tuple[datetime, list[ChainEntry]]:
     """`store_new_batch`'s steps."""
     known = await _account_facts(
@@ -865,6 +902,8 @@ async def _write_new_batch(
         "debit_offsets": _int_array_text(plan.debit_offsets),
         "credit_offsets": _int_array_text(plan.credit_offsets),
     }
+    freed_after_commit.append((known, plan, positions, debit_positions, credit_positions))
+    freed_after_commit.append(parameters)
     if link:
         _, committed_at = await _execute_write(
             conn, _WRITE_NEW_BATCH_LINKED, parameters, count, plans

@@ -55,6 +55,10 @@ class LedgerTransaction:
         self._connection: AsyncConnection | None = None
         self._chain_entries: list[ChainEntry] = []
         self._last_posted = False
+        # What the batches were made from and the store's working objects: dropped only after
+        # the commit (or the rollback), so that freeing them is not done while the last write
+        # holds its accounts' locks and the chain head (`ledger.store.store_batch`).
+        self._freed_after_commit: list[object] = []
 
     @property
     def connection(self) -> AsyncConnection:
@@ -78,8 +82,14 @@ class LedgerTransaction:
         `post_new`."""
         self._check_not_after_last(last)
         facts = None if lock_accounts_first else self._facts
+        self._freed_after_commit.append(transfers)
         outcome, entries = await store_batch(
-            self.connection, transfers, facts, link=last, assume_new=self._attempts.may_assume_new()
+            self.connection,
+            transfers,
+            facts,
+            link=last,
+            assume_new=self._attempts.may_assume_new(),
+            freed_after_commit=self._freed_after_commit,
         )
         self._chain_entries += entries
         return outcome
@@ -93,8 +103,13 @@ class LedgerTransaction:
         locks. The chain head is then locked from that write to the commit, so what the caller
         still runs after it should be short."""
         self._check_not_after_last(last)
+        self._freed_after_commit.append(batch)
         committed_at, entries = await store_new_batch(
-            self.connection, batch, self._facts, link=last
+            self.connection,
+            batch,
+            self._facts,
+            link=last,
+            freed_after_commit=self._freed_after_commit,
         )
         self._chain_entries += entries
         return committed_at
@@ -144,6 +159,7 @@ class LedgerTransaction:
             error = commit_error
         finally:
             self._connection = None
+            self._freed_after_commit.clear()
         if error is None:
             self._attempts.finish()
             return False
