@@ -191,3 +191,39 @@ async def test_no_ledger_write_may_follow_the_last(engine: AsyncEngine, unique_i
     async with engine.connect() as conn:
         stored, _ = await read_stored(conn, [first.id, second.id])
     assert stored == {}  # the unit of work rolled back
+
+
+async def test_a_links_ids_are_stored_uncompressed_even_when_they_would_compress(
+    engine: AsyncEngine,
+) -> None:
+    """Ids as alike as can be (they differ in their last two bytes), which PostgreSQL would
+    compress: the link's array is still stored as it is (migration 0026), since the attempt is
+    made while the batch holds its accounts' locks and real ids never compress."""
+    ledger = Ledger(engine)
+    debit, credit = await make_accounts(ledger, "uncompressed", [AccountFlags.NONE] * 2)
+    base = new_id().int & ~0xFFFF
+    transfers = [
+        Transfer(
+            id=uuid.UUID(int=base + index),
+            debit_account_id=debit,
+            credit_account_id=credit,
+            amount=1,
+            code=TransferCode.SYNTHETIC,
+        )
+        for index in range(500)
+    ]
+    await ledger.post(transfers)
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT cardinality(transfer_ids) AS ids,"
+                    " pg_column_compression(transfer_ids) AS compression,"
+                    " pg_column_size(transfer_ids) AS stored_bytes"
+                    " FROM ledger_links ORDER BY id DESC LIMIT 1"
+                )
+            )
+        ).one()
+    assert row.ids == 500
+    assert row.compression is None
+    assert row.stored_bytes >= 500 * 16
