@@ -196,15 +196,16 @@ def _batch_rows(columns: Sequence[tuple[str, str]], head: str | None) -> str:
     (SQL over those columns as `t`), each transfer's chain line head, the column `head`.
 
     Materialized, and counted by `updated` before it locks its first account: parsing the array
-    literals, unnesting them and making the heads is then done before any lock is taken (about
-    a tenth of the statement), not while the accounts' locks are held, as it would be were the
-    transfers' insert to unnest them itself."""
+    literals, unnesting them, parsing the metadata texts as `jsonb` (the column `document`, which
+    the transfers' insert stores: about 0.75 µs a gift's metadata) and making the heads is then
+    done before any lock is taken (about a tenth of the statement), not while the accounts'
+    locks are held, as it would be were the transfers' insert to do it itself."""
     arrays = ", ".join(sql for sql, _ in columns)
     names = ", ".join(name for _, name in columns)
     head_column = "" if head is None else f", {head} AS head"
     return f"""
     batch_rows AS MATERIALIZED (
-        SELECT t.*{head_column}
+        SELECT t.*, CAST(t.metadata AS jsonb) AS document{head_column}
         FROM unnest({arrays}) WITH ORDINALITY AS t({names}, position)
     )"""  # noqa: S608 (constant fragments)
 
@@ -351,7 +352,7 @@ def _write_batch_sql(linked: bool) -> str:
         SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code,
                t.flags, t.pending_id, t.timeout_s,
                stamp.at + make_interval(secs => t.timeout_s), t.rate_card_version, t.event_id,
-               t.metadata::jsonb, stamp.balances_before[t.debit_position + 1] + t.debit_offset,
+               t.document, stamp.balances_before[t.debit_position + 1] + t.debit_offset,
                stamp.balances_before[t.credit_position + 1] + t.credit_offset, stamp.at
         FROM batch_rows t
         {_STAMP_WHEN_ALL_ACCOUNTS_UPDATED}
@@ -380,7 +381,7 @@ def _write_new_batch_sql(linked: bool) -> str:
             debit_balance_after, credit_balance_after, created_at)
         SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount,
                t.asset, t.code, 0, NULL, NULL, NULL,
-               t.rate_card_version, t.event_id, t.metadata::jsonb,
+               t.rate_card_version, t.event_id, t.document,
                stamp.balances_before[t.debit_position + 1] + t.debit_offset,
                stamp.balances_before[t.credit_position + 1] + t.credit_offset, stamp.at
         FROM batch_rows t
