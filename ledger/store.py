@@ -903,8 +903,9 @@ async def _write_new_batch(
         "debit_offsets": _int_array_text(plan.debit_offsets),
         "credit_offsets": _int_array_text(plan.credit_offsets),
     }
-    freed_after_commit.append((known, plan, positions, debit_positions, credit_positions))
-    freed_after_commit.append(parameters)
+    freed_after_commit.append(
+        (known, plan, positions, debit_positions, credit_positions, parameters)
+    )
     if link:
         _, committed_at = await _execute_write(
             conn, _WRITE_NEW_BATCH_LINKED, parameters, count, plans
