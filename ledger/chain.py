@@ -1,17 +1,29 @@
 """The hash chain over posted batches (tamper evidence).
 
-Each batch that stores transfers appends a link: the ids of its transfers, the SHA-256 of their
-canonical form, and `hash = sha256(previous hash || digest)`. The link is appended at the end of
-the batch's transaction, holding the one-row chain head only until the commit, so concurrent
-writers wait on it for a moment, not for their whole batch.
+Each batch that stores transfers appends a link: the ids of its transfers, a SHA-256 digest of
+their canonical form, and `hash = sha256(previous hash || digest)`. The link is appended at the
+end of the batch's transaction, holding the one-row chain head only until the commit, so
+concurrent writers wait on it for a moment, not for their whole batch.
 
 The canonical form of a transfer is one line of its stored fields, in a fixed order, joined by
 `|`; timestamps in ISO 8601 UTC with microseconds; metadata as JSON with sorted keys. Lines are
-ordered by transfer id, so the digest does not depend on the order rows come back in.
+ordered by transfer id, so the digest does not depend on the order rows come back in. A line is
+its head (every field up to the running balances, `line_head`) and its tail (the two running
+balances and the commit timestamp, `line_tail`).
 
-A unit of work's last write appends its link inside its own statement (`ledger.store`): there the
-lines are made in SQL, their heads by `line_head_sql` and their tails in the form `line_tail`
-gives (`TIMESTAMP_TEXT_SQL`); `tests/test_ledger_linked_write.py` holds the two to one digest.
+A link's digest has one of two forms, stored with it (`ledger_links.form`); both cover every
+field of every transfer the link names:
+
+- `LINK_FORM_LINES`: the SHA-256 of the whole lines. `append_link_entries` makes these links;
+  every link stored before migration 0027 is of this form.
+- `LINK_FORM_HEADS_AND_BALANCES`: `sha256(sha256(heads) || sha256(balances))`, where `heads` is
+  the lines' heads in id order and `balances` the text `{{d,c},{d,c},...}|<timestamp>`: each
+  transfer's debit and credit running balance in id order, as PostgreSQL writes a
+  two-dimensional `bigint` array, then the commit timestamp the link's transfers share. A unit
+  of work's last write appends such a link inside its own statement (`ledger.store`): the heads
+  are made (`line_head_sql`) and hashed before the accounts are locked, so only the balances
+  are hashed while the locks are held (`tests/test_ledger_linked_write.py` holds the SQL and
+  this module to one digest).
 """
 
 from __future__ import annotations
@@ -33,6 +45,10 @@ from ledger.model import StoredTransfer
 CHAIN_CHECK_LINKS_PER_QUERY = 500
 PROBLEM_COUNT_MAX = 100
 TIMESTAMP_TEXT_CACHE_SIZE = 1024
+
+# The forms of a link's digest (`ledger_links.form`; the module's docstring).
+LINK_FORM_LINES = 1
+LINK_FORM_HEADS_AND_BALANCES = 2
 
 
 # One encoder for every transfer: json.dumps with options builds a new one on each call.
@@ -113,12 +129,15 @@ def line_tail(debit_balance_after: int, credit_balance_after: int, created_at: d
 
 
 def canonical_line(fields: StoredTransfer) -> bytes:
-    """Every stored field but `seq`, which the database assigns after the batch is hashed.
+    """Every stored field but `seq`, which the database assigns after the batch is hashed."""
+    tail = line_tail(fields.debit_balance_after, fields.credit_balance_after, fields.created_at)
+    return (stored_line_head(fields) + tail).encode("utf-8")
 
-    Written out field by field because the chain's lines are started before the batch takes its
-    account locks.
-    """
-    head = line_head(
+
+def stored_line_head(fields: StoredTransfer) -> str:
+    """`line_head` of a stored transfer: written out field by field because the chain's lines
+    are started before the batch takes its account locks."""
+    return line_head(
         transfer_id=fields.id,
         debit_account_id=fields.debit_account_id,
         credit_account_id=fields.credit_account_id,
@@ -133,8 +152,6 @@ def canonical_line(fields: StoredTransfer) -> bytes:
         event_id=fields.event_id,
         metadata_text=metadata_json(fields.metadata),
     )
-    tail = line_tail(fields.debit_balance_after, fields.credit_balance_after, fields.created_at)
-    return (head + tail).encode("utf-8")
 
 
 # A transfer as the chain sees it: its id as an integer (the sort key), its id, its line.
@@ -146,7 +163,35 @@ def chain_entry(fields: StoredTransfer) -> ChainEntry:
 
 
 def digest(transfers: Iterable[StoredTransfer]) -> bytes:
+    """The digest of a `LINK_FORM_LINES` link of `transfers`."""
     return _digest_of_entries([chain_entry(fields) for fields in transfers])
+
+
+def heads_and_balances_digest(transfers: Iterable[StoredTransfer]) -> bytes | None:
+    """The digest of a `LINK_FORM_HEADS_AND_BALANCES` link of `transfers`; None when they do
+    not share one commit timestamp, as the transfers of such a link always do."""
+    ordered = sorted(transfers, key=lambda fields: fields.id.int)
+    created_at = {fields.created_at for fields in ordered}
+    if len(created_at) != 1:
+        return None
+    heads = "".join(stored_line_head(fields) for fields in ordered)
+    balances = ",".join(
+        f"{{{fields.debit_balance_after},{fields.credit_balance_after}}}" for fields in ordered
+    )
+    tail = f"{{{balances}}}|{_timestamp_text(created_at.pop())}"
+    return hashlib.sha256(
+        hashlib.sha256(heads.encode("utf-8")).digest()
+        + hashlib.sha256(tail.encode("utf-8")).digest()
+    ).digest()
+
+
+def link_digest(form: int, transfers: Iterable[StoredTransfer]) -> bytes | None:
+    """The digest a link of `form` holds for `transfers` (None: no link of that form can)."""
+    if form == LINK_FORM_LINES:
+        return digest(transfers)
+    if form == LINK_FORM_HEADS_AND_BALANCES:
+        return heads_and_balances_digest(transfers)
+    return None
 
 
 def _digest_of_entries(entries: Sequence[ChainEntry]) -> bytes:
@@ -162,18 +207,23 @@ def _digest_of_entries(entries: Sequence[ChainEntry]) -> bytes:
 TIMESTAMP_TEXT_SQL = """to_char({value} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
 
 
-def link_ctes(digest: str) -> str:
+def link_ctes(digest: str, form: int) -> str:
     """CTEs that append a link to the chain for the transfers of the parameter `ids` (uuid[]),
-    whose lines hash to the SQL expression `digest` (bytea): the one-row head is locked, the
-    link inserted, the head moved onto it. The write (`ledger.store`) appends them to its own
-    statement when it is the unit of work's last; `append_link_entries` runs them alone."""
+    whose digest of `form` is the SQL expression `digest` (bytea): the one-row head is locked,
+    the link inserted, the head moved onto it. The write (`ledger.store`) appends them to its
+    own statement when it is the unit of work's last; `append_link_entries` runs them alone.
+
+    A link of `LINK_FORM_LINES` leaves `form` to the column's default, that form, so that its
+    statement is the same on a schema before migration 0027, which had no such column (the
+    tests book a ledger of such a revision with it)."""
+    form_column, form_value = ("", "") if form == LINK_FORM_LINES else (", form", f", {int(form)}")
     return f"""
     chain_head AS (
         SELECT hash FROM ledger_chain_head FOR UPDATE
     ), new_link AS (
-        INSERT INTO ledger_links (transfer_ids, transfers_sha256, previous_hash, hash)
+        INSERT INTO ledger_links (transfer_ids, transfers_sha256, previous_hash, hash{form_column})
         SELECT CAST(:ids AS uuid[]), {digest}, chain_head.hash,
-               sha256(chain_head.hash || {digest})
+               sha256(chain_head.hash || {digest}){form_value}
         FROM chain_head
         RETURNING id, hash
     ), moved_head AS (
@@ -184,7 +234,7 @@ def link_ctes(digest: str) -> str:
 
 _APPEND_LINK = text(
     f"""
-    WITH {link_ctes("CAST(:digest AS bytea)")}
+    WITH {link_ctes("CAST(:digest AS bytea)", LINK_FORM_LINES)}
     SELECT count(*) FROM moved_head
     """  # noqa: S608 (constant fragments)
 )
@@ -208,11 +258,11 @@ async def append_link_entries(conn: AsyncConnection, entries: Sequence[ChainEntr
 _LINKS_WITH_TRANSFERS = text(
     """
     WITH links AS (
-        SELECT id, transfer_ids, transfers_sha256, previous_hash, hash FROM ledger_links
+        SELECT id, transfer_ids, transfers_sha256, previous_hash, hash, form FROM ledger_links
         WHERE id > :after ORDER BY id LIMIT :limit
     )
     SELECT l.id AS link_id, cardinality(l.transfer_ids) AS expected, l.transfers_sha256,
-           l.previous_hash, l.hash,
+           l.previous_hash, l.hash, l.form,
            t.id, t.seq, t.debit_account_id, t.credit_account_id, t.amount, t.asset, t.code, t.flags,
            t.pending_id, t.timeout_s, t.expires_at, t.rate_card_version, t.event_id,
            t.metadata::text AS metadata, t.debit_balance_after, t.credit_balance_after,
@@ -233,6 +283,7 @@ class _Link:
     transfers_sha256: bytes
     previous_hash: bytes
     hash: bytes
+    form: int
     transfers: list[StoredTransfer]
 
 
@@ -259,6 +310,7 @@ async def _links_after(conn: AsyncConnection, after: int) -> list[_Link]:
                 bytes(values["transfers_sha256"]),
                 bytes(values["previous_hash"]),
                 bytes(values["hash"]),
+                values["form"],
                 [],
             )
             links[link.id] = link
@@ -299,7 +351,7 @@ async def walk_links(
             missing = link.expected - len(link.transfers)
             if missing:
                 problems.append(f"link {link.id}: {missing} transfers are missing")
-            elif digest(link.transfers) != link.transfers_sha256:
+            elif link_digest(link.form, link.transfers) != link.transfers_sha256:
                 problems.append(
                     f"link {link.id}: its transfers were changed after they were stored"
                 )

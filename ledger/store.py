@@ -50,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.chain import (
     LINE_HEAD_FIELDS,
+    LINK_FORM_HEADS_AND_BALANCES,
     TIMESTAMP_TEXT_SQL,
     ChainEntry,
     chain_entry,
@@ -193,40 +194,52 @@ _ALL_TOTALS = (*_POSTED_TOTALS, "debits_pending", "credits_pending")
 def _batch_rows(columns: Sequence[tuple[str, str]], head: str | None) -> str:
     """The CTE `batch_rows`: the batch's transfers, a row each numbered by `position`, from
     `columns` (pairs of the SQL of an array parameter and the column's name), and with `head`
-    (SQL over those columns as `t`), each transfer's chain line head, the column `head`.
+    (SQL over those columns as `t`), each transfer's chain line head, the column `head`, and
+    the CTE `chain_heads`, one row: the SHA-256 of the heads in id order (`digest`), for a link
+    of the form `LINK_FORM_HEADS_AND_BALANCES` (`ledger.chain`).
 
-    Materialized, and counted by `updated` before it locks its first account: parsing the array
+    Materialized, and read by `updated` before it locks its first account: parsing the array
     literals, unnesting them, parsing the metadata texts as `jsonb` (the column `document`, which
-    the transfers' insert stores: about 0.75 µs a gift's metadata) and making the heads is then
-    done before any lock is taken (about a tenth of the statement), not while the accounts'
-    locks are held, as it would be were the transfers' insert to do it itself."""
+    the transfers' insert stores: about 0.75 µs a gift's metadata), making the heads and hashing
+    them is then done before any lock is taken (about a tenth of the statement), not while the
+    accounts' locks are held, as it would be were the transfers' insert to do it itself."""
     arrays = ", ".join(sql for sql, _ in columns)
     names = ", ".join(name for _, name in columns)
     head_column = "" if head is None else f", {head} AS head"
+    chain_heads = (
+        ""
+        if head is None
+        else """, chain_heads AS MATERIALIZED (
+        SELECT sha256(convert_to(string_agg(head, '' ORDER BY id), 'UTF8')) AS digest
+        FROM batch_rows
+    )"""
+    )
     return f"""
     batch_rows AS MATERIALIZED (
         SELECT t.*, CAST(t.metadata AS jsonb) AS document{head_column}
         FROM unnest({arrays}) WITH ORDINALITY AS t({names}, position)
-    )"""  # noqa: S608 (constant fragments)
+    ){chain_heads}"""  # noqa: S608 (constant fragments)
 
 
-def _updated(totals: Sequence[str]) -> str:
+def _updated(totals: Sequence[str], linked: bool) -> str:
     """The CTE `updated`: each account of the parameter `account_ids` gets its deltas of
     `totals` (columns of `accounts`, `_POSTED_TOTALS` at least; a parameter each, named as its
     column), every parameter an array literal of bigints. It returns each account's
     id, its posted balance just before the update and the clock once its row is locked.
 
-    It updates nothing unless `batch_rows` holds the parameter `transfer_count` rows: a
-    condition that holds for every well-formed write, and that PostgreSQL evaluates once,
-    before the first row is updated, so `batch_rows` is built before any lock is taken."""
+    It updates nothing unless `batch_rows` holds the parameter `transfer_count` rows (and, when
+    `linked`, the heads' digest `chain_heads` is not NULL): conditions that hold for every
+    well-formed write, and that PostgreSQL evaluates once, before the first row is updated, so
+    `batch_rows` and the heads' digest are made before any lock is taken."""
     arrays = ", ".join(_INT_ARRAY_TEXT.format(name, "bigint") for name in ("account_ids", *totals))
     assignments = ", ".join(f"{total} = a.{total} + d.{total}" for total in totals)
+    heads_first = " AND (SELECT digest FROM chain_heads) IS NOT NULL" if linked else ""
     return f"""
     updated AS (
         UPDATE accounts a
         SET {assignments}
         FROM unnest({arrays}) AS d(id, {", ".join(totals)})
-        WHERE a.id = d.id AND (SELECT count(*) FROM batch_rows) = :transfer_count
+        WHERE a.id = d.id AND (SELECT count(*) FROM batch_rows) = :transfer_count{heads_first}
         RETURNING a.id,
                   a.credits_posted - a.debits_posted - (d.credits_posted - d.debits_posted)
                       AS balance_before,
@@ -269,25 +282,30 @@ _STAMP_WHEN_ALL_ACCOUNTS_UPDATED = "CROSS JOIN stamp WHERE stamp.account_count =
 
 def _linked_write() -> str:
     """The CTEs by which a write links its own transfers into the hash chain, after its last
-    lock (the unit of work's last write: `last=True`): each transfer's canonical line is its
-    head, made before the locks (`batch_rows`'s column `head`, `_GENERAL_HEAD` or `_NEW_HEAD`),
-    and the tail `line_tail` makes, here from the balances and the commit timestamp; the lines
-    in id order are hashed and the link appended (`ledger.chain.link_ctes`). A linked write
-    holds no transfer with an expiry (`store_batch` links those at the unit of work's end)."""
+    lock (the unit of work's last write: `last=True`), with a link of the form
+    `LINK_FORM_HEADS_AND_BALANCES`: the heads' digest was made before the locks (`_batch_rows`'
+    `chain_heads`); here the transfers' running balances in id order, as a two-dimensional
+    array's text, and the commit timestamp are hashed, and the link appended
+    (`ledger.chain.link_ctes`). A linked write holds no transfer with an expiry (`store_batch`
+    links those at the unit of work's end).
+
+    Hashing the whole lines here instead cost about 1.3 ms a batch of 1,000 under the locks;
+    the balances' array about 0.6 (bench/README.md, 2026-12-05, afternoon)."""
     timestamp_text = TIMESTAMP_TEXT_SQL.format(value="stamp.at")
     return f""",
-    chain_lines AS (
-        SELECT l.id,
-               l.head || (stamp.balances_before[l.debit_position + 1] + l.debit_offset) || '|'
-               || (stamp.balances_before[l.credit_position + 1] + l.credit_offset) || '|'
-               || chain_stamp.text || chr(10) AS line
+    chain_balances AS (
+        SELECT array_agg(
+                   ARRAY[stamp.balances_before[l.debit_position + 1] + l.debit_offset,
+                         stamp.balances_before[l.credit_position + 1] + l.credit_offset]
+                   ORDER BY l.id) AS balances
         FROM batch_rows l
-        CROSS JOIN (SELECT {timestamp_text} AS text FROM stamp) AS chain_stamp
         {_STAMP_WHEN_ALL_ACCOUNTS_UPDATED}
     ), chain_digest AS (
-        SELECT sha256(convert_to(string_agg(line, '' ORDER BY id), 'UTF8')) AS digest
-        FROM chain_lines
-    ), {link_ctes("(SELECT digest FROM chain_digest)")}"""  # noqa: S608 (constant fragments)
+        SELECT sha256((SELECT digest FROM chain_heads)
+                      || sha256(convert_to(CAST(b.balances AS text) || '|' || {timestamp_text},
+                                           'UTF8'))) AS digest
+        FROM chain_balances b CROSS JOIN stamp
+    ), {link_ctes("(SELECT digest FROM chain_digest)", LINK_FORM_HEADS_AND_BALANCES)}"""  # noqa: S608 (constant fragments)
 
 
 # The transfers' columns of `_WRITE_NEW_BATCH`, as `batch_rows` reads them (by name).
@@ -337,7 +355,7 @@ def _write_batch_sql(linked: bool) -> str:
     """`_WRITE_BATCH`'s text; `linked`, with the CTEs that link the chain (`_linked_write`)."""
     return f"""
     WITH {_batch_rows(_BATCH_COLUMNS, _GENERAL_HEAD if linked else None)},
-         {_updated(_ALL_TOTALS)}, {_STAMP}, {_NEW_KEYS},
+         {_updated(_ALL_TOTALS, linked)}, {_STAMP}, {_NEW_KEYS},
          new_resolutions AS (
         INSERT INTO pending_resolutions (pending_id, resolved_by, outcome, created_at)
         SELECT r.pending_id, r.resolved_by, r.outcome, stamp.at
@@ -373,7 +391,7 @@ def _write_new_batch_sql(linked: bool) -> str:
     """`_WRITE_NEW_BATCH`'s text; `linked`, with the CTEs that link the chain."""
     return f"""
     WITH {_batch_rows(_NEW_BATCH_COLUMNS, _NEW_HEAD if linked else None)},
-         {_updated(_POSTED_TOTALS)},
+         {_updated(_POSTED_TOTALS, linked)},
          {_STAMP}, {_NEW_KEYS}, new_transfers AS (
         INSERT INTO transfers (
             id, debit_account_id, credit_account_id, amount, asset, code, flags, pending_id,

@@ -602,6 +602,16 @@ async def old_books(postgres_admin_url: str) -> AsyncIterator[AsyncEngine]:
         await _admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+async def _post_linked_in_lines(ledger: Ledger, transfers: list[Transfer]) -> list[PostResult]:
+    """Post a batch linked as every link was before migration 0027 (`LINK_FORM_LINES`, by the
+    unit of work at its end): `Ledger.post`'s write links in the form 0027 added, whose column a
+    schema of 0016 does not have."""
+    async for tx in ledger.transactions():
+        async with tx:
+            outcome = await tx.post(transfers)
+    return outcome.results
+
+
 async def _book_as_before_0017(engine: AsyncEngine, creator: str) -> tuple[str, str]:
     """What the books held for a paid cash-out (2,001 diamonds, 10.00 USD) and a submitted one
     (3,000 diamonds, 15.00 USD) before 0017: the paid one's hold posted when the bank paid, its
@@ -654,13 +664,14 @@ async def _book_as_before_0017(engine: AsyncEngine, creator: str) -> tuple[str, 
         TransferFlags.POST_PENDING,
         pending_id=hold_id(paid),
     )
-    results = await ledger.post(
+    results = await _post_linked_in_lines(
+        ledger,
         [
             plain("gift", "issuance", "available", 6_001_000, TransferCode.GIFT_DIAMONDS),
             plain("coins", "spent", "revenue", 12_002, TransferCode.GIFT_COINS),
             hold(paid, 2_001_000),
             hold(submitted, 3_000_000),
-        ]
+        ],
     )
     assert results == [PostResult.OK] * 4
     paid_legs = [
@@ -675,7 +686,7 @@ async def _book_as_before_0017(engine: AsyncEngine, creator: str) -> tuple[str, 
         else leg
         for index, leg in enumerate(paid_legs)
     ]
-    assert await ledger.post(linked) == [PostResult.OK] * 4
+    assert await _post_linked_in_lines(ledger, linked) == [PostResult.OK] * 4
     async with engine.begin() as conn:
         for cashout_id, status, amount, payout in (
             (paid, "paid", 2_001_000, 1_000),

@@ -1,8 +1,11 @@
 """The canonical line of a transfer, which the hash chain covers, is a fixed text form: each
-stored field but `seq`, in order, joined by `|`. The fast formatter must give exactly that."""
+stored field but `seq`, in order, joined by `|`. The fast formatter must give exactly that, and a
+link's digest of either form (`ledger.chain`) is made of those lines as written down."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,7 +13,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.chain import canonical_line
+from ledger.chain import (
+    LINK_FORM_HEADS_AND_BALANCES,
+    LINK_FORM_LINES,
+    canonical_line,
+    heads_and_balances_digest,
+    link_digest,
+)
 from ledger.model import StoredTransfer
 
 _BIGINT = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -99,3 +108,70 @@ def test_canonical_line_of_a_known_transfer() -> None:
         b"00000000-0000-4000-8000-000000000001|1|2|500|DIAMOND|1|0||||3|gift-1|"
         b'{"a":"x","b":1}|-500|500|2026-11-29T01:02:03.000004+00:00\n'
     )
+
+
+def reference_heads_and_balances_digest(transfers: list[StoredTransfer]) -> bytes:
+    """`LINK_FORM_HEADS_AND_BALANCES` as written down: sha256(sha256(heads) || sha256(balances)),
+    the heads being each line up to its running balances, in id order, and the balances
+    `{{d,c},...}|<timestamp>`, as PostgreSQL writes a two-dimensional bigint array."""
+    ordered = sorted(transfers, key=lambda fields: str(fields.id))  # text order is id order
+    heads = b""
+    for fields in ordered:
+        line = reference_line(fields)
+        head, _, _ = line.rstrip(b"\n").rpartition(b"|")  # drop the timestamp,
+        head, _, _ = head.rpartition(b"|")  # the credit balance
+        head, _, _ = head.rpartition(b"|")  # and the debit balance
+        heads += head + b"|"
+    pairs = ",".join(f"{{{f.debit_balance_after},{f.credit_balance_after}}}" for f in ordered)
+    moment = ordered[0].created_at.astimezone(UTC).isoformat(timespec="microseconds")
+    balances = f"{{{pairs}}}|{moment}".encode()
+    return hashlib.sha256(
+        hashlib.sha256(heads).digest() + hashlib.sha256(balances).digest()
+    ).digest()
+
+
+@given(st.lists(stored_transfers, min_size=1, max_size=5, unique_by=lambda f: f.id), _TIMESTAMPS)
+def test_a_heads_and_balances_digest_is_the_written_form(
+    transfers: list[StoredTransfer], created_at: datetime
+) -> None:
+    shared = [dataclasses.replace(fields, created_at=created_at) for fields in transfers]
+    expected = reference_heads_and_balances_digest(shared)
+    assert heads_and_balances_digest(shared) == expected
+    assert heads_and_balances_digest(list(reversed(shared))) == expected
+    assert link_digest(LINK_FORM_HEADS_AND_BALANCES, shared) == expected
+    assert link_digest(LINK_FORM_LINES, shared) != expected
+
+
+@given(st.lists(stored_transfers, min_size=2, max_size=4, unique_by=lambda f: f.id))
+def test_no_heads_and_balances_digest_covers_transfers_of_two_commit_timestamps(
+    transfers: list[StoredTransfer],
+) -> None:
+    later = transfers[0].created_at + timedelta(microseconds=1)
+    mixed = [transfers[0], *(dataclasses.replace(f, created_at=later) for f in transfers[1:])]
+    assert heads_and_balances_digest(mixed) is None
+
+
+@given(st.lists(stored_transfers, min_size=2, max_size=4, unique_by=lambda f: f.id), _TIMESTAMPS)
+def test_two_transfers_balances_swapped_change_the_digest(
+    transfers: list[StoredTransfer], created_at: datetime
+) -> None:
+    shared = [dataclasses.replace(fields, created_at=created_at) for fields in transfers]
+    first, second = shared[0], shared[1]
+    swapped = [
+        dataclasses.replace(
+            first,
+            debit_balance_after=second.debit_balance_after,
+            credit_balance_after=second.credit_balance_after,
+        ),
+        dataclasses.replace(
+            second,
+            debit_balance_after=first.debit_balance_after,
+            credit_balance_after=first.credit_balance_after,
+        ),
+        *shared[2:],
+    ]
+    same = (first.debit_balance_after, first.credit_balance_after) == (
+        second.debit_balance_after,
+        second.credit_balance_after,
+    )
+    assert (heads_and_balances_digest(swapped) == heads_and_balances_digest(shared)) == same

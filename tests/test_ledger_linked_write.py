@@ -1,21 +1,31 @@
 """A unit of work's last write links its own transfers into the hash chain (`last=True`): the
-lines' tails are made in SQL there, so the link it appends must be the very link the Python
-chain makes from the stored rows (`ledger.chain.digest`), whatever the texts hold."""
+link's digest (of the form `LINK_FORM_HEADS_AND_BALANCES`) is made in SQL there, so it must be
+the very digest the Python chain makes from the stored rows (`ledger.chain.link_digest`),
+whatever the texts and balances hold. A batch the unit of work links at its end gets a link of
+the form `LINK_FORM_LINES`, made in Python."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.chain import digest, metadata_json
+from ledger.chain import (
+    LINK_FORM_HEADS_AND_BALANCES,
+    LINK_FORM_LINES,
+    link_digest,
+    metadata_json,
+)
 from ledger.model import AccountFlags, NewTransfers, Transfer, TransferCode, TransferFlags
 from ledger.service import Ledger
 from ledger.store import read_stored
 from ledger.verify import verify
 from tests.ledger_helpers import make_accounts, new_id
+from tests.query_plans import nodes_of, plan_root
 
 pytestmark = pytest.mark.server
 
@@ -37,22 +47,25 @@ AWKWARD_METADATA = [
 ]
 
 
-async def newest_link(engine: AsyncEngine) -> tuple[list[uuid.UUID], bytes]:
+async def newest_link(engine: AsyncEngine) -> tuple[list[uuid.UUID], bytes, int]:
+    """The newest link's transfer ids, digest and form."""
     async with engine.connect() as conn:
         row = (
             await conn.execute(
-                text("SELECT transfer_ids, transfers_sha256 FROM ledger_links ORDER BY id DESC")
+                text(
+                    "SELECT transfer_ids, transfers_sha256, form FROM ledger_links ORDER BY id DESC"
+                )
             )
         ).first()
     assert row is not None
-    return list(row.transfer_ids), bytes(row.transfers_sha256)
+    return list(row.transfer_ids), bytes(row.transfers_sha256), row.form
 
 
-async def digest_of_stored(engine: AsyncEngine, ids: list[uuid.UUID]) -> bytes:
+async def digest_of_stored(engine: AsyncEngine, ids: list[uuid.UUID], form: int) -> bytes | None:
     async with engine.connect() as conn:
         stored, _ = await read_stored(conn, ids)
     assert set(stored) == set(ids)
-    return digest(stored.values())
+    return link_digest(form, stored.values())
 
 
 async def assert_verified(engine: AsyncEngine) -> None:
@@ -60,12 +73,13 @@ async def assert_verified(engine: AsyncEngine) -> None:
         assert await verify(conn) == []
 
 
-async def assert_newest_link_holds(engine: AsyncEngine, ids: list[uuid.UUID]) -> None:
-    """The newest link names the transfers `ids`, its digest is the one the chain makes of
-    their stored rows, and the ledger verifies."""
-    link_ids, link_digest = await newest_link(engine)
+async def assert_newest_link_holds(engine: AsyncEngine, ids: list[uuid.UUID], form: int) -> None:
+    """The newest link names the transfers `ids`, is of `form`, its digest is the one the chain
+    makes of their stored rows, and the ledger verifies."""
+    link_ids, digest, link_form = await newest_link(engine)
     assert sorted(link_ids) == sorted(ids)
-    assert link_digest == await digest_of_stored(engine, ids)
+    assert link_form == form
+    assert digest == await digest_of_stored(engine, ids, form)
     await assert_verified(engine)
 
 
@@ -92,9 +106,10 @@ async def test_the_last_new_batch_links_the_digest_the_chain_makes_of_its_stored
         async with tx:
             await tx.post_new(batch, last=True)
 
-    link_ids, link_digest = await newest_link(engine)
+    link_ids, digest, form = await newest_link(engine)
     assert link_ids == batch.ids
-    assert link_digest == await digest_of_stored(engine, batch.ids)
+    assert form == LINK_FORM_HEADS_AND_BALANCES
+    assert digest == await digest_of_stored(engine, batch.ids, form)
     await assert_verified(engine)
 
 
@@ -131,7 +146,9 @@ async def test_the_last_general_batch_links_what_it_stored(
         async with tx:
             await tx.post(transfers, last=True)
 
-    await assert_newest_link_holds(engine, [transfer.id for transfer in transfers])
+    # With an expiry, the unit of work links the batch at its end, in Python.
+    form = LINK_FORM_HEADS_AND_BALANCES if timeout_s is None else LINK_FORM_LINES
+    await assert_newest_link_holds(engine, [transfer.id for transfer in transfers], form)
 
 
 async def test_a_last_batch_that_posts_and_voids_pending_transfers_links_what_it_stored(
@@ -170,7 +187,9 @@ async def test_a_last_batch_that_posts_and_voids_pending_transfers_links_what_it
             async with tx:
                 await tx.post(batch, last=True)
 
-    await assert_newest_link_holds(engine, [transfer.id for transfer in resolutions])
+    await assert_newest_link_holds(
+        engine, [transfer.id for transfer in resolutions], LINK_FORM_HEADS_AND_BALANCES
+    )
 
 
 async def test_no_ledger_write_may_follow_the_last(engine: AsyncEngine, unique_id: str) -> None:
@@ -227,3 +246,62 @@ async def test_a_links_ids_are_stored_uncompressed_even_when_they_would_compress
     assert row.ids == 500
     assert row.compression is None
     assert row.stored_bytes >= 500 * 16
+
+
+@pytest.mark.parametrize("path", ["post", "post_new"])
+async def test_the_heads_are_hashed_before_the_first_account_is_locked(
+    engine: AsyncEngine, path: str
+) -> None:
+    """The heads' digest (`chain_heads`) is read by the accounts' update as a condition of its
+    own, evaluated once before its first row, so it is made before any account is locked, not
+    under the locks where the link needs it."""
+    ledger = Ledger(engine)
+    a, b = await make_accounts(ledger, f"heads-first-{path}", [AccountFlags.NONE] * 2)
+    captured: list[tuple[str, Any]] = []
+
+    def capture(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if "chain_heads" in statement:
+            captured.append((statement, parameters))
+
+    transfer = Transfer(new_id(), a, b, 3, TransferCode.SYNTHETIC)
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async for tx in ledger.transactions(retry_count_max=0):
+            async with tx:
+                if path == "post":
+                    await tx.post([transfer], last=True)
+                else:
+                    batch = NewTransfers()
+                    batch.add(
+                        transfer_id=transfer.id,
+                        debit_account_id=a,
+                        credit_account_id=b,
+                        amount=3,
+                        code=int(TransferCode.SYNTHETIC),
+                        rate_card_version=None,
+                        event_id=None,
+                        metadata_text=None,
+                    )
+                    await tx.post_new(batch, last=True)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    [(statement, parameters)] = captured
+
+    async with engine.connect() as conn:
+        result = await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
+        plan = plan_root(result.scalar_one())
+    [update] = [
+        node
+        for node in nodes_of(plan)
+        if node["Node Type"] == "ModifyTable" and node.get("Relation Name") == "accounts"
+    ]
+    init_plans = [node for node in update["Plans"] if node["Parent Relationship"] == "InitPlan"]
+    heads_read = [
+        node
+        for init_plan in init_plans
+        for node in nodes_of(init_plan)
+        if node.get("CTE Name") == "chain_heads"
+    ]
+    assert heads_read, json.dumps(update, indent=2)

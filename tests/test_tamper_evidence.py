@@ -40,19 +40,95 @@ async def _posted_transfer(engine: AsyncEngine, unique_id: str) -> uuid.UUID:
     return transfer.id
 
 
-async def test_an_edited_transfer_breaks_the_chain(engine: AsyncEngine, unique_id: str) -> None:
+# A field of each part a link's digest covers (the ledger's own write makes links of the form
+# `LINK_FORM_HEADS_AND_BALANCES`): a line's head, its running balances, its commit timestamp.
+FORGED_VALUES = {
+    "event_id": "'forged'",
+    "amount": "amount + 1",
+    "debit_balance_after": "debit_balance_after + 1",
+    "credit_balance_after": "credit_balance_after - 1",
+    "created_at": "created_at + interval '1 microsecond'",
+}
+
+
+@pytest.mark.parametrize("column", sorted(FORGED_VALUES))
+async def test_an_edited_transfer_breaks_the_chain(
+    engine: AsyncEngine, unique_id: str, column: str
+) -> None:
     transfer_id = await _posted_transfer(engine, unique_id)
     assert await _chain_problems(engine) == []
-    edit = "UPDATE transfers SET event_id = :value WHERE id = :id"
     async with triggers_bypassed(engine) as conn:
-        await conn.execute(text(edit), {"value": "forged", "id": transfer_id})
+        original = (
+            await conn.execute(
+                text(f"SELECT {column} FROM transfers WHERE id = :id"),  # noqa: S608
+                {"id": transfer_id},
+            )
+        ).scalar_one()
+        await conn.execute(
+            text(f"UPDATE transfers SET {column} = {FORGED_VALUES[column]} WHERE id = :id"),  # noqa: S608
+            {"id": transfer_id},
+        )
     try:
         problems = await _chain_problems(engine)
         assert len(problems) == 1
         assert "were changed after they were stored" in problems[0]
     finally:
         async with triggers_bypassed(engine) as conn:
-            await conn.execute(text(edit), {"value": None, "id": transfer_id})
+            await conn.execute(
+                text(f"UPDATE transfers SET {column} = :value WHERE id = :id"),  # noqa: S608
+                {"value": original, "id": transfer_id},
+            )
+    assert await _chain_problems(engine) == []
+
+
+async def test_two_transfers_balances_swapped_break_the_chain(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    """Each balance belongs to its own transfer: the same balances on other transfers of the
+    link do not hash alike."""
+    await _posted_transfer(engine, unique_id)
+    swap = """
+        WITH pair AS (
+            SELECT unnest(transfer_ids) AS id FROM ledger_links
+            WHERE id = (SELECT max(id) FROM ledger_links)
+        ), edited AS (
+            SELECT t.id, t.debit_balance_after, t.credit_balance_after,
+                   lead(t.id) OVER (ORDER BY t.id) AS next_id,
+                   lag(t.id) OVER (ORDER BY t.id) AS previous_id
+            FROM transfers t JOIN pair USING (id)
+        )
+        UPDATE transfers t
+        SET debit_balance_after = other.debit_balance_after,
+            credit_balance_after = other.credit_balance_after
+        FROM edited mine JOIN edited other
+          ON other.id = coalesce(mine.next_id, mine.previous_id)
+        WHERE t.id = mine.id
+        """
+    async with triggers_bypassed(engine) as conn:
+        swapped = await conn.execute(text(swap))
+        assert swapped.rowcount == 2
+    try:
+        problems = await _chain_problems(engine)
+        assert len(problems) == 1
+        assert "were changed after they were stored" in problems[0]
+    finally:
+        async with triggers_bypassed(engine) as conn:
+            await conn.execute(text(swap))
+    assert await _chain_problems(engine) == []
+
+
+async def test_a_links_form_changed_breaks_the_chain(engine: AsyncEngine, unique_id: str) -> None:
+    await _posted_transfer(engine, unique_id)
+    flip = "UPDATE ledger_links SET form = 3 - form WHERE id = (SELECT max(id) FROM ledger_links)"
+    async with triggers_bypassed(engine) as conn:
+        await conn.execute(text(flip))
+    try:
+        problems = await _chain_problems(engine)
+        assert len(problems) == 1
+        assert "were changed after they were stored" in problems[0]
+    finally:
+        async with triggers_bypassed(engine) as conn:
+            await conn.execute(text(flip))
     assert await _chain_problems(engine) == []
 
 
