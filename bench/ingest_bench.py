@@ -88,6 +88,7 @@ from schemas.topics import all_topics
 from services.app.bootstrap import build_ledger
 from services.ingestion.event_transfers import batch_coin_leg
 from services.rates.rate_cards import RateCardBook, load_rate_cards
+from services.runtime.collector import settle_collector
 from services.runtime.embedded_broker import EmbeddedBroker, create_topics
 from services.runtime.settings import Settings
 
@@ -512,6 +513,7 @@ async def measure_ledger_alone(
     batches, events, coins = await prepare_batches(
         ledger, gifts_for_ledger(count), rate_cards, settings.consumer_batch_size_max
     )
+    settle_collector()  # as `giftledger run` does, and the consumer processes (consumer_workers)
     seconds = await post_batches(ledger, batches, LEDGER_WRITERS)
     alone = LedgerAlone(events, coins, len(batches), LEDGER_WRITERS, seconds)
     return alone, Measurement(f"ledger batch alone x{LEDGER_WRITERS}", events, seconds)
