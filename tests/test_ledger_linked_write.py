@@ -83,7 +83,9 @@ async def assert_newest_link_holds(engine: AsyncEngine, ids: list[uuid.UUID], fo
     await assert_verified(engine)
 
 
-@pytest.mark.parametrize("event_ids", [AWKWARD_EVENT_IDS[:4], AWKWARD_EVENT_IDS])
+@pytest.mark.parametrize(
+    "event_ids", [AWKWARD_EVENT_IDS[:1], AWKWARD_EVENT_IDS[:4], AWKWARD_EVENT_IDS]
+)
 async def test_the_last_new_batch_links_the_digest_the_chain_makes_of_its_stored_rows(
     engine: AsyncEngine, unique_id: str, event_ids: list[str | None]
 ) -> None:
