@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -51,34 +52,48 @@ FORGED_VALUES = {
 }
 
 
-@pytest.mark.parametrize("column", sorted(FORGED_VALUES))
-async def test_an_edited_transfer_breaks_the_chain(
-    engine: AsyncEngine, unique_id: str, column: str
-) -> None:
-    transfer_id = await _posted_transfer(engine, unique_id)
-    assert await _chain_problems(engine) == []
+async def _assert_one_link_changed_then_healed(
+    engine: AsyncEngine,
+    tamper: str,
+    undo: str,
+    tamper_parameters: dict[str, Any],
+    undo_parameters: dict[str, Any],
+) -> int:
+    """With the triggers bypassed, `tamper` makes `verify` find one link whose transfers were
+    changed, and `undo` heals the chain; returns how many rows `tamper` changed."""
     async with triggers_bypassed(engine) as conn:
-        original = (
-            await conn.execute(
-                text(f"SELECT {column} FROM transfers WHERE id = :id"),  # noqa: S608
-                {"id": transfer_id},
-            )
-        ).scalar_one()
-        await conn.execute(
-            text(f"UPDATE transfers SET {column} = {FORGED_VALUES[column]} WHERE id = :id"),  # noqa: S608
-            {"id": transfer_id},
-        )
+        changed = (await conn.execute(text(tamper), tamper_parameters)).rowcount
     try:
         problems = await _chain_problems(engine)
         assert len(problems) == 1
         assert "were changed after they were stored" in problems[0]
     finally:
         async with triggers_bypassed(engine) as conn:
-            await conn.execute(
-                text(f"UPDATE transfers SET {column} = :value WHERE id = :id"),  # noqa: S608
-                {"value": original, "id": transfer_id},
-            )
+            await conn.execute(text(undo), undo_parameters)
     assert await _chain_problems(engine) == []
+    return changed
+
+
+@pytest.mark.parametrize("column", sorted(FORGED_VALUES))
+async def test_an_edited_transfer_breaks_the_chain(
+    engine: AsyncEngine, unique_id: str, column: str
+) -> None:
+    transfer_id = await _posted_transfer(engine, unique_id)
+    assert await _chain_problems(engine) == []
+    async with engine.connect() as conn:
+        original = (
+            await conn.execute(
+                text(f"SELECT {column} FROM transfers WHERE id = :id"),  # noqa: S608
+                {"id": transfer_id},
+            )
+        ).scalar_one()
+    await _assert_one_link_changed_then_healed(
+        engine,
+        f"UPDATE transfers SET {column} = {FORGED_VALUES[column]} WHERE id = :id",  # noqa: S608
+        f"UPDATE transfers SET {column} = :value WHERE id = :id",  # noqa: S608
+        {"id": transfer_id},
+        {"value": original, "id": transfer_id},
+    )
 
 
 async def test_two_transfers_balances_swapped_break_the_chain(
@@ -104,32 +119,14 @@ async def test_two_transfers_balances_swapped_break_the_chain(
           ON other.id = coalesce(mine.next_id, mine.previous_id)
         WHERE t.id = mine.id
         """
-    async with triggers_bypassed(engine) as conn:
-        swapped = await conn.execute(text(swap))
-        assert swapped.rowcount == 2
-    try:
-        problems = await _chain_problems(engine)
-        assert len(problems) == 1
-        assert "were changed after they were stored" in problems[0]
-    finally:
-        async with triggers_bypassed(engine) as conn:
-            await conn.execute(text(swap))
-    assert await _chain_problems(engine) == []
+    swapped = await _assert_one_link_changed_then_healed(engine, swap, swap, {}, {})
+    assert swapped == 2
 
 
 async def test_a_links_form_changed_breaks_the_chain(engine: AsyncEngine, unique_id: str) -> None:
     await _posted_transfer(engine, unique_id)
     flip = "UPDATE ledger_links SET form = 3 - form WHERE id = (SELECT max(id) FROM ledger_links)"
-    async with triggers_bypassed(engine) as conn:
-        await conn.execute(text(flip))
-    try:
-        problems = await _chain_problems(engine)
-        assert len(problems) == 1
-        assert "were changed after they were stored" in problems[0]
-    finally:
-        async with triggers_bypassed(engine) as conn:
-            await conn.execute(text(flip))
-    assert await _chain_problems(engine) == []
+    await _assert_one_link_changed_then_healed(engine, flip, flip, {}, {})
 
 
 async def test_a_deleted_transfer_breaks_the_chain(engine: AsyncEngine, unique_id: str) -> None:
