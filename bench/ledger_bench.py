@@ -6,7 +6,11 @@ The ledger's paths post into one fresh database, migrated to head:
 - `batch`: `--writers` asyncio tasks post batches of `--batch-size` through one `Ledger`, each
   batch in a unit of work of its own (`async for tx in ledger.transactions(): async with tx:
   await tx.post(batch, last=True)`, as `Ledger.post` posts: the write links the chain itself)
-  on a pooled connection (so each writer holds one connection at a time).
+  on a pooled connection (so each writer holds one connection at a time). Its transfers are
+  plain and new, and none can break a balance rule (the funding account has none; half the
+  credited accounts guard their debits, which these transfers do not touch), so `post` gives
+  each batch to the write of new transfers (`post_new`'s statement) without walking it
+  (`ledger/store.py`).
 - `baseline`: what a plain implementation does, per transfer: BEGIN; insert the transfer's key;
   update the debit account, then the credit account, each guarded by its balance rule and
   returning the new balance; insert the transfer row; link it into the hash chain (the same

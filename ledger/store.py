@@ -22,6 +22,11 @@ back by the write, or by one statement more when nothing is written):
    transfers. The clock read once every lock is held is the batch's commit timestamp. When the
    write is its unit of work's last (`link`), it also appends the batch's link to the hash chain.
 
+A batch of new plain transfers (no flags, ids new and distinct, accounts that guard nothing) can
+only be accepted whole, so it is not walked: after step 1 it goes to the write of new batches
+(`store_new_batch`, as `post_new` posts), which checks its accounts before writing and hands a
+batch it cannot take back to steps 2 to 4.
+
 So in the batches most writers post (gifts guard no account), the accounts they share (the
 platform's) are locked only for step 4, the hash chain link and the commit, not while the batch
 is read and walked. Each batch takes its locks in one ascending pass, in step 2 or in step 4.
@@ -70,10 +75,12 @@ from ledger.decide import (
     plan_new_batch,
 )
 from ledger.model import (
+    BIGINT_MAX,
     TRANSFER_BATCH_SIZE_MAX,
     AccountTotals,
     BatchOutcome,
     NewTransfers,
+    NotNewBatchError,
     PostResult,
     StoredTransfer,
     Transfer,
@@ -807,6 +814,20 @@ async def _read_decide_write(
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
     own_ids: set[uuid.UUID] = set() if assume_new else {t.id for t in transfers}
     stored, outcomes = await read_stored(conn, own_ids | pending_ids)
+    # A batch of new plain transfers that guards no account needs no walk: the write of new
+    # batches (`store_new_batch`) takes it, or says before writing that it cannot.
+    if facts is not None and not stored and (assume_new or len(own_ids) == len(transfers)):
+        plain = _plain_batch(transfers)
+        if plain is not None:
+            try:
+                committed_at, entries = await _write_new_batch(
+                    conn, plain, facts, plans, link=link, freed_after_commit=freed_after_commit
+                )
+            except NotNewBatchError:
+                pass  # walked below, which gives each transfer its result
+            else:
+                count = len(transfers)
+                return BatchOutcome([PostResult.OK] * count, committed_at, count), entries
     roles = account_roles(transfers, stored)
     accounts, originals, clock = await _read_accounts(conn, roles, facts)
     # The walk's clock decides whether a stored pending transfer has expired. Without one to
@@ -851,6 +872,31 @@ async def _read_decide_write(
     if linked:
         return outcome, []
     return outcome, _chain_entries(walk.accepted, heads, committed_at)
+
+
+def _plain_batch(transfers: Sequence[Transfer]) -> NewTransfers | None:
+    """The batch as the columns of new plain transfers, when the walk could only accept every
+    one of them: none has flags (so none is pending, resolves one, has a timeout, is funded or
+    in a chain) and their amounts together fit a bigint (so no running total overflows). Its
+    ids must be new and distinct (the caller knows, or assumes as step 1 does), and its accounts
+    must exist, share an asset per transfer and guard nothing (`plan_new_batch` checks, before
+    the write). None otherwise."""
+    if any(t.flags for t in transfers):
+        return None
+    amounts = [t.amount for t in transfers]
+    if sum(amounts) > BIGINT_MAX:
+        return None
+    codes: list[int] = [t.code for t in transfers]
+    return NewTransfers(
+        ids=[t.id for t in transfers],
+        debit_account_ids=[t.debit_account_id for t in transfers],
+        credit_account_ids=[t.credit_account_id for t in transfers],
+        amounts=amounts,
+        codes=codes,
+        rate_card_versions=[t.rate_card_version for t in transfers],
+        event_ids=[t.event_id for t in transfers],
+        metadata_texts=[metadata_json(t.metadata) for t in transfers],
+    )
 
 
 async def store_new_batch(

@@ -1,9 +1,10 @@
-"""Both writes, `post_new`'s and the general path's (`post`), send their columns as few
+"""Both writes, `post_new`'s and the general one of walked batches, send their columns as few
 parameters: integers as array literals, texts joined by a separator (or, when a value holds it,
 as arrays); `post_new`'s writes what every new plain transfer shares in the statement. Whatever
-the values, the stored rows must be the ones asked for, the same by either path: `post` finds
-each one EXISTS (same fields), and `verify` recomputes the totals, running balances and hash
-chain from them."""
+the values, the stored rows must be the ones asked for, the same by every path (`post_new`,
+`post`, which gives such a batch to `post_new`'s write, and `post` walked): `post` finds each
+one EXISTS (same fields), and `verify` recomputes the totals, running balances and hash chain
+from them."""
 
 from __future__ import annotations
 
@@ -136,10 +137,21 @@ async def assert_stored_as_given(engine: AsyncEngine, ledger: Ledger, batch: New
 
 
 async def post_general(ledger: Ledger, batch: NewTransfers) -> None:
+    """`post`, which takes such a batch to `post_new`'s statement (`ledger.store._plain_batch`)."""
     assert await ledger.post(as_transfers(batch)) == [PostResult.OK] * len(batch)
 
 
-@pytest.mark.parametrize("post", [post_new, post_general], ids=["post_new", "post"])
+async def post_walked(ledger: Ledger, batch: NewTransfers) -> None:
+    """`post` with the accounts locked first: walked, and written by the general statement."""
+    async for tx in ledger.transactions():
+        async with tx:
+            outcome = await tx.post(as_transfers(batch), lock_accounts_first=True, last=True)
+    assert outcome.results == [PostResult.OK] * len(batch)
+
+
+@pytest.mark.parametrize(
+    "post", [post_new, post_general, post_walked], ids=["post_new", "post", "post_walked"]
+)
 @given(moves=rows)
 @settings(
     max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
