@@ -215,3 +215,30 @@ async def test_a_batch_with_flags_is_walked(engine: AsyncEngine, unique_id: str)
     assert kinds == ["general"]
     after = (await totals(engine, [b]))[b]
     assert (after.credits_posted, after.credits_pending) == (2, 8)
+
+
+async def test_plain_batches_before_the_last_write_are_linked_at_the_commit(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    """A batch that is not its unit of work's last write returns its chain entries, which the
+    unit of work links before its commit: `verify` recomputes the chain from the stored rows."""
+    ledger = Ledger(engine)
+    a, b, c = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 3)
+    first = [Transfer(new_id(), a, b, 5, SYN, metadata={"n": 1}), Transfer(new_id(), b, c, 2, SYN)]
+    second = [Transfer(new_id(), c, a, 1, SYN, event_id="e-2")]
+
+    with ledger_writes(engine) as kinds:
+        async for tx in ledger.transactions():
+            async with tx:
+                assert (await tx.post(first)).results == [PostResult.OK] * 2
+                assert (await tx.post(second, last=True)).results == [PostResult.OK]
+
+    assert kinds == ["new", "new"]
+    after = await totals(engine, [a, b, c])
+    assert [(after[i].debits_posted, after[i].credits_posted) for i in (a, b, c)] == [
+        (5, 1),
+        (2, 5),
+        (1, 2),
+    ]
+    async with engine.connect() as conn:
+        assert await verify(conn) == []
