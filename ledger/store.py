@@ -22,10 +22,11 @@ back by the write, or by one statement more when nothing is written):
    transfers. The clock read once every lock is held is the batch's commit timestamp. When the
    write is its unit of work's last (`link`), it also appends the batch's link to the hash chain.
 
-A batch of new plain transfers (no flags, ids new and distinct, accounts that guard nothing) can
-only be accepted whole, so it is not walked: after step 1 it goes to the write of new batches
-(`store_new_batch`, as `post_new` posts), which checks its accounts before writing and hands a
-batch it cannot take back to steps 2 to 4.
+A batch of new plain transfers (no flags, ids new and distinct, no account debited that must
+not exceed its credits or credited that must not exceed its debits) can only be accepted whole,
+so it is not walked: after step 1 it goes to the write of new batches (`store_new_batch`, as
+`post_new` posts), which checks its accounts before writing and hands a batch it cannot take back
+to steps 2 to 4.
 
 So in the batches most writers post (gifts guard no account), the accounts they share (the
 platform's) are locked only for step 4, the hash chain link and the commit, not while the batch
@@ -814,8 +815,8 @@ async def _read_decide_write(
     pending_ids = {t.pending_id for t in transfers if t.pending_id is not None}
     own_ids: set[uuid.UUID] = set() if assume_new else {t.id for t in transfers}
     stored, outcomes = await read_stored(conn, own_ids | pending_ids)
-    # A batch of new plain transfers that guards no account needs no walk: the write of new
-    # batches (`store_new_batch`) takes it, or says before writing that it cannot.
+    # A batch of new plain transfers that can break no balance rule needs no walk: the write of
+    # new batches (`store_new_batch`) takes it, or says before writing that it cannot.
     if facts is not None and not stored and (assume_new or len(own_ids) == len(transfers)):
         plain = _plain_batch(transfers)
         if plain is not None:
@@ -879,8 +880,8 @@ def _plain_batch(transfers: Sequence[Transfer]) -> NewTransfers | None:
     one of them: none has flags (so none is pending, resolves one, has a timeout, is funded or
     in a chain) and their amounts together fit a bigint (so no running total overflows). Its
     ids must be new and distinct (the caller knows, or assumes as step 1 does), and its accounts
-    must exist, share an asset per transfer and guard nothing (`plan_new_batch` checks, before
-    the write). None otherwise."""
+    must exist, share an asset per transfer and have no rule that what it does to them could
+    break (`plan_new_batch` checks, before the write). None otherwise."""
     if any(t.flags for t in transfers):
         return None
     amounts = [t.amount for t in transfers]

@@ -1,7 +1,7 @@
-"""`post` of a batch of new plain transfers that guards no account skips the walk: it is written
-by the statement of `post_new` (`ledger.store._plain_batch`). What it stores must be what the
-walk would have stored, and every batch the walk could refuse a transfer of must still be walked,
-with the walk's results."""
+"""`post` of a batch of new plain transfers that can break no balance rule skips the walk: it
+is written by the statement of `post_new` (`ledger.store._plain_batch`). What it stores must be
+what the walk would have stored, and every batch the walk could refuse a transfer of must still
+be walked, with the walk's results."""
 
 from __future__ import annotations
 
