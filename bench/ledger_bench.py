@@ -11,6 +11,11 @@ The ledger's paths post into one fresh database, migrated to head:
   credited accounts guard their debits, which these transfers do not touch), so `post` gives
   each batch to the write of new transfers (`post_new`'s statement) without walking it
   (`ledger/store.py`).
+- `walked`: the same on a workload of its own (`--walked-transfers`), each batch posted with
+  `lock_accounts_first=True`: its accounts locked in id order and read, then the batch walked
+  in Python and written by the general statement, as a batch is when a transfer could break a
+  balance rule, holds a pending transfer or a chain (the cash-out desk posts so). Printed as
+  `batch/walked`, what skipping the walk gives.
 - `baseline`: what a plain implementation does, per transfer: BEGIN; insert the transfer's key;
   update the debit account, then the credit account, each guarded by its balance rule and
   returning the new balance; insert the transfer row; link it into the hash chain (the same
@@ -39,7 +44,8 @@ rate against the ceiling's is the ratio of their CPU a transfer.
 
 Run: python -m bench.ledger_bench [--transfers N] [--accounts 10000] [--batch-size 1000]
                                   [--writers 2] [--rounds 4] [--baseline-transfers M]
-                                  [--naive-transfers K] [--naive-connections 8] [--json PATH]
+                                  [--walked-transfers W] [--naive-transfers K]
+                                  [--naive-connections 8] [--json PATH]
 """
 
 from __future__ import annotations
@@ -103,14 +109,16 @@ AMOUNT_MAX = 10_000
 HOT_SHARE = 0.3
 VARIANTS = ("spread", "hot")
 # In the order they run, per variant; ratios are the batch path's rate over each other's.
-PATHS = ("batch", "ceiling", "naive", "baseline")
+PATHS = ("batch", "ceiling", "walked", "naive", "baseline")
 PATH_NOTES = {
     "batch": "Ledger units of work, batches, hash chain linked per batch (SQLAlchemy)",
     "ceiling": "one unnest INSERT/UPDATE statement per batch, no reads, no walk, no chain",
+    "walked": "as batch, but accounts locked and read first and the batch walked in Python",
     "naive": "one SQL function call = one transaction per transfer, no hash chain (asyncpg)",
     "baseline": "giftledger's Python per transfer, 5 round trips + chain link (SQLAlchemy)",
 }
 NAIVE_WORKLOAD_SEED = WORKLOAD_SEED + 1
+WALKED_WORKLOAD_SEED = WORKLOAD_SEED + 2
 CONFLICT_RETRY_COUNT_MAX = 5
 WRITER_COUNT_MAX = 64
 ROUND_COUNT_MAX = 100
@@ -158,6 +166,7 @@ class Settings:
     writers: int
     rounds: int
     baseline_transfers: int
+    walked_transfers: int
     naive_transfers: int
     naive_connections: int
     transfer_ids: str
@@ -218,6 +227,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         "--baseline-transfers", type=int, default=5_000, help="per variant, baseline path"
     )
     parser.add_argument(
+        "--walked-transfers", type=int, default=50_000, help="per variant, walked path"
+    )
+    parser.add_argument(
         "--naive-transfers", type=int, default=20_000, help="per variant, naive path"
     )
     parser.add_argument(
@@ -235,8 +247,17 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     arguments = parser.parse_args(argv)
-    if min(arguments.transfers, arguments.baseline_transfers, arguments.naive_transfers) < 1:
-        parser.error("--transfers, --baseline-transfers and --naive-transfers must be positive")
+    counts = (
+        arguments.transfers,
+        arguments.baseline_transfers,
+        arguments.walked_transfers,
+        arguments.naive_transfers,
+    )
+    if min(counts) < 1:
+        parser.error(
+            "--transfers, --baseline-transfers, --walked-transfers and --naive-transfers must be"
+            " positive"
+        )
     check_between(parser, "--naive-connections", arguments.naive_connections, 1, WRITER_COUNT_MAX)
     check_between(parser, "--accounts", arguments.accounts, 2, ACCOUNT_COUNT_MAX)
     check_between(parser, "--batch-size", arguments.batch_size, 1, TRANSFER_BATCH_SIZE_MAX)
@@ -251,6 +272,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         writers=arguments.writers,
         rounds=arguments.rounds,
         baseline_transfers=arguments.baseline_transfers,
+        walked_transfers=arguments.walked_transfers,
         naive_transfers=arguments.naive_transfers,
         naive_connections=arguments.naive_connections,
         transfer_ids=arguments.transfer_ids,
@@ -310,23 +332,28 @@ def make_workload(
 # The batch path.
 
 
-async def post_one_batch(ledger: Ledger, batch: Sequence[Transfer]) -> BatchOutcome:
+async def post_one_batch(
+    ledger: Ledger, batch: Sequence[Transfer], walked: bool = False
+) -> BatchOutcome:
     async for tx in ledger.transactions(retry_count_max=CONFLICT_RETRY_COUNT_MAX):
         async with tx:
-            outcome = await tx.post(batch, last=True)
+            outcome = await tx.post(batch, lock_accounts_first=walked, last=True)
     return outcome
 
 
-async def batch_writer(ledger: Ledger, batches: Sequence[Sequence[Transfer]]) -> list[PostResult]:
+async def batch_writer(
+    ledger: Ledger, batches: Sequence[Sequence[Transfer]], walked: bool
+) -> list[PostResult]:
     results: list[PostResult] = []
     for batch in batches:
-        results.extend((await post_one_batch(ledger, batch)).results)
+        results.extend((await post_one_batch(ledger, batch, walked)).results)
     return results
 
 
 async def run_batch_path(
-    engine: AsyncEngine, transfers: Sequence[Transfer], settings: Settings
+    engine: AsyncEngine, transfers: Sequence[Transfer], settings: Settings, walked: bool = False
 ) -> tuple[list[PostResult], float]:
+    """The batch path, or with `walked` the walked one (the module's docstring)."""
     batches = [
         transfers[start : start + settings.batch_size]
         for start in range(0, len(transfers), settings.batch_size)
@@ -335,7 +362,7 @@ async def run_batch_path(
     started = time.perf_counter()
     per_writer = await asyncio.gather(
         *(
-            batch_writer(ledger, batches[writer :: settings.writers])
+            batch_writer(ledger, batches[writer :: settings.writers], walked)
             for writer in range(settings.writers)
         )
     )
@@ -459,11 +486,13 @@ async def measure(
     settings: Settings,
     server_pid: int | None = None,
 ) -> Measurement:
-    run_path = run_batch_path if path == "batch" else run_baseline_path
     await vacuum(asyncpg_dsn(engine.url.render_as_string(hide_password=False)))
     before = await credits_posted_sum(engine)
     cpu_before = cpu_seconds(server_pid)
-    results, seconds = await run_path(engine, transfers, settings)
+    if path == "baseline":
+        results, seconds = await run_baseline_path(engine, transfers, settings)
+    else:
+        results, seconds = await run_batch_path(engine, transfers, settings, path == "walked")
     process_s, server_s = spent_since(cpu_before, server_pid)
     check_run(f"{variant}/{path}", transfers, results, await credits_posted_sum(engine) - before)
     return Measurement(variant, path, len(transfers), seconds, process_s, server_s)
@@ -562,7 +591,7 @@ def print_report(
         "  (naive links no hash chain: a plain service has none, so the batch path's chain is"
         " counted against giftledger; the ceiling stores running balances of 0)"
     )
-    for other in ("naive", "ceiling", "baseline"):
+    for other in ("naive", "ceiling", "walked", "baseline"):
         for variant, ratio in ratio_by_path[other].items():
             print(f"{variant} batch/{other} ratio: {ratio:.2f}")
     print(
@@ -637,6 +666,7 @@ async def run(settings: Settings) -> None:
             rng = random.Random(WORKLOAD_SEED)
             # A generator of its own, so the batch and baseline workloads stay what they were.
             naive_rng = random.Random(NAIVE_WORKLOAD_SEED)
+            walked_rng = random.Random(WALKED_WORKLOAD_SEED)
             measurements: list[Measurement] = []
             for variant in VARIANTS:
                 batch_workload = make_workload(
@@ -647,6 +677,9 @@ async def run(settings: Settings) -> None:
                 )
                 naive_workload = make_workload(
                     naive_rng, variant, settings.naive_transfers, chart, settings.transfer_ids
+                )
+                walked_workload = make_workload(
+                    walked_rng, variant, settings.walked_transfers, chart, settings.transfer_ids
                 )
                 # As `giftledger run` settles its collector once it has loaded what it needs.
                 # The workloads, held for the whole run as no service holds its transfers, are
@@ -668,6 +701,9 @@ async def run(settings: Settings) -> None:
                     print_round(number, batch_rounds[-1], ceiling_rounds[-1])
                 measurements.append(summed(batch_rounds))
                 measurements.append(summed(ceiling_rounds))
+                measurements.append(
+                    await measure(engine, variant, "walked", walked_workload, settings, server_pid)
+                )
                 measurements.append(
                     await measure_plain(
                         plain_dsn, variant, "naive", naive_workload, settings, server_pid
@@ -696,9 +732,10 @@ async def run(settings: Settings) -> None:
     ratio_by_path = ratios(measurements)
     print_report(measurements, settings_used, ratio_by_path)
     print(
-        "checks: batch and baseline: every transfer OK, credits posted grew by exactly the amounts"
-        f" posted, verify found no problems ({verify_s:.1f} s); naive and ceiling: one transfer"
-        " row and one key per transfer, credits and debits posted grew by exactly the amounts"
+        "checks: batch, walked and baseline: every transfer OK, credits posted grew by exactly"
+        f" the amounts posted, verify found no problems ({verify_s:.1f} s); naive and ceiling:"
+        " one transfer row and one key per transfer, credits and debits posted grew by exactly"
+        " the amounts"
     )
     if settings.json_path is not None:
         write_json(settings.json_path, measurements, settings_used, ratio_by_path)
