@@ -342,7 +342,7 @@ async def post_one_batch(
 
 
 async def batch_writer(
-    ledger: Ledger, batches: Sequence[Sequence[Transfer]], walked: bool
+    ledger: Ledger, batches: Sequence[Sequence[Transfer]], walked: bool = False
 ) -> list[PostResult]:
     results: list[PostResult] = []
     for batch in batches:
