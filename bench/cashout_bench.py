@@ -8,7 +8,8 @@ migrated to head, dropped at the end). Topics get a unique prefix and
 `Settings.kafka_partition_count` partitions. The consumers are the product's `ConsumerService`
 and `Ingestor`, built as `services.app.bootstrap.start_consumers` builds them (same `Ledger` and
 `CashoutDesk` settings), with subclasses that only note times; the bank is
-`services.payout_rail.simulated_rail`.
+`services.payout_rail.simulated_rail` in a process of its own (`bench.bank_process`), as the bank
+is not in giftledger's process in production.
 
 1. gifts: a `creators.updated` profile per creator (eligible: US, 25,000 followers, 50,000 views
    and 12 posts in 30 days, good standing, verified, a payout account ref) and `--gifts` gifts,
@@ -19,15 +20,15 @@ and `Ingestor`, built as `services.app.bootstrap.start_consumers` builds them (s
    or returned), `--cashouts` `cashouts.requested` of 2,000 diamonds (10 USD), round robin over
    the creators, published at once; the clock runs from the first publish until every cash-out
    of the mode is `paid`. Latency per cash-out from `cashout_transitions`; CPU per cash-out
-   over the same clock, of this process, the PostgreSQL server and the embedded broker (from
-   /proc, when they run on this machine: `bench/process_cpu.py`). The same ingestor, desk and
-   relay serve both modes; the desk differs: "one at a time" applies each request and each
-   payout result of a batch by itself, in order, inside the batch's transaction
-   (`CashoutDesk.requests` / `payout_results` with one item), "batched" applies the batch at
-   once. The relay's submissions (`mark_submitted`) are applied at once in both. Before each
-   mode the consumers start again with that mode's bound on the cash-out topics' batches
-   (`cashout_batch_size_max`: 50 one at a time, as that path ran; batched, the settings'
-   `consumer_cashout_batch_size_max`, 50 by default), untimed.
+   over the same clock, of this process, the bank's, the PostgreSQL server and the embedded
+   broker (from /proc, when they run on this machine: `bench/process_cpu.py`). The same
+   ingestor, desk and relay serve both modes; the desk differs: "one at a time" applies each
+   request and each payout result of a batch by itself, in order, inside the batch's
+   transaction (`CashoutDesk.requests` / `payout_results` with one item), "batched" applies the
+   batch at once. The relay's submissions (`mark_submitted`) are applied at once in both.
+   Before each mode the consumers start again with that mode's bound on the cash-out topics'
+   batches (`cashout_batch_size_max`: 50 one at a time, as that path ran; batched, the
+   settings' `consumer_cashout_batch_size_max`, 50 by default), untimed.
 3. checks: every cash-out paid; `ledger.verify.verify` finds nothing; for every creator, Diamonds
    available plus Diamonds paid out equal what its gifts gave, and nothing is left held; nothing
    is left in `payouts_payable`, and 10 USD per cash-out left `cash_at_bank`.
@@ -60,6 +61,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bench.bank_process import BankOptions, BankProcess
 from bench.harness import (
     admin_url,
     fresh_database,
@@ -87,7 +89,6 @@ from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_
 from services.cashout.store import Cashout
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, InputRecord
-from services.payout_rail.rail import PayoutRailService, RailSettings, simulated_rail
 from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime.embedded_broker import create_topics
 from services.runtime.settings import EligibilitySettings, Settings
@@ -453,15 +454,16 @@ def new_consumers(
     return ClockedConsumerService(settings, ingestor, bootstrap_servers), ingestor
 
 
-def new_rail(settings: Settings, bootstrap_servers: str, paid_delay_ms: int) -> PayoutRailService:
+def bank_options(settings: Settings, bootstrap_servers: str, paid_delay_ms: int) -> BankOptions:
     """The simulated bank: answers `paid` after `paid_delay_ms`, never fails or returns."""
-    return simulated_rail(
-        RailSettings(seed=SEED, paid_delay_ms=paid_delay_ms, failure_rate=0.0, return_rate=0.0),
-        bootstrap_servers,
+    return BankOptions(
+        bootstrap_servers=bootstrap_servers,
         topic_prefix=settings.kafka_topic_prefix,
         consumer_group=settings.kafka_consumer_group,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         in_flight_max=settings.payout_rail_in_flight_max,
+        seed=SEED,
+        paid_delay_ms=paid_delay_ms,
     )
 
 
@@ -494,23 +496,26 @@ class Measurement:
 
 @dataclass(frozen=True, slots=True)
 class CpuReading:
-    """CPU seconds used so far: this process (the consumers, the relay, the bank and the
-    publisher: one event loop), the PostgreSQL server (None when it is not on this machine) and
-    the embedded broker (None with `KAFKA_BOOTSTRAP_SERVERS`)."""
+    """CPU seconds used so far: this process (the consumers, the relay and the publisher: one
+    event loop), the bank's process, the PostgreSQL server (None when it is not on this machine)
+    and the embedded broker (None with `KAFKA_BOOTSTRAP_SERVERS`)."""
 
     this_process_s: float
+    bank_s: float | None
     postgres_s: float | None
     broker_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
 class CpuMeter:
+    bank_pid: int | None
     postmaster_pid: int | None
     broker_pid: int | None
 
     def read(self) -> CpuReading:
         return CpuReading(
             time.process_time(),
+            None if self.bank_pid is None else tree_cpu_seconds_of(self.bank_pid),
             None if self.postmaster_pid is None else tree_cpu_seconds_of(self.postmaster_pid),
             None if self.broker_pid is None else tree_cpu_seconds_of(self.broker_pid),
         )
@@ -523,6 +528,7 @@ class CpuUse:
     cashouts: int
     wall_s: float
     this_process_s: float
+    bank_s: float | None
     postgres_s: float | None
     broker_s: float | None
 
@@ -535,13 +541,19 @@ class CpuUse:
             cashouts,
             wall_s,
             after.this_process_s - before.this_process_s,
+            used(before.bank_s, after.bank_s),
             used(before.postgres_s, after.postgres_s),
             used(before.broker_s, after.broker_s),
         )
 
     @property
     def total_s(self) -> float:
-        return self.this_process_s + (self.postgres_s or 0.0) + (self.broker_s or 0.0)
+        return (
+            self.this_process_s
+            + (self.bank_s or 0.0)
+            + (self.postgres_s or 0.0)
+            + (self.broker_s or 0.0)
+        )
 
     def ms_each(self, seconds: float | None) -> float | None:
         return None if seconds is None else seconds * 1000 / self.cashouts
@@ -578,6 +590,7 @@ class Figures:
     checked: str = ""
     conflicts: dict[str, int] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
+    bank_warnings_logged: int = 0
 
     def rate(self, path: str) -> float:
         return next(m.items_per_s for m in self.measurements if m.path == path)
@@ -654,7 +667,7 @@ async def phase_gifts(
     say(f"gifts: {drain.items_per_s:,.0f}/s over {drain.seconds:.1f} s")
 
 
-async def wait_for_assignment(service: ConsumerService, rail: PayoutRailService) -> None:
+async def wait_for_assignment(service: ConsumerService, rail: BankProcess) -> None:
     partitions = service.settings.kafka_partition_count
     expected = len(service.topics) * partitions
     deadline = time.monotonic() + ASSIGNMENT_WAIT_S
@@ -757,7 +770,7 @@ async def phase_cashouts(
     producer: Any,
     service: ClockedConsumerService,
     ingestor: ClockedIngestor,
-    rail: PayoutRailService,
+    rail: BankProcess,
     cpu_meter: CpuMeter,
     run_id: str,
     mode: str,
@@ -1004,7 +1017,7 @@ async def run(options: Options) -> Figures:
             statement_timeout_ms=settings.db_statement_timeout_ms,
         )
         producer = new_producer(bootstrap_servers)
-        rail = new_rail(settings, bootstrap_servers, options.paid_delay_ms)
+        rail: BankProcess | None = None
         service: ClockedConsumerService | None = None
         try:
             async with engine.connect() as conn:
@@ -1028,9 +1041,13 @@ async def run(options: Options) -> Figures:
                 "outbox_batch_max": OUTBOX_BATCH_SIZE_MAX,
                 "bank_paid_delay_ms": options.paid_delay_ms,
             }
-            cpu_meter = CpuMeter(await postmaster_pid(engine), broker_pid)
             await producer.start()
-            await rail.start()  # joins its group while the gifts are published and drained
+            # Its group forms while the gifts are published and drained.
+            rail = BankProcess.start(
+                bank_options(settings, bootstrap_servers, options.paid_delay_ms)
+            )
+            await rail.wait_started()
+            cpu_meter = CpuMeter(rail.pid, await postmaster_pid(engine), broker_pid)
             service, ingestor = new_consumers(settings, engine, bootstrap_servers, rate_cards)
             plan = GiftPlan(options)
             await phase_gifts(options, figures, producer, service, ingestor, plan, run_id)
@@ -1061,13 +1078,15 @@ async def run(options: Options) -> Figures:
             await service.stop()
             service = None
             await rail.stop()
+            figures.bank_warnings_logged = rail.warnings_logged
             say("checking the ledger")
             figures.checked = await check_ledger(engine, url, options, plan, ingestor)
             figures.conflicts = await conflicts(engine, ingestor, options)
         finally:
             if service is not None:
                 await service.stop()
-            await rail.stop()
+            if rail is not None:
+                await rail.stop()
             await producer.stop()
             await engine.dispose()
     return figures
@@ -1121,12 +1140,13 @@ def print_cpu(figures: Figures) -> None:
         return "   n/a" if value is None else f"{value:6.2f}"
 
     print(
-        "cpu a cash-out (ms; this process runs the consumers, the relay, the bank and the"
-        " publisher; n/a: not on this machine):"
+        "cpu a cash-out (ms; this process runs the consumers, the relay and the publisher, the"
+        " bank runs in its own; n/a: not on this machine):"
     )
     for mode, use in figures.cpu.items():
         print(
             f"  {mode:<14} this process {ms(use.ms_each(use.this_process_s))}"
+            f"  bank {ms(use.ms_each(use.bank_s))}"
             f"  postgresql {ms(use.ms_each(use.postgres_s))}"
             f"  broker {ms(use.ms_each(use.broker_s))}"
             f"  all {ms(use.ms_each(use.total_s))}"
@@ -1149,6 +1169,7 @@ def cpu_document(use: CpuUse) -> dict[str, Any]:
     return {
         "wall_s": round(use.wall_s, 3),
         "this_process_s": rounded(use.this_process_s),
+        "bank_s": rounded(use.bank_s),
         "postgres_s": rounded(use.postgres_s),
         "broker_s": rounded(use.broker_s),
         "ms_each": rounded(use.ms_each(use.total_s)),
@@ -1213,6 +1234,10 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
     print(f"checks: {figures.checked}")
     logged = ", ".join(f"{n} {level} {name}" for (level, name), n in tally.counts.most_common())
     print(f"log: {logged or 'nothing at WARNING or above'} (in {tally.path})")
+    print(
+        f"bank log: {figures.bank_warnings_logged} records at WARNING or above"
+        " (in the temporary directory, cashout_bench-bank-<pid>.log)"
+    )
     for message, count in tally.messages.most_common(LOG_LINES_SHOWN_MAX):
         print(f"  {count:>4} x {message}")
     print("machine: " + ", ".join(f"{key} {value}" for key, value in figures.machine.items()))
@@ -1252,6 +1277,7 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
         "checks": figures.checked,
         "machine": figures.machine,
         "log": {f"{level} {name}": n for (level, name), n in tally.counts.items()},
+        "bank_log_warnings": figures.bank_warnings_logged,
         "log_lines": dict(tally.messages.most_common(LOG_LINES_SHOWN_MAX)),
     }
 
