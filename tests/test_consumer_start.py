@@ -1,4 +1,5 @@
-"""The consumer service starts its subscribers together, and a failed start leaves none running."""
+"""The consumer service starts its subscribers together, and a failed start leaves none running;
+it starts the outbox's pruning with them."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import asyncio
 import uuid
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas import topics
 from schemas.topics import all_topics
+from services.app import consumer
 from services.app.consumer import ConsumerService
 from services.rates.rate_cards import load_rate_cards
 from services.runtime.embedded_broker import create_topics
 from services.runtime.settings import Settings
 from tests.ingestion_fixtures import ASSIGNMENT_WAIT_S, PARTITION_COUNT, make_ingestor, wait_until
+from tests.test_outbox_retention import add_row
 
 
 async def _new_service(engine: AsyncEngine, kafka_bootstrap: str) -> ConsumerService:
@@ -87,3 +91,38 @@ async def test_cash_out_topics_are_read_in_batches_of_their_own_bound(
     smaller = bounded.model_copy(update={"consumer_batch_size_max": 80})
     service = ConsumerService(smaller, service.ingestor, kafka_bootstrap)
     assert service._subscribers[topics.CASHOUTS_REQUESTED].max_records == 80
+
+
+async def test_a_running_service_prunes_its_published_outbox_rows_past_the_retention(
+    engine: AsyncEngine, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`giftledger run` starts the outbox's pruning with its consumers: an old published row of
+    its deployment goes, a recent one and another deployment's old one stay."""
+    monkeypatch.setattr(consumer, "OUTBOX_PRUNE_INTERVAL_S", 0.2)
+    service = await _new_service(engine, kafka_bootstrap)
+    prefix = service.settings.kafka_topic_prefix
+    retention_hours = service.settings.outbox_retention_hours
+    assert retention_hours > 0  # the default prunes
+    old = await add_row(engine, prefix, age_hours=retention_hours + 1, published=True)
+    recent = await add_row(engine, prefix, age_hours=retention_hours - 1, published=True)
+    elsewhere = await add_row(
+        engine, f"other-{prefix}", age_hours=retention_hours + 1, published=True
+    )
+
+    async def remaining() -> set[int]:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT id FROM outbox WHERE id = ANY(CAST(:ids AS bigint[]))"),
+                {"ids": [old, recent, elsewhere]},
+            )
+            return {int(row.id) for row in rows}
+
+    async def old_row_gone() -> bool:
+        return old not in await remaining()
+
+    try:
+        await service.start()
+        await wait_until(old_row_gone, ASSIGNMENT_WAIT_S)
+    finally:
+        await service.stop()
+    assert await remaining() == {recent, elsewhere}
