@@ -12,17 +12,21 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
 from ledger.service import Ledger
 from schemas import topics
+from schemas.events import PayoutRequested
+from schemas.payout_cancel import PayoutCancelRequested
 from schemas.topics import all_topics
 from services.cashout.desk import CashoutDesk, CashoutLimits
-from services.cashout.outbox import OUTBOX_CLAIM_LEASE_S, OutboxRelay
+from services.cashout.outbox import OUTBOX_CLAIM_LEASE_S, OutboxRelay, submitted_cashout_id
 from services.cashout.store import Cashout
 from services.runtime.embedded_broker import create_topics
 from services.runtime.outbox_rows import queue
@@ -345,3 +349,27 @@ async def test_the_claim_of_a_relay_that_died_is_sent_again_after_its_lease(
             {"p": prefix, "k": creator},
         )
         assert {row.claimed_by.rsplit("#", 1)[0] for row in holders} == {survivor.relay_id}
+
+
+def test_a_payout_request_row_submits_its_cash_out_and_a_cancellation_none() -> None:
+    moment = datetime.now(UTC)
+    request = PayoutRequested(
+        event_id="cashout-7:payout",
+        occurred_at=moment,
+        cashout_id="cashout-7",
+        creator_id="creator-7",
+        amount=1_000,
+        currency="USD",
+        payout_account_ref="pa_7",
+    )
+    cancel = PayoutCancelRequested(
+        event_id="cashout-7:cancel",
+        occurred_at=moment,
+        cashout_id="cashout-7",
+        creator_id="creator-7",
+        cancel=True,
+    )
+    assert submitted_cashout_id(request.model_dump_json().encode()) == "cashout-7"
+    assert submitted_cashout_id(cancel.model_dump_json().encode()) is None
+    with pytest.raises(ValidationError, match="PayoutRequested"):
+        submitted_cashout_id(b'{"cashout_id": "cashout-7"}')

@@ -33,6 +33,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import text
 
 from ledger.service import Ledger
@@ -229,10 +230,9 @@ class OutboxRelay:
                     if row.topic == topics.PAYOUTS_REQUESTED
                 )
                 submitted = [
-                    PayoutRequested.model_validate_json(payload).cashout_id
+                    cashout_id
                     for _, payload in payout_requests
-                    # not an operator's cancellation (services/cashout/recovery.py)
-                    if parse_payout_cancel(payload) is None
+                    if (cashout_id := submitted_cashout_id(payload)) is not None
                 ]
                 await self._desk.mark_submitted(tx, self._ledger, submitted)
         return len(marked)
@@ -242,3 +242,16 @@ class OutboxRelay:
         instead of after the lease."""
         async with self._ledger.begin() as conn:
             await conn.execute(_RELEASE, {"claim": claim.claim_id})
+
+
+def submitted_cashout_id(payload: bytes) -> str | None:
+    """The cash-out a `payouts.requested` row submits to the bank, or None for an operator's
+    cancellation (services/cashout/recovery.py), which travels on the same topic. Read as a
+    request first, as nearly every row is one; a row that is neither raises the request's
+    `ValidationError`."""
+    try:
+        return PayoutRequested.model_validate_json(payload).cashout_id
+    except ValidationError:
+        if parse_payout_cancel(payload) is not None:
+            return None
+        raise
