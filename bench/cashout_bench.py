@@ -28,7 +28,7 @@ is not in giftledger's process in production.
    batch at once. The relay's submissions (`mark_submitted`) are applied at once in both.
    Before each mode the consumers start again with that mode's bound on the cash-out topics'
    batches (`cashout_batch_size_max`: 50 one at a time, as that path ran; batched, the
-   settings' `consumer_cashout_batch_size_max`, 50 by default), untimed.
+   settings' `consumer_cashout_batch_size_max`, 250 by default), untimed.
 3. checks: every cash-out paid; `ledger.verify.verify` finds nothing; for every creator, Diamonds
    available plus Diamonds paid out equal what its gifts gave, and nothing is left held; nothing
    is left in `payouts_payable`, and 10 USD per cash-out left `cash_at_bank`.
@@ -804,6 +804,7 @@ async def phase_cashouts(
         last_moved, last_progress, last_said = time.monotonic(), -1, time.monotonic()
         while paid < options.cashouts:
             await asyncio.sleep(POLL_S)
+            rail.check_alive()  # a bank that died would otherwise show as a stall
             # The database is asked only once the desk was handed a result for every cash-out
             # (a batch that ran again counts twice): counting the paid ones meanwhile would
             # put the bench's own scans on the machine being measured.
