@@ -58,6 +58,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -396,31 +397,26 @@ class ClockedDesk(CashoutDesk):
             self.result_s += time.perf_counter() - started
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class OutboxClock:
-    """Rounds of the outbox publisher that sent something: rows sent and seconds taken (select,
-    send to Kafka, mark published, mark the payouts submitted, commit)."""
+    """What this process's outbox relay has done so far, from its metrics: rounds, rows sent
+    and the rounds' seconds, each from its claim to its mark's commit (claim, send to Kafka,
+    mark published, mark the payouts submitted; a pass overlaps its rounds)."""
 
-    rounds: int = 0
-    rows: int = 0
-    busy_s: float = 0.0
+    rounds: int
+    rows: int
+    busy_s: float
 
+    @classmethod
+    def now(cls) -> OutboxClock:
+        def sample(name: str) -> float:
+            return REGISTRY.get_sample_value(name) or 0.0
 
-class ClockedConsumerService(ConsumerService):
-    """The product's consumer service; times each outbox round that sent something."""
-
-    def __init__(self, settings: Settings, ingestor: Ingestor, bootstrap_servers: str) -> None:
-        super().__init__(settings, ingestor, bootstrap_servers)
-        self.outbox = OutboxClock()
-
-    async def publish_outbox_once(self, limit: int = OUTBOX_BATCH_SIZE_MAX) -> int:
-        started = time.perf_counter()
-        sent = await super().publish_outbox_once(limit)
-        if sent:
-            self.outbox.rounds += 1
-            self.outbox.rows += sent
-            self.outbox.busy_s += time.perf_counter() - started
-        return sent
+        return cls(
+            int(sample("giftledger_outbox_round_seconds_count")),
+            int(sample("giftledger_outbox_rows_published_total")),
+            sample("giftledger_outbox_round_seconds_sum"),
+        )
 
 
 def cashout_batch_size_max(settings: Settings, mode: str) -> int:
@@ -440,7 +436,7 @@ def consumer_settings(prefix: str) -> Settings:
 
 def new_consumers(
     settings: Settings, engine: AsyncEngine, bootstrap_servers: str, rate_cards: RateCardBook
-) -> tuple[ClockedConsumerService, ClockedIngestor]:
+) -> tuple[ConsumerService, ClockedIngestor]:
     """As the composition root (`services.app.bootstrap`) builds them, with clocks; not
     started."""
     desk = ClockedDesk(
@@ -451,7 +447,7 @@ def new_consumers(
     ingestor = ClockedIngestor(
         build_ledger(settings, engine), rate_cards, desk, park_s=settings.reversal_park_s
     )
-    return ClockedConsumerService(settings, ingestor, bootstrap_servers), ingestor
+    return ConsumerService(settings, ingestor, bootstrap_servers), ingestor
 
 
 def bank_options(settings: Settings, bootstrap_servers: str, paid_delay_ms: int) -> BankOptions:
@@ -600,7 +596,7 @@ async def phase_gifts(
     options: Options,
     figures: Figures,
     producer: Any,
-    service: ClockedConsumerService,
+    service: ConsumerService,
     ingestor: ClockedIngestor,
     plan: GiftPlan,
     run_id: str,
@@ -709,8 +705,9 @@ class Counts:
     outbox_s: float
 
     @classmethod
-    def now(cls, ingestor: ClockedIngestor, outbox: OutboxClock) -> Counts:
+    def now(cls, ingestor: ClockedIngestor) -> Counts:
         desk = ingestor.clocked_desk
+        outbox = OutboxClock.now()
         return cls(
             dataclasses.replace(ingestor.clock(topics.CASHOUTS_REQUESTED)),
             dataclasses.replace(ingestor.clock(topics.PAYOUTS_UPDATED)),
@@ -768,7 +765,7 @@ async def phase_cashouts(
     figures: Figures,
     engine: AsyncEngine,
     producer: Any,
-    service: ClockedConsumerService,
+    service: ConsumerService,
     ingestor: ClockedIngestor,
     rail: BankProcess,
     cpu_meter: CpuMeter,
@@ -782,13 +779,12 @@ async def phase_cashouts(
     await outbox_drained(engine, prefix)
     desk = ingestor.clocked_desk
     desk.one_at_a_time = mode == ONE_AT_A_TIME
-    outbox = service.outbox
-    before = Counts.now(ingestor, outbox)
+    before = Counts.now(ingestor)
     mode_ids = cashout_prefix(run_id, mode) + "%"
     paid = refused = 0
 
     def progress() -> int:
-        return desk.request_count + desk.result_count + outbox.rows + paid
+        return desk.request_count + desk.result_count + OutboxClock.now().rows + paid
 
     cpu_before = cpu_meter.read()
     started = time.perf_counter()
@@ -826,7 +822,8 @@ async def phase_cashouts(
                 last_said = now
                 say(
                     f"  {time.perf_counter() - started:5.0f} s: {desk.request_count:,} requests,"
-                    f" {outbox.rows:,} outbox rows sent, {rail.reports_sent:,} bank reports,"
+                    f" {OutboxClock.now().rows - before.outbox_rows:,} outbox rows sent,"
+                    f" {rail.reports_sent:,} bank reports,"
                     f" {desk.result_count - results_before:,} results ({mode})"
                 )
     elapsed_s = time.perf_counter() - started
@@ -834,7 +831,7 @@ async def phase_cashouts(
     measurement = Measurement(f"cash-outs {mode}", options.cashouts, elapsed_s)
     figures.measurements.append(measurement)
     say(f"cash-outs {mode}: {measurement.items_per_s:,.0f}/s over {measurement.seconds:.1f} s")
-    figures.time_spent[mode] = time_spent_between(before, Counts.now(ingestor, outbox))
+    figures.time_spent[mode] = time_spent_between(before, Counts.now(ingestor))
     figures.machine["bank_reports"] = rail.reports_sent
     await cashout_latency(engine, figures, options.cashouts, mode, mode_ids)
 
@@ -1019,7 +1016,7 @@ async def run(options: Options) -> Figures:
         )
         producer = new_producer(bootstrap_servers)
         rail: BankProcess | None = None
-        service: ClockedConsumerService | None = None
+        service: ConsumerService | None = None
         try:
             async with engine.connect() as conn:
                 rate_cards = await load_rate_cards(conn)
@@ -1062,7 +1059,7 @@ async def run(options: Options) -> Figures:
                         "consumer_cashout_batch_size_max": cashout_batch_size_max(settings, mode)
                     }
                 )
-                service = ClockedConsumerService(mode_settings, ingestor, bootstrap_servers)
+                service = ConsumerService(mode_settings, ingestor, bootstrap_servers)
                 await service.start()
                 await phase_cashouts(
                     options,

@@ -11,10 +11,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,7 +28,14 @@ from schemas.events import PayoutRequested
 from schemas.payout_cancel import PayoutCancelRequested
 from schemas.topics import all_topics
 from services.cashout.desk import CashoutDesk, CashoutLimits
-from services.cashout.outbox import OUTBOX_CLAIM_LEASE_S, OutboxRelay, submitted_cashout_id
+from services.cashout.outbox import (
+    OUTBOX_BATCH_SIZE_MAX,
+    OUTBOX_CLAIM_LEASE_S,
+    OutboxClaim,
+    OutboxRelay,
+    RelayPass,
+    submitted_cashout_id,
+)
 from services.cashout.store import Cashout
 from services.runtime.embedded_broker import create_topics
 from services.runtime.outbox_rows import queue
@@ -164,16 +173,19 @@ async def _read_updates(
     return by_partition
 
 
+@pytest.mark.parametrize("rounds", ["one at a time", "overlapping"])
 async def test_three_relays_keep_each_keys_order_and_send_every_message(
     engine: AsyncEngine,
     writer_engine: AsyncEngine,
     kafka_bootstrap: str,
     prefix: str,
     producers: list[AIOKafkaProducer],
+    rounds: str,
 ) -> None:
-    """Cash-outs move through their states while three relays publish at once; read back from
-    the broker, each creator's messages never go back in the order they were written, and every
-    message is there."""
+    """Cash-outs move through their states while three relays publish at once, each a round at
+    a time (`publish_once`) or in passes whose rounds overlap (`publish_all`, as the service
+    runs it); read back from the broker, each creator's messages never go back in the order
+    they were written, and every message is there."""
     creators = [f"creator-{uuid.uuid4().hex[:8]}" for _ in range(CREATOR_COUNT)]
     cashouts = {
         f"cashout-{uuid.uuid4().hex[:10]}": creators[index % CREATOR_COUNT]
@@ -212,7 +224,10 @@ async def test_three_relays_keep_each_keys_order_and_send_every_message(
         sent = 0
         deadline = time.monotonic() + DRAIN_WAIT_S
         while time.monotonic() < deadline:
-            count = await relay.publish_once(RELAY_ROUND_ROWS_MAX)
+            if rounds == "overlapping":
+                count = (await relay.publish_all(RELAY_ROUND_ROWS_MAX)).rows
+            else:
+                count = await relay.publish_once(RELAY_ROUND_ROWS_MAX)
             sent += count
             if count:
                 continue
@@ -349,6 +364,77 @@ async def test_the_claim_of_a_relay_that_died_is_sent_again_after_its_lease(
             {"p": prefix, "k": creator},
         )
         assert {row.claimed_by.rsplit("#", 1)[0] for row in holders} == {survivor.relay_id}
+
+
+def _relay_metrics() -> tuple[float, float]:
+    """Rows published and rounds timed so far by this process's relays (`/metrics`)."""
+    return (
+        REGISTRY.get_sample_value("giftledger_outbox_rows_published_total") or 0.0,
+        REGISTRY.get_sample_value("giftledger_outbox_round_seconds_count") or 0.0,
+    )
+
+
+class SlowMarkingRelay(OutboxRelay):
+    """A relay whose marks take a while, so that the next round is claimed while one is in
+    flight; it notes how many marks ran at once and which claims overlapped one."""
+
+    MARK_DELAY_S = 0.3
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.marks_in_flight = 0
+        self.marks_in_flight_max = 0
+        self.claims_during_a_mark = 0
+
+    async def claim(self, limit: int = OUTBOX_BATCH_SIZE_MAX) -> OutboxClaim:
+        claim = await super().claim(limit)
+        self.claims_during_a_mark += self.marks_in_flight > 0
+        return claim
+
+    async def mark_sent(self, claim: OutboxClaim) -> int:
+        self.marks_in_flight += 1
+        self.marks_in_flight_max = max(self.marks_in_flight_max, self.marks_in_flight)
+        try:
+            await asyncio.sleep(self.MARK_DELAY_S)
+            return await super().mark_sent(claim)
+        finally:
+            self.marks_in_flight -= 1
+
+
+async def test_a_pass_overlaps_its_rounds_and_ends_only_when_nothing_is_left(
+    engine: AsyncEngine,
+    writer_engine: AsyncEngine,
+    kafka_bootstrap: str,
+    prefix: str,
+    producers: list[AIOKafkaProducer],
+) -> None:
+    """One creator's five rows in rounds of two: while a round is marked, the next claim finds
+    only that creator's rows, held by the round being marked, and comes back empty; the pass
+    goes on (a short round with a mark in flight is not the end), one mark at a time, and ends
+    with every row sent once, in order."""
+    creator = f"creator-{uuid.uuid4().hex[:8]}"
+    first, second = (f"cashout-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    changes = [(first, status) for status in STATES] + [(second, "requested")]
+    event_ids = [
+        await _queue_update(engine, prefix, _cashout(cashout_id, creator, status))
+        for cashout_id, status in changes
+    ]
+    desk = CashoutDesk(CashoutLimits(), EligibilitySettings(), prefix)
+    relay = SlowMarkingRelay(Ledger(writer_engine), desk, producers[0])
+
+    rows_before, rounds_before = _relay_metrics()
+    sent = await relay.publish_all(limit=2)
+
+    assert sent == RelayPass(rounds=3, rows=len(changes))
+    rows_after, rounds_after = _relay_metrics()
+    assert (rows_after - rows_before, rounds_after - rounds_before) == (len(changes), 3)
+    assert await _unpublished_count(engine, prefix) == 0
+    assert relay.claims_during_a_mark >= 2  # the rounds did overlap
+    assert relay.marks_in_flight_max == 1
+    received = await _read_updates(kafka_bootstrap, prefix, set(event_ids))
+    assert [str(update["event_id"]) for records in received.values() for update in records] == (
+        event_ids
+    )
 
 
 def test_a_payout_request_row_submits_its_cash_out_and_a_cancellation_none() -> None:

@@ -49,6 +49,15 @@ OUTBOX_ROWS_PRUNED = Counter(
     "giftledger_outbox_rows_pruned_total",
     "Published outbox rows deleted once older than OUTBOX_RETENTION_HOURS.",
 )
+OUTBOX_ROWS_PUBLISHED = Counter(
+    "giftledger_outbox_rows_published_total",
+    "Outbox rows this process's relay sent and marked published.",
+)
+OUTBOX_ROUND_SECONDS = Histogram(
+    "giftledger_outbox_round_seconds",
+    "Time from an outbox round's claim to its mark's commit (a pass overlaps its rounds).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 DATABASE_RETRIES = Counter(
     "giftledger_database_retries_total", "Batches retried after a database error.", ["topic"]
 )
