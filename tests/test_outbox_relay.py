@@ -435,6 +435,12 @@ async def test_a_pass_overlaps_its_rounds_and_ends_only_when_nothing_is_left(
     assert [str(update["event_id"]) for records in received.values() for update in records] == (
         event_ids
     )
+    # The relay builds its own batches: its messages land on the partition the producer's
+    # `send` picks for the key, as other producers of the topic would.
+    probe = await producers[1].send_and_wait(
+        topics.prefixed(prefix, topics.CASHOUTS_UPDATED), value=b"{}", key=creator.encode()
+    )
+    assert list(received) == [probe.partition]
 
 
 def test_a_payout_request_row_submits_its_cash_out_and_a_cancellation_none() -> None:

@@ -43,6 +43,11 @@ LAG_REFRESH_INTERVAL_S = 5.0
 RETRY_BACKOFF_MS_MIN = 50
 DLQ_SEND_TIMEOUT_S = 30.0
 DLQ_PUBLISH_RETRY_COUNT_MAX = 5
+# The producer's batches per partition (aiokafka's default is 16 KiB). The outbox relay sends a
+# round of up to 500 rows at once, and a send that finds its partition's batch full waits until
+# that batch has left: a round's send took 58 - 82 ms with 16 KiB, 24 - 33 ms with 256 KiB
+# (bench/README.md, 2026-12-05). Brokers take 1 MiB a request by default.
+PRODUCER_BATCH_BYTES = 256 * 1024
 REWIND_PAUSE_S = 1.0
 
 TOPIC_DESCRIPTIONS = {
@@ -435,6 +440,7 @@ class ConsumerService:
             client_id="giftledger-dlq",
             acks="all",
             linger_ms=5,
+            max_batch_size=PRODUCER_BATCH_BYTES,
         )
         await self._producer.start()
         self._outbox = OutboxRelay(self.ingestor.ledger, self.ingestor.desk, self._producer)
