@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import socket
@@ -40,7 +41,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
+from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 from pydantic import ValidationError
 from sqlalchemy import text
 
@@ -58,7 +59,7 @@ OUTBOX_SEND_TIMEOUT_S = 30.0
 # live relay marks its rows before anyone else may send them again.
 OUTBOX_CLAIM_LEASE_S = 60.0
 RELAY_ID_LENGTH_MAX = 160
-DEFAULT_PARTITIONER = DefaultPartitioner()
+KEY_HASHES_CACHED_MAX = 16_384  # creators with rows in flight; an entry is about 200 bytes
 
 # Step 1. `unpublished`: every unpublished row of this deployment, with how many rows of its key
 # up to it (itself included) a live claim holds; one walk of `outbox_unpublished_by_key`, which
@@ -115,12 +116,12 @@ _CLAIM = text(
 )
 
 # Step 3: only the rows this round still holds (a claim that ran out may have passed to another
-# relay, which marks them itself).
+# relay, which marks them itself). Their topics and payloads came with the claim.
 _MARK_SENT = text(
     """
     UPDATE outbox SET published_at = clock_timestamp()
     WHERE id = ANY(CAST(:ids AS bigint[])) AND claimed_by = :claim AND published_at IS NULL
-    RETURNING id, topic, payload
+    RETURNING id
     """
 )
 
@@ -268,21 +269,18 @@ class OutboxRelay:
 
     async def _batches(self, rows: list[OutboxRow]) -> list[tuple[str, int, Any]]:
         """The rows as producer batches: (topic, partition, batch), a partition's batches in row
-        order. A key goes to the partition the producer's default partitioner gives it (murmur2
-        of the key, as Kafka's Java client), where `send` would have put it."""
+        order. A key goes where the producer's default partitioner, and so `send`, would put it:
+        the key's murmur2 hash modulo the partition count, as in Kafka's Java client."""
         prefix = self._desk.topic_prefix
         partitions_of: dict[str, list[int]] = {}
-        partition_of_key: dict[tuple[str, str], int] = {}
         batches: dict[tuple[str, int], list[Any]] = {}
         for row in rows:
             topic = topics.prefixed(prefix, row.topic)
             if topic not in partitions_of:
                 partitions_of[topic] = sorted(await self._producer.partitions_for(topic))
+            partitions = partitions_of[topic]
             key = row.message_key.encode()
-            partition = partition_of_key.get((topic, row.message_key))
-            if partition is None:
-                partition = DEFAULT_PARTITIONER(key, partitions_of[topic], partitions_of[topic])
-                partition_of_key[topic, row.message_key] = partition
+            partition = partitions[key_hash(key) % len(partitions)]
             filling = batches.setdefault((topic, partition), [self._producer.create_batch()])
             if filling[-1].append(key=key, value=row.payload, timestamp=None) is None:
                 filling.append(self._producer.create_batch())
@@ -300,21 +298,20 @@ class OutboxRelay:
         claim ran out and passed to another relay, which marks them itself)."""
         async for tx in self._ledger.transactions():  # submitting posts transfers
             async with tx:
-                marked = (
-                    await tx.connection.execute(
-                        _MARK_SENT,
-                        {"ids": [row.id for row in claim.rows], "claim": claim.claim_id},
-                    )
-                ).all()
-                payout_requests = sorted(
-                    (row.id, bytes(row.payload))
-                    for row in marked
-                    if row.topic == topics.PAYOUTS_REQUESTED
+                marked = set(
+                    (
+                        await tx.connection.execute(
+                            _MARK_SENT,
+                            {"ids": [row.id for row in claim.rows], "claim": claim.claim_id},
+                        )
+                    ).scalars()
                 )
                 submitted = [
                     cashout_id
-                    for _, payload in payout_requests
-                    if (cashout_id := submitted_cashout_id(payload)) is not None
+                    for row in claim.rows  # oldest first
+                    if row.id in marked
+                    and row.topic == topics.PAYOUTS_REQUESTED
+                    and (cashout_id := submitted_cashout_id(row.payload)) is not None
                 ]
                 await self._desk.mark_submitted(tx, self._ledger, submitted)
         return len(marked)
@@ -324,6 +321,14 @@ class OutboxRelay:
         instead of after the lease."""
         async with self._ledger.begin() as conn:
             await conn.execute(_RELEASE, {"claim": claim.claim_id})
+
+
+@functools.lru_cache(maxsize=KEY_HASHES_CACHED_MAX)
+def key_hash(key: bytes) -> int:
+    """A message key's partitioning hash (aiokafka's `DefaultPartitioner`, Kafka's Java client):
+    its murmur2, made non-negative. Cached: a creator's rows come back round after round, and
+    murmur2 is pure Python."""
+    return int(murmur2(key)) & 0x7FFFFFFF
 
 
 def submitted_cashout_id(payload: bytes) -> str | None:
