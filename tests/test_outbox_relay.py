@@ -401,17 +401,19 @@ class SlowMarkingRelay(OutboxRelay):
             self.marks_in_flight -= 1
 
 
+@pytest.mark.parametrize("marks_in_flight_max", [1, 2])
 async def test_a_pass_overlaps_its_rounds_and_ends_only_when_nothing_is_left(
     engine: AsyncEngine,
     writer_engine: AsyncEngine,
     kafka_bootstrap: str,
     prefix: str,
     producers: list[AIOKafkaProducer],
+    marks_in_flight_max: int,
 ) -> None:
     """One creator's five rows in rounds of two: while a round is marked, the next claim finds
     only that creator's rows, held by the round being marked, and comes back empty; the pass
-    goes on (a short round with a mark in flight is not the end), one mark at a time, and ends
-    with every row sent once, in order."""
+    goes on (a short round with a mark in flight is not the end), one mark of the key at a
+    time however many may be in flight, and ends with every row sent once, in order."""
     creator = f"creator-{uuid.uuid4().hex[:8]}"
     first, second = (f"cashout-{uuid.uuid4().hex[:10]}" for _ in range(2))
     changes = [(first, status) for status in STATES] + [(second, "requested")]
@@ -420,7 +422,9 @@ async def test_a_pass_overlaps_its_rounds_and_ends_only_when_nothing_is_left(
         for cashout_id, status in changes
     ]
     desk = CashoutDesk(CashoutLimits(), EligibilitySettings(), prefix)
-    relay = SlowMarkingRelay(Ledger(writer_engine), desk, producers[0])
+    relay = SlowMarkingRelay(
+        Ledger(writer_engine), desk, producers[0], marks_in_flight_max=marks_in_flight_max
+    )
 
     rows_before, rounds_before = _relay_metrics()
     sent = await relay.publish_all(limit=2)
@@ -441,6 +445,46 @@ async def test_a_pass_overlaps_its_rounds_and_ends_only_when_nothing_is_left(
         topics.prefixed(prefix, topics.CASHOUTS_UPDATED), value=b"{}", key=creator.encode()
     )
     assert list(received) == [probe.partition]
+
+
+async def test_rounds_of_other_keys_are_marked_at_once_up_to_the_bound(
+    engine: AsyncEngine,
+    writer_engine: AsyncEngine,
+    kafka_bootstrap: str,
+    prefix: str,
+    producers: list[AIOKafkaProducer],
+) -> None:
+    """Three creators' rows, written in turns, in rounds of two with two marks allowed in
+    flight: each round takes one creator's two oldest rows, two rounds are marked at once and
+    the third waits for the first; every row leaves once, each creator's in order."""
+    creators = [f"creator-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    cashouts = [f"cashout-{uuid.uuid4().hex[:10]}" for _ in creators]
+    written: dict[str, list[str]] = {creator: [] for creator in creators}
+    for statuses in (STATES[:2], STATES[2:]):
+        for creator, cashout_id in zip(creators, cashouts, strict=True):
+            for status in statuses:
+                event_id = await _queue_update(
+                    engine, prefix, _cashout(cashout_id, creator, status)
+                )
+                written[creator].append(event_id)
+    desk = CashoutDesk(CashoutLimits(), EligibilitySettings(), prefix)
+    relay = SlowMarkingRelay(Ledger(writer_engine), desk, producers[0], marks_in_flight_max=2)
+
+    sent = await relay.publish_all(limit=2)
+
+    assert sent.rows == 12
+    assert await _unpublished_count(engine, prefix) == 0
+    assert relay.marks_in_flight_max == 2
+    everything = {event_id for event_ids in written.values() for event_id in event_ids}
+    received = await _read_updates(kafka_bootstrap, prefix, everything)
+    for creator, event_ids in written.items():
+        arrived = [
+            str(update["event_id"])
+            for records in received.values()
+            for update in records
+            if update["creator_id"] == creator
+        ]
+        assert arrived == event_ids
 
 
 def test_a_payout_request_row_submits_its_cash_out_and_a_cancellation_none() -> None:
