@@ -31,6 +31,7 @@ from services.cashout.desk import CashoutDesk, CashoutLimits
 from services.cashout.outbox import (
     OUTBOX_BATCH_SIZE_MAX,
     OUTBOX_CLAIM_LEASE_S,
+    OUTBOX_CLAIM_WINDOW_ROWS,
     OutboxClaim,
     OutboxRelay,
     RelayPass,
@@ -51,6 +52,7 @@ STATES = ("requested", "held", "submitted", "paid")
 WRITES_PER_TRANSACTION_MAX = 8
 BACKLOG_ROWS = 120
 RELAY_ROUND_ROWS_MAX = 7  # small rounds: a key's rows are often split between rounds
+SMALL_CLAIM_WINDOW_ROWS = 10
 RELAY_IDLE_PAUSE_S = 0.02
 DRAIN_WAIT_S = 120.0
 READ_WAIT_S = 60.0
@@ -92,9 +94,16 @@ def _relay(
     prefix: str,
     producer: AIOKafkaProducer,
     claim_lease_s: float = OUTBOX_CLAIM_LEASE_S,
+    claim_window_rows: int = OUTBOX_CLAIM_WINDOW_ROWS,
 ) -> OutboxRelay:
     desk = CashoutDesk(CashoutLimits(), EligibilitySettings(), prefix)
-    return OutboxRelay(Ledger(engine), desk, producer, claim_lease_s=claim_lease_s)
+    return OutboxRelay(
+        Ledger(engine),
+        desk,
+        producer,
+        claim_lease_s=claim_lease_s,
+        claim_window_rows=claim_window_rows,
+    )
 
 
 def _cashout(cashout_id: str, creator_id: str, status: str) -> Cashout:
@@ -173,7 +182,7 @@ async def _read_updates(
     return by_partition
 
 
-@pytest.mark.parametrize("rounds", ["one at a time", "overlapping"])
+@pytest.mark.parametrize("rounds", ["one at a time", "overlapping", "overlapping, small window"])
 async def test_three_relays_keep_each_keys_order_and_send_every_message(
     engine: AsyncEngine,
     writer_engine: AsyncEngine,
@@ -184,8 +193,10 @@ async def test_three_relays_keep_each_keys_order_and_send_every_message(
 ) -> None:
     """Cash-outs move through their states while three relays publish at once, each a round at
     a time (`publish_once`) or in passes whose rounds overlap (`publish_all`, as the service
-    runs it); read back from the broker, each creator's messages never go back in the order
-    they were written, and every message is there."""
+    runs it), their claims looking at the oldest rows up to the window (the default, or a
+    window of a round and a half, which the rows the other relays hold often fill); read back
+    from the broker, each creator's messages never go back in the order they were written,
+    and every message is there."""
     creators = [f"creator-{uuid.uuid4().hex[:8]}" for _ in range(CREATOR_COUNT)]
     cashouts = {
         f"cashout-{uuid.uuid4().hex[:10]}": creators[index % CREATOR_COUNT]
@@ -224,7 +235,7 @@ async def test_three_relays_keep_each_keys_order_and_send_every_message(
         sent = 0
         deadline = time.monotonic() + DRAIN_WAIT_S
         while time.monotonic() < deadline:
-            if rounds == "overlapping":
+            if rounds.startswith("overlapping"):
                 count = (await relay.publish_all(RELAY_ROUND_ROWS_MAX)).rows
             else:
                 count = await relay.publish_once(RELAY_ROUND_ROWS_MAX)
@@ -236,7 +247,11 @@ async def test_three_relays_keep_each_keys_order_and_send_every_message(
             await asyncio.sleep(RELAY_IDLE_PAUSE_S)
         raise AssertionError("the outbox was not drained in time")
 
-    relays = [_relay(writer_engine, prefix, producer) for producer in producers]
+    small = rounds.endswith("small window")
+    window = SMALL_CLAIM_WINDOW_ROWS if small else OUTBOX_CLAIM_WINDOW_ROWS
+    relays = [
+        _relay(writer_engine, prefix, producer, claim_window_rows=window) for producer in producers
+    ]
     writing = asyncio.ensure_future(write())
     sent_counts = await asyncio.gather(*(run(relay) for relay in relays))
     await writing

@@ -65,33 +65,46 @@ OUTBOX_MARKS_IN_FLIGHT_MAX = 2
 # live relay marks its rows before anyone else may send them again.
 OUTBOX_CLAIM_LEASE_S = 60.0
 RELAY_ID_LENGTH_MAX = 160
+# A claim considers the oldest unpublished rows up to this many: ten full rounds, so rows that
+# other rounds hold leave enough free ones; a key whose rows are all further back waits for the
+# rows before it, which leave first anyway.
+OUTBOX_CLAIM_WINDOW_ROWS = 10 * OUTBOX_BATCH_SIZE_MAX
 KEY_HASHES_CACHED_MAX = 16_384  # creators with rows in flight; an entry is about 200 bytes
 
-# Step 1. `unpublished`: every unpublished row of this deployment, with how many rows of its key
-# up to it (itself included) a live claim holds; one walk of `outbox_unpublished_by_key`, which
-# is in key and id order already. `runs`: the rows no live claim holds before them, oldest first,
-# up to the limit, each with its key's first row among them (`head_id`, the key's oldest
-# unpublished row): for each key, from that row up to the first row another round holds (a key
-# whose oldest row is held has none). `free_heads`: those heads, locked now (rows another relay
-# is claiming at this moment are skipped, and with them their whole key). The runs of the locked
-# heads are claimed; the checks are made again on each row as it is updated, so a row another
-# relay marked or claimed meanwhile is left out.
+# Step 1. `unpublished`: the oldest unpublished rows of this deployment, at most the window,
+# with how many rows of its key up to it (itself included) a live claim holds. The window is a
+# prefix in id order, so every row of a key older than a row in it is in it too, and the count
+# is the same as over the whole backlog: a claim counts over the window, not the backlog
+# (98 - 220 ms a claim with 50,000 rows waiting when it counted them all, bench/README.md).
+# `runs`: the rows no live claim holds before them, oldest first, up to the limit, each with
+# its key's first row among them (`head_id`, the key's oldest unpublished row): for each key,
+# from that row up to the first row another round holds (a key whose oldest row is held has
+# none). `free_heads`: those heads, locked now (rows another relay is claiming at this moment
+# are skipped, and with them their whole key). The runs of the locked heads are claimed; the
+# checks are made again on each row as it is updated, so a row another relay marked or claimed
+# meanwhile is left out.
 #
 # Every other step reads only the runs, or rows by id from arrays computed once, so whatever the
-# planner estimates the statement reads the unpublished rows a few times at most (three in the
-# plans seen), never once per row. The form before joined the heads to the rows of their keys;
-# the relay drains the outbox between autovacuum's ANALYZEs, so the statistics say there are
-# almost no unpublished rows, and the planner chose nested loops that read every unpublished row
-# once per unpublished row: with 3,000 unpublished rows a claim took 20 to 90 s
-# (bench/README.md: "the outbox relay's claim, quadratic on a backlog").
+# planner estimates the statement reads the unpublished rows a few times at most (when the
+# statistics say there are none, the lookups by id may walk them with a filter), never once per
+# row. The form before joined the heads to the rows of their keys; the relay drains the outbox
+# between autovacuum's ANALYZEs, so the statistics say there are almost no unpublished rows, and
+# the planner chose nested loops that read every unpublished row once per unpublished row: with
+# 3,000 unpublished rows a claim took 20 to 90 s (bench/README.md: "the outbox relay's claim,
+# quadratic on a backlog").
 _CLAIM = text(
     """
     WITH unpublished AS (
         SELECT id, message_key,
                count(*) FILTER (WHERE claimed_until > clock_timestamp())
                    OVER (PARTITION BY message_key ORDER BY id) AS held_so_far
-        FROM outbox
-        WHERE topic_prefix = :prefix AND published_at IS NULL
+        FROM (
+            SELECT id, message_key, claimed_until
+            FROM outbox
+            WHERE topic_prefix = :prefix AND published_at IS NULL
+            ORDER BY id
+            LIMIT :window
+        ) AS oldest_unpublished
     ), runs AS (
         SELECT id, min(id) OVER (PARTITION BY message_key) AS head_id
         FROM (
@@ -178,9 +191,13 @@ class OutboxRelay:
         relay_id: str | None = None,
         claim_lease_s: float = OUTBOX_CLAIM_LEASE_S,
         marks_in_flight_max: int | None = None,
+        claim_window_rows: int = OUTBOX_CLAIM_WINDOW_ROWS,
     ) -> None:
         if claim_lease_s <= 0:
             raise ValueError("claim_lease_s must be positive")
+        if claim_window_rows < 1:
+            raise ValueError("claim_window_rows must be positive")
+        self._claim_window_rows = claim_window_rows
         self._marks_in_flight_max = (
             OUTBOX_MARKS_IN_FLIGHT_MAX if marks_in_flight_max is None else marks_in_flight_max
         )
@@ -250,8 +267,10 @@ class OutboxRelay:
 
     async def claim(self, limit: int = OUTBOX_BATCH_SIZE_MAX) -> OutboxClaim:
         """Step 1: claim at most `limit` rows for a new round, in one short transaction."""
-        if not 1 <= limit <= OUTBOX_BATCH_SIZE_MAX:
-            raise ValueError(f"limit must be between 1 and {OUTBOX_BATCH_SIZE_MAX}")
+        if not 1 <= limit <= min(OUTBOX_BATCH_SIZE_MAX, self._claim_window_rows):
+            raise ValueError(
+                f"limit must be between 1 and {OUTBOX_BATCH_SIZE_MAX}, and within the window"
+            )
         claim_id = f"{self.relay_id}#{next(self._rounds)}"
         async with self._ledger.begin() as conn:
             result = await conn.execute(
@@ -259,6 +278,7 @@ class OutboxRelay:
                 {
                     "prefix": self._desk.topic_prefix,
                     "limit": limit,
+                    "window": self._claim_window_rows,
                     "claim": claim_id,
                     "lease_s": self._claim_lease_s,
                 },
