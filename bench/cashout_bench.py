@@ -85,7 +85,12 @@ from schemas.topics import all_topics
 from services.app.bootstrap import build_ledger
 from services.app.consumer import ConsumerService
 from services.cashout.desk import CashoutDesk, CashoutLimits, lock_creators
-from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S
+from services.cashout.outbox import (
+    OUTBOX_BATCH_SIZE_MAX,
+    OUTBOX_CLAIM_WINDOW_ROWS,
+    OUTBOX_MARKS_IN_FLIGHT_MAX,
+    OUTBOX_POLL_INTERVAL_S,
+)
 from services.cashout.store import Cashout
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, InputRecord
@@ -1041,6 +1046,8 @@ async def run(options: Options) -> Figures:
                 ),
                 "outbox_poll_s": OUTBOX_POLL_INTERVAL_S,
                 "outbox_batch_max": OUTBOX_BATCH_SIZE_MAX,
+                "outbox_marks_in_flight_max": OUTBOX_MARKS_IN_FLIGHT_MAX,
+                "outbox_claim_window_rows": OUTBOX_CLAIM_WINDOW_ROWS,
                 "bank_paid_delay_ms": options.paid_delay_ms,
             }
             await producer.start()

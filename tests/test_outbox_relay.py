@@ -398,7 +398,7 @@ class SlowMarkingRelay(OutboxRelay):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.marks_in_flight = 0
-        self.marks_in_flight_max = 0
+        self.most_marks_at_once = 0
         self.claims_during_a_mark = 0
 
     async def claim(self, limit: int = OUTBOX_BATCH_SIZE_MAX) -> OutboxClaim:
@@ -408,7 +408,7 @@ class SlowMarkingRelay(OutboxRelay):
 
     async def mark_sent(self, claim: OutboxClaim) -> int:
         self.marks_in_flight += 1
-        self.marks_in_flight_max = max(self.marks_in_flight_max, self.marks_in_flight)
+        self.most_marks_at_once = max(self.most_marks_at_once, self.marks_in_flight)
         try:
             await asyncio.sleep(self.MARK_DELAY_S)
             return await super().mark_sent(claim)
@@ -449,7 +449,7 @@ async def test_a_pass_overlaps_its_rounds_and_ends_only_when_nothing_is_left(
     assert (rows_after - rows_before, rounds_after - rounds_before) == (len(changes), 3)
     assert await _unpublished_count(engine, prefix) == 0
     assert relay.claims_during_a_mark >= 2  # the rounds did overlap
-    assert relay.marks_in_flight_max == 1
+    assert relay.most_marks_at_once == 1
     received = await _read_updates(kafka_bootstrap, prefix, set(event_ids))
     assert [str(update["event_id"]) for records in received.values() for update in records] == (
         event_ids
@@ -489,7 +489,7 @@ async def test_rounds_of_other_keys_are_marked_at_once_up_to_the_bound(
 
     assert sent.rows == 12
     assert await _unpublished_count(engine, prefix) == 0
-    assert relay.marks_in_flight_max == 2
+    assert relay.most_marks_at_once == 2
     everything = {event_id for event_ids in written.values() for event_id in event_ids}
     received = await _read_updates(kafka_bootstrap, prefix, everything)
     for creator, event_ids in written.items():
