@@ -182,6 +182,17 @@ async def _read_updates(
     return by_partition
 
 
+def _event_ids_of(received: dict[int, list[dict[str, object]]], creator: str) -> list[str]:
+    """The event ids of one creator's records as read back (a creator's records share one
+    partition, so this is the order they arrived in)."""
+    return [
+        str(update["event_id"])
+        for records in received.values()
+        for update in records
+        if update["creator_id"] == creator
+    ]
+
+
 @pytest.mark.parametrize("rounds", ["one at a time", "overlapping", "overlapping, small window"])
 async def test_three_relays_keep_each_keys_order_and_send_every_message(
     engine: AsyncEngine,
@@ -363,13 +374,7 @@ async def test_the_claim_of_a_relay_that_died_is_sent_again_after_its_lease(
     await wait_until(survivor_sent_them)
     assert await dying.mark_sent(claim) == 0  # a claim that passed on marks nothing
     received = await _read_updates(kafka_bootstrap, prefix, set(event_ids))
-    mine = [
-        str(update["event_id"])
-        for records in received.values()
-        for update in records
-        if update["creator_id"] == creator
-    ]
-    assert mine == event_ids
+    assert _event_ids_of(received, creator) == event_ids
     async with engine.connect() as conn:
         holders = await conn.execute(
             text(
@@ -493,13 +498,7 @@ async def test_rounds_of_other_keys_are_marked_at_once_up_to_the_bound(
     everything = {event_id for event_ids in written.values() for event_id in event_ids}
     received = await _read_updates(kafka_bootstrap, prefix, everything)
     for creator, event_ids in written.items():
-        arrived = [
-            str(update["event_id"])
-            for records in received.values()
-            for update in records
-            if update["creator_id"] == creator
-        ]
-        assert arrived == event_ids
+        assert _event_ids_of(received, creator) == event_ids
 
 
 def test_a_payout_request_row_submits_its_cash_out_and_a_cancellation_none() -> None:

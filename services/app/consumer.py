@@ -22,12 +22,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from schemas import topics
 from services.app.poison import apply_isolating_poison
-from services.cashout.outbox import (
-    OUTBOX_BATCH_SIZE_MAX,
-    OUTBOX_POLL_INTERVAL_S,
-    OutboxRelay,
-    RelayPass,
-)
+from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S, OutboxRelay
 from services.cashout.outbox_retention import OUTBOX_PRUNE_INTERVAL_S, prune_published
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, DeadLetter, InputRecord
@@ -364,16 +359,12 @@ class ConsumerService:
             raise RuntimeError("the consumer service is not started")
         return await self._outbox.publish_once(limit)
 
-    async def publish_outbox(self) -> RelayPass:
-        """One pass of the outbox relay: rounds until one comes back short
-        (`OutboxRelay.publish_all`)."""
-        if self._outbox is None:
-            raise RuntimeError("the consumer service is not started")
-        return await self._outbox.publish_all()
-
     async def _publish_outbox(self) -> None:
         async def publish_all() -> None:
-            await self.publish_outbox()
+            """One pass of the relay: rounds until one comes back short."""
+            if self._outbox is None:
+                raise RuntimeError("the consumer service is not started")
+            await self._outbox.publish_all()
 
         await self._every(OUTBOX_POLL_INTERVAL_S, "outbox not published", publish_all)
 

@@ -314,7 +314,9 @@ class OutboxRelay:
             partitions = partitions_of[topic]
             key = row.message_key.encode()
             partition = partitions[key_hash(key) % len(partitions)]
-            filling = batches.setdefault((topic, partition), [self._producer.create_batch()])
+            if (topic, partition) not in batches:
+                batches[topic, partition] = [self._producer.create_batch()]
+            filling = batches[topic, partition]
             if filling[-1].append(key=key, value=row.payload, timestamp=None) is None:
                 filling.append(self._producer.create_batch())
                 if filling[-1].append(key=key, value=row.payload, timestamp=None) is None:
