@@ -39,9 +39,10 @@ RETRY_BACKOFF_MS_MIN = 50
 DLQ_SEND_TIMEOUT_S = 30.0
 DLQ_PUBLISH_RETRY_COUNT_MAX = 5
 # The producer's batches per partition (aiokafka's default is 16 KiB). The outbox relay sends a
-# round of up to 500 rows at once, and a send that finds its partition's batch full waits until
-# that batch has left: a round's send took 58 - 82 ms with 16 KiB, 24 - 33 ms with 256 KiB
-# (bench/README.md, 2026-12-05). Brokers take 1 MiB a request by default.
+# round of up to 2,000 rows at once (about 250 a partition of 8, 0.3 - 0.5 KiB each), and a send
+# that finds its partition's batch full waits until that batch has left: a round of 500 took
+# 58 - 82 ms to send with 16 KiB, 24 - 33 ms with 256 KiB (bench/README.md, 2026-12-05).
+# Brokers take 1 MiB a request by default.
 PRODUCER_BATCH_BYTES = 256 * 1024
 REWIND_PAUSE_S = 1.0
 
