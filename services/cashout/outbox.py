@@ -56,7 +56,7 @@ from services.runtime import metrics
 OUTBOX_POLL_INTERVAL_S = 0.2
 # Rows a round claims at most. The claim reads the window (below) whatever it takes, so a round
 # of 2,000 pays for it once where four rounds of 500 paid four times: 26 - 47 ms a claim of
-# 2,000 against 11 - 12 ms one of 500 with 5,000 to 50,000 rows waiting, and 5 % less CPU a
+# 2,000 against 11 - 18 ms one of 500 with 5,000 to 50,000 rows waiting, and 5 % less CPU a
 # batched cash-out in all (bench/README.md, 2026-12-05, before midnight).
 OUTBOX_BATCH_SIZE_MAX = 2_000
 OUTBOX_SEND_TIMEOUT_S = 30.0
