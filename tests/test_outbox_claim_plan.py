@@ -1,5 +1,5 @@
-"""The outbox relay's claim reads each unpublished row a bounded number of times, however wrong
-the planner's statistics are.
+"""The outbox relay's claim reads each unpublished row a bounded number of times, and the claim
+and the mark take their own rows by id, however wrong the planner's statistics are.
 
 Autovacuum's ANALYZE of `outbox` mostly runs while the relays keep it drained, so the statistics
 say there are almost no unpublished rows. When a backlog builds (the bank or the broker slow, a
