@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 from hypothesis import given
@@ -69,3 +70,49 @@ def test_conversion_never_creates_value_and_keeps_the_remainder_below_one_minor_
     assert conversion.rounding_amount * per_milli < 1
     assert conversion.redeemed_amount * per_milli - conversion.payout_amount < per_milli
     assert conversion.payout_amount == int(milli_diamonds * per_milli)
+
+
+def _by_the_definition(
+    asset: str, amount: int, diamonds_per_usd: int, source_fx: FxRate, payout_fx: FxRate
+) -> tuple[Fraction, int, int, int]:
+    """The module docstring's formula, in fractions: what `convert` must give."""
+    if asset == "DIAMOND":
+        usd = Fraction(amount, 1000 * diamonds_per_usd)
+    else:
+        usd = Fraction(amount, 10 ** SCALES[asset]) / source_fx.units_per_usd
+    per_unit = usd / amount * payout_fx.units_per_usd * 10 ** SCALES[payout_fx.currency]
+    payout = math.floor(amount * per_unit)
+    redeemed = min(amount, math.ceil(payout / per_unit))
+    return usd, payout, redeemed, amount - redeemed
+
+
+SCALES = {"DIAMOND": 3, "JPY": 0, "USD": 2, "EUR": 2, "KWD": 3}
+RATES = st.fractions(
+    min_value=Fraction(1, 1000), max_value=Fraction(100_000), max_denominator=10**6
+)
+
+
+@given(
+    asset=st.sampled_from(sorted(SCALES)),
+    amount=st.integers(1, 10**12),
+    diamonds_per_usd=st.integers(1, 10_000),
+    source_rate=RATES,
+    payout=st.sampled_from(["JPY", "USD", "KWD"]),
+    payout_rate=RATES,
+)
+def test_conversion_gives_what_the_formula_gives_in_fractions(
+    asset: str,
+    amount: int,
+    diamonds_per_usd: int,
+    source_rate: Fraction,
+    payout: str,
+    payout_rate: Fraction,
+) -> None:
+    source_fx, payout_fx = FxRate(asset, source_rate), FxRate(payout, payout_rate)
+    conversion = convert(asset, amount, diamonds_per_usd, source_fx, payout_fx)
+    assert (
+        conversion.usd_value,
+        conversion.payout_amount,
+        conversion.redeemed_amount,
+        conversion.rounding_amount,
+    ) == _by_the_definition(asset, amount, diamonds_per_usd, source_fx, payout_fx)

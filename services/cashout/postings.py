@@ -36,6 +36,7 @@ from services.cashout.store import Cashout, cashout_event_id
 from services.rates.fx import FxRate
 
 SETTLEMENT_CURRENCIES_CACHED_MAX = 256  # payout currencies: ISO 4217 has fewer than 200
+_LINKED = int(TransferFlags.LINKED)  # a plain int, as `Transfer.flags` keeps it
 
 
 def hold_source(creator_id: str, asset: str) -> AccountSpec:
@@ -202,29 +203,30 @@ def linked_chain(
     account_ids: dict[str, int],
     first: Sequence[Transfer] = (),
 ) -> list[Transfer]:
-    """`first` (a resolving transfer) and the legs as transfers, linked into one chain."""
+    """`first` (a resolving transfer) and the legs as transfers, linked into one chain: each
+    but the last carries LINKED (the legs' transfers are built with their flags, not copied)."""
+    last = len(first) + len(legs) - 1
     chain = [
-        *first,
-        *(
+        transfer
+        if position == last
+        else dataclasses.replace(transfer, flags=transfer.flags | TransferFlags.LINKED)
+        for position, transfer in enumerate(first)
+    ]
+    for position, leg in enumerate(legs, start=len(first)):
+        chain.append(
             Transfer(
                 id=names.transfer_id(leg.name),
                 debit_account_id=account_ids[leg.debit.name],
                 credit_account_id=account_ids[leg.credit.name],
                 amount=leg.amount_minor,
                 code=leg.code,
+                flags=0 if position == last else _LINKED,
                 rate_card_version=cashout.rate_card_version,
                 event_id=names.event_id,
                 metadata={"cashout_id": cashout.cashout_id},
             )
-            for leg in legs
-        ),
-    ]
-    return [
-        dataclasses.replace(transfer, flags=transfer.flags | TransferFlags.LINKED)
-        if position < len(chain) - 1
-        else transfer
-        for position, transfer in enumerate(chain)
-    ]
+        )
+    return chain
 
 
 def submission_transfers(
