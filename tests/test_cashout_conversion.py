@@ -72,10 +72,18 @@ def test_conversion_never_creates_value_and_keeps_the_remainder_below_one_minor_
     assert conversion.payout_amount == int(milli_diamonds * per_milli)
 
 
+# The minor-unit scales of the assets the test draws (the currencies' from ISO 4217), and the
+# FX rates it draws.
+SCALES = {"DIAMOND": 3, "JPY": 0, "USD": 2, "EUR": 2, "KWD": 3}
+RATES = st.fractions(
+    min_value=Fraction(1, 1000), max_value=Fraction(100_000), max_denominator=10**6
+)
+
+
 def _by_the_definition(
     asset: str, amount: int, diamonds_per_usd: int, source_fx: FxRate, payout_fx: FxRate
 ) -> tuple[Fraction, int, int, int]:
-    """The module docstring's formula, in fractions: what `convert` must give."""
+    """The formula of `services.cashout.conversion`, in fractions: what `convert` must give."""
     if asset == "DIAMOND":
         usd = Fraction(amount, 1000 * diamonds_per_usd)
     else:
@@ -84,12 +92,6 @@ def _by_the_definition(
     payout = math.floor(amount * per_unit)
     redeemed = min(amount, math.ceil(payout / per_unit))
     return usd, payout, redeemed, amount - redeemed
-
-
-SCALES = {"DIAMOND": 3, "JPY": 0, "USD": 2, "EUR": 2, "KWD": 3}
-RATES = st.fractions(
-    min_value=Fraction(1, 1000), max_value=Fraction(100_000), max_denominator=10**6
-)
 
 
 @given(

@@ -4,6 +4,7 @@ index in their order, and the reads made cheaper give what the slower ones gave.
 - the cash-outs and dead letters lists, newest first, read their first rows from the indexes of
   migration 0021 instead of sorting the whole table (plans read as JSON, held to the property:
   an index scan of the table in the list's order and no sort);
+- the stale-holds lists, with few cash-outs open, read the open ones through an index by status;
 - the overview's gifts, read once per UTC day and surface, sum to what three calls of
   `gifts_report` give;
 - a statement, each side of the account read from its own index, pages through every transfer of

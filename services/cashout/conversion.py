@@ -31,7 +31,7 @@ def convert(
 
     One minor unit of the source is worth `per_unit_numerator / per_unit_denominator` minor
     units of the payout currency; the payout and what redeems it are integer divisions by it
-    (a fifth of the time the same arithmetic took in `Fraction`s)."""
+    (about a fifth of the time the same arithmetic took in `Fraction`s)."""
     if asset == DIAMOND:
         usd_numerator, usd_denominator = 1, MILLI_PER_DIAMOND * diamonds_per_usd
     else:
