@@ -74,6 +74,17 @@ async def _backlog_unknown_to_the_statistics(engine: AsyncEngine, rows: int) -> 
     return prefix
 
 
+def _claim_parameters(prefix: str, claim_id: str) -> dict[str, Any]:
+    """The relay's claim of a full round for the deployment `prefix`, as `OutboxRelay.claim`."""
+    return {
+        "prefix": prefix,
+        "limit": OUTBOX_BATCH_SIZE_MAX,
+        "window": OUTBOX_CLAIM_WINDOW_ROWS,
+        "claim": claim_id,
+        "lease_s": OUTBOX_CLAIM_LEASE_S,
+    }
+
+
 async def _publish_all(engine: AsyncEngine, prefix: str) -> None:
     """No backlog left behind for other tests."""
     async with engine.begin() as conn:
@@ -95,13 +106,7 @@ async def test_a_claim_reads_a_backlog_a_few_times_when_the_statistics_say_it_is
         transaction = await conn.begin()
         plan = await conn.scalar(
             text(f"EXPLAIN (ANALYZE, FORMAT JSON) {_CLAIM.text}"),
-            {
-                "prefix": prefix,
-                "limit": OUTBOX_BATCH_SIZE_MAX,
-                "window": OUTBOX_CLAIM_WINDOW_ROWS,
-                "claim": "plan-test#1",
-                "lease_s": OUTBOX_CLAIM_LEASE_S,
-            },
+            _claim_parameters(prefix, "plan-test#1"),
         )
         await transaction.rollback()
     await _publish_all(engine, prefix)
@@ -125,18 +130,7 @@ async def test_a_mark_reads_only_its_rows_when_the_statistics_say_the_backlog_is
     async with engine.connect() as conn:
         transaction = await conn.begin()
         claim_id = "plan-test#2"
-        claimed = (
-            await conn.execute(
-                _CLAIM,
-                {
-                    "prefix": prefix,
-                    "limit": OUTBOX_BATCH_SIZE_MAX,
-                    "window": OUTBOX_CLAIM_WINDOW_ROWS,
-                    "claim": claim_id,
-                    "lease_s": OUTBOX_CLAIM_LEASE_S,
-                },
-            )
-        ).all()
+        claimed = (await conn.execute(_CLAIM, _claim_parameters(prefix, claim_id))).all()
         ids = [row.id for row in claimed]
         plan = await conn.scalar(
             text(f"EXPLAIN (ANALYZE, FORMAT JSON) {_MARK_SENT.text}"),
