@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench.log_tally import LogTally
 from services.payout_rail.rail import RailSettings, simulated_rail
+from services.runtime.collector import settle_collector
 
 # The slots of the bank's shared array of doubles.
 ASSIGNED, REPORTS_SENT, WARNINGS_LOGGED, STARTED = range(4)
@@ -140,6 +141,7 @@ async def _serve(
         slots[WARNINGS_LOGGED] = sum(tally.counts.values())
 
     await rail.start()
+    settle_collector()  # as `giftledger run --payout-rail` does once its rail has started
     slots[STARTED] = time.time()
     try:
         while not stop.is_set():

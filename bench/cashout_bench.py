@@ -7,9 +7,10 @@ One broker (the embedded Tansu, or `KAFKA_BOOTSTRAP_SERVERS`) and one fresh data
 migrated to head, dropped at the end). Topics get a unique prefix and
 `Settings.kafka_partition_count` partitions. The consumers are the product's `ConsumerService`
 and `Ingestor`, built as `services.app.bootstrap.start_consumers` builds them (same `Ledger` and
-`CashoutDesk` settings), with subclasses that only note times; the bank is
-`services.payout_rail.simulated_rail` in a process of its own (`bench.bank_process`), as the bank
-is not in giftledger's process in production.
+`CashoutDesk` settings; the collector settled as `giftledger run` settles it), with subclasses
+that only note times; the bank is `services.payout_rail.simulated_rail` in a process of its own
+(`bench.bank_process`, its collector settled too), as the bank is not in giftledger's process in
+production.
 
 1. gifts: a `creators.updated` profile per creator (eligible: US, 25,000 followers, 50,000 views
    and 12 posts in 30 days, good standing, verified, a payout account ref) and `--gifts` gifts,
@@ -96,6 +97,7 @@ from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, InputRecord
 from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime import metrics
+from services.runtime.collector import settle_collector
 from services.runtime.embedded_broker import create_topics
 from services.runtime.settings import EligibilitySettings, Settings
 
@@ -1057,6 +1059,7 @@ async def run(options: Options) -> Figures:
             )
             await rail.wait_started()
             cpu_meter = CpuMeter(rail.pid, await postmaster_pid(engine), broker_pid)
+            settle_collector()  # as `giftledger run` does before it starts its consumers
             service, ingestor = new_consumers(settings, engine, bootstrap_servers, rate_cards)
             plan = GiftPlan(options)
             await phase_gifts(options, figures, producer, service, ingestor, plan, run_id)
