@@ -1,12 +1,15 @@
 """The consumer service starts its subscribers together, and a failed start leaves none running;
-it starts the outbox's pruning with them."""
+it starts the outbox's pruning with them, and a relay pass as soon as a batch that queued outbox
+rows commits."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,6 +20,7 @@ from services.app.consumer import ConsumerService
 from services.rates.rate_cards import load_rate_cards
 from services.runtime.embedded_broker import create_topics
 from services.runtime.settings import Settings
+from tests import event_factory as make
 from tests.ingestion_fixtures import ASSIGNMENT_WAIT_S, PARTITION_COUNT, make_ingestor, wait_until
 from tests.test_outbox_retention import add_row
 
@@ -126,3 +130,46 @@ async def test_a_running_service_prunes_its_published_outbox_rows_past_the_reten
     finally:
         await service.stop()
     assert await remaining() == {recent, elsewhere}
+
+
+async def test_a_committed_batch_of_cash_out_requests_starts_a_relay_pass_at_once(
+    engine: AsyncEngine, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay's poll is far longer than the test: the rejected request's `cashouts.updated`
+    row is published only if the batch's commit starts a pass."""
+    monkeypatch.setattr(consumer, "OUTBOX_POLL_INTERVAL_S", 3_600.0)
+    service = await _new_service(engine, kafka_bootstrap)
+    prefix = service.settings.kafka_topic_prefix
+    request = make.cashout_request(f"unknown-{uuid.uuid4().hex[:8]}", 2_000)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+
+    async def outbox_rows() -> list[tuple[str, bool]]:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT topic, published_at IS NOT NULL AS published FROM outbox"
+                    " WHERE topic_prefix = :prefix"
+                ),
+                {"prefix": prefix},
+            )
+            return [(row.topic, row.published) for row in rows]
+
+    async def published() -> bool:
+        return any(was_published for _, was_published in await outbox_rows())
+
+    try:
+        await service.start()
+        await producer.start()
+        await producer.send_and_wait(
+            prefix + topics.CASHOUTS_REQUESTED,
+            value=json.dumps(request).encode(),
+            key=str(request["creator_id"]).encode(),
+        )
+        await wait_until(published, ASSIGNMENT_WAIT_S)
+    finally:
+        await producer.stop()
+        await service.stop()
+    # A creator with no profile is refused: its statuses, published in that pass, no payout.
+    rows = await outbox_rows()
+    assert rows
+    assert set(rows) == {(topics.CASHOUTS_UPDATED, True)}

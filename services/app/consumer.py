@@ -45,6 +45,11 @@ DLQ_PUBLISH_RETRY_COUNT_MAX = 5
 # Brokers take 1 MiB a request by default.
 PRODUCER_BATCH_BYTES = 256 * 1024
 REWIND_PAUSE_S = 1.0
+# Batches of these topics queue outbox rows (`services.cashout.desk`): once one commits, this
+# process's relay starts a pass at once instead of at its next poll (OUTBOX_POLL_INTERVAL_S, which
+# stays for the rows other processes queue). The poll alone kept a cash-out's payout waiting up to
+# a poll's length before it left, and again for its status.
+OUTBOX_QUEUEING_TOPICS = frozenset({topics.CASHOUTS_REQUESTED, topics.PAYOUTS_UPDATED})
 
 TOPIC_DESCRIPTIONS = {
     topics.GIFTS_SENT: "Gifts on short videos and LIVE streams; credit the creator's Diamonds.",
@@ -157,6 +162,7 @@ class ConsumerService:
         self._outbox: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._outbox_due = asyncio.Event()
         self._subscribers: dict[str, Any] = {}
         for topic in topics.CONSUMED_TOPICS:
             self._register(topic)
@@ -227,6 +233,8 @@ class ConsumerService:
             await self._rewind(msg, f"batch of {len(records)} from {topic} not applied", error)
             return
         metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
+        if topic in OUTBOX_QUEUEING_TOPICS and report.applied:
+            self._outbox_due.set()
         try:
             await self._publish_dead_letters(topic, report.dead_letters)
         except Exception as error:
@@ -367,7 +375,9 @@ class ConsumerService:
                 raise RuntimeError("the consumer service is not started")
             await self._outbox.publish_all()
 
-        await self._every(OUTBOX_POLL_INTERVAL_S, "outbox not published", publish_all)
+        await self._every(
+            OUTBOX_POLL_INTERVAL_S, "outbox not published", publish_all, due=self._outbox_due
+        )
 
     async def _prune_outbox(self) -> None:
         async def prune() -> None:
@@ -394,15 +404,24 @@ class ConsumerService:
         await self._every(RATE_CARD_REFRESH_S, "rate cards not reloaded", reload)
 
     async def _every(
-        self, interval_s: float, failure: str, job: Callable[[], Awaitable[None]]
+        self,
+        interval_s: float,
+        failure: str,
+        job: Callable[[], Awaitable[None]],
+        *,
+        due: asyncio.Event | None = None,
     ) -> None:
-        """Run `job` every `interval_s` until the service stops; a failed round is logged and
-        the next one tries again."""
+        """Run `job` every `interval_s`, and at once whenever `due` is set (cleared as the
+        round starts), until the service stops; a failed round is logged and the next one tries
+        again."""
+        wake = self._stopping if due is None else due  # `stop()` sets both
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval_s)
+                await asyncio.wait_for(wake.wait(), interval_s)
             if self._stopping.is_set():
                 return
+            if due is not None:
+                due.clear()
             try:
                 await job()
             except Exception as error:
@@ -448,6 +467,7 @@ class ConsumerService:
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._outbox_due.set()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
