@@ -216,16 +216,16 @@ class CashoutDesk:
         account_ids: dict[str, int],
         facts: RequestFacts,
     ) -> list[tuple[Cashout, list[Transition]]]:
-        """Requests of distinct creators: stored as requested, checked, their holds posted in
-        one batch (each refused hold rejects its request for the available balance), stored
-        as held or rejected; returns each cash-out with its transitions, to queue."""
+        """Requests of distinct creators: checked, their holds posted in one batch (each
+        refused hold rejects its request for the available balance), then stored as held or
+        rejected, each with its two transitions (requested, then the decision); returns each
+        cash-out with its transitions, to queue. Nothing reads a round's rows before they are
+        stored: the day's spent sums leave the checked requests out."""
         conn = tx.connection
         cashouts = [
             new_cashout(event, rate_cards.in_force_at(event.occurred_at)) for event in events
         ]
         requested = [Transition(dataclasses.replace(cashout)) for cashout in cashouts]
-        await insert_cashouts(conn, [transition.cashout for transition in requested])
-        await store_transitions(conn, requested)
         spent = await spent_micros(conn, events)
         holding: list[Cashout] = []
         holds: list[Transfer] = []
@@ -256,8 +256,8 @@ class CashoutDesk:
             else Transition(cashout, detail=cashout.rejected_rule or "")
             for cashout in cashouts
         ]
-        await update_cashouts(conn, cashouts)
-        await store_transitions(conn, decided)
+        await insert_cashouts(conn, cashouts)
+        await store_transitions(conn, [*requested, *decided])
         return [
             (cashout, [before, after])
             for cashout, before, after in zip(cashouts, requested, decided, strict=True)
