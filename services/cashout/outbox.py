@@ -53,6 +53,9 @@ from schemas.payout_cancel import parse_payout_cancel
 from services.cashout.desk import CashoutDesk
 from services.runtime import metrics
 
+# How often a relay looks for rows nobody told it about: those other processes queue. A batch
+# that queues rows in the relay's own process starts a pass when it commits
+# (`services.app.consumer`).
 OUTBOX_POLL_INTERVAL_S = 0.2
 # Rows a round claims at most. The claim reads the window (below) whatever it takes, so a round
 # of 2,000 pays for it once where four rounds of 500 paid four times: 26 - 47 ms a claim of
