@@ -34,12 +34,15 @@ several requests takes all their creators' locks first, in key order.
 A batch is applied as applying its items one at a time in their order would, with the round
 trips of the batch, not of each item (`requests`, `payout_results`, `mark_submitted`). The reads
 the checks make are one statement each for the whole batch (`services.cashout.request_facts`).
-Items are then taken in rounds, the n-th request of each creator (or the n-th result of each
-cash-out) in round n, so an item sees what the earlier items of its creator or cash-out did: per
-round, the day's spent sums are read again, the holds (or the results' legs) are posted in one
-`post`, and the rows and transitions are written with one statement each. The outbox rows are
-queued with one statement at the end, in batch order, as one at a time would have queued them.
-A batch holds one round unless a creator or a cash-out comes more than once in it.
+Items are then taken in rounds: per round, the day's spent sums are read again, the holds (or
+the results' legs) are posted in one `post`, and the rows and transitions are written with one
+statement each. The outbox rows are queued with one statement at the end, in batch order, as one
+at a time would have queued them. A round of requests takes a creator's requests together, in
+order (the ledger walks their holds in order, and each counts the earlier ones that passed the
+checks toward the day's limit); a request refused the limit only by counting those is left to a
+next round, which reads the sums again once the round's rows are stored, since a hold of theirs
+may yet be refused. Payout results go the n-th result of each cash-out in round n. A batch holds
+one round unless a cash-out comes more than once in it, or a creator's requests cross the limit.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -198,12 +201,17 @@ class CashoutDesk:
         facts = await read_request_facts(conn, events)
         decided: list[Cashout | None] = [None] * len(events)
         to_queue: list[list[Transition]] = [[] for _ in events]
-        for positions in rounds([event.creator_id for event in events]):
-            round_events = [events[position] for position in positions]
+        waiting = list(range(len(events)))
+        while waiting:  # each round decides at least the first waiting request of each creator
+            round_events = [events[position] for position in waiting]
             stored = await self._request_round(tx, round_events, rate_cards, account_ids, facts)
-            for position, (cashout, transitions) in zip(positions, stored, strict=True):
-                decided[position] = cashout
-                to_queue[position] = transitions
+            deferred: list[int] = []
+            for position, outcome in zip(waiting, stored, strict=True):
+                if outcome is None:
+                    deferred.append(position)
+                else:
+                    decided[position], to_queue[position] = outcome
+            waiting = deferred
         # In batch order: each creator's messages in the order one at a time would write them.
         await queue_transitions(conn, [t for ts in to_queue for t in ts], self.topic_prefix)
         return [cashout for cashout in decided if cashout is not None]
@@ -215,30 +223,46 @@ class CashoutDesk:
         rate_cards: RateCardBook,
         account_ids: dict[str, int],
         facts: RequestFacts,
-    ) -> list[tuple[Cashout, list[Transition]]]:
-        """Requests of distinct creators: checked, their holds posted in one batch (each
-        refused hold rejects its request for the available balance), then stored as held or
-        rejected, each with its two transitions (requested, then the decision); returns each
-        cash-out with its transitions, to queue. Nothing reads a round's rows before they are
-        stored: the day's spent sums leave the checked requests out."""
+    ) -> list[tuple[Cashout, list[Transition]] | None]:
+        """Requests in batch order, several of a creator among them: checked, their holds
+        posted in one batch (each refused hold rejects its request for the available balance;
+        the ledger takes a creator's holds in order), then stored as held or rejected, each with
+        its two transitions (requested, then the decision). Returns, per request, the cash-out
+        with its transitions, to queue, or None for a request left to a later round.
+
+        A request counts its creator's earlier requests of the round that passed the checks
+        toward the day's limit, as if their holds were all taken. Passing so, it passes whatever
+        the ledger then says of theirs; refused so, it might not be refused once a hold of
+        theirs is: it is left, with the creator's later requests, to a round that reads the
+        day's sums again, after this round's rows are stored. Nothing reads a round's rows
+        before they are stored: the day's spent sums leave the checked requests out."""
         conn = tx.connection
-        cashouts = [
-            new_cashout(event, rate_cards.in_force_at(event.occurred_at)) for event in events
-        ]
-        requested = [Transition(dataclasses.replace(cashout)) for cashout in cashouts]
         spent = await spent_micros(conn, events)
+        # The USD micros of this round's requests that passed the checks, per (creator, day).
+        passed: dict[tuple[str, date], int] = {}
+        left: set[str] = set()  # creators whose later requests wait for a later round
+        cashouts: list[Cashout | None] = []
+        requested: list[Transition] = []  # each stored cash-out as it was before its checks
         holding: list[Cashout] = []
         holds: list[Transfer] = []
-        for event, cashout in zip(events, cashouts, strict=True):
+        for event in events:
+            if event.creator_id in left:
+                cashouts.append(None)
+                continue
             card = rate_cards.in_force_at(event.occurred_at)
-            rule = self._refusal(
-                event,
-                cashout,
-                facts,
-                card.diamonds_per_usd,
-                spent[event.creator_id, request_day(event)],
-            )
+            cashout = new_cashout(event, card)
+            before_checks = dataclasses.replace(cashout)
+            day = (event.creator_id, request_day(event))
+            counted = passed.get(day, 0)
+            rule = self._refusal(event, cashout, facts, card.diamonds_per_usd, spent[day] + counted)
+            if rule == "daily_limit" and counted:
+                left.add(event.creator_id)
+                cashouts.append(None)
+                continue
+            cashouts.append(cashout)
+            requested.append(Transition(before_checks))
             if rule is None:
+                passed[day] = counted + cashout.usd_value_micros
                 holding.append(cashout)
                 holds.append(hold_transfer(cashout, account_ids))
             else:
@@ -250,17 +274,18 @@ class CashoutDesk:
                     cashout.status = "held"
                 else:
                     cashout.status, cashout.rejected_rule = "rejected", "available_balance"
+        stored = [cashout for cashout in cashouts if cashout is not None]
         decided = [
             Transition(cashout, then_queue=(topics.PAYOUTS_REQUESTED, payout_request(cashout)))
             if cashout.status == "held"
             else Transition(cashout, detail=cashout.rejected_rule or "")
-            for cashout in cashouts
+            for cashout in stored
         ]
-        await insert_cashouts(conn, cashouts)
+        await insert_cashouts(conn, stored)
         await store_transitions(conn, [*requested, *decided])
+        transitions = iter(zip(requested, decided, strict=True))
         return [
-            (cashout, [before, after])
-            for cashout, before, after in zip(cashouts, requested, decided, strict=True)
+            None if cashout is None else (cashout, list(next(transitions))) for cashout in cashouts
         ]
 
     def _refusal(
