@@ -42,6 +42,7 @@ class BankOptions:
     topic_prefix: str
     consumer_group: str
     session_timeout_ms: int
+    fetch_wait_ms_max: int
     in_flight_max: int
     seed: int
     paid_delay_ms: int
@@ -132,6 +133,7 @@ async def _serve(
         topic_prefix=options.topic_prefix,
         consumer_group=options.consumer_group,
         session_timeout_ms=options.session_timeout_ms,
+        fetch_wait_ms_max=options.fetch_wait_ms_max,
         in_flight_max=options.in_flight_max,
     )
 

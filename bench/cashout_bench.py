@@ -468,6 +468,7 @@ def bank_options(settings: Settings, bootstrap_servers: str, paid_delay_ms: int)
         topic_prefix=settings.kafka_topic_prefix,
         consumer_group=settings.kafka_consumer_group,
         session_timeout_ms=settings.kafka_session_timeout_ms,
+        fetch_wait_ms_max=settings.consumer_cashout_fetch_wait_ms_max,
         in_flight_max=settings.payout_rail_in_flight_max,
         seed=SEED,
         paid_delay_ms=paid_delay_ms,
@@ -1043,6 +1044,7 @@ async def run(options: Options) -> Figures:
                 "partitions": settings.kafka_partition_count,
                 "consumer_batch_size_max": settings.consumer_batch_size_max,
                 "consumer_batch_wait_ms": settings.consumer_batch_wait_ms,
+                "cashout_fetch_wait_ms": settings.consumer_cashout_fetch_wait_ms_max,
                 "cashout_batch_size_max": ", ".join(
                     f"{mode} {cashout_batch_size_max(settings, mode)}" for mode in MODES
                 ),

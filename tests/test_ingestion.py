@@ -240,7 +240,7 @@ async def test_a_gift_is_priced_by_the_rate_card_in_force_when_it_occurred(
         assert await verify(conn) == []
 
 
-async def test_gifts_are_fetched_with_a_short_wait_and_the_other_topics_with_a_longer_one(
+async def test_gifts_and_cash_outs_are_fetched_with_short_waits_and_the_others_with_a_longer_one(
     consumers: RunningConsumers,
 ) -> None:
     settings = consumers.service.settings
@@ -249,5 +249,8 @@ async def test_gifts_are_fetched_with_a_short_wait_and_the_other_topics_with_a_l
         for topic, subscriber in consumers.service._subscribers.items()
     }
     assert waits.pop(topics.GIFTS_SENT) == settings.consumer_gift_fetch_wait_ms_max == 20
-    assert len(waits) == len(consumers.service.topics) - 1
+    cashout_wait_ms = settings.consumer_cashout_fetch_wait_ms_max
+    assert waits.pop(topics.CASHOUTS_REQUESTED) == cashout_wait_ms == 50
+    assert waits.pop(topics.PAYOUTS_UPDATED) == cashout_wait_ms
+    assert len(waits) == len(consumers.service.topics) - 3
     assert set(waits.values()) == {settings.consumer_fetch_wait_ms_max} == {200}

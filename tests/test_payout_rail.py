@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from schemas import topics
 from schemas.events import ID_LENGTH_MAX, PayoutRequested, PayoutUpdated
+from services.app.bootstrap import build_payout_rail
 from services.payout_rail.rail import (
     DEFAULT_FAILURE_CODES,
     DEFAULT_RETURN_CODES,
@@ -33,6 +34,7 @@ from services.payout_rail.rail import (
     simulated_rail,
 )
 from services.runtime.embedded_broker import create_topics
+from services.runtime.settings import Settings
 
 PARTITION_COUNT = 4
 SESSION_TIMEOUT_MS = 6_000
@@ -305,6 +307,26 @@ async def wait_for_commits(rail: PayoutRailService, expected: int) -> None:
 
 def kind_of(statuses: list[str]) -> str:
     return "/".join(statuses)
+
+
+async def test_the_rail_fetches_payout_requests_with_the_cash_out_topics_wait(
+    rail_topics: RailTopics,
+) -> None:
+    """`giftledger run --payout-rail` builds the bank with the cash-out topics' fetch wait, not
+    aiokafka's 500 ms, which the embedded broker would hold a payout request for."""
+    settings = Settings(
+        kafka_topic_prefix=rail_topics.prefix,
+        kafka_consumer_group=f"wait{uuid.uuid4().hex[:8]}",
+        kafka_session_timeout_ms=SESSION_TIMEOUT_MS,
+        consumer_cashout_fetch_wait_ms_max=37,
+    )
+    rail = build_payout_rail(settings, rail_topics.bootstrap_servers)
+    await rail.start()
+    try:
+        assert rail._consumer._fetch_max_wait_ms == 37
+    finally:
+        await rail.stop()
+    assert simulated_rail(E2E_SETTINGS, rail_topics.bootstrap_servers)._fetch_wait_ms_max == 50
 
 
 async def test_each_cash_out_gets_exactly_its_terminal_reports(rail_topics: RailTopics) -> None:

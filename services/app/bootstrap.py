@@ -104,6 +104,7 @@ def build_payout_rail(settings: Settings, bootstrap_servers: str) -> PayoutRailS
         topic_prefix=settings.kafka_topic_prefix,
         consumer_group=settings.kafka_consumer_group,
         session_timeout_ms=settings.kafka_session_timeout_ms,
+        fetch_wait_ms_max=settings.consumer_cashout_fetch_wait_ms_max,
         in_flight_max=settings.payout_rail_in_flight_max,
         settlement_dir=settings.payout_rail_settlement_dir,
     )

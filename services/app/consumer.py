@@ -185,10 +185,14 @@ class ConsumerService:
 
     def fetch_wait_ms_max(self, topic: str) -> int:
         """Gifts, the stream LIVE bursts come on, are fetched with a short wait: the embedded
-        broker holds a fetch for its whole wait even when records arrive meanwhile. The other
-        topics wait longer, since every fetch that finds nothing costs CPU on both sides."""
+        broker holds a fetch for its whole wait even when records arrive meanwhile. So are the
+        cash-out topics, whose records each cross a fetch on a cash-out's way to `paid` (with
+        the bank's fetch of its payout request). The other topics wait longer, since every
+        fetch that finds nothing costs CPU on both sides."""
         if topic == topics.GIFTS_SENT:
             return self.settings.consumer_gift_fetch_wait_ms_max
+        if topic in (topics.CASHOUTS_REQUESTED, topics.PAYOUTS_UPDATED):
+            return self.settings.consumer_cashout_fetch_wait_ms_max
         return self.settings.consumer_fetch_wait_ms_max
 
     def group_id(self, topic: str) -> str:

@@ -247,6 +247,14 @@ class Settings(BaseSettings):
         " record; the embedded broker holds it this long even when records arrive meanwhile, so"
         " it adds to latency.",
     )
+    consumer_cashout_fetch_wait_ms_max: int = Field(
+        default=50,
+        ge=1,
+        le=10_000,
+        description="The same for `cashouts.requested` and `payouts.updated`, and for the"
+        " simulated bank's fetches of `payouts.requested`: a cash-out crosses three fetches on"
+        " its way to `paid`, and on the embedded broker each may hold it for the whole wait.",
+    )
     consumer_fetch_wait_ms_max: int = Field(
         default=200,
         ge=1,
