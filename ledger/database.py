@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -10,6 +13,28 @@ APPLICATION_NAME = "giftledger"
 RANDOM_PAGE_COST = "1.1"
 POSTGRESQL_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 PORT_MAX = 65_535
+# The element types of the arrays the project's statements bind (`CAST(:ids AS bigint[])`).
+# asyncpg has no built-in codec for most array types: it asks the server about each the first
+# time a statement on a connection uses it (three round trips: JIT off, the type query, JIT
+# back), inside whatever transaction prepares that statement, holding its locks. A connection
+# learns them all at once when it opens instead (`_learn_array_types`): the cash-out bench's
+# batched phase made 30 such queries, 469 ms in all, one type at a time, on the connections the
+# pool opened during it (bench/README.md, 2026-12-06, morning).
+ARRAY_ELEMENT_TYPES = (
+    "bigint",
+    "integer",
+    "smallint",
+    "uuid",
+    "timestamptz",
+    "date",
+    "bytea",
+    "boolean",
+    "text",
+    "jsonb",
+)
+_ARRAY_TYPES_STATEMENT = "SELECT " + ", ".join(
+    f"CAST(${number} AS {element}[])" for number, element in enumerate(ARRAY_ELEMENT_TYPES, 1)
+)
 
 
 def create_engine(
@@ -29,7 +54,7 @@ def create_engine(
     With `role`, every connection acts as that database role from its start (least privilege:
     the services write as `giftledger_writer`, which cannot change or remove ledger rows).
     """
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_overflow_max,
@@ -47,6 +72,14 @@ def create_engine(
             }
         },
     )
+    event.listen(engine.sync_engine, "connect", _learn_array_types)
+    return engine
+
+
+def _learn_array_types(dbapi_connection: Any, _connection_record: Any) -> None:
+    """Have a new connection learn the codecs of `ARRAY_ELEMENT_TYPES`' arrays in one query:
+    preparing a statement that binds them all makes asyncpg introspect every one it lacks."""
+    dbapi_connection.run_async(lambda connection: connection.prepare(_ARRAY_TYPES_STATEMENT))
 
 
 def to_async_url(url: str) -> str:
