@@ -70,7 +70,7 @@ from bench.harness import (
     server_version,
     verify_ledger,
 )
-from bench.ingest_bench import kafka, new_producer, percentiles, say
+from bench.ingest_bench import kafka, new_producer, percentiles, python_loop_s, say
 from bench.process_cpu import tree_cpu_seconds_of
 from ledger.chart import AccountKind
 from ledger.database import create_engine
@@ -1038,6 +1038,7 @@ async def run(options: Options) -> Figures:
             figures.machine = {
                 "cpus": os.cpu_count(),
                 "load_average_at_start": " ".join(f"{load:.1f}" for load in os.getloadavg()),
+                "python_loop_5m_additions_s_at_start": round(python_loop_s(), 3),
                 "postgresql": await server_version(engine),
                 "database": database_source,
                 "broker": broker_source,
@@ -1096,6 +1097,7 @@ async def run(options: Options) -> Figures:
             say("checking the ledger")
             figures.checked = await check_ledger(engine, url, options, plan, ingestor)
             figures.conflicts = await conflicts(engine, ingestor, options)
+            figures.machine["python_loop_5m_additions_s_at_end"] = round(python_loop_s(), 3)
         finally:
             if service is not None:
                 await service.stop()
