@@ -50,6 +50,9 @@ REWIND_PAUSE_S = 1.0
 # stays for the rows other processes queue). The poll alone kept a cash-out's payout waiting up to
 # a poll's length before it left, and again for its status.
 OUTBOX_QUEUEING_TOPICS = frozenset({topics.CASHOUTS_REQUESTED, topics.PAYOUTS_UPDATED})
+# The topics a cash-out's way to `paid` goes through: batches of their own bound
+# (`batch_size_max`) and fetches of their own wait (`fetch_wait_ms_max`).
+CASHOUT_TOPICS = frozenset({topics.CASHOUTS_REQUESTED, topics.PAYOUTS_UPDATED})
 
 TOPIC_DESCRIPTIONS = {
     topics.GIFTS_SENT: "Gifts on short videos and LIVE streams; credit the creator's Diamonds.",
@@ -176,7 +179,7 @@ class ConsumerService:
         cash-outs until its commit: their batches have a bound of their own
         (`consumer_cashout_batch_size_max`), so the relay and the bank hear about the first
         ones without waiting for a big batch to commit."""
-        if topic in (topics.CASHOUTS_REQUESTED, topics.PAYOUTS_UPDATED):
+        if topic in CASHOUT_TOPICS:
             return min(
                 self.settings.consumer_batch_size_max,
                 self.settings.consumer_cashout_batch_size_max,
@@ -191,7 +194,7 @@ class ConsumerService:
         fetch that finds nothing costs CPU on both sides."""
         if topic == topics.GIFTS_SENT:
             return self.settings.consumer_gift_fetch_wait_ms_max
-        if topic in (topics.CASHOUTS_REQUESTED, topics.PAYOUTS_UPDATED):
+        if topic in CASHOUT_TOPICS:
             return self.settings.consumer_cashout_fetch_wait_ms_max
         return self.settings.consumer_fetch_wait_ms_max
 
