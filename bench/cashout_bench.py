@@ -67,10 +67,11 @@ from bench.harness import (
     admin_url,
     fresh_database,
     postmaster_pid,
+    python_loop_s,
     server_version,
     verify_ledger,
 )
-from bench.ingest_bench import kafka, new_producer, percentiles, python_loop_s, say
+from bench.ingest_bench import kafka, new_producer, percentiles, say
 from bench.process_cpu import tree_cpu_seconds_of
 from ledger.chart import AccountKind
 from ledger.database import create_engine

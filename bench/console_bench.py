@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 import secrets
 import time
@@ -44,7 +45,7 @@ from starlette.routing import Mount, Route
 
 from bench.console_fill import Filled, FillSizes, fill, what_was_filled
 from bench.console_server import running_api
-from bench.harness import admin_url
+from bench.harness import admin_url, python_loop_s
 from ledger.database import create_engine
 from ledger.migrate import upgrade_to_head
 from ledger.rollups import roll_all_days
@@ -404,6 +405,7 @@ async def run(settings: BenchSettings) -> dict[str, Any]:
         "kafka_bootstrap_servers": None,
     }
     api_settings = Settings(**settings_values)
+    loop_s_at_start = python_loop_s()
     async with (
         admin_url() as (maintenance_url, server),
         bench_database(maintenance_url, settings) as url,
@@ -422,6 +424,11 @@ async def run(settings: BenchSettings) -> dict[str, Any]:
         "worst_console_p95_ms": worst.p95_ms,
         "console_worst_p95_over_target": worst.p95_ms / TARGET_P95_MS,
         "untimed_console_pages": not_timed,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python_loop_5m_additions_s_at_start": round(loop_s_at_start, 3),
+            "python_loop_5m_additions_s_at_end": round(python_loop_s(), 3),
+        },
     }
 
 
@@ -440,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f" worst console page: {figures['worst_console_page']}"
     )
     print(f"console worst p95/300ms ratio: {figures['console_worst_p95_over_target']:.2f}")
+    print("machine: " + ", ".join(f"{key} {value}" for key, value in figures["machine"].items()))
     if settings.json_path is not None:
         settings.json_path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
 

@@ -39,8 +39,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.harness import admin_url, fresh_database
-from bench.ingest_bench import BACKLOG_START, SEED, GiftMaker, python_loop_s
+from bench.harness import admin_url, fresh_database, python_loop_s
+from bench.ingest_bench import BACKLOG_START, SEED, GiftMaker
 from bench.process_cpu import own_cpu_seconds_of
 from ledger.database import create_engine
 from schemas import topics

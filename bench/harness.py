@@ -6,7 +6,8 @@
   version; its main process when it runs on this machine, whose CPU the benchmarks read
   (`postmaster_pid`); `ledger.verify.verify` at the end (`verify_ledger`).
 - The bench chart: a funding account and the accounts it credits (`create_chart`).
-- The machine: a fixed Python loop timed, what one core gives Python now (`machine_line`).
+- The machine: the CPU time of a fixed Python loop, what one core gives Python now, the one
+  calibration the benchmarks print (`python_loop_s`, `machine_line`).
 - The arguments: a number between two bounds, else the usage and an error (`check_between`).
 """
 
@@ -39,7 +40,7 @@ SERVER_PROBE_TIMEOUT_S = 3
 VERIFY_STATEMENT_TIMEOUT_MS = 600_000
 ASSET = "DIAMOND"
 FUNDING_ACCOUNT = AccountSpec("bench:funding", ASSET, AccountKind.SYNTHETIC)
-CALIBRATION_ADDITIONS = 10_000_000
+CALIBRATION_ADDITIONS = 5_000_000
 
 
 # The server and the fresh database.
@@ -154,16 +155,18 @@ def fixed_loop_s(additions: int, clock: Callable[[], float]) -> float:
     return clock() - started
 
 
-def calibration_ms() -> float:
-    """The time of a fixed Python loop: what one core gives Python on this machine now."""
-    return fixed_loop_s(CALIBRATION_ADDITIONS, time.perf_counter) * 1000.0
+def python_loop_s() -> float:
+    """CPU seconds of a fixed Python loop (5 million additions): the machine's calibration, what
+    one core gives Python now, to read one run's figures beside another's. CPU time rather than
+    wall time, so that other work on the machine weighs on it less."""
+    return fixed_loop_s(CALIBRATION_ADDITIONS, time.process_time)
 
 
 def machine_line() -> str:
     one, five, fifteen = os.getloadavg()
     return (
         f"machine: {os.cpu_count()} CPUs, load average {one:.2f} {five:.2f} {fifteen:.2f}; "
-        f"fixed Python loop ({CALIBRATION_ADDITIONS:,} additions) {calibration_ms():,.0f} ms"
+        f"python_loop_5m_additions_s {python_loop_s():.3f}"
     )
 
 

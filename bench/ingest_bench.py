@@ -72,7 +72,13 @@ from bench.consumer_workers import (
     STARTED,
     Workers,
 )
-from bench.harness import admin_url, fixed_loop_s, fresh_database, server_version, verify_ledger
+from bench.harness import (
+    admin_url,
+    fresh_database,
+    python_loop_s,
+    server_version,
+    verify_ledger,
+)
 from bench.ledger_alone import LedgerAlone, post_batches, prepare_batches
 from bench.log_tally import LogTally
 from ledger import chart
@@ -133,7 +139,6 @@ PROCESSES_MAX = 16
 LEDGER_WRITERS = 2  # concurrent writers of the ledger-alone measurement
 LEDGER_ALONE_TAG = "l"  # event ids of the ledger-alone gifts: gift-l-<index>
 
-CALIBRATION_ADDITIONS = 5_000_000
 TARGET_GIFTS_PER_S = 20_000
 TARGET_RATIO = 10.0
 TARGET_P99_MS = 500.0
@@ -782,12 +787,6 @@ async def kafka() -> AsyncIterator[tuple[str, str, int | None]]:
         return
     async with EmbeddedBroker(topics=[]) as broker:
         yield broker.bootstrap_servers, "embedded Tansu", broker.pid
-
-
-def python_loop_s() -> float:
-    """CPU seconds of a fixed Python loop (5 million additions): the machine's calibration, to
-    read the figures of one run beside another's."""
-    return fixed_loop_s(CALIBRATION_ADDITIONS, time.process_time)
 
 
 def mib(size: int) -> str:

@@ -76,6 +76,7 @@ from bench.harness import (
     create_chart,
     fresh_database,
     postmaster_pid,
+    python_loop_s,
     server_version,
     verify_ledger,
 )
@@ -651,6 +652,7 @@ async def plain_chart(url: str, account_count: int) -> Chart:
 
 
 async def run(settings: Settings) -> None:
+    loop_s_at_start = python_loop_s()
     async with (
         admin_url() as (maintenance_url, source),
         fresh_database(maintenance_url) as url,
@@ -728,6 +730,8 @@ async def run(settings: Settings) -> None:
         "postgresql": version,
         "cpus": os.cpu_count(),
         "server": source,
+        "python_loop_5m_additions_s_at_start": round(loop_s_at_start, 3),
+        "python_loop_5m_additions_s_at_end": round(python_loop_s(), 3),
     }
     ratio_by_path = ratios(measurements)
     print_report(measurements, settings_used, ratio_by_path)
