@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import time
 from collections import Counter
@@ -299,10 +298,6 @@ def mib(size: int) -> str:
     return f"{size / 2**20:,.0f} MiB"
 
 
-def load_average() -> str:
-    return " ".join(f"{load:.2f}" for load in os.getloadavg())
-
-
 def growth_ratio(steps: Sequence[Step]) -> float:
     return steps[-1].transfers_per_s / steps[0].transfers_per_s
 
@@ -330,7 +325,7 @@ async def run(settings: Settings) -> None:
         f" warmup {settings.warmup:,} transfers (not in the steps)"
         f", postgresql {version}, shared_buffers {shared_buffers}, server {source}"
     )
-    print(f"load average at the end: {load_average()}")
+    print(f"{machine_line()} (at the end)")
     print(
         "checks: every transfer OK, credits posted grew by exactly the amounts posted",
         flush=True,

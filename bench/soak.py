@@ -36,13 +36,15 @@ database restarted in the middle; then the exact end state.
    segments' expected states as `giftledger loadtest` compares them, every record consumed,
    `giftledger verify`), the first third against the last (memory, commit p99, applied/s, the
    consumers' CPU a record applied, the broker's cores), and the counts: applied, duplicates,
-   dead letters, lost, doubled. The broker's cores tell whether a rise in `commit -
-   occurred_at` is the pipeline's or the broker's: the embedded broker's memory storage costs
-   more a fetch the more batches it holds. (Tansu 0.6.0, the wheel's build: every fetch that
-   finds records lists every batch object the partition has stored, and that storage deletes
-   nothing, neither by retention nor by DeleteRecords, so the cost of a fetch grows with the
-   soak's length. Flat latency needs a broker whose fetch does not: Apache Kafka through
-   `KAFKA_BOOTSTRAP_SERVERS`.)
+   dead letters, lost, doubled. The machine's line (CPUs, load average, the calibration: the CPU
+   time of a Python loop of 5 million additions) comes at the start and at the end, so that a
+   machine slowing down is told from a pipeline slowing down. The broker's cores tell whether a
+   rise in `commit - occurred_at` is the pipeline's or the broker's: the embedded broker's
+   memory storage costs more a fetch the more batches it holds. (Tansu 0.6.0, the wheel's build:
+   every fetch that finds records lists every batch object the partition has stored, and that
+   storage deletes nothing, neither by retention nor by DeleteRecords, so the cost of a fetch
+   grows with the soak's length. Flat latency needs a broker whose fetch does not: Apache Kafka
+   through `KAFKA_BOOTSTRAP_SERVERS`.)
 
 Exit 0 when the end state matches, verify holds and nothing is lost; 1 otherwise. Whether
 memory and latency stayed flat is printed, not judged by the exit code.
@@ -75,6 +77,7 @@ from typing import Any
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.harness import machine_line
 from bench.ingest_bench import kafka, say
 from bench.log_tally import LogTally
 from bench.process_cpu import cpu_seconds_of
@@ -719,7 +722,7 @@ async def run(options: Options) -> int:
         f"kill -9 {'at 40 %' if options.kill else 'none'}, database restart "
         f"{'at 60 %' if options.restart else 'none'}; logs and streams in {out}"
     )
-    say(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
+    say(f"{machine_line()} (at the start)")
     async with own_postgres() as (server, url), kafka() as (bootstrap, broker_source, pid):
         engine = create_engine(url, pool_size=2, pool_overflow_max=2)
         try:
@@ -740,6 +743,7 @@ async def run(options: Options) -> int:
             matched = await soak_on(options, deployment)
         finally:
             await engine.dispose()
+    say(f"{machine_line()} (at the end)")
     for stream in out.glob("soak*.jsonl.gz*"):
         stream.unlink()
     return 0 if matched else 1

@@ -70,6 +70,9 @@ async def test_a_short_soak_reaches_the_expected_end_state_and_prints_each_windo
     assert len(ratios) == 1, text
     cpu_ratio = r"^consumer cpu/record last/first third ratio: \d+\.\d\d$"
     assert len([line for line in lines if re.match(cpu_ratio, line)]) == 1, text
+    for moment in ("start", "end"):  # the machine's calibration, to tell its drift apart
+        machine = rf"^machine: .*; python_loop_5m_additions_s \d+\.\d\d\d \(at the {moment}\)$"
+        assert len([line for line in lines if re.match(machine, line)]) == 1, text
 
 
 def _occurred_at(value: bytes) -> bytes:
