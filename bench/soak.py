@@ -37,14 +37,14 @@ database restarted in the middle; then the exact end state.
    `giftledger verify`), the first third against the last (memory, commit p99, applied/s, the
    consumers' CPU a record applied, the broker's cores), and the counts: applied, duplicates,
    dead letters, lost, doubled. The machine's line (CPUs, load average, the calibration: the CPU
-   time of a Python loop of 5 million additions) comes at the start and at the end, so that a
-   machine slowing down is told from a pipeline slowing down. The broker's cores tell whether a
-   rise in `commit - occurred_at` is the pipeline's or the broker's: the embedded broker's
-   memory storage costs more a fetch the more batches it holds. (Tansu 0.6.0, the wheel's build:
-   every fetch that finds records lists every batch object the partition has stored, and that
-   storage deletes nothing, neither by retention nor by DeleteRecords, so the cost of a fetch
-   grows with the soak's length. Flat latency needs a broker whose fetch does not: Apache Kafka
-   through `KAFKA_BOOTSTRAP_SERVERS`.)
+   time of a Python loop of 5 million additions) comes at the start and before the end state,
+   so that a machine slowing down is told from a pipeline slowing down. The broker's cores tell
+   whether a rise in `commit - occurred_at` is the pipeline's or the broker's: the embedded
+   broker's memory storage costs more a fetch the more batches it holds. (Tansu 0.6.0, the
+   wheel's build: every fetch that finds records lists every batch object the partition has
+   stored, and that storage deletes nothing, neither by retention nor by DeleteRecords, so the
+   cost of a fetch grows with the soak's length. Flat latency needs a broker whose fetch does
+   not: Apache Kafka through `KAFKA_BOOTSTRAP_SERVERS`.)
 
 Exit 0 when the end state matches, verify holds and nothing is lost; 1 otherwise. Whether
 memory and latency stayed flat is printed, not judged by the exit code.
@@ -699,10 +699,14 @@ async def soak_on(options: Options, deployment: Deployment) -> bool:
             Publisher(producer, deployment.topic_prefix),
             broker_pid=deployment.broker_pid,
         )
+        stopped: str | None = None
         try:
             await soak_phases(soak, deployment)
         except SoakError as error:
-            await finish_stopped(soak, deployment, str(error))
+            stopped = str(error)
+        say(f"{machine_line()} (at the end)")  # before the checks, which take their own time
+        if stopped is not None:
+            await finish_stopped(soak, deployment, stopped)
             return False
         return await finish(soak, deployment)
 
@@ -743,7 +747,6 @@ async def run(options: Options) -> int:
             matched = await soak_on(options, deployment)
         finally:
             await engine.dispose()
-    say(f"{machine_line()} (at the end)")
     for stream in out.glob("soak*.jsonl.gz*"):
         stream.unlink()
     return 0 if matched else 1
