@@ -64,6 +64,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bench.bank_process import BankOptions, BankProcess
 from bench.harness import (
+    CALIBRATION_NAME,
     admin_url,
     fresh_database,
     postmaster_pid,
@@ -1039,7 +1040,7 @@ async def run(options: Options) -> Figures:
             figures.machine = {
                 "cpus": os.cpu_count(),
                 "load_average_at_start": " ".join(f"{load:.1f}" for load in os.getloadavg()),
-                "python_loop_5m_additions_s_at_start": round(python_loop_s(), 3),
+                f"{CALIBRATION_NAME}_at_start": round(python_loop_s(), 3),
                 "postgresql": await server_version(engine),
                 "database": database_source,
                 "broker": broker_source,
@@ -1098,7 +1099,7 @@ async def run(options: Options) -> Figures:
             say("checking the ledger")
             figures.checked = await check_ledger(engine, url, options, plan, ingestor)
             figures.conflicts = await conflicts(engine, ingestor, options)
-            figures.machine["python_loop_5m_additions_s_at_end"] = round(python_loop_s(), 3)
+            figures.machine[f"{CALIBRATION_NAME}_at_end"] = round(python_loop_s(), 3)
         finally:
             if service is not None:
                 await service.stop()

@@ -41,6 +41,8 @@ VERIFY_STATEMENT_TIMEOUT_MS = 600_000
 ASSET = "DIAMOND"
 FUNDING_ACCOUNT = AccountSpec("bench:funding", ASSET, AccountKind.SYNTHETIC)
 CALIBRATION_ADDITIONS = 5_000_000
+# The calibration's name in the benchmarks' output and JSON: `python_loop_5m_additions_s`.
+CALIBRATION_NAME = f"python_loop_{CALIBRATION_ADDITIONS // 1_000_000}m_additions_s"
 
 
 # The server and the fresh database.
@@ -166,7 +168,7 @@ def machine_line() -> str:
     one, five, fifteen = os.getloadavg()
     return (
         f"machine: {os.cpu_count()} CPUs, load average {one:.2f} {five:.2f} {fifteen:.2f}; "
-        f"python_loop_5m_additions_s {python_loop_s():.3f}"
+        f"{CALIBRATION_NAME} {python_loop_s():.3f}"
     )
 
 
