@@ -76,12 +76,21 @@ from bench.harness import (
     CALIBRATION_NAME,
     admin_url,
     fresh_database,
+    postmaster_pid,
     python_loop_s,
     server_version,
     verify_ledger,
 )
 from bench.ledger_alone import LedgerAlone, post_batches, prepare_batches
 from bench.log_tally import LogTally
+from bench.process_cpu import (
+    CpuSnapshot,
+    CpuSpan,
+    cpu_seconds_of,
+    cpu_snapshot,
+    own_cpu_seconds_of,
+    tree_cpu_seconds_of,
+)
 from ledger import chart
 from ledger.chain import append_link
 from ledger.chart import AccountKind
@@ -506,10 +515,37 @@ def gifts_for_ledger(count: int) -> list[GiftSent]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class CpuParts:
+    """The processes whose CPU the benchmark reads (from /proc): the PostgreSQL server and the
+    embedded broker when they run on this machine (None otherwise), and this process."""
+
+    postmaster_pid: int | None
+    broker_pid: int | None
+
+    def read(self, workers: Workers | None = None) -> CpuSnapshot:
+        """A snapshot of this process, the consumer processes (with `workers`), the server and
+        the broker."""
+        parts: dict[str, Callable[[], float | None]] = {}
+        if workers is not None:
+            parts["consumers"] = lambda: sum(
+                cpu_seconds_of(process.pid) for process in workers.processes if process.pid
+            )
+        parts["postgresql"] = lambda: _tree_cpu(self.postmaster_pid)
+        parts["broker"] = lambda: _tree_cpu(self.broker_pid)
+        parts["this process"] = lambda: own_cpu_seconds_of(os.getpid())
+        return cpu_snapshot(parts)
+
+
+def _tree_cpu(pid: int | None) -> float | None:
+    return None if pid is None else tree_cpu_seconds_of(pid)
+
+
 async def measure_ledger_alone(
-    engine: AsyncEngine, settings: Settings, count: int
-) -> tuple[LedgerAlone, Measurement]:
-    """The gifts through the ledger's path for new transfers alone, `LEDGER_WRITERS` writers.
+    engine: AsyncEngine, settings: Settings, count: int, cpu_parts: CpuParts
+) -> tuple[LedgerAlone, Measurement, CpuSpan]:
+    """The gifts through the ledger's path for new transfers alone, `LEDGER_WRITERS` writers,
+    with the CPU each process used over its clock.
 
     Everything but the posting (generating, parsing, planning, creating the accounts) happens
     before the clock starts."""
@@ -520,9 +556,11 @@ async def measure_ledger_alone(
         ledger, gifts_for_ledger(count), rate_cards, settings.consumer_batch_size_max
     )
     settle_collector()  # as `giftledger run` does, and the consumer processes (consumer_workers)
+    before = cpu_parts.read()
     seconds = await post_batches(ledger, batches, LEDGER_WRITERS)
+    cpu = CpuSpan.between(before, cpu_parts.read(), events)
     alone = LedgerAlone(events, coins, len(batches), LEDGER_WRITERS, seconds)
-    return alone, Measurement(f"ledger batch alone x{LEDGER_WRITERS}", events, seconds)
+    return alone, Measurement(f"ledger batch alone x{LEDGER_WRITERS}", events, seconds), cpu
 
 
 def consumer_settings(prefix: str) -> Settings:
@@ -586,7 +624,9 @@ async def wait_until(condition: Callable[[], bool], progress: Callable[[], int],
 class Drain:
     """Times from the consumers' start (`ConsumerService.start()` called in every process): the
     first batch handed to an ingestor, every partition of every topic assigned (None if the
-    drain ended first: "settled") and the last gift applied."""
+    drain ended first: "settled") and the last gift applied. `cpu`: what each process used from
+    settling to the last gift, for the gifts applied then (from the start when it never
+    settled, for all of them)."""
 
     events: int
     processes: int
@@ -596,6 +636,7 @@ class Drain:
     applied_before_settled: int
     redelivered: int
     memory: RssPeak
+    cpu: CpuSpan
 
     @property
     def label(self) -> str:
@@ -618,7 +659,12 @@ class Drain:
 
 
 async def drain(
-    url: str, bootstrap_servers: str, settings: Settings, count: int, processes: int
+    url: str,
+    bootstrap_servers: str,
+    settings: Settings,
+    count: int,
+    processes: int,
+    cpu_parts: CpuParts,
 ) -> tuple[Drain, Workers]:
     """Start `processes` consumer processes (one group) on a published backlog and time them
     until all `count` are applied. The workers are left running for the caller to stop."""
@@ -633,6 +679,7 @@ async def drain(
         started = min(slots[STARTED] for slots in workers.slots)
         memory = RssPeak(workers)
         memory.begin()
+        cpu_from = cpu_parts.read(workers)
         settled: float | None = None
         applied_before_settled = 0
         consumed, moved = 0, time.time()
@@ -641,11 +688,13 @@ async def drain(
             now = time.time()
             if settled is None and workers.total(ASSIGNED) == partitions:
                 settled, applied_before_settled = now, workers.total(APPLIED)
+                cpu_from = cpu_parts.read(workers)
             if workers.total(CONSUMED) != consumed:
                 consumed, moved = workers.total(CONSUMED), now
             assert now - moved < STALL_S, f"nothing consumed for {STALL_S} s (at {consumed})"
             await asyncio.sleep(POLL_S)
         done = time.time()
+        cpu = CpuSpan.between(cpu_from, cpu_parts.read(workers), count - applied_before_settled)
         await memory.end()
         # Batches redelivered after a rebalance come back as duplicates: those are fine.
         assert workers.total(DEAD_LETTERED) == 0, "dead letters in the drain"
@@ -665,6 +714,7 @@ async def drain(
         applied_before_settled=applied_before_settled,
         redelivered=workers.total(DUPLICATES),
         memory=memory,
+        cpu=cpu,
     )
     return result, workers
 
@@ -804,6 +854,7 @@ class Figures:
     measurements: list[Measurement] = field(default_factory=list)
     drains: list[Drain] = field(default_factory=list)
     ledger_alone: LedgerAlone | None = None
+    ledger_alone_cpu: CpuSpan | None = None
     latency: Latency | None = None
     worker_log: Counter[tuple[str, str]] = field(default_factory=Counter)
     checked: str = ""
@@ -813,7 +864,7 @@ class Figures:
 async def run(options: Options) -> Figures:
     figures = Figures()
     async with (
-        kafka() as (bootstrap_servers, broker_source, _),
+        kafka() as (bootstrap_servers, broker_source, broker_pid),
         admin_url() as (maintenance_url, database_source),
         fresh_database(maintenance_url) as url,
     ):
@@ -848,8 +899,9 @@ async def run(options: Options) -> Figures:
                 "consumer_batch_wait_ms": small.consumer_batch_wait_ms,
                 CALIBRATION_NAME: round(python_loop_s(), 3),
             }
+            cpu_parts = CpuParts(await postmaster_pid(engine), broker_pid)
             await run_phases(
-                options, figures, engine, url, producer, bootstrap_servers, bigs, small
+                options, figures, engine, url, producer, bootstrap_servers, bigs, small, cpu_parts
             )
         finally:
             await producer.stop()
@@ -866,6 +918,7 @@ async def run_phases(
     bootstrap_servers: str,
     bigs: list[Settings],
     small: Settings,
+    cpu_parts: CpuParts,
 ) -> None:
     first_topic = bigs[0].kafka_topic_prefix + topics.GIFTS_SENT
     published = await publish_backlog(producer, first_topic, GiftMaker(SEED), options.events, "b0")
@@ -893,7 +946,7 @@ async def run_phases(
         small_count,
         "s",
     )
-    small_drain, workers = await drain(url, bootstrap_servers, small, small_count, 1)
+    small_drain, workers = await drain(url, bootstrap_servers, small, small_count, 1, cpu_parts)
     await workers.stop()
     figures.worker_log.update(workers.log_counts)
     figures.drains.append(small_drain)
@@ -910,14 +963,16 @@ async def run_phases(
             )
         if index == len(bigs) - 1:
             # Just before the last drain, on the same database, with nothing else running.
-            alone, alone_measurement = await measure_ledger_alone(engine, settings, options.events)
-            figures.ledger_alone = alone
+            alone, alone_measurement, alone_cpu = await measure_ledger_alone(
+                engine, settings, options.events, cpu_parts
+            )
+            figures.ledger_alone, figures.ledger_alone_cpu = alone, alone_cpu
             figures.measurements.append(alone_measurement)
             coins += alone.coins
             say(f"ledger batch alone: {alone.events_per_s:,.0f} gifts/s")
         events, coins = events + published.events, coins + published.coins
         big_drain, workers = await drain(
-            url, bootstrap_servers, settings, options.events, processes
+            url, bootstrap_servers, settings, options.events, processes, cpu_parts
         )
         figures.drains.append(big_drain)
         figures.measurements.append(big_drain.from_first_record())
@@ -976,6 +1031,62 @@ def ledger_ratios(figures: Figures) -> dict[str, float]:
     }
 
 
+def cpu_spans(figures: Figures) -> dict[str, CpuSpan]:
+    """The CPU of each rate, by the rate's label: the ledger batch alone, then each drain (its
+    settled part when it settled)."""
+    assert figures.ledger_alone_cpu is not None
+    spans = {f"ledger batch alone x{LEDGER_WRITERS}": figures.ledger_alone_cpu}
+    for drained in figures.drains:
+        settled = "settled" if drained.settled_s is not None else "from start"
+        spans[f"{drained.label}, {settled}"] = drained.cpu
+    return spans
+
+
+def print_cpu(spans: dict[str, CpuSpan], figures: Figures) -> None:
+    """CPU a gift per process and the cores kept busy, then what each big drain's CPU a gift
+    allows with every core busy, against the ledger batch alone's rate."""
+    cores = os.cpu_count() or 1
+
+    def us(value: float | None) -> str:
+        return "   n/a" if value is None else f"{value:6.1f}"
+
+    print(
+        "cpu a gift (µs, from /proc over each rate's clock; consumers: the consumer processes;"
+        " n/a: not on this machine):"
+    )
+    for label, span in spans.items():
+        parts = "  ".join(f"{name} {us(span.us_each(s))}" for name, s in span.seconds.items())
+        print(
+            f"  {label:<27} {parts}  all {us(span.us_each(span.total_s))}"
+            f"  (cores busy {span.cores_busy:.2f} of {cores})"
+        )
+    alone = figures.ledger_alone
+    alone_span = figures.ledger_alone_cpu
+    assert alone is not None
+    assert alone_span is not None
+    for drained in figures.drains[1:]:
+        bound = drained.cpu.rate_bound(cores)
+        print(
+            f"  {drained.label}, every core busy at this cpu a gift: at most {bound:,.0f} gifts/s,"
+            f" {bound / alone.events_per_s:.2f} of the ledger batch alone"
+            f" (its cpu a gift is {drained.cpu.total_s / drained.cpu.items * 1e6:,.1f} µs"
+            f" against {alone_span.total_s / alone_span.items * 1e6:,.1f})"
+        )
+
+
+def cpu_document(span: CpuSpan) -> dict[str, Any]:
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 2)
+
+    return {
+        "us_each": {name: rounded(span.us_each(s)) for name, s in span.seconds.items()},
+        "all_us_each": rounded(span.us_each(span.total_s)),
+        "cores_busy": round(span.cores_busy, 3),
+        "wall_s": round(span.wall_s, 3),
+        "gifts": span.items,
+    }
+
+
 def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any]:
     by_path = {m.path: m for m in figures.measurements}
     baseline = by_path["baseline (per event)"].events_per_s
@@ -1007,6 +1118,8 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
     ratios = ledger_ratios(figures)
     for name, ratio in ratios.items():
         print(f"{name} ratio: {ratio:.2f}")
+    cpu = cpu_spans(figures)
+    print_cpu(cpu, figures)
     for big_drain in big_drains:
         settled_s = "never" if big_drain.settled_s is None else f"{big_drain.settled_s:.1f} s"
         print(
@@ -1112,6 +1225,7 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
             "events_per_s": round(alone.events_per_s),
         },
         "ratios": {name: round(ratio, 2) for name, ratio in ratios.items()},
+        "cpu_a_gift": {label: cpu_document(span) for label, span in cpu.items()},
         "machine": figures.machine,
         "library_log": {f"{level} {name}": n for (level, name), n in logs.items()},
         "targets": targets,

@@ -5,12 +5,20 @@ that already ended).
 A process that ended and was waited for adds its time to its parent's `cutime` and `cstime`; the
 postmaster waits for its children as they end, so the tree's figure keeps the time of backends
 that came and went between two readings.
+
+`cpu_snapshot` reads several named parts at once (a benchmark's own process, its consumer
+processes, the server, the broker); `CpuSpan` is what each used between two snapshots, per item
+and in cores kept busy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -70,3 +78,51 @@ def tree_cpu_seconds_of(pid: int) -> float | None:
         if child_fields is not None:
             ticks += sum(int(value) for value in child_fields[11:15])
     return ticks / CLOCK_TICKS_PER_S
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSnapshot:
+    """CPU seconds used so far by each named part (None: not readable on this machine), and when
+    they were read (`time.monotonic()`)."""
+
+    seconds: dict[str, float | None]
+    at_s: float
+
+
+def cpu_snapshot(parts: Mapping[str, Callable[[], float | None]]) -> CpuSnapshot:
+    """Read every part's CPU seconds now."""
+    return CpuSnapshot({name: read() for name, read in parts.items()}, time.monotonic())
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSpan:
+    """The CPU seconds each part used between two snapshots, over `wall_s` seconds of the clock,
+    for `items` items (gifts, transfers)."""
+
+    seconds: dict[str, float | None]
+    wall_s: float
+    items: int
+
+    @classmethod
+    def between(cls, before: CpuSnapshot, after: CpuSnapshot, items: int) -> CpuSpan:
+        used: dict[str, float | None] = {}
+        for name, last in after.seconds.items():
+            first = before.seconds.get(name)
+            used[name] = None if first is None or last is None else max(last - first, 0.0)
+        return cls(used, after.at_s - before.at_s, items)
+
+    @property
+    def total_s(self) -> float:
+        return sum(seconds for seconds in self.seconds.values() if seconds is not None)
+
+    def us_each(self, seconds: float | None) -> float | None:
+        """Microseconds of CPU an item."""
+        return None if seconds is None or not self.items else seconds / self.items * 1e6
+
+    @property
+    def cores_busy(self) -> float:
+        return self.total_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    def rate_bound(self, cores: int) -> float:
+        """Items a second were all `cores` busy all the time at this CPU an item."""
+        return self.items * cores / self.total_s if self.total_s > 0 else math.inf

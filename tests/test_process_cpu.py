@@ -8,7 +8,13 @@ import subprocess
 import sys
 import time
 
-from bench.process_cpu import own_cpu_seconds_of, parent_pid_of, tree_cpu_seconds_of
+from bench.process_cpu import (
+    CpuSpan,
+    cpu_snapshot,
+    own_cpu_seconds_of,
+    parent_pid_of,
+    tree_cpu_seconds_of,
+)
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
 GONE_PID = 2**22 + 12_345
@@ -47,3 +53,25 @@ def test_parents_and_processes_that_are_gone() -> None:
     assert parent_pid_of(GONE_PID) is None
     assert tree_cpu_seconds_of(GONE_PID) is None
     assert own_cpu_seconds_of(GONE_PID) is None
+
+
+def test_a_span_gives_each_part_per_item_and_the_cores_it_kept_busy() -> None:
+    parts = {
+        "this process": lambda: own_cpu_seconds_of(os.getpid()),
+        "gone": lambda: tree_cpu_seconds_of(GONE_PID),
+    }
+    before = cpu_snapshot(parts)
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    span = CpuSpan.between(before, cpu_snapshot(parts), items=1_000)
+
+    burned = span.seconds["this process"]
+    assert burned is not None
+    assert burned >= 0.25
+    assert span.seconds["gone"] is None
+    assert span.total_s == burned
+    assert span.us_each(burned) == burned / 1_000 * 1e6
+    assert span.us_each(None) is None
+    assert 0.5 < span.cores_busy <= 1.2  # one busy thread, the clock read with /proc's ticks
+    assert span.rate_bound(cores=2) == 1_000 * 2 / burned
