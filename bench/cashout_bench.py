@@ -73,7 +73,7 @@ from bench.harness import (
     verify_ledger,
 )
 from bench.ingest_bench import kafka, new_producer, percentiles, say
-from bench.process_cpu import tree_cpu_seconds_of
+from bench.process_cpu import CpuSnapshot, CpuSpan, cpu_snapshot, tree_cpu_seconds_of
 from ledger.chart import AccountKind
 from ledger.database import create_engine
 from ledger.service import Ledger, LedgerTransaction
@@ -504,78 +504,38 @@ class Measurement:
         return self.items / self.seconds
 
 
-@dataclass(frozen=True, slots=True)
-class CpuReading:
-    """CPU seconds used so far: this process (the consumers, the relay and the publisher: one
-    event loop), the bank's process, the PostgreSQL server (None when it is not on this machine)
-    and the embedded broker (None with `KAFKA_BOOTSTRAP_SERVERS`)."""
-
-    this_process_s: float
-    bank_s: float | None
-    postgres_s: float | None
-    broker_s: float | None
+# The processes whose CPU a mode is charged, by the name the report gives them.
+THIS_PROCESS, BANK, POSTGRESQL, BROKER = "this process", "bank", "postgresql", "broker"
+CPU_DOCUMENT_KEYS = {
+    THIS_PROCESS: "this_process_s",
+    BANK: "bank_s",
+    POSTGRESQL: "postgres_s",
+    BROKER: "broker_s",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class CpuMeter:
+    """CPU seconds used so far: this process (the consumers, the relay and the publisher: one
+    event loop), the bank's process, the PostgreSQL server (None when it is not on this machine)
+    and the embedded broker (None with `KAFKA_BOOTSTRAP_SERVERS`)."""
+
     bank_pid: int | None
     postmaster_pid: int | None
     broker_pid: int | None
 
-    def read(self) -> CpuReading:
-        return CpuReading(
-            time.process_time(),
-            None if self.bank_pid is None else tree_cpu_seconds_of(self.bank_pid),
-            None if self.postmaster_pid is None else tree_cpu_seconds_of(self.postmaster_pid),
-            None if self.broker_pid is None else tree_cpu_seconds_of(self.broker_pid),
+    def read(self) -> CpuSnapshot:
+        def tree(pid: int | None) -> float | None:
+            return None if pid is None else tree_cpu_seconds_of(pid)
+
+        return cpu_snapshot(
+            {
+                THIS_PROCESS: time.process_time,
+                BANK: lambda: tree(self.bank_pid),
+                POSTGRESQL: lambda: tree(self.postmaster_pid),
+                BROKER: lambda: tree(self.broker_pid),
+            }
         )
-
-
-@dataclass(frozen=True, slots=True)
-class CpuUse:
-    """CPU seconds one mode used, from the first publish until all its cash-outs were paid."""
-
-    cashouts: int
-    wall_s: float
-    this_process_s: float
-    bank_s: float | None
-    postgres_s: float | None
-    broker_s: float | None
-
-    @classmethod
-    def between(cls, before: CpuReading, after: CpuReading, cashouts: int, wall_s: float) -> CpuUse:
-        def used(first: float | None, last: float | None) -> float | None:
-            return None if first is None or last is None else last - first
-
-        return cls(
-            cashouts,
-            wall_s,
-            after.this_process_s - before.this_process_s,
-            used(before.bank_s, after.bank_s),
-            used(before.postgres_s, after.postgres_s),
-            used(before.broker_s, after.broker_s),
-        )
-
-    @property
-    def total_s(self) -> float:
-        return (
-            self.this_process_s
-            + (self.bank_s or 0.0)
-            + (self.postgres_s or 0.0)
-            + (self.broker_s or 0.0)
-        )
-
-    def ms_each(self, seconds: float | None) -> float | None:
-        return None if seconds is None else seconds * 1000 / self.cashouts
-
-    @property
-    def cores_busy(self) -> float:
-        return self.total_s / self.wall_s
-
-    def rate_bound(self, cores: int) -> float:
-        """Cash-outs a second `cores` cores would allow at this CPU a cash-out, were they all
-        busy all the time (a bound: the processes also wait for one another)."""
-        return cores * self.cashouts / self.total_s
 
 
 def spent(seconds: float, count: int, unit: str) -> dict[str, Any]:
@@ -596,7 +556,7 @@ class Figures:
     latency_ms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     paths: dict[str, dict[str, int]] = field(default_factory=dict)
     time_spent: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    cpu: dict[str, CpuUse] = field(default_factory=dict)
+    cpu: dict[str, CpuSpan] = field(default_factory=dict)
     checked: str = ""
     conflicts: dict[str, int] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
@@ -841,7 +801,7 @@ async def phase_cashouts(
                     f" {desk.result_count - results_before:,} results ({mode})"
                 )
     elapsed_s = time.perf_counter() - started
-    figures.cpu[mode] = CpuUse.between(cpu_before, cpu_meter.read(), options.cashouts, elapsed_s)
+    figures.cpu[mode] = CpuSpan.between(cpu_before, cpu_meter.read(), options.cashouts)
     measurement = Measurement(f"cash-outs {mode}", options.cashouts, elapsed_s)
     figures.measurements.append(measurement)
     say(f"cash-outs {mode}: {measurement.items_per_s:,.0f}/s over {measurement.seconds:.1f} s")
@@ -1154,21 +1114,18 @@ def print_cpu(figures: Figures) -> None:
     """CPU a cash-out per process and mode; what the machine's cores would allow at that cost."""
     cores = os.cpu_count() or 1
 
-    def ms(value: float | None) -> str:
-        return "   n/a" if value is None else f"{value:6.2f}"
+    def ms(us: float | None) -> str:
+        return "   n/a" if us is None else f"{us / 1000:6.2f}"
 
     print(
         "cpu a cash-out (ms; this process runs the consumers, the relay and the publisher, the"
         " bank runs in its own; n/a: not on this machine):"
     )
-    for mode, use in figures.cpu.items():
+    for mode, span in figures.cpu.items():
+        parts = "  ".join(f"{name} {ms(span.us_each(s))}" for name, s in span.seconds.items())
         print(
-            f"  {mode:<14} this process {ms(use.ms_each(use.this_process_s))}"
-            f"  bank {ms(use.ms_each(use.bank_s))}"
-            f"  postgresql {ms(use.ms_each(use.postgres_s))}"
-            f"  broker {ms(use.ms_each(use.broker_s))}"
-            f"  all {ms(use.ms_each(use.total_s))}"
-            f"  (cores busy {use.cores_busy:.2f} of {cores})"
+            f"  {mode:<14} {parts}  all {ms(span.us_each(span.total_s))}"
+            f"  (cores busy {span.cores_busy:.2f} of {cores})"
         )
     batched, one = figures.cpu.get(BATCHED), figures.cpu.get(ONE_AT_A_TIME)
     if batched is not None and one is not None:
@@ -1178,20 +1135,23 @@ def print_cpu(figures: Figures) -> None:
             f" {bound / figures.rate(f'cash-outs {ONE_AT_A_TIME}'):.1f} times one at a time's"
             " rate"
         )
+        one_ms, batched_ms = one.total_s / one.items * 1000, batched.total_s / batched.items * 1000
+        print(
+            f"  cpu a cash-out, one at a time over batched: {one_ms:.2f} / {batched_ms:.2f} ms ="
+            f" {one_ms / batched_ms:.1f} (the two modes' rates over each other, were they to keep"
+            " as many cores busy)"
+        )
 
 
-def cpu_document(use: CpuUse) -> dict[str, Any]:
+def cpu_document(span: CpuSpan) -> dict[str, Any]:
     def rounded(value: float | None) -> float | None:
         return None if value is None else round(value, 3)
 
     return {
-        "wall_s": round(use.wall_s, 3),
-        "this_process_s": rounded(use.this_process_s),
-        "bank_s": rounded(use.bank_s),
-        "postgres_s": rounded(use.postgres_s),
-        "broker_s": rounded(use.broker_s),
-        "ms_each": rounded(use.ms_each(use.total_s)),
-        "cores_busy": round(use.cores_busy, 3),
+        "wall_s": round(span.wall_s, 3),
+        **{CPU_DOCUMENT_KEYS[name]: rounded(s) for name, s in span.seconds.items()},
+        "ms_each": round(span.total_s / span.items * 1000, 3),
+        "cores_busy": round(span.cores_busy, 3),
     }
 
 
