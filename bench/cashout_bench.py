@@ -67,6 +67,7 @@ from bench.harness import (
     CALIBRATION_NAME,
     admin_url,
     fresh_database,
+    load_average,
     postmaster_pid,
     python_loop_s,
     server_version,
@@ -999,7 +1000,7 @@ async def run(options: Options) -> Figures:
             assert card.milli_diamonds_per_coin == MILLI_DIAMONDS_PER_COIN, card
             figures.machine = {
                 "cpus": os.cpu_count(),
-                "load_average_at_start": " ".join(f"{load:.1f}" for load in os.getloadavg()),
+                "load_average_at_start": load_average(),
                 f"{CALIBRATION_NAME}_at_start": round(python_loop_s(), 3),
                 "postgresql": await server_version(engine),
                 "database": database_source,

@@ -45,7 +45,7 @@ from starlette.routing import Mount, Route
 
 from bench.console_fill import Filled, FillSizes, fill, what_was_filled
 from bench.console_server import running_api
-from bench.harness import CALIBRATION_NAME, admin_url, python_loop_s
+from bench.harness import CALIBRATION_NAME, admin_url, load_average, python_loop_s
 from ledger.database import create_engine
 from ledger.migrate import upgrade_to_head
 from ledger.rollups import roll_all_days
@@ -405,7 +405,7 @@ async def run(settings: BenchSettings) -> dict[str, Any]:
         "kafka_bootstrap_servers": None,
     }
     api_settings = Settings(**settings_values)
-    loop_s_at_start = python_loop_s()
+    load_at_start, loop_s_at_start = load_average(), python_loop_s()
     async with (
         admin_url() as (maintenance_url, server),
         bench_database(maintenance_url, settings) as url,
@@ -426,6 +426,7 @@ async def run(settings: BenchSettings) -> dict[str, Any]:
         "untimed_console_pages": not_timed,
         "machine": {
             "cpus": os.cpu_count(),
+            "load_average_at_start": load_at_start,
             f"{CALIBRATION_NAME}_at_start": round(loop_s_at_start, 3),
             f"{CALIBRATION_NAME}_at_end": round(python_loop_s(), 3),
         },

@@ -8,7 +8,7 @@ where a rate does.
 1. warm-up: `--warmup-gifts` gifts (creates the most frequent creators' accounts, fills the
    caches, prepares the statements), then `settle_collector()`, as `giftledger run` does;
 2. `--rounds` rounds of `--gifts` new gifts each, in batches of `--batch-size`: the consumer
-   process's CPU per gift, and the PostgreSQL backends' (from /proc, when the server runs on
+   process's CPU per gift, and the PostgreSQL server's (its processes from /proc, when it runs on
    this machine), per round;
 3. one more round under `cProfile`: the CPU per gift split into the steps of the gift path
    (parse, pricing, the applied events, the ledger's write, the chain link, ...) and into kinds
@@ -36,12 +36,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from bench.harness import admin_url, fresh_database, python_loop_s
+from bench.harness import admin_url, fresh_database, postmaster_pid, python_loop_s
 from bench.ingest_bench import BACKLOG_START, SEED, GiftMaker
-from bench.process_cpu import own_cpu_seconds_of
+from bench.process_cpu import tree_cpu_seconds_of
 from ledger.database import create_engine
 from schemas import topics
 from services.app.bootstrap import build_ingestor
@@ -207,23 +204,6 @@ async def apply_all(ingestor: Ingestor, batches: Iterable[Sequence[InputRecord]]
     return applied
 
 
-async def backend_pids(engine: AsyncEngine) -> list[int]:
-    """The PostgreSQL backends serving this database (the pool's connections)."""
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            text(
-                "SELECT pid FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
-        return [int(row.pid) for row in rows]
-
-
-def backends_cpu_s(pids: Iterable[int]) -> dict[int, float]:
-    readings = {pid: own_cpu_seconds_of(pid) for pid in pids}
-    return {pid: value for pid, value in readings.items() if value is not None}
-
-
 @dataclass(frozen=True, slots=True)
 class Round:
     gifts: int
@@ -242,24 +222,28 @@ class Round:
         return self.postgres_cpu_s / self.gifts * 1e6
 
 
+def server_cpu_s(postmaster: int | None) -> float | None:
+    """The PostgreSQL server's CPU so far (its processes, ended backends included), or None
+    when it does not run on this machine."""
+    return None if postmaster is None else tree_cpu_seconds_of(postmaster)
+
+
 async def measure_round(
-    engine: AsyncEngine, ingestor: Ingestor, records: Sequence[InputRecord], batch_size: int
+    ingestor: Ingestor,
+    records: Sequence[InputRecord],
+    batch_size: int,
+    postmaster: int | None,
 ) -> Round:
     batches = batches_of(records, batch_size)
-    pids_before = await backend_pids(engine)
-    postgres_before = backends_cpu_s(pids_before)
+    postgres_before = server_cpu_s(postmaster)
     cpu_started, wall_started = time.process_time(), time.perf_counter()
     applied = await apply_all(ingestor, batches)
     cpu_s = time.process_time() - cpu_started
     wall_s = time.perf_counter() - wall_started
-    pids_after = await backend_pids(engine)
-    postgres_after = backends_cpu_s(set(pids_before) | set(pids_after))
-    postgres_cpu_s = (
-        sum(value - postgres_before.get(pid, 0.0) for pid, value in postgres_after.items())
-        if postgres_after
-        else None
-    )
-    return Round(applied, cpu_s, wall_s, postgres_cpu_s)
+    postgres_after = server_cpu_s(postmaster)
+    if postgres_before is None or postgres_after is None:
+        return Round(applied, cpu_s, wall_s, None)
+    return Round(applied, cpu_s, wall_s, postgres_after - postgres_before)
 
 
 def _named(key: tuple[str, int, str]) -> str:
@@ -368,15 +352,16 @@ async def run(options: Options) -> dict[str, Any]:
                 warmup = records.take(options.warmup_gifts, "w")
                 await apply_all(ingestor, batches_of(warmup, options.batch_size))
             settle_collector()
+            postmaster = await postmaster_pid(engine)
             rounds: list[Round] = []
             for index in range(options.rounds):
                 taken = records.take(options.gifts, f"r{index}")
-                rounds.append(await measure_round(engine, ingestor, taken, options.batch_size))
+                rounds.append(await measure_round(ingestor, taken, options.batch_size, postmaster))
                 measured = rounds[-1]
                 postgres = measured.postgres_us_per_gift
                 print(
                     f"round {index + 1}: {measured.gifts:,} gifts, consumer CPU"
-                    f" {measured.cpu_us_per_gift:.1f} µs/gift, PostgreSQL backends "
+                    f" {measured.cpu_us_per_gift:.1f} µs/gift, PostgreSQL server "
                     + ("n/a" if postgres is None else f"{postgres:.1f} µs/gift")
                     + f", {measured.gifts / measured.wall_s:,.0f} gifts/s wall",
                     flush=True,
@@ -402,7 +387,7 @@ async def run(options: Options) -> dict[str, Any]:
     )
     if postgres_values:
         postgres_median = statistics.median(postgres_values)
-        print(f"PostgreSQL backends' CPU per gift, median: {postgres_median:.1f} µs")
+        print(f"PostgreSQL server's CPU per gift, median: {postgres_median:.1f} µs")
     print(
         f"machine: {os.cpu_count()} CPUs, database {source}, batches of {options.batch_size:,},"
         f" a Python loop of 5 million additions: {calibration:.2f} s"

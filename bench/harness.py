@@ -164,10 +164,14 @@ def python_loop_s() -> float:
     return fixed_loop_s(CALIBRATION_ADDITIONS, time.process_time)
 
 
+def load_average() -> str:
+    """The machine's load average over 1, 5 and 15 minutes, as `uptime` shows it."""
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
 def machine_line() -> str:
-    one, five, fifteen = os.getloadavg()
     return (
-        f"machine: {os.cpu_count()} CPUs, load average {one:.2f} {five:.2f} {fifteen:.2f}; "
+        f"machine: {os.cpu_count()} CPUs, load average {load_average()}; "
         f"{CALIBRATION_NAME} {python_loop_s():.3f}"
     )
 

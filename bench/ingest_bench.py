@@ -76,6 +76,7 @@ from bench.harness import (
     CALIBRATION_NAME,
     admin_url,
     fresh_database,
+    load_average,
     postmaster_pid,
     python_loop_s,
     server_version,
@@ -891,6 +892,7 @@ async def run(options: Options) -> Figures:
         try:
             figures.machine = {
                 "cpus": os.cpu_count(),
+                "load_average_at_start": load_average(),
                 "postgresql": await server_version(engine),
                 "database": database_source,
                 "broker": broker_source,
