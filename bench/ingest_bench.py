@@ -25,7 +25,10 @@ migrated to head, dropped at the end). Topics get a unique prefix and
    (event ids of their own) turned into the handler's transfers before the clock starts, then
    posted with `Ledger.transactions()` + `tx.post_new` in batches of the consumers' batch size by
    `LEDGER_WRITERS` (2) concurrent tasks: no Kafka, no parsing, no applied events. Printed as
-   `ingest xP/ledger ratio` (each drain's rate over it).
+   `ingest xP/ledger ratio` (each drain's rate over it). The CPU a gift of each process over
+   each rate's clock (`bench/process_cpu.py`: the consumer processes, the PostgreSQL server and
+   the embedded broker when they run on this machine, this process), and what a drain's would
+   allow with every core busy, over the ledger alone's rate.
 5. latency: with the last drain's consumers still running, gifts at `--latency-rate` per second
    for `--latency-seconds`, `occurred_at` = send time.
 
