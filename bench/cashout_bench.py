@@ -526,15 +526,12 @@ class CpuMeter:
     broker_pid: int | None
 
     def read(self) -> CpuSnapshot:
-        def tree(pid: int | None) -> float | None:
-            return None if pid is None else tree_cpu_seconds_of(pid)
-
         return cpu_snapshot(
             {
                 THIS_PROCESS: time.process_time,
-                BANK: lambda: tree(self.bank_pid),
-                POSTGRESQL: lambda: tree(self.postmaster_pid),
-                BROKER: lambda: tree(self.broker_pid),
+                BANK: lambda: tree_cpu_seconds_of(self.bank_pid),
+                POSTGRESQL: lambda: tree_cpu_seconds_of(self.postmaster_pid),
+                BROKER: lambda: tree_cpu_seconds_of(self.broker_pid),
             }
         )
 

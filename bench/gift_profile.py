@@ -222,12 +222,6 @@ class Round:
         return self.postgres_cpu_s / self.gifts * 1e6
 
 
-def server_cpu_s(postmaster: int | None) -> float | None:
-    """The PostgreSQL server's CPU so far (its processes, ended backends included), or None
-    when it does not run on this machine."""
-    return None if postmaster is None else tree_cpu_seconds_of(postmaster)
-
-
 async def measure_round(
     ingestor: Ingestor,
     records: Sequence[InputRecord],
@@ -235,12 +229,12 @@ async def measure_round(
     postmaster: int | None,
 ) -> Round:
     batches = batches_of(records, batch_size)
-    postgres_before = server_cpu_s(postmaster)
+    postgres_before = tree_cpu_seconds_of(postmaster)  # None: the server is elsewhere
     cpu_started, wall_started = time.process_time(), time.perf_counter()
     applied = await apply_all(ingestor, batches)
     cpu_s = time.process_time() - cpu_started
     wall_s = time.perf_counter() - wall_started
-    postgres_after = server_cpu_s(postmaster)
+    postgres_after = tree_cpu_seconds_of(postmaster)
     if postgres_before is None or postgres_after is None:
         return Round(applied, cpu_s, wall_s, None)
     return Round(applied, cpu_s, wall_s, postgres_after - postgres_before)

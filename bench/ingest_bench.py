@@ -535,14 +535,10 @@ class CpuParts:
             parts["consumers"] = lambda: sum(
                 cpu_seconds_of(process.pid) for process in workers.processes if process.pid
             )
-        parts["postgresql"] = lambda: _tree_cpu(self.postmaster_pid)
-        parts["broker"] = lambda: _tree_cpu(self.broker_pid)
+        parts["postgresql"] = lambda: tree_cpu_seconds_of(self.postmaster_pid)
+        parts["broker"] = lambda: tree_cpu_seconds_of(self.broker_pid)
         parts["this process"] = lambda: own_cpu_seconds_of(os.getpid())
         return cpu_snapshot(parts)
-
-
-def _tree_cpu(pid: int | None) -> float | None:
-    return None if pid is None else tree_cpu_seconds_of(pid)
 
 
 async def measure_ledger_alone(

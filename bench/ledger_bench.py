@@ -200,7 +200,7 @@ class Measurement:
 
 def cpu_seconds(server_pid: int | None) -> tuple[float, float | None]:
     """This process's CPU time so far, and the PostgreSQL server's (`server_pid`'s tree)."""
-    server_s = None if server_pid is None else tree_cpu_seconds_of(server_pid)
+    server_s = tree_cpu_seconds_of(server_pid)
     return time.process_time(), server_s
 
 

@@ -65,9 +65,12 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_seconds_of(pid: int) -> float | None:
+def tree_cpu_seconds_of(pid: int | None) -> float | None:
     """CPU time used so far by a process and its children, the running ones and those it has
-    waited for (None when the process cannot be read)."""
+    waited for (None when the process cannot be read, or for no process: a server or broker
+    that does not run on this machine)."""
+    if pid is None:
+        return None
     fields = _stat_fields(pid)
     if fields is None:
         return None

@@ -52,6 +52,7 @@ def test_parents_and_processes_that_are_gone() -> None:
     assert parent_pid_of(os.getpid()) == os.getppid()
     assert parent_pid_of(GONE_PID) is None
     assert tree_cpu_seconds_of(GONE_PID) is None
+    assert tree_cpu_seconds_of(None) is None  # a server or broker on another machine
     assert own_cpu_seconds_of(GONE_PID) is None
 
 
