@@ -176,6 +176,7 @@ async def run(settings: Settings) -> None:
             incremental_s = await timed_verify(engine, full=False)
         finally:
             await engine.dispose()
+    print(f"{machine_line()} (at the end)")
     print(
         f"verify --full: {full_s:.2f} s for {settings.transfers:,} transfers"
         f" ({full_s / settings.transfers * 1e6:.1f} µs a transfer)"
