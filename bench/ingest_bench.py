@@ -1066,12 +1066,14 @@ def print_cpu(spans: dict[str, CpuSpan], figures: Figures) -> None:
     assert alone is not None
     assert alone_span is not None
     for drained in figures.drains[1:]:
+        if not drained.cpu.items:  # every gift applied before the group settled
+            continue
         bound = drained.cpu.rate_bound(cores)
         print(
             f"  {drained.label}, every core busy at this cpu a gift: at most {bound:,.0f} gifts/s,"
             f" {bound / alone.events_per_s:.2f} of the ledger batch alone"
-            f" (its cpu a gift is {drained.cpu.total_s / drained.cpu.items * 1e6:,.1f} µs"
-            f" against {alone_span.total_s / alone_span.items * 1e6:,.1f})"
+            f" (its cpu a gift is {us(drained.cpu.us_each(drained.cpu.total_s)).strip()} µs"
+            f" against {us(alone_span.us_each(alone_span.total_s)).strip()})"
         )
 
 
