@@ -517,9 +517,9 @@ CPU_DOCUMENT_KEYS = {
 
 @dataclass(frozen=True, slots=True)
 class CpuMeter:
-    """CPU seconds used so far: this process (the consumers, the relay and the publisher: one
-    event loop), the bank's process, the PostgreSQL server (None when it is not on this machine)
-    and the embedded broker (None with `KAFKA_BOOTSTRAP_SERVERS`)."""
+    """Reads the CPU seconds used so far by this process (the consumers, the relay and the
+    publisher: one event loop), the bank's process, the PostgreSQL server (None when it is not
+    on this machine) and the embedded broker (None with `KAFKA_BOOTSTRAP_SERVERS`)."""
 
     bank_pid: int | None
     postmaster_pid: int | None

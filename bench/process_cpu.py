@@ -100,7 +100,7 @@ def cpu_snapshot(parts: Mapping[str, Callable[[], float | None]]) -> CpuSnapshot
 @dataclass(frozen=True, slots=True)
 class CpuSpan:
     """The CPU seconds each part used between two snapshots, over `wall_s` seconds of the clock,
-    for `items` items (gifts, transfers)."""
+    for `items` items (gifts, cash-outs)."""
 
     seconds: dict[str, float | None]
     wall_s: float
@@ -127,5 +127,6 @@ class CpuSpan:
         return self.total_s / self.wall_s if self.wall_s > 0 else 0.0
 
     def rate_bound(self, cores: int) -> float:
-        """Items a second were all `cores` busy all the time at this CPU an item."""
+        """Items a second were all `cores` busy all the time at this CPU an item (a bound: the
+        processes also wait for one another)."""
         return self.items * cores / self.total_s if self.total_s > 0 else math.inf
