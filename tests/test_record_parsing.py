@@ -222,6 +222,20 @@ def test_a_repeated_key_is_malformed_json_in_a_batch_too(repeat: bytes) -> None:
     assert_parsed_as_reference(topics.GIFTS_SENT, values)
 
 
+@pytest.mark.parametrize("topic", [topics.GIFTS_SENT, topics.GIFTS_REVERSED])
+def test_nesting_counts_the_levels_that_hold_something(topic: str) -> None:
+    """An empty container adds no level: brackets 17 deep around nothing nest 16 levels, which
+    is allowed (and then not an event); 17 levels around a value are too deep. Hypothesis found
+    the first refused as too deep, against the reference."""
+    at_limit = b"[" * (JSON_DEPTH_MAX + 1) + b"]" * (JSON_DEPTH_MAX + 1)
+    past_limit = b"[" * (JSON_DEPTH_MAX + 1) + b"1" + b"]" * (JSON_DEPTH_MAX + 1)
+    outcomes = parse_records(topic, records_of(topic, [at_limit, past_limit]))
+    letters = [outcome for outcome in outcomes if isinstance(outcome, DeadLetter)]
+    assert [letter.error for letter in letters] == ["schema_violation", "malformed_json"]
+    assert letters[1].detail == f"nested deeper than {JSON_DEPTH_MAX}"
+    assert_parsed_as_reference(topic, [at_limit, past_limit])
+
+
 def test_one_payload_in_any_spelling_has_one_hash() -> None:
     event = {**make.gift("c-spelling", coins=3), "event_id": "e-spelling"}
     spellings: list[bytes | None] = [

@@ -68,11 +68,14 @@ class ParsedEvent:
 
 
 def _depth(value: Any, limit: int) -> int:
+    """How deep containers nest (a scalar 0, a flat object 1, an empty one 0), level by level;
+    once past `limit`, the first level found past it."""
     depth, frontier = 0, [value]
     while frontier:
         depth += 1
-        if depth > limit:
-            return depth
+        # The frontier's items are at least `depth - 1` deep (an empty container adds no level).
+        if depth - 1 > limit:
+            return depth - 1
         children: list[Any] = []
         for item in frontier:
             if isinstance(item, dict):
