@@ -1,7 +1,8 @@
-"""Gifts are recorded as applied by one insert that skips the events recorded already
-(`EventStore.claim_applied`): a redelivery, a copy within the batch, a batch overlapping one
-applied before, and two consumers applying the same gifts at the same moment each end with every
-gift applied once, its diamonds credited once, and every other copy a duplicate or a conflict.
+"""Gifts are recorded as applied by one insert, and when one of them was recorded already, by
+another that skips those (`EventStore.claim_applied`): a redelivery, a copy within the batch, a
+batch overlapping one applied before, and two consumers applying the same gifts at the same
+moment each end with every gift applied once, its diamonds credited once, and every other copy a
+duplicate or a conflict.
 """
 
 from __future__ import annotations
