@@ -73,7 +73,8 @@ def _depth(value: Any, limit: int) -> int:
     depth, frontier = 0, [value]
     while frontier:
         depth += 1
-        # The frontier's items are at least `depth - 1` deep (an empty container adds no level).
+        # This frontier is not empty, so the value nests at least `depth - 1` levels (an empty
+        # container adds none): past the limit once that is.
         if depth - 1 > limit:
             return depth - 1
         children: list[Any] = []
