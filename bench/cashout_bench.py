@@ -1120,11 +1120,7 @@ def print_cpu(figures: Figures) -> None:
         " bank runs in its own; n/a: not on this machine):"
     )
     for mode, span in figures.cpu.items():
-        parts = "  ".join(f"{name} {ms(span.us_each(s))}" for name, s in span.seconds.items())
-        print(
-            f"  {mode:<14} {parts}  all {ms(span.us_each(span.total_s))}"
-            f"  (cores busy {span.cores_busy:.2f} of {cores})"
-        )
+        print(span.line(mode, 14, ms))
     batched, one = figures.cpu.get(BATCHED), figures.cpu.get(ONE_AT_A_TIME)
     if batched is not None and one is not None:
         bound = batched.rate_bound(cores)

@@ -1056,11 +1056,7 @@ def print_cpu(spans: dict[str, CpuSpan], figures: Figures) -> None:
         " n/a: not on this machine):"
     )
     for label, span in spans.items():
-        parts = "  ".join(f"{name} {us(span.us_each(s))}" for name, s in span.seconds.items())
-        print(
-            f"  {label:<27} {parts}  all {us(span.us_each(span.total_s))}"
-            f"  (cores busy {span.cores_busy:.2f} of {cores})"
-        )
+        print(span.line(label, 27, us))
     alone = figures.ledger_alone
     alone_span = figures.ledger_alone_cpu
     assert alone is not None

@@ -126,6 +126,15 @@ class CpuSpan:
     def cores_busy(self) -> float:
         return self.total_s / self.wall_s if self.wall_s > 0 else 0.0
 
+    def line(self, label: str, label_width: int, per_item: Callable[[float | None], str]) -> str:
+        """One row of a CPU table: `label`, each part's CPU an item and all of it (`per_item`
+        writes microseconds, or None for a part not on this machine), and the cores kept busy."""
+        parts = "  ".join(f"{name} {per_item(self.us_each(s))}" for name, s in self.seconds.items())
+        return (
+            f"  {label:<{label_width}} {parts}  all {per_item(self.us_each(self.total_s))}"
+            f"  (cores busy {self.cores_busy:.2f} of {os.cpu_count() or 1})"
+        )
+
     def rate_bound(self, cores: int) -> float:
         """Items a second were all `cores` busy all the time at this CPU an item (a bound: the
         processes also wait for one another)."""

@@ -78,3 +78,6 @@ def test_a_span_gives_each_part_per_item_and_the_cores_it_kept_busy() -> None:
     assert span.wall_s >= burned - 0.02
     assert span.cores_busy == burned / span.wall_s
     assert span.rate_bound(cores=2) == 1_000 * 2 / burned
+    row = span.line("run", 5, lambda us: "n/a" if us is None else f"{us:.1f}")
+    assert row.startswith(f"  run   this process {burned / 1_000 * 1e6:.1f}  gone n/a  all ")
+    assert row.endswith(f"(cores busy {span.cores_busy:.2f} of {os.cpu_count()})")
