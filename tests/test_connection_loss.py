@@ -25,10 +25,13 @@ from tests.ingestion_fixtures import RunningConsumers, start_consumers, wait_unt
 
 pytestmark = pytest.mark.server
 
-GIFT_COUNT = 3_000
 GIFTS_PER_STEP = 100
 STEP_PAUSE_S = 0.05
-TERMINATION_ROUNDS = 40
+TERMINATION_PAUSE_S = 0.07
+# Connections are ended until a gift batch has met one mid-transaction (a cut between batches only
+# costs the pool a pre-ping): at least this many rounds, at most the limit, while gifts flow.
+MIN_TERMINATION_ROUNDS = 40
+MAX_TERMINATION_ROUNDS = 600
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -77,17 +80,24 @@ async def test_terminated_connections_are_an_outage_not_an_unexpected_error(
     database = consumer_engine.url.database
     assert database is not None
     creators = [f"creator-{uuid.uuid4().hex[:10]}" for _ in range(20)]
-    gifts = [make.gift(creators[i % 20], coins=1) for i in range(GIFT_COUNT)]
     caplog.set_level(logging.WARNING)
+    published = 0
+    terminating = True
+
+    def outage_logged() -> bool:
+        return any("database unavailable" in r.getMessage() for r in caplog.records)
 
     async def publish_paced() -> None:
-        for start in range(0, len(gifts), GIFTS_PER_STEP):
-            for gift in gifts[start : start + GIFTS_PER_STEP]:
+        nonlocal published
+        while terminating:
+            for _ in range(GIFTS_PER_STEP):
+                gift = make.gift(creators[published % len(creators)], coins=1)
                 await consumers.producer.send(
                     consumers.prefix + topics.GIFTS_SENT,
                     value=make.encode(gift),
                     key=str(gift["creator_id"]).encode(),
                 )
+                published += 1
             await asyncio.sleep(STEP_PAUSE_S)
         await consumers.producer.flush()
 
@@ -101,13 +111,18 @@ async def test_terminated_connections_are_an_outage_not_an_unexpected_error(
 
     publishing = asyncio.create_task(publish_paced())
     terminated = 0
-    for _ in range(TERMINATION_ROUNDS):
-        await asyncio.sleep(0.07)
+    rounds = 0
+    while rounds < MIN_TERMINATION_ROUNDS or (
+        rounds < MAX_TERMINATION_ROUNDS and not outage_logged()
+    ):
+        await asyncio.sleep(TERMINATION_PAUSE_S)
         terminated += await _terminate_consumer_connections(engine, database)
+        rounds += 1
+    terminating = False
     await publishing
 
     async def all_applied() -> bool:
-        return await applied_count() == GIFT_COUNT
+        return await applied_count() == published
 
     await wait_until(all_applied, 120)
     assert terminated > 0, "the test ended no connection: it proves nothing"
