@@ -99,7 +99,9 @@ REQUEST_DIGEST_BYTES = 16
 POLL_TIMEOUT_MS = 200
 # How long the broker may hold a fetch of payout requests that finds none. The embedded broker
 # holds it that long even when requests arrive meanwhile, so it adds to a payout's latency:
-# aiokafka's default of 500 ms is longer than the bank's own delay to pay.
+# aiokafka's default of 500 ms is longer than the bank's own delay to pay. The same as the
+# default of `consumer_cashout_fetch_wait_ms_max`, which `giftledger run` passes; the benches'
+# bank is built without the settings, and a test holds the two defaults equal.
 FETCH_WAIT_MS_MAX_DEFAULT = 50
 POLL_BACKOFF_S = 1.0
 # How often the running rail looks for a day whose settlement file is due.
