@@ -30,8 +30,8 @@ STEP_PAUSE_S = 0.05
 TERMINATION_PAUSE_S = 0.07
 # Connections are ended until a gift batch has met one mid-transaction (a cut between batches only
 # costs the pool a pre-ping): at least this many rounds, at most the limit, while gifts flow.
-MIN_TERMINATION_ROUNDS = 40
-MAX_TERMINATION_ROUNDS = 600
+TERMINATION_ROUND_COUNT_MIN = 40
+TERMINATION_ROUND_COUNT_MAX = 600
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -112,8 +112,8 @@ async def test_terminated_connections_are_an_outage_not_an_unexpected_error(
     publishing = asyncio.create_task(publish_paced())
     terminated = 0
     rounds = 0
-    while rounds < MIN_TERMINATION_ROUNDS or (
-        rounds < MAX_TERMINATION_ROUNDS and not outage_logged()
+    while rounds < TERMINATION_ROUND_COUNT_MIN or (
+        rounds < TERMINATION_ROUND_COUNT_MAX and not outage_logged()
     ):
         await asyncio.sleep(TERMINATION_PAUSE_S)
         terminated += await _terminate_consumer_connections(engine, database)
