@@ -1068,8 +1068,8 @@ def print_cpu(spans: dict[str, CpuSpan], figures: Figures) -> None:
         print(
             f"  {drained.label}, every core busy at this cpu a gift: at most {bound:,.0f} gifts/s,"
             f" {bound / alone.events_per_s:.2f} of the ledger batch alone"
-            f" (its cpu a gift is {us(drained.cpu.us_each(drained.cpu.total_s)).strip()} µs"
-            f" against {us(alone_span.us_each(alone_span.total_s)).strip()})"
+            f" (its cpu a gift is {us(drained.cpu.all_us_each).strip()} µs"
+            f" against {us(alone_span.all_us_each).strip()})"
         )
 
 
@@ -1079,7 +1079,7 @@ def cpu_document(span: CpuSpan) -> dict[str, Any]:
 
     return {
         "us_each": {name: rounded(span.us_each(s)) for name, s in span.seconds.items()},
-        "all_us_each": rounded(span.us_each(span.total_s)),
+        "all_us_each": rounded(span.all_us_each),
         "cores_busy": round(span.cores_busy, 3),
         "wall_s": round(span.wall_s, 3),
         "gifts": span.items,

@@ -123,6 +123,11 @@ class CpuSpan:
         return None if seconds is None or not self.items else seconds / self.items * 1e6
 
     @property
+    def all_us_each(self) -> float | None:
+        """Microseconds of CPU an item, every part together."""
+        return self.us_each(self.total_s)
+
+    @property
     def cores_busy(self) -> float:
         return self.total_s / self.wall_s if self.wall_s > 0 else 0.0
 
@@ -131,7 +136,7 @@ class CpuSpan:
         writes microseconds, or None for a part not on this machine), and the cores kept busy."""
         parts = "  ".join(f"{name} {per_item(self.us_each(s))}" for name, s in self.seconds.items())
         return (
-            f"  {label:<{label_width}} {parts}  all {per_item(self.us_each(self.total_s))}"
+            f"  {label:<{label_width}} {parts}  all {per_item(self.all_us_each)}"
             f"  (cores busy {self.cores_busy:.2f} of {os.cpu_count() or 1})"
         )
 

@@ -74,6 +74,7 @@ def test_a_span_gives_each_part_per_item_and_the_cores_it_kept_busy() -> None:
     assert span.total_s == burned
     assert span.us_each(burned) == burned / 1_000 * 1e6
     assert span.us_each(None) is None
+    assert span.all_us_each == span.us_each(burned)
     # One thread: its CPU cannot outrun the clock (but for /proc's ticks of 10 ms).
     assert span.wall_s >= burned - 0.02
     assert span.cores_busy == burned / span.wall_s
