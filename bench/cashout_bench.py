@@ -59,6 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -77,7 +78,7 @@ from bench.ingest_bench import kafka, new_producer, percentiles, say
 from bench.process_cpu import CpuSnapshot, CpuSpan, cpu_snapshot, tree_cpu_seconds_of
 from ledger.chart import AccountKind
 from ledger.database import create_engine
-from ledger.service import Ledger, LedgerTransaction
+from ledger.service import CONFLICT_KINDS, Ledger, LedgerTransaction
 from schemas import topics
 from schemas.events import (
     COINS_PER_GIFT_MAX,
@@ -557,6 +558,8 @@ class Figures:
     cpu: dict[str, CpuSpan] = field(default_factory=dict)
     checked: str = ""
     conflicts: dict[str, int] = field(default_factory=dict)
+    # Per mode, the ledger's units of work run again after a lost race, by kind.
+    runs_again: dict[str, dict[str, int]] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     bank_warnings_logged: int = 0
 
@@ -758,6 +761,7 @@ async def phase_cashouts(
     def progress() -> int:
         return desk.request_count + desk.result_count + OutboxClock.now().rows + paid
 
+    runs_again_before = ledger_runs_again()
     cpu_before = cpu_meter.read()
     started = time.perf_counter()
     await send_all(
@@ -804,6 +808,10 @@ async def phase_cashouts(
     figures.measurements.append(measurement)
     say(f"cash-outs {mode}: {measurement.items_per_s:,.0f}/s over {measurement.seconds:.1f} s")
     figures.time_spent[mode] = time_spent_between(before, Counts.now(ingestor))
+    runs_again_after = ledger_runs_again()
+    figures.runs_again[mode] = {
+        kind: runs_again_after[kind] - runs_again_before[kind] for kind in CONFLICT_KINDS
+    }
     figures.machine["bank_reports"] = rail.reports_sent
     await cashout_latency(engine, figures, options.cashouts, mode, mode_ids)
 
@@ -941,6 +949,18 @@ async def check_ledger(
         f" paid out), nothing held or payable; {usd_cents / 100:,.2f} USD left the bank;"
         f" verify() found nothing ({verify_s:.1f} s)"
     )
+
+
+def ledger_runs_again() -> dict[str, int]:
+    """The units of work this process's ledger ran again so far, by kind of lost race
+    (`giftledger_ledger_conflicts_retried_total`: the consumers' and the relay's)."""
+    found: dict[str, int] = {}
+    for kind in CONFLICT_KINDS:
+        value = REGISTRY.get_sample_value(
+            "giftledger_ledger_conflicts_retried_total", {"kind": kind}
+        )
+        found[kind] = int(value or 0)
+    return found
 
 
 async def conflicts(
@@ -1206,6 +1226,14 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
         )
         + " (deadlocks: pg_stat_database of the bench database)"
     )
+    print(
+        "  units of work run again, by lost race: "
+        + "; ".join(
+            f"{mode}: "
+            + ", ".join(f"{kind.replace('_', ' ')} {n:,}" for kind, n in runs_again.items())
+            for mode, runs_again in figures.runs_again.items()
+        )
+    )
     print(f"checks: {figures.checked}")
     logged = ", ".join(f"{n} {level} {name}" for (level, name), n in tally.counts.most_common())
     print(f"log: {logged or 'nothing at WARNING or above'} (in {tally.path})")
@@ -1249,6 +1277,7 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
         },
         "cpu": {mode: cpu_document(use) for mode, use in figures.cpu.items()},
         "conflicts": figures.conflicts,
+        "runs_again": figures.runs_again,
         "checks": figures.checked,
         "machine": figures.machine,
         "log": {f"{level} {name}": n for (level, name), n in tally.counts.items()},

@@ -5,7 +5,7 @@ modules below (`decide`, `store`, `unit_of_work`, `chain`) are its own business.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 
@@ -22,10 +22,16 @@ from ledger.model import (
     TransferCode,
     TransferFlags,
 )
-from ledger.store import AccountFacts
+from ledger.store import CONFLICT_KINDS, AccountFacts
 from ledger.unit_of_work import LedgerTransaction, TransactionAttempts
 
-__all__ = ["Ledger", "LedgerTransaction", "TransactionAttempts", "expiry_transfer_id"]
+__all__ = [
+    "CONFLICT_KINDS",
+    "Ledger",
+    "LedgerTransaction",
+    "TransactionAttempts",
+    "expiry_transfer_id",
+]
 
 EXPIRY_NAMESPACE = uuid.UUID("6f1d8f43-6a0b-4c34-9d44-5f0f5b7f3e61")
 EXPIRY_BATCH_SIZE_MAX = 10_000
@@ -46,13 +52,17 @@ class Ledger:
         conflict_retry_count_max: int = 5,
         conflict_backoff_ms_max: int = CONFLICT_BACKOFF_MS_MAX_DEFAULT,
         account_cache_size_max: int = ACCOUNT_CACHE_SIZE_MAX,
+        on_conflict: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_conflict` is told the kind of every race a unit of work lost and runs again
+        after (`ledger.store.CONFLICT_KINDS`)."""
         self.engine = engine
         self._accounts = AccountDirectory(engine, account_cache_size_max)
         self._account_facts = AccountFacts(account_cache_size_max)
         self._batch_size_max = batch_size_max
         self._conflict_retry_count_max = conflict_retry_count_max
         self._conflict_backoff_ms_max = conflict_backoff_ms_max
+        self._on_conflict = on_conflict
 
     def transactions(self, *, retry_count_max: int | None = None) -> TransactionAttempts:
         """The attempts at one unit of work (`ledger.unit_of_work`): `async for tx in
@@ -65,6 +75,7 @@ class Ledger:
                 self._conflict_retry_count_max if retry_count_max is None else retry_count_max
             ),
             backoff_ms_max=self._conflict_backoff_ms_max,
+            on_conflict=self._on_conflict,
         )
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:

@@ -1009,11 +1009,13 @@ async def _write_new_batch(
 
 
 _UNIQUE_VIOLATION_SQLSTATE = "23505"
-# The races other than a duplicate key (`is_duplicate_key`), whose writers could meet again.
-_RACE_LOST_SQLSTATES = {
-    "40001",  # serialization_failure
-    "40P01",  # deadlock_detected
+# The races other than a duplicate key (`is_duplicate_key`), whose writers could meet again, by
+# the kind `conflict_kind` names them.
+_RACE_LOST_KINDS = {
+    "40001": "serialization_failure",
+    "40P01": "deadlock",
 }
+CONFLICT_KINDS = ("unique_key", *_RACE_LOST_KINDS.values())
 
 
 def _is_unique_violation(error: DBAPIError) -> bool:
@@ -1027,10 +1029,18 @@ def is_duplicate_key(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and _is_unique_violation(error)
 
 
+def conflict_kind(error: BaseException) -> str | None:
+    """Which race with another writer `error` says the unit of work lost, one of
+    `CONFLICT_KINDS` (a duplicate key, a deadlock, a serialization failure), or None when it
+    is not such a race."""
+    if is_duplicate_key(error):
+        return "unique_key"
+    if isinstance(error, DBAPIError):
+        return _RACE_LOST_KINDS.get(str(getattr(error.orig, "sqlstate", None)))
+    return None
+
+
 def is_conflict(error: BaseException) -> bool:
-    """Whether `error` means the unit of work lost a race with another writer (a duplicate
-    key, a deadlock, a serialization failure) and should run again."""
-    return is_duplicate_key(error) or (
-        isinstance(error, DBAPIError)
-        and getattr(error.orig, "sqlstate", None) in _RACE_LOST_SQLSTATES
-    )
+    """Whether `error` means the unit of work lost a race with another writer and should run
+    again (`conflict_kind`)."""
+    return conflict_kind(error) is not None

@@ -10,6 +10,8 @@ another writer.
 
 The loop body runs once, or again after a conflict (a duplicate key, a deadlock, a
 serialization failure), at most `retry_count_max` more times; anything else propagates at once.
+Each run again is told to the ledger's `on_conflict` with its kind (`ledger.store.conflict_kind`),
+which the services count.
 While a run again is possible and none has been needed, `post` assumes its transfers' ids are
 new rather than reading them (`ledger.store`, step 1): a stored one is a duplicate key, and the
 runs after it read them.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from types import TracebackType
@@ -34,8 +36,7 @@ from ledger.chain import ChainEntry, append_link_entries
 from ledger.model import BatchOutcome, NewTransfers, StoredTransfer, Transfer
 from ledger.store import (
     AccountFacts,
-    is_conflict,
-    is_duplicate_key,
+    conflict_kind,
     read_stored,
     store_batch,
     store_new_batch,
@@ -163,8 +164,9 @@ class LedgerTransaction:
         if error is None:
             self._attempts.finish()
             return False
-        if isinstance(error, Exception) and is_conflict(error) and self._attempts.may_run_again():
-            self._attempts.conflicted(error)
+        kind = conflict_kind(error) if isinstance(error, Exception) else None
+        if kind is not None and self._attempts.may_run_again():
+            self._attempts.conflicted(kind)
             return True
         if error is exc:
             return False
@@ -182,6 +184,7 @@ class TransactionAttempts:
         *,
         retry_count_max: int,
         backoff_ms_max: int,
+        on_conflict: Callable[[str], None] | None = None,
     ) -> None:
         if retry_count_max < 0 or backoff_ms_max < 0:
             raise ValueError("retry_count_max and backoff_ms_max must not be negative")
@@ -189,6 +192,7 @@ class TransactionAttempts:
         self._facts = facts
         self._retry_count_max = retry_count_max
         self._backoff_ms_max = backoff_ms_max
+        self._on_conflict = on_conflict
         self._attempt_count = 0
         self._entered_count = 0
         self._finished = False
@@ -213,12 +217,15 @@ class TransactionAttempts:
     def may_run_again(self) -> bool:
         return self._attempt_count <= self._retry_count_max
 
-    def conflicted(self, error: Exception) -> None:
-        """The attempt lost a race: the next waits a backoff, unless the race was for a unique
-        key. A key's check waits for the writer that took it to end, so that writer has
-        committed, and the next attempt reads what it stored at once (the first attempt's own
-        ids, assumed new, fail so too)."""
-        self._wait_s = 0.0 if is_duplicate_key(error) else self._backoff_s()
+    def conflicted(self, kind: str) -> None:
+        """The attempt lost a race of this kind (`ledger.store.conflict_kind`) and runs again,
+        told to `on_conflict`: the next waits a backoff, unless the race was for a unique key.
+        A key's check waits for the writer that took it to end, so that writer has committed,
+        and the next attempt reads what it stored at once (the first attempt's own ids,
+        assumed new, fail so too)."""
+        self._wait_s = 0.0 if kind == "unique_key" else self._backoff_s()
+        if self._on_conflict is not None:
+            self._on_conflict(kind)
 
     @property
     def waited_s(self) -> float:

@@ -1,16 +1,25 @@
 """A unit of work's first attempt assumes its transfers' ids are new instead of reading them
 (`ledger.store`, step 1): a stored one fails the write on its unique key and the unit of work
 runs again, reading them; a batch whose walk refuses a transfer reads them at once, since a
-stored transfer's result comes before any other. The results are those a read would give."""
+stored transfer's result comes before any other. The results are those a read would give.
+Every run again after a lost race is told to the ledger's `on_conflict` with its kind, and the
+services count it in `giftledger_ledger_conflicts_retried_total`."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.model import AccountFlags, PostResult, Transfer, TransferCode
-from ledger.service import Ledger
+from ledger.service import CONFLICT_KINDS, Ledger
+from ledger.store import LedgerConflictError, conflict_kind
 from ledger.verify import verify
+from services.app.bootstrap import build_ledger
+from services.runtime.settings import Settings
 from tests.ledger_helpers import make_accounts, new_id, totals
 
 pytestmark = pytest.mark.server
@@ -102,3 +111,84 @@ async def test_an_attempt_after_a_duplicate_key_runs_at_once(
 
     assert outcome.results == [PostResult.EXISTS]
     assert waits == [0.0, 0.0]
+
+
+async def test_a_run_again_is_told_to_on_conflict_with_its_kind(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    _, stored = await a_stored_transfer(engine, unique_id)
+    kinds: list[str] = []
+    ledger = Ledger(engine, on_conflict=kinds.append)
+
+    results, attempts = await post_counting_attempts(ledger, [stored])
+
+    assert (results, attempts) == ([PostResult.EXISTS], 2)
+    assert kinds == ["unique_key"]
+
+
+async def lock_in_order(
+    ledger: Ledger, account_ids: tuple[int, int], holding: asyncio.Event, other: asyncio.Event
+) -> int:
+    """A unit of work that locks two accounts one after the other, the second only once the
+    other unit of work holds its first; returns its attempts."""
+    attempts = 0
+    async for tx in ledger.transactions():
+        async with tx:
+            attempts += 1
+            for position, account_id in enumerate(account_ids):
+                if position == 1:
+                    holding.set()
+                    await asyncio.wait_for(other.wait(), timeout=30)
+                await tx.connection.execute(
+                    text("SELECT id FROM accounts WHERE id = :id FOR NO KEY UPDATE"),
+                    {"id": account_id},
+                )
+    return attempts
+
+
+async def test_a_deadlock_runs_the_loser_again_and_is_counted_as_one(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    """Two units of work locking two accounts in opposite orders: PostgreSQL ends one of them
+    (after its `deadlock_timeout`), which runs again once the other commits."""
+    kinds: list[str] = []
+    ledger = Ledger(engine, on_conflict=kinds.append)
+    a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
+    first_holds, second_holds = asyncio.Event(), asyncio.Event()
+
+    attempts = await asyncio.gather(
+        lock_in_order(ledger, (a, b), first_holds, second_holds),
+        lock_in_order(ledger, (b, a), second_holds, first_holds),
+    )
+
+    assert sorted(attempts) == [1, 2]
+    assert kinds == ["deadlock"]
+
+
+async def test_the_services_ledger_counts_what_it_runs_again_by_kind(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    _, stored = await a_stored_transfer(engine, unique_id)
+    ledger = build_ledger(Settings(), engine)
+
+    def counted(kind: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "giftledger_ledger_conflicts_retried_total", {"kind": kind}
+        )
+        assert value is not None, f"{kind} is not exported"
+        return value
+
+    before = {kind: counted(kind) for kind in CONFLICT_KINDS}
+    await post_counting_attempts(ledger, [stored])
+
+    after = {kind: counted(kind) for kind in CONFLICT_KINDS}
+    assert {kind: after[kind] - before[kind] for kind in CONFLICT_KINDS} == {
+        "unique_key": 1,
+        "deadlock": 0,
+        "serialization_failure": 0,
+    }
+
+
+def test_an_error_that_is_not_a_lost_race_has_no_conflict_kind() -> None:
+    assert conflict_kind(ValueError("not a database error")) is None
+    assert conflict_kind(LedgerConflictError("another writer stored it first")) == "unique_key"

@@ -58,6 +58,12 @@ OUTBOX_ROUND_SECONDS = Histogram(
     "Time from an outbox round's claim to its mark's commit (a pass overlaps its rounds).",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+LEDGER_CONFLICTS_RETRIED = Counter(
+    "giftledger_ledger_conflicts_retried_total",
+    "Ledger units of work run again after losing a race with another writer, by kind"
+    " (unique_key, deadlock, serialization_failure).",
+    ["kind"],
+)
 DATABASE_RETRIES = Counter(
     "giftledger_database_retries_total", "Batches retried after a database error.", ["topic"]
 )
