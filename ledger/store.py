@@ -1023,7 +1023,7 @@ def _is_unique_violation(error: DBAPIError) -> bool:
 
 
 def is_duplicate_key(error: BaseException) -> bool:
-    """Whether `error` is a conflict on a unique key (`is_conflict`)."""
+    """Whether `error` is a conflict on a unique key (`conflict_kind`)."""
     if isinstance(error, LedgerConflictError):
         return True
     return isinstance(error, DBAPIError) and _is_unique_violation(error)
@@ -1031,16 +1031,10 @@ def is_duplicate_key(error: BaseException) -> bool:
 
 def conflict_kind(error: BaseException) -> str | None:
     """Which race with another writer `error` says the unit of work lost, one of
-    `CONFLICT_KINDS` (a duplicate key, a deadlock, a serialization failure), or None when it
-    is not such a race."""
+    `CONFLICT_KINDS` (a duplicate key, a deadlock, a serialization failure), so that it runs
+    again; or None when it is not such a race."""
     if is_duplicate_key(error):
         return "unique_key"
     if isinstance(error, DBAPIError):
         return _RACE_LOST_KINDS.get(str(getattr(error.orig, "sqlstate", None)))
     return None
-
-
-def is_conflict(error: BaseException) -> bool:
-    """Whether `error` means the unit of work lost a race with another writer and should run
-    again (`conflict_kind`)."""
-    return conflict_kind(error) is not None
