@@ -87,7 +87,6 @@ from schemas.events import (
     PayoutUpdated,
 )
 from schemas.topics import all_topics
-from services.app.bootstrap import build_ledger
 from services.app.consumer import ConsumerService
 from services.cashout.desk import CashoutDesk, CashoutLimits, lock_creators
 from services.cashout.outbox import (
@@ -103,6 +102,7 @@ from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime import metrics
 from services.runtime.collector import settle_collector
 from services.runtime.embedded_broker import create_topics
+from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import EligibilitySettings, Settings
 
 SEED = 20_251_128

@@ -37,12 +37,13 @@ from bench.log_tally import LogTally
 from ledger.database import create_engine
 from ledger.service import Ledger
 from schemas import topics
-from services.app.bootstrap import build_desk, build_ledger
+from services.app.bootstrap import build_desk
 from services.app.consumer import ConsumerService
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, InputRecord
 from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime.collector import settle_collector
+from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import Settings
 
 # The slots of a worker's shared array of doubles.

@@ -105,11 +105,11 @@ from ledger.service import Ledger
 from schemas import topics
 from schemas.events import GiftSent
 from schemas.topics import all_topics
-from services.app.bootstrap import build_ledger
 from services.ingestion.event_transfers import batch_coin_leg
 from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime.collector import settle_collector
 from services.runtime.embedded_broker import EmbeddedBroker, create_topics
+from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import Settings
 
 SEED = 20_251_103

@@ -37,7 +37,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import upgrade_to_head
 from ledger.queries import trial_balance
-from ledger.service import Ledger
 from ledger.verify import verify
 from schemas.assets import DIAMOND
 from services.api.server import serve_api
@@ -50,6 +49,7 @@ from services.payout_rail.rail import PayoutRailService
 from services.rates.rate_cards import load_rate_cards
 from services.runtime.database import engine_as_role, open_database
 from services.runtime.kafka import open_kafka
+from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import Settings
 from services.trial_balance_text import grouped_amount, render_trial_balance
 
@@ -448,7 +448,9 @@ async def run_demo(
         settings = settings.model_copy(update={"api_tokens": {digest: "finance"}})
     async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
         await upgrade_to_head(engine)
-        await catch_up_cashouts(Ledger(engine))  # a ledger kept from before payables settled
+        await catch_up_cashouts(
+            build_ledger(settings, engine)
+        )  # a ledger kept from before payables settled
         out.write(f"broker {bootstrap_servers}; database migrated\n")
         if await _ledger_has_transfers(engine):
             out.write(kept_ledger_notice(settings))

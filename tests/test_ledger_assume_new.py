@@ -18,7 +18,7 @@ from ledger.model import AccountFlags, PostResult, Transfer, TransferCode
 from ledger.service import CONFLICT_KINDS, Ledger
 from ledger.store import LedgerConflictError, conflict_kind
 from ledger.verify import verify
-from services.app.bootstrap import build_ledger
+from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import Settings
 from tests.ledger_helpers import make_accounts, new_id, totals
 

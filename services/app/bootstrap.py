@@ -1,6 +1,7 @@
 """The composition root: every long-lived part built from `Settings`, in one place. `giftledger
-run`, the demo, the load test, the benchmarks and the tests build their ledger, cash-out desk,
-ingestor, consumers and simulated bank here, so all of them run what production runs."""
+run`, the demo, the load test, the benchmarks and the tests build their cash-out desk, ingestor,
+consumers and simulated bank here, and their ledger with `services.runtime.ledger_setup` (as
+the API's and the console's operator actions do), so all of them run what production runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import TypeVar
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.service import CONFLICT_KINDS, Ledger
 from services.api.server import create_app
 from services.app.consumer import ConsumerService
 from services.cashout.desk import CashoutDesk
@@ -17,28 +17,10 @@ from services.console import install_console
 from services.ingestion.ingestor import Ingestor
 from services.payout_rail.rail import PayoutRailService, RailSettings, simulated_rail
 from services.rates.rate_cards import RateCardBook, load_rate_cards
-from services.runtime import metrics
+from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import EligibilitySettings, Settings
 
 IngestorT = TypeVar("IngestorT", bound=Ingestor)
-
-
-def build_ledger(settings: Settings, engine: AsyncEngine) -> Ledger:
-    """The ledger, its units of work's lost races counted in
-    `giftledger_ledger_conflicts_retried_total` (every kind shown from the start, at 0)."""
-    for kind in CONFLICT_KINDS:
-        metrics.LEDGER_CONFLICTS_RETRIED.labels(kind=kind)
-    return Ledger(
-        engine,
-        batch_size_max=settings.ledger_batch_size_max,
-        conflict_retry_count_max=settings.ledger_conflict_retry_count_max,
-        account_cache_size_max=settings.ledger_account_cache_size_max,
-        on_conflict=count_ledger_conflict,
-    )
-
-
-def count_ledger_conflict(kind: str) -> None:
-    metrics.LEDGER_CONFLICTS_RETRIED.labels(kind=kind).inc()
 
 
 def build_desk(settings: Settings, eligibility: EligibilitySettings | None = None) -> CashoutDesk:

@@ -23,7 +23,6 @@ from ledger.queries import (
     statement,
     trial_balance,
 )
-from ledger.service import Ledger
 from ledger.verify import (
     Problem,
     Verification,
@@ -53,6 +52,7 @@ from services.commands.common import (
 )
 from services.operator.actions_log import OPERATOR_ACTIONS_CHECK, verify_action_chain
 from services.rates.rate_cards import load_rate_cards
+from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import get_settings
 from services.trial_balance_text import render_trial_balance
 
@@ -66,7 +66,7 @@ def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
 async def migrate_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
     await upgrade_to_head(engine, get_settings().transfer_partition_months_ahead)
     print(f"database at revision {await current_revision(engine)}")
-    caught_up = await catch_up_cashouts(Ledger(engine))
+    caught_up = await catch_up_cashouts(build_ledger(get_settings(), engine))
     if caught_up:
         print(f"{caught_up} cash-outs booked before payables were settled: caught up")
     return EXIT_OK

@@ -39,7 +39,6 @@ from services.api.operator_models import (
     adjustment_outcome_document,
     freeze_outcome_document,
 )
-from services.app.bootstrap import build_ledger
 from services.cli_text import table
 from services.commands.common import (
     EXIT_FAILURE,
@@ -73,6 +72,7 @@ from services.operator.desk import (
     UnknownCreatorError,
 )
 from services.operator.freezes import freeze_state
+from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import get_settings
 
 DERIVED_KEY_PREFIX: Final = "cli-"

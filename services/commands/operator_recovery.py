@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.assets import format_amount
 from schemas.topics import CONSUMED_TOPICS
 from services.api.recovery_models import cancel_document, redrive_document, resubmit_document
-from services.app.bootstrap import build_desk, build_ledger
+from services.app.bootstrap import build_desk
 from services.cashout.recovery import (
     ActionRequest,
     CancelOutcome,
@@ -55,6 +55,7 @@ from services.ingestion.redrive import (
     RedriveRequest,
 )
 from services.operator.actions_log import ActionKeyConflictError, InvalidActionError
+from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import get_settings
 
 RECOVERY_ACTIONS: Final = frozenset({"redrive", "cancel", "resubmit"})

@@ -17,7 +17,6 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ledger.service import Ledger
 from services.console.context import (
     FormError,
     console_of,
@@ -50,6 +49,7 @@ from services.operator.desk import (
     OperatorDesk,
     OperatorError,
 )
+from services.runtime.ledger_setup import build_ledger
 
 APPROVE_ACTION: Final = "adjustment_approved"
 
@@ -178,7 +178,7 @@ async def approve(request: Request) -> Response:
             raise RefusedError(422, str(error)) from None
         settings = console.settings
         desk = OperatorDesk(
-            Ledger(console.api.state.engine),
+            build_ledger(settings, console.api.state.engine),
             topic_prefix=settings.kafka_topic_prefix,
             database_role=settings.database_writer_role,
         )

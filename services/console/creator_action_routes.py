@@ -19,7 +19,6 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ledger.service import Ledger
 from services.cashout.desk import CashoutDesk
 from services.cashout.recovery import (
     CASHOUT_CANCELLED,
@@ -46,6 +45,7 @@ from services.operator.desk import (
     OperatorError,
     UnknownCreatorError,
 )
+from services.runtime.ledger_setup import build_ledger
 
 OutcomeT = TypeVar("OutcomeT")
 
@@ -53,7 +53,7 @@ OutcomeT = TypeVar("OutcomeT")
 def _operator_desk(console: Console) -> OperatorDesk:
     settings = console.settings
     return OperatorDesk(
-        Ledger(console.api.state.engine),
+        build_ledger(settings, console.api.state.engine),
         topic_prefix=settings.kafka_topic_prefix,
         database_role=settings.database_writer_role,
     )
@@ -62,7 +62,7 @@ def _operator_desk(console: Console) -> OperatorDesk:
 def _cashout_recovery(console: Console) -> CashoutRecovery:
     settings = console.settings
     return CashoutRecovery(
-        Ledger(console.api.state.engine),
+        build_ledger(settings, console.api.state.engine),
         CashoutDesk.from_settings(settings),
         answer_window_s=settings.cashout_answer_window_s,
         database_role=settings.database_writer_role,

@@ -15,7 +15,6 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 
-from ledger.service import Ledger
 from schemas.events import ID_LENGTH_MAX, VISIBLE_ASCII_PATTERN
 from services.api.auth import OPERATOR_ROLES, Caller, require_role
 from services.api.deps import (
@@ -53,6 +52,7 @@ from services.operator.desk import (
     OperatorError,
     UnknownCreatorError,
 )
+from services.runtime.ledger_setup import build_ledger
 
 TAG: Final = "operator"
 ADJUSTMENT_LIST_LIMIT_DEFAULT: Final = 100
@@ -84,7 +84,7 @@ def _desk(request: Request) -> OperatorDesk:
     if desk is None:
         settings = state.settings
         desk = OperatorDesk(
-            Ledger(state.engine),
+            build_ledger(settings, state.engine),
             topic_prefix=settings.kafka_topic_prefix,
             database_role=settings.database_writer_role,
         )

@@ -18,7 +18,6 @@ from typing import Annotated, Final
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from ledger.service import Ledger
 from services.api.auth import OPERATOR_ROLES
 from services.api.deps import Decorator, IdPath
 from services.api.recovery_models import (
@@ -48,6 +47,7 @@ from services.cashout.recovery import (
 )
 from services.ingestion.redrive import DeadLetterNotFoundError, DeadLetterRedriver, RedriveRequest
 from services.operator.actions_log import ActionKeyConflictError, InvalidActionError
+from services.runtime.ledger_setup import build_ledger
 
 BROKER_RETRY_AFTER_S: Final = 5
 
@@ -62,7 +62,7 @@ def _recovery(request: Request) -> CashoutRecovery:
     if recovery is None:
         settings = state.settings
         recovery = CashoutRecovery(
-            Ledger(state.engine),
+            build_ledger(settings, state.engine),
             CashoutDesk.from_settings(settings),
             answer_window_s=settings.cashout_answer_window_s,
             database_role=settings.database_writer_role,
