@@ -448,9 +448,8 @@ async def run_demo(
         settings = settings.model_copy(update={"api_tokens": {digest: "finance"}})
     async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
         await upgrade_to_head(engine)
-        await catch_up_cashouts(
-            build_ledger(settings, engine)
-        )  # a ledger kept from before payables settled
+        # A ledger kept from before payables settled.
+        await catch_up_cashouts(build_ledger(settings, engine))
         out.write(f"broker {bootstrap_servers}; database migrated\n")
         if await _ledger_has_transfers(engine):
             out.write(kept_ledger_notice(settings))
