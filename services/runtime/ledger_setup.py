@@ -10,10 +10,11 @@ from ledger.service import CONFLICT_KINDS, Ledger
 from services.runtime import metrics
 from services.runtime.settings import Settings
 
+for _kind in CONFLICT_KINDS:  # every kind shown from the start, at 0
+    metrics.LEDGER_CONFLICTS_RETRIED.labels(kind=_kind)
+
 
 def build_ledger(settings: Settings, engine: AsyncEngine) -> Ledger:
-    for kind in CONFLICT_KINDS:  # every kind shown from the start, at 0
-        metrics.LEDGER_CONFLICTS_RETRIED.labels(kind=kind)
     return Ledger(
         engine,
         batch_size_max=settings.ledger_batch_size_max,
