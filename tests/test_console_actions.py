@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.app.bootstrap import build_api_app
 from services.cashout.recovery import resubmission_id
 from services.operator.desk import CREATOR_FROZEN, CREATOR_UNFROZEN
 from tests.console_http import (
@@ -35,6 +36,7 @@ from tests.console_http import (
     sign_in,
     tables,
 )
+from tests.operator_helpers import bearer
 
 # Any hold is stale against this window by the time an operator acts on it.
 WINDOW_PASSED_S = 0.001
@@ -50,6 +52,8 @@ class ActionData:
     failed_cashout: str
     fresh_cashout: str
     finance_cashout: str
+    shared_creator: str
+    shared_cashout: str
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -68,6 +72,8 @@ async def action_data(engine: AsyncEngine) -> ActionData:
         failed_cashout=await feed.failed_cashout(await creator("resubmit"), CASHOUT_DIAMONDS),
         fresh_cashout=await feed.held_cashout(await creator("fresh"), CASHOUT_DIAMONDS),
         finance_cashout=await feed.held_cashout(await creator("finance"), CASHOUT_DIAMONDS),
+        shared_creator=await creator("shared"),
+        shared_cashout=await feed.held_cashout(await creator("shared-hold"), CASHOUT_DIAMONDS),
     )
 
 
@@ -261,6 +267,54 @@ async def test_a_hold_the_bank_may_still_answer_is_not_cancelled(
     assert "not stale yet" in answer.text
     assert await ActionCount(engine)("cashout_cancelled", cashout_id) == 0
     assert await cashout_state(engine, cashout_id) == ("held", None)
+
+
+# One desk per app ---------------------------------------------------------------------------
+
+
+async def test_the_console_and_the_api_share_the_apps_operator_desk_and_cashout_recovery(
+    engine: AsyncEngine, action_data: ActionData
+) -> None:
+    """One of each per app (so one ledger each, with its account cache), made by whichever of
+    the console's actions and the API's operator routes comes first; not one per action."""
+    app = build_api_app(engine, console_settings(cashout_answer_window_s=WINDOW_PASSED_S))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
+        assert (await sign_in(client, OPERATOR_TOKEN)).status_code == 303
+        creator, cashout_id = action_data.shared_creator, action_data.shared_cashout
+        assert getattr(app.state, "operator_desk", None) is None
+        assert getattr(app.state, "cashout_recovery", None) is None
+
+        page = await client.get(_creator_path(creator))
+        frozen = await client.post(_creator_path(creator, "/freeze"), data=_form(page.text, "a"))
+        assert frozen.status_code == 200, frozen.text
+        desk = app.state.operator_desk
+        page = await client.get(_creator_path(creator))
+        thawed = await client.post(_creator_path(creator, "/unfreeze"), data=_form(page.text, "b"))
+        assert thawed.status_code == 200, thawed.text
+        assert app.state.operator_desk is desk
+        refrozen = await client.post(
+            f"/v1/operator/creators/{quote(creator, safe='')}/freeze",
+            json={"reason": "from the API"},
+            headers=bearer(OPERATOR_TOKEN, uuid.uuid4().hex),
+        )
+        assert refrozen.status_code == 200, refrozen.text
+        assert app.state.operator_desk is desk
+
+        page = await client.get(_cashout_path(cashout_id))
+        cancelled = await client.post(
+            _cashout_path(cashout_id, "/cancel"), data=_form(page.text, "no answer")
+        )
+        assert cancelled.status_code == 200, cancelled.text
+        recovery = app.state.cashout_recovery
+        resubmitted = await client.post(
+            f"/v1/operator/cashouts/{quote(cashout_id, safe='')}/resubmit",
+            json={"reason": "from the API"},
+            headers=bearer(OPERATOR_TOKEN, uuid.uuid4().hex),
+        )
+        assert resubmitted.status_code == 200, resubmitted.text
+        assert app.state.cashout_recovery is recovery
+        assert await cashout_state(engine, resubmission_id(cashout_id)) == ("held", None)
 
 
 # Who may act --------------------------------------------------------------------------------

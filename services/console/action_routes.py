@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.api.writers import operator_desk_of
 from services.console.context import (
     FormError,
     console_of,
@@ -46,10 +47,8 @@ from services.operator.actions_log import (
 from services.operator.desk import (
     AdjustmentNotFoundError,
     FourEyesError,
-    OperatorDesk,
     OperatorError,
 )
-from services.runtime.ledger_setup import build_ledger
 
 APPROVE_ACTION: Final = "adjustment_approved"
 
@@ -176,12 +175,7 @@ async def approve(request: Request) -> Response:
             )
         except InvalidActionError as error:
             raise RefusedError(422, str(error)) from None
-        settings = console.settings
-        desk = OperatorDesk(
-            build_ledger(settings, console.api.state.engine),
-            topic_prefix=settings.kafka_topic_prefix,
-            database_role=settings.database_writer_role,
-        )
+        desk = operator_desk_of(console.api.state)
         try:
             outcome = await desk.approve_adjustment(
                 adjustment_id,

@@ -19,7 +19,7 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.cashout.desk import CashoutDesk
+from services.api.writers import cashout_recovery_of, operator_desk_of
 from services.cashout.recovery import (
     CASHOUT_CANCELLED,
     PAYOUT_RESUBMITTED,
@@ -45,28 +45,16 @@ from services.operator.desk import (
     OperatorError,
     UnknownCreatorError,
 )
-from services.runtime.ledger_setup import build_ledger
 
 OutcomeT = TypeVar("OutcomeT")
 
 
 def _operator_desk(console: Console) -> OperatorDesk:
-    settings = console.settings
-    return OperatorDesk(
-        build_ledger(settings, console.api.state.engine),
-        topic_prefix=settings.kafka_topic_prefix,
-        database_role=settings.database_writer_role,
-    )
+    return operator_desk_of(console.api.state)
 
 
 def _cashout_recovery(console: Console) -> CashoutRecovery:
-    settings = console.settings
-    return CashoutRecovery(
-        build_ledger(settings, console.api.state.engine),
-        CashoutDesk.from_settings(settings),
-        answer_window_s=settings.cashout_answer_window_s,
-        database_role=settings.database_writer_role,
-    )
+    return cashout_recovery_of(console.api.state)
 
 
 async def _checked_request(

@@ -37,6 +37,7 @@ from services.api.operator_models import (
     freeze_outcome_document,
 )
 from services.api.responses import Responses, conflict, not_found, token_responses
+from services.api.writers import operator_desk_of
 from services.operator.actions_log import ActionKeyConflictError, InvalidActionError
 from services.operator.adjustments import (
     ADJUSTMENT_LIST_LIMIT_MAX,
@@ -52,7 +53,6 @@ from services.operator.desk import (
     OperatorError,
     UnknownCreatorError,
 )
-from services.runtime.ledger_setup import build_ledger
 
 TAG: Final = "operator"
 ADJUSTMENT_LIST_LIMIT_DEFAULT: Final = 100
@@ -77,19 +77,7 @@ AdjustmentId = Annotated[int, Path(ge=1, le=ADJUSTMENT_ID_MAX)]
 
 
 def _desk(request: Request) -> OperatorDesk:
-    """The app's operator desk, made on first use from its engine (the primary: never the read
-    engine of `API_DATABASE_URL`) and settings."""
-    state = request.app.state
-    desk: OperatorDesk | None = getattr(state, "operator_desk", None)
-    if desk is None:
-        settings = state.settings
-        desk = OperatorDesk(
-            build_ledger(settings, state.engine),
-            topic_prefix=settings.kafka_topic_prefix,
-            database_role=settings.database_writer_role,
-        )
-        state.operator_desk = desk
-    return desk
+    return operator_desk_of(request.app.state)
 
 
 Desk = Annotated[OperatorDesk, Depends(_desk)]

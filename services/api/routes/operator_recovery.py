@@ -38,7 +38,7 @@ from services.api.responses import (
     unavailable,
 )
 from services.api.routes.operator import KEY_CONFLICT, TAG, IdempotencyKey, Operator
-from services.cashout.desk import CashoutDesk
+from services.api.writers import cashout_recovery_of
 from services.cashout.recovery import (
     ActionRequest,
     CashoutActionRefusedError,
@@ -47,7 +47,6 @@ from services.cashout.recovery import (
 )
 from services.ingestion.redrive import DeadLetterNotFoundError, DeadLetterRedriver, RedriveRequest
 from services.operator.actions_log import ActionKeyConflictError, InvalidActionError
-from services.runtime.ledger_setup import build_ledger
 
 BROKER_RETRY_AFTER_S: Final = 5
 
@@ -55,20 +54,7 @@ router = APIRouter()
 
 
 def _recovery(request: Request) -> CashoutRecovery:
-    """The app's cash-out recovery, made on first use from its engine (the primary: never the
-    read engine of `API_DATABASE_URL`) and settings."""
-    state = request.app.state
-    recovery: CashoutRecovery | None = getattr(state, "cashout_recovery", None)
-    if recovery is None:
-        settings = state.settings
-        recovery = CashoutRecovery(
-            build_ledger(settings, state.engine),
-            CashoutDesk.from_settings(settings),
-            answer_window_s=settings.cashout_answer_window_s,
-            database_role=settings.database_writer_role,
-        )
-        state.cashout_recovery = recovery
-    return recovery
+    return cashout_recovery_of(request.app.state)
 
 
 def _redriver(request: Request) -> DeadLetterRedriver:
