@@ -22,7 +22,7 @@ from ledger.model import (
     TransferCode,
     TransferFlags,
 )
-from ledger.store import CONFLICT_KINDS, AccountFacts
+from ledger.store import CONFLICT_KINDS, AccountFacts, is_duplicate_key
 from ledger.unit_of_work import LedgerTransaction, TransactionAttempts
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "LedgerTransaction",
     "TransactionAttempts",
     "expiry_transfer_id",
+    "is_duplicate_key",
 ]
 
 EXPIRY_NAMESPACE = uuid.UUID("6f1d8f43-6a0b-4c34-9d44-5f0f5b7f3e61")

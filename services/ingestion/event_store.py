@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.service import is_duplicate_key
 from schemas import topics
 from services.ingestion.records import (
     BatchReport,
@@ -98,7 +99,6 @@ _CLAIM_APPLIED = text(
     WHERE NOT EXISTS (SELECT 1 FROM inserted WHERE inserted.event_id = wanted.event_id)
     """
 )
-UNIQUE_VIOLATION_SQLSTATE = "23505"
 # The oldest parked rows of a topic that no other sweep holds (a claim that ran out holds
 # nothing), locked as they are found; rows another sweep is locking at that moment are skipped.
 # They are taken for this sweep until `claimed_until`.
@@ -423,7 +423,7 @@ async def _insert_applied(conn: AsyncConnection, parameters: dict[str, Any]) -> 
         async with conn.begin_nested():
             await conn.execute(_INSERT_APPLIED, parameters)
     except IntegrityError as error:
-        if getattr(error.orig, "sqlstate", None) != UNIQUE_VIOLATION_SQLSTATE:
+        if not is_duplicate_key(error):
             raise
     else:
         return []
