@@ -1,11 +1,15 @@
 """The journal of a period: per UTC day, account and transfer code, the posted debit and credit
-totals, each line with the account's balance before and after it.
+totals, each line with the account's balance at the start and at the end of its day.
 
-Lines run in (day, account name, code) order. Within one account the lines chain: a line's
-opening is the closing of the account's line before it, the account's first line opens at its
-balance at the period's start, and its last line closes at its balance at the period's end. The
-balance at the start is the latest close's totals (when the period before is closed, that is
-all it takes) plus the posted transfers after that close and before the start.
+Lines run in (day, account name, code) order. The lines of one account and day share their
+opening and closing: the opening plus the day's credits less its debits, over all its codes, is
+the closing, and a day's closing is the opening of the account's next day with lines. The
+account's first day opens at its balance at the period's start, its last closes at its balance at
+the period's end. A day's transfers of different codes interleave, so the journal shows no
+balance between one code's total and the next: a running balance in code order would show
+balances the account never had (a held account below zero, say). The balance at the start is the
+latest close's totals (when the period before is closed, that is all it takes) plus the posted
+transfers after that close and before the start.
 
 Posted means neither pending nor void, as in the trial balance; a transfer counts on the day of
 its commit timestamp (UTC). Balances are credits minus debits, in the account's minor unit.
@@ -97,9 +101,10 @@ _MOVES = f"""
         {_RAW_DAY_SUMS}
     )"""  # noqa: S608 (constant filters)
 
-# Each line with the account's running balance from its balance at the start: the base close's
-# totals plus the posted movements from its end to the period's start (rolled days' totals and
-# the transfers of the rest).
+# Each line with the account's balance at the end of its day (the frame of the running sum takes
+# in the day's other lines, its peers) and at its start (that less the day's change), from the
+# balance at the period's start: the base close's totals plus the posted movements from its end to
+# the period's start (rolled days' totals and the transfers of the rest).
 _JOURNAL_LINES = f"""
     WITH {_MOVES}, before AS (
         SELECT account_id, credits_minor - debits_minor AS change
@@ -122,8 +127,10 @@ _JOURNAL_LINES = f"""
                m.debits, m.credits,
                (coalesce(o.balance, 0)
                    + sum(m.credits - m.debits) OVER (
-                       PARTITION BY m.account_id ORDER BY m.day, c.name
-                       ROWS UNBOUNDED PRECEDING))::bigint AS closing
+                       PARTITION BY m.account_id ORDER BY m.day
+                       RANGE UNBOUNDED PRECEDING))::bigint AS closing,
+               (sum(m.credits - m.debits) OVER (
+                   PARTITION BY m.account_id, m.day))::bigint AS day_change
         FROM moves m
         JOIN accounts a ON a.id = m.account_id
         JOIN assets s ON s.code = a.asset
@@ -131,7 +138,7 @@ _JOURNAL_LINES = f"""
         LEFT JOIN opening o ON o.account_id = m.account_id
     ), numbered AS (
         SELECT row_number() OVER (ORDER BY day, account, code) AS line_no, day, account, asset,
-               scale, code, debits, credits, closing - credits + debits AS opening, closing
+               scale, code, debits, credits, closing - day_change AS opening, closing
         FROM lines
     )
     SELECT line_no, day, account, asset, scale, code, debits, credits, opening, closing
@@ -185,8 +192,8 @@ _DAY_LINE_COUNTS = f"""
 
 # One page of lines: the lines of the days `[:from_day, :to_day]` in (day, account name, code)
 # order, from the `:offset`th on. Each line's closing balance is the account's balance at the
-# start (as in `_JOURNAL_LINES`) plus the account's movements of the period up to and including
-# the line, read for the page's accounts only.
+# start (as in `_JOURNAL_LINES`) plus the account's movements of the period up to the end of the
+# line's day, its opening that less the day's movements, read for the page's accounts only.
 _JOURNAL_PAGE = f"""
     WITH {_RAW_MOVES}, moves AS (
         SELECT day, account_id, code, debits_minor AS debits, credits_minor AS credits
@@ -226,26 +233,27 @@ _JOURNAL_PAGE = f"""
     ), opening AS (
         SELECT account_id, sum(change)::bigint AS balance FROM before GROUP BY account_id
     ), account_moves AS (
-        SELECT t.day, t.account_id, c.name AS code, t.credits_minor - t.debits_minor AS change
-        FROM day_account_totals t JOIN transfer_codes c ON c.code = t.code
-        WHERE {rolled_days("p_")} AND t.account_id IN (SELECT account_id FROM page_accounts)
+        SELECT t.day, t.account_id, t.credits_minor - t.debits_minor AS change
+        FROM day_account_totals t
+        WHERE {rolled_days("p_")} AND t.day <= :to_day
+          AND t.account_id IN (SELECT account_id FROM page_accounts)
         UNION ALL
-        SELECT r.day, r.account_id, c.name, r.credits - r.debits
-        FROM raw_moves r JOIN transfer_codes c ON c.code = r.code
-        WHERE r.account_id IN (SELECT account_id FROM page_accounts)
+        SELECT r.day, r.account_id, r.credits - r.debits
+        FROM raw_moves r
+        WHERE r.day <= :to_day AND r.account_id IN (SELECT account_id FROM page_accounts)
     ), lines AS (
         SELECT p.day, p.account, p.asset, p.scale, p.code, p.debits, p.credits,
-               (coalesce(max(o.balance), 0) + sum(e.change))::bigint AS closing
+               (coalesce(max(o.balance), 0) + sum(e.change))::bigint AS closing,
+               (sum(e.change) FILTER (WHERE e.day = p.day))::bigint AS day_change
         FROM page p
-        JOIN account_moves e
-          ON e.account_id = p.account_id AND (e.day, e.code) <= (p.day, p.code)
+        JOIN account_moves e ON e.account_id = p.account_id AND e.day <= p.day
         LEFT JOIN opening o ON o.account_id = p.account_id
         GROUP BY p.day, p.account_id, p.account, p.asset, p.scale, p.code, p.debits, p.credits
     )
     SELECT CAST(:after_line AS bigint)
                + row_number() OVER (ORDER BY day, account, code) AS line_no,
            day, account, asset, scale, code, debits, credits,
-           closing - credits + debits AS opening, closing
+           closing - day_change AS opening, closing
     FROM lines
     ORDER BY line_no
     """  # noqa: S608 (constant filters)

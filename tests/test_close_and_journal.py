@@ -40,7 +40,13 @@ from ledger.closes import (
     load_close,
 )
 from ledger.database import create_engine
-from ledger.journal import JournalLine, asset_totals, journal_basis, journal_page
+from ledger.journal import (
+    JournalLine,
+    asset_totals,
+    journal_basis,
+    journal_lines,
+    journal_page,
+)
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
 from ledger.periods import Period, parse_period, period_of
 from ledger.service import Ledger
@@ -360,9 +366,12 @@ async def _journal(engine: AsyncEngine, period: Period) -> list[JournalLine]:
         return await journal_page(conn, basis, limit=1_000)
 
 
-async def test_the_journal_chains_each_accounts_opening_through_the_month_to_its_closing(
+async def test_the_journal_chains_each_accounts_days_from_its_opening_to_its_closing(
     closed: Closed, engine_on_books: AsyncEngine
 ) -> None:
+    """Each line carries its account's balance at the start and the end of its day: the lines
+    of one account and day share them, and the day's codes together take the one to the other;
+    no balance between two codes of a day is shown, since their transfers interleave."""
     books = closed.books
     lines = await _journal(engine_on_books, FEBRUARY)
     by_account: dict[str, list[JournalLine]] = {}
@@ -370,20 +379,29 @@ async def test_the_journal_chains_each_accounts_opening_through_the_month_to_its
         by_account.setdefault(line.account.rsplit(":", 1)[1], []).append(line)
     assert set(by_account) == set(books.accounts)
     for name, account_lines in by_account.items():
-        assert account_lines[0].opening == books.balances[JANUARY][name]
-        for before, after in itertools.pairwise(account_lines):
-            assert after.opening == before.closing
-        for line in account_lines:
-            assert line.opening + line.credits - line.debits == line.closing
-        assert account_lines[-1].closing == books.balances[FEBRUARY][name]
+        days = [list(day) for _, day in itertools.groupby(account_lines, lambda x: x.day)]
+        assert days[0][0].opening == books.balances[JANUARY][name]
+        for day in days:
+            assert {(line.opening, line.closing) for line in day} == {
+                (day[0].opening, day[0].closing)
+            }
+            change = sum(line.credits - line.debits for line in day)
+            assert day[0].opening + change == day[0].closing
+        for before, after in itertools.pairwise(days):
+            assert after[0].opening == before[0].closing
+        assert days[-1][0].closing == books.balances[FEBRUARY][name]
     a_lines = [
         (str(line.day), line.code, line.debits, line.credits, line.opening, line.closing)
         for line in by_account["a"]
     ]
     assert a_lines == [
-        ("2001-02-01", "adjustment", 300, 0, -493, -793),
-        ("2001-02-01", "synthetic", 11, 0, -793, -804),
+        ("2001-02-01", "adjustment", 300, 0, -493, -804),
+        ("2001-02-01", "synthetic", 11, 0, -493, -804),
     ]
+    async with engine_on_books.connect() as conn:
+        basis = await journal_basis(conn, FEBRUARY)
+        streamed = [line async for line in journal_lines(conn, basis)]
+    assert streamed == lines  # the export's statement (`journal --csv`) says the same
     x_lines = [(str(line.day), line.credits, line.closing) for line in by_account["x"]]
     assert x_lines == [("2001-02-03", 250, -750), ("2001-02-17", 250, -500)]
     assert [line.line_no for line in lines] == list(range(1, len(lines) + 1))

@@ -114,7 +114,8 @@ class JournalAssetDocument(Document):
 
 class JournalLineDocument(Document):
     """One day, account and transfer code: posted debits and credits, and the account's balance
-    (credits minus debits) before and after them."""
+    (credits minus debits) at the start and at the end of the day, the same on each line of the
+    account and day (the day's codes together take the one to the other)."""
 
     line_no: int
     day: DateText

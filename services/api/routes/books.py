@@ -161,8 +161,9 @@ def journal_line_document(line: JournalLine) -> dict[str, Any]:
     "/v1/journal",
     summary="A month's posted debits and credits per UTC day, account and transfer code",
     description="The same lines as `giftledger journal --csv`, a page at a time: each with the "
-    "account's balance (credits minus debits) before and after it, so an account's lines chain "
-    "from its balance at the period's start to its balance at the end. `assets` sums the "
+    "account's balance (credits minus debits) at the start and at the end of its day, the same "
+    "on each line of the account and day, so an account's days chain from its balance at the "
+    "period's start to its balance at the end. `assets` sums the "
     "period per asset (debits equal credits); `close` is the period's close, if any. Every page "
     "is computed from the period's transfers (the days rolled up from their per-day totals).",
     response_model=JournalDocument,
