@@ -36,10 +36,12 @@ from ledger.chart import (
 from ledger.database import create_engine
 from ledger.migrate import alembic_config, head_revision
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
+from ledger.queries import STATEMENT_PAGE_SIZE_MAX
 from ledger.service import Ledger
 from schemas.events import CreatorUpdated
 from services.cashout.profiles import apply_creator_updates
 from services.cli import main
+from services.commands.common import STATEMENT_PAGE_SIZE_DEFAULT
 from services.runtime import settings
 from tests import event_factory
 
@@ -249,6 +251,52 @@ def test_statement_pages_continue_from_the_printed_cursor(
     second = capsys.readouterr()
     assert [row["code"] for row in csv.DictReader(io.StringIO(second.out))] == ["cashout_hold"]
     assert second.err == ""
+
+
+async def _post_tips(database_url: str, creator_id: str, count: int) -> None:
+    """`count` tips to the creator's USD wallet, of 1, 2, ... `count` cents."""
+    engine = create_engine(database_url, pool_size=2)
+    try:
+        ledger = Ledger(engine)
+        specs = [platform(AccountKind.TIPS_CLEARING, "USD"), creator_wallet(creator_id, "USD")]
+        ids = await ledger.account_ids(specs)
+        clearing, wallet = (ids[spec.name] for spec in specs)
+        results = await ledger.post(
+            [
+                Transfer(uuid.uuid4(), clearing, wallet, amount, TransferCode.TIP)
+                for amount in range(1, count + 1)
+            ]
+        )
+        assert results == [PostResult.OK] * count
+    finally:
+        await engine.dispose()
+
+
+def test_statement_csv_holds_the_whole_range_and_text_a_page(
+    cli_database: str, unique_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CSV written to a file is the whole statement, read a page at a time; the text for the
+    terminal is one page, its cursor on stderr."""
+    creator_id = f"cli-pages-{unique_id}"
+    count = STATEMENT_PAGE_SIZE_MAX + 50
+    asyncio.run(_post_tips(cli_database, creator_id, count))
+    account = f"creator:{creator_id}:USD:wallet"
+
+    assert main(["statement", account, "--csv"]) == 0
+    whole = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(whole.out)))
+    assert [int(row["credit"]) for row in rows] == list(range(1, count + 1))
+    assert int(rows[-1]["balance_after"]) == count * (count + 1) // 2
+    assert whole.err == ""
+
+    assert main(["statement", account, "--csv", "--cursor", rows[9]["seq"]]) == 0
+    rest = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [row["seq"] for row in rest] == [row["seq"] for row in rows[10:]]
+
+    assert main(["statement", account]) == 0
+    page = capsys.readouterr()
+    assert len(page.out.splitlines()) == 2 + STATEMENT_PAGE_SIZE_DEFAULT  # title and header
+    assert page.err == f"next cursor: {rows[STATEMENT_PAGE_SIZE_DEFAULT - 1]['seq']}\n"
 
 
 def test_statement_window_ending_in_the_past_is_empty(

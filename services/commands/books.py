@@ -201,15 +201,19 @@ def add_statement_arguments(parser: argparse.ArgumentParser) -> None:
         help="first instant excluded (ISO 8601 with a time zone)",
     )
     parser.add_argument(
-        "--csv", action="store_true", help="CSV with amounts as integers in minor units"
+        "--csv",
+        action="store_true",
+        help="CSV with amounts as integers in minor units: every transfer of the range (from "
+        "--cursor on), read a page at a time from one snapshot, unless --page-size asks for one "
+        "page",
     )
     parser.add_argument(
         "--page-size",
         type=page_size,
-        default=STATEMENT_PAGE_SIZE_DEFAULT,
+        default=None,
         metavar="N",
         help=f"transfers per page, 1 to {STATEMENT_PAGE_SIZE_MAX} "
-        f"(default {STATEMENT_PAGE_SIZE_DEFAULT})",
+        f"(default {STATEMENT_PAGE_SIZE_DEFAULT}; with --csv, the whole range)",
     )
     parser.add_argument(
         "--cursor",
@@ -221,34 +225,42 @@ def add_statement_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def statement_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    """One page (`--page-size`, 100 by default), its next cursor on stderr; with `--csv` and
+    no `--page-size`, every line of the range, so that a file written from it is the whole
+    statement."""
     if args.from_time and args.to_time and args.from_time >= args.to_time:
         raise UsageError("--from must be before --to")
+    whole_range = args.csv and args.page_size is None
     async with engine.connect() as conn:
+        if whole_range:  # one snapshot for every page
+            await conn.execution_options(isolation_level="REPEATABLE READ")
         account = await account_balance(conn, args.account)
         if account is None:
             raise UsageError(f"no account named {args.account!r}")
-        page = await statement(
-            conn,
-            account.account_id,
-            from_time=args.from_time,
-            to_time=args.to_time,
-            after_seq=args.cursor,
-            page_size=args.page_size,
-        )
-    if args.csv:
-        _write_statement_csv(page.lines)
-    else:
-        _print_statement(account, page.lines)
+        after_seq = args.cursor
+        page_size = STATEMENT_PAGE_SIZE_MAX if whole_range else args.page_size
+        writer = csv.writer(sys.stdout, lineterminator="\n") if args.csv else None
+        if writer is not None:
+            writer.writerow(STATEMENT_CSV_COLUMNS)
+        while True:
+            page = await statement(
+                conn,
+                account.account_id,
+                from_time=args.from_time,
+                to_time=args.to_time,
+                after_seq=after_seq,
+                page_size=page_size or STATEMENT_PAGE_SIZE_DEFAULT,
+            )
+            if writer is None:
+                _print_statement(account, page.lines)
+            else:
+                writer.writerows(statement_csv_row(line) for line in page.lines)
+            if page.next_cursor is None or not whole_range:
+                break
+            after_seq = page.next_cursor
     if page.next_cursor is not None:
         print(f"next cursor: {page.next_cursor}", file=sys.stderr)
     return EXIT_OK
-
-
-def _write_statement_csv(lines: Sequence[StatementLine]) -> None:
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(STATEMENT_CSV_COLUMNS)
-    for line in lines:
-        writer.writerow(statement_csv_row(line))
 
 
 def _print_statement(account: AccountBalance, lines: Sequence[StatementLine]) -> None:
