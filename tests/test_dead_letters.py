@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -84,6 +85,50 @@ async def test_each_kind_of_bad_gift_goes_to_the_dead_letter_topic_with_its_reas
             engine, consumers.prefix, topics.GIFTS_SENT, partition, offset
         )
         assert stored == headers["dlq.error"].decode()
+
+
+async def test_headers_null_or_not_utf8_neither_lose_nor_block_their_batch(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    """A Kafka header's value is any bytes, or null. Gifts carrying such headers are applied
+    with the gift of their batch that carries none, and a bad record carrying them reaches the
+    dead-letter topic with its headers as they came (FastStream's own parser decodes header
+    values as UTF-8: it refused such a batch before the handler ran, and the next batch's commit
+    passed it, applied or not)."""
+    odd_headers = [("trace", None), ("span", b"\xff\x00binary"), ("empty", b"")]
+    creators = [_creator() for _ in range(3)]
+    topic = consumers.prefix + topics.GIFTS_SENT
+    bad = b'{"event_id": "' + uuid.uuid4().hex.encode() + b'", '
+    sends = [
+        await consumers.producer.send(
+            topic,
+            value=json.dumps(make.gift(creator, coins=2)).encode(),
+            key=creator.encode(),
+            partition=0,
+            headers=odd_headers if index < 2 else [],
+        )
+        for index, creator in enumerate(creators)
+    ]
+    sends.append(
+        await consumers.producer.send(
+            topic, value=bad, key=creators[0].encode(), partition=0, headers=odd_headers
+        )
+    )
+    await asyncio.gather(*sends)
+
+    async def all_applied() -> bool:
+        async with engine.connect() as conn:
+            return all([await creator_balances(conn, creator) for creator in creators])
+
+    await wait_until(all_applied)
+    records = await consumers.read_topic_until(
+        topics.dead_letter_topic(topics.GIFTS_SENT),
+        lambda found: any(record.value == bad for record in found),
+    )
+    [letter] = [record for record in records if record.value == bad]
+    assert letter.key == creators[0].encode()
+    assert list(letter.headers[:3]) == odd_headers
+    assert dict(letter.headers[3:])["dlq.error"] == b"malformed_json"
 
 
 async def test_unknown_currency_is_dead_lettered(

@@ -29,7 +29,12 @@ from services.loadtest.replay import (
     read_stream,
     replay,
 )
-from services.loadtest.stream_format import StreamFormatError, StreamShape
+from services.loadtest.stream_format import (
+    RecordedLine,
+    StreamFormatError,
+    StreamShape,
+    recorded_line,
+)
 from services.runtime.embedded_broker import create_topics
 
 PARTITION_COUNT = 2
@@ -253,6 +258,16 @@ def test_a_line_that_is_not_a_record_is_refused(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(b'{"topic":"gifts.sent","key":"c","offset_ms":0}\n'))
     with pytest.raises(StreamFormatError, match="line 1"):
         list(read_stream(path))
+
+
+def test_a_recorded_lines_headers_read_back_as_they_came(tmp_path: Path) -> None:
+    """A header's value may be null, empty or any bytes: a recording keeps each as it is."""
+    headers = (("trace", None), ("span", b"\xff\x00binary"), ("empty", b""), ("text", b"t-1"))
+    line = recorded_line(RecordedLine(topics.GIFTS_SENT, b"c1", 0, b"{}", headers, 3, 7, 0))
+    path = tmp_path / "recorded.jsonl.gz"
+    path.write_bytes(gzip.compress(line.encode() + b"\n"))
+    [record] = list(read_stream(path))
+    assert record.headers == headers
 
 
 def test_pacing_options_are_exclusive() -> None:

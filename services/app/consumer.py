@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +26,13 @@ from services.app.poison import apply_isolating_poison
 from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S, OutboxRelay
 from services.cashout.outbox_retention import OUTBOX_PRUNE_INTERVAL_S, prune_published
 from services.ingestion.ingestor import Ingestor
-from services.ingestion.records import BatchReport, DeadLetter, InputRecord
+from services.ingestion.records import (
+    BatchReport,
+    DeadLetter,
+    Header,
+    InputRecord,
+    kafka_headers,
+)
 from services.rates.rate_cards import RATE_CARD_REFRESH_S, load_rate_cards
 from services.runtime import metrics
 from services.runtime.retry import RetryPolicy, retry
@@ -94,15 +101,13 @@ def _input_record(record: Any, logical_topic: str) -> InputRecord:
         offset=record.offset,
         key=record.key,
         value=record.value,
-        headers=tuple((key, bytes(value)) for key, value in record.headers)
-        if record.headers
-        else (),
+        headers=kafka_headers(record.headers) if record.headers else (),
     )
 
 
-def dead_letter_headers(letter: DeadLetter, source_topic: str) -> list[tuple[str, bytes]]:
+def dead_letter_headers(letter: DeadLetter, source_topic: str) -> list[Header]:
     """The original headers, then ours naming the error and where the input came from."""
-    ours = [
+    ours: list[Header] = [
         ("dlq.error", letter.error.encode()),
         ("dlq.detail", letter.detail.encode("utf-8", "replace")),
         ("dlq.source.topic", source_topic.encode()),
@@ -117,6 +122,25 @@ def dead_letter_headers(letter: DeadLetter, source_topic: str) -> list[tuple[str
 async def _noop_decoder(message: Any) -> None:
     """Keep FastStream from decoding: the ingestor reads the raw records itself."""
     return
+
+
+async def _batch_parser(
+    records: tuple[Any, ...], faststream_parser: Callable[[tuple[Any, ...]], Awaitable[Any]]
+) -> Any:
+    """FastStream's batch parser, but for a batch it cannot parse.
+
+    It decodes every header value as UTF-8 for its own message, and Kafka's header values are
+    any bytes, or null: such a header made it raise before the handler ran, so the batch was
+    neither applied nor rewound, and the next batch's commit passed it, its records lost. The
+    handler reads the records themselves (`raw_message`), headers and all; so such a batch is
+    parsed from copies without headers, and the message keeps the records as they came."""
+    try:
+        return await faststream_parser(records)
+    except (UnicodeDecodeError, AttributeError, TypeError):
+        headerless = tuple(dataclasses.replace(record, headers=[]) for record in records)
+        message = await faststream_parser(headerless)
+        message.raw_message = records
+        return message
 
 
 class _TogetherStartingBroker(KafkaBroker):
@@ -218,6 +242,7 @@ class ConsumerService:
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 4, 500),
             ack_policy=AckPolicy.MANUAL,
+            parser=_batch_parser,
             decoder=_noop_decoder,
             title=f"on_{topic.replace('.', '_')}",
             description=TOPIC_DESCRIPTIONS[topic],
@@ -232,12 +257,12 @@ class ConsumerService:
     async def _handle_batch(self, topic: str, msg: KafkaMessage) -> None:
         started = time.monotonic()
         raw = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        records = [_input_record(record, topic) for record in raw]
-        metrics.BATCH_SIZE.observe(len(records))
-        try:
+        try:  # nothing may leave this handler unacknowledged: a later ack would pass the batch
+            records = [_input_record(record, topic) for record in raw]
+            metrics.BATCH_SIZE.observe(len(records))
             report = await self._apply(topic, records)
         except Exception as error:
-            await self._rewind(msg, f"batch of {len(records)} from {topic} not applied", error)
+            await self._rewind(msg, f"batch of {len(raw)} from {topic} not applied", error)
             return
         metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
         if topic in OUTBOX_QUEUEING_TOPICS and report.applied:

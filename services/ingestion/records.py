@@ -7,7 +7,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, NamedTuple
@@ -22,6 +22,10 @@ EVENT_ID_PATTERN = re.compile(r"[!-~]{1,128}")
 ERROR_DETAIL_LENGTH_MAX = 1_000
 
 
+# A Kafka record header: a name and a value of any bytes, or null (which is not empty).
+Header = tuple[str, bytes | None]
+
+
 class InputRecord(NamedTuple):
     """One consumed Kafka record, independent of the client library. A named tuple: built for
     every record, at half a frozen dataclass's cost."""
@@ -31,7 +35,12 @@ class InputRecord(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[Header, ...] = ()
+
+
+def kafka_headers(headers: Iterable[tuple[str, Any]] | None) -> tuple[Header, ...]:
+    """A client's record headers as they came: each value as bytes, a null one as None."""
+    return tuple((name, None if value is None else bytes(value)) for name, value in headers or ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,21 +250,25 @@ def _parse_plain(model: type[Event], records: Sequence[InputRecord]) -> list[Par
     return parsed
 
 
-def headers_json(headers: tuple[tuple[str, bytes], ...]) -> str:
-    """Kafka headers as JSON text: keys and values base64, since either may hold any byte."""
+def headers_json(headers: tuple[Header, ...]) -> str:
+    """Kafka headers as JSON text: keys and values base64, since either may hold any byte; a
+    null value as null."""
     return json.dumps(
         [
             [
                 base64.b64encode(key.encode("utf-8", "surrogateescape")).decode("ascii"),
-                base64.b64encode(value).decode("ascii"),
+                None if value is None else base64.b64encode(value).decode("ascii"),
             ]
             for key, value in headers
         ]
     )
 
 
-def headers_from_json(encoded: list[list[str]]) -> tuple[tuple[str, bytes], ...]:
+def headers_from_json(encoded: list[list[str | None]]) -> tuple[Header, ...]:
     return tuple(
-        (base64.b64decode(key).decode("utf-8", "surrogateescape"), base64.b64decode(value))
+        (
+            base64.b64decode(key or "").decode("utf-8", "surrogateescape"),
+            None if value is None else base64.b64decode(value),
+        )
         for key, value in encoded
     )

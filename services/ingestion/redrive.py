@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas import topics
 from schemas.events import ID_LENGTH_MAX
+from services.ingestion.records import Header, kafka_headers
 from services.operator.actions_log import (
     MESSAGE_KEY_DETAIL,
     ActionKeyConflictError,
@@ -138,7 +139,7 @@ class StoredDeadLetter:
 class SourceRecord:
     key: bytes | None
     value: bytes
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[Header, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +189,8 @@ def letter_action_key(request_key: str, dead_letter_id: int) -> str:
 
 
 def redrive_headers(
-    original: Sequence[tuple[str, bytes]], dead_letter_id: int, request_key: str
-) -> list[tuple[str, bytes]]:
+    original: Sequence[Header], dead_letter_id: int, request_key: str
+) -> list[Header]:
     """The original headers (less the provenance of an earlier re-drive), then ours."""
     kept = [(name, value) for name, value in original if name not in PROVENANCE_HEADERS]
     return [
@@ -373,7 +374,7 @@ async def _read_up_to(
                 found[(place.partition, record.offset)] = SourceRecord(
                     record.key,
                     record.value,
-                    tuple((name, bytes(value)) for name, value in record.headers or ()),
+                    kafka_headers(record.headers),
                 )
         if records and records[-1].offset >= offset:
             return

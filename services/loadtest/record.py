@@ -47,6 +47,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-unt
 
 from schemas.topics import CONSUMED_TOPICS
 from services.cli_text import aware_timestamp
+from services.ingestion.records import kafka_headers
 from services.loadtest.pseudonymise import Pseudonymiser
 from services.loadtest.stream_format import (
     GZIP_LEVEL,
@@ -451,7 +452,7 @@ def _emit(
         key=key,
         offset_ms=offset_ms,
         value=value,
-        headers=tuple((name, bytes(data)) for name, data in kafka_record.headers or ()),
+        headers=kafka_headers(kafka_record.headers),
         partition=kafka_record.partition,
         source_offset=kafka_record.offset,
         timestamp_ms=timestamp_ms,

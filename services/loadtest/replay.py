@@ -47,6 +47,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from schemas.topics import all_topics
 from services.cli_text import positive_int
+from services.ingestion.records import Header
 from services.loadtest.stream_format import StreamFormatError, expected_path
 from services.runtime.embedded_broker import create_topics, wait_for_broker
 from services.runtime.settings import Settings, get_settings
@@ -80,7 +81,7 @@ class StreamRecord:
     key: bytes | None
     offset_ms: int
     value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()  # recorded streams only
+    headers: tuple[Header, ...] = ()  # recorded streams only
 
 
 def _decode(index: int, text: str, encoding: object) -> bytes:
@@ -91,18 +92,21 @@ def _decode(index: int, text: str, encoding: object) -> bytes:
     raise StreamFormatError(f"line {index + 1}: unknown encoding {encoding!r}")
 
 
-def _parse_headers(index: int, headers: object) -> tuple[tuple[str, bytes], ...]:
+def _parse_headers(index: int, headers: object) -> tuple[Header, ...]:
     if headers is None:
         return ()
     if not isinstance(headers, list) or not all(
         isinstance(pair, list)
         and len(pair) == 2
         and isinstance(pair[0], str)
-        and isinstance(pair[1], str)
+        and (pair[1] is None or isinstance(pair[1], str))
         for pair in headers
     ):
-        raise StreamFormatError(f"line {index + 1}: headers must be [name, base64] pairs")
-    return tuple((name, base64.b64decode(value, validate=True)) for name, value in headers)
+        raise StreamFormatError(f"line {index + 1}: headers must be [name, base64 or null] pairs")
+    return tuple(
+        (name, None if value is None else base64.b64decode(value, validate=True))
+        for name, value in headers
+    )
 
 
 def _parse_line(index: int, line: str) -> StreamRecord:

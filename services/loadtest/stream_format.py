@@ -14,7 +14,7 @@ the next), `value` the record's exact bytes as a UTF-8 string, or as base64 with
 generated stream leaves out (a reader takes their absence as "none"):
 
     "key_encoding": "base64"       the key's bytes, when they are not UTF-8
-    "headers": [["name", "<base64 of the value>"], ...]
+    "headers": [["name", "<base64 of the value>"], ...]   (null for a null value)
     "partition": 3, "source_offset": 1207, "timestamp_ms": 1793577600123
                                    where the record was read, and its original Kafka timestamp
 
@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
 from typing import Any
+
+from services.ingestion.records import Header
 
 FORMAT_VERSION = 1
 STREAM_START = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
@@ -258,7 +260,7 @@ class RecordedLine:
     key: bytes | None
     offset_ms: int
     value: bytes
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[Header, ...]
     partition: int
     source_offset: int
     timestamp_ms: int
@@ -285,7 +287,8 @@ def recorded_line(record: RecordedLine) -> str:
         document["encoding"] = "base64"
     if record.headers:
         document["headers"] = [
-            [name, base64.b64encode(value).decode("ascii")] for name, value in record.headers
+            [name, None if value is None else base64.b64encode(value).decode("ascii")]
+            for name, value in record.headers
         ]
     document["partition"] = record.partition
     document["source_offset"] = record.source_offset
