@@ -11,13 +11,17 @@ import json
 import uuid
 from collections import Counter
 
+import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ledger.chart import creator_diamonds_available
 from ledger.model import BIGINT_MAX, AccountFlags, PostResult, Transfer, TransferCode
 from ledger.verify import verify
 from schemas import topics
+from services.app.consumer import is_database_outage
 from services.app.poison import PROCESSING_FAILED, apply_isolating_poison, processing_failed
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, DeadLetter, InputRecord
@@ -196,3 +200,50 @@ def test_a_dead_letter_of_a_poison_names_its_event() -> None:
     assert (letter.error, letter.event_id) == (PROCESSING_FAILED, gift["event_id"])
     assert letter.detail.startswith("ValueError: xxx")
     assert len(letter.detail) == 500
+
+
+async def test_a_database_that_cannot_take_the_work_now_is_an_outage_not_a_poison(
+    engine: AsyncEngine,
+) -> None:
+    """Errors that say the database cannot do the work now are outages: the batch waits and is
+    tried again, and no valid record of it is dead-lettered as `processing_failed`. Each error
+    here is real: a pool that hands out no connection within its timeout, and a write in a
+    read-only transaction (a standby, as after a failover)."""
+    tight = create_async_engine(
+        engine.url.render_as_string(hide_password=False),
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=0.1,
+    )
+    try:
+        async with tight.connect():
+            with pytest.raises(PoolTimeoutError) as no_connection:
+                async with tight.connect():
+                    pass
+    finally:
+        await tight.dispose()
+    async with engine.connect() as conn:
+        await conn.execute(text("SET TRANSACTION READ ONLY"))
+        with pytest.raises(DBAPIError) as read_only:
+            await conn.execute(text("CREATE TEMPORARY TABLE read_only_probe (x int)"))
+    assert getattr(read_only.value.orig, "sqlstate", None) == "25006"
+
+    for error in (no_connection.value, read_only.value):
+        assert is_database_outage(error), error
+        records = [InputRecord(topics.GIFTS_SENT, 0, 0, None, b"{}")]
+
+        async def apply(part: object, error: Exception = error) -> BatchReport:
+            raise error
+
+        async def dead_letter(letters: object) -> BatchReport:
+            raise AssertionError("an outage dead-lettered a record")
+
+        with pytest.raises(type(error)):
+            await apply_isolating_poison(
+                topics.GIFTS_SENT,
+                records,
+                apply=apply,
+                dead_letter=dead_letter,
+                is_outage=is_database_outage,
+                attempts_max=3,
+            )

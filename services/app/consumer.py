@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from schemas import topics
 from services.app.poison import apply_isolating_poison
@@ -72,15 +73,32 @@ TOPIC_DESCRIPTIONS = {
     topics.PAYOUTS_UPDATED: "The bank or payout rail reports on a payout: paid, failed, returned.",
 }
 
-TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, OSError, asyncio.TimeoutError)
+# The pool's own timeout (`sqlalchemy.exc.TimeoutError`: no connection free within
+# `pool_timeout`) is not a DBAPI error, and not `asyncio.TimeoutError` either.
+TRANSIENT_DATABASE_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    OSError,
+    asyncio.TimeoutError,
+    PoolTimeoutError,
+)
 
 
 # Worth retrying: a statement or lock wait cancelled by its timeout, the server shutting down or
-# restarting, and any connection exception (class 08).
-TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "57P01", "57P02", "57P03"})
+# restarting, a transaction that lost a race its retries did not win (serialization failure,
+# deadlock), a read-only transaction (the server is a standby, as after a failover), and the
+# classes of connection exceptions (08) and of insufficient resources (53: too many
+# connections, disk full, out of memory).
+TRANSIENT_SQLSTATES = frozenset(
+    {"57014", "55P03", "57P01", "57P02", "57P03", "40001", "40P01", "25006"}
+)
+TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
 
 
-def _is_transient(error: BaseException) -> bool:
+def is_database_outage(error: BaseException) -> bool:
+    """Whether `error` says the database cannot do the work now, rather than that the work is
+    wrong: then the batch waits and is tried again, and none of its records is taken for a
+    poison (`services.app.poison`) and dead-lettered."""
     if isinstance(error, TRANSIENT_DATABASE_ERRORS):
         return True
     if isinstance(error, DBAPIError):
@@ -88,7 +106,7 @@ def _is_transient(error: BaseException) -> bool:
         return (
             bool(error.connection_invalidated)
             or sqlstate in TRANSIENT_SQLSTATES
-            or sqlstate.startswith("08")
+            or sqlstate.startswith(TRANSIENT_SQLSTATE_CLASSES)
             or "connection" in str(error).lower()
         )
     return False
@@ -302,7 +320,7 @@ class ConsumerService:
             records,
             apply=apply,
             dead_letter=dead_letter,
-            is_outage=_is_transient,
+            is_outage=is_database_outage,
             attempts_max=self.settings.consumer_poison_attempts_max,
         )
 
@@ -334,7 +352,7 @@ class ConsumerService:
             backoff_ms_first=RETRY_BACKOFF_MS_MIN,
             backoff_ms_max=self.settings.consumer_db_retry_backoff_ms_max,
         )
-        result = await retry(work, policy, is_transient=_is_transient, on_retry=report)
+        result = await retry(work, policy, is_transient=is_database_outage, on_retry=report)
         if retried:
             logger.warning("database back for %s after %d retries", topic, retried)
         return result
