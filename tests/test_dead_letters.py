@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -129,6 +131,65 @@ async def test_headers_null_or_not_utf8_neither_lose_nor_block_their_batch(
     assert letter.key == creators[0].encode()
     assert list(letter.headers[:3]) == odd_headers
     assert dict(letter.headers[3:])["dlq.error"] == b"malformed_json"
+
+
+async def test_a_dead_letter_too_large_for_its_topic_goes_without_its_value(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    """A bad record just under the producer's size limit makes, with the dead letter's headers,
+    a message over it: it is sent without its value, saying the value's size, and the partition
+    goes on (it was refused at every try, and the batch rewound for ever)."""
+    creator = _creator()
+    topic = consumers.prefix + topics.GIFTS_SENT
+    huge = b"not json " + uuid.uuid4().hex.encode() + b"x" * 1_048_300
+    await consumers.producer.send_and_wait(
+        topic, value=huge, key=creator.encode(), partition=1, headers=[("trace", b"t-1")]
+    )
+    await consumers.producer.send_and_wait(
+        topic,
+        value=json.dumps(make.gift(creator, coins=2)).encode(),
+        key=creator.encode(),
+        partition=1,
+    )
+
+    async def gift_applied() -> bool:
+        async with engine.connect() as conn:
+            return bool(await creator_balances(conn, creator))
+
+    await wait_until(gift_applied)
+    records = await consumers.read_topic_until(
+        topics.dead_letter_topic(topics.GIFTS_SENT),
+        lambda found: any(record.key == creator.encode() for record in found),
+    )
+    [letter] = [record for record in records if record.key == creator.encode()]
+    headers = dict(letter.headers)
+    assert letter.value is None
+    assert "trace" not in headers
+    assert headers["dlq.value_omitted"] == str(len(huge)).encode()
+    assert headers["dlq.error"] == b"malformed_json"
+    assert headers["dlq.source.partition"] == b"1"
+    offset = int(headers["dlq.source.offset"])
+    assert await _recorded_error(engine, consumers.prefix, topics.GIFTS_SENT, 1, offset) == (
+        "malformed_json"
+    )
+    await wait_until(functools.partial(_all_committed, consumers, topics.GIFTS_SENT, 1))
+
+
+async def _all_committed(consumers: RunningConsumers, topic: str, partition: int) -> bool:
+    """Whether the consumers' group has committed the partition up to its end."""
+    place = TopicPartition(consumers.prefix + topic, partition)
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=consumers.bootstrap_servers,
+        group_id=consumers.service.group_id(topic),
+        enable_auto_commit=False,
+    )
+    await reader.start()
+    try:
+        committed = await reader.committed(place)
+        end = (await reader.end_offsets([place]))[place]
+    finally:
+        await reader.stop()
+    return bool(committed == end)
 
 
 async def test_unknown_currency_is_dead_lettered(

@@ -17,6 +17,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -45,6 +50,9 @@ PARK_SWEEP_INTERVAL_S = 1.0
 LAG_REFRESH_INTERVAL_S = 5.0
 RETRY_BACKOFF_MS_MIN = 50
 DLQ_SEND_TIMEOUT_S = 30.0
+# A record the producer (its `max_request_size`) or the broker (its message size limit) refuses
+# for its size: a dead letter is the original record and more headers, so it can be.
+TOO_LARGE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 DLQ_PUBLISH_RETRY_COUNT_MAX = 5
 # The producer's batches per partition (aiokafka's default is 16 KiB). The outbox relay sends a
 # round of up to 2,000 rows at once (about 250 a partition of 8, 0.3 - 0.5 KiB each), and a send
@@ -135,6 +143,22 @@ def dead_letter_headers(letter: DeadLetter, source_topic: str) -> list[Header]:
     if letter.event_id is not None:
         ours.append(("dlq.event_id", letter.event_id.encode("utf-8", "replace")))
     return [*letter.record.headers, *ours]
+
+
+def stand_in_headers(letter: DeadLetter, source_topic: str) -> list[Header]:
+    """The headers of a dead letter sent without its value, since it would not fit: ours (not
+    the original's, which may be what made it too large) and `dlq.value_omitted`, the original
+    value's size in bytes."""
+    value_bytes = 0 if letter.record.value is None else len(letter.record.value)
+    ours = dead_letter_headers(letter, source_topic)[len(letter.record.headers) :]
+    return [*ours, ("dlq.value_omitted", str(value_bytes).encode())]
+
+
+def _refused(error: BaseException) -> asyncio.Future[Any]:
+    """A send's outcome that is `error`, as the producer's own refusals arrive."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
 
 
 async def _noop_decoder(message: Any) -> None:
@@ -387,21 +411,51 @@ class ConsumerService:
         )
 
     async def _send_dead_letters(self, topic: str, letters: list[DeadLetter]) -> None:
+        """Each letter as the original record with our headers; one that the producer or the
+        broker refuses as too large (a record near the size limit, grown by the headers) as a
+        stand-in without the value (`stand_in_headers`), so that it cannot stall its
+        partition: the record stays at its source offset, where a re-drive reads it."""
         if self._producer is None:
             raise RuntimeError("the dead-letter producer is not running")
         source = self.name(topic)
         target = self.name(topics.dead_letter_topic(topic))
+
+        async def send(letter: DeadLetter, value: bytes | None, headers: list[Header]) -> Any:
+            assert self._producer is not None
+            try:
+                return await self._producer.send(
+                    target, value=value, key=letter.record.key, partition=None, headers=headers
+                )
+            except TOO_LARGE_ERRORS as error:
+                return _refused(error)
+
         sends = [
-            await self._producer.send(
-                target,
-                value=letter.record.value,
-                key=letter.record.key,
-                partition=None,
-                headers=dead_letter_headers(letter, source),
-            )
+            await send(letter, letter.record.value, dead_letter_headers(letter, source))
             for letter in letters
         ]
-        await asyncio.wait_for(asyncio.gather(*sends), DLQ_SEND_TIMEOUT_S)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*sends, return_exceptions=True), DLQ_SEND_TIMEOUT_S
+        )
+        too_large = [
+            letter
+            for letter, outcome in zip(letters, outcomes, strict=True)
+            if isinstance(outcome, TOO_LARGE_ERRORS)
+        ]
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, TOO_LARGE_ERRORS):
+                raise outcome
+        stand_ins = [
+            await send(letter, None, stand_in_headers(letter, source)) for letter in too_large
+        ]
+        await asyncio.wait_for(asyncio.gather(*stand_ins), DLQ_SEND_TIMEOUT_S)
+        for letter in too_large:
+            metrics.DEAD_LETTERS_WITHOUT_VALUE.labels(topic).inc()
+            logger.warning(
+                "dead letter of %s partition %d offset %d sent without its value: too large",
+                topic,
+                letter.record.partition,
+                letter.record.offset,
+            )
 
     async def _sweep_parked(self) -> None:
         async def publish(letters: list[DeadLetter]) -> None:

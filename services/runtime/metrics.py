@@ -67,6 +67,12 @@ LEDGER_CONFLICTS_RETRIED = Counter(
 DATABASE_RETRIES = Counter(
     "giftledger_database_retries_total", "Batches retried after a database error.", ["topic"]
 )
+DEAD_LETTERS_WITHOUT_VALUE = Counter(
+    "giftledger_dead_letters_without_value_total",
+    "Dead letters sent without their value, which with the headers was too large for the "
+    "dead-letter topic; the record stays at its source offset.",
+    ["topic"],
+)
 DEAD_LETTER_PUBLISH_FAILURES = Counter(
     "giftledger_dead_letter_publish_failures_total",
     "Batches rewound because their dead letters could not be published.",
