@@ -64,7 +64,8 @@ DEAD_LETTER_KEY_DESCRIPTION = (
     "the original had none)."
 )
 
-# The headers `services.app.consumer.dead_letter_headers` adds; values are UTF-8 text.
+# The headers `services.app.consumer.dead_letter_headers` adds (and `stand_in_headers`, for a
+# dead letter too large to send whole); values are UTF-8 text.
 DEAD_LETTER_HEADERS: dict[str, Any] = {
     "type": "object",
     "description": "The original record's headers, unchanged, then these.",
@@ -96,6 +97,13 @@ DEAD_LETTER_HEADERS: dict[str, Any] = {
         "dlq.event_id": {
             "type": "string",
             "description": "The input's event_id, when one could be read from it.",
+        },
+        "dlq.value_omitted": {
+            "type": "string",
+            "pattern": "^[0-9]+$",
+            "description": "Only on a dead letter sent without the original's value and "
+            "headers, since with them it was too large for this topic: the value's size in "
+            "bytes, in decimal. The original stays at its source offset.",
         },
     },
     "required": [
@@ -186,7 +194,8 @@ def asyncapi_document(
             "type": "string",
             "format": "binary",
             "description": "The original record's value, byte for byte: usually the JSON of an "
-            "event, but it may be anything the producer sent.",
+            "event, but it may be anything the producer sent; absent (null) when "
+            "`dlq.value_omitted` says it was too large to send.",
         },
         "bindings": _key_binding(DEAD_LETTER_KEY_DESCRIPTION),
     }
