@@ -16,6 +16,7 @@ from schemas import topics
 from services.ingestion.records import InputRecord
 from services.rates.rate_cards import load_rate_cards
 from tests import event_factory as make
+from tests.console_http import Feed, cashout_state, new_creator_id
 from tests.ingestion_fixtures import RunningConsumers, make_ingestor, wait_until
 
 
@@ -239,6 +240,8 @@ async def test_reversals_that_cannot_apply_are_dead_lettered_with_the_reason(
         await consumers.publish(topics.GIFTS_REVERSED, reversal)
     records = await consumers.read_topic(topics.dead_letter_topic(topics.GIFTS_REVERSED), 3)
     errors = {json.loads(r.value)["event_id"]: dict(r.headers)["dlq.error"] for r in records}
+    keys = {json.loads(r.value)["event_id"]: r.key for r in records}
+    assert keys[never_sent["event_id"]] == creator.encode()  # parked, then sent with its key
     assert errors == {
         never_sent["event_id"]: b"gift_not_found",
         wrong_creator["event_id"]: b"creator_mismatch",
@@ -321,3 +324,36 @@ async def _parked_prefixes(engine: AsyncEngine, event_id: str) -> list[str]:
             text("SELECT topic_prefix FROM parked_events WHERE event_id = :id"), {"id": event_id}
         )
         return sorted(row.topic_prefix for row in rows)
+
+
+async def test_a_batch_that_comes_again_gives_its_dead_letters_their_verdict_again(
+    engine: AsyncEngine,
+) -> None:
+    """A batch runs again after its dead letters were published (its offsets not committed: a
+    rewind, a crash): a record it dead-lettered is dead-lettered again as it was, even though
+    the ledger has moved on so that it would now apply. Here a bank's `returned` came before its
+    `paid` in one batch: refused then, it would be taken after the `paid` was applied."""
+    feed = await Feed.on(engine)
+    creator = await feed.eligible_creator(new_creator_id("verdict"), 3_000)
+    cashout_id = await feed.held_cashout(creator, 2_000)
+    returned = make.payout_update(cashout_id, "returned", failure_code="R01")
+    paid = make.payout_update(cashout_id, "paid")
+    offset = uuid.uuid4().int % 2**40
+    batch = [
+        InputRecord(topics.PAYOUTS_UPDATED, 3, offset + index, creator.encode(), value)
+        for index, value in enumerate(json.dumps(event).encode() for event in (returned, paid))
+    ]
+    first = await feed.ingestor.process(topics.PAYOUTS_UPDATED, batch)
+    again = await feed.ingestor.process(topics.PAYOUTS_UPDATED, batch)
+    assert [letter.record.offset for letter in first.dead_letters] == [offset]
+    assert (first.applied, again.applied, again.duplicates) == (1, 0, 1)
+    assert [
+        (letter.record.offset, letter.error, letter.detail) for letter in again.dead_letters
+    ] == [(letter.record.offset, letter.error, letter.detail) for letter in first.dead_letters]
+    assert await cashout_state(engine, cashout_id) == ("paid", None)
+
+    # The same place holding another record (a topic recreated) is decided as itself.
+    other = make.payout_update(cashout_id, "returned", failure_code="R01")
+    moved = [batch[0]._replace(value=json.dumps(other).encode())]
+    assert (await feed.ingestor.process(topics.PAYOUTS_UPDATED, moved)).applied == 1
+    assert await cashout_state(engine, cashout_id) == ("returned", "R01")

@@ -47,7 +47,7 @@ from services.console.context import (
 )
 from services.console.pages import SECURITY_HEADERS, amount_text, render
 from services.console.shown_bytes import shown_bytes
-from services.ingestion.redrive import read_source_records
+from services.ingestion.redrive import is_source_of, read_source_records
 from services.operator.adjustments import list_adjustments
 from services.operator.freezes import freeze_state
 from services.runtime.metrics import CONSUMER_LAG
@@ -380,6 +380,12 @@ async def dead_letter(request: Request, outcome: str | None = None) -> Response:
             record = records.get((letter.partition, letter.offset))
             if record is None:
                 source_problem = "The original record is no longer in its topic (retention)."
+            elif not is_source_of(letter.topic, letter.value_sha256, letter.event_id, record):
+                record = None
+                source_problem = (
+                    "Another record is at its offset now (the topic was recreated, or the"
+                    " broker restarted): the original is no longer in its topic."
+                )
         except (KafkaError, TimeoutError, OSError) as error:
             source_problem = f"The Kafka cluster did not answer ({type(error).__name__})."
     return render(

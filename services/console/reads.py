@@ -190,12 +190,13 @@ class DeadLetterRow:
     recorded_at: datetime
     redrive_action_id: int | None
     redriven_at: datetime | None
+    value_sha256: bytes | None
 
 
 _DEAD_LETTER_SELECT: Final = """
     SELECT d.id, d.topic, d.kafka_partition AS partition, d.kafka_offset AS "offset", d.event_id,
            d.error, left(d.detail, :detail_max) AS detail, d.recorded_at,
-           r.operator_action_id AS redrive_action_id, r.redriven_at
+           r.operator_action_id AS redrive_action_id, r.redriven_at, d.value_sha256
     FROM dead_letters d
     LEFT JOIN dead_letter_redrives r ON r.dead_letter_id = d.id
     WHERE d.topic_prefix = :prefix

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,9 @@ from services.ingestion.records import (
     ParsedEvent,
     headers_from_json,
     headers_json,
+    is_dead_lettered_record,
     parse_record,
+    value_sha256,
 )
 
 PARKED_READ_COUNT_MAX = 1_000
@@ -121,7 +124,7 @@ _TAKE_PARKED = text(
     WHERE p.topic_prefix = free.topic_prefix AND p.topic = free.topic
       AND p.event_id = free.event_id
     RETURNING p.event_id, p.payload, p.headers, p.kafka_partition, p.kafka_offset,
-              p.retry_until, p.parked_at
+              p.retry_until, p.parked_at, p.message_key
     """
 )
 _SELECT_PARKED = text(
@@ -133,6 +136,20 @@ _SELECT_PARKED = text(
         WHERE topic_prefix = :prefix AND topic = :topic AND event_id = wanted.event_id
         LIMIT 1
     ) p
+    """
+)
+
+
+# The dead letters of one deployment and topic within given offset ranges, a range a partition.
+_DEAD_LETTERED_IN_RANGES = text(
+    """
+    SELECT d.kafka_partition, d.kafka_offset, d.event_id, d.error, d.detail, d.value_sha256
+    FROM unnest(CAST(:partitions AS integer[]), CAST(:firsts AS bigint[]),
+                CAST(:lasts AS bigint[])) AS r(kafka_partition, first_offset, last_offset)
+    JOIN dead_letters d
+      ON d.topic_prefix = :prefix AND d.topic = :topic
+     AND d.kafka_partition = r.kafka_partition
+     AND d.kafka_offset BETWEEN r.first_offset AND r.last_offset
     """
 )
 
@@ -179,7 +196,7 @@ class EventStore:
                 topic,
                 row.kafka_partition,
                 row.kafka_offset,
-                None,
+                None if row.message_key is None else bytes(row.message_key),
                 bytes(row.payload),
                 headers_from_json(row.headers),
             )
@@ -310,12 +327,13 @@ class EventStore:
             text(
                 """
                 INSERT INTO parked_events (topic_prefix, topic, event_id, payload, headers,
-                                           kafka_partition, kafka_offset, waiting_for, retry_until)
+                                           kafka_partition, kafka_offset, waiting_for, retry_until,
+                                           message_key)
                 SELECT :prefix, :topic, * FROM unnest(
                     CAST(:event_ids AS text[]), CAST(:payloads AS bytea[]),
                     CAST(:headers AS text[])::jsonb[], CAST(:partitions AS integer[]),
                     CAST(:offsets AS bigint[]), CAST(:waiting_for AS text[]),
-                    CAST(:retry_until AS timestamptz[]))
+                    CAST(:retry_until AS timestamptz[]), CAST(:keys AS bytea[]))
                 ON CONFLICT (topic_prefix, topic, event_id) DO NOTHING
                 """
             ),
@@ -332,6 +350,7 @@ class EventStore:
                     for item in items
                 ],
                 "retry_until": [now + timedelta(seconds=self.park_s)] * len(items),
+                "keys": [item.record.key for item in items],
             },
         )
 
@@ -389,11 +408,11 @@ class EventStore:
             text(
                 """
                 INSERT INTO dead_letters (topic_prefix, topic, kafka_partition, kafka_offset,
-                                          event_id, error, detail)
+                                          event_id, error, detail, value_sha256)
                 SELECT :prefix, :topic, * FROM unnest(
                     CAST(:partitions AS integer[]), CAST(:offsets AS bigint[]),
                     CAST(:event_ids AS text[]), CAST(:errors AS text[]),
-                    CAST(:details AS text[]))
+                    CAST(:details AS text[]), CAST(:hashes AS bytea[]))
                 ON CONFLICT DO NOTHING
                 """
             ),
@@ -405,8 +424,49 @@ class EventStore:
                 "event_ids": [letter.event_id for letter in letters],
                 "errors": [letter.error for letter in letters],
                 "details": [letter.detail for letter in letters],
+                "hashes": [value_sha256(letter.record.value) for letter in letters],
             },
         )
+
+    async def dead_lettered_before(
+        self, conn: AsyncConnection, topic: str, records: Sequence[InputRecord]
+    ) -> dict[tuple[int, int], DeadLetter]:
+        """The records among `records` that were dead-lettered already, as their dead letters
+        were recorded, by (partition, offset): a batch that comes again after its dead letters
+        were published (its offsets not committed: a rewind, a crash, a rebalance) gives each of
+        them its verdict again, rather than deciding it anew on a ledger that has moved on. A
+        row counts for a record only if it was made of the same value (`value_sha256`), or,
+        for a row recorded before the hash was, of the same event_id. One range of offsets a
+        partition, read from the primary key: usually nothing is found."""
+        ranges: dict[int, tuple[int, int]] = {}
+        for record in records:
+            first, last = ranges.get(record.partition, (record.offset, record.offset))
+            ranges[record.partition] = (min(first, record.offset), max(last, record.offset))
+        if not ranges:
+            return {}
+        rows = await conn.execute(
+            _DEAD_LETTERED_IN_RANGES,
+            {
+                "prefix": self.topic_prefix,
+                "topic": topic,
+                "partitions": list(ranges),
+                "firsts": [first for first, _ in ranges.values()],
+                "lasts": [last for _, last in ranges.values()],
+            },
+        )
+        stored = {(row.kafka_partition, row.kafka_offset): row for row in rows}
+        if not stored:
+            return {}
+        found: dict[tuple[int, int], DeadLetter] = {}
+        for record in records:
+            row = stored.get((record.partition, record.offset))
+            if row is None:
+                continue
+            if is_dead_lettered_record(topic, record, row.value_sha256, row.event_id):
+                found[record.partition, record.offset] = DeadLetter(
+                    record, row.error, row.detail, row.event_id
+                )
+        return found
 
 
 async def _insert_applied(conn: AsyncConnection, parameters: dict[str, Any]) -> list[str]:

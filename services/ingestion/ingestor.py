@@ -69,14 +69,22 @@ class Ingestor:
 
         Returns what became of each record; dead letters are for the caller to publish before it
         commits the offsets. Database errors propagate, and the caller retries the same batch.
+        A record dead-lettered already (its batch comes again after its dead letters were
+        published) is dead-lettered again as it was, not decided anew
+        (`EventStore.dead_lettered_before`): a record is applied or dead-lettered, never both.
         """
         handler = HANDLERS.get(topic)
         if handler is None:
             raise ValueError(f"{topic} is not a consumed topic")
+        async with self.ledger.connect() as conn:
+            verdicts = await self.events.dead_lettered_before(conn, topic, records)
         parsed: list[ParsedEvent] = []
         report = BatchReport()
         for outcome in parse_records(topic, records):
-            if isinstance(outcome, DeadLetter):
+            record = outcome.record
+            if verdicts and (verdict := verdicts.get((record.partition, record.offset))):
+                report.dead_letters.append(verdict)  # dead-lettered before: again, as it was
+            elif isinstance(outcome, DeadLetter):
                 report.dead_letters.append(outcome)
             else:
                 parsed.append(outcome)

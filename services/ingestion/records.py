@@ -174,6 +174,25 @@ def _parse_checked(model: type[Event], record: InputRecord) -> ParsedEvent | Dea
     return ParsedEvent(record, event, payload_sha256(event))
 
 
+def value_sha256(value: bytes | None) -> bytes | None:
+    """The hash a dead letter keeps of its record's value (None for a record without one)."""
+    return None if value is None else hashlib.sha256(value).digest()
+
+
+def is_dead_lettered_record(
+    topic: str, record: InputRecord, stored_sha256: bytes | None, stored_event_id: str | None
+) -> bool:
+    """Whether `record` is the one a dead letter was made of: by the hash of the value it kept
+    (`value_sha256`); a dead letter recorded without one, by its event_id."""
+    if stored_sha256 is not None:
+        return bytes(stored_sha256) == value_sha256(record.value)
+    if stored_event_id is None:
+        return False
+    outcome = parse_record(topic, record)
+    found = outcome.event_id if isinstance(outcome, DeadLetter) else outcome.event.event_id
+    return found == stored_event_id
+
+
 def payload_sha256(event: Event) -> bytes:
     """The hash an applied event is recorded with: of its canonical form (`model_dump_json`),
     so the same event written with other spacing, key order or escapes has the same hash."""

@@ -39,7 +39,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas import topics
 from schemas.events import ID_LENGTH_MAX
-from services.ingestion.records import Header, kafka_headers
+from services.ingestion.records import (
+    Header,
+    InputRecord,
+    is_dead_lettered_record,
+    kafka_headers,
+)
 from services.operator.actions_log import (
     MESSAGE_KEY_DETAIL,
     ActionKeyConflictError,
@@ -130,6 +135,7 @@ class StoredDeadLetter:
     offset: int
     event_id: str | None
     error: str
+    value_sha256: bytes | None  # of the record's value (NULL before migration 0030)
     redrive_action_id: int | None
     copy_partition: int | None
     copy_offset: int | None
@@ -200,6 +206,22 @@ def redrive_headers(
     ]
 
 
+def is_source_of(
+    topic: str,
+    value_sha256: bytes | None,
+    event_id: str | None,
+    record: SourceRecord,
+) -> bool:
+    """Whether `record`, read at a dead letter's partition and offset of `topic`, is the one
+    the dead letter was made of: by its value's hash, or by its event_id (a topic recreated,
+    or an embedded broker restarted, puts other records at the same offsets). A dead letter
+    recorded with neither is taken to match."""
+    if value_sha256 is None and event_id is None:
+        return True
+    as_consumed = InputRecord(topic, 0, 0, record.key, record.value)
+    return is_dead_lettered_record(topic, as_consumed, value_sha256, event_id)
+
+
 def _lock_key(topic_prefix: str) -> int:
     digest = hashlib.sha256(_LOCK_NAMESPACE + topic_prefix.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
@@ -210,7 +232,7 @@ def _lock_key(topic_prefix: str) -> int:
 _BY_ID = text(
     """
     SELECT d.id, d.topic, d.kafka_partition AS partition, d.kafka_offset AS "offset",
-           d.event_id, d.error, r.operator_action_id AS redrive_action_id,
+           d.event_id, d.error, d.value_sha256, r.operator_action_id AS redrive_action_id,
            r.kafka_partition AS copy_partition,
            r.kafka_offset AS copy_offset
     FROM dead_letters d
@@ -224,7 +246,7 @@ _BY_ID = text(
 _BY_TOPIC = text(
     """
     SELECT d.id, d.topic, d.kafka_partition AS partition, d.kafka_offset AS "offset",
-           d.event_id, d.error, r.operator_action_id AS redrive_action_id,
+           d.event_id, d.error, d.value_sha256, r.operator_action_id AS redrive_action_id,
            r.kafka_partition AS copy_partition,
            r.kafka_offset AS copy_offset
     FROM dead_letters d
@@ -437,7 +459,10 @@ class DeadLetterRedriver:
         return [_outcome(letter, sent.get(letter.id)) for letter in letters]
 
     async def _read_sources(self, letters: Sequence[StoredDeadLetter]) -> dict[int, SourceRecord]:
-        """The source record of each letter still in its topic, by dead letter id."""
+        """The source record of each letter still in its topic, by dead letter id: the record
+        at its partition and offset, if it is the one the letter was made of (its value's hash,
+        or its event_id: a topic recreated, or an embedded broker restarted, puts other records
+        at the same offsets); a dead letter recorded with neither is taken as it is found."""
         found: dict[int, SourceRecord] = {}
         for topic in sorted({letter.topic for letter in letters}):
             of_topic = [letter for letter in letters if letter.topic == topic]
@@ -448,7 +473,9 @@ class DeadLetterRedriver:
             )
             for letter in of_topic:
                 record = records.get((letter.partition, letter.offset))
-                if record is not None:
+                if record is not None and is_source_of(
+                    letter.topic, letter.value_sha256, letter.event_id, record
+                ):
                     found[letter.id] = record
         return found
 
