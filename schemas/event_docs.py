@@ -67,7 +67,10 @@ cash-out, as its `payouts.requested` was. Topic names may carry a deployment pre
   duplicate keys in one object are refused.
 - **Dead letters.** An event that cannot be applied goes to `<topic>.dlq` with its original bytes
   and headers unchanged, plus `dlq.error` (the reason), `dlq.detail`, `dlq.source.topic`,
-  `dlq.source.partition`, `dlq.source.offset` and, when it could be read, `dlq.event_id`.
+  `dlq.source.partition`, `dlq.source.offset` and, when it could be read, `dlq.event_id`. Header
+  values may be any bytes, or null: they are kept as they came. A dead letter that would be too
+  large for its topic with the headers added goes without the original value and headers, with
+  `dlq.value_omitted` (the value's size in bytes); the original stays at its source offset.
 
 `giftledger schemas export DIR` writes the JSON Schema (draft 2020-12) of every event below and
 an AsyncAPI document of every topic. The schemas and the service take every rule from the same
