@@ -206,6 +206,17 @@ DecimalText = Annotated[str, Field(max_length=31, pattern=r"^[0-9]{1,12}(\.[0-9]
 # A decimal of zeros only ("0", "0.000"): DecimalText, but not greater than zero.
 ZERO_DECIMAL_PATTERN = r"^[0.]+$"
 _ZERO_DECIMAL_RE = re.compile(ZERO_DECIMAL_PATTERN)
+# DecimalText greater than zero: the JSON Schema says "not zeros only" on the string itself, so
+# that it holds whether the field is optional or not (on an optional field's whole schema, a
+# null, which no pattern applies to, would fail the "not"). Models check it in a validator.
+PositiveDecimalText = Annotated[
+    str,
+    Field(
+        max_length=31,
+        pattern=r"^[0-9]{1,12}(\.[0-9]{1,18})?$",
+        json_schema_extra={"not": {"pattern": ZERO_DECIMAL_PATTERN}},
+    ),
+]
 
 GiftSurface = Literal["video", "live"]
 ReversalReason = Literal["refund", "chargeback", "fraud", "policy"]
@@ -548,14 +559,12 @@ class CashoutUpdated(Event):
         "or when `asset` is a currency.",
         examples=[3],
     )
-    fx_rate: DecimalText | None = Field(
+    fx_rate: PositiveDecimalText | None = Field(
         default=None,
         description="Exchange rate applied, as a decimal string: major units of "
         "`payout_currency` per major unit of USD (Diamonds) or of `asset` (a currency). "
         "Absent until priced.",
         examples=["1", "0.9213"],
-        # The rule of `_fx_rate_positive`, for the JSON Schema (a pattern ignores null).
-        json_schema_extra={"not": {"pattern": ZERO_DECIMAL_PATTERN}},
     )
     failure_code: FailureCode | None = Field(
         default=None,

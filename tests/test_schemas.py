@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
 from schemas import topics
@@ -26,7 +27,7 @@ from schemas.events import (
     MarketplacePaid,
     PayoutUpdated,
 )
-from schemas.export import export_json_schemas
+from schemas.export import export_json_schemas, topic_json_schema
 
 OCCURRED_AT = "2026-11-03T18:25:43.511Z"
 
@@ -471,6 +472,27 @@ def test_an_unpriced_cashout_update_parses() -> None:
     )
     assert isinstance(event, CashoutUpdated)
     assert (event.payout_amount, event.rate_card_version, event.fx_rate) == (None, None, None)
+
+
+def test_the_exported_schema_takes_an_unpriced_cashout_update_and_refuses_a_zero_fx_rate() -> None:
+    """The JSON Schema says what the model says of `fx_rate`: absent (null) until priced, else a
+    decimal greater than zero. Its "not zeros only" stood on the whole optional field, where it
+    refused the null of every unpriced cash-out (a requested one, or one rejected before
+    pricing), which the API's own responses then broke."""
+    validator = Draft202012Validator(
+        topic_json_schema(topics.CASHOUTS_UPDATED, PRODUCED_EVENT_MODELS[topics.CASHOUTS_UPDATED])
+    )
+    document = {
+        **VALID_EXAMPLES[topics.CASHOUTS_UPDATED],
+        "status": "requested",
+        "payout_amount": None,
+        "rate_card_version": None,
+        "fx_rate": None,
+    }
+    assert list(validator.iter_errors(document)) == []
+    for rate, valid in (("0.9213", True), ("0", False), ("0.000", False)):
+        priced = {**VALID_EXAMPLES[topics.CASHOUTS_UPDATED], "fx_rate": rate}
+        assert validator.is_valid(priced) is valid, rate
 
 
 # Amounts as text.
