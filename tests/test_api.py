@@ -825,9 +825,15 @@ async def test_the_cashouts_report_counts_and_sums_by_status(
             "payout_amount": 1_000,
             "usd_value_micros": 10_000_000,
             "count": 1,
+            "priced_count": 1,
         }
     ]
-    assert by_status["rejected"]["lines"][0]["amount"] == 100_000
+    [rejected] = by_status["rejected"]["lines"]
+    assert (rejected["amount"], rejected["priced_count"], rejected["usd_value_micros"]) == (
+        100_000,
+        1,
+        500_000,
+    )
 
 
 async def test_the_money_report_sums_each_code_per_currency(

@@ -28,12 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas import topics
 from schemas.assets import format_amount
+from services.api.queries import cashouts_report
 from services.api.server import create_app
 from services.cli import main
 from services.runtime import settings as settings_module
 from services.runtime.settings import Settings
 from tests import event_factory as make
 from tests.api_server import FINANCE_TOKEN, api_settings, served_client, token_digest
+from tests.console_http import Feed, new_creator_id
 from tests.report_helpers import FINANCE, EventFeed, database_time
 
 # The business time of every event of this module: long before it is booked.
@@ -108,6 +110,7 @@ HELD_CASHOUT: Final = {
             "payout_amount": 1_000,
             "usd_value_micros": 10_000_000,
             "count": 1,
+            "priced_count": 1,
         }
     ],
 }
@@ -335,3 +338,36 @@ def test_the_readme_lists_every_parameter_of_every_finance_route() -> None:
                 if parameter["in"] == "query" and f"{parameter['name']}=" not in found[0]
             ]
     assert missing == []
+
+
+async def test_the_cashouts_report_sums_payouts_of_the_priced_and_says_how_many(
+    engine: AsyncEngine,
+) -> None:
+    """A request refused before pricing (here: a country not enabled) has no payout and no USD
+    value; one refused after (under the minimum) has both. A line counts both and sums the
+    priced, saying how many: before, its USD value read 0 for the first, as if worth nothing."""
+    feed = await Feed.on(engine)
+    requested_at = datetime(2400, 1, 1, tzinfo=UTC) + timedelta(seconds=uuid.uuid4().int % 10**9)
+    eligible = await feed.eligible_creator(new_creator_id("priced"), 5_000)
+    abroad = new_creator_id("abroad")
+    await feed.send(topics.CREATORS_UPDATED, make.creator_update(abroad, country="CA"), abroad)
+    requests = [
+        (eligible, make.cashout_request(eligible, 2_000)),  # held: 10 USD
+        (abroad, make.cashout_request(abroad, 2_000)),  # rejected for its country: not priced
+        (eligible, make.cashout_request(eligible, 100)),  # rejected, minimum: 0.50 USD
+    ]
+    for creator, request in requests:
+        request["occurred_at"] = requested_at.isoformat()
+        await feed.send(topics.CASHOUTS_REQUESTED, request, creator)
+    async with engine.connect() as conn:
+        statuses = await cashouts_report(
+            conn, requested_at, requested_at + timedelta(seconds=1), "requested"
+        )
+    lines = {
+        entry["status"]: [
+            (line["count"], line["priced_count"], line["payout_amount"], line["usd_value_micros"])
+            for line in entry["lines"]
+        ]
+        for entry in statuses
+    }
+    assert lines == {"held": [(1, 1, 1_000, 10_000_000)], "rejected": [(2, 1, 50, 500_000)]}

@@ -277,6 +277,10 @@ class GiftsReportDocument(Range):
 
 
 class CashoutReportLine(Document):
+    """`payout_amount` and `usd_value_micros` sum the `priced_count` cash-outs that were priced:
+    a request refused before pricing (frozen, an eligibility rule, no payout account, the payout
+    currency, no FX rate) has neither."""
+
     asset: str
     scale: int
     amount: int
@@ -285,6 +289,7 @@ class CashoutReportLine(Document):
     payout_amount: int
     usd_value_micros: int
     count: int
+    priced_count: int
 
 
 class CashoutStatusTotals(Document):

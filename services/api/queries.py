@@ -267,16 +267,20 @@ async def cashouts_report(
     conn: AsyncConnection, from_time: datetime, to_time: datetime, clock: CashoutClock
 ) -> list[dict[str, Any]]:
     """Cash-outs booked (or, with `clock="requested"`, requested) in the range, per status now:
-    how many, and their amounts per source asset and payout currency (the payout amount is what
-    was or would be paid)."""
+    how many, and their amounts per source asset and payout currency. The payout amount (what
+    was or would be paid) and the USD value sum the priced cash-outs, `priced_count` of them: a
+    request refused before it was priced (frozen, an eligibility rule, no payout account, the
+    payout currency, no FX rate) has neither."""
     in_range = _CASHOUTS_IN_RANGE[clock]
     rows = await conn.execute(
         text(
             f"""
             SELECT c.status, c.asset, s.scale, c.payout_currency, p.scale AS payout_scale,
                    count(*) AS cashout_count, sum(c.amount)::bigint AS amount,
+                   count(*) FILTER (WHERE c.fx_numerator IS NOT NULL) AS priced_count,
                    coalesce(sum(c.payout_amount), 0)::bigint AS payout_amount,
-                   sum(c.usd_value_micros)::bigint AS usd_value_micros
+                   coalesce(sum(c.usd_value_micros) FILTER (WHERE c.fx_numerator IS NOT NULL),
+                            0)::bigint AS usd_value_micros
             FROM cashouts c
             JOIN assets s ON s.code = c.asset
             JOIN assets p ON p.code = c.payout_currency
@@ -302,6 +306,7 @@ async def cashouts_report(
                 "payout_amount": row.payout_amount,
                 "usd_value_micros": row.usd_value_micros,
                 "count": row.cashout_count,
+                "priced_count": row.priced_count,
             }
         )
     return list(statuses.values())

@@ -173,17 +173,19 @@ def _cashout_lines(document: dict[str, Any]) -> list[str]:
     lines = [_heading(f"cash-outs {document['clock']}", document, ", by status")]
     if not document["statuses"]:
         return [*lines, "no cash-outs"]
-    rows = [["status", "count", "amount", "payout"]] + [
+    rows = [["status", "count", "amount", "priced", "payout"]] + [
         [
             entry["status"],
             str(line["count"]),
             format_amount(line["amount"], line["asset"]),
+            str(line["priced_count"]),
             format_amount(line["payout_amount"], line["payout_currency"]),
         ]
         for entry in document["statuses"]
         for line in entry["lines"]
     ]
-    return [*lines, *table(rows, right_aligned={1, 2, 3})]
+    footnote = "payout: of the priced cash-outs (a request refused before pricing has none)"
+    return [*lines, *table(rows, right_aligned={1, 2, 3, 4}), footnote]
 
 
 def _money_lines(document: dict[str, Any]) -> list[str]:
