@@ -42,6 +42,7 @@ from schemas.assets import DIAMOND
 from services.api.server import serve_api
 from services.app.bootstrap import build_api_app, build_payout_rail, start_consumers
 from services.app.consumer import ConsumerService
+from services.app.partition_upkeep import PartitionUpkeep
 from services.app.runner import stop_on_signals
 from services.cashout.catch_up import catch_up_cashouts
 from services.loadtest.sample_stream import SampleRecord, sample_cashouts, sample_stream
@@ -376,14 +377,17 @@ def _listen_probe(host: str, port: int) -> OSError | None:
     return None
 
 
-def _start_api(engine: AsyncEngine, settings: Settings, stop: asyncio.Event) -> DemoApi:
-    """Serve the finance API until `stop`; a port it cannot have is reported at the end, not
-    fatal, for a demo."""
+def _start_api(
+    engine: AsyncEngine, settings: Settings, bootstrap_servers: str, stop: asyncio.Event
+) -> DemoApi:
+    """Serve the finance API until `stop`, its operator re-drives on the demo's broker; a port
+    it cannot have is reported at the end, not fatal, for a demo."""
     address = f"{settings.api_host}:{settings.api_port}"
     error = _listen_probe(settings.api_host, settings.api_port)
     if error is not None:
         return DemoApi(task=None, problem=_listen_problem(address, error))
     app = build_api_app(engine, settings)
+    app.state.kafka_bootstrap_servers = bootstrap_servers  # as `giftledger run --api` does
     serving = serve_api(app, settings.api_host, settings.api_port, stop)
     return DemoApi(task=asyncio.create_task(serving, name=address), problem=None)
 
@@ -457,7 +461,10 @@ async def run_demo(
         await rail.start()
         writer = engine_as_role(engine, settings, settings.database_writer_role)
         service = await start_consumers(settings, writer, bootstrap_servers)
-        api = _start_api(engine, settings, stop)
+        api = _start_api(engine, settings, bootstrap_servers, stop)
+        # The transfer partitions kept ready, and their gauge set, as `giftledger run` does.
+        upkeep = PartitionUpkeep(writer, settings.transfer_partition_months_ahead)
+        upkeep_task = asyncio.create_task(upkeep.run_until(stop))
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=10)
         await producer.start()
         try:
@@ -489,6 +496,7 @@ async def run_demo(
             return 0 if settled and sound else 1
         finally:
             stop.set()
+            await upkeep_task
             await _stop_api(api)
             await producer.stop()
             await service.stop()

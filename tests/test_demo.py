@@ -97,11 +97,16 @@ def _applied_and_duplicates(out: str) -> tuple[int, int]:
     return int(records.group("applied")), int(records.group("duplicates"))
 
 
-def _get_json(url: str, token: str) -> dict[str, object]:
+def _get(url: str, token: str) -> bytes:
     # The URL the demo printed: http://127.0.0.1, checked by the caller.
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
     with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:  # noqa: S310
-        document: dict[str, object] = json.loads(response.read())
+        body: bytes = response.read()
+    return body
+
+
+def _get_json(url: str, token: str) -> dict[str, object]:
+    document: dict[str, object] = json.loads(_get(url, token))
     return document
 
 
@@ -161,6 +166,12 @@ def test_demo_serves_the_api_until_ctrl_c_and_stops_cleanly(
         balances = _get_json(try_line["url"], try_line["token"])
         assert isinstance(balances["balances"], list)
         assert {line["asset"] for line in balances["balances"]} >= {"DIAMOND", "USD"}
+        # The partitions are kept, and their gauge set, as by `giftledger run` (it read 0,
+        # "run giftledger migrate", with every partition there).
+        metrics = _get(f"http://127.0.0.1:{env['API_PORT']}/metrics", try_line["token"]).decode()
+        months = re.search(r"^giftledger_transfer_partition_months_ahead (\S+)$", metrics, re.M)
+        assert months is not None, metrics
+        assert float(months[1]) >= 1
         demo.send_signal(signal.SIGINT)
         assert demo.wait(STOP_TIMEOUT_S) == 0
     finally:
