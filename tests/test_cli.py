@@ -363,6 +363,26 @@ def test_verify_passes_on_the_test_database(
     assert capsys.readouterr().out.startswith("ledger verified: ")
 
 
+def test_a_file_command_given_a_place_it_cannot_use_says_so_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a traceback (schemas export), not an empty bank file and success (settlement-file)."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory\n")
+    assert main(["schemas", "export", str(blocked / "schemas")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"giftledger: cannot write the schemas to {blocked / 'schemas'}: ")
+    assert "Traceback" not in err
+    missing = tmp_path / "no-bank"
+    out = tmp_path / "out.csv"
+    arguments = ["settlement-file", "--date", "2026-11-02", str(out), "--dir", str(missing)]
+    assert main(arguments) == 2
+    assert capsys.readouterr().err == (
+        f"giftledger: {missing}: no such directory (the bank's, with its journal)\n"
+    )
+    assert not out.exists()
+
+
 def test_schemas_export_writes_one_file_per_topic(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

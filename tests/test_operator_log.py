@@ -23,6 +23,7 @@ from services.operator.actions_log import (
     InvalidActionError,
     OperatorAction,
     canonical_content,
+    check_action,
     record_action,
     verify_action_chain,
 )
@@ -178,6 +179,32 @@ async def test_a_field_the_log_cannot_take_is_refused_before_anything_is_written
     with pytest.raises(InvalidActionError):
         await _record(writer, new_key(), new_creator(), **change)
     assert await _count(writer, "SELECT count(*) FROM operator_actions") == count
+
+
+def test_a_refused_text_field_says_the_rule_it_breaks() -> None:
+    """The message names the field, shows (the start of) the value and states the rule."""
+    with pytest.raises(InvalidActionError) as refused:
+        check_action(
+            idempotency_key=new_key(),
+            actor="alice",
+            action="creator_frozen",
+            target="creator-1",
+            reason="r" * 1_001,
+            ticket=None,
+        )
+    assert str(refused.value) == (
+        f"reason {'r' * 60!r} (cut, 1,001 characters) is not valid: 1 to 1,000 characters,"
+        " one line, no control characters (tab, newline, ...)"
+    )
+    with pytest.raises(InvalidActionError, match="visible ASCII, no space"):
+        check_action(
+            idempotency_key="with space",
+            actor="alice",
+            action="creator_frozen",
+            target="creator-1",
+            reason="checked",
+            ticket=None,
+        )
 
 
 async def test_concurrent_appends_keep_one_chain_in_id_order(writer: AsyncEngine) -> None:

@@ -206,6 +206,8 @@ def settlement_file_command(args: argparse.Namespace) -> int:
     directory = args.directory or settings.payout_rail_settlement_dir
     if directory is None:
         raise UsageError("no bank directory: give --dir or set PAYOUT_RAIL_SETTLEMENT_DIR")
+    if not Path(directory).is_dir():
+        raise UsageError(f"{directory}: no such directory (the bank's, with its journal)")
     books = SettlementBooks(
         directory, seed=settings.payout_rail_seed, breaks=settings.payout_rail_settlement_breaks
     )

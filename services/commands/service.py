@@ -34,11 +34,14 @@ def add_schemas_arguments(parser: argparse.ArgumentParser) -> None:
 
 def schemas_command(args: argparse.Namespace) -> int:
     assert args.schemas_action == "export", args.schemas_action
-    for path in export_json_schemas(args.directory):
-        print(path)
-    asyncapi_path = args.directory / ASYNCAPI_FILE_NAME
-    document = asyncapi_document(get_settings().kafka_topic_prefix)
-    asyncapi_path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    try:
+        for path in export_json_schemas(args.directory):
+            print(path)
+        asyncapi_path = args.directory / ASYNCAPI_FILE_NAME
+        document = asyncapi_document(get_settings().kafka_topic_prefix)
+        asyncapi_path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    except OSError as error:
+        raise UsageError(f"cannot write the schemas to {args.directory}: {error}") from None
     print(asyncapi_path)
     return EXIT_OK
 

@@ -112,9 +112,25 @@ class InvalidActionError(ValueError):
 # Checks ------------------------------------------------------------------------------------
 
 
+# What each pattern allows, for the message that refuses a value.
+_PATTERN_RULES: Final = {
+    _VISIBLE_ASCII: "visible ASCII, no space",
+    _OPERATOR_NAME: "letters, digits and ._@-, starting with a letter or digit",
+    _ACTION_NAME: "lower-case letters and _",
+    _ONE_LINE: "one line, no control characters (tab, newline, ...)",
+}
+REFUSED_VALUE_SHOWN_MAX: Final = 60
+
+
 def _check_text(name: str, value: str, pattern: re.Pattern[str], length_max: int) -> None:
     if not 1 <= len(value) <= length_max or pattern.fullmatch(value) is None:
-        raise InvalidActionError(f"{name} {value!r} is not valid: see the operator actions rules")
+        shown = repr(value[:REFUSED_VALUE_SHOWN_MAX]) + (
+            f" (cut, {len(value):,} characters)" if len(value) > REFUSED_VALUE_SHOWN_MAX else ""
+        )
+        raise InvalidActionError(
+            f"{name} {shown} is not valid: 1 to {length_max:,} characters,"
+            f" {_PATTERN_RULES[pattern]}"
+        )
 
 
 def _check_json_value(value: object, depth: int) -> None:
