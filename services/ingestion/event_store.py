@@ -140,18 +140,43 @@ _SELECT_PARKED = text(
 )
 
 
-# The dead letters of one deployment and topic within given offset ranges, a range a partition.
+# The dead letters of one deployment and topic within offset ranges, one a partition, each read
+# from the primary key. The range's lookup is a LATERAL subquery kept from being pulled up into
+# a join (`OFFSET 0`): as a join, with the ranges estimated at 10 rows, the planner hashed them
+# and read every dead letter of the topic (54 ms a batch with 200,000 dead letters, against
+# well under 1 ms).
 _DEAD_LETTERED_IN_RANGES = text(
     """
     SELECT d.kafka_partition, d.kafka_offset, d.event_id, d.error, d.detail, d.value_sha256
     FROM unnest(CAST(:partitions AS integer[]), CAST(:firsts AS bigint[]),
                 CAST(:lasts AS bigint[])) AS r(kafka_partition, first_offset, last_offset)
-    JOIN dead_letters d
-      ON d.topic_prefix = :prefix AND d.topic = :topic
-     AND d.kafka_partition = r.kafka_partition
-     AND d.kafka_offset BETWEEN r.first_offset AND r.last_offset
+    CROSS JOIN LATERAL (
+        SELECT d.kafka_partition, d.kafka_offset, d.event_id, d.error, d.detail,
+               d.value_sha256
+        FROM dead_letters d
+        WHERE d.topic_prefix = :prefix AND d.topic = :topic
+          AND d.kafka_partition = r.kafka_partition
+          AND d.kafka_offset BETWEEN r.first_offset AND r.last_offset
+        OFFSET 0
+    ) d
     """
 )
+
+
+def offset_ranges(records: Sequence[InputRecord]) -> tuple[list[int], list[int], list[int]]:
+    """The batch's partitions, and each one's first and last offset in it (whatever the order
+    of the records): about 0.1 µs a record, where the arrays of every record's partition and
+    offset cost the driver's encoding some 0.6 µs a record."""
+    firsts: dict[int, int] = {}
+    lasts: dict[int, int] = {}
+    for record in records:
+        partition, offset = record.partition, record.offset
+        if firsts.setdefault(partition, offset) > offset:
+            firsts[partition] = offset
+        if lasts.setdefault(partition, offset) < offset:
+            lasts[partition] = offset
+    partitions = list(firsts)
+    return partitions, [firsts[p] for p in partitions], [lasts[p] for p in partitions]
 
 
 class EventStore:
@@ -438,20 +463,17 @@ class EventStore:
         row counts for a record only if it was made of the same value (`value_sha256`), or,
         for a row recorded before the hash was, of the same event_id. One range of offsets a
         partition, read from the primary key: usually nothing is found."""
-        ranges: dict[int, tuple[int, int]] = {}
-        for record in records:
-            first, last = ranges.get(record.partition, (record.offset, record.offset))
-            ranges[record.partition] = (min(first, record.offset), max(last, record.offset))
-        if not ranges:
+        if not records:
             return {}
+        partitions, firsts, lasts = offset_ranges(records)
         rows = await conn.execute(
             _DEAD_LETTERED_IN_RANGES,
             {
                 "prefix": self.topic_prefix,
                 "topic": topic,
-                "partitions": list(ranges),
-                "firsts": [first for first, _ in ranges.values()],
-                "lasts": [last for _, last in ranges.values()],
+                "partitions": partitions,
+                "firsts": firsts,
+                "lasts": lasts,
             },
         )
         stored = {(row.kafka_partition, row.kafka_offset): row for row in rows}
