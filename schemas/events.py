@@ -202,7 +202,11 @@ CashoutAsset = Annotated[
     Field(json_schema_extra={"enum": sorted(CURRENCIES | {DIAMOND})}),
 ]
 # A positive decimal written as text so no float ever carries a rate: up to 12 + 18 digits.
-DecimalText = Annotated[str, Field(max_length=31, pattern=r"^[0-9]{1,12}(\.[0-9]{1,18})?$")]
+DECIMAL_TEXT_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,18})?$"
+DECIMAL_TEXT_LENGTH_MAX = 31
+DecimalText = Annotated[
+    str, Field(max_length=DECIMAL_TEXT_LENGTH_MAX, pattern=DECIMAL_TEXT_PATTERN)
+]
 # A decimal of zeros only ("0", "0.000"): DecimalText, but not greater than zero.
 ZERO_DECIMAL_PATTERN = r"^[0.]+$"
 _ZERO_DECIMAL_RE = re.compile(ZERO_DECIMAL_PATTERN)
@@ -212,8 +216,8 @@ _ZERO_DECIMAL_RE = re.compile(ZERO_DECIMAL_PATTERN)
 PositiveDecimalText = Annotated[
     str,
     Field(
-        max_length=31,
-        pattern=r"^[0-9]{1,12}(\.[0-9]{1,18})?$",
+        max_length=DECIMAL_TEXT_LENGTH_MAX,
+        pattern=DECIMAL_TEXT_PATTERN,
         json_schema_extra={"not": {"pattern": ZERO_DECIMAL_PATTERN}},
     ),
 ]
