@@ -238,7 +238,11 @@ async def statement_command(engine: AsyncEngine, args: argparse.Namespace) -> in
         if account is None:
             raise UsageError(f"no account named {args.account!r}")
         after_seq = args.cursor
-        page_size = STATEMENT_PAGE_SIZE_MAX if whole_range else args.page_size
+        page_size = (
+            STATEMENT_PAGE_SIZE_MAX
+            if whole_range
+            else (args.page_size or STATEMENT_PAGE_SIZE_DEFAULT)
+        )
         writer = csv.writer(sys.stdout, lineterminator="\n") if args.csv else None
         if writer is not None:
             writer.writerow(STATEMENT_CSV_COLUMNS)
@@ -249,7 +253,7 @@ async def statement_command(engine: AsyncEngine, args: argparse.Namespace) -> in
                 from_time=args.from_time,
                 to_time=args.to_time,
                 after_seq=after_seq,
-                page_size=page_size or STATEMENT_PAGE_SIZE_DEFAULT,
+                page_size=page_size,
             )
             if writer is None:
                 _print_statement(account, page.lines)
