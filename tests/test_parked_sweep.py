@@ -8,15 +8,17 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
+from ledger.queries import creator_balances
 from schemas import topics
 from services.ingestion.event_store import EventStore
 from services.ingestion.ingestor import Ingestor
-from services.ingestion.records import InputRecord
+from services.ingestion.records import DeadLetter, InputRecord
 from services.rates.rate_cards import RateCardBook, load_rate_cards
 from tests import event_factory as make
 from tests.ingestion_fixtures import make_ingestor, wait_until
@@ -133,3 +135,112 @@ async def test_a_stopped_sweeps_rows_go_to_another_once_its_claim_runs_out(
 
     await wait_until(survivor_applied_them)
     assert await _parked_ids(engine, prefix) == set()
+
+
+SHORT_PARK_S = 0.01  # every reversal parked here is past its deadline at the first sweep
+
+
+async def _park_one_past_its_deadline(ingestor: Ingestor) -> tuple[str, InputRecord, str]:
+    """A reversal parked before its gift, its wait over; returns its creator, the gift (not
+    applied) and the reversal's event_id."""
+    creator = f"creator-{uuid.uuid4().hex[:10]}"
+    gift = make.gift(creator, coins=4)
+    reversal = make.reversal(creator, str(gift["event_id"]))
+    record = InputRecord(topics.GIFTS_REVERSED, 0, 7, None, make.encode(reversal))
+    assert (await ingestor.process(topics.GIFTS_REVERSED, [record])).parked == 1
+    await asyncio.sleep(SHORT_PARK_S * 5)
+    return (
+        creator,
+        InputRecord(topics.GIFTS_SENT, 0, 7, None, make.encode(gift)),
+        str(reversal["event_id"]),
+    )
+
+
+async def _creator_diamonds(engine: AsyncEngine, creator: str) -> int:
+    async with engine.connect() as conn:
+        balances = await creator_balances(conn, creator)
+    return sum(balance.posted for balance in balances if balance.name.endswith(":available"))
+
+
+async def _reversal_applied(engine: AsyncEngine, event_id: str) -> bool:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text("SELECT 1 FROM applied_events WHERE topic = :topic AND event_id = :id"),
+            {"topic": topics.GIFTS_REVERSED, "id": event_id},
+        )
+        return found.first() is not None
+
+
+async def test_a_sweep_stopped_after_publishing_leaves_the_verdict_for_the_next_one(
+    engine: AsyncEngine, writer_engine: AsyncEngine
+) -> None:
+    """The sweep publishes a dead letter and stops before its event leaves the parking (a crash,
+    a lost commit); the gift arrives; the next sweep publishes the same verdict again and does
+    not apply the reversal, which the dead-letter topic already has."""
+    prefix = f"sweep{uuid.uuid4().hex[:6]}."
+    rate_cards = await _rate_cards(engine)
+    sweeper = make_ingestor(writer_engine, rate_cards, topic_prefix=prefix, park_s=SHORT_PARK_S)
+    creator, gift, reversal_id = await _park_one_past_its_deadline(sweeper)
+    published: list[DeadLetter] = []
+
+    async def publish_then_stop(letters: list[DeadLetter]) -> None:
+        published.extend(letters)
+        raise RuntimeError("the process stopped right after the publish")
+
+    with pytest.raises(RuntimeError, match="stopped right after"):
+        await sweeper.retry_parked(topics.GIFTS_REVERSED, publish_dead_letters=publish_then_stop)
+    assert (await sweeper.process(topics.GIFTS_SENT, [gift])).applied == 1
+
+    async def publish(letters: list[DeadLetter]) -> None:
+        published.extend(letters)
+
+    again = await sweeper.retry_parked(topics.GIFTS_REVERSED, publish_dead_letters=publish)
+    assert again.applied == 0
+    assert [(letter.error, letter.event_id) for letter in published] == [
+        ("gift_not_found", reversal_id)
+    ] * 2
+    assert published[0].record == published[1].record
+    assert not await _reversal_applied(engine, reversal_id)
+    assert await _parked_ids(engine, prefix) == set()
+    assert await _creator_diamonds(engine, creator) > 0  # the gift stands, not reversed
+
+
+async def test_a_sweep_whose_claim_ran_out_while_it_published_is_not_overruled(
+    engine: AsyncEngine, writer_engine: AsyncEngine
+) -> None:
+    """A sweep's publish outlasts its claim; meanwhile the gift arrives and another sweep takes
+    the row: it gives the first sweep's verdict again rather than applying the reversal."""
+    prefix = f"sweep{uuid.uuid4().hex[:6]}."
+    rate_cards = await _rate_cards(engine)
+    slow = make_ingestor(writer_engine, rate_cards, topic_prefix=prefix, park_s=SHORT_PARK_S)
+    slow.events.parked_claim_s = SHORT_CLAIM_S
+    creator, gift, reversal_id = await _park_one_past_its_deadline(slow)
+    slow_letters: list[DeadLetter] = []
+    publishing, release = asyncio.Event(), asyncio.Event()
+
+    async def publish_slowly(letters: list[DeadLetter]) -> None:
+        slow_letters.extend(letters)
+        publishing.set()
+        await release.wait()
+
+    slow_sweep = asyncio.create_task(
+        slow.retry_parked(topics.GIFTS_REVERSED, publish_dead_letters=publish_slowly)
+    )
+    await asyncio.wait_for(publishing.wait(), 30)
+    other = make_ingestor(writer_engine, rate_cards, topic_prefix=prefix, park_s=SHORT_PARK_S)
+    assert (await other.process(topics.GIFTS_SENT, [gift])).applied == 1
+    await asyncio.sleep(SHORT_CLAIM_S * 1.5)  # the slow sweep's claim runs out
+
+    other_letters: list[DeadLetter] = []
+
+    async def publish(letters: list[DeadLetter]) -> None:
+        other_letters.extend(letters)
+
+    report = await other.retry_parked(topics.GIFTS_REVERSED, publish_dead_letters=publish)
+    release.set()
+    await asyncio.wait_for(slow_sweep, 30)
+    assert report.applied == 0
+    assert [letter.error for letter in slow_letters + other_letters] == ["gift_not_found"] * 2
+    assert not await _reversal_applied(engine, reversal_id)
+    assert await _parked_ids(engine, prefix) == set()
+    assert await _creator_diamonds(engine, creator) > 0

@@ -145,6 +145,14 @@ _SELECT_PARKED = text(
 # a join (`OFFSET 0`): as a join, with the ranges estimated at 10 rows, the planner hashed them
 # and read every dead letter of the topic (54 ms a batch with 200,000 dead letters, against
 # well under 1 ms).
+_LOCK_PARKED = text(
+    """
+    SELECT event_id FROM parked_events
+    WHERE topic_prefix = :prefix AND topic = :topic AND event_id = ANY(CAST(:ids AS text[]))
+    ORDER BY event_id
+    FOR UPDATE
+    """
+)
 _DEAD_LETTERED_IN_RANGES = text(
     """
     SELECT d.kafka_partition, d.kafka_offset, d.event_id, d.error, d.detail, d.value_sha256
@@ -379,8 +387,45 @@ class EventStore:
             },
         )
 
-    async def unpark(self, conn: AsyncConnection, topic: str, items: list[ParsedEvent]) -> None:
-        done = [item.event.event_id for item in items if item.from_parking]
+    async def hold_parked(
+        self, conn: AsyncConnection, topic: str, items: list[ParsedEvent], report: BatchReport
+    ) -> list[ParsedEvent]:
+        """For a sweep, in its transaction: lock the parked rows of `items` (in event_id order,
+        as every sweep does), and keep the items still to decide. An item whose row is gone
+        was settled by another sweep meanwhile, and is left out; one dead-lettered already (by
+        a sweep whose dead letter was not published, or whose claim ran out while it
+        published) gets its verdict again in `report`, as it was (`dead_lettered_before`), and
+        stays parked until `Ingestor.retry_parked` has published it."""
+        parked = [item for item in items if item.from_parking]
+        if not parked:
+            return items
+        rows = await conn.execute(
+            _LOCK_PARKED,
+            {
+                "prefix": self.topic_prefix,
+                "topic": topic,
+                "ids": sorted({item.event.event_id for item in parked}),
+            },
+        )
+        still_parked = {row.event_id for row in rows}
+        records = [item.record for item in parked if item.event.event_id in still_parked]
+        verdicts = await self.dead_lettered_before(conn, topic, records, scattered=True)
+        kept: list[ParsedEvent] = []
+        for item in items:
+            if not item.from_parking:
+                kept.append(item)
+            elif item.event.event_id not in still_parked:
+                continue
+            elif verdict := verdicts.get((item.record.partition, item.record.offset)):
+                report.dead_letters.append(verdict)
+            else:
+                kept.append(item)
+        return kept
+
+    async def unpark(self, conn: AsyncConnection, topic: str, event_ids: list[str]) -> None:
+        """Remove these events' parked rows: settled (applied, a duplicate, or dead-lettered
+        and published)."""
+        done = sorted(set(event_ids))
         if done:
             await conn.execute(
                 text(
@@ -454,7 +499,12 @@ class EventStore:
         )
 
     async def dead_lettered_before(
-        self, conn: AsyncConnection, topic: str, records: Sequence[InputRecord]
+        self,
+        conn: AsyncConnection,
+        topic: str,
+        records: Sequence[InputRecord],
+        *,
+        scattered: bool = False,
     ) -> dict[tuple[int, int], DeadLetter]:
         """The records among `records` that were dead-lettered already, as their dead letters
         were recorded, by (partition, offset): a batch that comes again after its dead letters
@@ -462,10 +512,15 @@ class EventStore:
         them its verdict again, rather than deciding it anew on a ledger that has moved on. A
         row counts for a record only if it was made of the same value (`value_sha256`), or,
         for a row recorded before the hash was, of the same event_id. One range of offsets a
-        partition, read from the primary key: usually nothing is found."""
+        partition, read from the primary key: usually nothing is found. Records `scattered`
+        over their partitions (parked events, taken by age) are looked up one offset each."""
         if not records:
             return {}
-        partitions, firsts, lasts = offset_ranges(records)
+        if scattered:
+            offsets = [record.offset for record in records]
+            partitions, firsts, lasts = [record.partition for record in records], offsets, offsets
+        else:
+            partitions, firsts, lasts = offset_ranges(records)
         rows = await conn.execute(
             _DEAD_LETTERED_IN_RANGES,
             {

@@ -76,10 +76,11 @@ class HandlerContext:
     rate_cards: RateCardBook
     desk: CashoutDesk
     events: EventStore
-    # Set by the sweep of parked events: publishes the batch's dead letters inside its
-    # transaction, before the parked rows go, so a parked event leaves the database only once
-    # the dead-letter topic has it (a failed publish rolls the sweep back).
-    publish_before_commit: Callable[[list[DeadLetter]], Awaitable[None]] | None = None
+    # Set for the sweep of parked events (`Ingestor.retry_parked`): its transaction locks the
+    # parked rows first and gives an event dead-lettered already its verdict again
+    # (`EventStore.hold_parked`), and a dead-lettered event stays parked, its verdict
+    # committed, until its dead letter is published; then it leaves the parking.
+    sweeping: bool = False
 
 
 Handler = Callable[[HandlerContext, list[ParsedEvent], BatchReport], Awaitable[None]]
@@ -377,6 +378,8 @@ async def _legs_in(
     report = BatchReport()
     conn = tx.connection
     events = context.events
+    if context.sweeping:
+        items = await events.hold_parked(conn, topic, items, report)
     fresh = await events.drop_applied(conn, topic, items, report)
     if topic == topics.GIFTS_REVERSED:
         fresh = await _plan_reversals(tx, context, fresh, planned, account_ids, report)
@@ -420,9 +423,14 @@ async def _legs_in(
     await events.record_applied(conn, topic, applied)
     letters = [*early_letters, *report.dead_letters]
     await events.record_dead_letters(conn, topic, letters)
-    if context.publish_before_commit is not None and letters:
-        await context.publish_before_commit(letters)
-    settled = [item for item in items if item.event.event_id not in report.still_waiting]
+    staying = report.still_waiting
+    if context.sweeping:
+        staying = staying | {letter.event_id for letter in letters if letter.event_id}
+    settled = [
+        item.event.event_id
+        for item in items
+        if item.from_parking and item.event.event_id not in staying
+    ]
     await events.unpark(conn, topic, settled)
     report.applied = len(applied)
     return report

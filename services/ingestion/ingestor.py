@@ -110,20 +110,31 @@ class Ingestor:
     ) -> BatchReport:
         """Try parked events of `topic` again; past their deadline they are dead-lettered.
 
-        With `publish_dead_letters`, the dead letters are published before the commit that
-        removes them from the parking (`HandlerContext.publish_before_commit`)."""
+        The verdicts are committed first (`HandlerContext.sweeping`); then the dead letters are
+        published with `publish_dead_letters` (without it, the caller publishes them), and only
+        then do their events leave the parking. A sweep that stops between the two (a failed
+        publish, a crash) leaves them parked with their verdict recorded, so the next sweep
+        publishes the same verdict again: a parked event is applied or dead-lettered, never
+        both, even when its gift arrives meanwhile."""
         async with self.ledger.connect() as conn:
             parsed = await self.events.read_parked(conn, topic, limit)
         report = BatchReport()
-        if parsed:
-            context = dataclasses.replace(self.context, publish_before_commit=publish_dead_letters)
-            await HANDLERS[topic](context, parsed, report)
-            self.counts.unparked_applied += report.applied
-            self.counts.unparked_duplicates += report.duplicates
-            self.counts.unparked_dead_lettered += len(report.dead_letters)
-            metrics.EVENTS_APPLIED.labels(topic).inc(report.applied)
-            for letter in report.dead_letters:
-                metrics.EVENTS_DEAD_LETTERED.labels(topic, letter.error).inc()
+        if not parsed:
+            return report
+        sweep_context = dataclasses.replace(self.context, sweeping=True)
+        await HANDLERS[topic](sweep_context, parsed, report)
+        self.counts.unparked_applied += report.applied
+        self.counts.unparked_duplicates += report.duplicates
+        self.counts.unparked_dead_lettered += len(report.dead_letters)
+        metrics.EVENTS_APPLIED.labels(topic).inc(report.applied)
+        for letter in report.dead_letters:
+            metrics.EVENTS_DEAD_LETTERED.labels(topic, letter.error).inc()
+        if report.dead_letters:
+            if publish_dead_letters is not None:
+                await publish_dead_letters(report.dead_letters)
+            published = [letter.event_id for letter in report.dead_letters if letter.event_id]
+            async with self.ledger.begin() as conn:
+                await self.events.unpark(conn, topic, published)
         return report
 
     def _count(self, topic: str, consumed: int, report: BatchReport) -> None:
