@@ -240,6 +240,7 @@ async def test_a_debit_that_would_overdraw_is_refused_and_leaves_nothing_behind(
     assert [item["adjustment_id"] for item in still.json()["adjustments"]] == [too_much]
 
     enough = (await _propose(api, creator, -1_000)).json()["adjustment"]["adjustment_id"]
+    assert enough == too_much + 1  # the refused approval used up no id of the log
     assert (await _approve(api, enough)).status_code == 200
     assert await _available(engine, creator) == 0
     approved = await api.get(

@@ -427,9 +427,15 @@ async def record_action(
     )
     if recorded is not None:
         return recorded, False
+    # The next id after the head's, which this transaction holds locked: an action rolled
+    # back (an approval the ledger refused) uses none up, so the log's ids have no gaps that
+    # a reader could take for a removed row. (The table's sequence is not used.)
     drawn = (
         await conn.execute(
-            text("SELECT nextval('operator_actions_id_seq') AS id, clock_timestamp() AS at")
+            text(
+                "SELECT COALESCE(action_id, 0) + 1 AS id, clock_timestamp() AS at"
+                " FROM operator_actions_head"
+            )
         )
     ).one()
     candidate = OperatorAction(
