@@ -7,6 +7,8 @@ the closing balance is credits minus debits, as everywhere in the ledger. It is 
 - before P has ended (by the database's clock, the one that stamps transfers);
 - when P is closed already, or a later period is (periods close in order);
 - while an earlier period holding transfers is open.
+A close keeps who made it (`closed_by`, the name `giftledger close` acts as; NULL on the closes
+made before migration 0031), beside its hash, not in it.
 
 Transfers are stamped with the clock read once their batch holds its account locks, a moment
 before the batch commits; so a batch stamped just before P's end may commit just after it. Before
@@ -87,6 +89,7 @@ class PeriodClose:
     previous_hash: bytes
     hash: bytes
     closed_at: datetime
+    closed_by: str | None  # who closed it; None: closed before migration 0031, which kept none
 
 
 def balance_line(account_id: int, name: str, asset: str, debits: int, credits: int) -> bytes:
@@ -103,7 +106,7 @@ def close_hash(
 
 _CLOSE_COLUMNS = """
     id, period, period_start, period_end, account_count, balances_sha256, chain_link_id,
-    chain_hash, previous_hash, hash, closed_at
+    chain_hash, previous_hash, hash, closed_at, closed_by
 """
 
 
@@ -149,9 +152,9 @@ async def latest_close_before(conn: AsyncConnection, moment: datetime) -> Period
 # Closing a period ---------------------------------------------------------------------------
 
 
-async def close_period(engine: AsyncEngine, period: Period) -> PeriodClose:
-    """Close `period` (see the module's docstring); raises `CloseRefusedError` when it may not
-    be closed now."""
+async def close_period(engine: AsyncEngine, period: Period, *, closed_by: str) -> PeriodClose:
+    """Close `period` as `closed_by` (who closes it, kept on the close's row but not in its hash;
+    see the module's docstring); raises `CloseRefusedError` when it may not be closed now."""
     await _wait_for_writers_in_flight(engine, period)
     async with engine.begin() as conn:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLOSE_LOCK_KEY})
@@ -180,9 +183,9 @@ async def close_period(engine: AsyncEngine, period: Period) -> PeriodClose:
                     f"""
                     INSERT INTO period_closes (id, period, period_start, period_end,
                         account_count, balances_sha256, chain_link_id, chain_hash, previous_hash,
-                        hash)
+                        hash, closed_by)
                     VALUES (:id, :period, :start, :end, :count, :digest, :link_id, :chain_hash,
-                        :previous_hash, :hash)
+                        :previous_hash, :hash, :closed_by)
                     RETURNING {_CLOSE_COLUMNS}
                     """  # noqa: S608
                 ),
@@ -197,6 +200,7 @@ async def close_period(engine: AsyncEngine, period: Period) -> PeriodClose:
                     "chain_hash": chain_hash,
                     "previous_hash": previous_hash,
                     "hash": close_hash(previous_hash, chain_hash, period.text, balances_sha256),
+                    "closed_by": closed_by,
                 },
             )
         ).one()

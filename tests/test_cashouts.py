@@ -384,10 +384,11 @@ def test_fx_rates_are_added_for_the_future_only(
     monkeypatch.setenv("DATABASE_URL", database_url)
     get_settings.cache_clear()
     try:
-        past = main(["rates", "fx-add", "EUR", "0.92", "--effective-from", "2020-01-01T00:00:00Z"])
+        fx_add = ["rates", "fx-add", "--as", "finance-test", "EUR"]
+        past = main([*fx_add, "0.92", "--effective-from", "2020-01-01T00:00:00Z"])
         future = f"{2100 + uuid.uuid4().int % 500}-01-01T00:00:00Z"
-        added = main(["rates", "fx-add", "EUR", "0.92", "--effective-from", future])
-        not_a_number = main(["rates", "fx-add", "EUR", "ninety", "--effective-from", future])
+        added = main([*fx_add, "0.92", "--effective-from", future])
+        not_a_number = main([*fx_add, "ninety", "--effective-from", future])
     finally:
         get_settings.cache_clear()
     assert (past, added, not_a_number) == (2, 0, 2)

@@ -485,20 +485,24 @@ def test_rates_lists_the_default_card_and_adds_a_future_version(
         "milli_diamonds_per_coin": 500,
         "diamonds_per_usd": 200,
         "note": "contract default: creator share 50 %, 200 diamonds = 1 USD",
+        "created_by": None,
     }
-    past = ["rates", "add", "--effective-from", "2020-01-01T00:00:00Z"]
+    past = ["rates", "add", "--as", "rita", "--effective-from", "2020-01-01T00:00:00Z"]
     past += ["--milli-diamonds-per-coin", "600", "--diamonds-per-usd", "200"]
     assert main(past) == 2
     assert "in the future" in capsys.readouterr().err
     years_ahead = 50 + len(before)
-    future = ["rates", "add", "--effective-from", f"{2026 + years_ahead}-01-01T00:00:00Z"]
+    future = ["rates", "add", "--as", "rita"]
+    future += ["--effective-from", f"{2026 + years_ahead}-01-01T00:00:00Z"]
     future += ["--milli-diamonds-per-coin", "600", "--diamonds-per-usd", "250", "--note", "test"]
     assert main(future) == 0
     assert f"rate card version {len(before) + 1}" in capsys.readouterr().out
     assert main(["rates", "--json"]) == 0
     after = json.loads(capsys.readouterr().out)["rate_cards"]
     added = [card for card in after if card["version"] == len(before) + 1]
-    assert [card["milli_diamonds_per_coin"] for card in added] == [600]
+    assert [(card["milli_diamonds_per_coin"], card["created_by"]) for card in added] == [
+        (600, "rita")
+    ]
     assert len(after) == len(before) + 1
 
 
@@ -523,6 +527,7 @@ def test_fx_add_of_an_unknown_currency_names_it(
     cli_database: str, currency: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fx_add = ["rates", "fx-add", currency, "1.5", "--effective-from", _future_instant()]
+    fx_add += ["--as", "rita"]
     assert main(fx_add) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -533,27 +538,35 @@ def test_fx_add_echoes_the_rate_as_the_decimal_given(
     cli_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     effective_from = _future_instant()
-    assert main(["rates", "fx-add", "EUR", "0.92", "--effective-from", effective_from]) == 0
-    assert capsys.readouterr().out == f"EUR: 0.92 per USD from {effective_from}\n"
+    fx_add = ["rates", "fx-add", "EUR", "0.92", "--effective-from", effective_from]
+    assert main([*fx_add, "--as", "rita"]) == 0
+    assert capsys.readouterr().out == f"EUR: 0.92 per USD from {effective_from}, added by rita\n"
 
 
 def test_rates_lists_the_fx_versions_with_the_rate_cards(
     cli_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     effective_from = _future_instant()
-    assert main(["rates", "fx-add", "JPY", "151.25", "--effective-from", effective_from]) == 0
+    fx_add = ["rates", "fx-add", "JPY", "151.25", "--effective-from", effective_from]
+    assert main([*fx_add, "--as", "rita"]) == 0
     capsys.readouterr()
     assert main(["rates", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["rate_cards"][0]["version"] == 1
-    assert {"currency": "USD", "effective_from": None, "units_per_usd": "1"} in document["fx_rates"]
-    added = {"currency": "JPY", "effective_from": effective_from, "units_per_usd": "151.25"}
+    usd = {"currency": "USD", "effective_from": None, "units_per_usd": "1", "created_by": None}
+    assert usd in document["fx_rates"]
+    added = {
+        "currency": "JPY",
+        "effective_from": effective_from,
+        "units_per_usd": "151.25",
+        "created_by": "rita",
+    }
     assert added in document["fx_rates"]
     assert main(["rates"]) == 0
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert ["currency", "effective", "from", "units/USD"] in lines
-    assert ["USD", "always", "1"] in lines
-    assert ["JPY", effective_from, "151.25"] in lines
+    assert ["currency", "effective", "from", "units/USD", "added", "by"] in lines
+    assert ["USD", "always", "1", "-"] in lines
+    assert ["JPY", effective_from, "151.25", "rita"] in lines
 
 
 CONFIGURATION_MISTAKES = [

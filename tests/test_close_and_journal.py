@@ -58,6 +58,7 @@ from tests.api_server import FINANCE_TOKEN, api_settings
 from tests.fresh_database import fresh_database
 from tests.ingestion_fixtures import wait_until
 
+CLOSER = "month-end-closer"
 JANUARY = Period(2001, 1)
 FEBRUARY = Period(2001, 2)
 MARCH = Period(2001, 3)
@@ -199,9 +200,9 @@ async def closed(books: Books) -> AsyncIterator[Closed]:
     engine = create_engine(books.url, pool_size=2)
     try:
         with pytest.raises(CloseRefusedError) as refused:
-            await close_period(engine, FEBRUARY)
-        january = await close_period(engine, JANUARY)
-        february = await close_period(engine, FEBRUARY)
+            await close_period(engine, FEBRUARY, closed_by=CLOSER)
+        january = await close_period(engine, JANUARY, closed_by=CLOSER)
+        february = await close_period(engine, FEBRUARY, closed_by="second-closer")
     finally:
         await engine.dispose()
     yield Closed(books, str(refused.value), january, february)
@@ -243,6 +244,7 @@ async def test_months_close_in_order_with_each_accounts_balance_at_the_months_en
         assert await _closing_balances(engine_on_books, close, books) == books.balances[period]
     assert closed.february.previous_hash == closed.january.hash
     assert closed.january.previous_hash == bytes(32)
+    assert (closed.january.closed_by, closed.february.closed_by) == (CLOSER, "second-closer")
     async with engine_on_books.connect() as conn:
         assert await _close_problems(conn) == []
         head = (await conn.execute(text("SELECT link_id, hash FROM ledger_chain_head"))).one()
@@ -255,11 +257,11 @@ async def test_a_period_closes_once_and_never_before_a_later_closed_one(
     closed: Closed, engine_on_books: AsyncEngine
 ) -> None:
     with pytest.raises(CloseRefusedError, match="2001-01 is closed already"):
-        await close_period(engine_on_books, JANUARY)
+        await close_period(engine_on_books, JANUARY, closed_by=CLOSER)
     with pytest.raises(
         CloseRefusedError, match="2001-01 is closed already: periods close in order"
     ):
-        await close_period(engine_on_books, Period(2000, 12))
+        await close_period(engine_on_books, Period(2000, 12), closed_by=CLOSER)
     async with engine_on_books.connect() as conn:
         assert (await load_close(conn, JANUARY)) == closed.january
 
@@ -267,9 +269,9 @@ async def test_a_period_closes_once_and_never_before_a_later_closed_one(
 async def test_the_running_month_cannot_be_closed(engine_on_books: AsyncEngine) -> None:
     now = period_of(datetime.now(UTC))
     with pytest.raises(CloseRefusedError, match="has not ended"):
-        await close_period(engine_on_books, now)
+        await close_period(engine_on_books, now, closed_by=CLOSER)
     with pytest.raises(CloseRefusedError, match="has not ended"):
-        await close_period(engine_on_books, now.next())
+        await close_period(engine_on_books, now.next(), closed_by=CLOSER)
 
 
 async def test_verify_catches_a_tampered_closing_balance(
@@ -336,7 +338,7 @@ async def test_a_close_waits_for_a_batch_stamped_before_the_months_end_to_commit
                 async with tx:
                     outcome = await tx.post([_move(a, b, 3)])
                     assert outcome.results == [PostResult.OK]
-                    closing = asyncio.create_task(close_period(owner, JANUARY))
+                    closing = asyncio.create_task(close_period(owner, JANUARY, closed_by=CLOSER))
                     await wait_until(functools.partial(_close_waits_on_a_lock, owner))
                     assert not closing.done()
             close = await closing
@@ -443,6 +445,7 @@ async def test_the_api_pages_the_journal_and_names_the_close(
         )
         refused = await client.get("/v1/journal", params={"period": "2001-13"}, headers=headers)
     assert (page["closed"], page["close"]["hash"]) == (True, closed.february.hash.hex())
+    assert page["close"]["closed_by"] == "second-closer"
     assert (page["from"], page["to"]) == ("2001-02-01T00:00:00+00:00", "2001-03-01T00:00:00+00:00")
     expected = await _journal(engine_on_books, FEBRUARY)
     served = page["lines"] + rest.json()["lines"]
@@ -465,9 +468,10 @@ async def test_the_commands_close_march_once_export_the_journal_and_verify(
     get_settings.cache_clear()
     try:
         capsys.readouterr()
-        first = await asyncio.to_thread(main, ["close", "--period", "2001-03"])
+        close = ["close", "--period", "2001-03", "--as", CLOSER]
+        first = await asyncio.to_thread(main, close)
         closed_text = capsys.readouterr()
-        again = await asyncio.to_thread(main, ["close", "--period", "2001-03"])
+        again = await asyncio.to_thread(main, close)
         again_text = capsys.readouterr()
         exported = await asyncio.to_thread(main, ["journal", "--period", "2001-03", "--csv"])
         journal_csv = capsys.readouterr().out
@@ -478,8 +482,21 @@ async def test_the_commands_close_march_once_export_the_journal_and_verify(
         get_settings.cache_clear()
     assert (first, again, exported, bad_period) == (0, 1, 0, 2), (closed_text, again_text)
     assert closed_text.out.startswith("closed 2001-03: 5 accounts, hash ")
+    assert closed_text.out.endswith(f"; closed by {CLOSER}\n")
     assert "close of 2001-03 refused: 2001-03 is closed already" in again_text.err
     rows = list(csv.DictReader(io.StringIO(journal_csv)))
+    assert list(rows[0]) == [
+        "day",
+        "account",
+        "asset",
+        "scale",
+        "code",
+        "debits",
+        "credits",
+        "opening",
+        "closing",
+    ]
+    assert {(row["asset"], row["scale"]) for row in rows} == {("DIAMOND", "3")}  # accounts a, b
     columns = ("day", "code", "debits", "credits", "opening", "closing")
     assert [tuple(row[column] for column in columns) for row in rows] == [
         ("2001-03-05", "synthetic", "1", "0", "-804", "-805"),

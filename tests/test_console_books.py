@@ -36,6 +36,7 @@ from tests.console_http import (
 from tests.fresh_database import fresh_database
 
 GIFT_DIAMONDS = 5_000
+CLOSER = "books-closer"
 CASHOUT_DIAMONDS = 2_000
 
 
@@ -63,7 +64,8 @@ async def books(postgres_admin_url: str) -> AsyncIterator[Books]:
                 await feed.send(topics.PAYOUTS_UPDATED, update, creator)
                 paid.append(cashout_id)
             reconciliation_id = await reconcile_paid_cashout(engine, paid[0])
-            close = await close_period(engine, period_of(datetime.now(UTC)).previous())
+            last_month = period_of(datetime.now(UTC)).previous()
+            close = await close_period(engine, last_month, closed_by=CLOSER)
             yield Books(engine, creator, paid[0], paid[1], reconciliation_id, close)
         finally:
             await engine.dispose()
@@ -114,7 +116,9 @@ async def test_the_books_page_lists_the_closes_and_the_reconciliation_runs(
 ) -> None:
     page = (await finance.get("/console/books")).text
     closes = table(page, "Closed periods")
+    assert closes.rows[0][:3] == ["Period", "Closed", "Closed by"]
     assert closes.rows[1][0] == books.close.period
+    assert closes.rows[1][2] == CLOSER
     assert closes.rows[1][-1] == books.close.hash.hex()
     runs = table(page, "Runs of giftledger reconcile")
     [run] = [row for row in runs.rows[1:] if row[0] == str(books.reconciliation_id)]
@@ -152,6 +156,7 @@ async def test_the_journal_shows_a_month_picked_with_its_totals_and_close(
     closed = await finance.get(f"/console/books/journal?period={books.close.period}")
     assert closed.status_code == 200
     assert "<strong>Closed</strong>" in closed.text
+    assert f" by {CLOSER} (" in closed.text
     assert books.close.hash.hex() in closed.text
     assert f">{this_month.text}</a>" in closed.text  # the link to the month after
 

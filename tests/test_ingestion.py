@@ -222,7 +222,11 @@ async def test_a_gift_is_priced_by_the_rate_card_in_force_when_it_occurred(
     start = datetime(2090, 1, 1, tzinfo=UTC) + timedelta(minutes=random.randint(0, 10**6))
     async with engine.begin() as conn:
         card = await add_rate_card(
-            conn, effective_from=start, milli_diamonds_per_coin=700, diamonds_per_usd=200
+            conn,
+            effective_from=start,
+            milli_diamonds_per_coin=700,
+            diamonds_per_usd=200,
+            created_by="ingestion-test",
         )
     async with engine.connect() as conn:
         consumers.ingestor.rate_cards = await load_rate_cards(conn)

@@ -90,11 +90,15 @@ class ReconciliationDocument(ReconciliationSummary):
 
 
 class PeriodCloseDocument(Document):
-    """The period's close: its hash, the close before's, and the head of the transfers' hash
-    chain it was hashed with (`chain_link_id` null: the chain was empty)."""
+    """The period's close: its hash, the close before's, the head of the transfers' hash chain
+    it was hashed with (`chain_link_id` null: the chain was empty), and who closed it."""
 
     id: int
     closed_at: TimestampText
+    closed_by: str | None = Field(
+        description="Who closed the period (`giftledger close --as NAME`, else OPERATOR_NAME); "
+        "null for a close made before the ledger kept the name (migration 0031)."
+    )
     account_count: int
     balances_sha256: HexText
     chain_link_id: int | None

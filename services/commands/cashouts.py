@@ -17,6 +17,8 @@ from services.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
     UsageError,
+    acting_operator,
+    add_actor_argument,
     decimal_amount,
     integer,
     page_size,
@@ -83,6 +85,7 @@ def add_rates_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--milli-diamonds-per-coin", type=integer, required=True, metavar="N")
     add.add_argument("--diamonds-per-usd", type=integer, required=True, metavar="N")
     add.add_argument("--note", default="", help="why this version exists")
+    add_actor_argument(add)
     fx = actions.add_parser(
         "fx-add",
         help="add an FX rate: units of a currency per 1 USD",
@@ -91,10 +94,12 @@ def add_rates_arguments(parser: argparse.ArgumentParser) -> None:
     fx.add_argument("currency", metavar="CURRENCY")
     fx.add_argument("units_per_usd", type=positive_decimal, metavar="UNITS_PER_USD")
     fx.add_argument("--effective-from", type=aware_timestamp, required=True, metavar="ISO")
+    add_actor_argument(fx)
 
 
 async def rates_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    """Show the rate card and FX versions, or add one (`rates add`, `rates fx-add`)."""
+    """Show the rate card and FX versions with who added them, or add one (`rates add`,
+    `rates fx-add`) as `--as NAME` (else OPERATOR_NAME)."""
     if args.rates_action == "fx-add":
         return await _add_fx_rate(engine, args)
     if args.rates_action == "add":
@@ -109,6 +114,7 @@ async def rates_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
             "milli_diamonds_per_coin": card.milli_diamonds_per_coin,
             "diamonds_per_usd": card.diamonds_per_usd,
             "note": card.note,
+            "created_by": card.created_by,
         }
         for card in cards
     ]
@@ -123,17 +129,23 @@ async def rates_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
 
 
 async def _add_fx_rate(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    actor = acting_operator(args)
     try:
         async with engine.begin() as conn:
-            await add_fx_rate(conn, args.currency, args.units_per_usd, args.effective_from)
+            await add_fx_rate(
+                conn, args.currency, args.units_per_usd, args.effective_from, created_by=actor
+            )
     except ValueError as error:
         raise UsageError(str(error)) from error
     units = decimal_text(args.units_per_usd)
-    print(f"{args.currency}: {units} per USD from {args.effective_from.isoformat()}")
+    print(
+        f"{args.currency}: {units} per USD from {args.effective_from.isoformat()}, added by {actor}"
+    )
     return EXIT_OK
 
 
 async def _add_rate_card(engine: AsyncEngine, args: argparse.Namespace) -> int:
+    actor = acting_operator(args)
     try:
         async with engine.begin() as conn:
             card = await add_rate_card(
@@ -142,10 +154,14 @@ async def _add_rate_card(engine: AsyncEngine, args: argparse.Namespace) -> int:
                 milli_diamonds_per_coin=args.milli_diamonds_per_coin,
                 diamonds_per_usd=args.diamonds_per_usd,
                 note=args.note,
+                created_by=actor,
             )
     except ValueError as error:
         raise UsageError(str(error)) from error
-    print(f"rate card version {card.version} takes effect {card.effective_from.isoformat()}")
+    print(
+        f"rate card version {card.version} takes effect {card.effective_from.isoformat()},"
+        f" added by {actor}"
+    )
     return EXIT_OK
 
 
@@ -154,7 +170,13 @@ def _fx_document(fx: FxVersion) -> dict[str, str | None]:
         "currency": fx.currency,
         "effective_from": None if fx.effective_from is None else fx.effective_from.isoformat(),
         "units_per_usd": decimal_text(fx.units_per_usd),
+        "created_by": fx.created_by,
     }
+
+
+def _who(name: object) -> str:
+    """Who added a version; `-` for one added before migration 0031, which kept no name."""
+    return "-" if name is None else str(name)
 
 
 def _print_rate_cards(documents: Sequence[dict[str, Any]]) -> None:
@@ -164,11 +186,19 @@ def _print_rate_cards(documents: Sequence[dict[str, Any]]) -> None:
             str(document["effective_from"] or "always"),
             str(document["milli_diamonds_per_coin"]),
             str(document["diamonds_per_usd"]),
+            _who(document["created_by"]),
             str(document["note"]),
         ]
         for document in documents
     ]
-    header = ["version", "effective from", "milli-diamonds/coin", "diamonds/USD", "note"]
+    header = [
+        "version",
+        "effective from",
+        "milli-diamonds/coin",
+        "diamonds/USD",
+        "added by",
+        "note",
+    ]
     print("\n".join(table([header, *rows], right_aligned={2, 3})))
 
 
@@ -178,10 +208,11 @@ def _print_fx_rates(documents: Sequence[dict[str, str | None]]) -> None:
             str(document["currency"]),
             document["effective_from"] or "always",
             str(document["units_per_usd"]),
+            _who(document["created_by"]),
         ]
         for document in documents
     ]
-    header = ["currency", "effective from", "units/USD"]
+    header = ["currency", "effective from", "units/USD", "added by"]
     print("\n".join(table([header, *rows], right_aligned={2})))
 
 

@@ -1,11 +1,12 @@
-"""What every command shares: exit codes, usage errors, the database wrapper, argument types
-and output helpers."""
+"""What every command shares: exit codes, usage errors, the database wrapper, argument types,
+who acts, and output helpers."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.migrate import require_current_schema
 from ledger.queries import STATEMENT_PAGE_SIZE_MAX
 from schemas.assets import format_amount
+from schemas.events import OPERATOR_NAME_LENGTH_MAX, OPERATOR_NAME_PATTERN
 from services.runtime.database import open_database
 from services.runtime.settings import get_settings
 
@@ -27,6 +29,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 STATEMENT_PAGE_SIZE_DEFAULT = 100
 ASYNCAPI_FILE_NAME = "asyncapi.json"
+_OPERATOR_NAME = re.compile(OPERATOR_NAME_PATTERN)
 
 Handler = Callable[[argparse.Namespace], int]
 DatabaseCommand = Callable[[AsyncEngine, argparse.Namespace], Awaitable[int]]
@@ -95,6 +98,32 @@ def integer(value: str) -> int:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+
+
+# Who acts -----------------------------------------------------------------------------------
+
+
+def add_actor_argument(parser: argparse.ArgumentParser) -> None:
+    """`--as NAME`: who acts, as the operator commands and the commands that change what finance
+    reads (`rates add`, `rates fx-add`, `close`) record it."""
+    parser.add_argument(
+        "--as", dest="actor", metavar="NAME", help="who acts (default: OPERATOR_NAME)"
+    )
+
+
+def acting_operator(args: argparse.Namespace) -> str:
+    """The name given by `--as`, else `OPERATOR_NAME`; a usage error (exit 2) without either,
+    or for a name the operator actions log would refuse. The command line has no token: the name
+    is the word of whoever can reach the database."""
+    actor = args.actor or get_settings().operator_name
+    if actor is None:
+        raise UsageError("who acts? give --as NAME or set OPERATOR_NAME")
+    if len(actor) > OPERATOR_NAME_LENGTH_MAX or _OPERATOR_NAME.fullmatch(actor) is None:
+        raise UsageError(
+            f"operator name {actor!r}: letters, digits and ._@- (at most "
+            f"{OPERATOR_NAME_LENGTH_MAX})"
+        )
+    return str(actor)
 
 
 # Output helpers -----------------------------------------------------------------------------

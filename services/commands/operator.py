@@ -25,14 +25,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.assets import format_amount
-from schemas.events import OPERATOR_NAME_PATTERN
 from services.api.operator_models import (
     action_document,
     adjustment_document,
@@ -44,6 +42,8 @@ from services.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
     UsageError,
+    acting_operator,
+    add_actor_argument,
     integer,
     print_error,
     print_json,
@@ -78,7 +78,6 @@ from services.runtime.settings import get_settings
 DERIVED_KEY_PREFIX: Final = "cli-"
 DERIVED_KEY_HEX_DIGITS: Final = 40
 LIST_LIMIT_DEFAULT: Final = 100
-_OPERATOR_NAME = re.compile(OPERATOR_NAME_PATTERN)
 
 # Arguments ----------------------------------------------------------------------------------
 
@@ -100,9 +99,7 @@ def _positive(value: str) -> int:
 
 
 def _add_actor_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--as", dest="actor", metavar="NAME", help="who acts (default: OPERATOR_NAME)"
-    )
+    add_actor_argument(parser)
     parser.add_argument(
         "--key", metavar="KEY", help="the idempotency key (default: derived from the command)"
     )
@@ -151,15 +148,6 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     log.add_argument("--after", metavar="ID", type=integer, default=0, help="after this action")
     log.add_argument("--limit", type=_list_limit, default=LIST_LIMIT_DEFAULT)
     log.add_argument("--json", action="store_true", help="the actions as JSON")
-
-
-def _actor(args: argparse.Namespace) -> str:
-    actor = args.actor or get_settings().operator_name
-    if actor is None:
-        raise UsageError("who acts? give --as NAME or set OPERATOR_NAME")
-    if len(actor) > 64 or _OPERATOR_NAME.fullmatch(actor) is None:
-        raise UsageError(f"operator name {actor!r}: letters, digits and ._@- (at most 64)")
-    return str(actor)
 
 
 def derived_key(*parts: object) -> str:
@@ -218,7 +206,7 @@ def _print_freeze(outcome: FreezeOutcome, as_json: bool) -> None:
 
 
 async def _propose(engine: AsyncEngine, args: argparse.Namespace) -> None:
-    actor = _actor(args)
+    actor = acting_operator(args)
     key = args.key or derived_key(
         "propose", actor, args.creator_id, args.asset, args.amount_minor, args.reason, args.ticket
     )
@@ -235,7 +223,7 @@ async def _propose(engine: AsyncEngine, args: argparse.Namespace) -> None:
 
 
 async def _approve(engine: AsyncEngine, args: argparse.Namespace) -> None:
-    actor = _actor(args)
+    actor = acting_operator(args)
     key = args.key or derived_key("approve", actor, args.adjustment_id, args.reason, args.ticket)
     outcome = await _desk(engine).approve_adjustment(
         args.adjustment_id, idempotency_key=key, actor=actor, reason=args.reason, ticket=args.ticket
@@ -244,7 +232,7 @@ async def _approve(engine: AsyncEngine, args: argparse.Namespace) -> None:
 
 
 async def _set_frozen(engine: AsyncEngine, args: argparse.Namespace) -> None:
-    actor = _actor(args)
+    actor = acting_operator(args)
     frozen = args.operator_action == "freeze"
     key = args.key
     if key is None:
@@ -337,7 +325,7 @@ async def operator_command(engine: AsyncEngine, args: argparse.Namespace) -> int
     if args.operator_action == "log":
         return await _log(engine, args)
     if args.operator_action in RECOVERY_ACTIONS:
-        return await recovery_command(engine, args, _actor(args), derived_key)
+        return await recovery_command(engine, args, acting_operator(args), derived_key)
     try:
         await _ACTIONS[args.operator_action](engine, args)
     except (

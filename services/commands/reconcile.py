@@ -3,14 +3,16 @@
 
     giftledger reconcile FILE... [--from DAY] [--to DAY] [--json]
     giftledger settlement-file --date DAY OUT [--dir DIR]
-    giftledger close --period YYYY-MM
+    giftledger close --period YYYY-MM [--as NAME]
     giftledger journal --period YYYY-MM [--csv]
 
-`reconcile` and `close` write as `DATABASE_WRITER_ROLE`. Exit codes: `reconcile` 1 when breaks
+`reconcile` and `close` write as `DATABASE_WRITER_ROLE`; a close keeps who made it, `--as NAME`
+else `OPERATOR_NAME` (as `giftledger operator` acts). Exit codes: `reconcile` 1 when breaks
 remain (a second run of the same files answers the stored reconciliation, with the same code);
 `close` 1 when the close is refused (the period has not ended, is closed, a later one is, or an
 earlier one holding transfers is open); `journal` 1 when a period's debits and credits differ;
-2 for a usage error (a file that is not a settlement file, a bad period or day).
+2 for a usage error (a file that is not a settlement file, a bad period or day, a close with no
+name).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.closes import CloseRefusedError, close_period
+from ledger.closes import CloseRefusedError, PeriodClose, close_period
 from ledger.journal import JournalLine, asset_totals, journal_basis, journal_lines
 from ledger.periods import Period, parse_period
 from schemas.assets import format_amount
@@ -36,6 +38,8 @@ from services.commands.common import (
     EXIT_OK,
     Command,
     UsageError,
+    acting_operator,
+    add_actor_argument,
     decimal_amount,
     on_database,
     print_error,
@@ -57,6 +61,7 @@ JOURNAL_CSV_COLUMNS: Final = (
     "day",
     "account",
     "asset",
+    "scale",
     "code",
     "debits",
     "credits",
@@ -233,26 +238,28 @@ def add_close_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--period", type=period_argument, required=True, metavar="YYYY-MM", help="a UTC month"
     )
+    add_actor_argument(parser)
     parser.epilog = (
         "Stores every account's closing balance at the period's end, hashed with the head of "
-        "the transfers' hash chain. Refused (exit 1) before the month has ended, for a period "
-        "closed already or before a closed one, and while an earlier month with transfers is "
-        "open."
+        "the transfers' hash chain, and who closed it. Refused (exit 1) before the month has "
+        "ended, for a period closed already or before a closed one, and while an earlier month "
+        "with transfers is open."
     )
 
 
 async def close_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
     period: Period = args.period
+    actor = acting_operator(args)
     try:
         async with as_writer(engine) as writer:
-            close = await close_period(writer, period)
+            close = await close_period(writer, period, closed_by=actor)
     except CloseRefusedError as error:
         print_error(f"close of {period} refused: {error}")
         return EXIT_FAILURE
     anchor = "an empty chain" if close.chain_link_id is None else f"link {close.chain_link_id}"
     print(
         f"closed {close.period}: {close.account_count} accounts, hash {close.hash.hex()}, "
-        f"with the transfers' chain at {anchor}"
+        f"with the transfers' chain at {anchor}; closed by {close.closed_by}"
     )
     return EXIT_OK
 
@@ -265,7 +272,9 @@ def add_journal_arguments(parser: argparse.ArgumentParser) -> None:
         "--period", type=period_argument, required=True, metavar="YYYY-MM", help="a UTC month"
     )
     parser.add_argument(
-        "--csv", action="store_true", help="CSV with amounts as integers in minor units"
+        "--csv",
+        action="store_true",
+        help="CSV with amounts as integers in minor units, each line with its asset and scale",
     )
 
 
@@ -274,6 +283,7 @@ def journal_csv_row(line: JournalLine) -> list[str]:
         line.day.isoformat(),
         line.account,
         line.asset,
+        str(line.scale),
         line.code,
         str(line.debits),
         str(line.credits),
@@ -293,7 +303,7 @@ async def journal_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
             async for line in journal_lines(conn, basis):
                 writer.writerow(journal_csv_row(line))
         else:
-            state = "closed" if basis.close is not None else "open"
+            state = "open" if basis.close is None else _closed_state(basis.close)
             print(
                 f"journal of {period} ({state}), {period.start.isoformat()} to "
                 f"{period.end.isoformat()}"
@@ -309,6 +319,11 @@ async def journal_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
         print_error(f"debits and credits differ for {', '.join(unbalanced)}")
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _closed_state(close: PeriodClose) -> str:
+    """`closed by NAME`, or `closed` for a close made before migration 0031, which kept no name."""
+    return "closed" if close.closed_by is None else f"closed by {close.closed_by}"
 
 
 async def _print_journal(lines: AsyncIterator[JournalLine]) -> None:

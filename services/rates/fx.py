@@ -52,6 +52,7 @@ class FxVersion:
     currency: str
     effective_from: datetime | None  # None: in force since the beginning of time
     units_per_usd: Fraction
+    created_by: str | None  # None: added before migration 0031, which kept no name
 
 
 async def list_fx_rates(conn: AsyncConnection) -> list[FxVersion]:
@@ -60,17 +61,26 @@ async def list_fx_rates(conn: AsyncConnection) -> list[FxVersion]:
         text(
             "SELECT currency,"
             " CASE WHEN isfinite(effective_from) THEN effective_from END AS effective_from,"
-            " units_per_usd_numerator AS n, units_per_usd_denominator AS d"
+            " units_per_usd_numerator AS n, units_per_usd_denominator AS d, created_by"
             " FROM fx_rates ORDER BY currency, effective_from"
         )
     )
-    return [FxVersion(row.currency, row.effective_from, Fraction(row.n, row.d)) for row in rows]
+    return [
+        FxVersion(row.currency, row.effective_from, Fraction(row.n, row.d), row.created_by)
+        for row in rows
+    ]
 
 
 async def add_fx_rate(
-    conn: AsyncConnection, currency: str, units_per_usd: Fraction, effective_from: datetime
+    conn: AsyncConnection,
+    currency: str,
+    units_per_usd: Fraction,
+    effective_from: datetime,
+    *,
+    created_by: str,
 ) -> None:
-    """Add a rate; like rate cards, it must take effect in the future, never rewrite the past."""
+    """Add a rate, recording who added it; like rate cards, it must take effect in the future,
+    never rewrite the past."""
     if currency not in CURRENCIES:
         raise ValueError(f"unknown currency {currency!r}: not an ISO 4217 code giftledger pays in")
     now = (await conn.execute(text("SELECT now()"))).scalar_one()
@@ -81,12 +91,13 @@ async def add_fx_rate(
     await conn.execute(
         text(
             "INSERT INTO fx_rates (currency, effective_from, units_per_usd_numerator,"
-            " units_per_usd_denominator) VALUES (:c, :at, :n, :d)"
+            " units_per_usd_denominator, created_by) VALUES (:c, :at, :n, :d, :by)"
         ),
         {
             "c": currency,
             "at": effective_from,
             "n": units_per_usd.numerator,
             "d": units_per_usd.denominator,
+            "by": created_by,
         },
     )

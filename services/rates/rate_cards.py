@@ -29,6 +29,7 @@ class RateCard:
     milli_diamonds_per_coin: int
     diamonds_per_usd: int
     note: str = ""
+    created_by: str | None = None  # who added it; None: before migration 0031, which kept none
 
     @property
     def always_in_force(self) -> bool:
@@ -122,8 +123,8 @@ class RateCardBook:
 async def load_rate_cards(conn: AsyncConnection) -> RateCardBook:
     rows = await conn.execute(
         text(
-            "SELECT version, effective_from, milli_diamonds_per_coin, diamonds_per_usd, note"
-            " FROM rate_cards ORDER BY effective_from"
+            "SELECT version, effective_from, milli_diamonds_per_coin, diamonds_per_usd, note,"
+            " created_by FROM rate_cards ORDER BY effective_from"
         )
     )
     return RateCardBook([RateCard(*row) for row in rows])
@@ -136,8 +137,10 @@ async def add_rate_card(
     milli_diamonds_per_coin: int,
     diamonds_per_usd: int,
     note: str = "",
+    created_by: str,
 ) -> RateCard:
-    """Add the next version. Versions are append-only; a mistake is fixed by a newer version.
+    """Add the next version, recording who added it. Versions are append-only; a mistake is
+    fixed by a newer version.
 
     A version must take effect at least `RATE_CARD_NOTICE_S` from now: running consumers reload
     the rate cards every `RATE_CARD_REFRESH_S`, and an event must never be priced by a card that
@@ -154,11 +157,13 @@ async def add_rate_card(
         await conn.execute(
             text(
                 """
-                INSERT INTO rate_cards
-                    (version, effective_from, milli_diamonds_per_coin, diamonds_per_usd, note)
-                SELECT coalesce(max(version), 0) + 1, :effective_from, :per_coin, :per_usd, :note
+                INSERT INTO rate_cards (version, effective_from, milli_diamonds_per_coin,
+                    diamonds_per_usd, note, created_by)
+                SELECT coalesce(max(version), 0) + 1, :effective_from, :per_coin, :per_usd, :note,
+                    :created_by
                 FROM rate_cards
-                RETURNING version, effective_from, milli_diamonds_per_coin, diamonds_per_usd, note
+                RETURNING version, effective_from, milli_diamonds_per_coin, diamonds_per_usd, note,
+                    created_by
                 """
             ),
             {
@@ -166,6 +171,7 @@ async def add_rate_card(
                 "per_coin": milli_diamonds_per_coin,
                 "per_usd": diamonds_per_usd,
                 "note": note,
+                "created_by": created_by,
             },
         )
     ).one()

@@ -326,7 +326,8 @@ class Settings(BaseSettings):
     )
     operator_name: OperatorName | None = Field(
         default=None,
-        description="Who `giftledger operator` acts as when `--as` is not given.",
+        description="Who `giftledger operator`, `rates add`, `rates fx-add` and `close` act as "
+        "when `--as` is not given.",
     )
     api_concurrency_max: int = Field(
         default=256,

@@ -132,6 +132,7 @@ def close_document(close: PeriodClose) -> dict[str, Any]:
     return {
         "id": close.id,
         "closed_at": close.closed_at.isoformat(),
+        "closed_by": close.closed_by,
         "account_count": close.account_count,
         "balances_sha256": close.balances_sha256.hex(),
         "chain_link_id": close.chain_link_id,
