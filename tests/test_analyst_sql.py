@@ -377,6 +377,7 @@ async def test_the_readme_surface_query_counts_the_gifts_booked_this_month(
             now.diamonds - (was.diamonds if was else Decimal(0)),
         )
 
-    assert set(after) == {"live", "video"}
+    # Other tests' gift transfers may have no surface (posted straight to the ledger).
+    assert {"live", "video"} <= set(after)
     assert added("video") == (2, Decimal("2500.500"))
     assert added("live") == (1, Decimal("15.000"))
