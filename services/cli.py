@@ -23,7 +23,16 @@ from pydantic_settings import SettingsError
 from sqlalchemy.exc import DBAPIError
 
 from ledger.migrate import SchemaNotCurrentError
-from services.commands import books, cashouts, loadtest_tools, operator, reconcile, reports, service
+from services.commands import (
+    books,
+    cashouts,
+    dead_letters,
+    loadtest_tools,
+    operator,
+    reconcile,
+    reports,
+    service,
+)
 from services.commands.common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -84,6 +93,7 @@ COMMANDS: list[Command] = [
         cashouts.add_cashouts_arguments,
         on_database(cashouts.cashouts_command),
     ),
+    *dead_letters.COMMANDS,
     Command(
         "operator",
         "operator actions: adjustments with four eyes, freezes, and their audit log",

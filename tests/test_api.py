@@ -113,6 +113,7 @@ ROUTES: list[tuple[str, int]] = [
     ("/v1/events/{gift_event}", 200),
     ("/v1/events/{dead_event}?topic=gifts.sent", 200),
     ("/v1/events/nothing-{unique}", 404),
+    ("/v1/dead-letters?topic=gifts.sent", 200),
     ("/v1/cashouts/{cashout}", 200),
     ("/v1/cashouts/nothing-{unique}", 404),
     ("/v1/cashouts?creator_id={creator}", 200),
@@ -661,6 +662,8 @@ async def test_a_statement_as_csv_has_the_cli_columns_and_the_cursor_in_a_header
         "code",
         "event_id",
         "counterparty",
+        "asset",
+        "scale",
         "debit",
         "credit",
         "pending",
@@ -673,9 +676,13 @@ async def test_a_statement_as_csv_has_the_cli_columns_and_the_cursor_in_a_header
     assert "x-next-cursor" not in rest.headers
     rows += list(csv.DictReader(io.StringIO(rest.text)))
     assert [row["pending"] for row in rows] == ["false", "false", "false", "true", "false"]
+    # every line says what its amounts count: milli-diamonds, not cents
+    assert {(row["asset"], row["scale"]) for row in rows} == {("DIAMOND", "3")}
     _running_balance_adds_up(rows)
     whole = (await api.get(path, headers=FINANCE)).json()
     assert [row["transfer_id"] for row in rows] == [line["transfer_id"] for line in whole["lines"]]
+    assert (whole["asset"], whole["scale"]) == ("DIAMOND", 3)
+    assert all("asset" not in line for line in whole["lines"])  # JSON says it once, above
 
 
 async def test_a_statement_outside_the_accounts_activity_is_empty(

@@ -237,6 +237,8 @@ def test_statement_csv_parses_and_its_running_balance_adds_up(
     assert running == 15_500
     assert rows[2]["counterparty"] == f"creator:{creator_id}:DIAMOND:held"
     assert all(row["event_id"].startswith(creator_id) for row in rows)
+    # each line names what its amounts count: 12500 is 12.500 diamonds, not 125.00 of a currency
+    assert [(row["asset"], row["scale"]) for row in rows] == [("DIAMOND", "3")] * 3
 
 
 def test_statement_pages_continue_from_the_printed_cursor(
@@ -286,6 +288,7 @@ def test_statement_csv_holds_the_whole_range_and_text_a_page(
     whole = capsys.readouterr()
     rows = list(csv.DictReader(io.StringIO(whole.out)))
     assert [int(row["credit"]) for row in rows] == list(range(1, count + 1))
+    assert {(row["asset"], row["scale"]) for row in rows} == {("USD", "2")}
     assert int(rows[-1]["balance_after"]) == count * (count + 1) // 2
     assert whole.err == ""
 

@@ -4,7 +4,9 @@ The pages themselves are driven in a browser in tests/test_console_browser.py.""
 
 from __future__ import annotations
 
+import csv
 import io
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -12,6 +14,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.chart import AccountKind, creator_wallet, platform
+from ledger.model import PostResult, Transfer, TransferCode
+from ledger.service import Ledger
 from services.api.auth import Caller
 from services.console.charts import bar_chart
 from services.console.sessions import SessionBook
@@ -232,3 +237,27 @@ def test_the_demo_prints_the_consoles_address_beside_the_apis() -> None:
     _print_api(settings, DemoApi(task=None, problem=None), "demo-token", out)
     console_line = "  console: http://127.0.0.1:8123/console (sign in with that token)\n"
     assert console_line in out.getvalue()
+
+
+async def test_the_statement_csv_says_the_asset_and_scale_of_its_amounts_on_every_line(
+    engine: AsyncEngine, http: httpx.AsyncClient
+) -> None:
+    """A downloaded statement opened in a spreadsheet: 150 in a USD wallet is 1.50 USD, and
+    each line says so."""
+    wallet = creator_wallet(f"console-csv-{uuid.uuid4().hex[:8]}", "USD")
+    specs = [platform(AccountKind.TIPS_CLEARING, "USD"), wallet]
+    ledger = Ledger(engine)
+    ids = await ledger.account_ids(specs)
+    tips = [
+        Transfer(uuid.uuid4(), ids[specs[0].name], ids[wallet.name], amount, TransferCode.TIP)
+        for amount in (150, 25)
+    ]
+    assert await ledger.post(tips) == [PostResult.OK] * 2
+    assert (await _sign_in(http, FINANCE_TOKEN)).status_code == 303
+    answer = await http.get("/console/statement.csv", params={"account": wallet.name})
+    assert answer.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(answer.text)))
+    assert [(row["credit"], row["asset"], row["scale"]) for row in rows] == [
+        ("150", "USD", "2"),
+        ("25", "USD", "2"),
+    ]

@@ -15,29 +15,27 @@ index in their order, and the reads made cheaper give what the slower ones gave.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.queries import account_balance, statement, trial_balance
+from services.api.dead_letters import DeadLetterFilter, list_dead_letters
 from services.api.queries import gifts_report
 from services.cashout.store import list_cashouts
 from services.console import reads
 from services.ingestion.event_transfers import GIFT_DIAMOND_SOURCE
 from tests.api_server import SeededLedger, seed_ledger
-from tests.query_plans import nodes_of, plan_root
+from tests.query_plans import INDEX_SCAN_TYPES, nodes_of, only_plan, reads_in_order
 
 pytestmark = pytest.mark.server
 
 LIST_TABLE_ROW_COUNT = 20_000
-INDEX_SCAN_TYPES = {"Index Scan", "Index Only Scan"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -46,48 +44,6 @@ async def seeded(engine: AsyncEngine) -> SeededLedger:
 
 
 # Plans ---------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def statements_run(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
-    """The statements (driver text and parameters) the engine sends while the block runs."""
-    found: list[tuple[str, Any]] = []
-
-    def capture(*arguments: Any) -> None:
-        _conn, _cursor, statement, parameters, _context, _many = arguments
-        found.append((statement, parameters))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", capture)
-    try:
-        yield found
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", capture)
-
-
-async def plan_of(conn: AsyncConnection, statement: str, parameters: Any) -> dict[str, Any]:
-    document = (
-        await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
-    ).scalar_one()
-    return plan_root(document)
-
-
-async def only_plan(engine: AsyncEngine, conn: AsyncConnection, read: Any) -> dict[str, Any]:
-    """The plan of the one statement `read()` sends."""
-    with statements_run(engine) as sent:
-        await read()
-    [(statement, parameters)] = sent
-    return await plan_of(conn, statement, parameters)
-
-
-def reads_in_order(plan: dict[str, Any], table: str, index: str) -> bool:
-    """`table` read through `index` and nothing sorted: the first rows come in the list's order."""
-    scans = [node for node in nodes_of(plan) if node.get("Relation Name") == table]
-    return (
-        len(scans) == 1
-        and scans[0]["Node Type"] in INDEX_SCAN_TYPES
-        and scans[0].get("Index Name") == index
-        and not any(node["Node Type"] in {"Sort", "Incremental Sort"} for node in nodes_of(plan))
-    )
 
 
 async def _fill_lists(conn: AsyncConnection) -> None:
@@ -132,8 +88,8 @@ async def test_the_cashouts_and_dead_letters_lists_read_their_first_rows_from_an
                 )
 
             async def dead_letters(from_time: datetime | None) -> object:
-                return await reads.find_dead_letters(
-                    conn, "", topic=None, error=None, from_time=from_time, to_time=None
+                return await list_dead_letters(
+                    conn, "", DeadLetterFilter(from_time=from_time), limit=reads.LIST_ROW_COUNT_MAX
                 )
 
             newest = await only_plan(engine, conn, lambda: cashouts(None, None))

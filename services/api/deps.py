@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BeforeValidator, WithJsonSchema
 from sqlalchemy import text
@@ -111,6 +111,9 @@ RANGE_END_DESCRIPTION: Final = (
     "`API_TIME_RANGE_DAYS_MAX` days (366 by default) after it, else 422: a rule between two "
     "parameters, which JSON Schema cannot state."
 )
+# The two ends as optional query parameters (`from`, `to`): a statement's range, the dead letters'.
+RangeStart = Annotated[Timestamp | None, Query(alias="from", description=RANGE_START_DESCRIPTION)]
+RangeEnd = Annotated[Timestamp | None, Query(alias="to", description=RANGE_END_DESCRIPTION)]
 
 
 # Checks the signatures cannot express -------------------------------------------------------

@@ -3,8 +3,9 @@
 `giftledger balance --json` and `GET /v1/creators/{creator_id}/balances` print the same
 document, as do `giftledger trial-balance --json` and `GET /v1/reports/trial-balance`, and the
 statement CSV has the same columns from `giftledger statement --csv` and from
-`GET /v1/accounts/{account}/statement` with `Accept: text/csv`. Amounts are integers in the
-asset's minor unit, with the asset's scale.
+`GET /v1/accounts/{account}/statement` with `Accept: text/csv` (and from the console's
+download). Amounts are integers in the asset's minor unit, with the asset's scale: in the CSV,
+on every line (`asset`, `scale`), so that a line read alone says what its amounts count.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ STATEMENT_CSV_COLUMNS = (
     "code",
     "event_id",
     "counterparty",
+    "asset",
+    "scale",
     "debit",
     "credit",
     "pending",
@@ -46,8 +49,8 @@ def creator_balances_document(
     return {"creator_id": creator_id, "balances": list(by_asset.values())}
 
 
-def statement_csv_row(line: StatementLine) -> list[object]:
-    """One statement line as the values of `STATEMENT_CSV_COLUMNS`."""
+def statement_csv_row(account: AccountBalance, line: StatementLine) -> list[object]:
+    """One line of `account`'s statement as the values of `STATEMENT_CSV_COLUMNS`."""
     return [
         line.seq,
         line.created_at.isoformat(),
@@ -55,6 +58,8 @@ def statement_csv_row(line: StatementLine) -> list[object]:
         line.code,
         line.event_id or "",
         line.counterparty,
+        account.asset,
+        account.scale,
         line.debit,
         line.credit,
         "true" if line.pending else "false",

@@ -156,6 +156,31 @@ class DeadLetterDocument(Document):
     recorded_at: TimestampText
 
 
+class DeadLetterEntry(Document):
+    """A dead letter of the list: its id (what a re-drive names), source topic (without the
+    deployment's prefix), partition and offset, event id when one could be read, error and
+    detail (at most 4,000 characters), when it was recorded and, once re-driven, when and by
+    which operator action."""
+
+    id: int
+    topic: str
+    source: KafkaSource
+    event_id: str | None
+    error: str
+    detail: str
+    recorded_at: TimestampText
+    redriven_at: TimestampText | None
+    redrive_action_id: int | None
+
+
+class DeadLetterListDocument(Document):
+    """A page of dead letters, newest first; `next_cursor` is the next page's `cursor` (null on
+    the last page)."""
+
+    dead_letters: list[DeadLetterEntry]
+    next_cursor: int | None
+
+
 class EventDocument(Document):
     """What an input event produced: `applied` is null and `transfers` empty unless applied."""
 

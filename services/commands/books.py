@@ -203,9 +203,9 @@ def add_statement_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--csv",
         action="store_true",
-        help="CSV with amounts as integers in minor units: every transfer of the range (from "
-        "--cursor on), read a page at a time from one snapshot, unless --page-size asks for one "
-        "page",
+        help="CSV with amounts as integers in minor units, each line with the account's asset "
+        "and scale: every transfer of the range (from --cursor on), read a page at a time from "
+        "one snapshot, unless --page-size asks for one page",
     )
     parser.add_argument(
         "--page-size",
@@ -258,7 +258,7 @@ async def statement_command(engine: AsyncEngine, args: argparse.Namespace) -> in
             if writer is None:
                 _print_statement(account, page.lines)
             else:
-                writer.writerows(statement_csv_row(line) for line in page.lines)
+                writer.writerows(statement_csv_row(account, line) for line in page.lines)
             if page.next_cursor is None or not whole_range:
                 break
             after_seq = page.next_cursor

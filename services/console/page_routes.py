@@ -22,6 +22,7 @@ from ledger.verify_runs import latest_run
 from schemas import topics
 from schemas.assets import DIAMOND
 from schemas.events import CashoutStatus
+from services.api.dead_letters import DeadLetterFilter, list_dead_letters, load_dead_letter
 from services.api.documents import (
     STATEMENT_CSV_COLUMNS,
     creator_balances_document,
@@ -228,7 +229,7 @@ async def statement_csv(request: Request) -> Response:
                 conn, found.account_id, after_seq=next_cursor, page_size=page_size
             )
             for line in page.lines:
-                writer.writerow(statement_csv_row(line))
+                writer.writerow(statement_csv_row(found, line))
             line_count += len(page.lines)
             next_cursor = page.next_cursor
     file_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in found.name)[:100]
@@ -326,14 +327,12 @@ async def dead_letter_list(request: Request) -> Response:
     topic = topic if topic in topics.CONSUMED_TOPICS else None
     error = query_text(request, "error")
     from_day, to_day = query_day(request, "from"), query_day(request, "to")
+    selection = DeadLetterFilter(
+        topic=topic, error=error, from_time=day_start(from_day), to_time=day_after(to_day)
+    )
     async with console.reader() as conn:
-        letters = await reads.find_dead_letters(
-            conn,
-            console.settings.kafka_topic_prefix,
-            topic=topic,
-            error=error,
-            from_time=day_start(from_day),
-            to_time=day_after(to_day),
+        page = await list_dead_letters(
+            conn, console.settings.kafka_topic_prefix, selection, limit=reads.LIST_ROW_COUNT_MAX
         )
     return render(
         request,
@@ -344,7 +343,7 @@ async def dead_letter_list(request: Request) -> Response:
         error=error,
         from_day=from_day,
         to_day=to_day,
-        letters=letters,
+        letters=page.rows,
         row_count_max=reads.LIST_ROW_COUNT_MAX,
     )
 
@@ -361,7 +360,7 @@ async def dead_letter(request: Request, outcome: str | None = None) -> Response:
     async with console.reader() as conn:
         letter = None
         if dead_letter_id is not None:
-            letter = await reads.load_dead_letter(conn, prefix, dead_letter_id)
+            letter = await load_dead_letter(conn, prefix, dead_letter_id)
     if letter is None:
         return message_page(request, session, 404, "No dead letter", "No dead letter has this id.")
     servers = console.kafka_bootstrap_servers

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from ledger.queries import STATEMENT_PAGE_SIZE_MAX, StatementLine, account_balance, statement
+from services.api.csv_answers import csv_answer, csv_page_responses, wants_csv
 from services.api.deps import (
     ACCOUNT_NAME_LENGTH_MAX,
-    RANGE_END_DESCRIPTION,
-    RANGE_START_DESCRIPTION,
     SEQ_MAX,
     WITHOUT_NUL,
     WITHOUT_NUL_PATTERN,
     ApiSettings,
+    RangeEnd,
+    RangeStart,
     Reader,
-    Timestamp,
     check_at_most,
     check_range,
     token_route,
@@ -30,37 +27,25 @@ from services.api.models import StatementDocument
 from services.api.responses import not_found
 
 STATEMENT_PAGE_SIZE_DEFAULT: Final = 100
-CSV_MEDIA_TYPE: Final = "text/csv"
-CSV_CHUNK_SIZE: Final = 64 * 1024
-NEXT_CURSOR_HEADER: Final = "X-Next-Cursor"
 
 router = APIRouter()
 
 
-def _wants_csv(accept: str | None) -> bool:
-    media_types = [part.split(";", 1)[0].strip().lower() for part in (accept or "").split(",")]
-    return CSV_MEDIA_TYPE in media_types
-
-
 def _statement_line(line: StatementLine) -> dict[str, Any]:
-    values = dict(zip(STATEMENT_CSV_COLUMNS, statement_csv_row(line), strict=True))
-    values["transfer_id"] = str(line.transfer_id)
-    values["event_id"] = line.event_id
-    values["pending"] = line.pending
-    return values
-
-
-def _csv_chunks(lines: list[StatementLine]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(STATEMENT_CSV_COLUMNS)
-    for line in lines:
-        writer.writerow(statement_csv_row(line))
-        if buffer.tell() > CSV_CHUNK_SIZE:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
+    """A `StatementLineDocument`: the CSV's columns but `asset` and `scale`, which the JSON
+    document gives once, beside the lines."""
+    return {
+        "seq": line.seq,
+        "created_at": line.created_at.isoformat(),
+        "transfer_id": str(line.transfer_id),
+        "code": line.code,
+        "event_id": line.event_id,
+        "counterparty": line.counterparty,
+        "debit": line.debit,
+        "credit": line.credit,
+        "pending": line.pending,
+        "balance_after": line.balance_after,
+    }
 
 
 @token_route(
@@ -68,22 +53,13 @@ def _csv_chunks(lines: list[StatementLine]) -> Iterator[str]:
     "/v1/accounts/{account}/statement",
     summary="An account's transfers with the running posted balance, a page at a time",
     description="JSON by default; `Accept: text/csv` streams the same columns as "
-    "`giftledger statement --csv`, with the next page's cursor in `X-Next-Cursor` (absent "
+    "`giftledger statement --csv` ("
+    + ", ".join(f"`{column}`" for column in STATEMENT_CSV_COLUMNS)
+    + "; amounts are integers in the minor unit of the account's `asset`, `scale` decimal "
+    "places below its major unit), with the next page's cursor in `X-Next-Cursor` (absent "
     "on the last page). Pending transfers are listed and leave the balance unchanged.",
     response_model=StatementDocument,
-    responses={
-        200: {
-            "content": {CSV_MEDIA_TYPE: {"schema": {"type": "string"}}},
-            "headers": {
-                NEXT_CURSOR_HEADER: {
-                    "description": "The next page's `cursor` (CSV only; absent on the last page).",
-                    "required": False,
-                    "schema": {"type": "integer", "minimum": 0, "maximum": SEQ_MAX},
-                }
-            },
-        },
-        **not_found("No account has this name."),
-    },
+    responses={**csv_page_responses(), **not_found("No account has this name.")},
 )
 async def account_statement_route(
     request: Request,
@@ -99,12 +75,8 @@ async def account_statement_route(
             f"{ACCOUNT_NAME_LENGTH_MAX} characters, {WITHOUT_NUL}.",
         ),
     ],
-    from_time: Annotated[
-        Timestamp | None, Query(alias="from", description=RANGE_START_DESCRIPTION)
-    ] = None,
-    to_time: Annotated[
-        Timestamp | None, Query(alias="to", description=RANGE_END_DESCRIPTION)
-    ] = None,
+    from_time: RangeStart = None,
+    to_time: RangeEnd = None,
     cursor: Annotated[
         int, Query(ge=0, le=SEQ_MAX, description="The previous page's `next_cursor`.")
     ] = 0,
@@ -134,14 +106,11 @@ async def account_statement_route(
         after_seq=cursor,
         page_size=size,
     )
-    if _wants_csv(request.headers.get("accept")):
-        headers = {}
-        if page.next_cursor is not None:
-            headers[NEXT_CURSOR_HEADER] = str(page.next_cursor)
-        return StreamingResponse(
-            _csv_chunks(page.lines),
-            media_type=f"{CSV_MEDIA_TYPE}; charset=utf-8",
-            headers=headers,
+    if wants_csv(request.headers.get("accept")):
+        return csv_answer(
+            STATEMENT_CSV_COLUMNS,
+            (statement_csv_row(found, line) for line in page.lines),
+            page.next_cursor,
         )
     return {
         "account": found.name,
