@@ -24,6 +24,7 @@ from typing import Any, Final
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas import topics
@@ -345,16 +346,18 @@ async def test_the_cashouts_report_sums_payouts_of_the_priced_and_says_how_many(
 ) -> None:
     """A request refused before pricing (here: a country not enabled) has no payout and no USD
     value; one refused after (under the minimum) has both. A line counts both and sums the
-    priced, saying how many: before, its USD value read 0 for the first, as if worth nothing."""
+    priced, saying how many: before, its USD value read 0 for the first, as if worth nothing.
+    The sums expected are the requests' own rows: the rate card in force in the year 2400 is
+    whichever other tests have added by then."""
     feed = await Feed.on(engine)
     requested_at = datetime(2400, 1, 1, tzinfo=UTC) + timedelta(seconds=uuid.uuid4().int % 10**9)
-    eligible = await feed.eligible_creator(new_creator_id("priced"), 5_000)
+    eligible = await feed.eligible_creator(new_creator_id("priced"), 10_000)
     abroad = new_creator_id("abroad")
     await feed.send(topics.CREATORS_UPDATED, make.creator_update(abroad, country="CA"), abroad)
     requests = [
-        (eligible, make.cashout_request(eligible, 2_000)),  # held: 10 USD
+        (eligible, make.cashout_request(eligible, 5_000)),  # held: over the minimum at any card
         (abroad, make.cashout_request(abroad, 2_000)),  # rejected for its country: not priced
-        (eligible, make.cashout_request(eligible, 100)),  # rejected, minimum: 0.50 USD
+        (eligible, make.cashout_request(eligible, 100)),  # rejected, under the minimum: priced
     ]
     for creator, request in requests:
         request["occurred_at"] = requested_at.isoformat()
@@ -363,6 +366,15 @@ async def test_the_cashouts_report_sums_payouts_of_the_priced_and_says_how_many(
         statuses = await cashouts_report(
             conn, requested_at, requested_at + timedelta(seconds=1), "requested"
         )
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT status, payout_amount, usd_value_micros, fx_numerator IS NOT NULL"
+                    " AS priced FROM cashouts WHERE creator_id = ANY(:creators)"
+                ),
+                {"creators": [eligible, abroad]},
+            )
+        ).all()
     lines = {
         entry["status"]: [
             (line["count"], line["priced_count"], line["payout_amount"], line["usd_value_micros"])
@@ -370,4 +382,21 @@ async def test_the_cashouts_report_sums_payouts_of_the_priced_and_says_how_many(
         ]
         for entry in statuses
     }
-    assert lines == {"held": [(1, 1, 1_000, 10_000_000)], "rejected": [(2, 1, 50, 500_000)]}
+    expected: dict[str, list[tuple[int, int, int, int]]] = {}
+    for status in ("held", "rejected"):
+        mine = [row for row in rows if row.status == status]
+        priced = [row for row in mine if row.priced]
+        expected[status] = [
+            (
+                len(mine),
+                len(priced),
+                sum(row.payout_amount for row in priced),
+                sum(row.usd_value_micros for row in priced),
+            )
+        ]
+    assert [(line[0], line[1]) for line in expected["held"] + expected["rejected"]] == [
+        (1, 1),
+        (2, 1),
+    ]
+    assert min(line[2] for line in expected["held"] + expected["rejected"]) > 0
+    assert lines == expected
