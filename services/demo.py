@@ -3,8 +3,9 @@
 Starts (or connects to) PostgreSQL and the broker, migrates, starts the consumers and the
 simulated bank, then goes through STAGES: waits for the consumer groups, publishes the sample
 stream, waits until every record is accounted for, sends the sample cash-outs and waits until each
-is decided and answered by the bank. It prints a finance summary, and keeps running until Ctrl-C
-(or exits at once with --no-wait).
+is decided and answered by the bank. It prints a finance summary, with a verify of the whole
+ledger run and recorded as `giftledger verify --full` does (so that the console's overview shows
+it), and keeps running until Ctrl-C (or exits at once with --no-wait).
 
 A ledger kept from an earlier run (the embedded PostgreSQL keeps its data under `data_dir`) is
 said so at the start: the sample's events are already in it and count as duplicates.
@@ -37,7 +38,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import upgrade_to_head
 from ledger.queries import trial_balance
-from ledger.verify import verify
 from schemas.assets import DIAMOND
 from services.api.server import serve_api
 from services.app.bootstrap import build_api_app, build_payout_rail, start_consumers
@@ -53,6 +53,7 @@ from services.runtime.kafka import open_kafka
 from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import Settings
 from services.trial_balance_text import grouped_amount, render_trial_balance
+from services.verification import verify_and_record
 
 ASSIGNMENT_WAIT_S = 60.0
 SETTLE_WAIT_S = 120.0
@@ -188,7 +189,9 @@ async def print_summary(engine: AsyncEngine, service: ConsumerService, out: Text
         lines = await trial_balance(conn)
         now = (await conn.execute(text("SELECT now()"))).scalar_one()
         card = (await load_rate_cards(conn)).in_force_at(now)
-        problems = await verify(conn)
+    # The whole ledger, recorded as `giftledger verify --full` records it, so the console's
+    # overview shows this run.
+    verified = await verify_and_record(engine, full=True)
     out.write("\nTop creators by Diamonds available\n")
     for row in top:
         amount = f"{grouped_amount(row.balance, DIAMOND)} {DIAMOND}"
@@ -200,10 +203,10 @@ async def print_summary(engine: AsyncEngine, service: ConsumerService, out: Text
         # database)
         out.write(f"  {row.surface:<6} {row.gifts:>6,} gifts {amount:>20}\n")
     out.write("\n" + "\n".join(render_trial_balance(lines, card, None)) + "\n")
-    out.write("\nverify: " + ("every invariant holds\n" if not problems else "BROKEN\n"))
-    for problem in problems:
+    out.write("\nverify: " + ("every invariant holds\n" if verified.clean else "BROKEN\n"))
+    for problem in verified.problems:
         out.write(f"  {problem.check}: {problem.detail}\n")
-    return not problems and counts.balanced()
+    return verified.clean and counts.balanced()
 
 
 async def _wait_for_cashouts(

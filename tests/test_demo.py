@@ -9,6 +9,7 @@ the second over the ledger the first kept, the third with `--fresh`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -25,8 +26,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
+from ledger.database import create_engine
+from ledger.verify_runs import VerifyRun, latest_run
 from services.cli import main
 from services.commands.common import EXIT_OK, EXIT_USAGE
 from services.demo import (
@@ -40,6 +44,7 @@ from services.demo import (
 from services.runtime import settings as settings_module
 from services.runtime.settings import Settings
 from tests.api_server import free_port
+from tests.console_http import sign_in, table
 
 DEMO_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
@@ -122,6 +127,24 @@ def _run_demo(env: dict[str, str], cwd: Path, *options: str) -> subprocess.Compl
     )
 
 
+async def _newest_verify_run(database_url: str) -> VerifyRun | None:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            return await latest_run(conn)
+    finally:
+        await engine.dispose()
+
+
+async def _console_verify_rows(base_url: str, token: str) -> list[list[str]]:
+    """The rows of the console overview's Verify table, signed in with `token`."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
+        assert (await sign_in(client, token)).status_code == 303
+        page = await client.get("/console/")
+    assert page.status_code == 200, page.text
+    return table(page.text, "The last giftledger verify").rows
+
+
 @contextlib.contextmanager
 def _busy_port() -> Iterator[int]:
     """A port something else listens on, for as long as the block runs."""
@@ -136,6 +159,7 @@ def test_demo_serves_the_api_until_ctrl_c_and_stops_cleanly(
     database_url: str, kafka_bootstrap: str
 ) -> None:
     env = _demo_env(database_url, kafka_bootstrap)
+    run_before = asyncio.run(_newest_verify_run(database_url))
     demo = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "demo"],
         env=env,
@@ -172,6 +196,17 @@ def test_demo_serves_the_api_until_ctrl_c_and_stops_cleanly(
         months = re.search(r"^giftledger_transfer_partition_months_ahead (\S+)$", metrics, re.M)
         assert months is not None, metrics
         assert float(months[1]) >= 1
+        # The demo's verify is recorded as `giftledger verify`'s is, and the console's overview
+        # shows it (not "the ledger has not been verified yet").
+        run = asyncio.run(_newest_verify_run(database_url))
+        assert run is not None
+        assert run.id > (0 if run_before is None else run_before.id)
+        assert (run.clean, run.full_check) == (True, True)
+        assert run.checkpoint_id is not None
+        base_url = f"http://127.0.0.1:{env['API_PORT']}"
+        rows = asyncio.run(_console_verify_rows(base_url, try_line["token"]))
+        assert ["Found", f"no problem (checkpoint {run.checkpoint_id})"] in rows
+        assert ["Checked", f"the whole ledger: {run.walked_transfer_count} transfers"] in rows
         demo.send_signal(signal.SIGINT)
         assert demo.wait(STOP_TIMEOUT_S) == 0
     finally:

@@ -23,14 +23,7 @@ from ledger.queries import (
     statement,
     trial_balance,
 )
-from ledger.verify import (
-    Problem,
-    Verification,
-    ledger_check_names,
-    record_checkpoint,
-    verify_ledger,
-)
-from ledger.verify_runs import record_run, runs_kept
+from ledger.verify import Verification, ledger_check_names
 from services.api.documents import (
     STATEMENT_CSV_COLUMNS,
     creator_balances_document,
@@ -50,11 +43,11 @@ from services.commands.common import (
     print_error,
     print_json,
 )
-from services.operator.actions_log import OPERATOR_ACTIONS_CHECK, verify_action_chain
 from services.rates.rate_cards import load_rate_cards
 from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import get_settings
 from services.trial_balance_text import render_trial_balance
+from services.verification import verify_and_record
 
 # migrate ------------------------------------------------------------------------------------
 
@@ -86,24 +79,13 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
 async def verify_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
     """Check the ledger in one snapshot; a clean run records a checkpoint, a failed one none;
     every run is then recorded in the verify runs' log with what it found."""
-    async with engine.connect() as conn:
-        await conn.execution_options(isolation_level="REPEATABLE READ")
-        verification = await verify_ledger(conn, full=args.full)
-        problems = verification.problems + [
-            Problem(OPERATOR_ACTIONS_CHECK, detail) for detail in await verify_action_chain(conn)
-        ]
-        if problems:
-            await conn.rollback()
-            await _record_run(engine, verification, problems, checkpoint_id=None)
-            for problem in problems:
-                print(f"{problem.check}: {problem.detail}")
-            print_error(f"ledger verification failed: {len(problems)} problems")
-            return EXIT_FAILURE
-        checkpoint = await record_checkpoint(conn, verification)
-        await conn.commit()
-    await _record_run(
-        engine, verification, [], checkpoint_id=None if checkpoint is None else checkpoint.id
-    )
+    recorded = await verify_and_record(engine, full=args.full)
+    if not recorded.clean:
+        for problem in recorded.problems:
+            print(f"{problem.check}: {problem.detail}")
+        print_error(f"ledger verification failed: {len(recorded.problems)} problems")
+        return EXIT_FAILURE
+    verification, checkpoint = recorded.verification, recorded.checkpoint
     check_count = len(ledger_check_names()) + 1  # and the operator actions' chain
     print(f"ledger verified: {check_count} checks passed, {_what_was_checked(verification)}")
     if not verification.checkpoints_kept:
@@ -113,28 +95,6 @@ async def verify_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
     else:
         print(f"checkpoint {checkpoint.id} recorded at link {checkpoint.reached.link_id or 0}")
     return EXIT_OK
-
-
-async def _record_run(
-    engine: AsyncEngine,
-    verification: Verification,
-    problems: Sequence[Problem],
-    *,
-    checkpoint_id: int | None,
-) -> None:
-    """Append the run to the verify runs' log, in a transaction of its own (a failed run's
-    snapshot was rolled back); a database not migrated that far keeps no log."""
-    async with engine.begin() as conn:
-        if not await runs_kept(conn):
-            return
-        await record_run(
-            conn,
-            started_at=verification.reached.checked_at,
-            full_check=verification.full_check,
-            walked_transfer_count=verification.reached.walked_transfer_count,
-            problems=problems,
-            checkpoint_id=checkpoint_id,
-        )
 
 
 def _what_was_checked(verification: Verification) -> str:
