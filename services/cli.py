@@ -28,6 +28,7 @@ from services.commands import (
     cashouts,
     dead_letters,
     loadtest_tools,
+    offsets,
     operator,
     reconcile,
     reports,
@@ -99,6 +100,12 @@ COMMANDS: list[Command] = [
         "operator actions: adjustments with four eyes, freezes, and their audit log",
         operator.add_operator_arguments,
         on_database(operator.operator_command),
+    ),
+    Command(
+        "offsets",
+        "after a database restore, rewind the consumer groups to what the database holds",
+        offsets.add_offsets_arguments,
+        on_database(offsets.offsets_command),
     ),
     Command(
         "statement",
