@@ -131,6 +131,7 @@ ROUTES: list[tuple[str, int]] = [
 ACTION_ROUTES: list[str] = [
     "/v1/operator/adjustments",
     "/v1/operator/adjustments/1/approve",
+    "/v1/operator/adjustments/1/withdraw",
     "/v1/operator/creators/{creator}/freeze",
     "/v1/operator/creators/{creator}/unfreeze",
     "/v1/operator/dead-letters/redrive",

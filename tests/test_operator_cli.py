@@ -121,6 +121,82 @@ def test_an_adjustment_is_proposed_approved_by_another_and_logged(
     assert out.startswith("ledger verified: ")
 
 
+def test_a_proposal_is_withdrawn_once_and_is_then_never_approved(
+    cli_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    creator = _eligible_creator(cli_database, 2)
+    propose = ["operator", "propose", creator, "DIAMOND", "700", "--reason", "meant another"]
+    code, out, _ = _run(capsys, *propose, "--as", "carol", "--json")
+    assert code == 0
+    adjustment_id = str(json.loads(out)["adjustment"]["adjustment_id"])
+    withdraw = ["operator", "withdraw", adjustment_id, "--reason", "wrong creator"]
+
+    code, _, err = _run(capsys, "operator", "withdraw", adjustment_id, "--as", "carol")
+    assert code == 2  # a reason is required
+    assert "--reason" in err
+    code, _, err = _run(capsys, *withdraw)
+    assert code == 2
+    assert "give --as NAME or set OPERATOR_NAME" in err
+
+    code, out, _ = _run(capsys, *withdraw, "--as", "carol", "--ticket", "OPS-3")
+    assert code == 0
+    assert out.startswith(f"adjustment {adjustment_id}: 0.700 DIAMOND for creator {creator}:")
+    assert "withdrawn by carol: it will never be posted" in out
+    code, out, _ = _run(capsys, *withdraw, "--as", "carol", "--ticket", "OPS-3")
+    assert code == 0
+    assert "nothing new recorded" in out
+    code, out, _ = _run(capsys, *withdraw, "--as", "dave", "--json")
+    assert code == 0
+    answer = json.loads(out)
+    assert (answer["recorded"], answer["action"]["actor"]) == (False, "carol")
+    assert (answer["adjustment"]["status"], answer["adjustment"]["withdrawn_by"]) == (
+        "withdrawn",
+        "carol",
+    )
+
+    code, _, err = _run(capsys, "operator", "approve", adjustment_id, "--as", "dave")
+    assert code == 1
+    assert f"refused: adjustment {adjustment_id} was withdrawn by carol" in err
+    assert _available(cli_database, creator) == 2_000
+
+    code, out, _ = _run(capsys, "operator", "adjustments", "--creator", creator)
+    assert code == 0
+    [row] = [line.split() for line in out.splitlines() if line.split()[1:2] == [creator]]
+    assert row[-3:] == ["withdrawn", "carol", "carol"]
+    for status, expected in (("withdrawn", [adjustment_id]), ("proposed", []), ("approved", [])):
+        code, out, _ = _run(
+            capsys, "operator", "adjustments", "--creator", creator, "--status", status, "--json"
+        )
+        assert code == 0
+        listed = [str(item["adjustment_id"]) for item in json.loads(out)["adjustments"]]
+        assert listed == expected, status
+
+    code, out, _ = _run(capsys, "operator", "log", "--target", creator)
+    assert code == 0
+    assert [line.split()[3] for line in out.splitlines()[1:-1]] == [
+        "adjustment_proposed",
+        "adjustment_withdrawn",
+    ]
+
+
+def test_an_approved_adjustment_is_not_withdrawn_and_an_unknown_one_is_a_usage_error(
+    cli_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    creator = _eligible_creator(cli_database, 1)
+    propose = ["operator", "propose", creator, "DIAMOND", "-200", "--reason", "double credit"]
+    code, out, _ = _run(capsys, *propose, "--as", "carol", "--json")
+    adjustment_id = str(json.loads(out)["adjustment"]["adjustment_id"])
+    assert _run(capsys, "operator", "approve", adjustment_id, "--as", "dave")[0] == 0
+    withdraw = ["operator", "withdraw", adjustment_id, "--reason", "too late", "--as", "carol"]
+    code, _, err = _run(capsys, *withdraw)
+    assert code == 1
+    assert f"refused: adjustment {adjustment_id} was approved by dave and posted" in err
+    assert "propose an adjustment of 0.200 DIAMOND (the other way)" in err
+    assert _available(cli_database, creator) == 800
+    code, _, err = _run(capsys, "operator", "withdraw", str(2**62), "--reason", "r", "--as", "c")
+    assert (code, f"no adjustment {2**62}" in err) == (2, True)
+
+
 def test_who_acts_comes_from_as_or_operator_name(
     cli_database: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

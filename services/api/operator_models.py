@@ -7,14 +7,14 @@ signed: > 0 credits the creator, < 0 debits them. Timestamps are RFC 3339 text.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.events import ActionReason, CashoutAsset, Identifier
 from services.api.models import Document, TimestampText, UuidText
 from services.operator.actions_log import OperatorAction
-from services.operator.adjustments import ADJUSTMENT_AMOUNT_MAX, Adjustment
+from services.operator.adjustments import ADJUSTMENT_AMOUNT_MAX, Adjustment, AdjustmentStatus
 from services.operator.desk import APPROVAL_REASON_DEFAULT, AdjustmentOutcome, FreezeOutcome
 
 # Requests -----------------------------------------------------------------------------------
@@ -80,6 +80,16 @@ class ApprovalRequest(Request):
     ticket: Identifier | None = Field(default=None, description="The ticket it belongs to.")
 
 
+class WithdrawalRequest(Request):
+    """Why a proposed adjustment is withdrawn (a wrong amount, a wrong creator, ...)."""
+
+    reason: ActionReason = Field(
+        description="Why it is withdrawn, for the audit log (one line).",
+        examples=["wrong creator: meant creator-43"],
+    )
+    ticket: Identifier | None = Field(default=None, description="The ticket it belongs to.")
+
+
 class FreezeRequest(Request):
     """Why a creator is frozen or unfrozen."""
 
@@ -105,12 +115,15 @@ class OperatorActionDocument(Document):
 
 
 class AdjustmentDocument(Document):
+    """A balance adjustment: `proposed` (waiting for a second operator), `approved` (posted as
+    `transfer_id`) or `withdrawn` (never posted); never both approved and withdrawn."""
+
     adjustment_id: int
     creator_id: str
     asset: str
     scale: int
     amount_minor: int
-    status: Literal["proposed", "approved"]
+    status: AdjustmentStatus
     reason: str
     ticket: str | None
     proposed_by: str
@@ -118,12 +131,14 @@ class AdjustmentDocument(Document):
     approved_by: str | None
     approved_at: TimestampText | None
     transfer_id: UuidText | None
+    withdrawn_by: str | None
+    withdrawn_at: TimestampText | None
 
 
 class AdjustmentActionDocument(Document):
     """The adjustment after the action; `recorded` is false when the action was already taken
-    (the same `Idempotency-Key` again, or an adjustment approved already): `action` is then the
-    one that took it."""
+    (the same `Idempotency-Key` again, or an adjustment approved, or withdrawn, already): `action`
+    is then the one that took it."""
 
     adjustment: AdjustmentDocument
     action: OperatorActionDocument
@@ -180,6 +195,10 @@ def adjustment_document(adjustment: Adjustment) -> dict[str, Any]:
         if adjustment.approved_at is None
         else adjustment.approved_at.isoformat(),
         "transfer_id": None if adjustment.transfer_id is None else str(adjustment.transfer_id),
+        "withdrawn_by": adjustment.withdrawn_by,
+        "withdrawn_at": None
+        if adjustment.withdrawn_at is None
+        else adjustment.withdrawn_at.isoformat(),
     }
 
 

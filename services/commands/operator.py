@@ -2,7 +2,8 @@
 
     giftledger operator propose CREATOR_ID ASSET AMOUNT_MINOR --reason R [--ticket T]
     giftledger operator approve ADJUSTMENT_ID [--reason R] [--ticket T]
-    giftledger operator adjustments [--status proposed|approved] [--creator C] [--limit N]
+    giftledger operator withdraw ADJUSTMENT_ID --reason R [--ticket T]
+    giftledger operator adjustments [--status proposed|approved|withdrawn] [--creator C] [--limit N]
     giftledger operator freeze|unfreeze CREATOR_ID --reason R [--ticket T]
     giftledger operator log [--target T] [--after ID] [--limit N]
 
@@ -15,9 +16,9 @@ Actions act through `OperatorDesk` as `DATABASE_WRITER_ROLE`; their `operator.ac
 leave through the outbox when `giftledger run` relays it. `log` prints the log and recomputes its
 hash chain: exit 1 when the chain is broken.
 
-Exit codes: 0 done (or done already), 1 refused (four eyes, an overdraft, a key used for another
-action) or a broken chain, 2 a usage error (no name, an unknown creator or adjustment, a bad
-argument).
+Exit codes: 0 done (or done already), 1 refused (four eyes, an overdraft, approving a withdrawn
+adjustment or withdrawing an approved one, a key used for another action) or a broken chain, 2 a
+usage error (no name, an unknown creator or adjustment, a bad argument).
 """
 
 from __future__ import annotations
@@ -129,6 +130,13 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     approve.add_argument("--reason", default="four-eyes approval", help="why, for the audit log")
     _add_actor_arguments(approve)
 
+    withdraw = actions.add_parser(
+        "withdraw", help="withdraw a proposed adjustment: it is never approved nor posted"
+    )
+    withdraw.add_argument("adjustment_id", metavar="ADJUSTMENT_ID", type=_positive)
+    withdraw.add_argument("--reason", required=True, help="why it is withdrawn, for the audit log")
+    _add_actor_arguments(withdraw)
+
     adjustments = actions.add_parser("adjustments", help="list balance adjustments")
     adjustments.add_argument("--status", choices=ADJUSTMENT_STATUSES)
     adjustments.add_argument("--creator", metavar="CREATOR_ID")
@@ -183,8 +191,10 @@ def _print_adjustment(outcome: AdjustmentOutcome, as_json: bool) -> None:
     amount = format_amount(adjustment.amount_minor, adjustment.asset)
     if adjustment.status == "proposed":
         done = f"proposed by {adjustment.proposed_by}, waiting for another operator's approval"
-    else:
+    elif adjustment.status == "approved":
         done = f"approved by {adjustment.approved_by}, posted as transfer {adjustment.transfer_id}"
+    else:
+        done = f"withdrawn by {adjustment.withdrawn_by}: it will never be posted"
     print(
         f"adjustment {adjustment.id}: {amount} for creator {adjustment.creator_id}: {done}"
         + _already(outcome.recorded, outcome.action)
@@ -231,6 +241,15 @@ async def _approve(engine: AsyncEngine, args: argparse.Namespace) -> None:
     _print_adjustment(outcome, args.json)
 
 
+async def _withdraw(engine: AsyncEngine, args: argparse.Namespace) -> None:
+    actor = acting_operator(args)
+    key = args.key or derived_key("withdraw", actor, args.adjustment_id, args.reason, args.ticket)
+    outcome = await _desk(engine).withdraw_adjustment(
+        args.adjustment_id, idempotency_key=key, actor=actor, reason=args.reason, ticket=args.ticket
+    )
+    _print_adjustment(outcome, args.json)
+
+
 async def _set_frozen(engine: AsyncEngine, args: argparse.Namespace) -> None:
     actor = acting_operator(args)
     frozen = args.operator_action == "freeze"
@@ -263,7 +282,9 @@ async def _adjustments(engine: AsyncEngine, args: argparse.Namespace) -> None:
     if not found:
         print("no adjustments")
         return
-    rows: list[list[str]] = [["id", "creator", "amount", "status", "proposed by", "approved by"]]
+    rows: list[list[str]] = [
+        ["id", "creator", "amount", "status", "proposed by", "approved or withdrawn by"]
+    ]
     rows += [
         [
             str(adjustment.id),
@@ -271,7 +292,7 @@ async def _adjustments(engine: AsyncEngine, args: argparse.Namespace) -> None:
             format_amount(adjustment.amount_minor, adjustment.asset),
             adjustment.status,
             adjustment.proposed_by,
-            adjustment.approved_by or "",
+            adjustment.approved_by or adjustment.withdrawn_by or "",
         ]
         for adjustment in found
     ]
@@ -315,6 +336,7 @@ async def _log(engine: AsyncEngine, args: argparse.Namespace) -> int:
 _ACTIONS: Final[dict[str, Callable[[AsyncEngine, argparse.Namespace], Awaitable[None]]]] = {
     "propose": _propose,
     "approve": _approve,
+    "withdraw": _withdraw,
     "freeze": _set_frozen,
     "unfreeze": _set_frozen,
     "adjustments": _adjustments,

@@ -62,6 +62,7 @@ def _routes() -> list[Route]:
         post("/dead-letter/redrive", action_routes.redrive),
         get("/operator", page_routes.operator_page),
         post("/operator/approve", action_routes.approve),
+        post("/operator/withdraw", action_routes.withdraw),
         get("/books", books_routes.books),
         get("/books/journal", books_routes.journal),
         get("/books/reconciliation", books_routes.reconciliation),

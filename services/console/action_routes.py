@@ -1,6 +1,6 @@
-"""The console's actions (POST): re-drive a dead letter, approve an adjustment; and what every
-action shares (the role, the CSRF token, the form's fields, the refusal page). The actions on a
-creator and their cash-outs are in `creator_action_routes`.
+"""The console's actions (POST): re-drive a dead letter, approve or withdraw an adjustment; and
+what every action shares (the role, the CSRF token, the form's fields, the refusal page). The
+actions on a creator and their cash-outs are in `creator_action_routes`.
 
 Each goes through the same operator logic as the API's routes (`DeadLetterRedriver`,
 `OperatorDesk`), as the session's operator, with the idempotency key its form was rendered with
@@ -11,7 +11,7 @@ against the operator log's rules before anything is sent or written (422).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from starlette.requests import Request
@@ -45,12 +45,15 @@ from services.operator.actions_log import (
     check_action,
 )
 from services.operator.desk import (
+    ADJUSTMENT_APPROVED,
+    ADJUSTMENT_WITHDRAWN,
     AdjustmentNotFoundError,
-    FourEyesError,
+    AdjustmentOutcome,
     OperatorError,
 )
 
-APPROVE_ACTION: Final = "adjustment_approved"
+APPROVE_ACTION: Final = ADJUSTMENT_APPROVED
+WITHDRAW_ACTION: Final = ADJUSTMENT_WITHDRAWN
 
 
 class RefusedError(Exception):
@@ -154,6 +157,18 @@ async def redrive(request: Request) -> Response:
 
 
 async def approve(request: Request) -> Response:
+    """Approve (and post) an adjustment another operator proposed."""
+    return await _act_on_adjustment(request, APPROVE_ACTION)
+
+
+async def withdraw(request: Request) -> Response:
+    """Withdraw a proposed adjustment (any operator, the proposer too)."""
+    return await _act_on_adjustment(request, WITHDRAW_ACTION)
+
+
+async def _act_on_adjustment(
+    request: Request, action: Literal["adjustment_approved", "adjustment_withdrawn"]
+) -> Response:
     session = session_of(request)
     if session is None:
         return not_signed_in(request)
@@ -168,7 +183,7 @@ async def approve(request: Request) -> Response:
             check_action(
                 idempotency_key=key,
                 actor=session.caller.name,
-                action=APPROVE_ACTION,
+                action=action,
                 target="adjustment",
                 reason=reason,
                 ticket=ticket,
@@ -176,19 +191,28 @@ async def approve(request: Request) -> Response:
         except InvalidActionError as error:
             raise RefusedError(422, str(error)) from None
         desk = operator_desk_of(console.api.state)
+        outcome: AdjustmentOutcome
         try:
-            outcome = await desk.approve_adjustment(
-                adjustment_id,
-                idempotency_key=key,
-                actor=session.caller.name,
-                reason=reason,
-                ticket=ticket,
-            )
+            if action == WITHDRAW_ACTION:
+                outcome = await desk.withdraw_adjustment(
+                    adjustment_id,
+                    idempotency_key=key,
+                    actor=session.caller.name,
+                    reason=reason,
+                    ticket=ticket,
+                )
+            else:
+                outcome = await desk.approve_adjustment(
+                    adjustment_id,
+                    idempotency_key=key,
+                    actor=session.caller.name,
+                    reason=reason,
+                    ticket=ticket,
+                )
         except AdjustmentNotFoundError as error:
             raise RefusedError(404, str(error)) from None
-        except (FourEyesError, ActionKeyConflictError) as error:
-            raise RefusedError(409, str(error)) from None
-        except (OperatorError, InvalidActionError) as error:
+        except (OperatorError, ActionKeyConflictError, InvalidActionError) as error:
+            # four eyes, an overdraft, approved or withdrawn already, a key used before
             raise RefusedError(409, str(error)) from None
     except RefusedError as refused:
         return refusal_page(request, session, refused)

@@ -9,7 +9,8 @@ would take the creator's available balance below zero. The transfer's code is
 the approval runs.
 
 An adjustment's id is the id of the action that proposed it (`operator_actions`); it is
-`proposed` until its approval row exists, then `approved`.
+`proposed` until its approval row exists (`approved`: posted) or its withdrawal row does
+(`withdrawn`: never posted). The database refuses an adjustment with both (migration 0033).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from schemas.events import AMOUNT_MAX
 ADJUSTMENT_AMOUNT_MAX: Final = AMOUNT_MAX
 ADJUSTABLE_ASSETS: Final = frozenset(CURRENCIES | {DIAMOND})
 ADJUSTMENT_LIST_LIMIT_MAX: Final = 1_000
-AdjustmentStatus = Literal["proposed", "approved"]
-ADJUSTMENT_STATUSES: Final = ("proposed", "approved")
+AdjustmentStatus = Literal["proposed", "approved", "withdrawn"]
+ADJUSTMENT_STATUSES: Final[tuple[AdjustmentStatus, ...]] = ("proposed", "approved", "withdrawn")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +53,17 @@ class Adjustment:
     approved_at: datetime | None
     approval_action_id: int | None
     transfer_id: uuid.UUID | None
+    withdrawn_by: str | None
+    withdrawn_at: datetime | None
+    withdrawal_action_id: int | None
 
     @property
     def status(self) -> AdjustmentStatus:
-        return "proposed" if self.approval_action_id is None else "approved"
+        if self.approval_action_id is not None:
+            return "approved"
+        if self.withdrawal_action_id is not None:
+            return "withdrawn"
+        return "proposed"
 
 
 def adjustment_problem(asset: str, amount_minor: int) -> str | None:
@@ -118,11 +126,12 @@ def adjustment_transfer(
 _ADJUSTMENTS = """
     SELECT a.id, a.creator_id, a.asset, s.scale, a.amount_minor, p.reason, p.ticket,
            a.proposed_by, a.proposed_at, v.approved_by, v.approved_at, v.approval_action_id,
-           v.transfer_id
+           v.transfer_id, w.withdrawn_by, w.withdrawn_at, w.withdrawal_action_id
     FROM balance_adjustments a
     JOIN operator_actions p ON p.id = a.id
     JOIN assets s ON s.code = a.asset
     LEFT JOIN balance_adjustment_approvals v ON v.adjustment_id = a.id
+    LEFT JOIN balance_adjustment_withdrawals w ON w.adjustment_id = a.id
 """
 
 
@@ -178,6 +187,18 @@ async def insert_approval(
     )
 
 
+async def insert_withdrawal(
+    conn: AsyncConnection, adjustment_id: int, *, withdrawn_by: str, withdrawal_action_id: int
+) -> None:
+    await conn.execute(
+        text(
+            "INSERT INTO balance_adjustment_withdrawals (adjustment_id, withdrawn_by,"
+            " withdrawal_action_id) VALUES (:id, :withdrawn_by, :action)"
+        ),
+        {"id": adjustment_id, "withdrawn_by": withdrawn_by, "action": withdrawal_action_id},
+    )
+
+
 async def load_adjustment(conn: AsyncConnection, adjustment_id: int) -> Adjustment | None:
     row = (
         await conn.execute(text(_ADJUSTMENTS + " WHERE a.id = :id"), {"id": adjustment_id})
@@ -200,8 +221,12 @@ async def list_adjustments(
             _ADJUSTMENTS
             + """
             WHERE (CAST(:creator AS text) IS NULL OR a.creator_id = :creator)
-              AND (CAST(:status AS text) IS NULL
-                   OR (:status = 'approved') = (v.adjustment_id IS NOT NULL))
+              AND CASE CAST(:status AS text)
+                  WHEN 'approved' THEN v.adjustment_id IS NOT NULL
+                  WHEN 'withdrawn' THEN w.adjustment_id IS NOT NULL
+                  WHEN 'proposed' THEN v.adjustment_id IS NULL AND w.adjustment_id IS NULL
+                  ELSE CAST(:status AS text) IS NULL
+              END
             ORDER BY a.id
             LIMIT :limit
             """

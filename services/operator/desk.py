@@ -1,5 +1,6 @@
-"""The operator desk: balance adjustments with four eyes, and freezing a creator. The finance API
-and `giftledger operator` both act through it.
+"""The operator desk: balance adjustments with four eyes (proposed by one operator, approved and
+posted by another, or withdrawn by any), and freezing a creator. The finance API, the console and
+`giftledger operator` act through it.
 
 Every action runs in one transaction that first takes the operator log's lock
 (`actions_log.hold_log`), then checks its idempotency key and the state it acts on, then appends
@@ -8,8 +9,9 @@ Operator actions are few, so running them one at a time costs nothing and makes 
 until the commit. Each transaction acts as `database_role` (the services' writer role) when given.
 
 Outcomes: the action and whether it was recorded now (`recorded`), or, when nothing was left to do
-(the same key again, an adjustment approved already, a creator frozen already), the action that
-did it (`recorded` False).
+(the same key again, an adjustment approved or withdrawn already, a creator frozen already), the
+action that did it (`recorded` False). An adjustment is approved or withdrawn, never both: an
+approved one was posted (undo it with a new adjustment the other way), a withdrawn one never is.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from services.operator.adjustments import (
     creator_account,
     insert_adjustment,
     insert_approval,
+    insert_withdrawal,
     load_adjustment,
 )
 from services.operator.freezes import (
@@ -49,6 +52,7 @@ from services.operator.freezes import (
 
 ADJUSTMENT_PROPOSED: Final = "adjustment_proposed"
 ADJUSTMENT_APPROVED: Final = "adjustment_approved"
+ADJUSTMENT_WITHDRAWN: Final = "adjustment_withdrawn"
 CREATOR_FROZEN: Final = "creator_frozen"
 CREATOR_UNFROZEN: Final = "creator_unfrozen"
 APPROVAL_REASON_DEFAULT: Final = "four-eyes approval"
@@ -78,6 +82,14 @@ class AdjustmentRefusedError(OperatorError):
     """The ledger refused the adjustment's transfer: a debit that would overdraw the creator."""
 
 
+class AdjustmentApprovedError(OperatorError):
+    """The adjustment to withdraw was approved and posted: only a new adjustment undoes it."""
+
+
+class AdjustmentWithdrawnError(OperatorError):
+    """The adjustment to approve was withdrawn: it is never posted."""
+
+
 @dataclass(frozen=True, slots=True)
 class AdjustmentOutcome:
     adjustment: Adjustment
@@ -97,6 +109,39 @@ async def _stored_adjustment(conn: AsyncConnection, adjustment_id: int) -> Adjus
     adjustment = await load_adjustment(conn, adjustment_id)
     assert adjustment is not None, adjustment_id
     return adjustment
+
+
+async def _recorded_action(conn: AsyncConnection, action_id: int) -> OperatorAction:
+    """An action an adjustment's row names (its approval or its withdrawal)."""
+    action = await load_action(conn, action_id)
+    assert action is not None, action_id
+    return action
+
+
+def _adjustment_details(adjustment: Adjustment) -> dict[str, Any]:
+    """What the log records of the adjustment an approval or a withdrawal acts on."""
+    return {
+        "adjustment_id": adjustment.id,
+        "asset": adjustment.asset,
+        "amount_minor": adjustment.amount_minor,
+    }
+
+
+def _withdrawn_error(adjustment: Adjustment) -> AdjustmentWithdrawnError:
+    return AdjustmentWithdrawnError(
+        f"adjustment {adjustment.id} was withdrawn by {adjustment.withdrawn_by}"
+        f" (action {adjustment.withdrawal_action_id}): it cannot be approved; propose it again"
+        " if it is still wanted"
+    )
+
+
+def _approved_error(adjustment: Adjustment) -> AdjustmentApprovedError:
+    undo = format_amount(-adjustment.amount_minor, adjustment.asset)
+    return AdjustmentApprovedError(
+        f"adjustment {adjustment.id} was approved by {adjustment.approved_by} and posted as"
+        f" transfer {adjustment.transfer_id}: it cannot be withdrawn; to undo it, propose an"
+        f" adjustment of {undo} (the other way)"
+    )
 
 
 class OperatorDesk:
@@ -166,19 +211,16 @@ class OperatorDesk:
         reason: str = APPROVAL_REASON_DEFAULT,
         ticket: str | None = None,
     ) -> AdjustmentOutcome:
-        """Approve and post an adjustment; raises `FourEyesError` when `actor` proposed it and
-        `AdjustmentRefusedError` when its debit would overdraw the creator (nothing is then
-        recorded). Approving an approved adjustment again changes nothing."""
+        """Approve and post an adjustment; raises `AdjustmentWithdrawnError` when it was
+        withdrawn, `FourEyesError` when `actor` proposed it and `AdjustmentRefusedError` when its
+        debit would overdraw the creator (nothing is then recorded). Approving an approved
+        adjustment again changes nothing."""
         async with self._ledger.connect() as conn:
             found = await load_adjustment(conn, adjustment_id)
         if found is None:
             raise AdjustmentNotFoundError(f"no adjustment {adjustment_id}")
         account_ids = await self._ledger.account_ids(adjustment_accounts(found))
-        details = {
-            "adjustment_id": adjustment_id,
-            "asset": found.asset,
-            "amount_minor": found.amount_minor,
-        }
+        details = _adjustment_details(found)
         async for tx in self._ledger.transactions():
             async with tx:
                 outcome = await self._approve_once(
@@ -223,9 +265,10 @@ class OperatorDesk:
         if recorded is not None:
             return AdjustmentOutcome(adjustment, recorded, recorded=False)
         if adjustment.approval_action_id is not None:
-            approval = await load_action(conn, adjustment.approval_action_id)
-            assert approval is not None, adjustment
+            approval = await _recorded_action(conn, adjustment.approval_action_id)
             return AdjustmentOutcome(adjustment, approval, recorded=False)
+        if adjustment.withdrawal_action_id is not None:
+            raise _withdrawn_error(adjustment)
         if actor == adjustment.proposed_by:
             raise FourEyesError(
                 f"{actor} proposed adjustment {adjustment_id}: another operator must approve it"
@@ -247,6 +290,48 @@ class OperatorDesk:
         return AdjustmentOutcome(
             await _stored_adjustment(conn, adjustment_id), recorded, recorded=True
         )
+
+    async def withdraw_adjustment(
+        self,
+        adjustment_id: int,
+        *,
+        idempotency_key: str,
+        actor: str,
+        reason: str,
+        ticket: str | None = None,
+    ) -> AdjustmentOutcome:
+        """Withdraw a proposed adjustment: it is never approved nor posted. Any operator may,
+        the proposer too (it moves no money). Raises `AdjustmentApprovedError` when it was
+        approved (and posted) already; withdrawing a withdrawn adjustment again changes
+        nothing."""
+        async with self._ledger.begin() as conn:
+            log = await self._hold_log(conn)
+            adjustment = await load_adjustment(conn, adjustment_id)
+            if adjustment is None:
+                raise AdjustmentNotFoundError(f"no adjustment {adjustment_id}")
+            entry = ActionEntry(
+                idempotency_key=idempotency_key,
+                actor=actor,
+                action=ADJUSTMENT_WITHDRAWN,
+                target=adjustment.creator_id,
+                reason=reason,
+                ticket=ticket,
+                details=_adjustment_details(adjustment),
+            )
+            recorded = await log.recorded(entry)
+            if recorded is not None:
+                return AdjustmentOutcome(adjustment, recorded, recorded=False)
+            if adjustment.withdrawal_action_id is not None:
+                withdrawal = await _recorded_action(conn, adjustment.withdrawal_action_id)
+                return AdjustmentOutcome(adjustment, withdrawal, recorded=False)
+            if adjustment.approval_action_id is not None:
+                raise _approved_error(adjustment)
+            recorded = await log.record(entry)
+            await insert_withdrawal(
+                conn, adjustment_id, withdrawn_by=actor, withdrawal_action_id=recorded.id
+            )
+            adjustment = await _stored_adjustment(conn, adjustment_id)
+        return AdjustmentOutcome(adjustment, recorded, recorded=True)
 
     async def _refusal(
         self,

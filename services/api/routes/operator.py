@@ -1,4 +1,4 @@
-"""Operator actions: balance adjustments with four eyes, and freezing a creator.
+"""Operator actions: balance adjustments with four eyes (or withdrawn), and freezing a creator.
 
 Only the `operator` role may act (`finance` gets 403 on every `POST`); both roles may list
 adjustments. Every action needs an `Idempotency-Key` header: the same key with the same request
@@ -32,6 +32,7 @@ from services.api.operator_models import (
     ApprovalRequest,
     FreezeDocument,
     FreezeRequest,
+    WithdrawalRequest,
     adjustment_document,
     adjustment_outcome_document,
     freeze_outcome_document,
@@ -45,8 +46,10 @@ from services.operator.adjustments import (
     list_adjustments,
 )
 from services.operator.desk import (
+    AdjustmentApprovedError,
     AdjustmentNotFoundError,
     AdjustmentRefusedError,
+    AdjustmentWithdrawnError,
     FourEyesError,
     InvalidAdjustmentError,
     OperatorDesk,
@@ -92,7 +95,14 @@ def _http_error(
         return HTTPException(404, detail=str(error))
     if isinstance(error, InvalidAdjustmentError | InvalidActionError):
         return HTTPException(422, detail=str(error))
-    assert isinstance(error, FourEyesError | AdjustmentRefusedError | ActionKeyConflictError), error
+    assert isinstance(
+        error,
+        FourEyesError
+        | AdjustmentRefusedError
+        | AdjustmentApprovedError
+        | AdjustmentWithdrawnError
+        | ActionKeyConflictError,
+    ), error
     return HTTPException(409, detail=str(error))
 
 
@@ -139,7 +149,8 @@ async def propose_adjustment_route(
         **not_found("No adjustment has this id."),
         **conflict(
             f"{KEY_CONFLICT} Or the caller proposed the adjustment (four eyes: another operator "
-            "approves), or its debit would take the creator's available balance below zero."
+            "approves), or it was withdrawn, or its debit would take the creator's available "
+            "balance below zero."
         ),
     },
 )
@@ -158,6 +169,40 @@ async def approve_adjustment_route(
             actor=caller.name,
             reason=said.reason,
             ticket=said.ticket,
+        )
+    except (OperatorError, ActionKeyConflictError, InvalidActionError) as error:
+        raise _http_error(error) from None
+    return AdjustmentActionDocument.model_validate(adjustment_outcome_document(outcome))
+
+
+@_action_route(
+    "/v1/operator/adjustments/{adjustment_id}/withdraw",
+    summary="Withdraw a proposed balance adjustment: it is never approved nor posted (any "
+    "operator, the proposer too)",
+    responses={
+        **not_found("No adjustment has this id."),
+        **conflict(
+            f"{KEY_CONFLICT} Or the adjustment was approved and posted already: it cannot be "
+            "withdrawn; propose a new adjustment the other way to undo it."
+        ),
+    },
+)
+async def withdraw_adjustment_route(
+    caller: Operator,
+    desk: Desk,
+    idempotency_key: IdempotencyKey,
+    adjustment_id: AdjustmentId,
+    withdrawal: WithdrawalRequest,
+) -> AdjustmentActionDocument:
+    """A withdrawn adjustment stays in the list (`status` `withdrawn`); withdrawing it again
+    answers its withdrawal (`recorded: false`)."""
+    try:
+        outcome = await desk.withdraw_adjustment(
+            adjustment_id,
+            idempotency_key=idempotency_key,
+            actor=caller.name,
+            reason=withdrawal.reason,
+            ticket=withdrawal.ticket,
         )
     except (OperatorError, ActionKeyConflictError, InvalidActionError) as error:
         raise _http_error(error) from None
