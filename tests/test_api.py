@@ -107,6 +107,7 @@ ROUTES: list[tuple[str, int]] = [
     ("/metrics", 200),
     ("/v1/creators/{creator}/balances", 200),
     ("/v1/creators/nobody-{unique}/balances", 404),
+    ("/v1/creators/nobody-{unique}/eligibility", 404),
     ("/v1/creators/{creator}/eligibility", 200),
     ("/v1/accounts/creator:{creator}:DIAMOND:available/statement", 200),
     ("/v1/accounts/nothing-{unique}/statement", 404),
@@ -234,7 +235,6 @@ JSON = "application/json"
 JSON_ROUTES: list[str] = [
     "/healthz",
     *(template for template, expected in ROUTES if expected == 200 and template != "/metrics"),
-    "/v1/creators/nobody-{unique}/eligibility",
     *(
         f"/v1/reports/gifts?from={{start}}&to={{end}}&group_by={group_by}"
         for group_by in ("creator", "gift", "day")
@@ -602,8 +602,10 @@ async def test_eligibility_lists_every_rule_with_what_it_saw(
         "required": ">= 10000 (minimum for US)",
     }
     unknown = await api.get(f"/v1/creators/nobody-{unique_id}/eligibility", headers=FINANCE)
-    assert unknown.json()["eligible"] is False
-    assert {rule["seen"] for rule in unknown.json()["rules"]} == {"unknown"}
+    assert unknown.status_code == 404  # as `giftledger eligibility` exits 2: a typo is not "no"
+    assert unknown.json()["detail"] == (
+        f"no creator 'nobody-{unique_id}': no profile, account or cash-out names it"
+    )
 
 
 def _running_balance_adds_up(lines: list[dict[str, Any]]) -> None:

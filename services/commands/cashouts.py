@@ -6,11 +6,11 @@ import argparse
 from collections.abc import Sequence
 from typing import Any, get_args
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import CashoutStatus
 from services.cashout.eligibility import creator_eligibility
+from services.cashout.profiles import creator_is_known
 from services.cashout.store import cashout_document, list_cashouts
 from services.cli_text import aware_timestamp, table
 from services.commands.common import (
@@ -38,16 +38,8 @@ def add_eligibility_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _require_known_creator(conn: AsyncConnection, creator_id: str) -> None:
-    """A creator is known by a profile, an account or a cash-out request; else exit 2."""
-    known = await conn.scalar(
-        text(
-            "SELECT EXISTS (SELECT 1 FROM creators WHERE creator_id = :id)"
-            " OR EXISTS (SELECT 1 FROM accounts WHERE creator_id = :id)"
-            " OR EXISTS (SELECT 1 FROM cashouts WHERE creator_id = :id)"
-        ),
-        {"id": creator_id},
-    )
-    if not known:
+    """A creator nothing names (`creator_is_known`) is a usage error: exit 2."""
+    if not await creator_is_known(conn, creator_id):
         raise UsageError(f"no creator {creator_id!r}: no profile, account or cash-out names it")
 
 

@@ -49,15 +49,3 @@ async def record_freeze(
         ),
         {"creator": creator_id, "frozen": frozen, "action": action_id},
     )
-
-
-async def creator_is_known(conn: AsyncConnection, creator_id: str) -> bool:
-    """Whether the ledger has heard of the creator: an account or an eligibility profile."""
-    found = await conn.execute(
-        text(
-            "SELECT EXISTS (SELECT 1 FROM accounts WHERE creator_id = :creator)"
-            " OR EXISTS (SELECT 1 FROM creators WHERE creator_id = :creator)"
-        ),
-        {"creator": creator_id},
-    )
-    return bool(found.scalar_one())

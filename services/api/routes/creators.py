@@ -12,6 +12,7 @@ from services.api.documents import creator_balances_document
 from services.api.models import CreatorBalancesDocument, EligibilityDocument
 from services.api.responses import not_found
 from services.cashout.eligibility import creator_eligibility
+from services.cashout.profiles import creator_is_known
 
 router = APIRouter()
 
@@ -34,12 +35,18 @@ async def creator_balances_route(conn: Reader, creator_id: IdPath) -> dict[str, 
     router,
     "/v1/creators/{creator_id}/eligibility",
     summary="Each Creator Next cash-out rule with pass or fail and the value seen",
-    description="Any creator id has an eligibility: one the ledger has never seen fails every "
-    "rule, with the value seen `unknown`.",
+    description="A creator with a profile but no account yet has an eligibility (each rule it "
+    "has no fact for fails with the value seen `unknown`); one that nothing names (no profile, "
+    "account or cash-out request) is not found, as `giftledger eligibility` says too.",
     response_model=EligibilityDocument,
+    responses=not_found("Nothing names the creator: no profile, account or cash-out request."),
 )
 async def creator_eligibility_route(
     conn: Reader, settings: ApiSettings, creator_id: IdPath
 ) -> dict[str, Any]:
+    if not await creator_is_known(conn, creator_id):
+        raise HTTPException(
+            404, detail=f"no creator {creator_id!r}: no profile, account or cash-out names it"
+        )
     report = await creator_eligibility(conn, creator_id, settings.eligibility)
     return report.to_document()
