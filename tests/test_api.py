@@ -738,6 +738,30 @@ async def test_a_dead_lettered_event_says_why(
     assert set(letter["source"]) == {"partition", "offset"}
 
 
+async def test_an_events_dead_letters_are_this_deployments_only(
+    api: httpx.AsyncClient, ledgered: SeededLedger, engine: AsyncEngine, unique_id: str
+) -> None:
+    """Another deployment (another topic prefix) sharing the database dead-lettered the same
+    event id, and one of its own: neither is this deployment's."""
+    elsewhere_only = f"elsewhere-{unique_id}"
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO dead_letters (topic_prefix, topic, kafka_partition, kafka_offset,"
+                " event_id, error, detail)"
+                " SELECT 'other-deployment.', 'gifts.sent', 0, 10^12 + n, id, 'schema_violation',"
+                " 'theirs' FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS t(id, n)"
+            ),
+            {"ids": [ledgered.dead_event, elsewhere_only]},
+        )
+    document = (await api.get(f"/v1/events/{ledgered.dead_event}", headers=FINANCE)).json()
+    assert [letter["detail"] for letter in document["dead_letters"]] == [
+        "coins: Input should be greater than or equal to 1"
+    ]
+    theirs = await api.get(f"/v1/events/{elsewhere_only}", headers=FINANCE)
+    assert theirs.status_code == 404
+
+
 async def test_a_cashout_shows_every_state_it_went_through(
     api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:

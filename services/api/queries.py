@@ -121,20 +121,27 @@ async def event_transfers(conn: AsyncConnection, event_id: str) -> list[dict[str
 
 
 async def event_dead_letters(
-    conn: AsyncConnection, event_id: str, topic: str | None
+    conn: AsyncConnection, topic_prefix: str, event_id: str, topic: str | None
 ) -> list[dict[str, Any]]:
-    """Dead letters that named `event_id` (of `topic`, when given), oldest first."""
+    """This deployment's (`topic_prefix`) dead letters that named `event_id` (of `topic`, when
+    given), oldest first."""
     rows = await conn.execute(
         text(
             """
             SELECT topic, kafka_partition, kafka_offset, error, detail, recorded_at
             FROM dead_letters
-            WHERE event_id = :event_id AND (CAST(:topic AS text) IS NULL OR topic = :topic)
+            WHERE event_id = :event_id AND topic_prefix = :prefix
+              AND (CAST(:topic AS text) IS NULL OR topic = :topic)
             ORDER BY recorded_at, topic, kafka_partition, kafka_offset
             LIMIT :limit
             """
         ),
-        {"event_id": event_id, "topic": topic, "limit": DEAD_LETTER_COUNT_MAX},
+        {
+            "event_id": event_id,
+            "prefix": topic_prefix,
+            "topic": topic,
+            "limit": DEAD_LETTER_COUNT_MAX,
+        },
     )
     return [
         {

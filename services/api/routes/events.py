@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from schemas import topics
 from schemas.topics import ConsumedTopic
-from services.api.deps import IdPath, Reader, token_route
+from services.api.deps import ApiSettings, IdPath, Reader, token_route
 from services.api.models import EventDocument
 from services.api.queries import applied_events, event_dead_letters, event_transfers
 from services.api.responses import conflict, not_found
@@ -33,6 +33,7 @@ router = APIRouter()
 )
 async def event_route(
     conn: Reader,
+    settings: ApiSettings,
     event_id: IdPath,
     topic: Annotated[ConsumedTopic | None, Query(description="The topic, without prefix.")] = None,
 ) -> dict[str, Any]:
@@ -41,7 +42,7 @@ async def event_route(
     if len(applied) > 1:
         names = ", ".join(entry["topic"] for entry in applied)
         raise HTTPException(409, detail=f"event {event_id!r} was applied in {names}: pass topic")
-    letters = await event_dead_letters(conn, event_id, topic)
+    letters = await event_dead_letters(conn, settings.kafka_topic_prefix, event_id, topic)
     if not applied and not letters:
         raise HTTPException(404, detail=f"no event {event_id!r} was applied or dead-lettered")
     return {
