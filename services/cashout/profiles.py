@@ -142,17 +142,3 @@ async def creator_profile(conn: AsyncConnection, creator_id: str) -> CreatorProf
         event_id=row.event_id,
         updated_at=row.updated_at,
     )
-
-
-async def creator_is_known(conn: AsyncConnection, creator_id: str) -> bool:
-    """Whether anything names the creator: a profile, an account or a cash-out request. One
-    that nothing names is unknown (`giftledger eligibility` exits 2, the API answers 404)."""
-    found = await conn.execute(
-        text(
-            "SELECT EXISTS (SELECT 1 FROM creators WHERE creator_id = :creator)"
-            " OR EXISTS (SELECT 1 FROM accounts WHERE creator_id = :creator)"
-            " OR EXISTS (SELECT 1 FROM cashouts WHERE creator_id = :creator)"
-        ),
-        {"creator": creator_id},
-    )
-    return bool(found.scalar_one())

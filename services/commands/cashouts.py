@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.events import CashoutStatus
 from services.cashout.eligibility import creator_eligibility
-from services.cashout.profiles import creator_is_known
 from services.cashout.store import cashout_document, list_cashouts
 from services.cli_text import aware_timestamp, table
 from services.commands.common import (
@@ -25,6 +24,7 @@ from services.commands.common import (
     positive_decimal,
     print_json,
 )
+from services.operator.freezes import creator_is_known
 from services.rates.fx import FxVersion, add_fx_rate, decimal_text, list_fx_rates
 from services.rates.rate_cards import RATE_CARD_NOTICE_S, add_rate_card, load_rate_cards
 from services.runtime.settings import get_settings

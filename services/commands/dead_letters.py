@@ -61,7 +61,10 @@ def _error_name(value: str) -> str:
 def add_dead_letters_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", choices=CONSUMED_TOPICS, help="the source topic, no prefix")
     parser.add_argument(
-        "--error", type=_error_name, metavar="ERROR", help="e.g. schema_violation, conflict"
+        "--error",
+        type=_error_name,
+        metavar="ERROR",
+        help="e.g. schema_violation, event_id_conflict",
     )
     parser.add_argument(
         "--from",

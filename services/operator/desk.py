@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.model import PostResult
 from ledger.service import Ledger, LedgerTransaction
 from schemas.assets import format_amount
-from services.cashout.profiles import creator_is_known
 from services.operator.actions_log import (
     ActionEntry,
     HeldLog,
@@ -46,6 +45,7 @@ from services.operator.adjustments import (
 )
 from services.operator.freezes import (
     FreezeState,
+    creator_is_known,
     freeze_state,
     record_freeze,
 )

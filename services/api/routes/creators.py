@@ -12,7 +12,7 @@ from services.api.documents import creator_balances_document
 from services.api.models import CreatorBalancesDocument, EligibilityDocument
 from services.api.responses import not_found
 from services.cashout.eligibility import creator_eligibility
-from services.cashout.profiles import creator_is_known
+from services.operator.freezes import creator_is_known
 
 router = APIRouter()
 
