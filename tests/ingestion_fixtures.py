@@ -104,12 +104,17 @@ async def wait_until(
 
 
 async def start_consumers(
-    engine: AsyncEngine, bootstrap_servers: str, prefix: str, group: str
+    engine: AsyncEngine,
+    bootstrap_servers: str,
+    prefix: str,
+    group: str,
+    *,
+    session_timeout_ms: int = 6_000,
 ) -> tuple[ConsumerService, Ingestor]:
     settings = Settings(
         kafka_topic_prefix=prefix,
         kafka_consumer_group=group,
-        kafka_session_timeout_ms=6_000,
+        kafka_session_timeout_ms=session_timeout_ms,
         consumer_batch_wait_ms=20,
         consumer_db_retry_backoff_ms_max=500,
     )

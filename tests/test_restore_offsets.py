@@ -40,7 +40,8 @@ from tests import event_factory as make
 from tests.fresh_database import fresh_database
 from tests.ingestion_fixtures import PARTITION_COUNT, start_consumers, wait_until
 
-SESSION_TIMEOUT_MS = 6_000
+# Short: the rewind waits about a session timeout for the consumers that stopped to be dropped.
+SESSION_TIMEOUT_MS = 3_000
 ASSIGNMENT_WAIT_S = 60.0
 APPLY_WAIT_S = 60.0
 CLI_TIMEOUT_S = 180.0
@@ -98,7 +99,11 @@ class Deployment:
 
     async def start(self, engine: AsyncEngine) -> tuple[ConsumerService, Ingestor]:
         service, ingestor = await start_consumers(
-            engine, self.bootstrap_servers, self.prefix, self.group
+            engine,
+            self.bootstrap_servers,
+            self.prefix,
+            self.group,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
         )
 
         async def assigned() -> bool:
@@ -264,7 +269,7 @@ async def test_after_a_restore_the_rewind_brings_back_every_gift_applied_since_t
             "--reason",
             "restore drill",
             "--wait-s",
-            "8",
+            "4",
         )
         assert code == 1, err
         assert "consumers still hold partitions" in err
