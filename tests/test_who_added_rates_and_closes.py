@@ -6,7 +6,7 @@ they exit 2 and add nothing. The name is kept on the row they add (`rate_cards.c
 `fx_rates.created_by`, `period_closes.closed_by`) and shown where those rows are: `giftledger
 rates`, `close`, `journal`, the finance API's journal and the console's books. The database
 refuses a new row without a name, for the writer too; the rows from before 0031 keep NULL and
-show as not recorded.
+show as not recorded. Each writes as `DATABASE_WRITER_ROLE`, not as the login.
 
 On a database of the module's own: a close is about the whole ledger (and periods close in
 order), so closing months here must not touch the session's database.
@@ -152,6 +152,28 @@ async def test_a_name_the_operator_log_would_refuse_is_refused_too(
     code, out, err = await _run(capsys, [*arguments, "--as", BAD_NAME])
     assert (code, out) == (2, "")
     assert err == f"giftledger: operator name {BAD_NAME!r}: letters, digits and ._@- (at most 64)\n"
+    assert await _counts(own) == before
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [_rate_card(), _fx_rate(), ["close", "--period", "2001-01"]],
+    ids=["rates add", "rates fx-add", "close"],
+)
+async def test_the_command_writes_as_the_writer_role_not_as_the_login(
+    own: AsyncEngine,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    arguments: list[str],
+) -> None:
+    """A writer role that may only read is refused the insert, though the login (the
+    migrations' owner) could make it: the command acted as `DATABASE_WRITER_ROLE`."""
+    monkeypatch.setenv("DATABASE_WRITER_ROLE", "giftledger_reader")
+    settings.get_settings.cache_clear()
+    before = await _counts(own)
+    code, out, err = await _run(capsys, [*arguments, "--as", "alice"])
+    assert (code, out) == (1, "")
+    assert err.startswith("giftledger: database error: permission denied for "), err
     assert await _counts(own) == before
 
 

@@ -18,6 +18,7 @@ from services.commands.common import (
     UsageError,
     acting_operator,
     add_actor_argument,
+    as_writer,
     decimal_amount,
     integer,
     page_size,
@@ -123,7 +124,7 @@ async def rates_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
 async def _add_fx_rate(engine: AsyncEngine, args: argparse.Namespace) -> int:
     actor = acting_operator(args)
     try:
-        async with engine.begin() as conn:
+        async with as_writer(engine) as writer, writer.begin() as conn:
             await add_fx_rate(
                 conn, args.currency, args.units_per_usd, args.effective_from, created_by=actor
             )
@@ -139,7 +140,7 @@ async def _add_fx_rate(engine: AsyncEngine, args: argparse.Namespace) -> int:
 async def _add_rate_card(engine: AsyncEngine, args: argparse.Namespace) -> int:
     actor = acting_operator(args)
     try:
-        async with engine.begin() as conn:
+        async with as_writer(engine) as writer, writer.begin() as conn:
             card = await add_rate_card(
                 conn,
                 effective_from=args.effective_from,

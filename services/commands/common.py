@@ -8,7 +8,8 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -19,7 +20,7 @@ from ledger.migrate import require_current_schema
 from ledger.queries import STATEMENT_PAGE_SIZE_MAX
 from schemas.assets import format_amount
 from schemas.events import OPERATOR_NAME_LENGTH_MAX, OPERATOR_NAME_PATTERN
-from services.runtime.database import open_database
+from services.runtime.database import engine_as_role, open_database
 from services.runtime.settings import get_settings
 
 PROGRAM = "giftledger"
@@ -64,6 +65,18 @@ def on_database(command: DatabaseCommand, *, schema_required: bool = True) -> Ha
 
 
 # Argument types -----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def as_writer(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    """An engine on the same database acting as DATABASE_WRITER_ROLE, for the commands that
+    write (`close`, `reconcile`, `rates add`, `rates fx-add`)."""
+    settings = get_settings()
+    writer = engine_as_role(engine, settings, settings.database_writer_role)
+    try:
+        yield writer
+    finally:
+        await writer.dispose()
 
 
 def page_size(value: str) -> int:

@@ -21,7 +21,6 @@ import argparse
 import csv
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +39,7 @@ from services.commands.common import (
     UsageError,
     acting_operator,
     add_actor_argument,
+    as_writer,
     decimal_amount,
     on_database,
     print_error,
@@ -54,7 +54,6 @@ from services.reconcile.store import (
     reconciliation_items,
     reconciliation_summary,
 )
-from services.runtime.database import engine_as_role
 from services.runtime.settings import get_settings
 
 JOURNAL_CSV_COLUMNS: Final = (
@@ -85,17 +84,6 @@ def period_argument(value: str) -> Period:
         return parse_period(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-@asynccontextmanager
-async def as_writer(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
-    """An engine on the same database acting as DATABASE_WRITER_ROLE."""
-    settings = get_settings()
-    writer = engine_as_role(engine, settings, settings.database_writer_role)
-    try:
-        yield writer
-    finally:
-        await writer.dispose()
 
 
 # reconcile ----------------------------------------------------------------------------------
