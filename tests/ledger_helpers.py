@@ -8,8 +8,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.chart import AccountKind, AccountSpec
+from ledger.database import create_engine
 from ledger.model import AccountFlags, AccountTotals
 from ledger.service import Ledger
+from ledger.verify_runs import VerifyRun, latest_run
 
 
 def synthetic_account(
@@ -40,3 +42,13 @@ async def totals(engine: AsyncEngine, account_ids: list[int]) -> dict[int, Accou
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+async def newest_verify_run(database_url: str) -> VerifyRun | None:
+    """The newest run in `verify_runs` (None: none yet), on an engine of its own."""
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            return await latest_run(conn)
+    finally:
+        await engine.dispose()

@@ -29,8 +29,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ledger.database import create_engine
-from ledger.verify_runs import VerifyRun, latest_run
 from services.cli import main
 from services.commands.common import EXIT_OK, EXIT_USAGE
 from services.demo import (
@@ -45,6 +43,7 @@ from services.runtime import settings as settings_module
 from services.runtime.settings import Settings
 from tests.api_server import free_port
 from tests.console_http import sign_in, table
+from tests.ledger_helpers import newest_verify_run
 
 DEMO_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
@@ -127,15 +126,6 @@ def _run_demo(env: dict[str, str], cwd: Path, *options: str) -> subprocess.Compl
     )
 
 
-async def _newest_verify_run(database_url: str) -> VerifyRun | None:
-    engine = create_engine(database_url, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            return await latest_run(conn)
-    finally:
-        await engine.dispose()
-
-
 async def _console_verify_rows(base_url: str, token: str) -> list[list[str]]:
     """The rows of the console overview's Verify table, signed in with `token`."""
     async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
@@ -159,7 +149,7 @@ def test_demo_serves_the_api_until_ctrl_c_and_stops_cleanly(
     database_url: str, kafka_bootstrap: str
 ) -> None:
     env = _demo_env(database_url, kafka_bootstrap)
-    run_before = asyncio.run(_newest_verify_run(database_url))
+    run_before = asyncio.run(newest_verify_run(database_url))
     demo = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "demo"],
         env=env,
@@ -198,7 +188,7 @@ def test_demo_serves_the_api_until_ctrl_c_and_stops_cleanly(
         assert float(months[1]) >= 1
         # The demo's verify is recorded as `giftledger verify`'s is, and the console's overview
         # shows it (not "the ledger has not been verified yet").
-        run = asyncio.run(_newest_verify_run(database_url))
+        run = asyncio.run(newest_verify_run(database_url))
         assert run is not None
         assert run.id > (0 if run_before is None else run_before.id)
         assert (run.clean, run.full_check) == (True, True)

@@ -17,6 +17,7 @@ from services.loadtest.replay import StreamRecord
 from services.loadtest.run import LoadtestError, loadtest
 from services.loadtest.stream_format import ExpectedState, StreamShape, load_expected
 from services.runtime.settings import Settings
+from tests.ledger_helpers import newest_verify_run
 
 EVENTS = 3_000
 
@@ -47,11 +48,17 @@ async def test_a_small_loadtest_lands_on_its_expected_end_state(
     database_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     settings = settings_for(database_url, kafka_bootstrap)
+    run_before = await newest_verify_run(database_url)
     report = await loadtest(
         settings, events=EVENTS, file=None, out_dir=tmp_path, seed=17, stall_s=60.0
     )
     assert report.matched, report.summary()
     assert report.verify_problems == []
+    # Its verify is recorded as `giftledger verify --full` records one (the console shows it).
+    run = await newest_verify_run(database_url)
+    assert run is not None
+    assert run_before is None or run.id > run_before.id
+    assert (run.full_check, run.problem_count) == (True, 0)
     assert report.mismatches == []
     assert report.consumed >= EVENTS
     assert report.cashouts["paid"] > 0

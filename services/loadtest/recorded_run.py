@@ -25,7 +25,6 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.verify import verify
 from services.app.consumer import ConsumerService
 from services.loadtest.checks import read_dead_letter_topics
 from services.loadtest.measurements import Sample, SendTimes
@@ -34,6 +33,7 @@ from services.loadtest.replay import ReplayMode
 from services.loadtest.report import LoadtestReport
 from services.payout_rail.rail import PayoutRailService
 from services.runtime.settings import Settings
+from services.verification import verify_and_record
 
 NOT_PREDICTED = (
     "the end state was not predicted (a recorded stream has no FILE.expected.json): checked that "
@@ -91,8 +91,7 @@ async def check_recorded(run: RecordedRun, report: LoadtestReport, since: dateti
     """The checks that hold without an expected end state (see the module's docstring);
     `since`: when the run started (its cash-outs are those requested after)."""
     counts = run.service.ingestor.counts
-    async with run.engine.connect() as conn:
-        problems = await verify(conn)
+    problems = (await verify_and_record(run.engine, full=True)).problems
     report.verify_problems = [f"{problem.check}: {problem.detail}" for problem in problems]
     report.consumed = counts.consumed
     report.applied = counts.applied + counts.unparked_applied
