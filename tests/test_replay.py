@@ -141,7 +141,9 @@ async def test_recorded_timing_at_speed_10_takes_a_tenth_of_the_recording(
     )
     wanted_s = recorded_duration_s(small_stream) / 10
     assert wanted_s > 0.6
-    assert wanted_s * 0.9 <= report.elapsed_s <= wanted_s * 1.5 + 0.5, (wanted_s, report)
+    # Not ahead of the schedule; behind it only by what a busy machine's broker takes (the
+    # schedule at speed 1 would take ten times `wanted_s`).
+    assert wanted_s * 0.9 <= report.elapsed_s <= wanted_s * 5, (wanted_s, report)
 
 
 async def test_rate_mode_publishes_at_about_the_rate(
@@ -157,8 +159,10 @@ async def test_rate_mode_publishes_at_about_the_rate(
         checkpoint_file=tmp_path / "checkpoint",
     )
     assert report.records_published == 1_500
-    assert 1.35 <= report.elapsed_s <= 2.5, report
-    assert 600 <= report.records_per_s <= 1_100
+    # Never faster than the rate; slower only by what a busy machine's broker takes (a tenth of
+    # the rate would take 15 s).
+    assert 1.35 <= report.elapsed_s <= 7.5, report
+    assert report.records_per_s <= 1_100
 
 
 async def test_max_mode_outruns_the_recorded_timing(
@@ -172,9 +176,9 @@ async def test_max_mode_outruns_the_recorded_timing(
         mode="max",
         checkpoint_file=tmp_path / "checkpoint",
     )
-    # The recording spans about 10 s; the broker takes tens of thousands of records a second.
-    assert report.elapsed_s < recorded_duration_s(small_stream) / 4, report
-    assert report.records_per_s > 1_500
+    # The recording spans about 10 s: max mode does not wait for it. (How fast the broker takes
+    # the records is the benchmarks' business, not a test's.)
+    assert report.elapsed_s < recorded_duration_s(small_stream) / 2, report
 
 
 async def test_resuming_from_the_checkpoint_publishes_only_the_rest(

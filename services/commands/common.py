@@ -64,9 +64,6 @@ def on_database(command: DatabaseCommand, *, schema_required: bool = True) -> Ha
     return handler
 
 
-# Argument types -----------------------------------------------------------------------------
-
-
 @asynccontextmanager
 async def as_writer(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
     """An engine on the same database acting as DATABASE_WRITER_ROLE, for the commands that
@@ -77,6 +74,9 @@ async def as_writer(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
         yield writer
     finally:
         await writer.dispose()
+
+
+# Argument types -----------------------------------------------------------------------------
 
 
 def page_size(value: str) -> int:
