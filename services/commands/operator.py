@@ -64,6 +64,7 @@ from services.operator.actions_log import (
 )
 from services.operator.adjustments import ADJUSTMENT_STATUSES, list_adjustments
 from services.operator.desk import (
+    APPROVAL_REASON_DEFAULT,
     AdjustmentNotFoundError,
     AdjustmentOutcome,
     FreezeOutcome,
@@ -127,7 +128,7 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
         "approve", help="approve an adjustment another operator proposed, and post it"
     )
     approve.add_argument("adjustment_id", metavar="ADJUSTMENT_ID", type=_positive)
-    approve.add_argument("--reason", default="four-eyes approval", help="why, for the audit log")
+    approve.add_argument("--reason", default=APPROVAL_REASON_DEFAULT, help="why, for the audit log")
     _add_actor_arguments(approve)
 
     withdraw = actions.add_parser(
