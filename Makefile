@@ -27,7 +27,7 @@ typecheck: $(STAMP)
 # The tests run in TEST_WORKERS processes (pytest-xdist), each with its own embedded PostgreSQL
 # (or its own database on DATABASE_URL's server) and its own broker; a module's tests stay in one
 # process. Most of a test's time is waiting (consumer groups forming, processes starting), so on
-# two cores 3 processes take a third of the time of one (4 no less than 3: README, Tests).
+# two cores 3 processes take a third of the time of one, and 4 as long as 3 (README, Tests).
 # TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 3
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
