@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.verify import verify
@@ -109,3 +110,17 @@ async def assert_books_sound(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         assert await verify(conn) == []
         assert await verify_action_chain(conn) == []
+
+
+async def available_diamonds(engine: AsyncEngine, creator: str) -> int:
+    """The creator's available Diamonds (milli-diamonds): posted credits less posted and pending
+    debits of `creator:<id>:DIAMOND:available`."""
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text(
+                "SELECT credits_posted - debits_posted - debits_pending FROM accounts"
+                " WHERE name = :name"
+            ),
+            {"name": f"creator:{creator}:DIAMOND:available"},
+        )
+        return int(found.scalar_one())

@@ -54,6 +54,7 @@ from tests.operator_helpers import (
     FINANCE_TOKEN,
     Feed,
     assert_books_sound,
+    available_diamonds,
     bearer,
     new_key,
     operator_settings,
@@ -113,18 +114,6 @@ async def _approve(desk: OperatorDesk, adjustment_id: int, actor: str) -> Adjust
     return await desk.approve_adjustment(adjustment_id, idempotency_key=new_key(), actor=actor)
 
 
-async def _available(engine: AsyncEngine, creator: str) -> int:
-    async with engine.connect() as conn:
-        found = await conn.execute(
-            text(
-                "SELECT credits_posted - debits_posted - debits_pending FROM accounts"
-                " WHERE name = :name"
-            ),
-            {"name": f"creator:{creator}:DIAMOND:available"},
-        )
-        return int(found.scalar_one())
-
-
 async def _actions_on(engine: AsyncEngine, target: str) -> list[tuple[int, str, str]]:
     async with engine.connect() as conn:
         rows = await conn.execute(
@@ -180,7 +169,7 @@ async def test_a_withdrawn_adjustment_is_never_approved_nor_posted(
     with pytest.raises(AdjustmentWithdrawnError):  # the proposer hears the same
         await _approve(desk, adjustment_id, "alice")
 
-    assert await _available(engine, creator) == 10_000
+    assert await available_diamonds(engine, creator) == 10_000
     assert (
         await _count(
             engine,
@@ -224,7 +213,7 @@ async def test_an_approved_adjustment_cannot_be_withdrawn(
             f" {approved.adjustment.transfer_id}: it cannot be withdrawn; to undo it, propose"
             " an adjustment of 2.500 DIAMOND (the other way)"
         )
-    assert await _available(engine, creator) == 7_500
+    assert await available_diamonds(engine, creator) == 7_500
     assert (
         await _count(
             engine,

@@ -20,7 +20,7 @@ from ledger.database import create_engine
 from services.cli import main
 from services.runtime import settings
 from services.runtime.settings import NamedToken, Settings, configuration_problems, named_tokens
-from tests.operator_helpers import Feed
+from tests.operator_helpers import Feed, available_diamonds
 
 T = TypeVar("T")
 DIGEST = "ab" * 32
@@ -57,18 +57,7 @@ def _eligible_creator(database_url: str, diamonds: int) -> str:
 
 
 def _available(database_url: str, creator: str) -> int:
-    async def read(engine: Any) -> int:
-        async with engine.connect() as conn:
-            found = await conn.execute(
-                text(
-                    "SELECT credits_posted - debits_posted - debits_pending FROM accounts"
-                    " WHERE name = :name"
-                ),
-                {"name": f"creator:{creator}:DIAMOND:available"},
-            )
-            return int(found.scalar_one())
-
-    return _on(database_url, read)
+    return _on(database_url, lambda engine: available_diamonds(engine, creator))
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
