@@ -8,7 +8,11 @@ migrated to head, dropped at the end). Topics get a unique prefix and
 1. publish: N gifts, generated from a seeded `random.Random`: creators Zipf-distributed over
    `CREATOR_COUNT` creators, plus one LIVE creator who gets 30 % of all gifts; coins from the usual
    price points, count mostly 1; key = creator_id. aiokafka producer, linger 20 ms, 256 KB batches.
-2. ceiling: a raw aiokafka consumer reads all N without decoding them.
+2. ceiling: a raw aiokafka consumer reads all N without decoding them. Then the consumers' floor
+   (`bench/consumer_floor.py`): the CPU a gift of fetching the first 200,000 records, and of
+   fetching and parsing them as the ingestor does, below what a consumer process spends a gift
+   whatever it does after the parse; printed beside what a drain's consumers could spend a gift
+   for `ingest xP/ledger` 0.7 with every core busy (`consumer floor/0.7 budget ratio`).
 3. baseline: what a naive consumer does, per record: parse, one database transaction (applied
    event, creator account upsert, one transfer and its key, two account updates), commit the
    Kafka offset. It runs on the first `--baseline-events` records, under its own topic label in
@@ -66,6 +70,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-u
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bench.consumer_floor import Floor, measure_floor
 from bench.consumer_workers import (
     APPLIED,
     ASSIGNED,
@@ -154,6 +159,7 @@ LEDGER_WRITERS = 2  # concurrent writers of the ledger-alone measurement
 LEDGER_ALONE_TAG = "l"  # event ids of the ledger-alone gifts: gift-l-<index>
 
 TARGET_GIFTS_PER_S = 20_000
+TARGET_LEDGER_RATIO = 0.7  # a drain's rate over the ledger batch alone's that the goal asks for
 TARGET_RATIO = 10.0
 TARGET_P99_MS = 500.0
 TARGET_RATE = 5_000
@@ -519,6 +525,10 @@ def gifts_for_ledger(count: int) -> list[GiftSent]:
     ]
 
 
+# The parts of `CpuParts.read`'s snapshots.
+CONSUMERS, POSTGRESQL, BROKER, THIS_PROCESS = "consumers", "postgresql", "broker", "this process"
+
+
 @dataclass(frozen=True, slots=True)
 class CpuParts:
     """The processes whose CPU the benchmark reads (from /proc): the PostgreSQL server and the
@@ -532,12 +542,12 @@ class CpuParts:
         the broker."""
         parts: dict[str, Callable[[], float | None]] = {}
         if workers is not None:
-            parts["consumers"] = lambda: sum(
+            parts[CONSUMERS] = lambda: sum(
                 cpu_seconds_of(process.pid) for process in workers.processes if process.pid
             )
-        parts["postgresql"] = lambda: tree_cpu_seconds_of(self.postmaster_pid)
-        parts["broker"] = lambda: tree_cpu_seconds_of(self.broker_pid)
-        parts["this process"] = lambda: own_cpu_seconds_of(os.getpid())
+        parts[POSTGRESQL] = lambda: tree_cpu_seconds_of(self.postmaster_pid)
+        parts[BROKER] = lambda: tree_cpu_seconds_of(self.broker_pid)
+        parts[THIS_PROCESS] = lambda: own_cpu_seconds_of(os.getpid())
         return cpu_snapshot(parts)
 
 
@@ -855,6 +865,7 @@ class Figures:
     drains: list[Drain] = field(default_factory=list)
     ledger_alone: LedgerAlone | None = None
     ledger_alone_cpu: CpuSpan | None = None
+    floor: Floor | None = None
     latency: Latency | None = None
     worker_log: Counter[tuple[str, str]] = field(default_factory=Counter)
     checked: str = ""
@@ -932,6 +943,10 @@ async def run_phases(
     ceiling = await measure_ceiling(bootstrap_servers, first_topic, options.events)
     figures.measurements.append(ceiling)
     say(f"ceiling: {ceiling.events_per_s:,.0f} records/s")
+    figures.floor = await measure_floor(
+        bootstrap_servers, first_topic, options.events, cpu_parts.read
+    )
+    say(f"consumers' floor: {figures.floor.fetch_and_parse.items:,} gifts fetched and parsed")
     baseline, baseline_coins = await measure_baseline(
         bootstrap_servers, first_topic, engine, options.baseline_events
     )
@@ -1071,6 +1086,55 @@ def print_cpu(spans: dict[str, CpuSpan], figures: Figures) -> None:
             f" (its cpu a gift is {us(drained.cpu.all_us_each).strip()} µs"
             f" against {us(alone_span.all_us_each).strip()})"
         )
+    floor = figures.floor
+    assert floor is not None
+    print(
+        f"  consumers' floor (bench/consumer_floor.py, {floor.fetch.items:,} gifts, raw aiokafka in"
+        " this process):"
+    )
+    print(floor.fetch.line("fetch", 25, us))
+    print(floor.fetch_and_parse.line("fetch and parse", 25, us))
+    for label, (budget_us, floor_us) in floor_budgets(figures).items():
+        print(
+            f"  {label}: {TARGET_LEDGER_RATIO:g} of the ledger alone with every core busy leaves"
+            f" the consumers {budget_us:.1f} µs a gift beside this drain's PostgreSQL and broker;"
+            f" fetching and parsing alone take {floor_us:.1f}"
+        )
+        print(f"{floor_ratio_name(label)} ratio: {floor_ratio(budget_us, floor_us):.2f}")
+
+
+def floor_budgets(figures: Figures) -> dict[str, tuple[float, float]]:
+    """Per big drain (its label), the consumers' budget for `TARGET_LEDGER_RATIO` and the
+    floor's CPU a gift in its process, in microseconds."""
+    alone, floor = figures.ledger_alone, figures.floor
+    assert alone is not None
+    assert floor is not None
+    floor_us = floor.fetch_and_parse.us_each(floor.fetch_and_parse.seconds[THIS_PROCESS])
+    assert floor_us is not None
+    cores = os.cpu_count() or 1
+    return {
+        drained.label: (consumer_budget_us(cores, alone.events_per_s, drained.cpu), floor_us)
+        for drained in figures.drains[1:]
+        if drained.cpu.items
+    }
+
+
+def floor_ratio_name(drain_label: str) -> str:
+    processes = drain_label.removeprefix("giftledger ")
+    return f"ingest {processes} consumer floor/{TARGET_LEDGER_RATIO:g} budget"
+
+
+def floor_ratio(budget_us: float, floor_us: float) -> float:
+    return floor_us / budget_us if budget_us > 0 else math.inf
+
+
+def consumer_budget_us(cores: int, ledger_alone_per_s: float, drain: CpuSpan) -> float:
+    """Microseconds of CPU a gift the consumer processes could spend for a drain to apply
+    `TARGET_LEDGER_RATIO` times the ledger alone's rate with every core busy all the time, the
+    server's and the broker's CPU a gift as this drain measured them (the benchmark's own
+    process, which only watches, is left out)."""
+    all_us = cores * 1e6 / (TARGET_LEDGER_RATIO * ledger_alone_per_s)
+    return all_us - sum(drain.us_each(drain.seconds[part]) or 0.0 for part in (POSTGRESQL, BROKER))
 
 
 def cpu_document(span: CpuSpan) -> dict[str, Any]:
@@ -1090,8 +1154,9 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
     by_path = {m.path: m for m in figures.measurements}
     baseline = by_path["baseline (per event)"].events_per_s
     big_drains = figures.drains[1:]
-    latency, published = figures.latency, figures.published
+    latency, published, floor = figures.latency, figures.published, figures.floor
     assert latency is not None
+    assert floor is not None
     assert published is not None
     print()
     print(
@@ -1225,6 +1290,14 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
         },
         "ratios": {name: round(ratio, 2) for name, ratio in ratios.items()},
         "cpu_a_gift": {label: cpu_document(span) for label, span in cpu.items()},
+        "consumer_floor": {
+            "fetch": cpu_document(floor.fetch),
+            "fetch_and_parse": cpu_document(floor.fetch_and_parse),
+            "budget_ratios": {
+                floor_ratio_name(label): round(floor_ratio(budget_us, floor_us), 2)
+                for label, (budget_us, floor_us) in floor_budgets(figures).items()
+            },
+        },
         "machine": figures.machine,
         "library_log": {f"{level} {name}": n for (level, name), n in logs.items()},
         "targets": targets,
