@@ -1,7 +1,8 @@
 """The least CPU a gift can cost a consumer process before it prices, records or posts anything.
 
 Two passes over the same `gifts.sent` records, each with a raw aiokafka consumer of a consumer
-group of its own, in this process, with nothing else running in it:
+group of its own, in this process, with nothing else running in it (the caller settles its
+collector first, as the consumer processes settle theirs: `services.runtime.collector`):
 
 - `fetch`: the records fetched and dropped (aiokafka's fetches and its record decoding, in C);
 - `fetch and parse`: each fetched batch also turned into the ingestor's records and parsed as
@@ -90,9 +91,9 @@ async def _pass(
             batches = await consumer.getmany(
                 timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
             )
-            fetched = 0
-            for batch in batches.values():
-                fetched += _parse(batch) if parse and before is not None else len(batch)
+            # One batch of all the partitions' records, as FastStream hands the consumer's.
+            batch = [record for records in batches.values() for record in records]
+            fetched = _parse(batch) if parse and before is not None else len(batch)
             if fetched and before is None:
                 before, first = read_cpu(), fetched
             seen += fetched

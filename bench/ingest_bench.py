@@ -943,6 +943,7 @@ async def run_phases(
     ceiling = await measure_ceiling(bootstrap_servers, first_topic, options.events)
     figures.measurements.append(ceiling)
     say(f"ceiling: {ceiling.events_per_s:,.0f} records/s")
+    settle_collector()  # as the consumer processes do before they consume
     figures.floor = await measure_floor(
         bootstrap_servers, first_topic, options.events, cpu_parts.read
     )
