@@ -29,7 +29,6 @@ from schemas import topics
 from services.ingestion.records import DeadLetter, InputRecord, parse_records
 
 FLOOR_GIFTS_MAX = 200_000  # records read by each pass: enough for a steady CPU a gift
-FETCH_RECORDS_MAX = 2_000  # the consumers' batch bound (`consumer_batch_size_max`)
 FETCH_TIMEOUT_MS = 500
 SESSION_TIMEOUT_MS = 6_000
 
@@ -76,6 +75,7 @@ async def _pass(
     bootstrap_servers: str,
     topic: str,
     count: int,
+    batch_size_max: int,
     read_cpu: Callable[[], CpuSnapshot],
     *,
     parse: bool,
@@ -89,7 +89,7 @@ async def _pass(
         before = None
         while seen < count:
             batches = await consumer.getmany(
-                timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
+                timeout_ms=FETCH_TIMEOUT_MS, max_records=batch_size_max
             )
             # One batch of all the partitions' records, as FastStream hands the consumer's.
             batch = [record for records in batches.values() for record in records]
@@ -104,11 +104,18 @@ async def _pass(
 
 
 async def measure_floor(
-    bootstrap_servers: str, topic: str, published: int, read_cpu: Callable[[], CpuSnapshot]
+    bootstrap_servers: str,
+    topic: str,
+    published: int,
+    batch_size_max: int,
+    read_cpu: Callable[[], CpuSnapshot],
 ) -> Floor:
     """Both passes over the first `FLOOR_GIFTS_MAX` (at most `published`) records of `topic`,
-    which must all parse as gifts; `read_cpu` reads this process's and the broker's CPU."""
+    which must all parse as gifts, in batches of at most `batch_size_max` (the consumers'
+    `consumer_batch_size_max`); `read_cpu` reads this process's and the broker's CPU."""
     count = min(published, FLOOR_GIFTS_MAX)
-    fetch = await _pass(bootstrap_servers, topic, count, read_cpu, parse=False)
-    fetch_and_parse = await _pass(bootstrap_servers, topic, count, read_cpu, parse=True)
+    fetch = await _pass(bootstrap_servers, topic, count, batch_size_max, read_cpu, parse=False)
+    fetch_and_parse = await _pass(
+        bootstrap_servers, topic, count, batch_size_max, read_cpu, parse=True
+    )
     return Floor(fetch, fetch_and_parse)

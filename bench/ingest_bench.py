@@ -945,7 +945,11 @@ async def run_phases(
     say(f"ceiling: {ceiling.events_per_s:,.0f} records/s")
     settle_collector()  # as the consumer processes do before they consume
     figures.floor = await measure_floor(
-        bootstrap_servers, first_topic, options.events, cpu_parts.read
+        bootstrap_servers,
+        first_topic,
+        options.events,
+        bigs[0].consumer_batch_size_max,
+        cpu_parts.read,
     )
     say(f"consumers' floor: {figures.floor.fetch_and_parse.items:,} gifts fetched and parsed")
     baseline, baseline_coins = await measure_baseline(

@@ -19,6 +19,7 @@ from tests import event_factory as make
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 GIFT_COUNT = 3_000
+BATCH_SIZE_MAX = 2_000  # below GIFT_COUNT: the first fetch cannot hold every record
 
 
 def read_cpu() -> CpuSnapshot:
@@ -45,7 +46,7 @@ async def test_both_passes_count_the_gifts_after_the_first_fetch(kafka_bootstrap
     topic = f"floor{uuid.uuid4().hex[:8]}.gifts.sent"
     await publish(kafka_bootstrap, topic, gift_values(GIFT_COUNT))
 
-    floor = await measure_floor(kafka_bootstrap, topic, GIFT_COUNT, read_cpu)
+    floor = await measure_floor(kafka_bootstrap, topic, GIFT_COUNT, BATCH_SIZE_MAX, read_cpu)
 
     for span in (floor.fetch, floor.fetch_and_parse):
         assert 0 < span.items < GIFT_COUNT  # the first fetch's records are not counted
@@ -59,4 +60,4 @@ async def test_a_record_that_is_not_a_gift_stops_the_parse(kafka_bootstrap: str)
     await publish(kafka_bootstrap, topic, values)
 
     with pytest.raises(ValueError, match="schema_violation"):
-        await measure_floor(kafka_bootstrap, topic, GIFT_COUNT, read_cpu)
+        await measure_floor(kafka_bootstrap, topic, GIFT_COUNT, BATCH_SIZE_MAX, read_cpu)
