@@ -41,8 +41,9 @@ class Floor:
     fetch_and_parse: CpuSpan
 
 
-def _consumer(bootstrap_servers: str, topic: str) -> Any:
-    group = f"bench-floor-{uuid.uuid4().hex[:8]}"
+def raw_consumer(bootstrap_servers: str, topic: str, group: str) -> Any:
+    """An aiokafka consumer of `topic` in `group`, from the earliest offset, committing nothing
+    (the benchmarks' raw readers: this floor, `ingest_bench`'s ceiling and baseline)."""
     return AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap_servers,
@@ -82,7 +83,7 @@ async def _pass(
 ) -> CpuSpan:
     """Read `count` records; the CPU from the end of the first fetch that returned records (the
     group's join before it is not counted, nor are its records) to the last."""
-    consumer = _consumer(bootstrap_servers, topic)
+    consumer = raw_consumer(bootstrap_servers, topic, f"bench-floor-{uuid.uuid4().hex[:8]}")
     await consumer.start()
     try:
         seen = first = 0

@@ -66,11 +66,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bench.consumer_floor import Floor, measure_floor
+from bench.consumer_floor import Floor, measure_floor, raw_consumer
 from bench.consumer_workers import (
     APPLIED,
     ASSIGNED,
@@ -146,7 +146,6 @@ PUBLISH_CHUNK = 10_000
 RAW_FETCH_RECORDS_MAX = 10_000
 BASELINE_FETCH_RECORDS_MAX = 500
 BASELINE_TOPIC = "bench.baseline.gifts.sent"
-RAW_SESSION_TIMEOUT_MS = 6_000
 SESSION_TIMEOUT_MS = 6_000
 FETCH_TIMEOUT_MS = 500
 ASSIGNMENT_WAIT_S = 120.0
@@ -314,19 +313,6 @@ class Measurement:
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds
-
-
-def raw_consumer(bootstrap_servers: str, topic: str, group: str) -> Any:
-    return AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap_servers,
-        group_id=group,
-        client_id=group,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        session_timeout_ms=RAW_SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=RAW_SESSION_TIMEOUT_MS // 4,
-    )
 
 
 async def measure_ceiling(bootstrap_servers: str, topic: str, count: int) -> Measurement:

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.chart import creator_diamonds_available
 from ledger.verify import verify
 from schemas import topics
 from services.ingestion.ingestor import Ingestor
@@ -114,13 +115,13 @@ async def assert_books_sound(engine: AsyncEngine) -> None:
 
 async def available_diamonds(engine: AsyncEngine, creator: str) -> int:
     """The creator's available Diamonds (milli-diamonds): posted credits less posted and pending
-    debits of `creator:<id>:DIAMOND:available`."""
+    debits of its `creator_diamonds_available` account."""
     async with engine.connect() as conn:
         found = await conn.execute(
             text(
                 "SELECT credits_posted - debits_posted - debits_pending FROM accounts"
                 " WHERE name = :name"
             ),
-            {"name": f"creator:{creator}:DIAMOND:available"},
+            {"name": creator_diamonds_available(creator).name},
         )
         return int(found.scalar_one())
