@@ -11,6 +11,7 @@ from ledger.chart import AccountKind, AccountSpec
 from ledger.database import create_engine
 from ledger.model import AccountFlags, AccountTotals
 from ledger.service import Ledger
+from ledger.verify import Problem, verify
 from ledger.verify_runs import VerifyRun, latest_run
 
 
@@ -52,3 +53,13 @@ async def newest_verify_run(database_url: str) -> VerifyRun | None:
             return await latest_run(conn)
     finally:
         await engine.dispose()
+
+
+async def ledger_problems(engine: AsyncEngine) -> list[Problem]:
+    """What `ledger.verify.verify` finds, in one snapshot (REPEATABLE READ), as `giftledger
+    verify` checks: its statements read the ledger one after another, and a writer still running
+    (a consumer, the outbox relay) that committed between two of them would show its transfers
+    without their link in the chain."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="REPEATABLE READ")
+        return await verify(conn)

@@ -53,6 +53,7 @@ from services.trial_balance_text import render_trial_balance
 from tests import event_factory as make
 from tests.api_server import FINANCE_TOKEN, api_settings, running_api_server
 from tests.ingestion_fixtures import make_ingestor
+from tests.ledger_helpers import ledger_problems
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "accounting.md"
 READ_WAIT_S = 30.0
@@ -377,8 +378,7 @@ async def test_after_every_cash_out_cycle_nothing_is_payable_and_verify_passes(
     balances = await _balances(books_engine)
     assert balances["platform:USD:payouts_payable"] == (0, 0)
     assert balances["platform:USD:cash_at_bank"] == (11_000, 0)  # 10.00 + 100.00 left the bank
-    async with books_engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(books_engine) == []
 
 
 async def test_the_trial_balance_document_gives_each_account_its_type(
@@ -511,8 +511,7 @@ async def test_verify_names_the_invariant_a_corrupted_book_breaks(
     assert [(problem.check, problem.detail) for problem in problems] == [
         (corruption.broken, corruption.detail)
     ]
-    async with books_engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(books_engine) == []
 
 
 # The cash-out document -----------------------------------------------------------------------
@@ -770,5 +769,4 @@ async def test_a_ledger_booked_before_payables_were_settled_is_caught_up_once(
     balances = await _balances(old_books)
     assert balances["platform:USD:payouts_payable"] == (0, 0)
     assert balances["platform:USD:cash_at_bank"] == (2_500, 0)
-    async with old_books.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(old_books) == []

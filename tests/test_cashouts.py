@@ -14,7 +14,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.service import Ledger
-from ledger.verify import verify
 from schemas import topics
 from schemas.events import CashoutRequested
 from services.cashout.desk import CashoutDesk, CashoutLimits, request_accounts
@@ -25,6 +24,7 @@ from services.rates.rate_cards import load_rate_cards
 from services.runtime.settings import EligibilitySettings, get_settings
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, wait_until
+from tests.ledger_helpers import ledger_problems
 
 
 def _creator() -> str:
@@ -180,8 +180,7 @@ async def test_a_returned_payout_restores_the_balance_exactly(
     await consumers.publish(topics.PAYOUTS_UPDATED, returned, key=creator)
     await _until_status(engine, cashout_id, "returned")
     assert await _available(engine, creator) == 2_345_000
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 async def test_results_for_unknown_or_finished_cash_outs_change_nothing(
@@ -278,8 +277,7 @@ async def test_racing_requests_never_take_the_balance_below_zero(
     statuses = await asyncio.gather(*(one(event) for event in requests))
     assert sorted(statuses) == ["held"] * 5 + ["rejected"] * 7
     assert await _available(engine, creator) == 0
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 async def test_a_crash_between_commit_and_publish_still_sends_the_payout_once(

@@ -16,12 +16,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
-from ledger.verify import verify
 from schemas import topics
 from schemas.topics import all_topics
 from services.runtime.embedded_broker import create_topics
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, start_consumers, wait_until
+from tests.ledger_helpers import ledger_problems
 
 pytestmark = pytest.mark.server
 
@@ -126,8 +126,7 @@ async def test_terminated_connections_are_an_outage_not_an_unexpected_error(
 
     await wait_until(all_applied, 120)
     assert terminated > 0, "the test ended no connection: it proves nothing"
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
     assert consumers.ingestor.counts.balanced()
     errors = [
         f"{record.name}: {record.getMessage()}"

@@ -18,12 +18,12 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.verify import verify
 from schemas import topics
 from schemas.topics import all_topics
 from services.runtime.embedded_broker import create_topics
 from tests import event_factory as make
 from tests.ingestion_fixtures import wait_until
+from tests.ledger_helpers import ledger_problems
 
 PARTITION_COUNT = 4
 CREATOR_COUNT = 50
@@ -177,8 +177,7 @@ async def test_sigkill_of_one_consumer_mid_stream_loses_and_doubles_nothing(
         assert await _diamonds(engine, creators) == expected
     finally:
         await producer.stop()
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 @pytest.mark.faults
@@ -219,5 +218,4 @@ async def test_repeated_sigkills_under_load_lose_and_double_nothing(
         assert await _diamonds(engine, creators) == expected
     finally:
         await producer.stop()
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []

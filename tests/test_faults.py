@@ -25,6 +25,7 @@ from services.runtime.embedded_broker import create_topics
 from services.runtime.embedded_postgres import EmbeddedPostgres
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, start_consumers, wait_until
+from tests.ledger_helpers import ledger_problems
 
 pytestmark = pytest.mark.faults
 
@@ -183,5 +184,4 @@ async def test_cash_outs_wait_while_the_payout_rail_is_down_and_finish_when_it_i
             return bool(count.scalar_one() == GIFT_COUNT)
 
     await wait_until(load_applied, CATCH_UP_S)
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []

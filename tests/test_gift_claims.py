@@ -17,13 +17,13 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.verify import verify
 from schemas import topics
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import BatchReport, InputRecord
 from services.rates.rate_cards import load_rate_cards
 from tests import event_factory as make
 from tests.ingestion_fixtures import make_ingestor
+from tests.ledger_helpers import ledger_problems
 
 PARTITION = 5
 _offsets = itertools.count(3 * 10**12)
@@ -133,5 +133,4 @@ async def test_two_consumers_applying_the_same_gifts_at_once_apply_each_once(
     assert all(not report.dead_letters for report in reports)
     assert await diamonds_of(engine, creator) == 200 * MILLI_DIAMONDS_PER_COIN
     assert await applied_rows(engine, [g["event_id"] for g in gifts]) == 200
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []

@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.ids import unix_ms_of
 from ledger.queries import creator_balances
 from ledger.service import Ledger
-from ledger.verify import verify
 from schemas import topics
 from schemas.events import GiftSent
 from services.ingestion.event_transfers import (
@@ -29,6 +28,7 @@ from services.ingestion.records import payload_sha256
 from services.rates.rate_cards import load_rate_cards
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, wait_until
+from tests.ledger_helpers import ledger_problems
 
 MOMENT = datetime(2026, 11, 3, 18, 25, 43, 511_000, tzinfo=UTC)
 
@@ -163,5 +163,4 @@ async def test_a_gift_stored_under_the_name_based_id_is_still_reversed_once(
 
     await wait_until(counted)
     await _reverse_twice(consumers, engine, creator, str(gift["event_id"]))
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []

@@ -22,6 +22,7 @@ from services.runtime.settings import EligibilitySettings
 from tests import event_factory as make
 from tests.api_server import free_port
 from tests.ingestion_fixtures import RunningConsumers, wait_until
+from tests.ledger_helpers import ledger_problems
 
 
 async def _balances(engine: AsyncEngine, creator_id: str) -> dict[str, int]:
@@ -179,8 +180,7 @@ async def _applied_one(engine: AsyncEngine, event_id: str) -> bool:
 async def test_the_ledger_verifies_after_ingestion(
     consumers: RunningConsumers, engine: AsyncEngine
 ) -> None:
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
     assert consumers.ingestor.counts.balanced()
 
 

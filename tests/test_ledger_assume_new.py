@@ -17,10 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.model import AccountFlags, PostResult, Transfer, TransferCode
 from ledger.service import CONFLICT_KINDS, Ledger
 from ledger.store import LedgerConflictError, conflict_kind
-from ledger.verify import verify
 from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import Settings
-from tests.ledger_helpers import make_accounts, new_id, totals
+from tests.ledger_helpers import ledger_problems, make_accounts, new_id, totals
 
 pytestmark = pytest.mark.server
 
@@ -61,8 +60,7 @@ async def test_a_batch_that_repeats_a_stored_transfer_runs_again_and_stores_the_
     assert results == [PostResult.EXISTS, PostResult.OK]
     assert attempts == 2
     assert (await totals(engine, [b]))[b].credits_posted == 17
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 async def test_a_stored_transfer_the_walk_would_refuse_is_told_exists_in_one_attempt(

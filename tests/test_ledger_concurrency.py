@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.model import AccountFlags, PostResult, Transfer, TransferCode, TransferFlags
 from ledger.service import Ledger
-from ledger.verify import verify
-from tests.ledger_helpers import make_accounts, totals
+from tests.ledger_helpers import ledger_problems, make_accounts, totals
 
 pytestmark = pytest.mark.server
 
@@ -75,8 +74,7 @@ async def test_writers_racing_on_a_hot_account_keep_its_rule_and_exact_totals(
             debits += 5_000
         assert (account.debits_posted, account.credits_posted) == (debits, credits)
     assert stored[hot].debits_posted <= stored[hot].credits_posted
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 async def test_two_writers_creating_the_same_new_accounts_get_the_same_ids(

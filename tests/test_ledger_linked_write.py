@@ -23,8 +23,7 @@ from ledger.chain import (
 from ledger.model import AccountFlags, NewTransfers, Transfer, TransferCode, TransferFlags
 from ledger.service import Ledger
 from ledger.store import read_stored
-from ledger.verify import verify
-from tests.ledger_helpers import make_accounts, new_id
+from tests.ledger_helpers import ledger_problems, make_accounts, new_id
 from tests.query_plans import nodes_of, plan_root
 
 pytestmark = pytest.mark.server
@@ -69,8 +68,7 @@ async def digest_of_stored(engine: AsyncEngine, ids: list[uuid.UUID], form: int)
 
 
 async def assert_verified(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 async def assert_newest_link_holds(engine: AsyncEngine, ids: list[uuid.UUID], form: int) -> None:

@@ -26,8 +26,7 @@ from ledger.store import (
     _nullable_int_array_text,
     read_stored,
 )
-from ledger.verify import verify
-from tests.ledger_helpers import make_accounts, new_id
+from tests.ledger_helpers import ledger_problems, make_accounts, new_id
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +131,7 @@ async def assert_stored_as_given(engine: AsyncEngine, ledger: Ledger, batch: New
             None,
         )
     assert await ledger.post(as_transfers(batch)) == [PostResult.EXISTS] * len(batch)
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 async def post_general(ledger: Ledger, batch: NewTransfers) -> None:

@@ -25,8 +25,7 @@ from ledger.model import (
 )
 from ledger.service import Ledger
 from ledger.store import LedgerConflictError
-from ledger.verify import verify
-from tests.ledger_helpers import make_accounts, new_id, totals
+from tests.ledger_helpers import ledger_problems, make_accounts, new_id, totals
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +138,7 @@ async def test_new_transfers_are_stored_as_the_general_path_would_store_them(
     stored = await totals(engine, accounts)
     assert [[stored[a].debits_posted, stored[a].credits_posted] for a in accounts] == expected
     assert await ledger.post(as_transfers(batch)) == [PostResult.EXISTS] * len(batch)
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 async def test_a_stored_id_fails_the_whole_batch_as_a_conflict(

@@ -19,7 +19,7 @@ from ledger.model import BIGINT_MAX, AccountFlags, PostResult, Transfer, Transfe
 from ledger.service import Ledger
 from ledger.store import read_stored
 from ledger.verify import verify
-from tests.ledger_helpers import make_accounts, new_id, totals
+from tests.ledger_helpers import ledger_problems, make_accounts, new_id, totals
 
 pytestmark = pytest.mark.server
 
@@ -240,5 +240,4 @@ async def test_plain_batches_before_the_last_write_are_linked_at_the_commit(
         (2, 5),
         (1, 2),
     ]
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []

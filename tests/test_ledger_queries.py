@@ -20,7 +20,7 @@ from ledger.queries import (
 )
 from ledger.service import Ledger
 from ledger.verify import check_names, verify
-from tests.ledger_helpers import make_accounts
+from tests.ledger_helpers import ledger_problems, make_accounts
 
 SYN = TransferCode.SYNTHETIC
 
@@ -132,8 +132,7 @@ async def test_verify_names_an_account_whose_totals_were_edited_by_hand(
     finally:
         async with engine.begin() as conn:
             await conn.execute(text(edit), {"delta": -1, "id": b})
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 async def test_verify_names_a_transfer_whose_balance_after_was_edited(
@@ -165,8 +164,7 @@ async def test_verify_names_a_transfer_whose_balance_after_was_edited(
         async with engine.begin() as conn:
             await conn.execute(text("SET LOCAL session_replication_role = replica"))
             await conn.execute(text(edit), {"delta": -1, "id": transfer.id})
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 async def test_verify_reports_an_expired_pending_left_open(
@@ -182,8 +180,7 @@ async def test_verify_reports_an_expired_pending_left_open(
     assert [p.check for p in problems] == ["no_expired_pending_left_open"]
     assert str(hold.id) in problems[0].detail
     assert await ledger.expire_pending() >= 1
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 def test_verify_runs_every_documented_check() -> None:
@@ -239,5 +236,4 @@ async def test_verify_names_gift_coins_without_their_diamonds(
         rate_card_version=1,
     )
     await ledger.post([undo])
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []

@@ -39,13 +39,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.queries import creator_balances
-from ledger.verify import verify
 from schemas import topics
 from schemas.events import CashoutUpdated, PayoutRequested
 from services.cashout.profiles import creator_profile
 from services.runtime.metrics import IngestCounts
 from tests import creator_events as ce
 from tests.ingestion_fixtures import EFFECT_WAIT_S, PARTITION_COUNT, RunningConsumers, wait_until
+from tests.ledger_helpers import ledger_problems
 
 CREATOR_ID_TRY_COUNT_MAX = 1_000
 DELIVERY_WAIT_S = 30.0
@@ -407,8 +407,7 @@ async def test_every_record_of_both_streams_is_accounted_for_and_the_ledger_veri
             "still_parked": 0,
         }
         assert run.end.dead_letter_errors == {"malformed_json": 1}
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 def _headers(message: Message) -> dict[str, bytes]:

@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.model import TransferCode
 from ledger.service import Ledger
-from ledger.verify import verify
 from schemas import topics
 from schemas.events import PayoutRequested
 from schemas.payout_cancel import PayoutCancelRequested
@@ -46,6 +45,7 @@ from services.runtime.embedded_broker import create_topics
 from services.runtime.settings import Settings, get_settings
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, wait_until
+from tests.ledger_helpers import ledger_problems
 
 WRITER_ROLE = "giftledger_writer"
 PARTITION_COUNT = 4
@@ -111,8 +111,7 @@ async def _until_status(engine: AsyncEngine, cashout_id: str, status: str) -> No
 
 
 async def _sound(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
 
 
 async def _eligible_creator_with(

@@ -37,6 +37,7 @@ from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime.metrics import IngestCounts
 from services.runtime.settings import Settings
 from tests import creator_events as ce
+from tests.ledger_helpers import ledger_problems
 
 
 @pytest.fixture(scope="module")
@@ -280,5 +281,4 @@ async def test_two_consumers_deciding_one_creators_requests_at_once_hold_one_wit
             ce.DIAMONDS_POSTED_MILLI,
             ce.CASHOUT_MILLI_DIAMONDS,
         )
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []

@@ -28,7 +28,7 @@ from services.ingestion.records import BatchReport, DeadLetter, InputRecord
 from services.rates.rate_cards import load_rate_cards
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, make_ingestor, wait_until
-from tests.ledger_helpers import make_accounts, new_id
+from tests.ledger_helpers import ledger_problems, make_accounts, new_id
 
 DIAMONDS_PER_COIN_MILLI = 500
 GIFT_COUNT = 60
@@ -187,8 +187,7 @@ async def test_a_poison_from_kafka_reaches_the_dead_letter_topic_and_blocks_noth
     assert headers["dlq.error"] == PROCESSING_FAILED.encode()
     assert headers["dlq.event_id"] == poison_id.encode()
     assert await _balances(engine, creators) == _expected(gifts, poisoned)
-    async with engine.connect() as conn:
-        assert await verify(conn) == []
+    assert await ledger_problems(engine) == []
     assert consumers.ingestor.counts.balanced()
 
 
