@@ -111,6 +111,7 @@ async def verify_ledger(url: str) -> float:
     started = time.perf_counter()
     try:
         async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot
             problems = await verify(conn)
     finally:
         await engine.dispose()

@@ -229,7 +229,15 @@ CHAIN_CHECK = "hash_chain_intact"
 
 
 async def verify(conn: AsyncConnection) -> list[Problem]:
-    """Every broken invariant, by check name; an empty list means the ledger is sound."""
+    """Every broken invariant, by check name; an empty list means the ledger is sound. The
+    checks read the ledger in many statements, so the caller's transaction must see one
+    snapshot (REPEATABLE READ or SERIALIZABLE): at READ COMMITTED, a writer that commits
+    between two statements shows as a problem that is not there (`SnapshotRequiredError`)."""
+    await require_snapshot(conn)
+    return await _whole_ledger_problems(conn)
+
+
+async def _whole_ledger_problems(conn: AsyncConnection) -> list[Problem]:
     problems: list[Problem] = []
     for check, sql in _CHECKS.items():
         rows = await conn.execute(text(sql + f" LIMIT {PROBLEM_COUNT_MAX}"))
@@ -257,7 +265,15 @@ _SNAPSHOT_ISOLATION_LEVELS = frozenset({"repeatable read", "serializable"})
 
 
 class SnapshotRequiredError(Exception):
-    """`verify_ledger` reads the ledger in many statements, which must see one snapshot."""
+    """`verify` and `verify_ledger` read the ledger in many statements, which must see one
+    snapshot."""
+
+
+async def require_snapshot(conn: AsyncConnection) -> None:
+    """Refuse a transaction whose statements would each see a snapshot of their own."""
+    isolation = (await conn.execute(text("SHOW transaction_isolation"))).scalar_one()
+    if isolation not in _SNAPSHOT_ISOLATION_LEVELS:
+        raise SnapshotRequiredError(f"verify needs a REPEATABLE READ transaction, not {isolation}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,15 +293,13 @@ class Verification:
 async def verify_ledger(conn: AsyncConnection, *, full: bool) -> Verification:
     """Check the whole ledger (`full`, or no checkpoint yet) or what was added since the latest
     checkpoint, in the caller's transaction, which must be REPEATABLE READ (one snapshot)."""
-    isolation = (await conn.execute(text("SHOW transaction_isolation"))).scalar_one()
-    if isolation not in _SNAPSHOT_ISOLATION_LEVELS:
-        raise SnapshotRequiredError(f"verify needs a REPEATABLE READ transaction, not {isolation}")
+    await require_snapshot(conn)
     if not await checkpoints_kept(conn):
-        problems = await verify(conn)
+        problems = await _whole_ledger_problems(conn)
         return Verification(True, problems, None, await _reached_by_full_check(conn), False)
     base = await latest_checkpoint(conn)
     if full or base is None:
-        problems = await verify(conn)
+        problems = await _whole_ledger_problems(conn)
         return Verification(True, problems, base, await _reached_by_full_check(conn))
     result = await check_since(conn, base)
     problems = [Problem(*found) for found in result.problems]

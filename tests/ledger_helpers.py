@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.chart import AccountKind, AccountSpec
 from ledger.database import create_engine
@@ -55,11 +57,18 @@ async def newest_verify_run(database_url: str) -> VerifyRun | None:
         await engine.dispose()
 
 
-async def ledger_problems(engine: AsyncEngine) -> list[Problem]:
-    """What `ledger.verify.verify` finds, in one snapshot (REPEATABLE READ), as `giftledger
-    verify` checks: its statements read the ledger one after another, and a writer still running
-    (a consumer, the outbox relay) that committed between two of them would show its transfers
-    without their link in the chain."""
+@contextlib.asynccontextmanager
+async def one_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection whose transactions are REPEATABLE READ: each sees one snapshot, as
+    `ledger.verify.verify` requires (its statements read the ledger one after another, and a
+    writer still running, a consumer or the outbox relay, that committed between two of them
+    would show its transfers without their link in the chain)."""
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="REPEATABLE READ")
+        yield conn
+
+
+async def ledger_problems(engine: AsyncEngine) -> list[Problem]:
+    """What `ledger.verify.verify` finds, in one snapshot, as `giftledger verify` checks."""
+    async with one_snapshot(engine) as conn:
         return await verify(conn)

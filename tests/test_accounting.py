@@ -53,7 +53,7 @@ from services.trial_balance_text import render_trial_balance
 from tests import event_factory as make
 from tests.api_server import FINANCE_TOKEN, api_settings, running_api_server
 from tests.ingestion_fixtures import make_ingestor
-from tests.ledger_helpers import ledger_problems
+from tests.ledger_helpers import ledger_problems, one_snapshot
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "accounting.md"
 READ_WAIT_S = 30.0
@@ -499,7 +499,7 @@ async def test_verify_names_the_invariant_a_corrupted_book_breaks(
         corruption.amount,
         corruption.code,
     )
-    async with books_engine.connect() as conn:  # as the owner, in a transaction rolled back
+    async with one_snapshot(books_engine) as conn:  # as the owner, in a transaction rolled back
         transaction = await conn.begin()
         try:
             outcome, entries = await store_batch(conn, [extra], None)
@@ -722,8 +722,7 @@ async def test_a_ledger_booked_before_payables_were_settled_is_caught_up_once(
     creator = f"creator-old-{uuid.uuid4().hex[:6]}"
     paid, submitted = await _book_as_before_0017(old_books, creator)
     await upgrade_to_head(old_books)
-    async with old_books.connect() as conn:
-        before = {problem.check for problem in await verify(conn)}
+    before = {problem.check for problem in await ledger_problems(old_books)}
     assert before == {
         "payouts_payable_matches_submitted_cashouts",
         "conversion_explained_by_cashouts",
@@ -735,7 +734,7 @@ async def test_a_ledger_booked_before_payables_were_settled_is_caught_up_once(
     assert balances["platform:USD:payouts_payable"] == (1_500, 0)  # the submitted one's 15.00
     assert balances["platform:USD:cash_at_bank"] == (1_000, 0)  # the paid one's 10.00 left
     assert balances[f"creator:{creator}:DIAMOND:available"] == (1_000_000, 0)
-    async with old_books.connect() as conn:
+    async with one_snapshot(old_books) as conn:
         assert await verify(conn) == []
         transfer_count = await conn.scalar(text("SELECT count(*) FROM transfers"))
         codes: dict[str, list[int]] = dict(

@@ -57,6 +57,7 @@ from services.runtime.settings import get_settings
 from tests.api_server import FINANCE_TOKEN, api_settings
 from tests.fresh_database import fresh_database
 from tests.ingestion_fixtures import wait_until
+from tests.ledger_helpers import one_snapshot
 
 CLOSER = "month-end-closer"
 JANUARY = Period(2001, 1)
@@ -245,7 +246,7 @@ async def test_months_close_in_order_with_each_accounts_balance_at_the_months_en
     assert closed.february.previous_hash == closed.january.hash
     assert closed.january.previous_hash == bytes(32)
     assert (closed.january.closed_by, closed.february.closed_by) == (CLOSER, "second-closer")
-    async with engine_on_books.connect() as conn:
+    async with one_snapshot(engine_on_books) as conn:
         assert await _close_problems(conn) == []
         head = (await conn.execute(text("SELECT link_id, hash FROM ledger_chain_head"))).one()
     # Nothing was posted after the closes: both name the chain's head of now.
@@ -262,7 +263,7 @@ async def test_a_period_closes_once_and_never_before_a_later_closed_one(
         CloseRefusedError, match="2001-01 is closed already: periods close in order"
     ):
         await close_period(engine_on_books, Period(2000, 12), closed_by=CLOSER)
-    async with engine_on_books.connect() as conn:
+    async with one_snapshot(engine_on_books) as conn:
         assert (await load_close(conn, JANUARY)) == closed.january
 
 
@@ -278,7 +279,7 @@ async def test_verify_catches_a_tampered_closing_balance(
     closed: Closed, engine_on_books: AsyncEngine
 ) -> None:
     b = closed.books.accounts["b"]
-    async with engine_on_books.connect() as conn:
+    async with one_snapshot(engine_on_books) as conn:
         transaction = await conn.begin()
         try:
             # as only a superuser can: with the triggers that refuse any change switched off
@@ -342,7 +343,7 @@ async def test_a_close_waits_for_a_batch_stamped_before_the_months_end_to_commit
                     await wait_until(functools.partial(_close_waits_on_a_lock, owner))
                     assert not closing.done()
             close = await closing
-            async with owner.connect() as conn:
+            async with one_snapshot(owner) as conn:
                 rows = await conn.execute(
                     text(
                         "SELECT account_id, credits_minor - debits_minor AS balance"

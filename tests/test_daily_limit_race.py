@@ -28,6 +28,7 @@ from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime.settings import EligibilitySettings, Settings
 from tests import event_factory as make
 from tests.ingestion_fixtures import make_ingestor
+from tests.ledger_helpers import one_snapshot
 
 WRITER = "giftledger_writer"
 ROUND_COUNT = 6
@@ -123,7 +124,7 @@ async def test_two_desks_racing_for_one_creator_hold_only_what_fits_the_daily_li
         assert sorted(statuses) == ["held", "rejected"], f"day {day}: {statuses}"
         outcomes = await _outcomes(engine, [event.event_id for event in events])
         assert sorted(outcomes.values()) == [("held", ""), ("rejected", "daily_limit")]
-    async with engine.connect() as conn:
+    async with one_snapshot(engine) as conn:
         held_per_day = (
             await conn.execute(
                 text(

@@ -20,6 +20,7 @@ from schemas.topics import all_topics
 from services.runtime.embedded_broker import create_topics
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, start_consumers, wait_until
+from tests.ledger_helpers import one_snapshot
 from tests.tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.server
@@ -138,7 +139,7 @@ async def test_connections_cut_and_restored_under_load_lose_and_double_nothing(
         return await applied_count() == LOAD_GIFT_COUNT
 
     await wait_until(all_applied, 120)
-    async with engine.connect() as conn:
+    async with one_snapshot(engine) as conn:
         rows = await conn.execute(
             text(
                 "SELECT creator_id, credits_posted - debits_posted AS balance FROM accounts"

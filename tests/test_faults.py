@@ -25,7 +25,7 @@ from services.runtime.embedded_broker import create_topics
 from services.runtime.embedded_postgres import EmbeddedPostgres
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, start_consumers, wait_until
-from tests.ledger_helpers import ledger_problems
+from tests.ledger_helpers import ledger_problems, one_snapshot
 
 pytestmark = pytest.mark.faults
 
@@ -98,7 +98,7 @@ async def test_postgres_restarted_mid_load_loses_and_doubles_nothing(
     finally:
         await producer.stop()
         await service.stop()
-    async with engine.connect() as conn:
+    async with one_snapshot(engine) as conn:
         rows = await conn.execute(
             text(
                 "SELECT creator_id, credits_posted - debits_posted AS balance FROM accounts"

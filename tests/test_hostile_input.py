@@ -53,6 +53,7 @@ from services.rates.rate_cards import load_rate_cards
 from tests import event_factory as make
 from tests import hostile_strategies as hs
 from tests.ingestion_fixtures import make_ingestor
+from tests.ledger_helpers import one_snapshot
 
 # A partition no Kafka test of the session uses (they have 4), and offsets far above any they
 # reach: dead letters are keyed by (topic, partition, offset), and these tests read their own
@@ -744,7 +745,7 @@ async def test_copies_in_one_batch_are_judged_against_the_applied_payload(
 
 
 async def test_the_ledger_verifies_clean_after_all_of_it(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
+    async with one_snapshot(engine) as conn:
         assert await verify(conn) == []
         unknown = (
             await conn.execute(

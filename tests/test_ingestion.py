@@ -22,7 +22,7 @@ from services.runtime.settings import EligibilitySettings
 from tests import event_factory as make
 from tests.api_server import free_port
 from tests.ingestion_fixtures import RunningConsumers, wait_until
-from tests.ledger_helpers import ledger_problems
+from tests.ledger_helpers import ledger_problems, one_snapshot
 
 
 async def _balances(engine: AsyncEngine, creator_id: str) -> dict[str, int]:
@@ -235,7 +235,7 @@ async def test_a_gift_is_priced_by_the_rate_card_in_force_when_it_occurred(
     after = {**make.gift(creator, coins=10), "occurred_at": (start + timedelta(days=1)).isoformat()}
     await _publish_and_wait(consumers, engine, topics.GIFTS_SENT, [before, after])
     assert await _balances(engine, creator) == {"DIAMOND:available": 10 * 500 + 10 * 700}
-    async with engine.connect() as conn:
+    async with one_snapshot(engine) as conn:
         versions = await conn.execute(
             text("SELECT rate_card_version FROM transfers WHERE event_id = :id AND code = 1"),
             {"id": after["event_id"]},

@@ -19,7 +19,7 @@ from ledger.model import BIGINT_MAX, AccountFlags, PostResult, Transfer, Transfe
 from ledger.service import Ledger
 from ledger.store import read_stored
 from ledger.verify import verify
-from tests.ledger_helpers import ledger_problems, make_accounts, new_id, totals
+from tests.ledger_helpers import ledger_problems, make_accounts, new_id, one_snapshot, totals
 
 pytestmark = pytest.mark.server
 
@@ -118,7 +118,7 @@ async def test_a_plain_batch_skips_the_walk_and_stores_what_the_walk_would(
             theirs.debits_posted,
             theirs.credits_posted,
         )
-    async with engine.connect() as conn:
+    async with one_snapshot(engine) as conn:
         lane_rows, _ = await read_stored(conn, [t.id for t in lane])
         walk_rows, _ = await read_stored(conn, [t.id for t in walked])
         for lane_transfer, walked_transfer in zip(lane, walked, strict=True):

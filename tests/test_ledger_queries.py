@@ -19,7 +19,7 @@ from ledger.queries import (
     trial_balance,
 )
 from ledger.service import Ledger
-from ledger.verify import check_names, verify
+from ledger.verify import check_names
 from tests.ledger_helpers import ledger_problems, make_accounts
 
 SYN = TransferCode.SYNTHETIC
@@ -124,8 +124,7 @@ async def test_verify_names_an_account_whose_totals_were_edited_by_hand(
     async with engine.begin() as conn:
         await conn.execute(text(edit), {"delta": 1, "id": b})
     try:
-        async with engine.connect() as conn:
-            problems = await verify(conn)
+        problems = await ledger_problems(engine)
         checks = {problem.check for problem in problems}
         assert checks == {"asset_sums_to_zero", "totals_match_transfers"}
         assert any(f"test:{unique_id}:1" in problem.detail for problem in problems)
@@ -149,8 +148,7 @@ async def test_verify_names_a_transfer_whose_balance_after_was_edited(
         await conn.execute(text("SET LOCAL session_replication_role = replica"))
         await conn.execute(text(edit), {"delta": 1, "id": transfer.id})
     try:
-        async with engine.connect() as conn:
-            problems = await verify(conn)
+        problems = await ledger_problems(engine)
         assert {p.check for p in problems} == {
             "balances_after_match_running_totals",
             "hash_chain_intact",
@@ -175,8 +173,7 @@ async def test_verify_reports_an_expired_pending_left_open(
     hold = Transfer(uuid.uuid4(), a, b, 3, SYN, TransferFlags.PENDING, timeout_s=1)
     await ledger.post([hold])
     await asyncio.sleep(1.1)
-    async with engine.connect() as conn:
-        problems = await verify(conn)
+    problems = await ledger_problems(engine)
     assert [p.check for p in problems] == ["no_expired_pending_left_open"]
     assert str(hold.id) in problems[0].detail
     assert await ledger.expire_pending() >= 1
@@ -218,8 +215,7 @@ async def test_verify_names_gift_coins_without_their_diamonds(
         rate_card_version=1,
     )
     await ledger.post([coins])
-    async with engine.connect() as conn:
-        problems = await verify(conn)
+    problems = await ledger_problems(engine)
     assert [p.check for p in problems] == ["gift_coins_reconcile_with_diamonds"]
     found = re.fullmatch(
         r"rate card 1: \d+ coins should give (\d+) milli-diamonds, transfers give (\d+)",

@@ -37,7 +37,7 @@ from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime.metrics import IngestCounts
 from services.runtime.settings import Settings
 from tests import creator_events as ce
-from tests.ledger_helpers import ledger_problems
+from tests.ledger_helpers import ledger_problems, one_snapshot
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ async def test_any_order_of_one_creators_events_ends_in_the_same_balances_and_pr
     await _apply_in_order(ingestor, events, order)
 
     # Where every order agrees: balances, counts, the profile, a sound ledger.
-    async with engine.connect() as conn:
+    async with one_snapshot(engine) as conn:
         balances = {b.name.split(":", 2)[2]: b for b in await creator_balances(conn, creator_id)}
         profile = await creator_profile(conn, creator_id)
         assert await verify(conn) == []

@@ -28,7 +28,7 @@ from services.ingestion.records import BatchReport, DeadLetter, InputRecord
 from services.rates.rate_cards import load_rate_cards
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, make_ingestor, wait_until
-from tests.ledger_helpers import ledger_problems, make_accounts, new_id
+from tests.ledger_helpers import ledger_problems, make_accounts, new_id, one_snapshot
 
 DIAMONDS_PER_COIN_MILLI = 500
 GIFT_COUNT = 60
@@ -141,7 +141,7 @@ async def test_one_poison_in_a_batch_over_several_partitions_is_dead_lettered_al
     assert (await _balances(engine, [poisoned]))[poisoned] == BIGINT_MAX - 100
     event_ids = [str(gift["event_id"]) for gift in gifts]
     assert await _applied(engine, event_ids) == set(event_ids) - {poison_id}
-    async with engine.connect() as conn:
+    async with one_snapshot(engine) as conn:
         recorded = await conn.execute(
             text("SELECT event_id, error, detail FROM dead_letters WHERE topic_prefix = :prefix"),
             {"prefix": prefix},

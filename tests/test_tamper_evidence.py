@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.model import AccountFlags, Transfer, TransferCode
 from ledger.service import Ledger
-from ledger.verify import CHAIN_CHECK, verify
-from tests.ledger_helpers import make_accounts
+from ledger.verify import CHAIN_CHECK
+from tests.ledger_helpers import ledger_problems, make_accounts
 
 pytestmark = pytest.mark.server
 
@@ -29,8 +29,8 @@ async def triggers_bypassed(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 
 
 async def _chain_problems(engine: AsyncEngine) -> list[str]:
-    async with engine.connect() as conn:
-        return [problem.detail for problem in await verify(conn) if problem.check == CHAIN_CHECK]
+    problems = await ledger_problems(engine)
+    return [problem.detail for problem in problems if problem.check == CHAIN_CHECK]
 
 
 async def _posted_transfer(engine: AsyncEngine, unique_id: str) -> uuid.UUID:

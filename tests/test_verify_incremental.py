@@ -30,6 +30,7 @@ from ledger.verify import (
     check_names,
     ledger_check_names,
     record_checkpoint,
+    verify,
     verify_ledger,
 )
 from ledger.verify_checkpoints import Checkpoint, latest_checkpoint
@@ -331,9 +332,17 @@ async def test_two_runs_from_one_checkpoint_record_one_checkpoint(engine: AsyncE
 
 
 async def test_verify_needs_one_snapshot(engine: AsyncEngine) -> None:
+    """At READ COMMITTED each of the checks' statements would see the commits made before it,
+    so a writer committing between two of them would show as a broken ledger: refused."""
     async with engine.connect() as conn:
         with pytest.raises(SnapshotRequiredError, match="REPEATABLE READ"):
             await verify_ledger(conn, full=False)
+        await conn.rollback()
+        with pytest.raises(SnapshotRequiredError, match="not read committed"):
+            await verify(conn)
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="SERIALIZABLE")
+        assert isinstance(await verify(conn), list)
 
 
 async def test_checkpoints_are_append_only_and_the_writer_records_none(
