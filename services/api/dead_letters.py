@@ -9,8 +9,9 @@ named by its id (`next_cursor`), so paging visits every dead letter of the filte
 however many share one `recorded_at` (a batch's dead letters are recorded in one transaction).
 Every filter is a bound parameter; the connections plan each statement with its values
 (`plan_cache_mode = force_custom_plan`), so a filter left out costs nothing and one given is an
-index condition: the list reads `dead_letters_newest`, `dead_letters_by_error` (by topic) or
-`dead_letters_by_error_newest` (by error alone, migration 0032) in its order.
+index condition: the list reads `dead_letters_newest`, `dead_letters_by_topic_newest` (by topic
+alone, migration 0034), `dead_letters_by_error_newest` (by error alone, migration 0032) or
+`dead_letters_by_error` (by topic and error), the first three in its order.
 """
 
 from __future__ import annotations
