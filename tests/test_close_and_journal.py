@@ -263,7 +263,7 @@ async def test_a_period_closes_once_and_never_before_a_later_closed_one(
         CloseRefusedError, match="2001-01 is closed already: periods close in order"
     ):
         await close_period(engine_on_books, Period(2000, 12), closed_by=CLOSER)
-    async with one_snapshot(engine_on_books) as conn:
+    async with engine_on_books.connect() as conn:
         assert (await load_close(conn, JANUARY)) == closed.january
 
 

@@ -342,7 +342,7 @@ async def test_verify_needs_one_snapshot(engine: AsyncEngine) -> None:
             await verify(conn)
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="SERIALIZABLE")
-        assert isinstance(await verify(conn), list)
+        await verify(conn)  # one snapshot too: accepted
 
 
 async def test_checkpoints_are_append_only_and_the_writer_records_none(
