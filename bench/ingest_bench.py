@@ -70,7 +70,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bench.consumer_floor import Floor, measure_floor, raw_consumer
+from bench.consumer_floor import FETCH_TIMEOUT_MS, Floor, measure_floor, raw_consumer
 from bench.consumer_workers import (
     APPLIED,
     ASSIGNED,
@@ -147,7 +147,6 @@ RAW_FETCH_RECORDS_MAX = 10_000
 BASELINE_FETCH_RECORDS_MAX = 500
 BASELINE_TOPIC = "bench.baseline.gifts.sent"
 SESSION_TIMEOUT_MS = 6_000
-FETCH_TIMEOUT_MS = 500
 ASSIGNMENT_WAIT_S = 120.0
 STALL_S = 60.0
 POLL_S = 0.05

@@ -25,6 +25,7 @@ from services.runtime.settings import Settings
 from tests import event_factory as make
 from tests.api_server import served_client
 from tests.ingestion_fixtures import make_ingestor
+from tests.ledger_helpers import one_snapshot
 
 REQUEST_TIMEOUT_S = 30.0
 
@@ -108,9 +109,7 @@ class Feed:
 
 async def assert_books_sound(engine: AsyncEngine) -> None:
     """`giftledger verify` finds nothing: the ledger's invariants and the actions log's chain."""
-    async with engine.connect() as conn:
-        # One snapshot, as `giftledger verify` reads: writers may still be running.
-        await conn.execution_options(isolation_level="REPEATABLE READ")
+    async with one_snapshot(engine) as conn:  # as `giftledger verify` reads: writers may run
         assert await verify(conn) == []
         assert await verify_action_chain(conn) == []
 
