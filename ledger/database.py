@@ -78,8 +78,17 @@ def create_engine(
 
 def _learn_array_types(dbapi_connection: Any, _connection_record: Any) -> None:
     """Have a new connection learn the codecs of `ARRAY_ELEMENT_TYPES`' arrays in one query:
-    preparing a statement that binds them all makes asyncpg introspect every one it lacks."""
-    dbapi_connection.run_async(lambda connection: connection.prepare(_ARRAY_TYPES_STATEMENT))
+    preparing a statement that binds them all makes asyncpg introspect every one it lacks.
+
+    Through the DBAPI adapter's cursor, as every other statement goes: a failure then comes out
+    of the engine as SQLAlchemy's error (a lost connection as a disconnect, which the consumers
+    wait out as an outage), not as the driver's own, which nothing above expects."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(_ARRAY_TYPES_STATEMENT, (None,) * len(ARRAY_ELEMENT_TYPES))
+    finally:
+        cursor.close()
+    dbapi_connection.rollback()  # the adapter opened a transaction for it
 
 
 def to_async_url(url: str) -> str:

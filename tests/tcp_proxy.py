@@ -12,9 +12,11 @@ COPY_CHUNK_BYTES = 65_536
 
 
 class CuttableProxy:
-    """Listens on 127.0.0.1:<port> and forwards to the server of a PostgreSQL URL."""
+    """Listens on 127.0.0.1:<port> and forwards to the server of a PostgreSQL URL. With
+    `cut_on`, a connection whose client sends those bytes is dropped, both ways, before they
+    reach the server (a connection lost in the middle of one chosen statement)."""
 
-    def __init__(self, target_url: str) -> None:
+    def __init__(self, target_url: str, *, cut_on: bytes | None = None) -> None:
         url = make_url(target_url)
         socket_dir = url.query.get("host")
         self._unix_path = (
@@ -23,6 +25,7 @@ class CuttableProxy:
         self._target = (url.host or "127.0.0.1", url.port or 5432)
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self._cut_on = cut_on
         self.port = 0
 
     def url_through(self, target_url: str) -> str:
@@ -55,12 +58,27 @@ class CuttableProxy:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         self._links |= {writer, upstream_writer}
         await asyncio.gather(
-            self._copy(reader, upstream_writer), self._copy(upstream_reader, writer)
+            self._copy(reader, upstream_writer, cut_also=writer),
+            self._copy(upstream_reader, writer),
         )
 
-    async def _copy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _copy(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        cut_also: asyncio.StreamWriter | None = None,
+    ) -> None:
+        """Forward until the end; on the client's side (`cut_also`: the client's writer), drop
+        both ends instead of forwarding a chunk that holds `cut_on` (or that completes it)."""
+        tail = b""
         try:
             while chunk := await reader.read(COPY_CHUNK_BYTES):
+                if cut_also is not None and self._cut_on and self._cut_on in tail + chunk:
+                    writer.transport.abort()
+                    cut_also.transport.abort()
+                    return
+                tail = chunk[-len(self._cut_on or b"") :]
                 writer.write(chunk)
                 await writer.drain()
         except (ConnectionError, OSError):

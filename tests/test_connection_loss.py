@@ -13,15 +13,18 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.database import create_engine
+from ledger.database import ARRAY_ELEMENT_TYPES, create_engine
 from schemas import topics
 from schemas.topics import all_topics
+from services.app.consumer import is_database_outage
 from services.runtime.embedded_broker import create_topics
 from tests import event_factory as make
 from tests.ingestion_fixtures import RunningConsumers, start_consumers, wait_until
 from tests.ledger_helpers import ledger_problems
+from tests.tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.server
 
@@ -142,3 +145,25 @@ async def test_terminated_connections_are_an_outage_not_an_unexpected_error(
         "an outage is logged once when it starts, not at every retry"
     )
     assert any("database back" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_connection_lost_while_it_learns_the_array_types_fails_as_an_outage(
+    database_url: str,
+) -> None:
+    """A new connection first learns the array types' codecs (`ledger.database`). Lost right
+    then (as when the server ends connections while the pool replaces the ones it ended), it
+    must fail as SQLAlchemy's disconnect, which the consumers wait out, not as the driver's own
+    error, which they took for a poison record: CI once saw valid gifts dead-lettered as
+    `processing_failed` so."""
+    learning = f"CAST($1 AS {ARRAY_ELEMENT_TYPES[0]}[])".encode()
+    proxy = CuttableProxy(database_url, cut_on=learning)
+    await proxy.start()
+    engine = create_engine(proxy.url_through(database_url), pool_size=1)
+    try:
+        with pytest.raises(DBAPIError) as raised:
+            async with engine.connect():
+                pass
+        assert is_database_outage(raised.value), raised.value
+    finally:
+        await engine.dispose()
+        await proxy.cut()
