@@ -34,8 +34,13 @@ production.
    available plus Diamonds paid out equal what its gifts gave, and nothing is left held; nothing
    is left in `payouts_payable`, and 10 USD per cash-out left `cash_at_bank`.
 
+With `--statement-times`, each mode also prints where its database time went, statement by
+statement (`bench.statement_clock`: wall time from send to answer, by the topic of the batch that
+ran it, or "outside batches" for the consumer service's own tasks: the outbox relay, with the
+submissions it posts, and the parked events' sweep); the listeners cost a little CPU.
+
 Run: python -m bench.cashout_bench [--creators 2000] [--cashouts 5000] [--gifts 100000]
-                                   [--paid-delay-ms 20] [--json PATH]
+                                   [--paid-delay-ms 20] [--statement-times] [--json PATH]
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ from bench.harness import (
 )
 from bench.ingest_bench import kafka, new_producer, percentiles, say
 from bench.process_cpu import CpuSnapshot, CpuSpan, cpu_snapshot, tree_cpu_seconds_of
+from bench.statement_clock import STEP, StatementClock
 from ledger.chart import AccountKind
 from ledger.database import create_engine
 from ledger.service import CONFLICT_KINDS, Ledger, LedgerTransaction
@@ -145,6 +151,8 @@ GIFT_COUNT_TOTAL_MAX = 10_000_000
 # FastStream's loggers (the consumers' broker logs through "giftledger.kafka") and aiokafka's.
 LOG_LINE_LENGTH_MAX = 160
 LOG_LINES_SHOWN_MAX = 5
+STATEMENT_LINES_MAX = 25  # per mode, with --statement-times
+OUTSIDE_BATCHES = "outside batches"  # the step of the consumer service's own tasks
 QUIET_LOGGERS = ("aiokafka", "faststream", "faststream.access.kafka", "giftledger.kafka")
 
 
@@ -155,6 +163,7 @@ class Options:
     gifts: int
     paid_delay_ms: int
     json_path: Path | None
+    statement_times: bool = False
 
 
 def daily_cashouts_max(settings: Settings) -> int:
@@ -170,6 +179,11 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--gifts", type=int, default=100_000)
     parser.add_argument(
         "--paid-delay-ms", type=int, default=PAID_DELAY_MS_DEFAULT, help="the bank's answer time"
+    )
+    parser.add_argument(
+        "--statement-times",
+        action="store_true",
+        help="time each SQL statement, by the topic of its batch (bench.statement_clock)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     arguments = parser.parse_args(argv)
@@ -194,6 +208,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         gifts=arguments.gifts,
         paid_delay_ms=arguments.paid_delay_ms,
         json_path=arguments.json,
+        statement_times=arguments.statement_times,
     )
 
 
@@ -340,7 +355,11 @@ class ClockedIngestor(Ingestor):
         started = time.perf_counter()
         if clock.first_at is None:
             clock.first_at = started
-        report = await super().process(topic, records)
+        step = STEP.set(topic)  # whose statements these are (--statement-times)
+        try:
+            report = await super().process(topic, records)
+        finally:
+            STEP.reset(step)
         clock.last_at = time.perf_counter()
         clock.busy_s += clock.last_at - started
         clock.batches += 1
@@ -562,6 +581,8 @@ class Figures:
     runs_again: dict[str, dict[str, int]] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     bank_warnings_logged: int = 0
+    # Per mode, with --statement-times: the statements that took the most time (`as_dict`).
+    statement_times: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def rate(self, path: str) -> float:
         return next(m.items_per_s for m in self.measurements if m.path == path)
@@ -746,12 +767,16 @@ async def phase_cashouts(
     cpu_meter: CpuMeter,
     run_id: str,
     mode: str,
+    statement_clock: StatementClock | None = None,
 ) -> None:
     """With the desk in `mode`, publish N cash-out requests at once; time until every one is
-    paid, and the CPU the processes used meanwhile."""
+    paid, and the CPU the processes used meanwhile (and, with `statement_clock`, the time of
+    each statement)."""
     await wait_for_assignment(service, rail)
     prefix = service.settings.kafka_topic_prefix
     await outbox_drained(engine, prefix)
+    if statement_clock is not None:
+        statement_clock.reset()
     desk = ingestor.clocked_desk
     desk.one_at_a_time = mode == ONE_AT_A_TIME
     before = Counts.now(ingestor)
@@ -804,6 +829,10 @@ async def phase_cashouts(
                 )
     elapsed_s = time.perf_counter() - started
     figures.cpu[mode] = CpuSpan.between(cpu_before, cpu_meter.read(), options.cashouts)
+    if statement_clock is not None:
+        figures.statement_times[mode] = [
+            tally.as_dict() for tally in statement_clock.tallies(STATEMENT_LINES_MAX)
+        ]
     measurement = Measurement(f"cash-outs {mode}", options.cashouts, elapsed_s)
     figures.measurements.append(measurement)
     say(f"cash-outs {mode}: {measurement.items_per_s:,.0f}/s over {measurement.seconds:.1f} s")
@@ -1007,6 +1036,9 @@ async def run(options: Options) -> Figures:
             statement_timeout_ms=settings.db_statement_timeout_ms,
         )
         producer = new_producer(bootstrap_servers)
+        statement_clock = StatementClock() if options.statement_times else None
+        if statement_clock is not None:
+            statement_clock.attach(engine)
         rail: BankProcess | None = None
         service: ConsumerService | None = None
         try:
@@ -1057,7 +1089,12 @@ async def run(options: Options) -> Figures:
                     }
                 )
                 service = ConsumerService(mode_settings, ingestor, bootstrap_servers)
-                await service.start()
+                # Its tasks (the relay's among them) keep this step; batches set their topic.
+                outside = STEP.set(OUTSIDE_BATCHES)
+                try:
+                    await service.start()
+                finally:
+                    STEP.reset(outside)
                 await phase_cashouts(
                     options,
                     figures,
@@ -1069,6 +1106,7 @@ async def run(options: Options) -> Figures:
                     cpu_meter,
                     run_id,
                     mode,
+                    statement_clock,
                 )
             await service.stop()
             service = None
@@ -1219,6 +1257,7 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
                 f" {step['ms_each']:>8.2f} ms each"
             )
     print_cpu(figures)
+    print_statement_times(figures)
     print(
         "conflicts: "
         + ", ".join(
@@ -1280,10 +1319,24 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
         "runs_again": figures.runs_again,
         "checks": figures.checked,
         "machine": figures.machine,
+        "statement_times": figures.statement_times,
         "log": {f"{level} {name}": n for (level, name), n in tally.counts.items()},
         "bank_log_warnings": figures.bank_warnings_logged,
         "log_lines": dict(tally.messages.most_common(LOG_LINES_SHOWN_MAX)),
     }
+
+
+def print_statement_times(figures: Figures) -> None:
+    for mode, tallies in figures.statement_times.items():
+        print(
+            f"statement times, {mode} (wall ms from send to answer, by the topic of the batch"
+            f" that ran it; the {STATEMENT_LINES_MAX} largest):"
+        )
+        for tally in tallies:
+            print(
+                f"  {tally['step']:<20} {tally['calls']:>6,} calls {tally['ms']:>9,.1f} ms"
+                f" {tally['ms_a_call']:>7.2f} ms a call  {tally['statement']}"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
