@@ -37,7 +37,8 @@ production.
 With `--statement-times`, each mode also prints where its database time went, statement by
 statement (`bench.statement_clock`: wall time from send to answer, by the topic of the batch that
 ran it, or "outside batches" for the consumer service's own tasks: the outbox relay, with the
-submissions it posts, and the parked events' sweep); the listeners cost a little CPU.
+submissions it posts, and the parked events' sweep; "other" for the benchmark's own queries);
+the listeners cost a little CPU.
 
 Run: python -m bench.cashout_bench [--creators 2000] [--cashouts 5000] [--gifts 100000]
                                    [--paid-delay-ms 20] [--statement-times] [--json PATH]
