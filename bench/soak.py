@@ -77,10 +77,10 @@ from typing import Any
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.harness import machine_line
+from bench.harness import machine_line, postmaster_pid
 from bench.ingest_bench import kafka, say
 from bench.log_tally import LogTally
-from bench.process_cpu import cpu_seconds_of
+from bench.process_cpu import cpu_seconds_of, tree_cpu_seconds_of
 from bench.soak_checks import EndState, check_end_state
 from bench.soak_consumers import ConsumerDiedError, ConsumerProcesses, wait_for_groups
 from bench.soak_database import SoakDatabase
@@ -255,6 +255,7 @@ class Soak:
     notes: list[tuple[float, str]] = field(default_factory=list)  # (seconds in, what happened)
     failure: str | None = None  # why the soak must stop (a process died, a segment stalled)
     broker_pid: int | None = None  # the embedded broker's, whose CPU the soak reports
+    database_pid: int | None = None  # the soak's PostgreSQL's postmaster, read again on restart
 
     def check(self) -> None:
         if self.failure is not None:
@@ -334,6 +335,8 @@ async def sample_memory(soak: Soak) -> None:
                     soak.consumers.rss_bytes_of_slot(0),
                     soak.consumers.cpu_seconds(),
                     None if soak.broker_pid is None else cpu_seconds_of(soak.broker_pid),
+                    tree_cpu_seconds_of(soak.database_pid),
+                    soak.database_pid,
                 )
             )
         try:
@@ -363,6 +366,7 @@ async def faults(soak: Soak) -> None:
         before = time.monotonic()
         await soak.server.restart()
         soak.note(f"database restarted in {time.monotonic() - before:.1f} s")
+        soak.database_pid = await postmaster_pid(soak.database.engine)
 
 
 async def cashouts_after_main_phase(soak: Soak, segment: Segment, span_s: float) -> None:
@@ -698,6 +702,7 @@ async def soak_on(options: Options, deployment: Deployment) -> bool:
             consumers,
             Publisher(producer, deployment.topic_prefix),
             broker_pid=deployment.broker_pid,
+            database_pid=await postmaster_pid(deployment.engine),
         )
         stopped: str | None = None
         try:

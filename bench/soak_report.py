@@ -27,6 +27,10 @@ class MemorySample:
     first_rss_bytes: int  # consumer-0, never killed
     consumers_cpu_s: float = 0.0  # CPU time of every consumer process so far
     broker_cpu_s: float | None = None  # the embedded broker's so far (None: not ours to read)
+    # The database server's so far, its postmaster and every backend (None: not readable), and
+    # that postmaster's pid: a restart starts the count again under another pid.
+    database_cpu_s: float | None = None
+    database_pid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,10 @@ def window_line(
         f"consumer RSS {mib(rss_bytes):>11}  database {mib(database_bytes):>11}"
     )
     if cpu is not None:
-        line += f"  CPU consumers {cores_text(cpu.consumers)} broker {cores_text(cpu.broker)}"
+        line += (
+            f"  CPU consumers {cores_text(cpu.consumers)} broker {cores_text(cpu.broker)}"
+            f" database {cores_text(cpu.database)}"
+        )
     return line + "".join(f"  [{note}]" for note in notes)
 
 
@@ -82,6 +89,7 @@ class CpuShare:
 
     consumers: float | None
     broker: float | None
+    database: float | None = None  # None also across a restart of the server
 
 
 def cores_text(cores: float | None) -> str:
@@ -89,8 +97,9 @@ def cores_text(cores: float | None) -> str:
 
 
 def cpu_share(samples: Sequence[MemorySample], start_s: float, stop_s: float) -> CpuShare:
-    """The consumers' and the broker's cores from `start_s` to `stop_s`, between the samples
-    nearest those moments (at or before them, else the first)."""
+    """The consumers', the broker's and the database server's cores from `start_s` to `stop_s`,
+    between the samples nearest those moments (at or before them, else the first); the
+    database's only when one postmaster ran from one sample to the other."""
     if not samples:
         return CpuShare(None, None)
     first = _sample_at(samples, start_s)
@@ -103,7 +112,14 @@ def cpu_share(samples: Sequence[MemorySample], start_s: float, stop_s: float) ->
         if first.broker_cpu_s is None or last.broker_cpu_s is None
         else (last.broker_cpu_s - first.broker_cpu_s) / seconds
     )
-    return CpuShare((last.consumers_cpu_s - first.consumers_cpu_s) / seconds, broker)
+    database = (
+        None
+        if first.database_cpu_s is None
+        or last.database_cpu_s is None
+        or first.database_pid != last.database_pid
+        else (last.database_cpu_s - first.database_cpu_s) / seconds
+    )
+    return CpuShare((last.consumers_cpu_s - first.consumers_cpu_s) / seconds, broker, database)
 
 
 def _sample_at(samples: Sequence[MemorySample], at_s: float) -> MemorySample:
@@ -114,8 +130,9 @@ def _sample_at(samples: Sequence[MemorySample], at_s: float) -> MemorySample:
 def cpu_lines(
     samples: Sequence[MemorySample], duration_s: float, first: Window, last: Window
 ) -> list[str]:
-    """The consumers' CPU a record applied and the broker's cores, first third against last:
-    what the pipeline's own cost did, apart from the broker it was measured with."""
+    """The consumers' CPU a record applied, the broker's and the database server's cores, first
+    third against last: what the pipeline's own cost did, apart from the broker and the database
+    it was measured with."""
     third_s = duration_s / 3
     early = cpu_share(samples, 0.0, third_s)
     late = cpu_share(samples, duration_s - third_s, duration_s)
@@ -139,6 +156,11 @@ def cpu_lines(
             f"broker's cores: first third {early.broker:.2f}, last third {late.broker:.2f}"
         )
         lines.append(f"broker cpu last/first third ratio: {late.broker / early.broker:.2f}")
+    if early.database is not None and late.database is not None and early.database > 0:
+        lines.append(
+            f"database's cores: first third {early.database:.2f}, last third {late.database:.2f}"
+        )
+        lines.append(f"database cpu last/first third ratio: {late.database / early.database:.2f}")
     return lines
 
 
