@@ -107,19 +107,19 @@ def cpu_share(samples: Sequence[MemorySample], start_s: float, stop_s: float) ->
     seconds = last.at_s - first.at_s
     if seconds <= 0:
         return CpuShare(None, None)
-    broker = (
-        None
-        if first.broker_cpu_s is None or last.broker_cpu_s is None
-        else (last.broker_cpu_s - first.broker_cpu_s) / seconds
-    )
+    broker = _cores(first.broker_cpu_s, last.broker_cpu_s, seconds)
     database = (
-        None
-        if first.database_cpu_s is None
-        or last.database_cpu_s is None
-        or first.database_pid != last.database_pid
-        else (last.database_cpu_s - first.database_cpu_s) / seconds
+        _cores(first.database_cpu_s, last.database_cpu_s, seconds)
+        if first.database_pid == last.database_pid
+        else None
     )
     return CpuShare((last.consumers_cpu_s - first.consumers_cpu_s) / seconds, broker, database)
+
+
+def _cores(first_cpu_s: float | None, last_cpu_s: float | None, seconds: float) -> float | None:
+    if first_cpu_s is None or last_cpu_s is None:
+        return None
+    return (last_cpu_s - first_cpu_s) / seconds
 
 
 def _sample_at(samples: Sequence[MemorySample], at_s: float) -> MemorySample:
@@ -151,17 +151,19 @@ def cpu_lines(
             f"{late_us:,.0f} µs"
         )
         lines.append(f"consumer cpu/record last/first third ratio: {late_us / early_us:.2f}")
-    if early.broker is not None and late.broker is not None and early.broker > 0:
-        lines.append(
-            f"broker's cores: first third {early.broker:.2f}, last third {late.broker:.2f}"
-        )
-        lines.append(f"broker cpu last/first third ratio: {late.broker / early.broker:.2f}")
-    if early.database is not None and late.database is not None and early.database > 0:
-        lines.append(
-            f"database's cores: first third {early.database:.2f}, last third {late.database:.2f}"
-        )
-        lines.append(f"database cpu last/first third ratio: {late.database / early.database:.2f}")
+    lines += _cores_lines("broker", early.broker, late.broker)
+    lines += _cores_lines("database", early.database, late.database)
     return lines
+
+
+def _cores_lines(name: str, early: float | None, late: float | None) -> list[str]:
+    """A process's cores in the first and the last third, and their ratio (none unread)."""
+    if early is None or late is None or early <= 0:
+        return []
+    return [
+        f"{name}'s cores: first third {early:.2f}, last third {late:.2f}",
+        f"{name} cpu last/first third ratio: {late / early:.2f}",
+    ]
 
 
 def _mean(values: list[int]) -> float | None:
