@@ -183,14 +183,25 @@ class SoakDatabase:
 
         return await self.read(reading)
 
-    async def main_phase_settled(self, segment: Segment) -> bool:
-        """Every event of the segment's main phase is in the database."""
-        return await self.applied(segment) >= segment.main_applied
+    async def progress(self, segment: Segment) -> SegmentProgress:
+        """The segment's events applied and its cash-outs recorded and still open."""
+        recorded, still_open = await self.cashouts(segment)
+        return SegmentProgress(await self.applied(segment), recorded, still_open)
 
-    async def segment_settled(self, segment: Segment) -> bool:
+
+@dataclass(frozen=True, slots=True)
+class SegmentProgress:
+    """How far the database is with one segment (`SoakDatabase.progress`)."""
+
+    applied: int  # its namespace's events, the bank's reports on its cash-outs included
+    cashouts_recorded: int
+    cashouts_open: int
+
+    def settled(self, segment: Segment) -> bool:
         """Every event of the segment applied, the bank's reports included, and every cash-out
         recorded and closed."""
-        if await self.applied(segment) < sum(segment.expected.applied_by_topic.values()):
-            return False
-        recorded, still_open = await self.cashouts(segment)
-        return recorded >= segment.cashout_requests and still_open == 0
+        return (
+            self.applied >= sum(segment.expected.applied_by_topic.values())
+            and self.cashouts_recorded >= segment.cashout_requests
+            and self.cashouts_open == 0
+        )
