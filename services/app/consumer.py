@@ -18,6 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.errors import (  # type: ignore[import-untyped]
+    CommitFailedError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
@@ -317,7 +318,19 @@ class ConsumerService:
             metrics.DEAD_LETTER_PUBLISH_FAILURES.labels(topic).inc()
             await self._rewind(msg, f"dead letters of a batch from {topic} not published", error)
             return
-        await msg.ack()
+        try:
+            await msg.ack()
+        except CommitFailedError:
+            # The group rebalanced while the batch was applied (a member joined, left or was
+            # too slow to answer): its partitions may be another member's now, which reads the
+            # batch again from the last committed offsets, and its events come back as
+            # duplicates. What a rebalance does; not an error of the batch.
+            logger.warning(
+                "offsets of a batch of %d from %s not committed: the group rebalanced while it"
+                " was applied, so it is read again and its events come back as duplicates",
+                len(raw),
+                topic,
+            )
 
     async def _rewind(self, msg: KafkaMessage, what: str, error: BaseException) -> None:
         """Leave the batch's offsets where they were, so that it is fetched again."""
