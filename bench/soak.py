@@ -126,11 +126,11 @@ REPORT_DELAY_S = 1.0  # after a window ends, before it is read
 # the soak measures.
 SETTLE_POLL_MIN_S = 0.2
 SETTLE_SLEEP_PER_READ = 9.0
-
-T = TypeVar("T")
 END_STATE_TIMEOUT_S = 600.0  # reading the end state of a soak that stopped early
 EXIT_INTERRUPTED = 130  # SIGINT
 EXIT_TERMINATED = 143  # SIGTERM
+
+T = TypeVar("T")
 
 
 class SoakError(RuntimeError):
