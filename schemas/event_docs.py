@@ -43,7 +43,9 @@ cash-out, as its `payouts.requested` was. Topic names may carry a deployment pre
 
 - **Idempotency.** `event_id` is the idempotency key, unique per topic: the same `event_id` with
   the same payload is applied once however often it is delivered; with another payload it is a
-  conflict and goes to the dead-letter topic.
+  conflict and goes to the dead-letter topic. Prefer ids that sort by when they were made
+  (version 7 UUIDs, ULIDs): giftledger keeps every id in one index for good, and random ones
+  cost the database a page read an event once that index outgrows its memory.
 - **Time.** `occurred_at` is an RFC 3339 `date-time` with seconds and an offset:
   `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, such as `2026-11-03T18:25:43.511Z` or
   `2026-11-03T19:25:43+01:00`. `T` and `Z` may be written `t` and `z`, as RFC 3339 allows; a
