@@ -37,14 +37,14 @@ import asyncio
 import random
 import time
 import uuid
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.gift_profile import Records, apply_all, batches_of
 from bench.harness import (
     admin_url,
     fresh_database,
@@ -52,12 +52,11 @@ from bench.harness import (
     postmaster_pid,
     server_version,
 )
-from bench.ingest_bench import BACKLOG_START, CREATOR_COUNT, LIVE_CREATOR_ID, SEED, GiftMaker
+from bench.ingest_bench import CREATOR_COUNT, LIVE_CREATOR_ID
 from bench.process_cpu import tree_cpu_seconds_of
 from ledger import chart
 from ledger.database import create_engine
 from ledger.ids import time_ordered_id, unix_ms_of
-from schemas import topics
 from services.app.bootstrap import build_ingestor
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import InputRecord
@@ -66,7 +65,6 @@ from services.runtime.collector import settle_collector
 from services.runtime.settings import Settings as ServiceSettings
 
 EVENT_ID_KINDS = ("random", "time-ordered")
-PARTITION_COUNT = 8
 CHUNK_GIFTS = 50_000  # generated at a time, off the clock
 TOTAL_MAX = 100_000_000
 ID_SEED = 7_202_612
@@ -111,36 +109,21 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     )
 
 
-class GiftRecords:
-    """The gifts as a consumer receives them, `ingest_bench`'s generator, under event ids of the
-    kind asked for."""
+class GiftRecords(Records):
+    """`gift_profile`'s gifts as a consumer receives them (`ingest_bench`'s generator), under
+    event ids of the kind asked for."""
 
     def __init__(self, event_ids: str) -> None:
         if event_ids not in EVENT_ID_KINDS:
             raise ValueError(f"event ids are one of {EVENT_ID_KINDS}, not {event_ids!r}")
+        super().__init__()
         self._event_ids = event_ids
-        self._maker = GiftMaker(SEED)
         self._id_rng = random.Random(ID_SEED)
-        self._offsets = [0] * PARTITION_COUNT
-        self._index = 0
 
-    def event_id(self, occurred_at: datetime) -> str:
+    def event_id(self, tag: str, index: int, occurred_at: datetime) -> str:
         if self._event_ids == "random":
             return str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
         return str(time_ordered_id(unix_ms_of(occurred_at), self._id_rng.getrandbits(74)))
-
-    def take(self, count: int) -> list[InputRecord]:
-        records: list[InputRecord] = []
-        for _ in range(count):
-            occurred_at = datetime.fromtimestamp(BACKLOG_START + self._index / 1000, UTC)
-            value, key, _ = self._maker.gift(self.event_id(occurred_at), occurred_at)
-            partition = zlib.crc32(key) % PARTITION_COUNT
-            records.append(
-                InputRecord(topics.GIFTS_SENT, partition, self._offsets[partition], key, value, ())
-            )
-            self._offsets[partition] += 1
-            self._index += 1
-        return records
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +145,9 @@ class Step:
 
 
 async def apply_records(ingestor: Ingestor, records: Sequence[InputRecord], size: int) -> None:
-    """Every record applied, in batches of `size`: a dead letter or a duplicate fails the run."""
-    for start in range(0, len(records), size):
-        batch = records[start : start + size]
-        report = await ingestor.process(topics.GIFTS_SENT, batch)
-        assert not report.dead_letters, report.dead_letters[:3]
-        assert report.applied == len(batch), (report.applied, len(batch))
+    """Every record applied, in batches of `size` (`gift_profile.apply_all`: a dead letter or a
+    duplicate fails the run)."""
+    await apply_all(ingestor, batches_of(records, size))
 
 
 async def create_creator_accounts(ingestor: Ingestor) -> None:

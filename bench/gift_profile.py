@@ -176,11 +176,16 @@ class Records:
         self._offsets = [0] * PARTITION_COUNT
         self._index = 0
 
-    def take(self, count: int, tag: str) -> list[InputRecord]:
+    def event_id(self, tag: str, index: int, occurred_at: datetime) -> str:
+        """The id of the `index`-th gift, taken under `tag`."""
+        return f"gift-{tag}-{index:09d}"
+
+    def take(self, count: int, tag: str = "") -> list[InputRecord]:
         records: list[InputRecord] = []
         for _ in range(count):
             occurred_at = datetime.fromtimestamp(BACKLOG_START + self._index / 1000, UTC)
-            value, key, _ = self._maker.gift(f"gift-{tag}-{self._index:09d}", occurred_at)
+            event_id = self.event_id(tag, self._index, occurred_at)
+            value, key, _ = self._maker.gift(event_id, occurred_at)
             partition = zlib.crc32(key) % PARTITION_COUNT
             records.append(
                 InputRecord(topics.GIFTS_SENT, partition, self._offsets[partition], key, value, ())
