@@ -12,8 +12,6 @@ import pytest
 
 from bench.gift_growth import GiftRecords, Settings, run
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
 
 def event_ids(records: GiftRecords, count: int) -> list[str]:
     return [json.loads(record.value or b"")["event_id"] for record in records.take(count)]

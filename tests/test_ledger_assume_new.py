@@ -144,11 +144,14 @@ async def lock_in_order(
     return attempts
 
 
-async def test_a_deadlock_runs_the_loser_again_and_is_counted_as_one(
+async def test_a_deadlock_runs_the_loser_again_and_each_run_again_is_counted(
     engine: AsyncEngine, unique_id: str
 ) -> None:
     """Two units of work locking two accounts in opposite orders: PostgreSQL ends one of them
-    (after its `deadlock_timeout`), which runs again once the other commits."""
+    (after its `deadlock_timeout`), which runs again, and both commit. Usually once more: but
+    the loser's new attempt can lock its first row before the survivor, woken by the loser's
+    end, has marked that row as its own, and then the two deadlock again (seen on a loaded
+    machine); so the test holds every run again to one deadlock counted, not to a count."""
     kinds: list[str] = []
     ledger = Ledger(engine, on_conflict=kinds.append)
     a, b = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 2)
@@ -159,8 +162,9 @@ async def test_a_deadlock_runs_the_loser_again_and_is_counted_as_one(
         lock_in_order(ledger, (b, a), second_holds, first_holds),
     )
 
-    assert sorted(attempts) == [1, 2]
-    assert kinds == ["deadlock"]
+    runs_again = sum(attempts) - len(attempts)
+    assert runs_again >= 1
+    assert kinds == ["deadlock"] * runs_again
 
 
 async def test_the_services_ledger_counts_what_it_runs_again_by_kind(

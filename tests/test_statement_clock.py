@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.statement_clock import STEP, StatementClock, statement_head
-
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SLEEP_S = 0.2
 
