@@ -30,6 +30,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from schemas import topics
 from services.app.poison import apply_isolating_poison
+from services.app.rebalance_logs import lower_rebalance_commit_errors
 from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S, OutboxRelay
 from services.cashout.outbox_retention import OUTBOX_PRUNE_INTERVAL_S, prune_published
 from services.ingestion.ingestor import Ingestor
@@ -221,6 +222,7 @@ class ConsumerService:
         self.settings = settings
         self.ingestor = ingestor
         self.bootstrap_servers = bootstrap_servers
+        lower_rebalance_commit_errors()
         self.broker = _TogetherStartingBroker(
             bootstrap_servers,
             client_id="giftledger",
