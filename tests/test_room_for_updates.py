@@ -12,12 +12,12 @@ PAYLOAD_BYTES = 600  # about a `cashouts.updated` document
 
 async def test_the_update_heavy_tables_are_filled_to_less_than_a_page(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
-        options = dict(
+        options: dict[str, list[str]] = dict(
             (
                 await conn.execute(
                     text(
                         "SELECT relname, reloptions FROM pg_class"
-                        " WHERE relname IN ('outbox', 'accounts') AND relkind = 'r'"
+                        " WHERE oid IN ('outbox'::regclass, 'accounts'::regclass)"
                     )
                 )
             ).all()
