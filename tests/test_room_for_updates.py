@@ -3,8 +3,11 @@ change no indexed column keep their row on its page and add no index entry (HOT)
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+pytestmark = pytest.mark.server  # what the server does with the room on a page
 
 ROWS = 400
 PAYLOAD_BYTES = 600  # about a `cashouts.updated` document
