@@ -1,9 +1,9 @@
 """A batch whose offsets cannot be committed because its consumer group rebalanced while it was
 applied (here its process stalled past the session timeout, as in a long pause, while another
 member joined the group, so the broker dropped it): the consumer logs one WARNING that says so,
-aiokafka's own line for the refused commit is lowered to WARNING, nothing is logged at ERROR,
-and the batch's gift is read again and counted as a duplicate, so it
-is applied once."""
+aiokafka's own line for the refused commit is lowered to WARNING, nothing else is logged at
+ERROR but the expired session, and the batch's gift is read again and counted as a duplicate,
+so it is applied once."""
 
 from __future__ import annotations
 
