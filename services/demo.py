@@ -51,6 +51,7 @@ from services.rates.rate_cards import load_rate_cards
 from services.runtime.database import engine_as_role, open_database
 from services.runtime.kafka import open_kafka
 from services.runtime.ledger_setup import build_ledger
+from services.runtime.metrics import IngestCounts
 from services.runtime.settings import Settings
 from services.trial_balance_text import grouped_amount, render_trial_balance
 from services.verification import verify_and_record
@@ -155,15 +156,21 @@ async def _wait_until_settled(service: ConsumerService, total: int, stage: Stage
         await asyncio.sleep(POLL_INTERVAL_S)
 
 
-async def print_summary(engine: AsyncEngine, service: ConsumerService, out: TextIO) -> bool:
-    counts = service.ingestor.counts
-    out.write("\nRecords\n")
-    out.write(
+def records_line(counts: IngestCounts) -> str:
+    """What became of the records consumed; the four parts add up to the consumed when the
+    counts balance (`IngestCounts.balanced`): a parked event is counted where it ended."""
+    return (
         f"  consumed {counts.consumed}: applied {counts.applied + counts.unparked_applied}, "
-        f"duplicates {counts.duplicates}, dead-lettered "
+        f"duplicates {counts.duplicates + counts.unparked_duplicates}, dead-lettered "
         f"{counts.dead_lettered + counts.unparked_dead_lettered}, still parked "
         f"{counts.still_parked}\n"
     )
+
+
+async def print_summary(engine: AsyncEngine, service: ConsumerService, out: TextIO) -> bool:
+    counts = service.ingestor.counts
+    out.write("\nRecords\n")
+    out.write(records_line(counts))
     for error, count in sorted(counts.dead_letter_errors.items()):
         out.write(f"  dead letters: {count} x {error}\n")
     async with engine.connect() as conn:

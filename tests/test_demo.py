@@ -37,9 +37,11 @@ from services.demo import (
     FreshStartError,
     Stage,
     embedded_database_dir,
+    records_line,
     start_fresh,
 )
 from services.runtime import settings as settings_module
+from services.runtime.metrics import IngestCounts
 from services.runtime.settings import Settings
 from tests.api_server import free_port
 from tests.console_http import sign_in, table
@@ -294,7 +296,7 @@ def test_fresh_removes_the_embedded_database_and_starts_from_an_empty_ledger(
     )
     assert "kept" not in fresh.stdout
     first_records = _applied_and_duplicates(embedded_runs.first.stdout)
-    assert _applied_and_duplicates(fresh.stdout) == first_records
+    assert _applied_and_duplicates(fresh.stdout) == first_records, _output(fresh)
     _assert_summary(fresh.stdout)
     try_line = TRY_LINE.search(fresh.stdout)
     assert try_line is not None, fresh.stdout
@@ -363,3 +365,18 @@ def test_a_stage_that_runs_out_of_time_says_so() -> None:
     out = io.StringIO()
     Stage.of(out, STAGES[2]).end(17, 2_030, in_time=False)
     assert out.getvalue().endswith(" 17/2030 records consumed (not done in time)\n")
+
+
+# The records line ----------------------------------------------------------------------------
+
+
+def test_the_records_line_adds_up_when_parked_events_end_as_duplicates() -> None:
+    """Parked reversals end applied, duplicates or dead-lettered: each is counted in its part,
+    so the parts add up to the consumed."""
+    counts = IngestCounts(consumed=20, applied=10, duplicates=1, dead_lettered=2, parked=7)
+    counts.unparked_applied, counts.unparked_duplicates, counts.unparked_dead_lettered = 2, 3, 1
+    assert counts.balanced()
+
+    line = records_line(counts)
+
+    assert line == "  consumed 20: applied 12, duplicates 4, dead-lettered 3, still parked 1\n"
