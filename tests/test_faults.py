@@ -5,6 +5,7 @@ while then back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -58,6 +59,34 @@ async def _publish_paced(
     await producer.flush()
 
 
+async def _restart_under_a_waiting_batch(server: EmbeddedPostgres) -> None:
+    """Restart the server while a consumer's batch is in its transaction: a lock on
+    `applied_events`, which every batch of gifts writes, holds the next batch there until the
+    restart cuts it. A restart that fell between two batches went unseen (the pool replaced its
+    connections quietly), and the test then saw no outage at all."""
+    side_engine = create_engine(server.url("postgres"), pool_size=2)
+    try:
+        blocker = await side_engine.connect()
+        await blocker.execute(text("LOCK TABLE applied_events IN SHARE MODE"))
+
+        async def a_batch_waits() -> bool:
+            async with side_engine.connect() as conn:
+                waiting = await conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+                return bool(waiting.scalar_one())
+
+        await wait_until(a_batch_waits, CATCH_UP_S)
+        await server.restart()
+        with contextlib.suppress(Exception):  # its server process is gone with the restart
+            await blocker.close()
+    finally:
+        await side_engine.dispose()
+
+
 async def test_postgres_restarted_mid_load_loses_and_doubles_nothing(
     own_postgres: tuple[EmbeddedPostgres, AsyncEngine],
     kafka_bootstrap: str,
@@ -86,7 +115,7 @@ async def test_postgres_restarted_mid_load_loses_and_doubles_nothing(
             return ingestor.counts.applied > GIFT_COUNT // 5
 
         await wait_until(some_applied, CATCH_UP_S)
-        await server.restart()
+        await _restart_under_a_waiting_batch(server)
         await publishing
 
         async def all_applied() -> bool:
