@@ -29,7 +29,10 @@ production.
    batch at once. The relay's submissions (`mark_submitted`) are applied at once in both.
    Before each mode the consumers start again with that mode's bound on the cash-out topics'
    batches (`cashout_batch_size_max`: 50 one at a time, as that path ran; batched, the
-   settings' `consumer_cashout_batch_size_max`, 250 by default), untimed.
+   settings' `consumer_cashout_batch_size_max`, 250 by default), untimed; then the
+   calibration (`bench.harness.python_loop_s`) is read, untimed, and printed in the machine
+   line (`..._before_one_at_a_time`, `..._before_batched`): the batched mode lasts seconds, so
+   its rate is that of the machine's speed at that moment.
 3. checks: every cash-out paid; `ledger.verify.verify` finds nothing; for every creator, Diamonds
    available plus Diamonds paid out equal what its gifts gave, and nothing is left held; nothing
    is left in `payouts_payable`, and 10 USD per cash-out left `cash_at_bank`.
@@ -1096,6 +1099,11 @@ async def run(options: Options) -> Figures:
                     await service.start()
                 finally:
                     STEP.reset(outside)
+                # The machine's speed just before the mode's clock starts (untimed): a batched
+                # run lasts seconds, so its rate is that of the moment it ran in.
+                figures.machine[f"{CALIBRATION_NAME}_before_{mode.replace(' ', '_')}"] = round(
+                    python_loop_s(), 3
+                )
                 await phase_cashouts(
                     options,
                     figures,
