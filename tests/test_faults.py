@@ -65,8 +65,8 @@ async def _restart_under_a_waiting_batch(server: EmbeddedPostgres) -> None:
     restart cuts it. A restart that fell between two batches went unseen (the pool replaced its
     connections quietly), and the test then saw no outage at all."""
     side_engine = create_engine(server.url("postgres"), pool_size=2)
+    blocker = await side_engine.connect()
     try:
-        blocker = await side_engine.connect()
         await blocker.execute(text("LOCK TABLE applied_events IN SHARE MODE"))
 
         async def a_batch_waits() -> bool:
@@ -81,9 +81,9 @@ async def _restart_under_a_waiting_batch(server: EmbeddedPostgres) -> None:
 
         await wait_until(a_batch_waits, CATCH_UP_S)
         await server.restart()
+    finally:
         with contextlib.suppress(Exception):  # its server process is gone with the restart
             await blocker.close()
-    finally:
         await side_engine.dispose()
 
 
