@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from asyncpg.exceptions import InternalClientError
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -73,7 +74,26 @@ def create_engine(
         },
     )
     event.listen(engine.sync_engine, "connect", _learn_array_types)
+    event.listen(engine.sync_engine, "handle_error", _take_ended_connections_for_lost)
     return engine
+
+
+# asyncpg's own error for an operation on a connection whose server has sent its last message
+# (FATAL: an administrator or a shutdown ended the backend while the connection sat idle) but
+# whose socket's end it has not read yet: the driver's protocol is still consuming that error
+# (its state 2) and refuses every new operation. Its message is all that tells this apart.
+_ENDED_WHILE_IDLE = "another operation (2) is in progress"
+
+
+def _take_ended_connections_for_lost(context: ExceptionContext) -> None:
+    """Have SQLAlchemy take asyncpg's error for a connection the server ended while it sat idle
+    for what it is, a lost connection: the connection leaves the pool, and the error says
+    `connection_invalidated`, which the consumers wait out as an outage. SQLAlchemy sees a lost
+    connection there only once the driver has closed it, which it does on some of these paths
+    and not on others (a new connection's first statement, `_learn_array_types`, among them)."""
+    driver_error = context.original_exception.__cause__  # under the DBAPI adapter's own
+    if isinstance(driver_error, InternalClientError) and _ENDED_WHILE_IDLE in str(driver_error):
+        context.is_disconnect = True
 
 
 def _learn_array_types(dbapi_connection: Any, _connection_record: Any) -> None:

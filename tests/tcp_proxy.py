@@ -9,14 +9,40 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 COPY_CHUNK_BYTES = 65_536
+# The end of a connection's start, as the server sends it: `ReadyForQuery`, idle.
+READY_FOR_QUERY_IDLE = b"Z\x00\x00\x00\x05I"
+
+
+def _error_response(fields: dict[bytes, bytes]) -> bytes:
+    """A PostgreSQL `ErrorResponse` message with `fields` (one-byte codes to values)."""
+    body = b"".join(code + value + b"\x00" for code, value in fields.items()) + b"\x00"
+    return b"E" + (len(body) + 4).to_bytes(4, "big") + body
+
+
+# What the server sends a connection whose backend an administrator ends (pg_terminate_backend)
+# while the connection is idle, before it closes the socket.
+ENDED_BY_ADMINISTRATOR = _error_response(
+    {
+        b"S": b"FATAL",
+        b"V": b"FATAL",
+        b"C": b"57P01",
+        b"M": b"terminating connection due to administrator command",
+    }
+)
 
 
 class CuttableProxy:
     """Listens on 127.0.0.1:<port> and forwards to the server of a PostgreSQL URL. With
     `cut_on`, a connection whose client sends those bytes is dropped, both ways, before they
-    reach the server (a connection lost in the middle of one chosen statement)."""
+    reach the server (a connection lost in the middle of one chosen statement). While
+    `end_after_start` is set, each new connection is ended as an administrator ends an idle one,
+    right after its start: the server's `FATAL` message in the same packet as the start's last
+    message, the server's side closed, the client's left open (until `cut`, or until the client
+    ends it)."""
 
-    def __init__(self, target_url: str, *, cut_on: bytes | None = None) -> None:
+    def __init__(
+        self, target_url: str, *, cut_on: bytes | None = None, end_after_start: bool = False
+    ) -> None:
         url = make_url(target_url)
         socket_dir = url.query.get("host")
         self._unix_path = (
@@ -26,6 +52,7 @@ class CuttableProxy:
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
         self._cut_on = cut_on
+        self.end_after_start = end_after_start
         self.port = 0
 
     def url_through(self, target_url: str) -> str:
@@ -57,10 +84,39 @@ class CuttableProxy:
         else:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         self._links |= {writer, upstream_writer}
+        if self.end_after_start:
+            await self._start_then_end(reader, writer, upstream_reader, upstream_writer)
+            return
         await asyncio.gather(
             self._copy(reader, upstream_writer, cut_also=writer),
             self._copy(upstream_reader, writer),
         )
+
+    async def _start_then_end(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream_reader: asyncio.StreamReader,
+        upstream_writer: asyncio.StreamWriter,
+    ) -> None:
+        """Forward the connection's start, then end it (`end_after_start`); what the client
+        sends after that goes nowhere."""
+        to_server = asyncio.create_task(self._copy(reader, upstream_writer))
+        started = False
+        while not started and (chunk := await upstream_reader.read(COPY_CHUNK_BYTES)):
+            started = chunk.endswith(READY_FOR_QUERY_IDLE)
+            writer.write(chunk + ENDED_BY_ADMINISTRATOR if started else chunk)
+            await writer.drain()
+        to_server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await to_server
+        upstream_writer.transport.abort()
+        self._links.discard(upstream_writer)
+        with contextlib.suppress(ConnectionError, OSError):
+            while await reader.read(COPY_CHUNK_BYTES):
+                pass
+        self._links.discard(writer)
+        writer.transport.abort()
 
     async def _copy(
         self,

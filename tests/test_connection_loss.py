@@ -145,6 +145,8 @@ async def test_terminated_connections_are_an_outage_not_an_unexpected_error(
         "an outage is logged once when it starts, not at every retry"
     )
     assert any("database back" in r.getMessage() for r in caplog.records)
+    failed = [r.getMessage() for r in caplog.records if "trying it again" in r.getMessage()]
+    assert failed == [], "a terminated connection is an outage, never a failing batch"
 
 
 async def test_a_connection_lost_while_it_learns_the_array_types_fails_as_an_outage(
@@ -163,6 +165,36 @@ async def test_a_connection_lost_while_it_learns_the_array_types_fails_as_an_out
         with pytest.raises(DBAPIError) as raised:
             async with engine.connect():
                 pass
+        assert is_database_outage(raised.value), raised.value
+    finally:
+        await engine.dispose()
+        await proxy.cut()
+
+
+async def test_a_connection_the_server_ends_before_it_learns_the_array_types_fails_as_an_outage(
+    database_url: str,
+) -> None:
+    """The server ends a new connection right after its start, before it learns the array
+    types (an administrator or a restart ending every connection while the pool replaces the
+    ones it ended): the server's last message, FATAL, comes while the connection is idle, and
+    asyncpg then refuses the next statement with its own error ("another operation (2) is in
+    progress") instead of a lost connection's. It must still fail as a lost connection, which
+    the consumers wait out, not as an error they take for a poison record: seen in the test
+    above, a batch's retry after an outage failing so (`database unavailable` with no
+    `database back`), the poison isolation silently trying the batch again."""
+    proxy = CuttableProxy(database_url)
+    await proxy.start()
+    engine = create_engine(proxy.url_through(database_url), pool_size=1)
+    try:
+        async with engine.connect():  # the engine's first connection, which meets the server
+            pass
+        await engine.dispose()  # the pool empties; the engine stays
+        proxy.end_after_start = True
+        with pytest.raises(DBAPIError) as raised:
+            async with engine.connect():
+                pass
+        assert "another operation (2) is in progress" in str(raised.value)
+        assert raised.value.connection_invalidated, raised.value
         assert is_database_outage(raised.value), raised.value
     finally:
         await engine.dispose()

@@ -96,7 +96,7 @@ def _expected(gifts: list[dict[str, object]], poisoned: str) -> dict[str, int]:
 
 
 async def test_one_poison_in_a_batch_over_several_partitions_is_dead_lettered_alone(
-    engine: AsyncEngine,
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
@@ -137,6 +137,11 @@ async def test_one_poison_in_a_batch_over_several_partitions_is_dead_lettered_al
         report.dead_letters[0].detail
     )
     assert attempts[:3] == [len(records)] * 3, "the whole batch is tried three times first"
+    tried_again = [r.getMessage() for r in caplog.records if "trying it again" in r.getMessage()]
+    assert [message.split(" (")[0] for message in tried_again] == [
+        f"batch of {len(records)} from {topics.GIFTS_SENT} failed, attempt {attempt} of 3"
+        for attempt in (1, 2)
+    ], "each failed attempt before the split is logged, with its error"
     assert await _balances(engine, creators) == _expected(gifts, poisoned)
     assert (await _balances(engine, [poisoned]))[poisoned] == BIGINT_MAX - 100
     event_ids = [str(gift["event_id"]) for gift in gifts]

@@ -2,11 +2,11 @@
 outage (an amount that would overflow an account's totals, a bug a rare input reaches).
 
 Rewinding such a batch would fetch and fail it forever, and stall its partitions. Instead, after
-`attempts_max` failures the batch is applied in halves, each half again in halves while it
-fails, down to single records; a single record that still fails is dead-lettered with reason
-`processing_failed` and the error, and everything else in the batch is applied. The halves keep
-the batch's order. Each half commits on its own, which is safe: applying is idempotent, so a
-rewind after a later outage finds the applied halves applied.
+`attempts_max` failures (each logged as a warning) the batch is applied in halves, each half
+again in halves while it fails, down to single records; a single record that still fails is
+dead-lettered with reason `processing_failed` and the error, and everything else in the batch
+is applied. The halves keep the batch's order. Each half commits on its own, which is safe:
+applying is idempotent, so a rewind after a later outage finds the applied halves applied.
 
 Outages are not isolated: `apply` retries them itself, and an outage that outlasts its retries
 propagates, so the caller rewinds the whole batch.
@@ -51,13 +51,23 @@ async def apply_isolating_poison(
     if attempts_max < 1:
         raise ValueError("attempts_max must be at least 1")
     failure: Exception | None = None
-    for _ in range(attempts_max):
+    for attempt in range(1, attempts_max + 1):
         try:
             return await apply(records)
         except Exception as error:
             if is_outage(error):
                 raise
             failure = error
+            if attempt < attempts_max:
+                logger.warning(
+                    "batch of %d from %s failed, attempt %d of %d (%s: %s); trying it again",
+                    len(records),
+                    topic,
+                    attempt,
+                    attempts_max,
+                    type(error).__name__,
+                    error,
+                )
     assert failure is not None
     logger.warning(
         "batch of %d from %s failed %d times (%s: %s); applying it in halves",
