@@ -32,7 +32,10 @@ production.
    settings' `consumer_cashout_batch_size_max`, 250 by default), untimed; then the
    calibration (`bench.harness.python_loop_s`) is read, untimed, and printed in the machine
    line (`..._before_one_at_a_time`, `..._before_batched`): the batched mode lasts seconds, so
-   its rate is that of the machine's speed at that moment.
+   its rate is that of the machine's speed at that moment. Beside it, the median `SELECT 1`
+   round trip through the bench's engine (`bench.harness.statement_round_trip_us`,
+   `select_1_round_trip_us_before_...`): what each statement costs before its own work, which
+   one at a time pays per request and batched per batch.
 3. checks: every cash-out paid; `ledger.verify.verify` finds nothing; for every creator, Diamonds
    available plus Diamonds paid out equal what its gifts gave, and nothing is left held; nothing
    is left in `payouts_payable`, and 10 USD per cash-out left `cash_at_bank`.
@@ -75,12 +78,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bench.bank_process import BankOptions, BankProcess
 from bench.harness import (
     CALIBRATION_NAME,
+    ROUND_TRIP_NAME,
     admin_url,
     fresh_database,
     load_average,
     postmaster_pid,
     python_loop_s,
     server_version,
+    statement_round_trip_us,
     verify_ledger,
 )
 from bench.ingest_bench import kafka, new_producer, percentiles, say
@@ -1101,8 +1106,12 @@ async def run(options: Options) -> Figures:
                     STEP.reset(outside)
                 # The machine's speed just before the mode's clock starts (untimed): a batched
                 # run lasts seconds, so its rate is that of the moment it ran in.
-                figures.machine[f"{CALIBRATION_NAME}_before_{mode.replace(' ', '_')}"] = round(
+                mode_name = mode.replace(" ", "_")
+                figures.machine[f"{CALIBRATION_NAME}_before_{mode_name}"] = round(
                     python_loop_s(), 3
+                )
+                figures.machine[f"{ROUND_TRIP_NAME}_before_{mode_name}"] = round(
+                    await statement_round_trip_us(engine), 1
                 )
                 await phase_cashouts(
                     options,

@@ -6,8 +6,10 @@
   version; its main process when it runs on this machine, whose CPU the benchmarks read
   (`postmaster_pid`); `ledger.verify.verify` at the end (`verify_ledger`).
 - The bench chart: a funding account and the accounts it credits (`create_chart`).
-- The machine: the CPU time of a fixed Python loop, what one core gives Python now, the one
-  calibration the benchmarks print (`python_loop_s`, `machine_line`).
+- The machine: the CPU time of a fixed Python loop, what one core gives Python now, the
+  calibration every benchmark prints (`python_loop_s`, `machine_line`); the wall time of a
+  `SELECT 1` round trip, what a statement costs before its own work, which the cash-out bench
+  prints beside it (`statement_round_trip_us`).
 - The arguments: a number between two bounds, else the usage and an error (`check_between`).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -163,6 +166,27 @@ def python_loop_s() -> float:
     one core gives Python now, to read one run's figures beside another's. CPU time rather than
     wall time, so that other work on the machine weighs on it less."""
     return fixed_loop_s(CALIBRATION_ADDITIONS, time.process_time)
+
+
+ROUND_TRIP_NAME = "select_1_round_trip_us"
+ROUND_TRIPS_TIMED = 1_000
+
+
+async def statement_round_trip_us(engine: AsyncEngine, count: int = ROUND_TRIPS_TIMED) -> float:
+    """The median wall microseconds of `SELECT 1` through `engine` on one connection, `count`
+    times: what every statement costs before its own work (SQLAlchemy, the driver, the socket,
+    both processes waking up). A path of many small statements pays it per statement, a batched
+    path per batch, so two machines with the same `python_loop_s` can give them different
+    ratios."""
+    select_1 = text("SELECT 1")
+    timings_s: list[float] = []
+    async with engine.connect() as conn:
+        await conn.execute(select_1)  # prepared and cached before the clock
+        for _ in range(count):
+            started = time.perf_counter()
+            await conn.execute(select_1)
+            timings_s.append(time.perf_counter() - started)
+    return statistics.median(timings_s) * 1e6
 
 
 def load_average() -> str:
