@@ -54,6 +54,9 @@ def create_engine(
     after they grow. JIT is off: our statements are short and JIT compile time dominates them.
     With `role`, every connection acts as that database role from its start (least privilege:
     the services write as `giftledger_writer`, which cannot change or remove ledger rows).
+    A failed statement's error never carries its parameters (`hide_parameters`): they hold
+    creators' data, payout account references among them, and errors end up in logs and
+    tracebacks.
     """
     engine = create_async_engine(
         url,
@@ -61,6 +64,7 @@ def create_engine(
         max_overflow=pool_overflow_max,
         pool_timeout=pool_timeout_s,
         pool_pre_ping=True,
+        hide_parameters=True,
         connect_args={
             "server_settings": {
                 "application_name": APPLICATION_NAME,

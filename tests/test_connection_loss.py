@@ -144,6 +144,9 @@ async def test_terminated_connections_are_an_outage_not_an_unexpected_error(
     assert all(" retry 1 " in message for message in outage_warnings), (
         "an outage is logged once when it starts, not at every retry"
     )
+    assert all("\n" not in message and "[SQL" not in message for message in outage_warnings), (
+        "a warning is one line, without the statement that met the outage"
+    )
     assert any("database back" in r.getMessage() for r in caplog.records)
     failed = [r.getMessage() for r in caplog.records if "trying it again" in r.getMessage()]
     assert failed == [], "a terminated connection is an outage, never a failing batch"

@@ -1,11 +1,13 @@
 """The consumer service starts its subscribers together, and a failed start leaves none running;
 it starts the outbox's pruning with them, and a relay pass as soon as a batch that queued outbox
-rows commits."""
+rows commits. A failed round of one of its background jobs is logged with its error, and the next
+round runs."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 
 import pytest
@@ -173,3 +175,25 @@ async def test_a_committed_batch_of_cash_out_requests_starts_a_relay_pass_at_onc
     rows = await outbox_rows()
     assert rows
     assert set(rows) == {(topics.CASHOUTS_UPDATED, True)}
+
+
+async def test_a_failed_round_of_a_background_job_is_logged_with_its_error_and_the_next_runs(
+    engine: AsyncEngine, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As the relay's round failed while the database restarted: its socket file was gone.
+    service = await _new_service(engine, kafka_bootstrap)
+    rounds = 0
+
+    async def job() -> None:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:
+            raise FileNotFoundError(2, "No such file or directory")
+        service._stopping.set()
+
+    with caplog.at_level(logging.WARNING, logger=consumer.__name__):
+        await asyncio.wait_for(service._every(0.01, "outbox not published", job), 5)
+    assert rounds == 2
+    assert [record.getMessage() for record in caplog.records] == [
+        "outbox not published this round (FileNotFoundError: [Errno 2] No such file or directory)"
+    ]

@@ -133,15 +133,15 @@ async def test_one_poison_in_a_batch_over_several_partitions_is_dead_lettered_al
     assert [(letter.event_id, letter.error) for letter in report.dead_letters] == [
         (poison_id, PROCESSING_FAILED)
     ]
-    assert "DataError" in report.dead_letters[0].detail or "out of range" in (
-        report.dead_letters[0].detail
-    )
+    # The driver's reason on one line, not the batch's statement SQLAlchemy's message adds.
+    assert report.dead_letters[0].detail == "DBAPIError: bigint out of range (SQLSTATE 22003)"
     assert attempts[:3] == [len(records)] * 3, "the whole batch is tried three times first"
     tried_again = [r.getMessage() for r in caplog.records if "trying it again" in r.getMessage()]
-    assert [message.split(" (")[0] for message in tried_again] == [
+    assert tried_again == [
         f"batch of {len(records)} from {topics.GIFTS_SENT} failed, attempt {attempt} of 3"
+        " (DBAPIError: bigint out of range (SQLSTATE 22003)); trying it again"
         for attempt in (1, 2)
-    ], "each failed attempt before the split is logged, with its error"
+    ], "each failed attempt before the split is logged, with its error on the same line"
     assert await _balances(engine, creators) == _expected(gifts, poisoned)
     assert (await _balances(engine, [poisoned]))[poisoned] == BIGINT_MAX - 100
     event_ids = [str(gift["event_id"]) for gift in gifts]

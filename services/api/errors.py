@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
 from services.api.responses import RETRY_AFTER_HEADER
+from services.runtime.database import error_text
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,9 @@ def database_unavailable_response() -> JSONResponse:
 async def on_database_error(request: Request, error: Exception) -> JSONResponse:
     """503 when the database does not answer; 500 for any other database error."""
     if _database_unavailable(error):
-        logger.warning("%s %s: database unavailable: %s", request.method, request.url.path, error)
+        logger.warning(
+            "%s %s: database unavailable (%s)", request.method, request.url.path, error_text(error)
+        )
         return database_unavailable_response()
     return await on_unexpected_error(request, error)
 

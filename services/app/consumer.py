@@ -43,6 +43,7 @@ from services.ingestion.records import (
 )
 from services.rates.rate_cards import RATE_CARD_REFRESH_S, load_rate_cards
 from services.runtime import metrics
+from services.runtime.database import error_text
 from services.runtime.retry import RetryPolicy, retry
 from services.runtime.settings import Settings
 
@@ -336,7 +337,7 @@ class ConsumerService:
 
     async def _rewind(self, msg: KafkaMessage, what: str, error: BaseException) -> None:
         """Leave the batch's offsets where they were, so that it is fetched again."""
-        logger.warning("%s (%s: %s); rewinding", what, type(error).__name__, error)
+        logger.warning("%s (%s); rewinding", what, error_text(error))
         await asyncio.sleep(REWIND_PAUSE_S)
         await msg.nack()
 
@@ -378,10 +379,9 @@ class ConsumerService:
             metrics.DATABASE_RETRIES.labels(topic).inc()
             logger.log(
                 logging.WARNING if retry_number == 1 else logging.DEBUG,
-                "database unavailable for %s (%s: %s); retry %d in at most %d ms",
+                "database unavailable for %s (%s); retry %d in at most %d ms",
                 topic,
-                type(error).__name__,
-                error,
+                error_text(error),
                 retry_number,
                 wait_ms,
             )
@@ -405,10 +405,9 @@ class ConsumerService:
         def report(error: BaseException, retry_number: int, wait_ms: int) -> None:
             logger.log(
                 logging.WARNING if retry_number == 1 else logging.DEBUG,
-                "dead letters of %s not published (%s: %s); retry %d in at most %d ms",
+                "dead letters of %s not published (%s); retry %d in at most %d ms",
                 topic,
-                type(error).__name__,
-                error,
+                error_text(error),
                 retry_number,
                 wait_ms,
             )
@@ -544,7 +543,7 @@ class ConsumerService:
             try:
                 await job()
             except Exception as error:
-                logger.warning("%s this round: %s", failure, error)
+                logger.warning("%s this round (%s)", failure, error_text(error))
 
     async def _refresh_lag(self) -> None:
         while not self._stopping.is_set():

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from services.ingestion.records import BatchReport, DeadLetter, InputRecord, parse_record
 from services.runtime import metrics
+from services.runtime.database import error_text
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ IsOutage = Callable[[BaseException], bool]
 
 
 def processing_failed(topic: str, record: InputRecord, error: BaseException) -> DeadLetter:
-    """The dead letter of a record that failed alone: the error's type and message."""
-    detail = f"{type(error).__name__}: {error}"[:ERROR_DETAIL_LENGTH_MAX]
+    """The dead letter of a record that failed alone: the error on one line (`error_text`: its
+    type, the driver's message and SQLSTATE, not the statement that failed)."""
+    detail = error_text(error)[:ERROR_DETAIL_LENGTH_MAX]
     parsed = parse_record(topic, record)
     event_id = parsed.event_id if isinstance(parsed, DeadLetter) else parsed.event.event_id
     return DeadLetter(record, PROCESSING_FAILED, detail, event_id)
@@ -60,22 +62,20 @@ async def apply_isolating_poison(
             failure = error
             if attempt < attempts_max:
                 logger.warning(
-                    "batch of %d from %s failed, attempt %d of %d (%s: %s); trying it again",
+                    "batch of %d from %s failed, attempt %d of %d (%s); trying it again",
                     len(records),
                     topic,
                     attempt,
                     attempts_max,
-                    type(error).__name__,
-                    error,
+                    error_text(error),
                 )
     assert failure is not None
     logger.warning(
-        "batch of %d from %s failed %d times (%s: %s); applying it in halves",
+        "batch of %d from %s failed %d times (%s); applying it in halves",
         len(records),
         topic,
         attempts_max,
-        type(failure).__name__,
-        failure,
+        error_text(failure),
     )
     return await _split(topic, records, failure, apply, dead_letter, is_outage)
 

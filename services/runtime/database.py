@@ -36,11 +36,31 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def _driver_error(error: BaseException) -> BaseException:
+    """What the driver raised, under SQLAlchemy's wrapping (the error itself when unwrapped)."""
+    return error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+
+
+def _first_line(error: BaseException) -> str | None:
+    """The first line of what the driver said, or None when it said nothing."""
+    lines = str(_driver_error(error)).strip().splitlines()
+    return lines[0] if lines else None
+
+
 def error_reason(error: BaseException) -> str:
     """The first line of what the driver said, without SQLAlchemy's wrapping."""
-    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
-    lines = str(cause).strip().splitlines()
-    return lines[0] if lines else type(cause).__name__
+    return _first_line(error) or type(_driver_error(error)).__name__
+
+
+def error_text(error: BaseException) -> str:
+    """The error on one line, for a log line or a dead letter's detail: its type, the first line
+    of what the driver said (`error_reason`) and the server's SQLSTATE when it sent one. Never
+    the statement or its parameters, which SQLAlchemy's own message adds on lines of their own
+    (`DBAPIError: bigint out of range (SQLSTATE 22003)`, not the batch's SQL)."""
+    said = _first_line(error)
+    text = type(error).__name__ if said is None else f"{type(error).__name__}: {said}"
+    sqlstate = getattr(error.orig, "sqlstate", None) if isinstance(error, DBAPIError) else None
+    return f"{text} (SQLSTATE {sqlstate})" if sqlstate else text
 
 
 @asynccontextmanager
