@@ -251,3 +251,19 @@ async def test_a_database_that_cannot_take_the_work_now_is_an_outage_not_a_poiso
                 is_outage=is_database_outage,
                 attempts_max=3,
             )
+
+
+async def test_an_error_is_an_outage_by_what_the_server_said_not_by_the_statement(
+    engine: AsyncEngine,
+) -> None:
+    """A statement whose text, or whose data, holds the word "connection" and fails for its data
+    is a poison, not an outage: one taken for an outage is rewound and fetched again for ever,
+    and its partition stalls behind it."""
+    async with engine.connect() as conn:
+        with pytest.raises(DBAPIError) as overflow:
+            await conn.execute(
+                text("SELECT CAST(:note AS text), CAST(:big AS bigint) + 1 AS connection_count"),
+                {"note": "a gift sent over a lost connection", "big": BIGINT_MAX},
+            )
+    assert "connection" in str(overflow.value), "SQLAlchemy's message names the statement"
+    assert not is_database_outage(overflow.value), overflow.value

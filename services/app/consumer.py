@@ -118,7 +118,9 @@ def is_database_outage(error: BaseException) -> bool:
             bool(error.connection_invalidated)
             or sqlstate in TRANSIENT_SQLSTATES
             or sqlstate.startswith(TRANSIENT_SQLSTATE_CLASSES)
-            or "connection" in str(error).lower()
+            # What the driver said, not SQLAlchemy's message, which adds the statement: a
+            # statement that mentions connections failing for its data is not an outage.
+            or "connection" in str(error.orig).lower()
         )
     return False
 
