@@ -35,8 +35,10 @@ async def test_a_failed_statement_is_one_line_without_its_statement_or_parameter
     assert "pg_sleep" in str(error), "SQLAlchemy's own message still names the statement"
 
 
-def test_an_error_without_a_server_is_its_type_and_first_line() -> None:
-    assert error_text(ValueError("first line\nsecond line")) == "ValueError: first line"
+def test_an_error_without_a_server_is_its_type_and_message_on_one_line() -> None:
+    assert error_text(ValueError("first line\n  second line")) == (
+        "ValueError: first line second line"
+    )
     assert error_text(FileNotFoundError(2, "No such file or directory")) == (
         "FileNotFoundError: [Errno 2] No such file or directory"
     )

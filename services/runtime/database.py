@@ -41,24 +41,20 @@ def _driver_error(error: BaseException) -> BaseException:
     return error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
 
 
-def _first_line(error: BaseException) -> str | None:
-    """The first line of what the driver said, or None when it said nothing."""
-    lines = str(_driver_error(error)).strip().splitlines()
-    return lines[0] if lines else None
-
-
 def error_reason(error: BaseException) -> str:
     """The first line of what the driver said, without SQLAlchemy's wrapping."""
-    return _first_line(error) or type(_driver_error(error)).__name__
+    lines = str(_driver_error(error)).strip().splitlines()
+    return lines[0] if lines else type(_driver_error(error)).__name__
 
 
 def error_text(error: BaseException) -> str:
-    """The error on one line, for a log line or a dead letter's detail: its type, the first line
-    of what the driver said (`error_reason`) and the server's SQLSTATE when it sent one. Never
-    the statement or its parameters, which SQLAlchemy's own message adds on lines of their own
-    (`DBAPIError: bigint out of range (SQLSTATE 22003)`, not the batch's SQL)."""
-    said = _first_line(error)
-    text = type(error).__name__ if said is None else f"{type(error).__name__}: {said}"
+    """The error on one line, for a log line or a dead letter's detail: its type, what the
+    driver said (its lines joined, without SQLAlchemy's wrapping) and the server's SQLSTATE when
+    it sent one. Never the statement or its parameters, which SQLAlchemy's own message adds on
+    lines of their own (`DBAPIError: bigint out of range (SQLSTATE 22003)`, not the batch's
+    SQL)."""
+    said = " ".join(str(_driver_error(error)).split())
+    text = f"{type(error).__name__}: {said}" if said else type(error).__name__
     sqlstate = getattr(error.orig, "sqlstate", None) if isinstance(error, DBAPIError) else None
     return f"{text} (SQLSTATE {sqlstate})" if sqlstate else text
 
