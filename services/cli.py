@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 import time
 
 from pydantic import ValidationError
@@ -172,11 +173,29 @@ def build_parser() -> argparse.ArgumentParser:
 # Each line: when (UTC, milliseconds), level, logger, message.
 LOG_FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s"
 LOG_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+TRACEBACK_INDENT = "    "
+
+
+class _LineFormatter(logging.Formatter):
+    """One line a record, whoever logs it: line breaks in a message are written as `\\n`, and
+    a traceback's lines follow the record's, each indented, so every line that does not start
+    with a space starts a record (what `grep`, the soak's tally and log shippers go by)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging.Formatter's)
+        # `format` sets `record.message` afresh for every formatter, so this changes no other.
+        record.message = record.message.replace("\r", "\\r").replace("\n", "\\n")
+        return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line, _, after = super().format(record).partition("\n")
+        if not after:
+            return line
+        return line + "\n" + textwrap.indent(after, TRACEBACK_INDENT, lambda _: True)
 
 
 def _log_handler() -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT)
+    formatter = _LineFormatter(LOG_FORMAT, LOG_DATE_FORMAT)
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     return handler
