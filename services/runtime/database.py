@@ -43,8 +43,9 @@ def _driver_error(error: BaseException) -> BaseException:
 
 def error_reason(error: BaseException) -> str:
     """The first line of what the driver said, without SQLAlchemy's wrapping."""
-    lines = str(_driver_error(error)).strip().splitlines()
-    return lines[0] if lines else type(_driver_error(error)).__name__
+    cause = _driver_error(error)
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
 
 
 def error_text(error: BaseException) -> str:
