@@ -6,8 +6,11 @@ the topic of the request it cancels, with the same key (the creator), so the ban
 that request, in order, on the same partition. It is told apart from a `PayoutRequested` by its
 `cancel` field, which a request never carries (both refuse unknown fields).
 
-A bank that paid already answers `paid` anyway; the ledger then takes the released Diamonds back
-and settles the payout once (services/cashout/desk.py).
+A bank that stops the payout answers `failed` (the simulated bank with the failure code
+`cancelled`): the ledger records the confirmation, and only then may an operator resubmit the
+cash-out (services/cashout/recovery.py). A bank that paid already answers `paid` anyway; the
+ledger then takes the released Diamonds back and settles the payout once
+(services/cashout/desk.py).
 """
 
 from __future__ import annotations

@@ -16,11 +16,14 @@ from urllib.parse import quote
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from schemas import topics
 from services.app.bootstrap import build_api_app
 from services.cashout.recovery import resubmission_id
 from services.operator.desk import CREATOR_FROZEN, CREATOR_UNFROZEN
+from tests import event_factory as make
 from tests.console_http import (
     FINANCE_TOKEN,
     OPERATOR_NAME,
@@ -75,6 +78,14 @@ async def action_data(engine: AsyncEngine) -> ActionData:
         shared_creator=await creator("shared"),
         shared_cashout=await feed.held_cashout(await creator("shared-hold"), CASHOUT_DIAMONDS),
     )
+
+
+async def _creator_of(engine: AsyncEngine, cashout_id: str) -> str:
+    async with engine.connect() as conn:
+        found = await conn.scalar(
+            text("SELECT creator_id FROM cashouts WHERE cashout_id = :id"), {"id": cashout_id}
+        )
+    return str(found)
 
 
 @pytest.fixture
@@ -217,9 +228,17 @@ async def test_an_operator_cancels_a_stale_hold_once_however_often_the_form_is_s
     assert ("cashout_cancelled", f"{OPERATOR_NAME} (operator)", cashout_id) in _actions_on_page(
         again.text
     )
-    # A cancelled cash-out has failed: the page now offers to resubmit it.
+    # A cancelled cash-out has failed; the page offers to resubmit it once the bank has
+    # confirmed that it will not pay the original.
     assert "Cancel the hold</button>" not in again.text
-    assert "Resubmit the payout</button>" in again.text
+    assert "Resubmit the payout</button>" not in again.text
+    assert "once the bank confirms that it will not pay it" in again.text
+    feed = await Feed.on(engine)
+    confirmation = make.payout_update(cashout_id, "failed", failure_code="cancelled")
+    await feed.send(topics.PAYOUTS_UPDATED, confirmation, await _creator_of(engine, cashout_id))
+    confirmed = await operator.get(_cashout_path(cashout_id))
+    assert "Resubmit the payout</button>" in confirmed.text
+    assert "once the bank confirms" not in confirmed.text
 
 
 async def test_an_operator_resubmits_a_failed_payout_once_however_often_the_form_is_sent(
@@ -307,6 +326,10 @@ async def test_the_console_and_the_api_share_the_apps_operator_desk_and_cashout_
         )
         assert cancelled.status_code == 200, cancelled.text
         recovery = app.state.cashout_recovery
+        confirmation = make.payout_update(cashout_id, "failed", failure_code="cancelled")
+        await (await Feed.on(engine)).send(
+            topics.PAYOUTS_UPDATED, confirmation, await _creator_of(engine, cashout_id)
+        )
         resubmitted = await client.post(
             f"/v1/operator/cashouts/{quote(cashout_id, safe='')}/resubmit",
             json={"reason": "from the API"},

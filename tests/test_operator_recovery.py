@@ -139,6 +139,28 @@ async def _submitted_cashout(
     return str(request["event_id"])
 
 
+async def _confirmed(engine: AsyncEngine, cashout_id: str) -> str | None:
+    """The failure code of the bank's confirmation that a cancelled payout will not be made."""
+    return await _scalar(  # type: ignore[no-any-return]
+        engine,
+        "SELECT failure_code FROM cashout_cancel_confirmations WHERE cashout_id = :id",
+        id=cashout_id,
+    )
+
+
+async def _bank_confirms_cancel(
+    consumers: RunningConsumers, engine: AsyncEngine, creator: str, cashout_id: str
+) -> None:
+    """The bank's `failed` report about a cancelled cash-out, and the ledger's record of it."""
+    confirmation = make.payout_update(cashout_id, "failed", "cancelled")
+    await consumers.publish(topics.PAYOUTS_UPDATED, confirmation, key=creator)
+
+    async def recorded() -> bool:
+        return await _confirmed(engine, cashout_id) == "cancelled"
+
+    await wait_until(recorded)
+
+
 def _recovery(consumers: RunningConsumers, engine: AsyncEngine, window_s: float) -> CashoutRecovery:
     return CashoutRecovery(
         Ledger(engine),
@@ -431,13 +453,60 @@ async def test_the_bank_drops_a_cancelled_payout_it_has_not_answered(
         cashout_id = await _submitted_cashout(consumers, engine, creator, 2_000)
         await wait_until(lambda: _async(rail.is_in_flight(cashout_id)))
         request = ActionRequest(_key(), "alice", "the bank is silent", None)
-        await _recovery(consumers, engine, WINDOW_PASSED_S).cancel_stale_hold(cashout_id, request)
+        recovery = _recovery(consumers, engine, WINDOW_PASSED_S)
+        await recovery.cancel_stale_hold(cashout_id, request)
         await wait_until(lambda: _async(not rail.is_in_flight(cashout_id)))
-        assert rail.reports_sent == 0
+
+        async def confirmed() -> bool:
+            return await _confirmed(engine, cashout_id) == "cancelled"
+
+        await wait_until(confirmed)
     finally:
         await rail.stop()
+    reports = await consumers.read_topic_until(
+        topics.PAYOUTS_UPDATED, lambda records: bool(_about(records, cashout_id))
+    )
+    [report] = [json.loads(record.value) for record in _about(reports, cashout_id)]
+    assert (report["status"], report["failure_code"]) == ("failed", "cancelled")  # never paid
     assert await _status(engine, cashout_id) == ("failed", "operator_cancelled")
     assert await _available(engine, creator) == 2_000_000
+    # Confirmed: the payout will not be made, so the cash-out may go again.
+    again = ActionRequest(_key(), "alice", "the bank dropped it", None)
+    resubmitted = await recovery.resubmit_failed_payout(cashout_id, again)
+    assert resubmitted.resubmitted.status == "held"
+    assert await _available(engine, creator) == 0
+    await _sound(engine)
+
+
+async def test_a_cancelled_payout_is_not_resubmitted_until_the_bank_confirms_it_will_not_pay(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    # The bank is slow, not gone: an operator cancels the stale hold and wants to pay again at
+    # once. Were that allowed, the bank's late `paid` of the original would pay the creator twice
+    # and take the creator's Diamonds below zero.
+    creator = await _eligible_creator_with(consumers, engine, 2_000)
+    cashout_id = await _submitted_cashout(consumers, engine, creator, 2_000)
+    recovery = _recovery(consumers, engine, WINDOW_PASSED_S)
+    await recovery.cancel_stale_hold(cashout_id, ActionRequest(_key(), "alice", "slow", None))
+    assert await _available(engine, creator) == 2_000_000
+    with pytest.raises(CashoutActionRefusedError, match="has not yet confirmed"):
+        await recovery.resubmit_failed_payout(
+            cashout_id, ActionRequest(_key(), "alice", "pay it again", None)
+        )
+    assert await _status(engine, resubmission_id(cashout_id)) is None
+    assert await _available(engine, creator) == 2_000_000
+
+    # The bank paid after all: the ledger books the original as paid, once; nothing to resubmit.
+    await consumers.publish(
+        topics.PAYOUTS_UPDATED, make.payout_update(cashout_id, "paid"), key=creator
+    )
+    await _until_status(engine, cashout_id, "paid")
+    assert await _available(engine, creator) == 0
+    with pytest.raises(CashoutActionRefusedError, match="is paid"):
+        await recovery.resubmit_failed_payout(
+            cashout_id, ActionRequest(_key(), "alice", "pay it again", None)
+        )
+    await _sound(engine)
 
 
 async def _async(value: bool) -> bool:
@@ -579,6 +648,64 @@ async def test_a_failed_payout_is_resubmitted_to_the_new_account_and_paid_once(
     await _sound(engine)
 
 
+async def test_a_resubmission_stays_within_the_daily_limit_of_the_original_day(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    # A failed cash-out stops counting toward its day, so the creator may use that room again;
+    # its resubmission then counts toward the same day and must still fit in the limit
+    # (1,000 USD a day; 200 diamonds a dollar).
+    creator = await _eligible_creator_with(consumers, engine, 10_000)
+    await consumers.publish(topics.GIFTS_SENT, make.gift(creator, coins=58, count=10_000))
+
+    async def funded() -> bool:
+        return await _available(engine, creator) == 300_000_000
+
+    await wait_until(funded)
+    same_moment = datetime.now(UTC).isoformat()
+    first = {**make.cashout_request(creator, 100_000), "occurred_at": same_moment}  # 500 USD
+    await consumers.publish(topics.CASHOUTS_REQUESTED, first)
+    first_id = str(first["event_id"])
+    await _until_status(engine, first_id, "submitted")
+    failed = make.payout_update(first_id, "failed", "account_closed")
+    await consumers.publish(topics.PAYOUTS_UPDATED, failed, key=creator)
+    await _until_status(engine, first_id, "failed")
+    second = {**make.cashout_request(creator, 200_000), "occurred_at": same_moment}  # 1,000 USD
+    await consumers.publish(topics.CASHOUTS_REQUESTED, second)
+    await _until_status(engine, str(second["event_id"]), "submitted")
+
+    recovery = _recovery(consumers, engine, 86_400)
+    request = ActionRequest(_key(), "alice", "the creator fixed their account", None)
+    with pytest.raises(CashoutActionRefusedError) as refused:
+        await recovery.resubmit_failed_payout(first_id, request)
+    day = datetime.fromisoformat(same_moment).date()
+    assert str(refused.value) == (
+        f"cash-out {first_id} cannot be resubmitted: with creator {creator}'s other cash-outs"
+        f" of {day} it would come to 1,500.00 USD, over the daily limit of 1,000.00 USD"
+    )
+    assert await _status(engine, resubmission_id(first_id)) is None
+    assert await _available(engine, creator) == 100_000_000
+    assert (
+        await _scalar(
+            engine,
+            "SELECT count(*) FROM operator_actions WHERE target = :id",
+            id=first_id,
+        )
+        == 0
+    )
+
+    # The day's other cash-out fails too: the room is back, and the resubmission fits.
+    await consumers.publish(
+        topics.PAYOUTS_UPDATED,
+        make.payout_update(str(second["event_id"]), "failed", "AC04"),
+        key=creator,
+    )
+    await _until_status(engine, str(second["event_id"]), "failed")
+    resubmitted = await recovery.resubmit_failed_payout(first_id, request)
+    assert resubmitted.resubmitted.status == "held"
+    assert await _available(engine, creator) == 200_000_000
+    await _sound(engine)
+
+
 # The API and the command line ---------------------------------------------------------------
 
 
@@ -662,6 +789,12 @@ async def test_an_operator_cancels_and_resubmits_through_the_api(
     )
     assert not_failed_twice.status_code == 409
 
+    too_soon = await api.post(
+        f"{path}/resubmit", json={"reason": "account fixed"}, headers=_as(OPERATOR_TOKEN, _key())
+    )
+    assert too_soon.status_code == 409, too_soon.text
+    assert "has not yet confirmed" in too_soon.text
+    await _bank_confirms_cancel(consumers, engine, creator, cashout_id)
     resubmit = await api.post(
         f"{path}/resubmit", json={"reason": "account fixed"}, headers=_as(OPERATOR_TOKEN, _key())
     )
@@ -761,15 +894,25 @@ async def test_an_operator_cancels_and_resubmits_from_the_command_line(
         refused = await asyncio.to_thread(main, resubmit_waiting)
         unknown = await asyncio.to_thread(main, ["operator", "cancel", "nope", "--reason", "x"])
         resubmit = ["operator", "resubmit", stale, "--reason", "account fixed", "--json"]
+        unconfirmed = await asyncio.to_thread(main, resubmit)
+        await _bank_confirms_cancel(consumers, engine, creator, stale)
         resubmitted = await asyncio.to_thread(main, resubmit)
     finally:
         get_settings.cache_clear()
-    assert (cancelled, cancelled_again, refused, unknown, resubmitted) == (0, 0, 1, 2, 0)
+    assert (cancelled, cancelled_again, refused, unknown, unconfirmed, resubmitted) == (
+        0,
+        0,
+        1,
+        2,
+        1,
+        0,
+    )
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert lines[0].startswith(f"cash-out {stale}: failed (operator_cancelled)")
     assert "already: action" in lines[1]
     assert f"cash-out {waiting} is submitted" in captured.err
+    assert f"cash-out {stale} was cancelled by an operator and the bank" in captured.err
     assert json.loads("\n".join(lines[2:]))["resubmitted"]["cashout_id"] == resubmission_id(stale)
     assert await _available(engine, creator) == 0
     await _sound(engine)

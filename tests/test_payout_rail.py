@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from schemas import topics
 from schemas.events import ID_LENGTH_MAX, PayoutRequested, PayoutUpdated
+from schemas.payout_cancel import PayoutCancelRequested
 from services.app.bootstrap import build_payout_rail
 from services.payout_rail.rail import (
     DEFAULT_FAILURE_CODES,
@@ -29,6 +30,7 @@ from services.payout_rail.rail import (
     PayoutRailService,
     RailSettings,
     SimulatedBank,
+    build_cancel_report,
     build_report,
     report_event_id,
     simulated_rail,
@@ -449,3 +451,64 @@ async def test_stop_cancels_pending_reports_and_their_requests_come_again(
         await wait_for_commits(again, 3)
     finally:
         await again.stop()
+
+
+class _PaidBeforeTheCancel(SimulatedBank):
+    """A bank that had made every payout by the time a cancellation reached it."""
+
+    async def cancel(self, request: PayoutRequested) -> bool:
+        return False
+
+
+def _cancel_of(request: PayoutRequested) -> PayoutCancelRequested:
+    return PayoutCancelRequested(
+        event_id=f"{request.cashout_id}:cancel",
+        occurred_at=request.occurred_at + timedelta(minutes=5),
+        cashout_id=request.cashout_id,
+        creator_id=request.creator_id,
+        cancel=True,
+    )
+
+
+@pytest.mark.parametrize("provider_stops_it", [True, False])
+async def test_a_cancelled_payout_is_confirmed_failed_only_when_the_provider_stops_it(
+    rail_topics: RailTopics, provider_stops_it: bool
+) -> None:
+    prefix = f"rail{uuid.uuid4().hex[:8]}."
+    names = [prefix + topics.PAYOUTS_REQUESTED, prefix + topics.PAYOUTS_UPDATED]
+    await create_topics(rail_topics.bootstrap_servers, names, PARTITION_COUNT)
+    own = RailTopics(rail_topics.bootstrap_servers, prefix, rail_topics.producer)
+    settings = RailSettings(seed=1, paid_delay_ms=1_000, failure_rate=0.0, return_rate=0.0)
+    provider = SimulatedBank(settings) if provider_stops_it else _PaidBeforeTheCancel(settings)
+    rail = PayoutRailService(
+        provider,
+        own.bootstrap_servers,
+        topic_prefix=prefix,
+        consumer_group=f"g-{uuid.uuid4().hex[:8]}",
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+    )
+    request = payout_request("cashout-cancelled", 0)
+    cancel = _cancel_of(request)
+    await rail.start()
+    try:
+        await wait_for(
+            lambda: rail.assigned_partition_count() == PARTITION_COUNT,
+            ASSIGNMENT_WAIT_S,
+            "partitions assigned",
+        )
+        async with own.reader() as reader:
+            await own.publish_request(request)
+            await wait_for(lambda: rail.is_in_flight(request.cashout_id), RECEIVE_WAIT_S, "taken")
+            await own.publish(cancel.model_dump_json().encode(), request.creator_id)
+            await reader.read_until(lambda records: len(records) >= 1, RECEIVE_WAIT_S)
+            await asyncio.sleep(settings.paid_delay_ms / 1000 + QUIET_S)
+            await reader.drain(0.5)
+            received = [report for _, report in reader.reports()]
+        await wait_for_commits(rail, 2)
+    finally:
+        await rail.stop()
+    if provider_stops_it:
+        assert received == [build_cancel_report(request, cancel)]
+        assert (received[0].status, received[0].failure_code) == ("failed", "cancelled")
+    else:  # too late: the payout's own report, and no confirmation
+        assert received == [build_report(request, PayoutOutcome("paid", None, 1_000))]

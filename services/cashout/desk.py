@@ -386,12 +386,16 @@ class CashoutDesk:
         applied (or None) and the transition it stored (to queue), if any."""
         refusals: list[str | None] = []
         applying: list[tuple[int, Cashout, PayoutUpdated]] = []
+        confirmations: list[PayoutUpdated] = []
         for position, event in enumerate(events):
             cashout = cashouts.get(event.cashout_id)
             if cashout is None:
                 refusals.append("unknown_cashout")
             elif cancelled_by_operator(cashout) and event.status == "failed":
-                refusals.append(None)  # the bank confirms the cancellation: released already
+                # The bank confirms the cancellation: released already; recorded, so that the
+                # cash-out may now be resubmitted (services/cashout/recovery.py).
+                refusals.append(None)
+                confirmations.append(event)
             elif cashout.status not in ALLOWED_BEFORE[event.status] and not paid_after_cancel(
                 cashout, event
             ):
@@ -410,6 +414,7 @@ class CashoutDesk:
             for _, cashout, event in applying
         ]
         await post_steps(tx, steps)
+        await record_cancel_confirmations(tx.connection, confirmations)
         transitions: list[Transition | None] = [None] * len(events)
         for position, cashout, event in applying:
             cashout.status = event.status
@@ -666,6 +671,33 @@ OPERATOR_CANCELLED = "operator_cancelled"
 
 def cancelled_by_operator(cashout: Cashout) -> bool:
     return cashout.status == "failed" and cashout.failure_code == OPERATOR_CANCELLED
+
+
+_RECORD_CANCEL_CONFIRMATIONS = text(
+    """
+    INSERT INTO cashout_cancel_confirmations (cashout_id, event_id, failure_code)
+    SELECT * FROM unnest(
+        CAST(:cashout_ids AS text[]), CAST(:event_ids AS text[]), CAST(:codes AS text[]))
+    ON CONFLICT (cashout_id) DO NOTHING
+    """
+)
+
+
+async def record_cancel_confirmations(
+    conn: AsyncConnection, reports: Sequence[PayoutUpdated]
+) -> None:
+    """The bank's `failed` reports about cash-outs an operator cancelled: the payouts will not be
+    made (the first report of each cash-out is kept)."""
+    if not reports:
+        return
+    await conn.execute(
+        _RECORD_CANCEL_CONFIRMATIONS,
+        {
+            "cashout_ids": [report.cashout_id for report in reports],
+            "event_ids": [report.event_id for report in reports],
+            "codes": [report.failure_code or "" for report in reports],
+        },
+    )
 
 
 def paid_after_cancel(cashout: Cashout, event: PayoutUpdated) -> bool:

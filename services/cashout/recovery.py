@@ -13,15 +13,21 @@ the creator's available balance; the cash-out becomes `failed` with the failure 
 `operator_cancelled`; and a `PayoutCancelRequested` is queued on `payouts.requested`
 (after the request it cancels, same key) to tell the bank. A bank that paid anyway reports `paid`:
 the ledger then takes the released amount again and settles the payout once (`paid_after_cancel`
-in services/cashout/desk.py); a `failed` report after the cancellation changes nothing.
+in services/cashout/desk.py); a bank that stops the payout reports `failed`, which changes no
+balance and is recorded in `cashout_cancel_confirmations` (`record_cancel_confirmations`).
 
 Resubmit a failed payout (`payout_resubmitted`). A `failed` cash-out (whatever the failure, an
 operator's cancellation included) is resubmitted as a new cash-out `<cashout_id>:resubmit` with
 the original's amounts, rate card version and FX rate, and its `occurred_at` (so it counts in the
 daily limit of the original's day in place of the original); the creator's current payout
 account; a new hold; and a new `payouts.requested`. The creator must still pass the Creator Next
-rules today and not be frozen, and the hold must fit in the available balance. A cash-out is
-resubmitted at most once; a resubmission that fails is resubmitted in turn.
+rules today and not be frozen, the resubmission must fit in the daily limit of the original's day
+beside the creator's other cash-outs of that day (which may have used the room the failure
+left), and the hold must fit in the available balance. A cash-out an operator cancelled is
+resubmitted only once the bank has confirmed that it will not pay it (`awaits_bank_confirmation`):
+its payout request may have reached the bank, and a late `paid` of it beside a resubmission would
+pay the creator twice. A cash-out is resubmitted at most once; a resubmission that fails is
+resubmitted in turn.
 """
 
 from __future__ import annotations
@@ -40,9 +46,11 @@ from ledger.service import Ledger, LedgerTransaction
 from schemas import topics
 from schemas.events import ID_LENGTH_MAX, PayoutRequested
 from schemas.payout_cancel import PayoutCancelRequested
+from services.cashout.conversion import USD_MICROS
 from services.cashout.desk import (
     OPERATOR_CANCELLED,
     CashoutDesk,
+    cancelled_by_operator,
     hold_id,
     hold_source,
     hold_target,
@@ -51,6 +59,7 @@ from services.cashout.desk import (
     store_cashout,
 )
 from services.cashout.eligibility import creator_eligibility
+from services.cashout.request_facts import day_spent_micros
 from services.cashout.store import Cashout, cashout_event_id, load_cashout
 from services.operator.actions_log import (
     MESSAGE_KEY_DETAIL,
@@ -326,6 +335,12 @@ class CashoutRecovery:
             raise CashoutActionRefusedError(
                 f"cash-out {cashout_id} was resubmitted already, as {earlier.cashout_id}"
             )
+        if await awaits_bank_confirmation(conn, original):
+            raise CashoutActionRefusedError(
+                f"cash-out {cashout_id} was cancelled by an operator and the bank has not yet"
+                " confirmed that it will not pay it (a failed report): resubmitting now could"
+                " pay it twice"
+            )
         creator_id = original.creator_id
         if await creator_is_frozen(conn, creator_id):
             raise CashoutActionRefusedError(f"creator {creator_id} is frozen")
@@ -343,6 +358,7 @@ class CashoutRecovery:
         new_id = resubmission_id(cashout_id)
         if await load_cashout(conn, new_id) is not None:
             raise CashoutActionRefusedError(f"a cash-out {new_id!r} exists already")
+        await self._check_daily_limit(conn, original)
         return dataclasses.replace(
             original,
             cashout_id=new_id,
@@ -351,6 +367,40 @@ class CashoutRecovery:
             failure_code=None,
             payout_account_ref=str(account_ref),
         )
+
+    async def _check_daily_limit(self, conn: AsyncConnection, original: Cashout) -> None:
+        """The resubmission counts in the daily limit of the original's day, as the original did
+        before it failed; since then the creator's other cash-outs of that day may have used
+        the room it left. Correct under the creator's lock, which the caller holds."""
+        day = original.occurred_at.astimezone(UTC).date()
+        spent = await day_spent_micros(conn, original.creator_id, day)
+        limit_micros = self._desk.limits.daily_maximum_usd_cents * (USD_MICROS // 100)
+        if spent + original.usd_value_micros > limit_micros:
+            raise CashoutActionRefusedError(
+                f"cash-out {original.cashout_id} cannot be resubmitted: with creator"
+                f" {original.creator_id}'s other cash-outs of {day} it would come to"
+                f" {usd_text(spent + original.usd_value_micros)} USD, over the daily limit of"
+                f" {usd_text(limit_micros)} USD"
+            )
+
+
+async def awaits_bank_confirmation(conn: AsyncConnection, cashout: Cashout) -> bool:
+    """Whether `cashout` was cancelled by an operator and the bank has not yet confirmed that
+    it will not pay it: its payout request may have reached the bank, which could still pay it,
+    so it must not be resubmitted yet."""
+    if not cancelled_by_operator(cashout):
+        return False
+    confirmed = await conn.scalar(
+        text("SELECT 1 FROM cashout_cancel_confirmations WHERE cashout_id = :id"),
+        {"id": cashout.cashout_id},
+    )
+    return confirmed is None
+
+
+def usd_text(micros: int) -> str:
+    """USD micros as dollars and cents, rounded down: `12.34`."""
+    cents = micros // (USD_MICROS // 100)
+    return f"{cents // 100:,}.{cents % 100:02d}"
 
 
 async def _resubmission_of(conn: AsyncConnection, cashout_id: str) -> Cashout | None:

@@ -64,6 +64,15 @@ _SPENT = text(
 )
 
 
+async def day_spent_micros(conn: AsyncConnection, creator_id: str, day: date) -> int:
+    """The USD micros the creator's cash-outs of `day` (UTC) count against the daily limit:
+    those not rejected, failed or returned. Correct only under the creator's lock."""
+    row = (
+        await conn.execute(_SPENT, {"creator_ids": [creator_id], "days": [day], "checked_ids": []})
+    ).one()
+    return int(row.micros)
+
+
 def request_day(event: CashoutRequested) -> date:
     """The UTC day a request counts against for the daily limit."""
     return event.occurred_at.astimezone(UTC).date()

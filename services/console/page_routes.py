@@ -30,7 +30,11 @@ from services.api.documents import (
 )
 from services.api.replica_lag import read_replica_lag
 from services.cashout.eligibility import creator_eligibility
-from services.cashout.recovery import CANCELLABLE_STATUSES, resubmission_id
+from services.cashout.recovery import (
+    CANCELLABLE_STATUSES,
+    awaits_bank_confirmation,
+    resubmission_id,
+)
 from services.cashout.store import load_cashout
 from services.console import reads
 from services.console.charts import bar_chart
@@ -291,8 +295,10 @@ async def cashout(request: Request, outcome: str | None = None) -> Response:
         transitions = await reads.transitions_of(conn, [cashout_id])
         actions = await reads.actions_on(conn, [cashout_id])
         resubmission = None
+        awaiting_bank = False
         if found.status == "failed":
             resubmission = await load_cashout(conn, resubmission_id(cashout_id))
+            awaiting_bank = await awaits_bank_confirmation(conn, found)
     last_change = transitions[-1].at if transitions else None
     stale = (
         found.status in CANCELLABLE_STATUSES
@@ -309,7 +315,8 @@ async def cashout(request: Request, outcome: str | None = None) -> Response:
         outcome=outcome,
         stale=stale,
         answer_window_s=answer_window_s,
-        may_resubmit=found.status == "failed" and resubmission is None,
+        may_resubmit=found.status == "failed" and resubmission is None and not awaiting_bank,
+        awaiting_bank=awaiting_bank,
         resubmission=resubmission,
         action_key=new_action_key(),
     )

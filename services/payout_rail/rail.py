@@ -35,11 +35,16 @@ Backpressure. At most `in_flight_max` cash-outs wait for their reports at once; 
 service pauses fetching (it keeps polling, so it stays in its consumer group) until reports go out.
 
 Cancellation. An operator who cancels a stale hold sends a `PayoutCancelRequested` on the same
-topic, keyed by the same creator, so it comes after the request it cancels. A cash-out whose
-reports have not started is dropped: its pending reports are cancelled and never sent (a report
-already in the producer's hands may still arrive; the ledger settles such a late `paid` once). A
-cash-out already reported on, or never taken by this process (all its reports went out before a
-restart, or its request offset would not have been committed), is left as it is: too late.
+topic, keyed by the same creator, so it comes after the request it cancels. For a cash-out none
+of whose reports has started to go out, the rail stops its pending reports and asks the provider
+to cancel the payout (`PayoutProvider.cancel`); when the provider stops it, the rail reports it
+`failed` with the failure code `cancelled` (`CANCELLED_FAILURE_CODE`), the bank's confirmation
+that the payout will not be made, which the ledger needs before the cash-out may be resubmitted;
+when the provider says it is too late, the payout's reports go out as they come. A cash-out
+already reported on (or with a report on its way), or never taken by this process (all its
+reports went out before a restart, or its request offset would not have been committed), is
+left as it is: too late. The cancellation's confirmation is not a settlement: no money moved, so
+it is not entered in the bank's journal or its settlement files.
 
 Malformed requests come from our own outbox, so they are a bug rather than input to dead-letter:
 they are logged and skipped (their offsets are committed).
@@ -81,7 +86,7 @@ from schemas.events import (
     PayoutStatus,
     PayoutUpdated,
 )
-from schemas.payout_cancel import parse_payout_cancel
+from schemas.payout_cancel import PayoutCancelRequested, parse_payout_cancel
 from services.payout_rail.settlement import SettlementBooks, SettlementBreak
 from services.runtime.retry import RetryPolicy, retry
 
@@ -131,8 +136,9 @@ REQUESTS_SKIPPED = Counter(
 )
 CANCELS = Counter(
     "giftledger_payout_rail_cancels_total",
-    "Payout cancellations the rail read, by what became of them: cancelled (no report sent),"
-    " too_late (reported on already) or unknown (never taken by this process).",
+    "Payout cancellations the rail read, by what became of them: cancelled (the provider"
+    " stopped the payout; reported failed), too_late (reported on already, or the provider"
+    " had paid) or unknown (never taken by this process).",
     ["outcome"],
 )
 IN_FLIGHT = Gauge(
@@ -148,6 +154,8 @@ DEFAULT_FAILURE_CODES = (
     "AC04",
 )
 DEFAULT_RETURN_CODES = ("R01", "AC04", "account_closed")
+# The failure code of the report that confirms a cancelled payout will not be made.
+CANCELLED_FAILURE_CODE = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -170,9 +178,15 @@ class PayoutProvider(Protocol):
     the order of their delays: one terminal `paid` or `failed`, or `paid` then `returned`.
 
     `submit` may be called again for a payout it has already taken (after a redelivery); a real
-    provider passes `cashout_id` as its idempotency key, and must return the same outcomes."""
+    provider passes `cashout_id` as its idempotency key, and must return the same outcomes.
+
+    `cancel` asks the provider to stop a payout it was given and has not reported on: True when
+    the payout will not be made, False when it is too late (the outcomes `submit` gave stand).
+    It may be called again for the same payout and must give the same answer."""
 
     async def submit(self, request: PayoutRequested) -> list[PayoutOutcome]: ...
+
+    async def cancel(self, request: PayoutRequested) -> bool: ...
 
 
 def _code_list_ok(codes: tuple[str, ...], name: str) -> None:
@@ -270,6 +284,11 @@ class SimulatedBank(PayoutProvider):
     async def submit(self, request: PayoutRequested) -> list[PayoutOutcome]:
         return self.outcomes_for(request.cashout_id)
 
+    async def cancel(self, request: PayoutRequested) -> bool:
+        """The simulated bank makes a payout when it reports it: one not reported on yet can
+        always be stopped."""
+        return True
+
 
 REPORT_EVENT_ID_PREFIX = "rail:"
 
@@ -286,6 +305,18 @@ def report_event_id(cashout_id: str, status: PayoutStatus) -> str:
     if len(readable) <= ID_LENGTH_MAX:
         return readable
     return f"{REPORT_EVENT_ID_PREFIX}{status}#{hashlib.sha256(cashout_id.encode()).hexdigest()}"
+
+
+def build_cancel_report(request: PayoutRequested, cancel: PayoutCancelRequested) -> PayoutUpdated:
+    """The `failed` report confirming that a cancelled payout will not be made; deterministic
+    given the cancellation (its time is the cancellation's)."""
+    return PayoutUpdated(
+        event_id=report_event_id(request.cashout_id, "failed"),
+        occurred_at=cancel.occurred_at,
+        cashout_id=request.cashout_id,
+        status="failed",
+        failure_code=CANCELLED_FAILURE_CODE,
+    )
 
 
 def build_report(request: PayoutRequested, outcome: PayoutOutcome) -> PayoutUpdated:
@@ -331,6 +362,10 @@ class _Job:
     finished: bool = False
     task: asyncio.Task[None] | None = None
     reports_sent: int = 0
+    # A report is being handed to the broker: too late to cancel.
+    sending: bool = False
+    # A cancellation of it was read: its reports are stopped while the provider is asked.
+    cancelling: bool = False
 
 
 def _request_digest(request: PayoutRequested) -> bytes:
@@ -541,7 +576,7 @@ class PayoutRailService:
         except (ValidationError, TypeError) as error:
             cancel = parse_payout_cancel(record.value) if record.value else None
             if cancel is not None:
-                CANCELS.labels(self._cancel(cancel.cashout_id)).inc()
+                self._cancel(cancel)
                 progress.finish(record.offset)
                 return
             REQUESTS_SKIPPED.labels("malformed").inc()
@@ -594,10 +629,12 @@ class PayoutRailService:
                 await asyncio.sleep(wait_s)
             report = build_report(request, outcome)
             value = report.model_dump_json().encode()
+            job.sending = True
             await self._retrying(
                 f"reporting {request.cashout_id} {outcome.status}",
                 functools.partial(self._send, request.creator_id, value),
             )
+            job.sending = False
             self._book(request, report)
             REPORTS_SENT.labels(outcome.status).inc()
             self.reports_sent += 1
@@ -628,19 +665,52 @@ class PayoutRailService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), SETTLEMENT_CHECK_INTERVAL_S)
 
-    def _cancel(self, cashout_id: str) -> str:
-        """Drop the payout of `cashout_id` if none of its reports has gone out; returns what
-        became of the cancellation (the `CANCELS` label)."""
-        job = self._seen.get(cashout_id)
+    def _cancel(self, cancel: PayoutCancelRequested) -> None:
+        """Stop the payout of `cancel.cashout_id` if none of its reports has started to go out:
+        its reports are stopped and the provider is asked (`_stop_payout`). The `CANCELS`
+        counter says what became of it."""
+        job = self._seen.get(cancel.cashout_id)
         if job is None:
-            return "unknown"
-        if isinstance(job, bytes) or job.finished or job.reports_sent:
-            return "too_late"
+            CANCELS.labels("unknown").inc()
+            return
+        if isinstance(job, bytes) or job.finished or job.cancelling:
+            CANCELS.labels("too_late").inc()  # a repeated cancellation is answered once
+            return
+        if job.reports_sent or job.sending:
+            CANCELS.labels("too_late").inc()
+            return
         if job.task is not None:
-            job.task.cancel()
+            job.task.cancel()  # waiting for the provider or a report's time: nothing sent
+        job.cancelling = True
+        job.task = asyncio.create_task(
+            self._stop_payout(job, cancel), name=f"payout-cancel-{cancel.cashout_id}"
+        )
+
+    async def _stop_payout(self, job: _Job, cancel: PayoutCancelRequested) -> None:
+        """Ask the provider to stop the payout; report `failed` (`cancelled`) when it did, else
+        let the payout's reports go out as the provider gives them."""
+        request = job.request
+        stopped = await self._retrying(
+            f"cancelling {request.cashout_id}", lambda: self.provider.cancel(request)
+        )
+        if not stopped:
+            CANCELS.labels("too_late").inc()
+            logger.info("payout rail: payout of cash-out %s made already", request.cashout_id)
+            await self._report(job)
+            return
+        report = build_cancel_report(request, cancel)
+        job.sending = True
+        await self._retrying(
+            f"reporting {request.cashout_id} cancelled",
+            functools.partial(self._send, request.creator_id, report.model_dump_json().encode()),
+        )
+        job.sending = False
+        CANCELS.labels("cancelled").inc()
+        REPORTS_SENT.labels("failed").inc()
+        self.reports_sent += 1
+        job.reports_sent += 1
+        logger.info("payout rail: payout of cash-out %s cancelled", request.cashout_id)
         self._finish(job)
-        logger.info("payout rail: payout of cash-out %s cancelled", cashout_id)
-        return "cancelled"
 
     def _finish(self, job: _Job) -> None:
         """The job sent all its reports, or was cancelled: its records may be committed."""
