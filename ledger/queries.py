@@ -13,6 +13,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.model import TransferFlags
+
 STATEMENT_PAGE_SIZE_MAX = 1_000
 
 
@@ -106,6 +108,11 @@ async def posted_balance_as_of(conn: AsyncConnection, account_id: int, as_of: da
     return 0 if row is None else int(row.balance)
 
 
+# A pending transfer reserves and the void that releases it gives back: both move pending amounts
+# only, never the posted balance. (A post moves the posted balance by the amount it posts.)
+_MOVES_PENDING_ONLY = int(TransferFlags.PENDING | TransferFlags.VOID_PENDING)
+
+
 @dataclass(frozen=True, slots=True)
 class StatementLine:
     seq: int
@@ -116,6 +123,8 @@ class StatementLine:
     counterparty: str
     debit: int
     credit: int
+    # True for a line that moves pending amounts only (a pending transfer, or the void that
+    # releases one): its debit or credit is not in `balance_after`
     pending: bool
     balance_after: int
 
@@ -138,7 +147,9 @@ async def statement(
     """Transfers touching the account in commit order, each with the running posted balance.
 
     `after_seq` is the cursor: pass the previous page's `next_cursor` to continue. Pending
-    transfers are listed (marked) and leave the posted balance unchanged.
+    transfers and the voids that release them (a cash-out released, a hold expired) move pending
+    amounts only: they are listed marked `pending` and leave the posted balance unchanged, so
+    the lines not marked pending add up to the change in balance.
 
     The debit side and the credit side are each read in `seq` order from their own index, a
     page's worth at most, and merged: an account with many transfers costs one page, not a sort
@@ -197,7 +208,7 @@ async def statement(
             counterparty=row.counterparty,
             debit=row.amount if row.is_debit else 0,
             credit=0 if row.is_debit else row.amount,
-            pending=bool(row.flags & 2),
+            pending=bool(row.flags & _MOVES_PENDING_ONLY),
             balance_after=row.balance_after,
         )
         for row in rows[:page_size]

@@ -100,6 +100,40 @@ async def test_statement_pages_carry_a_running_balance_and_a_cursor(
     assert [line.seq for line in lines] == sorted(line.seq for line in lines)
 
 
+async def test_a_statements_posted_lines_add_up_to_its_change_in_balance(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    """A hold and the void that releases it move only pending amounts: both lines are pending,
+    so the lines that are not add up to the change in the posted balance."""
+    ledger = Ledger(engine)
+    a, b, c = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 3)
+    voided = Transfer(uuid.uuid4(), b, c, 30, SYN, TransferFlags.PENDING)
+    posted = Transfer(uuid.uuid4(), b, c, 40, SYN, TransferFlags.PENDING)
+    void = Transfer(uuid.uuid4(), 0, 0, 0, SYN, TransferFlags.VOID_PENDING, voided.id)
+    post = Transfer(uuid.uuid4(), 0, 0, 25, SYN, TransferFlags.POST_PENDING, posted.id)
+    for transfer in (Transfer(uuid.uuid4(), a, b, 100, SYN), voided, void, posted, post):
+        await ledger.post([transfer])
+    async with engine.connect() as conn:
+        lines = (await statement(conn, b)).lines
+    opening = 0  # the balance before the first line: the account's first transfer
+    posted_lines = [line for line in lines if not line.pending]
+    assert lines[-1].balance_after - opening == sum(
+        line.credit - line.debit for line in posted_lines
+    )
+    assert lines[-1].balance_after == 100 - 25
+    balance = 0
+    for line in lines:
+        if not line.pending:
+            balance += line.credit - line.debit
+        assert line.balance_after == balance
+    assert [(line.transfer_id, line.pending) for line in lines[1:]] == [
+        (voided.id, True),
+        (void.id, True),
+        (posted.id, True),
+        (post.id, False),
+    ]
+
+
 async def test_trial_balance_sums_to_zero_per_asset(engine: AsyncEngine, unique_id: str) -> None:
     ledger = Ledger(engine)
     a, b = await make_accounts(ledger, unique_id + "d", [AccountFlags.NONE] * 2)

@@ -102,7 +102,11 @@ class StatementLineDocument(Document):
     counterparty: str
     debit: int
     credit: int
-    pending: bool
+    pending: bool = Field(
+        description="True for a line that moves only pending amounts: a pending transfer (a "
+        "hold) or the void that releases one; its debit or credit leaves `balance_after` "
+        "unchanged."
+    )
     balance_after: int
 
 

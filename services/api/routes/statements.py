@@ -57,7 +57,10 @@ def _statement_line(line: StatementLine) -> dict[str, Any]:
     + ", ".join(f"`{column}`" for column in STATEMENT_CSV_COLUMNS)
     + "; amounts are integers in the minor unit of the account's `asset`, `scale` decimal "
     "places below its major unit), with the next page's cursor in `X-Next-Cursor` (absent "
-    "on the last page). Pending transfers are listed and leave the balance unchanged.",
+    "on the last page). Pending transfers and the voids that release them (`cashout_released`, "
+    "`pending_expired`) move only pending amounts: they are listed with `pending` true and "
+    "leave the balance unchanged, so the lines with `pending` false add up to the change in "
+    "`balance_after`.",
     response_model=StatementDocument,
     responses={**csv_page_responses(), **not_found("No account has this name.")},
 )
