@@ -722,6 +722,21 @@ async def test_an_applied_event_shows_its_transfers(
     assert elsewhere.status_code == 404
 
 
+async def test_an_event_id_applied_in_two_topics_shows_each_topics_transfers_only(
+    api: httpx.AsyncClient, ledgered: SeededLedger
+) -> None:
+    """Event ids are unique per topic only: a tip and a fund reward share one."""
+    path = f"/v1/events/{ledgered.twice_applied_event}"
+
+    async def codes(topic: str) -> set[str]:
+        document = (await api.get(path, params={"topic": topic}, headers=FINANCE)).json()
+        assert document["applied"]["topic"] == topic
+        return {transfer["code"] for transfer in document["transfers"]}
+
+    assert await codes("tips.received") == {"tip", "tip_fan_fee", "tip_processor_fee"}
+    assert await codes("fund.rewarded") == {"fund_reward"}
+
+
 async def test_a_dead_lettered_event_says_why(
     api: httpx.AsyncClient, ledgered: SeededLedger
 ) -> None:

@@ -77,8 +77,12 @@ async def applied_events(
     ]
 
 
-async def event_transfers(conn: AsyncConnection, event_id: str) -> list[dict[str, Any]]:
-    """Every transfer posted for `event_id`, in commit order.
+async def event_transfers(conn: AsyncConnection, event_id: str, topic: str) -> list[dict[str, Any]]:
+    """Every transfer posted for the event `event_id` of `topic`, in commit order.
+
+    Event ids are unique per topic only, and a transfer records its event's id, not its topic:
+    its code names the topic (`transfer_code_topics`, as in the `transfer_details` view), so a
+    transfer of another topic's event with the same id is left out.
 
     `transfers` has no index on `event_id`: this scans the transfers (every partition), which is
     fine for a look-up by a person, not for a program polling it."""
@@ -93,12 +97,13 @@ async def event_transfers(conn: AsyncConnection, event_id: str) -> list[dict[str
             JOIN assets s ON s.code = t.asset
             JOIN accounts d ON d.id = t.debit_account_id
             JOIN accounts k ON k.id = t.credit_account_id
+            JOIN transfer_code_topics ct ON ct.code = t.code AND ct.topic = :topic
             WHERE t.event_id = :event_id
             ORDER BY t.seq
             LIMIT :limit
             """
         ),
-        {"event_id": event_id, "limit": EVENT_TRANSFER_COUNT_MAX},
+        {"event_id": event_id, "topic": topic, "limit": EVENT_TRANSFER_COUNT_MAX},
     )
     return [
         {

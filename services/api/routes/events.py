@@ -49,6 +49,6 @@ async def event_route(
         "event_id": event_id,
         "status": "applied" if applied else "dead_lettered",
         "applied": applied[0] if applied else None,
-        "transfers": await event_transfers(conn, event_id) if applied else [],
+        "transfers": await event_transfers(conn, event_id, applied[0]["topic"]) if applied else [],
         "dead_letters": letters,
     }
