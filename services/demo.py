@@ -250,21 +250,30 @@ async def _wait_for_cashouts(
 
 
 async def print_cashouts(engine: AsyncEngine, out: TextIO) -> None:
+    """Cash-outs by status (with the rule or code that decided it), a line per asset requested
+    and currency paid: the amounts requested summed in their asset, and the payouts of those
+    priced summed in their currency (`-` where none was: requests refused before pricing)."""
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
                 text(
-                    "SELECT status, coalesce(rejected_rule, failure_code, '') AS why,"
-                    " count(*) AS n, sum(amount)::bigint AS requested FROM cashouts"
-                    " GROUP BY 1, 2 ORDER BY 1, 2"
+                    "SELECT status, coalesce(rejected_rule, failure_code, '') AS why, asset,"
+                    " payout_currency, count(*) AS n, sum(amount)::bigint AS requested,"
+                    " sum(payout_amount)::bigint AS payout FROM cashouts"
+                    " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
                 )
             )
         ).all()
-    out.write("\nCash-outs by status (count, Diamonds requested)\n")
+    out.write("\nCash-outs by status (count, requested, payout)\n")
     for row in rows:
         why = f" ({row.why})" if row.why else ""
-        requested = f"{grouped_amount(row.requested, DIAMOND)} {DIAMOND}"
-        out.write(f"  {row.status + why:<32} {row.n:>4,}   {requested:>22}\n")
+        requested = f"{grouped_amount(row.requested, row.asset)} {row.asset}"
+        payout = (
+            "-"
+            if row.payout is None
+            else f"{grouped_amount(row.payout, row.payout_currency)} {row.payout_currency}"
+        )
+        out.write(f"  {row.status + why:<32} {row.n:>4,}   {requested:>22}   {payout:>16}\n")
 
 
 # The ledger kept from an earlier run, and --fresh -----------------------------------------------

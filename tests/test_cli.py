@@ -525,6 +525,56 @@ def test_cashouts_of_a_known_creator_without_any_is_an_empty_list(
     assert json.loads(capsys.readouterr().out) == {"cashouts": []}
 
 
+async def _insert_rejected_cashouts(database_url: str, rows: list[dict[str, object]]) -> None:
+    """Cash-outs rejected by the daily limit once priced: rows only, nothing in the ledger."""
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO cashouts (cashout_id, creator_id, asset, amount, payout_currency,"
+                    " payout_amount, usd_value_micros, status, rejected_rule, requested_on,"
+                    " occurred_at) VALUES (:cashout_id, :creator_id, :asset, :amount,"
+                    " :payout_currency, :payout_amount, 0, 'rejected', 'daily_limit',"
+                    " current_date, now())"
+                ),
+                rows,
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO cashout_transitions (cashout_id, status)"
+                    " VALUES (:cashout_id, 'rejected')"
+                ),
+                rows,
+            )
+    finally:
+        await engine.dispose()
+
+
+def test_cashouts_print_each_amount_with_its_asset(
+    cli_database: str, unique_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """100.00 EUR and 100.00 USD must not look alike; a Diamond cash-out pays in a currency."""
+    creator = f"cli-cashouts-{unique_id}"
+    rows: list[dict[str, object]] = [
+        {"asset": "EUR", "amount": 10_000, "payout_currency": "EUR", "payout_amount": 10_000},
+        {"asset": "USD", "amount": 10_000, "payout_currency": "USD", "payout_amount": 10_000},
+        {"asset": "DIAMOND", "amount": 2_000_000, "payout_currency": "GBP", "payout_amount": 800},
+    ]
+    for index, row in enumerate(rows):
+        row.update(cashout_id=f"{creator}-{index}", creator_id=creator)
+    asyncio.run(_insert_rejected_cashouts(cli_database, rows))
+    assert main(["cashouts", "--creator", creator]) == 0
+    printed = {
+        line.split()[0]: line.split()[3:7] for line in capsys.readouterr().out.splitlines()[1:]
+    }
+    assert printed == {
+        f"{creator}-0": ["100.00", "EUR", "100.00", "EUR"],
+        f"{creator}-1": ["100.00", "USD", "100.00", "USD"],
+        f"{creator}-2": ["2000.000", "DIAMOND", "8.00", "GBP"],
+    }
+
+
 @pytest.mark.parametrize("currency", ["XXX", "DIAMOND"])
 def test_fx_add_of_an_unknown_currency_names_it(
     cli_database: str, currency: str, capsys: pytest.CaptureFixture[str]

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from ledger.database import create_engine
 from services.cli import main
 from services.commands.common import EXIT_OK, EXIT_USAGE
 from services.demo import (
@@ -37,6 +39,7 @@ from services.demo import (
     FreshStartError,
     Stage,
     embedded_database_dir,
+    print_cashouts,
     records_line,
     start_fresh,
 )
@@ -45,6 +48,7 @@ from services.runtime.metrics import IngestCounts
 from services.runtime.settings import Settings
 from tests.api_server import free_port
 from tests.console_http import sign_in, table
+from tests.fresh_database import fresh_database
 from tests.ledger_helpers import newest_verify_run
 
 DEMO_TIMEOUT_S = 300
@@ -391,3 +395,49 @@ def test_the_records_line_adds_up_when_parked_events_end_as_duplicates() -> None
     line = records_line(counts)
 
     assert line == "  consumed 20: applied 12, duplicates 4, dead-lettered 3, still parked 1\n"
+
+
+async def test_the_cashouts_by_status_sum_each_asset_and_each_payout_currency_apart(
+    postgres_admin_url: str,
+) -> None:
+    """On a database of its own (the summary reads every cash-out): 100.00 EUR and 100.00 USD
+    requested are two lines, not 200.00 of one asset, and Diamond cash-outs' payouts are summed
+    in their currency."""
+    columns = ("status", "rule", "asset", "amount", "currency", "payout")
+    cashouts = [
+        ("paid", None, "EUR", 10_000, "EUR", 10_000),
+        ("paid", None, "USD", 10_000, "USD", 10_000),
+        ("paid", None, "DIAMOND", 2_000_000, "USD", 1_000),
+        ("paid", None, "DIAMOND", 4_000_000, "USD", 2_000),
+        ("paid", None, "DIAMOND", 2_000_000, "GBP", 800),
+        ("rejected", "country", "DIAMOND", 2_000_000, "USD", None),
+    ]
+    async with fresh_database(postgres_admin_url) as url:
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO cashouts (cashout_id, status, rejected_rule, asset, amount,"
+                        " payout_currency, payout_amount, creator_id, usd_value_micros,"
+                        " requested_on, occurred_at) VALUES (:id, :status, :rule, :asset,"
+                        " :amount, :currency, :payout, 'creator-00', 0, current_date, now())"
+                    ),
+                    [
+                        dict(zip(columns, values, strict=True)) | {"id": f"cashout-{index}"}
+                        for index, values in enumerate(cashouts)
+                    ],
+                )
+            out = io.StringIO()
+            await print_cashouts(engine, out)
+        finally:
+            await engine.dispose()
+    lines = out.getvalue().splitlines()
+    assert [line.split() for line in lines[2:]] == [
+        ["paid", "1", "2,000.000", "DIAMOND", "8.00", "GBP"],
+        ["paid", "2", "6,000.000", "DIAMOND", "30.00", "USD"],
+        ["paid", "1", "100.00", "EUR", "100.00", "EUR"],
+        ["paid", "1", "100.00", "USD", "100.00", "USD"],
+        ["rejected", "(country)", "1", "2,000.000", "DIAMOND", "-"],
+    ]
+    assert lines[:2] == ["", "Cash-outs by status (count, requested, payout)"]

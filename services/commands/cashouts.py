@@ -8,6 +8,7 @@ from typing import Any, get_args
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from schemas.assets import format_amount
 from schemas.events import CashoutStatus
 from services.cashout.eligibility import creator_eligibility
 from services.cashout.store import cashout_document, list_cashouts
@@ -19,7 +20,6 @@ from services.commands.common import (
     acting_operator,
     add_actor_argument,
     as_writer,
-    decimal_amount,
     integer,
     page_size,
     positive_decimal,
@@ -247,10 +247,10 @@ async def cashouts_command(engine: AsyncEngine, args: argparse.Namespace) -> int
                 cashout.cashout_id,
                 cashout.creator_id,
                 cashout.status,
-                decimal_amount(cashout.amount, cashout.asset),
+                format_amount(cashout.amount, cashout.asset),
                 "-"
                 if cashout.payout_amount is None
-                else decimal_amount(cashout.payout_amount, cashout.payout_currency),
+                else format_amount(cashout.payout_amount, cashout.payout_currency),
                 cashout.rejected_rule or cashout.failure_code or "",
             ]
             for cashout in found
