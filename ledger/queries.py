@@ -82,10 +82,12 @@ async def creator_balances(conn: AsyncConnection, creator_id: str) -> list[Accou
 
 
 async def posted_balance_as_of(conn: AsyncConnection, account_id: int, as_of: datetime) -> int:
-    """The account's posted balance (credits minus debits) at `as_of`.
+    """The account's posted balance (credits minus debits) as of `as_of`: after every transfer
+    posted before `as_of`, none stamped at it (periods are `[start, end)`, so the balance as of a
+    period's end is its closing balance).
 
     Each transfer stores both sides' balance right after it, so this is one index probe: the
-    latest transfer touching the account at or before `as_of`.
+    latest transfer touching the account before `as_of`.
     """
     row = (
         await conn.execute(
@@ -93,11 +95,11 @@ async def posted_balance_as_of(conn: AsyncConnection, account_id: int, as_of: da
                 """
                 SELECT balance FROM (
                     (SELECT seq, debit_balance_after AS balance FROM transfers
-                     WHERE debit_account_id = :account AND created_at <= :as_of
+                     WHERE debit_account_id = :account AND created_at < :as_of
                      ORDER BY seq DESC LIMIT 1)
                     UNION ALL
                     (SELECT seq, credit_balance_after FROM transfers
-                     WHERE credit_account_id = :account AND created_at <= :as_of
+                     WHERE credit_account_id = :account AND created_at < :as_of
                      ORDER BY seq DESC LIMIT 1)
                 ) latest ORDER BY seq DESC LIMIT 1
                 """
@@ -275,7 +277,9 @@ async def trial_balance_creators_summed(conn: AsyncConnection) -> list[TrialBala
 async def trial_balance(
     conn: AsyncConnection, as_of: datetime | None = None
 ) -> list[TrialBalanceLine]:
-    """Posted debits and credits per account as of a time (now when None), by asset.
+    """Posted debits and credits per account as of a time (now when None), by asset: the
+    transfers posted before `as_of`, none stamped at it, as periods are `[start, end)`; so the
+    trial balance as of a month's first instant is the previous month's close.
 
     Within each asset the lines sum to zero: every transfer debits and credits the same amount.
 
@@ -292,7 +296,7 @@ async def trial_balance(
             WITH posted_transfers AS (
                 SELECT * FROM transfers
                 WHERE flags & 10 = 0
-                  AND created_at <= coalesce(CAST(:as_of AS timestamptz), 'infinity')
+                  AND created_at < coalesce(CAST(:as_of AS timestamptz), 'infinity')
             ), posted AS (
                 SELECT debit_account_id AS account_id, amount AS debit, 0::bigint AS credit
                 FROM posted_transfers

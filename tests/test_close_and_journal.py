@@ -49,6 +49,7 @@ from ledger.journal import (
 )
 from ledger.model import PostResult, Transfer, TransferCode, TransferFlags
 from ledger.periods import Period, parse_period, period_of
+from ledger.queries import posted_balance_as_of, trial_balance
 from ledger.service import Ledger
 from ledger.verify import verify
 from services.api.server import create_app
@@ -303,6 +304,45 @@ async def test_verify_catches_a_tampered_closing_balance(
     assert "close of 2001-01: test:" in details[0]
     assert "closed with (debits, credits) (200, 501) but opening plus the period's " in details[0]
     assert details[0].endswith("transfers give (200, 500)")
+
+
+async def _balances_as_of(
+    engine: AsyncEngine, books: Books, as_of: datetime
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Each account's posted balance as of `as_of`: by the trial balance, and by
+    `posted_balance_as_of`."""
+    async with engine.connect() as conn:
+        lines = {line.account_name: line.balance for line in await trial_balance(conn, as_of)}
+        rows = await conn.execute(
+            text("SELECT id, name FROM accounts WHERE id = ANY(CAST(:ids AS bigint[]))"),
+            {"ids": list(books.accounts.values())},
+        )
+        names = {row.id: row.name for row in rows}
+        by_trial_balance = {
+            letter: lines.get(names[account_id], 0) for letter, account_id in books.accounts.items()
+        }
+        by_probe = {
+            letter: await posted_balance_as_of(conn, account_id, as_of)
+            for letter, account_id in books.accounts.items()
+        }
+    return by_trial_balance, by_probe
+
+
+async def test_as_of_a_months_end_is_that_months_close_without_the_transfers_stamped_then(
+    closed: Closed, engine_on_books: AsyncEngine
+) -> None:
+    """Periods are [start, end), and as_of is their end: the transfers stamped at exactly
+    2001-02-01T00:00:00Z are February's, not in the balances as of that instant, which are
+    January's close; they are in those as of March's first instant, February's close."""
+    books = closed.books
+    for as_of, close, period in (
+        (_at("2001-02-01T00:00:00+00:00"), closed.january, JANUARY),
+        (_at("2001-03-01T00:00:00+00:00"), closed.february, FEBRUARY),
+    ):
+        by_trial_balance, by_probe = await _balances_as_of(engine_on_books, books, as_of)
+        assert by_trial_balance == books.balances[period], as_of
+        assert by_probe == books.balances[period], as_of
+        assert by_trial_balance == await _closing_balances(engine_on_books, close, books)
 
 
 async def _close_waits_on_a_lock(owner: AsyncEngine) -> bool:

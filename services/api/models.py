@@ -253,7 +253,8 @@ class TrialBalanceAsset(Document):
 
 
 class TrialBalanceDocument(Document):
-    """Posted debits, credits and balance per account; `as_of` is null for "now"."""
+    """Posted debits, credits and balance per account, of the transfers posted before `as_of`;
+    `as_of` is null for "now"."""
 
     as_of: TimestampText | None
     assets: list[TrialBalanceAsset]

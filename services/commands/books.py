@@ -258,7 +258,8 @@ def add_trial_balance_arguments(parser: argparse.ArgumentParser) -> None:
         "--as-of",
         type=aware_timestamp,
         metavar="ISO",
-        help="posted transfers up to this instant (default: now)",
+        help="the transfers posted before this instant, none stamped at it: as of a month's "
+        "first instant is the previous month's close (default: now)",
     )
     parser.add_argument(
         "--json", action="store_true", help="JSON with amounts as integers in minor units"

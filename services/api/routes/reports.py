@@ -97,7 +97,11 @@ async def trial_balance_route(
     conn: Reader,
     as_of: Annotated[
         Timestamp | None,
-        Query(description=f"Posted up to this instant (default: now). {TIMESTAMP_RULES}."),
+        Query(
+            description="The transfers posted before this instant, none stamped at it (periods "
+            "are `[from, to)`: as of a month's first instant is the previous month's close; "
+            f"default: now). {TIMESTAMP_RULES}."
+        ),
     ] = None,
 ) -> dict[str, Any]:
     return trial_balance_document(await trial_balance(conn, as_of), as_of)
