@@ -229,6 +229,49 @@ async def test_each_failed_rule_rejects_the_request_with_its_name(
     assert await _available(engine, rich) == 5_000_000
 
 
+async def test_the_fx_rate_is_the_one_in_force_when_the_request_is_approved(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    # CHF per USD: 0.80 from a day ago, 0.90 from ten minutes ago, 0.50 scheduled for tomorrow.
+    # A request made an hour ago (under 0.80) and one dated the day after tomorrow (0.50 by its
+    # date) are both approved now: both at 0.90.
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO fx_rates (currency, effective_from, units_per_usd_numerator,"
+                " units_per_usd_denominator, created_by) VALUES"
+                " ('CHF', :day_ago, 4, 5, 'test'), ('CHF', :minutes_ago, 9, 10, 'test'),"
+                " ('CHF', :tomorrow, 1, 2, 'test')"
+            ),
+            {
+                "day_ago": now - timedelta(days=1),
+                "minutes_ago": now - timedelta(minutes=10),
+                "tomorrow": now + timedelta(days=1),
+            },
+        )
+    creator = await _eligible_creator_with(consumers, engine, 4_000)
+    made_earlier = make.cashout_request(creator, 2_000, "CHF")
+    made_earlier["occurred_at"] = (now - timedelta(hours=1)).isoformat()
+    dated_ahead = make.cashout_request(creator, 2_000, "CHF")
+    dated_ahead["occurred_at"] = (now + timedelta(days=2)).isoformat()
+    for event in (made_earlier, dated_ahead):
+        cashout_id = await _request(consumers, engine, event)
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT status, payout_amount, fx_numerator, fx_denominator FROM cashouts"
+                        " WHERE cashout_id = :id"
+                    ),
+                    {"id": cashout_id},
+                )
+            ).one()
+        # 2,000 diamonds are 10.00 USD, 9.00 CHF at 0.90.
+        assert (row.payout_amount, row.fx_numerator, row.fx_denominator) == (900, 9, 10)
+        assert row.status != "rejected"
+
+
 async def test_the_daily_limit_counts_per_utc_day(
     consumers: RunningConsumers, engine: AsyncEngine
 ) -> None:

@@ -20,8 +20,12 @@ Ledger legs (`services/cashout/postings.py`; docs/accounting.md has them with nu
 Whether the hold is still pending is read from the ledger, not guessed from the status.
 
 Conversion is exact integer arithmetic (fractions), rounding down to the payout currency's minor
-unit: `payout = floor(milli_diamonds / 1000 / diamonds_per_usd * fx * 10^scale)`. Rates in force at
-the request's `occurred_at` are used, so a redelivered request is priced the same way.
+unit: `payout = floor(milli_diamonds / 1000 / diamonds_per_usd * fx * 10^scale)`. The rate card and
+the FX rate are those in force when the request is approved: the moment the desk takes up its
+batch (`requests`), so a request that waited in a backlog is priced when it is decided, not when it
+was made. Both are stored on the cash-out, which is decided once: a redelivery is a duplicate, and
+a resubmission keeps the original's conversion. The day the request counts against for the daily
+limit, and the one the age rule is judged on, stay its `occurred_at`'s.
 
 The daily limit holds however Kafka spreads the requests over consumers: a request takes its
 creator's lock (`lock_creators`, a transaction-scoped advisory lock) before it reads what the
@@ -198,7 +202,8 @@ class CashoutDesk:
         commit; then the requests go in rounds (see the module's docstring)."""
         conn = tx.connection
         await lock_creators(conn, [event.creator_id for event in events])
-        facts = await read_request_facts(conn, events)
+        approved_at = datetime.now(UTC)  # the moment whose rates price the batch
+        facts = await read_request_facts(conn, events, approved_at)
         decided: list[Cashout | None] = [None] * len(events)
         to_queue: list[list[Transition]] = [[] for _ in events]
         waiting = list(range(len(events)))
@@ -249,7 +254,7 @@ class CashoutDesk:
             if event.creator_id in left:
                 cashouts.append(None)
                 continue
-            card = rate_cards.in_force_at(event.occurred_at)
+            card = rate_cards.in_force_at(facts.approved_at)
             cashout = new_cashout(event, card)
             before_checks = dataclasses.replace(cashout)
             day = (event.creator_id, request_day(event))
@@ -310,7 +315,7 @@ class CashoutDesk:
             return "payout_account"
         if event.asset != DIAMOND and event.asset != event.payout_currency:
             return "payout_currency"
-        payout_fx = facts.fx_in_force(event.payout_currency, event.occurred_at)
+        payout_fx = facts.fx_in_force(event.payout_currency)
         if payout_fx is None:
             return "fx_rate"
         conversion = convert(cashout.asset, cashout.amount, diamonds_per_usd, payout_fx, payout_fx)

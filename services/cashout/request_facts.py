@@ -1,7 +1,7 @@
 """What the checks of a batch of cash-out requests read, one statement per kind for the whole
 batch, where one request at a time read them once per request: which creators are frozen, their
-profiles (`services.cashout.eligibility.creator_profiles`), the FX rates in force at the
-requests' moments, and what each creator cashed out on each day.
+profiles (`services.cashout.eligibility.creator_profiles`), the FX rates in force when the batch
+is approved, and what each creator cashed out on each day.
 
 Every read is on the caller's connection, inside the transaction that holds the creators' locks
 (`services.cashout.desk.lock_creators`), so what a creator cashed out cannot change under it.
@@ -84,7 +84,9 @@ class RequestFacts:
 
     frozen: frozenset[str]
     profiles: dict[str, CreatorProfile]
-    fx_rates: dict[tuple[str, datetime], FxRate | None]
+    # The moment the batch is approved, and the FX rate of each payout currency in force then.
+    approved_at: datetime
+    fx_rates: dict[str, FxRate | None]
 
     def is_frozen(self, creator_id: str) -> bool:
         return creator_id in self.frozen
@@ -92,8 +94,9 @@ class RequestFacts:
     def profile(self, creator_id: str) -> CreatorProfile | None:
         return self.profiles.get(creator_id)
 
-    def fx_in_force(self, currency: str, moment: datetime) -> FxRate | None:
-        return self.fx_rates[currency, moment]
+    def fx_in_force(self, currency: str) -> FxRate | None:
+        """The rate of `currency` in force when the batch is approved (None: no rate yet)."""
+        return self.fx_rates[currency]
 
 
 async def frozen_creators(conn: AsyncConnection, creator_ids: Iterable[str]) -> frozenset[str]:
@@ -124,16 +127,19 @@ async def fx_rates_in_force(
 
 
 async def read_request_facts(
-    conn: AsyncConnection, events: Sequence[CashoutRequested]
+    conn: AsyncConnection, events: Sequence[CashoutRequested], approved_at: datetime
 ) -> RequestFacts:
-    """The freezes, profiles and FX rates the checks of `events` read: three statements."""
+    """The freezes, profiles and FX rates (in force at `approved_at`) the checks of `events`
+    read: three statements."""
     creator_ids = {event.creator_id for event in events}
+    rates = await fx_rates_in_force(
+        conn, ((event.payout_currency, approved_at) for event in events)
+    )
     return RequestFacts(
         frozen=await frozen_creators(conn, creator_ids),
         profiles=await creator_profiles(conn, creator_ids),
-        fx_rates=await fx_rates_in_force(
-            conn, ((event.payout_currency, event.occurred_at) for event in events)
-        ),
+        approved_at=approved_at,
+        fx_rates={currency: rate for (currency, _), rate in rates.items()},
     )
 
 
