@@ -417,13 +417,21 @@ async def _stop_api(api: DemoApi) -> None:
             await api.task
 
 
-def _print_api(settings: Settings, api: DemoApi, demo_token: str | None, out: TextIO) -> None:
+def _print_api(
+    settings: Settings, api: DemoApi, demo_token: str | None, out: TextIO, *, wait: bool
+) -> None:
     problem = api.why_not_serving()
     if problem is not None:
         out.write(f"\ngiftledger: {problem}\n")
         return
     host = f"[{settings.api_host}]" if ":" in settings.api_host else settings.api_host
     base = f"http://{host}:{settings.api_port}"
+    if not wait:  # nothing will be listening once the summary is printed
+        out.write(
+            f"\nFinance API: served on {base} while the demo ran, stopped with it (--no-wait);"
+            " `giftledger demo` without --no-wait keeps it, as `giftledger run --api` does\n"
+        )
+        return
     out.write(f"\nFinance API on {base} (OpenAPI: {base}/docs)\n")
     if demo_token is not None:
         out.write(f"  token for this run (role finance): {demo_token}\n")
@@ -506,7 +514,7 @@ async def run_demo(
             )
             sound = await print_summary(engine, service, out)
             await print_cashouts(engine, out)
-            _print_api(settings, api, demo_token, out)
+            _print_api(settings, api, demo_token, out, wait=wait)
             if not settled:
                 out.write("not every record was accounted for in time\n")
             if wait and settled and sound:
