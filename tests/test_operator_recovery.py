@@ -38,8 +38,9 @@ from services.ingestion.redrive import (
     DeadLetterSelection,
     RedriveOutcome,
     RedriveRequest,
+    letter_action_key,
 )
-from services.operator.actions_log import ActionKeyConflictError
+from services.operator.actions_log import ActionKeyConflictError, act_as, record_action
 from services.payout_rail.rail import RailSettings, simulated_rail
 from services.runtime.embedded_broker import create_topics
 from services.runtime.settings import Settings, get_settings
@@ -336,6 +337,82 @@ async def test_a_redriven_record_that_fails_again_is_dead_lettered_once_and_not_
     assert len(_copies_of(source, letter_id)) == 1
     assert _copies_of(source, copy_letter_id) == []
     assert await dead_lettered(2)
+
+
+@pytest.mark.parametrize("source_key", ["creator-x\x00y", "k" * 20_000])
+async def test_a_record_whose_key_the_log_cannot_hold_is_redriven_once_and_recorded(
+    consumers: RunningConsumers, engine: AsyncEngine, source_key: str
+) -> None:
+    # The log refuses a NUL character, and details over 16,384 characters: such a key is left
+    # out of the action's details (its message is keyed by the target), never sent unrecorded.
+    broken = {**make.gift(_creator()), "coins": 0}
+    await consumers.publish(topics.GIFTS_SENT, broken, key=source_key)
+
+    async def dead_lettered() -> bool:
+        return bool(await _dead_letter_ids(engine, consumers.prefix, str(broken["event_id"])))
+
+    await wait_until(dead_lettered)
+    [letter_id] = await _dead_letter_ids(engine, consumers.prefix, str(broken["event_id"]))
+    request = _redrive_request(DeadLetterSelection(dead_letter_ids=(letter_id,)), _key())
+    redriver = _redriver(consumers, engine)
+    [first] = await redriver.redrive(request)
+    [again] = await redriver.redrive(request)
+    assert (first.outcome, again.outcome) == ("redriven", "already_redriven")
+    target = f"dead-letter:{letter_id}"
+    details = await _scalar(
+        engine, "SELECT details FROM operator_actions WHERE target = :t", t=target
+    )
+    assert "message_key" not in details
+    sentinel = make.gift(_creator())
+    await consumers.publish(topics.GIFTS_SENT, sentinel, key=source_key)  # behind the copies
+
+    def sentinel_read(records: list[Any]) -> bool:
+        return any(json.loads(r.value)["event_id"] == sentinel["event_id"] for r in records)
+
+    records = await consumers.read_topic_until(topics.GIFTS_SENT, sentinel_read)
+    assert len(_copies_of(records, letter_id)) == 1
+
+
+async def test_a_redrive_whose_action_key_is_taken_sends_nothing(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    creator = _creator()
+    broken = {**make.gift(creator), "coins": 0}
+    await consumers.publish(topics.GIFTS_SENT, broken)
+
+    async def dead_lettered() -> bool:
+        return bool(await _dead_letter_ids(engine, consumers.prefix, str(broken["event_id"])))
+
+    await wait_until(dead_lettered)
+    [letter_id] = await _dead_letter_ids(engine, consumers.prefix, str(broken["event_id"]))
+    request = _redrive_request(DeadLetterSelection(dead_letter_ids=(letter_id,)), _key())
+    async with engine.begin() as conn:  # another action took the letter's key
+        await act_as(conn, WRITER_ROLE)
+        await record_action(
+            conn,
+            idempotency_key=letter_action_key(request.idempotency_key, letter_id),
+            actor="bob",
+            action="creator_frozen",
+            target=creator,
+            reason="unrelated",
+            ticket=None,
+            details={},
+            topic_prefix=consumers.prefix,
+        )
+    with pytest.raises(ActionKeyConflictError):
+        await _redriver(consumers, engine).redrive(request)
+    sentinel = make.gift(creator)
+    await consumers.publish(topics.GIFTS_SENT, sentinel)  # behind any copy, same partition
+
+    def sentinel_read(records: list[Any]) -> bool:
+        return any(json.loads(r.value)["event_id"] == sentinel["event_id"] for r in records)
+
+    records = await consumers.read_topic_until(topics.GIFTS_SENT, sentinel_read)
+    assert _copies_of(records, letter_id) == []
+    redrives = await _scalar(
+        engine, "SELECT count(*) FROM dead_letter_redrives WHERE dead_letter_id = :id", id=letter_id
+    )
+    assert redrives == 0
 
 
 async def test_unknown_dead_letter_ids_are_refused_and_nothing_is_recorded(

@@ -50,12 +50,22 @@ from services.operator.actions_log import (
     ActionKeyConflictError,
     OperatorAction,
     act_as,
+    check_action,
+    find_action,
     load_action,
+    normalized_details,
     record_action,
 )
 from services.runtime.kafka_offsets import end_offsets
 
 REDRIVE_COUNT_MAX: Final = 1_000
+# A source record's key longer than this is not kept in its re-drive's details (upstream keys
+# are creator ids, at most 128 characters); the action's message is then keyed by its target.
+MESSAGE_KEY_LENGTH_MAX: Final = 1_024
+# The largest partition and offset Kafka has: the details checked before a copy is sent carry
+# them, so that those of the copy sent are no longer.
+PARTITION_MAX: Final = 2**31 - 1
+OFFSET_MAX: Final = 2**63 - 1
 REDRIVE_OF_HEADER: Final = "giftledger-redrive-of"
 REDRIVE_KEY_HEADER: Final = "giftledger-redrive-key"
 PROVENANCE_HEADERS: Final = frozenset({REDRIVE_OF_HEADER, REDRIVE_KEY_HEADER})
@@ -451,6 +461,10 @@ class DeadLetterRedriver:
             pending = [letter for letter in letters if letter.redrive_action_id is None]
             sources = await self._read_sources(pending)
             to_send = [letter for letter in pending if letter.id in sources]
+            # Nothing is sent that the log would then refuse to record: a copy sent but not
+            # recorded would leave its letter un-redriven, to be sent again on every retry.
+            for letter in to_send:
+                await self._check_recordable(conn, request, letter, sources[letter.id])
             copies = await self._publish(to_send, sources, request.idempotency_key)
             sent = {
                 letter.id: await self._record(conn, request, letter, sources[letter.id], copy)
@@ -505,6 +519,32 @@ class DeadLetterRedriver:
                     )
                 return list(await asyncio.gather(*sends))
 
+    async def _check_recordable(
+        self,
+        conn: AsyncConnection,
+        request: RedriveRequest,
+        letter: StoredDeadLetter,
+        record: SourceRecord,
+    ) -> None:
+        """Raise what `_record` would raise for this letter, before its copy is sent: a field the
+        log cannot take (`InvalidActionError`; the details with the largest copy position, so
+        that they are checked at their longest) or the letter's action key used already, by
+        another action (`ActionKeyConflictError`: the letter is not re-driven, so the key's
+        action is not its re-drive)."""
+        key = letter_action_key(request.idempotency_key, letter.id)
+        check_action(
+            idempotency_key=key,
+            actor=request.actor,
+            action=ACTION,
+            target=_target(letter),
+            reason=request.reason,
+            ticket=request.ticket,
+        )
+        normalized_details(_details(request, letter, record, PARTITION_MAX, OFFSET_MAX))
+        recorded = await find_action(conn, key)
+        if recorded is not None:
+            raise ActionKeyConflictError(recorded)
+
     async def _record(
         self,
         conn: AsyncConnection,
@@ -514,29 +554,15 @@ class DeadLetterRedriver:
         copy: Any,
     ) -> _Sent:
         """The operator action and the re-drive row of one acknowledged copy."""
-        details: dict[str, Any] = {
-            "request": request.selection.document(),
-            "request_key": request.idempotency_key,
-            "topic": letter.topic,
-            "partition": letter.partition,
-            "offset": letter.offset,
-            "event_id": letter.event_id,
-            "error": letter.error,
-            "copy_partition": copy.partition,
-            "copy_offset": copy.offset,
-        }
-        source_key = _text_key(record.key)
-        if source_key is not None:
-            details[MESSAGE_KEY_DETAIL] = source_key
         action, _ = await record_action(
             conn,
             idempotency_key=letter_action_key(request.idempotency_key, letter.id),
             actor=request.actor,
             action=ACTION,
-            target=f"dead-letter:{letter.id}",
+            target=_target(letter),
             reason=request.reason,
             ticket=request.ticket,
-            details=details,
+            details=_details(request, letter, record, copy.partition, copy.offset),
             topic_prefix=self.topic_prefix,
         )
         await conn.execute(
@@ -561,14 +587,49 @@ class _Sent:
     copy_offset: int
 
 
+def _target(letter: StoredDeadLetter) -> str:
+    return f"dead-letter:{letter.id}"
+
+
+def _details(
+    request: RedriveRequest,
+    letter: StoredDeadLetter,
+    record: SourceRecord,
+    copy_partition: int,
+    copy_offset: int,
+) -> dict[str, Any]:
+    """The details the re-drive of one letter records, its copy at `copy_partition` and
+    `copy_offset`; the source record's key among them when the log can hold it."""
+    details: dict[str, Any] = {
+        "request": request.selection.document(),
+        "request_key": request.idempotency_key,
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "event_id": letter.event_id,
+        "error": letter.error,
+        "copy_partition": copy_partition,
+        "copy_offset": copy_offset,
+    }
+    source_key = _text_key(record.key)
+    if source_key is not None:
+        details[MESSAGE_KEY_DETAIL] = source_key
+    return details
+
+
 def _text_key(key: bytes | None) -> str | None:
-    """The record's key as text, when it is UTF-8 and not empty."""
+    """The record's key as text, when it is UTF-8, not empty, without NUL characters (which the
+    log refuses) and at most `MESSAGE_KEY_LENGTH_MAX` characters; else None, and the action's
+    message is keyed by its target (`actions_log.message_key`)."""
     if not key:
         return None
     try:
-        return key.decode("utf-8")
+        text_key = key.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    if "\x00" in text_key or len(text_key) > MESSAGE_KEY_LENGTH_MAX:
+        return None
+    return text_key
 
 
 def _outcome(letter: StoredDeadLetter, sent: _Sent | None) -> RedriveOutcome:
