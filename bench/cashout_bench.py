@@ -103,7 +103,7 @@ from schemas.events import (
 )
 from schemas.topics import all_topics
 from services.app.consumer import ConsumerService
-from services.cashout.desk import CashoutDesk, CashoutLimits, lock_creators
+from services.cashout.desk import CashoutDesk, CashoutLimits
 from services.cashout.outbox import (
     OUTBOX_BATCH_SIZE_MAX,
     OUTBOX_CLAIM_WINDOW_ROWS,
@@ -116,6 +116,7 @@ from services.ingestion.records import BatchReport, InputRecord
 from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime import metrics
 from services.runtime.collector import settle_collector
+from services.runtime.creator_locks import lock_creators
 from services.runtime.embedded_broker import create_topics
 from services.runtime.ledger_setup import build_ledger
 from services.runtime.settings import EligibilitySettings, Settings

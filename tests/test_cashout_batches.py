@@ -7,6 +7,7 @@ available balance, and several results of one cash-out in one batch."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import dataclass
@@ -26,12 +27,17 @@ from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import InputRecord
 from services.operator.desk import OperatorDesk
 from services.rates.rate_cards import load_rate_cards
+from services.runtime.creator_locks import lock_creators
 from services.runtime.settings import Settings
 from tests import event_factory as make
 from tests.ledger_helpers import ledger_problems
 
 WRITER = "giftledger_writer"
 DAILY_LIMIT_USD_CENTS = 3_000  # 30 USD: 6,000 diamonds a day
+# How long a freeze is watched to see that it waits for a batch holding its creator, and how
+# long it may take once the batch has committed.
+FREEZE_WAIT_PROBE_S = 0.5
+FREEZE_DONE_WAIT_S = 10.0
 FIRST_DAY = datetime(2027, 5, 3, 12, tzinfo=UTC)
 CREATOR_COUNT = 3
 REQUEST_COUNT_MAX = 10
@@ -416,3 +422,37 @@ async def test_a_batch_ends_as_its_items_one_at_a_time(
 ) -> None:
     at_once, one_by_one = await _both_ways(engine, setups, requests, submitted, results)
     assert at_once == one_by_one
+
+
+async def test_a_freeze_waits_for_a_batch_that_read_the_creator_unfrozen(
+    engine: AsyncEngine,
+) -> None:
+    """A batch of requests holds its creators' locks from its checks to its commit; a freeze
+    takes the creator's lock too, so it is recorded (and answered) only after such a batch has
+    committed: no hold of a request decided before the freeze commits after it."""
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    prefix = f"f{uuid.uuid4().hex[:8]}."
+    ingestor = build_ingestor(Settings(kafka_topic_prefix=prefix), engine, rate_cards)
+    operator = OperatorDesk(Ledger(engine), topic_prefix=prefix, database_role=WRITER)
+    creator = f"freeze-{uuid.uuid4().hex[:10]}"
+    profile = make.creator_update(creator)
+    assert await _process(ingestor, topics.CREATORS_UPDATED, [profile], [creator], True) == [""]
+
+    async with engine.begin() as batch:  # a batch between its checks and its commit
+        await lock_creators(batch, [creator])
+        freezing = asyncio.create_task(
+            operator.set_frozen(
+                creator,
+                frozen=True,
+                idempotency_key=f"freeze-{creator}",
+                actor="alice",
+                reason="a freeze racing a batch",
+                ticket=None,
+            )
+        )
+        await asyncio.sleep(FREEZE_WAIT_PROBE_S)
+        assert not freezing.done(), "the freeze did not wait for the batch's commit"
+    outcome = await asyncio.wait_for(freezing, FREEZE_DONE_WAIT_S)
+    assert outcome.recorded
+    assert outcome.state.frozen

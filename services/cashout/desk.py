@@ -52,9 +52,8 @@ one round unless a cash-out comes more than once in it, or a creator's requests 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -100,6 +99,7 @@ from services.cashout.store import (
     update_cashouts,
 )
 from services.rates.rate_cards import RateCard, RateCardBook
+from services.runtime.creator_locks import lock_creators
 from services.runtime.settings import EligibilitySettings, Settings
 
 __all__ = [
@@ -111,7 +111,6 @@ __all__ = [
     "hold_id",
     "hold_source",
     "hold_target",
-    "lock_creators",
     "paid_after_cancel",
     "request_accounts",
     "settlement_accounts",
@@ -128,30 +127,6 @@ class CashoutLimits:
 def request_accounts(event: CashoutRequested) -> list[AccountSpec]:
     specs = [hold_source(event.creator_id, event.asset), hold_target(event.creator_id, event.asset)]
     return [*specs, *settlement_accounts(event.payout_currency)]
-
-
-CREATOR_LOCK_NAMESPACE = b"giftledger.cashout.creator:"
-
-
-def creator_lock_key(creator_id: str) -> int:
-    """The advisory lock key of a creator's cash-outs: the first 8 bytes of a SHA-256 of the
-    creator id, as a signed 64-bit integer; the same in every process and on every server."""
-    digest = hashlib.sha256(CREATOR_LOCK_NAMESPACE + creator_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-async def lock_creators(conn: AsyncConnection, creator_ids: Iterable[str]) -> None:
-    """Take the cash-out locks of these creators until the transaction ends, in key order (so
-    two transactions taking several never wait on each other in a cycle). Take them before any
-    account lock of the transaction. Taking a lock the transaction holds already is a no-op."""
-    keys = sorted({creator_lock_key(creator_id) for creator_id in creator_ids})
-    if keys:  # unnest yields the sorted keys in array order, and each is locked as it comes
-        await conn.execute(
-            text(
-                "SELECT pg_advisory_xact_lock(key) FROM unnest(CAST(:keys AS bigint[])) AS k(key)"
-            ),
-            {"keys": keys},
-        )
 
 
 class CashoutDesk:

@@ -54,7 +54,6 @@ from services.cashout.desk import (
     hold_id,
     hold_source,
     hold_target,
-    lock_creators,
     settlement_accounts,
     store_cashout,
 )
@@ -70,6 +69,7 @@ from services.operator.actions_log import (
 )
 from services.operator.desk import OperatorError
 from services.operator.freezes import creator_is_frozen
+from services.runtime.creator_locks import lock_creators
 from services.runtime.outbox_rows import queue
 
 CASHOUT_CANCELLED: Final = "cashout_cancelled"

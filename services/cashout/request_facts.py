@@ -4,7 +4,8 @@ profiles (`services.cashout.eligibility.creator_profiles`), the FX rates in forc
 is approved, and what each creator cashed out on each day.
 
 Every read is on the caller's connection, inside the transaction that holds the creators' locks
-(`services.cashout.desk.lock_creators`), so what a creator cashed out cannot change under it.
+(`services.runtime.creator_locks.lock_creators`), so what a creator cashed out cannot change
+under it, nor whether the creator is frozen.
 """
 
 from __future__ import annotations

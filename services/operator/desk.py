@@ -49,6 +49,7 @@ from services.operator.freezes import (
     freeze_state,
     record_freeze,
 )
+from services.runtime.creator_locks import lock_creators
 
 ADJUSTMENT_PROPOSED: Final = "adjustment_proposed"
 ADJUSTMENT_APPROVED: Final = "adjustment_approved"
@@ -376,6 +377,10 @@ class OperatorDesk:
         )
         async with self._ledger.begin() as conn:
             log = await self._hold_log(conn)
+            # After the log's lock, as a resubmission takes it: a batch of cash-out requests
+            # that read this creator unfrozen holds it until its commit, so the freeze is
+            # recorded after those requests, and every request decided later sees it.
+            await lock_creators(conn, [creator_id])
             recorded = await log.recorded(entry)
             state = await freeze_state(conn, creator_id)
             if recorded is not None:
