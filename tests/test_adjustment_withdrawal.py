@@ -301,6 +301,81 @@ async def test_the_database_refuses_an_adjustment_both_approved_and_withdrawn(
             )
 
 
+async def test_the_database_refuses_a_row_citing_an_action_that_is_not_its_own(
+    engine: AsyncEngine, desk: OperatorDesk, feed: Feed
+) -> None:
+    """As the writer, past the desk: an approval, a withdrawal or a freeze must cite the action
+    that did it, else the state would disagree with the log."""
+    frozen_creator, other_creator = await feed.eligible_creator(1), await feed.eligible_creator(1)
+    freeze = await desk.set_frozen(
+        frozen_creator,
+        frozen=True,
+        idempotency_key=new_key(),
+        actor="alice",
+        reason=REASON,
+        ticket=None,
+    )
+    assert freeze.action is not None
+    freeze_id = freeze.action.id
+    proposed_id = await _propose(desk, other_creator, 100, "alice")
+    approved_id = await _propose(desk, other_creator, 100, "alice")
+    approval = await _approve(desk, approved_id, "bob")
+    assert approval.action is not None
+    transfer_id = adjustment_transfer_id(approved_id)
+    refusals: list[tuple[str, dict[str, Any], int]] = [
+        # a freeze of another creator, citing a proposal
+        (
+            "INSERT INTO creator_freezes (creator_id, frozen, action_id) VALUES (:c, true, :a)",
+            {"c": other_creator, "a": proposed_id},
+            proposed_id,
+        ),
+        # bob's approval of the first adjustment, citing the second one's proposal, with the
+        # second one's posted transfer
+        (
+            "INSERT INTO balance_adjustment_approvals (adjustment_id, proposed_by, approved_by,"
+            " approval_action_id, transfer_id) VALUES (:id, 'alice', 'bob', :a, :t)",
+            {"id": proposed_id, "a": approved_id, "t": transfer_id},
+            approved_id,
+        ),
+        # carol's withdrawal, citing the freeze
+        (
+            "INSERT INTO balance_adjustment_withdrawals (adjustment_id, withdrawn_by,"
+            " withdrawal_action_id) VALUES (:id, 'carol', :a)",
+            {"id": proposed_id, "a": freeze_id},
+            freeze_id,
+        ),
+    ]
+    for statement, params, cited in refusals:
+        with pytest.raises(DBAPIError, match=f"cites operator action {cited}, which is not"):
+            await _execute_as_writer(engine, statement, params)
+    assert await freeze_state_of(engine, other_creator) is None
+    assert (
+        await _count(
+            engine,
+            "SELECT count(*) FROM balance_adjustment_approvals WHERE adjustment_id = :id",
+            id=proposed_id,
+        )
+        == 0
+    )
+
+
+async def _execute_as_writer(engine: AsyncEngine, statement: str, params: dict[str, Any]) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text(f"SET LOCAL ROLE {WRITER}"))
+        await conn.execute(text(statement), params)
+
+
+async def freeze_state_of(engine: AsyncEngine, creator: str) -> bool | None:
+    async with engine.connect() as conn:
+        found = await conn.scalar(
+            text(
+                "SELECT frozen FROM creator_freezes WHERE creator_id = :c ORDER BY id DESC LIMIT 1"
+            ),
+            {"c": creator},
+        )
+    return None if found is None else bool(found)
+
+
 async def test_an_approval_racing_a_withdrawal_waits_for_it_and_is_refused(
     engine: AsyncEngine, desk: OperatorDesk, feed: Feed
 ) -> None:

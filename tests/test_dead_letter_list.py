@@ -40,6 +40,7 @@ from services.api.dead_letters import (
 from services.api.server import create_app
 from services.cli import main
 from services.ingestion.records import InputRecord
+from services.operator.actions_log import record_action
 from services.rates.rate_cards import load_rate_cards
 from services.runtime import settings as settings_module
 from services.runtime.settings import Settings
@@ -56,7 +57,6 @@ ESCAPE_EVENT_ID = "ev-\x1b[31mred"
 LONG_DETAIL = "x" * (DETAIL_CHARACTERS_MAX + 500)
 TIED_AT = "2026-01-12T00:00:00+00:00"
 REDRIVEN_AT = "2026-01-14T06:00:00+00:00"
-REDRIVE_ACTION_ID = 4242
 PLAN_ROW_COUNT = 100_000
 
 # (topic, error, recorded_at, event_id, detail), written in this order.
@@ -91,6 +91,7 @@ class Letters:
     redriven_id: int
     escape_id: int
     other_deployment_id: int
+    redrive_action_id: int
 
     def ids(
         self,
@@ -114,8 +115,9 @@ def _at(moment: str) -> datetime:
     return datetime.fromisoformat(moment)
 
 
-async def _write_past_letters(engine: AsyncEngine, prefix: str) -> tuple[int, int]:
-    """PAST_LETTERS, at their times; the last one re-driven. Its id and the escape's."""
+async def _write_past_letters(engine: AsyncEngine, prefix: str) -> tuple[int, int, int]:
+    """PAST_LETTERS, at their times; the last one re-driven. Its id, the escape's and the id of
+    the action that re-drove it."""
     ids: list[int] = []
     async with engine.begin() as conn:
         for offset, (topic, error, recorded_at, event_id, detail) in enumerate(PAST_LETTERS):
@@ -137,6 +139,17 @@ async def _write_past_letters(engine: AsyncEngine, prefix: str) -> tuple[int, in
                 },
             )
             ids.append(int(found.scalar_one()))
+        action, _ = await record_action(  # a re-drive row cites the action that did it
+            conn,
+            idempotency_key=f"redrive-{prefix}#{ids[-1]}",
+            actor="alice",
+            action="dead_letter_redriven",
+            target=f"dead-letter:{ids[-1]}",
+            reason="a past re-drive",
+            ticket=None,
+            details={},
+            topic_prefix=prefix,
+        )
         await conn.execute(
             text(
                 "INSERT INTO dead_letter_redrives (dead_letter_id, operator_action_id,"
@@ -145,7 +158,7 @@ async def _write_past_letters(engine: AsyncEngine, prefix: str) -> tuple[int, in
             ),
             {
                 "id": ids[-1],
-                "action": REDRIVE_ACTION_ID,
+                "action": action.id,
                 "key": f"redrive-{prefix}",
                 "prefix": prefix,
                 "topic": topics.GIFTS_REVERSED,
@@ -153,7 +166,7 @@ async def _write_past_letters(engine: AsyncEngine, prefix: str) -> tuple[int, in
             },
         )
     escape = [row[3] for row in PAST_LETTERS].index(ESCAPE_EVENT_ID)
-    return ids[-1], ids[escape]
+    return ids[-1], ids[escape], action.id
 
 
 async def _consume_refused_records(engine: AsyncEngine, prefix: str) -> None:
@@ -173,7 +186,7 @@ async def _consume_refused_records(engine: AsyncEngine, prefix: str) -> None:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def letters(engine: AsyncEngine) -> Letters:
     prefix = f"dl-list-{uuid.uuid4().hex[:10]}"
-    redriven_id, escape_id = await _write_past_letters(engine, prefix)
+    redriven_id, escape_id, redrive_action_id = await _write_past_letters(engine, prefix)
     await _consume_refused_records(engine, prefix)
     async with engine.begin() as conn:
         other = await conn.execute(
@@ -195,7 +208,7 @@ async def letters(engine: AsyncEngine) -> Letters:
         found = [Letter(row.id, row.topic, row.error, row.recorded_at) for row in rows]
     found.sort(key=lambda letter: (letter.recorded_at, letter.id), reverse=True)
     assert len(found) == len(PAST_LETTERS) + 2
-    return Letters(prefix, found, redriven_id, escape_id, other_id)
+    return Letters(prefix, found, redriven_id, escape_id, other_id, redrive_action_id)
 
 
 # The command line ------------------------------------------------------------------------------
@@ -297,7 +310,7 @@ def test_the_commands_json_is_the_apis_document(
                 "detail": "no gift",
                 "recorded_at": "2026-01-13T00:00:00+00:00",
                 "redriven_at": REDRIVEN_AT,
-                "redrive_action_id": REDRIVE_ACTION_ID,
+                "redrive_action_id": cli.redrive_action_id,
             }
         ],
         "next_cursor": None,
@@ -333,7 +346,7 @@ def test_the_commands_csv_is_the_apis_columns(
     redriven = by_id[cli.redriven_id]
     assert (redriven["redriven_at"], redriven["redrive_action_id"]) == (
         REDRIVEN_AT,
-        str(REDRIVE_ACTION_ID),
+        str(cli.redrive_action_id),
     )
     assert by_id[cli.escape_id]["event_id"] == ESCAPE_EVENT_ID  # data, as recorded
     assert {row["detail"] for row in rows} >= {
