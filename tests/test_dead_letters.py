@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import uuid
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from sqlalchemy import text
@@ -174,6 +176,49 @@ async def test_a_dead_letter_too_large_for_its_topic_goes_without_its_value(
         "malformed_json"
     )
     await wait_until(functools.partial(_all_committed, consumers, topics.GIFTS_SENT, 1))
+
+
+async def test_a_dead_letter_too_large_for_its_key_goes_without_its_value_and_key(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    """A bad record whose key takes it near the size limit: its stand-in without the value is
+    still too large with the key, so it goes keyed by the key's SHA-256, saying the key's size
+    (with the key, it was refused at every try and the partition stalled for ever)."""
+    creator = _creator()
+    topic = consumers.prefix + topics.GIFTS_SENT
+    huge_key = creator.encode().ljust(1_048_450, b"k")  # fits alone, not with our headers
+    await consumers.producer.send_and_wait(topic, value=b"not json", key=huge_key, partition=2)
+    await consumers.producer.send_and_wait(
+        topic,
+        value=json.dumps(make.gift(creator, coins=2)).encode(),
+        key=creator.encode(),
+        partition=2,
+    )
+
+    async def gift_applied() -> bool:
+        async with engine.connect() as conn:
+            return bool(await creator_balances(conn, creator))
+
+    await wait_until(gift_applied)
+
+    def stand_in_of(record: Any) -> bool:
+        headers = dict(record.headers)
+        return (
+            record.key == hashlib.sha256(huge_key).hexdigest().encode()
+            and headers.get("dlq.key_omitted") == str(len(huge_key)).encode()
+        )
+
+    records = await consumers.read_topic_until(
+        topics.dead_letter_topic(topics.GIFTS_SENT),
+        lambda found: any(stand_in_of(record) for record in found),
+    )
+    [letter] = [record for record in records if stand_in_of(record)]
+    headers = dict(letter.headers)
+    assert letter.value is None
+    assert headers["dlq.value_omitted"] == b"8"
+    assert headers["dlq.error"] == b"malformed_json"
+    assert headers["dlq.source.partition"] == b"2"
+    await wait_until(functools.partial(_all_committed, consumers, topics.GIFTS_SENT, 2))
 
 
 async def _all_committed(consumers: RunningConsumers, topic: str, partition: int) -> bool:

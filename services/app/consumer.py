@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,6 +57,9 @@ DLQ_SEND_TIMEOUT_S = 30.0
 # A record the producer (its `max_request_size`) or the broker (its message size limit) refuses
 # for its size: a dead letter is the original record and more headers, so it can be.
 TOO_LARGE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+# The largest key a dead letter sent without its value keeps (upstream keys are creator ids, at
+# most 128 characters): a longer one may be what made the record too large.
+STAND_IN_KEY_BYTES_MAX = 1_024
 DLQ_PUBLISH_RETRY_COUNT_MAX = 5
 # The producer's batches per partition (aiokafka's default is 16 KiB). The outbox relay sends a
 # round of up to 2,000 rows at once (about 250 a partition of 8, 0.3 - 0.5 KiB each), and a send
@@ -150,13 +154,28 @@ def dead_letter_headers(letter: DeadLetter, source_topic: str) -> list[Header]:
     return [*letter.record.headers, *ours]
 
 
+def stand_in_key(letter: DeadLetter) -> bytes | None:
+    """The key of a dead letter sent without its value: the original key, unless it is over
+    `STAND_IN_KEY_BYTES_MAX` (a key may be what made the record too large), then the hex
+    SHA-256 of it (a record needs a key or a value; the same key gives the same stand-in key)."""
+    key = letter.record.key
+    if key is None or len(key) <= STAND_IN_KEY_BYTES_MAX:
+        return key
+    return hashlib.sha256(key).hexdigest().encode()
+
+
 def stand_in_headers(letter: DeadLetter, source_topic: str) -> list[Header]:
     """The headers of a dead letter sent without its value, since it would not fit: ours (not
-    the original's, which may be what made it too large) and `dlq.value_omitted`, the original
-    value's size in bytes."""
+    the original's, which may be what made it too large), `dlq.value_omitted`, the original
+    value's size in bytes, and `dlq.key_omitted`, the original key's, when it is left out too
+    (`stand_in_key`: the key is then its SHA-256)."""
     value_bytes = 0 if letter.record.value is None else len(letter.record.value)
     ours = dead_letter_headers(letter, source_topic)[len(letter.record.headers) :]
-    return [*ours, ("dlq.value_omitted", str(value_bytes).encode())]
+    omitted: list[Header] = [("dlq.value_omitted", str(value_bytes).encode())]
+    key = letter.record.key
+    if key is not None and stand_in_key(letter) != key:
+        omitted.append(("dlq.key_omitted", str(len(key)).encode()))
+    return [*ours, *omitted]
 
 
 def _refused(error: BaseException) -> asyncio.Future[Any]:
@@ -436,17 +455,17 @@ class ConsumerService:
         source = self.name(topic)
         target = self.name(topics.dead_letter_topic(topic))
 
-        async def send(letter: DeadLetter, value: bytes | None, headers: list[Header]) -> Any:
+        async def send(key: bytes | None, value: bytes | None, headers: list[Header]) -> Any:
             assert self._producer is not None
             try:
                 return await self._producer.send(
-                    target, value=value, key=letter.record.key, partition=None, headers=headers
+                    target, value=value, key=key, partition=None, headers=headers
                 )
             except TOO_LARGE_ERRORS as error:
                 return _refused(error)
 
         sends = [
-            await send(letter, letter.record.value, dead_letter_headers(letter, source))
+            await send(letter.record.key, letter.record.value, dead_letter_headers(letter, source))
             for letter in letters
         ]
         outcomes = await asyncio.wait_for(
@@ -461,7 +480,8 @@ class ConsumerService:
             if isinstance(outcome, BaseException) and not isinstance(outcome, TOO_LARGE_ERRORS):
                 raise outcome
         stand_ins = [
-            await send(letter, None, stand_in_headers(letter, source)) for letter in too_large
+            await send(stand_in_key(letter), None, stand_in_headers(letter, source))
+            for letter in too_large
         ]
         await asyncio.wait_for(asyncio.gather(*stand_ins), DLQ_SEND_TIMEOUT_S)
         for letter in too_large:
