@@ -435,6 +435,7 @@ async def test_metrics_are_prometheus_text(api: httpx.AsyncClient) -> None:
         ("/v1/reports/trial-balance?as_of=yesterday", "not an RFC 3339 timestamp"),
         ("/v1/cashouts?status=lost", "'requested', 'held'"),
         ("/v1/cashouts?limit=1001", "less than or equal to 1000"),
+        ("/v1/cashouts?cursor=2026-01-01T00:00:00Z:c1", "String should match pattern"),
         ("/v1/events/e1?topic=gifts.unknown", "'gifts.sent'"),
     ],
 )
@@ -805,6 +806,80 @@ async def test_cashouts_are_listed_by_creator_and_status(
     ]
     assert await listed(creator_id=ledgered.creator, status="held") == []
     assert len(await listed(limit="1")) == 1
+
+
+async def _insert_rejected_cashouts(engine: AsyncEngine, cashouts: list[tuple[str, str]]) -> None:
+    """Cash-outs of one creator rejected by the daily limit, by (id, occurred_at): rows only,
+    nothing in the ledger; their transitions are stamped at their occurred_at."""
+    rows = [
+        {"cashout_id": cashout_id, "creator_id": cashout_id.split("/")[0], "at": _at(moment)}
+        for cashout_id, moment in cashouts
+    ]
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO cashouts (cashout_id, creator_id, asset, amount, payout_currency,"
+                " usd_value_micros, status, rejected_rule, requested_on, occurred_at)"
+                " VALUES (:cashout_id, :creator_id, 'USD', 100, 'USD', 0, 'rejected',"
+                " 'daily_limit', CAST(:at AS timestamptz)::date, :at)"
+            ),
+            rows,
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO cashout_transitions (cashout_id, status, at)"
+                " VALUES (:cashout_id, 'rejected', :at)"
+            ),
+            rows,
+        )
+
+
+def _at(moment: str) -> datetime:
+    return datetime.fromisoformat(moment)
+
+
+async def test_cashouts_page_with_a_cursor_each_once_in_order(
+    api: httpx.AsyncClient, engine: AsyncEngine, unique_id: str
+) -> None:
+    """More cash-outs than a page, three and two of them at one instant: paged through with the
+    cursor, every one is served once, newest first and by id within an instant, and the last
+    page has no cursor."""
+    creator = f"paged-{unique_id}"
+    moments = ["2001-05-03T10:00:00+00:00"] * 3 + ["2001-05-02T10:00:00.000001+00:00"] * 2
+    moments += ["2001-05-02T10:00:00+00:00", "2001-05-01T00:00:00+00:00"]
+    # Ids against the time order, so that neither the ids nor the times alone give the order.
+    cashouts = [(f"{creator}/{index}", moment) for index, moment in enumerate(moments[::-1])]
+    await _insert_rejected_cashouts(engine, cashouts)
+    newest_first = sorted(sorted(cashouts), key=lambda cashout: _at(cashout[1]), reverse=True)
+    expected = [cashout_id for cashout_id, _ in newest_first]
+    assert expected == [f"{creator}/{index}" for index in (4, 5, 6, 2, 3, 1, 0)]
+    served: list[str] = []
+    cursors: list[str | None] = []
+    params = {"creator_id": creator, "status": "rejected", "limit": "2"}
+    for _ in range(len(cashouts)):
+        answer = await api.get("/v1/cashouts", params=params, headers=FINANCE)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        served += [cashout["cashout_id"] for cashout in page["cashouts"]]
+        cursors.append(page["next_cursor"])
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert served == expected
+    assert len(cursors) == 4
+    assert cursors[-1] is None
+    everything = await api.get(
+        "/v1/cashouts", params={"creator_id": creator, "limit": "7"}, headers=FINANCE
+    )
+    assert [c["cashout_id"] for c in everything.json()["cashouts"]] == expected
+    assert everything.json()["next_cursor"] is None
+    assert cursors[0] == f"988884000000000:{creator}/5"  # 2001-05-03T10:00:00Z in microseconds
+    for malformed in ("988884000000000", ":c1", "-1:c1", "1:", f"1:{'x' * 146}", "1:a\x00b"):
+        refused = await api.get(
+            "/v1/cashouts", params={"creator_id": creator, "cursor": malformed}, headers=FINANCE
+        )
+        assert refused.status_code == 422, (malformed, refused.text)
+        assert refused.json()["detail"][0]["loc"] == ["query", "cursor"]
 
 
 async def test_the_trial_balance_is_the_cli_document_and_sums_to_zero_per_asset(

@@ -403,8 +403,9 @@ async def test_holds_the_bank_has_not_answered_in_time_are_listed_as_stale(
     cashout_id = await _request(consumers, engine, make.cashout_request(creator, 2_000))
     async with engine.connect() as conn:
         stale = await list_cashouts(conn, creator_id=creator, stale_after_s=0.001)
-        assert [cashout.cashout_id for cashout in stale] == [cashout_id]
-        assert await list_cashouts(conn, creator_id=creator, stale_after_s=3_600) == []
+        assert [cashout.cashout_id for cashout in stale.cashouts] == [cashout_id]
+        waiting = await list_cashouts(conn, creator_id=creator, stale_after_s=3_600)
+        assert waiting.cashouts == []
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("CASHOUT_ANSWER_WINDOW_S", "0.001")
     get_settings.cache_clear()

@@ -522,7 +522,7 @@ def test_cashouts_of_a_known_creator_without_any_is_an_empty_list(
     creator_id: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["cashouts", "--creator", creator_id, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"cashouts": []}
+    assert json.loads(capsys.readouterr().out) == {"cashouts": [], "next_cursor": None}
 
 
 async def _insert_rejected_cashouts(database_url: str, rows: list[dict[str, object]]) -> None:
@@ -573,6 +573,41 @@ def test_cashouts_print_each_amount_with_its_asset(
         f"{creator}-1": ["100.00", "USD", "100.00", "USD"],
         f"{creator}-2": ["2000.000", "DIAMOND", "8.00", "GBP"],
     }
+
+
+def test_cashouts_page_with_the_cursor_printed_on_stderr(
+    cli_database: str, unique_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Five cash-outs requested at one instant, two a page: each listed once, by id, the next
+    page's cursor on stderr until the last page; a malformed cursor is a usage error."""
+    creator = f"cli-paged-{unique_id}"
+    rows: list[dict[str, object]] = [
+        {
+            "cashout_id": f"{creator}-{index}",
+            "creator_id": creator,
+            "asset": "USD",
+            "amount": 100,
+            "payout_currency": "USD",
+            "payout_amount": 100,
+        }
+        for index in (3, 0, 4, 1, 2)
+    ]
+    asyncio.run(_insert_rejected_cashouts(cli_database, rows))
+    listed: list[str] = []
+    cursor: list[str] = []
+    for _ in range(len(rows)):
+        assert main(["cashouts", "--creator", creator, "--limit", "2", "--json", *cursor]) == 0
+        printed = capsys.readouterr()
+        document = json.loads(printed.out)
+        listed += [cashout["cashout_id"] for cashout in document["cashouts"]]
+        if document["next_cursor"] is None:
+            assert printed.err == ""
+            break
+        assert printed.err == f"next cursor: {document['next_cursor']}\n"
+        cursor = ["--cursor", document["next_cursor"]]
+    assert listed == [f"{creator}-{index}" for index in range(5)]
+    assert main(["cashouts", "--creator", creator, "--cursor", "2026-01-01T00:00:00Z"]) == 2
+    assert "argument --cursor: not a cursor of the cash-outs list" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("currency", ["XXX", "DIAMOND"])

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ledger.queries import account_balance, statement, trial_balance
 from services.api.dead_letters import DeadLetterFilter, list_dead_letters
 from services.api.queries import gifts_report
-from services.cashout.store import list_cashouts
+from services.cashout.store import CashoutKey, list_cashouts
 from services.console import reads
 from services.ingestion.event_transfers import GIFT_DIAMOND_SOURCE
 from tests.api_server import SeededLedger, seed_ledger
@@ -98,6 +98,18 @@ async def test_the_cashouts_and_dead_letters_lists_read_their_first_rows_from_an
             assert reads_in_order(since, "cashouts", "cashouts_newest"), since
             held = await only_plan(engine, conn, lambda: cashouts("held", None))
             assert reads_in_order(held, "cashouts", "cashouts_status_newest"), held
+            # A page of `GET /v1/cashouts` and `giftledger cashouts` after a cursor half way down,
+            # by status or not: on from the cursor in the same indexes.
+            half_way = timedelta(seconds=LIST_TABLE_ROW_COUNT // 2)
+            middle = CashoutKey(datetime.now(UTC) - half_way, "plan-cashout-")
+
+            async def cashouts_after(status: str | None) -> object:
+                return await list_cashouts(conn, status=status, after=middle, limit=100)
+
+            paged = await only_plan(engine, conn, lambda: cashouts_after(None))
+            assert reads_in_order(paged, "cashouts", "cashouts_newest"), paged
+            paged_held = await only_plan(engine, conn, lambda: cashouts_after("held"))
+            assert reads_in_order(paged_held, "cashouts", "cashouts_status_newest"), paged_held
             letters = await only_plan(engine, conn, lambda: dead_letters(None))
             assert reads_in_order(letters, "dead_letters", "dead_letters_newest"), letters
             recent = await only_plan(engine, conn, lambda: dead_letters(today))

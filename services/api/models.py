@@ -219,7 +219,11 @@ class CashoutHistoryDocument(CashoutDocument):
 
 
 class CashoutListDocument(Document):
+    """A page of cash-outs, newest first; `next_cursor` is the next page's `cursor` (null on the
+    last page)."""
+
     cashouts: list[CashoutDocument]
+    next_cursor: str | None
 
 
 # Reports ------------------------------------------------------------------------------------

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -20,6 +21,15 @@ from services.rates.fx import decimal_text
 
 CASHOUT_LIST_LIMIT_MAX = 1_000
 OPEN_STATUSES = ("held", "submitted")
+# A cursor of the cash-outs list names the last cash-out of a page by its key: the microseconds
+# from 1970-01-01T00:00:00Z to its `occurred_at` (cash-outs occur from 2000 on), `:`, its id.
+# Every text the pattern admits is a key (one that names no cash-out still has a place in the
+# order), so a cursor is refused by the pattern or not at all.
+CASHOUT_CURSOR_PATTERN: Final = r"^[0-9]{1,17}:[^\x00]+$"
+CASHOUT_CURSOR_LENGTH_MAX: Final = 17 + 1 + ID_LENGTH_MAX
+_CASHOUT_CURSOR = re.compile(CASHOUT_CURSOR_PATTERN)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 def cashout_event_id(cashout_id: str, what: str) -> str:
@@ -304,31 +314,97 @@ def cashout_document(cashout: Cashout) -> dict[str, Any]:
     return json.loads(event.model_dump_json())  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True, slots=True)
+class CashoutKey:
+    """Where a cash-out sits in the list: newest first (`occurred_at` descending), then by id
+    (ascending), the order of the indexes `cashouts_newest` and `cashouts_status_newest`."""
+
+    occurred_at: datetime
+    cashout_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CashoutPage:
+    """Up to a page of cash-outs, in list order, and the last one's key to continue after (None:
+    none left)."""
+
+    cashouts: list[Cashout]
+    next_after: CashoutKey | None
+
+
+# After the cursor: later in the list's order than the cash-out it names, that is older, or as
+# old with a greater id. `occurred_at <= :after_at` is the index condition; the rest drops the
+# cursor's own instant's ids up to it.
+_LIST_CASHOUTS = text(
+    _CASHOUT_ROWS
+    + """
+    WHERE (CAST(:status AS text) IS NULL OR status = :status)
+      AND (CAST(:creator AS text) IS NULL OR creator_id = :creator)
+      AND (CAST(:stale_s AS double precision) IS NULL
+           OR (status IN ('held', 'submitted')
+               AND updated_at < clock_timestamp() - make_interval(secs => :stale_s)))
+      AND (CAST(:after_at AS timestamptz) IS NULL
+           OR (occurred_at <= :after_at
+               AND (occurred_at < :after_at OR cashout_id > CAST(:after_id AS text))))
+    ORDER BY occurred_at DESC, cashout_id
+    LIMIT :limit
+    """
+)
+
+
 async def list_cashouts(
     conn: AsyncConnection,
     *,
     status: str | None = None,
     creator_id: str | None = None,
     stale_after_s: float | None = None,
+    after: CashoutKey | None = None,
     limit: int = 100,
-) -> list[Cashout]:
-    """Cash-outs, newest first, filtered by status and creator; with `stale_after_s`, only the
-    holds that have waited longer than that for the bank's answer."""
+) -> CashoutPage:
+    """Cash-outs, newest first (then by id), filtered by status and creator, after the cash-out
+    `after` (None: from the newest); with `stale_after_s`, only the holds that have waited longer
+    than that for the bank's answer. Paging from the cursor visits every cash-out of the filter
+    once, however many share an `occurred_at`."""
     if not 1 <= limit <= CASHOUT_LIST_LIMIT_MAX:
         raise ValueError(f"limit must be between 1 and {CASHOUT_LIST_LIMIT_MAX}")
     rows = await conn.execute(
-        text(
-            _CASHOUT_ROWS
-            + """
-            WHERE (CAST(:status AS text) IS NULL OR status = :status)
-              AND (CAST(:creator AS text) IS NULL OR creator_id = :creator)
-              AND (CAST(:stale_s AS double precision) IS NULL
-                   OR (status IN ('held', 'submitted')
-                       AND updated_at < clock_timestamp() - make_interval(secs => :stale_s)))
-            ORDER BY occurred_at DESC, cashout_id
-            LIMIT :limit
-            """
-        ),
-        {"status": status, "creator": creator_id, "stale_s": stale_after_s, "limit": limit},
+        _LIST_CASHOUTS,
+        {
+            "status": status,
+            "creator": creator_id,
+            "stale_s": stale_after_s,
+            "after_at": None if after is None else after.occurred_at,
+            "after_id": None if after is None else after.cashout_id,
+            "limit": limit + 1,  # one more: whether a next page exists
+        },
     )
-    return [Cashout(**row._mapping) for row in rows]
+    found = [Cashout(**row._mapping) for row in rows]
+    if len(found) > limit:
+        last = found[limit - 1]
+        return CashoutPage(found[:limit], CashoutKey(last.occurred_at, last.cashout_id))
+    return CashoutPage(found, None)
+
+
+def cashout_cursor(key: CashoutKey) -> str:
+    """The text of a cursor of the cash-outs list (`CASHOUT_CURSOR_PATTERN`)."""
+    return f"{(key.occurred_at - _EPOCH) // _MICROSECOND}:{key.cashout_id}"
+
+
+def cashout_key(cursor: str) -> CashoutKey:
+    """The key a cursor of the cash-outs list names; ValueError for a text the pattern refuses."""
+    if len(cursor) > CASHOUT_CURSOR_LENGTH_MAX or _CASHOUT_CURSOR.fullmatch(cursor) is None:
+        raise ValueError(
+            f"not a cursor of the cash-outs list (MICROSECONDS:CASHOUT_ID, as `next_cursor` "
+            f"gives it): {cursor[:40]!r}"
+        )
+    micros, cashout_id = cursor.split(":", 1)
+    return CashoutKey(_EPOCH + int(micros) * _MICROSECOND, cashout_id)
+
+
+def cashout_list_document(page: CashoutPage) -> dict[str, Any]:
+    """`GET /v1/cashouts`' answer (`CashoutListDocument`), as `giftledger cashouts --json` prints
+    it."""
+    return {
+        "cashouts": [cashout_document(cashout) for cashout in page.cashouts],
+        "next_cursor": None if page.next_after is None else cashout_cursor(page.next_after),
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import Any, get_args
 
@@ -11,7 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schemas.assets import format_amount
 from schemas.events import CashoutStatus
 from services.cashout.eligibility import creator_eligibility
-from services.cashout.store import cashout_document, list_cashouts
+from services.cashout.store import (
+    CashoutKey,
+    cashout_cursor,
+    cashout_key,
+    cashout_list_document,
+    list_cashouts,
+)
 from services.cli_text import aware_timestamp, table
 from services.commands.common import (
     EXIT_FAILURE,
@@ -212,6 +219,13 @@ def _print_fx_rates(documents: Sequence[dict[str, str | None]]) -> None:
 # cashouts -----------------------------------------------------------------------------------
 
 
+def _cashout_cursor_argument(value: str) -> CashoutKey:
+    try:
+        return cashout_key(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_cashouts_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", choices=get_args(CashoutStatus))
     parser.add_argument("--creator", metavar="CREATOR_ID")
@@ -221,25 +235,36 @@ def add_cashouts_arguments(parser: argparse.ArgumentParser) -> None:
         help="only holds with no answer from the bank within CASHOUT_ANSWER_WINDOW_S",
     )
     parser.add_argument("--limit", type=page_size, default=100, metavar="N")
-    parser.add_argument("--json", action="store_true", help="the cashouts.updated documents")
+    parser.add_argument(
+        "--cursor",
+        dest="after",
+        type=_cashout_cursor_argument,
+        metavar="CURSOR",
+        help="continue after this cash-out: the 'next cursor' printed by the previous page",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="the finance API's document (GET /v1/cashouts)"
+    )
 
 
 async def cashouts_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    """List cash-outs; `--stale` lists the holds waiting too long for the bank (exit 1 if any)."""
+    """A page of cash-outs, newest first, its next cursor on stderr; `--stale` lists the holds
+    waiting too long for the bank (exit 1 if any)."""
     window_s = get_settings().cashout_answer_window_s if args.stale else None
     async with engine.connect() as conn:
         if args.creator is not None:
             await _require_known_creator(conn, args.creator)
-        found = await list_cashouts(
+        page = await list_cashouts(
             conn,
             status=args.status,
             creator_id=args.creator,
             stale_after_s=window_s,
+            after=args.after,
             limit=args.limit,
         )
-    documents = [cashout_document(cashout) for cashout in found]
+    found = page.cashouts
     if args.json:
-        print_json({"cashouts": documents})
+        print_json(cashout_list_document(page))
     else:
         header = ["cashout_id", "creator_id", "status", "amount", "payout", "rule/code"]
         rows = [
@@ -256,4 +281,6 @@ async def cashouts_command(engine: AsyncEngine, args: argparse.Namespace) -> int
             for cashout in found
         ]
         print("\n".join(table([header, *rows], right_aligned={3, 4})))
+    if page.next_after is not None:
+        print(f"next cursor: {cashout_cursor(page.next_after)}", file=sys.stderr)
     return EXIT_FAILURE if args.stale and found else EXIT_OK

@@ -21,8 +21,12 @@ from services.api.models import CashoutHistoryDocument, CashoutListDocument
 from services.api.queries import cashout_transitions
 from services.api.responses import not_found
 from services.cashout.store import (
+    CASHOUT_CURSOR_LENGTH_MAX,
+    CASHOUT_CURSOR_PATTERN,
     CASHOUT_LIST_LIMIT_MAX,
     cashout_document,
+    cashout_key,
+    cashout_list_document,
     list_cashouts,
     load_cashout,
 )
@@ -51,7 +55,10 @@ async def cashout_route(conn: Reader, cashout_id: IdPath) -> dict[str, Any]:
 @token_route(
     router,
     "/v1/cashouts",
-    summary="Cash-outs, newest first, by status and creator",
+    summary="Cash-outs, newest first, by status and creator, a page at a time",
+    description="Cash-outs (the `cashouts.updated` document of each, without its transitions), "
+    "newest first by `occurred_at`, then by id, filtered by status and creator. When more match "
+    "than `limit`, `next_cursor` is the next page's `cursor` (null on the last page).",
     response_model=CashoutListDocument,
 )
 async def cashouts_route(
@@ -65,6 +72,18 @@ async def cashouts_route(
             max_length=ID_LENGTH_MAX,
             pattern=WITHOUT_NUL_PATTERN,
             description=f"1 to {ID_LENGTH_MAX} characters, {WITHOUT_NUL}.",
+        ),
+    ] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=CASHOUT_CURSOR_LENGTH_MAX,
+            pattern=CASHOUT_CURSOR_PATTERN,
+            description="The previous page's `next_cursor`, unchanged: the cash-outs listed after "
+            "that one (absent: from the newest). It names the last cash-out of that page by its "
+            "place in the list: the microseconds from 1970-01-01T00:00:00Z to its `occurred_at`, "
+            "`:`, its id.",
         ),
     ] = None,
     limit: Annotated[
@@ -81,5 +100,6 @@ async def cashouts_route(
     limit_max = min(settings.api_page_size_max, CASHOUT_LIST_LIMIT_MAX)
     count = min(CASHOUT_LIST_LIMIT_DEFAULT, limit_max) if limit is None else limit
     check_at_most("limit", count, limit_max)
-    found = await list_cashouts(conn, status=status, creator_id=creator_id, limit=count)
-    return {"cashouts": [cashout_document(cashout) for cashout in found]}
+    after = None if cursor is None else cashout_key(cursor)  # the pattern admits only keys
+    page = await list_cashouts(conn, status=status, creator_id=creator_id, after=after, limit=count)
+    return cashout_list_document(page)
