@@ -1,7 +1,10 @@
 """The journal of a period: per UTC day, account and transfer code, the posted debit and credit
 totals, each line with the account's balance at the start and at the end of its day.
 
-Lines run in (day, account name, code) order. The lines of one account and day share their
+Lines run in (day, account name, code) order, which is total (account and code names are
+unique). A page is read after a cursor naming the last line of the page before by that key, not
+by its number: on an open month a line added for the current day may sort before the cursor, and
+a line number would then name another line. The lines of one account and day share their
 opening and closing: the opening plus the day's credits less its debits, over all its codes, is
 the closing, and a day's closing is the opening of the account's next day with lines. The
 account's first day opens at its balance at the period's start, its last closes at its balance at
@@ -21,9 +24,10 @@ complete, behind, or empty.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Final
 
 from sqlalchemy import text
@@ -35,10 +39,28 @@ from ledger.rollups import day_split, raw_ranges, rolled_days
 
 JOURNAL_PAGE_SIZE_MAX: Final = 10_000
 JOURNAL_ROWS_PER_FETCH: Final = 5_000
+# A cursor names a line by its key: `DD:ACCOUNT:CODE`, the day of the month, the account's name
+# and the code's name (which holds no `:`). Every text the pattern admits is a key (one that
+# names no line still has a place in the order; a day past the month's end comes after its last
+# line), so a cursor is refused by the pattern or not at all.
+JOURNAL_CURSOR_PATTERN: Final = r"^(0[1-9]|[12][0-9]|3[01]):[^\x00]+:[^\x00:]+$"
+JOURNAL_CURSOR_LENGTH_MAX: Final = 3 + 300 + 1 + 64  # an account's name is at most 300 characters
+_JOURNAL_CURSOR = re.compile(JOURNAL_CURSOR_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalKey:
+    """Where a line sits in the journal: its day, its account's name, its code's name."""
+
+    day: date
+    account: str
+    code: str
 
 
 @dataclass(frozen=True, slots=True)
 class JournalLine:
+    # The line's place in the period's journal as read for its page: later pages number on from
+    # the lines there are then, so a line added before the cursor moves the numbers after it.
     line_no: int
     day: date
     account: str
@@ -49,6 +71,24 @@ class JournalLine:
     credits: int
     opening: int
     closing: int
+
+    @property
+    def key(self) -> JournalKey:
+        return JournalKey(self.day, self.account, self.code)
+
+
+def journal_cursor(key: JournalKey) -> str:
+    """The text of a cursor naming the line with this key (`JOURNAL_CURSOR_PATTERN`)."""
+    return f"{key.day.day:02d}:{key.account}:{key.code}"
+
+
+def journal_key(cursor: str, period: Period) -> JournalKey:
+    """The key a cursor names in `period`'s journal; ValueError for a text the pattern
+    refuses."""
+    if len(cursor) > JOURNAL_CURSOR_LENGTH_MAX or _JOURNAL_CURSOR.fullmatch(cursor) is None:
+        raise ValueError(f"not a cursor of the journal (DD:ACCOUNT:CODE): {cursor[:40]!r}")
+    account, code = cursor[3:].rsplit(":", 1)
+    return JournalKey(period.first_day + timedelta(days=int(cursor[:2]) - 1), account, code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +183,7 @@ _JOURNAL_LINES = f"""
     )
     SELECT line_no, day, account, asset, scale, code, debits, credits, opening, closing
     FROM numbered
-    WHERE line_no > :after_line
     ORDER BY line_no
-    LIMIT :limit
     """  # noqa: S608 (constant filters)
 
 # The same movements summed per asset.
@@ -158,9 +196,7 @@ _ASSET_TOTALS = f"""
     """  # noqa: S608 (constant filters)
 
 
-async def _parameters(
-    conn: AsyncConnection, basis: JournalBasis, after_line: int, limit: int | None
-) -> dict[str, Any]:
+async def _parameters(conn: AsyncConnection, basis: JournalBasis) -> dict[str, Any]:
     base = basis.base
     period = await day_split(conn, basis.period.start, basis.period.end)
     before = await day_split(conn, None if base is None else base.period_end, basis.period.start)
@@ -168,8 +204,6 @@ async def _parameters(
         **period.parameters("p_"),
         **before.parameters("b_"),
         "base_close_id": None if base is None else base.id,
-        "after_line": after_line,
-        "limit": limit,
     }
 
 
@@ -191,9 +225,11 @@ _DAY_LINE_COUNTS = f"""
     """  # noqa: S608 (constant filters)
 
 # One page of lines: the lines of the days `[:from_day, :to_day]` in (day, account name, code)
-# order, from the `:offset`th on. Each line's closing balance is the account's balance at the
-# start (as in `_JOURNAL_LINES`) plus the account's movements of the period up to the end of the
-# line's day, its opening that less the day's movements, read for the page's accounts only.
+# order after the key `(:after_day, :after_account, :after_code)` (all null: from the first),
+# numbered on from the `:lines_before` lines of the days before `:from_day`. Each line's closing
+# balance is the account's balance at the start (as in `_JOURNAL_LINES`) plus the account's
+# movements of the period up to the end of the line's day, its opening that less the day's
+# movements, read for the page's accounts only.
 _JOURNAL_PAGE = f"""
     WITH {_RAW_MOVES}, moves AS (
         SELECT day, account_id, code, debits_minor AS debits, credits_minor AS credits
@@ -202,15 +238,21 @@ _JOURNAL_PAGE = f"""
         UNION ALL
         SELECT day, account_id, code, debits, credits FROM raw_moves
         WHERE day >= :from_day AND day <= :to_day
-    ), page AS MATERIALIZED (
+    ), numbered AS (
         SELECT m.day, m.account_id, a.name AS account, a.asset, s.scale, c.name AS code,
-               m.debits, m.credits
+               m.debits, m.credits,
+               row_number() OVER (ORDER BY m.day, a.name, c.name) AS position
         FROM moves m
         JOIN accounts a ON a.id = m.account_id
         JOIN assets s ON s.code = a.asset
         JOIN transfer_codes c ON c.code = m.code
-        ORDER BY m.day, a.name, c.name
-        OFFSET :offset
+    ), page AS MATERIALIZED (
+        SELECT day, account_id, account, asset, scale, code, debits, credits, position
+        FROM numbered
+        WHERE CAST(:after_day AS date) IS NULL
+           OR (day, account, code) > (CAST(:after_day AS date), CAST(:after_account AS text),
+                                      CAST(:after_code AS text))
+        ORDER BY position
         LIMIT :limit
     ), page_accounts AS MATERIALIZED (
         SELECT DISTINCT account_id FROM page
@@ -242,16 +284,16 @@ _JOURNAL_PAGE = f"""
         FROM raw_moves r
         WHERE r.day <= :to_day AND r.account_id IN (SELECT account_id FROM page_accounts)
     ), lines AS (
-        SELECT p.day, p.account, p.asset, p.scale, p.code, p.debits, p.credits,
+        SELECT p.position, p.day, p.account, p.asset, p.scale, p.code, p.debits, p.credits,
                (coalesce(max(o.balance), 0) + sum(e.change))::bigint AS closing,
                (sum(e.change) FILTER (WHERE e.day = p.day))::bigint AS day_change
         FROM page p
         JOIN account_moves e ON e.account_id = p.account_id AND e.day <= p.day
         LEFT JOIN opening o ON o.account_id = p.account_id
-        GROUP BY p.day, p.account_id, p.account, p.asset, p.scale, p.code, p.debits, p.credits
+        GROUP BY p.position, p.day, p.account_id, p.account, p.asset, p.scale, p.code,
+                 p.debits, p.credits
     )
-    SELECT CAST(:after_line AS bigint)
-               + row_number() OVER (ORDER BY day, account, code) AS line_no,
+    SELECT CAST(:lines_before AS bigint) + position AS line_no,
            day, account, asset, scale, code, debits, credits,
            closing - day_change AS opening, closing
     FROM lines
@@ -260,24 +302,28 @@ _JOURNAL_PAGE = f"""
 
 
 def _page_days(
-    day_counts: list[tuple[date, int]], after_line: int, limit: int
+    day_counts: list[tuple[date, int]], after: JournalKey | None, limit: int
 ) -> tuple[date, date, int] | None:
-    """The days holding lines `after_line + 1` to `after_line + limit` (the first and last) and
-    how many lines of the first come before line `after_line + 1`; None when there are none."""
-    before = 0
-    first: tuple[date, int] | None = None
-    last_day: date | None = None
+    """The first and last days that hold the `limit` lines after the key `after` (None: from the
+    first line), and how many lines the days before the first hold; None when no day is left.
+
+    Which lines of the cursor's day come after it is known only once they are built, so that day
+    counts for none of them: the page may build up to a day more than it shows."""
+    lines_before = 0
+    days: list[date] = []
+    available = 0
     for day, count in day_counts:
-        if first is None and before + count > after_line:
-            first = (day, after_line - before)
-        if first is not None:
-            last_day = day
-        before += count
-        if before >= after_line + limit:
+        if after is not None and day < after.day:
+            lines_before += count
+            continue
+        days.append(day)
+        if after is None or day > after.day:
+            available += count
+        if available >= limit:
             break
-    if first is None or last_day is None:
+    if not days:
         return None
-    return first[0], last_day, first[1]
+    return days[0], days[-1], lines_before
 
 
 async def _day_line_counts(
@@ -291,30 +337,46 @@ async def _day_line_counts(
 
 
 async def journal_page(
-    conn: AsyncConnection, basis: JournalBasis, *, after_line: int = 0, limit: int = 1_000
+    conn: AsyncConnection,
+    basis: JournalBasis,
+    *,
+    after: JournalKey | None = None,
+    limit: int = 1_000,
 ) -> list[JournalLine]:
-    """Up to `limit` lines after line number `after_line` (the cursor: the last line's number).
+    """Up to `limit` lines after the line with the key `after` (the cursor: the last line's key;
+    None: from the first line).
 
-    The lines are numbered from each day's count of lines (rolled days' rows are counted, not
-    built), so a page builds only the lines of the days it spans, and running balances only for
-    its accounts: its cost follows the page and its days, not the whole period."""
+    The days a page spans are found from each day's count of lines (rolled days' rows are
+    counted, not built), so a page builds only the lines of those days, and running balances only
+    for its accounts: its cost follows the page and its days, not the whole period. A line added
+    since the page before (on an open month, one of the current day) is on this page if it sorts
+    after the cursor, and on none if before; no line is shown twice or left out."""
     if not 1 <= limit <= JOURNAL_PAGE_SIZE_MAX:
         raise ValueError(f"limit must be between 1 and {JOURNAL_PAGE_SIZE_MAX}")
-    parameters = await _parameters(conn, basis, after_line, limit)
-    days = _page_days(await _day_line_counts(conn, parameters), after_line, limit)
+    parameters = await _parameters(conn, basis)
+    days = _page_days(await _day_line_counts(conn, parameters), after, limit)
     if days is None:
         return []
-    from_day, to_day, offset = days
+    from_day, to_day, lines_before = days
     rows = await conn.execute(
         text(_JOURNAL_PAGE),
-        {**parameters, "from_day": from_day, "to_day": to_day, "offset": offset},
+        {
+            **parameters,
+            "from_day": from_day,
+            "to_day": to_day,
+            "lines_before": lines_before,
+            "after_day": None if after is None else after.day,
+            "after_account": None if after is None else after.account,
+            "after_code": None if after is None else after.code,
+            "limit": limit,
+        },
     )
     return [JournalLine(**row._mapping) for row in rows]
 
 
 async def journal_lines(conn: AsyncConnection, basis: JournalBasis) -> AsyncIterator[JournalLine]:
     """Every line of the period, read a slice at a time (bounded memory); inside a transaction."""
-    result = await conn.stream(text(_JOURNAL_LINES), await _parameters(conn, basis, 0, None))
+    result = await conn.stream(text(_JOURNAL_LINES), await _parameters(conn, basis))
     async for rows in result.partitions(JOURNAL_ROWS_PER_FETCH):
         for row in rows:
             yield JournalLine(**row._mapping)

@@ -19,14 +19,14 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ledger.chart import AccountKind, AccountSpec
 from ledger.closes import (
@@ -41,6 +41,9 @@ from ledger.closes import (
 )
 from ledger.database import create_engine
 from ledger.journal import (
+    AssetTotals,
+    JournalBasis,
+    JournalKey,
     JournalLine,
     asset_totals,
     journal_basis,
@@ -54,6 +57,7 @@ from ledger.service import Ledger
 from ledger.verify import verify
 from services.api.server import create_app
 from services.cli import main
+from services.commands import reconcile as reconcile_commands
 from services.runtime.settings import get_settings
 from tests.api_server import FINANCE_TOKEN, api_settings
 from tests.fresh_database import fresh_database
@@ -64,6 +68,7 @@ CLOSER = "month-end-closer"
 JANUARY = Period(2001, 1)
 FEBRUARY = Period(2001, 2)
 MARCH = Period(2001, 3)
+APRIL = Period(2001, 4)
 
 TEST_CLOCK = """
 CREATE SCHEMA test_clock;
@@ -497,7 +502,122 @@ async def test_the_api_pages_the_journal_and_names_the_close(
     assert refused.status_code == 422
 
 
+async def test_the_journal_of_an_open_month_pages_on_after_the_last_line_shown(
+    books: Books, engine_on_books: AsyncEngine
+) -> None:
+    """April 2001, open, three pages' worth of lines; between the first page and the second, a
+    transfer of the current day adds a line that sorts before the first page's last line and
+    one after it. No line is served twice, none of the first reading's lines is skipped, and of
+    the new lines only the one after the cursor is served."""
+    owner = create_engine(books.url, pool_size=1)
+    past = PastLedger(books.url, owner)
+    app = create_app(engine_on_books, api_settings())
+    headers = {"Authorization": f"Bearer {FINANCE_TOKEN}"}
+    try:
+        prefix = uuid.uuid4().hex[:8]
+        specs = [_spec(prefix, name, "DIAMOND") for name in "pqr"]
+        ids = await past.ledger.account_ids(specs)
+        p, q, r = (ids[spec.name] for spec in specs)
+        await past.post_at("2001-04-02T10:00:00+00:00", [_move(p, q, 5)])
+        await past.post_at("2001-04-03T10:00:00+00:00", [_move(q, r, 3)])
+        first_reading = [line.key for line in await _journal(engine_on_books, APRIL)]
+        served: list[JournalKey] = []
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://books"
+        ) as client:
+            params = {"period": "2001-04", "limit": "3"}
+            for page_index in range(4):
+                answer = await client.get("/v1/journal", params=params, headers=headers)
+                assert answer.status_code == 200, answer.text
+                page = answer.json()
+                served += [
+                    JournalKey(date.fromisoformat(line["day"]), line["account"], line["code"])
+                    for line in page["lines"]
+                ]
+                if page["next_cursor"] is None:
+                    break
+                params["cursor"] = page["next_cursor"]
+                if page_index == 0:  # the current day gets an adjustment of p and r
+                    adjustment = _move(p, r, 2, TransferCode.ADJUSTMENT)
+                    await past.post_at("2001-04-03T11:00:00+00:00", [adjustment])
+            refused = await client.get(
+                "/v1/journal", params={"period": "2001-04", "cursor": "3"}, headers=headers
+            )
+    finally:
+        await past.engine.dispose()
+        await owner.dispose()
+    day = date(2001, 4, 3)
+    before_cursor = JournalKey(day, specs[0].name, "adjustment")
+    after_cursor = JournalKey(day, specs[2].name, "adjustment")
+    assert first_reading == [
+        JournalKey(date(2001, 4, 2), specs[0].name, "synthetic"),
+        JournalKey(date(2001, 4, 2), specs[1].name, "synthetic"),
+        JournalKey(day, specs[1].name, "synthetic"),
+        JournalKey(day, specs[2].name, "synthetic"),
+    ]
+    assert len(served) == len(set(served)), served  # none twice
+    assert [key for key in served if key in first_reading] == first_reading  # none skipped
+    assert after_cursor in served
+    assert before_cursor not in served
+    assert page["next_cursor"] is None
+    assert refused.status_code == 422
+
+
 # The command line ----------------------------------------------------------------------------
+
+
+async def test_the_journal_command_reads_its_totals_and_lines_in_one_snapshot(
+    books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`giftledger journal` of an open month (May 2001) while a transfer of the month is posted
+    between its read of the totals and its read of the lines: the totals are the lines' sums."""
+    owner = create_engine(books.url, pool_size=1)
+    past = PastLedger(books.url, owner)
+    try:
+        prefix = uuid.uuid4().hex[:8]
+        specs = [_spec(prefix, name, "DIAMOND") for name in "st"]
+        ids = await past.ledger.account_ids(specs)
+        s, t = (ids[spec.name] for spec in specs)
+        await past.post_at("2001-05-02T10:00:00+00:00", [_move(s, t, 5)])
+    finally:
+        await past.engine.dispose()
+        await owner.dispose()
+    read_totals: list[AssetTotals] = []
+    read_lines: list[JournalLine] = []
+
+    async def totals_then_a_transfer(conn: AsyncConnection, basis: JournalBasis) -> Any:
+        totals = await asset_totals(conn, basis)
+        read_totals.extend(totals)
+        owner = create_engine(books.url, pool_size=1)  # on the command's event loop
+        past = PastLedger(books.url, owner)
+        try:
+            await past.post_at("2001-05-02T11:00:00+00:00", [_move(s, t, 7)])
+        finally:
+            await past.engine.dispose()
+            await owner.dispose()
+        return totals
+
+    async def lines_read(conn: AsyncConnection, basis: JournalBasis) -> AsyncIterator[JournalLine]:
+        async for line in journal_lines(conn, basis):
+            read_lines.append(line)
+            yield line
+
+    monkeypatch.setattr(reconcile_commands, "asset_totals", totals_then_a_transfer)
+    monkeypatch.setattr(reconcile_commands, "journal_lines", lines_read)
+    monkeypatch.setenv("DATABASE_URL", books.url)
+    get_settings.cache_clear()
+    try:
+        exit_code = await asyncio.to_thread(main, ["journal", "--period", "2001-05"])
+    finally:
+        get_settings.cache_clear()
+    assert exit_code == 0
+    assert [(total.asset, total.debits, total.credits) for total in read_totals] == [
+        ("DIAMOND", 5, 5)
+    ]
+    assert (sum(line.debits for line in read_lines), sum(line.credits for line in read_lines)) == (
+        5,
+        5,
+    )
 
 
 async def test_the_commands_close_march_once_export_the_journal_and_verify(

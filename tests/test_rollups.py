@@ -126,9 +126,7 @@ async def _journal_in_pages(conn: AsyncConnection, basis: JournalBasis, limit: i
     """Every line of the journal, `limit` lines a page, each page after the last one's line."""
     lines: list[Any] = []
     for _ in range(10_000):
-        page = await journal_page(
-            conn, basis, after_line=lines[-1].line_no if lines else 0, limit=limit
-        )
+        page = await journal_page(conn, basis, after=lines[-1].key if lines else None, limit=limit)
         if not page:
             return lines
         lines.extend(page)

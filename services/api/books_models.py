@@ -121,7 +121,10 @@ class JournalLineDocument(Document):
     (credits minus debits) at the start and at the end of the day, the same on each line of the
     account and day (the day's codes together take the one to the other)."""
 
-    line_no: int
+    line_no: int = Field(
+        description="The line's place in the period's journal as read for its page: on an open "
+        "month a line added before the cursor moves the numbers of later pages."
+    )
     day: DateText
     account: str
     asset: str
@@ -139,4 +142,4 @@ class JournalDocument(Range):
     close: PeriodCloseDocument | None
     assets: list[JournalAssetDocument]
     lines: list[JournalLineDocument]
-    next_cursor: int | None = Field(description="The next page's `cursor`; null on the last page.")
+    next_cursor: str | None = Field(description="The next page's `cursor`; null on the last page.")

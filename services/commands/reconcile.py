@@ -282,7 +282,9 @@ def journal_csv_row(line: JournalLine) -> list[str]:
 
 async def journal_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
     period: Period = args.period
-    async with engine.begin() as conn:
+    async with engine.connect() as conn:
+        # One snapshot: on an open month, totals and lines read apart could disagree.
+        await conn.execution_options(isolation_level="REPEATABLE READ")
         basis = await journal_basis(conn, period)
         totals = await asset_totals(conn, basis)
         if args.csv:

@@ -19,7 +19,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ledger.closes import list_closes
-from ledger.journal import asset_totals, journal_basis, journal_page
+from ledger.journal import (
+    JournalKey,
+    asset_totals,
+    journal_basis,
+    journal_cursor,
+    journal_key,
+    journal_page,
+)
 from ledger.periods import PERIOD_YEAR_MAX, PERIOD_YEAR_MIN, Period, parse_period, period_of
 from ledger.queries import trial_balance_creators_summed
 from services.console.context import (
@@ -93,10 +100,10 @@ async def journal(request: Request) -> Response:
         period = period_of(datetime.now(UTC)) if asked is None else parse_period(asked)
     except ValueError as error:
         return message_page(request, session, 422, "Not a period", str(error))
-    cursor = query_int(request, "cursor", 0, LINE_NO_MAX) or 0
+    after = _journal_after(request, period)
     async with console_of(request).reader() as conn:
         basis = await journal_basis(conn, period)
-        lines = await journal_page(conn, basis, after_line=cursor, limit=JOURNAL_PAGE_SIZE + 1)
+        lines = await journal_page(conn, basis, after=after, limit=JOURNAL_PAGE_SIZE + 1)
         totals = await asset_totals(conn, basis)
     page = lines[:JOURNAL_PAGE_SIZE]
     previous_period, next_period = _neighbours(period)
@@ -110,11 +117,22 @@ async def journal(request: Request) -> Response:
         close=basis.close,
         totals=totals,
         lines=page,
-        cursor=cursor,
-        next_cursor=page[-1].line_no if len(lines) > JOURNAL_PAGE_SIZE else None,
+        first_page=after is None,
+        lines_before=page[0].line_no - 1 if page else 0,
+        next_cursor=journal_cursor(page[-1].key) if len(lines) > JOURNAL_PAGE_SIZE else None,
         previous_period=previous_period,
         next_period=next_period,
     )
+
+
+def _journal_after(request: Request, period: Period) -> JournalKey | None:
+    """The line a journal page starts after: its `cursor` (`DD:ACCOUNT:CODE`); the first page
+    for none, or for one that is not a cursor."""
+    cursor = request.query_params.get("cursor")
+    try:
+        return None if cursor is None else journal_key(cursor, period)
+    except ValueError:
+        return None
 
 
 async def reconciliation(request: Request) -> Response:

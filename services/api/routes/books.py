@@ -8,7 +8,15 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from ledger.closes import PeriodClose
-from ledger.journal import JournalLine, asset_totals, journal_basis
+from ledger.journal import (
+    JOURNAL_CURSOR_LENGTH_MAX,
+    JOURNAL_CURSOR_PATTERN,
+    JournalLine,
+    asset_totals,
+    journal_basis,
+    journal_cursor,
+    journal_key,
+)
 from ledger.journal import journal_page as read_journal_page
 from ledger.periods import PERIOD_EXAMPLE, PERIOD_PATTERN, parse_period
 from services.api.books_models import (
@@ -166,7 +174,10 @@ def journal_line_document(line: JournalLine) -> dict[str, Any]:
     "on each line of the account and day, so an account's days chain from its balance at the "
     "period's start to its balance at the end. `assets` sums the "
     "period per asset (debits equal credits); `close` is the period's close, if any. Every page "
-    "is computed from the period's transfers (the days rolled up from their per-day totals).",
+    "is computed from the period's transfers (the days rolled up from their per-day totals). "
+    "Lines run by day, account and code; `next_cursor` names the page's last line by those, so "
+    "on an open month a line added since the page before is on a later page if it sorts after "
+    "the cursor, and on none if before, and no line is repeated or skipped.",
     response_model=JournalDocument,
 )
 async def journal_route(
@@ -179,7 +190,17 @@ async def journal_route(
             description=f"A UTC month, `YYYY-MM` (e.g. `{PERIOD_EXAMPLE}`), years 1970 to 8999.",
         ),
     ],
-    cursor: Cursor = 0,
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=JOURNAL_CURSOR_LENGTH_MAX,
+            pattern=JOURNAL_CURSOR_PATTERN,
+            description="The previous page's `next_cursor`, unchanged: the lines after that one "
+            "(absent: from the first). It names the last line of that page by its place in the "
+            "journal: `DD:ACCOUNT:CODE`, its day of the month, its account and its code.",
+        ),
+    ] = None,
     limit: Annotated[
         int | None,
         Query(
@@ -192,7 +213,8 @@ async def journal_route(
     size = _page_size(limit, JOURNAL_API_PAGE_SIZE_MAX, settings.api_page_size_max)
     month = parse_period(period)
     basis = await journal_basis(conn, month)
-    lines = await read_journal_page(conn, basis, after_line=cursor, limit=size + 1)
+    after = None if cursor is None else journal_key(cursor, month)  # the pattern admits keys
+    lines = await read_journal_page(conn, basis, after=after, limit=size + 1)
     page = lines[:size]
     return {
         "from": month.start.isoformat(),
@@ -210,5 +232,5 @@ async def journal_route(
             for total in await asset_totals(conn, basis)
         ],
         "lines": [journal_line_document(line) for line in page],
-        "next_cursor": page[-1].line_no if len(lines) > size else None,
+        "next_cursor": journal_cursor(page[-1].key) if len(lines) > size else None,
     }
