@@ -203,6 +203,9 @@ async def test_a_sweep_stopped_after_publishing_leaves_the_verdict_for_the_next_
     assert not await _reversal_applied(engine, reversal_id)
     assert await _parked_ids(engine, prefix) == set()
     assert await _creator_diamonds(engine, creator) > 0  # the gift stands, not reversed
+    # Counted once, by the sweep after which it left the parking: the counts still balance.
+    counts = sweeper.counts
+    assert (counts.parked, counts.unparked_dead_lettered, counts.still_parked) == (1, 1, 0)
 
 
 async def test_a_sweep_whose_claim_ran_out_while_it_published_is_not_overruled(

@@ -125,16 +125,18 @@ class Ingestor:
         await HANDLERS[topic](sweep_context, parsed, report)
         self.counts.unparked_applied += report.applied
         self.counts.unparked_duplicates += report.duplicates
-        self.counts.unparked_dead_lettered += len(report.dead_letters)
         metrics.EVENTS_APPLIED.labels(topic).inc(report.applied)
-        for letter in report.dead_letters:
-            metrics.EVENTS_DEAD_LETTERED.labels(topic, letter.error).inc()
         if report.dead_letters:
             if publish_dead_letters is not None:
                 await publish_dead_letters(report.dead_letters)
             published = [letter.event_id for letter in report.dead_letters if letter.event_id]
             async with self.ledger.begin() as conn:
                 await self.events.unpark(conn, topic, published)
+        # Counted once they have left the parking: a sweep that stops before (a failed publish)
+        # gives the same verdicts again, and the next one counts them.
+        self.counts.unparked_dead_lettered += len(report.dead_letters)
+        for letter in report.dead_letters:
+            metrics.EVENTS_DEAD_LETTERED.labels(topic, letter.error).inc()
         return report
 
     def _count(self, topic: str, consumed: int, report: BatchReport) -> None:
