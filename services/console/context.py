@@ -197,15 +197,23 @@ def query_int(request: Request, name: str, minimum: int, maximum: int) -> int | 
     return number if minimum <= number <= maximum else None
 
 
+# The days a filter may name: the years the API's timestamps may be written in, so that the day
+# after the last one is a day too (9999-12-31 has none).
+QUERY_DAY_FIRST: Final = date(1970, 1, 1)
+QUERY_DAY_LAST: Final = date(8999, 12, 31)
+
+
 def query_day(request: Request, name: str) -> date | None:
-    """A `YYYY-MM-DD` query value (a UTC day), or None."""
+    """A `YYYY-MM-DD` query value (a UTC day from `QUERY_DAY_FIRST` to `QUERY_DAY_LAST`), or
+    None, as for any value a page cannot use."""
     value = query_text(request, name)
     if value is None:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         return None
+    return day if QUERY_DAY_FIRST <= day <= QUERY_DAY_LAST else None
 
 
 def day_start(day: date | None) -> datetime | None:
