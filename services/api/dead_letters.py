@@ -23,6 +23,8 @@ from typing import Any, Final
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.api.spreadsheet import spreadsheet_text
+
 DEAD_LETTER_PAGE_SIZE_MAX: Final = 1_000
 DETAIL_CHARACTERS_MAX: Final = 4_000
 
@@ -190,9 +192,9 @@ def dead_letter_csv_row(row: DeadLetterRow) -> list[object]:
         row.topic,
         row.partition,
         row.offset,
-        row.event_id or "",
+        spreadsheet_text(row.event_id or ""),
         row.error,
-        row.detail,
+        spreadsheet_text(row.detail),
         _time_text(row.redriven_at) or "",
         "" if row.redrive_action_id is None else row.redrive_action_id,
     ]

@@ -16,6 +16,7 @@ from typing import Any
 
 from ledger.chart import kind_type
 from ledger.queries import AccountBalance, StatementLine, TrialBalanceLine
+from services.api.spreadsheet import spreadsheet_text
 
 STATEMENT_CSV_COLUMNS = (
     "seq",
@@ -56,8 +57,8 @@ def statement_csv_row(account: AccountBalance, line: StatementLine) -> list[obje
         line.created_at.isoformat(),
         line.transfer_id,
         line.code,
-        line.event_id or "",
-        line.counterparty,
+        spreadsheet_text(line.event_id or ""),
+        spreadsheet_text(line.counterparty),
         account.asset,
         account.scale,
         line.debit,

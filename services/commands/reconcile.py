@@ -31,6 +31,7 @@ from ledger.closes import CloseRefusedError, PeriodClose, close_period
 from ledger.journal import JournalLine, asset_totals, journal_basis, journal_lines
 from ledger.periods import Period, parse_period
 from schemas.assets import format_amount
+from services.api.spreadsheet import spreadsheet_text
 from services.cli_text import table
 from services.commands.common import (
     EXIT_FAILURE,
@@ -269,7 +270,7 @@ def add_journal_arguments(parser: argparse.ArgumentParser) -> None:
 def journal_csv_row(line: JournalLine) -> list[str]:
     return [
         line.day.isoformat(),
-        line.account,
+        spreadsheet_text(line.account),
         line.asset,
         str(line.scale),
         line.code,
