@@ -611,8 +611,10 @@ ACTION_ID_MAX = 2**63 - 1
 # A person's name as `API_TOKENS` or `--as` gives it: letters, digits and `._@-`.
 OPERATOR_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
 ACTION_NAME_PATTERN = r"^[a-z][a-z_]*$"
-# Text for people to read, on one line: no control characters.
-ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+# Text for people to read, on one line: no control characters (C0, DEL and C1), no Unicode line
+# or paragraph separator, and no bidirectional override or isolate, which would show the reason
+# (in a log line, the console) in another order than it was written.
+ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+$"
 SHA256_HEX_PATTERN = r"^[0-9a-f]{64}$"
 
 OperatorName = Annotated[

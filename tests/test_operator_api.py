@@ -292,6 +292,7 @@ async def test_the_same_key_replays_the_action_and_another_request_under_it_is_4
         ({"asset": "COIN"}, "asset"),
         ({"amount_minor": "5"}, "amount_minor"),
         ({"reason": "two\nlines"}, "reason"),
+        ({"reason": "shown \u202ereversed"}, "reason"),
         ({"reason": ...}, "reason"),
         ({"surprise": 1}, "surprise"),
     ],

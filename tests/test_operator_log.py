@@ -165,6 +165,9 @@ async def test_a_message_key_in_the_details_keys_the_message(writer: AsyncEngine
         {"details": {"amount": 1.5}},
         {"details": {"text": "nul\x00"}},
         {"reason": "two\nlines"},
+        {"reason": "two\u2028lines"},
+        {"reason": "shown \u202ereversed"},
+        {"reason": "a C1 control \x85"},
         {"reason": ""},
         {"actor": "alice smith"},
         {"action": "Freeze!"},
@@ -194,7 +197,8 @@ def test_a_refused_text_field_says_the_rule_it_breaks() -> None:
         )
     assert str(refused.value) == (
         f"reason {'r' * 60!r} (cut, 1,001 characters) is not valid: 1 to 1,000 characters,"
-        " one line, no control characters (tab, newline, ...)"
+        " one line, no control characters (tab, newline, ...), line separators or bidirectional"
+        " overrides"
     )
     with pytest.raises(InvalidActionError, match="visible ASCII, no space"):
         check_action(

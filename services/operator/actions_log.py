@@ -117,7 +117,8 @@ _PATTERN_RULES: Final = {
     _VISIBLE_ASCII: "visible ASCII, no space",
     _OPERATOR_NAME: "letters, digits and ._@-, starting with a letter or digit",
     _ACTION_NAME: "lower-case letters and _",
-    _ONE_LINE: "one line, no control characters (tab, newline, ...)",
+    _ONE_LINE: "one line, no control characters (tab, newline, ...), line separators or"
+    " bidirectional overrides",
 }
 REFUSED_VALUE_SHOWN_MAX: Final = 60
 
