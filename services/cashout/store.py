@@ -305,6 +305,20 @@ async def load_cashouts(
     return found
 
 
+async def lock_cashout_rows(conn: AsyncConnection, cashout_ids: Sequence[str]) -> None:
+    """Lock the rows of these cash-outs (those that exist) until the transaction ends, in id
+    order, as `load_cashouts` with `lock` does, without reading them."""
+    ordered = sorted(set(cashout_ids))
+    for start in range(0, len(ordered), CASHOUT_LIST_LIMIT_MAX):
+        await conn.execute(
+            text(
+                "SELECT 1 FROM cashouts WHERE cashout_id = ANY(CAST(:ids AS text[]))"
+                " ORDER BY cashout_id FOR UPDATE"
+            ),
+            {"ids": ordered[start : start + CASHOUT_LIST_LIMIT_MAX]},
+        )
+
+
 def cashout_document(cashout: Cashout) -> dict[str, Any]:
     """The cash-out as the `cashouts.updated` record of its current state: the same fields, its
     `occurred_at` the time of that state change, so every read gives the same document."""

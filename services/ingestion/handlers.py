@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from ledger.chain import metadata_json
 from ledger.chart import AccountSpec
 from ledger.ids import transfer_id
@@ -40,6 +42,7 @@ from schemas.events import (
 )
 from services.cashout.desk import CashoutDesk, request_accounts
 from services.cashout.profiles import apply_creator_updates
+from services.cashout.store import lock_cashout_rows
 from services.ingestion.event_store import EventStore
 from services.ingestion.event_transfers import (
     GIFT_DIAMOND_SOURCE,
@@ -56,6 +59,7 @@ from services.ingestion.event_transfers import (
 )
 from services.ingestion.records import BatchReport, DeadLetter, ParsedEvent
 from services.rates.rate_cards import RateCardBook
+from services.runtime.creator_locks import lock_creators
 
 # As plain ints: IntFlag members cost an enum lookup at each use in the per-transfer loop.
 _NO_FLAGS = int(TransferFlags.NONE)
@@ -506,7 +510,13 @@ async def _apply_cashouts(
         async with tx:
             batch_report = BatchReport()
             conn = tx.connection
-            fresh = await events.drop_applied(conn, topic, items, batch_report)
+            # Another consumer may be deciding these very records (a rebalance: the old owner
+            # still applying the batch the new one read from the committed offsets). What it
+            # locks is locked first, until the commit; then what it decided meanwhile is taken
+            # as it decided it, never decided again on the state it left.
+            await _lock_what_cashouts_decide_on(conn, topic, items)
+            undecided = await _verdicts_again(events, conn, topic, items, batch_report)
+            fresh = await events.drop_applied(conn, topic, undecided, batch_report)
             if topic == topics.CASHOUTS_REQUESTED:
                 applied = await _requests_in(tx, context, fresh, account_ids)
             else:
@@ -516,6 +526,43 @@ async def _apply_cashouts(
             await events.record_dead_letters(conn, topic, letters)
             batch_report.applied = len(applied)
     report.absorb(batch_report)
+
+
+async def _lock_what_cashouts_decide_on(
+    conn: AsyncConnection, topic: str, items: Sequence[ParsedEvent]
+) -> None:
+    """The locks the desk takes first for these items (the creators' of requests, the cash-outs'
+    rows of results, each in the desk's order), taken before anything is read."""
+    if topic == topics.CASHOUTS_REQUESTED:
+        await lock_creators(
+            conn,
+            [item.event.creator_id for item in items if isinstance(item.event, CashoutRequested)],
+        )
+        return
+    cashout_ids = sorted(
+        {item.event.cashout_id for item in items if isinstance(item.event, PayoutUpdated)}
+    )
+    await lock_cashout_rows(conn, cashout_ids)
+
+
+async def _verdicts_again(
+    events: EventStore,
+    conn: AsyncConnection,
+    topic: str,
+    items: Sequence[ParsedEvent],
+    report: BatchReport,
+) -> list[ParsedEvent]:
+    """The items no one has dead-lettered yet; those someone has are dead-lettered again as they
+    were (added to `report`)."""
+    verdicts = await events.dead_lettered_before(conn, topic, [item.record for item in items])
+    undecided: list[ParsedEvent] = []
+    for item in items:
+        verdict = verdicts.get((item.record.partition, item.record.offset))
+        if verdict is None:
+            undecided.append(item)
+        else:
+            report.dead_letters.append(verdict)
+    return undecided
 
 
 async def _requests_in(
