@@ -369,4 +369,18 @@ async def check_chain(conn: AsyncConnection) -> list[str]:
     total = (await conn.execute(text("SELECT count(*) FROM transfers"))).scalar_one()
     if total != walk.linked_count:
         problems.append(f"{total - walk.linked_count} transfers are in no link of the chain")
-    return problems
+    # Each transfer in exactly one link: with the counts equal and every named transfer found,
+    # a transfer named twice means another is in none (linked_count counts names, not ids).
+    named_twice = await conn.execute(_NAMED_TWICE, {"limit": PROBLEM_COUNT_MAX})
+    problems += [f"transfer {row.id} is named by {row.links} links" for row in named_twice]
+    return problems[:PROBLEM_COUNT_MAX]
+
+
+_NAMED_TWICE = text(
+    """
+    SELECT id, count(*) AS links FROM (SELECT unnest(transfer_ids) AS id FROM ledger_links) named
+    GROUP BY id HAVING count(*) > 1
+    ORDER BY id
+    LIMIT :limit
+    """
+)

@@ -33,6 +33,7 @@ from ledger.verify_sql import (
     clearing_legs_ctes,
     diamonds_moved_ctes,
     gift_coins_reconcile_with_diamonds,
+    resolutions_keep_their_pending,
     transfer_assets_match_accounts,
     transfer_sides_cte,
 )
@@ -94,17 +95,28 @@ _CHECKS: dict[str, str] = {
         WHERE (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending)
            <> (s.dp, s.cp, s.dpend, s.cpend)
     """,
+    # With the running balance, each account's commit times in `seq` order: a transfer stamped
+    # before the one before it on its account (inserted with an old time) would make every
+    # `as of` answer before it wrong (ledger.queries.posted_balance_as_of).
     "balances_after_match_running_totals": f"""
         WITH {transfer_sides_cte("transfers")}, running AS (
-            SELECT account_id, seq, id, stored,
-                   sum(change) OVER (PARTITION BY account_id ORDER BY seq) AS expected
+            SELECT account_id, seq, id, stored, created_at,
+                   sum(change) OVER (PARTITION BY account_id ORDER BY seq) AS expected,
+                   lag(created_at) OVER (PARTITION BY account_id ORDER BY seq) AS previous_at
             FROM sides
         )
-        SELECT 'transfer ' || r.id || ': ' || a.name || ' balance after is ' || r.stored
-               || ' but its transfers up to it give ' || r.expected
-        FROM running r JOIN accounts a ON a.id = r.account_id
-        WHERE r.stored <> r.expected
-        ORDER BY r.seq
+        SELECT detail FROM (
+            SELECT r.seq, 'transfer ' || r.id || ': ' || a.name || ' balance after is '
+                   || r.stored || ' but its transfers up to it give ' || r.expected AS detail
+            FROM running r JOIN accounts a ON a.id = r.account_id
+            WHERE r.stored <> r.expected
+            UNION ALL
+            SELECT r.seq, 'transfer ' || r.id || ': committed at ' || r.created_at || ', before '
+                   || 'the transfer before it on ' || a.name || ' (' || r.previous_at || ')'
+            FROM running r JOIN accounts a ON a.id = r.account_id
+            WHERE r.created_at < r.previous_at
+        ) found
+        ORDER BY seq
     """,  # noqa: S608
     "balance_rules_hold": """
         SELECT name || ': flags ' || flags || ' broken by totals (' || debits_posted || ', '
@@ -126,14 +138,24 @@ _CHECKS: dict[str, str] = {
         FROM transfers t FULL JOIN transfer_keys k ON k.id = t.id AND k.created_at = t.created_at
         WHERE t.id IS NULL OR k.id IS NULL
     """,
-    "resolutions_match_transfers": """
+    # Each resolution with its pending and resolving transfers, each post or void with its
+    # resolution (a pending transfer posted twice has one resolution and two posts), and each
+    # post or void within what its pending transfer reserved.
+    "resolutions_match_transfers": f"""
         SELECT 'resolution of ' || r.pending_id || ' (' || r.outcome || ') has no matching '
                || CASE WHEN p.id IS NULL THEN 'pending transfer' ELSE 'resolving transfer' END
         FROM pending_resolutions r
         LEFT JOIN transfers p ON p.id = r.pending_id AND p.flags & 2 <> 0
         LEFT JOIN transfers x ON x.id = r.resolved_by AND x.pending_id = r.pending_id
         WHERE p.id IS NULL OR x.id IS NULL
-    """,
+        UNION ALL
+        SELECT 'transfer ' || x.id || ' resolves ' || x.pending_id || ' but no resolution names it'
+        FROM transfers x
+        LEFT JOIN pending_resolutions r ON r.pending_id = x.pending_id AND r.resolved_by = x.id
+        WHERE x.flags & 12 <> 0 AND r.pending_id IS NULL
+        UNION ALL
+        {resolutions_keep_their_pending("transfers")}
+    """,  # noqa: S608
     "gift_coins_reconcile_with_diamonds": gift_coins_reconcile_with_diamonds("transfers"),
     # The books (docs/accounting.md): what each liability and clearing account holds is explained
     # by the items behind it.

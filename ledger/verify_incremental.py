@@ -52,6 +52,7 @@ from ledger.verify_sql import (
     clearing_legs_ctes,
     diamonds_moved_ctes,
     gift_coins_reconcile_with_diamonds,
+    resolutions_keep_their_pending,
     transfer_assets_match_accounts,
     transfer_sides_cte,
 )
@@ -205,7 +206,7 @@ _WINDOW_CHECKS: Final[tuple[tuple[str, str], ...]] = (
     ),
     (
         "resolutions_match_transfers",
-        """
+        f"""
         SELECT 'transfer ' || t.id || ' resolves ' || t.pending_id || ' but '
                || CASE WHEN p.id IS NULL THEN 'no pending transfer has that id'
                        ELSE 'no resolution names it' END
@@ -215,8 +216,9 @@ _WINDOW_CHECKS: Final[tuple[tuple[str, str], ...]] = (
         ) p ON true
         LEFT JOIN pending_resolutions r ON r.pending_id = t.pending_id AND r.resolved_by = t.id
         WHERE t.flags & 12 <> 0 AND (p.id IS NULL OR r.pending_id IS NULL)
-        ORDER BY t.seq
-        """,
+        UNION ALL
+        {resolutions_keep_their_pending("verify_window")}
+        """,  # noqa: S608
     ),
     ("gift_coins_reconcile_with_diamonds", gift_coins_reconcile_with_diamonds("verify_window")),
     (

@@ -23,14 +23,41 @@ def transfer_sides_cte(relation: TransferRelation) -> str:
     change it made to its account's posted balance."""
     return f"""
         sides AS (
-            SELECT debit_account_id AS account_id, seq, id, debit_balance_after AS stored,
+            SELECT debit_account_id AS account_id, seq, id, created_at,
+                   debit_balance_after AS stored,
                    CASE WHEN flags & 10 = 0 THEN -amount ELSE 0 END AS change
             FROM {relation}
             UNION ALL
-            SELECT credit_account_id, seq, id, credit_balance_after,
+            SELECT credit_account_id, seq, id, created_at, credit_balance_after,
                    CASE WHEN flags & 10 = 0 THEN amount ELSE 0 END
             FROM {relation}
         )"""  # noqa: S608
+
+
+def resolutions_keep_their_pending(relation: TransferRelation) -> str:
+    """Posts and voids (flags 4 and 8) that break what the ledger's engine allows: another
+    account or asset than their pending transfer's, a post of more than it reserved, a void of
+    another amount than it reserved."""
+    return f"""
+        SELECT 'transfer ' || x.id || ' resolves ' || p.id || ' but '
+               || CASE WHEN x.debit_account_id <> p.debit_account_id
+                            OR x.credit_account_id <> p.credit_account_id
+                       THEN 'moves other accounts'
+                       WHEN x.asset <> p.asset THEN 'in another asset'
+                       WHEN x.flags & 4 <> 0 THEN 'posts ' || x.amount || ' of ' || p.amount
+                       ELSE 'voids ' || x.amount || ' of ' || p.amount END
+        FROM {relation} x
+        CROSS JOIN LATERAL (
+            SELECT p.id, p.debit_account_id, p.credit_account_id, p.asset, p.amount
+            FROM transfers p WHERE p.id = x.pending_id AND p.flags & 2 <> 0 OFFSET 0
+        ) p
+        WHERE x.flags & 12 <> 0
+          AND (x.debit_account_id <> p.debit_account_id
+               OR x.credit_account_id <> p.credit_account_id
+               OR x.asset <> p.asset
+               OR (x.flags & 4 <> 0 AND x.amount > p.amount)
+               OR (x.flags & 8 <> 0 AND x.amount <> p.amount))
+    """  # noqa: S608
 
 
 def transfer_assets_match_accounts(relation: TransferRelation) -> str:
