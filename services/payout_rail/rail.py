@@ -138,7 +138,8 @@ CANCELS = Counter(
     "giftledger_payout_rail_cancels_total",
     "Payout cancellations the rail read, by what became of them: cancelled (the provider"
     " stopped the payout; reported failed), too_late (reported on already, or the provider"
-    " had paid) or unknown (never taken by this process).",
+    " had paid), unknown (never taken by this process) or repeated (a cancellation read"
+    " again while the first is answered).",
     ["outcome"],
 )
 IN_FLIGHT = Gauge(
@@ -673,10 +674,10 @@ class PayoutRailService:
         if job is None:
             CANCELS.labels("unknown").inc()
             return
-        if isinstance(job, bytes) or job.finished or job.cancelling:
-            CANCELS.labels("too_late").inc()  # a repeated cancellation is answered once
+        if isinstance(job, _Job) and job.cancelling:
+            CANCELS.labels("repeated").inc()  # sent twice by the outbox: answered once
             return
-        if job.reports_sent or job.sending:
+        if isinstance(job, bytes) or job.finished or job.reports_sent or job.sending:
             CANCELS.labels("too_late").inc()
             return
         if job.task is not None:
