@@ -71,6 +71,7 @@ from services.operator.desk import OperatorError
 from services.operator.freezes import creator_is_frozen
 from services.runtime.creator_locks import lock_creators
 from services.runtime.outbox_rows import queue
+from services.trial_balance_text import grouped_amount
 
 CASHOUT_CANCELLED: Final = "cashout_cancelled"
 PAYOUT_RESUBMITTED: Final = "payout_resubmitted"
@@ -379,8 +380,8 @@ class CashoutRecovery:
             raise CashoutActionRefusedError(
                 f"cash-out {original.cashout_id} cannot be resubmitted: with creator"
                 f" {original.creator_id}'s other cash-outs of {day} it would come to"
-                f" {usd_text(spent + original.usd_value_micros)} USD, over the daily limit of"
-                f" {usd_text(limit_micros)} USD"
+                f" {usd_text(spent + original.usd_value_micros)}, over the daily limit of"
+                f" {usd_text(limit_micros)}"
             )
 
 
@@ -398,9 +399,8 @@ async def awaits_bank_confirmation(conn: AsyncConnection, cashout: Cashout) -> b
 
 
 def usd_text(micros: int) -> str:
-    """USD micros as dollars and cents, rounded down: `12.34`."""
-    cents = micros // (USD_MICROS // 100)
-    return f"{cents // 100:,}.{cents % 100:02d}"
+    """USD micros as dollars and cents, rounded down: `1,012.34 USD`."""
+    return f"{grouped_amount(micros // (USD_MICROS // 100), 'USD')} USD"
 
 
 async def _resubmission_of(conn: AsyncConnection, cashout_id: str) -> Cashout | None:
