@@ -67,7 +67,7 @@ from schemas import topics
 from schemas.assets import DIAMOND
 from schemas.events import CashoutRequested, PayoutRequested, PayoutUpdated
 from services.cashout.conversion import MILLI_PER_DIAMOND, USD_MICROS, convert
-from services.cashout.eligibility import evaluate
+from services.cashout.eligibility import age_day, evaluate
 from services.cashout.postings import (
     StepNames,
     cashout_accounts,
@@ -280,8 +280,11 @@ class CashoutDesk:
         if facts.is_frozen(event.creator_id):
             return "frozen"  # by an operator (services/operator/freezes.py)
         profile = facts.profile(event.creator_id)
+        # Age: judged on the day at UTC-12 (`age_day`) of the request's moment, or of the
+        # approval for a request dated ahead of it: never a day the creator has not reached.
+        judged_at = min(event.occurred_at, facts.approved_at)
         report = evaluate(
-            profile, self.eligibility, request_day(event), creator_id=event.creator_id
+            profile, self.eligibility, age_day(judged_at), creator_id=event.creator_id
         )
         if not report.eligible:
             return report.first_failed_rule

@@ -8,14 +8,17 @@ Age is counted in whole years with birthday logic: a creator turns a year older 
 day of their birth. Someone born on 29 February turns a year older on 1 March in a non-leap year
 (the day after 28 February), the common legal reading: they are not yet 18 on 28 February of the
 year they turn 18 unless that year is a leap year. `today` is the caller's choice; the service
-passes the current UTC date, the day the contract's daily limits also use.
+passes `age_day` of the moment it judges: the date at UTC-12, where a calendar day begins last,
+so that no creator is counted a year older before that birthday has begun where they live (the
+profile says nothing of their time zone). A birthday is so counted up to a day late east of
+UTC-12, never early.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import text
@@ -25,6 +28,8 @@ from services.cashout.profiles import CreatorProfile, creator_profile
 from services.runtime.settings import EligibilitySettings
 
 UNKNOWN = "unknown"
+# Where a calendar day begins last: at any moment, the date here is the earliest date on Earth.
+LATEST_DAY_ZONE = timezone(timedelta(hours=-12))
 
 PROFILE_KNOWN = "profile_known"
 AGE = "age"
@@ -85,6 +90,12 @@ class EligibilityReport:
                 for result in self.rules
             ],
         }
+
+
+def age_day(moment: datetime) -> date:
+    """The day the age rule judges a creator on at `moment`: the date at UTC-12, the earliest
+    date anywhere on Earth then, so that a creator is 18 on it wherever they live."""
+    return moment.astimezone(LATEST_DAY_ZONE).date()
 
 
 def age_in_years(birth_date: date, today: date) -> int:
@@ -183,9 +194,10 @@ async def creator_eligibility(
     settings: EligibilitySettings,
     today: date | None = None,
 ) -> EligibilityReport:
-    """Load the creator's profile and evaluate it; `today` defaults to the current UTC date."""
+    """Load the creator's profile and evaluate it; `today` defaults to the age rule's day now
+    (`age_day`), as the cash-out desk judges a request made now."""
     profile = await creator_profile(conn, creator_id)
-    day = datetime.now(UTC).date() if today is None else today
+    day = age_day(datetime.now(UTC)) if today is None else today
     return evaluate(profile, settings, day, creator_id=creator_id)
 
 

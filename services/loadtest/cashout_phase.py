@@ -26,6 +26,7 @@ from services.loadtest.oracle import (
     FX_CURRENCIES,
     MILLI_PER_DIAMOND,
     USD_MICROS,
+    age_day,
     cashout_value,
     first_failed_rule,
 )
@@ -147,17 +148,17 @@ class CashoutPhase:
                 SCHEMA_VIOLATION,
             )
             return
-        self.decide(request, moment.date(), spent)
+        self.decide(request, moment, spent)
         stream.send(stream.applied_event(topics.CASHOUTS_REQUESTED, event))
 
-    def can_cash_out(self, rank: int, day: date) -> bool:
-        """Whether the rules let the creator cash out on `day` (a profile that passes every
+    def can_cash_out(self, rank: int, moment: datetime) -> bool:
+        """Whether the rules let the creator cash out at `moment` (a profile that passes every
         Creator Next rule, a payout account) and the creator holds at least the minimum
         (2,000 diamonds)."""
         profile = self.creators.profiles.get(rank)
         if profile is None or profile.facts.get("payout_account_ref") is None:
             return False
-        if first_failed_rule(profile.facts, day) is not None:
+        if first_failed_rule(profile.facts, age_day(moment)) is not None:
             return False
         return (
             self.stream.tally.diamonds.get(rank, 0) >= CASHOUT_MINIMUM_DIAMONDS * MILLI_PER_DIAMOND
@@ -223,15 +224,20 @@ class CashoutPhase:
         return rank, "DIAMOND", rng.randint(2_000, upper), "USD"
 
     def decide(
-        self, request: tuple[int, str, int, str], day: date, spent: dict[tuple[int, date], int]
+        self,
+        request: tuple[int, str, int, str],
+        moment: datetime,
+        spent: dict[tuple[int, date], int],
     ) -> None:
-        """Apply the cash-out rules in the service's order; a held cash-out ends paid."""
+        """Apply the cash-out rules in the service's order to a request made at `moment` (UTC);
+        a held cash-out ends paid."""
         rank, asset, amount, payout_currency = request
+        day = moment.date()  # the daily limit's
         tally = self.stream.tally
         tally.totals["cashouts"] += 1
         profile = self.creators.profiles.get(rank)
         facts = None if profile is None else profile.facts
-        rule = first_failed_rule(facts, day)
+        rule = first_failed_rule(facts, age_day(moment))
         if rule is None and (facts is None or facts.get("payout_account_ref") is None):
             rule = "payout_account"
         if rule is None and asset != "DIAMOND" and asset != payout_currency:

@@ -17,7 +17,7 @@ test refuses to compare against a deployment configured otherwise.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 MILLI_DIAMONDS_PER_COIN = 500
@@ -66,8 +66,15 @@ def age_in_years(birth_date: date, today: date) -> int:
     )
 
 
+def age_day(moment: datetime) -> date:
+    """The day the age rule judges a request made at `moment` on (README, "Cash-outs"): the
+    date at UTC-12, where a day begins last."""
+    return (moment.astimezone(UTC) - timedelta(hours=12)).date()
+
+
 def first_failed_rule(profile: dict[str, Any] | None, today: date) -> str | None:
-    """The first Creator Next rule `profile` breaks on `today`, or None: the contract's order."""
+    """The first Creator Next rule `profile` breaks, its age judged on `today` (`age_day`), or
+    None: the contract's order."""
     if profile is None:
         return "profile_known"
     if age_in_years(date.fromisoformat(profile["birth_date"]), today) < AGE_MIN_YEARS:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from services.loadtest.cashout_phase import (
@@ -378,24 +378,23 @@ class Payday(ScenarioRun):
         self.asked: list[int] = []  # paying creators whose payday request is written
         self.window_from = self.window_to = ""
 
-    def eligible_creators(self, day: date) -> list[int]:
+    def eligible_creators(self, moment: datetime) -> list[int]:
         return [
             rank
             for rank in sorted(self.stream.tally.diamonds)
-            if self.cashouts.can_cash_out(rank, day)
+            if self.cashouts.can_cash_out(rank, moment)
         ]
 
     def main_phase_extension(self, kept_for_cashouts: int) -> int:
         if kept_for_cashouts == 0:
             return 0
-        day = self.cashouts.cashout_days()[0].date()
-        needed = payday_records(len(self.eligible_creators(day)))
+        needed = payday_records(len(self.eligible_creators(self.cashouts.cashout_days()[0])))
         return max(kept_for_cashouts - needed, 0)
 
     def cashout_phase(self, count: int) -> bool:
         stream = self.stream
         start = self.cashouts.cashout_days()[0]
-        eligible = self.eligible_creators(start.date())
+        eligible = self.eligible_creators(start)
         self.eligible = len(eligible)
         self.paying = self.rng.sample(eligible, min((len(eligible) + 1) // 3, count))
         eligible_set = set(eligible)
