@@ -98,8 +98,8 @@ def cursor(value: str) -> int:
 def positive_decimal(value: str) -> Fraction:
     """A decimal such as 0.92, read exactly (never through a float)."""
     try:
-        number = Fraction(Decimal(value))
-    except (InvalidOperation, ValueError):
+        number = Fraction(Decimal(value))  # Infinity: OverflowError; NaN: ValueError
+    except (InvalidOperation, ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"not a decimal number: {value!r}") from None
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {value!r}")

@@ -13,7 +13,12 @@ from pydantic_core import TzInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from schemas.events import OCCURRED_AT_MAX
+
 MILLI_DIAMONDS_PER_DIAMOND = 1_000
+# What the rate_cards table keeps (its CHECK constraints, migration 0002).
+MILLI_DIAMONDS_PER_COIN_MAX = 1_000
+DIAMONDS_PER_USD_MAX = 1_000_000
 RATE_CARD_NOTICE_S = 300
 RATE_CARD_REFRESH_S = 10.0
 BEGINNING_OF_TIME = datetime.min.replace(tzinfo=UTC)  # PostgreSQL's '-infinity'
@@ -55,11 +60,15 @@ def _start_in(start: datetime, zone: tzinfo) -> datetime:
     """`start` in `zone`. The beginning of time has no earlier local time west of UTC: there it
     becomes the zone's earliest moment, a few hours later, and still before any real start. The
     first card answers every moment before the second card's start, so that shift changes no
-    answer."""
+    answer. Likewise a start in the last hours of year 9999 has no local time east of UTC: it
+    becomes the zone's latest moment, after every moment an event may carry (`add_rate_card`
+    refuses such starts now; an older one may be stored)."""
     try:
         return start.astimezone(zone)
     except OverflowError:
-        return datetime.min.replace(tzinfo=zone)
+        if start == BEGINNING_OF_TIME:
+            return datetime.min.replace(tzinfo=zone)
+        return datetime.max.replace(tzinfo=zone)
 
 
 class RateCardBook:
@@ -147,11 +156,37 @@ async def add_rate_card(
     was not yet known when it was applied (a redelivery would then price it differently)."""
     if effective_from.tzinfo is None:
         raise ValueError("effective_from needs a timezone")
+    if not 1 <= milli_diamonds_per_coin <= MILLI_DIAMONDS_PER_COIN_MAX:
+        raise ValueError(
+            f"milli-diamonds per coin must be between 1 and {MILLI_DIAMONDS_PER_COIN_MAX}"
+            f" (a coin is worth at most one diamond), not {milli_diamonds_per_coin}"
+        )
+    if not 1 <= diamonds_per_usd <= DIAMONDS_PER_USD_MAX:
+        raise ValueError(
+            f"diamonds per USD must be between 1 and {DIAMONDS_PER_USD_MAX:,},"
+            f" not {diamonds_per_usd}"
+        )
+    if effective_from > OCCURRED_AT_MAX:
+        raise ValueError(
+            f"effective_from must be at most {OCCURRED_AT_MAX.isoformat()}, the latest moment"
+            " an event may carry"
+        )
     now = (await conn.execute(text("SELECT now()"))).scalar_one()
     if effective_from < now + timedelta(seconds=RATE_CARD_NOTICE_S):
         raise ValueError(
             f"effective_from must be at least {RATE_CARD_NOTICE_S} s in the future"
             f" (now is {now.isoformat()})"
+        )
+    taken = (
+        await conn.execute(
+            text("SELECT version FROM rate_cards WHERE effective_from = :at"),
+            {"at": effective_from},
+        )
+    ).scalar_one_or_none()
+    if taken is not None:
+        raise ValueError(
+            f"rate card version {taken} takes effect at {effective_from.isoformat()} already:"
+            " a version is never changed, add one at another moment"
         )
     row = (
         await conn.execute(
