@@ -362,7 +362,11 @@ class TipReceived(Event):
         examples=[45],
     )
     charge_id: Identifier = Field(
-        description="The card processor's charge reference.", examples=["ch_3PxQ2b"]
+        description=(
+            "The card processor's charge reference. A charge is credited once: another event"
+            " naming it is dead-lettered (`charge_already_applied`)."
+        ),
+        examples=["ch_3PxQ2b"],
     )
 
 

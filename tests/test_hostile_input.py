@@ -68,6 +68,7 @@ KNOWN_ERRORS = (
     | {
         "event_id_conflict",
         "already_reversed",
+        "charge_already_applied",
         "ledger_refused",
         "creator_mismatch",
         "gift_not_found",

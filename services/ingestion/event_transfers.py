@@ -148,6 +148,9 @@ def reversal_legs(event: GiftReversed, coins: int, milli_diamonds: int) -> list[
     ]
 
 
+TIP_LEG = "tip"  # the creator's credit, in every tip
+
+
 def tip_legs(event: TipReceived) -> list[Leg]:
     """The creator gets 100 % of the tip; the fan's fee is platform revenue; the processor's fee
     is the platform's cost. The processor settles amount + fan fee - processor fee to clearing."""
@@ -155,7 +158,7 @@ def tip_legs(event: TipReceived) -> list[Leg]:
     details = {"charge_id": event.charge_id, "sender_id": event.sender_id}
     legs = [
         Leg(
-            "tip",
+            TIP_LEG,
             clearing,
             chart.creator_wallet(event.creator_id, event.currency),
             event.amount,

@@ -46,6 +46,7 @@ from services.cashout.store import lock_cashout_rows
 from services.ingestion.event_store import EventStore
 from services.ingestion.event_transfers import (
     GIFT_DIAMOND_SOURCE,
+    TIP_LEG,
     GiftTransfer,
     Leg,
     batch_coin_leg,
@@ -62,6 +63,9 @@ from services.rates.rate_cards import RateCardBook
 from services.runtime.creator_locks import lock_creators
 
 # As plain ints: IntFlag members cost an enum lookup at each use in the per-transfer loop.
+# A tip whose card charge another event credited already (`_leg_transfer_id`).
+CHARGE_ALREADY_APPLIED = "charge_already_applied"
+CHARGE_LEG_PREFIX = "charge:"
 _NO_FLAGS = int(TransferFlags.NONE)
 _LINKED = int(TransferFlags.LINKED)
 _GIFT_DIAMONDS = int(TransferCode.GIFT_DIAMONDS)
@@ -412,18 +416,22 @@ async def _legs_in(
     for item, result in zip(owners, outcome.results, strict=False):
         results_by_event.setdefault(item.event.event_id, []).append(result)
     applied: list[ParsedEvent] = []
+    charged_again: list[ParsedEvent] = []
     for item in fresh:
         results = results_by_event[item.event.event_id]
         if all(result is PostResult.OK for result in results):
             applied.append(item)
         elif all(result is PostResult.EXISTS for result in results):
             report.duplicates += 1
+        elif isinstance(item.event, TipReceived) and _found_stored(results):
+            charged_again.append(item)
         else:
             refused = sorted({r.value for r in results if r is not PostResult.OK})
             error = "already_reversed" if topic == topics.GIFTS_REVERSED else "ledger_refused"
             report.dead_letters.append(
                 DeadLetter(item.record, error, ", ".join(refused), item.event.event_id)
             )
+    report.dead_letters += await _charges_credited_before(tx, charged_again)
     await events.record_applied(conn, topic, applied)
     letters = [*early_letters, *report.dead_letters]
     await events.record_dead_letters(conn, topic, letters)
@@ -444,7 +452,46 @@ def _leg_transfer_id(topic: str, event: Event, leg: Leg) -> uuid.UUID:
     # A gift is reversed at most once, whatever the reversal event's id.
     if isinstance(event, GiftReversed):
         return transfer_id(topic, event.gift_event_id, leg.name)
+    # A card processor's charge is credited at most once, whatever the tip event's id (a
+    # webhook retried upstream under a new event id). The leg names of a charge's ids start
+    # with `charge:`, so they never meet an id named after an event.
+    if isinstance(event, TipReceived):
+        return _charge_leg_id(event.charge_id, leg.name)
     return transfer_id(topic, event.event_id, leg.name)
+
+
+def _charge_leg_id(charge_id: str, leg_name: str) -> uuid.UUID:
+    return transfer_id(topics.TIPS_RECEIVED, charge_id, f"{CHARGE_LEG_PREFIX}{leg_name}")
+
+
+def _found_stored(results: list[PostResult]) -> bool:
+    """Whether a leg of the event found a transfer of its id stored already (the event's other
+    legs then fail with it: they are linked)."""
+    stored = (PostResult.EXISTS, PostResult.EXISTS_WITH_DIFFERENT_FIELDS)
+    return any(result in stored for result in results)
+
+
+async def _charges_credited_before(
+    tx: LedgerTransaction, items: list[ParsedEvent]
+) -> list[DeadLetter]:
+    """Dead letters for tips whose charge another event credited already, each naming it."""
+    if not items:
+        return []
+    first_ids = {
+        item.event.event_id: _charge_leg_id(item.event.charge_id, TIP_LEG)
+        for item in items
+        if isinstance(item.event, TipReceived)
+    }
+    stored, _ = await tx.read_stored(first_ids.values())
+    letters = []
+    for item in items:
+        event = item.event
+        assert isinstance(event, TipReceived)
+        credited = stored.get(first_ids[event.event_id])
+        by = f"event {credited.event_id}" if credited is not None else "another event"
+        detail = f"charge {event.charge_id} was credited by {by} already"
+        letters.append(DeadLetter(item.record, CHARGE_ALREADY_APPLIED, detail, event.event_id))
+    return letters
 
 
 # creators.updated ---------------------------------------------------------------------------
