@@ -155,7 +155,10 @@ BirthDate = Annotated[
 
 def _check_currency(value: str) -> str:
     if value not in CURRENCIES:
-        raise ValueError(f"unknown currency {value!r}: expected an ISO 4217 code such as 'USD'")
+        raise ValueError(
+            f"unsupported currency {value!r}: one of the {len(CURRENCIES)} ISO 4217 codes"
+            " giftledger pays in (docs/events.md), such as 'USD'"
+        )
     return value
 
 

@@ -244,7 +244,7 @@ async def test_unknown_currency_is_dead_lettered(
     await consumers.publish(topics.TIPS_RECEIVED, {**make.tip(_creator()), "currency": "XXX"})
     records = await consumers.read_topic(topics.dead_letter_topic(topics.TIPS_RECEIVED), 1)
     assert dict(records[0].headers)["dlq.error"] == b"schema_violation"
-    assert b"unknown currency" in dict(records[0].headers)["dlq.detail"]
+    assert b"unsupported currency" in dict(records[0].headers)["dlq.detail"]
 
 
 async def test_event_id_reused_with_a_different_payload_is_a_conflict(

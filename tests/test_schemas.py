@@ -389,7 +389,7 @@ def test_an_unknown_currency_is_refused(currency: str) -> None:
 
 
 def test_an_unknown_payout_currency_is_refused() -> None:
-    with pytest.raises(ValidationError, match="unknown currency 'XYZ'"):
+    with pytest.raises(ValidationError, match="unsupported currency 'XYZ'"):
         parse(topics.CASHOUTS_REQUESTED, payout_currency="XYZ")
 
 
