@@ -140,6 +140,19 @@ def test_an_eligibility_list_that_is_not_json_names_its_prefixed_variable(
     assert configuration_problems(raised.value) == ["ELIGIBILITY_ENABLED_COUNTRIES: not valid JSON"]
 
 
+def test_a_country_enabled_and_coming_soon_names_both_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ELIGIBILITY_ENABLED_COUNTRIES", '["US", "CA"]')
+    with pytest.raises(ValidationError) as raised:
+        EligibilitySettings(_env_file=None)
+    [problem] = configuration_problems(raised.value)
+    assert problem.startswith(
+        "ELIGIBILITY_*: Value error, CA in both ELIGIBILITY_ENABLED_COUNTRIES and"
+        " ELIGIBILITY_COMING_SOON_COUNTRIES"
+    )
+
+
 def test_an_eligibility_list_entry_is_named_by_its_position(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -98,10 +98,14 @@ class EligibilitySettings(BaseSettings):
             ("coming_soon_countries", self.coming_soon_countries),
         ):
             if len(set(countries)) != len(countries):
-                raise ValueError(f"{name} lists a country twice")
+                raise ValueError(f"ELIGIBILITY_{name.upper()} lists a country twice")
         both = sorted(set(self.enabled_countries) & set(self.coming_soon_countries))
         if both:
-            raise ValueError(f"{both} are both enabled and coming soon")
+            raise ValueError(
+                f"{', '.join(both)} in both ELIGIBILITY_ENABLED_COUNTRIES and"
+                " ELIGIBILITY_COMING_SOON_COUNTRIES: a country enabled is no longer coming soon,"
+                " so set ELIGIBILITY_COMING_SOON_COUNTRIES too (JSON, e.g. '[\"AU\"]')"
+            )
         return self
 
     def follower_minimum(self, country: str) -> int:
@@ -437,7 +441,11 @@ def configuration_problems(error: ValidationError | SettingsError) -> list[str]:
     prefix = _env_prefix(error.title)
     lines = []
     for problem in error.errors(include_input=False):
-        field, *inside = problem["loc"] or (error.title,)
+        if not problem["loc"]:  # a rule across variables: its message names them
+            where = f"{prefix.upper()}*: " if prefix else ""
+            lines.append(f"{where}{problem['msg']}")
+            continue
+        field, *inside = problem["loc"]
         positions = "".join(f"[{part}]" for part in inside if isinstance(part, int))
         lines.append(f"{prefix}{field}".upper() + f"{positions}: {problem['msg']}")
     return lines
