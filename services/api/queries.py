@@ -27,6 +27,12 @@ DEAD_LETTER_COUNT_MAX: Final = 100
 CASHOUT_TRANSITION_COUNT_MAX: Final = 1_000
 REPORT_GROUP_COUNT_MAX: Final = 100_000
 
+
+class TooManyGroupsError(ValueError):
+    """A gifts report would hold more than `REPORT_GROUP_COUNT_MAX` groups: refused whole,
+    never cut short."""
+
+
 MONEY_CODES: Final = (
     TransferCode.TIP,
     TransferCode.TIP_FAN_FEE,
@@ -231,14 +237,15 @@ async def gifts_report(
     conn: AsyncConnection, from_time: datetime, to_time: datetime, group_by: GiftGrouping
 ) -> list[dict[str, Any]]:
     """Gifts (transfers with code `gift_diamonds`) booked in the range, per group: how many, their
-    coins and the milli-diamonds they credited. Reversals are not netted out. A day is the UTC
+    coins and the milli-diamonds they credited; `TooManyGroupsError` past
+    `REPORT_GROUP_COUNT_MAX` groups. Reversals are not netted out. A day is the UTC
     day of the booking. Per surface or day, the days rolled up (`ledger.rollups`) are read from
     their totals and the rest of the range from the transfers: the same figures either way."""
     assert group_by in GIFT_GROUPINGS, group_by
     values: dict[str, Any] = {
         "group_by": group_by,
         "code": int(TransferCode.GIFT_DIAMONDS),
-        "limit": REPORT_GROUP_COUNT_MAX,
+        "limit": REPORT_GROUP_COUNT_MAX + 1,  # one more, to tell a full report from a cut one
     }
     if group_by in _DAY_TOTAL_GROUPINGS:
         split = await day_split(conn, from_time, to_time)
@@ -247,7 +254,7 @@ async def gifts_report(
         rows = await conn.execute(
             text(_GIFTS_FROM_TRANSFERS), {**values, "raw_start": from_time, "raw_end": to_time}
         )
-    return [
+    groups = [
         {
             group_by: row.group_key,
             "gift_count": row.gift_count,
@@ -256,6 +263,12 @@ async def gifts_report(
         }
         for row in rows
     ]
+    if len(groups) > REPORT_GROUP_COUNT_MAX:
+        raise TooManyGroupsError(
+            f"more than {REPORT_GROUP_COUNT_MAX:,} groups by {group_by} in the range: ask for a"
+            " shorter range, or group by surface or day"
+        )
+    return groups
 
 
 # The cash-outs a range holds, by clock: booked (a transition in the range, through the index on

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.assets import format_amount
 from schemas.reports import GIFT_GROUPINGS
+from services.api.queries import TooManyGroupsError
 from services.api.report_documents import cashouts_document, gifts_document, money_document
 from services.api.report_window import (
     CASHOUT_CLOCK_DEFAULT,
@@ -111,7 +112,10 @@ def _checked_window(
 
 
 async def _gifts(conn: AsyncConnection, window: ReportWindow, args: argparse.Namespace) -> Any:
-    return await gifts_document(conn, window, args.group_by)
+    try:
+        return await gifts_document(conn, window, args.group_by)
+    except TooManyGroupsError as error:
+        raise UsageError(str(error)) from error
 
 
 async def _cashouts(conn: AsyncConnection, window: ReportWindow, args: argparse.Namespace) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 
 from ledger.queries import trial_balance
 from schemas.reports import GiftGrouping
@@ -28,6 +28,7 @@ from services.api.models import (
     MoneyReportDocument,
     TrialBalanceDocument,
 )
+from services.api.queries import TooManyGroupsError
 from services.api.report_documents import cashouts_document, gifts_document, money_document
 from services.api.report_window import (
     CASHOUT_CLOCK_DEFAULT,
@@ -121,7 +122,10 @@ async def gifts_route(
     window: ReportRange,
     group_by: Annotated[GiftGrouping, Query(description=GROUP_BY_DESCRIPTION)] = "surface",
 ) -> dict[str, Any]:
-    return await gifts_document(conn, window, group_by)
+    try:
+        return await gifts_document(conn, window, group_by)
+    except TooManyGroupsError as error:
+        raise HTTPException(422, detail=str(error)) from error
 
 
 @token_route(
