@@ -44,6 +44,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.periods import Period, period_of
@@ -53,6 +54,9 @@ CLOSE_LOCK_NAMESPACE: Final = b"giftledger.period_close"
 # How long a close waits for the batches in flight to commit (they hold their locks for the
 # length of one batch).
 WRITERS_WAIT_MS_MAX: Final = 30_000
+# How the wait for writers in flight ends when they do not finish: its lock timeout (55P03), or
+# the session's statement timeout (57014) when that is the shorter.
+_WAIT_ENDED_SQLSTATES: Final = frozenset({"55P03", "57014"})
 DIGEST_ROWS_PER_FETCH: Final = 5_000
 PROBLEM_COUNT_MAX: Final = 100
 
@@ -216,9 +220,20 @@ async def _wait_for_writers_in_flight(engine: AsyncEngine, period: Period) -> No
             raise CloseRefusedError(
                 f"{period} has not ended: it ends at {period.end.isoformat()} (UTC)"
             )
-        await conn.execute(
-            text("SELECT wait_for_ledger_writers(:wait_ms)"), {"wait_ms": WRITERS_WAIT_MS_MAX}
-        )
+        try:
+            await conn.execute(
+                text("SELECT wait_for_ledger_writers(:wait_ms)"),
+                {"wait_ms": WRITERS_WAIT_MS_MAX},
+            )
+        except DBAPIError as error:
+            if getattr(error.orig, "sqlstate", None) not in _WAIT_ENDED_SQLSTATES:
+                raise
+            raise CloseRefusedError(
+                f"batches of transfers were still being written after {WRITERS_WAIT_MS_MAX:,} ms"
+                " (or the session's statement timeout): a batch holds the ledger's accounts for"
+                " well under a second, so try again; if it happens again, a writer is stuck"
+                " (pg_stat_activity shows which)"
+            ) from error
 
 
 async def _refuse_unless_closable(conn: AsyncConnection, period: Period) -> PeriodClose | None:

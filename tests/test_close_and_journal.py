@@ -28,6 +28,7 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ledger import closes
 from ledger.chart import AccountKind, AccountSpec
 from ledger.closes import (
     CHECK_ASSETS,
@@ -403,6 +404,24 @@ async def test_a_close_waits_for_a_batch_stamped_before_the_months_end_to_commit
             await owner.dispose()
     assert balances == {a: -8, b: 8}
     assert problems == []
+
+
+async def test_a_close_whose_writers_do_not_finish_is_refused_with_what_to_do(
+    books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that holds the accounts past the wait: the close is refused with a message
+    saying so, not the database's timeout."""
+    monkeypatch.setattr(closes, "WRITERS_WAIT_MS_MAX", 300)
+    holder = create_engine(books.url, pool_size=1)
+    closer = create_engine(books.url, pool_size=1)
+    try:
+        async with holder.begin() as conn:
+            await conn.execute(text("LOCK TABLE accounts IN ROW EXCLUSIVE MODE"))
+            with pytest.raises(CloseRefusedError, match="still being written after 300 ms"):
+                await close_period(closer, MARCH, closed_by=CLOSER)
+    finally:
+        await holder.dispose()
+        await closer.dispose()
 
 
 # The journal ---------------------------------------------------------------------------------
