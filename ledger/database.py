@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from asyncpg.exceptions import InternalClientError
 from sqlalchemy import event
@@ -115,12 +115,25 @@ def _learn_array_types(dbapi_connection: Any, _connection_record: Any) -> None:
     dbapi_connection.rollback()  # the adapter opened a transaction for it
 
 
+# Options in a URL's query that asyncpg takes as they are, and libpq's names for them that
+# managed services print (`?sslmode=require`). Any other option is refused by name
+# (`database_url_problem`): asyncpg would fail on it with a traceback, or ignore it.
+URL_OPTIONS: Final = frozenset({"host", "ssl"})  # host: a Unix socket's directory
+LIBPQ_URL_OPTIONS: Final = {"sslmode": "ssl"}
+
+
 def to_async_url(url: str) -> str:
-    """Accept plain postgresql:// URLs too, as most tools print them."""
+    """Accept plain postgresql:// URLs too, as most tools print them, and libpq's `sslmode`
+    as asyncpg's `ssl` (it takes the same values: disable ... verify-full)."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    return url
+            url = "postgresql+asyncpg://" + url[len(prefix) :]
+            break
+    if not any(f"{name}=" in url for name in LIBPQ_URL_OPTIONS):
+        return url
+    parsed = make_url(url)
+    query = {LIBPQ_URL_OPTIONS.get(key, key): value for key, value in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=False)
 
 
 def database_url_problem(url: str) -> str | None:
@@ -141,4 +154,12 @@ def database_url_problem(url: str) -> str | None:
         )
     if parsed.port is not None and not 1 <= parsed.port <= PORT_MAX:
         return f"port {parsed.port} is not between 1 and {PORT_MAX}"
+    accepted = URL_OPTIONS | set(LIBPQ_URL_OPTIONS)
+    unknown = sorted(set(parsed.query) - accepted)
+    if unknown:
+        named = ", ".join(f"{option}=" for option in sorted(accepted))
+        return (
+            f"the option {unknown[0]}= is not one giftledger passes to PostgreSQL: only"
+            f" {named} (e.g. ?sslmode=require)"
+        )
     return None

@@ -7,7 +7,9 @@ import json
 import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
+from sqlalchemy import text
 
+from ledger.database import create_engine, to_async_url
 from services.runtime.settings import EligibilitySettings, Settings, configuration_problems
 
 PASSWORD = "s3cret-word"
@@ -40,6 +42,33 @@ def test_a_mysql_url_is_refused_as_not_postgresql(monkeypatch: pytest.MonkeyPatc
     assert problems == [
         "DATABASE_URL: mysql:// is not PostgreSQL: expected postgresql:// or postgresql+asyncpg://"
     ]
+
+
+def test_a_database_url_option_asyncpg_does_not_take_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = f"postgresql://ledger:{PASSWORD}@db/giftledger?connect_timeout=10"
+    [problem] = _problems(monkeypatch, "DATABASE_URL", url)
+    assert problem.startswith("DATABASE_URL: the option connect_timeout= is not one giftledger")
+    assert PASSWORD not in problem
+
+
+def test_libpq_sslmode_is_read_as_asyncpg_ssl(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"postgresql://ledger:{PASSWORD}@db/giftledger?sslmode=require"
+    _settings(monkeypatch, "DATABASE_URL", url)  # accepted
+    assert to_async_url(url) == (
+        f"postgresql+asyncpg://ledger:{PASSWORD}@db/giftledger?ssl=require"
+    )
+
+
+async def test_a_database_url_with_sslmode_connects(database_url: str) -> None:
+    """`sslmode=disable` (the machine's server has no TLS) reaches the server through asyncpg."""
+    engine = create_engine(to_async_url(f"{database_url}?sslmode=disable"), pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await engine.dispose()
 
 
 def test_a_database_url_that_is_not_a_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
