@@ -35,11 +35,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.database import create_engine
+from ledger.service import Ledger
 from schemas import topics
 from schemas.events import PayoutRequested
 from schemas.topics import all_topics
 from services.api.server import create_app
 from services.app.consumer import ConsumerService
+from services.cashout.recovery import ActionRequest, CashoutRecovery
 from services.cli import main
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import InputRecord
@@ -81,6 +83,9 @@ RECONCILIATION_TABLES = ("reconciliations", "reconciliation_files", "reconciliat
 PARTITION_COUNT = 2
 RAIL_CASHOUTS = 6
 EVERY_BREAK = frozenset(SettlementBreak)
+WRITER_ROLE = "giftledger_writer"
+# Any hold is stale against this window by the time an operator acts on it.
+ANSWER_WINDOW_PASSED_S = 0.001
 
 
 # Feeding the ledger as the consumers do -------------------------------------------------------
@@ -363,6 +368,130 @@ async def test_finance_and_operators_read_reconciliations_over_the_api(
         assert gone.status_code == 404
         anonymous = await client.get("/v1/reconciliations")
         assert anonymous.status_code == 401
+
+
+# An operator's cancellations and the bank's repeated payouts ----------------------------------
+
+
+@dataclass(frozen=True)
+class BankSurprises:
+    """Five paid or cancelled cash-outs of one creator on a database of their own."""
+
+    url: str
+    requests: dict[str, PayoutRequested]
+    booked_days: dict[str, date]  # the UTC day the ledger booked each `paid`
+    paid: str
+    cancelled: str  # cancelled by an operator; the bank never paid it
+    paid_after_cancel: str  # cancelled by an operator; the bank paid it anyway
+    paid_twice: str  # the bank has two `paid` lines for it
+    repeated: str  # the bank says it paid it again in the next day's file
+
+    @property
+    def paid_ones(self) -> list[str]:
+        return [self.paid, self.paid_after_cancel, self.paid_twice, self.repeated]
+
+    def paid_line(self, cashout_id: str, reference: str, day: date | None = None) -> SettlementLine:
+        request = self.requests[cashout_id]
+        return SettlementLine(
+            provider_reference=reference,
+            cashout_id=cashout_id,
+            amount_minor=request.amount,
+            currency=request.currency,
+            status="paid",
+            value_date=day or self.booked_days[cashout_id],
+            failure_code=None,
+        )
+
+    def paid_lines(self) -> list[SettlementLine]:
+        """One `paid` line for each cash-out the bank paid, none for the cancelled one."""
+        return [self.paid_line(cashout_id, f"ref-{cashout_id}") for cashout_id in self.paid_ones]
+
+
+async def _build_bank_surprises(url: str) -> BankSurprises:
+    engine = create_engine(url, pool_size=2)
+    try:
+        async with engine.connect() as conn:
+            rate_cards = await load_rate_cards(conn)
+        feed = Feed(make_ingestor(engine, rate_cards))
+        creator = f"surprised-{uuid.uuid4().hex[:10]}"
+        await feed.send(topics.CREATORS_UPDATED, make.creator_update(creator), creator)
+        await feed.send(topics.GIFTS_SENT, make.gift(creator, coins=100, count=300), creator)
+        for _ in range(5):
+            asked = make.cashout_request(creator, CASHOUT_DIAMONDS)
+            await feed.send(topics.CASHOUTS_REQUESTED, asked, creator)
+        requests = await _payout_requests(engine, creator)
+        paid, cancelled, paid_after_cancel, paid_twice, repeated = sorted(requests)
+        recovery = CashoutRecovery(
+            Ledger(engine),
+            feed.ingestor.desk,
+            answer_window_s=ANSWER_WINDOW_PASSED_S,
+            database_role=WRITER_ROLE,
+        )
+        for cashout_id in (cancelled, paid_after_cancel):
+            action = ActionRequest(f"key-{uuid.uuid4().hex}", "alice", "no answer", None)
+            assert (await recovery.cancel_stale_hold(cashout_id, action)).recorded
+        for cashout_id in (paid, paid_after_cancel, paid_twice, repeated):
+            report = build_report(requests[cashout_id], PayoutOutcome("paid", None, 0))
+            await feed.send(topics.PAYOUTS_UPDATED, report.model_dump(mode="json"), creator)
+        booked_days = {
+            cashout_id: await _booked_day(engine, cashout_id, "paid")
+            for cashout_id in (paid, paid_after_cancel, paid_twice, repeated)
+        }
+    finally:
+        await engine.dispose()
+    return BankSurprises(
+        url, requests, booked_days, paid, cancelled, paid_after_cancel, paid_twice, repeated
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def surprises(postgres_admin_url: str) -> AsyncIterator[BankSurprises]:
+    async with fresh_database(postgres_admin_url) as url:
+        yield await _build_bank_surprises(url)
+
+
+def _day_files(directory: Path, lines: list[SettlementLine]) -> list[Path]:
+    """The lines in one settlement file a value date, in day order."""
+    by_day: dict[date, list[SettlementLine]] = {}
+    for line in lines:
+        by_day.setdefault(line.value_date, []).append(line)
+    paths = []
+    for day in sorted(by_day):
+        path = directory / file_name(day)
+        path.write_text(render(by_day[day]))
+        paths.append(path)
+    return paths
+
+
+async def _reconciled_by_the_command(
+    url: str,
+    paths: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[int, dict[str, Any]]:
+    monkeypatch.setenv("DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, ["reconcile", *map(str, paths), "--json"])
+    finally:
+        get_settings.cache_clear()
+    document: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return code, document
+
+
+async def test_an_operators_cancellation_is_no_bank_result(
+    surprises: BankSurprises,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The cancelled payout the bank never made has no line and is no break; the one it paid
+    anyway matches its `paid` line."""
+    paths = _day_files(tmp_path, surprises.paid_lines())
+    code, document = await _reconciled_by_the_command(surprises.url, paths, monkeypatch, capsys)
+    assert (code, document["break_count"], document["breaks"]) == (0, 0, [])
+    assert (document["item_count"], document["kinds"]["matched"]) == (4, 4)  # the paid ones
 
 
 # The files ------------------------------------------------------------------------------------

@@ -1,7 +1,11 @@
 """What the ledger says about the payouts of a reconciliation: its cash-outs, and the bank results
 it booked (each `paid`, `failed` or `returned` state a `payouts.updated` report moved a cash-out
-to, with the UTC day of the move; an operator's cancellation of a stale hold is not a bank
-result and is left out)."""
+to, with the UTC day of the move).
+
+An operator's cancellation of a stale hold is not a bank result and is left out: the cash-out's
+`failed` transition whose detail names the `cashout_cancelled` action on that cash-out
+(`operator-action:<action id>`, as services/cashout/recovery.py stores it). A cancelled payout
+the bank never made has no bank result; one the bank paid anyway has its `paid`."""
 
 from __future__ import annotations
 
@@ -12,28 +16,36 @@ from typing import Final
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.cashout.desk import OPERATOR_CANCELLED
+from services.cashout.recovery import CASHOUT_CANCELLED
 from services.reconcile.matching import Booking, LedgerCashout
 
 IDS_PER_QUERY: Final = 1_000
 BANK_RESULTS: Final = ("paid", "failed", "returned")
 
+# A transition `t` that is no operator's cancellation (see the module's docstring).
+_NOT_CANCELLED_BY_OPERATOR = """
+    NOT (t.status = 'failed' AND EXISTS (
+        SELECT 1 FROM operator_actions a
+        WHERE a.target = t.cashout_id AND a.action = :cancel_action
+          AND t.detail = 'operator-action:' || a.id))
+"""
+
 _BOOKINGS_ON_DAYS = text(
-    """
-    SELECT cashout_id FROM cashout_transitions
-    WHERE at >= :from_time AND at < :to_time
-      AND status = ANY(CAST(:statuses AS text[])) AND detail <> :cancelled
-    GROUP BY cashout_id
-    """
+    f"""
+    SELECT t.cashout_id FROM cashout_transitions t
+    WHERE t.at >= :from_time AND t.at < :to_time
+      AND t.status = ANY(CAST(:statuses AS text[])) AND {_NOT_CANCELLED_BY_OPERATOR}
+    GROUP BY t.cashout_id
+    """  # noqa: S608
 )
 
 _BOOKINGS_OF = text(
-    """
-    SELECT cashout_id, status, min(at) AS at FROM cashout_transitions
-    WHERE cashout_id = ANY(CAST(:ids AS text[]))
-      AND status = ANY(CAST(:statuses AS text[])) AND detail <> :cancelled
-    GROUP BY cashout_id, status
-    """
+    f"""
+    SELECT t.cashout_id, t.status, min(t.at) AS at FROM cashout_transitions t
+    WHERE t.cashout_id = ANY(CAST(:ids AS text[]))
+      AND t.status = ANY(CAST(:statuses AS text[])) AND {_NOT_CANCELLED_BY_OPERATOR}
+    GROUP BY t.cashout_id, t.status
+    """  # noqa: S608
 )
 
 _CASHOUTS = text(
@@ -56,7 +68,7 @@ async def cashouts_booked_on(conn: AsyncConnection, first_day: date, last_day: d
             "from_time": _midnight(first_day),
             "to_time": _midnight(last_day + timedelta(days=1)),
             "statuses": list(BANK_RESULTS),
-            "cancelled": OPERATOR_CANCELLED,
+            "cancel_action": CASHOUT_CANCELLED,
         },
     )
     return [row.cashout_id for row in rows]
@@ -71,7 +83,7 @@ async def bookings_of(conn: AsyncConnection, cashout_ids: Sequence[str]) -> list
             {
                 "ids": list(cashout_ids[start : start + IDS_PER_QUERY]),
                 "statuses": list(BANK_RESULTS),
-                "cancelled": OPERATOR_CANCELLED,
+                "cancel_action": CASHOUT_CANCELLED,
             },
         )
         bookings += [Booking(row.cashout_id, row.status, _utc_day(row.at)) for row in rows]
