@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import uuid
@@ -494,6 +495,29 @@ async def test_an_operators_cancellation_is_no_bank_result(
     assert (document["item_count"], document["kinds"]["matched"]) == (4, 4)  # the paid ones
 
 
+async def test_a_file_repeating_a_line_is_refused_naming_both_lines(
+    surprises: BankSurprises,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lines = surprises.paid_lines()
+    path = tmp_path / file_name(lines[0].value_date)
+    path.write_text(render([lines[0], lines[0]]))
+    monkeypatch.setenv("DATABASE_URL", surprises.url)
+    get_settings.cache_clear()
+    try:
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, ["reconcile", str(path)])
+    finally:
+        get_settings.cache_clear()
+    reference = lines[0].provider_reference
+    assert code == 2
+    assert (
+        f"line 3: provider_reference {reference!r} is on line 2 already" in capsys.readouterr().err
+    )
+
+
 # The files ------------------------------------------------------------------------------------
 
 
@@ -532,6 +556,21 @@ def test_a_file_that_breaks_the_format_is_refused_with_the_reason(
 ) -> None:
     with pytest.raises(SettlementFileError, match=problem):
         parse(content)
+
+
+def test_a_file_repeating_a_provider_reference_is_refused_with_both_lines() -> None:
+    repeated = render([_line("c-1"), _line("c-2"), _line("c-1")]).encode()
+    with pytest.raises(SettlementFileError, match="line 4: provider_reference 'ref-c-1-paid' is"):
+        parse(repeated)
+    shared = dataclasses.replace(_line("c-3"), provider_reference="ref-c-1-paid")
+    with pytest.raises(SettlementFileError, match=r"line 3: .* is on line 2 already"):
+        parse(render([_line("c-1"), shared]).encode())
+    # The simulated bank's journal may hold a report it sent twice.
+    assert parse(repeated, allow_repeated_references=True) == [
+        _line("c-1"),
+        _line("c-2"),
+        _line("c-1"),
+    ]
 
 
 def test_two_files_of_one_day_are_refused(tmp_path: Path) -> None:

@@ -180,7 +180,9 @@ class SettlementBooks:
 
     def journal(self, day: date) -> list[SettlementLine]:
         path = self.journal_path(day)
-        return parse(path.read_bytes()) if path.exists() else []
+        if not path.exists():
+            return []
+        return parse(path.read_bytes(), allow_repeated_references=True)  # reports sent twice
 
     def journal_days(self) -> list[date]:
         directory = self.directory / JOURNAL_DIRECTORY

@@ -8,8 +8,9 @@ line. A returned payout has two lines, usually in two files: `paid`, then `retur
 
 A file covers one UTC day, named by a `YYYY-MM-DD` in its name (`settlement-2026-11-03.csv`, as
 the simulated bank writes them) or, for a name without one, by the value date its lines share.
-Every line's value date is the file's day. Reading is strict: a file that breaks a rule is refused
-whole, with the line that broke it.
+Every line's value date is the file's day. Each line is one payout event with the bank's own
+reference, so no two lines of a file share a `provider_reference`. Reading is strict: a file that
+breaks a rule is refused whole, with the line that broke it.
 """
 
 from __future__ import annotations
@@ -99,8 +100,10 @@ def render(lines: Iterable[SettlementLine], *, header: bool = True) -> str:
     return buffer.getvalue()
 
 
-def parse(content: bytes) -> list[SettlementLine]:
-    """The lines of a settlement file's bytes; `SettlementFileError` names the first problem."""
+def parse(content: bytes, *, allow_repeated_references: bool = False) -> list[SettlementLine]:
+    """The lines of a settlement file's bytes; `SettlementFileError` names the first problem.
+    `allow_repeated_references` reads a line whose `provider_reference` an earlier line has (the
+    simulated bank's journal, which may hold a report sent twice); a settlement file is refused."""
     if len(content) > FILE_BYTES_MAX:
         raise SettlementFileError(f"larger than {FILE_BYTES_MAX} bytes")
     try:
@@ -117,12 +120,23 @@ def parse(content: bytes) -> list[SettlementLine]:
         if tuple(header) != COLUMNS:
             raise SettlementFileError(f"line 1: the header must be {','.join(COLUMNS)}")
         lines = []
+        line_numbers_by_reference: dict[str, int] = {}
         for values in reader:
             if reader.line_num - 1 > LINE_COUNT_MAX:
                 raise SettlementFileError(f"more than {LINE_COUNT_MAX} lines")
             if not values:
                 continue  # a blank line
-            lines.append(_line(values, reader.line_num))
+            line = _line(values, reader.line_num)
+            if not allow_repeated_references:
+                first_line_number = line_numbers_by_reference.setdefault(
+                    line.provider_reference, reader.line_num
+                )
+                if first_line_number != reader.line_num:
+                    raise SettlementFileError(
+                        f"line {reader.line_num}: provider_reference {line.provider_reference!r}"
+                        f" is on line {first_line_number} already"
+                    )
+            lines.append(line)
     except csv.Error as error:
         raise SettlementFileError(f"line {reader.line_num}: not CSV ({error})") from None
     return lines
