@@ -495,6 +495,39 @@ async def test_an_operators_cancellation_is_no_bank_result(
     assert (document["item_count"], document["kinds"]["matched"]) == (4, 4)  # the paid ones
 
 
+async def test_a_payout_the_bank_paid_twice_is_a_break(
+    surprises: BankSurprises,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    twice = surprises.paid_line(surprises.paid_twice, "ref-paid-twice-again")
+    paths = _day_files(tmp_path, [*surprises.paid_lines(), twice])
+    code, document = await _reconciled_by_the_command(surprises.url, paths, monkeypatch, capsys)
+    assert (code, document["break_count"]) == (1, 1)
+    (item,) = document["breaks"]
+    assert (item["cashout_id"], item["kind"]) == (surprises.paid_twice, "status_differs")
+    assert item["detail"] == "the bank says paid 2 times"
+    assert (item["bank_statuses"], item["ledger_statuses"]) == (["paid", "paid"], ["paid"])
+
+
+async def test_a_payout_paid_again_in_the_next_days_file_is_a_break(
+    surprises: BankSurprises,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    next_day = max(surprises.booked_days.values()) + timedelta(days=1)
+    again = surprises.paid_line(surprises.repeated, "ref-repeated-again", next_day)
+    paths = _day_files(tmp_path, [*surprises.paid_lines(), again])
+    assert len(paths) >= 2
+    code, document = await _reconciled_by_the_command(surprises.url, paths, monkeypatch, capsys)
+    assert (code, document["break_count"]) == (1, 1)
+    (item,) = document["breaks"]
+    assert (item["cashout_id"], item["kind"]) == (surprises.repeated, "status_differs")
+    assert item["detail"] == "the bank says paid 2 times"
+
+
 async def test_a_file_repeating_a_line_is_refused_naming_both_lines(
     surprises: BankSurprises,
     tmp_path: Path,

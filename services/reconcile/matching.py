@@ -10,7 +10,9 @@ days the files cover. Each gets one class, the first that applies:
 - `missing_in_bank`: the ledger booked a bank result on a covered day and no file names the
   cash-out (a missing day's payouts land here);
 - `amount_or_currency_differs`: a line's amount or currency is not the cash-out's payout;
-- `status_differs`: a line says a status the ledger never booked for the cash-out, or the
+- `status_differs`: a line says a status the ledger never booked for the cash-out, the lines
+  say one status more than once (the bank paid it twice, or a line comes again, in one file or
+  in two files reconciled together: the ledger books each status of a cash-out once), or the
   ledger booked a status on a covered day that no line says (paid at the bank, failed in the
   ledger);
 - `matched`: every line agrees with the ledger, and every booking on a covered day has its line.
@@ -25,6 +27,7 @@ meet.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -205,6 +208,12 @@ def _status_problems(
     problems = [
         f"the bank says {status}, the ledger never booked it (it has {cashout.status})"
         for status in sorted(line_statuses - booked_statuses, key=_status_order)
+    ]
+    lines_per_status = Counter(line.status for line in lines)
+    problems += [
+        f"the bank says {status} {count} times"
+        for status, count in sorted(lines_per_status.items(), key=lambda s: _status_order(s[0]))
+        if count > 1
     ]
     problems += [
         f"the ledger booked {booking.status} on {booking.day}, no line says it"
