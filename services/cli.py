@@ -50,6 +50,8 @@ from services.loadtest import generator as loadgen
 from services.loadtest import replay
 from services.loadtest import run as loadtest
 from services.runtime.database import DatabaseUnavailableError, error_reason
+from services.runtime.embedded_broker import BrokerUnavailableError, EmbeddedBrokerError
+from services.runtime.listening import ListenError
 from services.runtime.settings import configuration_problems
 
 COMMANDS: list[Command] = [
@@ -222,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         for problem in configuration_problems(error):
             print_error(f"configuration: {problem}")
         return EXIT_USAGE
-    except DatabaseUnavailableError as error:
+    except (
+        DatabaseUnavailableError,
+        BrokerUnavailableError,
+        EmbeddedBrokerError,
+        ListenError,
+    ) as error:
         print_error(str(error))
         return EXIT_FAILURE
     except DBAPIError as error:

@@ -80,6 +80,7 @@ from services.api.routes import (
     statements,
 )
 from services.api.routes.operator_recovery import router as operator_recovery_router
+from services.runtime.listening import listening_socket
 from services.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ logger = logging.getLogger(__name__)
 TITLE: Final = "giftledger finance API"
 API_VERSION: Final = "1"
 GRACEFUL_SHUTDOWN_S: Final = 10
+API_ADDRESS_VARIABLES: Final = "API_HOST and API_PORT"
 # The OpenAPI pages' scripts, styles and icon, served by the API itself so that the pages work
 # offline: the fastapi-offline wheel ships Swagger UI 5 (which renders the OpenAPI 3.1 document
 # FastAPI writes; the 4.x of swagger-ui-bundle cannot) and ReDoc 2.
@@ -247,16 +249,20 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """Bound here rather than by uvicorn, which calls sys.exit when it cannot bind."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=2048)
-
-
-async def serve_api(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
+async def serve_api(
+    app: FastAPI,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    *,
+    listener: socket.socket | None = None,
+) -> None:
     """Serve `app` on host:port until `stop` is set, then finish the requests in hand (for at
-    most GRACEFUL_SHUTDOWN_S) and return. Raises OSError when the address cannot be bound."""
-    listener = _listening_socket(host, port)
+    most GRACEFUL_SHUTDOWN_S) and return. The socket is bound here (`listener`, or one made
+    now: `ListenError` when the address cannot be bound) rather than by uvicorn, which calls
+    sys.exit when it cannot bind."""
+    if listener is None:
+        listener = listening_socket(host, port, API_ADDRESS_VARIABLES)
     config = uvicorn.Config(
         app,
         lifespan="off",
