@@ -5,23 +5,34 @@ The pages themselves are driven in a browser in tests/test_console_browser.py.""
 from __future__ import annotations
 
 import csv
+import html
 import io
+import re
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.chart import AccountKind, creator_wallet, platform
 from ledger.model import PostResult, Transfer, TransferCode
 from ledger.service import Ledger
+from schemas import topics
 from services.api.auth import Caller
 from services.console.charts import bar_chart
 from services.console.sessions import SessionBook
-from services.console.shown_bytes import HEX_BYTES_MAX, TEXT_CHARACTERS_MAX, shown_bytes
+from services.console.shown_bytes import (
+    HEX_BYTES_MAX,
+    TEXT_CHARACTERS_MAX,
+    shown_bytes,
+    visible_text,
+)
 from services.demo import DemoApi, _print_api
+from services.ingestion.records import InputRecord
+from services.rates.rate_cards import load_rate_cards
 from services.runtime.settings import Settings
 from tests.console_http import (
     FINANCE_TOKEN,
@@ -29,9 +40,12 @@ from tests.console_http import (
     SESSION_S,
     console_client,
     console_settings,
+    table,
+    tables,
 )
 from tests.console_http import hidden as _hidden
 from tests.console_http import sign_in as _sign_in
+from tests.ingestion_fixtures import make_ingestor
 
 PAGES = (
     "/console",
@@ -224,6 +238,28 @@ def test_bytes_show_as_text_when_utf8_else_as_hex_and_always_cut_short() -> None
     assert shown_bytes(None).shape == "absent"
 
 
+# What would not show as itself: C1 controls, a right-to-left override and its pop, isolates,
+# marks, a zero-width joiner and a byte order mark, the line and paragraph separators; and one
+# format character beyond the Basic Multilingual Plane (a language tag).
+HIDDEN_CHARACTERS = (
+    "\x85\x9b\u202e\u202c\u2066\u2069\u200e\u200f\u061c\u200d\ufeff\u2028\u2029\U000e0001"
+)
+HOSTILE_TEXT = '{"amount": 1\u202e0001\u202c, "x": "\x85\x9b31m", "line": "a\u2028b"}'
+
+
+def test_bytes_shown_as_text_escape_c1_controls_and_bidirectional_overrides() -> None:
+    shown = shown_bytes(f"tab\tnewline\n{HIDDEN_CHARACTERS}é".encode())
+    assert shown.text == (
+        "tab\tnewline\n"
+        "\\x85\\x9b\\u202e\\u202c\\u2066\\u2069\\u200e\\u200f\\u061c\\u200d\\ufeff\\u2028\\u2029"
+        "\\U000e0001é"
+    )
+    assert shown_bytes(HOSTILE_TEXT.encode()).text == (
+        '{"amount": 1\\u202e0001\\u202c, "x": "\\x85\\x9b31m", "line": "a\\u2028b"}'
+    )
+    assert visible_text("pop\u202c") == "pop\\u202c"
+
+
 def test_a_bar_chart_scales_bars_to_the_largest_value() -> None:
     chart = bar_chart("t", [("a", 0, "0"), ("b", 50, "50"), ("c", 100, "100")])
     heights = [bar.height_px for bar in chart.bars]
@@ -261,3 +297,103 @@ async def test_the_statement_csv_says_the_asset_and_scale_of_its_amounts_on_ever
         ("150", "USD", "2"),
         ("25", "USD", "2"),
     ]
+
+
+def _shows_no_hidden_character(page: str) -> bool:
+    return not [character for character in HIDDEN_CHARACTERS if character in page]
+
+
+async def test_a_dead_letters_event_id_and_detail_show_hidden_characters_as_escapes(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    """A dead letter whose event id and detail hold a right-to-left override, C1 controls and a
+    line separator: its page and the list show them escaped, in the order they were written."""
+    prefix = f"console-hidden-{unique_id}"
+    async with engine.begin() as conn:
+        found = await conn.execute(
+            text(
+                "INSERT INTO dead_letters (topic_prefix, topic, kafka_partition, kafka_offset,"
+                " event_id, error, detail) VALUES (:prefix, 'gifts.sent', 0, 0, :text,"
+                " 'schema_violation', :text) RETURNING id"
+            ),
+            {"prefix": prefix, "text": HOSTILE_TEXT + HIDDEN_CHARACTERS},
+        )
+        dead_letter_id = int(found.scalar_one())
+    escaped = (
+        '{"amount": 1\\u202e0001\\u202c, "x": "\\x85\\x9b31m", "line": "a\\u2028b"}'
+        "\\x85\\x9b\\u202e\\u202c\\u2066\\u2069\\u200e\\u200f\\u061c\\u200d\\ufeff\\u2028\\u2029"
+        "\\U000e0001"
+    )
+    async with console_client(engine, console_settings(kafka_topic_prefix=prefix)) as client:
+        assert (await _sign_in(client, FINANCE_TOKEN)).status_code == 303
+        page = await client.get("/console/dead-letter", params={"id": dead_letter_id})
+        listed = await client.get("/console/dead-letters")
+    assert page.status_code == 200
+    rows = {row[0]: row[1] for row in tables(page.text)[0].rows}
+    assert rows["Event"] == rows["Detail"] == escaped
+    assert _shows_no_hidden_character(page.text)
+    assert listed.status_code == 200
+    [row] = table(listed.text, "Newest first").rows[1:]
+    assert row[4] == escaped
+    assert row[6].startswith('{"amount": 1\\u202e0001\\u202c, "x": "\\x85\\x9b31m"')
+    assert _shows_no_hidden_character(listed.text)
+
+
+async def test_a_dead_letters_record_and_headers_show_hidden_characters_as_escapes(
+    engine: AsyncEngine, kafka_bootstrap: str
+) -> None:
+    """A record refused as malformed JSON, with a header whose name and value hold a
+    right-to-left override and C1 controls, read back from its topic: key, value, header name
+    and value show them escaped."""
+    header_name = "x-\u202eeman\x85"
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    ingestor = make_ingestor(engine, rate_cards)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(
+            topics.GIFTS_SENT,
+            key=f"key{HIDDEN_CHARACTERS}".encode(),
+            value=HOSTILE_TEXT.encode(),
+            headers=[(header_name, HOSTILE_TEXT.encode())],
+        )
+    finally:
+        await producer.stop()
+    record = InputRecord(
+        topics.GIFTS_SENT,
+        sent.partition,
+        sent.offset,
+        f"key{HIDDEN_CHARACTERS}".encode(),
+        HOSTILE_TEXT.encode(),
+    )
+    report = await ingestor.process(topics.GIFTS_SENT, [record])
+    assert len(report.dead_letters) == 1, report
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text(
+                "SELECT id FROM dead_letters WHERE topic_prefix = '' AND topic = :topic"
+                " AND kafka_partition = :partition AND kafka_offset = :offset"
+            ),
+            {"topic": topics.GIFTS_SENT, "partition": sent.partition, "offset": sent.offset},
+        )
+        dead_letter_id = int(found.scalar_one())
+    settings = console_settings(kafka_bootstrap_servers=kafka_bootstrap)
+    async with console_client(engine, settings) as client:
+        assert (await _sign_in(client, FINANCE_TOKEN)).status_code == 303
+        page = await client.get("/console/dead-letter", params={"id": dead_letter_id})
+    assert page.status_code == 200
+    escaped_value = '{"amount": 1\\u202e0001\\u202c, "x": "\\x85\\x9b31m", "line": "a\\u2028b"}'
+    assert table(page.text, "Headers").rows[1:] == [["x-\\u202eeman\\x85", escaped_value]]
+    shown = re.findall(
+        r'<pre class="bytes" data-part="(\w+)" data-shape="text">([^<]*)</pre>', page.text
+    )
+    assert [(part, html.unescape(text_shown)) for part, text_shown in shown] == [
+        (
+            "key",
+            "key\\x85\\x9b\\u202e\\u202c\\u2066\\u2069\\u200e\\u200f\\u061c\\u200d\\ufeff"
+            "\\u2028\\u2029\\U000e0001",
+        ),
+        ("value", escaped_value),
+    ]
+    assert _shows_no_hidden_character(page.text)

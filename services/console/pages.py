@@ -16,6 +16,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from schemas.assets import ASSET_SCALES, format_amount
+from services.console.shown_bytes import visible_text
 from services.trial_balance_text import grouped_amount
 
 SECURITY_HEADERS: Final = {
@@ -78,6 +79,7 @@ def moment_text(moment: datetime | None) -> str:
 _ENVIRONMENT.filters["amount"] = amount_text
 _ENVIRONMENT.filters["moment"] = moment_text
 _ENVIRONMENT.filters["grouped"] = grouped_text
+_ENVIRONMENT.filters["visible"] = visible_text
 
 
 def render(
