@@ -15,12 +15,14 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.closes import PeriodClose, close_period
 from ledger.database import create_engine
 from ledger.periods import period_of
 from schemas import topics
+from services.payout_rail.settlement_file import file_name
 from tests import event_factory as make
 from tests.books_helpers import reconcile_paid_cashout
 from tests.console_http import (
@@ -185,6 +187,34 @@ async def test_a_reconciliation_shows_its_breaks_first_and_filters_by_class(
     assert [row[1] for row in rows] == [books.reconciled_cashout]
     missing = await finance.get("/console/books/reconciliation?id=999999999")
     assert missing.status_code == 404
+
+
+async def test_a_reconciliation_lists_its_settlement_files(
+    finance: httpx.AsyncClient, books: Books
+) -> None:
+    """The one bank file of the run: its name, its settlement day (the day the ledger booked
+    the cash-out paid), its one line and the SHA-256 of its content, each in its own cell."""
+    async with books.engine.connect() as conn:
+        file = (
+            await conn.execute(
+                text(
+                    "SELECT (t.at AT TIME ZONE 'UTC')::date AS day,"
+                    " encode(f.sha256, 'hex') AS sha256"
+                    " FROM cashout_transitions t, reconciliation_files f"
+                    " WHERE t.cashout_id = :cashout AND t.status = 'paid'"
+                    " AND f.reconciliation_id = :id"
+                ),
+                {"cashout": books.reconciled_cashout, "id": books.reconciliation_id},
+            )
+        ).one()
+    page = await finance.get(f"/console/books/reconciliation?id={books.reconciliation_id}")
+    assert page.status_code == 200
+    files = table(page.text, "Settlement files")
+    assert files.rows == [
+        ["File", "Settlement day", "Lines", "SHA-256"],
+        [file_name(file.day), file.day.isoformat(), "1", file.sha256],
+    ]
+    assert ["Files", "1"] in tables(page.text)[0].rows
 
 
 @pytest.mark.parametrize("path", ["/console/books", "/console/books/journal"])
