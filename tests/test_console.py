@@ -18,11 +18,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.chart import AccountKind, creator_wallet, platform
+from ledger.database import create_engine
 from ledger.model import PostResult, Transfer, TransferCode
 from ledger.service import Ledger
 from schemas import topics
 from services.api.auth import Caller
 from services.console.charts import bar_chart
+from services.console.pages import SECURITY_HEADERS
 from services.console.sessions import SessionBook
 from services.console.shown_bytes import (
     HEX_BYTES_MAX,
@@ -397,3 +399,43 @@ async def test_a_dead_letters_record_and_headers_show_hidden_characters_as_escap
         ("value", escaped_value),
     ]
     assert _shows_no_hidden_character(page.text)
+
+
+async def _as_answered(client: httpx.AsyncClient, path: str) -> tuple[object, ...]:
+    answer = await client.get(path)
+    return (
+        answer.status_code,
+        answer.headers["content-type"],
+        answer.headers.get("retry-after"),
+        {name: answer.headers.get(name) for name in SECURITY_HEADERS},
+        "<!doctype html>" in answer.text,
+    )
+
+
+async def test_the_console_without_its_slash_answers_as_the_console_does(
+    engine: AsyncEngine,
+) -> None:
+    """`/console` (where signing in leads) answers as `/console/`: the sign-in form without a
+    session, the overview with one, and the console's "unavailable" page (not the JSON API's
+    503) when the database does not answer, each with the console's headers."""
+    unreachable = create_engine(
+        "postgresql+asyncpg://postgres@127.0.0.1:1/nothing", pool_size=1, pool_overflow_max=0
+    )
+    try:
+        for database, signed_in, status in (
+            (engine, False, 401),
+            (engine, True, 200),
+            (unreachable, True, 503),
+        ):
+            async with console_client(database, console_settings()) as client:
+                if signed_in:
+                    assert (await _sign_in(client, FINANCE_TOKEN)).status_code == 303
+                without_slash = await _as_answered(client, "/console")
+                assert without_slash == await _as_answered(client, "/console/")
+                assert without_slash[:2] == (status, "text/html; charset=utf-8")
+                assert without_slash[3] == SECURITY_HEADERS
+                assert without_slash[4]
+                if status == 503:
+                    assert without_slash[2] == "5"
+    finally:
+        await unreachable.dispose()

@@ -3,9 +3,10 @@
 
 No front-end build and no script: Jinja2 templates (`templates/`), plain forms, charts as inline
 SVG. The console is a Starlette application mounted in the API, so its routes are not in the
-OpenAPI document and the JSON API's contract stays as it is; `/console` itself is a route of the
-API that answers 401 (with the sign-in form) to a request without a session, as every
-route but the open ones does.
+OpenAPI document and the JSON API's contract stays as it is. `/console` itself (where signing in
+leads) is a route of the API that hands the request to the console as `/console/`, so that it
+answers as the console's pages do (401 with the sign-in form without a session, the console's
+"unavailable" page when the database does not answer), not as the JSON API.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from services.console import (
     action_routes,
@@ -96,10 +98,28 @@ def console_app(console: Console) -> Starlette:
     return app
 
 
+class _AsMountRoot:
+    """An ASGI app that answers a request for the mount's own path (`/console`) as the mounted
+    app answers its root (`/console/`): with its routes, its exception handlers and its
+    headers."""
+
+    def __init__(self, mount: Mount) -> None:
+        self.mount = mount
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        at_root = {**scope, "path": scope["path"] + "/"}
+        if "raw_path" in scope:
+            at_root["raw_path"] = scope["raw_path"] + b"/"
+        match, child_scope = self.mount.matches(at_root)
+        assert match is Match.FULL, scope["path"]
+        await self.mount.handle({**at_root, **child_scope}, receive, send)
+
+
 def install_console(api: FastAPI) -> None:
     """Mount the console in the API (`create_app`): its pages under `/console/`, and `/console`
-    itself, the overview."""
+    itself, answered as `/console/` (the overview)."""
     console = Console(api, SessionBook(api.state.settings.console_session_s))
     api.state.console = console
-    api.add_route(CONSOLE_PATH, page_routes.overview, include_in_schema=False)
-    api.mount(CONSOLE_PATH, console_app(console), name="console")
+    mount = Mount(CONSOLE_PATH, console_app(console), name="console")
+    api.router.routes.append(Route(CONSOLE_PATH, _AsMountRoot(mount), include_in_schema=False))
+    api.router.routes.append(mount)
