@@ -60,7 +60,8 @@ from services.runtime.metrics import CONSUMER_LAG
 STATEMENT_PAGE_SIZE_DEFAULT: Final = 50
 CSV_LINE_COUNT_MAX: Final = 10_000
 ACTION_PAGE_SIZE: Final = 50
-PROPOSED_ADJUSTMENT_COUNT_MAX: Final = 200
+PROPOSED_ADJUSTMENT_PAGE_SIZE: Final = 200
+FROZEN_CREATOR_PAGE_SIZE: Final = 200
 SOURCE_READ_WAIT_S: Final = 3.0
 SEQ_MAX: Final = 2**63 - 1
 ID_MAX: Final = 2**63 - 1
@@ -166,6 +167,7 @@ async def creator(request: Request, outcome: str | None = None) -> Response:
     page_size = query_int(request, "page_size", 1, STATEMENT_PAGE_SIZE_MAX)
     page_size = page_size or STATEMENT_PAGE_SIZE_DEFAULT
     cursor = query_int(request, "cursor", 0, SEQ_MAX) or 0
+    actions_before = query_int(request, "actions_before", 1, ID_MAX)
     async with console.reader() as conn:
         accounts = sorted(await creator_balances(conn, creator_id), key=lambda a: a.name)
         freeze = await freeze_state(conn, creator_id)
@@ -181,7 +183,12 @@ async def creator(request: Request, outcome: str | None = None) -> Response:
             conn, status=None, creator_id=creator_id, from_time=None, to_time=None
         )
         steps = await reads.transitions_of(conn, [c.cashout_id for c in cashouts])
-        actions = await reads.actions_on(conn, [creator_id, *(c.cashout_id for c in cashouts)])
+        actions = await reads.actions_on(
+            conn,
+            [creator_id, *(c.cashout_id for c in cashouts)],
+            before_id=actions_before,
+            count=ACTION_PAGE_SIZE,
+        )
     transitions: dict[str, list[reads.Transition]] = {}
     for step in steps:
         transitions.setdefault(step.cashout_id, []).append(step)
@@ -203,7 +210,10 @@ async def creator(request: Request, outcome: str | None = None) -> Response:
         csv_line_count_max=CSV_LINE_COUNT_MAX,
         cashouts=cashouts,
         transitions=transitions,
-        actions=actions,
+        actions=actions.rows,
+        actions_before=actions_before,
+        older_than=actions.next_cursor,
+        action_page_size=ACTION_PAGE_SIZE,
         outcome=outcome,
         action_key=new_action_key(),
     )
@@ -293,7 +303,8 @@ async def cashout(request: Request, outcome: str | None = None) -> Response:
         if found is None or cashout_id is None:
             return message_page(request, session, 404, "No cash-out", "No cash-out has this id.")
         transitions = await reads.transitions_of(conn, [cashout_id])
-        actions = await reads.actions_on(conn, [cashout_id])
+        # A cash-out's actions: a cancellation and a resubmission at most, one page.
+        actions = (await reads.actions_on(conn, [cashout_id])).rows
         resubmission = None
         awaiting_bank = False
         if found.status == "failed":
@@ -412,25 +423,46 @@ async def dead_letter(request: Request, outcome: str | None = None) -> Response:
 
 
 async def operator_page(request: Request, outcome: str | None = None) -> Response:
+    """Adjustments awaiting approval (oldest first, after `proposed_after`), frozen creators (most
+    recently frozen first, before the freeze `frozen_before`) and the log (newest first, before
+    `before`): each a page at a time, its cursor in the query, the others' kept in its links."""
     session = session_of(request)
     if session is None:
         return not_signed_in(request)
+    proposed_after = query_int(request, "proposed_after", 1, ID_MAX)
+    frozen_before = query_int(request, "frozen_before", 1, ID_MAX)
     before = query_int(request, "before", 1, ID_MAX)
     async with console_of(request).reader() as conn:
         proposed = await list_adjustments(
-            conn, status="proposed", limit=PROPOSED_ADJUSTMENT_COUNT_MAX
+            conn,
+            status="proposed",
+            after_id=proposed_after,
+            limit=PROPOSED_ADJUSTMENT_PAGE_SIZE + 1,  # one more: whether a next page exists
         )
-        freezes = await reads.frozen_creators(conn)
+        freezes = await reads.frozen_creators(
+            conn, before_action_id=frozen_before, count=FROZEN_CREATOR_PAGE_SIZE
+        )
         actions = await reads.actions_before(conn, before, ACTION_PAGE_SIZE)
-    older_than = actions[-1].id if len(actions) == ACTION_PAGE_SIZE else None
+    later_than = None
+    if len(proposed) > PROPOSED_ADJUSTMENT_PAGE_SIZE:
+        proposed = proposed[:PROPOSED_ADJUSTMENT_PAGE_SIZE]
+        later_than = proposed[-1].id
     return render(
         request,
         "operator.html",
         session=session,
         outcome=outcome,
         proposed=proposed,
-        freezes=freezes,
-        actions=actions,
-        older_than=older_than,
+        proposed_after=proposed_after,
+        later_than=later_than,
+        proposed_page_size=PROPOSED_ADJUSTMENT_PAGE_SIZE,
+        freezes=freezes.rows,
+        frozen_before=frozen_before,
+        frozen_earlier_than=freezes.next_cursor,
+        frozen_page_size=FROZEN_CREATOR_PAGE_SIZE,
+        actions=actions.rows,
+        before=before,
+        older_than=actions.next_cursor,
+        action_page_size=ACTION_PAGE_SIZE,
         new_key=new_action_key,
     )

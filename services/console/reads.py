@@ -1,14 +1,16 @@
 """The console's reads beyond `ledger.queries`, `services.api.queries` and the operator modules:
 totals for the overview, lists with the console's filters, and who touched what. Every statement
-takes its inputs as bound parameters and returns a bounded number of rows.
+takes its inputs as bound parameters and returns a bounded number of rows; the lists a page
+cannot show whole (the operator actions, the frozen creators) come a page at a time, with the
+cursor the next page starts from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,6 +24,24 @@ LIST_ROW_COUNT_MAX: Final = 200
 TOP_CREATOR_COUNT: Final = 10
 TRANSITION_COUNT_MAX: Final = 5_000
 DETAIL_CHARACTERS_MAX: Final = 4_000
+
+Row = TypeVar("Row")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[Row]):
+    """At most a page of rows, and the cursor the next page starts from (None: none left)."""
+
+    rows: list[Row]
+    next_cursor: int | None
+
+
+def _page(rows: list[Row], count: int, cursor_of: Callable[[Row], int]) -> Page[Row]:
+    """A page of `count` rows out of `rows`, read with one more: the cursor is the last row's
+    when there was one more."""
+    if len(rows) > count:
+        return Page(rows[:count], cursor_of(rows[count - 1]))
+    return Page(rows, None)
 
 
 async def creator_diamond_liability(conn: AsyncConnection) -> tuple[int, int]:
@@ -197,26 +217,38 @@ _ACTION_COLUMNS: Final = (
 )
 
 
-async def actions_on(conn: AsyncConnection, targets: Sequence[str]) -> list[ActionRow]:
-    """The operator actions on any of `targets` (a creator, their cash-outs), newest first."""
+async def actions_on(
+    conn: AsyncConnection,
+    targets: Sequence[str],
+    *,
+    before_id: int | None = None,
+    count: int = LIST_ROW_COUNT_MAX,
+) -> Page[ActionRow]:
+    """The operator actions on any of `targets` (a creator, their cash-outs), newest first, from
+    just before `before_id` (the newest when None), `count` a page."""
+    assert 1 <= count <= LIST_ROW_COUNT_MAX, count
     rows = await conn.execute(
         text(
             f"SELECT {_ACTION_COLUMNS} FROM operator_actions"  # noqa: S608 (constant columns)
-            " WHERE target = ANY(CAST(:targets AS text[])) ORDER BY id DESC LIMIT :limit"
+            " WHERE target = ANY(CAST(:targets AS text[]))"
+            " AND (CAST(:before AS bigint) IS NULL OR id < :before)"
+            " ORDER BY id DESC LIMIT :limit"
         ),
         {
             "targets": list(targets),
+            "before": before_id,
             "detail_max": DETAIL_CHARACTERS_MAX,
-            "limit": LIST_ROW_COUNT_MAX,
+            "limit": count + 1,
         },
     )
-    return [ActionRow(**row._mapping) for row in rows]
+    return _page([ActionRow(**row._mapping) for row in rows], count, lambda action: action.id)
 
 
 async def actions_before(
     conn: AsyncConnection, before_id: int | None, count: int
-) -> list[ActionRow]:
-    """The log, newest first, from just before `before_id` (the newest when None)."""
+) -> Page[ActionRow]:
+    """The log, newest first, from just before `before_id` (the newest when None), `count` a
+    page."""
     assert 1 <= count <= LIST_ROW_COUNT_MAX, count
     rows = await conn.execute(
         text(
@@ -224,9 +256,9 @@ async def actions_before(
             " WHERE (CAST(:before AS bigint) IS NULL OR id < :before)"
             " ORDER BY id DESC LIMIT :limit"
         ),
-        {"before": before_id, "detail_max": DETAIL_CHARACTERS_MAX, "limit": count},
+        {"before": before_id, "detail_max": DETAIL_CHARACTERS_MAX, "limit": count + 1},
     )
-    return [ActionRow(**row._mapping) for row in rows]
+    return _page([ActionRow(**row._mapping) for row in rows], count, lambda action: action.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,18 +268,25 @@ class FrozenCreator:
     since: datetime
 
 
-async def frozen_creators(conn: AsyncConnection) -> list[FrozenCreator]:
-    """Creators whose latest freeze row freezes them, most recently frozen first."""
+async def frozen_creators(
+    conn: AsyncConnection, *, before_action_id: int | None = None, count: int = LIST_ROW_COUNT_MAX
+) -> Page[FrozenCreator]:
+    """Creators whose latest freeze row freezes them, most recently frozen first (by the freeze's
+    action: the log's ids ascend in the order actions are recorded), from just before the freeze
+    `before_action_id` (the most recent when None), `count` a page."""
+    assert 1 <= count <= LIST_ROW_COUNT_MAX, count
     rows = await conn.execute(
         text(
             "SELECT creator_id, action_id, recorded_at FROM ("
             " SELECT DISTINCT ON (creator_id) creator_id, frozen, action_id, recorded_at"
             " FROM creator_freezes ORDER BY creator_id, id DESC) latest"
-            " WHERE frozen ORDER BY recorded_at DESC LIMIT :limit"
+            " WHERE frozen AND (CAST(:before AS bigint) IS NULL OR action_id < :before)"
+            " ORDER BY action_id DESC LIMIT :limit"
         ),
-        {"limit": LIST_ROW_COUNT_MAX},
+        {"before": before_action_id, "limit": count + 1},
     )
-    return [FrozenCreator(row.creator_id, row.action_id, row.recorded_at) for row in rows]
+    found = [FrozenCreator(row.creator_id, row.action_id, row.recorded_at) for row in rows]
+    return _page(found, count, lambda frozen: frozen.action_id)
 
 
 # Gifts for the overview ---------------------------------------------------------------------

@@ -211,9 +211,11 @@ async def list_adjustments(
     *,
     status: AdjustmentStatus | None = None,
     creator_id: str | None = None,
+    after_id: int | None = None,
     limit: int = 100,
 ) -> list[Adjustment]:
-    """Adjustments, oldest first, by status and creator."""
+    """Adjustments, oldest first, by status and creator; after the adjustment `after_id` (the
+    cursor) when given."""
     if not 1 <= limit <= ADJUSTMENT_LIST_LIMIT_MAX:
         raise ValueError(f"limit must be between 1 and {ADJUSTMENT_LIST_LIMIT_MAX}")
     rows = await conn.execute(
@@ -221,6 +223,7 @@ async def list_adjustments(
             _ADJUSTMENTS
             + """
             WHERE (CAST(:creator AS text) IS NULL OR a.creator_id = :creator)
+              AND (CAST(:after AS bigint) IS NULL OR a.id > :after)
               AND CASE CAST(:status AS text)
                   WHEN 'approved' THEN v.adjustment_id IS NOT NULL
                   WHEN 'withdrawn' THEN w.adjustment_id IS NOT NULL
@@ -231,7 +234,7 @@ async def list_adjustments(
             LIMIT :limit
             """
         ),
-        {"creator": creator_id, "status": status, "limit": limit},
+        {"creator": creator_id, "status": status, "after": after_id, "limit": limit},
     )
     return [_adjustment(row) for row in rows]
 
