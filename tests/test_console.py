@@ -23,6 +23,7 @@ from ledger.model import PostResult, Transfer, TransferCode
 from ledger.service import Ledger
 from schemas import topics
 from services.api.auth import Caller
+from services.app.bootstrap import build_api_app
 from services.console.charts import bar_chart
 from services.console.pages import SECURITY_HEADERS
 from services.console.sessions import SessionBook
@@ -36,6 +37,7 @@ from services.demo import DemoApi, _print_api
 from services.ingestion.records import InputRecord
 from services.rates.rate_cards import load_rate_cards
 from services.runtime.settings import Settings
+from tests.api_server import served_client
 from tests.console_http import (
     FINANCE_TOKEN,
     OPERATOR_TOKEN,
@@ -439,3 +441,52 @@ async def test_the_console_without_its_slash_answers_as_the_console_does(
                     assert without_slash[2] == "5"
     finally:
         await unreachable.dispose()
+
+
+async def _session_cookie_attributes(
+    base_url: str, client_address: str, forwarded_proto: str | None
+) -> set[str]:
+    """The session cookie's attributes, signing in from `client_address` (as a proxy would,
+    saying `X-Forwarded-Proto: forwarded_proto` when given)."""
+    headers = {} if forwarded_proto is None else {"X-Forwarded-Proto": forwarded_proto}
+    transport = httpx.AsyncHTTPTransport(local_address=client_address)
+    async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+        form = await client.get("/console/sign-in", headers=headers)
+        token = _hidden(form.text, "sign_in_token")
+        client.cookies.clear()  # sent by hand: a Secure one would not be sent over http
+        answer = await client.post(
+            "/console/sign-in",
+            headers={**headers, "Cookie": f"giftledger_console_sign_in={token}"},
+            data={"token": OPERATOR_TOKEN, "sign_in_token": token},
+        )
+    assert answer.status_code == 303, answer.text
+    [cookie] = [
+        value
+        for value in answer.headers.get_list("set-cookie")
+        if value.startswith("giftledger_console=")
+    ]
+    return {part.strip().lower() for part in cookie.split(";")[1:]}
+
+
+async def test_behind_a_proxy_named_by_api_forwarded_allow_ips_the_session_cookie_is_secure(
+    engine: AsyncEngine,
+) -> None:
+    """The API served as `giftledger run --api` serves it, reached from 127.0.0.2, which
+    stands for a TLS-terminating proxy on another host (not loopback's 127.0.0.1): its
+    `X-Forwarded-Proto: https` makes the session cookie Secure once API_FORWARDED_ALLOW_IPS
+    names it, and not before."""
+    proxy = "127.0.0.2"
+    for allowed, client_address, forwarded_proto, secure in (
+        (None, proxy, "https", False),
+        (proxy, proxy, "https", True),
+        (proxy, proxy, None, False),
+        (proxy, "127.0.0.1", "https", False),
+        ("127.0.0.0/8", proxy, "https", True),
+    ):
+        overrides = {} if allowed is None else {"api_forwarded_allow_ips": allowed}
+        app = build_api_app(engine, console_settings(**overrides))
+        async with served_client(app) as served:
+            attributes = await _session_cookie_attributes(
+                str(served.base_url), client_address, forwarded_proto
+            )
+        assert ("secure" in attributes) is secure, (allowed, client_address, forwarded_proto)

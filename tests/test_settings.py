@@ -14,7 +14,13 @@ from services.runtime.settings import EligibilitySettings, Settings, configurati
 
 PASSWORD = "s3cret-word"
 DIGEST = "ab" * 32
-VARIABLES_UNDER_TEST = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "API_PORT", "API_TOKENS")
+VARIABLES_UNDER_TEST = (
+    "DATABASE_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "API_PORT",
+    "API_TOKENS",
+    "API_FORWARDED_ALLOW_IPS",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -158,6 +164,19 @@ def test_kafka_servers_as_host_port_pairs_are_accepted(monkeypatch: pytest.Monke
     assert _settings(monkeypatch, "KAFKA_BOOTSTRAP_SERVERS", servers).kafka_bootstrap_servers == (
         servers
     )
+
+
+def test_forwarded_allow_ips_are_ip_addresses_or_networks_or_any(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings(_env_file=None).api_forwarded_allow_ips == "127.0.0.1,::1"
+    for accepted in ("10.0.0.0/8, 192.0.2.2", "fd00::/8", "*"):
+        settings = _settings(monkeypatch, "API_FORWARDED_ALLOW_IPS", accepted)
+        assert settings.api_forwarded_allow_ips == accepted
+    for refused, named in (("proxy.example", "proxy.example"), ("*, 10.0.0.1", "*")):
+        assert _problems(monkeypatch, "API_FORWARDED_ALLOW_IPS", refused) == [
+            f"API_FORWARDED_ALLOW_IPS: {named!r} is not an IP address or network (nor `*` alone)"
+        ]
 
 
 def test_an_eligibility_list_that_is_not_json_names_its_prefixed_variable(

@@ -260,7 +260,12 @@ async def serve_api(
     """Serve `app` on host:port until `stop` is set, then finish the requests in hand (for at
     most GRACEFUL_SHUTDOWN_S) and return. The socket is bound here (`listener`, or one made
     now: `ListenError` when the address cannot be bound) rather than by uvicorn, which calls
-    sys.exit when it cannot bind."""
+    sys.exit when it cannot bind.
+
+    The X-Forwarded-Proto and X-Forwarded-For of a request are believed when it comes from one
+    of its settings' `api_forwarded_allow_ips` (a TLS-terminating proxy), and only then: a
+    request such a proxy forwards with `X-Forwarded-Proto: https` is https to the app."""
+    settings: Settings = app.state.settings
     if listener is None:
         listener = listening_socket(host, port, API_ADDRESS_VARIABLES)
     config = uvicorn.Config(
@@ -269,6 +274,8 @@ async def serve_api(
         log_config=None,
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.api_forwarded_allow_ips,
     )
     server = _EmbeddedServer(config)
     serving = asyncio.create_task(server.serve(sockets=[listener]))

@@ -75,6 +75,9 @@ def session_of(request: Request) -> ConsoleSession | None:
 
 
 def served_over_tls(request: Request) -> bool:
+    """Whether the request came over https: behind a TLS-terminating proxy, as its
+    X-Forwarded-Proto says when the proxy's address is one of `API_FORWARDED_ALLOW_IPS`
+    (`serve_api`)."""
     return request.url.scheme == "https"
 
 

@@ -9,6 +9,7 @@ and never repeat its value, which may be a password or a token.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -319,6 +320,15 @@ class Settings(BaseSettings):
         default="127.0.0.1", min_length=1, max_length=255, description="The finance API's address."
     )
     api_port: int = Field(default=8_000, ge=1, le=65_535, description="The finance API's port.")
+    api_forwarded_allow_ips: str = Field(
+        default="127.0.0.1,::1",
+        min_length=1,
+        max_length=1_000,
+        description="The addresses (comma-separated IP addresses or networks, or `*` for any)"
+        " whose X-Forwarded-Proto and X-Forwarded-For the API believes: a TLS-terminating proxy"
+        " in front of it. A request through it with X-Forwarded-Proto: https is taken as https,"
+        " so the console's cookies are Secure.",
+    )
     api_tokens: Annotated[dict[str, TokenEntry], NoDecode] = Field(
         default_factory=dict,
         max_length=1_000,
@@ -386,6 +396,12 @@ class Settings(BaseSettings):
                 _refuse(_server_problem(server.strip()))
         return servers
 
+    @field_validator("api_forwarded_allow_ips")
+    @classmethod
+    def _addresses_or_any(cls, addresses: str) -> str:
+        _refuse(forwarded_allow_ips_problem(addresses))
+        return addresses
+
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _digests_to_roles(cls, tokens: object) -> object:
@@ -414,6 +430,22 @@ def _json(value: str) -> object:
 def _refuse(problem: str | None) -> None:
     if problem is not None:
         raise PydanticCustomError("configuration", "{problem}", {"problem": problem})
+
+
+def forwarded_allow_ips_problem(addresses: str) -> str | None:
+    """Why `addresses` is not `*` or a comma-separated list of IP addresses and networks (which
+    uvicorn would otherwise take as names no client has, silently), or None."""
+    if addresses.strip() == "*":
+        return None
+    for address in addresses.split(","):
+        try:
+            if "/" in address:
+                ipaddress.ip_network(address.strip())
+            else:
+                ipaddress.ip_address(address.strip())
+        except ValueError:
+            return f"{address.strip()!r} is not an IP address or network (nor `*` alone)"
+    return None
 
 
 def _server_problem(server: str) -> str | None:
