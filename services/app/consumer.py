@@ -257,6 +257,7 @@ class ConsumerService:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._outbox_due = asyncio.Event()
+        self._lag_labels: set[tuple[str, int]] = set()  # the lag gauges this service set
         self._subscribers: dict[str, Any] = {}
         for topic in topics.CONSUMED_TOPICS:
             self._register(topic)
@@ -571,19 +572,30 @@ class ConsumerService:
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), LAG_REFRESH_INTERVAL_S)
-            for topic, subscriber in self._subscribers.items():
-                consumer = getattr(subscriber, "consumer", None)
-                if consumer is None:
+            await self.refresh_lag_once()
+
+    async def refresh_lag_once(self) -> None:
+        """Set `giftledger_consumer_lag` for each partition this process holds, and remove the
+        gauges of those it held and no longer does: another member reports them now, and a
+        gauge left behind would keep a lag that no longer exists."""
+        holding: set[tuple[str, int]] = set()
+        for topic, subscriber in self._subscribers.items():
+            consumer = getattr(subscriber, "consumer", None)
+            if consumer is None:
+                continue
+            for partition in consumer.assignment():
+                label = (self.name(topic), partition.partition)
+                holding.add(label)
+                highwater = consumer.highwater(partition)
+                if highwater is None:
                     continue
-                for partition in consumer.assignment():
-                    highwater = consumer.highwater(partition)
-                    if highwater is None:
-                        continue
-                    with contextlib.suppress(Exception):
-                        position = await consumer.position(partition)
-                        metrics.CONSUMER_LAG.labels(self.name(topic), partition.partition).set(
-                            max(highwater - position, 0)
-                        )
+                with contextlib.suppress(Exception):
+                    position = await consumer.position(partition)
+                    metrics.CONSUMER_LAG.labels(*label).set(max(highwater - position, 0))
+        for label in self._lag_labels - holding:
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(*label)
+        self._lag_labels = holding
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
