@@ -81,6 +81,7 @@ class EmbeddedPostgres:
             ensure_server_system_user()
         self._data_dir.mkdir(parents=True, exist_ok=True)
         pgdata = self._data_dir.resolve() / "pgdata"
+        refuse_a_socket_path_too_long(pgdata)
         self._server = get_server(pgdata, cleanup_mode="stop")
 
     async def restart(self, timeout_s: float = 60.0) -> None:
@@ -129,3 +130,24 @@ class EmbeddedPostgres:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+# The longest path a Unix socket may have on Linux (sun_path is 108 bytes, with its NUL).
+UNIX_SOCKET_PATH_BYTES_MAX = 107
+_SOCKET_NAME = ".s.PGSQL.5432"  # the server listens on its socket only, at the default port
+
+
+def refuse_a_socket_path_too_long(pgdata: Path) -> None:
+    """The server's socket lives in its data directory, readable by its user alone. Where that
+    path is too long for a Unix socket, the wheel moves the socket to a directory of its own
+    under the runtime directory, which it makes writable by everyone (0777) when it runs the
+    server as another user (as root, it must): any local user could then connect as the
+    superuser, trusted. So such a data directory is refused, naming DATA_DIR."""
+    socket_path = pgdata / _SOCKET_NAME
+    length = len(os.fsencode(socket_path))
+    if length > UNIX_SOCKET_PATH_BYTES_MAX:
+        raise RuntimeError(
+            f"DATA_DIR is too deep for the embedded PostgreSQL's socket: {socket_path} is"
+            f" {length} bytes, a Unix socket's path at most {UNIX_SOCKET_PATH_BYTES_MAX};"
+            " set DATA_DIR to a shorter path"
+        )

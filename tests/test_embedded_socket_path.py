@@ -1,0 +1,37 @@
+"""A DATA_DIR too deep for the embedded PostgreSQL's Unix socket is refused, naming DATA_DIR:
+the wheel would otherwise put the socket in a directory anyone may write to, and any local user
+could connect as the superuser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.cli import main
+from services.commands.common import EXIT_FAILURE
+from services.runtime.embedded_postgres import UNIX_SOCKET_PATH_BYTES_MAX
+from services.runtime.settings import get_settings
+
+
+def _too_deep(base: Path) -> Path:
+    deep = base
+    while len(str(deep / "postgres" / "pgdata" / ".s.PGSQL.5432")) <= UNIX_SOCKET_PATH_BYTES_MAX:
+        deep = deep / "a-directory-deep-enough"
+    return deep
+
+
+def test_a_data_dir_too_deep_for_the_socket_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATA_DIR", str(_too_deep(tmp_path)))
+    get_settings.cache_clear()
+    try:
+        assert main(["verify"]) == EXIT_FAILURE
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert err.startswith("giftledger: DATA_DIR is too deep for the embedded PostgreSQL's socket")
+    assert err.endswith("set DATA_DIR to a shorter path\n")
+    assert not (_too_deep(tmp_path) / "postgres" / "pgdata" / "PG_VERSION").exists()
