@@ -1,6 +1,6 @@
-"""A DATA_DIR too deep for the embedded PostgreSQL's Unix socket is refused, naming DATA_DIR:
-the wheel would otherwise put the socket in a directory anyone may write to, and any local user
-could connect as the superuser."""
+"""A DATA_DIR too deep for the embedded PostgreSQL's Unix socket, or one that cannot be made, is
+refused naming DATA_DIR (one line, exit 1). Too deep, the wheel would put the socket in a
+directory anyone may write to, and any local user could connect as the superuser."""
 
 from __future__ import annotations
 
@@ -35,3 +35,22 @@ def test_a_data_dir_too_deep_for_the_socket_is_refused_naming_it(
     assert err.startswith("giftledger: DATA_DIR is too deep for the embedded PostgreSQL's socket")
     assert err.endswith("set DATA_DIR to a shorter path\n")
     assert not (_too_deep(tmp_path) / "postgres" / "pgdata" / "PG_VERSION").exists()
+
+
+def test_a_data_dir_that_cannot_be_made_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATA_DIR", str(a_file))
+    get_settings.cache_clear()
+    try:
+        assert main(["verify"]) == EXIT_FAILURE
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert err == (
+        f"giftledger: DATA_DIR {a_file}: cannot make {a_file / 'postgres'} (Not a directory):"
+        " set DATA_DIR to a directory giftledger may write, or DATABASE_URL\n"
+    )

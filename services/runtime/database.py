@@ -74,7 +74,14 @@ async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
         return
     server_dir = settings.data_dir / "postgres"
     # EmbeddedPostgres creates only the parent of its directory; get_server needs the directory.
-    server_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        server_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise DatabaseUnavailableError(
+            f"DATA_DIR {settings.data_dir}: cannot make {server_dir} ({reason}): set DATA_DIR"
+            " to a directory giftledger may write, or DATABASE_URL"
+        ) from error
     server = EmbeddedPostgres(server_dir)
     try:
         await server.start()
