@@ -30,9 +30,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -49,6 +50,7 @@ from services.loadtest.sample_stream import SampleRecord, sample_cashouts, sampl
 from services.payout_rail.rail import PayoutRailService
 from services.rates.rate_cards import load_rate_cards
 from services.runtime.database import engine_as_role, open_database
+from services.runtime.embedded_broker import BrokerUnavailableError
 from services.runtime.kafka import open_kafka
 from services.runtime.ledger_setup import build_ledger
 from services.runtime.metrics import IngestCounts
@@ -135,13 +137,31 @@ async def _wait_for_groups(service: ConsumerService, expected: int, stage: Stage
 async def _publish(
     producer: AIOKafkaProducer, prefix: str, records: list[SampleRecord], stage: Stage
 ) -> None:
+    deliveries: list[asyncio.Future[Any]] = []
     for index, record in enumerate(records, start=1):
-        await producer.send(prefix + record.topic, value=record.value, key=record.key.encode())
+        deliveries.append(
+            await producer.send(prefix + record.topic, value=record.value, key=record.key.encode())
+        )
         if index % PUBLISH_FLUSH_EVERY == 0:
-            await producer.flush()
+            await _acknowledged(deliveries, index - len(deliveries), len(records))
+            deliveries.clear()
             stage.show(index, len(records))
-    await producer.flush()
+    await _acknowledged(deliveries, len(records) - len(deliveries), len(records))
     stage.end(len(records), len(records))
+
+
+async def _acknowledged(deliveries: list[asyncio.Future[Any]], before: int, total: int) -> None:
+    """Wait for the broker's answer to each send; the first refusal ends the demo, naming the
+    record (the `before`-th of `total` came before these), rather than a wait for records the
+    consumers will never see."""
+    for position, delivery in enumerate(deliveries, start=before + 1):
+        try:
+            await delivery
+        except KafkaError as error:
+            raise BrokerUnavailableError(
+                f"the broker did not take record {position} of {total} of the sample stream"
+                f" ({error})"  # aiokafka's errors say their class
+            ) from error
 
 
 async def _wait_until_settled(service: ConsumerService, total: int, stage: Stage) -> bool:

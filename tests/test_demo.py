@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka.errors import KafkaTimeoutError  # type: ignore[import-untyped]
 from sqlalchemy import text
 
 from ledger.database import create_engine
@@ -38,12 +39,14 @@ from services.demo import (
     STAGES,
     FreshStartError,
     Stage,
+    _acknowledged,
     embedded_database_dir,
     print_cashouts,
     records_line,
     start_fresh,
 )
 from services.runtime import settings as settings_module
+from services.runtime.embedded_broker import BrokerUnavailableError
 from services.runtime.metrics import IngestCounts
 from services.runtime.settings import Settings
 from tests.api_server import free_port
@@ -443,3 +446,19 @@ async def test_the_cashouts_by_status_sum_each_asset_and_each_payout_currency_ap
         ["rejected", "(country)", "1", "2,000.000", "DIAMOND", "-"],
     ]
     assert lines[:2] == ["", "Cash-outs by status (count, requested, payout)"]
+
+
+async def test_a_record_the_broker_refuses_ends_the_demo_naming_it() -> None:
+    """The sample stream's sends are answered one by one: a refusal (here a delivery failed as
+    aiokafka fails it, with its error) stops the demo naming the record, instead of the demo
+    waiting for records the consumers will never see and saying only that they did not come."""
+    loop = asyncio.get_running_loop()
+    delivered, refused = loop.create_future(), loop.create_future()
+    delivered.set_result(None)
+    refused.set_exception(KafkaTimeoutError("batch expired"))
+    with pytest.raises(BrokerUnavailableError) as raised:
+        await _acknowledged([delivered, refused], before=250, total=2_030)
+    assert str(raised.value) == (
+        "the broker did not take record 252 of 2030 of the sample stream"
+        " (KafkaTimeoutError: batch expired)"
+    )
