@@ -21,16 +21,21 @@ def _too_deep(base: Path) -> Path:
     return deep
 
 
+def _verify_with_the_embedded_database_in(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATA_DIR", str(data_dir))
+    get_settings.cache_clear()  # the settings are read once a process
+    try:
+        return main(["verify"])
+    finally:
+        get_settings.cache_clear()
+
+
 def test_a_data_dir_too_deep_for_the_socket_is_refused_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("DATA_DIR", str(_too_deep(tmp_path)))
-    get_settings.cache_clear()
-    try:
-        assert main(["verify"]) == EXIT_FAILURE
-    finally:
-        get_settings.cache_clear()
+    code = _verify_with_the_embedded_database_in(_too_deep(tmp_path), monkeypatch)
+    assert code == EXIT_FAILURE
     err = capsys.readouterr().err
     assert err.startswith("giftledger: DATA_DIR is too deep for the embedded PostgreSQL's socket")
     assert err.endswith("set DATA_DIR to a shorter path\n")
@@ -42,13 +47,7 @@ def test_a_data_dir_that_cannot_be_made_is_refused_naming_it(
 ) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory")
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("DATA_DIR", str(a_file))
-    get_settings.cache_clear()
-    try:
-        assert main(["verify"]) == EXIT_FAILURE
-    finally:
-        get_settings.cache_clear()
+    assert _verify_with_the_embedded_database_in(a_file, monkeypatch) == EXIT_FAILURE
     err = capsys.readouterr().err
     assert err == (
         f"giftledger: DATA_DIR {a_file}: cannot make {a_file / 'postgres'} (Not a directory):"
