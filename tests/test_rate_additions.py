@@ -5,6 +5,7 @@ in the order they take effect."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
@@ -17,14 +18,18 @@ from services.cli import main
 from services.commands.common import EXIT_OK, EXIT_USAGE
 from services.rates.fx import list_fx_rates
 from services.rates.rate_cards import BEGINNING_OF_TIME, RateCard, RateCardBook
+from services.runtime.settings import get_settings
 
 LATER = (datetime.now(UTC) + timedelta(days=400)).replace(microsecond=0)
 
 
 @pytest.fixture
-def database_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def database_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("OPERATOR_NAME", "rates-test")
+    get_settings.cache_clear()  # the settings are read once a process
+    yield
+    get_settings.cache_clear()
 
 
 def _rates(*arguments: str) -> int:
