@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from ledger.database import create_engine, to_async_url
 from services.runtime.settings import EligibilitySettings, Settings, configuration_problems
@@ -69,7 +69,8 @@ def test_libpq_sslmode_is_read_as_asyncpg_ssl(monkeypatch: pytest.MonkeyPatch) -
 
 async def test_a_database_url_with_sslmode_connects(database_url: str) -> None:
     """`sslmode=disable` (the machine's server has no TLS) reaches the server through asyncpg."""
-    engine = create_engine(to_async_url(f"{database_url}?sslmode=disable"), pool_size=1)
+    with_sslmode = make_url(database_url).update_query_dict({"sslmode": "disable"})
+    engine = create_engine(to_async_url(with_sslmode.render_as_string(hide_password=False)))
     try:
         async with engine.connect() as conn:
             assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
