@@ -495,6 +495,30 @@ async def test_an_operators_cancellation_is_no_bank_result(
     assert (document["item_count"], document["kinds"]["matched"]) == (4, 4)  # the paid ones
 
 
+async def test_the_banks_failed_line_for_a_payout_an_operator_cancelled_matches(
+    surprises: BankSurprises,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Too late to stop it, the bank failed the payout the operator had cancelled (its own
+    report, in its file): the cancellation answers that line, nothing was paid either side."""
+    request = surprises.requests[surprises.cancelled]
+    failed = SettlementLine(
+        provider_reference="ref-failed-after-cancel",
+        cashout_id=surprises.cancelled,
+        amount_minor=request.amount,
+        currency=request.currency,
+        status="failed",
+        value_date=surprises.booked_days[surprises.paid],
+        failure_code="AC04",
+    )
+    paths = _day_files(tmp_path, [*surprises.paid_lines(), failed])
+    code, document = await _reconciled_by_the_command(surprises.url, paths, monkeypatch, capsys)
+    assert (code, document["break_count"], document["breaks"]) == (0, 0, [])
+    assert (document["item_count"], document["kinds"]["matched"]) == (5, 5)
+
+
 async def test_a_payout_the_bank_paid_twice_is_a_break(
     surprises: BankSurprises,
     tmp_path: Path,

@@ -2,10 +2,11 @@
 it booked (each `paid`, `failed` or `returned` state a `payouts.updated` report moved a cash-out
 to, with the UTC day of the move).
 
-An operator's cancellation of a stale hold is not a bank result and is left out: the cash-out's
-`failed` transition whose detail names the `cashout_cancelled` action on that cash-out
-(`operator-action:<action id>`, as services/cashout/recovery.py stores it). A cancelled payout
-the bank never made has no bank result; one the bank paid anyway has its `paid`."""
+An operator's cancellation of a stale hold is not a bank result: the cash-out's `failed`
+transition whose detail names the `cashout_cancelled` action on that cash-out
+(`operator-action:<action id>`, as services/cashout/recovery.py stores it). It never asks for a
+line (a cancelled payout the bank never made has none; one the bank paid anyway has its `paid`),
+and it answers the bank's own `failed` line for the payout it stopped (`Booking.by_operator`)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from services.reconcile.matching import Booking, LedgerCashout
 IDS_PER_QUERY: Final = 1_000
 BANK_RESULTS: Final = ("paid", "failed", "returned")
 
-# A transition `t` that is no operator's cancellation (see the module's docstring).
-_NOT_CANCELLED_BY_OPERATOR = """
-    NOT (t.status = 'failed' AND EXISTS (
+# Whether a transition `t` is an operator's cancellation (see the module's docstring).
+_CANCELLED_BY_OPERATOR = """
+    (t.status = 'failed' AND EXISTS (
         SELECT 1 FROM operator_actions a
         WHERE a.target = t.cashout_id AND a.action = :cancel_action
           AND t.detail = 'operator-action:' || a.id))
@@ -34,17 +35,17 @@ _BOOKINGS_ON_DAYS = text(
     f"""
     SELECT t.cashout_id FROM cashout_transitions t
     WHERE t.at >= :from_time AND t.at < :to_time
-      AND t.status = ANY(CAST(:statuses AS text[])) AND {_NOT_CANCELLED_BY_OPERATOR}
+      AND t.status = ANY(CAST(:statuses AS text[])) AND NOT {_CANCELLED_BY_OPERATOR}
     GROUP BY t.cashout_id
     """  # noqa: S608
 )
 
 _BOOKINGS_OF = text(
     f"""
-    SELECT t.cashout_id, t.status, min(t.at) AS at FROM cashout_transitions t
-    WHERE t.cashout_id = ANY(CAST(:ids AS text[]))
-      AND t.status = ANY(CAST(:statuses AS text[])) AND {_NOT_CANCELLED_BY_OPERATOR}
-    GROUP BY t.cashout_id, t.status
+    SELECT t.cashout_id, t.status, {_CANCELLED_BY_OPERATOR} AS by_operator, min(t.at) AS at
+    FROM cashout_transitions t
+    WHERE t.cashout_id = ANY(CAST(:ids AS text[])) AND t.status = ANY(CAST(:statuses AS text[]))
+    GROUP BY 1, 2, 3
     """  # noqa: S608
 )
 
@@ -75,7 +76,8 @@ async def cashouts_booked_on(conn: AsyncConnection, first_day: date, last_day: d
 
 
 async def bookings_of(conn: AsyncConnection, cashout_ids: Sequence[str]) -> list[Booking]:
-    """Every bank result booked for these cash-outs, the first booking of each status."""
+    """Every bank result booked for these cash-outs, the first booking of each status, and
+    their operators' cancellations."""
     bookings: list[Booking] = []
     for start in range(0, len(cashout_ids), IDS_PER_QUERY):
         rows = await conn.execute(
@@ -86,7 +88,10 @@ async def bookings_of(conn: AsyncConnection, cashout_ids: Sequence[str]) -> list
                 "cancel_action": CASHOUT_CANCELLED,
             },
         )
-        bookings += [Booking(row.cashout_id, row.status, _utc_day(row.at)) for row in rows]
+        bookings += [
+            Booking(row.cashout_id, row.status, _utc_day(row.at), by_operator=row.by_operator)
+            for row in rows
+        ]
     return bookings
 
 

@@ -68,11 +68,14 @@ class LedgerCashout:
 
 @dataclass(frozen=True, slots=True)
 class Booking:
-    """A bank result the ledger booked: the cash-out, the status, the UTC day it was booked."""
+    """A bank result the ledger booked: the cash-out, the status, the UTC day it was booked.
+    `by_operator`: an operator's cancellation (`failed`), which answers the bank's `failed`
+    line about the payout it stopped but never asks for one."""
 
     cashout_id: str
     status: str
     day: date
+    by_operator: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +126,7 @@ def classify(
     booked: dict[str, list[Booking]] = {}
     for booking in sorted(bookings, key=lambda b: (b.day, _status_order(b.status))):
         booked.setdefault(booking.cashout_id, []).append(booking)
-        if booking.day in covered_days:
+        if booking.day in covered_days and not booking.by_operator:
             sides.setdefault(booking.cashout_id, _Sides()).expected.append(booking)
     items = [
         _item(cashout_id, side, cashouts.get(cashout_id), booked.get(cashout_id, []))
