@@ -115,10 +115,30 @@ def _learn_array_types(dbapi_connection: Any, _connection_record: Any) -> None:
     dbapi_connection.rollback()  # the adapter opened a transaction for it
 
 
-# Options in a URL's query that asyncpg takes as they are, and libpq's names for them that
-# managed services print (`?sslmode=require`). Any other option is refused by name
-# (`database_url_problem`): asyncpg would fail on it with a traceback, or ignore it.
-URL_OPTIONS: Final = frozenset({"host", "ssl"})  # host: a Unix socket's directory
+# Options in a URL's query that SQLAlchemy's asyncpg dialect and asyncpg's `connect` take (host:
+# a Unix socket's directory, or several hosts with `target_session_attrs`), and libpq's names
+# for them that managed services print (`?sslmode=require`). Any other option is refused by
+# name (`database_url_problem`): asyncpg would end on it with a TypeError's traceback.
+URL_OPTIONS: Final = frozenset(
+    {
+        "host",
+        "port",
+        "passfile",
+        "service",
+        "servicefile",
+        "ssl",
+        "direct_tls",
+        "target_session_attrs",
+        "timeout",
+        "command_timeout",
+        "statement_cache_size",
+        "max_cached_statement_lifetime",
+        "max_cacheable_statement_size",
+        "prepared_statement_cache_size",
+        "krbsrvname",
+        "gsslib",
+    }
+)
 LIBPQ_URL_OPTIONS: Final = {"sslmode": "ssl"}
 
 
@@ -157,9 +177,8 @@ def database_url_problem(url: str) -> str | None:
     accepted = URL_OPTIONS | set(LIBPQ_URL_OPTIONS)
     unknown = sorted(set(parsed.query) - accepted)
     if unknown:
-        named = ", ".join(f"{option}=" for option in sorted(accepted))
         return (
-            f"the option {unknown[0]}= is not one giftledger passes to PostgreSQL: only"
-            f" {named} (e.g. ?sslmode=require)"
+            f"the option {unknown[0]}= is not one asyncpg, giftledger's driver, takes (it takes"
+            " ssl= and its own options, such as target_session_attrs=; sslmode= is read as ssl=)"
         )
     return None

@@ -55,8 +55,20 @@ def test_a_database_url_option_asyncpg_does_not_take_is_refused_by_name(
 ) -> None:
     url = f"postgresql://ledger:{PASSWORD}@db/giftledger?connect_timeout=10"
     [problem] = _problems(monkeypatch, "DATABASE_URL", url)
-    assert problem.startswith("DATABASE_URL: the option connect_timeout= is not one giftledger")
+    assert problem.startswith(
+        "DATABASE_URL: the option connect_timeout= is not one asyncpg, giftledger's driver, takes"
+    )
     assert PASSWORD not in problem
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["target_session_attrs=read-write", "prepared_statement_cache_size=0", "ssl=require"],
+)
+def test_the_options_asyncpg_takes_are_accepted(
+    query: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _settings(monkeypatch, "DATABASE_URL", f"postgresql://ledger:{PASSWORD}@db/giftledger?{query}")
 
 
 def test_libpq_sslmode_is_read_as_asyncpg_ssl(monkeypatch: pytest.MonkeyPatch) -> None:
