@@ -5,18 +5,24 @@ in the order they take effect."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 import pytest
-from sqlalchemy import text
+from alembic import command as alembic_command
+from sqlalchemy import Connection, make_url, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ledger.database import create_engine
+from ledger.migrate import alembic_config, upgrade_to_head
+from services.cashout.request_facts import fx_rates_in_force
 from services.cli import main
 from services.commands.common import EXIT_OK, EXIT_USAGE
-from services.rates.fx import list_fx_rates
+from services.rates.fx import FxRate, list_fx_rates
 from services.rates.rate_cards import BEGINNING_OF_TIME, RateCard, RateCardBook
 from services.runtime.settings import get_settings
 
@@ -142,3 +148,53 @@ def test_a_card_starting_in_year_9999_never_prices_an_earlier_moment_east_of_utc
     assert book.in_force_at(east).version == 1
     assert book.in_force_at(datetime.fromisoformat("2032-01-01T03:00:00+05:00")).version == 2
     assert book.in_force_at(datetime(2026, 12, 7, 22, tzinfo=UTC)).version == 1
+
+
+def _upgrade_to_0037(connection: Connection) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    alembic_command.upgrade(config, "0037")
+
+
+async def test_a_usd_rate_an_older_version_let_in_is_kept_and_ignored(
+    postgres_admin_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Migration 0038 upgrades a database holding a USD version of 2 (the rows are immutable,
+    so a check of every row would have stopped the upgrade for good), and USD is priced at 1
+    whatever the table holds; `giftledger rates` says so."""
+    name = f"giftledger_usd_before_0038_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    url = make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_upgrade_to_0037)
+                await conn.execute(
+                    text(
+                        "INSERT INTO fx_rates (currency, effective_from, units_per_usd_numerator,"
+                        " units_per_usd_denominator, created_by) VALUES ('USD', :at, 2, 1, 'old')"
+                    ),
+                    {"at": datetime(2001, 1, 1, tzinfo=UTC)},
+                )
+            await upgrade_to_head(engine)
+            async with engine.connect() as conn:
+                rates = await fx_rates_in_force(conn, [("USD", datetime.now(UTC))])
+        finally:
+            await engine.dispose()
+        assert list(rates.values()) == [FxRate("USD", Fraction(1))]
+        monkeypatch.setenv("DATABASE_URL", url)
+        get_settings.cache_clear()
+        try:
+            assert await asyncio.to_thread(main, ["rates"]) == EXIT_OK
+        finally:
+            get_settings.cache_clear()
+        assert "2 (ignored: USD is 1)" in capsys.readouterr().out
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from schemas.events import CashoutRequested
 from services.cashout.eligibility import creator_profiles
 from services.cashout.profiles import CreatorProfile
-from services.rates.fx import FxRate
+from services.rates.fx import BASE_CURRENCY, BASE_RATE, FxRate
 
 # The latest freeze row of each creator is its state (services/operator/freezes.py).
 _FROZEN = text(
@@ -124,6 +124,9 @@ async def fx_rates_in_force(
     for row in rows:
         currency, moment = pairs[row.position - 1]
         found[currency, moment] = FxRate(currency, Fraction(row.n, row.d))
+    for currency, moment in pairs:
+        if currency == BASE_CURRENCY:  # 1, whatever an older version let into the table
+            found[currency, moment] = BASE_RATE
     return found
 
 

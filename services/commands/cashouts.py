@@ -33,7 +33,13 @@ from services.commands.common import (
     print_json,
 )
 from services.operator.freezes import creator_is_known
-from services.rates.fx import FxVersion, add_fx_rate, decimal_text, list_fx_rates
+from services.rates.fx import (
+    BASE_CURRENCY,
+    FxVersion,
+    add_fx_rate,
+    decimal_text,
+    list_fx_rates,
+)
 from services.rates.rate_cards import RATE_CARD_NOTICE_S, add_rate_card, load_rate_cards
 from services.runtime.settings import get_settings
 
@@ -174,6 +180,15 @@ def _fx_document(fx: FxVersion) -> dict[str, str | None]:
     }
 
 
+def _units_text(document: dict[str, str | None]) -> str:
+    """A version's units per USD; a USD version other than 1 (an older giftledger let one in)
+    is marked as the desk treats it."""
+    units = str(document["units_per_usd"])
+    if document["currency"] == BASE_CURRENCY and units != "1":
+        return f"{units} (ignored: USD is 1)"
+    return units
+
+
 def _who(name: object) -> str:
     """Who added a version; `-` for one added before migration 0031, which kept no name."""
     return "-" if name is None else str(name)
@@ -207,7 +222,7 @@ def _print_fx_rates(documents: Sequence[dict[str, str | None]]) -> None:
         [
             str(document["currency"]),
             document["effective_from"] or "always",
-            str(document["units_per_usd"]),
+            _units_text(document),
             _who(document["created_by"]),
         ]
         for document in documents

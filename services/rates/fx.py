@@ -14,7 +14,8 @@ from schemas.assets import CURRENCIES
 from schemas.events import OCCURRED_AT_MAX
 
 FX_DECIMAL_PLACES = 18
-# Rates are units of a currency per 1 USD, so USD's is 1, always (the migrations seed it).
+# Rates are units of a currency per 1 USD, so USD's is 1, always (the migrations seed it; a
+# version another value that an older giftledger let in is ignored: `BASE_RATE`).
 BASE_CURRENCY = "USD"
 # The columns keeping a rate's numerator and denominator are bigint.
 FX_TERM_MAX = 2**63 - 1
@@ -26,7 +27,12 @@ class FxRate:
     units_per_usd: Fraction
 
 
+BASE_RATE = FxRate(BASE_CURRENCY, Fraction(1))
+
+
 async def fx_in_force(conn: AsyncConnection, currency: str, moment: datetime) -> FxRate | None:
+    if currency == BASE_CURRENCY:
+        return BASE_RATE
     row = (
         await conn.execute(
             text(
