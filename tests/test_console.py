@@ -7,9 +7,11 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -24,8 +26,10 @@ from ledger.service import Ledger
 from schemas import topics
 from services.api.auth import Caller
 from services.app.bootstrap import build_api_app
+from services.console import pages
 from services.console.charts import bar_chart
 from services.console.pages import SECURITY_HEADERS
+from services.console.reads import ActionRow
 from services.console.sessions import SessionBook
 from services.console.shown_bytes import (
     HEX_BYTES_MAX,
@@ -490,3 +494,25 @@ async def test_behind_a_proxy_named_by_api_forwarded_allow_ips_the_session_cooki
                 str(served.base_url), client_address, forwarded_proto
             )
         assert ("secure" in attributes) is secure, (allowed, client_address, forwarded_proto)
+
+
+def test_the_action_log_shows_a_recorded_keys_hidden_characters_as_escapes() -> None:
+    """A re-drive records its record's key in the action's details, as the producer wrote it:
+    a right-to-left override there must not reorder the operator log's row."""
+    key = "creator-00\u202e1gp.exe"
+    action = ActionRow(
+        id=7,
+        actor="alice",
+        role="operator",
+        action="dead_letter_redriven",
+        target="dead-letter:1",
+        reason="retry",
+        ticket=None,
+        details=json.dumps({"message_key": key}, ensure_ascii=False),
+        recorded_at=datetime.now(UTC),
+    )
+    # The table as every page that lists actions includes it (the operator, creator and
+    # cash-out pages), rendered by the console's own template environment.
+    shown = pages._ENVIRONMENT.get_template("actions_table.html").render(actions=[action])
+    assert "\u202e" not in shown
+    assert "creator-00\\u202e1gp.exe" in shown
