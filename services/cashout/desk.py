@@ -25,7 +25,8 @@ the FX rate are those in force when the request is approved: the moment the desk
 batch (`requests`), so a request that waited in a backlog is priced when it is decided, not when it
 was made. Both are stored on the cash-out, which is decided once: a redelivery is a duplicate, and
 a resubmission keeps the original's conversion. The day the request counts against for the daily
-limit, and the one the age rule is judged on, stay its `occurred_at`'s.
+limit stays its `occurred_at`'s in UTC; the age rule is judged on the date at UTC-12 of the
+earlier of its `occurred_at` and the approval (`eligibility.age_day`).
 
 The daily limit holds however Kafka spreads the requests over consumers: a request takes its
 creator's lock (`lock_creators`, a transaction-scoped advisory lock) before it reads what the

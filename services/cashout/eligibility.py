@@ -10,8 +10,8 @@ day of their birth. Someone born on 29 February turns a year older on 1 March in
 year they turn 18 unless that year is a leap year. `today` is the caller's choice; the service
 passes `age_day` of the moment it judges: the date at UTC-12, where a calendar day begins last,
 so that no creator is counted a year older before that birthday has begun where they live (the
-profile says nothing of their time zone). A birthday is so counted up to a day late east of
-UTC-12, never early.
+profile says nothing of their time zone). A birthday is so counted late east of UTC-12
+(up to 26 hours at UTC+14), never early.
 """
 
 from __future__ import annotations
