@@ -185,7 +185,7 @@ def test_forwarded_allow_ips_are_ip_addresses_or_networks_or_any(
     assert Settings(_env_file=None).api_forwarded_allow_ips == "127.0.0.1,::1"
     for accepted in ("10.0.0.0/8, 192.0.2.2", "fd00::/8", "*"):
         settings = _settings(monkeypatch, "API_FORWARDED_ALLOW_IPS", accepted)
-        assert settings.api_forwarded_allow_ips == accepted
+        assert settings.api_forwarded_allow_ips == accepted.replace(" ", "")
     for refused, named in (("proxy.example", "proxy.example"), ("*, 10.0.0.1", "*")):
         assert _problems(monkeypatch, "API_FORWARDED_ALLOW_IPS", refused) == [
             f"API_FORWARDED_ALLOW_IPS: {named!r} is not an IP address or network (nor `*` alone)"
@@ -223,3 +223,12 @@ def test_an_eligibility_list_entry_is_named_by_its_position(
     assert configuration_problems(raised.value) == [
         "ELIGIBILITY_ENABLED_COUNTRIES[1]: String should match pattern '^[A-Z]{2}$'"
     ]
+
+
+@pytest.mark.parametrize(("written", "read"), [(" * ", "*"), (" 10.0.0.1 , ::1", "10.0.0.1,::1")])
+def test_the_proxies_believed_are_read_without_spaces_as_uvicorn_compares_them(
+    written: str, read: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _settings(monkeypatch, "API_FORWARDED_ALLOW_IPS", written).api_forwarded_allow_ips == (
+        read
+    )

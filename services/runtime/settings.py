@@ -400,7 +400,8 @@ class Settings(BaseSettings):
     @classmethod
     def _addresses_or_any(cls, addresses: str) -> str:
         _refuse(forwarded_allow_ips_problem(addresses))
-        return addresses
+        # As uvicorn reads it: `*` alone, or entries without the spaces around them.
+        return ",".join(entry.strip() for entry in addresses.split(","))
 
     @field_validator("api_tokens", mode="before")
     @classmethod
