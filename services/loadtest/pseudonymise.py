@@ -9,10 +9,12 @@ function for every field, so what lines up in the original lines up in the copy:
 `cashout_id` of its reports, the key and the `creator_id`, a duplicate and its original, two
 payloads reusing one `event_id`.
 
-What is left as it is: records that are not JSON objects (malformed or not UTF-8), and id fields
-that are not a valid id to begin with (not a string, empty, too long, not visible ASCII), so a
-record the consumers refuse is still refused for the same reason. Other fields (amounts, dates,
-gifts, countries, periods) are kept.
+What is left as it is, byte for byte: a record of a consumed topic that the consumers would
+refuse as it stands (`services.ingestion.records.parse_record`: not JSON, not UTF-8, a key given
+twice, an invalid field, an id with a line break or of digits only ...), so the copy is refused
+for the same reason and never applied where the original was not; and, in the other topics'
+records, anything that is not a JSON object and id fields that are not a valid id to begin with.
+Other fields (amounts, dates, gifts, countries, periods) are kept.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import json
 import re
 from typing import Any
 
-from schemas.events import ID_LENGTH_MAX, VISIBLE_ASCII_PATTERN
+import jiter
+
+from schemas.events import CONSUMED_EVENT_MODELS, ID_LENGTH_MAX, VISIBLE_ASCII_PATTERN
+from services.ingestion.records import DeadLetter, InputRecord, parse_record
 
 PSEUDONYM_PREFIX = "p-"
 DIGEST_HEX_LENGTH = 32
@@ -70,19 +75,27 @@ class Pseudonymiser:
             return key
         return self.pseudonym(text).encode("utf-8") if _is_identifier(text) else key
 
-    def value(self, value: bytes) -> bytes:
+    def value(self, value: bytes, topic: str | None = None) -> bytes:
         """The record's bytes with every id field replaced; the bytes unchanged when they are
-        not a JSON object."""
+        not a JSON object with distinct keys, or when the consumers of `topic` (a consumed
+        topic, without the deployment's prefix) would refuse them as they stand."""
+        if topic in CONSUMED_EVENT_MODELS:
+            verdict = parse_record(topic, InputRecord(topic, 0, 0, None, value))
+            if isinstance(verdict, DeadLetter):
+                return value
         try:
-            document = json.loads(value.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            document = jiter.from_json(value, catch_duplicate_keys=True)
+        except ValueError:  # not JSON, not UTF-8, a key given twice, nested too deep
             return value
         if not isinstance(document, dict):
             return value
         changed = self._replace_ids(document)
         if not changed:
             return value
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:
+            return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        except (ValueError, RecursionError):  # a lone surrogate, JSON nested too deep
+            return value
 
     def _replace_ids(self, document: dict[str, Any]) -> bool:
         changed = False
@@ -95,4 +108,4 @@ class Pseudonymiser:
 
 
 def _is_identifier(text: str) -> bool:
-    return 1 <= len(text) <= ID_LENGTH_MAX and _VISIBLE_ASCII.match(text) is not None
+    return 1 <= len(text) <= ID_LENGTH_MAX and _VISIBLE_ASCII.fullmatch(text) is not None

@@ -445,10 +445,11 @@ def _emit(
     offset_ms = max(checkpoint.last_offset_ms, timestamp_ms - checkpoint.first_timestamp_ms)
     key: bytes | None = kafka_record.key
     value: bytes = kafka_record.value or b""
+    topic = kafka_record.topic.removeprefix(checkpoint.topic_prefix)
     if pseudonymiser is not None:
-        key, value = pseudonymiser.key(key), pseudonymiser.value(value)
+        key, value = pseudonymiser.key(key), pseudonymiser.value(value, topic)
     line = RecordedLine(
-        topic=kafka_record.topic.removeprefix(checkpoint.topic_prefix),
+        topic=topic,
         key=key,
         offset_ms=offset_ms,
         value=value,
