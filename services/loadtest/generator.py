@@ -92,6 +92,7 @@ from services.loadtest.stream_format import (
     check_namespace,
     default_namespace,
     expected_path,
+    file_problem,
 )
 
 EVENTS_MAX = 1_000_000_000
@@ -378,6 +379,9 @@ def generate_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         )
     except ValueError as error:
         sys.stderr.write(f"giftledger: error: {error}\n")
+        return 2
+    except OSError as error:  # a directory that does not exist, the path a directory
+        sys.stderr.write(f"giftledger: error: {args.path}: {file_problem(error)}\n")
         return 2
     elapsed_s = time.monotonic() - started
     rate = expected.records / max(elapsed_s, 1e-9)

@@ -53,6 +53,7 @@ from services.loadtest.stream_format import (
     GZIP_LEVEL,
     RecordedLine,
     StreamFormatError,
+    file_problem,
     recorded_line,
 )
 from services.runtime.embedded_broker import wait_for_broker
@@ -598,6 +599,9 @@ def record_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> int:
         return 0
     except (RecordError, StreamFormatError, ValueError) as error:
         err.write(f"giftledger: error: {error}\n")
+        return 2
+    except (OSError, EOFError) as error:  # OUT cannot be written, or was removed under --resume
+        err.write(f"giftledger: error: {args.out}: {file_problem(error)}\n")
         return 2
     state = "complete" if report.complete else "stopped"
     err.write(

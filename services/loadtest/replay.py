@@ -48,7 +48,7 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from schemas.topics import all_topics
 from services.cli_text import positive_int
 from services.ingestion.records import Header
-from services.loadtest.stream_format import StreamFormatError, expected_path
+from services.loadtest.stream_format import StreamFormatError, expected_path, file_problem
 from services.runtime.embedded_broker import create_topics, wait_for_broker
 from services.runtime.settings import Settings, get_settings
 
@@ -578,6 +578,9 @@ def replay_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     [--map FROM=TO ...]`; the exit code."""
     try:
         return asyncio.run(replay_with_settings(get_settings(), args.path, args, out))
-    except (StreamFormatError, FileNotFoundError, ValueError) as error:
+    except (StreamFormatError, ValueError) as error:
         sys.stderr.write(f"giftledger: error: {error}\n")
+        return 2
+    except (OSError, EOFError) as error:  # not a gzip file, cut short, a directory, missing
+        sys.stderr.write(f"giftledger: error: {args.path}: {file_problem(error)}\n")
         return 2

@@ -100,6 +100,7 @@ from services.loadtest.stream_format import (
     StreamFormatError,
     StreamShape,
     expected_path,
+    file_problem,
     load_expected,
 )
 from services.loadtest.topic_timings import load_timed_ingestor, timings_document
@@ -471,5 +472,8 @@ def loadtest_command(args: argparse.Namespace, out: TextIO | None = None) -> int
         )
     except (LoadtestError, PublisherError, StreamFormatError, ValueError) as error:
         sys.stderr.write(f"giftledger: error: {error}\n")
+        return 2
+    except (OSError, EOFError) as error:  # not a gzip file, cut short, a directory, missing
+        sys.stderr.write(f"giftledger: error: {file_problem(error)}\n")
         return 2
     return 0 if report.matched else 1

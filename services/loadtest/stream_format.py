@@ -121,6 +121,17 @@ class StreamShape:
             raise ValueError("cashout_share must be at most 0.5")
 
 
+def file_problem(error: OSError | EOFError) -> str:
+    """What went wrong with a stream file, in one line: a gzip stream that is not one or was cut
+    short, or the system's reason (with the file it names)."""
+    if isinstance(error, EOFError):
+        return "the gzip stream ends early: the file was cut short"
+    if isinstance(error, gzip.BadGzipFile):
+        return f"not a gzip stream file ({error})"
+    reason = error.strerror or str(error)
+    return f"{reason}: {error.filename}" if error.filename else reason
+
+
 def expected_path(path: Path) -> Path:
     """Where the expected end state of the stream at `path` is written."""
     return path.with_name(path.name + EXPECTED_SUFFIX)
