@@ -9,12 +9,13 @@ function for every field, so what lines up in the original lines up in the copy:
 `cashout_id` of its reports, the key and the `creator_id`, a duplicate and its original, two
 payloads reusing one `event_id`.
 
-What is left as it is, byte for byte: a record of a consumed topic that the consumers would
-refuse as it stands (`services.ingestion.records.parse_record`: not JSON, not UTF-8, a key given
-twice, an invalid field, an id with a line break or of digits only ...), so the copy is refused
-for the same reason and never applied where the original was not; and, in the other topics'
-records, anything that is not a JSON object and id fields that are not a valid id to begin with.
-Other fields (amounts, dates, gifts, countries, periods) are kept.
+A record keeps what the consumers make of it (`services.ingestion.records.parse_record`): the
+rewrite keeps a key given twice twice, a lone surrogate's escape as an escape, and an id that is
+not a valid id (empty, too long, a line break) as it is; an account reference of digits only (a
+raw account number, refused) becomes digits of the same length, still refused, never the number;
+and should a copy be judged otherwise all the same, the record is kept as it came. What is not a
+JSON object (not JSON, not UTF-8) is kept as it is. Other fields (amounts, dates, gifts,
+countries, periods) are kept.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import hmac
 import json
 import re
 from typing import Any
-
-import jiter
 
 from schemas.events import CONSUMED_EVENT_MODELS, ID_LENGTH_MAX, VISIBLE_ASCII_PATTERN
 from services.ingestion.records import DeadLetter, InputRecord, parse_record
@@ -48,6 +47,7 @@ ID_FIELDS: tuple[str, ...] = (
     "payout_account_ref",
 )
 
+ACCOUNT_REF_FIELD = "payout_account_ref"
 _VISIBLE_ASCII = re.compile(VISIBLE_ASCII_PATTERN)
 
 
@@ -77,34 +77,64 @@ class Pseudonymiser:
 
     def value(self, value: bytes, topic: str | None = None) -> bytes:
         """The record's bytes with every id field replaced; the bytes unchanged when they are
-        not a JSON object with distinct keys, or when the consumers of `topic` (a consumed
-        topic, without the deployment's prefix) would refuse them as they stand."""
-        if topic in CONSUMED_EVENT_MODELS:
-            verdict = parse_record(topic, InputRecord(topic, 0, 0, None, value))
-            if isinstance(verdict, DeadLetter):
-                return value
+        not a JSON object, or when the consumers of `topic` (a consumed topic, without the
+        deployment's prefix) would judge the copy otherwise than the original."""
         try:
-            document = jiter.from_json(value, catch_duplicate_keys=True)
-        except ValueError:  # not JSON, not UTF-8, a key given twice, nested too deep
+            document = json.loads(value.decode("utf-8"), object_pairs_hook=_Pairs)
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
             return value
-        if not isinstance(document, dict):
-            return value
-        changed = self._replace_ids(document)
-        if not changed:
+        if not isinstance(document, _Pairs) or not self._replace_ids(document):
             return value
         try:
-            return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        except (ValueError, RecursionError):  # a lone surrogate, JSON nested too deep
+            copy = _dumps(document).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, which only an escape can write
+            copy = _dumps(document, ascii_only=True).encode("utf-8")
+        except RecursionError:
             return value
+        if topic in CONSUMED_EVENT_MODELS and _verdict(topic, copy) != _verdict(topic, value):
+            return value
+        return copy
 
-    def _replace_ids(self, document: dict[str, Any]) -> bool:
+    def _replace_ids(self, document: _Pairs) -> bool:
         changed = False
-        for name in ID_FIELDS:
-            identifier = document.get(name)
-            if isinstance(identifier, str) and _is_identifier(identifier):
-                document[name] = self.pseudonym(identifier)
+        for position, (name, identifier) in enumerate(document):
+            if name not in ID_FIELDS or not isinstance(identifier, str):
+                continue
+            if name == ACCOUNT_REF_FIELD and identifier.isascii() and identifier.isdigit():
+                # A raw account number: refused as one, so its copy is digits too.
+                document[position] = (name, self._digits(identifier))
+                changed = True
+            elif _is_identifier(identifier):
+                document[position] = (name, self.pseudonym(identifier))
                 changed = True
         return changed
+
+    def _digits(self, number: str) -> str:
+        digest = hmac.new(self._key, number.encode("utf-8"), hashlib.sha256).digest()
+        digits = "".join(str(byte % 10) for byte in digest * (len(number) // len(digest) + 1))
+        return digits[: len(number)]
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its key/value pairs in order, a key given twice kept twice."""
+
+
+def _dumps(value: Any, *, ascii_only: bool = False) -> str:
+    """JSON text of a value read with `_Pairs` for objects, their pairs as they were."""
+    if isinstance(value, _Pairs):
+        members = (
+            f"{json.dumps(name, ensure_ascii=ascii_only)}:{_dumps(item, ascii_only=ascii_only)}"
+            for name, item in value
+        )
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_dumps(item, ascii_only=ascii_only) for item in value) + "]"
+    return json.dumps(value, ensure_ascii=ascii_only)
+
+
+def _verdict(topic: str, value: bytes) -> str:
+    outcome = parse_record(topic, InputRecord(topic, 0, 0, None, value))
+    return outcome.error if isinstance(outcome, DeadLetter) else "parsed"
 
 
 def _is_identifier(text: str) -> bool:
