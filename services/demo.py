@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.migrate import upgrade_to_head
 from ledger.queries import trial_balance
 from schemas.assets import DIAMOND
-from services.api.server import serve_api
+from services.api.server import API_ADDRESS_VARIABLES, serve_api
 from services.app.bootstrap import build_api_app, build_payout_rail, start_consumers
 from services.app.consumer import ConsumerService
 from services.app.partition_upkeep import PartitionUpkeep
@@ -53,6 +52,7 @@ from services.runtime.database import engine_as_role, open_database
 from services.runtime.embedded_broker import BrokerUnavailableError
 from services.runtime.kafka import open_kafka
 from services.runtime.ledger_setup import build_ledger
+from services.runtime.listening import ListenError, listening_socket
 from services.runtime.metrics import IngestCounts
 from services.runtime.settings import Settings
 from services.trial_balance_text import grouped_amount, render_trial_balance
@@ -386,7 +386,7 @@ class DemoApi:
             return self.problem
         if self.task is not None and self.task.done() and not self.task.cancelled():
             error = self.task.exception()
-            if isinstance(error, OSError):  # the port was taken after our probe
+            if isinstance(error, OSError):  # the listening socket failed while serving
                 return _listen_problem(self.task.get_name(), error)
         return None
 
@@ -406,28 +406,20 @@ def _listen_problem(address: str, error: OSError) -> str:
     )
 
 
-def _listen_probe(host: str, port: int) -> OSError | None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        probe = socket.create_server((host, port), family=family)
-    except OSError as error:
-        return error
-    probe.close()
-    return None
-
-
 def _start_api(
     engine: AsyncEngine, settings: Settings, bootstrap_servers: str, stop: asyncio.Event
 ) -> DemoApi:
     """Serve the finance API until `stop`, its operator re-drives on the demo's broker; a port
     it cannot have is reported at the end, not fatal, for a demo."""
     address = f"{settings.api_host}:{settings.api_port}"
-    error = _listen_probe(settings.api_host, settings.api_port)
-    if error is not None:
-        return DemoApi(task=None, problem=_listen_problem(address, error))
+    try:
+        listener = listening_socket(settings.api_host, settings.api_port, API_ADDRESS_VARIABLES)
+    except ListenError as error:
+        bind_error = error.__cause__ if isinstance(error.__cause__, OSError) else error
+        return DemoApi(task=None, problem=_listen_problem(address, bind_error))
     app = build_api_app(engine, settings)
     app.state.kafka_bootstrap_servers = bootstrap_servers  # as `giftledger run --api` does
-    serving = serve_api(app, settings.api_host, settings.api_port, stop)
+    serving = serve_api(app, settings.api_host, settings.api_port, stop, listener=listener)
     return DemoApi(task=asyncio.create_task(serving, name=address), problem=None)
 
 

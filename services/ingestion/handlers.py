@@ -62,10 +62,10 @@ from services.ingestion.records import BatchReport, DeadLetter, ParsedEvent
 from services.rates.rate_cards import RateCardBook
 from services.runtime.creator_locks import lock_creators
 
-# As plain ints: IntFlag members cost an enum lookup at each use in the per-transfer loop.
 # A tip whose card charge another event credited already (`_leg_transfer_id`).
 CHARGE_ALREADY_APPLIED = "charge_already_applied"
 CHARGE_LEG_PREFIX = "charge:"
+# As plain ints: IntFlag members cost an enum lookup at each use in the per-transfer loop.
 _NO_FLAGS = int(TransferFlags.NONE)
 _LINKED = int(TransferFlags.LINKED)
 _GIFT_DIAMONDS = int(TransferCode.GIFT_DIAMONDS)

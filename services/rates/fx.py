@@ -15,7 +15,7 @@ from schemas.events import OCCURRED_AT_MAX
 
 FX_DECIMAL_PLACES = 18
 # Rates are units of a currency per 1 USD, so USD's is 1, always (the migrations seed it; a
-# version another value that an older giftledger let in is ignored: `BASE_RATE`).
+# version of another value that an older giftledger let in is ignored: `BASE_RATE`).
 BASE_CURRENCY = "USD"
 # The columns keeping a rate's numerator and denominator are bigint.
 FX_TERM_MAX = 2**63 - 1
