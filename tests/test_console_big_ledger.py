@@ -75,8 +75,11 @@ async def _fill_lists(conn: AsyncConnection) -> None:
 
 
 async def test_the_cashouts_and_dead_letters_lists_read_their_first_rows_from_an_index(
-    engine: AsyncEngine,
+    module_engine: AsyncEngine,
 ) -> None:
+    """On a database of the module's own: the planner's choice follows the tables' contents,
+    and the session's database holds whatever the modules run before left in them."""
+    engine = module_engine
     async with engine.connect() as conn:
         try:  # one transaction, rolled back
             await _fill_lists(conn)
