@@ -1,7 +1,7 @@
 """The console's lists that a page cannot show whole, a page at a time, on a database of their own
-(one more adjustment awaiting approval, and one more frozen creator, than a page holds; the
-creator's actions are its proposals): every row is reached through the pages' links, once, and
-a page that is not the last says there is more.
+(one more adjustment awaiting approval, one more frozen creator, and one more cash-out of a
+creator, than a page holds; the creator's actions are its proposals): every row is reached
+through the pages' links, once, and a page that is not the last says there is more.
 
 A database of its own, so that what is on the pages is only this module's rows, and so that the
 many proposals left waiting here do not push other modules' proposals off the operator page's
@@ -14,6 +14,7 @@ import html
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest_asyncio
@@ -22,8 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.database import create_engine
 from ledger.service import Ledger
 from schemas import topics
+from services.cashout.recovery import ActionRequest, CashoutRecovery
 from services.console.page_routes import (
     ACTION_PAGE_SIZE,
+    CREATOR_CASHOUT_PAGE_SIZE,
     FROZEN_CREATOR_PAGE_SIZE,
     PROPOSED_ADJUSTMENT_PAGE_SIZE,
 )
@@ -37,12 +40,15 @@ from tests.console_http import (
     new_creator_id,
     sign_in,
     table,
+    tables,
 )
 from tests.fresh_database import fresh_database
 
 PROPOSER = "alice"
 PROPOSALS_CAPTION = "Oldest first"
 FROZEN_CAPTION = "Most recently frozen first"
+WRITER_ROLE = "giftledger_writer"
+CASHOUT_DIAMONDS = 2_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,36 @@ class Lists:
     proposal_action_ids: list[int]  # oldest first
     frozen_creators: list[str]  # most recently frozen first
     unfrozen_creator: str
+    cashout_creator: str
+    cashout_ids: list[str]  # in the list's order: newest first, then by id
+    cancelled_cashout_id: str  # the last of the list, its hold cancelled by an operator
+
+
+async def _creator_with_a_page_and_one_more_cashouts(
+    feed: Feed, engine: AsyncEngine
+) -> tuple[str, list[str], str]:
+    """A creator with one more cash-out than a page of the creator page holds, their requests
+    two to an instant (the oldest two on either side of the pages' boundary); the balance holds
+    the first few, the later ones are rejected (listed all the same). The last of the list, a
+    hold, is cancelled by an operator. The creator, the cash-outs in list order, the cancelled
+    one."""
+    creator = await feed.eligible_creator(new_creator_id("cashouts"), CASHOUT_DIAMONDS * 5)
+    first_instant = datetime.now(UTC) - timedelta(minutes=10)
+    placed: list[tuple[datetime, str]] = []
+    for index in range(CREATOR_CASHOUT_PAGE_SIZE + 1):
+        request = make.cashout_request(creator, CASHOUT_DIAMONDS)
+        instant = first_instant + timedelta(milliseconds=index // 2)
+        request["occurred_at"] = instant.isoformat()
+        await feed.send(topics.CASHOUTS_REQUESTED, request, creator)
+        placed.append((instant, str(request["event_id"])))
+    by_id = sorted(placed, key=lambda place: place[1])
+    in_order = [cashout_id for _, cashout_id in sorted(by_id, key=lambda p: p[0], reverse=True)]
+    recovery = CashoutRecovery(
+        Ledger(engine), feed.ingestor.desk, answer_window_s=0.001, database_role=WRITER_ROLE
+    )
+    cancel = ActionRequest(f"paging-cancel-{creator}", PROPOSER, "paging", None)
+    await recovery.cancel_stale_hold(in_order[-1], cancel)
+    return creator, in_order, in_order[-1]
 
 
 async def _freeze(desk: OperatorDesk, creator_id: str, *, frozen: bool) -> None:
@@ -72,7 +108,7 @@ async def lists(postgres_admin_url: str) -> AsyncIterator[Lists]:
         engine = create_engine(url, pool_size=4)
         try:
             feed = await Feed.on(engine)
-            desk = OperatorDesk(Ledger(engine), topic_prefix="", database_role="giftledger_writer")
+            desk = OperatorDesk(Ledger(engine), topic_prefix="", database_role=WRITER_ROLE)
             creator = await feed.eligible_creator(new_creator_id("paging"), 10)
             proposal_ids, proposal_action_ids = [], []
             for index in range(PROPOSED_ADJUSTMENT_PAGE_SIZE + 1):
@@ -96,6 +132,7 @@ async def lists(postgres_admin_url: str) -> AsyncIterator[Lists]:
                 frozen.append(frozen_id)
             unfrozen = frozen.pop(len(frozen) // 2)
             await _freeze(desk, unfrozen, frozen=False)
+            cashouts = await _creator_with_a_page_and_one_more_cashouts(feed, engine)
             yield Lists(
                 engine,
                 creator,
@@ -103,6 +140,7 @@ async def lists(postgres_admin_url: str) -> AsyncIterator[Lists]:
                 proposal_action_ids,
                 frozen[::-1],
                 unfrozen,
+                *cashouts,
             )
         finally:
             await engine.dispose()
@@ -202,3 +240,39 @@ async def test_every_action_on_a_creator_is_on_one_page_of_the_creators_page(
     assert sizes[:-1] == [ACTION_PAGE_SIZE] * (len(pages) - 1)
     assert 1 <= sizes[-1] <= ACTION_PAGE_SIZE
     assert [int(row) for rows in pages for row in rows] == lists.proposal_action_ids[::-1]
+
+
+def _cashout_ids(page: str) -> list[str]:
+    """The cash-outs of a creator page, in the page's order."""
+    section = page.split('id="creator-cashouts-heading"')[1].split('id="creator-actions-heading"')[
+        0
+    ]
+    return [html.unescape(found) for found in re.findall(r"<caption><a [^>]*>([^<]+)</a>", section)]
+
+
+async def test_every_cashout_of_a_creator_is_on_one_page_of_the_creators_page(
+    operator: httpx.AsyncClient, lists: Lists
+) -> None:
+    pages = await _every_page(
+        operator,
+        f"/console/creator?id={lists.cashout_creator}",
+        "Older cash-outs",
+        _cashout_ids,
+    )
+    assert [len(rows) for rows in pages] == [CREATOR_CASHOUT_PAGE_SIZE, 1]
+    assert [row for rows in pages for row in rows] == lists.cashout_ids
+    assert pages[-1] == [lists.cancelled_cashout_id]
+
+
+async def test_the_creators_page_shows_the_actions_on_every_cashout_of_theirs(
+    operator: httpx.AsyncClient, lists: Lists
+) -> None:
+    """The cancelled hold is on the cash-outs' second page; its cancellation is on the actions'
+    first page, whichever page of cash-outs is shown."""
+    first = (await operator.get(f"/console/creator?id={lists.cashout_creator}")).text
+    assert lists.cancelled_cashout_id not in _cashout_ids(first)
+    [actions] = tables(first.split('id="creator-actions-heading"')[1])
+    # Action, Recorded, Who, What, Target: the body's rows
+    assert [row[3:5] for row in actions.rows[1:]] == [
+        ["cashout_cancelled", lists.cancelled_cashout_id]
+    ]

@@ -35,7 +35,7 @@ from services.cashout.recovery import (
     awaits_bank_confirmation,
     resubmission_id,
 )
-from services.cashout.store import load_cashout
+from services.cashout.store import CashoutKey, cashout_cursor, cashout_key, load_cashout
 from services.console import reads
 from services.console.charts import bar_chart
 from services.console.context import (
@@ -60,6 +60,7 @@ from services.runtime.metrics import CONSUMER_LAG
 STATEMENT_PAGE_SIZE_DEFAULT: Final = 50
 CSV_LINE_COUNT_MAX: Final = 10_000
 ACTION_PAGE_SIZE: Final = 50
+CREATOR_CASHOUT_PAGE_SIZE: Final = 200
 PROPOSED_ADJUSTMENT_PAGE_SIZE: Final = 200
 FROZEN_CREATOR_PAGE_SIZE: Final = 200
 SOURCE_READ_WAIT_S: Final = 3.0
@@ -155,8 +156,22 @@ async def overview(request: Request) -> Response:
 # Creator --------------------------------------------------------------------------------------
 
 
+def query_cashout_key(request: Request, name: str) -> CashoutKey | None:
+    """A cursor of the cash-outs list (`cashout_cursor`), or None when absent or not one."""
+    value = query_text(request, name)
+    if value is None:
+        return None
+    try:
+        return cashout_key(value)
+    except ValueError:
+        return None
+
+
 async def creator(request: Request, outcome: str | None = None) -> Response:
-    """A creator's page; for an operator, the freeze or unfreeze form."""
+    """A creator's page; for an operator, the freeze or unfreeze form. The statement, the
+    cash-outs (newest first, after `cashouts_after`) and the operator actions on the creator and
+    every cash-out of theirs (newest first, before `actions_before`) each come a page at a time,
+    their cursors in the query, each list's links keeping the others'."""
     session = session_of(request)
     if session is None:
         return not_signed_in(request)
@@ -168,6 +183,7 @@ async def creator(request: Request, outcome: str | None = None) -> Response:
     page_size = page_size or STATEMENT_PAGE_SIZE_DEFAULT
     cursor = query_int(request, "cursor", 0, SEQ_MAX) or 0
     actions_before = query_int(request, "actions_before", 1, ID_MAX)
+    cashouts_after = query_cashout_key(request, "cashouts_after")
     async with console.reader() as conn:
         accounts = sorted(await creator_balances(conn, creator_id), key=lambda a: a.name)
         freeze = await freeze_state(conn, creator_id)
@@ -179,15 +195,12 @@ async def creator(request: Request, outcome: str | None = None) -> Response:
         page = None
         if chosen is not None:
             page = await statement(conn, chosen.account_id, after_seq=cursor, page_size=page_size)
-        cashouts = await reads.find_cashouts(
-            conn, status=None, creator_id=creator_id, from_time=None, to_time=None
+        cashouts = await reads.creator_cashouts(
+            conn, creator_id, after=cashouts_after, count=CREATOR_CASHOUT_PAGE_SIZE
         )
-        steps = await reads.transitions_of(conn, [c.cashout_id for c in cashouts])
-        actions = await reads.actions_on(
-            conn,
-            [creator_id, *(c.cashout_id for c in cashouts)],
-            before_id=actions_before,
-            count=ACTION_PAGE_SIZE,
+        steps = await reads.transitions_of(conn, [c.cashout_id for c in cashouts.rows])
+        actions = await reads.actions_on_creator(
+            conn, creator_id, before_id=actions_before, count=ACTION_PAGE_SIZE
         )
     transitions: dict[str, list[reads.Transition]] = {}
     for step in steps:
@@ -208,7 +221,13 @@ async def creator(request: Request, outcome: str | None = None) -> Response:
         page_size=page_size,
         page_size_max=STATEMENT_PAGE_SIZE_MAX,
         csv_line_count_max=CSV_LINE_COUNT_MAX,
-        cashouts=cashouts,
+        cashouts=cashouts.rows,
+        cashouts_after=None if cashouts_after is None else cashout_cursor(cashouts_after),
+        cashouts_after_id=None if cashouts_after is None else cashouts_after.cashout_id,
+        cashouts_older_than=(
+            None if cashouts.next_cursor is None else cashout_cursor(cashouts.next_cursor)
+        ),
+        cashout_page_size=CREATOR_CASHOUT_PAGE_SIZE,
         transitions=transitions,
         actions=actions.rows,
         actions_before=actions_before,

@@ -1,8 +1,8 @@
 """The console's reads beyond `ledger.queries`, `services.api.queries` and the operator modules:
 totals for the overview, lists with the console's filters, and who touched what. Every statement
 takes its inputs as bound parameters and returns a bounded number of rows; the lists a page
-cannot show whole (the operator actions, the frozen creators) come a page at a time, with the
-cursor the next page starts from.
+cannot show whole (the operator actions, the frozen creators, a creator's cash-outs) come a page
+at a time, with the cursor the next page starts from.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ledger.chart import AccountKind
 from ledger.model import TransferCode
 from ledger.rollups import day_split, raw_ranges, rolled_days
 from schemas.assets import DIAMOND
+from services.cashout.store import CashoutKey
 
 LIST_ROW_COUNT_MAX: Final = 200
 TOP_CREATOR_COUNT: Final = 10
@@ -26,17 +27,18 @@ TRANSITION_COUNT_MAX: Final = 5_000
 DETAIL_CHARACTERS_MAX: Final = 4_000
 
 Row = TypeVar("Row")
+Cursor = TypeVar("Cursor")
 
 
 @dataclass(frozen=True, slots=True)
-class Page(Generic[Row]):
+class Page(Generic[Row, Cursor]):
     """At most a page of rows, and the cursor the next page starts from (None: none left)."""
 
     rows: list[Row]
-    next_cursor: int | None
+    next_cursor: Cursor | None
 
 
-def _page(rows: list[Row], count: int, cursor_of: Callable[[Row], int]) -> Page[Row]:
+def _page(rows: list[Row], count: int, cursor_of: Callable[[Row], Cursor]) -> Page[Row, Cursor]:
     """A page of `count` rows out of `rows`, read with one more: the cursor is the last row's
     when there was one more."""
     if len(rows) > count:
@@ -175,6 +177,38 @@ async def find_cashouts(
     return [CashoutRow(**row._mapping) for row in rows]
 
 
+async def creator_cashouts(
+    conn: AsyncConnection,
+    creator_id: str,
+    *,
+    after: CashoutKey | None = None,
+    count: int = LIST_ROW_COUNT_MAX,
+) -> Page[CashoutRow, CashoutKey]:
+    """A creator's cash-outs, newest first (`occurred_at` descending, then by id), from just
+    after the cash-out `after` names (the newest when None), `count` a page. The cursor is the
+    last row's place in that order, so paging visits every cash-out once, however many share an
+    instant, and a cash-out requested while paging shows on the first page, not twice."""
+    assert 1 <= count <= LIST_ROW_COUNT_MAX, count
+    rows = await conn.execute(
+        text(
+            f"SELECT {_CASHOUT_COLUMNS} FROM cashouts"  # noqa: S608 (constant columns)
+            " WHERE creator_id = :creator"
+            " AND (CAST(:after_at AS timestamptz) IS NULL"
+            "      OR (occurred_at <= :after_at"
+            "          AND (occurred_at < :after_at OR cashout_id > CAST(:after_id AS text))))"
+            " ORDER BY occurred_at DESC, cashout_id LIMIT :limit"
+        ),
+        {
+            "creator": creator_id,
+            "after_at": None if after is None else after.occurred_at,
+            "after_id": None if after is None else after.cashout_id,
+            "limit": count + 1,  # one more: whether a next page exists
+        },
+    )
+    found = [CashoutRow(**row._mapping) for row in rows]
+    return _page(found, count, lambda row: CashoutKey(row.occurred_at, row.cashout_id))
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     cashout_id: str
@@ -223,7 +257,7 @@ async def actions_on(
     *,
     before_id: int | None = None,
     count: int = LIST_ROW_COUNT_MAX,
-) -> Page[ActionRow]:
+) -> Page[ActionRow, int]:
     """The operator actions on any of `targets` (a creator, their cash-outs), newest first, from
     just before `before_id` (the newest when None), `count` a page."""
     assert 1 <= count <= LIST_ROW_COUNT_MAX, count
@@ -244,9 +278,43 @@ async def actions_on(
     return _page([ActionRow(**row._mapping) for row in rows], count, lambda action: action.id)
 
 
+async def actions_on_creator(
+    conn: AsyncConnection,
+    creator_id: str,
+    *,
+    before_id: int | None = None,
+    count: int = LIST_ROW_COUNT_MAX,
+) -> Page[ActionRow, int]:
+    """The operator actions on a creator and on every cash-out of theirs, newest first, from just
+    before `before_id` (the newest when None), `count` a page. Each target (the creator, each of
+    their cash-outs) gives at most a page from its own entries of the log's index by target, so
+    the read is bounded by the creator's cash-outs, not by the log."""
+    assert 1 <= count <= LIST_ROW_COUNT_MAX, count
+    rows = await conn.execute(
+        text(
+            f"SELECT {_ACTION_COLUMNS} FROM ("  # noqa: S608 (constant columns)
+            " SELECT CAST(:creator AS text) AS target_id"
+            " UNION ALL SELECT cashout_id FROM cashouts WHERE creator_id = :creator) targets"
+            " CROSS JOIN LATERAL ("
+            "  SELECT id, actor, role, action, target, reason, ticket, details, recorded_at"
+            "  FROM operator_actions WHERE target = targets.target_id"
+            "  AND (CAST(:before AS bigint) IS NULL OR id < :before)"
+            "  ORDER BY id DESC LIMIT :limit) actions"
+            " ORDER BY id DESC LIMIT :limit"
+        ),
+        {
+            "creator": creator_id,
+            "before": before_id,
+            "detail_max": DETAIL_CHARACTERS_MAX,
+            "limit": count + 1,
+        },
+    )
+    return _page([ActionRow(**row._mapping) for row in rows], count, lambda action: action.id)
+
+
 async def actions_before(
     conn: AsyncConnection, before_id: int | None, count: int
-) -> Page[ActionRow]:
+) -> Page[ActionRow, int]:
     """The log, newest first, from just before `before_id` (the newest when None), `count` a
     page."""
     assert 1 <= count <= LIST_ROW_COUNT_MAX, count
@@ -270,7 +338,7 @@ class FrozenCreator:
 
 async def frozen_creators(
     conn: AsyncConnection, *, before_action_id: int | None = None, count: int = LIST_ROW_COUNT_MAX
-) -> Page[FrozenCreator]:
+) -> Page[FrozenCreator, int]:
     """Creators whose latest freeze row freezes them, most recently frozen first (by the freeze's
     action: the log's ids ascend in the order actions are recorded), from just before the freeze
     `before_action_id` (the most recent when None), `count` a page."""
