@@ -30,7 +30,11 @@ from services.console import pages
 from services.console.charts import bar_chart
 from services.console.pages import SECURITY_HEADERS
 from services.console.reads import ActionRow
-from services.console.sessions import SessionBook
+from services.console.sessions import (
+    SESSIONS_PER_CALLER_MAX,
+    SessionBook,
+    SessionBookFullError,
+)
 from services.console.shown_bytes import (
     HEX_BYTES_MAX,
     TEXT_CHARACTERS_MAX,
@@ -218,16 +222,53 @@ def test_a_session_ends_console_session_s_after_sign_in() -> None:
     assert len(book) == 0
 
 
-def test_the_session_closest_to_expiring_makes_room_for_a_new_one() -> None:
+def test_a_flood_of_one_callers_sign_ins_leaves_another_callers_session_open() -> None:
+    """One caller signing in again and again ends only their own oldest sessions, however many
+    sign-ins: another caller's session stays, and the book stays at what the callers may keep."""
     now = [0.0]
-    book = SessionBook(60, count_max=2, clock_s=lambda: now[0])
-    first = book.open(Caller("finance", "a"))
+    book = SessionBook(60, count_max=SESSIONS_PER_CALLER_MAX * 2, clock_s=lambda: now[0])
+    other = book.open(Caller("finance", "b"))
+    flood = []
+    for _ in range(SESSIONS_PER_CALLER_MAX * 10):
+        now[0] += 0.01
+        flood.append(book.open(Caller("operator", "a")))
+    assert book.find(other.session_id) == other
+    kept = flood[-SESSIONS_PER_CALLER_MAX:]
+    assert [book.find(session.session_id) for session in kept] == kept
+    assert not [s for s in flood[:-SESSIONS_PER_CALLER_MAX] if book.find(s.session_id)]
+    assert len(book) == SESSIONS_PER_CALLER_MAX + 1
+    assert book.count_of(Caller("operator", "a")) == SESSIONS_PER_CALLER_MAX
+
+
+def test_a_caller_past_their_sessions_ends_their_own_oldest() -> None:
+    now = [0.0]
+    book = SessionBook(60, per_caller_max=2, clock_s=lambda: now[0])
+    caller = Caller("operator", "a")
+    first = book.open(caller)
     now[0] += 1
-    second = book.open(Caller("finance", "b"))
-    third = book.open(Caller("finance", "c"))
+    second = book.open(caller)
+    third = book.open(caller)
     assert book.find(first.session_id) is None
     assert book.find(second.session_id) == second
     assert book.find(third.session_id) == third
+
+
+def test_a_full_book_refuses_a_new_session_until_the_first_ends_and_ends_none() -> None:
+    now = [0.0]
+    book = SessionBook(60, count_max=2, clock_s=lambda: now[0])
+    first = book.open(Caller("finance", "a"))
+    now[0] += 10
+    second = book.open(Caller("finance", "b"))
+    now[0] += 0.5
+    with pytest.raises(SessionBookFullError) as refused:
+        book.open(Caller("finance", "c"))
+    assert refused.value.retry_after_s == 50  # 49.5 s, rounded up
+    assert book.find(first.session_id) == first
+    assert book.find(second.session_id) == second
+    now[0] += 49.5
+    third = book.open(Caller("finance", "c"))
+    assert book.find(first.session_id) is None
+    assert [book.find(second.session_id), book.find(third.session_id)] == [second, third]
 
 
 def test_bytes_show_as_text_when_utf8_else_as_hex_and_always_cut_short() -> None:

@@ -118,7 +118,13 @@ class _AsMountRoot:
 def install_console(api: FastAPI) -> None:
     """Mount the console in the API (`create_app`): its pages under `/console/`, and `/console`
     itself, answered as `/console/` (the overview)."""
-    console = Console(api, SessionBook(api.state.settings.console_session_s))
+    settings = api.state.settings
+    sessions = SessionBook(
+        settings.console_session_s,
+        settings.console_session_count_max,
+        per_caller_max=settings.console_sessions_per_caller_max,
+    )
+    console = Console(api, sessions)
     api.state.console = console
     mount = Mount(CONSOLE_PATH, console_app(console), name="console")
     api.router.routes.append(Route(CONSOLE_PATH, _AsMountRoot(mount), include_in_schema=False))

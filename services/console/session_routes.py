@@ -2,9 +2,11 @@
 
 `GET /console/sign-in` is open (the form). `POST /console/sign-in` takes a token of `API_TOKENS`
 and, when it is known, opens a session: its id goes back in an HttpOnly, SameSite=Strict cookie
-(Secure over TLS) that lasts `CONSOLE_SESSION_S`. The form carries a random value also set in a
-cookie of its own, so another site cannot sign a browser in. `POST /console/sign-out` (with the
-session's CSRF token) ends the session.
+(Secure over TLS) that lasts `CONSOLE_SESSION_S`. A sign-in ends no other caller's session
+(`sessions`): past `CONSOLE_SESSIONS_PER_CALLER_MAX` it ends the caller's own oldest, and past
+`CONSOLE_SESSION_COUNT_MAX` it is answered 503 with Retry-After. The form carries a random value
+also set in a cookie of its own, so another site cannot sign a browser in. `POST
+/console/sign-out` (with the session's CSRF token) ends the session.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from services.console.context import (
     sign_in_page,
 )
 from services.console.pages import SECURITY_HEADERS
+from services.console.sessions import SessionBookFullError
 
 STYLESHEET: Final = resources.files("services.console").joinpath("static/console.css")
 STYLESHEET_CACHE_S: Final = 3600
@@ -54,7 +57,17 @@ async def sign_in(request: Request) -> Response:
     caller = console.token_book.caller_of(form.get("token", ""))
     if caller is None:
         return sign_in_page(request, status_code=401, message="That token is not known.")
-    session = console.sessions.open(caller)
+    try:
+        session = console.sessions.open(caller)
+    except SessionBookFullError as error:
+        full = sign_in_page(
+            request,
+            status_code=503,
+            message=f"Every console session this process keeps is taken: sign in again in"
+            f" {error.retry_after_s} s.",
+        )
+        full.headers["Retry-After"] = str(error.retry_after_s)
+        return full
     answer = RedirectResponse(console_url(request, ""), status_code=303)
     answer.set_cookie(
         SESSION_COOKIE,

@@ -380,6 +380,21 @@ class Settings(BaseSettings):
         le=7 * 24 * 3600,
         description="How long a console session lasts after signing in with a token.",
     )
+    console_sessions_per_caller_max: int = Field(
+        default=10,
+        ge=1,
+        le=1_000,
+        description="Most console sessions one token's role and name keeps: their next sign-in"
+        " ends their own oldest session, never another's.",
+    )
+    console_session_count_max: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most console sessions the API process keeps in all: a sign-in past it is"
+        " answered 503 with Retry-After (when the first session ends); no session is ended for"
+        " it.",
+    )
 
     @field_validator("database_url", "api_database_url")
     @classmethod
