@@ -32,6 +32,7 @@ from services.console import (
 from services.console.context import Console, message_page, session_of
 from services.console.pages import CONSOLE_PATH
 from services.console.sessions import SessionBook
+from services.console.sign_in_limits import SignInLimits
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,8 @@ def install_console(api: FastAPI) -> None:
         settings.console_session_count_max,
         per_caller_max=settings.console_sessions_per_caller_max,
     )
-    console = Console(api, sessions)
+    limits = SignInLimits(settings.console_sign_in_failures_max, settings.console_sign_in_window_s)
+    console = Console(api, sessions, limits)
     api.state.console = console
     mount = Mount(CONSOLE_PATH, console_app(console), name="console")
     api.router.routes.append(Route(CONSOLE_PATH, _AsMountRoot(mount), include_in_schema=False))

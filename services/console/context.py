@@ -23,6 +23,7 @@ from services.api.deps import reader_connection
 from services.console.pages import console_url as console_url
 from services.console.pages import render
 from services.console.sessions import ConsoleSession, SessionBook
+from services.console.sign_in_limits import SignInLimits
 from services.runtime.settings import Settings
 
 SESSION_COOKIE: Final = "giftledger_console"
@@ -41,6 +42,7 @@ class Console:
 
     api: FastAPI
     sessions: SessionBook
+    sign_in_limits: SignInLimits
 
     @property
     def settings(self) -> Settings:

@@ -4,8 +4,10 @@
 and, when it is known, opens a session: its id goes back in an HttpOnly, SameSite=Strict cookie
 (Secure over TLS) that lasts `CONSOLE_SESSION_S`. A sign-in ends no other caller's session
 (`sessions`): past `CONSOLE_SESSIONS_PER_CALLER_MAX` it ends the caller's own oldest, and past
-`CONSOLE_SESSION_COUNT_MAX` it is answered 503 with Retry-After. The form carries a random value
-also set in a cookie of its own, so another site cannot sign a browser in. `POST
+`CONSOLE_SESSION_COUNT_MAX` it is answered 503 with Retry-After. A client address that has
+failed `CONSOLE_SIGN_IN_FAILURES_MAX` times in `CONSOLE_SIGN_IN_WINDOW_S` is answered 429 with
+Retry-After (`sign_in_limits`). The form carries a random value also set in a cookie of its own,
+so another site cannot sign a browser in. `POST
 /console/sign-out` (with the session's CSRF token) ends the session.
 """
 
@@ -33,6 +35,7 @@ from services.console.context import (
 )
 from services.console.pages import SECURITY_HEADERS
 from services.console.sessions import SessionBookFullError
+from services.console.sign_in_limits import source_of
 
 STYLESHEET: Final = resources.files("services.console").joinpath("static/console.css")
 STYLESHEET_CACHE_S: Final = 3600
@@ -45,6 +48,17 @@ async def sign_in_form(request: Request) -> Response:
 
 
 async def sign_in(request: Request) -> Response:
+    console = console_of(request)
+    source = source_of(None if request.client is None else request.client.host)
+    retry_after_s = console.sign_in_limits.retry_after_s(source)
+    if retry_after_s is not None:
+        limited = sign_in_page(
+            request,
+            status_code=429,
+            message=f"Too many failed sign-ins from your address: try again in {retry_after_s} s.",
+        )
+        limited.headers["Retry-After"] = str(retry_after_s)
+        return limited
     try:
         form = await read_form(request)
     except FormError as error:
@@ -53,9 +67,9 @@ async def sign_in(request: Request) -> Response:
         return sign_in_page(
             request, status_code=403, message="The form was out of date: sign in again."
         )
-    console = console_of(request)
     caller = console.token_book.caller_of(form.get("token", ""))
     if caller is None:
+        console.sign_in_limits.record_failure(source)
         return sign_in_page(request, status_code=401, message="That token is not known.")
     try:
         session = console.sessions.open(caller)

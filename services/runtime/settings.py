@@ -395,6 +395,21 @@ class Settings(BaseSettings):
         " answered 503 with Retry-After (when the first session ends); no session is ended for"
         " it.",
     )
+    console_sign_in_failures_max: int = Field(
+        default=10,
+        ge=1,
+        le=1_000,
+        description="Failed console sign-ins (an unknown token) one client address (an IPv6"
+        " address: its /64) may make in CONSOLE_SIGN_IN_WINDOW_S; past them, its sign-ins are"
+        " answered 429 with Retry-After until the window ends.",
+    )
+    console_sign_in_window_s: int = Field(
+        default=300,
+        ge=1,
+        le=24 * 3600,
+        description="The window of CONSOLE_SIGN_IN_FAILURES_MAX, from a client's first failed"
+        " sign-in.",
+    )
 
     @field_validator("database_url", "api_database_url")
     @classmethod
