@@ -5,18 +5,28 @@ also the test that the generator's expected state matches a ledger fed the same 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.loadtest.checks import Observed, compare, table_warnings
+from ledger.database import create_engine
+from services.loadtest.checks import Observed, check_assumptions, compare, table_warnings
 from services.loadtest.generator import generate
 from services.loadtest.measurements import SendTimes, percentile
 from services.loadtest.oracle import cashout_platform_movements
 from services.loadtest.replay import StreamRecord
 from services.loadtest.run import LoadtestError, loadtest
-from services.loadtest.stream_format import ExpectedState, StreamShape, load_expected
+from services.loadtest.stream_format import (
+    STREAM_START,
+    ExpectedState,
+    StreamShape,
+    load_expected,
+)
 from services.runtime.settings import Settings
+from tests.fresh_database import fresh_database
 from tests.ledger_helpers import newest_verify_run
 
 EVENTS = 3_000
@@ -86,6 +96,57 @@ async def test_a_deployment_with_other_rules_is_refused(
     settings = settings_for(database_url, kafka_bootstrap, cashout_minimum_usd_cents=500)
     with pytest.raises(LoadtestError, match="CASHOUT_MINIMUM_USD_CENTS is 500"):
         await loadtest(settings, events=None, file=stream, out_dir=tmp_path / "out")
+
+
+async def add_card(engine: AsyncEngine, effective_from: datetime, diamonds_per_usd: int) -> None:
+    """A rate card version of 500 milli-diamonds per coin (the stream's) from `effective_from`,
+    written as `giftledger rates add` wrote it back then (it refuses a start in the past now)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO rate_cards (version, effective_from, milli_diamonds_per_coin,"
+                " diamonds_per_usd, note, created_by)"
+                " SELECT max(version) + 1, :at, 500, :per_usd, 'test', 'test' FROM rate_cards"
+            ),
+            {"at": effective_from, "per_usd": diamonds_per_usd},
+        )
+
+
+async def test_the_rate_card_is_judged_when_the_cash_outs_are_approved(
+    postgres_admin_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The desk prices a cash-out at the card in force when it approves it, during the run, not
+    at the stream's recorded days: a card added since the stream's days with another diamonds
+    per USD refuses the run (it ran, and ended NOT MATCHED on the payouts); a card of the
+    stream's days that no cash-out is priced at does not."""
+    stream = tmp_path / "small.jsonl.gz"
+    expected = generate(stream, events=300, seed=5, namespace="approval-card")
+    async with fresh_database(postgres_admin_url, "fix_loadfix") as url:
+        settings = settings_for(url, kafka_bootstrap)
+        engine = create_engine(url, pool_size=2)
+        try:
+            async with engine.connect() as conn:
+                now = (await conn.execute(text("SELECT now()"))).scalar_one()
+            # Added since the stream's days: in force at every approval of the run.
+            await add_card(engine, now - timedelta(seconds=2), diamonds_per_usd=250)
+            with pytest.raises(LoadtestError, match="250 diamonds per USD") as refused:
+                await loadtest(settings, events=None, file=stream, out_dir=tmp_path / "out")
+            assert "prices the cash-outs approved during the run" in str(refused.value)
+            # Back to the stream's 200 now; a card in force on the stream's days only prices
+            # its gifts (at 500 per coin, as the stream assumes), none of the run's cash-outs.
+            await add_card(engine, now - timedelta(seconds=1), diamonds_per_usd=200)
+            await add_card(engine, STREAM_START + timedelta(hours=1), diamonds_per_usd=250)
+            async with engine.connect() as conn:
+                assert await check_assumptions(conn, settings, expected) == []
+            # One taking effect while the run's cash-outs may be approved refuses the run.
+            await add_card(engine, now + timedelta(minutes=10), diamonds_per_usd=200)
+            await add_card(engine, now + timedelta(minutes=20), diamonds_per_usd=300)
+            async with engine.connect() as conn:
+                problems = await check_assumptions(conn, settings, expected)
+            assert [problem.split(" (")[0] for problem in problems] == ["rate card 6"], problems
+            assert "300 diamonds per USD" in problems[0]
+        finally:
+            await engine.dispose()
 
 
 async def test_either_events_or_a_file(database_url: str, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
@@ -26,12 +27,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas import topics
+from services.cashout.request_facts import fx_rates_in_force
 from services.loadtest.oracle import cashout_platform_movements
 from services.loadtest.stream_format import ExpectedState
-from services.rates.rate_cards import load_rate_cards
+from services.rates.fx import decimal_text
+from services.rates.rate_cards import BEGINNING_OF_TIME, load_rate_cards
 from services.runtime.settings import Settings, get_settings
 
 MISMATCHES_SHOWN_MAX = 20
+# The run's cash-outs are approved from its start until about this much later: a rate card or
+# FX rate taking effect within it would price some of them.
+APPROVAL_HORIZON = timedelta(hours=1)
 DLQ_READ_WAIT_S = 60.0
 DLQ_QUIET_S = 1.0
 
@@ -230,7 +236,13 @@ def compare(expected: ExpectedState, observed: Observed) -> list[str]:
 async def check_assumptions(
     conn: AsyncConnection, settings: Settings, expected: ExpectedState
 ) -> list[str]:
-    """Where this deployment's rules differ from those the expected state was derived from."""
+    """Where this deployment's rules differ from those the expected state was derived from.
+
+    Each rate is judged at the moments that price with it, as the services price: a gift's
+    milli-diamonds per coin by the rate card in force at its `occurred_at` (the stream's recorded
+    days), a cash-out's diamonds per USD and FX rate by those in force when the desk approves it
+    (`services.cashout.desk`): during the run, so the versions in force now and those taking
+    effect within `APPROVAL_HORIZON` from now."""
     assumed = expected.assumptions
     problems: list[str] = []
     start = datetime.fromisoformat(expected.stream_start)
@@ -239,28 +251,45 @@ async def check_assumptions(
         start + timedelta(days=3, milliseconds=expected.duration_ms),
     )
     book = await load_rate_cards(conn)
-    cards = [book.in_force_at(window[0])]
-    cards += [card for card in book.cards if window[0] < card.effective_from <= window[1]]
-    for card in cards:
-        if (card.milli_diamonds_per_coin, card.diamonds_per_usd) != (
-            assumed["milli_diamonds_per_coin"],
-            assumed["diamonds_per_usd"],
-        ):
+    gift_cards = [book.in_force_at(window[0])]
+    gift_cards += [card for card in book.cards if window[0] < card.effective_from <= window[1]]
+    for card in gift_cards:
+        if card.milli_diamonds_per_coin != assumed["milli_diamonds_per_coin"]:
             problems.append(
                 f"rate card {card.version} ({card.milli_diamonds_per_coin} milli-diamonds per "
-                f"coin, {card.diamonds_per_usd} diamonds per USD) is in force during the stream"
+                f"coin) prices gifts during the stream, which assumes "
+                f"{assumed['milli_diamonds_per_coin']}"
             )
+    now: datetime = (await conn.execute(text("SELECT now()"))).scalar_one()
+    approval_end = now + APPROVAL_HORIZON
+    approval_cards = [book.in_force_at(now)]
+    approval_cards += [card for card in book.cards if now < card.effective_from <= approval_end]
+    for card in approval_cards:
+        if card.diamonds_per_usd != assumed["diamonds_per_usd"]:
+            problems.append(
+                f"rate card {card.version} ({card.diamonds_per_usd} diamonds per USD, from "
+                f"{_moment_text(card.effective_from)}) prices the cash-outs approved during the "
+                f"run, the stream assumes {assumed['diamonds_per_usd']}"
+            )
+    currencies = sorted(assumed["fx_units_per_usd"])
     rows = await conn.execute(
         text(
-            "SELECT currency, effective_from, units_per_usd_numerator AS n,"
-            " units_per_usd_denominator AS d FROM fx_rates WHERE effective_from <= :end"
+            "SELECT currency, effective_from FROM fx_rates WHERE currency = ANY(:currencies)"
+            " AND effective_from > :now AND effective_from <= :end"
         ),
-        {"end": window[1]},
+        {"currencies": currencies, "now": now, "end": approval_end},
     )
-    for row in rows:
-        wanted = assumed["fx_units_per_usd"].get(row.currency)
-        if wanted is not None and f"{row.n}/{row.d}" not in (f"{wanted}/1", wanted):
-            problems.append(f"FX rate {row.currency} {row.n}/{row.d} from {row.effective_from}")
+    moments = [(currency, now) for currency in currencies]
+    moments += [(row.currency, row.effective_from) for row in rows]
+    in_force = await fx_rates_in_force(conn, moments)
+    for (currency, moment), rate in sorted(in_force.items(), key=lambda item: item[0]):
+        wanted = Fraction(assumed["fx_units_per_usd"][currency])
+        if rate is None or rate.units_per_usd != wanted:
+            found = "no rate" if rate is None else f"{decimal_text(rate.units_per_usd)} per USD"
+            problems.append(
+                f"FX rate {currency}: {found} at {_moment_text(moment)}, when the run's cash-outs "
+                f"are approved; the stream assumes {assumed['fx_units_per_usd'][currency]}"
+            )
     limits = {
         "cashout_minimum_usd_cents": settings.cashout_minimum_usd_cents,
         "cashout_daily_limit_usd_cents": settings.cashout_daily_limit_usd_cents,
@@ -279,3 +308,7 @@ async def check_assumptions(
         if not same:
             problems.append(f"ELIGIBILITY_{name.upper()} is {actual}, the stream assumes {value}")
     return problems
+
+
+def _moment_text(moment: datetime) -> str:
+    return "the beginning" if moment == BEGINNING_OF_TIME else moment.isoformat()

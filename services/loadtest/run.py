@@ -11,7 +11,9 @@ Steps, in one process, as `giftledger demo` runs:
    fresh consumer group writing as the writer role, and the simulated bank with
    `failure_rate=0` and `return_rate=0` (every held cash-out ends paid). The rules the expected
    state assumes (rate card, FX, cash-out limits, eligibility) are checked against this
-   deployment first; a difference stops the run, as its result could not match.
+   deployment first, each rate at the moments it prices (`check_assumptions`: a gift's rate card
+   on the stream's recorded days, a cash-out's rate card and FX when the desk approves it, during
+   the run); a difference stops the run, as its result could not match.
 3. Replay the stream up to its cash-out phase; wait until the consumers' own counters say every
    record was consumed and no reversal is still parked. Then replay the cash-outs and wait until
    every record (and every report of the bank) is consumed, the outbox is drained and no cash-out
