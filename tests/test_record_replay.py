@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -241,3 +242,41 @@ async def test_a_resumed_recording_writes_the_same_file(
     assert decompressed(interrupted) == decompressed(whole)
     first_line = json.loads(decompressed(whole).splitlines()[0])
     assert {"partition", "source_offset", "timestamp_ms"} <= set(first_line)
+
+
+async def test_a_recorded_stream_this_database_applied_before_says_so(
+    database_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A recorded stream loaded into a database that already holds its events applies nothing
+    again: the run says so, and measures no latency from the earlier run's `applied_at` (it
+    said CONSISTENT, with latencies below zero)."""
+    generated = tmp_path / "generated.jsonl.gz"
+    generate(
+        generated, events=1_000, seed=37, namespace=f"aa{uuid.uuid4().hex[:8]}", shape=NO_CASHOUTS
+    )
+    stream = tmp_path / "recorded.jsonl.gz"  # no expected state beside it: taken as recorded
+    shutil.copyfile(generated, stream)
+    settings = settings_for(database_url, kafka_bootstrap)
+    first = await loadtest(settings, events=None, file=stream, out_dir=tmp_path / "1", stall_s=60.0)
+    assert first.matched, first.summary()
+    assert first.already_applied == 0
+    assert first.latency_samples > 0
+    assert "ALREADY APPLIED" not in first.summary()
+
+    again = await loadtest(settings, events=None, file=stream, out_dir=tmp_path / "2", stall_s=60.0)
+    summary = again.summary()
+    assert all(ms >= 0 for ms in again.latency_ms.values()), summary
+    assert again.applied == 0, summary
+    # Every duplicate names an event of the first run; a conflict (the same id, another
+    # payload) names one too, and is dead-lettered again.
+    assert again.duplicates <= again.already_applied <= again.duplicates + again.dead_lettered
+    assert again.already_applied > 0
+    assert summary.splitlines()[0] == (
+        "giftledger loadtest: CONSISTENT (recorded stream: the end state was not predicted); "
+        f"ALREADY APPLIED: {again.already_applied} of its {again.records} records name events "
+        "this database applied before the run"
+    )
+    assert (again.latency_samples, again.latency_ms) == (0, {})
+    assert "latency   none: no sampled event was applied during the run" in summary
+    document = json.loads((tmp_path / "2" / "loadtest.json").read_text())
+    assert document["already_applied"] == again.already_applied

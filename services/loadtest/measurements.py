@@ -3,21 +3,27 @@
 process), and the latency from the moment the replayer handed a sampled record to the producer to
 the event's `applied_at` (the start of the transaction that applied it, so slightly early). About
 one event in 100 is sampled (by a hash of its event_id, first send only; at most 200,000
-samples)."""
+samples); a sampled event applied before the run (a duplicate now) or before it was sent by this
+machine's clock is left out, so no latency is negative."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import math
 import re
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.loadtest.replay import StreamRecord
+from services.loadtest.replay import StreamRecord, read_stream
 
 SAMPLE_INTERVAL_S = 0.5
 SAMPLES_MAX = 200_000
@@ -99,26 +105,94 @@ class Latency:
     ms: float
 
 
-async def latencies(engine: AsyncEngine, send_times: SendTimes) -> list[Latency]:
-    """applied_at minus the send time of each sampled event that was applied, in the order they
-    were sent."""
+@dataclass(frozen=True, slots=True)
+class Latencies:
+    """The sampled events applied during the run, and those left out: applied before the run
+    (a stream this database held already: duplicates now), or applied before they were sent by
+    this machine's clock (the database's clock is behind it)."""
+
+    points: list[Latency]
+    applied_before_run: int
+    applied_before_sent: int
+
+
+async def latencies(
+    engine: AsyncEngine, send_times: SendTimes, run_started_at: datetime
+) -> Latencies:
+    """applied_at minus the send time of each sampled event applied since `run_started_at` (the
+    database's clock), in the order they were sent; never below zero (see `Latencies`)."""
     keys = list(send_times.times)
     found: list[Latency] = []
+    before_run = before_sent = 0
     async with engine.connect() as conn:
         for start in range(0, len(keys), LATENCY_QUERY_CHUNK):
             chunk = keys[start : start + LATENCY_QUERY_CHUNK]
             rows = await conn.execute(
                 text(
-                    "SELECT topic, event_id, extract(epoch FROM applied_at)::float8 AS at"
+                    "SELECT topic, event_id, extract(epoch FROM applied_at)::float8 AS at,"
+                    " applied_at < :run_started_at AS before_run"
                     " FROM applied_events WHERE (topic, event_id) IN"
                     " (SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:ids AS text[])))"
                 ),
-                {"topics": [key[0] for key in chunk], "ids": [key[1] for key in chunk]},
+                {
+                    "topics": [key[0] for key in chunk],
+                    "ids": [key[1] for key in chunk],
+                    "run_started_at": run_started_at,
+                },
             )
             for row in rows:
                 sent_at = send_times.times[(row.topic, row.event_id)]
-                found.append(Latency(sent_at, (row.at - sent_at) * 1000.0))
-    return sorted(found, key=lambda latency: latency.sent_at)
+                ms = (row.at - sent_at) * 1000.0
+                if row.before_run:
+                    before_run += 1
+                elif ms < 0:
+                    before_sent += 1
+                else:
+                    found.append(Latency(sent_at, ms))
+    found.sort(key=lambda latency: latency.sent_at)
+    return Latencies(found, before_run, before_sent)
+
+
+async def applied_before_run(engine: AsyncEngine, stream: Path, run_started_at: datetime) -> int:
+    """How many records of the stream file name an event (their topic and `event_id`) that this
+    database applied before `run_started_at` (its clock): the file read `LATENCY_QUERY_CHUNK`
+    records at a time, one query each, in bounded memory."""
+    records = read_stream(stream)
+    count = 0
+    async with engine.connect() as conn:
+        while True:
+            chunk, read = await asyncio.to_thread(_event_ids, records, LATENCY_QUERY_CHUNK)
+            if not read:
+                return count
+            if not chunk:
+                continue
+            found = await conn.execute(
+                text(
+                    "SELECT count(*) FROM unnest(CAST(:topics AS text[]),"
+                    " CAST(:ids AS text[])) AS w(topic, event_id)"
+                    " JOIN applied_events a USING (topic, event_id)"
+                    " WHERE a.applied_at < :run_started_at"
+                ),
+                {
+                    "topics": [topic for topic, _ in chunk],
+                    "ids": [event_id for _, event_id in chunk],
+                    "run_started_at": run_started_at,
+                },
+            )
+            count += int(found.scalar_one())
+
+
+def _event_ids(records: Iterator[StreamRecord], limit: int) -> tuple[list[tuple[str, str]], int]:
+    """(topic, event_id) of those of the next `limit` records that have an event_id, and how
+    many records were read (0: the end of the file)."""
+    found = []
+    read = 0
+    for record in itertools.islice(records, limit):
+        read += 1
+        match = EVENT_ID_PATTERN.search(record.value)
+        if match is not None:
+            found.append((record.topic, match.group(1).decode("ascii")))
+    return found, read
 
 
 def sorted_ms(points: list[Latency]) -> list[float]:

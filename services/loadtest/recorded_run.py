@@ -12,6 +12,10 @@ parked, the run's outbox is drained and the bank has nothing in flight. Then:
 - the dead letters in the run's DLQ topics are those the consumers counted (a difference is a
   warning: a DLQ record may be published twice).
 
+The records naming events this database applied before the run (the stream loaded into a
+database that holds it) are counted (`applied_before_run`) and named in the verdict: they applied
+nothing again, and their latency is not measured.
+
 Balances are not compared: nothing says what they should be.
 """
 
@@ -27,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.app.consumer import ConsumerService
 from services.loadtest.checks import read_dead_letter_topics
-from services.loadtest.measurements import Sample, SendTimes
+from services.loadtest.measurements import Sample, SendTimes, applied_before_run
 from services.loadtest.pipeline import StreamRun, wait_until
 from services.loadtest.replay import ReplayMode
 from services.loadtest.report import LoadtestReport
@@ -134,5 +138,13 @@ async def check_recorded(run: RecordedRun, report: LoadtestReport, since: dateti
             {"since": since},
         )
         report.cashouts = {row.status: row.n for row in rows}
+    report.already_applied = await applied_before_run(run.engine, run.stream, since)
+    if report.already_applied:
+        report.warnings.append(
+            f"{report.already_applied} of the stream's {run.records} records name events this "
+            "database applied before the run: each was a duplicate (or, with another payload, a "
+            "conflict), applied nothing again, and has no latency; load the stream into a "
+            "database without its events to measure applying it"
+        )
     report.warnings.append(NOT_PREDICTED)
     report.matched = not report.mismatches and not report.verify_problems

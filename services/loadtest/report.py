@@ -66,6 +66,9 @@ class LoadtestReport:
     lag_max: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
     latency_samples: int = 0
+    # Records of a recorded stream naming events this database applied before the run: they
+    # applied nothing again (duplicates, or conflicts), and their latency is not measured.
+    already_applied: int = 0
     consumed: int = 0
     applied: int = 0
     duplicates: int = 0
@@ -92,6 +95,11 @@ class LoadtestReport:
         else:
             verdict = "CONSISTENT" if self.matched else "NOT CONSISTENT"
             verdict += " (recorded stream: the end state was not predicted)"
+            if self.already_applied:
+                verdict += (
+                    f"; ALREADY APPLIED: {self.already_applied} of its {self.records} records "
+                    "name events this database applied before the run"
+                )
             stream_line = f"{self.records} records, recorded"
         lines = [f"giftledger loadtest: {verdict}"]
         lines.append(f"stream    {self.stream}: {stream_line}")
@@ -127,6 +135,8 @@ class LoadtestReport:
             lines.append(
                 f"latency   send -> applied, ms ({self.latency_samples} samples): {figures}; {kind}"
             )
+        else:
+            lines.append("latency   none: no sampled event was applied during the run")
         lines.append(f"lag       at most {self.lag_max} records published and not yet consumed")
         lines.append(
             f"records   consumed {self.consumed}: applied {self.applied}, duplicates "

@@ -80,7 +80,7 @@ from services.loadtest.checks import (
 )
 from services.loadtest.compare import THRESHOLD_PCT_DEFAULT, compare_files, threshold_pct
 from services.loadtest.generator import add_shape_arguments, generate, shape_from_arguments
-from services.loadtest.measurements import Latency, latencies, sorted_ms
+from services.loadtest.measurements import Latencies, Latency, latencies, sorted_ms
 from services.loadtest.pipeline import (
     ASSIGNMENT_WAIT_S,
     PipelineRun,
@@ -304,7 +304,9 @@ async def loadtest(
                 await check_recorded(run, report, since)
             else:
                 await _finish(run, report, since)
-            points = await latencies(run.engine, run.send_times)
+            measured = await latencies(run.engine, run.send_times, since)
+            points = measured.points
+            report.warnings += _latencies_left_out(measured)
             report.topics = timings_document(ingestor.timings)
             logger.info("loadtest: verified and compared after %.1f s", time.monotonic() - started)
         finally:
@@ -320,6 +322,22 @@ async def loadtest(
     if out is not None:
         out.write(report.summary())
     return report
+
+
+def _latencies_left_out(measured: Latencies) -> list[str]:
+    """What the latency figures leave out, and why."""
+    lines = []
+    if measured.applied_before_run:
+        lines.append(
+            f"latency: {measured.applied_before_run} sampled events were applied before the run "
+            "(duplicates now): left out"
+        )
+    if measured.applied_before_sent:
+        lines.append(
+            f"latency: {measured.applied_before_sent} sampled events were applied before they "
+            "were sent by this machine's clock (the database's clock is behind it): left out"
+        )
+    return lines
 
 
 def _since_start(point: Latency, started_wall_s: float) -> Latency:
