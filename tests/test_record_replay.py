@@ -280,3 +280,33 @@ async def test_a_recorded_stream_this_database_applied_before_says_so(
     assert "latency   none: no sampled event was applied during the run" in summary
     document = json.loads((tmp_path / "2" / "loadtest.json").read_text())
     assert document["already_applied"] == again.already_applied
+
+
+async def test_a_stop_offset_past_a_partitions_end_stops_at_its_end(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`--to-offset N` on partitions holding fewer than N records stops at each one's end as
+    the recording starts, and says which (it waited for records that never came)."""
+    tag = uuid.uuid4().hex[:8]
+    stream = tmp_path / "generated.jsonl.gz"
+    expected = generate(stream, events=EVENTS, seed=41, namespace=f"ro{tag}", shape=NO_CASHOUTS)
+    upstream = f"ro{tag}."
+    await publish_upstream(stream, kafka_bootstrap, upstream)
+    out = tmp_path / "short.jsonl.gz"
+    report = await asyncio.wait_for(
+        record(out, kafka_bootstrap, topic_prefix=upstream, bounds=Bounds(to_offset=EVENTS)),
+        timeout=60.0,
+    )
+    assert report.complete
+    assert report.records == expected.records
+    assert records_by_key(out) == records_by_key(stream)
+    # Every partition holds fewer than EVENTS records: each is named with its end.
+    ends: dict[str, int] = defaultdict(int)
+    for line in decompressed(out).splitlines():
+        item = json.loads(line)
+        name = f"{upstream}{item['topic']}:{item['partition']}"
+        ends[name] = max(ends[name], item["source_offset"] + 1)
+    checkpoint = read_record_checkpoint(record_checkpoint_path(out))
+    assert checkpoint is not None
+    assert report.ended_before_stop == {name: ends[name] for name in checkpoint.next_offsets}
+    assert checkpoint.ended_before_stop == report.ended_before_stop

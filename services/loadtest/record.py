@@ -4,9 +4,12 @@ A consumer of its own (no consumer group, nothing committed upstream) is assigne
 partition of the chosen topics (default: every topic giftledger consumes, with the prefix in
 front), seeks each to its start (`--from-offset N` or the earliest offset by default; or
 `--from-time T`: the first offset at or after T, found with `offsets_for_times`) and reads up to
-its stop (`--to-offset N`: stop before offset N; `--to-offset end`: the end offsets when the
-recording starts; `--to-time T`: the first offset at or after T, else the end offsets at the
-start; neither: until Ctrl-C).
+its stop (`--to-offset N`: stop before offset N, or at the partition's end offset when the
+recording starts where that comes first, named in the report, `ended_before_stop`;
+`--to-offset end`: the end offsets when the recording starts; `--to-time T`: the first offset at
+or after T, else the end offsets at the start; neither: until Ctrl-C). The end offsets are read
+once, at the start, waiting at most `HIGH_WATERMARK_WAIT_S`: a stop never waits for records that
+were not there then.
 
 Lines are written in the order of the records' Kafka timestamps, merged across partitions (ties
 broken by topic, partition and offset); a partition's own order is always kept. With a stop the
@@ -113,6 +116,8 @@ class RecordCheckpoint:
     salt_check: str | None  # a keyed hash showing which salt pseudonymised the file, or None
     complete: bool = False
     updated_at: str = field(default="")
+    # `--to-offset N` on partitions whose end at the start came first: their end offsets.
+    ended_before_stop: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,9 @@ class RecordReport:
     records_this_run: int
     complete: bool  # every partition reached its stop
     checkpoint: str
+    # `--to-offset N` on partitions that held fewer records: their end offsets at the start,
+    # where they stopped instead.
+    ended_before_stop: dict[str, int]
 
 
 def checkpoint_path(path: Path) -> Path:
@@ -192,7 +200,9 @@ async def _offsets_at(
 
 async def _start_and_stop(
     consumer: Any, partitions: list[Any], bounds: Bounds
-) -> tuple[dict[Any, int], dict[Any, int | None]]:
+) -> tuple[dict[Any, int], dict[Any, int | None], dict[Any, int]]:
+    """Where each partition starts and stops, and the partitions whose end came before
+    `--to-offset` (with their end offsets)."""
     beginning = await consumer.beginning_offsets(partitions)
     try:
         end = await end_offsets(consumer, partitions, HIGH_WATERMARK_WAIT_S)
@@ -207,13 +217,16 @@ async def _start_and_stop(
     else:
         start = dict(beginning)
     stop: dict[Any, int | None] = dict.fromkeys(partitions)
+    ended: dict[Any, int] = {}
     if bounds.to_time is not None:
         stop.update(await _offsets_at(consumer, partitions, bounds.to_time, end))
     elif bounds.to_offset is not None:
-        stop = dict.fromkeys(partitions, bounds.to_offset)
+        # Never past the end as it is now: records written later may never come.
+        ended = {p: end[p] for p in partitions if end[p] < bounds.to_offset}
+        stop = {p: min(bounds.to_offset, end[p]) for p in partitions}
     elif bounds.to_end:
         stop.update(end)
-    return start, stop
+    return start, stop, ended
 
 
 # Writing ------------------------------------------------------------------------------------
@@ -325,7 +338,7 @@ async def record(
         else:
             names = [topic_prefix + topic for topic in (topics or list(CONSUMED_TOPICS))]
             partitions = await _partitions(consumer, names)
-            start, stop = await _start_and_stop(consumer, partitions, bounds)
+            start, stop, ended = await _start_and_stop(consumer, partitions, bounds)
             checkpoint = RecordCheckpoint(
                 version=CHECKPOINT_VERSION,
                 out=out.name,
@@ -338,6 +351,7 @@ async def record(
                 first_timestamp_ms=None,
                 last_offset_ms=0,
                 salt_check=salt_check(salt),
+                ended_before_stop={_name(p): ended[p] for p in partitions if p in ended},
             )
         consumer.assign(partitions)
         for partition in partitions:
@@ -360,6 +374,20 @@ async def record(
         records_this_run=checkpoint.records - first_records,
         complete=checkpoint.complete,
         checkpoint=str(checkpoint_file),
+        ended_before_stop=dict(checkpoint.ended_before_stop),
+    )
+
+
+ENDS_SHOWN_MAX = 10
+
+
+def ended_before_stop_text(ends: dict[str, int]) -> str:
+    """The partitions `--to-offset` stopped at their end, in one line."""
+    shown = ", ".join(f"{name} at {end}" for name, end in list(ends.items())[:ENDS_SHOWN_MAX])
+    more = f" and {len(ends) - ENDS_SHOWN_MAX} more" if len(ends) > ENDS_SHOWN_MAX else ""
+    return (
+        f"{len(ends)} partitions held fewer records than --to-offset asked for: each stopped at "
+        f"its end offset as the recording started ({shown}{more})"
     )
 
 
@@ -521,7 +549,8 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
         type=_stop_offset,
         default=None,
         metavar="N|end",
-        help="stop before offset N on each partition; 'end': at the end offsets of the start",
+        help="stop before offset N on each partition, or at its end offset as the recording "
+        "starts where that comes first; 'end': at the end offsets of the start",
     )
     stop.add_argument(
         "--to-time",
@@ -608,4 +637,6 @@ def record_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> int:
         f"\n{state}: {report.records} records in {report.path} ({report.records_this_run} "
         f"this run; checkpoint {report.checkpoint})\n"
     )
+    if report.ended_before_stop:
+        err.write(ended_before_stop_text(report.ended_before_stop) + "\n")
     return 0
