@@ -78,6 +78,7 @@ async def test_a_small_loadtest_lands_on_its_expected_end_state(
     assert books["platform:USD:cash_at_bank"] > 0  # credited: the money left the bank
     assert "platform:USD:payouts_payable" not in books
     assert report.events_per_s > 0
+    assert report.peak_events_per_s >= report.events_per_s
     assert report.latency_samples > 0
     assert report.latency_ms["p50"] <= report.latency_ms["p99"] <= report.latency_ms["max"]
     assert len(report.samples) >= 2

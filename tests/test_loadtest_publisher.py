@@ -171,6 +171,42 @@ def test_send_to_applied_is_the_service_time_only_when_paced_and_kept_up(tmp_pat
     assert document["phases"] == [["main phase", 0.5, 2.0], ["drain", 2.0, 2.0 + KEPT_UP_DRAIN_S]]
 
 
+def test_the_peak_is_never_below_the_main_phases_own_rate() -> None:
+    """The peak over 2 s windows of the samples, on a run whose main phase took less: it read
+    1,458/s beside 1,740 events/s (these samples are from such a run of 3,000 records: 2,940 in
+    the main phase, settled 1.69 s after the first send), and 0 on a run with fewer samples
+    than a window."""
+    samples = [
+        Sample(0.002, 0, 0, 0),
+        Sample(0.502, 0, 0, 0),
+        Sample(1.017, 2940, 423, 0),
+        Sample(1.518, 2940, 2940, 0),
+        Sample(2.019, 2940, 2940, 0),
+        Sample(2.52, 2940, 2940, 0),
+        Sample(3.021, 2940, 2940, 0),
+        Sample(3.521, 3000, 3021, 21),
+        Sample(3.529, 3000, 3021, 21),
+    ]
+    report = report_with("max", [])
+    report.main_records, report.main_seconds = 2_940, 1.6896
+    add_measurements(report, samples, [])
+    assert report.events_per_s == pytest.approx(1_740, abs=1)
+    assert report.peak_events_per_s == pytest.approx(report.events_per_s)
+    assert "peak 1,740/s (the highest rate over a 2 s window, or events/s" in report.summary()
+
+    short = report_with("max", [])
+    short.main_records, short.main_seconds = 2_940, 1.6896
+    add_measurements(short, samples[:4], [])
+    assert short.peak_events_per_s == pytest.approx(short.events_per_s)
+
+    # A main phase longer than a window: the busiest window, above the phase's own rate.
+    steady = report_with("max", [])
+    steady.main_records, steady.main_seconds = 900, 4.5
+    add_measurements(steady, [Sample(0.5 * step, 0, 100 * step**2, 0) for step in range(10)], [])
+    assert steady.events_per_s == pytest.approx(200)
+    assert steady.peak_events_per_s == pytest.approx((8_100 - 2_500) / 2.0)
+
+
 async def test_a_paced_loadtest_names_its_phases_and_times_its_parts(
     database_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:

@@ -22,7 +22,8 @@ Steps, in one process, as `giftledger demo` runs:
    and currency balances, that nothing is left pending, the events applied per topic, the dead
    letters per topic and reason, the cash-outs per outcome, and the duplicates counted.
 5. Report: events/s (records of the main phase over the time from the first send until they are
-   all settled, and the peak over a 2 s window), the consumed count sampled every 0.5 s, the lag
+   all settled, and the peak: over a 2 s window, never below events/s,
+   `services.loadtest.report.peak_rate`), the consumed count sampled every 0.5 s, the lag
    (records published and not yet consumed), the phases (main phase, drain, cash-out phase),
    latency percentiles, the CPU time of the publisher and of this process during the main phase,
    and per topic the batches the consumers applied and the time they took
