@@ -74,3 +74,30 @@ def test_an_unreadable_report_exits_2(tmp_path: Path) -> None:
     assert compare(a, lacking) == 2
     assert compare(a, tmp_path / "missing.json") == 2
     assert main(["loadtest", "compare", str(a)]) == 2
+
+
+def test_a_report_without_latency_samples_is_compared_on_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that applied no sampled event (a recorded stream the database held already) writes
+    no percentiles: the rest is compared, and the latency is said to be missing (it was exit 2,
+    unreadable)."""
+    a = write(tmp_path / "a.json", report())
+    without = report(events_per_s=800.0)
+    without["latency_ms"], without["latency_samples"] = {}, 0
+    b = write(tmp_path / "b.json", without)
+    assert compare(a, b) == 1  # events/s down by 20 %
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.splitlines()
+    assert any(line.split()[:3] == ["latency", "p99", "ms"] and "n/a" in line for line in lines)
+    assert f"latency is not available for B ({b}): no latency samples" in lines
+    assert "B is worse than A beyond 10 %: events/s" in lines
+    assert compare(b, write(tmp_path / "c.json", report(events_per_s=800.0))) == 0
+    assert f"latency is not available for A ({b}): no latency samples" in (
+        capsys.readouterr().out.splitlines()
+    )
+    # A report whose latency is not an object at all is still unreadable.
+    broken = report()
+    broken["latency_ms"] = [1, 2]
+    assert compare(a, write(tmp_path / "broken.json", broken)) == 2

@@ -4,7 +4,11 @@ Reads two `loadtest.json` reports (`services.loadtest.report`) and prints, for e
 B and the change from A to B in percent. B is worse than A when a gated measure moved the wrong
 way by more than the threshold: throughput (`events_per_s`) down, or the latency percentiles
 p50, p95, p99 or the lag (`lag_max`) up. A measure that is zero in A has no percentage and is not
-gated. Exit codes, for a nightly job: 0 B is not worse, 1 B is worse, 2 a report is unreadable.
+gated. A report without latency samples (`latency_ms` empty: no sampled event was applied during
+its run) has no percentiles: its latency is shown as n/a and said to be missing, and the rest is
+compared. Exit codes, for a nightly job: 0 B is not worse, 1 B is worse, 2 a report is unreadable
+(not JSON, or a measure missing or not a number, but the latency percentiles of a report without
+samples).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ THRESHOLD_PCT_MAX = 1_000.0
 EXIT_NOT_WORSE = 0
 EXIT_WORSE = 1
 EXIT_UNREADABLE = 2
+LATENCY_KEY = "latency_ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,11 @@ class Measure:
     path: tuple[str, ...]  # where it is in loadtest.json
     higher_is_better: bool
     gated: bool
+
+    @property
+    def latency(self) -> bool:
+        """A latency percentile: absent from a report without latency samples."""
+        return self.path[0] == LATENCY_KEY
 
 
 MEASURES: tuple[Measure, ...] = (
@@ -53,9 +63,9 @@ class UnreadableReportError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Row:
     measure: Measure
-    before: float
-    after: float
-    change_pct: float | None  # None when `before` is zero
+    before: float | None  # None: not in the report (latency without samples)
+    after: float | None
+    change_pct: float | None  # None when `before` is zero, or either is missing
     worse: bool
 
 
@@ -69,7 +79,11 @@ def load_report(path: Path) -> dict[str, Any]:
     return document
 
 
-def _value(document: dict[str, Any], measure: Measure, path: Path) -> float:
+def _value(document: dict[str, Any], measure: Measure, path: Path) -> float | None:
+    """The measure's value; None for a latency percentile of a report without latency samples
+    (an empty `latency_ms`)."""
+    if measure.latency and document.get(LATENCY_KEY) == {}:
+        return None
     value: Any = document
     for step in measure.path:
         if not isinstance(value, dict) or step not in value:
@@ -91,7 +105,7 @@ def compare_reports(
     for measure in MEASURES:
         a = _value(before, measure, paths[0])
         b = _value(after, measure, paths[1])
-        change_pct = None if a == 0 else (b - a) / abs(a) * 100.0
+        change_pct = None if a is None or b is None or a == 0 else (b - a) / abs(a) * 100.0
         worse = False
         if measure.gated and change_pct is not None:
             loss_pct = -change_pct if measure.higher_is_better else change_pct
@@ -100,14 +114,21 @@ def compare_reports(
     return rows
 
 
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f}"
+
+
 def render(rows: list[Row], paths: tuple[Path, Path], threshold_pct: float) -> str:
     lines = [f"A {paths[0]}", f"B {paths[1]}"]
     cells = [["measure", "A", "B", "change", ""]]
     for row in rows:
         change = "n/a" if row.change_pct is None else f"{row.change_pct:+.1f} %"
         verdict = "WORSE" if row.worse else ("" if row.measure.gated else "(not gated)")
-        cells.append([row.measure.name, f"{row.before:,.1f}", f"{row.after:,.1f}", change, verdict])
+        cells.append([row.measure.name, _cell(row.before), _cell(row.after), change, verdict])
     lines += table(cells, right_aligned={1, 2, 3})
+    for label, path, side in (("A", paths[0], 0), ("B", paths[1], 1)):
+        if any(row.measure.latency and (row.before, row.after)[side] is None for row in rows):
+            lines.append(f"latency is not available for {label} ({path}): no latency samples")
     worse = [row.measure.name for row in rows if row.worse]
     if worse:
         lines.append(f"B is worse than A beyond {threshold_pct:g} %: {', '.join(worse)}")
