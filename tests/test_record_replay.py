@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -35,6 +36,7 @@ from services.loadtest.run import loadtest
 from services.loadtest.stream_format import ExpectedState, StreamShape
 from services.runtime.embedded_broker import create_topics
 from services.runtime.settings import Settings
+from tests import event_factory as make
 
 EVENTS = 300
 SALT = "a salt for the tests"
@@ -310,3 +312,65 @@ async def test_a_stop_offset_past_a_partitions_end_stops_at_its_end(
     assert checkpoint is not None
     assert report.ended_before_stop == {name: ends[name] for name in checkpoint.next_offsets}
     assert checkpoint.ended_before_stop == report.ended_before_stop
+
+
+async def test_pseudonymised_headers_keep_nothing_of_their_values(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`--pseudonymise` replaces every header value as it does an id: a header naming the
+    creator holds the creator's pseudonym, the payload's; any other value a keyed hash of its
+    bytes. Headers came from upstream producers as they were (a fan's name, the creator's id)."""
+    upstream = f"hd{uuid.uuid4().hex[:8]}."
+    await create_topics(kafka_bootstrap, all_topics(upstream), PARTITIONS)
+    creator = f"hd-creator-{uuid.uuid4().hex[:6]}"
+    gift = make.gift(creator)
+    headers = [
+        ("creator-id", creator.encode()),
+        ("fan", b"Jane Doe <jane@example.com>"),
+        ("raw", b"\xff\x00"),
+        ("none", None),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            f"{upstream}gifts.sent",
+            json.dumps(gift).encode(),
+            key=creator.encode(),
+            headers=headers,
+        )
+    finally:
+        await producer.stop()
+    out = tmp_path / "headers.jsonl.gz"
+    await record(
+        out,
+        kafka_bootstrap,
+        topic_prefix=upstream,
+        topics=["gifts.sent"],
+        bounds=Bounds(to_end=True),
+        salt=SALT,
+    )
+    (line,) = list(read_stream(out))
+    pseudonymiser = Pseudonymiser(SALT)
+    assert json.loads(line.value)["creator_id"] == pseudonymiser.pseudonym(creator)
+    assert line.key == pseudonymiser.pseudonym(creator).encode()
+    copied = dict(line.headers)
+    assert list(copied) == ["creator-id", "fan", "raw", "none"]
+    assert copied["creator-id"] == pseudonymiser.pseudonym(creator).encode()
+    assert copied["none"] is None
+    assert copied["fan"] == pseudonymiser.pseudonym("Jane Doe <jane@example.com>").encode()
+    assert copied["raw"] is not None
+    assert copied["raw"].startswith(b"p-")
+    assert len(copied["raw"]) == len(copied["fan"])
+    assert b"Jane" not in decompressed(out)
+    assert creator.encode() not in decompressed(out)
+    # The plain recording keeps them as they came.
+    plain = tmp_path / "plain.jsonl.gz"
+    await record(
+        plain,
+        kafka_bootstrap,
+        topic_prefix=upstream,
+        topics=["gifts.sent"],
+        bounds=Bounds(to_end=True),
+    )
+    assert list(next(read_stream(plain)).headers) == headers

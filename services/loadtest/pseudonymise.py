@@ -16,6 +16,13 @@ raw account number, refused) becomes digits of the same length, still refused, n
 and should a copy be judged otherwise all the same, the record is kept as it came. What is not a
 JSON object (not JSON, not UTF-8) is kept as it is. Other fields (amounts, dates, gifts,
 countries, periods) are kept.
+
+Header values are replaced too (`headers`): upstream producers set headers giftledger does not
+define (a trace id, a user's id or name: anything), and a re-drive adds the operator's request
+key, free text. Each value becomes `p-` and 32 hex digits of HMAC-SHA256(SALT, its bytes): for a
+value that is an id, its pseudonym, so a header naming a creator or an event lines up with the
+payload. The consumers judge no header, so nothing is judged otherwise. Header names are kept, and
+a null value stays null.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import re
 from typing import Any
 
 from schemas.events import CONSUMED_EVENT_MODELS, ID_LENGTH_MAX, VISIBLE_ASCII_PATTERN
-from services.ingestion.records import DeadLetter, InputRecord, parse_record
+from services.ingestion.records import DeadLetter, Header, InputRecord, parse_record
 
 PSEUDONYM_PREFIX = "p-"
 DIGEST_HEX_LENGTH = 32
@@ -62,8 +69,19 @@ class Pseudonymiser:
         self._key = salt.encode("utf-8")
 
     def pseudonym(self, identifier: str) -> str:
-        digest = hmac.new(self._key, identifier.encode("utf-8"), hashlib.sha256).hexdigest()
+        return self._pseudonym_of(identifier.encode("utf-8"))
+
+    def _pseudonym_of(self, data: bytes) -> str:
+        digest = hmac.new(self._key, data, hashlib.sha256).hexdigest()
         return PSEUDONYM_PREFIX + digest[:DIGEST_HEX_LENGTH]
+
+    def headers(self, headers: tuple[Header, ...]) -> tuple[Header, ...]:
+        """Every header value replaced by the pseudonym of its bytes (an id's pseudonym, for a
+        value that is an id); names, and null values, as they are."""
+        return tuple(
+            (name, None if value is None else self._pseudonym_of(value).encode("ascii"))
+            for name, value in headers
+        )
 
     def key(self, key: bytes | None) -> bytes | None:
         """The record's key (a creator id) mapped like `creator_id`; other keys as they are."""

@@ -25,7 +25,7 @@ partition is paused) and lines are written every `flush_records` records or ever
 checkpoint, `OUT.record-checkpoint`, holds the file's size, the next offset of every partition
 and the stops; `--resume` cuts OUT back to that size and continues from there, so an interrupted
 recording resumed gives the same file as one that ran through. `--pseudonymise SALT` replaces
-every id by a keyed hash (`services.loadtest.pseudonymise`).
+every id and every header value by a keyed hash (`services.loadtest.pseudonymise`).
 """
 
 from __future__ import annotations
@@ -475,14 +475,16 @@ def _emit(
     key: bytes | None = kafka_record.key
     value: bytes = kafka_record.value or b""
     topic = kafka_record.topic.removeprefix(checkpoint.topic_prefix)
+    headers = kafka_headers(kafka_record.headers)
     if pseudonymiser is not None:
         key, value = pseudonymiser.key(key), pseudonymiser.value(value, topic)
+        headers = pseudonymiser.headers(headers)
     line = RecordedLine(
         topic=topic,
         key=key,
         offset_ms=offset_ms,
         value=value,
-        headers=kafka_headers(kafka_record.headers),
+        headers=headers,
         partition=kafka_record.partition,
         source_offset=kafka_record.offset,
         timestamp_ms=timestamp_ms,
@@ -563,7 +565,7 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
         "--pseudonymise",
         default=None,
         metavar="SALT",
-        help="replace every id and key by a keyed hash (HMAC-SHA256 with SALT)",
+        help="replace every id, key and header value by a keyed hash (HMAC-SHA256 with SALT)",
     )
     parser.add_argument(
         "--resume",
