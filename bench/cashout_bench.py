@@ -489,7 +489,12 @@ def new_consumers(
         settings.kafka_topic_prefix,
     )
     ingestor = ClockedIngestor(
-        build_ledger(settings, engine), rate_cards, desk, park_s=settings.reversal_park_s
+        build_ledger(settings, engine),
+        rate_cards,
+        desk,
+        park_s=settings.reversal_park_s,
+        payout_park_s=settings.payout_park_s,
+        payout_park_count_max=settings.payout_park_count_max,
     )
     return ConsumerService(settings, ingestor, bootstrap_servers), ingestor
 

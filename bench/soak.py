@@ -100,6 +100,7 @@ from ledger.database import create_engine
 from ledger.migrate import upgrade_to_head
 from schemas.topics import all_topics
 from services.loadtest.checks import check_assumptions
+from services.loadtest.run import LOADTEST_PAYOUT_PARK_S
 from services.runtime.embedded_broker import create_topics
 from services.runtime.embedded_postgres import EmbeddedPostgres
 from services.runtime.settings import get_settings
@@ -540,6 +541,8 @@ class Deployment:
             "KAFKA_CONSUMER_GROUP": self.consumer_group,
             "PAYOUT_RAIL_FAILURE_RATE": "0",
             "PAYOUT_RAIL_RETURN_RATE": "0",
+            # The streams' bank reports for cash-outs that never exist wait this long, not an hour.
+            "PAYOUT_PARK_S": str(LOADTEST_PAYOUT_PARK_S),
         }
 
 

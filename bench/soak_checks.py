@@ -4,7 +4,7 @@ compares it, then `giftledger verify`, then the counts.
 1. Expected: the segments' expected states added up (`combined_expected`: their namespaces are
    disjoint, so balances simply sit side by side and counts add up). Observed: `observe` of each
    namespace added up the same way (`merge_observed`), the dead letters read back from the DLQ
-   topics, and the reversals still parked. Compared by
+   topics, and the events still parked. Compared by
    `services.loadtest.checks.compare`, the load test's own comparison, with one rule left out:
    that the consumers counted the stream's duplicates. The load test reads that count in its own
    process; here the counts are the consumers' metrics, and a process killed with SIGKILL takes

@@ -21,7 +21,11 @@ from services.app.consumer import ConsumerService
 from services.ingestion.ingestor import Ingestor
 from services.rates.rate_cards import RateCardBook, load_rate_cards
 from services.runtime.embedded_broker import create_topics
-from services.runtime.settings import Settings
+from services.runtime.settings import (
+    PAYOUT_PARK_COUNT_MAX_DEFAULT,
+    PAYOUT_PARK_S_DEFAULT,
+    Settings,
+)
 
 PARTITION_COUNT = 4
 ASSIGNMENT_WAIT_S = 60.0
@@ -35,9 +39,16 @@ def make_ingestor(
     *,
     topic_prefix: str = "",
     park_s: float = PARK_RETRY_S,
+    payout_park_s: float = PAYOUT_PARK_S_DEFAULT,
+    payout_park_count_max: int = PAYOUT_PARK_COUNT_MAX_DEFAULT,
 ) -> Ingestor:
     """An ingestor as the composition root builds it, with the default settings but these."""
-    settings = Settings(kafka_topic_prefix=topic_prefix, reversal_park_s=park_s)
+    settings = Settings(
+        kafka_topic_prefix=topic_prefix,
+        reversal_park_s=park_s,
+        payout_park_s=payout_park_s,
+        payout_park_count_max=payout_park_count_max,
+    )
     return build_ingestor(settings, engine, rate_cards)
 
 

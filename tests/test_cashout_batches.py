@@ -303,11 +303,14 @@ async def _both_ways(
     async with engine.connect() as conn:
         rate_cards = await load_rate_cards(conn)
     prefix = f"b{uuid.uuid4().hex[:8]}."
-    ingestor = build_ingestor(
-        Settings(kafka_topic_prefix=prefix, cashout_daily_limit_usd_cents=DAILY_LIMIT_USD_CENTS),
-        engine,
-        rate_cards,
+    # A result for an unknown cash-out is dead-lettered at once (PAYOUT_PARK_S 0), not parked
+    # for its request: every item of a batch ends applied or dead-lettered.
+    settings = Settings(
+        kafka_topic_prefix=prefix,
+        cashout_daily_limit_usd_cents=DAILY_LIMIT_USD_CENTS,
+        payout_park_s=0,
     )
+    ingestor = build_ingestor(settings, engine, rate_cards)
     operator = OperatorDesk(Ledger(engine), topic_prefix=prefix, database_role=WRITER)
     worlds = [await _world(ingestor, operator, setups, requests) for _ in range(2)]
     at_once = await _apply(engine, ingestor, worlds[0], submitted, results, batched=True)

@@ -198,7 +198,7 @@ def test_compare_names_each_difference(tmp_path: Path) -> None:
     assert "applied gifts.sent" in joined
     assert "dead letters gifts.sent" in joined
     assert "left pending" in joined
-    assert "2 reversals still parked" in joined
+    assert "2 events still parked" in joined
     assert "duplicates: expected" in joined
 
 

@@ -54,6 +54,8 @@ def build_ingestor_as(
         rate_cards,
         build_desk(settings, eligibility),
         park_s=settings.reversal_park_s,
+        payout_park_s=settings.payout_park_s,
+        payout_park_count_max=settings.payout_park_count_max,
     )
 
 

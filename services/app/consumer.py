@@ -34,6 +34,7 @@ from services.app.poison import apply_isolating_poison
 from services.app.rebalance_logs import lower_rebalance_commit_errors
 from services.cashout.outbox import OUTBOX_BATCH_SIZE_MAX, OUTBOX_POLL_INTERVAL_S, OutboxRelay
 from services.cashout.outbox_retention import OUTBOX_PRUNE_INTERVAL_S, prune_published
+from services.ingestion.event_store import PARKING_TOPICS
 from services.ingestion.ingestor import Ingestor
 from services.ingestion.records import (
     BatchReport,
@@ -494,14 +495,16 @@ class ConsumerService:
                 letter.record.offset,
             )
 
-    async def _sweep_parked(self) -> None:
+    async def _sweep_parked(self, topic: str) -> None:
+        """Retry the parked events of `topic` (reversals, payout results) every second."""
+
         async def publish(letters: list[DeadLetter]) -> None:
-            await self._publish_dead_letters(topics.GIFTS_REVERSED, letters)
+            await self._publish_dead_letters(topic, letters)
 
         async def retry() -> None:
-            await self.ingestor.retry_parked(topics.GIFTS_REVERSED, publish_dead_letters=publish)
+            await self.ingestor.retry_parked(topic, publish_dead_letters=publish)
 
-        await self._every(PARK_SWEEP_INTERVAL_S, "parked events not retried", retry)
+        await self._every(PARK_SWEEP_INTERVAL_S, f"parked {topic} events not retried", retry)
 
     async def publish_outbox_once(self, limit: int = OUTBOX_BATCH_SIZE_MAX) -> int:
         """One round of the outbox relay (`services.cashout.outbox`)."""
@@ -609,7 +612,10 @@ class ConsumerService:
         self._outbox = OutboxRelay(self.ingestor.ledger, self.ingestor.desk, self._producer)
         await self.broker.start()
         self._tasks = [
-            asyncio.create_task(self._sweep_parked(), name="sweep-parked"),
+            *(
+                asyncio.create_task(self._sweep_parked(topic), name=f"sweep-parked-{topic}")
+                for topic in sorted(PARKING_TOPICS)
+            ),
             asyncio.create_task(self._refresh_lag(), name="refresh-lag"),
             asyncio.create_task(self._refresh_rate_cards(), name="refresh-rate-cards"),
             asyncio.create_task(self._publish_outbox(), name="publish-outbox"),

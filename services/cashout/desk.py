@@ -106,6 +106,7 @@ from services.runtime.settings import EligibilitySettings, Settings
 __all__ = [
     "ALLOWED_BEFORE",
     "OPERATOR_CANCELLED",
+    "UNKNOWN_CASHOUT",
     "CashoutDesk",
     "CashoutLimits",
     "cancelled_by_operator",
@@ -374,7 +375,7 @@ class CashoutDesk:
         for position, event in enumerate(events):
             cashout = cashouts.get(event.cashout_id)
             if cashout is None:
-                refusals.append("unknown_cashout")
+                refusals.append(UNKNOWN_CASHOUT)
             elif cancelled_by_operator(cashout) and event.status == "failed":
                 # The bank confirms the cancellation: released already; recorded, so that the
                 # cash-out may now be resubmitted (services/cashout/recovery.py).
@@ -471,6 +472,10 @@ class CashoutDesk:
             await update_cashouts(conn, [cashout])
         await record_transitions(conn, [Transition(cashout, detail)], self.topic_prefix)
 
+
+# Why a payout result is refused when the desk has no cash-out of its id (yet: the ingestion
+# parks it until the request arrives, services/ingestion/handlers.py).
+UNKNOWN_CASHOUT = "unknown_cashout"
 
 ALLOWED_BEFORE = {
     "paid": ("held", "submitted"),

@@ -1,7 +1,8 @@
 """What the ingestion stores beside the ledger, in the caller's transaction: which events were
-applied (with their payload hash), which reversals are parked waiting for their gift, and which
-records were dead-lettered. Every row is keyed by the deployment's topic prefix where two
-deployments could share the database."""
+applied (with their payload hash), which events are parked waiting for what they refer to (a
+reversal for its gift, a payout result for its cash-out's request), and which records were
+dead-lettered. Every row is keyed by the deployment's topic prefix where two deployments could
+share the database."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.service import is_duplicate_key
 from schemas import topics
+from schemas.events import GiftReversed, PayoutUpdated
 from services.ingestion.records import (
     BatchReport,
     DeadLetter,
@@ -29,6 +31,7 @@ from services.ingestion.records import (
     parse_record,
     value_sha256,
 )
+from services.runtime.settings import PAYOUT_PARK_COUNT_MAX_DEFAULT, PAYOUT_PARK_S_DEFAULT
 
 PARKED_READ_COUNT_MAX = 1_000
 # How long a sweep keeps the parked rows it took: the sweeps of other processes skip them until
@@ -36,6 +39,12 @@ PARKED_READ_COUNT_MAX = 1_000
 # process runs); so a process that stops leaves its rows to the others after this long.
 PARKED_CLAIM_S = 30.0
 SWEEPER_ID_LENGTH_MAX = 200
+# The topics whose events may be parked: a reversal waits for its gift, a payout result for its
+# cash-out (whose request can be read after it: after a restore, each topic is read again by its
+# own consumer group, nothing orders the two).
+PARKING_TOPICS = frozenset({topics.GIFTS_REVERSED, topics.PAYOUTS_UPDATED})
+# How a parked payout result names its cash-out in `waiting_for`: `cashout <cashout_id>`.
+WAITING_FOR_CASHOUT = "cashout "
 
 
 # Which of a batch's event ids were applied, with their payload hash and occurred_at: one
@@ -113,7 +122,7 @@ _TAKE_PARKED = text(
         WHERE topic = :topic AND topic_prefix = :prefix
           AND (claimed_until IS NULL OR claimed_until <= clock_timestamp()
                OR claimed_by = :sweeper)
-        ORDER BY parked_at
+        ORDER BY parked_at, kafka_partition, kafka_offset
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
@@ -126,6 +135,53 @@ _TAKE_PARKED = text(
     RETURNING p.event_id, p.payload, p.headers, p.kafka_partition, p.kafka_offset,
               p.retry_until, p.parked_at, p.message_key
     """
+)
+# The same for parked payout results, taking only those with something to decide: their
+# cash-out's request has arrived (its row exists), or their wait is over. The others would only
+# be found waiting again, and in front of the rest they could keep a result whose cash-out has
+# arrived from ever being taken: a parked result waits up to PAYOUT_PARK_S, and the parking
+# holds up to PAYOUT_PARK_COUNT_MAX of them, more than one sweep takes. One primary-key probe of
+# `cashouts` a parked row.
+_TAKE_READY_RESULTS = text(
+    """
+    WITH free AS (
+        SELECT p.topic_prefix, p.topic, p.event_id
+        FROM parked_events p
+        WHERE p.topic = :topic AND p.topic_prefix = :prefix
+          AND (p.claimed_until IS NULL OR p.claimed_until <= clock_timestamp()
+               OR p.claimed_by = :sweeper)
+          AND (p.retry_until <= clock_timestamp()
+               OR EXISTS (
+                   SELECT 1 FROM cashouts c
+                   WHERE starts_with(p.waiting_for, :waiting_prefix)
+                     AND c.cashout_id = substr(p.waiting_for, length(:waiting_prefix) + 1)))
+        ORDER BY p.parked_at, p.kafka_partition, p.kafka_offset
+        LIMIT :limit
+        FOR UPDATE OF p SKIP LOCKED
+    )
+    UPDATE parked_events p
+    SET claimed_by = :sweeper,
+        claimed_until = clock_timestamp() + make_interval(secs => CAST(:claim_s AS float8))
+    FROM free
+    WHERE p.topic_prefix = free.topic_prefix AND p.topic = free.topic
+      AND p.event_id = free.event_id
+    RETURNING p.event_id, p.payload, p.headers, p.kafka_partition, p.kafka_offset,
+              p.retry_until, p.parked_at, p.message_key
+    """
+)
+# The parked events of a topic that wait for any of `waits`, with their place in the parking's
+# order (payout results: by their cash-out). Read from the primary key's range of the topic,
+# which the parking's bound keeps small, and which usually holds nothing.
+_PARKED_WAITING_FOR = text(
+    """
+    SELECT event_id, waiting_for, parked_at, kafka_partition, kafka_offset
+    FROM parked_events
+    WHERE topic_prefix = :prefix AND topic = :topic
+      AND waiting_for = ANY(CAST(:waits AS text[]))
+    """
+)
+_COUNT_PARKED = text(
+    "SELECT count(*) FROM parked_events WHERE topic_prefix = :prefix AND topic = :topic"
 )
 _SELECT_PARKED = text(
     """
@@ -195,13 +251,22 @@ class EventStore:
         topic_prefix: str,
         park_s: float,
         *,
+        payout_park_s: float = PAYOUT_PARK_S_DEFAULT,
+        payout_park_count_max: int = PAYOUT_PARK_COUNT_MAX_DEFAULT,
         sweeper_id: str | None = None,
         parked_claim_s: float = PARKED_CLAIM_S,
     ) -> None:
         if parked_claim_s <= 0:
             raise ValueError("parked_claim_s must be positive")
+        if payout_park_s < 0 or payout_park_count_max < 1:
+            raise ValueError("payout_park_s must be 0 or more, payout_park_count_max 1 or more")
         self.topic_prefix = topic_prefix
+        # How long a reversal waits for its gift.
         self.park_s = park_s
+        # How long a payout result waits for its cash-out (0: it does not), and how many of this
+        # deployment's may wait at once.
+        self.payout_park_s = payout_park_s
+        self.payout_park_count_max = payout_park_count_max
         # Who takes parked rows through this store (host, process, a random part).
         self.sweeper_id = (
             sweeper_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -220,9 +285,22 @@ class EventStore:
         so are rows another sweep took within its claim. This store takes back its own rows."""
         if not 1 <= limit <= PARKED_READ_COUNT_MAX:
             raise ValueError(f"limit must be between 1 and {PARKED_READ_COUNT_MAX}")
-        taken = (await conn.execute(_TAKE_PARKED, self._take_parameters(topic, limit))).all()
+        if topic == topics.PAYOUTS_UPDATED:
+            statement = _TAKE_READY_RESULTS
+            parameters = {
+                **self._take_parameters(topic, limit),
+                "waiting_prefix": WAITING_FOR_CASHOUT,
+            }
+        else:
+            statement, parameters = _TAKE_PARKED, self._take_parameters(topic, limit)
+        taken = (await conn.execute(statement, parameters)).all()
         await conn.commit()
-        rows = sorted(taken, key=lambda row: (row.parked_at, row.event_id))
+        # In the order they were parked, and by their Kafka position within a batch: a cash-out's
+        # results are decided in the order they came.
+        rows = sorted(
+            taken,
+            key=lambda row: (row.parked_at, row.kafka_partition, row.kafka_offset, row.event_id),
+        )
         parsed: list[ParsedEvent] = []
         for row in rows:
             record = InputRecord(
@@ -260,7 +338,7 @@ class EventStore:
         ids = [item.event.event_id for item in items]
         rows = await conn.execute(SELECT_APPLIED, {"topic": topic, "ids": ids})
         known = {row.event_id: bytes(row.payload_sha256) for row in rows}
-        if topic == topics.GIFTS_REVERSED:
+        if topic in PARKING_TOPICS:
             known = {**await self._parked_hashes(conn, topic, items), **known}
         fresh: list[ParsedEvent] = []
         for item in items:
@@ -297,8 +375,8 @@ class EventStore:
         """`drop_applied` and `record_applied` of the items kept, in one insert (two when one
         was recorded already: `_insert_applied`), for a topic whose every new event is applied
         (gifts): the same items kept, the same duplicates and conflicts, the same rows. Not for
-        reversals, whose parked events count as seen."""
-        assert topic != topics.GIFTS_REVERSED, "reversals also compare with parked events"
+        reversals and payout results, whose parked events count as seen."""
+        assert topic not in PARKING_TOPICS, "parked events count as seen too"
         if not items:
             return []
         firsts: dict[str, ParsedEvent] = {}
@@ -353,9 +431,11 @@ class EventStore:
     async def park(
         self, conn: AsyncConnection, topic: str, items: list[ParsedEvent], now: datetime
     ) -> None:
-        """Park reversals whose gift has not arrived, until `park_s` after `now`."""
+        """Park events until what they wait for arrives (`waiting_for`) or their wait from `now`
+        is over: reversals for `park_s`, payout results for `payout_park_s`."""
         if not items:
             return
+        wait_s = self.payout_park_s if topic == topics.PAYOUTS_UPDATED else self.park_s
         await conn.execute(
             text(
                 """
@@ -378,14 +458,71 @@ class EventStore:
                 "headers": [headers_json(item.record.headers) for item in items],
                 "partitions": [item.record.partition for item in items],
                 "offsets": [item.record.offset for item in items],
-                "waiting_for": [
-                    f"gift {item.event.gift_event_id}"  # type: ignore[attr-defined]
-                    for item in items
-                ],
-                "retry_until": [now + timedelta(seconds=self.park_s)] * len(items),
+                "waiting_for": [waiting_for(item) for item in items],
+                "retry_until": [now + timedelta(seconds=wait_s)] * len(items),
                 "keys": [item.record.key for item in items],
             },
         )
+
+    async def park_results(
+        self, conn: AsyncConnection, items: list[ParsedEvent], now: datetime
+    ) -> tuple[list[ParsedEvent], list[ParsedEvent]]:
+        """Park payout results, in their order, while this deployment's parked results number
+        fewer than `payout_park_count_max`; returns those parked and those left out for want of
+        room (for the caller to dead-letter). The count is read as the batch parks: batches
+        parking at the same moment in other transactions each see the others' rows only once
+        committed, so the parking can pass its bound by what they park together."""
+        if not items:
+            return [], []
+        count = await conn.scalar(
+            _COUNT_PARKED, {"prefix": self.topic_prefix, "topic": topics.PAYOUTS_UPDATED}
+        )
+        room = max(self.payout_park_count_max - int(count or 0), 0)
+        parked, left_out = items[:room], items[room:]
+        await self.park(conn, topics.PAYOUTS_UPDATED, parked, now)
+        return parked, left_out
+
+    async def results_behind(self, conn: AsyncConnection, items: list[ParsedEvent]) -> set[str]:
+        """The event_ids of the payout results among `items` that must wait behind a result of
+        their cash-out parked before them and not among `items`: a new result whenever its
+        cash-out has one parked; a parked one (a sweep's) when one parked before it is left
+        (another sweep holds it, or this one did not take it). A cash-out's results are so
+        decided in the order they came, whichever arrives while the others wait."""
+        cashouts = {
+            item.event.event_id: item.event.cashout_id
+            for item in items
+            if isinstance(item.event, PayoutUpdated)
+        }
+        if not cashouts:
+            return set()
+        rows = await conn.execute(
+            _PARKED_WAITING_FOR,
+            {
+                "prefix": self.topic_prefix,
+                "topic": topics.PAYOUTS_UPDATED,
+                "waits": sorted({WAITING_FOR_CASHOUT + cashout for cashout in cashouts.values()}),
+            },
+        )
+        here = {item.event.event_id for item in items}
+        # Per cash-out: the place in the parking's order of the first parked result not here.
+        first_left: dict[str, tuple[datetime, int, int]] = {}
+        places: dict[str, tuple[datetime, int, int]] = {}
+        for row in rows:
+            place = (row.parked_at, row.kafka_partition, row.kafka_offset)
+            cashout = row.waiting_for.removeprefix(WAITING_FOR_CASHOUT)
+            if row.event_id in here:
+                places[row.event_id] = place
+            elif cashout not in first_left or place < first_left[cashout]:
+                first_left[cashout] = place
+        behind: set[str] = set()
+        for event_id, cashout in cashouts.items():
+            left = first_left.get(cashout)
+            if left is None:
+                continue
+            parked_at = places.get(event_id)
+            if parked_at is None or left < parked_at:  # new, or parked after the one left
+                behind.add(event_id)
+        return behind
 
     async def hold_parked(
         self, conn: AsyncConnection, topic: str, items: list[ParsedEvent], report: BatchReport
@@ -544,6 +681,16 @@ class EventStore:
                     record, row.error, row.detail, row.event_id
                 )
         return found
+
+
+def waiting_for(item: ParsedEvent) -> str:
+    """What a parked event waits for, as `parked_events.waiting_for` names it."""
+    event = item.event
+    if isinstance(event, GiftReversed):
+        return f"gift {event.gift_event_id}"
+    if isinstance(event, PayoutUpdated):
+        return WAITING_FOR_CASHOUT + event.cashout_id
+    raise ValueError(f"a {type(event).__name__} is never parked")
 
 
 async def _insert_applied(conn: AsyncConnection, parameters: dict[str, Any]) -> list[str]:

@@ -40,7 +40,7 @@ from schemas.events import (
     PayoutUpdated,
     TipReceived,
 )
-from services.cashout.desk import CashoutDesk, request_accounts
+from services.cashout.desk import UNKNOWN_CASHOUT, CashoutDesk, request_accounts
 from services.cashout.profiles import apply_creator_updates
 from services.cashout.store import lock_cashout_rows
 from services.ingestion.event_store import EventStore
@@ -62,6 +62,9 @@ from services.ingestion.records import BatchReport, DeadLetter, ParsedEvent
 from services.rates.rate_cards import RateCardBook
 from services.runtime.creator_locks import lock_creators
 
+# A payout result that would wait behind an earlier parked result of its cash-out, with the
+# parking full (`_results_in`).
+EARLIER_RESULT_PARKED = "earlier_result_parked"
 # A tip whose card charge another event credited already (`_leg_transfer_id`).
 CHARGE_ALREADY_APPLIED = "charge_already_applied"
 CHARGE_LEG_PREFIX = "charge:"
@@ -435,15 +438,7 @@ async def _legs_in(
     await events.record_applied(conn, topic, applied)
     letters = [*early_letters, *report.dead_letters]
     await events.record_dead_letters(conn, topic, letters)
-    staying = report.still_waiting
-    if context.sweeping:
-        staying = staying | {letter.event_id for letter in letters if letter.event_id}
-    settled = [
-        item.event.event_id
-        for item in items
-        if item.from_parking and item.event.event_id not in staying
-    ]
-    await events.unpark(conn, topic, settled)
+    await events.unpark(conn, topic, _settled(context, items, report, letters))
     report.applied = len(applied)
     return report
 
@@ -562,7 +557,10 @@ async def _apply_cashouts(
             # locks is locked first, until the commit; then what it decided meanwhile is taken
             # as it decided it, never decided again on the state it left.
             await _lock_what_cashouts_decide_on(conn, topic, items)
-            undecided = await _verdicts_again(events, conn, topic, items, batch_report)
+            if context.sweeping:  # parked results: their rows locked, their verdicts again
+                undecided = await events.hold_parked(conn, topic, items, batch_report)
+            else:
+                undecided = await _verdicts_again(events, conn, topic, items, batch_report)
             fresh = await events.drop_applied(conn, topic, undecided, batch_report)
             if topic == topics.CASHOUTS_REQUESTED:
                 applied = await _requests_in(tx, context, fresh, account_ids)
@@ -571,8 +569,28 @@ async def _apply_cashouts(
             await events.record_applied(conn, topic, applied)
             letters = [*early_letters, *batch_report.dead_letters]
             await events.record_dead_letters(conn, topic, letters)
+            await events.unpark(conn, topic, _settled(context, items, batch_report, letters))
             batch_report.applied = len(applied)
     report.absorb(batch_report)
+
+
+def _settled(
+    context: HandlerContext,
+    items: list[ParsedEvent],
+    report: BatchReport,
+    letters: list[DeadLetter],
+) -> list[str]:
+    """The event_ids of parked items that leave the parking with this transaction: applied or
+    duplicates. Those still waiting stay; so do those a sweep dead-letters, until their dead
+    letters are published (`Ingestor.retry_parked`)."""
+    staying = report.still_waiting
+    if context.sweeping:
+        staying = staying | {letter.event_id for letter in letters if letter.event_id}
+    return [
+        item.event.event_id
+        for item in items
+        if item.from_parking and item.event.event_id not in staying
+    ]
 
 
 async def _lock_what_cashouts_decide_on(
@@ -635,19 +653,59 @@ async def _results_in(
 ) -> list[ParsedEvent]:
     """Apply a batch's new payout results together (`CashoutDesk.payout_results`, which locks
     their cash-outs before any account, in id order, as the outbox relay locks the ones it
-    submits); one the desk refuses (an unknown cash-out, or one not in a state the result
-    applies to) is dead-lettered with the reason."""
-    results = [item.event for item in fresh if isinstance(item.event, PayoutUpdated)]
-    assert len(results) == len(fresh)
+    submits); one the desk refuses for a state the result does not apply to is dead-lettered
+    with the reason.
+
+    A result for a cash-out not known yet (its request not read yet, as after a restore) is
+    parked until the request arrives, for `payout_park_s` at most, then dead-lettered
+    `unknown_cashout`; while the parking holds `payout_park_count_max` results, it is
+    dead-lettered at once. A result whose cash-out has an earlier result parked waits behind it
+    (`EventStore.results_behind`). With `payout_park_s` 0 nothing is parked."""
+    events = context.events
+    parking = events.payout_park_s > 0
+    behind = await events.results_behind(tx.connection, fresh) if parking else set()
+    deciding = [item for item in fresh if item.event.event_id not in behind]
+    results = [item.event for item in deciding if isinstance(item.event, PayoutUpdated)]
+    assert len(results) == len(deciding)
     refusals = await context.desk.payout_results(tx, context.ledger, results, context.rate_cards)
+    now = datetime.now(UTC)
     applied: list[ParsedEvent] = []
-    for item, result, refusal in zip(fresh, results, refusals, strict=True):
+    to_park = [item for item in fresh if item.event.event_id in behind and not item.from_parking]
+    report.still_waiting |= {item.event.event_id for item in fresh if item.from_parking} & behind
+    for item, result, refusal in zip(deciding, results, refusals, strict=True):
         if refusal is None:
             applied.append(item)
-            continue
-        detail = f"payout {result.status} for cash-out {result.cashout_id}: {refusal}"
-        report.dead_letters.append(DeadLetter(item.record, refusal[:64], detail, result.event_id))
+        elif refusal != UNKNOWN_CASHOUT or not parking:
+            report.dead_letters.append(_result_letter(item, result, refusal))
+        elif not item.from_parking:
+            to_park.append(item)
+        elif item.parked_until is not None and item.parked_until <= now:
+            waited = f"no request for it arrived before {item.parked_until.isoformat()}"
+            report.dead_letters.append(_result_letter(item, result, refusal, waited))
+        else:
+            report.still_waiting.add(result.event_id)
+    parked, left_out = await events.park_results(tx.connection, to_park, now)
+    report.parked += len(parked)
+    no_room = (
+        f"not parked: {events.payout_park_count_max} payout results are parked already"
+        " (PAYOUT_PARK_COUNT_MAX)"
+    )
+    for item in left_out:
+        event = item.event
+        assert isinstance(event, PayoutUpdated)
+        refusal = EARLIER_RESULT_PARKED if event.event_id in behind else UNKNOWN_CASHOUT
+        report.dead_letters.append(_result_letter(item, event, refusal, no_room))
     return applied
+
+
+def _result_letter(
+    item: ParsedEvent, result: PayoutUpdated, refusal: str, why: str = ""
+) -> DeadLetter:
+    """The dead letter of a payout result refused for `refusal` (its error), `why` added."""
+    detail = f"payout {result.status} for cash-out {result.cashout_id}: {refusal}"
+    if why:
+        detail += f" ({why})"
+    return DeadLetter(item.record, refusal[:64], detail, result.event_id)
 
 
 HANDLERS: dict[str, Handler] = {

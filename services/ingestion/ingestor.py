@@ -7,7 +7,8 @@ offsets only after this returns, so a crash anywhere means redelivery, and redel
 every event already applied.
 
 Every record ends in exactly one place: applied, duplicate, dead-lettered (with the reason), or
-parked (a reversal whose gift has not arrived yet, retried until a deadline, then dead-lettered).
+parked (a reversal whose gift has not arrived yet, a payout result whose cash-out's request has
+not: retried until a deadline, then dead-lettered).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from services.ingestion.records import (
 )
 from services.rates.rate_cards import RateCardBook
 from services.runtime import metrics
+from services.runtime.settings import PAYOUT_PARK_COUNT_MAX_DEFAULT, PAYOUT_PARK_S_DEFAULT
 
 
 class Ingestor:
@@ -40,11 +42,21 @@ class Ingestor:
         desk: CashoutDesk,
         *,
         park_s: float,
+        payout_park_s: float = PAYOUT_PARK_S_DEFAULT,
+        payout_park_count_max: int = PAYOUT_PARK_COUNT_MAX_DEFAULT,
     ) -> None:
+        """`park_s`: how long a reversal waits for its gift; `payout_park_s` and
+        `payout_park_count_max`: how long a payout result waits for its cash-out's request (0:
+        it does not) and how many may wait at once (`EventStore`)."""
         # The deployment's topic prefix (the desk's): parked events and dead letters are
         # recorded under it.
         self.topic_prefix = desk.topic_prefix
-        self.events = EventStore(desk.topic_prefix, park_s)
+        self.events = EventStore(
+            desk.topic_prefix,
+            park_s,
+            payout_park_s=payout_park_s,
+            payout_park_count_max=payout_park_count_max,
+        )
         self.context = HandlerContext(ledger, rate_cards, desk, self.events)
         self.counts = metrics.IngestCounts()
 

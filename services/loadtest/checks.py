@@ -229,7 +229,7 @@ def compare(expected: ExpectedState, observed: Observed) -> list[str]:
             + f", counted {observed.duplicates}"
         )
     if observed.still_parked:
-        mismatches.append(f"{observed.still_parked} reversals still parked")
+        mismatches.append(f"{observed.still_parked} events still parked")
     return mismatches
 
 

@@ -3,7 +3,7 @@
 
 The stream is replayed whole (one phase: a recorded stream has no separate cash-out phase) into
 the run's fresh topics, consumers and simulated bank (`services.loadtest.run` sets them up), and
-the run waits until every record and every report of the bank is consumed, no reversal is still
+the run waits until every record and every report of the bank is consumed, no event is still
 parked, the run's outbox is drained and the bank has nothing in flight. Then:
 
 - the consumers' counters add up: every consumed record was applied, a duplicate or
@@ -109,7 +109,7 @@ async def check_recorded(run: RecordedRun, report: LoadtestReport, since: dateti
             f"{counts.still_parked}"
         )
     if counts.still_parked:
-        report.mismatches.append(f"{counts.still_parked} reversals still parked")
+        report.mismatches.append(f"{counts.still_parked} events still parked")
     expected_consumed = run.records + run.rail.reports_sent
     if counts.consumed < expected_consumed:
         report.mismatches.append(

@@ -15,7 +15,7 @@ Steps, in one process, as `giftledger demo` runs:
    on the stream's recorded days, a cash-out's rate card and FX when the desk approves it, during
    the run); a difference stops the run, as its result could not match.
 3. Replay the stream up to its cash-out phase; wait until the consumers' own counters say every
-   record was consumed and no reversal is still parked. Then replay the cash-outs and wait until
+   record was consumed and no event is still parked. Then replay the cash-outs and wait until
    every record (and every report of the bank) is consumed, the outbox is drained and no cash-out
    is open. A wait gives up when nothing moves for `stall_s`.
 4. `verify` the ledger; compare, for the stream's namespace, every creator's available DIAMOND
@@ -116,6 +116,10 @@ logger = logging.getLogger(__name__)
 
 STALL_S_DEFAULT = 120.0
 SESSION_TIMEOUT_MS = 6_000
+# How long a payout result for an unknown cash-out waits in a run: the streams hold bank reports
+# for cash-outs that never exist (`payout_for_unknown_cashout`), which the run waits to see
+# dead-lettered; PAYOUT_PARK_S's hour would keep each parked that long.
+LOADTEST_PAYOUT_PARK_S = 2.0
 STREAM_FILE_NAME = "stream.jsonl.gz"
 
 
@@ -157,13 +161,15 @@ async def _already_applied(engine: AsyncEngine, namespace: str) -> bool:
 
 
 def loadtest_settings(settings: Settings) -> Settings:
-    """The settings of one run: fresh topics and consumer groups, a bank that always pays."""
+    """The settings of one run: fresh topics and consumer groups, a bank that always pays, a
+    payout result for an unknown cash-out parked `LOADTEST_PAYOUT_PARK_S`."""
     tag = secrets.token_hex(3)
     update: dict[str, Any] = {
         "kafka_topic_prefix": f"{settings.kafka_topic_prefix}lt{tag}.",
         "kafka_consumer_group": f"{settings.kafka_consumer_group}.lt{tag}",
         "payout_rail_failure_rate": 0.0,
         "payout_rail_return_rate": 0.0,
+        "payout_park_s": LOADTEST_PAYOUT_PARK_S,
     }
     if "kafka_session_timeout_ms" not in settings.model_fields_set:
         update["kafka_session_timeout_ms"] = SESSION_TIMEOUT_MS

@@ -33,9 +33,23 @@ class TimedIngestor(Ingestor):
     """The product's `Ingestor`, noting per topic what `process` took (`timings`)."""
 
     def __init__(
-        self, ledger: Ledger, rate_cards: RateCardBook, desk: CashoutDesk, *, park_s: float
+        self,
+        ledger: Ledger,
+        rate_cards: RateCardBook,
+        desk: CashoutDesk,
+        *,
+        park_s: float,
+        payout_park_s: float,
+        payout_park_count_max: int,
     ) -> None:
-        super().__init__(ledger, rate_cards, desk, park_s=park_s)
+        super().__init__(
+            ledger,
+            rate_cards,
+            desk,
+            park_s=park_s,
+            payout_park_s=payout_park_s,
+            payout_park_count_max=payout_park_count_max,
+        )
         self.timings: dict[str, TopicTiming] = {}
 
     async def process(self, topic: str, records: Sequence[InputRecord]) -> BatchReport:

@@ -22,7 +22,8 @@ EVENTS_DEAD_LETTERED = Counter(
 )
 EVENTS_PARKED = Counter(
     "giftledger_events_parked_total",
-    "Events parked until what they refer to arrives (a reversal before its gift).",
+    "Events parked until what they refer to arrives (a reversal before its gift, a payout"
+    " result before its cash-out's request).",
     ["topic"],
 )
 BATCH_SIZE = Histogram(

@@ -40,6 +40,10 @@ COUNTRY_COUNT_MAX = 300
 TALLY_THRESHOLD_MAX = 10**12
 SETTINGS_ERROR_FIELD = re.compile(r'field "(?P<field>\w+)"')
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# How long a payout result for a cash-out not known yet waits for its request, and how many may
+# wait at once (services/ingestion/event_store.py).
+PAYOUT_PARK_S_DEFAULT = 3_600.0
+PAYOUT_PARK_COUNT_MAX_DEFAULT = 10_000
 
 
 CountryCode = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
@@ -315,6 +319,22 @@ class Settings(BaseSettings):
         gt=0,
         le=7 * 24 * 3600,
         description="How long a reversal that arrived before its gift waits for it.",
+    )
+    payout_park_s: float = Field(
+        default=PAYOUT_PARK_S_DEFAULT,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="How long a payout result (`payouts.updated`) for a cash-out whose request has"
+        " not arrived waits for it (after a restore, the bank's results can be read again before"
+        " the requests); then it is dead-lettered as `unknown_cashout`. 0: not parked,"
+        " dead-lettered at once.",
+    )
+    payout_park_count_max: int = Field(
+        default=PAYOUT_PARK_COUNT_MAX_DEFAULT,
+        ge=1,
+        le=1_000_000,
+        description="How many payout results may be parked at once (this deployment's); a result"
+        " that finds them all taken is dead-lettered at once, with the reason.",
     )
     api_host: str = Field(
         default="127.0.0.1", min_length=1, max_length=255, description="The finance API's address."
