@@ -49,7 +49,7 @@ from services.commands.common import (
 from services.loadtest import generator as loadgen
 from services.loadtest import replay
 from services.loadtest import run as loadtest
-from services.runtime.database import DatabaseUnavailableError, error_reason
+from services.runtime.database import DatabaseUnavailableError, ServicesLoginError, error_reason
 from services.runtime.embedded_broker import BrokerUnavailableError, EmbeddedBrokerError
 from services.runtime.listening import ListenError
 from services.runtime.settings import configuration_problems
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("faststream").setLevel(logging.WARNING)
     try:
         return int(args.handler(args))
-    except (UsageError, SchemaNotCurrentError) as error:
+    except (UsageError, SchemaNotCurrentError, ServicesLoginError) as error:
         print_error(str(error))
         return EXIT_USAGE
     except (ValidationError, SettingsError) as error:

@@ -28,6 +28,7 @@ COMPLETED = "service_completed_successfully"
 POSTGRES_DEFAULT_PORT = 5432
 HEALTHZ_URL = re.compile(r"http://localhost:(\d+)/healthz")
 EXACT_VERSION_TAG = re.compile(r"^\d+\.\d+\.\d+")
+INIT_DIR = "/docker-entrypoint-initdb.d"
 
 Service = dict[str, Any]
 
@@ -108,6 +109,45 @@ def test_database_url_points_at_the_postgres_service(services: dict[str, Service
             postgres["POSTGRES_PASSWORD"],
         )
         assert url.path == f"/{postgres['POSTGRES_DB']}"
+
+
+def test_the_services_connect_as_a_login_of_their_own(services: dict[str, Service]) -> None:
+    """`giftledger run` connects as the login the postgres image's init script makes: one that
+    owns nothing and is only a member of the two roles, never the schema's owner."""
+    postgres = environment(services["postgres"])
+    owner = urlsplit(environment(services["giftledger"])["DATABASE_URL"])
+    login = urlsplit(environment(services["giftledger"])["SERVICES_DATABASE_URL"])
+    assert (login.scheme, login.hostname, login.port, login.path) == (
+        owner.scheme,
+        owner.hostname,
+        owner.port,
+        owner.path,
+    )
+    assert login.username not in (None, postgres["POSTGRES_USER"])
+    assert login.password
+
+    mounts = [str(volume).split(":") for volume in services["postgres"]["volumes"]]
+    init_dirs = [host for host, container, *_ in mounts if container == INIT_DIR]
+    assert init_dirs == ["./deploy/postgres-init"]
+    scripts = sorted((REPO_ROOT / init_dirs[0]).glob("*.sql"))
+    assert [script.name for script in scripts] == ["10-services-login.sql"]
+    statements = [
+        " ".join(statement.split())
+        for statement in "".join(
+            line
+            for line in scripts[0].read_text(encoding="utf-8").splitlines(keepends=True)
+            if not line.lstrip().startswith("--")
+        ).split(";")
+        if statement.strip()
+    ]
+    assert statements == [
+        "CREATE ROLE giftledger_reader NOLOGIN",
+        "CREATE ROLE giftledger_writer NOLOGIN",
+        f"CREATE ROLE {login.username} LOGIN PASSWORD '{login.password}'"
+        " IN ROLE giftledger_writer, giftledger_reader",
+    ]
+    assert Settings.model_fields["database_writer_role"].default == "giftledger_writer"
+    assert Settings.model_fields["api_database_role"].default == "giftledger_reader"
 
 
 def test_kafka_bootstrap_points_at_a_kafka_listener(services: dict[str, Service]) -> None:

@@ -21,7 +21,7 @@ from services.app.bootstrap import build_api_app, build_payout_rail, start_consu
 from services.app.day_rollup import DayRollup
 from services.app.partition_upkeep import PartitionUpkeep
 from services.runtime.collector import settle_collector
-from services.runtime.database import engine_as_role, open_database, open_read_database
+from services.runtime.database import engine_as_role, open_read_database, open_services_database
 from services.runtime.kafka import open_kafka
 from services.runtime.listening import ListenError, cannot_listen, listening_socket
 from services.runtime.memory import fix_mmap_threshold
@@ -63,7 +63,7 @@ async def run(
     )
     try:
         _serve_metrics(settings)
-        async with open_database(settings) as engine:
+        async with open_services_database(settings) as engine:
             await ensure_schema(engine, settings)
             # The API's reads: API_DATABASE_URL's replica, opened only when the API is served.
             reads = (

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Final
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -93,6 +94,80 @@ async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
             yield engine
     finally:
         await server.stop()
+
+
+class ServicesLoginError(Exception):
+    """SERVICES_DATABASE_URL's login could change the ledger's rows or triggers itself."""
+
+
+# Shown once by `giftledger run` on a configured database without SERVICES_DATABASE_URL.
+SHARED_LOGIN_WARNING: Final = (
+    "SERVICES_DATABASE_URL is unset: the services connect with DATABASE_URL, the login that owns"
+    " the schema, and act as giftledger_writer and giftledger_reader, which guards against the"
+    " code's mistakes, not against arbitrary SQL on their connections (RESET ROLE returns to the"
+    " owner, who may disable the ledger's triggers); set SERVICES_DATABASE_URL to a login that"
+    " owns nothing and is only a member of those two roles"
+)
+
+# What the services' login may do beyond the roles it is a member of: each column true is a way
+# to change the ledger's rows or their triggers (a CREATEROLE login can grant itself the owner's
+# role on PostgreSQL 15; membership in a role, direct or not, lets it SET ROLE to it).
+_SERVICES_LOGIN_POWERS: Final = text(
+    """
+    SELECT r.rolsuper AS superuser,
+           r.rolcreaterole AS creates_roles,
+           pg_has_role(session_user, d.datdba, 'MEMBER') AS owns_the_database,
+           pg_has_role(session_user, n.nspowner, 'MEMBER') AS owns_the_schema,
+           EXISTS (SELECT 1 FROM pg_class c
+                   WHERE c.relnamespace = n.oid
+                     AND pg_has_role(session_user, c.relowner, 'MEMBER')) AS owns_tables
+    FROM pg_roles r, pg_database d, pg_namespace n
+    WHERE r.rolname = session_user AND d.datname = current_database() AND n.nspname = 'public'
+    """
+)
+_POWER_NAMES: Final = {
+    "superuser": "is a superuser",
+    "creates_roles": "may create roles (CREATEROLE)",
+    "owns_the_database": "owns the database or may act as its owner",
+    "owns_the_schema": "owns the schema public or may act as its owner",
+    "owns_tables": "owns tables of the schema or may act as their owner",
+}
+
+
+async def services_login_problem(engine: AsyncEngine) -> str | None:
+    """Why the login of `engine`'s connections could change the ledger's rows or triggers by
+    itself, whatever role its connections start as, or None when it cannot."""
+    async with engine.connect() as conn:
+        login = str(await conn.scalar(text("SELECT session_user")))
+        row = (await conn.execute(_SERVICES_LOGIN_POWERS)).mappings().one()
+    powers = [said for column, said in _POWER_NAMES.items() if row[column]]
+    if not powers:
+        return None
+    return (
+        f"SERVICES_DATABASE_URL logs in as {login}, which {' and '.join(powers)}: any statement"
+        " on the services' connections could then change the ledger's rows or disable its"
+        " triggers. Give the services a login that owns nothing and is only a member of"
+        " giftledger_writer and giftledger_reader (README, Security)"
+    )
+
+
+@asynccontextmanager
+async def open_services_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """The engine `giftledger run` works through: on SERVICES_DATABASE_URL when it is set, once
+    its login is found to own nothing (else `ServicesLoginError`); else `open_database`'s, with
+    one warning when the database is a configured one (the embedded one is a sandbox)."""
+    if settings.services_database_url is None:
+        if settings.database_url is not None:
+            logger.warning(SHARED_LOGIN_WARNING)
+        async with open_database(settings) as engine:
+            yield engine
+        return
+    url = to_async_url(settings.services_database_url.get_secret_value())
+    async with _engine_on(url, settings) as engine:
+        problem = await services_login_problem(engine)
+        if problem is not None:
+            raise ServicesLoginError(problem)
+        yield engine
 
 
 @asynccontextmanager

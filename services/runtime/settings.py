@@ -191,6 +191,16 @@ class Settings(BaseSettings):
         description="The Creator Next thresholds, read from the ELIGIBILITY_* variables.",
     )
 
+    services_database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL `giftledger run` (the consumers, the API and the console, the"
+        " upkeeps) connects with: a login of its own that owns nothing and is only a member of"
+        " giftledger_writer and giftledger_reader; `run` refuses a superuser, a login with"
+        " CREATEROLE and one that owns, or may act as the owner of, the database, the schema or"
+        " any of its tables. The other commands keep DATABASE_URL. Unset: `run` connects with"
+        " DATABASE_URL too and only switches to those roles, which any statement on its"
+        " connections may switch back from (RESET ROLE).",
+    )
     database_writer_role: str = Field(
         default="giftledger_writer",
         pattern=r"^[a-z_][a-z0-9_]{0,62}$",
@@ -431,12 +441,21 @@ class Settings(BaseSettings):
         " sign-in.",
     )
 
-    @field_validator("database_url", "api_database_url")
+    @field_validator("database_url", "api_database_url", "services_database_url")
     @classmethod
     def _postgresql_url(cls, url: SecretStr | None) -> SecretStr | None:
         if url is not None:
             _refuse(database_url_problem(url.get_secret_value()))
         return url
+
+    @model_validator(mode="after")
+    def _services_login_beside_the_owners(self) -> Self:
+        if self.services_database_url is not None and self.database_url is None:
+            raise ValueError(
+                "SERVICES_DATABASE_URL needs DATABASE_URL, the login that owns the schema and"
+                " runs the migrations (the embedded PostgreSQL has no login for the services)"
+            )
+        return self
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
