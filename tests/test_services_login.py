@@ -104,14 +104,29 @@ async def _applied(engine: AsyncEngine, creators: list[str]) -> int:
     return int(count or 0)
 
 
-async def _service_logins(engine: AsyncEngine, database: str) -> set[str]:
+async def _backend_pids(engine: AsyncEngine, database: str) -> set[int]:
+    """The server processes of `database`'s connections, this one's left out."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
+            ),
+            {"db": database},
+        )
+        return {int(row.pid) for row in rows}
+
+
+async def _service_logins(engine: AsyncEngine, database: str, before: set[int]) -> set[str]:
+    """The logins of `database`'s giftledger connections opened since `before` was read (the
+    module's earlier tests may leave connections of their own, as the owner)."""
     async with engine.connect() as conn:
         rows = await conn.execute(
             text(
                 "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = :db"
                 " AND application_name = 'giftledger' AND pid <> pg_backend_pid()"
+                " AND pid <> ALL(:before)"
             ),
-            {"db": database},
+            {"db": database, "before": sorted(before)},
         )
         return {str(row.usename) for row in rows}
 
@@ -123,6 +138,9 @@ async def test_run_on_a_login_of_its_own_applies_gifts_and_cannot_leave_the_writ
     services_url = _as_login(database_url, login)
     prefix = f"p{uuid.uuid4().hex[:8]}."
     await create_topics(kafka_bootstrap, all_topics(prefix), PARTITION_COUNT)
+    database = make_url(database_url).database
+    assert database is not None
+    connected_before = await _backend_pids(engine, database)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -159,9 +177,7 @@ async def test_run_on_a_login_of_its_own_applies_gifts_and_cannot_leave_the_writ
             return await _applied(engine, creators) == GIFT_COUNT
 
         await wait_until(all_applied, APPLIED_WAIT_S)
-        database = make_url(database_url).database
-        assert database is not None
-        assert await _service_logins(engine, database) == {login}
+        assert await _service_logins(engine, database, connected_before) == {login}
     finally:
         await producer.stop()
         if process.returncode is None:
