@@ -37,6 +37,7 @@ from services.runtime.database import (
 from services.runtime.embedded_broker import create_topics
 from services.runtime.settings import Settings
 from tests import event_factory as make
+from tests.fresh_database import fresh_database
 from tests.ingestion_fixtures import wait_until
 
 pytestmark = pytest.mark.server
@@ -47,6 +48,22 @@ GIFT_COUNT: Final = 20
 APPLIED_WAIT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 30.0
 REFUSAL_TIMEOUT_S: Final = 60.0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
+    """A database of this module's own: on the session's, other modules' engines and services
+    of this process open connections as the owner at any moment, which the check of who the
+    run's connections are would take for the run's."""
+    async with fresh_database(postgres_admin_url) as url:
+        yield url
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url, pool_size=4)
+    yield engine
+    await engine.dispose()
 
 
 def _as_login(database_url: str, login: str) -> str:
