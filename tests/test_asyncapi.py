@@ -241,7 +241,19 @@ def test_dead_letter_messages_declare_exactly_the_headers_the_consumer_sends(
     with_id = dead_letter_headers(DeadLetter(record, "malformed_json", "x", "gift-1"), "gifts.sent")
     without_id = dead_letter_headers(DeadLetter(record, "malformed_json", "x"), "gifts.sent")
     too_large = stand_in_headers(DeadLetter(record, "malformed_json", "x", "gift-1"), "gifts.sent")
-    sent = sorted({name for name, value in [*with_id, *too_large] if (name, value) != original})
+    long_key = record._replace(key=b"k" * 2_000)
+    key_too_large = stand_in_headers(DeadLetter(long_key, "malformed_json", "x"), "gifts.sent")
+    keyless_tombstone = record._replace(key=None, value=None)
+    without_key = dead_letter_headers(
+        DeadLetter(keyless_tombstone, "empty_value", "x"), "gifts.sent"
+    )
+    sent = sorted(
+        {
+            name
+            for name, value in [*with_id, *too_large, *key_too_large, *without_key]
+            if (name, value) != original
+        }
+    )
     always = [name for name, value in without_id if (name, value) != original]
 
     channels = _channels_by_address(document)

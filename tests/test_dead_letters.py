@@ -10,16 +10,31 @@ import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    CorruptRecordException,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerClosed,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
+from confluent_kafka import Producer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.queries import creator_balances
 from schemas import topics
+from services.app.consumer import refuses_the_letter
 from services.ingestion.records import InputRecord
 from services.rates.rate_cards import load_rate_cards
+from services.runtime.kafka_offsets import end_offsets
 from tests import event_factory as make
 from tests.console_http import Feed, cashout_state, new_creator_id
 from tests.ingestion_fixtures import RunningConsumers, make_ingestor, wait_until
+
+LIBRDKAFKA_FLUSH_S = 30.0
+END_OFFSET_WAIT_S = 10.0
 
 
 def _creator() -> str:
@@ -221,6 +236,128 @@ async def test_a_dead_letter_too_large_for_its_key_goes_without_its_value_and_ke
     await wait_until(functools.partial(_all_committed, consumers, topics.GIFTS_SENT, 2))
 
 
+def _produce_with_librdkafka(
+    bootstrap_servers: str,
+    topic: str,
+    partition: int,
+    records: list[tuple[bytes | None, bytes | None]],
+) -> None:
+    """Publish (key, value) records with librdkafka, which, unlike aiokafka, sends a record with
+    neither key nor value (a keyless tombstone), as Kafka and the Java producer allow."""
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 5})
+    for key, value in records:
+        producer.produce(topic, value=value, key=key, partition=partition)
+    assert producer.flush(LIBRDKAFKA_FLUSH_S) == 0, "librdkafka did not deliver every record"
+
+
+async def test_a_record_without_key_or_value_is_dead_lettered_and_its_partition_goes_on(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    """A keyless tombstone is dead-lettered `empty_value`: its dead letter keeps the null value
+    and goes with an empty key, saying so (`dlq.key_null`), since no producer sends a record
+    with neither. Sent as it was, the producer refused it at every try, the batch was rewound
+    for ever, and its partition stalled."""
+    creator = _creator()
+    topic = consumers.prefix + topics.GIFTS_SENT
+    gift = json.dumps(make.gift(creator, coins=2)).encode()
+    await asyncio.to_thread(
+        _produce_with_librdkafka,
+        consumers.bootstrap_servers,
+        topic,
+        3,
+        [(None, None), (creator.encode(), gift)],
+    )
+
+    async def gift_applied() -> bool:
+        async with engine.connect() as conn:
+            return bool(await creator_balances(conn, creator))
+
+    await wait_until(gift_applied)
+    await wait_until(functools.partial(_all_committed, consumers, topics.GIFTS_SENT, 3))
+
+    def tombstone_letter(record: Any) -> bool:
+        headers = dict(record.headers)
+        return headers.get("dlq.source.partition") == b"3" and record.value is None
+
+    records = await consumers.read_topic_until(
+        topics.dead_letter_topic(topics.GIFTS_SENT),
+        lambda found: any(tombstone_letter(record) for record in found),
+    )
+    [letter] = [record for record in records if tombstone_letter(record)]
+    headers = dict(letter.headers)
+    assert letter.key == b""
+    assert headers["dlq.key_null"] == b"true"
+    assert headers["dlq.error"] == b"empty_value"
+    assert "dlq.value_omitted" not in headers
+    offset = int(headers["dlq.source.offset"])
+    recorded = await _recorded_error(engine, consumers.prefix, topics.GIFTS_SENT, 3, offset)
+    assert recorded == "empty_value"
+
+
+async def test_a_keyless_dead_letter_too_large_for_its_topic_goes_without_its_value(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    """A bad record without a key, just under the size limit: its stand-in without the value
+    has an empty key (`dlq.key_null`). Keyless as the original, it had neither key nor value,
+    the producer refused it at every try, and the partition stalled."""
+    creator = _creator()
+    topic = consumers.prefix + topics.GIFTS_SENT
+    huge = b"not json " + uuid.uuid4().hex.encode() + b"x" * 1_048_300
+    await consumers.producer.send_and_wait(topic, value=huge, key=None, partition=3)
+    await consumers.producer.send_and_wait(
+        topic,
+        value=json.dumps(make.gift(creator, coins=2)).encode(),
+        key=creator.encode(),
+        partition=3,
+    )
+
+    async def gift_applied() -> bool:
+        async with engine.connect() as conn:
+            return bool(await creator_balances(conn, creator))
+
+    await wait_until(gift_applied)
+    await wait_until(functools.partial(_all_committed, consumers, topics.GIFTS_SENT, 3))
+
+    def stand_in_of(record: Any) -> bool:
+        headers = dict(record.headers)
+        return headers.get("dlq.source.partition") == b"3" and "dlq.value_omitted" in headers
+
+    records = await consumers.read_topic_until(
+        topics.dead_letter_topic(topics.GIFTS_SENT),
+        lambda found: any(stand_in_of(record) for record in found),
+    )
+    [letter] = [record for record in records if stand_in_of(record)]
+    headers = dict(letter.headers)
+    assert (letter.key, letter.value) == (b"", None)
+    assert headers["dlq.value_omitted"] == str(len(huge)).encode()
+    assert headers["dlq.key_null"] == b"true"
+    assert headers["dlq.error"] == b"malformed_json"
+    assert "dlq.key_omitted" not in headers
+
+
+def test_only_a_refusal_of_the_letter_itself_sends_it_without_its_value() -> None:
+    """What the same send would meet at every try (the record refused, or the producer's own
+    refusal of its arguments) sends a stand-in; what a later try may get past (the broker or
+    the topic unavailable, the producer stopped, not authorised) sends the batch again."""
+    for error in (
+        AssertionError("Need at least one: key or value"),
+        TypeError("not bytes"),
+        MessageSizeTooLargeError(),
+        CorruptRecordException(),
+    ):
+        assert refuses_the_letter(error), error
+    for error in (
+        KafkaConnectionError(),
+        KafkaTimeoutError(),
+        ProducerClosed(),
+        UnknownTopicOrPartitionError(),
+        TopicAuthorizationFailedError(),
+        OSError("connection reset"),
+        TimeoutError(),
+    ):
+        assert not refuses_the_letter(error), error
+
+
 async def _all_committed(consumers: RunningConsumers, topic: str, partition: int) -> bool:
     """Whether the consumers' group has committed the partition up to its end."""
     place = TopicPartition(consumers.prefix + topic, partition)
@@ -232,7 +369,9 @@ async def _all_committed(consumers: RunningConsumers, topic: str, partition: int
     await reader.start()
     try:
         committed = await reader.committed(place)
-        end = (await reader.end_offsets([place]))[place]
+        # Not ListOffsets alone, which on the embedded broker says less than the end once a
+        # produce request carried several records of the partition.
+        end = (await end_offsets(reader, [place], END_OFFSET_WAIT_S))[place]
     finally:
         await reader.stop()
     return bool(committed == end)

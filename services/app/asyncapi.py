@@ -61,11 +61,14 @@ KEY_DESCRIPTIONS = {
 }
 DEAD_LETTER_KEY_DESCRIPTION = (
     "The original record's key, unchanged: the creator_id the producer keyed it by (absent if "
-    "the original had none)."
+    "the original had none). A record with neither key nor value is sent with an empty key "
+    "(a record needs one or the other), and `dlq.key_null` says so; a stand-in sent without "
+    "the value (`dlq.value_omitted`) has an empty key for a record that had none, and the "
+    "hex SHA-256 of a key over 1,024 bytes (`dlq.key_omitted`)."
 )
 
 # The headers `services.app.consumer.dead_letter_headers` adds (and `stand_in_headers`, for a
-# dead letter too large to send whole); values are UTF-8 text.
+# dead letter refused whole: too large, or invalid); values are UTF-8 text.
 DEAD_LETTER_HEADERS: dict[str, Any] = {
     "type": "object",
     "description": "The original record's headers, unchanged, then these.",
@@ -102,8 +105,23 @@ DEAD_LETTER_HEADERS: dict[str, Any] = {
             "type": "string",
             "pattern": "^[0-9]+$",
             "description": "Only on a dead letter sent without the original's value and "
-            "headers, since with them it was too large for this topic: the value's size in "
-            "bytes, in decimal. The original stays at its source offset.",
+            "headers, since with them the producer or the broker refused it (too large for "
+            "this topic, or invalid): the value's size in bytes, in decimal. The original stays "
+            "at its source offset.",
+        },
+        "dlq.key_omitted": {
+            "type": "string",
+            "pattern": "^[0-9]+$",
+            "description": "Only beside `dlq.value_omitted`, when the original's key was over "
+            "1,024 bytes: the key's size in bytes, in decimal; the dead letter's key is then "
+            "the hex SHA-256 of the original key.",
+        },
+        "dlq.key_null": {
+            "type": "string",
+            "enum": ["true"],
+            "description": "Only when the original had no key and the dead letter could not go "
+            "without one (the original had no value either, or the value is omitted): the "
+            "dead letter's key is then empty, which the original's was not.",
         },
     },
     "required": [
@@ -194,8 +212,8 @@ def asyncapi_document(
             "type": "string",
             "format": "binary",
             "description": "The original record's value, byte for byte: usually the JSON of an "
-            "event, but it may be anything the producer sent; absent (null) when "
-            "`dlq.value_omitted` says it was too large to send.",
+            "event, but it may be anything the producer sent; absent (null) when the "
+            "original's was, or when `dlq.value_omitted` says it was refused with it.",
         },
         "bindings": _key_binding(DEAD_LETTER_KEY_DESCRIPTION),
     }

@@ -20,6 +20,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.errors import (  # type: ignore[import-untyped]
     CommitFailedError,
+    CorruptRecordException,
+    KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
@@ -58,6 +60,13 @@ DLQ_SEND_TIMEOUT_S = 30.0
 # A record the producer (its `max_request_size`) or the broker (its message size limit) refuses
 # for its size: a dead letter is the original record and more headers, so it can be.
 TOO_LARGE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+# What the broker says of one record it will not store, whatever the topic's state: corrupt or
+# invalid (a record without a key on a compacted topic, on some brokers).
+RECORD_REFUSED_ERRORS = (*TOO_LARGE_ERRORS, CorruptRecordException)
+# The key a dead letter is sent with when its record had none and no value either (a keyless
+# tombstone, which Kafka and the Java and librdkafka producers allow): a record needs a key or a
+# value to be sent, and the value stays as it was, null. Empty, not null; `dlq.key_null` says so.
+NULL_KEY_STAND_IN = b""
 # The largest key a dead letter sent without its value keeps (upstream keys are creator ids, at
 # most 128 characters): a longer one may be what made the record too large.
 STAND_IN_KEY_BYTES_MAX = 1_024
@@ -141,8 +150,17 @@ def _input_record(record: Any, logical_topic: str) -> InputRecord:
     )
 
 
+def dead_letter_key(letter: DeadLetter) -> bytes | None:
+    """The key a dead letter is sent with: the original's, unless the record had neither key
+    nor value, which no producer sends: then `NULL_KEY_STAND_IN`."""
+    if letter.record.key is None and letter.record.value is None:
+        return NULL_KEY_STAND_IN
+    return letter.record.key
+
+
 def dead_letter_headers(letter: DeadLetter, source_topic: str) -> list[Header]:
-    """The original headers, then ours naming the error and where the input came from."""
+    """The original headers, then ours naming the error and where the input came from, and
+    `dlq.key_null` when the record had no key and its dead letter carries a stand-in."""
     ours: list[Header] = [
         ("dlq.error", letter.error.encode()),
         ("dlq.detail", letter.detail.encode("utf-8", "replace")),
@@ -152,31 +170,54 @@ def dead_letter_headers(letter: DeadLetter, source_topic: str) -> list[Header]:
     ]
     if letter.event_id is not None:
         ours.append(("dlq.event_id", letter.event_id.encode("utf-8", "replace")))
+    if letter.record.key is None and letter.record.value is None:
+        ours.append(("dlq.key_null", b"true"))
     return [*letter.record.headers, *ours]
 
 
-def stand_in_key(letter: DeadLetter) -> bytes | None:
+def stand_in_key(letter: DeadLetter) -> bytes:
     """The key of a dead letter sent without its value: the original key, unless it is over
     `STAND_IN_KEY_BYTES_MAX` (a key may be what made the record too large), then the hex
-    SHA-256 of it (a record needs a key or a value; the same key gives the same stand-in key)."""
+    SHA-256 of it (the same key gives the same stand-in key); `NULL_KEY_STAND_IN` for a record
+    without a key, since a record needs a key or a value."""
     key = letter.record.key
-    if key is None or len(key) <= STAND_IN_KEY_BYTES_MAX:
+    if key is None:
+        return NULL_KEY_STAND_IN
+    if len(key) <= STAND_IN_KEY_BYTES_MAX:
         return key
     return hashlib.sha256(key).hexdigest().encode()
 
 
 def stand_in_headers(letter: DeadLetter, source_topic: str) -> list[Header]:
-    """The headers of a dead letter sent without its value, since it would not fit: ours (not
-    the original's, which may be what made it too large), `dlq.value_omitted`, the original
-    value's size in bytes, and `dlq.key_omitted`, the original key's, when it is left out too
-    (`stand_in_key`: the key is then its SHA-256)."""
+    """The headers of a dead letter sent without its value, since it was refused with it: ours
+    (not the original's, which may be what made it too large), `dlq.value_omitted`, the
+    original value's size in bytes, `dlq.key_omitted`, the original key's, when it is left out
+    too (`stand_in_key`: the key is then its SHA-256), and `dlq.key_null` when the record had
+    no key."""
     value_bytes = 0 if letter.record.value is None else len(letter.record.value)
-    ours = dead_letter_headers(letter, source_topic)[len(letter.record.headers) :]
+    ours = [
+        header
+        for header in dead_letter_headers(letter, source_topic)[len(letter.record.headers) :]
+        if header[0] != "dlq.key_null"
+    ]
     omitted: list[Header] = [("dlq.value_omitted", str(value_bytes).encode())]
     key = letter.record.key
-    if key is not None and stand_in_key(letter) != key:
+    if key is None:
+        omitted.append(("dlq.key_null", b"true"))
+    elif stand_in_key(letter) != key:
         omitted.append(("dlq.key_omitted", str(len(key)).encode()))
     return [*ours, *omitted]
+
+
+def refuses_the_letter(error: BaseException) -> bool:
+    """Whether a send's failure is about the dead letter itself, which the same send would meet
+    at every try (so its batch would be rewound for ever and stall its partition), rather than
+    about the producer, the broker or the topic (down, unreachable, not authorised), which a
+    later try may get past: the broker refusing the record (`RECORD_REFUSED_ERRORS`), or the
+    producer refusing its arguments before it sends anything (an error that is not Kafka's)."""
+    if isinstance(error, RECORD_REFUSED_ERRORS):
+        return True
+    return not isinstance(error, (KafkaError, OSError, asyncio.TimeoutError))
 
 
 def _refused(error: BaseException) -> asyncio.Future[Any]:
@@ -449,9 +490,11 @@ class ConsumerService:
 
     async def _send_dead_letters(self, topic: str, letters: list[DeadLetter]) -> None:
         """Each letter as the original record with our headers; one that the producer or the
-        broker refuses as too large (a record near the size limit, grown by the headers) as a
-        stand-in without the value (`stand_in_headers`), so that it cannot stall its
-        partition: the record stays at its source offset, where a re-drive reads it."""
+        broker refuses for itself (`refuses_the_letter`: too large, a record near the size
+        limit grown by the headers; invalid) as a stand-in without the value and the original
+        headers (`stand_in_headers`), so that it cannot stall its partition: the record stays at
+        its source offset, where a re-drive reads it. A stand-in refused in turn is the topic's
+        or the broker's failure: it propagates, and the batch is sent again."""
         if self._producer is None:
             raise RuntimeError("the dead-letter producer is not running")
         source = self.name(topic)
@@ -463,36 +506,41 @@ class ConsumerService:
                 return await self._producer.send(
                     target, value=value, key=key, partition=None, headers=headers
                 )
-            except TOO_LARGE_ERRORS as error:
+            except Exception as error:
+                if not refuses_the_letter(error):
+                    raise
                 return _refused(error)
 
         sends = [
-            await send(letter.record.key, letter.record.value, dead_letter_headers(letter, source))
+            await send(
+                dead_letter_key(letter), letter.record.value, dead_letter_headers(letter, source)
+            )
             for letter in letters
         ]
         outcomes = await asyncio.wait_for(
             asyncio.gather(*sends, return_exceptions=True), DLQ_SEND_TIMEOUT_S
         )
-        too_large = [
-            letter
-            for letter, outcome in zip(letters, outcomes, strict=True)
-            if isinstance(outcome, TOO_LARGE_ERRORS)
-        ]
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, TOO_LARGE_ERRORS):
+        refused: list[tuple[DeadLetter, BaseException]] = []
+        for letter, outcome in zip(letters, outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                continue
+            if not refuses_the_letter(outcome):
                 raise outcome
+            refused.append((letter, outcome))
         stand_ins = [
             await send(stand_in_key(letter), None, stand_in_headers(letter, source))
-            for letter in too_large
+            for letter, _ in refused
         ]
         await asyncio.wait_for(asyncio.gather(*stand_ins), DLQ_SEND_TIMEOUT_S)
-        for letter in too_large:
+        for letter, error in refused:
             metrics.DEAD_LETTERS_WITHOUT_VALUE.labels(topic).inc()
             logger.warning(
-                "dead letter of %s partition %d offset %d sent without its value: too large",
+                "dead letter of %s partition %d offset %d sent without its value: refused with"
+                " it (%s)",
                 topic,
                 letter.record.partition,
                 letter.record.offset,
+                error_text(error),
             )
 
     async def _sweep_parked(self, topic: str) -> None:

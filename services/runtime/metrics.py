@@ -70,8 +70,8 @@ DATABASE_RETRIES = Counter(
 )
 DEAD_LETTERS_WITHOUT_VALUE = Counter(
     "giftledger_dead_letters_without_value_total",
-    "Dead letters sent without their value, which with the headers was too large for the "
-    "dead-letter topic; the record stays at its source offset.",
+    "Dead letters sent without their value, which the producer or the broker refused with it "
+    "(too large with the headers, or invalid); the record stays at its source offset.",
     ["topic"],
 )
 DEAD_LETTER_PUBLISH_FAILURES = Counter(
