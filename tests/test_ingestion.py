@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from prometheus_client import start_http_server
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,11 +21,14 @@ from ledger.verify import verify
 from schemas import topics
 from services.cashout.eligibility import creator_eligibility
 from services.rates.rate_cards import add_rate_card, load_rate_cards
+from services.runtime.embedded_broker import create_topics
 from services.runtime.settings import EligibilitySettings
 from tests import event_factory as make
 from tests.api_server import free_port
 from tests.ingestion_fixtures import RunningConsumers, wait_until
 from tests.ledger_helpers import ledger_problems, one_snapshot
+
+REPLY_WAIT_S = 2.0
 
 
 async def _balances(engine: AsyncEngine, creator_id: str) -> dict[str, int]:
@@ -258,3 +264,50 @@ async def test_gifts_and_cash_outs_are_fetched_with_short_waits_and_the_others_w
     assert waits.pop(topics.PAYOUTS_UPDATED) == cashout_wait_ms
     assert len(waits) == len(consumers.service.topics) - 3
     assert set(waits.values()) == {settings.consumer_fetch_wait_ms_max} == {200}
+
+
+async def test_a_reply_to_header_makes_the_consumers_publish_nothing(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    """An upstream record's `reply_to` header names a topic; FastStream answered each batch
+    there with the handler's result (an empty record), so an upstream chose where giftledger
+    wrote: another service's topic, or giftledger's own input, where the answer came back as
+    a record no upstream sent. Nothing is published there now."""
+    trap = f"{consumers.prefix}reply-trap"
+    await create_topics(consumers.bootstrap_servers, [trap], 1)
+    own_input = consumers.prefix + topics.TIPS_RECEIVED
+    creator = _creator()
+    gifts = [make.gift(creator, coins=2) for _ in range(3)]
+    tip = make.tip(creator, 1_000)
+    await consumers.publish(topics.GIFTS_SENT, gifts[0], headers=[("reply_to", trap.encode())])
+    await consumers.publish(topics.TIPS_RECEIVED, tip, headers=[("reply_to", own_input.encode())])
+    await consumers.publish(topics.GIFTS_SENT, gifts[1], headers=[("reply_to", own_input.encode())])
+    # The gift after them on their partition (one creator, one key) is applied once their
+    # batches' handlers have returned, when an answer would have been sent.
+    await _publish_and_wait(consumers, engine, topics.GIFTS_SENT, gifts[2:])
+    await _publish_and_wait(consumers, engine, topics.TIPS_RECEIVED, [make.tip(creator, 10)])
+    await asyncio.sleep(REPLY_WAIT_S)
+    assert await _records_of(consumers.bootstrap_servers, trap) == []
+    tips = await _records_of(consumers.bootstrap_servers, own_input)
+    assert [record for record in tips if not record.value] == []
+
+
+async def _records_of(bootstrap_servers: str, topic: str) -> list[Any]:
+    """Every record of `topic` read within `REPLY_WAIT_S` from its start."""
+    reader = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await reader.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + REPLY_WAIT_S
+        while time.monotonic() < deadline:
+            for batch in (await reader.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+    finally:
+        await reader.stop()
+    return records

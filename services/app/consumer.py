@@ -352,6 +352,10 @@ class ConsumerService:
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 4, 500),
             ack_policy=AckPolicy.MANUAL,
+            # Never answer a batch: FastStream publishes a handler's result (here None, an empty
+            # record) to the topic a record's `reply_to` header names, so an upstream would
+            # choose where giftledger writes, its own input topics included.
+            no_reply=True,
             parser=_batch_parser,
             decoder=_noop_decoder,
             title=f"on_{topic.replace('.', '_')}",
