@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.queries import creator_balances
 from schemas import topics
+from services.api.queries import event_dead_letters
 from services.app.consumer import refuses_the_letter
 from services.ingestion.records import InputRecord
 from services.rates.rate_cards import load_rate_cards
@@ -541,3 +542,51 @@ async def test_a_batch_that_comes_again_gives_its_dead_letters_their_verdict_aga
     moved = [batch[0]._replace(value=json.dumps(other).encode())]
     assert (await feed.ingestor.process(topics.PAYOUTS_UPDATED, moved)).applied == 1
     assert await cashout_state(engine, cashout_id) == ("returned", "R01")
+
+
+async def test_a_new_record_at_an_offset_an_old_dead_letter_holds_gets_a_row_of_its_own(
+    engine: AsyncEngine,
+) -> None:
+    """A topic whose offsets start again (recreated, or the embedded broker restarted) puts a
+    new record at an offset an old dead letter holds: dead-lettered too, it gets its own row
+    (it had none: the row of the old one stood for it), while each of them delivered again at
+    that offset keeps the one row it has, and gets its own verdict again."""
+    async with engine.connect() as conn:
+        rate_cards = await load_rate_cards(conn)
+    prefix = f"r{uuid.uuid4().hex[:8]}."
+    ingestor = make_ingestor(engine, rate_cards, topic_prefix=prefix)
+    offset = 10**12 + uuid.uuid4().int % 10**9
+    old = InputRecord(topics.GIFTS_SENT, 0, offset, b"creator-x", b"not json at all")
+    event = {**make.gift("creator-x"), "coins": "ten"}
+    new = old._replace(value=json.dumps(event).encode())
+    keyless_tombstone = old._replace(key=None, value=None)
+    verdicts = []
+    for record in (old, new, new, old, keyless_tombstone, keyless_tombstone):
+        report = await ingestor.process(topics.GIFTS_SENT, [record])
+        verdicts += [(letter.error, letter.event_id) for letter in report.dead_letters]
+    assert verdicts == [
+        ("malformed_json", None),
+        ("schema_violation", event["event_id"]),
+        ("schema_violation", event["event_id"]),
+        ("malformed_json", None),
+        ("empty_value", None),
+        ("empty_value", None),
+    ]
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT kafka_offset, error, event_id FROM dead_letters"
+                " WHERE topic_prefix = :prefix ORDER BY id"
+            ),
+            {"prefix": prefix},
+        )
+        assert [tuple(row) for row in rows] == [
+            (offset, "malformed_json", None),
+            (offset, "schema_violation", event["event_id"]),
+            (offset, "empty_value", None),
+        ]
+        [shown] = await event_dead_letters(conn, prefix, event["event_id"], None)
+    assert (shown["error"], shown["source"]) == (
+        "schema_violation",
+        {"partition": 0, "offset": offset},
+    )

@@ -143,7 +143,7 @@ async def event_dead_letters(
             FROM dead_letters
             WHERE event_id = :event_id AND topic_prefix = :prefix
               AND (CAST(:topic AS text) IS NULL OR topic = :topic)
-            ORDER BY recorded_at, topic, kafka_partition, kafka_offset
+            ORDER BY recorded_at, id
             LIMIT :limit
             """
         ),

@@ -196,11 +196,6 @@ _SELECT_PARKED = text(
 )
 
 
-# The dead letters of one deployment and topic within offset ranges, one a partition, each read
-# from the primary key. The range's lookup is a LATERAL subquery kept from being pulled up into
-# a join (`OFFSET 0`): as a join, with the ranges estimated at 10 rows, the planner hashed them
-# and read every dead letter of the topic (54 ms a batch with 200,000 dead letters, against
-# well under 1 ms).
 _LOCK_PARKED = text(
     """
     SELECT event_id FROM parked_events
@@ -209,6 +204,12 @@ _LOCK_PARKED = text(
     FOR UPDATE
     """
 )
+
+# The dead letters of one deployment and topic within offset ranges, one a partition, each read
+# from `dead_letters_source` (migration 0041). The range's lookup is a LATERAL subquery kept from
+# being pulled up into a join (`OFFSET 0`): as a join, with the ranges estimated at 10 rows, the
+# planner hashed them and read every dead letter of the topic (54 ms a batch with 200,000 dead
+# letters, against well under 1 ms).
 _DEAD_LETTERED_IN_RANGES = text(
     """
     SELECT d.kafka_partition, d.kafka_offset, d.event_id, d.error, d.detail, d.value_sha256
@@ -223,6 +224,30 @@ _DEAD_LETTERED_IN_RANGES = text(
           AND d.kafka_offset BETWEEN r.first_offset AND r.last_offset
         OFFSET 0
     ) d
+    """
+)
+
+
+# A batch's dead letters, each unless its record has its row already: the same value at the same
+# place (`dead_letters_source`: ON CONFLICT, which also waits for another consumer inserting
+# it), or, for a row recorded before value hashes were (migration 0030), the same event_id there.
+_INSERT_DEAD_LETTERS = text(
+    """
+    INSERT INTO dead_letters (topic_prefix, topic, kafka_partition, kafka_offset,
+                              event_id, error, detail, value_sha256)
+    SELECT :prefix, :topic, l.kafka_partition, l.kafka_offset, l.event_id, l.error, l.detail,
+           l.value_sha256
+    FROM unnest(CAST(:partitions AS integer[]), CAST(:offsets AS bigint[]),
+                CAST(:event_ids AS text[]), CAST(:errors AS text[]),
+                CAST(:details AS text[]), CAST(:hashes AS bytea[]))
+        AS l(kafka_partition, kafka_offset, event_id, error, detail, value_sha256)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM dead_letters d
+        WHERE d.topic_prefix = :prefix AND d.topic = :topic
+          AND d.kafka_partition = l.kafka_partition AND d.kafka_offset = l.kafka_offset
+          AND d.value_sha256 IS NULL AND d.event_id = l.event_id
+    )
+    ON CONFLICT DO NOTHING
     """
 )
 
@@ -606,23 +631,15 @@ class EventStore:
     async def record_dead_letters(
         self, conn: AsyncConnection, topic: str, letters: list[DeadLetter]
     ) -> None:
-        """One row per source record, keyed by the Kafka topic it was read from (prefix, topic,
-        partition, offset): a record dead-lettered again, when its batch runs again, keeps the
-        row it has."""
+        """One row per dead-lettered record, known by where it was read (prefix, topic,
+        partition, offset) and the hash of its value (`dead_letters_source`, migration 0041): a
+        record dead-lettered again, when its batch runs again, keeps the row it has (as does one
+        whose row was recorded before the hash was, matched by its event_id); another record at
+        that offset (a topic whose offsets started again) gets its own."""
         if not letters:
             return
         await conn.execute(
-            text(
-                """
-                INSERT INTO dead_letters (topic_prefix, topic, kafka_partition, kafka_offset,
-                                          event_id, error, detail, value_sha256)
-                SELECT :prefix, :topic, * FROM unnest(
-                    CAST(:partitions AS integer[]), CAST(:offsets AS bigint[]),
-                    CAST(:event_ids AS text[]), CAST(:errors AS text[]),
-                    CAST(:details AS text[]), CAST(:hashes AS bytea[]))
-                ON CONFLICT DO NOTHING
-                """
-            ),
+            _INSERT_DEAD_LETTERS,
             {
                 "prefix": self.topic_prefix,
                 "topic": topic,
@@ -649,7 +666,7 @@ class EventStore:
         them its verdict again, rather than deciding it anew on a ledger that has moved on. A
         row counts for a record only if it was made of the same value (`value_sha256`), or,
         for a row recorded before the hash was, of the same event_id. One range of offsets a
-        partition, read from the primary key: usually nothing is found. Records `scattered`
+        partition, read from `dead_letters_source`: usually nothing is found. Records `scattered`
         over their partitions (parked events, taken by age) are looked up one offset each."""
         if not records:
             return {}
@@ -668,18 +685,21 @@ class EventStore:
                 "lasts": lasts,
             },
         )
-        stored = {(row.kafka_partition, row.kafka_offset): row for row in rows}
+        # An offset can hold several dead letters, each of another record (offsets that started
+        # again): the record's own, if any, is the one made of it.
+        stored: dict[tuple[int, int], list[Any]] = {}
+        for row in rows:
+            stored.setdefault((row.kafka_partition, row.kafka_offset), []).append(row)
         if not stored:
             return {}
         found: dict[tuple[int, int], DeadLetter] = {}
         for record in records:
-            row = stored.get((record.partition, record.offset))
-            if row is None:
-                continue
-            if is_dead_lettered_record(topic, record, row.value_sha256, row.event_id):
-                found[record.partition, record.offset] = DeadLetter(
-                    record, row.error, row.detail, row.event_id
-                )
+            for row in stored.get((record.partition, record.offset), ()):
+                if is_dead_lettered_record(topic, record, row.value_sha256, row.event_id):
+                    found[record.partition, record.offset] = DeadLetter(
+                        record, row.error, row.detail, row.event_id
+                    )
+                    break
         return found
 
 
