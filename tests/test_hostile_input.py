@@ -28,6 +28,7 @@ import os
 import random
 import string
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.queries import creator_balances
 from ledger.verify import verify
 from schemas import topics
 from schemas.events import AMOUNT_MAX, CONSUMED_EVENT_MODELS, ID_LENGTH_MAX, GiftSent
@@ -433,16 +435,10 @@ async def test_an_event_id_reused_with_another_payload_never_replaces_the_first(
     got_applied = sum(report.applied for report in reports)
     assert got_applied == expected.count("applied")
     assert sum(report.parked for report in reports) == expected.count("parked")
-    exact = one_per_batch or hs.IN_BATCH_REPEAT_BY_FIRST_COPY not in hs.KNOWN_BUGS
-    if exact:
-        assert [letters.get(item.offset, "ok") for item in records] == [
-            "ok" if outcome in ("applied", "duplicate", "parked") else outcome
-            for outcome in expected
-        ]
-    else:
-        assert letters.get(records[0].offset, "ok") == "ok"
-        for item in records[1:]:
-            assert letters.get(item.offset, "ok") in ("ok", "event_id_conflict")
+    # The same in one batch as one a batch: a copy of a refused payout result is refused too.
+    assert [letters.get(item.offset, "ok") for item in records] == [
+        "ok" if outcome in ("applied", "duplicate", "parked") else outcome for outcome in expected
+    ]
 
     async with engine.connect() as conn:
         stored = (
@@ -739,6 +735,51 @@ async def test_copies_in_one_batch_are_judged_against_the_applied_payload(
     expected = ["event_id_conflict"] if later == "applied_payload" else ["event_id_conflict"] * 2
     assert [letter.error for letter in report.dead_letters] == expected
     assert report.duplicates == (1 if later == "applied_payload" else 0)
+
+
+async def _refused_then_corrected(
+    engine: AsyncEngine, ingestor: Ingestor, topic: str, together: bool
+) -> tuple[list[str], dict[str, int]]:
+    """An event refused after it was found new (a reversal naming another creator's gift; a
+    tip whose card charge another tip credited), the same again, then corrected under its
+    event_id, in one batch or one a batch: each record's outcome, and the creator's balances."""
+    creator = f"c-{uuid.uuid4().hex[:12]}"
+    if topic == topics.GIFTS_REVERSED:
+        gift = make.gift(creator, coins=10)
+        await process_checked(
+            engine, ingestor, topics.GIFTS_SENT, [record(topics.GIFTS_SENT, make.encode(gift))]
+        )
+        refused = make.reversal(f"other-{creator}", gift["event_id"])
+        corrected = {**refused, "creator_id": creator}
+    else:
+        credited = make.tip(creator, 1_000)
+        await process_checked(engine, ingestor, topic, [record(topic, make.encode(credited))])
+        refused = {**make.tip(creator, 700), "charge_id": credited["charge_id"]}
+        corrected = {**refused, "charge_id": f"ch-{uuid.uuid4().hex[:8]}"}
+    stream = [record(topic, make.encode(event)) for event in (refused, refused, corrected)]
+    parts = [stream] if together else [[item] for item in stream]
+    reports = [await process_checked(engine, ingestor, topic, part) for part in parts]
+    letters = {letter.record.offset: letter.error for r in reports for letter in r.dead_letters}
+    async with engine.connect() as conn:
+        balances = {b.name: b.posted for b in await creator_balances(conn, creator)}
+    return [letters.get(item.offset, "ok") for item in stream], balances
+
+
+@pytest.mark.parametrize("topic", [topics.GIFTS_REVERSED, topics.TIPS_RECEIVED])
+async def test_copies_of_an_event_refused_as_new_are_judged_alike_in_any_batches(
+    engine: AsyncEngine, ingestor: Ingestor, topic: str
+) -> None:
+    """An event found new and then refused is not applied: a copy of it is decided as itself,
+    and is refused again, and a corrected payload under its event_id is applied, whether they
+    come in the refused one's batch or in batches of their own (in its batch they were judged
+    against its payload as if it had been applied: a duplicate, and an `event_id_conflict`)."""
+    one_batch = await _refused_then_corrected(engine, ingestor, topic, together=True)
+    one_a_batch = await _refused_then_corrected(engine, ingestor, topic, together=False)
+    reason = "creator_mismatch" if topic == topics.GIFTS_REVERSED else "charge_already_applied"
+    assert one_batch[0] == one_a_batch[0] == [reason, reason, "ok"]
+    assert [sorted(balances.values()) for balances in (one_batch[1], one_a_batch[1])] == [
+        sorted(one_a_batch[1].values())
+    ] * 2
 
 
 # --- at the end ---------------------------------------------------------------------------------

@@ -357,7 +357,9 @@ class EventStore:
     ) -> list[ParsedEvent]:
         """Keep the items seen for the first time. Each copy of an event_id already applied,
         parked, or earlier in this batch is a duplicate when its payload hash matches, else a
-        conflict: the same verdict wherever Kafka happened to cut the batches."""
+        conflict. The ingestor gives a handler no event_id twice (`decision_runs`), since an
+        item kept here may yet be refused, and then was not seen: so the verdict is the same
+        wherever Kafka happened to cut the batches."""
         if not items:
             return []
         ids = [item.event.event_id for item in items]

@@ -1,8 +1,9 @@
 """Turning a batch of Kafka records into ledger transfers, exactly once in effect.
 
-One batch is one database transaction: its topic's handler (`handlers.HANDLERS`) drops the
-events already applied, posts the new ones' transfers through the `Ledger`, and records every
-applied `event_id` with the hash of its payload, all before the commit. The caller commits Kafka
+One batch is one database transaction (one a run, when an event_id comes twice in it:
+`decision_runs`): its topic's handler (`handlers.HANDLERS`) drops the events already applied,
+posts the new ones' transfers through the `Ledger`, and records every applied `event_id` with
+the hash of its payload, all before the commit. The caller commits Kafka
 offsets only after this returns, so a crash anywhere means redelivery, and redelivery finds
 every event already applied.
 
@@ -17,6 +18,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 
 from ledger.service import Ledger
+from schemas import topics
 from services.cashout.desk import CashoutDesk
 from services.ingestion.event_store import PARKED_READ_COUNT_MAX, EventStore
 from services.ingestion.handlers import HANDLERS, HandlerContext
@@ -30,6 +32,32 @@ from services.ingestion.records import (
 from services.rates.rate_cards import RateCardBook
 from services.runtime import metrics
 from services.runtime.settings import PAYOUT_PARK_COUNT_MAX_DEFAULT, PAYOUT_PARK_S_DEFAULT
+
+
+def decision_runs(topic: str, parsed: list[ParsedEvent]) -> list[list[ParsedEvent]]:
+    """The batch's events cut, in order, into runs in which no event_id comes twice, each run
+    decided in a transaction of its own after the one before, as if it were a batch of its own;
+    one run when no event_id repeats, as usual.
+
+    A handler compares a later copy of an event_id in its batch with the first copy, taken as
+    seen; but the first copy may yet be refused once found new (a reversal of another
+    creator's gift, a tip of a charge credited already, a payout result the cash-out does not
+    take). Not applied, it is not seen: in a later batch its copy is decided as itself, and a
+    corrected payload under its event_id applied. Decided after it, in a run of their own,
+    its copies get that verdict in its batch too, wherever Kafka cut the batches. Gifts are
+    left whole: a gift found new is always applied (`claim_applied`)."""
+    if topic == topics.GIFTS_SENT or not parsed:
+        return [parsed]
+    runs: list[list[ParsedEvent]] = [[]]
+    seen: set[str] = set()
+    for item in parsed:
+        event_id = item.event.event_id
+        if event_id in seen:
+            runs.append([])
+            seen = set()
+        seen.add(event_id)
+        runs[-1].append(item)
+    return runs
 
 
 class Ingestor:
@@ -84,6 +112,9 @@ class Ingestor:
         A record dead-lettered already (its batch comes again after its dead letters were
         published) is dead-lettered again as it was, not decided anew
         (`EventStore.dead_lettered_before`): a record is applied or dead-lettered, never both.
+        A batch in which an event_id comes twice is decided in runs (`decision_runs`), each in
+        a transaction of its own, so that each record's verdict is the one it would get in a
+        batch of its own.
         """
         handler = HANDLERS.get(topic)
         if handler is None:
@@ -100,7 +131,12 @@ class Ingestor:
                 report.dead_letters.append(outcome)
             else:
                 parsed.append(outcome)
-        await handler(self.context, parsed, report)
+        runs = decision_runs(topic, parsed)
+        await handler(self.context, runs[0], report)
+        for run in runs[1:]:
+            later = BatchReport()
+            await handler(self.context, run, later)
+            report.absorb(later)
         self._count(topic, len(records), report)
         return report
 
