@@ -104,6 +104,7 @@ async def test_a_batch_whose_dead_letter_cannot_be_published_is_not_committed_pa
     creator = f"creator-{uuid.uuid4().hex[:10]}"
     gift = make.gift(creator, coins=3)
     failures_before = metrics.DEAD_LETTER_PUBLISH_FAILURES.labels(topics.GIFTS_SENT)._value.get()
+    counted_before = _dead_lettered_metric()
     await _cut_dead_letter_producer(service)
     gifts_topic = deployment.prefix + topics.GIFTS_SENT
     await producer.send_and_wait(gifts_topic, value=b"{not json", key=creator.encode())
@@ -120,6 +121,15 @@ async def test_a_batch_whose_dead_letter_cannot_be_published_is_not_committed_pa
     async with engine.connect() as conn:
         [balance] = await creator_balances(conn, creator)
     assert balance.posted == 3 * DIAMONDS_PER_COIN_MILLI, "applied once, however often rewound"
+    # Counted once, as its one row: each time the batch came again its dead letter was given
+    # again, a redelivered record that changed nothing (a duplicate).
+    assert await _dead_letter_rows(engine, deployment.prefix) == 1
+    assert (ingestor.counts.dead_lettered, ingestor.counts.dead_letter_errors) == (
+        1,
+        {"malformed_json": 1},
+    )
+    assert _dead_lettered_metric() - counted_before == 1
+    assert ingestor.counts.balanced()
     await deployment.stop()
 
     _, restarted = await deployment.start()
@@ -133,6 +143,24 @@ async def test_a_batch_whose_dead_letter_cannot_be_published_is_not_committed_pa
         [balance] = await creator_balances(conn, creator)
     assert balance.posted == 3 * DIAMONDS_PER_COIN_MILLI
     assert restarted.counts.balanced()
+    assert restarted.counts.dead_lettered == 0
+    assert _dead_lettered_metric() - counted_before == 1
+    assert await _dead_letter_rows(engine, deployment.prefix) == 1
+
+
+def _dead_lettered_metric() -> float:
+    """`giftledger_events_dead_lettered_total` of gifts refused as malformed JSON."""
+    counter = metrics.EVENTS_DEAD_LETTERED.labels(topics.GIFTS_SENT, "malformed_json")
+    return float(counter._value.get())
+
+
+async def _dead_letter_rows(engine: AsyncEngine, prefix: str) -> int:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text("SELECT count(*) FROM dead_letters WHERE topic_prefix = :prefix"),
+            {"prefix": prefix},
+        )
+        return int(found.scalar_one())
 
 
 @pytest.mark.faults

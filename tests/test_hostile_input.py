@@ -187,8 +187,8 @@ async def process_checked(
     counts = ingestor.counts
     assert counts.consumed - before.consumed == len(records)
     assert counts.applied - before.applied == report.applied
-    assert counts.duplicates - before.duplicates == report.duplicates
-    assert counts.dead_lettered - before.dead_lettered == len(report.dead_letters)
+    assert counts.duplicates - before.duplicates == report.duplicates + report.dead_letters_again
+    assert counts.dead_lettered - before.dead_lettered == len(report.dead_letters_recorded)
     assert counts.parked - before.parked == report.parked
     assert counts.consumed == (
         counts.applied + counts.duplicates + counts.dead_lettered + counts.parked

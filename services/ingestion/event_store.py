@@ -248,6 +248,7 @@ _INSERT_DEAD_LETTERS = text(
           AND d.value_sha256 IS NULL AND d.event_id = l.event_id
     )
     ON CONFLICT DO NOTHING
+    RETURNING kafka_partition, kafka_offset, value_sha256
     """
 )
 
@@ -632,15 +633,17 @@ class EventStore:
 
     async def record_dead_letters(
         self, conn: AsyncConnection, topic: str, letters: list[DeadLetter]
-    ) -> None:
+    ) -> list[DeadLetter]:
         """One row per dead-lettered record, known by where it was read (prefix, topic,
         partition, offset) and the hash of its value (`dead_letters_source`, migration 0041): a
         record dead-lettered again, when its batch runs again, keeps the row it has (as does one
         whose row was recorded before the hash was, matched by its event_id); another record at
-        that offset (a topic whose offsets started again) gets its own."""
+        that offset (a topic whose offsets started again) gets its own. Returns the letters
+        whose rows were written now."""
         if not letters:
-            return
-        await conn.execute(
+            return []
+        hashes = [value_sha256(letter.record.value) for letter in letters]
+        rows = await conn.execute(
             _INSERT_DEAD_LETTERS,
             {
                 "prefix": self.topic_prefix,
@@ -650,9 +653,22 @@ class EventStore:
                 "event_ids": [letter.event_id for letter in letters],
                 "errors": [letter.error for letter in letters],
                 "details": [letter.detail for letter in letters],
-                "hashes": [value_sha256(letter.record.value) for letter in letters],
+                "hashes": hashes,
             },
         )
+        written = {
+            (
+                row.kafka_partition,
+                row.kafka_offset,
+                None if row.value_sha256 is None else bytes(row.value_sha256),
+            )
+            for row in rows
+        }
+        return [
+            letter
+            for letter, digest in zip(letters, hashes, strict=True)
+            if (letter.record.partition, letter.record.offset, digest) in written
+        ]
 
     async def dead_lettered_before(
         self,

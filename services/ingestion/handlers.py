@@ -141,7 +141,7 @@ async def _gifts_in(
     conn = tx.connection
     events = context.events
     fresh = await events.claim_applied(conn, topics.GIFTS_SENT, items, report)
-    await events.record_dead_letters(
+    report.dead_letters_recorded = await events.record_dead_letters(
         conn, topics.GIFTS_SENT, [*early_letters, *report.dead_letters]
     )
     sent = [item.event for item in fresh if isinstance(item.event, GiftSent)]
@@ -437,7 +437,7 @@ async def _legs_in(
     report.dead_letters += await _charges_credited_before(tx, charged_again)
     await events.record_applied(conn, topic, applied)
     letters = [*early_letters, *report.dead_letters]
-    await events.record_dead_letters(conn, topic, letters)
+    report.dead_letters_recorded = await events.record_dead_letters(conn, topic, letters)
     await events.unpark(conn, topic, _settled(context, items, report, letters))
     report.applied = len(applied)
     return report
@@ -509,7 +509,9 @@ async def on_creators_updated(
             await apply_creator_updates(conn, updates)  # type: ignore[arg-type]
             await events.record_applied(conn, topic, fresh)
             letters = [*early_letters, *batch_report.dead_letters]
-            await events.record_dead_letters(conn, topic, letters)
+            batch_report.dead_letters_recorded = await events.record_dead_letters(
+                conn, topic, letters
+            )
             batch_report.applied = len(fresh)
     report.absorb(batch_report)
 
@@ -568,7 +570,9 @@ async def _apply_cashouts(
                 applied = await _results_in(tx, context, fresh, batch_report)
             await events.record_applied(conn, topic, applied)
             letters = [*early_letters, *batch_report.dead_letters]
-            await events.record_dead_letters(conn, topic, letters)
+            batch_report.dead_letters_recorded = await events.record_dead_letters(
+                conn, topic, letters
+            )
             await events.unpark(conn, topic, _settled(context, items, batch_report, letters))
             batch_report.applied = len(applied)
     report.absorb(batch_report)

@@ -142,10 +142,13 @@ class Ingestor:
 
     async def dead_letter(self, topic: str, letters: Sequence[DeadLetter]) -> BatchReport:
         """Record records that could not be applied (`services.app.poison`) as dead letters of
-        `topic`, in a transaction of their own; counted as consumed and dead-lettered."""
+        `topic`, in a transaction of their own; counted as consumed and dead-lettered (or as
+        duplicates, those whose rows were written before: `_count`)."""
         report = BatchReport(dead_letters=list(letters))
         async with self.ledger.begin() as conn:
-            await self.events.record_dead_letters(conn, topic, report.dead_letters)
+            report.dead_letters_recorded = await self.events.record_dead_letters(
+                conn, topic, report.dead_letters
+            )
         self._count(topic, len(letters), report)
         return report
 
@@ -188,18 +191,23 @@ class Ingestor:
         return report
 
     def _count(self, topic: str, consumed: int, report: BatchReport) -> None:
+        """Count what became of a batch's records. A dead letter counts as dead-lettered once,
+        when its row in `dead_letters` is written, so the count is the table's: given again to
+        its record, which came again (its batch rewound, or read again after a crash or a
+        rebalance), it is a duplicate, a redelivered record that changed nothing."""
         counts = self.counts
+        duplicates = report.duplicates + report.dead_letters_again
         counts.consumed += consumed
         counts.applied += report.applied
-        counts.duplicates += report.duplicates
+        counts.duplicates += duplicates
         counts.parked += report.parked
-        counts.dead_lettered += len(report.dead_letters)
-        for letter in report.dead_letters:
+        counts.dead_lettered += len(report.dead_letters_recorded)
+        for letter in report.dead_letters_recorded:
             counts.dead_letter_errors[letter.error] = (
                 counts.dead_letter_errors.get(letter.error, 0) + 1
             )
             metrics.EVENTS_DEAD_LETTERED.labels(topic, letter.error).inc()
         metrics.EVENTS_CONSUMED.labels(topic).inc(consumed)
         metrics.EVENTS_APPLIED.labels(topic).inc(report.applied)
-        metrics.EVENTS_DUPLICATE.labels(topic).inc(report.duplicates)
+        metrics.EVENTS_DUPLICATE.labels(topic).inc(duplicates)
         metrics.EVENTS_PARKED.labels(topic).inc(report.parked)

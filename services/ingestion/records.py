@@ -58,6 +58,15 @@ class BatchReport:
     parked: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     still_waiting: set[str] = field(default_factory=set)
+    # Those of `dead_letters` whose rows in `dead_letters` this batch wrote; the others' records
+    # were dead-lettered before (they came again: a rewind, a crash, a rebalance) and keep the
+    # rows they have.
+    dead_letters_recorded: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def dead_letters_again(self) -> int:
+        """Dead letters given again to records that came again, written before."""
+        return len(self.dead_letters) - len(self.dead_letters_recorded)
 
     def absorb(self, other: BatchReport) -> None:
         """Add what a unit of work reported (its counts and dead letters) to this report."""
@@ -65,6 +74,7 @@ class BatchReport:
         self.duplicates += other.duplicates
         self.parked += other.parked
         self.dead_letters += other.dead_letters
+        self.dead_letters_recorded += other.dead_letters_recorded
 
 
 @dataclass(slots=True)

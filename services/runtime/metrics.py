@@ -13,11 +13,14 @@ EVENTS_APPLIED = Counter(
     "giftledger_events_applied_total", "Events whose transfers were committed.", ["topic"]
 )
 EVENTS_DUPLICATE = Counter(
-    "giftledger_events_duplicate_total", "Redelivered events that changed nothing.", ["topic"]
+    "giftledger_events_duplicate_total",
+    "Redelivered records that changed nothing: applied or dead-lettered before.",
+    ["topic"],
 )
 EVENTS_DEAD_LETTERED = Counter(
     "giftledger_events_dead_lettered_total",
-    "Inputs sent to the dead-letter topic, by error.",
+    "Inputs sent to the dead-letter topic, by error: each once, as its dead_letters row is "
+    "written.",
     ["topic", "error"],
 )
 EVENTS_PARKED = Counter(
