@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+from confluent_kafka import Producer
 from prometheus_client import start_http_server
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,6 +30,7 @@ from tests.ingestion_fixtures import RunningConsumers, wait_until
 from tests.ledger_helpers import ledger_problems, one_snapshot
 
 REPLY_WAIT_S = 2.0
+TRANSACTION_WAIT_S = 30.0
 
 
 async def _balances(engine: AsyncEngine, creator_id: str) -> dict[str, int]:
@@ -311,3 +313,69 @@ async def _records_of(bootstrap_servers: str, topic: str) -> list[Any]:
     finally:
         await reader.stop()
     return records
+
+
+def _publish_in_transactions(
+    bootstrap_servers: str, topic: str, key: bytes, aborted: bytes, committed: bytes
+) -> None:
+    """One record in a transaction that aborts, then one in a transaction that commits, from
+    librdkafka's transactional producer, as an exactly-once upstream writes."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap_servers, "transactional.id": f"up-{uuid.uuid4().hex}"}
+    )
+    producer.init_transactions(TRANSACTION_WAIT_S)
+    producer.begin_transaction()
+    producer.produce(topic, value=aborted, key=key)
+    assert producer.flush(TRANSACTION_WAIT_S) == 0
+    producer.abort_transaction(TRANSACTION_WAIT_S)
+    producer.begin_transaction()
+    producer.produce(topic, value=committed, key=key)
+    producer.commit_transaction(TRANSACTION_WAIT_S)
+
+
+async def test_the_consumers_apply_what_upstream_transactions_committed_and_only_that(
+    consumers: RunningConsumers, engine: AsyncEngine
+) -> None:
+    """The consumers read committed records only: a transactional upstream's aborted gift is not
+    applied where the broker tells it apart (Kafka does; the embedded broker does not, and
+    a read_committed reader sees it there too), and its committed one is."""
+    levels = {
+        subscriber.consumer._isolation_level
+        for subscriber in consumers.service._subscribers.values()
+    }
+    assert levels == {"read_committed"}
+    creator = _creator()
+    aborted, committed = make.gift(creator, coins=1_000), make.gift(creator, coins=2)
+    topic = consumers.prefix + topics.GIFTS_SENT
+    await asyncio.to_thread(
+        _publish_in_transactions,
+        consumers.bootstrap_servers,
+        topic,
+        creator.encode(),
+        make.encode(aborted),
+        make.encode(committed),
+    )
+    await wait_until(lambda: _applied_bool(engine, [committed["event_id"]]))
+    reader = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=consumers.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+    )
+    await reader.start()
+    seen: set[bytes] = set()
+    try:
+        deadline = time.monotonic() + REPLY_WAIT_S
+        while time.monotonic() < deadline:
+            for batch in (await reader.getmany(timeout_ms=200)).values():
+                seen.update(record.value for record in batch if record.key == creator.encode())
+    finally:
+        await reader.stop()
+    aborted_seen = make.encode(aborted) in seen
+    assert await _applied(engine, [aborted["event_id"]]) == int(aborted_seen)
+
+
+async def _applied_bool(engine: AsyncEngine, event_ids: list[str]) -> bool:
+    return await _applied(engine, event_ids) == len(event_ids)

@@ -344,6 +344,9 @@ class ConsumerService:
             batch=True,
             group_id=self.group_id(topic),
             auto_offset_reset="earliest",
+            # An upstream's transactional producer (Kafka Streams, an exactly-once pipeline)
+            # may abort what it wrote: its aborted records are never applied.
+            isolation_level="read_committed",
             max_records=self.batch_size_max(topic),
             fetch_max_bytes=settings.consumer_fetch_max_bytes,
             max_partition_fetch_bytes=settings.consumer_partition_fetch_max_bytes,
