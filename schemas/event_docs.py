@@ -70,9 +70,12 @@ cash-out, as its `payouts.requested` was. Topic names may carry a deployment pre
 - **Dead letters.** An event that cannot be applied goes to `<topic>.dlq` with its original bytes
   and headers unchanged, plus `dlq.error` (the reason), `dlq.detail`, `dlq.source.topic`,
   `dlq.source.partition`, `dlq.source.offset` and, when it could be read, `dlq.event_id`. Header
-  values may be any bytes, or null: they are kept as they came. A dead letter that would be too
-  large for its topic with the headers added goes without the original value and headers, with
-  `dlq.value_omitted` (the value's size in bytes); the original stays at its source offset.
+  values may be any bytes, or null: they are kept as they came. A dead letter that the producer
+  or the broker refuses (too large for its topic with the headers added, or invalid) goes without
+  the original value and headers, with `dlq.value_omitted` (the value's size in bytes); the
+  original stays at its source offset. A record with neither key nor value goes with an empty
+  key and `dlq.key_null: true` (a record needs one or the other), as does such a stand-in of a
+  record without a key. A `reply_to` header is ignored: nothing is published in answer.
 
 `giftledger schemas export DIR` writes the JSON Schema (draft 2020-12) of every event below and
 an AsyncAPI document of every topic. The schemas and the service take every rule from the same
