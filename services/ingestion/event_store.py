@@ -206,7 +206,7 @@ _LOCK_PARKED = text(
 )
 
 # The dead letters of one deployment and topic within offset ranges, one a partition, each read
-# from `dead_letters_source` (migration 0041). The range's lookup is a LATERAL subquery kept from
+# from `dead_letters_source` (migration 0040). The range's lookup is a LATERAL subquery kept from
 # being pulled up into a join (`OFFSET 0`): as a join, with the ranges estimated at 10 rows, the
 # planner hashed them and read every dead letter of the topic (54 ms a batch with 200,000 dead
 # letters, against well under 1 ms).
@@ -635,7 +635,7 @@ class EventStore:
         self, conn: AsyncConnection, topic: str, letters: list[DeadLetter]
     ) -> list[DeadLetter]:
         """One row per dead-lettered record, known by where it was read (prefix, topic,
-        partition, offset) and the hash of its value (`dead_letters_source`, migration 0041): a
+        partition, offset) and the hash of its value (`dead_letters_source`, migration 0040): a
         record dead-lettered again, when its batch runs again, keeps the row it has (as does one
         whose row was recorded before the hash was, matched by its event_id); another record at
         that offset (a topic whose offsets started again) gets its own. Returns the letters
