@@ -6,15 +6,18 @@ line in that list.
 
 Exit codes: 0 success, 1 a failure (the database is unreachable, `verify` found a problem), 2 a
 usage error (a bad argument, an account or creator that does not exist, a configuration variable
-that does not parse, a database without the current schema). Amounts are integers in
-the asset's minor unit everywhere a program reads them (`--json`, `--csv`); text output shows
-them as decimals in the major unit. `--json` and `--csv` write nothing else on stdout.
+that does not parse, a database without the current schema), 141 the reader of stdout closed the
+pipe before the output ended (`| head`: 128 + SIGPIPE, as a shell reports it). Amounts are
+integers in the asset's minor unit everywhere a program reads them (`--json`, `--csv`); text
+output shows them as decimals in the major unit. `--json` and `--csv` write nothing else on
+stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 import time
@@ -36,6 +39,7 @@ from services.commands import (
     service,
 )
 from services.commands.common import (
+    EXIT_BROKEN_PIPE,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -216,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # FastStream logs every batch and shutdown step at INFO
         logging.getLogger("faststream").setLevel(logging.WARNING)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at exit
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except (UsageError, SchemaNotCurrentError, ServicesLoginError) as error:
         print_error(str(error))
         return EXIT_USAGE
@@ -237,6 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _stdout_to_devnull() -> None:
+    """The reader of stdout has gone (`giftledger statement --csv | head -1`): what is left in
+    stdout's buffer goes nowhere, so that the interpreter's last flush does not fail again and
+    print a traceback, as the Python documentation advises for SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _exit_code(code: str | int | None) -> int:

@@ -41,7 +41,7 @@ from ledger.service import Ledger
 from schemas.events import CreatorUpdated
 from services.cashout.profiles import apply_creator_updates
 from services.cli import main
-from services.commands.common import STATEMENT_PAGE_SIZE_DEFAULT
+from services.commands.common import EXIT_BROKEN_PIPE, STATEMENT_PAGE_SIZE_DEFAULT
 from services.runtime import settings
 from tests import event_factory
 
@@ -437,6 +437,57 @@ def test_the_module_runs_as_a_program_with_json_alone_on_stdout(creator_id: str)
     assert completed.returncode == 0, completed.stderr
     document = json.loads(completed.stdout)
     assert document["creator_id"] == creator_id
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly_with_141(
+    cli_database: str, unique_id: str
+) -> None:
+    """`giftledger statement ... --csv | head -1`: the reader has what it wants and closes the
+    pipe, and the statement ends as a Unix tool does when its reader goes (exit 128 + SIGPIPE),
+    with no traceback and without an exit code that says the database or verify failed."""
+    creator_id = f"cli-pipe-{unique_id}"
+    asyncio.run(_post_tips(cli_database, creator_id, STATEMENT_PAGE_SIZE_MAX + 50))
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    command = [sys.executable, "-m", "services.cli", "statement"]
+    with subprocess.Popen(
+        [*command, f"creator:{creator_id}:USD:wallet", "--csv"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environment,
+        cwd=PROJECT_ROOT,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        header = process.stdout.readline()
+        # the rest of the CSV (some 150 kB, far past a pipe's buffer) is still being written
+        process.stdout.close()
+        code = process.wait(timeout=SUBPROCESS_TIMEOUT_S)
+        errors = process.stderr.read().decode()
+    assert header.startswith(b"seq,created_at,")
+    assert code == EXIT_BROKEN_PIPE == 141, errors
+    assert errors == ""
+
+
+def test_a_reader_that_closes_the_pipe_before_reading_gets_the_same_quiet_141(
+    creator_id: str,
+) -> None:
+    """`giftledger balance ... --json | true`: a short output still sits in stdout's buffer when
+    the command ends, and meets the closed pipe when it is flushed."""
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "balance", creator_id, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environment,
+        cwd=PROJECT_ROOT,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        process.stdout.close()  # before the command has connected to the database
+        code = process.wait(timeout=SUBPROCESS_TIMEOUT_S)
+        errors = process.stderr.read().decode()
+    assert code == EXIT_BROKEN_PIPE, errors
+    assert errors == ""
 
 
 def test_eligibility_names_each_rule_and_the_first_that_fails(

@@ -27,7 +27,9 @@ PROGRAM = "giftledger"
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+# 128 + SIGPIPE, as a shell reports a command whose reader closed the pipe (`| head`)
+EXIT_BROKEN_PIPE = 141
 STATEMENT_PAGE_SIZE_DEFAULT = 100
 ASYNCAPI_FILE_NAME = "asyncapi.json"
 _OPERATOR_NAME = re.compile(OPERATOR_NAME_PATTERN)
