@@ -33,6 +33,17 @@ TAG: Final = "finance"
 WITHOUT_NUL_PATTERN: Final = r"^[^\x00]*$"
 WITHOUT_NUL: Final = "no NUL character"
 
+# How a path parameter holding any id is sent. The routes declare such a parameter with the
+# `path` converter (`{creator_id:path}`): uvicorn decodes `%2F` to `/` before the routes are
+# matched, so a parameter of one segment could not hold an id with `/` (the event schema accepts
+# any visible ASCII). A route's fixed suffix (`/balances`) ends the path, so an id that ends
+# like a suffix (`x/balances`) is still read whole.
+PERCENT_ENCODED: Final = (
+    "Sent percent-encoded as one path segment: `/` as `%2F`, `?` as `%3F`, `#` as `%23`, `%` "
+    "as `%25`, and a `.` or `..` segment as `%2E` or `%2E%2E` (clients remove such segments); "
+    "an id holding `/` is read whole, whatever it ends with."
+)
+
 # An id in a path: a creator, an event or a cash-out.
 IdPath = Annotated[
     str,
@@ -40,7 +51,7 @@ IdPath = Annotated[
         min_length=1,
         max_length=ID_LENGTH_MAX,
         pattern=WITHOUT_NUL_PATTERN,
-        description=f"1 to {ID_LENGTH_MAX} characters, {WITHOUT_NUL}.",
+        description=f"1 to {ID_LENGTH_MAX} characters, {WITHOUT_NUL}. {PERCENT_ENCODED}",
     ),
 ]
 

@@ -6,7 +6,7 @@ code, body model, headers, what it means) so that every route says it the same w
 - `token_responses(roles)`: 401 with `WWW-Authenticate: Bearer`, and 403 when some role may not
   use the route (for a route behind `require_role(roles)`);
 - `not_found(description)`, `conflict(description)`: 404 and 409, with what they mean there
-  (`path_without_route()`: the 404 of any route with path parameters);
+  (`path_without_route()`: the 404 of a route with a path parameter of one segment);
 - `unreadable_body()`: 400, a body that cannot be decoded;
 - `invalid_request()`: 422, one model for every problem with a request (`InvalidRequestDocument`);
 - `service_responses()`: 500, and 503 with `Retry-After` (too many requests in hand, or the
@@ -14,7 +14,8 @@ code, body model, headers, what it means) so that every route says it the same w
 
 `server.create_app` gives every route `service_responses()`, `invalid_request()` when it has
 parameters or a body, `unreadable_body()` when it has a body, and `path_without_route()` when
-it has path parameters; a route adds the others, and its own 404 replaces that one.
+it has a path parameter of one segment (an id of any text is read whole, `/` included); a route
+adds the others, and its own 404 replaces that one.
 The handlers that write these bodies are services/api/errors.py.
 """
 
@@ -32,7 +33,7 @@ RETRY_AFTER_HEADER: Final = "Retry-After"
 WWW_AUTHENTICATE_HEADER: Final = "WWW-Authenticate"
 BEARER_CHALLENGE: Final = "Bearer"
 PATH_WITHOUT_ROUTE: Final = (
-    "A path parameter holding `/` makes a path no route matches, answered 404 as well."
+    "A path no route matches (a numeric id holding `/`, say) is answered 404 as well."
 )
 
 
@@ -85,7 +86,8 @@ def not_found(description: str) -> Responses:
 
 
 def path_without_route() -> Responses:
-    """404 for a route with path parameters whose own lookups never answer 404."""
+    """404 for a route with a path parameter of one segment whose own lookups never answer
+    404."""
     return {404: {"model": ErrorDocument, "description": PATH_WITHOUT_ROUTE}}
 
 

@@ -50,6 +50,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.convertors import PathConvertor
 from starlette.exceptions import HTTPException
 
 from services.api.auth import TokenBook
@@ -162,14 +163,15 @@ def _docs_routes(app: FastAPI) -> None:
 
 def _answers_of_its_parameters(route: APIRoute) -> Responses:
     """What a route's parameters make it answer: 400 when it has a body (one that cannot be
-    decoded), 422 when it has parameters or a body, and 404 when it has path parameters (one
-    holding `/` makes a path no route matches)."""
+    decoded), 422 when it has parameters or a body, and 404 when it has a path parameter of one
+    segment (a numeric id: one holding `/` makes a path no route matches; an id of any text is
+    declared `{name:path}` and read whole)."""
     responses: Responses = {}
     if route.body_field is not None:
         responses.update(unreadable_body())
     if route.body_field is not None or get_flat_params(route.dependant):
         responses.update(invalid_request())
-    if route.param_convertors:
+    if any(not isinstance(kind, PathConvertor) for kind in route.param_convertors.values()):
         responses.update(path_without_route())
     return responses
 

@@ -38,7 +38,7 @@ router = APIRouter()
 
 @token_route(
     router,
-    "/v1/cashouts/{cashout_id}",
+    "/v1/cashouts/{cashout_id:path}",
     summary="A cash-out (the `cashouts.updated` document) with every state it went through",
     response_model=CashoutHistoryDocument,
     responses=not_found("No cash-out has this id."),

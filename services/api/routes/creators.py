@@ -19,7 +19,7 @@ router = APIRouter()
 
 @token_route(
     router,
-    "/v1/creators/{creator_id}/balances",
+    "/v1/creators/{creator_id:path}/balances",
     summary="A creator's balances per asset (`giftledger balance --json`)",
     response_model=CreatorBalancesDocument,
     responses=not_found("The creator has no account."),
@@ -33,7 +33,7 @@ async def creator_balances_route(conn: Reader, creator_id: IdPath) -> dict[str, 
 
 @token_route(
     router,
-    "/v1/creators/{creator_id}/eligibility",
+    "/v1/creators/{creator_id:path}/eligibility",
     summary="Each Creator Next cash-out rule with pass or fail and the value seen",
     description="A creator with a profile but no account yet has an eligibility (each rule it "
     "has no fact for fails with the value seen `unknown`); one that nothing names (no profile, "

@@ -18,7 +18,7 @@ router = APIRouter()
 
 @token_route(
     router,
-    "/v1/events/{event_id}",
+    "/v1/events/{event_id:path}",
     summary="What an input event produced: its transfers, or why it was refused",
     description="`status` is `applied` when the event was applied (then `applied` names the "
     "topic, creator, times and Kafka position, and `transfers` lists what it posted), else "

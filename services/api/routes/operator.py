@@ -269,7 +269,7 @@ _FREEZE_RESPONSES: Final = {
 
 
 @_action_route(
-    "/v1/operator/creators/{creator_id}/freeze",
+    "/v1/operator/creators/{creator_id:path}/freeze",
     summary="Freeze a creator: their cash-out requests are rejected (`frozen`); gifts still credit",
     responses=_FREEZE_RESPONSES,
 )
@@ -284,7 +284,7 @@ async def freeze_route(
 
 
 @_action_route(
-    "/v1/operator/creators/{creator_id}/unfreeze",
+    "/v1/operator/creators/{creator_id:path}/unfreeze",
     summary="Unfreeze a creator: their cash-out requests are decided as before",
     responses=_FREEZE_RESPONSES,
 )

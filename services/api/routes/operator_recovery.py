@@ -153,7 +153,7 @@ async def redrive_route(
 
 
 @_action_route(
-    "/v1/operator/cashouts/{cashout_id}/cancel",
+    "/v1/operator/cashouts/{cashout_id:path}/cancel",
     summary="Cancel a stale hold: release the Diamonds and tell the bank to drop the payout",
     responses={
         **not_found("No cash-out has this id."),
@@ -179,7 +179,7 @@ async def cancel_route(
 
 
 @_action_route(
-    "/v1/operator/cashouts/{cashout_id}/resubmit",
+    "/v1/operator/cashouts/{cashout_id:path}/resubmit",
     summary="Resubmit a failed payout as a new cash-out, to the creator's current account",
     responses={
         **not_found("No cash-out has this id."),

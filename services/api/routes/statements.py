@@ -11,6 +11,7 @@ from ledger.queries import STATEMENT_PAGE_SIZE_MAX, StatementLine, account_balan
 from services.api.csv_answers import csv_answer, csv_page_responses, wants_csv
 from services.api.deps import (
     ACCOUNT_NAME_LENGTH_MAX,
+    PERCENT_ENCODED,
     SEQ_MAX,
     WITHOUT_NUL,
     WITHOUT_NUL_PATTERN,
@@ -50,7 +51,7 @@ def _statement_line(line: StatementLine) -> dict[str, Any]:
 
 @token_route(
     router,
-    "/v1/accounts/{account}/statement",
+    "/v1/accounts/{account:path}/statement",
     summary="An account's transfers with the running posted balance, a page at a time",
     description="JSON by default; `Accept: text/csv` streams the same columns as "
     "`giftledger statement --csv` ("
@@ -75,7 +76,7 @@ async def account_statement_route(
             max_length=ACCOUNT_NAME_LENGTH_MAX,
             pattern=WITHOUT_NUL_PATTERN,
             description=f"An account's name, e.g. `creator:<id>:DIAMOND:available`; 1 to "
-            f"{ACCOUNT_NAME_LENGTH_MAX} characters, {WITHOUT_NUL}.",
+            f"{ACCOUNT_NAME_LENGTH_MAX} characters, {WITHOUT_NUL}. {PERCENT_ENCODED}",
         ),
     ],
     from_time: RangeStart = None,
