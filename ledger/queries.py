@@ -7,10 +7,12 @@ received 5 diamonds shows +5000 (milli-diamonds); the issuance account that fund
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.model import TransferFlags
@@ -110,9 +112,9 @@ async def posted_balance_as_of(conn: AsyncConnection, account_id: int, as_of: da
     return 0 if row is None else int(row.balance)
 
 
-# A pending transfer reserves and the void that releases it gives back: both move pending amounts
-# only, never the posted balance. (A post moves the posted balance by the amount it posts.)
-_MOVES_PENDING_ONLY = int(TransferFlags.PENDING | TransferFlags.VOID_PENDING)
+_PENDING = int(TransferFlags.PENDING)
+_POST_PENDING = int(TransferFlags.POST_PENDING)
+_VOID_PENDING = int(TransferFlags.VOID_PENDING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,16 +127,177 @@ class StatementLine:
     counterparty: str
     debit: int
     credit: int
-    # True for a line that moves pending amounts only (a pending transfer, or the void that
-    # releases one): its debit or credit is not in `balance_after`
+    # True for a line that moves pending amounts only (a hold, or the release of one): its debit
+    # or credit is in `pending_after`, not in `balance_after`
     pending: bool
+    # the account's posted balance after the line, credits minus debits
     balance_after: int
+    # the account's pending amounts after the line, credits minus debits (a hold debiting the
+    # account makes it negative: what the hold would take if it were posted)
+    pending_after: int
 
 
 @dataclass(frozen=True, slots=True)
 class StatementPage:
     lines: list[StatementLine]
     next_cursor: int | None
+
+
+# A page of the account's transfers (each side read in `seq` order from its own index, a page's
+# worth at most, and merged), with, for a post, the amount of the hold it released (the hold found
+# by its key's commit time, so in its own partition), and the account's pending amount before the
+# page's first transfer: the holds before it (through the indexes of pending transfers, migration
+# 0041) not yet posted, voided or expired by then. One statement, so one snapshot.
+_STATEMENT_PAGE = text(
+    """
+    WITH page AS MATERIALIZED (
+        SELECT * FROM (
+            (SELECT seq, id, created_at, code, event_id, flags, amount, pending_id,
+                    true AS is_debit, debit_balance_after AS balance_after,
+                    credit_account_id AS counterparty_id
+             FROM transfers
+             WHERE debit_account_id = :account AND seq > :after_seq
+               AND created_at >= coalesce(CAST(:from_time AS timestamptz), '-infinity')
+               AND created_at < coalesce(CAST(:to_time AS timestamptz), 'infinity')
+             ORDER BY seq
+             LIMIT :limit)
+            UNION ALL
+            (SELECT seq, id, created_at, code, event_id, flags, amount, pending_id,
+                    false, credit_balance_after, debit_account_id
+             FROM transfers
+             WHERE credit_account_id = :account AND seq > :after_seq
+               AND created_at >= coalesce(CAST(:from_time AS timestamptz), '-infinity')
+               AND created_at < coalesce(CAST(:to_time AS timestamptz), 'infinity')
+             ORDER BY seq
+             LIMIT :limit)
+        ) sides
+        ORDER BY seq
+        LIMIT :limit
+    ), first_line AS (
+        SELECT min(seq) AS seq FROM page
+    ), holds_before AS (
+        (SELECT h.id, -h.amount AS pending
+         FROM transfers h, first_line f
+         WHERE h.debit_account_id = :account AND h.flags & 2 <> 0 AND h.seq < f.seq
+         ORDER BY h.seq)
+        UNION ALL
+        (SELECT h.id, h.amount
+         FROM transfers h, first_line f
+         WHERE h.credit_account_id = :account AND h.flags & 2 <> 0 AND h.seq < f.seq
+         ORDER BY h.seq)
+    ), opening AS (
+        -- each hold's end looked up by its key (a subquery per hold: never a join that reads
+        -- every transfer before the page to match them)
+        SELECT coalesce(sum(b.pending), 0)::bigint AS pending_before
+        FROM holds_before b
+        WHERE coalesce(
+            (SELECT e.seq
+             FROM pending_resolutions r
+             JOIN transfers e ON e.id = r.resolved_by AND e.created_at = r.created_at
+             WHERE r.pending_id = b.id),
+            9223372036854775807) >= (SELECT seq FROM first_line)
+    )
+    SELECT p.seq, p.id, p.created_at, c.name AS code, p.event_id, p.flags, p.amount,
+           p.is_debit, p.balance_after, o.name AS counterparty,
+           CASE WHEN p.flags & 4 <> 0 THEN (
+               SELECT h.amount
+               FROM transfer_keys k
+               JOIN transfers h ON h.id = k.id AND h.created_at = k.created_at
+               WHERE k.id = p.pending_id) END AS released,
+           opening.pending_before
+    FROM page p
+    JOIN transfer_codes c ON c.code = p.code
+    JOIN accounts o ON o.id = p.counterparty_id
+    CROSS JOIN opening
+    ORDER BY p.seq
+    """
+)
+
+
+def _line(
+    row: Row[Any],
+    on_debit: bool,
+    amount: int,
+    *,
+    moves_pending: bool,
+    balance_after: int,
+    pending_after: int,
+) -> StatementLine:
+    return StatementLine(
+        seq=row.seq,
+        transfer_id=row.id,
+        created_at=row.created_at,
+        code=row.code,
+        event_id=row.event_id,
+        counterparty=row.counterparty,
+        debit=amount if on_debit else 0,
+        credit=0 if on_debit else amount,
+        pending=moves_pending,
+        balance_after=balance_after,
+        pending_after=pending_after,
+    )
+
+
+def _statement_lines(rows: Sequence[Row[Any]]) -> list[StatementLine]:
+    """The page's transfers as lines, each side as the account sees it: a hold on its side,
+    pending; a void on the other side, pending (it releases the hold); a post as two lines, the
+    release of the whole hold (pending, on the other side) and then the amount posted."""
+    lines: list[StatementLine] = []
+    pending = int(rows[0].pending_before) if rows else 0
+    for row in rows:
+        side = -1 if row.is_debit else 1  # what the transfer's amount does to a credit balance
+        if row.flags & _PENDING:
+            pending += side * row.amount
+            lines.append(
+                _line(
+                    row,
+                    row.is_debit,
+                    row.amount,
+                    moves_pending=True,
+                    balance_after=row.balance_after,
+                    pending_after=pending,
+                )
+            )
+            continue
+        if not row.flags & (_VOID_PENDING | _POST_PENDING):
+            lines.append(
+                _line(
+                    row,
+                    row.is_debit,
+                    row.amount,
+                    moves_pending=False,
+                    balance_after=row.balance_after,
+                    pending_after=pending,
+                )
+            )
+            continue
+        # A hold ended: released whole (a hold whose row is gone, its month detached, is taken
+        # as posted whole), then, for a post, the amount posted.
+        released = row.amount if row.released is None else int(row.released)
+        posted = row.amount if row.flags & _POST_PENDING else 0
+        pending -= side * released
+        lines.append(
+            _line(
+                row,
+                not row.is_debit,
+                released,
+                moves_pending=True,
+                balance_after=row.balance_after - side * posted,
+                pending_after=pending,
+            )
+        )
+        if posted:
+            lines.append(
+                _line(
+                    row,
+                    row.is_debit,
+                    posted,
+                    moves_pending=False,
+                    balance_after=row.balance_after,
+                    pending_after=pending,
+                )
+            )
+    return lines
 
 
 async def statement(
@@ -146,51 +309,26 @@ async def statement(
     after_seq: int = 0,
     page_size: int = 100,
 ) -> StatementPage:
-    """Transfers touching the account in commit order, each with the running posted balance.
+    """The account's transfers in commit order, `page_size` at most, as lines with the running
+    posted balance (`balance_after`) and the running pending amount (`pending_after`).
 
-    `after_seq` is the cursor: pass the previous page's `next_cursor` to continue. Pending
-    transfers and the voids that release them (a cash-out released, a hold expired) move pending
-    amounts only: they are listed marked `pending` and leave the posted balance unchanged, so
-    the lines not marked pending add up to the change in balance.
+    `after_seq` is the cursor: pass the previous page's `next_cursor` to continue. The lines
+    marked `pending` move pending amounts only and add up to the change in `pending_after`; the
+    others add up to the change in `balance_after`. A hold is listed on its side, pending; what
+    ends it is listed against it: a void (a cash-out released, a hold expired) on the other side,
+    pending, so that the two cancel out; a post as two lines of one transfer, the release of the
+    whole hold (pending, on the other side) and the amount posted (on the hold's side). So the
+    pending lines of an account's whole statement add up to its pending amounts now, and the
+    others to its balance. Only the presentation: the ledger's rows are as they were written.
 
-    The debit side and the credit side are each read in `seq` order from their own index, a
-    page's worth at most, and merged: an account with many transfers costs one page, not a sort
-    of all its transfers (a transfer never debits and credits the same account).
+    A page of `page_size` transfers may hold more lines (a post is two): a page never splits
+    a transfer, and `next_cursor` is the `seq` of its last one.
     """
     if not 1 <= page_size <= STATEMENT_PAGE_SIZE_MAX:
         raise ValueError(f"page_size must be between 1 and {STATEMENT_PAGE_SIZE_MAX}")
     rows = (
         await conn.execute(
-            text(
-                """
-                SELECT t.seq, t.id, t.created_at, c.name AS code, t.event_id, t.flags,
-                       t.amount, t.is_debit, t.balance_after, o.name AS counterparty
-                FROM (
-                    (SELECT seq, id, created_at, code, event_id, flags, amount,
-                            true AS is_debit, debit_balance_after AS balance_after,
-                            credit_account_id AS counterparty_id
-                     FROM transfers
-                     WHERE debit_account_id = :account AND seq > :after_seq
-                       AND created_at >= coalesce(CAST(:from_time AS timestamptz), '-infinity')
-                       AND created_at < coalesce(CAST(:to_time AS timestamptz), 'infinity')
-                     ORDER BY seq
-                     LIMIT :limit)
-                    UNION ALL
-                    (SELECT seq, id, created_at, code, event_id, flags, amount,
-                            false, credit_balance_after, debit_account_id
-                     FROM transfers
-                     WHERE credit_account_id = :account AND seq > :after_seq
-                       AND created_at >= coalesce(CAST(:from_time AS timestamptz), '-infinity')
-                       AND created_at < coalesce(CAST(:to_time AS timestamptz), 'infinity')
-                     ORDER BY seq
-                     LIMIT :limit)
-                ) t
-                JOIN transfer_codes c ON c.code = t.code
-                JOIN accounts o ON o.id = t.counterparty_id
-                ORDER BY t.seq
-                LIMIT :limit
-                """
-            ),
+            _STATEMENT_PAGE,
             {
                 "account": account_id,
                 "after_seq": after_seq,
@@ -200,23 +338,8 @@ async def statement(
             },
         )
     ).all()
-    lines = [
-        StatementLine(
-            seq=row.seq,
-            transfer_id=row.id,
-            created_at=row.created_at,
-            code=row.code,
-            event_id=row.event_id,
-            counterparty=row.counterparty,
-            debit=row.amount if row.is_debit else 0,
-            credit=0 if row.is_debit else row.amount,
-            pending=bool(row.flags & _MOVES_PENDING_ONLY),
-            balance_after=row.balance_after,
-        )
-        for row in rows[:page_size]
-    ]
-    next_cursor = lines[-1].seq if len(rows) > page_size else None
-    return StatementPage(lines, next_cursor)
+    next_cursor = rows[page_size - 1].seq if len(rows) > page_size else None
+    return StatementPage(_statement_lines(rows[:page_size]), next_cursor)
 
 
 @dataclass(frozen=True, slots=True)

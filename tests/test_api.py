@@ -456,7 +456,7 @@ async def test_a_plus_sent_as_2b_is_read_and_a_bare_one_is_refused_with_a_hint(
     path = f"/v1/accounts/creator:{ledgered.creator}:DIAMOND:available/statement"
     answer = await api.get(f"{path}?from=2020-01-01T01:00:00%2B01:00", headers=FINANCE)
     assert answer.status_code == 200, answer.text
-    assert len(answer.json()["lines"]) == 5
+    assert len(answer.json()["lines"]) == 6  # 3 gifts, a hold, and its post (two lines)
     bare = await api.get(f"{path}?from=2020-01-01T01:00:00+01:00", headers=FINANCE)
     assert bare.status_code == 422, bare.text
     [problem] = bare.json()["detail"]
@@ -610,11 +610,15 @@ async def test_eligibility_lists_every_rule_with_what_it_saw(
 
 
 def _running_balance_adds_up(lines: list[dict[str, Any]]) -> None:
-    running = 0
+    """The lines not pending add up to `balance_after`, the pending ones to `pending_after`."""
+    balance = pending = 0
     for line in lines:
+        movement = int(line["credit"]) - int(line["debit"])
         if line["pending"] in (False, "false"):
-            running += int(line["credit"]) - int(line["debit"])
-        assert int(line["balance_after"]) == running, line
+            balance += movement
+        else:
+            pending += movement
+        assert (int(line["balance_after"]), int(line["pending_after"])) == (balance, pending), line
 
 
 async def test_a_statement_pages_with_a_cursor_and_its_running_balance_adds_up(
@@ -633,9 +637,14 @@ async def test_a_statement_pages_with_a_cursor_and_its_running_balance_adds_up(
         "gift_diamonds",
         "gift_diamonds",
         "cashout_hold",
-        "cashout_submitted",  # the hold posted: its money became payable
+        # the hold posted, its money payable: the hold released, then the amount posted
+        "cashout_submitted",
+        "cashout_submitted",
     ]
-    assert [line["pending"] for line in whole["lines"]] == [False, False, False, True, False]
+    assert [
+        (line["pending"], line["debit"], line["credit"], line["pending_after"])
+        for line in whole["lines"][3:]
+    ] == [(True, 2_000_000, 0, -2_000_000), (True, 0, 2_000_000, 0), (False, 2_000_000, 0, 0)]
     assert whole["lines"][0]["event_id"] == ledgered.gift_event
     assert whole["lines"][-1]["balance_after"] == 535_000
     _running_balance_adds_up(whole["lines"])
@@ -645,7 +654,7 @@ async def test_a_statement_pages_with_a_cursor_and_its_running_balance_adds_up(
         page = (
             await api.get(path, params={"cursor": cursor, "page_size": 2}, headers=FINANCE)
         ).json()
-        assert len(page["lines"]) <= 2
+        assert len({line["seq"] for line in page["lines"]}) <= 2  # transfers; a post is 2 lines
         paged += page["lines"]
         cursor = page["next_cursor"]
     assert paged == whole["lines"]
@@ -672,6 +681,7 @@ async def test_a_statement_as_csv_has_the_cli_columns_and_the_cursor_in_a_header
         "credit",
         "pending",
         "balance_after",
+        "pending_after",
     ]
     assert len(rows) == 3
     cursor = first.headers["x-next-cursor"]
@@ -679,7 +689,7 @@ async def test_a_statement_as_csv_has_the_cli_columns_and_the_cursor_in_a_header
     rest = await api.get(path, params={"cursor": cursor}, headers=csv_headers)
     assert "x-next-cursor" not in rest.headers
     rows += list(csv.DictReader(io.StringIO(rest.text)))
-    assert [row["pending"] for row in rows] == ["false", "false", "false", "true", "false"]
+    assert [row["pending"] for row in rows] == ["false", "false", "false", "true", "true", "false"]
     # every line says what its amounts count: milli-diamonds, not cents
     assert {(row["asset"], row["scale"]) for row in rows} == {("DIAMOND", "3")}
     _running_balance_adds_up(rows)

@@ -235,10 +235,35 @@ def test_statement_csv_parses_and_its_running_balance_adds_up(
             running += int(row["credit"]) - int(row["debit"])
         assert int(row["balance_after"]) == running
     assert running == 15_500
+    # the hold reserves 2.000 diamonds: minus the balance's pending, credits less debits
+    assert [row["pending_after"] for row in rows] == ["0", "0", "-2000"]
     assert rows[2]["counterparty"] == f"creator:{creator_id}:DIAMOND:held"
     assert all(row["event_id"].startswith(creator_id) for row in rows)
     # each line names what its amounts count: 12500 is 12.500 diamonds, not 125.00 of a currency
     assert [(row["asset"], row["scale"]) for row in rows] == [("DIAMOND", "3")] * 3
+
+
+def test_statement_text_shows_the_running_balance_and_pending_amount(
+    creator_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    account = f"creator:{creator_id}:DIAMOND:available"
+    assert main(["statement", account]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == [
+        "seq",
+        "created_at",
+        "code",
+        "counterparty",
+        "debit",
+        "credit",
+        "balance",
+        "pending",
+    ]
+    assert [line.split()[3:] for line in lines[2:]] == [
+        [f"platform:DIAMOND:{AccountKind.DIAMOND_ISSUANCE.value}", "12.500", "12.500", "0.000"],
+        [f"platform:DIAMOND:{AccountKind.DIAMOND_ISSUANCE.value}", "3.000", "15.500", "0.000"],
+        [f"creator:{creator_id}:DIAMOND:held", "2.000", "pending", "15.500", "-2.000"],
+    ]
 
 
 def test_statement_pages_continue_from_the_printed_cursor(

@@ -103,8 +103,9 @@ async def test_statement_pages_carry_a_running_balance_and_a_cursor(
 async def test_a_statements_posted_lines_add_up_to_its_change_in_balance(
     engine: AsyncEngine, unique_id: str
 ) -> None:
-    """A hold and the void that releases it move only pending amounts: both lines are pending,
-    so the lines that are not add up to the change in the posted balance."""
+    """A hold and the void that releases it move only pending amounts, on opposite sides; a
+    post is the release of the whole hold and the amount posted. The lines not pending add up
+    to the change in the posted balance, the pending ones to the pending amounts left."""
     ledger = Ledger(engine)
     a, b, c = await make_accounts(ledger, unique_id, [AccountFlags.NONE] * 3)
     voided = Transfer(uuid.uuid4(), b, c, 30, SYN, TransferFlags.PENDING)
@@ -115,23 +116,31 @@ async def test_a_statements_posted_lines_add_up_to_its_change_in_balance(
         await ledger.post([transfer])
     async with engine.connect() as conn:
         lines = (await statement(conn, b)).lines
-    opening = 0  # the balance before the first line: the account's first transfer
-    posted_lines = [line for line in lines if not line.pending]
-    assert lines[-1].balance_after - opening == sum(
-        line.credit - line.debit for line in posted_lines
-    )
-    assert lines[-1].balance_after == 100 - 25
-    balance = 0
-    for line in lines:
-        if not line.pending:
-            balance += line.credit - line.debit
-        assert line.balance_after == balance
-    assert [(line.transfer_id, line.pending) for line in lines[1:]] == [
-        (voided.id, True),
-        (void.id, True),
-        (posted.id, True),
-        (post.id, False),
+    assert [
+        (
+            line.transfer_id,
+            line.debit,
+            line.credit,
+            line.pending,
+            line.balance_after,
+            line.pending_after,
+        )
+        for line in lines
+    ] == [
+        (lines[0].transfer_id, 0, 100, False, 100, 0),
+        (voided.id, 30, 0, True, 100, -30),
+        (void.id, 0, 30, True, 100, 0),  # the release, against the hold
+        (posted.id, 40, 0, True, 100, -40),
+        (post.id, 0, 40, True, 100, 0),  # the whole hold released ...
+        (post.id, 25, 0, False, 75, 0),  # ... and 25 of it posted
     ]
+    balance = pending = 0
+    for line in lines:
+        if line.pending:
+            pending += line.credit - line.debit
+        else:
+            balance += line.credit - line.debit
+        assert (line.balance_after, line.pending_after) == (balance, pending)
 
 
 async def test_trial_balance_sums_to_zero_per_asset(engine: AsyncEngine, unique_id: str) -> None:

@@ -53,6 +53,7 @@ def test_a_statements_event_id_that_is_a_formula_is_written_as_text() -> None:
         credit=500,
         pending=False,
         balance_after=500,
+        pending_after=0,
     )
     written = "".join(csv_chunks(STATEMENT_CSV_COLUMNS, [statement_csv_row(account, line)]))
     [row] = list(csv.DictReader(io.StringIO(written)))

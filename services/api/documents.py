@@ -31,6 +31,7 @@ STATEMENT_CSV_COLUMNS = (
     "credit",
     "pending",
     "balance_after",
+    "pending_after",
 )
 
 
@@ -65,6 +66,7 @@ def statement_csv_row(account: AccountBalance, line: StatementLine) -> list[obje
         line.credit,
         "true" if line.pending else "false",
         line.balance_after,
+        line.pending_after,
     ]
 
 

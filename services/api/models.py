@@ -104,10 +104,18 @@ class StatementLineDocument(Document):
     credit: int
     pending: bool = Field(
         description="True for a line that moves only pending amounts: a pending transfer (a "
-        "hold) or the void that releases one; its debit or credit leaves `balance_after` "
-        "unchanged."
+        "hold), or the release of one (a void, listed on the other side of the hold, or the "
+        "first of a post's two lines); its debit or credit is in `pending_after`, not in "
+        "`balance_after`."
     )
-    balance_after: int
+    balance_after: int = Field(
+        description="The account's posted balance after the line, credits minus debits."
+    )
+    pending_after: int = Field(
+        description="The account's pending amounts after the line (the holds not yet posted, "
+        "voided or expired), credits minus debits: a hold debiting the account makes it "
+        "negative."
+    )
 
 
 class StatementDocument(Document):

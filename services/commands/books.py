@@ -233,8 +233,10 @@ def _print_statement(account: AccountBalance, lines: Sequence[StatementLine]) ->
     if not lines:
         print("no transfers")
         return
-    header = ["seq", "created_at", "code", "counterparty", "debit", "credit", "balance", ""]
-    rows = [header] + [
+    # `pending` marks a line that moves only pending amounts; the last two columns are the
+    # running balance and pending amount, as `balance_after` and `pending_after` in the CSV
+    header = ["seq", "created_at", "code", "counterparty", "debit", "credit", "", "balance"]
+    rows = [[*header, "pending"]] + [
         [
             str(line.seq),
             line.created_at.isoformat(timespec="seconds"),
@@ -242,12 +244,13 @@ def _print_statement(account: AccountBalance, lines: Sequence[StatementLine]) ->
             line.counterparty,
             decimal_amount(line.debit, asset) if line.debit else "",
             decimal_amount(line.credit, asset) if line.credit else "",
-            decimal_amount(line.balance_after, asset),
             "pending" if line.pending else "",
+            decimal_amount(line.balance_after, asset),
+            decimal_amount(line.pending_after, asset),
         ]
         for line in lines
     ]
-    print("\n".join(table(rows, right_aligned={0, 4, 5, 6})))
+    print("\n".join(table(rows, right_aligned={0, 4, 5, 7, 8})))
 
 
 # trial-balance ------------------------------------------------------------------------------

@@ -46,22 +46,30 @@ def _statement_line(line: StatementLine) -> dict[str, Any]:
         "credit": line.credit,
         "pending": line.pending,
         "balance_after": line.balance_after,
+        "pending_after": line.pending_after,
     }
 
 
 @token_route(
     router,
     "/v1/accounts/{account:path}/statement",
-    summary="An account's transfers with the running posted balance, a page at a time",
+    summary="An account's transfers with the running posted balance and pending amount, a page "
+    "at a time",
     description="JSON by default; `Accept: text/csv` streams the same columns as "
     "`giftledger statement --csv` ("
     + ", ".join(f"`{column}`" for column in STATEMENT_CSV_COLUMNS)
     + "; amounts are integers in the minor unit of the account's `asset`, `scale` decimal "
     "places below its major unit), with the next page's cursor in `X-Next-Cursor` (absent "
-    "on the last page). Pending transfers and the voids that release them (`cashout_released`, "
-    "`pending_expired`) move only pending amounts: they are listed with `pending` true and "
-    "leave the balance unchanged, so the lines with `pending` false add up to the change in "
-    "`balance_after`.",
+    "on the last page). A hold (a pending transfer, `cashout_hold`) is listed on its side with "
+    "`pending` true; what ends it is listed against it: a void (`cashout_released`, "
+    "`pending_expired`) on the other side with `pending` true, and a post (`cashout_submitted`) "
+    "as two lines of the one transfer, the release of the whole hold (`pending` true, on the "
+    "other side) and the amount posted (`pending` false, on the hold's side). The lines with "
+    "`pending` false add up to the change in `balance_after`, the posted balance; those with "
+    "`pending` true to the change in `pending_after`, the pending amounts still open (both "
+    "credits minus debits: a creator's `balance_after + pending_after` is what the balances "
+    "call `available`, and `-pending_after` of the available account what they call "
+    "`pending`). A page holds `page_size` transfers, so a post may make it a line longer.",
     response_model=StatementDocument,
     responses={**csv_page_responses(), **not_found("No account has this name.")},
 )
@@ -89,7 +97,7 @@ async def account_statement_route(
         Query(
             ge=1,
             le=STATEMENT_PAGE_SIZE_MAX,
-            description=f"Lines per page (default {STATEMENT_PAGE_SIZE_DEFAULT}), at most "
+            description=f"Transfers per page (default {STATEMENT_PAGE_SIZE_DEFAULT}), at most "
             f"`API_PAGE_SIZE_MAX` ({STATEMENT_PAGE_SIZE_MAX} by default and at most), else 422; "
             "the default is that maximum when it is lower.",
         ),
