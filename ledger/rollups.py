@@ -12,11 +12,11 @@ day is final when
   and not finished, as a month-end close does. A batch that updates totals after that was
   stamped after the day's end.
 Each day is rolled in one transaction: its `rolled_days` row, its posted movements per account and
-code (`day_account_totals`, the journal's filter `flags & 10 = 0`) and its gifts per surface
-(`day_gift_totals`, every transfer with code gift_diamonds, as the overview counts them). Days are
-rolled in order without a gap, from the day of the first transfer; a day already rolled is left
-as it is, so running the roller again, or two at once, changes nothing. A round rolls at most
-`day_count_max` days.
+code (`day_account_totals`, the journal's filter `flags & 10 = 0`) and its gift events per
+surface (`day_gift_totals`, every transfer with code gift_diamonds, as the overview counts them,
+with the gifts sent by those that recorded their `count`). Days are rolled in order without a
+gap, from the day of the first transfer; a day already rolled is left as it is, so running the
+roller again, or two at once, changes nothing. A round rolls at most `day_count_max` days.
 
 Reading. `day_split` cuts a range of commit timestamps into the rolled days wholly inside it and
 the rest (at most two ranges, before and after them), which readers scan in `transfers`: their
@@ -120,15 +120,25 @@ _ROLL_ACCOUNT_TOTALS = text(
     """
 )
 
+# A gift event's gifts: `count` in its metadata, recorded from migration 0042 on (a gift booked
+# before has none, and is counted as an event only).
+GIFT_COUNTS: Final = """count(*) AS gift_events, count(metadata -> 'count') AS counted_events,
+    coalesce(sum(CAST(metadata ->> 'count' AS bigint)), 0)::bigint AS counted_gifts"""
+
 _ROLL_GIFT_TOTALS = text(
-    """
-    INSERT INTO day_gift_totals (day, surface, gift_count, coins, milli_diamonds)
-    SELECT :day, metadata ->> 'surface', count(*),
-           coalesce(sum(CAST(metadata ->> 'coins' AS bigint)), 0)::bigint, sum(amount)::bigint
-    FROM transfers
-    WHERE code = :gift_code AND created_at >= :from_time AND created_at < :to_time
-    GROUP BY 2
-    """
+    f"""
+    INSERT INTO day_gift_totals (
+        day, surface, gift_events, counted_events, counted_gifts, coins, milli_diamonds)
+    SELECT :day, surface, gift_events, counted_events, counted_gifts, coins, milli_diamonds
+    FROM (
+        SELECT metadata ->> 'surface' AS surface, {GIFT_COUNTS},
+               coalesce(sum(CAST(metadata ->> 'coins' AS bigint)), 0)::bigint AS coins,
+               sum(amount)::bigint AS milli_diamonds
+        FROM transfers
+        WHERE code = :gift_code AND created_at >= :from_time AND created_at < :to_time
+        GROUP BY 1
+    ) gifts
+    """  # noqa: S608 (constant expression)
 )
 
 
@@ -298,17 +308,17 @@ _ACCOUNT_DIFFERENCES = """
            OR rolled.credits IS DISTINCT FROM raw.credits)
 """
 
-_GIFT_DIFFERENCES = """
+_GIFT_DIFFERENCES = f"""
     WITH raw AS (
         SELECT (created_at AT TIME ZONE 'UTC')::date AS day, metadata ->> 'surface' AS surface,
-               count(*) AS gift_count,
+               {GIFT_COUNTS},
                coalesce(sum(CAST(metadata ->> 'coins' AS bigint)), 0)::bigint AS coins,
                sum(amount)::bigint AS milli_diamonds
         FROM transfers
         WHERE code = :gift_code AND created_at >= :from_time AND created_at < :to_time
         GROUP BY 1, 2
     ), rolled AS (
-        SELECT day, surface, gift_count, coins, milli_diamonds
+        SELECT day, surface, gift_events, counted_events, counted_gifts, coins, milli_diamonds
         FROM day_gift_totals WHERE day >= :from_day AND day < :to_day
     )
     SELECT DISTINCT coalesce(rolled.day, raw.day) AS day
@@ -316,10 +326,12 @@ _GIFT_DIFFERENCES = """
       ON raw.day = rolled.day AND raw.surface IS NOT DISTINCT FROM rolled.surface
     WHERE coalesce(rolled.day, raw.day)
               IN (SELECT day FROM rolled_days WHERE day >= :from_day AND day < :to_day)
-      AND (rolled.gift_count IS DISTINCT FROM raw.gift_count
+      AND (rolled.gift_events IS DISTINCT FROM raw.gift_events
+           OR rolled.counted_events IS DISTINCT FROM raw.counted_events
+           OR rolled.counted_gifts IS DISTINCT FROM raw.counted_gifts
            OR rolled.coins IS DISTINCT FROM raw.coins
            OR rolled.milli_diamonds IS DISTINCT FROM raw.milli_diamonds)
-"""
+"""  # noqa: S608 (constant expression)
 
 
 async def rolled_day_differences(
@@ -330,7 +342,8 @@ async def rolled_day_differences(
     limit: int = DIFFERENCE_COUNT_MAX,
 ) -> list[RolledDayDifference]:
     """The rolled days in `[from_day, to_day)` (default: all) whose stored totals differ from
-    the transfers' (count, posted movements per account and code, gifts per surface), each
+    the transfers' (count, posted movements per account and code, gift events and gifts per
+    surface), each
     with the check it fails, in day order; at most `limit`. Reads every transfer of those days."""
     bounds = (
         await conn.execute(

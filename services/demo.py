@@ -37,8 +37,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.migrate import upgrade_to_head
+from ledger.model import TransferCode
 from ledger.queries import trial_balance
+from ledger.rollups import GIFT_COUNTS
 from schemas.assets import DIAMOND
+from services.api.queries import gift_counts, uncounted_events_text
 from services.api.server import API_ADDRESS_VARIABLES, serve_api
 from services.app.bootstrap import build_api_app, build_payout_rail, start_consumers
 from services.app.consumer import ConsumerService
@@ -204,15 +207,6 @@ async def print_summary(engine: AsyncEngine, service: ConsumerService, out: Text
                 {"limit": TOP_CREATOR_COUNT},
             )
         ).all()
-        surfaces = (
-            await conn.execute(
-                text(
-                    "SELECT coalesce(metadata->>'surface', '(none)') AS surface, count(*) AS gifts,"
-                    " sum(amount)::bigint AS milli_diamonds FROM transfers WHERE code = 1"
-                    " GROUP BY 1 ORDER BY 1"
-                )
-            )
-        ).all()
         lines = await trial_balance(conn)
         now = (await conn.execute(text("SELECT now()"))).scalar_one()
         card = (await load_rate_cards(conn)).in_force_at(now)
@@ -223,12 +217,7 @@ async def print_summary(engine: AsyncEngine, service: ConsumerService, out: Text
     for row in top:
         amount = f"{grouped_amount(row.balance, DIAMOND)} {DIAMOND}"
         out.write(f"  {row.creator_id:<14} {amount:>20}\n")
-    out.write("\nDiamonds issued by surface\n")
-    for row in surfaces:
-        amount = f"{grouped_amount(row.milli_diamonds, DIAMOND)} {DIAMOND}"
-        # '(none)': gift transfers posted without a surface (another program's, on a shared
-        # database)
-        out.write(f"  {row.surface:<6} {row.gifts:>6,} gifts {amount:>20}\n")
+    await print_gifts_by_surface(engine, out)
     out.write("\n" + "\n".join(render_trial_balance(lines, card, None)) + "\n")
     out.write("\nverify: " + ("every invariant holds\n" if verified.clean else "BROKEN\n"))
     for problem in verified.problems:
@@ -267,6 +256,38 @@ async def _wait_for_cashouts(
             return done
         stage.show(min(consumed, expected), expected)
         await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def print_gifts_by_surface(engine: AsyncEngine, out: TextIO) -> None:
+    """Per surface, the gift events, the gifts they sent (each event's count; `-` where some
+    were booked before giftledger recorded it, as the gifts report says) and the Diamonds they
+    issued."""
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT coalesce(metadata->>'surface', '(none)') AS surface,"  # noqa: S608 (constant)
+                    f" {GIFT_COUNTS}, sum(amount)::bigint AS milli_diamonds FROM transfers"
+                    " WHERE code = :code GROUP BY 1 ORDER BY 1"
+                ),
+                {"code": int(TransferCode.GIFT_DIAMONDS)},
+            )
+        ).all()
+    out.write("\nDiamonds issued by surface\n")
+    uncounted = 0
+    for row in rows:
+        counts = gift_counts(row.gift_events, row.counted_events, row.counted_gifts)
+        uncounted += counts["gift_events_without_count"]
+        events = "gift event " if row.gift_events == 1 else "gift events"
+        gifts = "-" if counts["gift_count"] is None else f"{counts['gift_count']:,}"
+        amount = f"{grouped_amount(row.milli_diamonds, DIAMOND)} {DIAMOND}"
+        # '(none)': gift transfers posted without a surface (another program's, on a shared
+        # database)
+        out.write(
+            f"  {row.surface:<6} {row.gift_events:>6,} {events} {gifts:>8} gifts {amount:>20}\n"
+        )
+    if uncounted:
+        out.write(f"  -: {uncounted_events_text(uncounted)}\n")
 
 
 async def print_cashouts(engine: AsyncEngine, out: TextIO) -> None:

@@ -927,16 +927,26 @@ async def test_the_gifts_report_groups_by_surface_creator_gift_and_day(
         )
         return list(document["groups"])
 
+    def counted(events: int, gifts: int) -> dict[str, Any]:
+        return {"gift_events": events, "gift_count": gifts, "gift_events_without_count": 0}
+
+    # the seeded gifts: 1 and 2,500 on video, 3 in one event on LIVE
     assert await groups("surface") == [
-        {"surface": "live", "gift_count": 1, "coins": 60, "milli_diamonds": 30_000},
-        {"surface": "video", "gift_count": 2, "coins": 5_010, "milli_diamonds": 2_505_000},
+        {"surface": "live", **counted(1, 3), "coins": 60, "milli_diamonds": 30_000},
+        {"surface": "video", **counted(2, 2_501), "coins": 5_010, "milli_diamonds": 2_505_000},
     ]
     assert await groups("creator") == [
-        {"creator": ledgered.creator, "gift_count": 3, "coins": 5_070, "milli_diamonds": 2_535_000}
+        {
+            "creator": ledgered.creator,
+            **counted(3, 2_504),
+            "coins": 5_070,
+            "milli_diamonds": 2_535_000,
+        }
     ]
     assert [group["gift"] for group in await groups("gift")] == ["rose"]
     days = await groups("day")
-    assert sum(group["gift_count"] for group in days) == 3
+    assert sum(group["gift_events"] for group in days) == 3
+    assert sum(group["gift_count"] for group in days) == 2_504
     assert days[0]["day"] == ledgered.start.date().isoformat()
 
 

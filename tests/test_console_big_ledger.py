@@ -188,7 +188,7 @@ async def test_the_overview_gifts_read_once_are_the_gifts_report_three_times(
         assert found.month == await gifts_report(conn, month_start, tomorrow, "surface")
         assert found.by_day == await gifts_report(conn, month_start, tomorrow, "day")
     assert {row["surface"] for row in found.today} >= {"video", "live"}, found.today
-    assert sum(row["gift_count"] for row in found.today) >= 3
+    assert sum(row["gift_events"] for row in found.today) >= 3
 
 
 async def test_the_trial_balance_now_is_every_posted_transfer_summed(

@@ -54,6 +54,7 @@ def details(gift: GiftSent) -> dict[str, object]:
         "gift_id": gift.gift_id,
         "sender_id": gift.sender_id,
         "coins": gift.coins * gift.count,
+        "count": gift.count,
         **place,
     }
 

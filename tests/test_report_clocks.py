@@ -125,7 +125,14 @@ async def test_the_window_of_the_booking_holds_the_gifts_the_money_and_the_casho
 ) -> None:
     gifts = await _report(api, "/v1/reports/gifts", **booked.window, group_by="creator")
     assert gifts["groups"] == [
-        {"creator": booked.creator, "gift_count": 2, "coins": 4_030, "milli_diamonds": 2_015_000}
+        {
+            "creator": booked.creator,
+            "gift_events": 2,
+            "gift_count": 43,
+            "gift_events_without_count": 0,
+            "coins": 4_030,
+            "milli_diamonds": 2_015_000,
+        }
     ]
     money = await _report(api, "/v1/reports/money", **booked.window)
     assert money["currencies"] == [
@@ -288,7 +295,7 @@ async def test_giftledger_report_defaults_to_the_last_30_days_and_prints_a_table
     )
     assert code == 0
     [line] = [line for line in printed.splitlines() if line.startswith(booked.creator)]
-    assert line.split()[1:3] == ["2", "4030"]
+    assert line.split()[1:4] == ["2", "43", "4030"]  # gift events, gifts, coins
     assert line.endswith(format_amount(2_015_000, "DIAMOND"))
 
 

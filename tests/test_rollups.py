@@ -173,7 +173,9 @@ async def _expected_gifts(engine: AsyncEngine, start: datetime, end: datetime) -
     async with engine.connect() as conn:
         rows = await conn.execute(
             text(
-                "SELECT metadata ->> 'surface' AS surface, count(*) AS gift_count,"
+                "SELECT metadata ->> 'surface' AS surface, count(*) AS gift_events,"
+                " count(metadata -> 'count') AS counted_events,"
+                " coalesce(sum(CAST(metadata ->> 'count' AS bigint)), 0)::bigint AS gifts,"
                 " coalesce(sum(CAST(metadata ->> 'coins' AS bigint)), 0)::bigint AS coins,"
                 " sum(amount)::bigint AS milli_diamonds FROM transfers"
                 " WHERE code = :code AND created_at >= :start AND created_at < :end"
@@ -181,7 +183,18 @@ async def _expected_gifts(engine: AsyncEngine, start: datetime, end: datetime) -
             ),
             {"code": int(TransferCode.GIFT_DIAMONDS), "start": start, "end": end},
         )
-        return [dict(row._mapping) for row in rows]
+        return [
+            {
+                "surface": row.surface,
+                "gift_events": row.gift_events,
+                # a gift count where every event of the group recorded one
+                "gift_count": row.gifts if row.counted_events == row.gift_events else None,
+                "gift_events_without_count": row.gift_events - row.counted_events,
+                "coins": row.coins,
+                "milli_diamonds": row.milli_diamonds,
+            }
+            for row in rows
+        ]
 
 
 # The property -------------------------------------------------------------------------------
@@ -196,6 +209,8 @@ transfer = st.fixed_dictionaries(
         "pending": st.booleans(),
         "surface": st.sampled_from(SURFACES),
         "coins": st.one_of(st.none(), st.integers(1, 30_000)),
+        # a gift booked before the count was recorded has none
+        "count": st.one_of(st.none(), st.integers(1, 10_000)),
     }
 )
 
@@ -208,6 +223,8 @@ def _transfer(books: Books, drawn: dict[str, Any]) -> Transfer:
         metadata["surface"] = drawn["surface"]
     if drawn["coins"] is not None:
         metadata["coins"] = drawn["coins"]
+    if drawn["count"] is not None:
+        metadata["count"] = drawn["count"]
     return Transfer(
         uuid.uuid4(),
         debit,
@@ -283,12 +300,17 @@ async def test_rolled_totals_equal_the_transfers_and_the_check_names_a_changed_d
             ids = await ledger.account_ids(specs)
             a, b = ids["test:a"], ids["test:b"]
             books = Books(owner, ledger, [a, b], itertools.count())
-            gift = {"surface": "live", "coins": 5}
+            gift = {"surface": "live", "coins": 5}  # booked before the count was recorded
+            counted = {"surface": "live", "coins": 0, "count": 3}
             moves = [
                 ("2003-05-01T23:59:59+00:00", Transfer(uuid.uuid4(), a, b, 7, TransferCode.TIP)),
                 (
                     "2003-05-02T00:00:00+00:00",
                     Transfer(uuid.uuid4(), a, b, 40, TransferCode.GIFT_DIAMONDS, metadata=gift),
+                ),
+                (
+                    "2003-05-02T09:00:00+00:00",
+                    Transfer(uuid.uuid4(), a, b, 40, TransferCode.GIFT_DIAMONDS, metadata=counted),
                 ),
                 (
                     "2003-05-02T10:00:00+00:00",
@@ -311,19 +333,26 @@ async def test_rolled_totals_equal_the_transfers_and_the_check_names_a_changed_d
                         )
                     )
                 ).all()
-                gifts = (await conn.execute(text("SELECT * FROM day_gift_totals"))).all()
+                gifts = (
+                    await conn.execute(
+                        text(
+                            "SELECT day, surface, gift_events, counted_events, counted_gifts,"
+                            " coins, milli_diamonds FROM day_gift_totals"
+                        )
+                    )
+                ).all()
             may = [date(2003, 5, day) for day in range(1, 5)]
-            assert [tuple(row) for row in days] == list(zip(may, [1, 2, 0, 1], strict=True))
+            assert [tuple(row) for row in days] == list(zip(may, [1, 3, 0, 1], strict=True))
             tip, gift_code = int(TransferCode.TIP), int(TransferCode.GIFT_DIAMONDS)
             assert [tuple(row) for row in accounts] == [
                 (may[0], a, tip, 7, 0),
                 (may[0], b, tip, 0, 7),
-                (may[1], a, gift_code, 40, 0),
-                (may[1], b, gift_code, 0, 40),
+                (may[1], a, gift_code, 80, 0),
+                (may[1], b, gift_code, 0, 80),
                 (may[3], a, tip, 0, 11),
                 (may[3], b, tip, 11, 0),
             ]
-            assert [tuple(row) for row in gifts] == [(may[1], "live", 1, 5, 40)]
+            assert [tuple(row) for row in gifts] == [(may[1], "live", 2, 1, 3, 5, 80)]
 
             async with owner.connect() as conn:
                 assert await rolled_day_differences(conn) == []

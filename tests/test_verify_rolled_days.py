@@ -159,8 +159,8 @@ async def test_rolled_days_are_checked_whole_by_full_and_since_the_checkpoint_by
         # A gift row the day has no gift for, and a count changed: found the same way.
         await owner_sql(
             books.owner,
-            "INSERT INTO day_gift_totals (day, surface, gift_count, coins, milli_diamonds)"
-            " VALUES (:day, 'live', 1, 5, 40)",
+            "INSERT INTO day_gift_totals (day, surface, gift_events, counted_events,"
+            " counted_gifts, coins, milli_diamonds) VALUES (:day, 'live', 1, 1, 1, 5, 40)",
             day=d2,
         )
         await owner_sql(

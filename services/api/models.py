@@ -279,32 +279,69 @@ class Range(Document):
     to: TimestampText
 
 
+# A gifts report group's figures, after its key (named by `group_by`).
+GiftEvents = Annotated[
+    int,
+    Field(
+        description="Gift events booked (`gifts.sent` events applied: transfers with code "
+        "`gift_diamonds`)."
+    ),
+]
+GiftCount = Annotated[
+    int | None,
+    Field(
+        description="The gifts those events sent: each event's `count` (one event may send up "
+        "to 10,000). Null when some of them were booked before giftledger recorded a gift "
+        "event's count (`gift_events_without_count`): how many gifts those sent is not known."
+    ),
+]
+GiftEventsWithoutCount = Annotated[
+    int,
+    Field(
+        description="Gift events booked before giftledger recorded a gift event's count "
+        "(migration 0042): each sent one gift or more."
+    ),
+]
+GiftCoins = Annotated[int, Field(description="The coins of all their gifts.")]
+GiftMilliDiamonds = Annotated[
+    int, Field(description="The Diamonds they credited, in milli-diamonds.")
+]
+
+
 class GiftsBySurface(Document):
     surface: str | None
-    gift_count: int
-    coins: int
-    milli_diamonds: int
+    gift_events: GiftEvents
+    gift_count: GiftCount
+    gift_events_without_count: GiftEventsWithoutCount
+    coins: GiftCoins
+    milli_diamonds: GiftMilliDiamonds
 
 
 class GiftsByCreator(Document):
     creator: str | None
-    gift_count: int
-    coins: int
-    milli_diamonds: int
+    gift_events: GiftEvents
+    gift_count: GiftCount
+    gift_events_without_count: GiftEventsWithoutCount
+    coins: GiftCoins
+    milli_diamonds: GiftMilliDiamonds
 
 
 class GiftsByGift(Document):
     gift: str | None
-    gift_count: int
-    coins: int
-    milli_diamonds: int
+    gift_events: GiftEvents
+    gift_count: GiftCount
+    gift_events_without_count: GiftEventsWithoutCount
+    coins: GiftCoins
+    milli_diamonds: GiftMilliDiamonds
 
 
 class GiftsByDay(Document):
     day: DateText
-    gift_count: int
-    coins: int
-    milli_diamonds: int
+    gift_events: GiftEvents
+    gift_count: GiftCount
+    gift_events_without_count: GiftEventsWithoutCount
+    coins: GiftCoins
+    milli_diamonds: GiftMilliDiamonds
 
 
 # One group's key is named by `group_by`.

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.model import TransferCode, TransferFlags
-from ledger.rollups import day_split, raw_ranges, rolled_days
+from ledger.rollups import GIFT_COUNTS, day_split, raw_ranges, rolled_days
 from schemas.reports import GIFT_GROUPINGS, GiftGrouping
 from services.api.report_window import CASHOUT_CLOCKS, CashoutClock
 
@@ -190,7 +190,9 @@ _GIFT_GROUP_KEY = """
 # Gifts per creator or gift: the transfers of the range.
 _GIFTS_FROM_TRANSFERS = f"""
     SELECT {_GIFT_GROUP_KEY} AS group_key,
-           count(*) AS gift_count,
+           count(*) AS gift_events,
+           count(t.metadata -> 'count') AS counted_events,
+           coalesce(sum(CAST(t.metadata ->> 'count' AS bigint)), 0)::bigint AS counted_gifts,
            coalesce(sum(CAST(t.metadata ->> 'coins' AS bigint)), 0)::bigint AS coins,
            sum(t.amount)::bigint AS milli_diamonds
     FROM transfers t
@@ -204,21 +206,24 @@ _GIFTS_FROM_TRANSFERS = f"""
 # Gifts per surface or day: the rolled days' totals per day and surface (`ledger.rollups`) and
 # the transfers of the rest of the range, summed per group.
 _GIFTS_FROM_DAY_TOTALS = f"""
-    SELECT group_key, sum(gift_count)::bigint AS gift_count, sum(coins)::bigint AS coins,
+    SELECT group_key, sum(gift_events)::bigint AS gift_events,
+           sum(counted_events)::bigint AS counted_events,
+           sum(counted_gifts)::bigint AS counted_gifts, sum(coins)::bigint AS coins,
            sum(milli_diamonds)::bigint AS milli_diamonds
     FROM (
         SELECT CASE CAST(:group_by AS text)
                    WHEN 'surface' THEN surface
                    ELSE to_char(day, 'YYYY-MM-DD')
                END AS group_key,
-               gift_count, coins, milli_diamonds
+               gift_events, counted_events, counted_gifts, coins, milli_diamonds
         FROM day_gift_totals WHERE {rolled_days()}
         UNION ALL
         SELECT CASE CAST(:group_by AS text)
                    WHEN 'surface' THEN metadata ->> 'surface'
                    ELSE to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')
                END,
-               count(*), coalesce(sum(CAST(metadata ->> 'coins' AS bigint)), 0)::bigint,
+               {GIFT_COUNTS},
+               coalesce(sum(CAST(metadata ->> 'coins' AS bigint)), 0)::bigint,
                sum(amount)::bigint
         FROM transfers
         WHERE code = :code AND {raw_ranges()}
@@ -233,14 +238,35 @@ _GIFTS_FROM_DAY_TOTALS = f"""
 _DAY_TOTAL_GROUPINGS: Final[tuple[GiftGrouping, ...]] = ("surface", "day")
 
 
+def gift_counts(gift_events: int, counted_events: int, counted_gifts: int) -> dict[str, Any]:
+    """A group's gift events and the gifts they sent: each event's `count`, which the ledger
+    records from migration 0042 on. An event booked before has none, and nothing tells it: a
+    group holding one has no gift count (None), and says how many such events it holds."""
+    return {
+        "gift_events": gift_events,
+        "gift_count": counted_gifts if counted_events == gift_events else None,
+        "gift_events_without_count": gift_events - counted_events,
+    }
+
+
+def uncounted_events_text(event_count: int) -> str:
+    """Why a gift count is not given: `event_count` gift events booked without their count."""
+    booked = "1 gift event was" if event_count == 1 else f"{event_count:,} gift events were"
+    return (
+        f"{booked} booked before giftledger recorded a gift event's count;"
+        " each sent one gift or more"
+    )
+
+
 async def gifts_report(
     conn: AsyncConnection, from_time: datetime, to_time: datetime, group_by: GiftGrouping
 ) -> list[dict[str, Any]]:
-    """Gifts (transfers with code `gift_diamonds`) booked in the range, per group: how many, their
-    coins and the milli-diamonds they credited; `TooManyGroupsError` past
-    `REPORT_GROUP_COUNT_MAX` groups. Reversals are not netted out. A day is the UTC
-    day of the booking. Per surface or day, the days rolled up (`ledger.rollups`) are read from
-    their totals and the rest of the range from the transfers: the same figures either way."""
+    """Gift events (transfers with code `gift_diamonds`) booked in the range, per group: how
+    many, the gifts they sent (`gift_counts`), their coins and the milli-diamonds they credited;
+    `TooManyGroupsError` past `REPORT_GROUP_COUNT_MAX` groups. Reversals are not netted out. A
+    day is the UTC day of the booking. Per surface or day, the days rolled up (`ledger.rollups`)
+    are read from their totals and the rest of the range from the transfers: the same figures
+    either way."""
     assert group_by in GIFT_GROUPINGS, group_by
     values: dict[str, Any] = {
         "group_by": group_by,
@@ -257,7 +283,7 @@ async def gifts_report(
     groups = [
         {
             group_by: row.group_key,
-            "gift_count": row.gift_count,
+            **gift_counts(row.gift_events, row.counted_events, row.counted_gifts),
             "coins": row.coins,
             "milli_diamonds": row.milli_diamonds,
         }

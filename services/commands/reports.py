@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.assets import format_amount
 from schemas.reports import GIFT_GROUPINGS
-from services.api.queries import TooManyGroupsError
+from services.api.queries import TooManyGroupsError, uncounted_events_text
 from services.api.report_documents import cashouts_document, gifts_document, money_document
 from services.api.report_window import (
     CASHOUT_CLOCK_DEFAULT,
@@ -66,8 +66,10 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     reports = parser.add_subparsers(dest="report", required=True, metavar="REPORT")
     gifts = reports.add_parser(
         "gifts",
-        help="gifts and their Diamonds booked in the range, per group",
-        description="Gifts booked in [from, to), per group; reversals are not netted out.",
+        help="gift events, their gifts and Diamonds booked in the range, per group",
+        description="Gift events booked in [from, to), per group, with the gifts they sent (each "
+        "event's count; '-' where some were booked before giftledger recorded it), their coins "
+        "and Diamonds; reversals are not netted out.",
     )
     _add_range_arguments(gifts)
     gifts.add_argument(
@@ -161,16 +163,21 @@ def _gift_lines(document: dict[str, Any]) -> list[str]:
     lines = [_heading("gifts booked", document, f", by {group_by}")]
     if not document["groups"]:
         return [*lines, "no gifts"]
-    rows = [[group_by, "gifts", "coins", "diamonds"]] + [
+    rows = [[group_by, "gift events", "gifts", "coins", "diamonds"]] + [
         [
             str(group[group_by]),
-            str(group["gift_count"]),
+            str(group["gift_events"]),
+            "-" if group["gift_count"] is None else str(group["gift_count"]),
             str(group["coins"]),
             format_amount(group["milli_diamonds"], asset),
         ]
         for group in document["groups"]
     ]
-    return [*lines, *table(rows, right_aligned={1, 2, 3})]
+    lines += table(rows, right_aligned={1, 2, 3, 4})
+    uncounted = sum(group["gift_events_without_count"] for group in document["groups"])
+    if uncounted:
+        lines.append(f"gifts -: {uncounted_events_text(uncounted)}")
+    return lines
 
 
 def _cashout_lines(document: dict[str, Any]) -> list[str]:

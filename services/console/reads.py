@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.chart import AccountKind
 from ledger.model import TransferCode
-from ledger.rollups import day_split, raw_ranges, rolled_days
+from ledger.rollups import GIFT_COUNTS, day_split, raw_ranges, rolled_days
 from schemas.assets import DIAMOND
+from services.api.queries import gift_counts
 from services.cashout.store import CashoutKey
 
 LIST_ROW_COUNT_MAX: Final = 200
@@ -373,20 +374,28 @@ class OverviewGifts:
 
 
 def _summed(rows: Sequence[Any], name: str) -> list[dict[str, Any]]:
-    """Rows of (day, surface, gift_count, coins, milli_diamonds) summed per `name`, in its order
-    (None last, as PostgreSQL sorts NULL)."""
-    totals: dict[str | None, tuple[int, int, int]] = {}
+    """Rows of (day, surface, gift_events, counted_events, counted_gifts, coins, milli_diamonds)
+    summed per `name`, in its order (None last, as PostgreSQL sorts NULL), as `gifts_report`
+    gives them."""
+    totals: dict[str | None, tuple[int, int, int, int, int]] = {}
     for row in rows:
-        count, coins, milli = totals.get(getattr(row, name), (0, 0, 0))
+        events, counted, gifts, coins, milli = totals.get(getattr(row, name), (0, 0, 0, 0, 0))
         totals[getattr(row, name)] = (
-            count + row.gift_count,
+            events + row.gift_events,
+            counted + row.counted_events,
+            gifts + row.counted_gifts,
             coins + row.coins,
             milli + row.milli_diamonds,
         )
     ordered = sorted(totals.items(), key=lambda item: (item[0] is None, item[0] or ""))
     return [
-        {name: key, "gift_count": count, "coins": coins, "milli_diamonds": milli}
-        for key, (count, coins, milli) in ordered
+        {
+            name: key,
+            **gift_counts(events, counted, gifts),
+            "coins": coins,
+            "milli_diamonds": milli,
+        }
+        for key, (events, counted, gifts, coins, milli) in ordered
     ]
 
 
@@ -402,12 +411,12 @@ async def overview_gifts(
     rows = (
         await conn.execute(
             text(
-                "SELECT to_char(day, 'YYYY-MM-DD') AS day, surface, gift_count, coins,"  # noqa: S608 (constant filters)
-                " milli_diamonds"
+                "SELECT to_char(day, 'YYYY-MM-DD') AS day, surface, gift_events,"  # noqa: S608 (constant filters)
+                " counted_events, counted_gifts, coins, milli_diamonds"
                 f" FROM day_gift_totals WHERE {rolled_days()}"
                 " UNION ALL"
                 " SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'),"
-                " metadata ->> 'surface', count(*),"
+                f" metadata ->> 'surface', {GIFT_COUNTS},"
                 " coalesce(sum(CAST(metadata ->> 'coins' AS bigint)), 0)::bigint,"
                 " sum(amount)::bigint"
                 f" FROM transfers WHERE code = :code AND {raw_ranges()}"

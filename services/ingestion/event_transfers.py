@@ -58,21 +58,25 @@ _json_string = encode_basestring  # a JSON string literal, non-ASCII characters 
 
 
 def gift_metadata_text(event: GiftSent) -> str:
-    """The gift's details as the ledger stores them (surface, gift, sender, coins, the video or
-    LIVE), written out as `ledger.chain.metadata_json` writes them, keys sorted, no spaces:
-    every gift needs this text, and a test holds it equal to the encoder's. One f-string per
-    surface, the surface's name written as it is."""
+    """The gift event's details as the ledger stores them (surface, gift, sender, the coins of
+    all its gifts, how many gifts it sent, the video or LIVE), written out as
+    `ledger.chain.metadata_json` writes them, keys sorted, no spaces: every gift needs this
+    text, and a test holds it equal to the encoder's. One f-string per surface, the surface's
+    name written as it is.
+
+    `count` is recorded from migration 0042 on: the gifts report counts gifts by it. A gift
+    booked before has none (and its coins, the gifts' coins summed, do not tell it)."""
     coins = event.coins * event.count
     if event.surface == "video":
         assert event.video_id is not None  # the model holds the surface and its id together
         return (
-            f'{{"coins":{coins},"gift_id":{_json_string(event.gift_id)},'
+            f'{{"coins":{coins},"count":{event.count},"gift_id":{_json_string(event.gift_id)},'
             f'"sender_id":{_json_string(event.sender_id)},"surface":"video",'
             f'"video_id":{_json_string(event.video_id)}}}'
         )
     assert event.live_id is not None
     return (
-        f'{{"coins":{coins},"gift_id":{_json_string(event.gift_id)},'
+        f'{{"coins":{coins},"count":{event.count},"gift_id":{_json_string(event.gift_id)},'
         f'"live_id":{_json_string(event.live_id)},'
         f'"sender_id":{_json_string(event.sender_id)},"surface":"live"}}'
     )
@@ -114,7 +118,9 @@ def gift_transfer(event: GiftSent, card: RateCard) -> GiftTransfer:
 
 
 def batch_coin_leg(coins: int, gift_count: int) -> Leg:
-    """The coins of the gifts applied in one transaction: fans' spent coins become revenue."""
+    """The coins of the gifts applied in one transaction: fans' spent coins become revenue.
+    `gift_count` (kept in its metadata under that name) is how many gift events, so gift
+    transfers, it sums the coins of, not how many gifts they sent."""
     return Leg(
         "coins",
         chart.platform(AccountKind.COINS_SPENT, "COIN"),

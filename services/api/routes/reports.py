@@ -111,10 +111,13 @@ async def trial_balance_route(
 @token_route(
     router,
     "/v1/reports/gifts",
-    summary="Gifts and their milli-diamonds per surface, creator, gift or UTC day",
-    description="Counts transfers with code `gift_diamonds` booked in `[from, to)` (committed by "
-    "the ledger); reversals are not netted out (see the `money` and trial balance reports for "
-    "those).",
+    summary="Gift events, their gifts and milli-diamonds per surface, creator, gift or UTC day",
+    description="Counts the gift events (transfers with code `gift_diamonds`) booked in "
+    "`[from, to)` (committed by the ledger) and the gifts they sent (each event's `count`); "
+    "reversals are not netted out (see the `money` and trial balance reports for those). A "
+    "gift event booked before giftledger recorded its count (migration 0042) is counted as an "
+    "event only: a group holding one has `gift_count` null, and says how many in "
+    "`gift_events_without_count`.",
     response_model=GiftsReportDocument,
 )
 async def gifts_route(
