@@ -216,7 +216,13 @@ async def test_a_redrive_or_resubmission_citing_a_missing_action_is_refused(
             "INSERT INTO dead_letter_redrives (dead_letter_id, operator_action_id,"
             " idempotency_key, topic_prefix, topic, kafka_partition, kafka_offset)"
             " VALUES (:d, :a, :k, '', 'gifts.sent', 0, :offset)",
-            {"d": dead_letter_id, "a": MISSING_ACTION_ID, "k": new_key(), "offset": 1},
+            {
+                "d": dead_letter_id,
+                "a": MISSING_ACTION_ID,
+                "k": new_key(),
+                # a position no other test's re-drive holds (the index of copies is unique)
+                "offset": uuid.uuid4().int % 2**40,
+            },
             "dead_letter_redriven",
             f"dead-letter:{dead_letter_id}",
         ),
