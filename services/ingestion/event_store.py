@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -111,63 +111,51 @@ _CLAIM_APPLIED = text(
     WHERE NOT EXISTS (SELECT 1 FROM inserted WHERE inserted.event_id = wanted.event_id)
     """
 )
-# The oldest parked rows of a topic that no other sweep holds (a claim that ran out holds
-# nothing), locked as they are found; rows another sweep is locking at that moment are skipped.
-# They are taken for this sweep until `claimed_until`.
-_TAKE_PARKED = text(
-    """
-    WITH free AS (
-        SELECT topic_prefix, topic, event_id
-        FROM parked_events
-        WHERE topic = :topic AND topic_prefix = :prefix
-          AND (claimed_until IS NULL OR claimed_until <= clock_timestamp()
-               OR claimed_by = :sweeper)
-        ORDER BY parked_at, kafka_partition, kafka_offset
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
+
+
+def _take_parked_statement(ready: str) -> TextClause:
+    """The oldest parked rows of a topic that no other sweep holds (a claim that ran out holds
+    nothing) and that meet `ready` (SQL on the row `p`), locked as they are found; rows another
+    sweep is locking at that moment are skipped. They are taken for this sweep until
+    `claimed_until`."""
+    return text(
+        f"""
+        WITH free AS (
+            SELECT p.topic_prefix, p.topic, p.event_id
+            FROM parked_events p
+            WHERE p.topic = :topic AND p.topic_prefix = :prefix
+              AND (p.claimed_until IS NULL OR p.claimed_until <= clock_timestamp()
+                   OR p.claimed_by = :sweeper)
+              AND ({ready})
+            ORDER BY p.parked_at, p.kafka_partition, p.kafka_offset
+            LIMIT :limit
+            FOR UPDATE OF p SKIP LOCKED
+        )
+        UPDATE parked_events p
+        SET claimed_by = :sweeper,
+            claimed_until = clock_timestamp() + make_interval(secs => CAST(:claim_s AS float8))
+        FROM free
+        WHERE p.topic_prefix = free.topic_prefix AND p.topic = free.topic
+          AND p.event_id = free.event_id
+        RETURNING p.event_id, p.payload, p.headers, p.kafka_partition, p.kafka_offset,
+                  p.retry_until, p.parked_at, p.message_key
+        """  # noqa: S608 (`ready` is one of the constants below)
     )
-    UPDATE parked_events p
-    SET claimed_by = :sweeper,
-        claimed_until = clock_timestamp() + make_interval(secs => CAST(:claim_s AS float8))
-    FROM free
-    WHERE p.topic_prefix = free.topic_prefix AND p.topic = free.topic
-      AND p.event_id = free.event_id
-    RETURNING p.event_id, p.payload, p.headers, p.kafka_partition, p.kafka_offset,
-              p.retry_until, p.parked_at, p.message_key
-    """
-)
-# The same for parked payout results, taking only those with something to decide: their
-# cash-out's request has arrived (its row exists), or their wait is over. The others would only
-# be found waiting again, and in front of the rest they could keep a result whose cash-out has
-# arrived from ever being taken: a parked result waits up to PAYOUT_PARK_S, and the parking
-# holds up to PAYOUT_PARK_COUNT_MAX of them, more than one sweep takes. One primary-key probe of
-# `cashouts` a parked row.
-_TAKE_READY_RESULTS = text(
-    """
-    WITH free AS (
-        SELECT p.topic_prefix, p.topic, p.event_id
-        FROM parked_events p
-        WHERE p.topic = :topic AND p.topic_prefix = :prefix
-          AND (p.claimed_until IS NULL OR p.claimed_until <= clock_timestamp()
-               OR p.claimed_by = :sweeper)
-          AND (p.retry_until <= clock_timestamp()
+
+
+# Reversals: every parked one, oldest first.
+_TAKE_PARKED = _take_parked_statement("TRUE")
+# Payout results: only those with something to decide, their cash-out's request arrived (its
+# row exists) or their wait over. The others would only be found waiting again, and in front of
+# the rest they could keep a result whose cash-out has arrived from ever being taken: a parked
+# result waits up to PAYOUT_PARK_S, and the parking holds up to PAYOUT_PARK_COUNT_MAX of them,
+# more than one sweep takes. One primary-key probe of `cashouts` a parked row.
+_TAKE_READY_RESULTS = _take_parked_statement(
+    """p.retry_until <= clock_timestamp()
                OR EXISTS (
                    SELECT 1 FROM cashouts c
                    WHERE starts_with(p.waiting_for, :waiting_prefix)
-                     AND c.cashout_id = substr(p.waiting_for, length(:waiting_prefix) + 1)))
-        ORDER BY p.parked_at, p.kafka_partition, p.kafka_offset
-        LIMIT :limit
-        FOR UPDATE OF p SKIP LOCKED
-    )
-    UPDATE parked_events p
-    SET claimed_by = :sweeper,
-        claimed_until = clock_timestamp() + make_interval(secs => CAST(:claim_s AS float8))
-    FROM free
-    WHERE p.topic_prefix = free.topic_prefix AND p.topic = free.topic
-      AND p.event_id = free.event_id
-    RETURNING p.event_id, p.payload, p.headers, p.kafka_partition, p.kafka_offset,
-              p.retry_until, p.parked_at, p.message_key
-    """
+                     AND c.cashout_id = substr(p.waiting_for, length(:waiting_prefix) + 1))"""
 )
 # The parked events of a topic that wait for any of `waits`, with their place in the parking's
 # order (payout results: by their cash-out). Read from the primary key's range of the topic,
