@@ -17,22 +17,27 @@ production.
    round robin over the creators, each creator's gifts worth the Diamonds for its cash-outs plus
    `SPARE_CASHOUTS` more. Published as a backlog, then drained by the consumers: gifts/s from the
    first gifts batch handed to the ingestor to the last gift applied.
-2. cash-outs, once per mode (`MODES`): with the bank running (`paid_delay_ms` 20, nothing failed
-   or returned), `--cashouts` `cashouts.requested` of 2,000 diamonds (10 USD), round robin over
-   the creators, published at once; the clock runs from the first publish until every cash-out
-   of the mode is `paid`. Latency per cash-out from `cashout_transitions`; CPU per cash-out
-   over the same clock, of this process, the bank's, the PostgreSQL server and the embedded
-   broker (from /proc, when they run on this machine: `bench/process_cpu.py`). The same
-   ingestor, desk and relay serve both modes; the desk differs: "one at a time" applies each
-   request and each payout result of a batch by itself, in order, inside the batch's
-   transaction (`CashoutDesk.requests` / `payout_results` with one item), "batched" applies the
-   batch at once. The relay's submissions (`mark_submitted`) are applied at once in both.
-   Before each mode the consumers start again with that mode's bound on the cash-out topics'
+2. cash-outs, per mode (`MODES`) in `--rounds` rounds (2 by default), the modes taking turns in
+   ABBA order (one at a time, batched, batched, one at a time, ...), so that a machine whose
+   speed drifts during the run weighs on both modes alike: with the bank running
+   (`paid_delay_ms` 20, nothing failed or returned), the round's share of `--cashouts`
+   `cashouts.requested` of 2,000 diamonds (10 USD), round robin over the creators, published at
+   once; the round's clock runs from the first publish until every cash-out of the round is
+   `paid`, and a mode's rate is its cash-outs over the seconds of its rounds; each round's
+   rate is printed too, beside the calibration read just before it. Latency per cash-out from
+   `cashout_transitions`; CPU per cash-out over the same clocks, of this process, the bank's,
+   the PostgreSQL server and the embedded broker (from /proc, when they run on this machine:
+   `bench/process_cpu.py`). The same ingestor, desk and relay serve both modes; the desk
+   differs: "one at a time" applies each request and each payout result of a batch by itself,
+   in order, inside the batch's transaction (`CashoutDesk.requests` / `payout_results` with
+   one item), "batched" applies the batch at once. The relay's submissions (`mark_submitted`)
+   are applied at once in both.
+   Before each round the consumers start again with that mode's bound on the cash-out topics'
    batches (`cashout_batch_size_max`: 50 one at a time, as that path ran; batched, the
    settings' `consumer_cashout_batch_size_max`, 250 by default), untimed; then the
    calibration (`bench.harness.python_loop_s`) is read, untimed, and printed in the machine
-   line (`..._before_one_at_a_time`, `..._before_batched`): the batched mode lasts seconds, so
-   its rate is that of the machine's speed at that moment. Beside it, the median `SELECT 1`
+   line (`..._before_one_at_a_time_round_1`, ...): a batched round lasts seconds, so its rate is
+   that of the machine's speed at that moment. Beside it, the median `SELECT 1`
    round trip through the bench's engine (`bench.harness.statement_round_trip_us`,
    `select_1_round_trip_us_before_...`): what each statement costs before its own work, which
    one at a time pays per request and batched per batch.
@@ -47,7 +52,8 @@ submissions it posts, and the parked events' sweep; "other" for the benchmark's 
 the listeners cost a little CPU.
 
 Run: python -m bench.cashout_bench [--creators 2000] [--cashouts 5000] [--gifts 100000]
-                                   [--paid-delay-ms 20] [--statement-times] [--json PATH]
+                                   [--paid-delay-ms 20] [--rounds 2] [--statement-times]
+                                   [--json PATH]
 """
 
 from __future__ import annotations
@@ -130,7 +136,9 @@ COINS_PER_DIAMOND = 2
 SPARE_CASHOUTS = 2  # each creator earns the Diamonds for its cash-outs and this many more
 ONE_AT_A_TIME = "one at a time"
 BATCHED = "batched"
-MODES = (ONE_AT_A_TIME, BATCHED)  # in this order, on the same creators
+MODES = (ONE_AT_A_TIME, BATCHED)  # on the same creators, in the order `round_order` gives
+ROUNDS_DEFAULT = 2
+ROUNDS_MAX = 10
 # Records per batch of the cash-out topics one at a time: the bound that path ran with. Each
 # batch holds its creators' locks while its requests are applied one after the other, and at
 # 250 a batch held them for seconds and deadlocked (5 deadlocks, 1,000 requests run again, 56
@@ -174,6 +182,7 @@ class Options:
     paid_delay_ms: int
     json_path: Path | None
     statement_times: bool = False
+    rounds: int = ROUNDS_DEFAULT
 
 
 def daily_cashouts_max(settings: Settings) -> int:
@@ -195,12 +204,21 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         action="store_true",
         help="time each SQL statement, by the topic of its batch (bench.statement_clock)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS_DEFAULT,
+        help="rounds per mode, the modes taking turns (ABBA: one at a time, batched, batched,"
+        " one at a time, ...); each round has its share of --cashouts",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     arguments = parser.parse_args(argv)
+    if not 1 <= arguments.rounds <= ROUNDS_MAX:
+        parser.error(f"--rounds must be between 1 and {ROUNDS_MAX}")
     if not 1 <= arguments.creators <= CREATOR_COUNT_MAX:
         parser.error(f"--creators must be between 1 and {CREATOR_COUNT_MAX:,}")
-    if not 1 <= arguments.cashouts <= CASHOUT_COUNT_MAX:
-        parser.error(f"--cashouts must be between 1 and {CASHOUT_COUNT_MAX:,}")
+    if not arguments.rounds <= arguments.cashouts <= CASHOUT_COUNT_MAX:
+        parser.error(f"--cashouts must be between --rounds and {CASHOUT_COUNT_MAX:,}")
     if not arguments.creators <= arguments.gifts <= GIFT_COUNT_TOTAL_MAX:
         parser.error(f"--gifts must be between --creators and {GIFT_COUNT_TOTAL_MAX:,}")
     if not 0 <= arguments.paid_delay_ms <= 60_000:
@@ -219,7 +237,26 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         paid_delay_ms=arguments.paid_delay_ms,
         json_path=arguments.json,
         statement_times=arguments.statement_times,
+        rounds=arguments.rounds,
     )
+
+
+def round_order(rounds: int) -> list[tuple[int, str]]:
+    """(round, mode) in the order they run: the modes take turns, each pair of rounds in the
+    opposite order of the one before (ABBA), so that a machine slowing or speeding up steadily
+    over the run weighs on both modes alike."""
+    order: list[tuple[int, str]] = []
+    for round_index in range(rounds):
+        modes = MODES if round_index % 2 == 0 else tuple(reversed(MODES))
+        order.extend((round_index, mode) for mode in modes)
+    return order
+
+
+def round_numbers(options: Options, round_index: int) -> range:
+    """The cash-out numbers of one round of a mode: each round takes the next share of
+    `--cashouts`, so that the creators are spread over the rounds as over one run."""
+    first = sum(share(options.cashouts, options.rounds, r) for r in range(round_index))
+    return range(first, first + share(options.cashouts, options.rounds, round_index))
 
 
 # The workload.
@@ -298,11 +335,18 @@ def cashout_prefix(run_id: str, mode: str) -> str:
     return f"bench-cashout-{run_id}-{mode.replace(' ', '-')}-"
 
 
-def cashout_event(run_id: str, mode: str, number: int, creators: int) -> tuple[bytes, bytes]:
+def cashout_round_prefix(run_id: str, mode: str, round_index: int) -> str:
+    """The start of the cash-out ids of one round of a mode."""
+    return f"{cashout_prefix(run_id, mode)}r{round_index}-"
+
+
+def cashout_event(
+    run_id: str, mode: str, round_index: int, number: int, creators: int
+) -> tuple[bytes, bytes]:
     """(value, key) of cash-out `number` of `mode`, for creator `number % creators`."""
     creator = creator_name(number % creators)
     event = {
-        "event_id": f"{cashout_prefix(run_id, mode)}{number:07d}",
+        "event_id": f"{cashout_round_prefix(run_id, mode, round_index)}{number:07d}",
         "occurred_at": stamp(),
         "creator_id": creator,
         "asset": "DIAMOND",
@@ -313,14 +357,14 @@ def cashout_event(run_id: str, mode: str, number: int, creators: int) -> tuple[b
 
 
 async def send_all(
-    producer: Any, topic: str, count: int, make: Callable[[int], tuple[bytes, bytes]]
+    producer: Any, topic: str, numbers: range, make: Callable[[int], tuple[bytes, bytes]]
 ) -> None:
-    """Send `count` records a chunk at a time; a chunk's deliveries are awaited after the next
-    chunk is queued, to keep the producer busy."""
+    """Send the records `make` gives for `numbers`, a chunk at a time; a chunk's deliveries are
+    awaited after the next chunk is queued, to keep the producer busy."""
     pending: list[asyncio.Future[Any]] = []
-    for start in range(0, count, PUBLISH_CHUNK):
+    for start in range(numbers.start, numbers.stop, PUBLISH_CHUNK):
         sends = []
-        for number in range(start, min(start + PUBLISH_CHUNK, count)):
+        for number in range(start, min(start + PUBLISH_CHUNK, numbers.stop)):
             value, key = make(number)
             sends.append(await producer.send(topic, value=value, key=key))
         await asyncio.gather(*pending)
@@ -596,11 +640,65 @@ class Figures:
     runs_again: dict[str, dict[str, int]] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     bank_warnings_logged: int = 0
-    # Per mode, with --statement-times: the statements that took the most time (`as_dict`).
+    # Per mode and round, with --statement-times: the statements that took the most time
+    # (`as_dict`).
     statement_times: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Each round of each mode, in the order they ran.
+    rounds: list[RoundFigures] = field(default_factory=list)
 
     def rate(self, path: str) -> float:
         return next(m.items_per_s for m in self.measurements if m.path == path)
+
+    def add_round(self, one: RoundFigures) -> None:
+        """Add a round to its mode's figures: the mode's rate is its cash-outs over the
+        seconds of all its rounds, its CPU a cash-out likewise."""
+        self.rounds.append(one)
+        mode = one.mode
+        path = f"cash-outs {mode}"
+        earlier = next((m for m in self.measurements if m.path == path), None)
+        if earlier is None:
+            self.measurements.append(one.measurement)
+            self.cpu[mode] = one.cpu
+            self.time_spent[mode] = one.time_spent
+            self.runs_again[mode] = one.runs_again
+            self.publish[f"cashouts_seconds {mode}"] = one.publish_s
+        else:
+            index = self.measurements.index(earlier)
+            self.measurements[index] = Measurement(
+                path,
+                earlier.items + one.measurement.items,
+                earlier.seconds + one.measurement.seconds,
+            )
+            self.cpu[mode] = self.cpu[mode].plus(one.cpu)
+            self.time_spent[mode] = {
+                name: spent(
+                    step["seconds"] + one.time_spent[name]["seconds"],
+                    step["count"] + one.time_spent[name]["count"],
+                    step["unit"],
+                )
+                for name, step in self.time_spent[mode].items()
+            }
+            self.runs_again[mode] = {
+                kind: n + one.runs_again[kind] for kind, n in self.runs_again[mode].items()
+            }
+            self.publish[f"cashouts_seconds {mode}"] += one.publish_s
+        if one.statement_times is not None:
+            self.statement_times[f"{mode}, round {one.round_index + 1}"] = one.statement_times
+
+
+@dataclass(frozen=True, slots=True)
+class RoundFigures:
+    """What one round of one mode measured."""
+
+    mode: str
+    round_index: int
+    measurement: Measurement
+    cpu: CpuSpan
+    time_spent: dict[str, dict[str, Any]]
+    runs_again: dict[str, int]
+    publish_s: float
+    calibration_s: float
+    statement_times: list[dict[str, Any]] | None
 
 
 async def phase_gifts(
@@ -618,7 +716,7 @@ async def phase_gifts(
     await send_all(
         producer,
         prefix + topics.CREATORS_UPDATED,
-        options.creators,
+        range(options.creators),
         lambda index: (
             json.dumps(profile_event(run_id, index)).encode(),
             creator_name(index).encode(),
@@ -627,7 +725,7 @@ async def phase_gifts(
     await send_all(
         producer,
         prefix + topics.GIFTS_SENT,
-        options.gifts,
+        range(options.gifts),
         lambda number: plan.gift(run_id, number),
     )
     published_s = time.perf_counter() - started
@@ -782,11 +880,13 @@ async def phase_cashouts(
     cpu_meter: CpuMeter,
     run_id: str,
     mode: str,
+    round_index: int,
+    calibration_s: float,
     statement_clock: StatementClock | None = None,
-) -> None:
-    """With the desk in `mode`, publish N cash-out requests at once; time until every one is
-    paid, and the CPU the processes used meanwhile (and, with `statement_clock`, the time of
-    each statement)."""
+) -> RoundFigures:
+    """With the desk in `mode`, publish the round's cash-out requests at once; time until every
+    one is paid, and the CPU the processes used meanwhile (and, with `statement_clock`, the
+    time of each statement)."""
     await wait_for_assignment(service, rail)
     prefix = service.settings.kafka_topic_prefix
     await outbox_drained(engine, prefix)
@@ -795,7 +895,9 @@ async def phase_cashouts(
     desk = ingestor.clocked_desk
     desk.one_at_a_time = mode == ONE_AT_A_TIME
     before = Counts.now(ingestor)
-    mode_ids = cashout_prefix(run_id, mode) + "%"
+    numbers = round_numbers(options, round_index)
+    count = len(numbers)
+    mode_ids = cashout_round_prefix(run_id, mode, round_index) + "%"
     paid = refused = 0
 
     def progress() -> int:
@@ -807,20 +909,20 @@ async def phase_cashouts(
     await send_all(
         producer,
         prefix + topics.CASHOUTS_REQUESTED,
-        options.cashouts,
-        lambda number: cashout_event(run_id, mode, number, options.creators),
+        numbers,
+        lambda number: cashout_event(run_id, mode, round_index, number, options.creators),
     )
-    figures.publish[f"cashouts_seconds {mode}"] = time.perf_counter() - started
+    publish_s = time.perf_counter() - started
     results_before = desk.result_count
     async with engine.connect() as conn:
         last_moved, last_progress, last_said = time.monotonic(), -1, time.monotonic()
-        while paid < options.cashouts:
+        while paid < count:
             await asyncio.sleep(POLL_S)
             rail.check_alive()  # a bank that died would otherwise show as a stall
             # The database is asked only once the desk was handed a result for every cash-out
             # (a batch that ran again counts twice): counting the paid ones meanwhile would
             # put the bench's own scans on the machine being measured.
-            if desk.result_count - results_before >= options.cashouts:
+            if desk.result_count - results_before >= count:
                 row = (await conn.execute(_PROGRESS, {"mode_ids": mode_ids})).one()
                 await conn.rollback()  # a fresh snapshot for the next poll
                 paid, refused = int(row.paid), int(row.refused)
@@ -832,7 +934,7 @@ async def phase_cashouts(
                 row = (await conn.execute(_PROGRESS, {"mode_ids": mode_ids})).one()
                 raise AssertionError(
                     f"cash-outs {mode}: no progress for {STALL_S:g} s ({row.paid} of"
-                    f" {options.cashouts} paid, {row.refused} rejected, failed or returned)"
+                    f" {count} paid, {row.refused} rejected, failed or returned)"
                 )
             if now - last_said >= PROGRESS_EVERY_S:
                 last_said = now
@@ -840,24 +942,36 @@ async def phase_cashouts(
                     f"  {time.perf_counter() - started:5.0f} s: {desk.request_count:,} requests,"
                     f" {OutboxClock.now().rows - before.outbox_rows:,} outbox rows sent,"
                     f" {rail.reports_sent:,} bank reports,"
-                    f" {desk.result_count - results_before:,} results ({mode})"
+                    f" {desk.result_count - results_before:,} results ({mode},"
+                    f" round {round_index + 1})"
                 )
     elapsed_s = time.perf_counter() - started
-    figures.cpu[mode] = CpuSpan.between(cpu_before, cpu_meter.read(), options.cashouts)
-    if statement_clock is not None:
-        figures.statement_times[mode] = [
-            tally.as_dict() for tally in statement_clock.tallies(STATEMENT_LINES_MAX)
-        ]
-    measurement = Measurement(f"cash-outs {mode}", options.cashouts, elapsed_s)
-    figures.measurements.append(measurement)
-    say(f"cash-outs {mode}: {measurement.items_per_s:,.0f}/s over {measurement.seconds:.1f} s")
-    figures.time_spent[mode] = time_spent_between(before, Counts.now(ingestor))
+    cpu = CpuSpan.between(cpu_before, cpu_meter.read(), count)
+    statement_times = (
+        None
+        if statement_clock is None
+        else [tally.as_dict() for tally in statement_clock.tallies(STATEMENT_LINES_MAX)]
+    )
+    measurement = Measurement(f"cash-outs {mode}", count, elapsed_s)
+    say(
+        f"cash-outs {mode}, round {round_index + 1}: {measurement.items_per_s:,.0f}/s over"
+        f" {measurement.seconds:.1f} s"
+    )
     runs_again_after = ledger_runs_again()
-    figures.runs_again[mode] = {
-        kind: runs_again_after[kind] - runs_again_before[kind] for kind in CONFLICT_KINDS
-    }
     figures.machine["bank_reports"] = rail.reports_sent
-    await cashout_latency(engine, figures, options.cashouts, mode, mode_ids)
+    return RoundFigures(
+        mode=mode,
+        round_index=round_index,
+        measurement=measurement,
+        cpu=cpu,
+        time_spent=time_spent_between(before, Counts.now(ingestor)),
+        runs_again={
+            kind: runs_again_after[kind] - runs_again_before[kind] for kind in CONFLICT_KINDS
+        },
+        publish_s=publish_s,
+        calibration_s=calibration_s,
+        statement_times=statement_times,
+    )
 
 
 _TIMELINE = text(
@@ -1093,7 +1207,7 @@ async def run(options: Options) -> Figures:
             service, ingestor = new_consumers(settings, engine, bootstrap_servers, rate_cards)
             plan = GiftPlan(options)
             await phase_gifts(options, figures, producer, service, ingestor, plan, run_id)
-            for mode in MODES:
+            for round_index, mode in round_order(options.rounds):
                 # The same ingestor and desk (their counts go on); consumers of the mode's
                 # batch bound, joining the same groups where the last ones left off.
                 await service.stop()
@@ -1112,14 +1226,13 @@ async def run(options: Options) -> Figures:
                     STEP.reset(outside)
                 # The machine's speed just before the mode's clock starts (untimed): a batched
                 # run lasts seconds, so its rate is that of the moment it ran in.
-                mode_name = mode.replace(" ", "_")
-                figures.machine[f"{CALIBRATION_NAME}_before_{mode_name}"] = round(
-                    python_loop_s(), 3
-                )
+                mode_name = f"{mode.replace(' ', '_')}_round_{round_index + 1}"
+                calibration_s = python_loop_s()
+                figures.machine[f"{CALIBRATION_NAME}_before_{mode_name}"] = round(calibration_s, 3)
                 figures.machine[f"{ROUND_TRIP_NAME}_before_{mode_name}"] = round(
                     await statement_round_trip_us(engine), 1
                 )
-                await phase_cashouts(
+                one_round = await phase_cashouts(
                     options,
                     figures,
                     engine,
@@ -1130,7 +1243,14 @@ async def run(options: Options) -> Figures:
                     cpu_meter,
                     run_id,
                     mode,
+                    round_index,
+                    calibration_s,
                     statement_clock,
+                )
+                figures.add_round(one_round)
+            for mode in MODES:
+                await cashout_latency(
+                    engine, figures, options.cashouts, mode, cashout_prefix(run_id, mode) + "%"
                 )
             await service.stop()
             service = None
@@ -1190,6 +1310,25 @@ def ratio(figures: Figures) -> float:
     return figures.rate(f"cash-outs {BATCHED}") / figures.rate(f"cash-outs {ONE_AT_A_TIME}")
 
 
+def print_rounds(figures: Figures) -> None:
+    """Each round's rate beside the calibration read just before it, and each round's batched
+    rate over the one at a time rounds' rate of the same round: how far the machine moved the
+    ratio within the run."""
+    print(f"rounds, in the order they ran ({CALIBRATION_NAME} read just before each):")
+    for one in figures.rounds:
+        m = one.measurement
+        print(
+            f"  round {one.round_index + 1} {one.mode:<14} {m.items:>7,} in {m.seconds:6.2f} s"
+            f" {m.items_per_s:>7,.0f} /s  calibration {one.calibration_s:.3f} s"
+        )
+    rates = {(one.round_index, one.mode): one.measurement.items_per_s for one in figures.rounds}
+    for round_index in sorted({one.round_index for one in figures.rounds}):
+        print(
+            f"  round {round_index + 1}: batched/one at a time"
+            f" {rates[round_index, BATCHED] / rates[round_index, ONE_AT_A_TIME]:.1f}"
+        )
+
+
 def print_cpu(figures: Figures) -> None:
     """CPU a cash-out per process and mode; what the machine's cores would allow at that cost."""
     cores = os.cpu_count() or 1
@@ -1240,6 +1379,7 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
     for m in figures.measurements:
         print(f"{m.path:<26} {m.items:>9,} {m.seconds:>8.2f} {m.items_per_s:>9,.0f}")
     print(f"cashouts batched/one-at-a-time ratio: {ratio(figures):.1f}")
+    print_rounds(figures)
     p99 = {mode: figures.latency_ms[mode]["requested -> paid"]["p99"] for mode in MODES}
     print(
         "requested -> paid p99: "
@@ -1254,8 +1394,9 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
     for mode in MODES:
         print(
             f"  cash-outs {mode}: {options.cashouts:,} requests of {CASHOUT_DIAMONDS:,} diamonds"
-            f" published in {figures.publish[f'cashouts_seconds {mode}']:.2f} s; clock from the"
-            " first publish until all are paid"
+            f" in {options.rounds} round(s), each published at once (in all"
+            f" {figures.publish[f'cashouts_seconds {mode}']:.2f} s); each round's clock from its"
+            " first publish until all its cash-outs are paid, the mode's rate over their sum"
         )
     for mode in MODES:
         print(f"cash-out latency, {mode} (ms; nearest rank):")
@@ -1313,6 +1454,7 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
             "cashouts": options.cashouts,
             "gifts": options.gifts,
             "paid_delay_ms": options.paid_delay_ms,
+            "rounds": options.rounds,
         },
         "measurements": [
             {
@@ -1324,6 +1466,18 @@ def report(figures: Figures, options: Options, tally: LogTally) -> dict[str, Any
             for m in figures.measurements
         ],
         "cashouts_batched_over_one_at_a_time": round(ratio(figures), 2),
+        "rounds": [
+            {
+                "round": one.round_index + 1,
+                "mode": one.mode,
+                "items": one.measurement.items,
+                "seconds": round(one.measurement.seconds, 3),
+                "items_per_s": round(one.measurement.items_per_s, 1),
+                "calibration_s": round(one.calibration_s, 3),
+                "cpu": cpu_document(one.cpu),
+            }
+            for one in figures.rounds
+        ],
         "publish_seconds": {key: round(value, 3) for key, value in figures.publish.items()},
         "gifts_first_batch_s": round(figures.gifts_first_batch_s, 3),
         "latency_ms": {

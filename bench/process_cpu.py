@@ -114,6 +114,15 @@ class CpuSpan:
             used[name] = None if first is None or last is None else max(last - first, 0.0)
         return cls(used, after.at_s - before.at_s, items)
 
+    def plus(self, other: CpuSpan) -> CpuSpan:
+        """Both spans as one: their CPU seconds, clock seconds and items summed (a part that
+        either could not read is None)."""
+        used: dict[str, float | None] = {}
+        for name, mine in self.seconds.items():
+            theirs = other.seconds.get(name)
+            used[name] = None if mine is None or theirs is None else mine + theirs
+        return CpuSpan(used, self.wall_s + other.wall_s, self.items + other.items)
+
     @property
     def total_s(self) -> float:
         return sum(seconds for seconds in self.seconds.values() if seconds is not None)
