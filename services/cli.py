@@ -6,11 +6,11 @@ line in that list.
 
 Exit codes: 0 success, 1 a failure (the database is unreachable, `verify` found a problem), 2 a
 usage error (a bad argument, an account or creator that does not exist, a configuration variable
-that does not parse, a database without the current schema), 141 the reader of stdout closed the
-pipe before the output ended (`| head`: 128 + SIGPIPE, as a shell reports it). Amounts are
-integers in the asset's minor unit everywhere a program reads them (`--json`, `--csv`); text
-output shows them as decimals in the major unit. `--json` and `--csv` write nothing else on
-stdout.
+that does not parse, a database without the current schema, a login that lacks a privilege
+`migrate` needs), 141 the reader of stdout closed the pipe before the output ended (`| head`:
+128 + SIGPIPE, as a shell reports it). Amounts are integers in the asset's minor unit everywhere
+a program reads them (`--json`, `--csv`); text output shows them as decimals in the major unit.
+`--json` and `--csv` write nothing else on stdout.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from sqlalchemy.exc import DBAPIError
 
-from ledger.migrate import SchemaNotCurrentError
+from ledger.migrate import MigrationPrivilegeError, SchemaNotCurrentError
 from services.commands import (
     books,
     cashouts,
@@ -226,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _stdout_to_devnull()
         return EXIT_BROKEN_PIPE
-    except (UsageError, SchemaNotCurrentError, ServicesLoginError) as error:
+    except (
+        UsageError,
+        SchemaNotCurrentError,
+        MigrationPrivilegeError,
+        ServicesLoginError,
+    ) as error:
         print_error(str(error))
         return EXIT_USAGE
     except (ValidationError, SettingsError) as error:
