@@ -189,7 +189,7 @@ def console_targets(filled: Filled, statement_cursor: int | None) -> list[Target
     targets.append(
         Target(
             "download",
-            "statement CSV (10,000 lines)",
+            "statement CSV (the whole statement)",
             _path("/console/statement.csv", account=account),
         )
     )

@@ -166,10 +166,17 @@ ApiSettings = Annotated[Settings, Depends(_settings)]
 
 
 @contextlib.asynccontextmanager
-async def reader_connection(engine: AsyncEngine, role: str) -> AsyncIterator[AsyncConnection]:
-    """A connection in a read-only transaction as `role`; rolled back when the block ends."""
+async def reader_connection(
+    engine: AsyncEngine, role: str, *, repeatable_read: bool = False
+) -> AsyncIterator[AsyncConnection]:
+    """A connection in a read-only transaction as `role`; rolled back when the block ends. With
+    `repeatable_read`, every statement of the transaction reads the snapshot the first one took
+    (a read of many pages that must agree, such as a statement's whole range)."""
     async with engine.connect() as conn:
-        await conn.execute(text("SET TRANSACTION READ ONLY"))
+        if repeatable_read:
+            await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+        else:
+            await conn.execute(text("SET TRANSACTION READ ONLY"))
         await conn.execute(text("SELECT set_config('role', :role, true)"), {"role": role})
         yield conn
 

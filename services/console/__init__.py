@@ -28,8 +28,10 @@ from services.console import (
     creator_action_routes,
     page_routes,
     session_routes,
+    statement_routes,
 )
 from services.console.context import Console, message_page, session_of
+from services.console.downloads import StatementDownloads
 from services.console.pages import CONSOLE_PATH
 from services.console.sessions import SessionBook
 from services.console.sign_in_limits import SignInLimits
@@ -55,7 +57,7 @@ def _routes() -> list[Route]:
         get("/creator", page_routes.creator),
         post("/creator/freeze", creator_action_routes.freeze),
         post("/creator/unfreeze", creator_action_routes.unfreeze),
-        get("/statement.csv", page_routes.statement_csv),
+        get("/statement.csv", statement_routes.statement_csv),
         get("/cashouts", page_routes.cashout_list),
         get("/cashout", page_routes.cashout),
         post("/cashout/cancel", creator_action_routes.cancel_hold),
@@ -116,9 +118,10 @@ class _AsMountRoot:
         await self.mount.handle({**at_root, **child_scope}, receive, send)
 
 
-def install_console(api: FastAPI) -> None:
+def install_console(api: FastAPI, *, statement_downloads: StatementDownloads | None = None) -> None:
     """Mount the console in the API (`create_app`): its pages under `/console/`, and `/console`
-    itself, answered as `/console/` (the overview)."""
+    itself, answered as `/console/` (the overview). `statement_downloads`: the limits of the
+    statement downloads (the defaults of `StatementDownloads` when None)."""
     settings = api.state.settings
     sessions = SessionBook(
         settings.console_session_s,
@@ -126,7 +129,7 @@ def install_console(api: FastAPI) -> None:
         per_caller_max=settings.console_sessions_per_caller_max,
     )
     limits = SignInLimits(settings.console_sign_in_failures_max, settings.console_sign_in_window_s)
-    console = Console(api, sessions, limits)
+    console = Console(api, sessions, limits, statement_downloads or StatementDownloads())
     api.state.console = console
     mount = Mount(CONSOLE_PATH, console_app(console), name="console")
     api.router.routes.append(Route(CONSOLE_PATH, _AsMountRoot(mount), include_in_schema=False))

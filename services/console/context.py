@@ -9,7 +9,7 @@ import contextlib
 import hmac
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Final
 from urllib.parse import parse_qsl
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.api.auth import TokenBook
 from services.api.deps import reader_connection
+from services.console.downloads import StatementDownloads
 from services.console.pages import console_url as console_url
 from services.console.pages import render
 from services.console.sessions import ConsoleSession, SessionBook
@@ -43,6 +44,7 @@ class Console:
     api: FastAPI
     sessions: SessionBook
     sign_in_limits: SignInLimits
+    statement_downloads: StatementDownloads = field(default_factory=StatementDownloads)
 
     @property
     def settings(self) -> Settings:
@@ -60,10 +62,13 @@ class Console:
         return servers or self.settings.kafka_bootstrap_servers
 
     @contextlib.asynccontextmanager
-    async def reader(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction as the API's database role, on its read engine."""
+    async def reader(self, *, repeatable_read: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction as the API's database role, on its read engine; with
+        `repeatable_read`, one snapshot for all its statements."""
         state = self.api.state
-        async with reader_connection(state.read_engine, state.database_role) as conn:
+        async with reader_connection(
+            state.read_engine, state.database_role, repeatable_read=repeatable_read
+        ) as conn:
             yield conn
 
 

@@ -1,5 +1,5 @@
-"""The console's pages (GET): overview, creator, statement CSV, cash-outs, dead letters, operator
-(the books are in `books_routes`).
+"""The console's pages (GET): overview, creator, cash-outs, dead letters, operator (the books are
+in `books_routes`, the statement download in `statement_routes`).
 
 Each page needs a session (else 401 with the sign-in form) and reads in one read-only
 transaction as the API's database role. Ids travel in the query string (`?id=`), so any id
@@ -8,8 +8,6 @@ makes a working link; every value is escaped by the templates.
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import UTC, date, datetime, timedelta
 from typing import Final, get_args
 
@@ -17,17 +15,13 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ledger.queries import STATEMENT_PAGE_SIZE_MAX, account_balance, creator_balances, statement
+from ledger.queries import STATEMENT_PAGE_SIZE_MAX, creator_balances, statement
 from ledger.verify_runs import latest_run
 from schemas import topics
 from schemas.assets import DIAMOND
 from schemas.events import CashoutStatus
 from services.api.dead_letters import DeadLetterFilter, list_dead_letters, load_dead_letter
-from services.api.documents import (
-    STATEMENT_CSV_COLUMNS,
-    creator_balances_document,
-    statement_csv_row,
-)
+from services.api.documents import creator_balances_document
 from services.api.replica_lag import read_replica_lag
 from services.cashout.eligibility import creator_eligibility
 from services.cashout.recovery import (
@@ -50,7 +44,7 @@ from services.console.context import (
     query_text,
     session_of,
 )
-from services.console.pages import SECURITY_HEADERS, amount_text, render
+from services.console.pages import amount_text, render
 from services.console.shown_bytes import shown_bytes
 from services.ingestion.redrive import is_source_of, read_source_records
 from services.operator.adjustments import list_adjustments
@@ -58,7 +52,6 @@ from services.operator.freezes import freeze_state
 from services.runtime.metrics import CONSUMER_LAG
 
 STATEMENT_PAGE_SIZE_DEFAULT: Final = 50
-CSV_LINE_COUNT_MAX: Final = 10_000
 ACTION_PAGE_SIZE: Final = 50
 CREATOR_CASHOUT_PAGE_SIZE: Final = 200
 PROPOSED_ADJUSTMENT_PAGE_SIZE: Final = 200
@@ -220,7 +213,6 @@ async def creator(request: Request, outcome: str | None = None) -> Response:
         cursor=cursor,
         page_size=page_size,
         page_size_max=STATEMENT_PAGE_SIZE_MAX,
-        csv_line_count_max=CSV_LINE_COUNT_MAX,
         cashouts=cashouts.rows,
         cashouts_after=None if cashouts_after is None else cashout_cursor(cashouts_after),
         cashouts_after_id=None if cashouts_after is None else cashouts_after.cashout_id,
@@ -236,43 +228,6 @@ async def creator(request: Request, outcome: str | None = None) -> Response:
         outcome=outcome,
         action_key=new_action_key(),
     )
-
-
-async def statement_csv(request: Request) -> Response:
-    """An account's statement from `cursor` on, at most CSV_LINE_COUNT_MAX lines, with the
-    columns of `giftledger statement --csv`; `X-Next-Cursor` names where the rest begins."""
-    session = session_of(request)
-    if session is None:
-        return not_signed_in(request)
-    name = query_text(request, "account")
-    cursor = query_int(request, "cursor", 0, SEQ_MAX) or 0
-    console = console_of(request)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(STATEMENT_CSV_COLUMNS)
-    next_cursor: int | None = cursor
-    line_count = 0
-    async with console.reader() as conn:
-        found = None if name is None else await account_balance(conn, name)
-        if found is None:
-            return message_page(request, session, 404, "No account", "No account has this name.")
-        while next_cursor is not None and line_count < CSV_LINE_COUNT_MAX:
-            page_size = min(STATEMENT_PAGE_SIZE_MAX, CSV_LINE_COUNT_MAX - line_count)
-            page = await statement(
-                conn, found.account_id, after_seq=next_cursor, page_size=page_size
-            )
-            for line in page.lines:
-                writer.writerow(statement_csv_row(found, line))
-            line_count += len(page.lines)
-            next_cursor = page.next_cursor
-    file_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in found.name)[:100]
-    headers = {
-        **SECURITY_HEADERS,
-        "Content-Disposition": f'attachment; filename="statement-{file_name}.csv"',
-    }
-    if next_cursor is not None:
-        headers["X-Next-Cursor"] = str(next_cursor)
-    return Response(buffer.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
 
 
 # Cash-outs ------------------------------------------------------------------------------------
