@@ -10,7 +10,7 @@ import gzip
 import io
 import json
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
@@ -235,9 +235,20 @@ profiles = st.fixed_dictionaries(
 )
 
 
-@given(profile=profiles, today=st.dates(date(2026, 1, 1), date(2028, 12, 31)))
+PROFILE_DATED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@given(
+    profile=profiles,
+    today=st.dates(date(2026, 1, 1), date(2028, 12, 31)),
+    # Around the 30 days a profile's figures count, to the second; a request before the profile.
+    profile_age_s=st.sampled_from((-86_400, 0, 30 * 86_400 - 1, 30 * 86_400, 30 * 86_400 + 1))
+    | st.integers(-86_400, 60 * 86_400),
+)
 @settings(max_examples=300, deadline=None)
-def test_eligibility_rules_agree_with_the_service(profile: dict[str, object], today: date) -> None:
+def test_eligibility_rules_agree_with_the_service(
+    profile: dict[str, object], today: date, profile_age_s: int
+) -> None:
     birth_date = profile["birth_date"]
     assert isinstance(birth_date, date)
     service_profile = CreatorProfile(
@@ -250,14 +261,18 @@ def test_eligibility_rules_agree_with_the_service(profile: dict[str, object], to
         in_good_standing=bool(profile["in_good_standing"]),
         identity_verified=bool(profile["identity_verified"]),
         payout_account_ref="pa_x",
-        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        occurred_at=PROFILE_DATED_AT,
         event_id="e",
-        updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+        updated_at=PROFILE_DATED_AT,
     )
-    ours = first_failed_rule({**profile, "birth_date": birth_date.isoformat()}, today)
-    theirs = evaluate(service_profile, SERVICE_ELIGIBILITY, today).first_failed_rule
+    profile_age = timedelta(seconds=profile_age_s)
+    ours = first_failed_rule({**profile, "birth_date": birth_date.isoformat()}, today, profile_age)
+    requested_at = PROFILE_DATED_AT + profile_age
+    theirs = evaluate(
+        service_profile, SERVICE_ELIGIBILITY, today, requested_at=requested_at
+    ).first_failed_rule
     assert ours == theirs
-    assert first_failed_rule(None, today) == "profile_known"
+    assert first_failed_rule(None, today, profile_age) == "profile_known"
 
 
 def test_age_counts_birthdays_like_the_service() -> None:

@@ -26,7 +26,7 @@ from services.cashout.profiles import CreatorProfile, apply_creator_updates, cre
 from services.runtime.settings import EligibilitySettings
 
 TODAY = date(2026, 11, 3)
-EARLIER = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
+EARLIER = datetime(2026, 10, 20, 9, 0, tzinfo=UTC)
 
 # Every fact exactly at its default threshold: the rules say "at or above".
 ELIGIBLE_FACTS: dict[str, Any] = {
@@ -62,6 +62,11 @@ async def profile_of(engine: AsyncEngine, creator_id: str) -> CreatorProfile | N
         return await creator_profile(conn, creator_id)
 
 
+def noon_utc(day: date) -> datetime:
+    """A request at noon UTC on `day`: the age rule judges it on `day` (`age_day`)."""
+    return datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+
+
 async def eligibility_of(
     engine: AsyncEngine,
     creator_id: str,
@@ -69,7 +74,9 @@ async def eligibility_of(
     today: date = TODAY,
 ) -> EligibilityReport:
     async with engine.connect() as conn:
-        return await creator_eligibility(conn, creator_id, settings or EligibilitySettings(), today)
+        return await creator_eligibility(
+            conn, creator_id, settings or EligibilitySettings(), noon_utc(today)
+        )
 
 
 async def eligibility_with(
@@ -312,14 +319,136 @@ async def test_creator_with_too_few_video_views_is_ineligible_for_video_views_30
     engine: AsyncEngine, unique_id: str
 ) -> None:
     failed = only_failure(await eligibility_with(engine, unique_id, video_views_30d=999))
-    assert (failed.rule, failed.seen, failed.required) == ("video_views_30d", "999", ">= 1000")
+    assert (failed.rule, failed.seen, failed.required) == (
+        "video_views_30d",
+        "999",
+        ">= 1000, as of at most 30 days before the request",
+    )
 
 
 async def test_creator_with_too_few_posts_is_ineligible_for_posts_30d(
     engine: AsyncEngine, unique_id: str
 ) -> None:
     failed = only_failure(await eligibility_with(engine, unique_id, posts_30d=2))
-    assert (failed.rule, failed.seen, failed.required) == ("posts_30d", "2", ">= 3")
+    assert (failed.rule, failed.seen, failed.required) == (
+        "posts_30d",
+        "2",
+        ">= 3, as of at most 30 days before the request",
+    )
+
+
+# --- how old the profile's figures of the last 30 days may be ----------------------------------
+
+RECENT_VIEWS_REQUIRED = ">= 1000, as of at most 30 days before the request"
+RECENT_POSTS_REQUIRED = ">= 3, as of at most 30 days before the request"
+
+
+async def eligibility_at(
+    engine: AsyncEngine,
+    creator_id: str,
+    at: datetime | None,
+    settings: EligibilitySettings | None = None,
+) -> EligibilityReport:
+    async with engine.connect() as conn:
+        return await creator_eligibility(conn, creator_id, settings or EligibilitySettings(), at)
+
+
+def failures(report: EligibilityReport) -> list[RuleResult]:
+    return [result for result in report.rules if not result.passed]
+
+
+async def test_a_profile_dated_months_before_the_request_fails_video_views_and_posts(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    creator_id = f"creator-{unique_id}"
+    dated = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
+    profile = creator_updated(creator_id, unique_id, dated, video_views_30d=1_500, posts_30d=9)
+    await apply(engine, [profile])
+    report = await eligibility_at(engine, creator_id, dated + timedelta(days=92))
+    assert failures(report) == [
+        RuleResult(
+            "video_views_30d",
+            False,
+            "1500 as of 2026-09-01T09:00:00Z, 92 days before the request",
+            RECENT_VIEWS_REQUIRED,
+        ),
+        RuleResult(
+            "posts_30d",
+            False,
+            "9 as of 2026-09-01T09:00:00Z, 92 days before the request",
+            RECENT_POSTS_REQUIRED,
+        ),
+    ]
+    assert report.first_failed_rule == "video_views_30d"
+    # The same figures a week after the profile count.
+    assert (await eligibility_at(engine, creator_id, dated + timedelta(days=7))).eligible
+
+
+async def test_a_profile_dated_exactly_30_days_before_counts_and_a_second_more_does_not(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    creator_id = f"creator-{unique_id}"
+    await apply(engine, [creator_updated(creator_id, unique_id, EARLIER)])
+    exactly = await eligibility_at(engine, creator_id, EARLIER + timedelta(days=30))
+    assert exactly.eligible
+    assert exactly.rules[4] == RuleResult("video_views_30d", True, "1000", RECENT_VIEWS_REQUIRED)
+    assert exactly.rules[5] == RuleResult("posts_30d", True, "3", RECENT_POSTS_REQUIRED)
+    later = await eligibility_at(engine, creator_id, EARLIER + timedelta(days=30, seconds=1))
+    assert [(result.rule, result.seen) for result in failures(later)] == [
+        (
+            "video_views_30d",
+            "1000 as of 2026-10-20T09:00:00Z, more than 30 days before the request",
+        ),
+        ("posts_30d", "3 as of 2026-10-20T09:00:00Z, more than 30 days before the request"),
+    ]
+
+
+async def test_a_profile_dated_after_the_request_counts(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    creator_id = f"creator-{unique_id}"
+    await apply(engine, [creator_updated(creator_id, unique_id, EARLIER)])
+    assert (await eligibility_at(engine, creator_id, EARLIER - timedelta(days=3))).eligible
+
+
+async def test_the_maximum_age_of_a_profile_is_a_setting(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    creator_id = f"creator-{unique_id}"
+    await apply(engine, [creator_updated(creator_id, unique_id, EARLIER)])
+    week = EligibilitySettings(profile_max_age_days=7)
+    on_day_7 = await eligibility_at(engine, creator_id, EARLIER + timedelta(days=7), week)
+    assert on_day_7.eligible
+    assert on_day_7.rules[4].required == ">= 1000, as of at most 7 days before the request"
+    on_day_8 = await eligibility_at(engine, creator_id, EARLIER + timedelta(days=8), week)
+    assert [result.rule for result in failures(on_day_8)] == ["video_views_30d", "posts_30d"]
+    assert failures(on_day_8)[1].seen == "3 as of 2026-10-20T09:00:00Z, 8 days before the request"
+    one_day = EligibilitySettings(profile_max_age_days=1)
+    on_day_2 = await eligibility_at(
+        engine, creator_id, EARLIER + timedelta(days=1, hours=1), one_day
+    )
+    assert failures(on_day_2)[0].seen == (
+        "1000 as of 2026-10-20T09:00:00Z, more than 1 day before the request"
+    )
+
+
+async def test_eligibility_now_judges_the_profile_against_the_clock(
+    engine: AsyncEngine, unique_id: str
+) -> None:
+    """What `giftledger eligibility`, the API and the console show: a request made now."""
+    now = datetime.now(UTC)
+    recent, old = f"creator-recent-{unique_id}", f"creator-old-{unique_id}"
+    await apply(
+        engine,
+        [
+            creator_updated(recent, f"r-{unique_id}", now - timedelta(days=29)),
+            creator_updated(old, f"o-{unique_id}", now - timedelta(days=31)),
+        ],
+    )
+    assert (await eligibility_at(engine, recent, None)).eligible
+    stale = failures(await eligibility_at(engine, old, None))
+    assert [result.rule for result in stale] == ["video_views_30d", "posts_30d"]
+    assert stale[0].seen.endswith(", more than 31 days before the request")
 
 
 async def test_creator_not_in_good_standing_is_ineligible_for_in_good_standing(
@@ -360,7 +489,9 @@ def test_eligibility_settings_read_their_prefixed_environment(
     monkeypatch.setenv("ELIGIBILITY_ENABLED_COUNTRIES", '["US", "CA"]')
     monkeypatch.setenv("ELIGIBILITY_COMING_SOON_COUNTRIES", '["AU"]')
     monkeypatch.setenv("ELIGIBILITY_FOLLOWER_MINIMUM_BY_COUNTRY", '{"CA": 2500}')
+    monkeypatch.setenv("ELIGIBILITY_PROFILE_MAX_AGE_DAYS", "45")
     settings = EligibilitySettings()
+    assert settings.profile_max_age_days == 45
     assert settings.age_min_years == 21
     assert settings.enabled_countries == ("US", "CA")
     assert settings.follower_minimum("CA") == 2_500
@@ -380,6 +511,9 @@ def test_eligibility_settings_read_their_prefixed_environment(
         {"enabled_countries": ("us",)},
         {"enabled_countries": ("US", "US")},
         {"coming_soon_countries": ("CA", "US")},
+        {"profile_max_age_days": 0},
+        {"profile_max_age_days": -1},
+        {"profile_max_age_days": 3_651},
     ],
 )
 def test_eligibility_settings_refuse_values_out_of_bounds(override: dict[str, Any]) -> None:
@@ -418,11 +552,22 @@ def eighteenth_birthday(birth_date: date) -> date:
 
 
 @hypothesis_settings(max_examples=400)
-@given(profile=st.none() | profiles, today=st.dates(date(1990, 1, 1), date(2060, 12, 31)))
+@given(
+    profile=st.none() | profiles,
+    today=st.dates(date(1990, 1, 1), date(2060, 12, 31)),
+    profile_age=st.timedeltas(timedelta(days=-3), timedelta(days=60))
+    | st.sampled_from((timedelta(days=30), timedelta(days=30, microseconds=1))),
+)
 def test_eligible_is_true_exactly_when_every_rule_passed(
-    profile: CreatorProfile | None, today: date
+    profile: CreatorProfile | None, today: date, profile_age: timedelta
 ) -> None:
-    report = evaluate(profile, PROPERTY_SETTINGS, today, creator_id="creator-property")
+    report = evaluate(
+        profile,
+        PROPERTY_SETTINGS,
+        today,
+        requested_at=EARLIER + profile_age,
+        creator_id="creator-property",
+    )
     assert [result.rule for result in report.rules] == list(RULES)
     assert report.eligible == all(result.passed for result in report.rules)
     assert (report.first_failed_rule is None) == report.eligible
@@ -431,6 +576,7 @@ def test_eligible_is_true_exactly_when_every_rule_passed(
         today >= eighteenth_birthday(profile.birth_date)
         and profile.country in ("US", "GB", "DE", "FR", "IT", "ES")
         and profile.followers >= 10_000
+        and profile_age <= timedelta(days=30)
         and profile.video_views_30d >= 1_000
         and profile.posts_30d >= 3
         and profile.in_good_standing

@@ -233,13 +233,14 @@ async def test_payday_gives_a_third_of_the_eligible_creators_a_cash_out_within_t
     payday = {row.requested_on for row in requests}
     assert len(payday) == 1
     day = payday.pop()
+    payday_start = min(row.occurred_at for row in requests)
     paid: Counter[str] = Counter()
     for row in requests:
         if row.status == "paid" and row.asset == "DIAMOND":
             paid[row.creator_id] += row.amount
     eligible = set()
     for creator_id, profile in profiles.items():
-        report = evaluate(profile, EligibilitySettings(), day)
+        report = evaluate(profile, EligibilitySettings(), day, requested_at=payday_start)
         before_payday = available[creator_id] + paid[creator_id]
         if (
             profile is not None

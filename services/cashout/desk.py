@@ -26,7 +26,9 @@ batch (`requests`), so a request that waited in a backlog is priced when it is d
 was made. Both are stored on the cash-out, which is decided once: a redelivery is a duplicate, and
 a resubmission keeps the original's conversion. The day the request counts against for the daily
 limit stays its `occurred_at`'s in UTC; the age rule is judged on the date at UTC-12 of the
-earlier of its `occurred_at` and the approval (`eligibility.age_day`).
+earlier of its `occurred_at` and the approval (`eligibility.age_day`), and the profile's video
+views and posts count when it is dated at most `ELIGIBILITY_PROFILE_MAX_AGE_DAYS` before that
+same moment.
 
 The daily limit holds however Kafka spreads the requests over consumers: a request takes its
 creator's lock (`lock_creators`, a transaction-scoped advisory lock) before it reads what the
@@ -282,11 +284,17 @@ class CashoutDesk:
         if facts.is_frozen(event.creator_id):
             return "frozen"  # by an operator (services/operator/freezes.py)
         profile = facts.profile(event.creator_id)
-        # Age: judged on the day at UTC-12 (`age_day`) of the request's moment, or of the
-        # approval for a request dated ahead of it: never a day the creator has not reached.
+        # The request's moment, or the approval for a request dated ahead of it: a request is
+        # not made after it is decided. Age: judged on that moment's day at UTC-12 (`age_day`),
+        # never a day the creator has not reached. Video views and posts: the profile's, when
+        # it is dated at most `profile_max_age_days` before that moment.
         judged_at = min(event.occurred_at, facts.approved_at)
         report = evaluate(
-            profile, self.eligibility, age_day(judged_at), creator_id=event.creator_id
+            profile,
+            self.eligibility,
+            age_day(judged_at),
+            requested_at=judged_at,
+            creator_id=event.creator_id,
         )
         if not report.eligible:
             return report.first_failed_rule

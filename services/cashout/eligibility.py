@@ -1,8 +1,15 @@
 """The Creator Next rules: who may cash out, with every threshold in configuration.
 
-`evaluate` is a pure function of a creator's profile, the settings and the day: it checks every
-rule, always in the same order, and reports each with the value it saw and what it required, so a
-refused request can say which rule failed and why. The order is `RULES`.
+`evaluate` is a pure function of a creator's profile, the settings, the day and the moment of
+the request: it checks every rule, always in the same order, and reports each with the value it
+saw and what it required, so a refused request can say which rule failed and why. The order is
+`RULES`.
+
+The video views and posts of the last 30 days are those the profile carries as of its
+`occurred_at`. A profile dated more than `profile_max_age_days` (default 30) before the request
+says nothing of the request's last 30 days: both rules then fail, their seen value saying how old
+the figure is ("1500 as of 2026-09-01T09:00:00Z, 92 days before the request"). A profile dated
+exactly that many days before still counts, and so does one dated after the request.
 
 Age is counted in whole years with birthday logic: a creator turns a year older on the month and
 day of their birth. Someone born on 29 February turns a year older on 1 March in a non-leap year
@@ -109,6 +116,37 @@ def _at_least(rule: str, seen: int, minimum: int, note: str = "") -> RuleResult:
     return RuleResult(rule, seen >= minimum, str(seen), f">= {minimum}{note}")
 
 
+def _recent_required(minimum: int, settings: EligibilitySettings) -> str:
+    return f">= {minimum}, as of at most {settings.profile_max_age_days} days before the request"
+
+
+def _profile_age_text(profile_age: timedelta) -> str:
+    """`profile_age` in whole days, "more than" when it is not a whole number of days."""
+    whole_days = profile_age.days
+    unit = "day" if whole_days == 1 else "days"
+    more = "" if profile_age == timedelta(days=whole_days) else "more than "
+    return f"{more}{whole_days} {unit}"
+
+
+def _recent_at_least(
+    rule: str,
+    seen: int,
+    minimum: int,
+    profile: CreatorProfile,
+    settings: EligibilitySettings,
+    requested_at: datetime,
+) -> RuleResult:
+    """A figure of the 30 days before the profile's `occurred_at`: it counts for a request at
+    `requested_at` only when the profile is at most `profile_max_age_days` older."""
+    required = _recent_required(minimum, settings)
+    profile_age = requested_at - profile.occurred_at
+    if profile_age <= timedelta(days=settings.profile_max_age_days):
+        return RuleResult(rule, seen >= minimum, str(seen), required)
+    as_of = profile.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    seen_text = f"{seen} as of {as_of}, {_profile_age_text(profile_age)} before the request"
+    return RuleResult(rule, False, seen_text, required)
+
+
 def _is_true(rule: str, seen: bool) -> RuleResult:
     return RuleResult(rule, seen, "true" if seen else "false", "true")
 
@@ -141,15 +179,24 @@ def _followers(profile: CreatorProfile, settings: EligibilitySettings) -> RuleRe
 
 
 def _known_profile_results(
-    profile: CreatorProfile, settings: EligibilitySettings, today: date
+    profile: CreatorProfile, settings: EligibilitySettings, today: date, requested_at: datetime
 ) -> tuple[RuleResult, ...]:
     return (
         RuleResult(PROFILE_KNOWN, True, "known", "known"),
         _age(profile, settings, today),
         _country(profile, settings),
         _followers(profile, settings),
-        _at_least(VIDEO_VIEWS_30D, profile.video_views_30d, settings.video_views_30d_min),
-        _at_least(POSTS_30D, profile.posts_30d, settings.posts_30d_min),
+        _recent_at_least(
+            VIDEO_VIEWS_30D,
+            profile.video_views_30d,
+            settings.video_views_30d_min,
+            profile,
+            settings,
+            requested_at,
+        ),
+        _recent_at_least(
+            POSTS_30D, profile.posts_30d, settings.posts_30d_min, profile, settings, requested_at
+        ),
         _is_true(IN_GOOD_STANDING, profile.in_good_standing),
         _is_true(IDENTITY_VERIFIED, profile.identity_verified),
     )
@@ -161,8 +208,8 @@ def _unknown_profile_results(settings: EligibilitySettings) -> tuple[RuleResult,
         AGE: f">= {settings.age_min_years} years",
         COUNTRY: _enabled_list(settings),
         FOLLOWERS: f">= the regional minimum (default {settings.follower_minimum_default})",
-        VIDEO_VIEWS_30D: f">= {settings.video_views_30d_min}",
-        POSTS_30D: f">= {settings.posts_30d_min}",
+        VIDEO_VIEWS_30D: _recent_required(settings.video_views_30d_min, settings),
+        POSTS_30D: _recent_required(settings.posts_30d_min, settings),
         IN_GOOD_STANDING: "true",
         IDENTITY_VERIFIED: "true",
     }
@@ -174,16 +221,18 @@ def evaluate(
     settings: EligibilitySettings,
     today: date,
     *,
+    requested_at: datetime,
     creator_id: str | None = None,
 ) -> EligibilityReport:
-    """Check every rule for `profile` on `today`.
+    """Check every rule for `profile`: the age on `today`, the video views and posts of the last
+    30 days as of a request at `requested_at` (aware).
 
     With no profile (no `creators.updated` event applied yet) every rule fails with seen
     "unknown"; pass `creator_id` so the report still names the creator."""
     if profile is None:
         return EligibilityReport(creator_id, _unknown_profile_results(settings))
     assert creator_id in (None, profile.creator_id), "creator_id and profile disagree"
-    results = _known_profile_results(profile, settings, today)
+    results = _known_profile_results(profile, settings, today, requested_at)
     assert tuple(result.rule for result in results) == RULES
     return EligibilityReport(profile.creator_id, results)
 
@@ -192,13 +241,13 @@ async def creator_eligibility(
     conn: AsyncConnection,
     creator_id: str,
     settings: EligibilitySettings,
-    today: date | None = None,
+    at: datetime | None = None,
 ) -> EligibilityReport:
-    """Load the creator's profile and evaluate it; `today` defaults to the age rule's day now
-    (`age_day`), as the cash-out desk judges a request made now."""
+    """Load the creator's profile and evaluate it as the cash-out desk judges a request made at
+    `at` (aware; default now): the age on `age_day(at)`, the profile's age against `at`."""
     profile = await creator_profile(conn, creator_id)
-    day = age_day(datetime.now(UTC)) if today is None else today
-    return evaluate(profile, settings, day, creator_id=creator_id)
+    moment = datetime.now(UTC) if at is None else at
+    return evaluate(profile, settings, age_day(moment), requested_at=moment, creator_id=creator_id)
 
 
 _SELECT_PROFILES = text(

@@ -158,7 +158,7 @@ class CashoutPhase:
         profile = self.creators.profiles.get(rank)
         if profile is None or profile.facts.get("payout_account_ref") is None:
             return False
-        if first_failed_rule(profile.facts, age_day(moment)) is not None:
+        if first_failed_rule(profile.facts, age_day(moment), profile.age_at(moment)) is not None:
             return False
         return (
             self.stream.tally.diamonds.get(rank, 0) >= CASHOUT_MINIMUM_DIAMONDS * MILLI_PER_DIAMOND
@@ -237,7 +237,8 @@ class CashoutPhase:
         tally.totals["cashouts"] += 1
         profile = self.creators.profiles.get(rank)
         facts = None if profile is None else profile.facts
-        rule = first_failed_rule(facts, age_day(moment))
+        profile_age = timedelta(0) if profile is None else profile.age_at(moment)
+        rule = first_failed_rule(facts, age_day(moment), profile_age)
         if rule is None and (facts is None or facts.get("payout_account_ref") is None):
             rule = "payout_account"
         if rule is None and asset != "DIAMOND" and asset != payout_currency:

@@ -6,12 +6,13 @@ the cash-out phase's decisions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from schemas import topics
 from services.loadtest.oracle import COMING_SOON_COUNTRIES, ENABLED_COUNTRIES
 from services.loadtest.stream_context import Outgoing, StreamContext
+from services.loadtest.stream_format import STREAM_START
 
 SPECIAL_CREATORS_MAX = 1_000
 PROFILE_MISSING_SHARE = 0.05
@@ -32,6 +33,10 @@ INELIGIBLE_KINDS = (
 class Profile:
     sort_key: tuple[int, str]  # (occurred_at ms, event_id): the latest wins
     facts: dict[str, Any]
+
+    def age_at(self, moment: datetime) -> timedelta:
+        """How long before `moment` the profile is dated."""
+        return moment - (STREAM_START + timedelta(milliseconds=self.sort_key[0]))
 
 
 class CreatorProfiles:

@@ -34,6 +34,7 @@ FOLLOWER_MINIMUM_BY_COUNTRY = {"US": 10_000}
 FOLLOWER_MINIMUM_DEFAULT = 10_000
 VIDEO_VIEWS_30D_MIN = 1_000
 POSTS_30D_MIN = 3
+PROFILE_MAX_AGE_DAYS = 30
 
 
 def assumptions() -> dict[str, Any]:
@@ -53,6 +54,7 @@ def assumptions() -> dict[str, Any]:
             "follower_minimum_default": FOLLOWER_MINIMUM_DEFAULT,
             "video_views_30d_min": VIDEO_VIEWS_30D_MIN,
             "posts_30d_min": POSTS_30D_MIN,
+            "profile_max_age_days": PROFILE_MAX_AGE_DAYS,
         },
     }
 
@@ -72,9 +74,13 @@ def age_day(moment: datetime) -> date:
     return (moment.astimezone(UTC) - timedelta(hours=12)).date()
 
 
-def first_failed_rule(profile: dict[str, Any] | None, today: date) -> str | None:
+def first_failed_rule(
+    profile: dict[str, Any] | None, today: date, profile_age: timedelta
+) -> str | None:
     """The first Creator Next rule `profile` breaks, its age judged on `today` (`age_day`), or
-    None: the contract's order."""
+    None: the contract's order. `profile_age` is how long before the request the profile is
+    dated: its video views and posts of the last 30 days say nothing of the request's when it
+    is more than `PROFILE_MAX_AGE_DAYS` days."""
     if profile is None:
         return "profile_known"
     if age_in_years(date.fromisoformat(profile["birth_date"]), today) < AGE_MIN_YEARS:
@@ -85,7 +91,8 @@ def first_failed_rule(profile: dict[str, Any] | None, today: date) -> str | None
     minimum = FOLLOWER_MINIMUM_BY_COUNTRY.get(country, FOLLOWER_MINIMUM_DEFAULT)
     if profile["followers"] < minimum:
         return "followers"
-    if profile["video_views_30d"] < VIDEO_VIEWS_30D_MIN:
+    recent = profile_age <= timedelta(days=PROFILE_MAX_AGE_DAYS)
+    if not recent or profile["video_views_30d"] < VIDEO_VIEWS_30D_MIN:
         return "video_views_30d"
     if profile["posts_30d"] < POSTS_30D_MIN:
         return "posts_30d"

@@ -38,6 +38,8 @@ from schemas.events import OPERATOR_NAME_LENGTH_MAX, OPERATOR_NAME_PATTERN
 
 COUNTRY_COUNT_MAX = 300
 TALLY_THRESHOLD_MAX = 10**12
+# The oldest a profile may be before a request, in days, that the setting accepts: ten years.
+PROFILE_MAX_AGE_DAYS_MAX = 3_650
 SETTINGS_ERROR_FIELD = re.compile(r'field "(?P<field>\w+)"')
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # How long a payout result for a cash-out not known yet waits for its request, and how many may
@@ -94,6 +96,14 @@ class EligibilitySettings(BaseSettings):
     )
     posts_30d_min: TallyThreshold = Field(
         default=3, description="Fewest posts in the last 30 days."
+    )
+    profile_max_age_days: int = Field(
+        default=30,
+        gt=0,
+        le=PROFILE_MAX_AGE_DAYS_MAX,
+        description="How many days before a request its creator's profile may be dated for its"
+        " video views and posts of the last 30 days to count: a profile dated earlier says"
+        " nothing of the request's last 30 days, and fails both rules.",
     )
 
     @model_validator(mode="after")
