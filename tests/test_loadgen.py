@@ -146,6 +146,38 @@ def test_every_record_ends_where_the_expected_state_says(
     assert sum(records.values()) == expected.records == EVENTS
 
 
+def test_the_profiles_of_creators_eligible_to_cash_out_are_recent_enough_at_their_cash_outs(
+    stream: tuple[Path, ExpectedState],
+) -> None:
+    """A request counts a profile's video views and posts only when the profile is dated at most
+    30 days before it: every creator eligible at first appearance keeps a profile that recent
+    until the cash-out phase, so the stream's eligible creators can cash out."""
+    path, expected = stream
+    latest: dict[str, datetime] = {}
+    eligible_at_first: set[str] = set()
+    requests: list[tuple[str, datetime]] = []
+    for record in read_stream(path):
+        if record.topic not in (topics.CREATORS_UPDATED, topics.CASHOUTS_REQUESTED):
+            continue
+        try:
+            event = json.loads(record.value)
+            occurred_at = datetime.fromisoformat(event["occurred_at"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a bad record, dead-lettered
+        creator = str(event["creator_id"])
+        if record.topic == topics.CASHOUTS_REQUESTED:
+            requests.append((creator, occurred_at))
+            continue
+        if creator not in latest and event.get("video_views_30d", 0) >= 1_000:
+            eligible_at_first.add(creator)
+        latest[creator] = max(latest.get(creator, occurred_at), occurred_at)
+    asking = [(creator, at) for creator, at in requests if creator in eligible_at_first]
+    assert len(asking) > 10
+    for creator, requested_at in asking:
+        assert requested_at - latest[creator] <= timedelta(days=30), creator
+    assert expected.cashouts.get("rejected:video_views_30d", 0) < expected.cashouts["paid"]
+
+
 def test_the_stream_holds_every_kind_of_trouble(stream: tuple[Path, ExpectedState]) -> None:
     _, expected = stream
     reasons = {reason for by_reason in expected.dead_letters.values() for reason in by_reason}

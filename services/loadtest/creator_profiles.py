@@ -17,6 +17,16 @@ from services.loadtest.stream_format import STREAM_START
 SPECIAL_CREATORS_MAX = 1_000
 PROFILE_MISSING_SHARE = 0.05
 PROFILE_STALE_FLIP_SHARE = 0.2
+# How long before a creator's first appearance the first profile may be dated. A request counts
+# the profile's video views and posts only when it is dated at most 30 days before (the oracle's
+# PROFILE_MAX_AGE_DAYS), and the cash-outs come from 09:00 on the day after the main phase's last
+# day, one a second: the 10 days left keep every eligible creator eligible at its cash-out in
+# streams of up to about 30 million records of the default shape. In longer or slower streams
+# some profiles are too old by then, and the oracle rejects their requests as the service does.
+PROFILE_REGISTERED_BEFORE_MS_MAX = 20 * 86_400_000
+# The draw that dates it spans 30 days of milliseconds, scaled to the 20: a seed's other draws,
+# and so its records, do not depend on the span.
+PROFILE_REGISTERED_DRAW_MS = 30 * 86_400_000
 INELIGIBLE_KINDS = (
     "age",
     "country",
@@ -67,7 +77,11 @@ class CreatorProfiles:
             if len(self.ineligible) < SPECIAL_CREATORS_MAX:
                 self.ineligible.append(rank)
         self.profile_kind[rank] = kind
-        registered_ms = stream.now_ms() - self.rng.randint(0, 30 * 86_400_000)
+        draw_ms = self.rng.randint(0, PROFILE_REGISTERED_DRAW_MS)
+        registered_ms = (
+            stream.now_ms()
+            - draw_ms * PROFILE_REGISTERED_BEFORE_MS_MAX // PROFILE_REGISTERED_DRAW_MS
+        )
         stream.send(self.profile_record(rank, self.profile_facts(rank, kind), registered_ms))
 
     def profile_facts(self, rank: int, kind: str) -> dict[str, Any]:
