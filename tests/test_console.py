@@ -320,7 +320,7 @@ def test_the_demo_prints_the_consoles_address_beside_the_apis() -> None:
     out = io.StringIO()
     settings = Settings(api_host="127.0.0.1", api_port=8123)
     _print_api(settings, DemoApi(task=None, problem=None), "demo-token", out, wait=True)
-    console_line = "  console: http://127.0.0.1:8123/console (sign in with that token)\n"
+    console_line = "  console: http://127.0.0.1:8123/console (sign in as demo with that token)\n"
     assert console_line in out.getvalue()
 
 

@@ -32,6 +32,7 @@ from ledger.database import create_engine
 from services.api.documents import STATEMENT_CSV_COLUMNS
 from tests.api_server import seeded_ledger
 from tests.console_fixtures import (
+    CONSOLE_FINANCE_NAME,
     CONSOLE_FINANCE_TOKEN,
     CONSOLE_OPERATOR_NAME,
     CONSOLE_OPERATOR_TOKEN,
@@ -126,6 +127,11 @@ def visit(browser: Browser, api: ConsoleApi, viewport: dict[str, int] = DESKTOP)
 def sign_in(session: Visit, token: str) -> None:
     assert session.goto("/console") == 401  # no session yet: the sign-in form
     assert session.page.get_by_label("API token").is_visible()
+    names = {
+        CONSOLE_OPERATOR_TOKEN: CONSOLE_OPERATOR_NAME,
+        CONSOLE_FINANCE_TOKEN: CONSOLE_FINANCE_NAME,
+    }
+    session.page.get_by_label("Name", exact=True).fill(names[token])
     session.page.get_by_label("API token").fill(token)
     session.page.get_by_role("button", name="Sign in").click()
     session.page.wait_for_url(session.base_url + "/console")

@@ -128,7 +128,11 @@ def install_console(api: FastAPI, *, statement_downloads: StatementDownloads | N
         settings.console_session_count_max,
         per_caller_max=settings.console_sessions_per_caller_max,
     )
-    limits = SignInLimits(settings.console_sign_in_failures_max, settings.console_sign_in_window_s)
+    limits = SignInLimits(
+        settings.console_sign_in_failures_max,
+        settings.console_sign_in_window_s,
+        address_failures_max=settings.console_sign_in_address_failures_max,
+    )
     console = Console(api, sessions, limits, statement_downloads or StatementDownloads())
     api.state.console = console
     mount = Mount(CONSOLE_PATH, console_app(console), name="console")

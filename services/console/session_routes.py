@@ -1,12 +1,15 @@
 """Signing in and out of the console, and its stylesheet.
 
-`GET /console/sign-in` is open (the form). `POST /console/sign-in` takes a token of `API_TOKENS`
-and, when it is known, opens a session: its id goes back in an HttpOnly, SameSite=Strict cookie
+`GET /console/sign-in` is open (the form). `POST /console/sign-in` takes a name and a token of
+`API_TOKENS` and, when the token is known and is that name's, opens a session (a sign-in that gives
+no name is judged by its token alone): its id goes back in an HttpOnly, SameSite=Strict cookie
 (Secure over TLS) that lasts `CONSOLE_SESSION_S`. A sign-in ends no other caller's session
 (`sessions`): past `CONSOLE_SESSIONS_PER_CALLER_MAX` it ends the caller's own oldest, and past
 `CONSOLE_SESSION_COUNT_MAX` it is answered 503 with Retry-After. A client address that has
-failed `CONSOLE_SIGN_IN_FAILURES_MAX` times in `CONSOLE_SIGN_IN_WINDOW_S` is answered 429 with
-Retry-After (`sign_in_limits`). The form carries a random value also set in a cookie of its own,
+failed `CONSOLE_SIGN_IN_FAILURES_MAX` times under a name in `CONSOLE_SIGN_IN_WINDOW_S` is answered
+429 with Retry-After under that name, and one that has failed
+`CONSOLE_SIGN_IN_ADDRESS_FAILURES_MAX` times under any names under every name
+(`sign_in_limits`). The form carries a random value also set in a cookie of its own,
 so another site cannot sign a browser in. `POST
 /console/sign-out` (with the session's CSRF token) ends the session.
 """
@@ -35,7 +38,7 @@ from services.console.context import (
 )
 from services.console.pages import SECURITY_HEADERS
 from services.console.sessions import SessionBookFullError
-from services.console.sign_in_limits import source_of
+from services.console.sign_in_limits import NO_NAME, name_of, source_of
 
 STYLESHEET: Final = resources.files("services.console").joinpath("static/console.css")
 STYLESHEET_CACHE_S: Final = 3600
@@ -50,27 +53,37 @@ async def sign_in_form(request: Request) -> Response:
 async def sign_in(request: Request) -> Response:
     console = console_of(request)
     source = source_of(None if request.client is None else request.client.host)
-    retry_after_s = console.sign_in_limits.retry_after_s(source)
-    if retry_after_s is not None:
-        limited = sign_in_page(
-            request,
-            status_code=429,
-            message=f"Too many failed sign-ins from your address: try again in {retry_after_s} s.",
-        )
-        limited.headers["Retry-After"] = str(retry_after_s)
-        return limited
     try:
         form = await read_form(request)
     except FormError as error:
         return sign_in_page(request, status_code=400, message=str(error))
+    given_name = form.get("name", "").strip()
+    name = name_of(given_name)
+    refusal = console.sign_in_limits.refusal(source, name)
+    if refusal is not None:
+        under = "" if refusal.whole_address or name == NO_NAME else " under that name"
+        limited = sign_in_page(
+            request,
+            status_code=429,
+            message=f"Too many failed sign-ins from your address{under}: try again in"
+            f" {refusal.retry_after_s} s.",
+        )
+        limited.headers["Retry-After"] = str(refusal.retry_after_s)
+        return limited
     if not same_token(form.get("sign_in_token"), request.cookies.get(SIGN_IN_COOKIE)):
         return sign_in_page(
             request, status_code=403, message="The form was out of date: sign in again."
         )
     caller = console.token_book.caller_of(form.get("token", ""))
-    if caller is None:
-        console.sign_in_limits.record_failure(source)
-        return sign_in_page(request, status_code=401, message="That token is not known.")
+    # A name given must be the token's; the answer is the same whichever of the two is wrong.
+    if caller is None or (given_name and not same_token(given_name, caller.name)):
+        console.sign_in_limits.record_failure(source, name)
+        unknown = (
+            "That name and token are not known together."
+            if given_name
+            else "That token is not known."
+        )
+        return sign_in_page(request, status_code=401, message=unknown)
     try:
         session = console.sessions.open(caller)
     except SessionBookFullError as error:

@@ -439,16 +439,27 @@ class Settings(BaseSettings):
         default=10,
         ge=1,
         le=1_000,
-        description="Failed console sign-ins (an unknown token) one client address (an IPv6"
-        " address: its /64) may make in CONSOLE_SIGN_IN_WINDOW_S; past them, its sign-ins are"
-        " answered 429 with Retry-After until the window ends.",
+        description="Failed console sign-ins (an unknown token, or a name the token does not"
+        " have) one client address (an IPv6 address: its /64) may make under one name in"
+        " CONSOLE_SIGN_IN_WINDOW_S; past them, its sign-ins under that name are answered 429 with"
+        " Retry-After until the window ends. Sign-ins that give no name count under one name.",
+    )
+    console_sign_in_address_failures_max: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Failed console sign-ins one client address may make in"
+        " CONSOLE_SIGN_IN_WINDOW_S whatever names they give; past them, every sign-in from it is"
+        " answered 429 with Retry-After until the window ends. At least"
+        " CONSOLE_SIGN_IN_FAILURES_MAX.",
     )
     console_sign_in_window_s: int = Field(
         default=300,
         ge=1,
         le=24 * 3600,
-        description="The window of CONSOLE_SIGN_IN_FAILURES_MAX, from a client's first failed"
-        " sign-in.",
+        description="The window of CONSOLE_SIGN_IN_FAILURES_MAX (and of"
+        " CONSOLE_SIGN_IN_ADDRESS_FAILURES_MAX), from a client's first failed sign-in under the"
+        " name (from the address).",
     )
 
     @field_validator("database_url", "api_database_url", "services_database_url")
@@ -457,6 +468,18 @@ class Settings(BaseSettings):
         if url is not None:
             _refuse(database_url_problem(url.get_secret_value()))
         return url
+
+    @model_validator(mode="after")
+    def _address_bound_at_least_the_names(self) -> Self:
+        per_address = self.console_sign_in_address_failures_max
+        per_name = self.console_sign_in_failures_max
+        if per_address < per_name:
+            raise ValueError(
+                f"CONSOLE_SIGN_IN_ADDRESS_FAILURES_MAX ({per_address}) is below"
+                f" CONSOLE_SIGN_IN_FAILURES_MAX ({per_name}): an address may fail at least as"
+                " often as one name from it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _services_login_beside_the_owners(self) -> Self:
