@@ -12,6 +12,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 INDEX_SCAN_TYPES = {"Index Scan", "Index Only Scan"}
+# The index a list's cursor is looked up by (one row by id), which `reads_in_order` leaves aside.
+CURSOR_INDEXES = {"dead_letters": "dead_letters_pkey"}
 
 
 def plan_root(document: Any) -> dict[str, Any]:
@@ -62,10 +64,11 @@ async def only_plan(engine: AsyncEngine, conn: AsyncConnection, read: Any) -> di
 
 def reads_in_order(plan: dict[str, Any], table: str, index: str) -> bool:
     """`table` read through `index` and nothing sorted: the first rows come in the list's order."""
+    cursor_index = CURSOR_INDEXES.get(table)
     scans = [
         node
         for node in nodes_of(plan)
-        if node.get("Relation Name") == table and node.get("Index Name") != f"{table}_id_key"
+        if node.get("Relation Name") == table and node.get("Index Name") != cursor_index
     ]
     return (
         len(scans) == 1

@@ -49,7 +49,13 @@ from tests.api_server import FINANCE_TOKEN, OPERATOR_TOKEN, served_client, token
 from tests.console_http import FINANCE_TOKEN as CONSOLE_FINANCE_TOKEN
 from tests.console_http import console_client, console_settings, sign_in, table
 from tests.ingestion_fixtures import make_ingestor
-from tests.query_plans import INDEX_SCAN_TYPES, nodes_of, only_plan, reads_in_order
+from tests.query_plans import (
+    CURSOR_INDEXES,
+    INDEX_SCAN_TYPES,
+    nodes_of,
+    only_plan,
+    reads_in_order,
+)
 
 FINANCE = {"Authorization": f"Bearer {FINANCE_TOKEN}"}
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
@@ -627,7 +633,7 @@ def _list_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
         node
         for node in nodes_of(plan)
         if node.get("Relation Name") == "dead_letters"
-        and node.get("Index Name") != "dead_letters_id_key"
+        and node.get("Index Name") != CURSOR_INDEXES["dead_letters"]
     ]
 
 

@@ -64,3 +64,33 @@ async def test_every_asset_the_schemas_accept_exists_in_the_database(engine: Asy
         rows = await conn.execute(text("SELECT code, scale FROM assets"))
         stored = {row.code: row.scale for row in rows}
     assert {code: stored.get(code) for code in ASSET_SCALES} == ASSET_SCALES
+
+
+async def test_a_dead_letter_is_keyed_by_its_id(engine: AsyncEngine) -> None:
+    """Its id is the primary key (migration 0044; 0040 had left the table without one), the key
+    its re-drives name."""
+    async with engine.connect() as conn:
+        keys = await conn.execute(
+            text(
+                "SELECT c.conrelid::regclass::text AS on_table, c.contype::text AS kind,"
+                " pg_get_constraintdef(c.oid) AS definition"
+                " FROM pg_constraint c"
+                " WHERE c.conrelid IN ('dead_letters'::regclass, 'dead_letter_redrives'::regclass)"
+                " AND c.contype IN ('p', 'u', 'f') ORDER BY 1, 2, 3"
+            )
+        )
+        found = [(row.on_table, row.kind, row.definition) for row in keys]
+    assert found == [
+        (
+            "dead_letter_redrives",
+            "f",
+            "FOREIGN KEY (dead_letter_id) REFERENCES dead_letters(id)",
+        ),
+        (
+            "dead_letter_redrives",
+            "f",
+            "FOREIGN KEY (operator_action_id) REFERENCES operator_actions(id)",
+        ),
+        ("dead_letter_redrives", "p", "PRIMARY KEY (dead_letter_id)"),
+        ("dead_letters", "p", "PRIMARY KEY (id)"),
+    ]
