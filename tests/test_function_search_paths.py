@@ -220,7 +220,7 @@ async def test_a_redrive_or_resubmission_citing_a_missing_action_is_refused(
                 "d": dead_letter_id,
                 "a": MISSING_ACTION_ID,
                 "k": new_key(),
-                # a position no other test's re-drive holds (the index of copies is unique)
+                # a position no other test's re-drive holds
                 "offset": uuid.uuid4().int % 2**40,
             },
             "dead_letter_redriven",

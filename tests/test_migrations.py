@@ -68,7 +68,8 @@ async def test_every_asset_the_schemas_accept_exists_in_the_database(engine: Asy
 
 async def test_a_dead_letter_is_keyed_by_its_id(engine: AsyncEngine) -> None:
     """Its id is the primary key (migration 0044; 0040 had left the table without one), the key
-    its re-drives name."""
+    its re-drives name; several re-drives' copies may share a place (offsets that started
+    again)."""
     async with engine.connect() as conn:
         keys = await conn.execute(
             text(
@@ -80,6 +81,14 @@ async def test_a_dead_letter_is_keyed_by_its_id(engine: AsyncEngine) -> None:
             )
         )
         found = [(row.on_table, row.kind, row.definition) for row in keys]
+        copy_index_unique = (
+            await conn.execute(
+                text(
+                    "SELECT indisunique FROM pg_index"
+                    " WHERE indexrelid = 'dead_letter_redrives_copy'::regclass"
+                )
+            )
+        ).scalar_one()
     assert found == [
         (
             "dead_letter_redrives",
@@ -94,3 +103,4 @@ async def test_a_dead_letter_is_keyed_by_its_id(engine: AsyncEngine) -> None:
         ("dead_letter_redrives", "p", "PRIMARY KEY (dead_letter_id)"),
         ("dead_letters", "p", "PRIMARY KEY (id)"),
     ]
+    assert copy_index_unique is False

@@ -7,3 +7,15 @@ ALTER TABLE dead_letters DROP CONSTRAINT dead_letters_id_key,
     ADD CONSTRAINT dead_letters_pkey PRIMARY KEY (id);
 ALTER TABLE dead_letter_redrives ADD CONSTRAINT dead_letter_redrives_dead_letter_id_fkey
     FOREIGN KEY (dead_letter_id) REFERENCES dead_letters (id);
+
+-- A copy's place in its source topic no longer names one re-drive: a topic whose offsets start
+-- again (recreated, or the embedded broker restarted) puts a new copy where a copy of its earlier
+-- life landed, and the unique index refused to record it once the broker had taken it (sent
+-- again at every retry, never recorded). The index stays, not unique, for the re-drive by
+-- topic's look-up of copies that failed again, which also compares the records
+-- (`services/ingestion/redrive.py`).
+DROP INDEX dead_letter_redrives_copy;
+CREATE INDEX dead_letter_redrives_copy
+    ON dead_letter_redrives (topic_prefix, topic, kafka_partition, kafka_offset);
+COMMENT ON INDEX dead_letter_redrives_copy IS
+    'Re-drives by the place of their copy in the source topic: several when the topic''s offsets started again.';

@@ -13,6 +13,9 @@ provenance headers below kept, and becomes a dead letter of its own.
   A request repeated with its idempotency key re-drives only what it has not re-driven yet, and
   never a dead letter recorded after its first re-drive.
 - A copy that fails again is never picked by a re-drive by topic, only by its id: nothing loops.
+  It is told apart by its place (the copy's partition and offset) and its record (the re-driven
+  letter's); any other dead letter is picked wherever it is, one at a place an earlier copy took
+  (a topic whose offsets started again) too.
 - Each re-driven dead letter is one operator action (`dead_letter_redriven` on
   `dead-letter:<id>`, keyed on `operator.actions` by the source record's key), recorded with its
   `dead_letter_redrives` row only after the broker has acknowledged the copy. A crash in between
@@ -252,7 +255,10 @@ _BY_ID = text(
     """
 )
 # Not re-driven yet, or re-driven by this request; never the copy of an earlier re-drive failing
-# again; never recorded after this request's first re-drive.
+# again; never recorded after this request's first re-drive. A copy that failed again is a later
+# dead letter at the place the copy took, of the re-driven letter's record (its value's hash, or
+# recorded without one, its event_id): a topic whose offsets started again puts other records
+# at the places of earlier copies, and those are dead letters like any.
 _BY_TOPIC = text(
     """
     SELECT d.id, d.topic, d.kafka_partition AS partition, d.kafka_offset AS "offset",
@@ -269,8 +275,13 @@ _BY_TOPIC = text(
       AND (r.dead_letter_id IS NULL OR r.idempotency_key = :key)
       AND NOT EXISTS (
           SELECT 1 FROM dead_letter_redrives copy
+          JOIN dead_letters original ON original.id = copy.dead_letter_id
           WHERE copy.topic_prefix = d.topic_prefix AND copy.topic = d.topic
-            AND copy.kafka_partition = d.kafka_partition AND copy.kafka_offset = d.kafka_offset)
+            AND copy.kafka_partition = d.kafka_partition AND copy.kafka_offset = d.kafka_offset
+            AND original.id < d.id
+            AND (d.value_sha256 = original.value_sha256
+                 OR (original.value_sha256 IS NULL
+                     AND (original.event_id IS NULL OR d.event_id = original.event_id))))
     ORDER BY d.id
     LIMIT :limit
     """

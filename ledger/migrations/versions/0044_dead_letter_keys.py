@@ -1,4 +1,5 @@
-"""A dead letter's id is its table's primary key.
+"""A dead letter's id is its table's primary key; a copy's place in its source topic may hold
+copies of several re-drives (offsets that started again).
 
 Revision ID: 0044
 Revises: 0043
