@@ -33,7 +33,7 @@ from schemas.topics import all_topics
 from services.app.consumer import ConsumerService
 from services.cli import main
 from services.ingestion.ingestor import Ingestor
-from services.operator.offset_rewind import group_id, plan_partition
+from services.operator.offset_rewind import DatabasePosition, group_id, plan_partition
 from services.runtime import settings as runtime_settings
 from services.runtime.embedded_broker import create_topics
 from tests import event_factory as make
@@ -56,14 +56,18 @@ MILLI_DIAMONDS_PER_COIN = 500
 
 
 def test_a_partition_behind_the_group_is_rewound_to_one_past_the_database() -> None:
-    plan = plan_partition(0, 130, 101, 0, unknown_to_beginning=False)
+    plan = plan_partition(0, 130, DatabasePosition(101), 0, unknown_to_beginning=False)
     assert (plan.target, plan.records_again) == (101, 29)
 
 
 def test_the_group_is_never_moved_forward() -> None:
-    assert plan_partition(0, 100, 101, 0, unknown_to_beginning=False).target is None
-    assert plan_partition(0, 100, 100, 0, unknown_to_beginning=False).target is None
-    assert plan_partition(0, None, 5, 0, unknown_to_beginning=True).target is None
+    assert (
+        plan_partition(0, 100, DatabasePosition(101), 0, unknown_to_beginning=False).target is None
+    )
+    assert (
+        plan_partition(0, 100, DatabasePosition(100), 0, unknown_to_beginning=False).target is None
+    )
+    assert plan_partition(0, None, DatabasePosition(5), 0, unknown_to_beginning=True).target is None
 
 
 def test_a_partition_the_database_knows_nothing_of_moves_only_when_asked() -> None:
@@ -73,9 +77,33 @@ def test_a_partition_the_database_knows_nothing_of_moves_only_when_asked() -> No
 
 
 def test_records_gone_from_the_log_are_named() -> None:
-    plan = plan_partition(2, 90, 10, 50, unknown_to_beginning=False)
+    plan = plan_partition(2, 90, DatabasePosition(10), 50, unknown_to_beginning=False)
     assert plan.target == 50
     assert "10 to 49 are no longer in the log" in plan.note
+
+
+def test_rows_of_an_earlier_life_of_the_topic_are_counted_and_never_move_the_group_forward() -> (
+    None
+):
+    """The topic's offsets started again: 3 rows at or past the log's end (3), and below it,
+    rows of other records than the log's."""
+    partly = DatabasePosition(1, highest=2, past_end=3, end=3)
+    plan = plan_partition(0, 3, partly, 0, unknown_to_beginning=False)
+    assert (plan.target, plan.records_again, plan.past_end) == (1, 2, 3)
+    assert "3 database rows at or past the log's end (3) ignored" in plan.note
+    assert "rows at offsets 1 to 2 are of other records than the log's" in plan.note
+    assert plan_partition(0, 1, partly, 0, unknown_to_beginning=False).target is None
+
+    none_held = DatabasePosition(None, highest=2, past_end=3, end=3, checked_from=0)
+    plan = plan_partition(0, 3, none_held, 0, unknown_to_beginning=False)
+    assert (plan.target, plan.past_end) == (None, 3)
+    assert "no record of the log at offsets 0 to 2 is the one the database has" in plan.note
+    assert "--unknown-to-beginning" in plan.note
+    assert plan_partition(0, 3, none_held, 0, unknown_to_beginning=True).target == 0
+
+    past_end_only = DatabasePosition(None, past_end=4, end=0)
+    plan = plan_partition(0, 5, past_end_only, 0, unknown_to_beginning=False)
+    assert (plan.target, plan.past_end) == (None, 4)
 
 
 # The restore, end to end ---------------------------------------------------------------------

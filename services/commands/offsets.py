@@ -72,9 +72,10 @@ def add_offsets_arguments(parser: argparse.ArgumentParser) -> None:
     rewind = actions.add_parser(
         "rewind-to-database",
         help="after a database restore, rewind the consumer groups to what the database holds",
-        description="For each consumed topic and partition, commit one past the highest offset "
-        "the database has a record of (applied events, dead letters, parked events), where the "
-        "group's committed offset is ahead of it; never forward. A dry run unless --apply.",
+        description="For each consumed topic and partition, commit one past the last record of "
+        "the log the database has a record of (applied events, dead letters, parked events), "
+        "where the group's committed offset is ahead of it; never forward. Rows of an earlier "
+        "life of the topic (its offsets started again) are ignored. A dry run unless --apply.",
     )
     rewind.add_argument(
         "--apply",
@@ -133,11 +134,7 @@ async def offsets_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
             raise UsageError(str(error)) from None
     try:
         async with engine.connect() as conn:
-            positions = await database_positions(conn, deployment.topic_prefix)
-    except OtherDeploymentsError as error:
-        print_error(str(error))
-        return EXIT_FAILURE
-    try:
+            positions = await database_positions(conn, deployment)
         if not args.apply:
             plans = await plan_without_joining(
                 deployment, positions, unknown_to_beginning=args.unknown_to_beginning
@@ -151,7 +148,7 @@ async def offsets_command(engine: AsyncEngine, args: argparse.Namespace) -> int:
             unknown_to_beginning=args.unknown_to_beginning,
             wait_s=args.wait_s,
         )
-    except GroupsNotStoppedError as error:
+    except (OtherDeploymentsError, GroupsNotStoppedError) as error:
         print_error(str(error))
         return EXIT_FAILURE
     except (KafkaError, TimeoutError, LookupError) as error:
@@ -209,24 +206,27 @@ def _print_plans(deployment: Deployment, plans: list[TopicPlan]) -> None:
     prefix = deployment.topic_prefix or "(none)"
     print(
         f"consumer groups {deployment.consumer_group}.<topic>, topic prefix {prefix};"
-        " database: one past the highest offset in applied_events, dead_letters, parked_events"
+        " database: one past the last record of the log it holds (applied_events, dead_letters,"
+        " parked_events); ignored: its rows at or past the log's end, of an earlier life of the"
+        " topic (recreated, or the embedded broker restarted)"
     )
     for plan in plans:
         members = "" if plan.members_listed is None else f", {plan.members_listed} members listed"
         print(f"\n{plan.kafka_topic} (group {plan.group}{members})")
-        rows = [["partition", "committed", "database", "beginning", "commit", ""]]
+        rows = [["partition", "committed", "database", "ignored", "beginning", "commit", ""]]
         rows += [
             [
                 str(partition.partition),
                 _offset(partition.committed),
                 _offset(partition.database_next),
+                str(partition.past_end),
                 str(partition.beginning),
                 _offset(partition.target),
                 partition.note,
             ]
             for partition in plan.partitions
         ]
-        for line in table(rows, right_aligned={0, 1, 2, 3, 4}):
+        for line in table(rows, right_aligned={0, 1, 2, 3, 4, 5}):
             print(f"  {line}")
         if plan.missing_partitions:
             missing = ", ".join(str(partition) for partition in plan.missing_partitions)

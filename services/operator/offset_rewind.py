@@ -14,6 +14,16 @@ ahead of it; what comes again is applied anew (the database lost it) or found a 
 idempotency keys). A partition the database has no record of is left as is and reported, or,
 when asked, rewound to the beginning of its log.
 
+A topic's offsets may have started again (the topic recreated, or the embedded broker, which
+keeps its log in memory, restarted): the database then holds rows of the topic's earlier life,
+at offsets the log now gives other records or has not reached. The broker says which rows are of
+the log as it is now. A row at or past the partition's end offset cannot be: it is ignored, and
+counted. Below the end, the position is one past the last record of the log that the database
+holds at its place (the same event_id in `applied_events` or `parked_events`, the same value
+hash in `dead_letters`), found by reading the log back from the highest offset the database has
+a row at, at most `CHECKED_RECORD_COUNT_MAX` records: usually the first record read is the
+database's. When none of them is, the partition is taken as one the database has no record of.
+
 `applied_events` does not record the topic prefix: in a database that other deployments (another
 `KAFKA_TOPIC_PREFIX`) share, their rows would count as this deployment's and could stop the
 rewind short, so the rewind is refused there (`OtherDeploymentsError`).
@@ -47,6 +57,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas import topics
+from services.ingestion.records import DeadLetter, InputRecord, parse_record, value_sha256
+from services.runtime.kafka_offsets import end_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -59,29 +71,79 @@ ASSIGNMENT_POLL_S: Final = 0.2
 SETTLE_WAIT_S_MAX: Final = 60.0
 SETTLED_STATES: Final = frozenset({"Stable", "Empty", "Dead"})
 CLIENT_ID: Final = "giftledger-offsets-rewind"
+# How many records of a partition's log are read back, at most, to find the last one the
+# database holds (`_last_held`), and how many a fetch and a look-up take.
+CHECKED_RECORD_COUNT_MAX: Final = 10_000
+CHECK_BATCH_RECORD_COUNT_MAX: Final = 500
+FETCH_WAIT_MS: Final = 500
 
-# One past the highest offset of each consumed topic and partition that the database has a
-# record of: applied events (any prefix: the table does not record it), and this deployment's
-# dead letters and parked events. One scan of each table.
+# For each consumed topic and partition the database has a record of (applied events, of any
+# prefix: the table does not record it; this deployment's dead letters and parked events): the
+# highest offset below the partition's end offset (`:ends`, as the broker gives it; none for a
+# partition the topic does not have), and how many rows are at or past it. One scan of each table.
 _DATABASE_POSITIONS = text(
     """
-    SELECT topic, kafka_partition, max(highest) + 1 AS next_offset
+    WITH ends AS (
+        SELECT * FROM unnest(CAST(:end_topics AS text[]), CAST(:end_partitions AS integer[]),
+                             CAST(:ends AS bigint[])) AS e(topic, kafka_partition, end_offset)
+    )
+    SELECT recorded.topic, recorded.kafka_partition, max(recorded.highest) AS highest,
+           sum(recorded.past_end)::bigint AS past_end
     FROM (
-        SELECT topic, kafka_partition, max(kafka_offset) AS highest
-        FROM applied_events WHERE topic = ANY(CAST(:topics AS text[]))
-        GROUP BY topic, kafka_partition
+        SELECT r.topic, r.kafka_partition,
+               max(r.kafka_offset) FILTER (
+                   WHERE e.end_offset IS NULL OR r.kafka_offset < e.end_offset) AS highest,
+               count(*) FILTER (WHERE r.kafka_offset >= e.end_offset) AS past_end
+        FROM applied_events r
+        LEFT JOIN ends e ON e.topic = r.topic AND e.kafka_partition = r.kafka_partition
+        WHERE r.topic = ANY(CAST(:topics AS text[]))
+        GROUP BY r.topic, r.kafka_partition
         UNION ALL
-        SELECT topic, kafka_partition, max(kafka_offset)
-        FROM dead_letters
-        WHERE topic_prefix = :prefix AND topic = ANY(CAST(:topics AS text[]))
-        GROUP BY topic, kafka_partition
+        SELECT r.topic, r.kafka_partition,
+               max(r.kafka_offset) FILTER (
+                   WHERE e.end_offset IS NULL OR r.kafka_offset < e.end_offset),
+               count(*) FILTER (WHERE r.kafka_offset >= e.end_offset)
+        FROM dead_letters r
+        LEFT JOIN ends e ON e.topic = r.topic AND e.kafka_partition = r.kafka_partition
+        WHERE r.topic_prefix = :prefix AND r.topic = ANY(CAST(:topics AS text[]))
+        GROUP BY r.topic, r.kafka_partition
         UNION ALL
-        SELECT topic, kafka_partition, max(kafka_offset)
-        FROM parked_events
-        WHERE topic_prefix = :prefix AND topic = ANY(CAST(:topics AS text[]))
-        GROUP BY topic, kafka_partition
+        SELECT r.topic, r.kafka_partition,
+               max(r.kafka_offset) FILTER (
+                   WHERE e.end_offset IS NULL OR r.kafka_offset < e.end_offset),
+               count(*) FILTER (WHERE r.kafka_offset >= e.end_offset)
+        FROM parked_events r
+        LEFT JOIN ends e ON e.topic = r.topic AND e.kafka_partition = r.kafka_partition
+        WHERE r.topic_prefix = :prefix AND r.topic = ANY(CAST(:topics AS text[]))
+        GROUP BY r.topic, r.kafka_partition
     ) recorded
-    GROUP BY topic, kafka_partition
+    GROUP BY recorded.topic, recorded.kafka_partition
+    """
+)
+# Which of these records of one partition's log the database holds at their place: an applied
+# or parked event of the same event_id there, a dead letter of the same value there (recorded
+# before value hashes, of the same event_id; with neither, taken as the same record, as a
+# re-drive takes it). Index look-ups only: the primary keys, `dead_letters_source`.
+_HELD_AT_PLACE = text(
+    """
+    SELECT c.kafka_offset
+    FROM unnest(CAST(:offsets AS bigint[]), CAST(:event_ids AS text[]),
+                CAST(:hashes AS bytea[])) AS c(kafka_offset, event_id, value_sha256)
+    WHERE EXISTS (
+              SELECT 1 FROM applied_events a
+              WHERE a.topic = :topic AND a.event_id = c.event_id
+                AND a.kafka_partition = :partition AND a.kafka_offset = c.kafka_offset)
+       OR EXISTS (
+              SELECT 1 FROM parked_events p
+              WHERE p.topic_prefix = :prefix AND p.topic = :topic AND p.event_id = c.event_id
+                AND p.kafka_partition = :partition AND p.kafka_offset = c.kafka_offset)
+       OR EXISTS (
+              SELECT 1 FROM dead_letters d
+              WHERE d.topic_prefix = :prefix AND d.topic = :topic
+                AND d.kafka_partition = :partition AND d.kafka_offset = c.kafka_offset
+                AND (d.value_sha256 = c.value_sha256
+                     OR (d.value_sha256 IS NULL
+                         AND (d.event_id IS NULL OR d.event_id = c.event_id))))
     """
 )
 # The topic prefixes of other deployments that left rows in this database.
@@ -130,6 +192,22 @@ def group_id(consumer_group: str, topic: str) -> str:
     return f"{consumer_group}.{topic}"
 
 
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """Where the consumers read: the cluster, the topic prefix and the consumer group prefix."""
+
+    bootstrap_servers: str
+    topic_prefix: str
+    consumer_group: str
+    session_timeout_ms: int
+
+    def kafka_topic(self, topic: str) -> str:
+        return topics.prefixed(self.topic_prefix, topic)
+
+    def group(self, topic: str) -> str:
+        return group_id(self.consumer_group, topic)
+
+
 # The database's side ---------------------------------------------------------------------
 
 
@@ -138,18 +216,191 @@ async def other_prefixes(conn: AsyncConnection, topic_prefix: str) -> list[str]:
     return [str(row.topic_prefix) for row in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class DatabasePosition:
+    """What the database holds of one partition of a consumed topic, against its log as the
+    broker gives it now."""
+
+    # One past the last record of the log the database holds at its place; None: none found.
+    next_offset: int | None
+    # The highest offset below the log's end that the database has a row at, when its record
+    # was read back from the log (None: not read, its place gone from the log, or no such row).
+    highest: int | None = None
+    # Rows at or past the log's end offset (`end`): of an earlier life of the topic, ignored.
+    past_end: int = 0
+    end: int | None = None
+    # The lowest offset read back, when no record read was the database's.
+    checked_from: int | None = None
+
+
 async def database_positions(
-    conn: AsyncConnection, topic_prefix: str
-) -> dict[tuple[str, int], int]:
-    """(contract topic, partition) → one past the highest offset the database has a record of.
-    Raises `OtherDeploymentsError` when other deployments share the database."""
-    others = await other_prefixes(conn, topic_prefix)
+    conn: AsyncConnection, deployment: Deployment
+) -> dict[tuple[str, int], DatabasePosition]:
+    """(contract topic, partition) → what the database holds of it, for every partition of a
+    consumed topic it has rows of (of the log as it is now: see the module's docstring). Raises
+    `OtherDeploymentsError` when other deployments share the database."""
+    others = await other_prefixes(conn, deployment.topic_prefix)
     if others:
         raise OtherDeploymentsError(others)
-    rows = await conn.execute(
-        _DATABASE_POSITIONS, {"prefix": topic_prefix, "topics": list(topics.CONSUMED_TOPICS)}
+    async with _reader(deployment) as reader:
+        ends, beginnings = await _log_bounds(reader, deployment)
+        keys = sorted(ends)
+        rows = (
+            await conn.execute(
+                _DATABASE_POSITIONS,
+                {
+                    "prefix": deployment.topic_prefix,
+                    "topics": list(topics.CONSUMED_TOPICS),
+                    "end_topics": [topic for topic, _ in keys],
+                    "end_partitions": [partition for _, partition in keys],
+                    "ends": [ends[key] for key in keys],
+                },
+            )
+        ).all()
+        positions: dict[tuple[str, int], DatabasePosition] = {}
+        for row in rows:
+            key = (str(row.topic), int(row.kafka_partition))
+            highest = None if row.highest is None else int(row.highest)
+            past_end = int(row.past_end)
+            end = ends.get(key)
+            if highest is None or end is None or highest < beginnings[key]:
+                # nothing below the end, a partition the topic does not have, or a place the
+                # log no longer holds (retention): nothing to read back
+                next_offset = None if highest is None else highest + 1
+                positions[key] = DatabasePosition(next_offset, None, past_end, end)
+                continue
+            next_offset, checked_from = await _last_held(
+                conn, reader, deployment, key, highest, beginnings[key]
+            )
+            positions[key] = DatabasePosition(
+                next_offset,
+                highest,
+                past_end,
+                end,
+                checked_from if next_offset is None else None,
+            )
+    return positions
+
+
+# The log's side of the database's position ------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _reader(deployment: Deployment) -> AsyncIterator[Any]:
+    """A consumer outside any group, reading whatever is in the log (aborted records too)."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=deployment.bootstrap_servers,
+        client_id=CLIENT_ID,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=int(KAFKA_REQUEST_TIMEOUT_S * 1000),
     )
-    return {(str(row.topic), int(row.kafka_partition)): int(row.next_offset) for row in rows}
+    async with asyncio.timeout(KAFKA_REQUEST_TIMEOUT_S):
+        await reader.start()
+    try:
+        yield reader
+    finally:
+        await reader.stop()
+
+
+async def _log_bounds(
+    reader: Any, deployment: Deployment
+) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+    """Each consumed topic's partitions: their end offsets (right on the embedded broker too:
+    `kafka_offsets.end_offsets`) and their beginnings, by (contract topic, partition)."""
+    async with asyncio.timeout(KAFKA_REQUEST_TIMEOUT_S):
+        await reader.topics()  # the cluster's metadata
+    places: dict[TopicPartition, tuple[str, int]] = {}
+    for topic in topics.CONSUMED_TOPICS:
+        kafka_topic = deployment.kafka_topic(topic)
+        partitions = reader.partitions_for_topic(kafka_topic)
+        if not partitions:
+            raise LookupError(f"the broker does not know topic {kafka_topic!r}")
+        for partition in partitions:
+            places[TopicPartition(kafka_topic, partition)] = (topic, partition)
+    wanted = sorted(places)
+    ends = await end_offsets(reader, wanted, KAFKA_REQUEST_TIMEOUT_S)
+    async with asyncio.timeout(KAFKA_REQUEST_TIMEOUT_S):
+        beginnings = await reader.beginning_offsets(wanted)
+    return (
+        {places[place]: int(offset) for place, offset in ends.items()},
+        {places[place]: int(offset) for place, offset in beginnings.items()},
+    )
+
+
+async def _last_held(
+    conn: AsyncConnection,
+    reader: Any,
+    deployment: Deployment,
+    key: tuple[str, int],
+    highest: int,
+    beginning: int,
+) -> tuple[int | None, int]:
+    """One past the last record of the log, at `highest` or below, that the database holds at
+    its place, reading the log back from `highest` (the record there first, then batches), at
+    most `CHECKED_RECORD_COUNT_MAX` records and not below `beginning`; None when none of them
+    is. Also the lowest offset read."""
+    topic, partition = key
+    place = TopicPartition(deployment.kafka_topic(topic), partition)
+    floor = max(beginning, highest + 1 - CHECKED_RECORD_COUNT_MAX)
+    upper = highest + 1
+    batch = 1  # usually the record at the highest offset is the database's
+    while upper > floor:
+        lower = max(floor, upper - batch)
+        records = await _read_range(reader, place, lower, upper)
+        held = await _held_offsets(conn, deployment.topic_prefix, topic, partition, records)
+        if held:
+            return max(held) + 1, lower
+        upper = lower
+        batch = CHECK_BATCH_RECORD_COUNT_MAX
+    return None, floor
+
+
+async def _read_range(reader: Any, place: Any, lower: int, upper: int) -> list[InputRecord]:
+    """The records of the log at offsets `lower` to `upper - 1` that are there (an offset may
+    hold none: a transaction's marker, a record compacted away), `upper` being at most the end.
+    The reader is assigned `place` alone, so that it fetches nothing else meanwhile."""
+    found: list[InputRecord] = []
+    reader.assign([place])
+    reader.seek(place, lower)
+    async with asyncio.timeout(KAFKA_REQUEST_TIMEOUT_S):
+        while await reader.position(place) < upper:
+            batches = await reader.getmany(
+                place, timeout_ms=FETCH_WAIT_MS, max_records=CHECK_BATCH_RECORD_COUNT_MAX
+            )
+            found += [
+                InputRecord(place.topic, place.partition, record.offset, record.key, record.value)
+                for record in batches.get(place, [])
+                if lower <= record.offset < upper
+            ]
+    return found
+
+
+async def _held_offsets(
+    conn: AsyncConnection, topic_prefix: str, topic: str, partition: int, records: list[InputRecord]
+) -> set[int]:
+    """The offsets of `records` (of `topic`'s `partition`) that the database holds there."""
+    if not records:
+        return set()
+    event_ids: list[str | None] = []
+    for record in records:
+        parsed = parse_record(topic, record)
+        event_ids.append(
+            parsed.event_id if isinstance(parsed, DeadLetter) else parsed.event.event_id
+        )
+    rows = await conn.execute(
+        _HELD_AT_PLACE,
+        {
+            "prefix": topic_prefix,
+            "topic": topic,
+            "partition": partition,
+            "offsets": [record.offset for record in records],
+            "event_ids": event_ids,
+            "hashes": [value_sha256(record.value) for record in records],
+        },
+    )
+    return {int(row.kafka_offset) for row in rows}
 
 
 # The plan ----------------------------------------------------------------------------------
@@ -166,6 +417,8 @@ class PartitionPlan:
     beginning: int
     target: int | None
     note: str
+    # The database's rows at or past the log's end offset, ignored (an earlier life of the topic).
+    past_end: int = 0
 
     @property
     def records_again(self) -> int:
@@ -193,27 +446,41 @@ class TopicPlan:
 def plan_partition(
     partition: int,
     committed: int | None,
-    database_next: int | None,
+    database: DatabasePosition | None,
     beginning: int,
     *,
     unknown_to_beginning: bool,
 ) -> PartitionPlan:
     """What to commit for one partition: never ahead of `committed`."""
+    database_next = None if database is None else database.next_offset
+    about_database = _about_database(database)
 
     def plan(target: int | None, note: str) -> PartitionPlan:
-        return PartitionPlan(partition, committed, database_next, beginning, target, note)
+        return PartitionPlan(
+            partition,
+            committed,
+            database_next,
+            beginning,
+            target,
+            "; ".join([*about_database, note]),
+            0 if database is None else database.past_end,
+        )
 
     if committed is None:
         return plan(None, "no committed offset: the group starts at the beginning of the log")
     if database_next is None:
         if committed <= beginning:
-            return plan(None, "no record in the database; the group is at the log's beginning")
+            return plan(
+                None, "no record of this log in the database; the group is at its beginning"
+            )
         if unknown_to_beginning:
-            return plan(beginning, "no record in the database: rewound to the log's beginning")
+            return plan(
+                beginning, "no record of this log in the database: rewound to the log's beginning"
+            )
         return plan(
             None,
-            "no record in the database: left as is (--unknown-to-beginning rewinds it to the"
-            " log's beginning)",
+            "no record of this log in the database: left as is (--unknown-to-beginning rewinds it"
+            " to the log's beginning)",
         )
     if database_next >= committed:
         return plan(None, "the database is not behind the group")
@@ -228,6 +495,30 @@ def plan_partition(
     return plan(database_next, f"rewind: {committed - database_next} records again")
 
 
+def _about_database(database: DatabasePosition | None) -> list[str]:
+    """What the plan of a partition says of the database's rows of an earlier life of its topic."""
+    if database is None:
+        return []
+    said: list[str] = []
+    if database.past_end:
+        said.append(
+            f"{database.past_end} database rows at or past the log's end ({database.end})"
+            " ignored: an earlier life of the topic"
+        )
+    if database.highest is not None:
+        if database.next_offset is None:
+            said.append(
+                f"no record of the log at offsets {database.checked_from} to {database.highest}"
+                " is the one the database has there: an earlier life of the topic"
+            )
+        elif database.next_offset <= database.highest:
+            said.append(
+                f"the database's rows at offsets {database.next_offset} to {database.highest} are"
+                " of other records than the log's: an earlier life of the topic"
+            )
+    return said
+
+
 def plan_topic(
     topic: str,
     kafka_topic: str,
@@ -235,7 +526,7 @@ def plan_topic(
     partitions: Sequence[int],
     committed: Mapping[int, int | None],
     beginnings: Mapping[int, int],
-    positions: Mapping[tuple[str, int], int],
+    positions: Mapping[tuple[str, int], DatabasePosition],
     *,
     unknown_to_beginning: bool,
     members_listed: int | None = None,
@@ -354,25 +645,9 @@ async def _beginnings(consumer: Any, kafka_topic: str, partitions: Sequence[int]
     return {tp.partition: int(offset) for tp, offset in found.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    """Where the consumers read: the cluster, the topic prefix and the consumer group prefix."""
-
-    bootstrap_servers: str
-    topic_prefix: str
-    consumer_group: str
-    session_timeout_ms: int
-
-    def kafka_topic(self, topic: str) -> str:
-        return topics.prefixed(self.topic_prefix, topic)
-
-    def group(self, topic: str) -> str:
-        return group_id(self.consumer_group, topic)
-
-
 async def plan_without_joining(
     deployment: Deployment,
-    positions: Mapping[tuple[str, int], int],
+    positions: Mapping[tuple[str, int], DatabasePosition],
     *,
     unknown_to_beginning: bool,
 ) -> list[TopicPlan]:
@@ -467,7 +742,7 @@ class RewindResult:
 
 async def rewind_as_members(
     deployment: Deployment,
-    positions: Mapping[tuple[str, int], int],
+    positions: Mapping[tuple[str, int], DatabasePosition],
     *,
     unknown_to_beginning: bool,
     wait_s: float = JOIN_WAIT_S_DEFAULT,
@@ -504,7 +779,7 @@ async def rewind_as_members(
 async def _commit_as_members(
     deployment: Deployment,
     members: Mapping[str, Any],
-    positions: Mapping[tuple[str, int], int],
+    positions: Mapping[tuple[str, int], DatabasePosition],
     *,
     unknown_to_beginning: bool,
 ) -> RewindResult:
@@ -592,6 +867,13 @@ def action_details(
             for plan in committed
             if plan.changes
         }
+    past_end = {
+        plan.kafka_topic: sum(partition.past_end for partition in plan.partitions)
+        for plan in result.plans
+        if any(partition.past_end for partition in plan.partitions)
+    }
+    if past_end:
+        details["rows_past_log_end"] = past_end
     if result.failed:
         details["failed_topics"] = sorted(result.failed)
     return details
