@@ -403,24 +403,22 @@ async def _read_up_to(
     wanted: set[tuple[int, int]],
     found: dict[tuple[int, int], SourceRecord],
 ) -> None:
-    """Fetch from the consumer's position until `offset` is passed, or a fetch finds nothing,
-    keeping the wanted records seen on the way."""
-    while True:
+    """Fetch from the consumer's position until it passes `offset`, keeping the wanted records
+    seen on the way. A fetch that finds nothing proves nothing (a broker may hold a fetch for
+    its whole wait, and one sent before the seek is dropped), so only the position tells: a
+    record not met before it passed is no longer in the log (retention moved the log's start
+    past it, or compaction took it). The caller's timeout bounds the wait."""
+    while await consumer.position(place) <= offset:
         batches = await consumer.getmany(
             place, timeout_ms=FETCH_WAIT_MS, max_records=FETCH_RECORD_COUNT_MAX
         )
-        records = batches.get(place, [])
-        if not records:
-            return  # nothing more at this position within a fetch wait: the record is gone
-        for record in records:
+        for record in batches.get(place, []):
             if (place.partition, record.offset) in wanted:
                 found[(place.partition, record.offset)] = SourceRecord(
                     record.key,
                     record.value,
                     kafka_headers(record.headers),
                 )
-        if records and records[-1].offset >= offset:
-            return
 
 
 # Re-driving ---------------------------------------------------------------------------------
