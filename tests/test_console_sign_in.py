@@ -284,6 +284,21 @@ def test_the_address_bound_is_at_least_the_names() -> None:
         Settings(console_sign_in_address_failures_max=0)
 
 
+def test_an_unset_address_bound_follows_a_larger_name_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A configuration that set only CONSOLE_SIGN_IN_FAILURES_MAX, up to its 1,000, stays
+    valid: the address bound left unset is never below it."""
+    monkeypatch.setenv("CONSOLE_SIGN_IN_FAILURES_MAX", "200")
+    monkeypatch.delenv("CONSOLE_SIGN_IN_ADDRESS_FAILURES_MAX", raising=False)
+    settings = Settings()
+    assert settings.console_sign_in_failures_max == 200
+    assert settings.console_sign_in_address_failures_max == 200
+    monkeypatch.setenv("CONSOLE_SIGN_IN_ADDRESS_FAILURES_MAX", "150")
+    with pytest.raises(ValidationError, match="CONSOLE_SIGN_IN_ADDRESS_FAILURES_MAX"):
+        Settings()
+
+
 def test_an_ipv6_address_counts_with_its_64_and_an_ipv4_mapped_one_as_ipv4() -> None:
     assert source_of("2001:db8:1:2:aaaa::1") == source_of("2001:db8:1:2:bbbb::2")
     assert source_of("2001:db8:1:2::1") == "2001:db8:1:2::/64"

@@ -451,7 +451,7 @@ class Settings(BaseSettings):
         description="Failed console sign-ins one client address may make in"
         " CONSOLE_SIGN_IN_WINDOW_S whatever names they give; past them, every sign-in from it is"
         " answered 429 with Retry-After until the window ends. At least"
-        " CONSOLE_SIGN_IN_FAILURES_MAX.",
+        " CONSOLE_SIGN_IN_FAILURES_MAX; unset, the larger of 100 and that.",
     )
     console_sign_in_window_s: int = Field(
         default=300,
@@ -473,6 +473,13 @@ class Settings(BaseSettings):
     def _address_bound_at_least_the_names(self) -> Self:
         per_address = self.console_sign_in_address_failures_max
         per_name = self.console_sign_in_failures_max
+        if "console_sign_in_address_failures_max" not in self.model_fields_set:
+            # Left unset, it is never below the names' bound (which may be up to 1,000): a
+            # configuration that set only that one stays valid.
+            object.__setattr__(
+                self, "console_sign_in_address_failures_max", max(per_address, per_name)
+            )
+            return self
         if per_address < per_name:
             raise ValueError(
                 f"CONSOLE_SIGN_IN_ADDRESS_FAILURES_MAX ({per_address}) is below"
