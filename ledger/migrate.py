@@ -13,7 +13,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.migration_privileges import migrating_login, privilege_problems, refusal_message
+from ledger.migration_privileges import (
+    migrating_login,
+    not_the_owner,
+    privilege_problems,
+    refusal_message,
+)
 from ledger.partitions import TRANSFER_PARTITION_MONTHS_AHEAD, keep_transfer_partitions
 
 NO_SCHEMA_MESSAGE = "the database has no giftledger schema: run giftledger migrate"
@@ -78,11 +83,19 @@ async def upgrade_to_head(
     (`ledger.migration_privileges`) and raises `MigrationPrivilegeError`, saying what it lacks,
     before anything changes; a privilege the server refuses all the same is raised as one too. A
     database at a revision this version does not know raises `SchemaNotCurrentError`."""
-    revision = await current_revision(engine)
+    async with engine.connect() as connection:
+        login = await migrating_login(connection)
+    try:
+        revision = await current_revision(engine)
+    except (DBAPIError, PostgresError) as error:
+        # A login that may not read the schema's revision may not act as the tables' owner.
+        if _sqlstate(error) != INSUFFICIENT_PRIVILEGE_SQLSTATE or login.acts_as_schema_owner:
+            raise
+        refusal = refusal_message(login.name, [not_the_owner(login)])
+        raise MigrationPrivilegeError(refusal) from error
     if revision is not None and not _is_known_revision(revision):
         raise SchemaNotCurrentError(_newer_than_head_message(revision))
     async with engine.connect() as connection:
-        login = await migrating_login(connection)
         problems = await privilege_problems(connection, login, pending_revisions(revision))
     if problems:
         raise MigrationPrivilegeError(refusal_message(login.name, problems))
@@ -92,9 +105,9 @@ async def upgrade_to_head(
             await connection.run_sync(_upgrade, config)
         await keep_transfer_partitions(engine, months_ahead)
     except (DBAPIError, PostgresError) as error:
-        driver_error = error.orig if isinstance(error, DBAPIError) else error
-        if getattr(driver_error, "sqlstate", None) != INSUFFICIENT_PRIVILEGE_SQLSTATE:
+        if _sqlstate(error) != INSUFFICIENT_PRIVILEGE_SQLSTATE:
             raise
+        driver_error = error.orig if isinstance(error, DBAPIError) else error
         said = str(driver_error).strip().splitlines()[0]
         reached = await current_revision(engine) or "none"
         raise MigrationPrivilegeError(
@@ -102,6 +115,12 @@ async def upgrade_to_head(
             f" revision {reached}; migrations run as the login that owns the schema's tables"
             " (README, Security: Roles)"
         ) from error
+
+
+def _sqlstate(error: DBAPIError | PostgresError) -> str | None:
+    driver_error = error.orig if isinstance(error, DBAPIError) else error
+    sqlstate = getattr(driver_error, "sqlstate", None)
+    return None if sqlstate is None else str(sqlstate)
 
 
 def _current(connection: Connection) -> str | None:

@@ -102,6 +102,14 @@ async def migrating_login(connection: AsyncConnection) -> Login:
     return Login(**row)
 
 
+def not_the_owner(login: Login) -> PrivilegeProblem:
+    return PrivilegeProblem(
+        f"the schema's tables belong to {login.schema_owner}, as whom {login.name} may"
+        " not act, and only a table's owner may alter it",
+        remedy=f"run giftledger migrate as {login.schema_owner}",
+    )
+
+
 async def privilege_problems(
     connection: AsyncConnection, login: Login, pending: list[str]
 ) -> list[PrivilegeProblem]:
@@ -111,13 +119,7 @@ async def privilege_problems(
         return []
     problems: list[PrivilegeProblem] = []
     if not login.acts_as_schema_owner:
-        problems.append(
-            PrivilegeProblem(
-                f"the schema's tables belong to {login.schema_owner}, as whom {login.name} may"
-                " not act, and only a table's owner may alter it",
-                remedy=f"run giftledger migrate as {login.schema_owner}",
-            )
-        )
+        problems.append(not_the_owner(login))
     if not login.creates_in_public:
         problems.append(
             PrivilegeProblem(

@@ -207,6 +207,24 @@ def test_a_login_that_may_not_act_as_the_schemas_owner_is_refused_before_any_cha
     assert _revision(logins.url(database)) == REVISION_BEFORE_HEAD
 
 
+def test_a_login_that_may_not_even_read_the_revision_is_told_whose_tables_they_are(
+    logins: Logins, migrate_as: MigrateAs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A login granted nothing cannot read `alembic_version`: it is refused as one that may not
+    act as the tables' owner, not with the server's bare permission error."""
+    login = logins.login()
+    database = logins.database(owner=None)
+    _upgrade_to(logins.url(database), REVISION_BEFORE_HEAD)
+    admin = make_url(logins.admin_url).username
+    assert migrate_as(logins.url(database, login)) == 2
+    assert _refusal(capsys) == (
+        f"giftledger: migrate cannot run as {login}: the schema's tables belong to {admin}, as"
+        f" whom {login} may not act, and only a table's owner may alter it. To go on, run"
+        f" giftledger migrate as {admin}. Nothing was migrated (README, Security: Roles)"
+    )
+    assert _revision(logins.url(database)) == REVISION_BEFORE_HEAD
+
+
 def test_a_login_without_create_on_the_schema_is_refused_before_any_change(
     logins: Logins, migrate_as: MigrateAs, capsys: pytest.CaptureFixture[str]
 ) -> None:
