@@ -295,6 +295,35 @@ async def test_a_download_running_past_its_time_is_cut_off_and_fails_for_the_cli
     assert downloads.running == 0
 
 
+async def test_a_download_over_http_1_0_is_refused_rather_than_cut_off_unseen(
+    engine: AsyncEngine,
+) -> None:
+    """Served by uvicorn: HTTP/1.0 ends a body by closing the connection, so a download cut off
+    there would look complete; it is answered 505 and no download starts."""
+    account = await _account_with_holds(engine, 3)
+    downloads = StatementDownloads(page_size=1)
+    app = create_app(engine, console_settings())
+    install_console(app, statement_downloads=downloads)
+    async with served_client(app) as http:
+        assert (await sign_in(http, FINANCE_TOKEN)).status_code == 303
+        cookies = "; ".join(f"{name}={value}" for name, value in http.cookies.items())
+        address = httpx.URL(str(http.base_url))
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        writer.write(
+            f"GET /console/statement.csv?account={account.name} HTTP/1.0\r\n"
+            f"Host: {address.host}\r\nCookie: {cookies}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        await writer.wait_closed()
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert status_line.split(b" ")[1] == b"505", answer[:300]
+    assert b"proxy_http_version 1.1" in answer
+    assert ",".join(STATEMENT_CSV_COLUMNS).encode() not in answer
+    assert downloads.running == 0
+
+
 async def test_a_download_the_client_leaves_gives_back_its_place_and_connection(
     engine: AsyncEngine,
 ) -> None:

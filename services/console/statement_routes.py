@@ -126,6 +126,17 @@ async def statement_csv(request: Request) -> Response:
         found = None if name is None else await account_balance(conn, name)
     if found is None:
         return message_page(request, session, 404, "No account", "No account has this name.")
+    if request.scope.get("http_version") == "1.0":
+        # HTTP/1.0 ends a body by closing the connection, so a download cut off would look
+        # complete to the client: a shorter file with nothing to tell it.
+        return message_page(
+            request,
+            session,
+            505,
+            "HTTP/1.1 needed",
+            "The statement download streams, and over HTTP/1.0 one cut short would look"
+            " complete. Ask with HTTP/1.1 or later (behind nginx: proxy_http_version 1.1).",
+        )
     downloads = console.statement_downloads
     if not downloads.start():
         answer = message_page(
