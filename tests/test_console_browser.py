@@ -176,6 +176,7 @@ def test_an_operator_opens_a_creator_pages_the_statement_downloads_the_csv_and_s
     creator = console_api.data.ledger.creator
     account = console_api.data.ledger.available_account
     with visit(browser, console_api) as session:
+        assert session.goto("/console") == 401  # the sign-in form, pictured before it is filled
         session.screenshot("sign-in")
         sign_in(session, CONSOLE_OPERATOR_TOKEN)
         page = session.page
