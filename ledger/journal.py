@@ -116,7 +116,7 @@ async def journal_basis(conn: AsyncConnection, period: Period) -> JournalBasis:
 
 # The posted transfers (neither pending nor void) of the days of the period not rolled up, as
 # debits and credits per UTC day, account and code: the FROM and GROUP BY of a select whose list
-# is `day, account_id, code, sum(debit), sum(credit)`. One definition for `_MOVES` and
+# is `day, account_id, code, sum(debit), sum(credit)`. One definition for `POSTED_MOVES` and
 # `_RAW_MOVES`, so that the lines and the count of lines per day cannot disagree.
 _RAW_DAY_SUMS = f"""
         FROM (
@@ -129,10 +129,12 @@ _RAW_DAY_SUMS = f"""
         ) raw
         GROUP BY 1, 2, 3"""  # noqa: S608 (constant filters)
 
-# The period's posted movements (neither pending nor void) per UTC day, account and code: the
-# rolled days' totals (`ledger.rollups`), and the transfers of the rest of the period summed. A
-# day is wholly rolled or wholly not, so no line comes from both.
-_MOVES = f"""
+# The CTE `moves`: the posted movements (neither pending nor void) of a range of commit
+# timestamps per UTC day, account and code, from the parameters of its `DaySplit` under the prefix
+# `p_`: the rolled days' totals (`ledger.rollups`), and the transfers of the rest of the range
+# summed. A day is wholly rolled or wholly not, so no line comes from both. The journal reads a
+# period's; the trial balance as of a time (`ledger.queries.trial_balance`) everything before it.
+POSTED_MOVES = f"""
     moves AS (
         SELECT day, account_id, code, debits_minor AS debits, credits_minor AS credits
         FROM day_account_totals WHERE {rolled_days("p_")}
@@ -146,7 +148,7 @@ _MOVES = f"""
 # balance at the period's start: the base close's totals plus the posted movements from its end to
 # the period's start (rolled days' totals and the transfers of the rest).
 _JOURNAL_LINES = f"""
-    WITH {_MOVES}, before AS (
+    WITH {POSTED_MOVES}, before AS (
         SELECT account_id, credits_minor - debits_minor AS change
         FROM closing_balances WHERE close_id = CAST(:base_close_id AS bigint)
         UNION ALL
@@ -188,7 +190,7 @@ _JOURNAL_LINES = f"""
 
 # The same movements summed per asset.
 _ASSET_TOTALS = f"""
-    WITH {_MOVES}
+    WITH {POSTED_MOVES}
     SELECT a.asset, s.scale, sum(m.debits)::bigint AS debits, sum(m.credits)::bigint AS credits
     FROM moves m JOIN accounts a ON a.id = m.account_id JOIN assets s ON s.code = a.asset
     GROUP BY a.asset, s.scale

@@ -15,7 +15,9 @@ from typing import Any
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.journal import POSTED_MOVES
 from ledger.model import TransferFlags
+from ledger.rollups import day_split
 
 STATEMENT_PAGE_SIZE_MAX = 1_000
 
@@ -397,6 +399,20 @@ async def trial_balance_creators_summed(conn: AsyncConnection) -> list[TrialBala
     return [TrialBalanceLine(**row._mapping) for row in rows]
 
 
+# Each account's posted movements before a time summed: the rolled days' totals and the
+# transfers of the rest (`POSTED_MOVES` of the split of everything before it).
+_TRIAL_BALANCE_AS_OF = f"""
+    WITH {POSTED_MOVES}
+    SELECT a.asset, s.scale, a.name AS account_name, a.kind,
+           sum(m.debits)::bigint AS debits, sum(m.credits)::bigint AS credits
+    FROM moves m
+    JOIN accounts a ON a.id = m.account_id
+    JOIN assets s ON s.code = a.asset
+    GROUP BY a.asset, s.scale, a.name, a.kind
+    ORDER BY a.asset, a.name
+"""  # noqa: S608 (constant filters)
+
+
 async def trial_balance(
     conn: AsyncConnection, as_of: datetime | None = None
 ) -> list[TrialBalanceLine]:
@@ -409,32 +425,18 @@ async def trial_balance(
     As of now, each account's posted totals are the ones it stores (`ledger.verify` holds them
     equal to its posted transfers summed), so the lines are read from the accounts, one row per
     account, instead of from every transfer; an account no transfer has posted to has no line.
+
+    As of a time, the whole UTC days before it that are rolled up (`ledger.rollups`) are read
+    from their per-day totals, and only the rest from the transfers: the days not rolled yet and
+    the part of `as_of`'s own day before it. A rolled day is final (no transfer can be stamped in
+    it any more) and its totals are its posted transfers summed (`verify` holds them equal), so
+    the lines are the transfers' sums whether the roll-up is complete, behind, or empty. What is
+    read grows with the rolled days' rows (a row per day, account and code) and the transfers
+    not rolled, not with every transfer of the ledger.
     """
     if as_of is None:
         rows = await conn.execute(text(_TRIAL_BALANCE_NOW))
         return [TrialBalanceLine(**row._mapping) for row in rows]
-    rows = await conn.execute(
-        text(
-            """
-            WITH posted_transfers AS (
-                SELECT * FROM transfers
-                WHERE flags & 10 = 0
-                  AND created_at < coalesce(CAST(:as_of AS timestamptz), 'infinity')
-            ), posted AS (
-                SELECT debit_account_id AS account_id, amount AS debit, 0::bigint AS credit
-                FROM posted_transfers
-                UNION ALL
-                SELECT credit_account_id, 0, amount FROM posted_transfers
-            )
-            SELECT a.asset, s.scale, a.name AS account_name, a.kind,
-                   sum(p.debit)::bigint AS debits, sum(p.credit)::bigint AS credits
-            FROM posted p
-            JOIN accounts a ON a.id = p.account_id
-            JOIN assets s ON s.code = a.asset
-            GROUP BY a.asset, s.scale, a.name, a.kind
-            ORDER BY a.asset, a.name
-            """
-        ),
-        {"as_of": as_of},
-    )
+    split = await day_split(conn, None, as_of)
+    rows = await conn.execute(text(_TRIAL_BALANCE_AS_OF), split.parameters("p_"))
     return [TrialBalanceLine(**row._mapping) for row in rows]
