@@ -87,37 +87,22 @@ _DATABASE_POSITIONS = text(
         SELECT * FROM unnest(CAST(:end_topics AS text[]), CAST(:end_partitions AS integer[]),
                              CAST(:ends AS bigint[])) AS e(topic, kafka_partition, end_offset)
     )
-    SELECT recorded.topic, recorded.kafka_partition, max(recorded.highest) AS highest,
-           sum(recorded.past_end)::bigint AS past_end
+    SELECT r.topic, r.kafka_partition,
+           max(r.kafka_offset) FILTER (
+               WHERE e.end_offset IS NULL OR r.kafka_offset < e.end_offset) AS highest,
+           count(*) FILTER (WHERE r.kafka_offset >= e.end_offset) AS past_end
     FROM (
-        SELECT r.topic, r.kafka_partition,
-               max(r.kafka_offset) FILTER (
-                   WHERE e.end_offset IS NULL OR r.kafka_offset < e.end_offset) AS highest,
-               count(*) FILTER (WHERE r.kafka_offset >= e.end_offset) AS past_end
-        FROM applied_events r
-        LEFT JOIN ends e ON e.topic = r.topic AND e.kafka_partition = r.kafka_partition
-        WHERE r.topic = ANY(CAST(:topics AS text[]))
-        GROUP BY r.topic, r.kafka_partition
+        SELECT topic, kafka_partition, kafka_offset FROM applied_events
+        WHERE topic = ANY(CAST(:topics AS text[]))
         UNION ALL
-        SELECT r.topic, r.kafka_partition,
-               max(r.kafka_offset) FILTER (
-                   WHERE e.end_offset IS NULL OR r.kafka_offset < e.end_offset),
-               count(*) FILTER (WHERE r.kafka_offset >= e.end_offset)
-        FROM dead_letters r
-        LEFT JOIN ends e ON e.topic = r.topic AND e.kafka_partition = r.kafka_partition
-        WHERE r.topic_prefix = :prefix AND r.topic = ANY(CAST(:topics AS text[]))
-        GROUP BY r.topic, r.kafka_partition
+        SELECT topic, kafka_partition, kafka_offset FROM dead_letters
+        WHERE topic_prefix = :prefix AND topic = ANY(CAST(:topics AS text[]))
         UNION ALL
-        SELECT r.topic, r.kafka_partition,
-               max(r.kafka_offset) FILTER (
-                   WHERE e.end_offset IS NULL OR r.kafka_offset < e.end_offset),
-               count(*) FILTER (WHERE r.kafka_offset >= e.end_offset)
-        FROM parked_events r
-        LEFT JOIN ends e ON e.topic = r.topic AND e.kafka_partition = r.kafka_partition
-        WHERE r.topic_prefix = :prefix AND r.topic = ANY(CAST(:topics AS text[]))
-        GROUP BY r.topic, r.kafka_partition
-    ) recorded
-    GROUP BY recorded.topic, recorded.kafka_partition
+        SELECT topic, kafka_partition, kafka_offset FROM parked_events
+        WHERE topic_prefix = :prefix AND topic = ANY(CAST(:topics AS text[]))
+    ) r
+    LEFT JOIN ends e ON e.topic = r.topic AND e.kafka_partition = r.kafka_partition
+    GROUP BY r.topic, r.kafka_partition
     """
 )
 # Which of these records of one partition's log the database holds at their place: an applied
